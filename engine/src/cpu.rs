@@ -1,0 +1,191 @@
+//! The f32 CPU backend: the oracle every other backend and configuration is checked against.
+
+use crate::forward::{forward, Act, Kernels};
+use crate::model::{Config, Model, TensorId};
+use crate::quant::dot;
+use crate::Decoder;
+
+/// CPU state for one sequence: activations and an f32 KV cache.
+pub struct CpuDecoder<'m> {
+    model: &'m Model,
+    acts: Vec<Vec<f32>>,
+    /// `[layer][pos][kv_dim]`
+    key_cache: Vec<f32>,
+    value_cache: Vec<f32>,
+    scores: Vec<f32>,
+}
+
+impl<'m> CpuDecoder<'m> {
+    pub fn new(model: &'m Model) -> Self {
+        let c = &model.config;
+        let cache = c.n_layers * c.seq_len * c.kv_dim();
+        CpuDecoder {
+            model,
+            acts: Act::ALL.iter().map(|a| vec![0.0; a.len(c)]).collect(),
+            key_cache: vec![0.0; cache],
+            value_cache: vec![0.0; cache],
+            scores: vec![0.0; c.seq_len],
+        }
+    }
+
+    fn act(&self, a: Act) -> &[f32] {
+        &self.acts[a as usize]
+    }
+
+    /// A mutable buffer and a different read-only one.
+    fn pair(&mut self, out: Act, x: Act) -> (&mut [f32], &[f32]) {
+        let (o, i) = (out as usize, x as usize);
+        assert_ne!(o, i, "kernel output aliases its input");
+        if o < i {
+            let (a, b) = self.acts.split_at_mut(i);
+            (&mut a[o], &b[0])
+        } else {
+            let (a, b) = self.acts.split_at_mut(o);
+            (&mut b[0], &a[i])
+        }
+    }
+}
+
+impl Kernels for CpuDecoder<'_> {
+    fn embed(&mut self, token: u32, out: Act) {
+        let m = &self.model.weights.tok_embd;
+        m.row_into(token as usize, &mut self.acts[out as usize]);
+    }
+
+    fn rmsnorm(&mut self, out: Act, x: Act, w: TensorId) {
+        let eps = self.model.config.norm_eps;
+        let weight = self.model.weights.norm(w);
+        let (o, x) = if out == x {
+            let v = &mut self.acts[out as usize];
+            let s = inv_rms(v, eps);
+            for (a, w) in v.iter_mut().zip(weight) {
+                *a *= s * w;
+            }
+            return;
+        } else {
+            self.pair(out, x)
+        };
+        let s = inv_rms(x, eps);
+        for ((o, a), w) in o.iter_mut().zip(x).zip(weight) {
+            *o = w * (s * a);
+        }
+    }
+
+    fn matvec(&mut self, out: Act, w: TensorId, x: Act) {
+        let m = self.model.weights.matrix(w);
+        let (o, x) = self.pair(out, x);
+        m.matvec(x, o);
+    }
+
+    fn rope(&mut self, x: Act, pos: usize) {
+        let c = &self.model.config;
+        let hs = c.head_size();
+        let v = &mut self.acts[x as usize];
+        for i in (0..v.len()).step_by(2) {
+            let hd = (i % hs) as f32;
+            let freq = 1.0 / c.rope_theta.powf(hd / hs as f32);
+            let (sin, cos) = (pos as f32 * freq).sin_cos();
+            let (a, b) = (v[i], v[i + 1]);
+            v[i] = a * cos - b * sin;
+            v[i + 1] = a * sin + b * cos;
+        }
+    }
+
+    fn kv_store(&mut self, layer: usize, pos: usize) {
+        let c = &self.model.config;
+        let kv = c.kv_dim();
+        let at = (layer * c.seq_len + pos) * kv;
+        self.key_cache[at..at + kv].copy_from_slice(&self.acts[Act::K as usize]);
+        self.value_cache[at..at + kv].copy_from_slice(&self.acts[Act::V as usize]);
+    }
+
+    fn attention(&mut self, out: Act, layer: usize, pos: usize) {
+        let c = &self.model.config;
+        let (hs, kv) = (c.head_size(), c.kv_dim());
+        let group = c.n_heads / c.n_kv_heads;
+        let base = layer * c.seq_len * kv;
+        let scale = 1.0 / (hs as f32).sqrt();
+        let mut o = std::mem::take(&mut self.acts[out as usize]);
+        let q_all = &self.acts[Act::Q as usize];
+        let scores = &mut self.scores[..=pos];
+        for h in 0..c.n_heads {
+            let q = &q_all[h * hs..(h + 1) * hs];
+            let kvh = (h / group) * hs;
+            for (t, s) in scores.iter_mut().enumerate() {
+                let k = &self.key_cache[base + t * kv + kvh..][..hs];
+                *s = dot(q, k) * scale;
+            }
+            softmax(scores);
+            let oh = &mut o[h * hs..(h + 1) * hs];
+            oh.fill(0.0);
+            for (t, &p) in scores.iter().enumerate() {
+                let v = &self.value_cache[base + t * kv + kvh..][..hs];
+                for (a, b) in oh.iter_mut().zip(v) {
+                    *a += p * b;
+                }
+            }
+        }
+        self.acts[out as usize] = o;
+    }
+
+    fn swiglu(&mut self, gate: Act, up: Act) {
+        let (g, u) = self.pair(gate, up);
+        for (g, u) in g.iter_mut().zip(u) {
+            *g = *g / (1.0 + (-*g).exp()) * u;
+        }
+    }
+
+    fn add(&mut self, x: Act, y: Act) {
+        let (x, y) = self.pair(x, y);
+        for (a, b) in x.iter_mut().zip(y) {
+            *a += b;
+        }
+    }
+}
+
+impl Decoder for CpuDecoder<'_> {
+    fn config(&self) -> &Config {
+        &self.model.config
+    }
+
+    fn step(&mut self, token: u32, pos: usize) -> crate::Result<&[f32]> {
+        let c = &self.model.config;
+        if token as usize >= c.vocab_size {
+            return Err(crate::Error::Invalid(format!(
+                "token {token} is outside the vocabulary of {}",
+                c.vocab_size
+            )));
+        }
+        if pos >= c.seq_len {
+            return Err(crate::Error::Invalid(format!(
+                "position {pos} is past the model's context of {}",
+                c.seq_len
+            )));
+        }
+        let model = self.model;
+        forward(self, &model.config, token, pos);
+        Ok(self.act(Act::Logits))
+    }
+
+    fn backend(&self) -> String {
+        "cpu".into()
+    }
+}
+
+fn inv_rms(x: &[f32], eps: f32) -> f32 {
+    let ss = x.iter().map(|v| v * v).sum::<f32>() / x.len() as f32;
+    1.0 / (ss + eps).sqrt()
+}
+
+/// In-place softmax with max subtraction.
+pub fn softmax(x: &mut [f32]) {
+    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut sum = 0.0;
+    for v in x.iter_mut() {
+        *v = (*v - max).exp();
+        sum += *v;
+    }
+    for v in x.iter_mut() {
+        *v /= sum;
+    }
+}

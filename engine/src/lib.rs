@@ -1,0 +1,28 @@
+//! nibble-engine: Llama-family inference with block-wise 4-bit weights.
+//!
+//! - [`model`], [`gguf`], [`tokenizer`]: formats (GGUF v3, llama2.c checkpoints and tokenizers).
+//! - [`quant`]: weight formats and their planar in-memory packing.
+//! - [`forward`]: the forward pass, written once over the [`forward::Kernels`] trait.
+//! - [`cpu`]: the f32 CPU backend, the oracle.
+//! - [`eval`]: perplexity and generation over any [`Decoder`].
+
+pub mod cpu;
+pub mod error;
+pub mod eval;
+pub mod forward;
+pub mod gguf;
+pub mod model;
+pub mod quant;
+pub mod tokenizer;
+
+pub use error::{Error, Result};
+pub use model::{Config, Model, Preset};
+
+/// A backend with a KV cache that turns (token, position) into logits.
+pub trait Decoder {
+    fn config(&self) -> &Config;
+    /// Runs one token at `pos` (positions must be fed in order from 0) and returns the logits.
+    fn step(&mut self, token: u32, pos: usize) -> Result<&[f32]>;
+    /// Which backend ran, as reported in results.
+    fn backend(&self) -> String;
+}

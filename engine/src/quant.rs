@@ -1,0 +1,608 @@
+//! Weight formats: f32, f16 and block-wise q8_0, q4_0, q4_1, shared by the CPU path, the GPU upload and
+//! the GGUF reader/writer.
+//!
+//! In memory a matrix is *planar*, not ggml's interleaved 18-byte blocks, because WGSL storage buffers
+//! hold 4-byte words: `words` holds the codes (8 nibbles or 4 bytes per u32, element `i` of a block in
+//! word `i / 8` at bits `4 * (i % 8)` for 4-bit, word `i / 4` at byte `i % 4` for 8-bit), `scales` one f16
+//! per block and `mins` one f16 per block for q4_1. Rows are whole blocks, so a row starts on a word.
+//! At block size 32 the codes, scales and mins are exactly ggml's; only their order differs, and
+//! [`QMatrix::to_ggml`] / [`QMatrix::from_ggml`] convert losslessly.
+
+use crate::error::{Error, Result};
+use half::f16;
+
+/// Tensor types as ggml numbers them in GGUF files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[allow(non_camel_case_types)]
+pub enum GgmlType {
+    F32 = 0,
+    F16 = 1,
+    Q4_0 = 2,
+    Q4_1 = 3,
+    Q8_0 = 8,
+}
+
+impl GgmlType {
+    pub fn from_id(id: u32) -> Option<Self> {
+        Some(match id {
+            0 => GgmlType::F32,
+            1 => GgmlType::F16,
+            2 => GgmlType::Q4_0,
+            3 => GgmlType::Q4_1,
+            8 => GgmlType::Q8_0,
+            _ => return None,
+        })
+    }
+
+    /// Elements per block.
+    pub fn block_len(self) -> usize {
+        match self {
+            GgmlType::F32 | GgmlType::F16 => 1,
+            _ => 32,
+        }
+    }
+
+    /// Bytes per block in the GGUF encoding.
+    pub fn block_bytes(self) -> usize {
+        match self {
+            GgmlType::F32 => 4,
+            GgmlType::F16 => 2,
+            GgmlType::Q4_0 => 18,
+            GgmlType::Q4_1 => 20,
+            GgmlType::Q8_0 => 34,
+        }
+    }
+
+    pub fn wtype(self) -> WType {
+        match self {
+            GgmlType::F32 => WType::F32,
+            GgmlType::F16 => WType::F16,
+            GgmlType::Q4_0 => WType::Q4_0,
+            GgmlType::Q4_1 => WType::Q4_1,
+            GgmlType::Q8_0 => WType::Q8_0,
+        }
+    }
+}
+
+/// ggml's names for type ids, so an error can say "Q4_K" instead of "12".
+pub fn ggml_type_name(id: u32) -> &'static str {
+    const NAMES: [&str; 42] = [
+        "F32",
+        "F16",
+        "Q4_0",
+        "Q4_1",
+        "Q4_2",
+        "Q4_3",
+        "Q5_0",
+        "Q5_1",
+        "Q8_0",
+        "Q8_1",
+        "Q2_K",
+        "Q3_K",
+        "Q4_K",
+        "Q5_K",
+        "Q6_K",
+        "Q8_K",
+        "IQ2_XXS",
+        "IQ2_XS",
+        "IQ3_XXS",
+        "IQ1_S",
+        "IQ4_NL",
+        "IQ3_S",
+        "IQ2_S",
+        "IQ4_XS",
+        "I8",
+        "I16",
+        "I32",
+        "I64",
+        "F64",
+        "IQ1_M",
+        "BF16",
+        "Q4_0_4_4",
+        "Q4_0_4_8",
+        "Q4_0_8_8",
+        "TQ1_0",
+        "TQ2_0",
+        "IQ4_NL_4_4",
+        "IQ4_NL_4_8",
+        "IQ4_NL_8_8",
+        "MXFP4",
+        "?",
+        "?",
+    ];
+    NAMES.get(id as usize).copied().unwrap_or("unknown")
+}
+
+/// A weight element type, independent of block size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[allow(non_camel_case_types)]
+#[serde(rename_all = "lowercase")]
+pub enum WType {
+    F32,
+    F16,
+    Q8_0,
+    Q4_0,
+    Q4_1,
+}
+
+impl WType {
+    pub fn parse(s: &str) -> Result<Self> {
+        Ok(match s.to_ascii_lowercase().as_str() {
+            "f32" => WType::F32,
+            "f16" => WType::F16,
+            "q8_0" | "q8" => WType::Q8_0,
+            "q4_0" | "q4" => WType::Q4_0,
+            "q4_1" => WType::Q4_1,
+            _ => {
+                return Err(Error::Invalid(format!(
+                    "unknown weight type {s:?} (expected f32, f16, q8_0, q4_0 or q4_1)"
+                )))
+            }
+        })
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            WType::F32 => "f32",
+            WType::F16 => "f16",
+            WType::Q8_0 => "q8_0",
+            WType::Q4_0 => "q4_0",
+            WType::Q4_1 => "q4_1",
+        }
+    }
+
+    pub fn is_quantized(self) -> bool {
+        matches!(self, WType::Q8_0 | WType::Q4_0 | WType::Q4_1)
+    }
+
+    /// The ggml type with the same layout, which exists only at block 32 for quantized types.
+    pub fn ggml(self, block: usize) -> Option<GgmlType> {
+        match (self, block) {
+            (WType::F32, _) => Some(GgmlType::F32),
+            (WType::F16, _) => Some(GgmlType::F16),
+            (WType::Q8_0, 32) => Some(GgmlType::Q8_0),
+            (WType::Q4_0, 32) => Some(GgmlType::Q4_0),
+            (WType::Q4_1, 32) => Some(GgmlType::Q4_1),
+            _ => None,
+        }
+    }
+
+    fn code_bits(self) -> usize {
+        match self {
+            WType::F32 => 32,
+            WType::F16 => 16,
+            WType::Q8_0 => 8,
+            WType::Q4_0 | WType::Q4_1 => 4,
+        }
+    }
+}
+
+/// A row-major `[rows, cols]` weight matrix in the planar layout described at the top of this module.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QMatrix {
+    pub ty: WType,
+    /// Elements per block for quantized types; 1 for f32 and f16.
+    pub block: usize,
+    pub rows: usize,
+    pub cols: usize,
+    /// f32 bits, f16 pairs (element `2k` in the low half), or packed codes.
+    pub words: Vec<u32>,
+    pub scales: Vec<f16>,
+    pub mins: Vec<f16>,
+}
+
+impl QMatrix {
+    pub fn from_f32(rows: usize, cols: usize, data: Vec<f32>) -> Self {
+        assert_eq!(data.len(), rows * cols);
+        QMatrix {
+            ty: WType::F32,
+            block: 1,
+            rows,
+            cols,
+            words: data.into_iter().map(f32::to_bits).collect(),
+            scales: Vec::new(),
+            mins: Vec::new(),
+        }
+    }
+
+    /// Quantizes `data` (row-major) to `ty` with `block` elements per block. The caller checks that
+    /// `cols % block == 0` and that the data is finite (see [`check_finite`]).
+    pub fn quantize(ty: WType, block: usize, rows: usize, cols: usize, data: &[f32]) -> Self {
+        assert_eq!(data.len(), rows * cols);
+        let block = if ty.is_quantized() { block } else { 1 };
+        assert!(
+            cols % block == 0,
+            "cols {cols} not a multiple of block {block}"
+        );
+        let mut m = QMatrix {
+            ty,
+            block,
+            rows,
+            cols,
+            words: Vec::new(),
+            scales: Vec::new(),
+            mins: Vec::new(),
+        };
+        match ty {
+            WType::F32 => m.words = bytemuck::cast_slice(data).to_vec(),
+            WType::F16 => {
+                m.words = data
+                    .chunks(2)
+                    .map(|c| {
+                        let lo = f16::from_f32(c[0]).to_bits() as u32;
+                        let hi = c.get(1).map_or(0, |&v| f16::from_f32(v).to_bits() as u32);
+                        lo | hi << 16
+                    })
+                    .collect()
+            }
+            _ => {
+                let n_blocks = data.len() / block;
+                m.words.reserve(n_blocks * block * ty.code_bits() / 32);
+                m.scales.reserve(n_blocks);
+                let mut codes = vec![0u8; block];
+                for b in data.chunks_exact(block) {
+                    let (d, min) = quantize_block(ty, b, &mut codes);
+                    m.scales.push(d);
+                    if ty == WType::Q4_1 {
+                        m.mins.push(min);
+                    }
+                    pack_codes(ty, &codes, &mut m.words);
+                }
+            }
+        }
+        m
+    }
+
+    /// Words per row of codes (quantized types only).
+    fn row_words(&self) -> usize {
+        self.cols * self.ty.code_bits() / 32
+    }
+
+    /// Exact bytes this matrix occupies: codes plus scales plus mins.
+    pub fn n_bytes(&self) -> usize {
+        match self.ty {
+            WType::F32 => self.rows * self.cols * 4,
+            WType::F16 => self.rows * self.cols * 2,
+            _ => self.words.len() * 4 + (self.scales.len() + self.mins.len()) * 2,
+        }
+    }
+
+    /// Dequantizes row `r` into `out` (`cols` long).
+    pub fn row_into(&self, r: usize, out: &mut [f32]) {
+        let cols = self.cols;
+        match self.ty {
+            WType::F32 => {
+                let w: &[f32] = bytemuck::cast_slice(&self.words);
+                out.copy_from_slice(&w[r * cols..(r + 1) * cols]);
+            }
+            WType::F16 => {
+                for (c, o) in out.iter_mut().enumerate() {
+                    *o = self.f16_at(r * cols + c);
+                }
+            }
+            _ => {
+                let bpr = cols / self.block;
+                for bi in 0..bpr {
+                    let g = r * bpr + bi;
+                    let (d, m) = self.block_params(g);
+                    let words = self.block_words(g);
+                    let out = &mut out[bi * self.block..(bi + 1) * self.block];
+                    for (i, o) in out.iter_mut().enumerate() {
+                        *o = self.code(words, i) * d + m;
+                    }
+                }
+            }
+        }
+    }
+
+    pub fn to_f32(&self) -> Vec<f32> {
+        let mut out = vec![0.0; self.rows * self.cols];
+        for r in 0..self.rows {
+            self.row_into(r, &mut out[r * self.cols..(r + 1) * self.cols]);
+        }
+        out
+    }
+
+    fn f16_at(&self, i: usize) -> f32 {
+        let w = self.words[i / 2];
+        f16::from_bits((w >> (16 * (i % 2))) as u16).to_f32()
+    }
+
+    fn block_words(&self, g: usize) -> &[u32] {
+        let per = self.block * self.ty.code_bits() / 32;
+        &self.words[g * per..(g + 1) * per]
+    }
+
+    /// Scale and offset of block `g`: an element is `code * d + m`.
+    fn block_params(&self, g: usize) -> (f32, f32) {
+        let d = self.scales[g].to_f32();
+        match self.ty {
+            WType::Q4_1 => (d, self.mins[g].to_f32()),
+            WType::Q4_0 => (d, -8.0 * d),
+            _ => (d, 0.0),
+        }
+    }
+
+    /// The raw code of element `i` in a block, as f32 (unsigned for 4-bit, signed for 8-bit).
+    #[inline]
+    fn code(&self, words: &[u32], i: usize) -> f32 {
+        match self.ty {
+            WType::Q8_0 => ((words[i / 4] >> (8 * (i % 4))) as u8 as i8) as f32,
+            _ => ((words[i / 8] >> (4 * (i % 8))) & 15) as f32,
+        }
+    }
+
+    /// `out[r] = sum_c W[r, c] * x[c]`, block by block, never materialising a dequantized matrix.
+    pub fn matvec(&self, x: &[f32], out: &mut [f32]) {
+        assert_eq!(x.len(), self.cols);
+        assert_eq!(out.len(), self.rows);
+        let cols = self.cols;
+        match self.ty {
+            WType::F32 => {
+                let w: &[f32] = bytemuck::cast_slice(&self.words);
+                for (r, o) in out.iter_mut().enumerate() {
+                    *o = dot(&w[r * cols..(r + 1) * cols], x);
+                }
+            }
+            WType::F16 => {
+                let mut row = vec![0.0f32; cols];
+                for (r, o) in out.iter_mut().enumerate() {
+                    self.row_into(r, &mut row);
+                    *o = dot(&row, x);
+                }
+            }
+            _ => {
+                let bpr = cols / self.block;
+                let rw = self.row_words();
+                let per = rw / bpr;
+                let mut codes = vec![0.0f32; self.block];
+                for (r, o) in out.iter_mut().enumerate() {
+                    let mut acc = 0.0f32;
+                    for bi in 0..bpr {
+                        let g = r * bpr + bi;
+                        let (d, m) = self.block_params(g);
+                        let words = &self.words[g * per..(g + 1) * per];
+                        for (i, c) in codes.iter_mut().enumerate() {
+                            *c = self.code(words, i);
+                        }
+                        let xs = &x[bi * self.block..(bi + 1) * self.block];
+                        // sum((q*d + m) * x) = d * sum(q*x) + m * sum(x)
+                        acc += d * dot(&codes, xs);
+                        if m != 0.0 {
+                            acc += m * xs.iter().sum::<f32>();
+                        }
+                    }
+                    *o = acc;
+                }
+            }
+        }
+    }
+
+    /// The tensor's bytes in ggml's GGUF encoding; `None` when the type has no ggml equivalent at this
+    /// block size.
+    pub fn to_ggml(&self) -> Option<Vec<u8>> {
+        let gt = self.ty.ggml(self.block)?;
+        let mut out = Vec::with_capacity(self.rows * self.cols / gt.block_len() * gt.block_bytes());
+        match self.ty {
+            WType::F32 | WType::F16 => {
+                let bytes: &[u8] = bytemuck::cast_slice(&self.words);
+                out.extend_from_slice(&bytes[..self.n_bytes()]);
+            }
+            _ => {
+                let n_blocks = self.rows * self.cols / 32;
+                for g in 0..n_blocks {
+                    let words = self.block_words(g);
+                    out.extend_from_slice(&self.scales[g].to_le_bytes());
+                    if self.ty == WType::Q4_1 {
+                        out.extend_from_slice(&self.mins[g].to_le_bytes());
+                    }
+                    if self.ty == WType::Q8_0 {
+                        out.extend_from_slice(bytemuck::cast_slice(words));
+                    } else {
+                        let nib = |i: usize| ((words[i / 8] >> (4 * (i % 8))) & 15) as u8;
+                        for j in 0..16 {
+                            out.push(nib(j) | nib(j + 16) << 4);
+                        }
+                    }
+                }
+            }
+        }
+        Some(out)
+    }
+
+    /// Reads ggml-encoded bytes of a `[rows, cols]` tensor.
+    pub fn from_ggml(gt: GgmlType, rows: usize, cols: usize, bytes: &[u8]) -> Self {
+        let ty = gt.wtype();
+        let block = gt.block_len();
+        assert_eq!(bytes.len(), rows * cols / block * gt.block_bytes());
+        let mut m = QMatrix {
+            ty,
+            block,
+            rows,
+            cols,
+            words: Vec::new(),
+            scales: Vec::new(),
+            mins: Vec::new(),
+        };
+        match gt {
+            GgmlType::F32 | GgmlType::F16 => {
+                let mut padded = bytes.to_vec();
+                padded.resize(bytes.len().div_ceil(4) * 4, 0);
+                m.words = padded
+                    .chunks_exact(4)
+                    .map(|c| u32::from_le_bytes(c.try_into().unwrap()))
+                    .collect();
+            }
+            _ => {
+                let mut codes = [0u8; 32];
+                for blk in bytes.chunks_exact(gt.block_bytes()) {
+                    m.scales.push(f16::from_le_bytes([blk[0], blk[1]]));
+                    let qs = match gt {
+                        GgmlType::Q4_1 => {
+                            m.mins.push(f16::from_le_bytes([blk[2], blk[3]]));
+                            &blk[4..]
+                        }
+                        _ => &blk[2..],
+                    };
+                    if gt == GgmlType::Q8_0 {
+                        codes.copy_from_slice(qs);
+                    } else {
+                        for j in 0..16 {
+                            codes[j] = qs[j] & 15;
+                            codes[j + 16] = qs[j] >> 4;
+                        }
+                    }
+                    pack_codes(ty, &codes, &mut m.words);
+                }
+            }
+        }
+        m
+    }
+}
+
+/// Appends a block's codes to `words` in the planar packing.
+fn pack_codes(ty: WType, codes: &[u8], words: &mut Vec<u32>) {
+    if ty == WType::Q8_0 {
+        for c in codes.chunks_exact(4) {
+            words.push(u32::from_le_bytes([c[0], c[1], c[2], c[3]]));
+        }
+    } else {
+        for c in codes.chunks_exact(8) {
+            words.push(
+                c.iter()
+                    .enumerate()
+                    .fold(0u32, |w, (i, &q)| w | ((q as u32 & 15) << (4 * i))),
+            );
+        }
+    }
+}
+
+/// Quantizes one block, writing its codes; returns (scale, min). The arithmetic follows ggml's
+/// reference quantizers (in f32, as gguf-py does), so block-32 output is bit-identical to theirs.
+fn quantize_block(ty: WType, x: &[f32], codes: &mut [u8]) -> (f16, f16) {
+    match ty {
+        WType::Q4_0 => {
+            // The signed value of largest magnitude, first one on ties.
+            let mut max = 0.0f32;
+            for &v in x {
+                if v.abs() > max.abs() {
+                    max = v;
+                }
+            }
+            let d = max / -8.0;
+            let id = if d == 0.0 { 0.0 } else { 1.0 / d };
+            for (c, &v) in codes.iter_mut().zip(x) {
+                *c = ((v * id + 8.5).trunc() as u8).min(15);
+            }
+            (f16::from_f32(d), f16::ZERO)
+        }
+        WType::Q4_1 => {
+            let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let min = x.iter().copied().fold(f32::INFINITY, f32::min);
+            let d = (max - min) / 15.0;
+            let id = if d == 0.0 { 0.0 } else { 1.0 / d };
+            for (c, &v) in codes.iter_mut().zip(x) {
+                *c = (((v - min) * id + 0.5).trunc() as u8).min(15);
+            }
+            (f16::from_f32(d), f16::from_f32(min))
+        }
+        WType::Q8_0 => {
+            let amax = x.iter().fold(0.0f32, |a, v| a.max(v.abs()));
+            let d = amax / 127.0;
+            let id = if d == 0.0 { 0.0 } else { 1.0 / d };
+            for (c, &v) in codes.iter_mut().zip(x) {
+                // f32::round is half away from zero, like ggml's roundf.
+                *c = ((v * id).round() as i8) as u8;
+            }
+            (f16::from_f32(d), f16::ZERO)
+        }
+        WType::F32 | WType::F16 => unreachable!("float types are not block-quantized"),
+    }
+}
+
+/// Rejects NaN or Inf before quantizing, naming the tensor.
+pub fn check_finite(name: &str, data: &[f32]) -> Result<()> {
+    if let Some(i) = data.iter().position(|v| !v.is_finite()) {
+        return Err(Error::Invalid(format!(
+            "tensor {name:?}: element {i} is {} (weights must be finite to quantize)",
+            data[i]
+        )));
+    }
+    Ok(())
+}
+
+/// Plain dot product in chunks of 8 so the compiler vectorises it.
+#[inline]
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0.0f32; 8];
+    let ca = a.chunks_exact(8);
+    let cb = b.chunks_exact(8);
+    let tail: f32 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in ca.zip(cb) {
+        for i in 0..8 {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn data(n: usize, seed: u32) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(2654435761).wrapping_add(1);
+        (0..n)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 17;
+                s ^= s << 5;
+                (s as f32 / u32::MAX as f32) * 2.0 - 1.0
+            })
+            .collect()
+    }
+
+    #[test]
+    fn ggml_round_trip_is_lossless() {
+        let x = data(4 * 64, 3);
+        for ty in [
+            WType::Q4_0,
+            WType::Q4_1,
+            WType::Q8_0,
+            WType::F16,
+            WType::F32,
+        ] {
+            let m = QMatrix::quantize(ty, 32, 4, 64, &x);
+            let g = m.to_ggml().unwrap();
+            let back = QMatrix::from_ggml(ty.ggml(32).unwrap(), 4, 64, &g);
+            assert_eq!(back, m, "{ty:?}");
+        }
+    }
+
+    #[test]
+    fn matvec_matches_dequantized_dot() {
+        let x = data(3 * 128, 5);
+        let v = data(128, 6);
+        for ty in [WType::Q4_0, WType::Q4_1, WType::Q8_0, WType::F16] {
+            for block in [32, 64, 128] {
+                let m = QMatrix::quantize(ty, block, 3, 128, &x);
+                let mut out = vec![0.0; 3];
+                m.matvec(&v, &mut out);
+                let deq = m.to_f32();
+                for r in 0..3 {
+                    let want = dot(&deq[r * 128..(r + 1) * 128], &v);
+                    assert!(
+                        (out[r] - want).abs() < 1e-4,
+                        "{ty:?} {block}: {} vs {want}",
+                        out[r]
+                    );
+                }
+            }
+        }
+    }
+}

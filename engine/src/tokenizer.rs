@@ -1,0 +1,419 @@
+//! SentencePiece-style BPE as llama2.c runs it: a dummy prefix space, UTF-8 code points looked up whole,
+//! bytes without a piece fall back to `<0xNN>` tokens, then pairs are merged greedily by best score.
+//!
+//! Pieces are kept with plain spaces (as llama2.c's `tokenizer.bin` stores them); GGUF stores SentencePiece's
+//! `▁` instead, and the GGUF loader/writer converts, so both sources give the same ids.
+
+use crate::error::{Error, Result};
+use crate::gguf::{Gguf, Value, ValueType};
+use std::collections::HashMap;
+
+/// SentencePiece token types as GGUF stores them in `tokenizer.ggml.token_type`.
+pub const TYPE_NORMAL: i32 = 1;
+pub const TYPE_UNKNOWN: i32 = 2;
+pub const TYPE_CONTROL: i32 = 3;
+pub const TYPE_UNUSED: i32 = 5;
+pub const TYPE_BYTE: i32 = 6;
+
+const SPACE_MARK: &str = "\u{2581}";
+
+#[derive(Debug, Clone)]
+pub struct Tokenizer {
+    pub pieces: Vec<Vec<u8>>,
+    pub scores: Vec<f32>,
+    pub types: Vec<i32>,
+    pub bos: u32,
+    pub eos: u32,
+    lookup: HashMap<Vec<u8>, u32>,
+    byte_ids: [Option<u32>; 256],
+}
+
+impl Tokenizer {
+    pub fn new(
+        pieces: Vec<Vec<u8>>,
+        scores: Vec<f32>,
+        types: Vec<i32>,
+        bos: u32,
+        eos: u32,
+    ) -> Self {
+        let mut lookup = HashMap::with_capacity(pieces.len());
+        let mut byte_ids = [None; 256];
+        for (i, p) in pieces.iter().enumerate() {
+            // First occurrence wins, as in llama2.c's sorted lookup of unique pieces.
+            lookup.entry(p.clone()).or_insert(i as u32);
+            if let Some(b) = parse_byte_piece(p) {
+                byte_ids[b as usize].get_or_insert(i as u32);
+            }
+        }
+        Tokenizer {
+            pieces,
+            scores,
+            types,
+            bos,
+            eos,
+            lookup,
+            byte_ids,
+        }
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        self.pieces.len()
+    }
+
+    /// A byte-level vocabulary: `<unk>`, `<s>`, `</s>`, the 256 byte tokens, then unused padding up to
+    /// `vocab_size`. Any text encodes, one token per byte.
+    pub fn byte_level(vocab_size: usize) -> Self {
+        assert!(vocab_size >= 259);
+        let mut pieces: Vec<Vec<u8>> = vec![b"<unk>".to_vec(), b"<s>".to_vec(), b"</s>".to_vec()];
+        let mut types = vec![TYPE_UNKNOWN, TYPE_CONTROL, TYPE_CONTROL];
+        for b in 0..=255u8 {
+            pieces.push(format!("<0x{b:02X}>").into_bytes());
+            types.push(TYPE_BYTE);
+        }
+        for i in pieces.len()..vocab_size {
+            pieces.push(format!("<unused{i}>").into_bytes());
+            types.push(TYPE_UNUSED);
+        }
+        let scores = vec![0.0; vocab_size];
+        Tokenizer::new(pieces, scores, types, 1, 2)
+    }
+
+    /// Reads llama2.c's `tokenizer.bin`: i32 max_token_length, then per token f32 score, i32 length, bytes.
+    /// llama2.c does not store the vocabulary size, so the model's is passed in.
+    pub fn from_llama2c(bytes: &[u8], vocab_size: usize, file: &str) -> Result<Self> {
+        let mut pos = 0usize;
+        let mut take = |n: usize, field: &str| -> Result<&[u8]> {
+            if bytes.len() - pos < n {
+                return Err(Error::format(
+                    file,
+                    field,
+                    format!(
+                        "file is truncated at byte {pos} (needs {n} more bytes, {} left); a tokenizer with \
+                         fewer pieces than the model's vocabulary ({vocab_size}) does not match the model",
+                        bytes.len() - pos
+                    ),
+                ));
+            }
+            let s = &bytes[pos..pos + n];
+            pos += n;
+            Ok(s)
+        };
+        let max_len = i32::from_le_bytes(take(4, "max_token_length")?.try_into().unwrap());
+        if max_len <= 0 || max_len > 1 << 16 {
+            return Err(Error::format(
+                file,
+                "max_token_length",
+                format!("{max_len} is not a plausible piece length"),
+            ));
+        }
+        let mut pieces = Vec::with_capacity(vocab_size.min(bytes.len() / 8));
+        let mut scores = Vec::with_capacity(pieces.capacity());
+        for i in 0..vocab_size {
+            let field = format!("token[{i}]");
+            let score = f32::from_le_bytes(take(4, &field)?.try_into().unwrap());
+            let len = i32::from_le_bytes(take(4, &field)?.try_into().unwrap());
+            if len < 0 || len > max_len {
+                return Err(Error::format(
+                    file,
+                    &field,
+                    format!("length {len} is outside 0..={max_len} (max_token_length)"),
+                ));
+            }
+            pieces.push(take(len as usize, &field)?.to_vec());
+            scores.push(score);
+        }
+        if pos != bytes.len() {
+            return Err(Error::format(
+                file,
+                "vocabulary",
+                format!(
+                    "{} bytes remain after {vocab_size} pieces: the tokenizer has more pieces than the model's \
+                     vocabulary ({vocab_size}) and does not match the model",
+                    bytes.len() - pos
+                ),
+            ));
+        }
+        // llama2.c's export fixes 0 = <unk>, 1 = <s>, 2 = </s>; byte pieces are typed for GGUF export.
+        let types = pieces
+            .iter()
+            .enumerate()
+            .map(|(i, p)| match i {
+                0 => TYPE_UNKNOWN,
+                1 | 2 => TYPE_CONTROL,
+                _ if parse_byte_piece(p).is_some() => TYPE_BYTE,
+                _ => TYPE_NORMAL,
+            })
+            .collect();
+        Ok(Tokenizer::new(pieces, scores, types, 1, 2))
+    }
+
+    /// Reads `tokenizer.ggml.*` from GGUF metadata.
+    pub fn from_gguf(g: &Gguf, file: &str) -> Result<Self> {
+        match g.get("tokenizer.ggml.model").and_then(Value::as_str) {
+            Some("llama") => {}
+            Some(other) => {
+                return Err(Error::format(
+                    file,
+                    "tokenizer.ggml.model",
+                    format!("{other:?} is not supported (nibble reads the SentencePiece \"llama\" tokenizer)"),
+                ))
+            }
+            None => {
+                return Err(Error::format(
+                    file,
+                    "tokenizer.ggml.model",
+                    "missing: the file has no tokenizer",
+                ))
+            }
+        }
+        let field = "tokenizer.ggml.tokens";
+        let tokens = match g.get(field) {
+            Some(Value::Array(ValueType::String, v)) => v,
+            _ => {
+                return Err(Error::format(
+                    file,
+                    field,
+                    "missing or not an array of strings",
+                ))
+            }
+        };
+        let n = tokens.len();
+        let pieces: Vec<Vec<u8>> = tokens
+            .iter()
+            .map(|t| {
+                t.as_str()
+                    .unwrap_or_default()
+                    .replace(SPACE_MARK, " ")
+                    .into_bytes()
+            })
+            .collect();
+        let scores = match g.get("tokenizer.ggml.scores") {
+            Some(Value::Array(_, v)) if v.len() == n => {
+                v.iter().map(|s| s.as_f64().unwrap_or(0.0) as f32).collect()
+            }
+            Some(_) => {
+                return Err(Error::format(
+                    file,
+                    "tokenizer.ggml.scores",
+                    format!("must be an array of {n} numbers, one per token"),
+                ))
+            }
+            None => vec![0.0; n],
+        };
+        let types = match g.get("tokenizer.ggml.token_type") {
+            Some(Value::Array(_, v)) if v.len() == n => v
+                .iter()
+                .map(|s| s.as_int().unwrap_or(TYPE_NORMAL as i128) as i32)
+                .collect(),
+            Some(_) => {
+                return Err(Error::format(
+                    file,
+                    "tokenizer.ggml.token_type",
+                    format!("must be an array of {n} integers, one per token"),
+                ))
+            }
+            None => vec![TYPE_NORMAL; n],
+        };
+        let id = |key: &str, default: u32| -> Result<u32> {
+            match g.get(key) {
+                None => Ok(default),
+                Some(v) => match v.as_int() {
+                    Some(i) if i >= 0 && (i as usize) < n => Ok(i as u32),
+                    _ => Err(Error::format(
+                        file,
+                        key,
+                        format!("{} is not a token id below {n}", v.display_short()),
+                    )),
+                },
+            }
+        };
+        let bos = id("tokenizer.ggml.bos_token_id", 1)?;
+        let eos = id("tokenizer.ggml.eos_token_id", 2)?;
+        Ok(Tokenizer::new(pieces, scores, types, bos, eos))
+    }
+
+    /// The GGUF metadata entries for this vocabulary.
+    pub fn to_gguf_metadata(&self) -> Result<Vec<(String, Value)>> {
+        let tokens = self
+            .pieces
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                let s = std::str::from_utf8(p).map_err(|_| {
+                    Error::Invalid(format!(
+                        "token {i} is not valid UTF-8 and cannot be stored in GGUF"
+                    ))
+                })?;
+                Ok(Value::String(s.replace(' ', SPACE_MARK)))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(vec![
+            ("tokenizer.ggml.model".into(), Value::String("llama".into())),
+            (
+                "tokenizer.ggml.tokens".into(),
+                Value::Array(ValueType::String, tokens),
+            ),
+            (
+                "tokenizer.ggml.scores".into(),
+                Value::Array(
+                    ValueType::F32,
+                    self.scores.iter().map(|&s| Value::F32(s)).collect(),
+                ),
+            ),
+            (
+                "tokenizer.ggml.token_type".into(),
+                Value::Array(
+                    ValueType::I32,
+                    self.types.iter().map(|&t| Value::I32(t)).collect(),
+                ),
+            ),
+            ("tokenizer.ggml.bos_token_id".into(), Value::U32(self.bos)),
+            ("tokenizer.ggml.eos_token_id".into(), Value::U32(self.eos)),
+            ("tokenizer.ggml.unknown_token_id".into(), Value::U32(0)),
+        ])
+    }
+
+    /// Encodes `text`: a dummy prefix space, code points, byte fallback, then best-score merges.
+    pub fn encode(&self, text: &str, bos: bool, eos: bool) -> Vec<u32> {
+        let mut toks = Vec::with_capacity(text.len() + 3);
+        if bos {
+            toks.push(self.bos);
+        }
+        let mut ids: Vec<u32> = Vec::with_capacity(text.len() + 1);
+        if !text.is_empty() {
+            let prefixed = format!(" {text}");
+            let mut buf = [0u8; 4];
+            for ch in prefixed.chars() {
+                let s = ch.encode_utf8(&mut buf).as_bytes();
+                if let Some(&id) = self.lookup.get(s) {
+                    ids.push(id);
+                } else {
+                    // A byte without a byte piece maps to <unk>, as SentencePiece does.
+                    ids.extend(s.iter().map(|&b| self.byte_ids[b as usize].unwrap_or(0)));
+                }
+            }
+            let mut merged = Vec::new();
+            loop {
+                let mut best: Option<(f32, usize, u32)> = None;
+                for i in 0..ids.len().saturating_sub(1) {
+                    merged.clear();
+                    merged.extend_from_slice(&self.pieces[ids[i] as usize]);
+                    merged.extend_from_slice(&self.pieces[ids[i + 1] as usize]);
+                    if let Some(&id) = self.lookup.get(&merged) {
+                        let score = self.scores[id as usize];
+                        if best.is_none_or(|(s, _, _)| score > s) {
+                            best = Some((score, i, id));
+                        }
+                    }
+                }
+                match best {
+                    Some((_, i, id)) => {
+                        ids[i] = id;
+                        ids.remove(i + 1);
+                    }
+                    None => break,
+                }
+            }
+        }
+        toks.extend(ids);
+        if eos {
+            toks.push(self.eos);
+        }
+        toks
+    }
+
+    /// The bytes a token contributes after `prev`: byte pieces become their byte, and the leading space
+    /// of the first piece after BOS is dropped (the dummy prefix).
+    pub fn decode_piece(&self, prev: u32, token: u32) -> &[u8] {
+        let Some(p) = self.pieces.get(token as usize) else {
+            return b"";
+        };
+        if let Some(b) = parse_byte_piece(p) {
+            // A byte-level dummy prefix is a lone space token right after BOS.
+            if prev == self.bos && b == b' ' {
+                return b"";
+            }
+            return &BYTES[b as usize..b as usize + 1];
+        }
+        if matches!(
+            self.types.get(token as usize),
+            Some(&TYPE_CONTROL) | Some(&TYPE_UNKNOWN)
+        ) {
+            return b"";
+        }
+        if prev == self.bos && p.first() == Some(&b' ') {
+            return &p[1..];
+        }
+        p
+    }
+
+    /// Decodes a token sequence to text (invalid UTF-8 is replaced, not an error).
+    pub fn decode(&self, tokens: &[u32]) -> String {
+        let mut out = Vec::new();
+        let mut prev = self.bos;
+        for &t in tokens {
+            out.extend_from_slice(self.decode_piece(prev, t));
+            prev = t;
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    }
+}
+
+static BYTES: [u8; 256] = {
+    let mut b = [0u8; 256];
+    let mut i = 0;
+    while i < 256 {
+        b[i] = i as u8;
+        i += 1;
+    }
+    b
+};
+
+/// `<0xNN>` → NN.
+fn parse_byte_piece(p: &[u8]) -> Option<u8> {
+    if p.len() == 6 && p.starts_with(b"<0x") && p[5] == b'>' {
+        u8::from_str_radix(std::str::from_utf8(&p[3..5]).ok()?, 16).ok()
+    } else {
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn toy() -> Tokenizer {
+        let mut t = Tokenizer::byte_level(259);
+        for (p, s) in [
+            (" ", -1.0),
+            ("h", -1.0),
+            ("i", -1.0),
+            ("hi", -0.5),
+            (" hi", -0.2),
+        ] {
+            t.pieces.push(p.as_bytes().to_vec());
+            t.scores.push(s);
+            t.types.push(TYPE_NORMAL);
+        }
+        Tokenizer::new(t.pieces, t.scores, t.types, 1, 2)
+    }
+
+    #[test]
+    fn merges_by_best_score_and_falls_back_to_bytes() {
+        let t = toy();
+        let ids = t.encode("hi\u{e9}", true, false);
+        // " hi" merged, then é as two byte tokens.
+        assert_eq!(ids, vec![1, 263, 3 + 0xC3, 3 + 0xA9]);
+        assert_eq!(t.decode(&ids), "hi\u{e9}");
+        assert_eq!(t.encode("", true, true), vec![1, 2]);
+    }
+
+    #[test]
+    fn byte_level_round_trips_any_text() {
+        let t = Tokenizer::byte_level(300);
+        let s = "Grüße, 世界!\n\ttab";
+        let ids = t.encode(s, true, false);
+        assert_eq!(ids.len(), 1 + 1 + s.len());
+        assert_eq!(t.decode(&ids), s);
+    }
+}
