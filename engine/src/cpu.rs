@@ -9,22 +9,22 @@ use crate::Decoder;
 pub struct CpuDecoder<'m> {
     model: &'m Model,
     acts: Vec<Vec<f32>>,
-    /// `[layer][pos][kv_dim]`
-    key_cache: Vec<f32>,
-    value_cache: Vec<f32>,
+    /// `[layer][pos * kv_dim]`, grown as positions arrive so a huge declared context costs nothing
+    /// until it is used.
+    key_cache: Vec<Vec<f32>>,
+    value_cache: Vec<Vec<f32>>,
     scores: Vec<f32>,
 }
 
 impl<'m> CpuDecoder<'m> {
     pub fn new(model: &'m Model) -> Self {
         let c = &model.config;
-        let cache = c.n_layers * c.seq_len * c.kv_dim();
         CpuDecoder {
             model,
             acts: Act::ALL.iter().map(|a| vec![0.0; a.len(c)]).collect(),
-            key_cache: vec![0.0; cache],
-            value_cache: vec![0.0; cache],
-            scores: vec![0.0; c.seq_len],
+            key_cache: vec![Vec::new(); c.n_layers],
+            value_cache: vec![Vec::new(); c.n_layers],
+            scores: Vec::new(),
         }
     }
 
@@ -92,34 +92,39 @@ impl Kernels for CpuDecoder<'_> {
     }
 
     fn kv_store(&mut self, layer: usize, pos: usize) {
-        let c = &self.model.config;
-        let kv = c.kv_dim();
-        let at = (layer * c.seq_len + pos) * kv;
-        self.key_cache[at..at + kv].copy_from_slice(&self.acts[Act::K as usize]);
-        self.value_cache[at..at + kv].copy_from_slice(&self.acts[Act::V as usize]);
+        let kv = self.model.config.kv_dim();
+        for (cache, act) in [
+            (&mut self.key_cache, Act::K),
+            (&mut self.value_cache, Act::V),
+        ] {
+            let cache = &mut cache[layer];
+            cache.resize((pos + 1) * kv, 0.0);
+            cache[pos * kv..].copy_from_slice(&self.acts[act as usize]);
+        }
     }
 
     fn attention(&mut self, out: Act, layer: usize, pos: usize) {
         let c = &self.model.config;
         let (hs, kv) = (c.head_size(), c.kv_dim());
         let group = c.n_heads / c.n_kv_heads;
-        let base = layer * c.seq_len * kv;
         let scale = 1.0 / (hs as f32).sqrt();
         let mut o = std::mem::take(&mut self.acts[out as usize]);
         let q_all = &self.acts[Act::Q as usize];
+        self.scores.resize(pos + 1, 0.0);
         let scores = &mut self.scores[..=pos];
+        let (keys, values) = (&self.key_cache[layer], &self.value_cache[layer]);
         for h in 0..c.n_heads {
             let q = &q_all[h * hs..(h + 1) * hs];
             let kvh = (h / group) * hs;
             for (t, s) in scores.iter_mut().enumerate() {
-                let k = &self.key_cache[base + t * kv + kvh..][..hs];
+                let k = &keys[t * kv + kvh..][..hs];
                 *s = dot(q, k) * scale;
             }
             softmax(scores);
             let oh = &mut o[h * hs..(h + 1) * hs];
             oh.fill(0.0);
             for (t, &p) in scores.iter().enumerate() {
-                let v = &self.value_cache[base + t * kv + kvh..][..hs];
+                let v = &values[t * kv + kvh..][..hs];
                 for (a, b) in oh.iter_mut().zip(v) {
                     *a += p * b;
                 }

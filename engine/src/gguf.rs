@@ -295,6 +295,17 @@ impl<'a> Gguf<'a> {
                     Error::format(file, format!("{field}.dims"), format!("{dims:?} overflows"))
                 })?;
             }
+            // The byte size must not overflow either; after this, n_bytes() is safe.
+            if (n / ty.block_len() as u64)
+                .checked_mul(ty.block_bytes() as u64)
+                .is_none()
+            {
+                return Err(Error::format(
+                    file,
+                    format!("{field}.dims"),
+                    format!("{dims:?} is too large"),
+                ));
+            }
             if dims[0] % ty.block_len() as u64 != 0 {
                 return Err(Error::format(
                     file,

@@ -337,7 +337,11 @@ impl Model {
     pub fn load(path: &Path, tokenizer: Option<&Path>) -> Result<Model> {
         let file = path.display().to_string();
         let bytes = read_file(path)?;
-        let mut model = if bytes.starts_with(gguf::MAGIC) {
+        let is_gguf_name = path
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("gguf"));
+        // A .gguf with a bad magic gets the GGUF parser's "magic" error, not a llama2.c one.
+        let mut model = if bytes.starts_with(gguf::MAGIC) || is_gguf_name {
             Model::from_gguf(&bytes, &file)?
         } else {
             Model::from_llama2c(&bytes, &file)?
@@ -407,6 +411,14 @@ impl Model {
                 ));
             }
         }
+        let hint = |e: Error| match e {
+            Error::Format { file, field, msg } => Error::Format {
+                file,
+                field,
+                msg: format!("{msg} (read as a llama2.c checkpoint header: not one, or corrupt)"),
+            },
+            e => e,
+        };
         let tied = h[5] > 0;
         let config = Config {
             dim: h[0] as usize,
@@ -419,12 +431,15 @@ impl Model {
             rope_theta: 10000.0,
             norm_eps: 1e-5,
         };
-        config.validate(file)?;
+        config.validate(file).map_err(hint)?;
         let c = &config;
         let (d, hd, l, kv, hs) = (c.dim, c.hidden_dim, c.n_layers, c.kv_dim(), c.head_size());
         // Sections in file order: (name, floats). Sizes are bounded by validate(), so no overflow.
-        let sections: Vec<(&str, usize)> = vec![
-            ("token_embedding_table", c.vocab_size * d),
+        // Sizes in u64 so a hostile header cannot overflow a 32-bit (wasm) usize.
+        let (d, hd, l, kv, hs) = (d as u64, hd as u64, l as u64, kv as u64, hs as u64);
+        let (vocab, seq) = (c.vocab_size as u64, c.seq_len as u64);
+        let sections: Vec<(&str, u64)> = vec![
+            ("token_embedding_table", vocab * d),
             ("rms_att_weight", l * d),
             ("wq", l * d * d),
             ("wk", l * d * kv),
@@ -435,44 +450,50 @@ impl Model {
             ("w2", l * hd * d),
             ("w3", l * d * hd),
             ("rms_final_weight", d),
-            ("freq_cis_real", c.seq_len * hs / 2),
-            ("freq_cis_imag", c.seq_len * hs / 2),
-            ("wcls", if tied { 0 } else { c.vocab_size * d }),
+            ("freq_cis_real", seq * hs / 2),
+            ("freq_cis_imag", seq * hs / 2),
+            ("wcls", if tied { 0 } else { vocab * d }),
         ];
-        let total: usize = sections.iter().map(|s| s.1).sum::<usize>() * 4 + 28;
-        let mut pos = 28usize;
-        let mut data: Vec<Vec<f32>> = Vec::with_capacity(sections.len());
+        let total: u64 = sections.iter().map(|s| s.1).sum::<u64>() * 4 + 28;
+        let len = bytes.len() as u64;
+        let mut pos = 28u64;
         for (name, n) in &sections {
-            if bytes.len() - pos < n * 4 {
+            if len - pos < n * 4 {
                 return Err(Error::format(
                     file,
                     name,
                     format!(
-                        "file is truncated: {name} needs bytes {pos}..{} but the file has {} (expected {total} \
-                         bytes for this header)",
+                        "file is truncated: {name} needs bytes {pos}..{} but the file has {len} (expected \
+                         {total} bytes for this header)",
                         pos + n * 4,
-                        bytes.len()
                     ),
                 ));
             }
-            data.push(
-                bytes[pos..pos + n * 4]
-                    .chunks_exact(4)
-                    .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
-                    .collect(),
-            );
             pos += n * 4;
         }
-        if pos != bytes.len() {
+        if pos != len {
             return Err(Error::format(
                 file,
                 "size",
                 format!(
                     "{} bytes remain after the last tensor (expected {total} bytes in all): the header \
                      contradicts the file size",
-                    bytes.len() - pos
+                    len - pos
                 ),
             ));
+        }
+        // Every section is in bounds now; decode them.
+        let mut data: Vec<Vec<f32>> = Vec::with_capacity(sections.len());
+        let mut at = 28usize;
+        for (_, n) in &sections {
+            let end = at + *n as usize * 4;
+            data.push(
+                bytes[at..end]
+                    .chunks_exact(4)
+                    .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+                    .collect(),
+            );
+            at = end;
         }
         let sec =
             |i: usize, layer: usize, per: usize| data[i][layer * per..(layer + 1) * per].to_vec();

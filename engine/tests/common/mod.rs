@@ -1,0 +1,91 @@
+//! Helpers shared by the integration tests.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+
+/// The real test models: `$NIBBLE_MODELS`, else `../shared/models` beside the checkout. CI always has
+/// them there, so a missing directory is a failure, not a skip.
+pub fn models_dir() -> PathBuf {
+    let dir = std::env::var_os("NIBBLE_MODELS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/models"));
+    assert!(
+        dir.join("stories260K.bin").exists(),
+        "test models not found in {} (set NIBBLE_MODELS)",
+        dir.display()
+    );
+    dir
+}
+
+pub fn stories() -> nibble_engine::Model {
+    let d = models_dir();
+    nibble_engine::Model::load(&d.join("stories260K.bin"), Some(&d.join("tok512.bin"))).unwrap()
+}
+
+pub fn text(name: &str) -> String {
+    std::fs::read_to_string(models_dir().join(name)).unwrap()
+}
+
+/// A fresh scratch directory under the target dir.
+pub fn scratch(name: &str) -> PathBuf {
+    let d = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(name);
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// The pinned `gguf` package (llama.cpp's gguf-py) the interop tests check against.
+pub const GGUF_PY: &str = "gguf==0.19.0";
+
+/// Installs `gguf` with pip once if `python3` cannot import it.
+fn ensure_gguf_py() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let has = |v: &str| {
+            std::process::Command::new("python3")
+                .args([
+                    "-c",
+                    &format!(
+                        "import gguf, importlib.metadata as m; assert m.version('gguf') == '{v}'"
+                    ),
+                ])
+                .output()
+                .is_ok_and(|o| o.status.success())
+        };
+        let version = GGUF_PY.split("==").nth(1).unwrap();
+        if !has(version) {
+            let st = std::process::Command::new("python3")
+                .args(["-m", "pip", "install", "--quiet", GGUF_PY])
+                .status()
+                .expect("python3 is needed for the GGUF interop tests");
+            assert!(st.success(), "pip install {GGUF_PY} failed");
+        }
+    });
+}
+
+/// Runs `engine/tests/py/gguf_interop.py` with the `gguf` package.
+pub fn python(args: &[&str]) {
+    ensure_gguf_py();
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/py/gguf_interop.py");
+    let out = std::process::Command::new("python3")
+        .arg(&script)
+        .args(args)
+        .output()
+        .expect("python3 is needed for the GGUF interop tests");
+    assert!(
+        out.status.success(),
+        "gguf_interop.py {args:?} failed (is the gguf package installed? `pip install gguf==0.19.0`):\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Logits of forced decoding over `tokens` on the CPU oracle, all positions concatenated.
+pub fn forced_logits(model: &nibble_engine::Model, tokens: &[u32]) -> Vec<f32> {
+    use nibble_engine::Decoder;
+    let mut dec = nibble_engine::cpu::CpuDecoder::new(model);
+    let mut all = Vec::new();
+    for (pos, &t) in tokens.iter().enumerate() {
+        all.extend_from_slice(dec.step(t, pos).unwrap());
+    }
+    all
+}

@@ -1,0 +1,169 @@
+//! GGUF interop with llama.cpp's `gguf` Python package, in both directions, and block-exact quantizers.
+
+mod common;
+use common::*;
+use nibble_engine::model::{Class, TensorId};
+use nibble_engine::quant::{QMatrix, WType};
+use nibble_engine::Model;
+use serde_json::Value;
+
+fn checksum(v: &[f32]) -> (f64, f64) {
+    (
+        v.iter().map(|&x| x as f64).sum(),
+        v.iter().map(|&x| (x as f64).abs()).sum(),
+    )
+}
+
+fn close(a: f64, b: f64) -> bool {
+    (a - b).abs() <= 1e-6 * (1.0 + a.abs().max(b.abs()))
+}
+
+fn tensor_values(m: &Model, id: TensorId) -> Vec<f32> {
+    if id.class() == Class::Norm {
+        m.weights.norm(id).to_vec()
+    } else {
+        m.weights.matrix(id).to_f32()
+    }
+}
+
+/// nibble writes (f32, and every quantized type), gguf-py reads the same metadata and values.
+#[test]
+fn nibble_written_gguf_reads_in_gguf_py() {
+    let dir = scratch("interop_read");
+    let mut m = stories();
+    // Quantize the 64-wide matrices so the file holds Q4_0, Q4_1, Q8_0 and F16 tensors.
+    for (l, ty) in [
+        (0, WType::Q4_0),
+        (1, WType::Q4_1),
+        (2, WType::Q8_0),
+        (3, WType::F16),
+    ] {
+        let w = &mut m.weights.layers[l].wq;
+        *w = QMatrix::quantize(ty, 32, w.rows, w.cols, &w.to_f32());
+    }
+    let path = dir.join("nibble.gguf");
+    let mut f = std::fs::File::create(&path).unwrap();
+    m.write_gguf(&mut f).unwrap();
+    drop(f);
+    let json = dir.join("read.json");
+    python(&["read", path.to_str().unwrap(), json.to_str().unwrap()]);
+    let v: Value = serde_json::from_str(&std::fs::read_to_string(json).unwrap()).unwrap();
+    let md = &v["metadata"];
+    assert_eq!(md["general.architecture"], "llama");
+    assert_eq!(md["llama.embedding_length"], 64);
+    assert_eq!(md["llama.block_count"], 5);
+    assert_eq!(md["llama.feed_forward_length"], 172);
+    assert_eq!(md["llama.attention.head_count"], 8);
+    assert_eq!(md["llama.attention.head_count_kv"], 4);
+    assert_eq!(md["llama.context_length"], 512);
+    assert_eq!(md["tokenizer.ggml.model"], "llama");
+    assert_eq!(md["tokenizer.ggml.tokens"]["array_len"], 512);
+    assert_eq!(md["tokenizer.ggml.bos_token_id"], 1);
+    let tok = m.tokenizer.as_ref().unwrap();
+    for (i, t) in v["tokens"].as_array().unwrap().iter().enumerate() {
+        let want = String::from_utf8(tok.pieces[i].clone())
+            .unwrap()
+            .replace(' ', "\u{2581}");
+        assert_eq!(t.as_str().unwrap(), want);
+    }
+    let tensors = v["tensors"].as_object().unwrap();
+    let ids = TensorId::all(&m.config, true);
+    assert_eq!(tensors.len(), ids.len());
+    for id in ids {
+        let t = &tensors[&id.gguf_name()];
+        let (s, a) = checksum(&tensor_values(&m, id));
+        assert!(close(t["sum"].as_f64().unwrap(), s), "{}", id.gguf_name());
+        assert!(
+            close(t["abs_sum"].as_f64().unwrap(), a),
+            "{}",
+            id.gguf_name()
+        );
+    }
+    assert_eq!(tensors["blk.0.attn_q.weight"]["type"], "Q4_0");
+    assert_eq!(tensors["blk.1.attn_q.weight"]["type"], "Q4_1");
+    assert_eq!(tensors["blk.2.attn_q.weight"]["type"], "Q8_0");
+    assert_eq!(tensors["blk.3.attn_q.weight"]["type"], "F16");
+}
+
+/// gguf-py writes a llama with every tensor type; nibble loads it, values match, and it runs.
+#[test]
+fn gguf_py_written_gguf_loads_in_nibble() {
+    let dir = scratch("interop_write");
+    let path = dir.join("py.gguf");
+    let json = dir.join("py.json");
+    python(&["write", path.to_str().unwrap(), json.to_str().unwrap()]);
+    let v: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let m = Model::load(&path, None).unwrap();
+    assert_eq!(m.name, "gguf-py-written");
+    assert_eq!(m.config.n_kv_heads, 2);
+    assert!(!m.tied());
+    let tok = m.tokenizer.as_ref().unwrap();
+    assert_eq!(tok.vocab_size(), v["vocab"].as_u64().unwrap() as usize);
+    // "▁cat" is stored with a space in memory and encodes as one token.
+    let cat = v["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .position(|t| t == "\u{2581}cat")
+        .unwrap();
+    assert_eq!(tok.encode("cat", false, false), vec![cat as u32]);
+    for id in TensorId::all(&m.config, false) {
+        let t = &v["tensors"][id.gguf_name()];
+        let vals = tensor_values(&m, id);
+        let (s, a) = checksum(&vals);
+        assert!(
+            close(t["sum"].as_f64().unwrap(), s),
+            "{}: {} vs {s}",
+            id.gguf_name(),
+            t["sum"]
+        );
+        assert!(
+            close(t["abs_sum"].as_f64().unwrap(), a),
+            "{}",
+            id.gguf_name()
+        );
+        if id.class() != Class::Norm {
+            let ty = m.weights.matrix(id).ty;
+            assert_eq!(t["type"].as_str().unwrap().to_lowercase(), ty.name());
+        }
+    }
+    let logits = forced_logits(&m, &tok.encode("the dog", true, false));
+    assert!(logits.iter().all(|x| x.is_finite()));
+}
+
+/// Q4_0, Q4_1 and Q8_0 blocks from nibble's quantizer equal gguf-py's, including edge-case blocks.
+#[test]
+fn quantized_blocks_equal_gguf_py() {
+    let dir = scratch("interop_quant");
+    let mut data: Vec<f32> = Vec::new();
+    let mut s = 12345u32;
+    for _ in 0..64 * 32 {
+        s = s.wrapping_mul(1664525).wrapping_add(1013904223);
+        data.push((s >> 8) as f32 / (1u32 << 24) as f32 * 4.0 - 2.0);
+    }
+    data.extend([0.0f32; 32]); // all zero
+    let mut outlier = [0.01f32; 32];
+    outlier[5] = 1000.0;
+    data.extend(outlier);
+    let mut neg = [0.5f32; 32];
+    neg[31] = -3.0;
+    data.extend(neg);
+    data.extend((0..32).map(|i| i as f32 / 8.0 - 2.0)); // exact halves: rounding ties
+    let rows = data.len() / 64;
+    let raw = dir.join("data.f32");
+    std::fs::write(&raw, bytemuck::cast_slice(&data)).unwrap();
+    python(&["quant", raw.to_str().unwrap(), dir.to_str().unwrap()]);
+    for (ty, name) in [
+        (WType::Q4_0, "Q4_0"),
+        (WType::Q4_1, "Q4_1"),
+        (WType::Q8_0, "Q8_0"),
+    ] {
+        let ours = QMatrix::quantize(ty, 32, rows, 64, &data)
+            .to_ggml()
+            .unwrap();
+        let theirs = std::fs::read(dir.join(format!("{name}.bin"))).unwrap();
+        assert_eq!(ours.len(), theirs.len(), "{name}");
+        let first_diff = ours.iter().zip(&theirs).position(|(a, b)| a != b);
+        assert_eq!(first_diff, None, "{name}: first differing byte");
+    }
+}

@@ -1,0 +1,118 @@
+"""The other side of nibble's GGUF interop tests, using llama.cpp's own `gguf` Python package.
+
+  read FILE OUT.json   read a GGUF that nibble wrote; dump metadata and dequantized tensor checksums
+  write OUT.gguf OUT.json
+                       write a small llama GGUF (all supported tensor types) and dump its checksums
+  quant IN.f32 OUTDIR  quantize raw f32 data with gguf's reference quantizers (Q4_0, Q4_1, Q8_0)
+"""
+import json
+import sys
+
+import numpy as np
+import gguf
+from gguf import GGMLQuantizationType as T
+
+
+def checksum(values):
+    v = np.asarray(values, dtype=np.float64).ravel()
+    return {"sum": float(v.sum()), "abs_sum": float(np.abs(v).sum()), "head": [float(x) for x in v[:8]]}
+
+
+def field_value(f):
+    types = f.types
+    if types and types[0] == gguf.GGUFValueType.ARRAY:
+        return {"array_len": len(f.data)}
+    if types and types[0] == gguf.GGUFValueType.STRING:
+        return bytes(f.parts[f.data[0]]).decode("utf-8")
+    return f.parts[f.data[0]].tolist()[0]
+
+
+def read(path, out):
+    r = gguf.GGUFReader(path)
+    meta = {}
+    for name, f in r.fields.items():
+        if name.startswith("GGUF."):
+            continue
+        meta[name] = field_value(f)
+    tokens = r.fields.get("tokenizer.ggml.tokens")
+    first_tokens = []
+    if tokens is not None:
+        first_tokens = [bytes(tokens.parts[i]).decode("utf-8") for i in tokens.data[:300]]
+    tensors = {}
+    for t in r.tensors:
+        deq = gguf.quants.dequantize(t.data, t.tensor_type)
+        tensors[t.name] = {"type": t.tensor_type.name, "shape": [int(x) for x in t.shape], **checksum(deq)}
+    json.dump({"metadata": meta, "tokens": first_tokens, "tensors": tensors}, open(out, "w"))
+
+
+def write(path, out):
+    rng = np.random.default_rng(7)
+    dim, hidden, layers, heads, kv_heads, vocab, ctx = 64, 128, 2, 4, 2, 300, 128
+    w = gguf.GGUFWriter(path, "llama")
+    w.add_name("gguf-py-written")
+    w.add_context_length(ctx)
+    w.add_embedding_length(dim)
+    w.add_block_count(layers)
+    w.add_feed_forward_length(hidden)
+    w.add_head_count(heads)
+    w.add_head_count_kv(kv_heads)
+    w.add_rope_freq_base(10000.0)
+    w.add_layer_norm_rms_eps(1e-5)
+    w.add_rope_dimension_count(dim // heads)
+    tokens = ["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(256)]
+    # Every multi-character piece is reachable by pairwise merges, as in a real SentencePiece vocabulary.
+    words = ["\u2581", "t", "h", "e", "c", "a", "d", "o", "g", "\u2581the", "\u2581cat", "\u2581t", "he", "\u2581c", "at", "\u2581a", "\u2581dog", "\u2581d", "og"]
+    tokens += words
+    tokens += [f"<pad{i}>" for i in range(vocab - len(tokens))]
+    types = [2, 3, 3] + [6] * 256 + [1] * len(words) + [5] * (vocab - 259 - len(words))
+    scores = [0.0] * 259 + [-float(i) for i in range(len(words))] + [-1e4] * (vocab - 259 - len(words))
+    w.add_tokenizer_model("llama")
+    w.add_token_list(tokens)
+    w.add_token_scores(scores)
+    w.add_token_types(types)
+    w.add_bos_token_id(1)
+    w.add_eos_token_id(2)
+    sums = {}
+
+    def add(name, shape, qtype, scale):
+        data = (rng.standard_normal(shape) * scale).astype(np.float32)
+        if qtype in (T.F32, T.F16):
+            arr = data.astype(np.float32 if qtype == T.F32 else np.float16)
+            w.add_tensor(name, arr)
+            deq = arr.astype(np.float32)
+        else:
+            q = gguf.quants.quantize(data, qtype)
+            w.add_tensor(name, q, raw_shape=q.shape, raw_dtype=qtype)
+            deq = gguf.quants.dequantize(q, qtype)
+        sums[name] = {"type": qtype.name, **checksum(deq)}
+
+    kv = dim // heads * kv_heads
+    add("token_embd.weight", (vocab, dim), T.Q8_0, 1.0)
+    for l in range(layers):
+        add(f"blk.{l}.attn_norm.weight", (dim,), T.F32, 1.0)
+        add(f"blk.{l}.attn_q.weight", (dim, dim), T.Q4_0, dim ** -0.5)
+        add(f"blk.{l}.attn_k.weight", (kv, dim), T.Q4_0, dim ** -0.5)
+        add(f"blk.{l}.attn_v.weight", (kv, dim), T.Q4_1, dim ** -0.5)
+        add(f"blk.{l}.attn_output.weight", (dim, dim), T.Q8_0, dim ** -0.5)
+        add(f"blk.{l}.ffn_norm.weight", (dim,), T.F32, 1.0)
+        add(f"blk.{l}.ffn_gate.weight", (hidden, dim), T.Q4_1, dim ** -0.5)
+        add(f"blk.{l}.ffn_up.weight", (hidden, dim), T.F16, dim ** -0.5)
+        add(f"blk.{l}.ffn_down.weight", (dim, hidden), T.Q4_0, hidden ** -0.5)
+    add("output_norm.weight", (dim,), T.F32, 1.0)
+    add("output.weight", (vocab, dim), T.F16, dim ** -0.5)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    json.dump({"tensors": sums, "vocab": vocab, "tokens": tokens}, open(out, "w"))
+
+
+def quant(inp, outdir):
+    data = np.fromfile(inp, dtype=np.float32).reshape(-1, 32)
+    for qt in (T.Q4_0, T.Q4_1, T.Q8_0):
+        gguf.quants.quantize(data, qt).tofile(f"{outdir}/{qt.name}.bin")
+
+
+if __name__ == "__main__":
+    cmd = sys.argv[1]
+    {"read": read, "write": write, "quant": quant}[cmd](*sys.argv[2:])

@@ -1,0 +1,181 @@
+//! The `nibble` binary end to end: each command of the CLI contract on the built-in model and on files.
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+fn nibble(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_nibble"))
+        .args(args)
+        .output()
+        .expect("run nibble")
+}
+
+fn ok(args: &[&str]) -> String {
+    let o = nibble(args);
+    assert!(
+        o.status.success(),
+        "nibble {args:?} failed:\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8(o.stdout).unwrap()
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let d = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(name);
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn sample() -> String {
+    concat!(env!("CARGO_MANIFEST_DIR"), "/assets/sample.txt").to_string()
+}
+
+fn models() -> PathBuf {
+    std::env::var_os("NIBBLE_MODELS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/models"))
+}
+
+#[test]
+fn builtin_generate_and_perplexity() {
+    let a = ok(&["generate", "-n", "16", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&a).unwrap();
+    assert_eq!(v["generation"]["tokens"].as_array().unwrap().len(), 16);
+    assert_eq!(v["generation"]["backend"], "cpu");
+    // Greedy decoding is deterministic.
+    let b = ok(&["generate", "-n", "16", "--json"]);
+    let w: serde_json::Value = serde_json::from_str(&b).unwrap();
+    assert_eq!(v["generation"]["tokens"], w["generation"]["tokens"]);
+
+    let p = ok(&["perplexity", "--text", &sample(), "--json"]);
+    let p: serde_json::Value = serde_json::from_str(&p).unwrap();
+    let ppl = p["perplexity"]["ppl"].as_f64().unwrap();
+    // Random weights over a 259-token byte vocabulary: finite, and nowhere near a trained model.
+    assert!(ppl.is_finite() && ppl > 20.0, "{ppl}");
+    assert_eq!(p["perplexity"]["sequences"], 3);
+}
+
+#[test]
+fn synth_is_deterministic_and_inspectable() {
+    let d = scratch("synth");
+    let (a, b, c) = (d.join("a.gguf"), d.join("b.gguf"), d.join("c.gguf"));
+    ok(&[
+        "synth",
+        "--preset",
+        "tiny",
+        "--seed",
+        "3",
+        "--out",
+        a.to_str().unwrap(),
+    ]);
+    ok(&[
+        "synth",
+        "--preset",
+        "tiny",
+        "--seed",
+        "3",
+        "--out",
+        b.to_str().unwrap(),
+    ]);
+    ok(&[
+        "synth",
+        "--preset",
+        "tiny",
+        "--seed",
+        "4",
+        "--out",
+        c.to_str().unwrap(),
+        "--type",
+        "f16",
+    ]);
+    assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
+    let out = ok(&["inspect", c.to_str().unwrap()]);
+    assert!(out.contains("GGUF v3"));
+    assert!(out.contains("blk.1.ffn_down.weight") && out.contains("F16"));
+    assert!(out.contains("llama.attention.head_count_kv"));
+    // f16 matrices with f32 norms: just above 16 bits per weight.
+    let bpw: f64 = out
+        .lines()
+        .find(|l| l.starts_with("total:"))
+        .and_then(|l| l.split(" = ").nth(1))
+        .and_then(|s| s.split_whitespace().next())
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(bpw > 16.0 && bpw < 16.1, "{bpw}");
+    let g = ok(&[
+        "generate",
+        "--model",
+        c.to_str().unwrap(),
+        "-n",
+        "4",
+        "--json",
+    ]);
+    assert!(g.contains("synthetic-tiny-seed4"));
+}
+
+#[test]
+fn convert_then_score_matches_the_checkpoint() {
+    let m = models();
+    let (bin, tok) = (m.join("stories260K.bin"), m.join("tok512.bin"));
+    let text = m.join("tinystories_sample.txt");
+    let out = scratch("convert").join("s.gguf");
+    ok(&[
+        "convert",
+        "--model",
+        bin.to_str().unwrap(),
+        "--tokenizer",
+        tok.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let ppl = |args: &[&str]| {
+        let mut a = vec!["perplexity", "--json", "--text", text.to_str().unwrap()];
+        a.extend_from_slice(args);
+        let v: serde_json::Value = serde_json::from_str(&ok(&a)).unwrap();
+        v["perplexity"]["ppl"].as_f64().unwrap()
+    };
+    let from_bin = ppl(&[
+        "--model",
+        bin.to_str().unwrap(),
+        "--tokenizer",
+        tok.to_str().unwrap(),
+    ]);
+    let from_gguf = ppl(&["--model", out.to_str().unwrap()]);
+    assert_eq!(from_bin, from_gguf);
+    let inspected = ok(&["inspect", bin.to_str().unwrap()]);
+    assert!(
+        inspected.contains("llama2.c checkpoint")
+            && inspected.contains("shared with the embedding")
+    );
+}
+
+#[test]
+fn errors_name_the_file_and_exit_nonzero() {
+    let o = nibble(&["generate", "--model", "/nonexistent/model.gguf"]);
+    assert!(!o.status.success());
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(e.contains("/nonexistent/model.gguf"), "{e}");
+
+    let d = scratch("errors");
+    let junk = d.join("junk.gguf");
+    std::fs::write(&junk, b"GGUF\x03\x00\x00\x00").unwrap();
+    let o = nibble(&["inspect", junk.to_str().unwrap()]);
+    assert!(!o.status.success());
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        e.contains("junk.gguf: tensor_count: file is truncated"),
+        "{e}"
+    );
+
+    // A .bin model with no tokenizer cannot produce text.
+    let m = models();
+    let o = nibble(&[
+        "generate",
+        "--model",
+        m.join("stories260K.bin").to_str().unwrap(),
+    ]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--tokenizer"));
+}
