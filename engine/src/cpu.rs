@@ -1,31 +1,47 @@
 //! The f32 CPU backend: the oracle every other backend and configuration is checked against.
 
 use crate::forward::{forward, Act, Kernels};
+use crate::kv::{KvCache, KvConfig};
 use crate::model::{Config, Model, TensorId};
 use crate::quant::dot;
 use crate::Decoder;
 
-/// CPU state for one sequence: activations and an f32 KV cache.
+/// CPU state for one sequence: activations and a KV cache. With the default [`KvConfig`] (f32, no window)
+/// and f32 weights this is the oracle.
 pub struct CpuDecoder<'m> {
     model: &'m Model,
     acts: Vec<Vec<f32>>,
-    /// `[layer][pos * kv_dim]`, grown as positions arrive so a huge declared context costs nothing
-    /// until it is used.
-    key_cache: Vec<Vec<f32>>,
-    value_cache: Vec<Vec<f32>>,
+    /// Grown as positions arrive, so a huge declared context costs nothing until it is used.
+    kv: KvCache,
+    /// Positions attended at the current step, and their keys and values gathered as f32 rows.
+    positions: Vec<usize>,
+    keys: Vec<f32>,
+    values: Vec<f32>,
     scores: Vec<f32>,
 }
 
 impl<'m> CpuDecoder<'m> {
+    /// The oracle: f32 KV cache, no window.
     pub fn new(model: &'m Model) -> Self {
+        Self::with_kv(model, KvConfig::default()).expect("the default KV config is valid")
+    }
+
+    pub fn with_kv(model: &'m Model, kv: KvConfig) -> crate::Result<Self> {
         let c = &model.config;
-        CpuDecoder {
+        Ok(CpuDecoder {
             model,
             acts: Act::ALL.iter().map(|a| vec![0.0; a.len(c)]).collect(),
-            key_cache: vec![Vec::new(); c.n_layers],
-            value_cache: vec![Vec::new(); c.n_layers],
+            kv: KvCache::new(c, kv)?,
+            positions: Vec::new(),
+            keys: Vec::new(),
+            values: Vec::new(),
             scores: Vec::new(),
-        }
+        })
+    }
+
+    /// KV cache bytes held now.
+    pub fn kv_bytes(&self) -> usize {
+        self.kv.bytes()
     }
 
     fn act(&self, a: Act) -> &[f32] {
@@ -92,15 +108,8 @@ impl Kernels for CpuDecoder<'_> {
     }
 
     fn kv_store(&mut self, layer: usize, pos: usize) {
-        let kv = self.model.config.kv_dim();
-        for (cache, act) in [
-            (&mut self.key_cache, Act::K),
-            (&mut self.value_cache, Act::V),
-        ] {
-            let cache = &mut cache[layer];
-            cache.resize((pos + 1) * kv, 0.0);
-            cache[pos * kv..].copy_from_slice(&self.acts[act as usize]);
-        }
+        let (k, v) = (&self.acts[Act::K as usize], &self.acts[Act::V as usize]);
+        self.kv.store(layer, pos, k, v);
     }
 
     fn attention(&mut self, out: Act, layer: usize, pos: usize) {
@@ -108,24 +117,29 @@ impl Kernels for CpuDecoder<'_> {
         let (hs, kv) = (c.head_size(), c.kv_dim());
         let group = c.n_heads / c.n_kv_heads;
         let scale = 1.0 / (hs as f32).sqrt();
+        self.kv.config.attended(pos, &mut self.positions);
+        self.kv.gather(
+            layer,
+            pos,
+            &self.positions,
+            &mut self.keys,
+            &mut self.values,
+        );
+        let n = self.positions.len();
+        self.scores.resize(n, 0.0);
         let mut o = std::mem::take(&mut self.acts[out as usize]);
         let q_all = &self.acts[Act::Q as usize];
-        self.scores.resize(pos + 1, 0.0);
-        let scores = &mut self.scores[..=pos];
-        let (keys, values) = (&self.key_cache[layer], &self.value_cache[layer]);
         for h in 0..c.n_heads {
             let q = &q_all[h * hs..(h + 1) * hs];
             let kvh = (h / group) * hs;
-            for (t, s) in scores.iter_mut().enumerate() {
-                let k = &keys[t * kv + kvh..][..hs];
-                *s = dot(q, k) * scale;
+            for (t, s) in self.scores.iter_mut().enumerate() {
+                *s = dot(q, &self.keys[t * kv + kvh..][..hs]) * scale;
             }
-            softmax(scores);
+            softmax(&mut self.scores);
             let oh = &mut o[h * hs..(h + 1) * hs];
             oh.fill(0.0);
-            for (t, &p) in scores.iter().enumerate() {
-                let v = &values[t * kv + kvh..][..hs];
-                for (a, b) in oh.iter_mut().zip(v) {
+            for (t, &p) in self.scores.iter().enumerate() {
+                for (a, b) in oh.iter_mut().zip(&self.values[t * kv + kvh..][..hs]) {
                     *a += p * b;
                 }
             }
@@ -161,9 +175,9 @@ impl Decoder for CpuDecoder<'_> {
                 c.vocab_size
             )));
         }
-        if pos >= c.seq_len {
+        if pos >= c.seq_len && self.kv.config.window.is_none() {
             return Err(crate::Error::Invalid(format!(
-                "position {pos} is past the model's context of {}",
+                "position {pos} is past the model's context of {} (a --window lets decoding go on)",
                 c.seq_len
             )));
         }

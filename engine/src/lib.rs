@@ -11,7 +11,9 @@ pub mod error;
 pub mod eval;
 pub mod forward;
 pub mod gguf;
+pub mod kv;
 pub mod model;
+pub mod precision;
 pub mod quant;
 pub mod tokenizer;
 

@@ -103,7 +103,7 @@ impl Config {
 }
 
 /// Tensor classes, used for memory accounting and per-class precision.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Class {
     Embedding,
@@ -262,7 +262,7 @@ impl Weights {
         }
     }
 
-    fn matrix_mut(&mut self, id: TensorId) -> &mut QMatrix {
+    pub fn matrix_mut(&mut self, id: TensorId) -> &mut QMatrix {
         match id {
             TensorId::TokEmbd => &mut self.tok_embd,
             TensorId::Wq(l) => &mut self.layers[l].wq,

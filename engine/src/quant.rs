@@ -205,57 +205,85 @@ impl QMatrix {
         }
     }
 
-    /// Quantizes `data` (row-major) to `ty` with `block` elements per block. The caller checks that
-    /// `cols % block == 0` and that the data is finite (see [`check_finite`]).
-    pub fn quantize(ty: WType, block: usize, rows: usize, cols: usize, data: &[f32]) -> Self {
-        assert_eq!(data.len(), rows * cols);
+    /// An all-zero matrix of `ty`, to be filled row by row with [`QMatrix::set_row`].
+    pub fn zeros(ty: WType, block: usize, rows: usize, cols: usize) -> Self {
         let block = if ty.is_quantized() { block } else { 1 };
-        assert!(
-            cols % block == 0,
-            "cols {cols} not a multiple of block {block}"
-        );
-        let mut m = QMatrix {
+        if ty.is_quantized() {
+            assert!(
+                block % 8 == 0 && cols % block == 0,
+                "cols {cols} not a multiple of block {block}"
+            );
+        }
+        let n = rows * cols;
+        let n_blocks = if ty.is_quantized() { n / block } else { 0 };
+        QMatrix {
             ty,
             block,
             rows,
             cols,
-            words: Vec::new(),
-            scales: Vec::new(),
-            mins: Vec::new(),
-        };
-        match ty {
-            WType::F32 => m.words = bytemuck::cast_slice(data).to_vec(),
-            WType::F16 => {
-                m.words = data
-                    .chunks(2)
-                    .map(|c| {
-                        let lo = f16::from_f32(c[0]).to_bits() as u32;
-                        let hi = c.get(1).map_or(0, |&v| f16::from_f32(v).to_bits() as u32);
-                        lo | hi << 16
-                    })
-                    .collect()
-            }
-            _ => {
-                let n_blocks = data.len() / block;
-                m.words.reserve(n_blocks * block * ty.code_bits() / 32);
-                m.scales.reserve(n_blocks);
-                let mut codes = vec![0u8; block];
-                for b in data.chunks_exact(block) {
-                    let (d, min) = quantize_block(ty, b, &mut codes);
-                    m.scales.push(d);
-                    if ty == WType::Q4_1 {
-                        m.mins.push(min);
-                    }
-                    pack_codes(ty, &codes, &mut m.words);
-                }
-            }
+            words: vec![0; (n * ty.code_bits()).div_ceil(32)],
+            scales: vec![f16::ZERO; n_blocks],
+            mins: vec![f16::ZERO; if ty == WType::Q4_1 { n_blocks } else { 0 }],
+        }
+    }
+
+    /// Quantizes `data` (row-major) to `ty` with `block` elements per block. The caller checks that
+    /// `cols % block == 0` and that the data is finite (see [`check_finite`]).
+    pub fn quantize(ty: WType, block: usize, rows: usize, cols: usize, data: &[f32]) -> Self {
+        assert_eq!(data.len(), rows * cols);
+        let mut m = QMatrix::zeros(ty, block, rows, cols);
+        for r in 0..rows {
+            m.set_row(r, &data[r * cols..(r + 1) * cols]);
         }
         m
     }
 
-    /// Words per row of codes (quantized types only).
-    fn row_words(&self) -> usize {
-        self.cols * self.ty.code_bits() / 32
+    /// Grows (with zero rows) or shrinks the matrix to `rows` rows.
+    pub fn resize_rows(&mut self, rows: usize) {
+        let n = rows * self.cols;
+        self.words.resize((n * self.ty.code_bits()).div_ceil(32), 0);
+        if self.ty.is_quantized() {
+            self.scales.resize(n / self.block, f16::ZERO);
+            if self.ty == WType::Q4_1 {
+                self.mins.resize(n / self.block, f16::ZERO);
+            }
+        }
+        self.rows = rows;
+    }
+
+    /// Overwrites row `r` with `x` quantized to this matrix's type.
+    pub fn set_row(&mut self, r: usize, x: &[f32]) {
+        let cols = self.cols;
+        assert_eq!(x.len(), cols);
+        match self.ty {
+            WType::F32 => {
+                for (w, v) in self.words[r * cols..(r + 1) * cols].iter_mut().zip(x) {
+                    *w = v.to_bits();
+                }
+            }
+            WType::F16 => {
+                for (c, &v) in x.iter().enumerate() {
+                    let i = r * cols + c;
+                    let shift = 16 * (i % 2);
+                    let w = &mut self.words[i / 2];
+                    *w = (*w & !(0xFFFF << shift)) | (f16::from_f32(v).to_bits() as u32) << shift;
+                }
+            }
+            ty => {
+                let bpr = cols / self.block;
+                let per = self.block * ty.code_bits() / 32;
+                let mut codes = vec![0u8; self.block];
+                for (bi, xb) in x.chunks_exact(self.block).enumerate() {
+                    let g = r * bpr + bi;
+                    let (d, min) = quantize_block(ty, xb, &mut codes);
+                    self.scales[g] = d;
+                    if ty == WType::Q4_1 {
+                        self.mins[g] = min;
+                    }
+                    pack_codes(ty, &codes, &mut self.words[g * per..(g + 1) * per]);
+                }
+            }
+        }
     }
 
     /// Exact bytes this matrix occupies: codes plus scales plus mins.
@@ -333,44 +361,86 @@ impl QMatrix {
     }
 
     /// `out[r] = sum_c W[r, c] * x[c]`, block by block, never materialising a dequantized matrix.
+    /// Natively, large matrices are split by rows across threads.
     pub fn matvec(&self, x: &[f32], out: &mut [f32]) {
         assert_eq!(x.len(), self.cols);
         assert_eq!(out.len(), self.rows);
+        // Per-block sums of x serve every row: sum((q*d + m) * x) = d * sum(q*x) + m * sum(x).
+        let xsum: Vec<f32> = if self.ty.is_quantized() {
+            x.chunks_exact(self.block).map(|c| c.iter().sum()).collect()
+        } else {
+            Vec::new()
+        };
+        let threads = matvec_threads(self.rows * self.cols);
+        if threads <= 1 {
+            return self.matvec_rows(x, &xsum, 0, out);
+        }
+        let chunk = self.rows.div_ceil(threads);
+        std::thread::scope(|s| {
+            for (i, o) in out.chunks_mut(chunk).enumerate() {
+                let xsum = &xsum;
+                s.spawn(move || self.matvec_rows(x, xsum, i * chunk, o));
+            }
+        });
+    }
+
+    /// Rows `first..first + out.len()` of the product.
+    fn matvec_rows(&self, x: &[f32], xsum: &[f32], first: usize, out: &mut [f32]) {
         let cols = self.cols;
         match self.ty {
             WType::F32 => {
                 let w: &[f32] = bytemuck::cast_slice(&self.words);
-                for (r, o) in out.iter_mut().enumerate() {
+                for (i, o) in out.iter_mut().enumerate() {
+                    let r = first + i;
                     *o = dot(&w[r * cols..(r + 1) * cols], x);
                 }
             }
             WType::F16 => {
                 let mut row = vec![0.0f32; cols];
-                for (r, o) in out.iter_mut().enumerate() {
-                    self.row_into(r, &mut row);
+                for (i, o) in out.iter_mut().enumerate() {
+                    self.row_into(first + i, &mut row);
                     *o = dot(&row, x);
                 }
             }
-            _ => {
+            WType::Q8_0 => {
                 let bpr = cols / self.block;
-                let rw = self.row_words();
-                let per = rw / bpr;
+                let per = self.block / 4;
                 let mut codes = vec![0.0f32; self.block];
-                for (r, o) in out.iter_mut().enumerate() {
+                for (i, o) in out.iter_mut().enumerate() {
+                    let r = first + i;
                     let mut acc = 0.0f32;
                     for bi in 0..bpr {
                         let g = r * bpr + bi;
-                        let (d, m) = self.block_params(g);
                         let words = &self.words[g * per..(g + 1) * per];
-                        for (i, c) in codes.iter_mut().enumerate() {
-                            *c = self.code(words, i);
+                        for (c, w) in codes.chunks_exact_mut(4).zip(words) {
+                            for (k, v) in c.iter_mut().enumerate() {
+                                *v = ((w >> (8 * k)) as u8 as i8) as f32;
+                            }
                         }
                         let xs = &x[bi * self.block..(bi + 1) * self.block];
-                        // sum((q*d + m) * x) = d * sum(q*x) + m * sum(x)
-                        acc += d * dot(&codes, xs);
-                        if m != 0.0 {
-                            acc += m * xs.iter().sum::<f32>();
+                        acc += self.scales[g].to_f32() * dot(&codes, xs);
+                    }
+                    *o = acc;
+                }
+            }
+            WType::Q4_0 | WType::Q4_1 => {
+                let bpr = cols / self.block;
+                let per = self.block / 8;
+                for (i, o) in out.iter_mut().enumerate() {
+                    let r = first + i;
+                    let mut acc = 0.0f32;
+                    for bi in 0..bpr {
+                        let g = r * bpr + bi;
+                        let words = &self.words[g * per..(g + 1) * per];
+                        let xs = &x[bi * self.block..(bi + 1) * self.block];
+                        let mut qx = [0.0f32; 8];
+                        for (w, x8) in words.iter().zip(xs.chunks_exact(8)) {
+                            for k in 0..8 {
+                                qx[k] += ((w >> (4 * k)) & 15) as f32 * x8[k];
+                            }
                         }
+                        let (d, m) = self.block_params(g);
+                        acc += d * qx.iter().sum::<f32>() + m * xsum[bi];
                     }
                     *o = acc;
                 }
@@ -435,6 +505,9 @@ impl QMatrix {
             }
             _ => {
                 let mut codes = [0u8; 32];
+                let per = 32 * ty.code_bits() / 32;
+                m.words.reserve(rows * cols / 32 * per);
+                let mut packed = vec![0u32; per];
                 for blk in bytes.chunks_exact(gt.block_bytes()) {
                     m.scales.push(f16::from_le_bytes([blk[0], blk[1]]));
                     let qs = match gt {
@@ -452,7 +525,8 @@ impl QMatrix {
                             codes[j + 16] = qs[j] >> 4;
                         }
                     }
-                    pack_codes(ty, &codes, &mut m.words);
+                    pack_codes(ty, &codes, &mut packed);
+                    m.words.extend_from_slice(&packed);
                 }
             }
         }
@@ -460,19 +534,18 @@ impl QMatrix {
     }
 }
 
-/// Appends a block's codes to `words` in the planar packing.
-fn pack_codes(ty: WType, codes: &[u8], words: &mut Vec<u32>) {
+/// Writes a block's codes into its words in the planar packing.
+fn pack_codes(ty: WType, codes: &[u8], words: &mut [u32]) {
     if ty == WType::Q8_0 {
-        for c in codes.chunks_exact(4) {
-            words.push(u32::from_le_bytes([c[0], c[1], c[2], c[3]]));
+        for (w, c) in words.iter_mut().zip(codes.chunks_exact(4)) {
+            *w = u32::from_le_bytes([c[0], c[1], c[2], c[3]]);
         }
     } else {
-        for c in codes.chunks_exact(8) {
-            words.push(
-                c.iter()
-                    .enumerate()
-                    .fold(0u32, |w, (i, &q)| w | ((q as u32 & 15) << (4 * i))),
-            );
+        for (w, c) in words.iter_mut().zip(codes.chunks_exact(8)) {
+            *w = c
+                .iter()
+                .enumerate()
+                .fold(0u32, |w, (i, &q)| w | ((q as u32 & 15) << (4 * i)));
         }
     }
 }
@@ -518,6 +591,17 @@ fn quantize_block(ty: WType, x: &[f32], codes: &mut [u8]) -> (f16, f16) {
         }
         WType::F32 | WType::F16 => unreachable!("float types are not block-quantized"),
     }
+}
+
+/// How many threads a matvec of `n` weights gets: one below ~256K weights (spawning costs more than it
+/// saves), and always one in wasm, which has no threads here.
+fn matvec_threads(n: usize) -> usize {
+    if cfg!(target_arch = "wasm32") || n < 1 << 18 {
+        return 1;
+    }
+    static THREADS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    let t = *THREADS.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    t.min(n >> 17).max(1)
 }
 
 /// Rejects NaN or Inf before quantizing, naming the tensor.

@@ -1,0 +1,361 @@
+//! Per-tensor weight precision: a default type (`--weights`), a block size (`--block`) and a policy of
+//! rules by tensor class and layer range (`--precision`), applied to a loaded model; and the exact byte
+//! accounting of the result.
+
+use crate::error::{Error, Result};
+use crate::model::{Class, Model, TensorId};
+use crate::quant::{check_finite, QMatrix, WType};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// Which tensors a rule matches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Target {
+    All,
+    Attn,
+    Ffn,
+    Embed,
+    Output,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Rule {
+    pub target: Target,
+    /// Half-open layer range; `None` matches every layer (and tensors outside layers).
+    pub layers: Option<(usize, usize)>,
+    pub ty: WType,
+}
+
+impl Rule {
+    fn matches(&self, id: TensorId) -> bool {
+        let class_ok = match self.target {
+            Target::All => true,
+            Target::Attn => id.class() == Class::Attention,
+            Target::Ffn => id.class() == Class::FeedForward,
+            Target::Embed => id == TensorId::TokEmbd,
+            Target::Output => id == TensorId::Output,
+        };
+        let layer_ok = match (self.layers, id.layer()) {
+            (None, _) => true,
+            (Some((a, b)), Some(l)) => l >= a && l < b,
+            (Some(_), None) => false,
+        };
+        class_ok && layer_ok
+    }
+}
+
+/// A precision policy: rules applied in order, later ones overriding earlier ones.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Policy {
+    /// The text it was parsed from, for reports.
+    pub spec: String,
+    pub rules: Vec<Rule>,
+}
+
+impl Policy {
+    /// Parses a preset (`all-q4`, `attn-q8`, `f16`) or rules such as `attn=q8_0,ffn[0..2]=q4_0`.
+    pub fn parse(spec: &str) -> Result<Policy> {
+        let expanded = match spec {
+            "all-q4" => "all=q4_0",
+            "attn-q8" => "all=q4_0,attn=q8_0",
+            "f16" => "all=f16",
+            s => s,
+        };
+        let mut rules = Vec::new();
+        for part in expanded.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let bad = |msg: &str| {
+                Error::Invalid(format!(
+                    "precision rule {part:?}: {msg} (expected CLASS[A..B]=TYPE with CLASS one of all, attn, \
+                     ffn, embed, output; or a preset: all-q4, attn-q8, f16)"
+                ))
+            };
+            let (lhs, ty) = part.split_once('=').ok_or_else(|| bad("no '='"))?;
+            let ty = WType::parse(ty.trim())?;
+            let (class, layers) = match lhs.split_once('[') {
+                None => (lhs.trim(), None),
+                Some((c, range)) => {
+                    let range = range.strip_suffix(']').ok_or_else(|| bad("unclosed '['"))?;
+                    let (a, b) = range
+                        .split_once("..")
+                        .ok_or_else(|| bad("range needs '..'"))?;
+                    let a: usize = a.trim().parse().map_err(|_| bad("bad range start"))?;
+                    let b: usize = b.trim().parse().map_err(|_| bad("bad range end"))?;
+                    if a >= b {
+                        return Err(bad("empty layer range"));
+                    }
+                    (c.trim(), Some((a, b)))
+                }
+            };
+            let target = match class {
+                "all" => Target::All,
+                "attn" => Target::Attn,
+                "ffn" => Target::Ffn,
+                "embed" => Target::Embed,
+                "output" => Target::Output,
+                _ => return Err(bad("unknown tensor class")),
+            };
+            if layers.is_some() && matches!(target, Target::Embed | Target::Output) {
+                return Err(bad("embed and output have no layers"));
+            }
+            rules.push(Rule { target, layers, ty });
+        }
+        Ok(Policy {
+            spec: spec.to_string(),
+            rules,
+        })
+    }
+
+    pub fn type_for(&self, id: TensorId) -> Option<WType> {
+        self.rules
+            .iter()
+            .rev()
+            .find(|r| r.matches(id))
+            .map(|r| r.ty)
+    }
+}
+
+/// How to store a model's weight matrices.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WeightConfig {
+    /// Type for matrices no rule matches; `None` keeps each as loaded.
+    pub default: Option<WType>,
+    pub block: usize,
+    pub policy: Policy,
+}
+
+impl Default for WeightConfig {
+    fn default() -> Self {
+        WeightConfig {
+            default: None,
+            block: 32,
+            policy: Policy::default(),
+        }
+    }
+}
+
+pub const BLOCK_SIZES: [usize; 4] = [32, 64, 128, 256];
+
+impl WeightConfig {
+    pub fn validate(&self) -> Result<()> {
+        if !BLOCK_SIZES.contains(&self.block) {
+            return Err(Error::Invalid(format!(
+                "block size {} is not supported (expected one of {BLOCK_SIZES:?})",
+                self.block
+            )));
+        }
+        Ok(())
+    }
+
+    pub fn is_identity(&self) -> bool {
+        self.default.is_none() && self.policy.rules.is_empty()
+    }
+
+    /// A short label such as `q4_0/b32 attn-q8`.
+    pub fn label(&self) -> String {
+        let mut s = self
+            .default
+            .map_or("as-loaded".to_string(), |t| t.name().to_string());
+        if self.default.is_some_and(WType::is_quantized) || !self.policy.rules.is_empty() {
+            s.push_str(&format!("/b{}", self.block));
+        }
+        if !self.policy.spec.is_empty() {
+            s.push(' ');
+            s.push_str(&self.policy.spec);
+        }
+        s
+    }
+}
+
+/// A tensor that could not take its requested type.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Fallback {
+    pub tensor: String,
+    pub requested: WType,
+    pub used: WType,
+    pub reason: String,
+}
+
+impl Model {
+    /// Re-stores every matrix as `cfg` says, from its current values. A quantized type whose block does
+    /// not divide a row falls back to f16 (recorded). A tied classifier is untied when the output and the
+    /// embedding are asked for different types.
+    pub fn apply_weights(&mut self, cfg: &WeightConfig) -> Result<Vec<Fallback>> {
+        cfg.validate()?;
+        let c = self.config.clone();
+        let want = |id: TensorId| cfg.policy.type_for(id).or(cfg.default);
+        if self.tied() {
+            let (e, o) = (want(TensorId::TokEmbd), want(TensorId::Output));
+            if o.is_some() && o != e {
+                self.weights.output = Some(self.weights.tok_embd.clone());
+            }
+        }
+        let mut fallbacks = Vec::new();
+        for id in TensorId::all(&c, self.tied()) {
+            if id.class() == Class::Norm {
+                continue;
+            }
+            let Some(mut ty) = want(id) else { continue };
+            let m = self.weights.matrix(id);
+            if ty.is_quantized() && m.cols % cfg.block != 0 {
+                fallbacks.push(Fallback {
+                    tensor: id.gguf_name(),
+                    requested: ty,
+                    used: WType::F16,
+                    reason: format!(
+                        "rows of {} values are not a whole number of {}-element blocks",
+                        m.cols, cfg.block
+                    ),
+                });
+                ty = WType::F16;
+            }
+            let block = if ty.is_quantized() { cfg.block } else { 1 };
+            if m.ty == ty && m.block == block {
+                continue;
+            }
+            let data = m.to_f32();
+            check_finite(&id.gguf_name(), &data)?;
+            let q = QMatrix::quantize(ty, cfg.block, m.rows, m.cols, &data);
+            *self.weights.matrix_mut(id) = q;
+        }
+        Ok(fallbacks)
+    }
+
+    /// Exact bytes of the weights as stored, by class and by tensor.
+    pub fn accounting(&self) -> Accounting {
+        let c = &self.config;
+        let mut acc = Accounting::default();
+        for id in TensorId::all(c, self.tied()) {
+            let (rows, cols) = id.shape(c);
+            let n = rows * cols;
+            let (ty, block, bytes) = if id.class() == Class::Norm {
+                (WType::F32, 1, n * 4)
+            } else {
+                let m = self.weights.matrix(id);
+                (m.ty, m.block, m.n_bytes())
+            };
+            // Norms stay f32 in the f16 baseline too; matrices take 2 bytes per weight there.
+            let f16_bytes = if id.class() == Class::Norm {
+                n * 4
+            } else {
+                n * 2
+            };
+            let e = acc.by_class.entry(id.class()).or_default();
+            e.bytes += bytes;
+            e.weights += n;
+            acc.total_bytes += bytes;
+            acc.total_weights += n;
+            acc.f16_bytes += f16_bytes;
+            acc.tensors.push(TensorBytes {
+                name: id.gguf_name(),
+                ty,
+                block,
+                weights: n,
+                bytes,
+            });
+        }
+        acc.bits_per_weight = acc.total_bytes as f64 * 8.0 / acc.total_weights as f64;
+        acc.reduction_vs_f16 = 1.0 - acc.total_bytes as f64 / acc.f16_bytes as f64;
+        for v in acc.by_class.values_mut() {
+            v.bits_per_weight = v.bytes as f64 * 8.0 / v.weights as f64;
+        }
+        acc
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ClassBytes {
+    pub bytes: usize,
+    pub weights: usize,
+    pub bits_per_weight: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TensorBytes {
+    pub name: String,
+    pub ty: WType,
+    pub block: usize,
+    pub weights: usize,
+    pub bytes: usize,
+}
+
+/// Weight memory as stored: every byte of codes, scales, mins and norms.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Accounting {
+    pub by_class: BTreeMap<Class, ClassBytes>,
+    pub tensors: Vec<TensorBytes>,
+    pub total_bytes: usize,
+    pub total_weights: usize,
+    pub bits_per_weight: f64,
+    /// The same tensors with every matrix at f16 (norms f32), in bytes.
+    pub f16_bytes: usize,
+    /// `1 - total_bytes / f16_bytes`, from the byte counts above.
+    pub reduction_vs_f16: f64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn policy_presets_and_ranges() {
+        let p = Policy::parse("attn-q8").unwrap();
+        assert_eq!(p.type_for(TensorId::Wq(3)), Some(WType::Q8_0));
+        assert_eq!(p.type_for(TensorId::Up(3)), Some(WType::Q4_0));
+        assert_eq!(p.type_for(TensorId::TokEmbd), Some(WType::Q4_0));
+        let p = Policy::parse("ffn=q4_0, ffn[0..2]=q8_0,embed=f16").unwrap();
+        assert_eq!(p.type_for(TensorId::Down(1)), Some(WType::Q8_0));
+        assert_eq!(p.type_for(TensorId::Down(2)), Some(WType::Q4_0));
+        assert_eq!(p.type_for(TensorId::Wq(0)), None);
+        assert_eq!(p.type_for(TensorId::TokEmbd), Some(WType::F16));
+        for bad in [
+            "attn",
+            "attn=q3",
+            "mlp=q4_0",
+            "ffn[2..1]=q4_0",
+            "embed[0..1]=q8_0",
+            "ffn[0..x]=f16",
+        ] {
+            assert!(Policy::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn q4_0_is_4_5_bits_and_falls_back_on_ragged_rows() {
+        let mut m = Model::builtin();
+        let cfg = WeightConfig {
+            default: Some(WType::Q4_0),
+            ..Default::default()
+        };
+        assert!(m.apply_weights(&cfg).unwrap().is_empty());
+        let a = m.accounting();
+        let attn = &a.by_class[&Class::Attention];
+        assert_eq!(attn.bits_per_weight, 4.5);
+        assert_eq!(attn.bytes, attn.weights / 32 * 18);
+        // A 40-wide matrix is not a whole number of 32-blocks.
+        let mut m = Model::builtin();
+        m.weights.layers[0].w_down = QMatrix::from_f32(8, 40, vec![0.5; 320]);
+        let fb = m.apply_weights(&cfg).unwrap();
+        assert_eq!(fb.len(), 1);
+        assert_eq!(fb[0].tensor, "blk.0.ffn_down.weight");
+        assert_eq!(m.weights.layers[0].w_down.ty, WType::F16);
+    }
+
+    #[test]
+    fn nan_weights_are_rejected_by_name() {
+        let mut m = Model::builtin();
+        let mut v = m.weights.layers[1].wk.to_f32();
+        v[7] = f32::NAN;
+        let (r, c) = (m.weights.layers[1].wk.rows, m.weights.layers[1].wk.cols);
+        m.weights.layers[1].wk = QMatrix::from_f32(r, c, v);
+        let cfg = WeightConfig {
+            default: Some(WType::Q8_0),
+            ..Default::default()
+        };
+        let e = m.apply_weights(&cfg).unwrap_err().to_string();
+        assert!(
+            e.contains("blk.1.attn_k.weight") && e.contains("NaN"),
+            "{e}"
+        );
+    }
+}
