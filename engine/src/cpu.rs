@@ -189,6 +189,17 @@ impl Decoder for CpuDecoder<'_> {
     fn backend(&self) -> String {
         "cpu".into()
     }
+
+    fn reset(&mut self) {
+        self.kv.reset();
+    }
+
+    fn context_limit(&self) -> usize {
+        match self.kv.config.window {
+            Some(_) => usize::MAX,
+            None => self.model.config.seq_len,
+        }
+    }
 }
 
 fn inv_rms(x: &[f32], eps: f32) -> f32 {

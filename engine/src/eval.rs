@@ -68,6 +68,7 @@ pub fn perplexity(dec: &mut dyn Decoder, sequences: &[Vec<u32>]) -> Result<Perpl
     let start = Instant::now();
     let (mut sum, mut n) = (0.0f64, 0usize);
     for seq in sequences {
+        dec.reset();
         for pos in 0..seq.len().saturating_sub(1) {
             let logits = dec.step(seq[pos], pos)?;
             sum += nll(logits, seq[pos + 1]);
@@ -182,7 +183,8 @@ pub fn generate(
     n: usize,
     sampler: &mut Sampler,
 ) -> Result<Generation> {
-    let seq_len = dec.config().seq_len;
+    dec.reset();
+    let seq_len = dec.context_limit();
     let prompt_ids = tok.encode(prompt, true, false);
     if prompt_ids.len() >= seq_len {
         return Err(Error::Invalid(format!(

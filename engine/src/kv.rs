@@ -313,6 +313,15 @@ impl KvCache {
         })
     }
 
+    /// Empties every store (allocations shrink to nothing).
+    pub fn reset(&mut self) {
+        let cfg = &self.config;
+        for (k, v) in &mut self.layers {
+            *k = Store::new(cfg.k, cfg.k == KvType::Kivi4, self.dim);
+            *v = Store::new(cfg.v, false, self.dim);
+        }
+    }
+
     /// Bytes held now, measured from the stores themselves.
     pub fn bytes(&self) -> usize {
         self.layers.iter().map(|(k, v)| k.bytes() + v.bytes()).sum()

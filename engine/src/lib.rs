@@ -12,6 +12,7 @@ pub mod eval;
 pub mod forward;
 pub mod gguf;
 pub mod kv;
+pub mod measure;
 pub mod model;
 pub mod precision;
 pub mod quant;
@@ -27,4 +28,8 @@ pub trait Decoder {
     fn step(&mut self, token: u32, pos: usize) -> Result<&[f32]>;
     /// Which backend ran, as reported in results.
     fn backend(&self) -> String;
+    /// Forgets the sequence so the next step starts again at position 0.
+    fn reset(&mut self);
+    /// Positions this decoder can take: the model's context, or unbounded with a sliding window.
+    fn context_limit(&self) -> usize;
 }

@@ -714,7 +714,17 @@ impl Model {
 
     /// Writes the model as GGUF v3 to `out`.
     pub fn write_gguf(&self, out: &mut impl std::io::Write) -> Result<()> {
-        let md = self.gguf_metadata()?;
+        self.write_gguf_with(out, &[])
+    }
+
+    /// Writes the model as GGUF v3 with extra metadata entries appended.
+    pub fn write_gguf_with(
+        &self,
+        out: &mut impl std::io::Write,
+        extra: &[(String, Value)],
+    ) -> Result<()> {
+        let mut md = self.gguf_metadata()?;
+        md.extend_from_slice(extra);
         let c = &self.config;
         let mut encoded: Vec<(TensorId, GgmlType, Vec<u8>)> = Vec::new();
         for id in TensorId::all(c, self.tied()) {
