@@ -116,7 +116,8 @@ impl Kernels for CpuDecoder<'_> {
         let c = &self.model.config;
         let (hs, kv) = (c.head_size(), c.kv_dim());
         let group = c.n_heads / c.n_kv_heads;
-        let scale = 1.0 / (hs as f32).sqrt();
+        // Divide like llama2.c (a reciprocal multiply rounds differently).
+        let sqrt_hs = (hs as f32).sqrt();
         self.kv.config.attended(pos, &mut self.positions);
         self.kv.gather(
             layer,
@@ -133,7 +134,7 @@ impl Kernels for CpuDecoder<'_> {
             let q = &q_all[h * hs..(h + 1) * hs];
             let kvh = (h / group) * hs;
             for (t, s) in self.scores.iter_mut().enumerate() {
-                *s = dot(q, &self.keys[t * kv + kvh..][..hs]) * scale;
+                *s = dot(q, &self.keys[t * kv + kvh..][..hs]) / sqrt_hs;
             }
             softmax(&mut self.scores);
             let oh = &mut o[h * hs..(h + 1) * hs];
