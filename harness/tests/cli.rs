@@ -179,3 +179,77 @@ fn errors_name_the_file_and_exit_nonzero() {
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("--tokenizer"));
 }
+
+#[test]
+fn quantize_compare_and_sweep() {
+    let d = scratch("quant");
+    let q = d.join("q.gguf");
+    ok(&[
+        "quantize",
+        "--out",
+        q.to_str().unwrap(),
+        "--weights",
+        "q4_0",
+        "--precision",
+        "attn-q8",
+    ]);
+    let out = ok(&["inspect", q.to_str().unwrap()]);
+    assert!(out.contains("Q8_0") && out.contains("Q4_0"));
+    assert!(out.contains("nibble.fallback") && out.contains("reduction vs f16"));
+    // Block 64 has no ggml type: a clear refusal, no file.
+    let q64 = d.join("q64.gguf");
+    let o = nibble(&[
+        "quantize",
+        "--out",
+        q64.to_str().unwrap(),
+        "--weights",
+        "q4_0",
+        "--block",
+        "64",
+    ]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("only block 32"));
+    assert!(!q64.exists());
+
+    let c = ok(&[
+        "compare",
+        "--text",
+        &sample(),
+        "--json",
+        "--candidate",
+        "weights=f32,kv=f32",
+        "--candidate",
+        "weights=q4_0,kv=q8_0",
+    ]);
+    let v: serde_json::Value = serde_json::from_str(&c).unwrap();
+    let cands = v["candidates"].as_array().unwrap();
+    assert_eq!(cands[0]["divergence"]["mean_kl"], 0.0);
+    assert_eq!(cands[0]["divergence"]["top1_agreement"], 1.0);
+    assert!(cands[1]["divergence"]["mean_kl"].as_f64().unwrap() > 0.0);
+
+    let out_dir = d.join("sweep");
+    ok(&[
+        "sweep",
+        "--text",
+        &sample(),
+        "--out",
+        out_dir.to_str().unwrap(),
+        "--candidate",
+        "weights=q8_0",
+        "--candidate",
+        "kv=kivi4,window=64,sinks=4",
+    ]);
+    let rows: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out_dir.join("sweep.json")).unwrap())
+            .unwrap();
+    let rows = rows["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 2);
+    assert!(rows[0]["bits_per_weight"].as_f64().unwrap() > 8.0);
+    assert!(
+        rows[1]["context_in_budget"].is_null(),
+        "a window bounds the cache"
+    );
+    let csv = std::fs::read_to_string(out_dir.join("sweep.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 3);
+    assert!(csv.starts_with("config,weights,block"));
+}
