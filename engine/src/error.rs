@@ -19,6 +19,9 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// The GPU refused, failed, hung or was lost.
+    #[error("GPU: {0}")]
+    Gpu(String),
     /// A bad argument or configuration that is not tied to a file.
     #[error("{0}")]
     Invalid(String),

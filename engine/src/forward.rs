@@ -4,7 +4,7 @@
 use crate::model::{Config, TensorId};
 
 /// Activation buffers every backend keeps, named by role.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Act {
     /// The residual stream, `dim`.
     X,

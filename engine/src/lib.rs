@@ -11,6 +11,7 @@ pub mod error;
 pub mod eval;
 pub mod forward;
 pub mod gguf;
+pub mod gpu;
 pub mod kv;
 pub mod measure;
 pub mod model;
@@ -26,6 +27,11 @@ pub trait Decoder {
     fn config(&self) -> &Config;
     /// Runs one token at `pos` (positions must be fed in order from 0) and returns the logits.
     fn step(&mut self, token: u32, pos: usize) -> Result<&[f32]>;
+    /// Runs one token and returns only the most likely next token (greedy decoding). Backends that can
+    /// avoid reading back all logits override this.
+    fn step_argmax(&mut self, token: u32, pos: usize) -> Result<u32> {
+        Ok(eval::argmax(self.step(token, pos)?))
+    }
     /// Which backend ran, as reported in results.
     fn backend(&self) -> String;
     /// Forgets the sequence so the next step starts again at position 0.

@@ -398,15 +398,16 @@ pub fn sweep(a: SweepArgs) -> Result<()> {
         base.name,
         a.text.display()
     );
-    println!("| config | bits/weight | weight bytes | vs f16 | KV B/token | ctx in budget | PPL | ΔPPL | mean KL | top-1 |");
-    println!("|---|---|---|---|---|---|---|---|---|---|");
+    println!("| config | bits/weight | weight bytes | vs f16 | f16 fallbacks | KV B/token | ctx in budget | PPL | ΔPPL | mean KL | top-1 |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
     let rows = measure::sweep(&base, &seqs, &grid, budget, |_, r| {
         println!(
-            "| {} | {:.3} | {} | {:.1}% | {:.1} | {} | {:.4} | {:+.4} | {:.5} | {:.2}% |",
+            "| {} | {:.3} | {} | {:.1}% | {} | {:.1} | {} | {:.4} | {:+.4} | {:.5} | {:.2}% |",
             r.config,
             r.bits_per_weight,
             r.weight_bytes,
             r.reduction_vs_f16 * 100.0,
+            r.fallbacks.len(),
             r.kv_bytes_per_token,
             r.context_in_budget
                 .map_or("unbounded (window)".into(), |n| n.to_string()),

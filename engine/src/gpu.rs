@@ -1,0 +1,836 @@
+//! The WebGPU backend (wgpu): the same forward pass as the CPU, with WGSL kernels from `shaders/`.
+//!
+//! Weights are uploaded once in the planar layout of `quant.rs`. Activations, the KV cache, the attention
+//! scratch, the per-token uniform and the staging buffers are allocated when the decoder is made; bind
+//! groups are made on first use and cached, so a steady-state token allocates nothing. Each token is one
+//! compute pass in one command buffer; greedy decoding reads back a 4-byte argmax, scoring reads the logits.
+
+use crate::forward::{forward, Act, Kernels};
+use crate::kv::{KvConfig, KvType};
+use crate::model::{Class, Config, Model, TensorId};
+use crate::quant::WType;
+use crate::{Decoder, Error, Result};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use wgpu::util::DeviceExt;
+
+const SHADER_STEP: &str = include_str!("../../shaders/step.wgsl");
+const SHADER_QUANT: &str = include_str!("../../shaders/quant.wgsl");
+const SHADER_MATVEC: &str = include_str!("../../shaders/matvec.wgsl");
+const SHADER_NORM: &str = include_str!("../../shaders/norm.wgsl");
+const SHADER_ROPE: &str = include_str!("../../shaders/rope.wgsl");
+const SHADER_ELEMENTWISE: &str = include_str!("../../shaders/elementwise.wgsl");
+const SHADER_KV: &str = include_str!("../../shaders/kv.wgsl");
+const SHADER_ATTENTION: &str = include_str!("../../shaders/attention.wgsl");
+const SHADER_ARGMAX: &str = include_str!("../../shaders/argmax.wgsl");
+
+/// How long a submission may take before the device is declared hung.
+const GPU_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// The adapter, as every result reports it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AdapterReport {
+    pub name: String,
+    pub backend: String,
+    pub device_type: String,
+    pub driver: String,
+    pub driver_info: String,
+    pub features: Vec<String>,
+    pub shader_f16: bool,
+    pub limits: LimitsReport,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LimitsReport {
+    pub max_storage_buffer_binding_size: u64,
+    pub max_buffer_size: u64,
+    pub max_compute_workgroup_storage_size: u32,
+    pub max_compute_invocations_per_workgroup: u32,
+    pub max_compute_workgroups_per_dimension: u32,
+    pub max_storage_buffers_per_shader_stage: u32,
+}
+
+/// Options for opening the GPU.
+#[derive(Debug, Clone, Default)]
+pub struct GpuOptions {
+    /// Pretend the adapter allows at most this many bytes per storage binding (to test refusals).
+    pub max_binding: Option<u64>,
+}
+
+/// An open device with its adapter report and error hooks.
+pub struct Gpu {
+    pub device: wgpu::Device,
+    pub queue: wgpu::Queue,
+    pub report: AdapterReport,
+    /// The binding limit the engine plans with (the adapter's, or a smaller forced one).
+    pub max_binding: u64,
+    errors: Arc<Mutex<Vec<String>>>,
+}
+
+impl Gpu {
+    /// Opens the default adapter (honouring `WGPU_BACKEND`), with its full limits.
+    pub async fn open(opts: GpuOptions) -> Result<Gpu> {
+        let instance =
+            wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+        let adapter = instance
+            .request_adapter(&wgpu::RequestAdapterOptions {
+                power_preference: wgpu::PowerPreference::HighPerformance,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| Error::Gpu(format!("no WebGPU adapter: {e}")))?;
+        let info = adapter.get_info();
+        let limits = adapter.limits();
+        let features = adapter.features();
+        let (device, queue) = adapter
+            .request_device(&wgpu::DeviceDescriptor {
+                label: Some("nibble"),
+                required_limits: limits.clone(),
+                memory_hints: wgpu::MemoryHints::Performance,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| Error::Gpu(format!("requesting a device from {}: {e}", info.name)))?;
+        let errors: Arc<Mutex<Vec<String>>> = Arc::default();
+        let sink = errors.clone();
+        device.on_uncaptured_error(Arc::new(move |e| {
+            sink.lock().unwrap().push(e.to_string());
+        }));
+        let lost = errors.clone();
+        device.set_device_lost_callback(move |reason, msg| {
+            lost.lock()
+                .unwrap()
+                .push(format!("device lost ({reason:?}): {msg}"));
+        });
+        let report = AdapterReport {
+            name: info.name.clone(),
+            backend: format!("{:?}", info.backend),
+            device_type: format!("{:?}", info.device_type),
+            driver: info.driver.clone(),
+            driver_info: info.driver_info.clone(),
+            features: features.iter_names().map(|(n, _)| n.to_string()).collect(),
+            shader_f16: features.contains(wgpu::Features::SHADER_F16),
+            limits: LimitsReport {
+                max_storage_buffer_binding_size: limits.max_storage_buffer_binding_size as u64,
+                max_buffer_size: limits.max_buffer_size,
+                max_compute_workgroup_storage_size: limits.max_compute_workgroup_storage_size,
+                max_compute_invocations_per_workgroup: limits.max_compute_invocations_per_workgroup,
+                max_compute_workgroups_per_dimension: limits.max_compute_workgroups_per_dimension,
+                max_storage_buffers_per_shader_stage: limits.max_storage_buffers_per_shader_stage,
+            },
+        };
+        let adapter_max =
+            (limits.max_storage_buffer_binding_size as u64).min(limits.max_buffer_size);
+        Ok(Gpu {
+            device,
+            queue,
+            max_binding: opts.max_binding.map_or(adapter_max, |m| m.min(adapter_max)),
+            report,
+            errors,
+        })
+    }
+
+    /// Blocking [`Gpu::open`] for native callers.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn open_blocking(opts: GpuOptions) -> Result<Gpu> {
+        pollster::block_on(Gpu::open(opts))
+    }
+
+    fn check_errors(&self) -> Result<()> {
+        let mut e = self.errors.lock().unwrap();
+        if e.is_empty() {
+            return Ok(());
+        }
+        let msg = e.join("; ");
+        e.clear();
+        Err(Error::Gpu(msg))
+    }
+
+    fn wait(&self) -> Result<()> {
+        self.device
+            .poll(wgpu::PollType::Wait {
+                submission_index: None,
+                timeout: Some(GPU_TIMEOUT),
+            })
+            .map_err(|e| Error::Gpu(format!("waiting for the GPU: {e}")))?;
+        self.check_errors()
+    }
+}
+
+/// GPU bytes by category, summed from the buffers actually created.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct GpuMemory {
+    pub weights_by_class: BTreeMap<Class, u64>,
+    pub weights: u64,
+    pub kv_cache: u64,
+    pub activations: u64,
+    pub staging: u64,
+    pub total: u64,
+}
+
+struct GpuMatrix {
+    words: wgpu::Buffer,
+    scales: wgpu::Buffer,
+    mins: wgpu::Buffer,
+    params: wgpu::Buffer,
+    rows: usize,
+    cols: usize,
+}
+
+fn kind(ty: WType) -> u32 {
+    match ty {
+        WType::F32 => 0,
+        WType::F16 => 1,
+        WType::Q8_0 => 2,
+        WType::Q4_0 => 3,
+        WType::Q4_1 => 4,
+    }
+}
+
+struct Pipelines {
+    matvec: wgpu::ComputePipeline,
+    embed: wgpu::ComputePipeline,
+    rmsnorm: wgpu::ComputePipeline,
+    rope: wgpu::ComputePipeline,
+    add: wgpu::ComputePipeline,
+    swiglu: wgpu::ComputePipeline,
+    kv_store: wgpu::ComputePipeline,
+    attention: wgpu::ComputePipeline,
+    argmax: wgpu::ComputePipeline,
+}
+
+impl Pipelines {
+    fn new(device: &wgpu::Device) -> Pipelines {
+        let module = |label: &str, parts: &[&str]| {
+            device.create_shader_module(wgpu::ShaderModuleDescriptor {
+                label: Some(label),
+                source: wgpu::ShaderSource::Wgsl(parts.concat().into()),
+            })
+        };
+        let pipe = |m: &wgpu::ShaderModule, entry: &str| {
+            device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                label: Some(entry),
+                layout: None,
+                module: m,
+                entry_point: Some(entry),
+                compilation_options: Default::default(),
+                cache: None,
+            })
+        };
+        let mv = module("matvec", &[SHADER_STEP, SHADER_QUANT, SHADER_MATVEC]);
+        let norm = module("norm", &[SHADER_NORM]);
+        let rope = module("rope", &[SHADER_ROPE]);
+        let ew = module("elementwise", &[SHADER_ELEMENTWISE]);
+        let kv = module("kv", &[SHADER_STEP, SHADER_KV]);
+        let att = module("attention", &[SHADER_STEP, SHADER_ATTENTION]);
+        let am = module("argmax", &[SHADER_ARGMAX]);
+        Pipelines {
+            matvec: pipe(&mv, "matvec"),
+            embed: pipe(&mv, "embed"),
+            rmsnorm: pipe(&norm, "rmsnorm"),
+            rope: pipe(&rope, "rope"),
+            add: pipe(&ew, "add"),
+            swiglu: pipe(&ew, "swiglu"),
+            kv_store: pipe(&kv, "kv_store"),
+            attention: pipe(&att, "attention"),
+            argmax: pipe(&am, "argmax"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum BindKey {
+    Matvec(TensorId, Act, Act),
+    Embed(Act),
+    Norm(TensorId, Act, Act),
+    Rope(Act),
+    Add(Act, Act),
+    Swiglu(Act, Act),
+    KvStore(usize),
+    Attention(usize, Act),
+    Argmax,
+}
+
+/// One sequence on the GPU: uploaded weights, activations, KV cache, pipelines and cached bind groups.
+pub struct GpuDecoder<'g> {
+    gpu: &'g Gpu,
+    config: Config,
+    kv: KvConfig,
+    theta: f32,
+    mats: HashMap<TensorId, GpuMatrix>,
+    norms: HashMap<TensorId, wgpu::Buffer>,
+    acts: Vec<wgpu::Buffer>,
+    kcache: Vec<wgpu::Buffer>,
+    vcache: Vec<wgpu::Buffer>,
+    att: wgpu::Buffer,
+    cap: usize,
+    step_buf: wgpu::Buffer,
+    rope_buf: wgpu::Buffer,
+    argmax_buf: wgpu::Buffer,
+    staging_logits: wgpu::Buffer,
+    staging_id: wgpu::Buffer,
+    dummy: wgpu::Buffer,
+    pipes: Pipelines,
+    binds: HashMap<BindKey, wgpu::BindGroup>,
+    pass: Option<wgpu::ComputePass<'static>>,
+    logits: Vec<f32>,
+    memory: GpuMemory,
+}
+
+impl<'g> GpuDecoder<'g> {
+    /// Uploads `model` and prepares a KV cache for `kv`. Refuses before uploading anything when a tensor
+    /// is larger than the adapter's storage binding limit.
+    pub fn new(gpu: &'g Gpu, model: &Model, kv: KvConfig) -> Result<Self> {
+        let c = model.config.clone();
+        kv.validate(&c)?;
+        if kv.k != KvType::F32 || kv.v != KvType::F32 {
+            return Err(Error::Invalid(format!(
+                "the GPU backend stores the KV cache as f32 only so far (asked for {}); use --backend cpu",
+                kv.label()
+            )));
+        }
+        let tied = model.tied();
+        let ids = TensorId::all(&c, tied);
+        // Refuse oversized tensors before any upload.
+        for &id in &ids {
+            if id.class() == Class::Norm {
+                continue;
+            }
+            let m = model.weights.matrix(id);
+            let bytes = (m.words.len() * 4) as u64;
+            if bytes > gpu.max_binding {
+                return Err(Error::Gpu(format!(
+                    "tensor {} needs {bytes} bytes in one storage binding, above the adapter's \
+                     maxStorageBufferBindingSize of {} bytes ({})",
+                    id.gguf_name(),
+                    gpu.max_binding,
+                    gpu.report.name
+                )));
+            }
+        }
+        let dev = &gpu.device;
+        let oom_scope = dev.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let mut memory = GpuMemory::default();
+        let storage = wgpu::BufferUsages::STORAGE;
+        let init = |label: &str, bytes: &[u8], usage| {
+            // Buffers must not be empty; pad to a whole word.
+            let mut data = bytes.to_vec();
+            data.resize(data.len().max(4).div_ceil(4) * 4, 0);
+            dev.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some(label),
+                contents: &data,
+                usage,
+            })
+        };
+        let mut mats = HashMap::new();
+        let mut norms = HashMap::new();
+        for &id in &ids {
+            let name = id.gguf_name();
+            let class = id.class();
+            if class == Class::Norm {
+                let b = init(&name, bytemuck::cast_slice(model.weights.norm(id)), storage);
+                *memory.weights_by_class.entry(class).or_default() += b.size();
+                norms.insert(id, b);
+                continue;
+            }
+            let m = model.weights.matrix(id);
+            if m.ty == WType::F16 && m.cols % 2 != 0 {
+                return Err(Error::Gpu(format!(
+                    "tensor {name}: f16 rows of odd length {} are not supported on the GPU",
+                    m.cols
+                )));
+            }
+            let words = init(&name, bytemuck::cast_slice(&m.words), storage);
+            let scales = init(&name, bytemuck::cast_slice(&m.scales), storage);
+            let mins = init(&name, bytemuck::cast_slice(&m.mins), storage);
+            let params = init(
+                &name,
+                bytemuck::cast_slice(&[m.rows as u32, m.cols as u32, m.block as u32, kind(m.ty)]),
+                wgpu::BufferUsages::UNIFORM,
+            );
+            *memory.weights_by_class.entry(class).or_default() +=
+                words.size() + scales.size() + mins.size();
+            mats.insert(
+                id,
+                GpuMatrix {
+                    words,
+                    scales,
+                    mins,
+                    params,
+                    rows: m.rows,
+                    cols: m.cols,
+                },
+            );
+        }
+        if tied {
+            // The classifier reads the embedding's buffers.
+            let e = &mats[&TensorId::TokEmbd];
+            let shared = GpuMatrix {
+                words: e.words.clone(),
+                scales: e.scales.clone(),
+                mins: e.mins.clone(),
+                params: e.params.clone(),
+                rows: e.rows,
+                cols: e.cols,
+            };
+            mats.insert(TensorId::Output, shared);
+        }
+        memory.weights = memory.weights_by_class.values().sum();
+
+        let buf = |label: &str, size: u64, usage: wgpu::BufferUsages| {
+            dev.create_buffer(&wgpu::BufferDescriptor {
+                label: Some(label),
+                size: size.max(4).div_ceil(4) * 4,
+                usage,
+                mapped_at_creation: false,
+            })
+        };
+        let act_usage = storage | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST;
+        let acts: Vec<wgpu::Buffer> = Act::ALL
+            .iter()
+            .map(|a| buf(&format!("{a:?}"), a.len(&c) as u64 * 4, act_usage))
+            .collect();
+        let cap = kv.window.unwrap_or(c.seq_len);
+        let kv_bytes = (cap * c.kv_dim() * 4) as u64;
+        let kcache: Vec<_> = (0..c.n_layers)
+            .map(|l| buf(&format!("k{l}"), kv_bytes, storage))
+            .collect();
+        let vcache: Vec<_> = (0..c.n_layers)
+            .map(|l| buf(&format!("v{l}"), kv_bytes, storage))
+            .collect();
+        let att = buf("att", (c.n_heads * cap * 4) as u64, storage);
+        let uniform = wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST;
+        let step_buf = buf("step", 32, uniform);
+        let rope_buf = buf(
+            "rope",
+            (c.head_size() * 4) as u64,
+            storage | wgpu::BufferUsages::COPY_DST,
+        );
+        let argmax_buf = buf("argmax", 4, storage | wgpu::BufferUsages::COPY_SRC);
+        let read = wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST;
+        let staging_logits = buf("staging logits", (c.vocab_size * 4) as u64, read);
+        let staging_id = buf("staging id", 4, read);
+        let dummy = buf("dummy", 4, storage);
+        memory.kv_cache = kcache.iter().chain(&vcache).map(|b| b.size()).sum();
+        memory.activations = acts.iter().map(|b| b.size()).sum::<u64>()
+            + att.size()
+            + step_buf.size()
+            + rope_buf.size()
+            + argmax_buf.size()
+            + dummy.size();
+        memory.staging = staging_logits.size() + staging_id.size();
+        memory.total = memory.weights + memory.kv_cache + memory.activations + memory.staging;
+        if let Some(e) = pop_error_scope(oom_scope) {
+            return Err(Error::Gpu(format!(
+                "out of GPU memory uploading {} ({} bytes planned): {e}",
+                model.name, memory.total
+            )));
+        }
+        gpu.check_errors()?;
+        Ok(GpuDecoder {
+            gpu,
+            theta: c.rope_theta,
+            kv,
+            mats,
+            norms,
+            acts,
+            kcache,
+            vcache,
+            att,
+            cap,
+            step_buf,
+            rope_buf,
+            argmax_buf,
+            staging_logits,
+            staging_id,
+            dummy,
+            pipes: Pipelines::new(dev),
+            binds: HashMap::new(),
+            pass: None,
+            logits: vec![0.0; c.vocab_size],
+            memory,
+            config: c,
+        })
+    }
+
+    pub fn memory(&self) -> &GpuMemory {
+        &self.memory
+    }
+
+    fn act(&self, a: Act) -> &wgpu::Buffer {
+        &self.acts[a as usize]
+    }
+
+    fn uniform(&self, words: &[u32]) -> wgpu::Buffer {
+        self.gpu
+            .device
+            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some("params"),
+                contents: bytemuck::cast_slice(words),
+                usage: wgpu::BufferUsages::UNIFORM,
+            })
+    }
+
+    fn bind_group(
+        &self,
+        pipe: &wgpu::ComputePipeline,
+        bufs: &[(u32, &wgpu::Buffer)],
+    ) -> wgpu::BindGroup {
+        let entries: Vec<wgpu::BindGroupEntry> = bufs
+            .iter()
+            .map(|(i, b)| wgpu::BindGroupEntry {
+                binding: *i,
+                resource: b.as_entire_binding(),
+            })
+            .collect();
+        self.gpu
+            .device
+            .create_bind_group(&wgpu::BindGroupDescriptor {
+                label: None,
+                layout: &pipe.get_bind_group_layout(0),
+                entries: &entries,
+            })
+    }
+
+    /// Creates the bind group for `key` on first use.
+    fn ensure(&mut self, key: BindKey) {
+        if self.binds.contains_key(&key) {
+            return;
+        }
+        let c = &self.config;
+        let p = &self.pipes;
+        let bg = match key {
+            BindKey::Matvec(id, out, x) => {
+                let m = &self.mats[&id];
+                self.bind_group(
+                    &p.matvec,
+                    &[
+                        (0, &m.params),
+                        (1, &m.words),
+                        (2, &m.scales),
+                        (3, &m.mins),
+                        (4, self.act(x)),
+                        (5, self.act(out)),
+                    ],
+                )
+            }
+            BindKey::Embed(out) => {
+                let m = &self.mats[&TensorId::TokEmbd];
+                self.bind_group(
+                    &p.embed,
+                    &[
+                        (0, &m.params),
+                        (1, &m.words),
+                        (2, &m.scales),
+                        (3, &m.mins),
+                        (5, self.act(out)),
+                        (6, &self.step_buf),
+                    ],
+                )
+            }
+            BindKey::Norm(id, out, x) => {
+                let params = self.uniform(&[c.dim as u32, c.norm_eps.to_bits(), 0, 0]);
+                self.bind_group(
+                    &p.rmsnorm,
+                    &[
+                        (0, &params),
+                        (1, self.act(x)),
+                        (2, &self.norms[&id]),
+                        (3, self.act(out)),
+                    ],
+                )
+            }
+            BindKey::Rope(x) => {
+                let params = self.uniform(&[x.len(c) as u32, c.head_size() as u32, 0, 0]);
+                self.bind_group(
+                    &p.rope,
+                    &[(0, &params), (1, self.act(x)), (2, &self.rope_buf)],
+                )
+            }
+            BindKey::Add(a, b) | BindKey::Swiglu(a, b) => {
+                let params = self.uniform(&[a.len(c) as u32, 0, 0, 0]);
+                let pipe = if matches!(key, BindKey::Add(..)) {
+                    &p.add
+                } else {
+                    &p.swiglu
+                };
+                self.bind_group(pipe, &[(0, &params), (1, self.act(a)), (2, self.act(b))])
+            }
+            BindKey::KvStore(l) => {
+                let params = self.attn_params();
+                self.bind_group(
+                    &p.kv_store,
+                    &[
+                        (0, &params),
+                        (1, self.act(Act::K)),
+                        (2, self.act(Act::V)),
+                        (3, &self.kcache[l]),
+                        (4, &self.vcache[l]),
+                        (5, &self.step_buf),
+                    ],
+                )
+            }
+            BindKey::Attention(l, out) => {
+                let params = self.attn_params();
+                self.bind_group(
+                    &p.attention,
+                    &[
+                        (0, &params),
+                        (1, self.act(Act::Q)),
+                        (2, &self.kcache[l]),
+                        (3, &self.vcache[l]),
+                        (4, &self.att),
+                        (5, self.act(out)),
+                        (6, &self.step_buf),
+                    ],
+                )
+            }
+            BindKey::Argmax => {
+                let params = self.uniform(&[c.vocab_size as u32, 0, 0, 0]);
+                self.bind_group(
+                    &p.argmax,
+                    &[
+                        (0, &params),
+                        (1, self.act(Act::Logits)),
+                        (2, &self.argmax_buf),
+                    ],
+                )
+            }
+        };
+        let _ = &self.dummy;
+        self.binds.insert(key, bg);
+    }
+
+    fn attn_params(&self) -> wgpu::Buffer {
+        let c = &self.config;
+        self.uniform(&[
+            c.n_heads as u32,
+            c.n_kv_heads as u32,
+            c.head_size() as u32,
+            c.kv_dim() as u32,
+            self.cap as u32,
+            0,
+            0,
+            0,
+        ])
+    }
+
+    fn dispatch(&mut self, key: BindKey, groups: (u32, u32)) {
+        self.ensure(key);
+        let pipe = match key {
+            BindKey::Matvec(..) => &self.pipes.matvec,
+            BindKey::Embed(_) => &self.pipes.embed,
+            BindKey::Norm(..) => &self.pipes.rmsnorm,
+            BindKey::Rope(_) => &self.pipes.rope,
+            BindKey::Add(..) => &self.pipes.add,
+            BindKey::Swiglu(..) => &self.pipes.swiglu,
+            BindKey::KvStore(_) => &self.pipes.kv_store,
+            BindKey::Attention(..) => &self.pipes.attention,
+            BindKey::Argmax => &self.pipes.argmax,
+        };
+        let pass = self.pass.as_mut().expect("dispatch outside a token's pass");
+        pass.set_pipeline(pipe);
+        pass.set_bind_group(0, &self.binds[&key], &[]);
+        pass.dispatch_workgroups(groups.0, groups.1, 1);
+    }
+
+    /// Writes the per-token uniform and RoPE table, records the forward pass, and submits it with a copy
+    /// of the logits (or of the argmax) into a staging buffer. Returns the staging buffer to read.
+    fn run(&mut self, token: u32, pos: usize, argmax: bool) -> Result<()> {
+        let c = &self.config;
+        if token as usize >= c.vocab_size {
+            return Err(Error::Invalid(format!(
+                "token {token} is outside the vocabulary of {}",
+                c.vocab_size
+            )));
+        }
+        if pos >= c.seq_len && self.kv.window.is_none() {
+            return Err(Error::Invalid(format!(
+                "position {pos} is past the model's context of {} (a --window lets decoding go on)",
+                c.seq_len
+            )));
+        }
+        let mut att = Vec::new();
+        self.kv.attended(pos, &mut att);
+        let (sinks, span) = match self.kv.window {
+            Some(w) => (self.kv.sinks, w - self.kv.sinks),
+            None => (0, 0),
+        };
+        let n_sinks = sinks.min(pos + 1);
+        let lo = att.get(n_sinks).copied().unwrap_or(0);
+        let slot = if span == 0 || pos < sinks {
+            pos
+        } else {
+            sinks + (pos - sinks) % span
+        };
+        let step = [
+            pos as u32,
+            att.len() as u32,
+            sinks as u32,
+            span as u32,
+            token,
+            slot as u32,
+            lo as u32,
+            0,
+        ];
+        let q = &self.gpu.queue;
+        q.write_buffer(&self.step_buf, 0, bytemuck::cast_slice(&step));
+        // cos/sin per frequency, computed exactly as the CPU oracle computes them.
+        let hs = c.head_size();
+        let table: Vec<f32> = (0..hs / 2)
+            .flat_map(|f| {
+                let freq = 1.0 / self.theta.powf((2 * f) as f32 / hs as f32);
+                let (s, co) = (pos as f32 * freq).sin_cos();
+                [co, s]
+            })
+            .collect();
+        q.write_buffer(&self.rope_buf, 0, bytemuck::cast_slice(&table));
+
+        let mut enc = self.gpu.device.create_command_encoder(&Default::default());
+        self.pass = Some(
+            enc.begin_compute_pass(&Default::default())
+                .forget_lifetime(),
+        );
+        let cfg = self.config.clone();
+        forward(self, &cfg, token, pos);
+        if argmax {
+            self.dispatch(BindKey::Argmax, (1, 1));
+        }
+        drop(self.pass.take());
+        if argmax {
+            enc.copy_buffer_to_buffer(&self.argmax_buf, 0, &self.staging_id, 0, 4);
+        } else {
+            let n = self.staging_logits.size();
+            enc.copy_buffer_to_buffer(self.act(Act::Logits), 0, &self.staging_logits, 0, n);
+        }
+        q.submit([enc.finish()]);
+        Ok(())
+    }
+
+    fn read(&self, staging: &wgpu::Buffer) -> Result<Vec<u8>> {
+        let slice = staging.slice(..);
+        let (tx, rx) = std::sync::mpsc::channel();
+        slice.map_async(wgpu::MapMode::Read, move |r| {
+            let _ = tx.send(r);
+        });
+        self.gpu.wait()?;
+        match rx.recv_timeout(GPU_TIMEOUT) {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(Error::Gpu(format!("reading results back: {e}"))),
+            Err(_) => {
+                return Err(Error::Gpu(
+                    "the GPU did not return results (hung or lost)".into(),
+                ))
+            }
+        }
+        let bytes = slice
+            .get_mapped_range()
+            .map_err(|e| Error::Gpu(format!("mapping results: {e}")))?
+            .to_vec();
+        staging.unmap();
+        Ok(bytes)
+    }
+}
+
+/// Pops an error scope; natively waits for its verdict. In the browser the verdict arrives later, and
+/// out-of-memory surfaces through the uncaptured-error hook instead.
+fn pop_error_scope(scope: wgpu::ErrorScopeGuard) -> Option<wgpu::Error> {
+    let verdict = scope.pop();
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        pollster::block_on(verdict)
+    }
+    #[cfg(target_arch = "wasm32")]
+    {
+        drop(verdict);
+        None
+    }
+}
+
+fn wg(n: usize, size: usize) -> (u32, u32) {
+    (n.div_ceil(size) as u32, 1)
+}
+
+impl Kernels for GpuDecoder<'_> {
+    fn embed(&mut self, _token: u32, out: Act) {
+        // The token id comes from the step uniform.
+        let n = self.config.dim;
+        self.dispatch(BindKey::Embed(out), wg(n, 64));
+    }
+
+    fn rmsnorm(&mut self, out: Act, x: Act, w: TensorId) {
+        self.dispatch(BindKey::Norm(w, out, x), (1, 1));
+    }
+
+    fn matvec(&mut self, out: Act, w: TensorId, x: Act) {
+        let rows = self.mats[&w].rows;
+        let groups = if rows <= 65535 {
+            (rows as u32, 1)
+        } else {
+            (65535, rows.div_ceil(65535) as u32)
+        };
+        self.dispatch(BindKey::Matvec(w, out, x), groups);
+    }
+
+    fn rope(&mut self, x: Act, _pos: usize) {
+        let n = x.len(&self.config);
+        self.dispatch(BindKey::Rope(x), wg(n / 2, 64));
+    }
+
+    fn kv_store(&mut self, layer: usize, _pos: usize) {
+        let n = self.config.kv_dim();
+        self.dispatch(BindKey::KvStore(layer), wg(n, 64));
+    }
+
+    fn attention(&mut self, out: Act, layer: usize, _pos: usize) {
+        let h = self.config.n_heads;
+        self.dispatch(BindKey::Attention(layer, out), (h as u32, 1));
+    }
+
+    fn swiglu(&mut self, gate: Act, up: Act) {
+        let n = gate.len(&self.config);
+        self.dispatch(BindKey::Swiglu(gate, up), wg(n, 64));
+    }
+
+    fn add(&mut self, x: Act, y: Act) {
+        let n = x.len(&self.config);
+        self.dispatch(BindKey::Add(x, y), wg(n, 64));
+    }
+}
+
+impl Decoder for GpuDecoder<'_> {
+    fn config(&self) -> &Config {
+        &self.config
+    }
+
+    fn step(&mut self, token: u32, pos: usize) -> Result<&[f32]> {
+        self.run(token, pos, false)?;
+        let bytes = self.read(&self.staging_logits)?;
+        self.logits
+            .copy_from_slice(&bytemuck::cast_slice::<u8, f32>(&bytes)[..self.config.vocab_size]);
+        Ok(&self.logits)
+    }
+
+    fn step_argmax(&mut self, token: u32, pos: usize) -> Result<u32> {
+        self.run(token, pos, true)?;
+        let bytes = self.read(&self.staging_id)?;
+        Ok(u32::from_le_bytes(bytes[..4].try_into().unwrap()))
+    }
+
+    fn backend(&self) -> String {
+        format!(
+            "gpu ({}, {})",
+            self.gpu.report.name, self.gpu.report.backend
+        )
+    }
+
+    fn reset(&mut self) {}
+
+    fn context_limit(&self) -> usize {
+        match self.kv.window {
+            Some(_) => usize::MAX,
+            None => self.config.seq_len,
+        }
+    }
+}

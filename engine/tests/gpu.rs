@@ -1,0 +1,151 @@
+//! The WebGPU backend against the CPU oracle, on lavapipe in CI (mesa-vulkan-drivers).
+//!
+//! Tolerance, f32 activations: both sides compute in f32 and read the same quantized weights, so the only
+//! differences are summation order (GPU reductions are tree-shaped, the CPU's are sequential in chunks of 8)
+//! and the softmax normalisation (GPU divides once at the end). A dot product of length n carries a
+//! relative error of order sqrt(n) * 2^-24 in either order (n <= 512 here: ~1e-6), compounded over a handful
+//! of layers and the classifier; measured worst cases are ~6e-5 on logits of magnitude ~10. The test allows
+//! max |Δlogit| <= 2e-4 * (1 + max |logit|), about 3x the measured worst case, and requires 100% top-1
+//! agreement.
+
+mod common;
+use common::*;
+use nibble_engine::cpu::CpuDecoder;
+use nibble_engine::eval;
+use nibble_engine::gpu::{Gpu, GpuDecoder, GpuOptions};
+use nibble_engine::kv::KvConfig;
+use nibble_engine::measure::{self, RunConfig};
+use nibble_engine::{Decoder, Model};
+
+fn gpu() -> Gpu {
+    Gpu::open_blocking(GpuOptions::default())
+        .expect("a WebGPU adapter (lavapipe: apt-get install mesa-vulkan-drivers)")
+}
+
+fn check(gpu: &Gpu, m: &Model, kv: KvConfig, tokens: &[u32], what: &str) -> f32 {
+    let mut cpu = CpuDecoder::with_kv(m, kv.clone()).unwrap();
+    let mut g = GpuDecoder::new(gpu, m, kv).unwrap();
+    let mut worst = 0.0f32;
+    for (p, &t) in tokens.iter().enumerate() {
+        let a = cpu.step(t, p).unwrap().to_vec();
+        let b = g.step(t, p).unwrap();
+        let scale = a.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let d = a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+        assert!(
+            d <= 2e-4 * (1.0 + scale),
+            "{what} pos {p}: max |Δlogit| {d} (scale {scale})"
+        );
+        assert_eq!(
+            eval::argmax(&a),
+            eval::argmax(b),
+            "{what} pos {p}: top-1 differs"
+        );
+        worst = worst.max(d);
+    }
+    println!(
+        "{what}: {} positions, max |Δlogit| {worst:.3e}",
+        tokens.len()
+    );
+    worst
+}
+
+#[test]
+fn gpu_matches_cpu_for_every_weight_type() {
+    let gpu = gpu();
+    println!("adapter: {:?}", gpu.report);
+    let stories = stories();
+    let tok = stories.tokenizer.as_ref().unwrap();
+    let text = text("tinystories_sample.txt");
+    let st = &eval::story_tokens(tok, &text, 128)[0];
+    let builtin = Model::builtin();
+    let bt = &eval::story_tokens(
+        builtin.tokenizer.as_ref().unwrap(),
+        include_str!("../../harness/assets/sample.txt"),
+        64,
+    )[0];
+    for spec in [
+        "weights=f32",
+        "weights=f16",
+        "weights=q8_0",
+        "weights=q4_0",
+        "weights=q4_1",
+        "weights=q4_0,block=64",
+        "precision=attn-q8",
+    ] {
+        let cfg = RunConfig::parse(spec).unwrap();
+        let (m, _) = measure::prepare(&stories, &cfg).unwrap();
+        check(
+            &gpu,
+            &m,
+            KvConfig::default(),
+            st,
+            &format!("stories260K {spec}"),
+        );
+        let (m, _) = measure::prepare(&builtin, &cfg).unwrap();
+        check(
+            &gpu,
+            &m,
+            KvConfig::default(),
+            bt,
+            &format!("builtin {spec}"),
+        );
+    }
+}
+
+#[test]
+fn gpu_sliding_window_and_greedy() {
+    let gpu = gpu();
+    let m = Model::builtin();
+    let toks: Vec<u32> = (0..80).map(|i| 3 + (i * 17 % 250) as u32).collect();
+    let kv = KvConfig {
+        window: Some(32),
+        sinks: 4,
+        ..KvConfig::default()
+    };
+    check(&gpu, &m, kv, &toks, "builtin window=32 sinks=4");
+    let mut g = GpuDecoder::new(&gpu, &m, KvConfig::default()).unwrap();
+    let mut c = CpuDecoder::new(&m);
+    for (p, &t) in toks.iter().take(20).enumerate() {
+        assert_eq!(
+            g.step_argmax(t, p).unwrap(),
+            eval::argmax(c.step(t, p).unwrap())
+        );
+    }
+}
+
+#[test]
+fn gpu_perplexity_matches_cpu() {
+    let gpu = gpu();
+    let m = stories();
+    // The first 192 tokens of each story keep lavapipe's run short.
+    let seqs = eval::story_tokens(
+        m.tokenizer.as_ref().unwrap(),
+        &text("tinystories_sample.txt"),
+        192,
+    );
+    let c = eval::perplexity(&mut CpuDecoder::new(&m), &seqs).unwrap();
+    let g = eval::perplexity(
+        &mut GpuDecoder::new(&gpu, &m, KvConfig::default()).unwrap(),
+        &seqs,
+    )
+    .unwrap();
+    println!("PPL cpu {} gpu {} ({})", c.ppl, g.ppl, g.backend);
+    assert!((c.ppl - g.ppl).abs() / c.ppl < 1e-3);
+}
+
+#[test]
+fn oversized_tensor_is_refused_before_upload() {
+    let gpu = Gpu::open_blocking(GpuOptions {
+        max_binding: Some(64 * 1024),
+    })
+    .unwrap();
+    let m = stories();
+    let e = GpuDecoder::new(&gpu, &m, KvConfig::default())
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.contains("token_embd.weight") && e.contains("maxStorageBufferBindingSize"),
+        "{e}"
+    );
+}

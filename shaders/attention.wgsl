@@ -1,0 +1,92 @@
+// Attention over the f32 KV cache (layout in kv.wgsl). Prepended with step.wgsl.
+//
+// Bindings (group 0): 0 params, 1 q (read, n_heads * head_size), 2 kcache (read), 3 vcache (read),
+//   4 att (read_write scratch, n_heads * cap), 5 out (read_write, n_heads * head_size), 6 step.
+// Dispatch: one workgroup of 64 threads per query head; head h reads KV head h / (n_heads / n_kv_heads).
+// Softmax subtracts the maximum score first; the weighted sum is divided by the total at the end.
+
+struct AttnParams {
+    n_heads: u32,
+    n_kv_heads: u32,
+    head_size: u32,
+    kv_dim: u32,
+    cap: u32,
+    pad0: u32,
+    pad1: u32,
+    pad2: u32,
+}
+
+const WG: u32 = 64u;
+
+@group(0) @binding(0) var<uniform> p: AttnParams;
+@group(0) @binding(1) var<storage, read> q: array<f32>;
+@group(0) @binding(2) var<storage, read> kcache: array<f32>;
+@group(0) @binding(3) var<storage, read> vcache: array<f32>;
+@group(0) @binding(4) var<storage, read_write> att: array<f32>;
+@group(0) @binding(5) var<storage, read_write> out: array<f32>;
+@group(0) @binding(6) var<uniform> st: Step;
+
+var<workgroup> red: array<f32, 64>;
+
+@compute @workgroup_size(64)
+fn attention(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let h = wid.x;
+    let hs = p.head_size;
+    let kvh = (h / (p.n_heads / p.n_kv_heads)) * hs;
+    let qo = h * hs;
+    let ao = h * p.cap;
+    let n = st.n_att;
+    let denom = sqrt(f32(hs));
+
+    // Scores and their maximum.
+    var m = -3.402823e38;
+    for (var i = lid.x; i < n; i += WG) {
+        let ko = slot_of(st, attended(st, i)) * p.kv_dim + kvh;
+        var s = 0.0;
+        for (var d = 0u; d < hs; d++) {
+            s += q[qo + d] * kcache[ko + d];
+        }
+        s = s / denom;
+        att[ao + i] = s;
+        m = max(m, s);
+    }
+    red[lid.x] = m;
+    workgroupBarrier();
+    for (var s = WG / 2u; s > 0u; s >>= 1u) {
+        if (lid.x < s) {
+            red[lid.x] = max(red[lid.x], red[lid.x + s]);
+        }
+        workgroupBarrier();
+    }
+    let mx = red[0];
+    workgroupBarrier();
+
+    // exp and the sum.
+    var sum = 0.0;
+    for (var i = lid.x; i < n; i += WG) {
+        let e = exp(att[ao + i] - mx);
+        att[ao + i] = e;
+        sum += e;
+    }
+    red[lid.x] = sum;
+    workgroupBarrier();
+    for (var s = WG / 2u; s > 0u; s >>= 1u) {
+        if (lid.x < s) {
+            red[lid.x] += red[lid.x + s];
+        }
+        workgroupBarrier();
+    }
+    let total = red[0];
+    storageBarrier();
+    workgroupBarrier();
+
+    // Weighted sum of values, one output dimension per thread.
+    for (var d = lid.x; d < hs; d += WG) {
+        var acc = 0.0;
+        for (var i = 0u; i < n; i++) {
+            let vo = slot_of(st, attended(st, i)) * p.kv_dim + kvh;
+            acc += att[ao + i] * vcache[vo + d];
+        }
+        out[qo + d] = acc / total;
+    }
+}

@@ -1,0 +1,41 @@
+// RMSNorm: out = w * (x / sqrt(mean(x^2) + eps)). One workgroup of 256 threads.
+//
+// Bindings (group 0):
+//   0 params: uniform NormParams { n, eps }
+//   1 x:      storage read array<f32>, n values
+//   2 w:      storage read array<f32>, n values (norm weights are always f32)
+//   3 out:    storage read_write array<f32>, n values (never aliases x)
+
+struct NormParams {
+    n: u32,
+    eps: f32,
+    pad0: u32,
+    pad1: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: NormParams;
+@group(0) @binding(1) var<storage, read> x: array<f32>;
+@group(0) @binding(2) var<storage, read> w: array<f32>;
+@group(0) @binding(3) var<storage, read_write> out: array<f32>;
+
+var<workgroup> partial: array<f32, 256>;
+
+@compute @workgroup_size(256)
+fn rmsnorm(@builtin(local_invocation_id) lid: vec3<u32>) {
+    var ss = 0.0;
+    for (var i = lid.x; i < p.n; i += 256u) {
+        ss += x[i] * x[i];
+    }
+    partial[lid.x] = ss;
+    workgroupBarrier();
+    for (var s = 128u; s > 0u; s >>= 1u) {
+        if (lid.x < s) {
+            partial[lid.x] += partial[lid.x + s];
+        }
+        workgroupBarrier();
+    }
+    let scale = 1.0 / sqrt(partial[0] / f32(p.n) + p.eps);
+    for (var i = lid.x; i < p.n; i += 256u) {
+        out[i] = w[i] * (scale * x[i]);
+    }
+}

@@ -1,0 +1,39 @@
+// Per-token state, written once per token with queue.write_buffer and read by every kernel that needs the
+// position. Prepended to the shaders that use it.
+struct Step {
+    // Position of the token being decoded.
+    pos: u32,
+    // Number of cached positions attended (window-limited).
+    n_att: u32,
+    // Attention sinks kept at slots 0..sinks.
+    sinks: u32,
+    // Ring length of the non-sink slots (window - sinks), or 0 when there is no window.
+    span: u32,
+    // The token id, for the embedding gather.
+    token: u32,
+    // KV slot the current token is stored in.
+    slot: u32,
+    // First non-sink position attended.
+    lo: u32,
+    pad: u32,
+}
+
+// Ring slot of position t.
+fn slot_of(s: Step, t: u32) -> u32 {
+    if (s.span == 0u || t < s.sinks) {
+        return t;
+    }
+    return s.sinks + (t - s.sinks) % s.span;
+}
+
+// The i-th attended position: sinks first, then lo..=pos.
+fn attended(s: Step, i: u32) -> u32 {
+    let n_sinks = min(s.sinks, s.pos + 1u);
+    if (s.span == 0u) {
+        return i;
+    }
+    if (i < n_sinks) {
+        return i;
+    }
+    return s.lo + (i - n_sinks);
+}
