@@ -39,11 +39,6 @@ impl<'m> CpuDecoder<'m> {
         })
     }
 
-    /// KV cache bytes held now.
-    pub fn kv_bytes(&self) -> usize {
-        self.kv.bytes()
-    }
-
     fn act(&self, a: Act) -> &[f32] {
         &self.acts[a as usize]
     }
@@ -193,6 +188,10 @@ impl Decoder for CpuDecoder<'_> {
 
     fn reset(&mut self) {
         self.kv.reset();
+    }
+
+    fn kv_bytes(&self) -> usize {
+        self.kv.bytes()
     }
 
     fn context_limit(&self) -> usize {

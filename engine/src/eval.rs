@@ -194,8 +194,16 @@ pub fn generate(
     }
     let start = Instant::now();
     let mut next = 0;
+    let greedy = sampler.temperature <= 0.0;
+    let mut step = |dec: &mut dyn Decoder, t: u32, pos: usize| -> Result<u32> {
+        if greedy {
+            dec.step_argmax(t, pos)
+        } else {
+            Ok(sampler.sample(dec.step(t, pos)?))
+        }
+    };
     for (pos, &t) in prompt_ids.iter().enumerate() {
-        next = sampler.sample(dec.step(t, pos)?);
+        next = step(dec, t, pos)?;
     }
     let ttft = start.elapsed().as_secs_f64() * 1e3;
     let decode_start = Instant::now();
@@ -206,7 +214,7 @@ pub fn generate(
         if out.len() == n || pos >= seq_len {
             break;
         }
-        next = sampler.sample(dec.step(next, pos)?);
+        next = step(dec, next, pos)?;
         pos += 1;
     }
     let steps = out.len().saturating_sub(1);

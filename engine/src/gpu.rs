@@ -71,8 +71,11 @@ pub struct Gpu {
 impl Gpu {
     /// Opens the default adapter (honouring `WGPU_BACKEND`), with its full limits.
     pub async fn open(opts: GpuOptions) -> Result<Gpu> {
-        let instance =
-            wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+        // Vulkan/Metal/DX12/browser WebGPU unless WGPU_BACKEND says otherwise (e.g. `gl`): probing GL
+        // by default prints display-server noise on headless machines.
+        let mut desc = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
+        desc.backends = wgpu::Backends::from_env().unwrap_or(wgpu::Backends::PRIMARY);
+        let instance = wgpu::Instance::new(desc);
         let adapter = instance
             .request_adapter(&wgpu::RequestAdapterOptions {
                 power_preference: wgpu::PowerPreference::HighPerformance,
@@ -237,6 +240,14 @@ impl Pipelines {
             argmax: pipe(&am, "argmax"),
         }
     }
+}
+
+/// What a token's submission copies back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Readback {
+    Nothing,
+    Argmax,
+    Logits,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -636,8 +647,8 @@ impl<'g> GpuDecoder<'g> {
     }
 
     /// Writes the per-token uniform and RoPE table, records the forward pass, and submits it with a copy
-    /// of the logits (or of the argmax) into a staging buffer. Returns the staging buffer to read.
-    fn run(&mut self, token: u32, pos: usize, argmax: bool) -> Result<()> {
+    /// of what `out` asks for into its staging buffer.
+    fn run(&mut self, token: u32, pos: usize, out: Readback) -> Result<()> {
         let c = &self.config;
         if token as usize >= c.vocab_size {
             return Err(Error::Invalid(format!(
@@ -694,15 +705,19 @@ impl<'g> GpuDecoder<'g> {
         );
         let cfg = self.config.clone();
         forward(self, &cfg, token, pos);
-        if argmax {
+        if out == Readback::Argmax {
             self.dispatch(BindKey::Argmax, (1, 1));
         }
         drop(self.pass.take());
-        if argmax {
-            enc.copy_buffer_to_buffer(&self.argmax_buf, 0, &self.staging_id, 0, 4);
-        } else {
-            let n = self.staging_logits.size();
-            enc.copy_buffer_to_buffer(self.act(Act::Logits), 0, &self.staging_logits, 0, n);
+        match out {
+            Readback::Argmax => {
+                enc.copy_buffer_to_buffer(&self.argmax_buf, 0, &self.staging_id, 0, 4)
+            }
+            Readback::Logits => {
+                let n = self.staging_logits.size();
+                enc.copy_buffer_to_buffer(self.act(Act::Logits), 0, &self.staging_logits, 0, n);
+            }
+            Readback::Nothing => {}
         }
         q.submit([enc.finish()]);
         Ok(())
@@ -805,7 +820,7 @@ impl Decoder for GpuDecoder<'_> {
     }
 
     fn step(&mut self, token: u32, pos: usize) -> Result<&[f32]> {
-        self.run(token, pos, false)?;
+        self.run(token, pos, Readback::Logits)?;
         let bytes = self.read(&self.staging_logits)?;
         self.logits
             .copy_from_slice(&bytemuck::cast_slice::<u8, f32>(&bytes)[..self.config.vocab_size]);
@@ -813,9 +828,17 @@ impl Decoder for GpuDecoder<'_> {
     }
 
     fn step_argmax(&mut self, token: u32, pos: usize) -> Result<u32> {
-        self.run(token, pos, true)?;
+        self.run(token, pos, Readback::Argmax)?;
         let bytes = self.read(&self.staging_id)?;
         Ok(u32::from_le_bytes(bytes[..4].try_into().unwrap()))
+    }
+
+    fn feed(&mut self, token: u32, pos: usize) -> Result<()> {
+        self.run(token, pos, Readback::Nothing)
+    }
+
+    fn gpu_memory(&self) -> Option<GpuMemory> {
+        Some(self.memory.clone())
     }
 
     fn backend(&self) -> String {
@@ -826,6 +849,10 @@ impl Decoder for GpuDecoder<'_> {
     }
 
     fn reset(&mut self) {}
+
+    fn kv_bytes(&self) -> usize {
+        self.memory.kv_cache as usize
+    }
 
     fn context_limit(&self) -> usize {
         match self.kv.window {

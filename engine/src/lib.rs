@@ -32,10 +32,48 @@ pub trait Decoder {
     fn step_argmax(&mut self, token: u32, pos: usize) -> Result<u32> {
         Ok(eval::argmax(self.step(token, pos)?))
     }
+    /// Runs one token whose output nobody reads (a prompt token): the GPU skips the readback and the
+    /// wait, so consecutive tokens pipeline.
+    fn feed(&mut self, token: u32, pos: usize) -> Result<()> {
+        self.step(token, pos).map(|_| ())
+    }
+    /// GPU bytes by category, for backends that allocate on a GPU.
+    fn gpu_memory(&self) -> Option<gpu::GpuMemory> {
+        None
+    }
     /// Which backend ran, as reported in results.
     fn backend(&self) -> String;
+    /// Bytes the KV cache holds now (the CPU grows it; the GPU allocates it whole up front).
+    fn kv_bytes(&self) -> usize;
     /// Forgets the sequence so the next step starts again at position 0.
     fn reset(&mut self);
     /// Positions this decoder can take: the model's context, or unbounded with a sliding window.
     fn context_limit(&self) -> usize;
+}
+
+/// Which backend runs a model: the CPU (the oracle's code) or an open GPU.
+#[derive(Clone, Copy)]
+pub enum Backend<'g> {
+    Cpu,
+    Gpu(&'g gpu::Gpu),
+}
+
+impl<'g> Backend<'g> {
+    /// A decoder for `model` with a KV cache as `kv` says (the GPU uploads the weights here).
+    pub fn decoder<'a>(&self, model: &'a Model, kv: kv::KvConfig) -> Result<Box<dyn Decoder + 'a>>
+    where
+        'g: 'a,
+    {
+        Ok(match *self {
+            Backend::Cpu => Box::new(cpu::CpuDecoder::with_kv(model, kv)?),
+            Backend::Gpu(g) => Box::new(gpu::GpuDecoder::new(g, model, kv)?),
+        })
+    }
+
+    pub fn name(&self) -> String {
+        match self {
+            Backend::Cpu => "cpu".into(),
+            Backend::Gpu(g) => format!("gpu ({}, {})", g.report.name, g.report.backend),
+        }
+    }
 }

@@ -233,12 +233,13 @@ pub struct SweepRow {
     pub divergence: Divergence,
 }
 
-/// Runs each configuration against one f32 reference.
+/// Runs each configuration on `backend` against one f32 CPU reference.
 pub fn sweep(
     base: &Model,
     seqs: &[Vec<u32>],
     grid: &[RunConfig],
     kv_budget: usize,
+    backend: crate::Backend,
     mut progress: impl FnMut(usize, &SweepRow),
 ) -> Result<Vec<SweepRow>> {
     let reference = Reference::run(&mut CpuDecoder::new(base), seqs)?;
@@ -246,8 +247,8 @@ pub fn sweep(
     for (i, cfg) in grid.iter().enumerate() {
         let (m, fallbacks) = prepare(base, cfg)?;
         let acc = m.accounting();
-        let mut dec = CpuDecoder::with_kv(&m, cfg.kv.clone())?;
-        let divergence = compare(&reference, &mut dec, seqs)?;
+        let mut dec = backend.decoder(&m, cfg.kv.clone())?;
+        let divergence = compare(&reference, dec.as_mut(), seqs)?;
         let c = &m.config;
         let row = SweepRow {
             config: cfg.label(),

@@ -7,6 +7,7 @@ use crate::quant::{GgmlType, QMatrix};
 use crate::tokenizer::Tokenizer;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
 use std::path::Path;
 
 /// Upper bounds that reject corrupt headers before anything is allocated. They sit far above any
@@ -773,30 +774,79 @@ impl Model {
         let config = preset.config();
         let c = &config;
         let tokenizer = Tokenizer::byte_level(c.vocab_size);
-        let weights = Weights::build(c, false, |id| {
-            let (rows, cols) = id.shape(c);
-            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-            rng.set_stream(tensor_stream(id));
-            let n = rows * cols;
-            Ok(if id.class() == Class::Norm {
-                Tensor::Norm((0..n).map(|_| rng.gen_range(0.8..1.2)).collect())
-            } else {
-                let a = if id == TensorId::TokEmbd {
-                    3f32.sqrt()
-                } else {
-                    (3.0 / cols as f32).sqrt()
-                };
-                let v = (0..n).map(|_| rng.gen_range(-a..a)).collect();
-                Tensor::Matrix(QMatrix::from_f32(rows, cols, v))
-            })
-        })
-        .expect("synthetic weights are infallible");
+        let weights = Weights::build(c, false, |id| Ok(synth_tensor(c, seed, id)))
+            .expect("synthetic weights are infallible");
         Model {
             name: format!("synthetic-{}-seed{seed}", preset.name()),
             config,
             weights,
             tokenizer: Some(tokenizer),
         }
+    }
+
+    /// [`Model::synthetic`] stored as `weights` says, each tensor quantized as soon as it is drawn and
+    /// tensors made on all cores, so a 7B model never exists in f32. Gives the same values as
+    /// `synthetic` followed by `apply_weights`.
+    pub fn synthetic_with(
+        preset: Preset,
+        seed: u64,
+        weights: &crate::precision::WeightConfig,
+    ) -> Result<(Model, Vec<crate::precision::Fallback>)> {
+        weights.validate()?;
+        let config = preset.config();
+        let c = &config;
+        let ids = TensorId::all(c, false);
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        type Made = (TensorId, Tensor, Vec<crate::precision::Fallback>);
+        let results: std::sync::Mutex<Vec<Made>> = std::sync::Mutex::new(Vec::new());
+        let failed: std::sync::Mutex<Option<Error>> = std::sync::Mutex::new(None);
+        let work = || loop {
+            let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let Some(&id) = ids.get(i) else { break };
+            let t = synth_tensor(c, seed, id);
+            let made = match t {
+                Tensor::Matrix(m) => crate::precision::restore(id, &m, weights)
+                    .map(|(q, fb)| (Tensor::Matrix(q.unwrap_or(m)), fb.into_iter().collect())),
+                norm => Ok((norm, vec![])),
+            };
+            match made {
+                Ok((t, fb)) => results.lock().unwrap().push((id, t, fb)),
+                Err(e) => {
+                    *failed.lock().unwrap() = Some(e);
+                    break;
+                }
+            }
+        };
+        std::thread::scope(|s| {
+            for _ in 0..threads.min(ids.len()) {
+                s.spawn(work);
+            }
+        });
+        if let Some(e) = failed.into_inner().unwrap() {
+            return Err(e);
+        }
+        let mut made: HashMap<TensorId, (Tensor, Vec<crate::precision::Fallback>)> = results
+            .into_inner()
+            .unwrap()
+            .into_iter()
+            .map(|(id, t, fb)| (id, (t, fb)))
+            .collect();
+        let mut fallbacks = Vec::new();
+        let w = Weights::build(c, false, |id| {
+            let (t, fb) = made.remove(&id).expect("every tensor was made");
+            fallbacks.extend(fb);
+            Ok(t)
+        })?;
+        Ok((
+            Model {
+                name: format!("synthetic-{}-seed{seed}", preset.name()),
+                config: config.clone(),
+                weights: w,
+                tokenizer: Some(Tokenizer::byte_level(config.vocab_size)),
+            },
+            fallbacks,
+        ))
     }
 
     /// The built-in model: the `tiny` preset at seed 0, made in memory.
@@ -814,6 +864,24 @@ impl Model {
             }
         }
     }
+}
+
+/// One synthetic tensor: uniform with variance 1/fan_in (embedding: unit variance), norms in [0.8, 1.2].
+fn synth_tensor(c: &Config, seed: u64, id: TensorId) -> Tensor {
+    let (rows, cols) = id.shape(c);
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    rng.set_stream(tensor_stream(id));
+    let n = rows * cols;
+    if id.class() == Class::Norm {
+        return Tensor::Norm((0..n).map(|_| rng.gen_range(0.8..1.2)).collect());
+    }
+    let a = if id == TensorId::TokEmbd {
+        3f32.sqrt()
+    } else {
+        (3.0 / cols as f32).sqrt()
+    };
+    let v = (0..n).map(|_| rng.gen_range(-a..a)).collect();
+    Tensor::Matrix(QMatrix::from_f32(rows, cols, v))
 }
 
 fn tensor_stream(id: TensorId) -> u64 {

@@ -176,6 +176,41 @@ pub struct Fallback {
     pub reason: String,
 }
 
+/// The matrix `id` re-stored as `cfg` asks (`None` when it already is), and the fallback if its rows do
+/// not fit the block size.
+pub fn restore(
+    id: TensorId,
+    m: &QMatrix,
+    cfg: &WeightConfig,
+) -> Result<(Option<QMatrix>, Option<Fallback>)> {
+    let Some(mut ty) = cfg.policy.type_for(id).or(cfg.default) else {
+        return Ok((None, None));
+    };
+    let mut fallback = None;
+    if ty.is_quantized() && m.cols % cfg.block != 0 {
+        fallback = Some(Fallback {
+            tensor: id.gguf_name(),
+            requested: ty,
+            used: WType::F16,
+            reason: format!(
+                "rows of {} values are not a whole number of {}-element blocks",
+                m.cols, cfg.block
+            ),
+        });
+        ty = WType::F16;
+    }
+    let block = if ty.is_quantized() { cfg.block } else { 1 };
+    if m.ty == ty && m.block == block {
+        return Ok((None, fallback));
+    }
+    let data = m.to_f32();
+    check_finite(&id.gguf_name(), &data)?;
+    Ok((
+        Some(QMatrix::quantize(ty, cfg.block, m.rows, m.cols, &data)),
+        fallback,
+    ))
+}
+
 impl Model {
     /// Re-stores every matrix as `cfg` says, from its current values. A quantized type whose block does
     /// not divide a row falls back to f16 (recorded). A tied classifier is untied when the output and the
@@ -195,28 +230,11 @@ impl Model {
             if id.class() == Class::Norm {
                 continue;
             }
-            let Some(mut ty) = want(id) else { continue };
-            let m = self.weights.matrix(id);
-            if ty.is_quantized() && m.cols % cfg.block != 0 {
-                fallbacks.push(Fallback {
-                    tensor: id.gguf_name(),
-                    requested: ty,
-                    used: WType::F16,
-                    reason: format!(
-                        "rows of {} values are not a whole number of {}-element blocks",
-                        m.cols, cfg.block
-                    ),
-                });
-                ty = WType::F16;
+            let (q, fb) = restore(id, self.weights.matrix(id), cfg)?;
+            fallbacks.extend(fb);
+            if let Some(q) = q {
+                *self.weights.matrix_mut(id) = q;
             }
-            let block = if ty.is_quantized() { cfg.block } else { 1 };
-            if m.ty == ty && m.block == block {
-                continue;
-            }
-            let data = m.to_f32();
-            check_finite(&id.gguf_name(), &data)?;
-            let q = QMatrix::quantize(ty, cfg.block, m.rows, m.cols, &data);
-            *self.weights.matrix_mut(id) = q;
         }
         Ok(fallbacks)
     }
@@ -339,6 +357,25 @@ mod tests {
         assert_eq!(fb.len(), 1);
         assert_eq!(fb[0].tensor, "blk.0.ffn_down.weight");
         assert_eq!(m.weights.layers[0].w_down.ty, WType::F16);
+    }
+
+    #[test]
+    fn synthetic_with_equals_synthetic_then_apply() {
+        let cfg = WeightConfig {
+            default: Some(WType::Q4_0),
+            block: 64,
+            policy: Policy::parse("attn-q8").unwrap(),
+        };
+        let (direct, fb) = Model::synthetic_with(crate::Preset::Tiny, 5, &cfg).unwrap();
+        let mut m = Model::synthetic(crate::Preset::Tiny, 5);
+        assert_eq!(m.apply_weights(&cfg).unwrap(), fb);
+        for id in TensorId::all(&m.config, false) {
+            if id.class() == Class::Norm {
+                assert_eq!(direct.weights.norm(id), m.weights.norm(id));
+            } else {
+                assert_eq!(direct.weights.matrix(id), m.weights.matrix(id), "{id:?}");
+            }
+        }
     }
 
     #[test]

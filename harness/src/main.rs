@@ -1,5 +1,6 @@
 //! `nibble`: runs nibble-engine natively, measures it and reports.
 
+mod bench;
 mod files;
 mod native;
 
@@ -27,6 +28,8 @@ enum Command {
     Compare(native::CompareArgs),
     /// Run a grid of weight/block/policy/KV/window configurations; write one JSON/CSV row each.
     Sweep(native::SweepArgs),
+    /// Prefill and decode speed per weight configuration, with GPU bytes and a bandwidth roofline.
+    Bench(bench::BenchArgs),
     /// Quantize a model's weights and write GGUF.
     Quantize(native::QuantizeArgs),
     /// Convert a llama2.c checkpoint and its tokenizer.bin to GGUF.
@@ -56,6 +59,7 @@ async fn main() {
         Command::Perplexity(a) => native::perplexity(a),
         Command::Compare(a) => native::compare(a),
         Command::Sweep(a) => native::sweep(a),
+        Command::Bench(a) => bench::bench(a),
         Command::Quantize(a) => native::quantize(a),
         Command::Convert(a) => files::convert(a),
         Command::Synth(a) => files::synth(a),

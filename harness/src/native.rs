@@ -7,12 +7,14 @@ use clap::Args;
 use nibble_engine::cpu::CpuDecoder;
 use nibble_engine::eval::{self, Sampler};
 use nibble_engine::gguf::{Value, ValueType};
+use nibble_engine::gpu::{Gpu, GpuOptions};
 use nibble_engine::kv::{KvConfig, KvType};
 use nibble_engine::measure::{self, parse_bytes, Reference, RunConfig};
 use nibble_engine::model::Model;
 use nibble_engine::precision::{Fallback, Policy, WeightConfig};
 use nibble_engine::quant::WType;
 use nibble_engine::tokenizer::Tokenizer;
+use nibble_engine::Backend;
 use std::path::PathBuf;
 
 /// Weight and KV-cache options shared by the commands that run a model.
@@ -75,6 +77,51 @@ impl QuantArgs {
         };
         weights.validate()?;
         Ok(RunConfig { weights, kv })
+    }
+}
+
+/// `--backend`: which backend runs the model.
+#[derive(Args, Clone, Default)]
+pub struct BackendArgs {
+    /// cpu or gpu. Default: gpu where a WebGPU adapter exists, otherwise cpu (the output says which ran).
+    #[arg(long)]
+    backend: Option<String>,
+}
+
+/// An opened backend: the GPU when one was asked for or found.
+pub struct Opened {
+    gpu: Option<Gpu>,
+}
+
+impl BackendArgs {
+    pub fn open(&self) -> Result<Opened> {
+        match self.backend.as_deref() {
+            Some("cpu") => Ok(Opened { gpu: None }),
+            Some("gpu") => Ok(Opened {
+                gpu: Some(Gpu::open_blocking(GpuOptions::default())?),
+            }),
+            None => match Gpu::open_blocking(GpuOptions::default()) {
+                Ok(g) => Ok(Opened { gpu: Some(g) }),
+                Err(e) => {
+                    eprintln!("backend: cpu ({e})");
+                    Ok(Opened { gpu: None })
+                }
+            },
+            Some(other) => bail!("--backend {other:?}: expected cpu or gpu"),
+        }
+    }
+}
+
+impl Opened {
+    pub fn backend(&self) -> Backend<'_> {
+        match &self.gpu {
+            Some(g) => Backend::Gpu(g),
+            None => Backend::Cpu,
+        }
+    }
+
+    pub fn adapter(&self) -> Option<&nibble_engine::gpu::AdapterReport> {
+        self.gpu.as_ref().map(|g| &g.report)
     }
 }
 
@@ -176,6 +223,8 @@ pub struct GenerateArgs {
     #[command(flatten)]
     model: ModelArgs,
     #[command(flatten)]
+    backend: BackendArgs,
+    #[command(flatten)]
     quant: QuantArgs,
     /// Prompt text; empty starts from BOS alone.
     #[arg(long, default_value = "")]
@@ -199,12 +248,14 @@ pub struct GenerateArgs {
 pub fn generate(a: GenerateArgs) -> Result<()> {
     let (model, cfg, fb) = prepared(&a.model, &a.quant)?;
     let tok = require_tokenizer(&model)?;
-    let mut dec = CpuDecoder::with_kv(&model, cfg.kv.clone())?;
+    let rt = a.backend.open()?;
+    let mut dec = rt.backend().decoder(&model, cfg.kv.clone())?;
     let mut sampler = Sampler::new(a.temperature, a.top_p, a.seed);
-    let g = eval::generate(&mut dec, tok, &a.prompt, a.n, &mut sampler)?;
+    let g = eval::generate(dec.as_mut(), tok, &a.prompt, a.n, &mut sampler)?;
     if a.json {
         let v = serde_json::json!({
             "model": model.name,
+            "adapter": rt.adapter(),
             "generation": g,
             "memory": memory_json(&model, &cfg, &fb, dec.kv_bytes(), None),
         });
@@ -234,6 +285,8 @@ pub struct PerplexityArgs {
     #[command(flatten)]
     model: ModelArgs,
     #[command(flatten)]
+    backend: BackendArgs,
+    #[command(flatten)]
     quant: QuantArgs,
     /// Text with stories separated by lines holding <|endoftext|>.
     #[arg(long)]
@@ -254,11 +307,13 @@ pub fn perplexity(a: PerplexityArgs) -> Result<()> {
     let budget = a.kv_budget.as_deref().map(parse_bytes).transpose()?;
     let tok = require_tokenizer(&model)?;
     let seqs = eval::story_tokens(tok, &read_text(&a.text)?, model.config.seq_len);
-    let mut dec = CpuDecoder::with_kv(&model, cfg.kv.clone())?;
-    let p = eval::perplexity(&mut dec, &seqs)?;
+    let rt = a.backend.open()?;
+    let mut dec = rt.backend().decoder(&model, cfg.kv.clone())?;
+    let p = eval::perplexity(dec.as_mut(), &seqs)?;
     if a.json {
         let v = serde_json::json!({
             "model": model.name,
+            "adapter": rt.adapter(),
             "text": a.text.display().to_string(),
             "perplexity": p,
             "memory": memory_json(&model, &cfg, &fb, dec.kv_bytes(), budget),
@@ -284,6 +339,9 @@ pub fn perplexity(a: PerplexityArgs) -> Result<()> {
 pub struct CompareArgs {
     #[command(flatten)]
     model: ModelArgs,
+    /// The backend that runs the candidates; the reference is always the f32 CPU oracle.
+    #[command(flatten)]
+    backend: BackendArgs,
     #[arg(long)]
     text: PathBuf,
     /// A candidate such as "weights=q4_0,block=32,kv=q8_0" (repeatable).
@@ -303,11 +361,12 @@ pub fn compare(a: CompareArgs) -> Result<()> {
         .map(|c| RunConfig::parse(c).with_context(|| format!("--candidate {c:?}")))
         .collect::<Result<Vec<_>>>()?;
     let reference = Reference::run(&mut CpuDecoder::new(&base), &seqs)?;
+    let rt = a.backend.open()?;
     let mut out = Vec::new();
     for cfg in &cands {
         let (m, fb) = measure::prepare(&base, cfg)?;
-        let mut dec = CpuDecoder::with_kv(&m, cfg.kv.clone())?;
-        let d = measure::compare(&reference, &mut dec, &seqs)?;
+        let mut dec = rt.backend().decoder(&m, cfg.kv.clone())?;
+        let d = measure::compare(&reference, dec.as_mut(), &seqs)?;
         out.push((m.accounting(), fb, d, cfg));
     }
     if a.json {
@@ -319,16 +378,17 @@ pub fn compare(a: CompareArgs) -> Result<()> {
             })
             .collect();
         let v = serde_json::json!({"model": base.name, "text": a.text.display().to_string(),
-            "reference": reference.perplexity, "candidates": rows});
+            "adapter": rt.adapter(), "reference": reference.perplexity, "candidates": rows});
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
     }
     println!(
-        "reference: f32 weights, f32 KV on {} ({}): PPL {:.4} over {} tokens\n",
+        "reference: f32 weights, f32 KV, cpu on {} ({}): PPL {:.4} over {} tokens; candidates on {}\n",
         base.name,
         a.text.display(),
         reference.perplexity.ppl,
-        reference.perplexity.tokens_scored
+        reference.perplexity.tokens_scored,
+        rt.backend().name()
     );
     println!(
         "| candidate | bits/weight | vs f16 | mean KL | p99 KL | top-1 | max abs Δlogit | PPL | ΔPPL |\n|---|---|---|---|---|---|---|---|---|"
@@ -354,6 +414,9 @@ pub fn compare(a: CompareArgs) -> Result<()> {
 pub struct SweepArgs {
     #[command(flatten)]
     model: ModelArgs,
+    /// The backend that runs the candidates; the reference is always the f32 CPU oracle.
+    #[command(flatten)]
+    backend: BackendArgs,
     #[arg(long)]
     text: PathBuf,
     /// KV budget for the "context that fits" column.
@@ -392,15 +455,17 @@ pub fn sweep(a: SweepArgs) -> Result<()> {
         .clone()
         .unwrap_or_else(|| PathBuf::from(format!("reports/sweep-{}-{text_stem}", base.name)));
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let rt = a.backend.open()?;
     println!(
-        "sweep of {} configurations on {} ({}), KV budget {budget} bytes\n",
+        "sweep of {} configurations on {} ({}), KV budget {budget} bytes, candidates on {}\n",
         grid.len(),
         base.name,
-        a.text.display()
+        a.text.display(),
+        rt.backend().name()
     );
     println!("| config | bits/weight | weight bytes | vs f16 | f16 fallbacks | KV B/token | ctx in budget | PPL | ΔPPL | mean KL | top-1 |");
     println!("|---|---|---|---|---|---|---|---|---|---|---|");
-    let rows = measure::sweep(&base, &seqs, &grid, budget, |_, r| {
+    let rows = measure::sweep(&base, &seqs, &grid, budget, rt.backend(), |_, r| {
         println!(
             "| {} | {:.3} | {} | {:.1}% | {} | {:.1} | {} | {:.4} | {:+.4} | {:.5} | {:.2}% |",
             r.config,
@@ -419,6 +484,8 @@ pub fn sweep(a: SweepArgs) -> Result<()> {
     })?;
     let doc = serde_json::json!({
         "model": base.name,
+        "backend": rt.backend().name(),
+        "adapter": rt.adapter(),
         "text": a.text.display().to_string(),
         "kv_budget_bytes": budget,
         "rows": rows,
