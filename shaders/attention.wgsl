@@ -2,7 +2,7 @@
 //
 // Bindings (group 0): 0 params, 1 q (read, n_heads * head_size), 2 kcache (read), 3 vcache (read),
 //   4 att (read_write scratch, n_heads * cap), 5 out (read_write, n_heads * head_size), 6 step.
-// Dispatch: one workgroup of 64 threads per query head; head h reads KV head h / (n_heads / n_kv_heads).
+// Dispatch: one workgroup of 256 threads per query head (head_size a multiple of 4, at most 256); head h reads KV head h / (n_heads / n_kv_heads).
 // Softmax subtracts the maximum score first; the weighted sum is divided by the total at the end.
 
 struct AttnParams {
@@ -16,7 +16,7 @@ struct AttnParams {
     pad2: u32,
 }
 
-const WG: u32 = 64u;
+const WG: u32 = 256u;
 
 @group(0) @binding(0) var<uniform> p: AttnParams;
 @group(0) @binding(1) var<storage, read> q: array<f32>;
@@ -26,9 +26,10 @@ const WG: u32 = 64u;
 @group(0) @binding(5) var<storage, read_write> out: array<f32>;
 @group(0) @binding(6) var<uniform> st: Step;
 
-var<workgroup> red: array<f32, 64>;
+var<workgroup> red: array<f32, 256>;
+var<workgroup> qs: array<f32, 256>;
 
-@compute @workgroup_size(64)
+@compute @workgroup_size(256)
 fn attention(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
     let h = wid.x;
     let hs = p.head_size;
@@ -37,14 +38,20 @@ fn attention(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id
     let ao = h * p.cap;
     let n = st.n_att;
     let denom = sqrt(f32(hs));
+    // The head's query, staged once (head_size <= 256).
+    if (lid.x < hs) {
+        qs[lid.x] = q[qo + lid.x];
+    }
+    workgroupBarrier();
 
-    // Scores and their maximum.
+    // Scores and their maximum, one position per thread.
     var m = -3.402823e38;
     for (var i = lid.x; i < n; i += WG) {
         let ko = slot_of(st, attended(st, i)) * p.kv_dim + kvh;
         var s = 0.0;
-        for (var d = 0u; d < hs; d++) {
-            s += q[qo + d] * kcache[ko + d];
+        for (var d = 0u; d < hs; d += 4u) {
+            s += dot(vec4<f32>(qs[d], qs[d + 1u], qs[d + 2u], qs[d + 3u]),
+                vec4<f32>(kcache[ko + d], kcache[ko + d + 1u], kcache[ko + d + 2u], kcache[ko + d + 3u]));
         }
         s = s / denom;
         att[ao + i] = s;
@@ -80,13 +87,24 @@ fn attention(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id
     storageBarrier();
     workgroupBarrier();
 
-    // Weighted sum of values, one output dimension per thread.
-    for (var d = lid.x; d < hs; d += WG) {
-        var acc = 0.0;
-        for (var i = 0u; i < n; i++) {
-            let vo = slot_of(st, attended(st, i)) * p.kv_dim + kvh;
-            acc += att[ao + i] * vcache[vo + d];
+    // Weighted sum of values: thread (d, part) sums every parts-th position for dimension d, then the
+    // parts are added up.
+    let parts = WG / hs;
+    let d = lid.x % hs;
+    let part = lid.x / hs;
+    var acc = 0.0;
+    if (part < parts) {
+        for (var i = part; i < n; i += parts) {
+            acc += att[ao + i] * vcache[slot_of(st, attended(st, i)) * p.kv_dim + kvh + d];
         }
-        out[qo + d] = acc / total;
+    }
+    red[lid.x] = acc;
+    workgroupBarrier();
+    if (part == 0u) {
+        var t = 0.0;
+        for (var j = 0u; j < parts; j++) {
+            t += red[j * hs + d];
+        }
+        out[qo + d] = t / total;
     }
 }

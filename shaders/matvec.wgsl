@@ -9,7 +9,7 @@
 //   4 x:      storage read array<f32>   (matvec: cols values; embed: unused dummy)
 //   5 out:    storage read_write array<f32>  (matvec: rows values; embed: cols values)
 //   6 step:   uniform Step (embed reads the token id from it)
-// matvec dispatch: one workgroup per row, rows folded into (x, y) as row = x + y * 65535.
+// matvec dispatch: one workgroup per 8 rows, folded into (x, y) as group = x + y * 65535.
 // embed dispatch: ceil(cols / 64) workgroups.
 
 struct MatParams {
@@ -26,9 +26,6 @@ struct MatParams {
 @group(0) @binding(4) var<storage, read> x: array<f32>;
 @group(0) @binding(5) var<storage, read_write> out: array<f32>;
 @group(0) @binding(6) var<uniform> st: Step;
-
-const WG: u32 = 64u;
-var<workgroup> partial: array<f32, 64>;
 
 fn block_scale(g: u32) -> f32 {
     return half_at(scales[g >> 1u], g);
@@ -61,73 +58,105 @@ fn weight(r: u32, c: u32) -> f32 {
     }
 }
 
-// Dot product of block g (of row r, block index b within the row) with x.
-fn block_dot(g: u32, b: u32) -> f32 {
-    let c0 = b * p.block;
-    if (p.kind == KIND_Q8_0) {
-        let per = p.block / 4u;
-        var acc = 0.0;
-        for (var w = 0u; w < per; w++) {
-            let word = words[g * per + w];
-            let c = c0 + w * 4u;
-            acc += f32(i32(word << 24u) >> 24u) * x[c]
-                + f32(i32(word << 16u) >> 24u) * x[c + 1u]
-                + f32(i32(word << 8u) >> 24u) * x[c + 2u]
-                + f32(i32(word) >> 24u) * x[c + 3u];
+// matvec: a workgroup of 256 threads computes 8 rows, 32 lanes per row. x is staged through
+// workgroup memory in tiles of TILE values, shared by the 8 rows. Within a tile each lane walks the
+// row's packed words at a stride of 32 (so a row's lanes read consecutive words together) and keeps
+// UNROLL independent loads in flight, which is what a memory-bound decode kernel needs.
+const ROWS: u32 = 8u;
+const LANES: u32 = 32u;
+const TILE: u32 = 2048u;
+const UNROLL: u32 = 4u;
+var<workgroup> xs: array<f32, 2048>;
+var<workgroup> red: array<f32, 256>;
+
+// Dot of the packed word holding element `gi` (row-major index of its first value) with the staged x
+// values starting at tile offset `tc`.
+fn word_dot(gi: u32, tc: u32) -> f32 {
+    let word = words[gi / per_word()];
+    switch p.kind {
+        case KIND_F32: {
+            return bitcast<f32>(word) * xs[tc];
         }
-        return acc * block_scale(g);
-    }
-    // 4-bit: d * sum(q * x) + m * sum(x)
-    let per = p.block / 8u;
-    var qx = 0.0;
-    var sx = 0.0;
-    for (var w = 0u; w < per; w++) {
-        let word = words[g * per + w];
-        let c = c0 + w * 8u;
-        for (var k = 0u; k < 8u; k++) {
-            let xv = x[c + k];
-            qx += f32((word >> (4u * k)) & 15u) * xv;
-            sx += xv;
+        case KIND_F16: {
+            let v = unpack2x16float(word);
+            return v.x * xs[tc] + v.y * xs[tc + 1u];
+        }
+        case KIND_Q8_0: {
+            let q = vec4<f32>(
+                f32(i32(word << 24u) >> 24u),
+                f32(i32(word << 16u) >> 24u),
+                f32(i32(word << 8u) >> 24u),
+                f32(i32(word) >> 24u));
+            let xv = vec4<f32>(xs[tc], xs[tc + 1u], xs[tc + 2u], xs[tc + 3u]);
+            return dot(q, xv) * block_scale(gi / p.block);
+        }
+        default: {
+            let lo = vec4<f32>(
+                f32(word & 15u), f32((word >> 4u) & 15u), f32((word >> 8u) & 15u), f32((word >> 12u) & 15u));
+            let hi = vec4<f32>(
+                f32((word >> 16u) & 15u), f32((word >> 20u) & 15u), f32((word >> 24u) & 15u), f32(word >> 28u));
+            let xa = vec4<f32>(xs[tc], xs[tc + 1u], xs[tc + 2u], xs[tc + 3u]);
+            let xb = vec4<f32>(xs[tc + 4u], xs[tc + 5u], xs[tc + 6u], xs[tc + 7u]);
+            let g = gi / p.block;
+            let sx = dot(xa + xb, vec4<f32>(1.0));
+            return block_scale(g) * (dot(lo, xa) + dot(hi, xb)) + block_min(g) * sx;
         }
     }
-    return block_scale(g) * qx + block_min(g) * sx;
 }
 
-@compute @workgroup_size(64)
+// Values per packed word for the kind.
+fn per_word() -> u32 {
+    switch p.kind {
+        case KIND_F32: { return 1u; }
+        case KIND_F16: { return 2u; }
+        case KIND_Q8_0: { return 4u; }
+        default: { return 8u; }
+    }
+}
+
+@compute @workgroup_size(256)
 fn matvec(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
-    let r = wid.x + wid.y * 65535u;
-    if (r >= p.rows) {
-        return;
-    }
+    let lane = lid.x % LANES;
+    let r = (wid.x + wid.y * 65535u) * ROWS + lid.x / LANES;
+    let valid = r < p.rows;
+    let vpw = per_word();
     var acc = 0.0;
-    if (p.kind == KIND_F32) {
-        let base = r * p.cols;
-        for (var c = lid.x; c < p.cols; c += WG) {
-            acc += bitcast<f32>(words[base + c]) * x[c];
+    for (var t0 = 0u; t0 < p.cols; t0 += TILE) {
+        let tn = min(TILE, p.cols - t0);
+        workgroupBarrier();
+        for (var i = lid.x; i < tn; i += 256u) {
+            xs[i] = x[t0 + i];
         }
-    } else if (p.kind == KIND_F16) {
-        // cols is even for every f16 matrix the engine uploads, so a row is whole words.
-        let base = r * p.cols / 2u;
-        for (var w = lid.x; w < p.cols / 2u; w += WG) {
-            let v = unpack2x16float(words[base + w]);
-            acc += v.x * x[2u * w] + v.y * x[2u * w + 1u];
-        }
-    } else {
-        let bpr = p.cols / p.block;
-        for (var b = lid.x; b < bpr; b += WG) {
-            acc += block_dot(r * bpr + b, b);
+        workgroupBarrier();
+        if (valid) {
+            // f16 rows of odd length are rejected at upload, so every tile holds whole words.
+            let base = r * p.cols + t0;
+            let nw = tn / vpw;
+            let step = LANES * vpw;
+            var w = lane;
+            for (; w + (UNROLL - 1u) * LANES < nw; w += UNROLL * LANES) {
+                let c = w * vpw;
+                let a0 = word_dot(base + c, c);
+                let a1 = word_dot(base + c + step, c + step);
+                let a2 = word_dot(base + c + 2u * step, c + 2u * step);
+                let a3 = word_dot(base + c + 3u * step, c + 3u * step);
+                acc += (a0 + a1) + (a2 + a3);
+            }
+            for (; w < nw; w += LANES) {
+                acc += word_dot(base + w * vpw, w * vpw);
+            }
         }
     }
-    partial[lid.x] = acc;
+    red[lid.x] = acc;
     workgroupBarrier();
-    for (var s = WG / 2u; s > 0u; s >>= 1u) {
-        if (lid.x < s) {
-            partial[lid.x] += partial[lid.x + s];
+    for (var s = LANES / 2u; s > 0u; s >>= 1u) {
+        if (lane < s) {
+            red[lid.x] += red[lid.x + s];
         }
         workgroupBarrier();
     }
-    if (lid.x == 0u) {
-        out[r] = partial[0];
+    if (valid && lane == 0u) {
+        out[r] = red[lid.x];
     }
 }
 

@@ -301,6 +301,12 @@ impl<'g> GpuDecoder<'g> {
                 kv.label()
             )));
         }
+        if c.head_size() % 4 != 0 || c.head_size() > 256 {
+            return Err(Error::Gpu(format!(
+                "head size {} is not supported by the attention kernel (a multiple of 4, at most 256)",
+                c.head_size()
+            )));
+        }
         let tied = model.tied();
         let ids = TensorId::all(&c, tied);
         // Refuse oversized tensors before any upload.
@@ -779,11 +785,12 @@ impl Kernels for GpuDecoder<'_> {
     }
 
     fn matvec(&mut self, out: Act, w: TensorId, x: Act) {
-        let rows = self.mats[&w].rows;
-        let groups = if rows <= 65535 {
-            (rows as u32, 1)
+        // Eight rows per workgroup (matvec.wgsl).
+        let groups = self.mats[&w].rows.div_ceil(8);
+        let groups = if groups <= 65535 {
+            (groups as u32, 1)
         } else {
-            (65535, rows.div_ceil(65535) as u32)
+            (65535, groups.div_ceil(65535) as u32)
         };
         self.dispatch(BindKey::Matvec(w, out, x), groups);
     }
