@@ -88,6 +88,12 @@ impl Kernels for CpuDecoder<'_> {
         m.matvec(x, o);
     }
 
+    fn matvec_add(&mut self, out: Act, w: TensorId, x: Act) {
+        // Through Xb2 so the sum rounds exactly as `matvec` then `add` would.
+        self.matvec(Act::Xb2, w, x);
+        self.add(out, Act::Xb2);
+    }
+
     fn rope(&mut self, x: Act, pos: usize) {
         let c = &self.model.config;
         let hs = c.head_size();

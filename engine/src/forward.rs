@@ -10,7 +10,7 @@ pub enum Act {
     X,
     /// Normalised input / attention output, `dim`.
     Xb,
-    /// Projection output added back to the residual, `dim`.
+    /// Scratch for a projection before it is added to the residual, `dim`.
     Xb2,
     /// Query, `n_heads * head_size`.
     Q,
@@ -56,6 +56,8 @@ pub trait Kernels {
     fn rmsnorm(&mut self, out: Act, x: Act, w: TensorId);
     /// `out = W x`
     fn matvec(&mut self, out: Act, w: TensorId, x: Act);
+    /// `out += W x` (a projection added to the residual stream; backends may fuse the add).
+    fn matvec_add(&mut self, out: Act, w: TensorId, x: Act);
     /// Rotates adjacent pairs of every head of `x` by the angle for `pos`.
     fn rope(&mut self, x: Act, pos: usize);
     /// Stores `K` and `V` as the cache entries of `layer` at `pos`.
@@ -82,16 +84,14 @@ pub fn forward(k: &mut impl Kernels, c: &Config, token: u32, pos: usize) {
         k.rope(Act::K, pos);
         k.kv_store(l, pos);
         k.attention(Act::Xb, l, pos);
-        k.matvec(Act::Xb2, TensorId::Wo(l), Act::Xb);
-        k.add(Act::X, Act::Xb2);
+        k.matvec_add(Act::X, TensorId::Wo(l), Act::Xb);
 
         // Feed-forward block (SwiGLU).
         k.rmsnorm(Act::Xb, Act::X, TensorId::FfnNorm(l));
         k.matvec(Act::Hb, TensorId::Gate(l), Act::Xb);
         k.matvec(Act::Hb2, TensorId::Up(l), Act::Xb);
         k.swiglu(Act::Hb, Act::Hb2);
-        k.matvec(Act::Xb2, TensorId::Down(l), Act::Hb);
-        k.add(Act::X, Act::Xb2);
+        k.matvec_add(Act::X, TensorId::Down(l), Act::Hb);
     }
     k.rmsnorm(Act::Xb, Act::X, TensorId::OutNorm);
     k.matvec(Act::Logits, TensorId::Output, Act::Xb);

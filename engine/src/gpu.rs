@@ -176,9 +176,10 @@ struct GpuMatrix {
     words: wgpu::Buffer,
     scales: wgpu::Buffer,
     mins: wgpu::Buffer,
-    params: wgpu::Buffer,
     rows: usize,
     cols: usize,
+    block: usize,
+    kind: u32,
 }
 
 fn kind(ty: WType) -> u32 {
@@ -193,6 +194,7 @@ fn kind(ty: WType) -> u32 {
 
 struct Pipelines {
     matvec: wgpu::ComputePipeline,
+    matvec_any: wgpu::ComputePipeline,
     embed: wgpu::ComputePipeline,
     rmsnorm: wgpu::ComputePipeline,
     rope: wgpu::ComputePipeline,
@@ -230,6 +232,7 @@ impl Pipelines {
         let am = module("argmax", &[SHADER_ARGMAX]);
         Pipelines {
             matvec: pipe(&mv, "matvec"),
+            matvec_any: pipe(&mv, "matvec_any"),
             embed: pipe(&mv, "embed"),
             rmsnorm: pipe(&norm, "rmsnorm"),
             rope: pipe(&rope, "rope"),
@@ -252,7 +255,8 @@ enum Readback {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum BindKey {
-    Matvec(TensorId, Act, Act),
+    /// Output, weight, input, accumulate.
+    Matvec(TensorId, Act, Act, bool),
     Embed(Act),
     Norm(TensorId, Act, Act),
     Rope(Act),
@@ -361,11 +365,6 @@ impl<'g> GpuDecoder<'g> {
             let words = init(&name, bytemuck::cast_slice(&m.words), storage);
             let scales = init(&name, bytemuck::cast_slice(&m.scales), storage);
             let mins = init(&name, bytemuck::cast_slice(&m.mins), storage);
-            let params = init(
-                &name,
-                bytemuck::cast_slice(&[m.rows as u32, m.cols as u32, m.block as u32, kind(m.ty)]),
-                wgpu::BufferUsages::UNIFORM,
-            );
             *memory.weights_by_class.entry(class).or_default() +=
                 words.size() + scales.size() + mins.size();
             mats.insert(
@@ -374,9 +373,10 @@ impl<'g> GpuDecoder<'g> {
                     words,
                     scales,
                     mins,
-                    params,
                     rows: m.rows,
                     cols: m.cols,
+                    block: m.block,
+                    kind: kind(m.ty),
                 },
             );
         }
@@ -387,9 +387,10 @@ impl<'g> GpuDecoder<'g> {
                 words: e.words.clone(),
                 scales: e.scales.clone(),
                 mins: e.mins.clone(),
-                params: e.params.clone(),
                 rows: e.rows,
                 cols: e.cols,
+                block: e.block,
+                kind: e.kind,
             };
             mats.insert(TensorId::Output, shared);
         }
@@ -518,12 +519,13 @@ impl<'g> GpuDecoder<'g> {
         let c = &self.config;
         let p = &self.pipes;
         let bg = match key {
-            BindKey::Matvec(id, out, x) => {
+            BindKey::Matvec(id, out, x, acc) => {
                 let m = &self.mats[&id];
+                let params = self.mat_params(m, acc);
                 self.bind_group(
-                    &p.matvec,
+                    mat_pipe(p, m),
                     &[
-                        (0, &m.params),
+                        (0, &params),
                         (1, &m.words),
                         (2, &m.scales),
                         (3, &m.mins),
@@ -534,10 +536,11 @@ impl<'g> GpuDecoder<'g> {
             }
             BindKey::Embed(out) => {
                 let m = &self.mats[&TensorId::TokEmbd];
+                let params = self.mat_params(m, false);
                 self.bind_group(
                     &p.embed,
                     &[
-                        (0, &m.params),
+                        (0, &params),
                         (1, &m.words),
                         (2, &m.scales),
                         (3, &m.mins),
@@ -619,6 +622,19 @@ impl<'g> GpuDecoder<'g> {
         self.binds.insert(key, bg);
     }
 
+    fn mat_params(&self, m: &GpuMatrix, accumulate: bool) -> wgpu::Buffer {
+        self.uniform(&[
+            m.rows as u32,
+            m.cols as u32,
+            m.block as u32,
+            m.kind,
+            accumulate as u32,
+            0,
+            0,
+            0,
+        ])
+    }
+
     fn attn_params(&self) -> wgpu::Buffer {
         let c = &self.config;
         self.uniform(&[
@@ -633,10 +649,23 @@ impl<'g> GpuDecoder<'g> {
         ])
     }
 
+    fn matvec_into(&mut self, out: Act, w: TensorId, x: Act, accumulate: bool) {
+        // Four rows per workgroup on the fast path, one on the element-wise path (matvec.wgsl).
+        let m = &self.mats[&w];
+        let per = if m.cols % 32 == 0 { 4 } else { 1 };
+        let groups = m.rows.div_ceil(per);
+        let groups = if groups <= 65535 {
+            (groups as u32, 1)
+        } else {
+            (65535, groups.div_ceil(65535) as u32)
+        };
+        self.dispatch(BindKey::Matvec(w, out, x, accumulate), groups);
+    }
+
     fn dispatch(&mut self, key: BindKey, groups: (u32, u32)) {
         self.ensure(key);
         let pipe = match key {
-            BindKey::Matvec(..) => &self.pipes.matvec,
+            BindKey::Matvec(id, ..) => mat_pipe(&self.pipes, &self.mats[&id]),
             BindKey::Embed(_) => &self.pipes.embed,
             BindKey::Norm(..) => &self.pipes.rmsnorm,
             BindKey::Rope(_) => &self.pipes.rope,
@@ -769,6 +798,15 @@ fn pop_error_scope(scope: wgpu::ErrorScopeGuard) -> Option<wgpu::Error> {
     }
 }
 
+/// The fast matvec needs whole 32-column units; anything else takes the element-wise kernel.
+fn mat_pipe<'p>(p: &'p Pipelines, m: &GpuMatrix) -> &'p wgpu::ComputePipeline {
+    if m.cols % 32 == 0 {
+        &p.matvec
+    } else {
+        &p.matvec_any
+    }
+}
+
 fn wg(n: usize, size: usize) -> (u32, u32) {
     (n.div_ceil(size) as u32, 1)
 }
@@ -785,14 +823,11 @@ impl Kernels for GpuDecoder<'_> {
     }
 
     fn matvec(&mut self, out: Act, w: TensorId, x: Act) {
-        // Eight rows per workgroup (matvec.wgsl).
-        let groups = self.mats[&w].rows.div_ceil(8);
-        let groups = if groups <= 65535 {
-            (groups as u32, 1)
-        } else {
-            (65535, groups.div_ceil(65535) as u32)
-        };
-        self.dispatch(BindKey::Matvec(w, out, x), groups);
+        self.matvec_into(out, w, x, false);
+    }
+
+    fn matvec_add(&mut self, out: Act, w: TensorId, x: Act) {
+        self.matvec_into(out, w, x, true);
     }
 
     fn rope(&mut self, x: Act, _pos: usize) {
