@@ -9,8 +9,8 @@
 //   4 x:      storage read array<f32>   (matvec: cols values; embed: unused dummy)
 //   5 out:    storage read_write array<f32>  (matvec: rows values; embed: cols values)
 //   6 step:   uniform Step (embed reads the token id from it)
-// matvec dispatch: one workgroup per 4 rows (cols % 32 == 0), matvec_any one per row; folded into (x, y)
-// as group = x + y * 65535.
+// matvec dispatch: one workgroup per 8 rows (whole words per row), matvec_any one per row; folded into
+// (x, y) as group = x + y * 65535.
 // embed dispatch: ceil(cols / 64) workgroups.
 
 struct MatParams {
@@ -64,100 +64,108 @@ fn weight(r: u32, c: u32) -> f32 {
     }
 }
 
-// matvec (fast path, cols a multiple of 32): a workgroup of 128 threads computes ROWS rows. A row is cut
-// into units of 32 columns (4 words of q4, 8 of q8_0, 16 of f16, 32 of f32, one scale for quantized
-// kinds). Each thread takes units at a stride of 128, loads the unit's 32 x values once into registers
-// and reuses them for all ROWS rows, so x costs a quarter of a weight read and consecutive threads read
-// consecutive words of each row. Per-row sums are then reduced across the workgroup.
-const ROWS: u32 = 4u;
-const WGF: u32 = 128u;
-var<workgroup> red: array<f32, 512>;
+// matvec: a workgroup of 256 threads computes 8 rows, 32 lanes per row. x is staged through
+// workgroup memory in tiles of TILE values, shared by the 8 rows. Within a tile each lane walks the
+// row's packed words at a stride of 32 (so a row's lanes read consecutive words together) and keeps
+// UNROLL independent loads in flight, which is what a memory-bound decode kernel needs.
+const ROWS: u32 = 8u;
+const LANES: u32 = 32u;
+const TILE: u32 = 2048u;
+const UNROLL: u32 = 4u;
+var<workgroup> xs: array<f32, 2048>;
+var<workgroup> red: array<f32, 256>;
 
-// Dot of unit u of row r (32 columns starting at u * 32) with xv.
-fn unit_dot(r: u32, u: u32, xv: array<vec4<f32>, 8>) -> f32 {
-    let gi = r * p.cols + u * 32u;
+// Dot of the packed word holding element `gi` (row-major index of its first value) with the staged x
+// values starting at tile offset `tc`.
+fn word_dot(gi: u32, tc: u32) -> f32 {
+    let word = words[gi / per_word()];
     switch p.kind {
         case KIND_F32: {
-            var acc = 0.0;
-            for (var j = 0u; j < 8u; j++) {
-                let o = gi + 4u * j;
-                acc += dot(vec4<f32>(bitcast<f32>(words[o]), bitcast<f32>(words[o + 1u]),
-                    bitcast<f32>(words[o + 2u]), bitcast<f32>(words[o + 3u])), xv[j]);
-            }
-            return acc;
+            return bitcast<f32>(word) * xs[tc];
         }
         case KIND_F16: {
-            var acc = 0.0;
-            let w0 = gi / 2u;
-            for (var j = 0u; j < 8u; j++) {
-                let a = unpack2x16float(words[w0 + 2u * j]);
-                let b = unpack2x16float(words[w0 + 2u * j + 1u]);
-                acc += dot(vec4<f32>(a, b), xv[j]);
-            }
-            return acc;
+            let v = unpack2x16float(word);
+            return v.x * xs[tc] + v.y * xs[tc + 1u];
         }
         case KIND_Q8_0: {
-            var acc = 0.0;
-            let w0 = gi / 4u;
-            for (var j = 0u; j < 8u; j++) {
-                let w = words[w0 + j];
-                acc += dot(vec4<f32>(f32(i32(w << 24u) >> 24u), f32(i32(w << 16u) >> 24u),
-                    f32(i32(w << 8u) >> 24u), f32(i32(w) >> 24u)), xv[j]);
-            }
-            return acc * block_scale(gi / p.block);
+            let q = vec4<f32>(
+                f32(i32(word << 24u) >> 24u),
+                f32(i32(word << 16u) >> 24u),
+                f32(i32(word << 8u) >> 24u),
+                f32(i32(word) >> 24u));
+            let xv = vec4<f32>(xs[tc], xs[tc + 1u], xs[tc + 2u], xs[tc + 3u]);
+            return dot(q, xv) * block_scale(gi / p.block);
         }
         default: {
-            let w0 = gi / 8u;
-            var qx = 0.0;
-            var sx = vec4<f32>(0.0);
-            for (var j = 0u; j < 4u; j++) {
-                let w = words[w0 + j];
-                let lo = vec4<f32>(f32(w & 15u), f32((w >> 4u) & 15u), f32((w >> 8u) & 15u), f32((w >> 12u) & 15u));
-                let hi = vec4<f32>(f32((w >> 16u) & 15u), f32((w >> 20u) & 15u), f32((w >> 24u) & 15u), f32(w >> 28u));
-                qx += dot(lo, xv[2u * j]) + dot(hi, xv[2u * j + 1u]);
-                sx += xv[2u * j] + xv[2u * j + 1u];
-            }
+            let lo = vec4<f32>(
+                f32(word & 15u), f32((word >> 4u) & 15u), f32((word >> 8u) & 15u), f32((word >> 12u) & 15u));
+            let hi = vec4<f32>(
+                f32((word >> 16u) & 15u), f32((word >> 20u) & 15u), f32((word >> 24u) & 15u), f32(word >> 28u));
+            let xa = vec4<f32>(xs[tc], xs[tc + 1u], xs[tc + 2u], xs[tc + 3u]);
+            let xb = vec4<f32>(xs[tc + 4u], xs[tc + 5u], xs[tc + 6u], xs[tc + 7u]);
             let g = gi / p.block;
-            return block_scale(g) * qx + block_min(g) * dot(sx, vec4<f32>(1.0));
+            let sx = dot(xa + xb, vec4<f32>(1.0));
+            return block_scale(g) * (dot(lo, xa) + dot(hi, xb)) + block_min(g) * sx;
         }
     }
 }
 
-@compute @workgroup_size(128)
+// Values per packed word for the kind.
+fn per_word() -> u32 {
+    switch p.kind {
+        case KIND_F32: { return 1u; }
+        case KIND_F16: { return 2u; }
+        case KIND_Q8_0: { return 4u; }
+        default: { return 8u; }
+    }
+}
+
+@compute @workgroup_size(256)
 fn matvec(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
-    let r0 = (wid.x + wid.y * 65535u) * ROWS;
-    let units = p.cols / 32u;
-    var acc = array<f32, 4>(0.0, 0.0, 0.0, 0.0);
-    for (var u = lid.x; u < units; u += WGF) {
-        var xv: array<vec4<f32>, 8>;
-        for (var j = 0u; j < 8u; j++) {
-            let c = u * 32u + 4u * j;
-            xv[j] = vec4<f32>(x[c], x[c + 1u], x[c + 2u], x[c + 3u]);
+    let lane = lid.x % LANES;
+    let r = (wid.x + wid.y * 65535u) * ROWS + lid.x / LANES;
+    let valid = r < p.rows;
+    let vpw = per_word();
+    var acc = 0.0;
+    for (var t0 = 0u; t0 < p.cols; t0 += TILE) {
+        let tn = min(TILE, p.cols - t0);
+        workgroupBarrier();
+        for (var i = lid.x; i < tn; i += 256u) {
+            xs[i] = x[t0 + i];
         }
-        for (var i = 0u; i < ROWS; i++) {
-            if (r0 + i < p.rows) {
-                acc[i] += unit_dot(r0 + i, u, xv);
+        workgroupBarrier();
+        if (valid) {
+            // f16 rows of odd length are rejected at upload, so every tile holds whole words.
+            let base = r * p.cols + t0;
+            let nw = tn / vpw;
+            let step = LANES * vpw;
+            var w = lane;
+            for (; w + (UNROLL - 1u) * LANES < nw; w += UNROLL * LANES) {
+                let c = w * vpw;
+                let a0 = word_dot(base + c, c);
+                let a1 = word_dot(base + c + step, c + step);
+                let a2 = word_dot(base + c + 2u * step, c + 2u * step);
+                let a3 = word_dot(base + c + 3u * step, c + 3u * step);
+                acc += (a0 + a1) + (a2 + a3);
+            }
+            for (; w < nw; w += LANES) {
+                acc += word_dot(base + w * vpw, w * vpw);
             }
         }
     }
-    for (var i = 0u; i < ROWS; i++) {
-        red[i * WGF + lid.x] = acc[i];
-    }
+    red[lid.x] = acc;
     workgroupBarrier();
-    for (var s = WGF / 2u; s > 0u; s >>= 1u) {
-        if (lid.x < s) {
-            for (var i = 0u; i < ROWS; i++) {
-                red[i * WGF + lid.x] += red[i * WGF + lid.x + s];
-            }
+    for (var s = LANES / 2u; s > 0u; s >>= 1u) {
+        if (lane < s) {
+            red[lid.x] += red[lid.x + s];
         }
         workgroupBarrier();
     }
-    if (lid.x < ROWS && r0 + lid.x < p.rows) {
-        let v = red[lid.x * WGF];
+    if (valid && lane == 0u) {
         if (p.accumulate != 0u) {
-            out[r0 + lid.x] += v;
+            out[r] += red[lid.x];
         } else {
-            out[r0 + lid.x] = v;
+            out[r] = red[lid.x];
         }
     }
 }

@@ -650,9 +650,9 @@ impl<'g> GpuDecoder<'g> {
     }
 
     fn matvec_into(&mut self, out: Act, w: TensorId, x: Act, accumulate: bool) {
-        // Four rows per workgroup on the fast path, one on the element-wise path (matvec.wgsl).
+        // Eight rows per workgroup on the fast path, one on the element-wise path (matvec.wgsl).
         let m = &self.mats[&w];
-        let per = if m.cols % 32 == 0 { 4 } else { 1 };
+        let per = if m.cols % 32 == 0 { 8 } else { 1 };
         let groups = m.rows.div_ceil(per);
         let groups = if groups <= 65535 {
             (groups as u32, 1)
