@@ -14,7 +14,7 @@ use nibble_engine::model::Model;
 use nibble_engine::precision::{Fallback, Policy, WeightConfig};
 use nibble_engine::quant::WType;
 use nibble_engine::tokenizer::Tokenizer;
-use nibble_engine::Backend;
+use nibble_engine::{Backend, Decoder};
 use std::path::PathBuf;
 
 /// Weight and KV-cache options shared by the commands that run a model.
@@ -91,20 +91,32 @@ pub struct BackendArgs {
 /// An opened backend: the GPU when one was asked for or found.
 pub struct Opened {
     gpu: Option<Gpu>,
+    /// The user asked for this backend by name, so nothing falls back.
+    forced: bool,
 }
 
 impl BackendArgs {
     pub fn open(&self) -> Result<Opened> {
         match self.backend.as_deref() {
-            Some("cpu") => Ok(Opened { gpu: None }),
+            Some("cpu") => Ok(Opened {
+                gpu: None,
+                forced: true,
+            }),
             Some("gpu") => Ok(Opened {
                 gpu: Some(Gpu::open_blocking(GpuOptions::default())?),
+                forced: true,
             }),
             None => match Gpu::open_blocking(GpuOptions::default()) {
-                Ok(g) => Ok(Opened { gpu: Some(g) }),
+                Ok(g) => Ok(Opened {
+                    gpu: Some(g),
+                    forced: false,
+                }),
                 Err(e) => {
                     eprintln!("backend: cpu ({e})");
-                    Ok(Opened { gpu: None })
+                    Ok(Opened {
+                        gpu: None,
+                        forced: false,
+                    })
                 }
             },
             Some(other) => bail!("--backend {other:?}: expected cpu or gpu"),
@@ -113,6 +125,18 @@ impl BackendArgs {
 }
 
 impl Opened {
+    /// A decoder on the opened backend. When the backend was chosen automatically and the GPU cannot run
+    /// this configuration, the CPU runs it instead and stderr says why.
+    pub fn decoder<'a>(&'a self, m: &'a Model, kv: KvConfig) -> Result<Box<dyn Decoder + 'a>> {
+        match self.backend().decoder(m, kv.clone()) {
+            Err(e) if !self.forced && self.gpu.is_some() => {
+                eprintln!("backend: cpu for {} ({e})", kv.label());
+                Ok(Backend::Cpu.decoder(m, kv)?)
+            }
+            r => Ok(r?),
+        }
+    }
+
     pub fn backend(&self) -> Backend<'_> {
         match &self.gpu {
             Some(g) => Backend::Gpu(g),
@@ -249,7 +273,7 @@ pub fn generate(a: GenerateArgs) -> Result<()> {
     let (model, cfg, fb) = prepared(&a.model, &a.quant)?;
     let tok = require_tokenizer(&model)?;
     let rt = a.backend.open()?;
-    let mut dec = rt.backend().decoder(&model, cfg.kv.clone())?;
+    let mut dec = rt.decoder(&model, cfg.kv.clone())?;
     let mut sampler = Sampler::new(a.temperature, a.top_p, a.seed);
     let g = eval::generate(dec.as_mut(), tok, &a.prompt, a.n, &mut sampler)?;
     if a.json {
@@ -308,7 +332,7 @@ pub fn perplexity(a: PerplexityArgs) -> Result<()> {
     let tok = require_tokenizer(&model)?;
     let seqs = eval::story_tokens(tok, &read_text(&a.text)?, model.config.seq_len);
     let rt = a.backend.open()?;
-    let mut dec = rt.backend().decoder(&model, cfg.kv.clone())?;
+    let mut dec = rt.decoder(&model, cfg.kv.clone())?;
     let p = eval::perplexity(dec.as_mut(), &seqs)?;
     if a.json {
         let v = serde_json::json!({
@@ -365,7 +389,7 @@ pub fn compare(a: CompareArgs) -> Result<()> {
     let mut out = Vec::new();
     for cfg in &cands {
         let (m, fb) = measure::prepare(&base, cfg)?;
-        let mut dec = rt.backend().decoder(&m, cfg.kv.clone())?;
+        let mut dec = rt.decoder(&m, cfg.kv.clone())?;
         let d = measure::compare(&reference, dec.as_mut(), &seqs)?;
         out.push((m.accounting(), fb, d, cfg));
     }
@@ -414,7 +438,7 @@ pub fn compare(a: CompareArgs) -> Result<()> {
 pub struct SweepArgs {
     #[command(flatten)]
     model: ModelArgs,
-    /// The backend that runs the candidates; the reference is always the f32 CPU oracle.
+    /// The backend that runs the candidates (default cpu here); the reference is always the f32 CPU oracle.
     #[command(flatten)]
     backend: BackendArgs,
     #[arg(long)]
@@ -455,7 +479,11 @@ pub fn sweep(a: SweepArgs) -> Result<()> {
         .clone()
         .unwrap_or_else(|| PathBuf::from(format!("reports/sweep-{}-{text_stem}", base.name)));
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let rt = a.backend.open()?;
+    // A sweep measures accuracy across every KV type; unless asked, it runs on the CPU.
+    let rt = BackendArgs {
+        backend: Some(a.backend.backend.clone().unwrap_or_else(|| "cpu".into())),
+    }
+    .open()?;
     println!(
         "sweep of {} configurations on {} ({}), KV budget {budget} bytes, candidates on {}\n",
         grid.len(),

@@ -39,16 +39,23 @@ fn models() -> PathBuf {
 
 #[test]
 fn builtin_generate_and_perplexity() {
-    let a = ok(&["generate", "-n", "16", "--json"]);
+    let a = ok(&["generate", "-n", "16", "--json", "--backend", "cpu"]);
     let v: serde_json::Value = serde_json::from_str(&a).unwrap();
     assert_eq!(v["generation"]["tokens"].as_array().unwrap().len(), 16);
     assert_eq!(v["generation"]["backend"], "cpu");
     // Greedy decoding is deterministic.
-    let b = ok(&["generate", "-n", "16", "--json"]);
+    let b = ok(&["generate", "-n", "16", "--json", "--backend", "cpu"]);
     let w: serde_json::Value = serde_json::from_str(&b).unwrap();
     assert_eq!(v["generation"]["tokens"], w["generation"]["tokens"]);
 
-    let p = ok(&["perplexity", "--text", &sample(), "--json"]);
+    let p = ok(&[
+        "perplexity",
+        "--text",
+        &sample(),
+        "--json",
+        "--backend",
+        "cpu",
+    ]);
     let p: serde_json::Value = serde_json::from_str(&p).unwrap();
     let ppl = p["perplexity"]["ppl"].as_f64().unwrap();
     // Random weights over a 259-token byte vocabulary: finite, and nowhere near a trained model.
@@ -131,7 +138,14 @@ fn convert_then_score_matches_the_checkpoint() {
         out.to_str().unwrap(),
     ]);
     let ppl = |args: &[&str]| {
-        let mut a = vec!["perplexity", "--json", "--text", text.to_str().unwrap()];
+        let mut a = vec![
+            "perplexity",
+            "--json",
+            "--backend",
+            "cpu",
+            "--text",
+            text.to_str().unwrap(),
+        ];
         a.extend_from_slice(args);
         let v: serde_json::Value = serde_json::from_str(&ok(&a)).unwrap();
         v["perplexity"]["ppl"].as_f64().unwrap()
@@ -213,6 +227,8 @@ fn quantize_compare_and_sweep() {
 
     let c = ok(&[
         "compare",
+        "--backend",
+        "cpu",
         "--text",
         &sample(),
         "--json",
@@ -252,4 +268,79 @@ fn quantize_compare_and_sweep() {
     let csv = std::fs::read_to_string(out_dir.join("sweep.csv")).unwrap();
     assert_eq!(csv.lines().count(), 3);
     assert!(csv.starts_with("config,weights,block"));
+}
+
+#[test]
+fn gpu_backend_reports_its_adapter_and_agrees_with_cpu() {
+    let g = ok(&["generate", "-n", "6", "--json", "--backend", "gpu"]);
+    let g: serde_json::Value = serde_json::from_str(&g).unwrap();
+    assert!(g["generation"]["backend"]
+        .as_str()
+        .unwrap()
+        .starts_with("gpu ("));
+    assert!(g["adapter"]["name"].as_str().is_some_and(|n| !n.is_empty()));
+    assert!(
+        g["adapter"]["limits"]["max_storage_buffer_binding_size"]
+            .as_u64()
+            .unwrap()
+            > 0
+    );
+    let c = ok(&["generate", "-n", "6", "--json", "--backend", "cpu"]);
+    let c: serde_json::Value = serde_json::from_str(&c).unwrap();
+    assert_eq!(g["generation"]["tokens"], c["generation"]["tokens"]);
+    let o = nibble(&["generate", "--backend", "tpu"]);
+    assert!(!o.status.success());
+}
+
+#[test]
+fn bench_writes_medians_spread_and_bytes() {
+    let d = scratch("bench");
+    let out = ok(&[
+        "bench",
+        "--preset",
+        "tiny",
+        "--backend",
+        "cpu",
+        "--configs",
+        "f16,q4_0",
+        "--reps",
+        "3",
+        "--warmup",
+        "1",
+        "--prompts",
+        "16",
+        "--depths",
+        "0,1024",
+        "--decode-tokens",
+        "4",
+        "--bandwidth",
+        "20",
+        "--out",
+        d.to_str().unwrap(),
+    ]);
+    assert!(out.contains("| pp16 |") && out.contains("| tg4@d0 |"));
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(d.join("bench.json")).unwrap()).unwrap();
+    assert_eq!(v["backend"], "cpu");
+    assert!(v["machine"]["cpus"].as_u64().unwrap() >= 1);
+    let cfgs = v["configs"].as_array().unwrap();
+    assert_eq!(cfgs.len(), 2);
+    for c in cfgs {
+        let dec = &c["decode"][0]["ms_per_token"];
+        assert_eq!(dec["n"], 12);
+        assert!(dec["p10"].as_f64().unwrap() <= dec["median"].as_f64().unwrap());
+        assert!(dec["median"].as_f64().unwrap() <= dec["p90"].as_f64().unwrap());
+        assert!(c["decode"][0]["roofline_pct"].as_f64().unwrap() > 0.0);
+        // The tiny model's context (512) cannot hold depth 1024: said, not skipped silently.
+        assert!(c["not_measured"][0]
+            .as_str()
+            .unwrap()
+            .contains("depth 1024"));
+    }
+    let md = std::fs::read_to_string(d.join("bench.md")).unwrap();
+    // Matrices at q4_0, block 32: exactly 4.5/16 of f16.
+    assert!(
+        md.contains("| q4_0 |") && md.contains("| 0.28125 |"),
+        "{md}"
+    );
 }
