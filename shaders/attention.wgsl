@@ -1,32 +1,36 @@
-// Attention over the f32 KV cache (layout in kv.wgsl). Prepended with step.wgsl.
+// Attention over the KV cache (row formats in kv.wgsl). Prepended with step.wgsl and kvformat.wgsl.
 //
 // Bindings (group 0): 0 params, 1 q (read, n_heads * head_size), 2 kcache (read), 3 vcache (read),
 //   4 att (read_write scratch, n_heads * cap), 5 out (read_write, n_heads * head_size), 6 step.
 // Dispatch: one workgroup of 256 threads per query head (head_size a multiple of 4, at most 256); head h reads KV head h / (n_heads / n_kv_heads).
 // Softmax subtracts the maximum score first; the weighted sum is divided by the total at the end.
 
-struct AttnParams {
-    n_heads: u32,
-    n_kv_heads: u32,
-    head_size: u32,
-    kv_dim: u32,
-    cap: u32,
-    pad0: u32,
-    pad1: u32,
-    pad2: u32,
-}
-
 const WG: u32 = 256u;
 
 @group(0) @binding(0) var<uniform> p: AttnParams;
 @group(0) @binding(1) var<storage, read> q: array<f32>;
-@group(0) @binding(2) var<storage, read> kcache: array<f32>;
-@group(0) @binding(3) var<storage, read> vcache: array<f32>;
+@group(0) @binding(2) var<storage, read> kcache: array<u32>;
+@group(0) @binding(3) var<storage, read> vcache: array<u32>;
 @group(0) @binding(4) var<storage, read_write> att: array<f32>;
 @group(0) @binding(5) var<storage, read_write> out: array<f32>;
 @group(0) @binding(6) var<uniform> st: Step;
 
 var<workgroup> red: array<f32, 256>;
+
+// Element i of the key (value) row in `slot`, decoded from its kind.
+fn key_at(slot: u32, i: u32) -> f32 {
+    let k = p.k_kind;
+    let b = slot * row_stride(k, p.kv_dim);
+    return decode(k, kcache[b + code_index(k, i)], kcache[b + scale_index(k, p.kv_dim, i)],
+        kcache[b + min_index(k, p.kv_dim, i)], i);
+}
+
+fn value_at(slot: u32, i: u32) -> f32 {
+    let k = p.v_kind;
+    let b = slot * row_stride(k, p.kv_dim);
+    return decode(k, vcache[b + code_index(k, i)], vcache[b + scale_index(k, p.kv_dim, i)],
+        vcache[b + min_index(k, p.kv_dim, i)], i);
+}
 var<workgroup> qs: array<f32, 256>;
 
 @compute @workgroup_size(256)
@@ -47,11 +51,19 @@ fn attention(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id
     // Scores and their maximum, one position per thread.
     var m = -3.402823e38;
     for (var i = lid.x; i < n; i += WG) {
-        let ko = slot_of(st, attended(st, i)) * p.kv_dim + kvh;
+        let slot = slot_of(st, attended(st, i));
         var s = 0.0;
-        for (var d = 0u; d < hs; d += 4u) {
-            s += dot(vec4<f32>(qs[d], qs[d + 1u], qs[d + 2u], qs[d + 3u]),
-                vec4<f32>(kcache[ko + d], kcache[ko + d + 1u], kcache[ko + d + 2u], kcache[ko + d + 3u]));
+        if (p.k_kind == 0u) {
+            let ko = slot * p.kv_dim + kvh;
+            for (var d = 0u; d < hs; d += 4u) {
+                s += dot(vec4<f32>(qs[d], qs[d + 1u], qs[d + 2u], qs[d + 3u]),
+                    vec4<f32>(bitcast<f32>(kcache[ko + d]), bitcast<f32>(kcache[ko + d + 1u]),
+                        bitcast<f32>(kcache[ko + d + 2u]), bitcast<f32>(kcache[ko + d + 3u])));
+            }
+        } else {
+            for (var d = 0u; d < hs; d++) {
+                s += qs[d] * key_at(slot, kvh + d);
+            }
         }
         s = s / denom;
         att[ao + i] = s;
@@ -95,7 +107,7 @@ fn attention(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id
     var acc = 0.0;
     if (part < parts) {
         for (var i = part; i < n; i += parts) {
-            acc += att[ao + i] * vcache[slot_of(st, attended(st, i)) * p.kv_dim + kvh + d];
+            acc += att[ao + i] * value_at(slot_of(st, attended(st, i)), kvh + d);
         }
     }
     red[lid.x] = acc;

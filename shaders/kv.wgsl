@@ -1,38 +1,148 @@
-// KV cache store: writes the current token's K and V rows into their slot. Prepended with step.wgsl.
+// KV cache store: quantizes the current token's K and V rows into their slot. Prepended with step.wgsl
+// and kvformat.wgsl.
 //
-// Cache layout: per layer one buffer for keys and one for values, `cap` slots of kv_dim f32 values;
-// position t lives in slot slot_of(step, t) (sinks at 0..sinks, the rest in a ring of `span`).
-// Keys are stored after RoPE at their true position.
+// Cache layout: per layer one buffer for keys and one for values, `cap` slots. A slot row holds kv_dim
+// values in the row format of its kind, all in u32 words, `stride` words per slot:
+//   f32 (0):  kv_dim words.
+//   f16 (1):  kv_dim / 2 words, element 2k in the low half.
+//   q8_0 (2): kv_dim / 4 code words (i8, element i at byte i % 4 of word i / 4), then the f16 scales of
+//             the kv_dim / 32 blocks, two per word.
+//   q4_0 (3), q4_1 (4): kv_dim / 8 code words (element i at bits 4 * (i % 8) of word i / 8), then the
+//             scales two per word, then (q4_1 only) the mins two per word.
+// These are the engine's planar weight layouts for one row, so the CPU and GPU caches agree. Position t
+// lives in slot slot_of(step, t) (sinks at 0..sinks, the rest in a ring of `span`); keys are stored after
+// RoPE at their true position. Quantization follows the CPU arithmetic (ggml's reference quantizers).
 //
-// kv_store bindings (group 0): 0 params, 1 k (read, kv_dim), 2 v (read, kv_dim),
-//   3 kcache (read_write), 4 vcache (read_write), 5 step. Dispatch: ceil(kv_dim / 64).
-
-struct AttnParams {
-    n_heads: u32,
-    n_kv_heads: u32,
-    head_size: u32,
-    kv_dim: u32,
-    cap: u32,
-    pad0: u32,
-    pad1: u32,
-    pad2: u32,
-}
+// Bindings (group 0): 0 params, 1 k (read, kv_dim f32), 2 v (read, kv_dim f32), 3 kcache (read_write),
+//   4 vcache (read_write), 5 step. Dispatch: ceil(kv_dim / 64) workgroups of 64; thread t stores element
+//   t (f32), elements 2t and 2t+1 (f16), or blocks 2t and 2t+1 (quantized kinds).
 
 @group(0) @binding(0) var<uniform> p: AttnParams;
-
 @group(0) @binding(1) var<storage, read> k_in: array<f32>;
 @group(0) @binding(2) var<storage, read> v_in: array<f32>;
-@group(0) @binding(3) var<storage, read_write> kcache_w: array<f32>;
-@group(0) @binding(4) var<storage, read_write> vcache_w: array<f32>;
-@group(0) @binding(5) var<uniform> step_s: Step;
+@group(0) @binding(3) var<storage, read_write> kcache: array<u32>;
+@group(0) @binding(4) var<storage, read_write> vcache: array<u32>;
+@group(0) @binding(5) var<uniform> st: Step;
+
+fn src(is_k: bool, i: u32) -> f32 {
+    if (is_k) {
+        return k_in[i];
+    }
+    return v_in[i];
+}
+
+fn put(is_k: bool, i: u32, w: u32) {
+    if (is_k) {
+        kcache[i] = w;
+    } else {
+        vcache[i] = w;
+    }
+}
+
+// Quantizes block b of the row into its code words; returns (scale, min).
+fn quant_block(is_k: bool, kind: u32, base: u32, b: u32) -> vec2<f32> {
+    let x0 = b * 32u;
+    if (kind == 2u) {
+        var amax = 0.0;
+        for (var i = 0u; i < 32u; i++) {
+            amax = max(amax, abs(src(is_k, x0 + i)));
+        }
+        let d = amax / 127.0;
+        var id = 0.0;
+        if (d != 0.0) {
+            id = 1.0 / d;
+        }
+        for (var w = 0u; w < 8u; w++) {
+            var word = 0u;
+            for (var j = 0u; j < 4u; j++) {
+                let v = src(is_k, x0 + 4u * w + j) * id;
+                // Half away from zero, like roundf.
+                let q = i32(sign(v) * floor(abs(v) + 0.5));
+                word |= (u32(q) & 0xffu) << (8u * j);
+            }
+            put(is_k, base + b * 8u + w, word);
+        }
+        return vec2<f32>(d, 0.0);
+    }
+    var d = 0.0;
+    var mn = 0.0;
+    var id = 0.0;
+    if (kind == 3u) {
+        // The signed value of largest magnitude, first on ties.
+        var mx = 0.0;
+        for (var i = 0u; i < 32u; i++) {
+            let v = src(is_k, x0 + i);
+            if (abs(v) > abs(mx)) {
+                mx = v;
+            }
+        }
+        d = mx / -8.0;
+    } else {
+        var hi = src(is_k, x0);
+        mn = hi;
+        for (var i = 1u; i < 32u; i++) {
+            hi = max(hi, src(is_k, x0 + i));
+            mn = min(mn, src(is_k, x0 + i));
+        }
+        d = (hi - mn) / 15.0;
+    }
+    if (d != 0.0) {
+        id = 1.0 / d;
+    }
+    for (var w = 0u; w < 4u; w++) {
+        var word = 0u;
+        for (var j = 0u; j < 8u; j++) {
+            let v = src(is_k, x0 + 8u * w + j);
+            var q = 0u;
+            if (kind == 3u) {
+                q = min(15u, u32(trunc(v * id + 8.5)));
+            } else {
+                q = min(15u, u32(trunc((v - mn) * id + 0.5)));
+            }
+            word |= q << (4u * j);
+        }
+        put(is_k, base + b * 4u + w, word);
+    }
+    return vec2<f32>(d, mn);
+}
+
+fn store_row(is_k: bool, kind: u32, t: u32) {
+    let n = p.kv_dim;
+    let base = st.slot * row_stride(kind, n);
+    switch kind {
+        case 0u: {
+            if (t < n) {
+                put(is_k, base + t, bitcast<u32>(src(is_k, t)));
+            }
+        }
+        case 1u: {
+            if (2u * t < n) {
+                put(is_k, base + t, pack2x16float(vec2<f32>(src(is_k, 2u * t), src(is_k, 2u * t + 1u))));
+            }
+        }
+        default: {
+            let nb = n / 32u;
+            let b0 = 2u * t;
+            if (b0 >= nb) {
+                return;
+            }
+            let a = quant_block(is_k, kind, base, b0);
+            var b = vec2<f32>(0.0);
+            if (b0 + 1u < nb) {
+                b = quant_block(is_k, kind, base, b0 + 1u);
+            }
+            let codes = code_words(kind, n);
+            let sw = (nb + 1u) / 2u;
+            put(is_k, base + codes + t, pack2x16float(vec2<f32>(a.x, b.x)));
+            if (kind == 4u) {
+                put(is_k, base + codes + sw + t, pack2x16float(vec2<f32>(a.y, b.y)));
+            }
+        }
+    }
+}
 
 @compute @workgroup_size(64)
 fn kv_store(@builtin(global_invocation_id) gid: vec3<u32>) {
-    let i = gid.x;
-    if (i >= p.kv_dim) {
-        return;
-    }
-    let at = step_s.slot * p.kv_dim + i;
-    kcache_w[at] = k_in[i];
-    vcache_w[at] = v_in[i];
+    store_row(true, p.k_kind, gid.x);
+    store_row(false, p.v_kind, gid.x);
 }

@@ -22,6 +22,7 @@ const SHADER_NORM: &str = include_str!("../../shaders/norm.wgsl");
 const SHADER_ROPE: &str = include_str!("../../shaders/rope.wgsl");
 const SHADER_ELEMENTWISE: &str = include_str!("../../shaders/elementwise.wgsl");
 const SHADER_KV: &str = include_str!("../../shaders/kv.wgsl");
+const SHADER_KVFORMAT: &str = include_str!("../../shaders/kvformat.wgsl");
 const SHADER_ATTENTION: &str = include_str!("../../shaders/attention.wgsl");
 const SHADER_ARGMAX: &str = include_str!("../../shaders/argmax.wgsl");
 
@@ -182,6 +183,29 @@ struct GpuMatrix {
     kind: u32,
 }
 
+/// The GPU row format of a KV type (kvformat.wgsl); kivi4 values are per-token q4_1.
+fn kv_kind(t: KvType) -> u32 {
+    match t {
+        KvType::F32 => 0,
+        KvType::F16 => 1,
+        KvType::Q8_0 => 2,
+        KvType::Q4_0 => 3,
+        KvType::Kivi4 => 4,
+    }
+}
+
+/// u32 words per cache slot row of `n` values (kvformat.wgsl's `row_stride`).
+fn row_stride(kind: u32, n: usize) -> usize {
+    let scale_words = (n / 32).div_ceil(2);
+    match kind {
+        0 => n,
+        1 => n / 2,
+        2 => n / 4 + scale_words,
+        3 => n / 8 + scale_words,
+        _ => n / 8 + 2 * scale_words,
+    }
+}
+
 fn kind(ty: WType) -> u32 {
     match ty {
         WType::F32 => 0,
@@ -227,8 +251,11 @@ impl Pipelines {
         let norm = module("norm", &[SHADER_NORM]);
         let rope = module("rope", &[SHADER_ROPE]);
         let ew = module("elementwise", &[SHADER_ELEMENTWISE]);
-        let kv = module("kv", &[SHADER_STEP, SHADER_KV]);
-        let att = module("attention", &[SHADER_STEP, SHADER_ATTENTION]);
+        let kv = module("kv", &[SHADER_STEP, SHADER_KVFORMAT, SHADER_KV]);
+        let att = module(
+            "attention",
+            &[SHADER_STEP, SHADER_KVFORMAT, SHADER_ATTENTION],
+        );
         let am = module("argmax", &[SHADER_ARGMAX]);
         Pipelines {
             matvec: pipe(&mv, "matvec"),
@@ -299,9 +326,9 @@ impl<'g> GpuDecoder<'g> {
     pub fn new(gpu: &'g Gpu, model: &Model, kv: KvConfig) -> Result<Self> {
         let c = model.config.clone();
         kv.validate(&c)?;
-        if kv.k != KvType::F32 || kv.v != KvType::F32 {
+        if kv.k == KvType::Kivi4 {
             return Err(Error::Invalid(format!(
-                "the GPU backend stores the KV cache as f32 only so far (asked for {}); use --backend cpu",
+                "the GPU backend has no kivi4 keys yet (asked for {}); use --backend cpu",
                 kv.label()
             )));
         }
@@ -410,12 +437,13 @@ impl<'g> GpuDecoder<'g> {
             .map(|a| buf(&format!("{a:?}"), a.len(&c) as u64 * 4, act_usage))
             .collect();
         let cap = kv.window.unwrap_or(c.seq_len);
-        let kv_bytes = (cap * c.kv_dim() * 4) as u64;
+        let k_bytes = (cap * row_stride(kv_kind(kv.k), c.kv_dim()) * 4) as u64;
+        let v_bytes = (cap * row_stride(kv_kind(kv.v), c.kv_dim()) * 4) as u64;
         let kcache: Vec<_> = (0..c.n_layers)
-            .map(|l| buf(&format!("k{l}"), kv_bytes, storage))
+            .map(|l| buf(&format!("k{l}"), k_bytes, storage))
             .collect();
         let vcache: Vec<_> = (0..c.n_layers)
-            .map(|l| buf(&format!("v{l}"), kv_bytes, storage))
+            .map(|l| buf(&format!("v{l}"), v_bytes, storage))
             .collect();
         let att = buf("att", (c.n_heads * cap * 4) as u64, storage);
         let uniform = wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST;
@@ -643,8 +671,8 @@ impl<'g> GpuDecoder<'g> {
             c.head_size() as u32,
             c.kv_dim() as u32,
             self.cap as u32,
-            0,
-            0,
+            kv_kind(self.kv.k),
+            kv_kind(self.kv.v),
             0,
         ])
     }

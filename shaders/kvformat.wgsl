@@ -1,0 +1,70 @@
+// KV cache row formats, shared by kv.wgsl (store) and attention.wgsl (read); prepended to both.
+// Kinds: 0 f32, 1 f16, 2 q8_0, 3 q4_0, 4 q4_1. Layouts are described in kv.wgsl.
+
+struct AttnParams {
+    n_heads: u32,
+    n_kv_heads: u32,
+    head_size: u32,
+    kv_dim: u32,
+    cap: u32,
+    k_kind: u32,
+    v_kind: u32,
+    pad: u32,
+}
+
+// Words per slot row of n values.
+fn row_stride(kind: u32, n: u32) -> u32 {
+    switch kind {
+        case 0u: { return n; }
+        case 1u: { return n / 2u; }
+        case 2u: { return n / 4u + (n / 32u + 1u) / 2u; }
+        case 3u: { return n / 8u + (n / 32u + 1u) / 2u; }
+        default: { return n / 8u + 2u * ((n / 32u + 1u) / 2u); }
+    }
+}
+
+fn code_words(kind: u32, n: u32) -> u32 {
+    if (kind == 2u) {
+        return n / 4u;
+    }
+    return n / 8u;
+}
+
+// Index, within a row, of the word holding element i's code (or value).
+fn code_index(kind: u32, i: u32) -> u32 {
+    switch kind {
+        case 0u: { return i; }
+        case 1u: { return i / 2u; }
+        case 2u: { return i / 4u; }
+        default: { return i / 8u; }
+    }
+}
+
+fn scale_index(kind: u32, n: u32, i: u32) -> u32 {
+    return code_words(kind, n) + (i / 32u) / 2u;
+}
+
+fn min_index(kind: u32, n: u32, i: u32) -> u32 {
+    return code_words(kind, n) + (n / 32u + 1u) / 2u + (i / 32u) / 2u;
+}
+
+// Element i's value from the words that hold it (scale and min words are ignored by kinds without them).
+fn decode(kind: u32, code: u32, scale: u32, mn: u32, i: u32) -> f32 {
+    switch kind {
+        case 0u: { return bitcast<f32>(code); }
+        case 1u: { return unpack2x16float(code)[i & 1u]; }
+        case 2u: {
+            let q = f32(i32(code << (24u - 8u * (i & 3u))) >> 24u);
+            return q * unpack2x16float(scale)[(i / 32u) & 1u];
+        }
+        case 3u: {
+            let q = f32((code >> (4u * (i & 7u))) & 15u);
+            return (q - 8.0) * unpack2x16float(scale)[(i / 32u) & 1u];
+        }
+        default: {
+            let q = f32((code >> (4u * (i & 7u))) & 15u);
+            let h = (i / 32u) & 1u;
+            return q * unpack2x16float(scale)[h] + unpack2x16float(mn)[h];
+        }
+    }
+}
