@@ -20,7 +20,9 @@ struct MatParams {
     kind: u32,
     // 1: out += W x (the residual add fused in); 0: out = W x.
     accumulate: u32,
-    pad0: u32,
+    // First row of this binding within the whole matrix: a matrix larger than one storage binding is
+    // uploaded as row chunks, each dispatched on its own (rows above counts this chunk's rows).
+    row0: u32,
     pad1: u32,
     pad2: u32,
 }
@@ -163,9 +165,9 @@ fn matvec(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) l
     }
     if (valid && lane == 0u) {
         if (p.accumulate != 0u) {
-            out[r] += red[lid.x];
+            out[p.row0 + r] += red[lid.x];
         } else {
-            out[r] = red[lid.x];
+            out[p.row0 + r] = red[lid.x];
         }
     }
 }
@@ -194,9 +196,9 @@ fn matvec_any(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_i
     }
     if (lid.x == 0u) {
         if (p.accumulate != 0u) {
-            out[r] += red64[0];
+            out[p.row0 + r] += red64[0];
         } else {
-            out[r] = red64[0];
+            out[p.row0 + r] = red64[0];
         }
     }
 }
@@ -207,5 +209,5 @@ fn embed(@builtin(global_invocation_id) gid: vec3<u32>) {
     if (c >= p.cols) {
         return;
     }
-    out[c] = weight(st.token, c);
+    out[c] = weight(st.token - p.row0, c);
 }

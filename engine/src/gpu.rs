@@ -173,14 +173,53 @@ pub struct GpuMemory {
     pub total: u64,
 }
 
-struct GpuMatrix {
+/// Rows `row0..row0 + rows` of a matrix in their own storage bindings.
+#[derive(Clone)]
+struct Chunk {
     words: wgpu::Buffer,
     scales: wgpu::Buffer,
     mins: wgpu::Buffer,
+    row0: usize,
     rows: usize,
+}
+
+/// A weight matrix on the GPU: one chunk, or several when it exceeds the storage binding limit.
+#[derive(Clone)]
+struct GpuMatrix {
+    chunks: Vec<Chunk>,
     cols: usize,
     block: usize,
     kind: u32,
+}
+
+/// Rows per binding for a matrix, so every chunk fits `max_binding` bytes and starts on a whole word of
+/// codes and of scales. `None` when not even the smallest such group of rows fits.
+fn rows_per_chunk(m: &crate::quant::QMatrix, max_binding: u64) -> Option<usize> {
+    let bits = match m.ty {
+        WType::F32 => 32,
+        WType::F16 => 16,
+        WType::Q8_0 => 8,
+        _ => 4,
+    };
+    let row_bytes = (m.cols * bits / 8) as u64;
+    let total = row_bytes * m.rows as u64;
+    if total.div_ceil(4) * 4 <= max_binding {
+        return Some(m.rows);
+    }
+    // Rows per chunk must be even when a row is half a word of codes (odd f16 row) or holds an odd
+    // number of blocks (two f16 scales per word).
+    let blocks = if m.ty.is_quantized() {
+        m.cols / m.block
+    } else {
+        0
+    };
+    let step = if (m.cols * bits) % 32 != 0 || blocks % 2 == 1 {
+        2
+    } else {
+        1
+    };
+    let n = (max_binding / row_bytes) as usize / step * step;
+    (n > 0).then_some(n)
 }
 
 /// The GPU row format of a KV type (kvformat.wgsl); kivi4 values are per-token q4_1.
@@ -203,6 +242,15 @@ fn row_stride(kind: u32, n: usize) -> usize {
         2 => n / 4 + scale_words,
         3 => n / 8 + scale_words,
         _ => n / 8 + 2 * scale_words,
+    }
+}
+
+fn row_bits(ty: WType) -> usize {
+    match ty {
+        WType::F32 => 32,
+        WType::F16 => 16,
+        WType::Q8_0 => 8,
+        _ => 4,
     }
 }
 
@@ -282,9 +330,10 @@ enum Readback {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum BindKey {
-    /// Output, weight, input, accumulate.
-    Matvec(TensorId, Act, Act, bool),
-    Embed(Act),
+    /// Output, weight, chunk, input, accumulate.
+    Matvec(TensorId, usize, Act, Act, bool),
+    /// Output and the embedding chunk holding the token.
+    Embed(Act, usize),
     Norm(TensorId, Act, Act),
     Rope(Act),
     Add(Act, Act),
@@ -340,18 +389,18 @@ impl<'g> GpuDecoder<'g> {
         }
         let tied = model.tied();
         let ids = TensorId::all(&c, tied);
-        // Refuse oversized tensors before any upload.
+        // Refuse, before any upload, a tensor that cannot be split into rows that fit one binding.
         for &id in &ids {
             if id.class() == Class::Norm {
                 continue;
             }
             let m = model.weights.matrix(id);
-            let bytes = (m.words.len() * 4) as u64;
-            if bytes > gpu.max_binding {
+            if rows_per_chunk(m, gpu.max_binding).is_none() {
                 return Err(Error::Gpu(format!(
-                    "tensor {} needs {bytes} bytes in one storage binding, above the adapter's \
-                     maxStorageBufferBindingSize of {} bytes ({})",
+                    "tensor {}: its rows ({} bytes each) do not fit the adapter's \
+                     maxStorageBufferBindingSize of {} bytes ({}), so it cannot be split across bindings",
                     id.gguf_name(),
+                    m.n_bytes() / m.rows,
                     gpu.max_binding,
                     gpu.report.name
                 )));
@@ -389,18 +438,38 @@ impl<'g> GpuDecoder<'g> {
                     m.cols
                 )));
             }
-            let words = init(&name, bytemuck::cast_slice(&m.words), storage);
-            let scales = init(&name, bytemuck::cast_slice(&m.scales), storage);
-            let mins = init(&name, bytemuck::cast_slice(&m.mins), storage);
-            *memory.weights_by_class.entry(class).or_default() +=
-                words.size() + scales.size() + mins.size();
+            let per = rows_per_chunk(m, gpu.max_binding).expect("checked above");
+            let words_bytes: &[u8] = bytemuck::cast_slice(&m.words);
+            let blocks = if m.ty.is_quantized() {
+                m.cols / m.block
+            } else {
+                0
+            };
+            let mut chunks = Vec::new();
+            for row0 in (0..m.rows).step_by(per) {
+                let rows = per.min(m.rows - row0);
+                // Byte ranges of this chunk's rows; exact because chunks start on whole words.
+                let w = &words_bytes[row0 * m.cols * row_bits(m.ty) / 8..]
+                    [..rows * m.cols * row_bits(m.ty) / 8];
+                let sc = &m.scales[(row0 * blocks).min(m.scales.len())
+                    ..((row0 + rows) * blocks).min(m.scales.len())];
+                let mn = &m.mins
+                    [(row0 * blocks).min(m.mins.len())..((row0 + rows) * blocks).min(m.mins.len())];
+                let chunk = Chunk {
+                    words: init(&name, w, storage),
+                    scales: init(&name, bytemuck::cast_slice(sc), storage),
+                    mins: init(&name, bytemuck::cast_slice(mn), storage),
+                    row0,
+                    rows,
+                };
+                *memory.weights_by_class.entry(class).or_default() +=
+                    chunk.words.size() + chunk.scales.size() + chunk.mins.size();
+                chunks.push(chunk);
+            }
             mats.insert(
                 id,
                 GpuMatrix {
-                    words,
-                    scales,
-                    mins,
-                    rows: m.rows,
+                    chunks,
                     cols: m.cols,
                     block: m.block,
                     kind: kind(m.ty),
@@ -409,16 +478,7 @@ impl<'g> GpuDecoder<'g> {
         }
         if tied {
             // The classifier reads the embedding's buffers.
-            let e = &mats[&TensorId::TokEmbd];
-            let shared = GpuMatrix {
-                words: e.words.clone(),
-                scales: e.scales.clone(),
-                mins: e.mins.clone(),
-                rows: e.rows,
-                cols: e.cols,
-                block: e.block,
-                kind: e.kind,
-            };
+            let shared = mats[&TensorId::TokEmbd].clone();
             mats.insert(TensorId::Output, shared);
         }
         memory.weights = memory.weights_by_class.values().sum();
@@ -504,6 +564,11 @@ impl<'g> GpuDecoder<'g> {
         &self.memory
     }
 
+    /// How many storage bindings a weight matrix was split into.
+    pub fn bindings(&self, id: TensorId) -> usize {
+        self.mats.get(&id).map_or(0, |m| m.chunks.len())
+    }
+
     fn act(&self, a: Act) -> &wgpu::Buffer {
         &self.acts[a as usize]
     }
@@ -547,31 +612,33 @@ impl<'g> GpuDecoder<'g> {
         let c = &self.config;
         let p = &self.pipes;
         let bg = match key {
-            BindKey::Matvec(id, out, x, acc) => {
+            BindKey::Matvec(id, ci, out, x, acc) => {
                 let m = &self.mats[&id];
-                let params = self.mat_params(m, acc);
+                let ch = &m.chunks[ci];
+                let params = self.mat_params(m, ch, acc);
                 self.bind_group(
                     mat_pipe(p, m),
                     &[
                         (0, &params),
-                        (1, &m.words),
-                        (2, &m.scales),
-                        (3, &m.mins),
+                        (1, &ch.words),
+                        (2, &ch.scales),
+                        (3, &ch.mins),
                         (4, self.act(x)),
                         (5, self.act(out)),
                     ],
                 )
             }
-            BindKey::Embed(out) => {
+            BindKey::Embed(out, ci) => {
                 let m = &self.mats[&TensorId::TokEmbd];
-                let params = self.mat_params(m, false);
+                let ch = &m.chunks[ci];
+                let params = self.mat_params(m, ch, false);
                 self.bind_group(
                     &p.embed,
                     &[
                         (0, &params),
-                        (1, &m.words),
-                        (2, &m.scales),
-                        (3, &m.mins),
+                        (1, &ch.words),
+                        (2, &ch.scales),
+                        (3, &ch.mins),
                         (5, self.act(out)),
                         (6, &self.step_buf),
                     ],
@@ -650,14 +717,14 @@ impl<'g> GpuDecoder<'g> {
         self.binds.insert(key, bg);
     }
 
-    fn mat_params(&self, m: &GpuMatrix, accumulate: bool) -> wgpu::Buffer {
+    fn mat_params(&self, m: &GpuMatrix, ch: &Chunk, accumulate: bool) -> wgpu::Buffer {
         self.uniform(&[
-            m.rows as u32,
+            ch.rows as u32,
             m.cols as u32,
             m.block as u32,
             m.kind,
             accumulate as u32,
-            0,
+            ch.row0 as u32,
             0,
             0,
         ])
@@ -681,20 +748,23 @@ impl<'g> GpuDecoder<'g> {
         // Eight rows per workgroup on the fast path, one on the element-wise path (matvec.wgsl).
         let m = &self.mats[&w];
         let per = if m.cols % 32 == 0 { 8 } else { 1 };
-        let groups = m.rows.div_ceil(per);
-        let groups = if groups <= 65535 {
-            (groups as u32, 1)
-        } else {
-            (65535, groups.div_ceil(65535) as u32)
-        };
-        self.dispatch(BindKey::Matvec(w, out, x, accumulate), groups);
+        let sizes: Vec<usize> = m.chunks.iter().map(|c| c.rows).collect();
+        for (ci, rows) in sizes.into_iter().enumerate() {
+            let groups = rows.div_ceil(per);
+            let groups = if groups <= 65535 {
+                (groups as u32, 1)
+            } else {
+                (65535, groups.div_ceil(65535) as u32)
+            };
+            self.dispatch(BindKey::Matvec(w, ci, out, x, accumulate), groups);
+        }
     }
 
     fn dispatch(&mut self, key: BindKey, groups: (u32, u32)) {
         self.ensure(key);
         let pipe = match key {
             BindKey::Matvec(id, ..) => mat_pipe(&self.pipes, &self.mats[&id]),
-            BindKey::Embed(_) => &self.pipes.embed,
+            BindKey::Embed(..) => &self.pipes.embed,
             BindKey::Norm(..) => &self.pipes.rmsnorm,
             BindKey::Rope(_) => &self.pipes.rope,
             BindKey::Add(..) => &self.pipes.add,
@@ -840,10 +910,15 @@ fn wg(n: usize, size: usize) -> (u32, u32) {
 }
 
 impl Kernels for GpuDecoder<'_> {
-    fn embed(&mut self, _token: u32, out: Act) {
-        // The token id comes from the step uniform.
+    fn embed(&mut self, token: u32, out: Act) {
+        // The kernel reads the token id from the step uniform; the chunk holding its row is bound here.
         let n = self.config.dim;
-        self.dispatch(BindKey::Embed(out), wg(n, 64));
+        let ci = self.mats[&TensorId::TokEmbd]
+            .chunks
+            .iter()
+            .position(|c| (token as usize) < c.row0 + c.rows)
+            .expect("token checked against the vocabulary");
+        self.dispatch(BindKey::Embed(out, ci), wg(n, 64));
     }
 
     fn rmsnorm(&mut self, out: Act, x: Act, w: TensorId) {

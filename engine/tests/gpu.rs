@@ -15,6 +15,7 @@ use nibble_engine::eval;
 use nibble_engine::gpu::{Gpu, GpuDecoder, GpuOptions};
 use nibble_engine::kv::KvConfig;
 use nibble_engine::measure::{self, RunConfig};
+use nibble_engine::model::TensorId;
 use nibble_engine::{Decoder, Model};
 
 fn gpu() -> Gpu {
@@ -139,8 +140,9 @@ fn gpu_perplexity_matches_cpu() {
 
 #[test]
 fn oversized_tensor_is_refused_before_upload() {
+    // stories260K's rows are 64 f32 values (256 bytes): a 200-byte binding cannot hold one.
     let gpu = Gpu::open_blocking(GpuOptions {
-        max_binding: Some(64 * 1024),
+        max_binding: Some(200),
     })
     .unwrap();
     let m = stories();
@@ -149,9 +151,40 @@ fn oversized_tensor_is_refused_before_upload() {
         .unwrap()
         .to_string();
     assert!(
-        e.contains("token_embd.weight") && e.contains("maxStorageBufferBindingSize"),
+        e.contains("token_embd.weight") && e.contains("maxStorageBufferBindingSize of 200"),
         "{e}"
     );
+}
+
+/// A forced small binding limit splits every large matrix into row chunks; logits are bit-identical to
+/// the unsplit upload, since each row is computed the same way whichever binding holds it.
+#[test]
+fn split_bindings_give_identical_logits() {
+    let whole = gpu();
+    let small = Gpu::open_blocking(GpuOptions {
+        max_binding: Some(8 * 1024),
+    })
+    .unwrap();
+    let base = stories();
+    let toks: Vec<u32> = (0..24).map(|i| 3 + (i * 37 % 500) as u32).collect();
+    for spec in ["weights=f32", "weights=q4_0", "weights=f16"] {
+        let (m, _) = measure::prepare(&base, &RunConfig::parse(spec).unwrap()).unwrap();
+        let mut a = GpuDecoder::new(&whole, &m, KvConfig::default()).unwrap();
+        let mut b = GpuDecoder::new(&small, &m, KvConfig::default()).unwrap();
+        assert_eq!(a.bindings(TensorId::TokEmbd), 1);
+        assert!(
+            b.bindings(TensorId::TokEmbd) > 1,
+            "{spec}: the embedding was not split"
+        );
+        for (p, &t) in toks.iter().enumerate() {
+            let x = a.step(t, p).unwrap().to_vec();
+            let y = b.step(t, p).unwrap();
+            assert!(
+                x.iter().zip(y).all(|(u, v)| u.to_bits() == v.to_bits()),
+                "{spec} pos {p}"
+            );
+        }
+    }
 }
 
 /// Quantized KV caches on the GPU against the same cache types on the CPU. Both quantize with the same
