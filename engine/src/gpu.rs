@@ -55,8 +55,10 @@ pub struct LimitsReport {
 /// Options for opening the GPU.
 #[derive(Debug, Clone, Default)]
 pub struct GpuOptions {
-    /// Pretend the adapter allows at most this many bytes per storage binding (to test refusals).
+    /// Pretend the adapter allows at most this many bytes per storage binding (to test splitting).
     pub max_binding: Option<u64>,
+    /// wgpu backends to try; default: `WGPU_BACKEND` if set, else Vulkan/Metal/DX12/browser WebGPU.
+    pub backends: Option<wgpu::Backends>,
 }
 
 /// An open device with its adapter report and error hooks.
@@ -75,7 +77,10 @@ impl Gpu {
         // Vulkan/Metal/DX12/browser WebGPU unless WGPU_BACKEND says otherwise (e.g. `gl`): probing GL
         // by default prints display-server noise on headless machines.
         let mut desc = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
-        desc.backends = wgpu::Backends::from_env().unwrap_or(wgpu::Backends::PRIMARY);
+        desc.backends = opts
+            .backends
+            .or_else(wgpu::Backends::from_env)
+            .unwrap_or(wgpu::Backends::PRIMARY);
         let instance = wgpu::Instance::new(desc);
         let adapter = instance
             .request_adapter(&wgpu::RequestAdapterOptions {

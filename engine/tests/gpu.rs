@@ -143,6 +143,7 @@ fn oversized_tensor_is_refused_before_upload() {
     // stories260K's rows are 64 f32 values (256 bytes): a 200-byte binding cannot hold one.
     let gpu = Gpu::open_blocking(GpuOptions {
         max_binding: Some(200),
+        ..Default::default()
     })
     .unwrap();
     let m = stories();
@@ -163,6 +164,7 @@ fn split_bindings_give_identical_logits() {
     let whole = gpu();
     let small = Gpu::open_blocking(GpuOptions {
         max_binding: Some(8 * 1024),
+        ..Default::default()
     })
     .unwrap();
     let base = stories();
@@ -258,4 +260,32 @@ fn gpu_kv_cache_types_match_cpu() {
     .unwrap()
     .to_string();
     assert!(e.contains("kivi4"), "{e}");
+}
+
+/// wgpu's OpenGL backend (what `WGPU_BACKEND=gl` selects) runs the same kernels: here on Mesa's llvmpipe
+/// through EGL.
+#[test]
+fn gl_backend_matches_cpu() {
+    let gl = Gpu::open_blocking(GpuOptions {
+        backends: Some(wgpu::Backends::GL),
+        ..Default::default()
+    })
+    .expect("an OpenGL adapter (Mesa: apt-get install libegl1 libgl1-mesa-dri)");
+    assert_eq!(gl.report.backend, "Gl");
+    let base = stories();
+    let tok = base.tokenizer.as_ref().unwrap();
+    let st = &eval::story_tokens(tok, &text("tinystories_sample.txt"), 48)[0];
+    for spec in ["weights=f32", "weights=q4_0", "weights=q8_0,kv=q8_0"] {
+        let cfg = RunConfig::parse(spec).unwrap();
+        let (m, _) = measure::prepare(&base, &cfg).unwrap();
+        let tol = if spec.contains("kv=") { 1e-2 } else { 2e-4 };
+        check_tol(
+            &gl,
+            &m,
+            cfg.kv.clone(),
+            st,
+            &format!("GL stories260K {spec}"),
+            tol,
+        );
+    }
 }
