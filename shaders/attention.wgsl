@@ -17,6 +17,27 @@ const WG: u32 = 256u;
 
 var<workgroup> red: array<f32, 256>;
 
+// Element i of the key at position t (kivi4 keys, k_kind 5): a sink row, a complete group of the ring,
+// or the f16 residual of the group being filled.
+fn kivi_key_at(t: u32, i: u32) -> f32 {
+    let n = p.kv_dim;
+    if (t < p.sinks) {
+        return unpack2x16float(kcache[t * (n / 2u) + i / 2u])[i & 1u];
+    }
+    let q = t - p.sinks;
+    let g = q / p.group;
+    let j = q % p.group;
+    // Groups complete so far: those whose last position is at most the current one.
+    let done = (st.pos + 1u - p.sinks) / p.group;
+    if (g < done) {
+        let base = kivi_ring_base(n) + (g % p.ring) * kivi_group_stride(n) + i * (p.group / 8u + 1u);
+        let code = f32((kcache[base + j / 8u] >> (4u * (j % 8u))) & 15u);
+        let dm = unpack2x16float(kcache[base + p.group / 8u]);
+        return code * dm.x + dm.y;
+    }
+    return unpack2x16float(kcache[kivi_residual_base(n) + j * (n / 2u) + i / 2u])[i & 1u];
+}
+
 // Element i of the key (value) row in `slot`, decoded from its kind.
 fn key_at(slot: u32, i: u32) -> f32 {
     let k = p.k_kind;
@@ -51,9 +72,14 @@ fn attention(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id
     // Scores and their maximum, one position per thread.
     var m = -3.402823e38;
     for (var i = lid.x; i < n; i += WG) {
-        let slot = slot_of(st, attended(st, i));
+        let t = attended(st, i);
+        let slot = slot_of(st, t);
         var s = 0.0;
-        if (p.k_kind == 0u) {
+        if (p.k_kind == 5u) {
+            for (var d = 0u; d < hs; d++) {
+                s += qs[d] * kivi_key_at(t, kvh + d);
+            }
+        } else if (p.k_kind == 0u) {
             let ko = slot * p.kv_dim + kvh;
             for (var d = 0u; d < hs; d += 4u) {
                 s += dot(vec4<f32>(qs[d], qs[d + 1u], qs[d + 2u], qs[d + 3u]),

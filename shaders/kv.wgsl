@@ -141,8 +141,63 @@ fn store_row(is_k: bool, kind: u32, t: u32) {
     }
 }
 
+// kivi4 keys: the row goes to its sink row or to its residual row, in f16.
+fn store_kivi_key(t: u32) {
+    let n = p.kv_dim;
+    if (2u * t >= n) {
+        return;
+    }
+    var row = 0u;
+    if (st.pos < p.sinks) {
+        row = st.pos * (n / 2u);
+    } else {
+        row = kivi_residual_base(n) + ((st.pos - p.sinks) % p.group) * (n / 2u);
+    }
+    kcache[row + t] = pack2x16float(vec2<f32>(k_in[2u * t], k_in[2u * t + 1u]));
+}
+
 @compute @workgroup_size(64)
 fn kv_store(@builtin(global_invocation_id) gid: vec3<u32>) {
-    store_row(true, p.k_kind, gid.x);
+    if (p.k_kind == 5u) {
+        store_kivi_key(gid.x);
+    } else {
+        store_row(true, p.k_kind, gid.x);
+    }
     store_row(false, p.v_kind, gid.x);
+}
+
+// kivi4 keys: once a group's G residual rows are stored (a separate dispatch, so every row is visible),
+// quantize each channel's G values into the group's ring slot. One thread per channel.
+@compute @workgroup_size(64)
+fn kivi_flush(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let n = p.kv_dim;
+    let c = gid.x;
+    if (c >= n) {
+        return;
+    }
+    let g = (st.pos - p.sinks) / p.group;
+    let res = kivi_residual_base(n);
+    var hi = -3.402823e38;
+    var lo = 3.402823e38;
+    for (var i = 0u; i < p.group; i++) {
+        let v = unpack2x16float(kcache[res + i * (n / 2u) + c / 2u])[c & 1u];
+        hi = max(hi, v);
+        lo = min(lo, v);
+    }
+    let d = (hi - lo) / 15.0;
+    var id = 0.0;
+    if (d != 0.0) {
+        id = 1.0 / d;
+    }
+    let base = kivi_ring_base(n) + (g % p.ring) * kivi_group_stride(n) + c * (p.group / 8u + 1u);
+    for (var w = 0u; w < p.group / 8u; w++) {
+        var word = 0u;
+        for (var j = 0u; j < 8u; j++) {
+            let i = w * 8u + j;
+            let v = unpack2x16float(kcache[res + i * (n / 2u) + c / 2u])[c & 1u];
+            word |= min(15u, u32(trunc((v - lo) * id + 0.5))) << (4u * j);
+        }
+        kcache[base + w] = word;
+    }
+    kcache[base + p.group / 8u] = pack2x16float(vec2<f32>(d, lo));
 }

@@ -9,7 +9,29 @@ struct AttnParams {
     cap: u32,
     k_kind: u32,
     v_kind: u32,
-    pad: u32,
+    // kivi4 keys (k_kind 5): group length G, groups in the ring, attention sinks.
+    group: u32,
+    ring: u32,
+    sinks: u32,
+    pad0: u32,
+    pad1: u32,
+}
+
+// kivi4 keys (k_kind 5), per layer one buffer, in words:
+//   [sinks rows: `sinks` f16 rows][residual: G f16 rows, row i = position sinks + g*G + i of the group
+//   being filled][ring of complete groups: `ring` groups of kv_dim channels, each channel G/8 code words
+//   (token i at bits 4*(i%8) of word i/8) then one word pack2x16float(scale, min)].
+// A channel's G values form one asymmetric 4-bit block (KIVI's per-channel key quantization).
+fn kivi_residual_base(n: u32) -> u32 {
+    return p.sinks * (n / 2u);
+}
+
+fn kivi_ring_base(n: u32) -> u32 {
+    return (p.sinks + p.group) * (n / 2u);
+}
+
+fn kivi_group_stride(n: u32) -> u32 {
+    return n * (p.group / 8u + 1u);
 }
 
 // Words per slot row of n values.

@@ -238,6 +238,29 @@ fn kv_kind(t: KvType) -> u32 {
     }
 }
 
+/// Key kind in kvformat.wgsl: kivi4 keys are per-channel groups (5), unlike its per-token values (4).
+fn key_kind(t: KvType) -> u32 {
+    if t == KvType::Kivi4 {
+        5
+    } else {
+        kv_kind(t)
+    }
+}
+
+/// Complete kivi4 key groups kept at once: the window's ring, or every group of the context.
+fn kivi_ring(kv: &KvConfig, c: &Config) -> usize {
+    match kv.window {
+        Some(w) => (w - kv.sinks).div_ceil(kv.group) + 1,
+        None => (c.seq_len - kv.sinks).div_ceil(kv.group) + 1,
+    }
+}
+
+/// Words of one layer's kivi4 key buffer (layout in kvformat.wgsl).
+fn kivi_key_words(kv: &KvConfig, c: &Config) -> usize {
+    let n = c.kv_dim();
+    (kv.sinks + kv.group) * n / 2 + kivi_ring(kv, c) * n * (kv.group / 8 + 1)
+}
+
 /// u32 words per cache slot row of `n` values (kvformat.wgsl's `row_stride`).
 fn row_stride(kind: u32, n: usize) -> usize {
     let scale_words = (n / 32).div_ceil(2);
@@ -278,6 +301,7 @@ struct Pipelines {
     add: wgpu::ComputePipeline,
     swiglu: wgpu::ComputePipeline,
     kv_store: wgpu::ComputePipeline,
+    kivi_flush: wgpu::ComputePipeline,
     attention: wgpu::ComputePipeline,
     argmax: wgpu::ComputePipeline,
 }
@@ -319,6 +343,7 @@ impl Pipelines {
             add: pipe(&ew, "add"),
             swiglu: pipe(&ew, "swiglu"),
             kv_store: pipe(&kv, "kv_store"),
+            kivi_flush: pipe(&kv, "kivi_flush"),
             attention: pipe(&att, "attention"),
             argmax: pipe(&am, "argmax"),
         }
@@ -344,6 +369,7 @@ enum BindKey {
     Add(Act, Act),
     Swiglu(Act, Act),
     KvStore(usize),
+    KiviFlush(usize),
     Attention(usize, Act),
     Argmax,
 }
@@ -380,12 +406,6 @@ impl<'g> GpuDecoder<'g> {
     pub fn new(gpu: &'g Gpu, model: &Model, kv: KvConfig) -> Result<Self> {
         let c = model.config.clone();
         kv.validate(&c)?;
-        if kv.k == KvType::Kivi4 {
-            return Err(Error::Invalid(format!(
-                "the GPU backend has no kivi4 keys yet (asked for {}); use --backend cpu",
-                kv.label()
-            )));
-        }
         if c.head_size() % 4 != 0 || c.head_size() > 256 {
             return Err(Error::Gpu(format!(
                 "head size {} is not supported by the attention kernel (a multiple of 4, at most 256)",
@@ -502,7 +522,11 @@ impl<'g> GpuDecoder<'g> {
             .map(|a| buf(&format!("{a:?}"), a.len(&c) as u64 * 4, act_usage))
             .collect();
         let cap = kv.window.unwrap_or(c.seq_len);
-        let k_bytes = (cap * row_stride(kv_kind(kv.k), c.kv_dim()) * 4) as u64;
+        let k_bytes = if kv.k == KvType::Kivi4 {
+            (kivi_key_words(&kv, &c) * 4) as u64
+        } else {
+            (cap * row_stride(kv_kind(kv.k), c.kv_dim()) * 4) as u64
+        };
         let v_bytes = (cap * row_stride(kv_kind(kv.v), c.kv_dim()) * 4) as u64;
         let kcache: Vec<_> = (0..c.n_layers)
             .map(|l| buf(&format!("k{l}"), k_bytes, storage))
@@ -691,6 +715,13 @@ impl<'g> GpuDecoder<'g> {
                     ],
                 )
             }
+            BindKey::KiviFlush(l) => {
+                let params = self.attn_params();
+                self.bind_group(
+                    &p.kivi_flush,
+                    &[(0, &params), (3, &self.kcache[l]), (5, &self.step_buf)],
+                )
+            }
             BindKey::Attention(l, out) => {
                 let params = self.attn_params();
                 self.bind_group(
@@ -743,8 +774,12 @@ impl<'g> GpuDecoder<'g> {
             c.head_size() as u32,
             c.kv_dim() as u32,
             self.cap as u32,
-            kv_kind(self.kv.k),
+            key_kind(self.kv.k),
             kv_kind(self.kv.v),
+            self.kv.group as u32,
+            kivi_ring(&self.kv, c) as u32,
+            self.kv.sinks as u32,
+            0,
             0,
         ])
     }
@@ -775,6 +810,7 @@ impl<'g> GpuDecoder<'g> {
             BindKey::Add(..) => &self.pipes.add,
             BindKey::Swiglu(..) => &self.pipes.swiglu,
             BindKey::KvStore(_) => &self.pipes.kv_store,
+            BindKey::KiviFlush(_) => &self.pipes.kivi_flush,
             BindKey::Attention(..) => &self.pipes.attention,
             BindKey::Argmax => &self.pipes.argmax,
         };
@@ -943,9 +979,14 @@ impl Kernels for GpuDecoder<'_> {
         self.dispatch(BindKey::Rope(x), wg(n / 2, 64));
     }
 
-    fn kv_store(&mut self, layer: usize, _pos: usize) {
+    fn kv_store(&mut self, layer: usize, pos: usize) {
         let n = self.config.kv_dim();
         self.dispatch(BindKey::KvStore(layer), wg(n, 64));
+        // A kivi4 key group completes at this position: quantize it per channel.
+        let kv = &self.kv;
+        if kv.k == KvType::Kivi4 && pos >= kv.sinks && (pos - kv.sinks) % kv.group == kv.group - 1 {
+            self.dispatch(BindKey::KiviFlush(layer), wg(n, 64));
+        }
     }
 
     fn attention(&mut self, out: Act, layer: usize, _pos: usize) {
