@@ -12,7 +12,7 @@ struct ArgParams {
 }
 
 @group(0) @binding(0) var<uniform> p: ArgParams;
-@group(0) @binding(1) var<storage, read> x: array<f32>;
+@group(0) @binding(1) var<storage, read> x: array<act>;
 @group(0) @binding(2) var<storage, read_write> out: array<u32>;
 
 var<workgroup> best_v: array<f32, 256>;
@@ -23,8 +23,9 @@ fn argmax(@builtin(local_invocation_id) lid: vec3<u32>) {
     var bv = -3.402823e38;
     var bi = 0xffffffffu;
     for (var i = lid.x; i < p.n; i += 256u) {
-        if (x[i] > bv) {
-            bv = x[i];
+        let v = f32(x[i]);
+        if (v > bv) {
+            bv = v;
             bi = i;
         }
     }

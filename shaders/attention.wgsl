@@ -8,11 +8,11 @@
 const WG: u32 = 256u;
 
 @group(0) @binding(0) var<uniform> p: AttnParams;
-@group(0) @binding(1) var<storage, read> q: array<f32>;
+@group(0) @binding(1) var<storage, read> q: array<act>;
 @group(0) @binding(2) var<storage, read> kcache: array<u32>;
 @group(0) @binding(3) var<storage, read> vcache: array<u32>;
 @group(0) @binding(4) var<storage, read_write> att: array<f32>;
-@group(0) @binding(5) var<storage, read_write> out: array<f32>;
+@group(0) @binding(5) var<storage, read_write> out: array<act>;
 @group(0) @binding(6) var<uniform> st: Step;
 
 var<workgroup> red: array<f32, 256>;
@@ -65,7 +65,7 @@ fn attention(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id
     let denom = sqrt(f32(hs));
     // The head's query, staged once (head_size <= 256).
     if (lid.x < hs) {
-        qs[lid.x] = q[qo + lid.x];
+        qs[lid.x] = f32(q[qo + lid.x]);
     }
     workgroupBarrier();
 
@@ -143,6 +143,6 @@ fn attention(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id
         for (var j = 0u; j < parts; j++) {
             t += red[j * hs + d];
         }
-        out[qo + d] = t / total;
+        out[qo + d] = act(t / total);
     }
 }

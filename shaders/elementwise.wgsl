@@ -2,8 +2,8 @@
 //
 // Bindings (group 0), for both entry points:
 //   0 params: uniform EwParams { n }
-//   1 a:      storage read_write array<f32>, n values (the output, updated in place)
-//   2 b:      storage read array<f32>, n values
+//   1 a:      storage read_write array<act>, n values (the output, updated in place; act.wgsl)
+//   2 b:      storage read array<act>, n values
 // Dispatch: ceil(n / 64) workgroups.
 //   add:    a += b                 (residual connection)
 //   swiglu: a = silu(a) * b        (a = gate, b = up)
@@ -16,14 +16,14 @@ struct EwParams {
 }
 
 @group(0) @binding(0) var<uniform> p: EwParams;
-@group(0) @binding(1) var<storage, read_write> a: array<f32>;
-@group(0) @binding(2) var<storage, read> b: array<f32>;
+@group(0) @binding(1) var<storage, read_write> a: array<act>;
+@group(0) @binding(2) var<storage, read> b: array<act>;
 
 @compute @workgroup_size(64)
 fn add(@builtin(global_invocation_id) gid: vec3<u32>) {
     let i = gid.x;
     if (i < p.n) {
-        a[i] = a[i] + b[i];
+        a[i] = act(f32(a[i]) + f32(b[i]));
     }
 }
 
@@ -31,7 +31,7 @@ fn add(@builtin(global_invocation_id) gid: vec3<u32>) {
 fn swiglu(@builtin(global_invocation_id) gid: vec3<u32>) {
     let i = gid.x;
     if (i < p.n) {
-        let g = a[i];
-        a[i] = g / (1.0 + exp(-g)) * b[i];
+        let g = f32(a[i]);
+        a[i] = act(g / (1.0 + exp(-g)) * f32(b[i]));
     }
 }

@@ -13,22 +13,22 @@
 // lives in slot slot_of(step, t) (sinks at 0..sinks, the rest in a ring of `span`); keys are stored after
 // RoPE at their true position. Quantization follows the CPU arithmetic (ggml's reference quantizers).
 //
-// Bindings (group 0): 0 params, 1 k (read, kv_dim f32), 2 v (read, kv_dim f32), 3 kcache (read_write),
+// Bindings (group 0): 0 params, 1 k (read, kv_dim act), 2 v (read, kv_dim act), 3 kcache (read_write),
 //   4 vcache (read_write), 5 step. Dispatch: ceil(kv_dim / 64) workgroups of 64; thread t stores element
 //   t (f32), elements 2t and 2t+1 (f16), or blocks 2t and 2t+1 (quantized kinds).
 
 @group(0) @binding(0) var<uniform> p: AttnParams;
-@group(0) @binding(1) var<storage, read> k_in: array<f32>;
-@group(0) @binding(2) var<storage, read> v_in: array<f32>;
+@group(0) @binding(1) var<storage, read> k_in: array<act>;
+@group(0) @binding(2) var<storage, read> v_in: array<act>;
 @group(0) @binding(3) var<storage, read_write> kcache: array<u32>;
 @group(0) @binding(4) var<storage, read_write> vcache: array<u32>;
 @group(0) @binding(5) var<uniform> st: Step;
 
 fn src(is_k: bool, i: u32) -> f32 {
     if (is_k) {
-        return k_in[i];
+        return f32(k_in[i]);
     }
-    return v_in[i];
+    return f32(v_in[i]);
 }
 
 fn put(is_k: bool, i: u32, w: u32) {
@@ -153,7 +153,7 @@ fn store_kivi_key(t: u32) {
     } else {
         row = kivi_residual_base(n) + ((st.pos - p.sinks) % p.group) * (n / 2u);
     }
-    kcache[row + t] = pack2x16float(vec2<f32>(k_in[2u * t], k_in[2u * t + 1u]));
+    kcache[row + t] = pack2x16float(vec2<f32>(f32(k_in[2u * t]), f32(k_in[2u * t + 1u])));
 }
 
 @compute @workgroup_size(64)

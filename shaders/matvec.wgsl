@@ -6,8 +6,9 @@
 //   1 words:  storage read array<u32>   (layout in quant.wgsl)
 //   2 scales: storage read array<u32>
 //   3 mins:   storage read array<u32>   (a dummy word when the kind has none)
-//   4 x:      storage read array<f32>   (matvec: cols values; embed: unused dummy)
-//   5 out:    storage read_write array<f32>  (matvec: rows values; embed: cols values)
+//   4 x:      storage read array<act>   (matvec: cols values; embed: unused)
+//   5 out:    storage read_write array<act>  (matvec: rows values; embed: cols values)
+// `act` is f16 or f32 (act.wgsl); accumulation is always f32.
 //   6 step:   uniform Step (embed reads the token id from it)
 // matvec dispatch: one workgroup per 8 rows (whole words per row), matvec_any one per row; folded into
 // (x, y) as group = x + y * 65535.
@@ -31,8 +32,8 @@ struct MatParams {
 @group(0) @binding(1) var<storage, read> words: array<u32>;
 @group(0) @binding(2) var<storage, read> scales: array<u32>;
 @group(0) @binding(3) var<storage, read> mins: array<u32>;
-@group(0) @binding(4) var<storage, read> x: array<f32>;
-@group(0) @binding(5) var<storage, read_write> out: array<f32>;
+@group(0) @binding(4) var<storage, read> x: array<act>;
+@group(0) @binding(5) var<storage, read_write> out: array<act>;
 @group(0) @binding(6) var<uniform> st: Step;
 
 fn block_scale(g: u32) -> f32 {
@@ -133,7 +134,7 @@ fn matvec(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) l
         let tn = min(TILE, p.cols - t0);
         workgroupBarrier();
         for (var i = lid.x; i < tn; i += 256u) {
-            xs[i] = x[t0 + i];
+            xs[i] = f32(x[t0 + i]);
         }
         workgroupBarrier();
         if (valid) {
@@ -165,9 +166,9 @@ fn matvec(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) l
     }
     if (valid && lane == 0u) {
         if (p.accumulate != 0u) {
-            out[p.row0 + r] += red[lid.x];
+            out[p.row0 + r] = act(f32(out[p.row0 + r]) + red[lid.x]);
         } else {
-            out[p.row0 + r] = red[lid.x];
+            out[p.row0 + r] = act(red[lid.x]);
         }
     }
 }
@@ -184,7 +185,7 @@ fn matvec_any(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_i
     }
     var acc = 0.0;
     for (var c = lid.x; c < p.cols; c += 64u) {
-        acc += weight(r, c) * x[c];
+        acc += weight(r, c) * f32(x[c]);
     }
     red64[lid.x] = acc;
     workgroupBarrier();
@@ -196,9 +197,9 @@ fn matvec_any(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_i
     }
     if (lid.x == 0u) {
         if (p.accumulate != 0u) {
-            out[p.row0 + r] += red64[0];
+            out[p.row0 + r] = act(f32(out[p.row0 + r]) + red64[0]);
         } else {
-            out[p.row0 + r] = red64[0];
+            out[p.row0 + r] = act(red64[0]);
         }
     }
 }
@@ -209,5 +210,5 @@ fn embed(@builtin(global_invocation_id) gid: vec3<u32>) {
     if (c >= p.cols) {
         return;
     }
-    out[c] = weight(st.token - p.row0, c);
+    out[c] = act(weight(st.token - p.row0, c));
 }

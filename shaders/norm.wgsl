@@ -2,9 +2,9 @@
 //
 // Bindings (group 0):
 //   0 params: uniform NormParams { n, eps }
-//   1 x:      storage read array<f32>, n values
+//   1 x:      storage read array<act>, n values (act.wgsl: f16 or f32; the sum is f32)
 //   2 w:      storage read array<f32>, n values (norm weights are always f32)
-//   3 out:    storage read_write array<f32>, n values (never aliases x)
+//   3 out:    storage read_write array<act>, n values (never aliases x)
 
 struct NormParams {
     n: u32,
@@ -14,9 +14,9 @@ struct NormParams {
 }
 
 @group(0) @binding(0) var<uniform> p: NormParams;
-@group(0) @binding(1) var<storage, read> x: array<f32>;
+@group(0) @binding(1) var<storage, read> x: array<act>;
 @group(0) @binding(2) var<storage, read> w: array<f32>;
-@group(0) @binding(3) var<storage, read_write> out: array<f32>;
+@group(0) @binding(3) var<storage, read_write> out: array<act>;
 
 var<workgroup> partial: array<f32, 256>;
 
@@ -24,7 +24,8 @@ var<workgroup> partial: array<f32, 256>;
 fn rmsnorm(@builtin(local_invocation_id) lid: vec3<u32>) {
     var ss = 0.0;
     for (var i = lid.x; i < p.n; i += 256u) {
-        ss += x[i] * x[i];
+        let v = f32(x[i]);
+        ss += v * v;
     }
     partial[lid.x] = ss;
     workgroupBarrier();
@@ -36,6 +37,6 @@ fn rmsnorm(@builtin(local_invocation_id) lid: vec3<u32>) {
     }
     let scale = 1.0 / sqrt(partial[0] / f32(p.n) + p.eps);
     for (var i = lid.x; i < p.n; i += 256u) {
-        out[i] = w[i] * (scale * x[i]);
+        out[i] = act(w[i] * (scale * f32(x[i])));
     }
 }

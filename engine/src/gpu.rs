@@ -15,6 +15,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use wgpu::util::DeviceExt;
 
+const SHADER_ACT_F32: &str = include_str!("../../shaders/act_f32.wgsl");
+const SHADER_ACT_F16: &str = include_str!("../../shaders/act_f16.wgsl");
 const SHADER_STEP: &str = include_str!("../../shaders/step.wgsl");
 const SHADER_QUANT: &str = include_str!("../../shaders/quant.wgsl");
 const SHADER_MATVEC: &str = include_str!("../../shaders/matvec.wgsl");
@@ -52,9 +54,43 @@ pub struct LimitsReport {
     pub max_storage_buffers_per_shader_stage: u32,
 }
 
+/// Element type of the activation buffers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Activations {
+    F16,
+    F32,
+}
+
+impl Activations {
+    pub fn parse(s: &str) -> Result<Activations> {
+        match s {
+            "f16" => Ok(Activations::F16),
+            "f32" => Ok(Activations::F32),
+            _ => Err(Error::Invalid(format!("--act {s:?}: expected f16 or f32"))),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Activations::F16 => "f16",
+            Activations::F32 => "f32",
+        }
+    }
+
+    fn bytes(self) -> usize {
+        match self {
+            Activations::F16 => 2,
+            Activations::F32 => 4,
+        }
+    }
+}
+
 /// Options for opening the GPU.
 #[derive(Debug, Clone, Default)]
 pub struct GpuOptions {
+    /// Activation type; default f16 where the adapter has `shader-f16`, else f32.
+    pub act: Option<Activations>,
     /// Pretend the adapter allows at most this many bytes per storage binding (to test splitting).
     pub max_binding: Option<u64>,
     /// wgpu backends to try; default: `WGPU_BACKEND` if set, else Vulkan/Metal/DX12/browser WebGPU.
@@ -68,6 +104,8 @@ pub struct Gpu {
     pub report: AdapterReport,
     /// The binding limit the engine plans with (the adapter's, or a smaller forced one).
     pub max_binding: u64,
+    /// Activation type every decoder on this device uses.
+    pub activations: Activations,
     errors: Arc<Mutex<Vec<String>>>,
 }
 
@@ -92,9 +130,27 @@ impl Gpu {
         let info = adapter.get_info();
         let limits = adapter.limits();
         let features = adapter.features();
+        let shader_f16 = features.contains(wgpu::Features::SHADER_F16);
+        let activations = match opts.act {
+            Some(Activations::F16) if !shader_f16 => {
+                return Err(Error::Gpu(format!(
+                    "f16 activations need shader-f16, which {} does not have",
+                    info.name
+                )))
+            }
+            Some(a) => a,
+            None if shader_f16 => Activations::F16,
+            None => Activations::F32,
+        };
+        let required_features = if activations == Activations::F16 {
+            wgpu::Features::SHADER_F16
+        } else {
+            wgpu::Features::empty()
+        };
         let (device, queue) = adapter
             .request_device(&wgpu::DeviceDescriptor {
                 label: Some("nibble"),
+                required_features,
                 required_limits: limits.clone(),
                 memory_hints: wgpu::MemoryHints::Performance,
                 ..Default::default()
@@ -119,7 +175,7 @@ impl Gpu {
             driver: info.driver.clone(),
             driver_info: info.driver_info.clone(),
             features: features.iter_names().map(|(n, _)| n.to_string()).collect(),
-            shader_f16: features.contains(wgpu::Features::SHADER_F16),
+            shader_f16,
             limits: LimitsReport {
                 max_storage_buffer_binding_size: limits.max_storage_buffer_binding_size as u64,
                 max_buffer_size: limits.max_buffer_size,
@@ -135,6 +191,7 @@ impl Gpu {
             device,
             queue,
             max_binding: opts.max_binding.map_or(adapter_max, |m| m.min(adapter_max)),
+            activations,
             report,
             errors,
         })
@@ -307,7 +364,12 @@ struct Pipelines {
 }
 
 impl Pipelines {
-    fn new(device: &wgpu::Device) -> Pipelines {
+    fn new(device: &wgpu::Device, act: Activations) -> Pipelines {
+        // The activation type alias goes first: `enable f16;` must open the module.
+        let a = match act {
+            Activations::F16 => SHADER_ACT_F16,
+            Activations::F32 => SHADER_ACT_F32,
+        };
         let module = |label: &str, parts: &[&str]| {
             device.create_shader_module(wgpu::ShaderModuleDescriptor {
                 label: Some(label),
@@ -324,16 +386,16 @@ impl Pipelines {
                 cache: None,
             })
         };
-        let mv = module("matvec", &[SHADER_STEP, SHADER_QUANT, SHADER_MATVEC]);
-        let norm = module("norm", &[SHADER_NORM]);
-        let rope = module("rope", &[SHADER_ROPE]);
-        let ew = module("elementwise", &[SHADER_ELEMENTWISE]);
-        let kv = module("kv", &[SHADER_STEP, SHADER_KVFORMAT, SHADER_KV]);
+        let mv = module("matvec", &[a, SHADER_STEP, SHADER_QUANT, SHADER_MATVEC]);
+        let norm = module("norm", &[a, SHADER_NORM]);
+        let rope = module("rope", &[a, SHADER_ROPE]);
+        let ew = module("elementwise", &[a, SHADER_ELEMENTWISE]);
+        let kv = module("kv", &[a, SHADER_STEP, SHADER_KVFORMAT, SHADER_KV]);
         let att = module(
             "attention",
-            &[SHADER_STEP, SHADER_KVFORMAT, SHADER_ATTENTION],
+            &[a, SHADER_STEP, SHADER_KVFORMAT, SHADER_ATTENTION],
         );
-        let am = module("argmax", &[SHADER_ARGMAX]);
+        let am = module("argmax", &[a, SHADER_ARGMAX]);
         Pipelines {
             matvec: pipe(&mv, "matvec"),
             matvec_any: pipe(&mv, "matvec_any"),
@@ -519,7 +581,10 @@ impl<'g> GpuDecoder<'g> {
         let act_usage = storage | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST;
         let acts: Vec<wgpu::Buffer> = Act::ALL
             .iter()
-            .map(|a| buf(&format!("{a:?}"), a.len(&c) as u64 * 4, act_usage))
+            .map(|a| {
+                let bytes = (a.len(&c) * gpu.activations.bytes()) as u64;
+                buf(&format!("{a:?}"), bytes, act_usage)
+            })
             .collect();
         let cap = kv.window.unwrap_or(c.seq_len);
         let k_bytes = if kv.k == KvType::Kivi4 {
@@ -544,7 +609,11 @@ impl<'g> GpuDecoder<'g> {
         );
         let argmax_buf = buf("argmax", 4, storage | wgpu::BufferUsages::COPY_SRC);
         let read = wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST;
-        let staging_logits = buf("staging logits", (c.vocab_size * 4) as u64, read);
+        let staging_logits = buf(
+            "staging logits",
+            (c.vocab_size * gpu.activations.bytes()) as u64,
+            read,
+        );
         let staging_id = buf("staging id", 4, read);
         let dummy = buf("dummy", 4, storage);
         memory.kv_cache = kcache.iter().chain(&vcache).map(|b| b.size()).sum();
@@ -580,7 +649,7 @@ impl<'g> GpuDecoder<'g> {
             staging_logits,
             staging_id,
             dummy,
-            pipes: Pipelines::new(dev),
+            pipes: Pipelines::new(dev, gpu.activations),
             binds: HashMap::new(),
             pass: None,
             logits: vec![0.0; c.vocab_size],
@@ -1013,8 +1082,17 @@ impl Decoder for GpuDecoder<'_> {
     fn step(&mut self, token: u32, pos: usize) -> Result<&[f32]> {
         self.run(token, pos, Readback::Logits)?;
         let bytes = self.read(&self.staging_logits)?;
-        self.logits
-            .copy_from_slice(&bytemuck::cast_slice::<u8, f32>(&bytes)[..self.config.vocab_size]);
+        let n = self.config.vocab_size;
+        match self.gpu.activations {
+            Activations::F32 => self
+                .logits
+                .copy_from_slice(&bytemuck::cast_slice::<u8, f32>(&bytes)[..n]),
+            Activations::F16 => {
+                for (o, h) in self.logits.iter_mut().zip(bytes.chunks_exact(2)) {
+                    *o = half::f16::from_le_bytes([h[0], h[1]]).to_f32();
+                }
+            }
+        }
         Ok(&self.logits)
     }
 
@@ -1034,8 +1112,10 @@ impl Decoder for GpuDecoder<'_> {
 
     fn backend(&self) -> String {
         format!(
-            "gpu ({}, {})",
-            self.gpu.report.name, self.gpu.report.backend
+            "gpu ({}, {}, {} activations)",
+            self.gpu.report.name,
+            self.gpu.report.backend,
+            self.gpu.activations.name()
         )
     }
 

@@ -73,7 +73,12 @@ impl<'g> Backend<'g> {
     pub fn name(&self) -> String {
         match self {
             Backend::Cpu => "cpu".into(),
-            Backend::Gpu(g) => format!("gpu ({}, {})", g.report.name, g.report.backend),
+            Backend::Gpu(g) => format!(
+                "gpu ({}, {}, {} activations)",
+                g.report.name,
+                g.report.backend,
+                g.activations.name()
+            ),
         }
     }
 }

@@ -7,7 +7,7 @@ use clap::Args;
 use nibble_engine::cpu::CpuDecoder;
 use nibble_engine::eval::{self, Sampler};
 use nibble_engine::gguf::{Value, ValueType};
-use nibble_engine::gpu::{Gpu, GpuOptions};
+use nibble_engine::gpu::{Activations, Gpu, GpuOptions};
 use nibble_engine::kv::{KvConfig, KvType};
 use nibble_engine::measure::{self, parse_bytes, Reference, RunConfig};
 use nibble_engine::model::Model;
@@ -86,6 +86,9 @@ pub struct BackendArgs {
     /// cpu or gpu. Default: gpu where a WebGPU adapter exists, otherwise cpu (the output says which ran).
     #[arg(long)]
     backend: Option<String>,
+    /// GPU activations, f16 or f32. Default: f16 where the adapter has shader-f16, else f32.
+    #[arg(long)]
+    act: Option<String>,
 }
 
 /// An opened backend: the GPU when one was asked for or found.
@@ -97,16 +100,23 @@ pub struct Opened {
 
 impl BackendArgs {
     pub fn open(&self) -> Result<Opened> {
+        let opts = GpuOptions {
+            act: self.act.as_deref().map(Activations::parse).transpose()?,
+            ..GpuOptions::default()
+        };
+        if opts.act.is_some() && self.backend.as_deref() == Some("cpu") {
+            bail!("--act applies to the GPU backend; the CPU computes in f32");
+        }
         match self.backend.as_deref() {
             Some("cpu") => Ok(Opened {
                 gpu: None,
                 forced: true,
             }),
             Some("gpu") => Ok(Opened {
-                gpu: Some(Gpu::open_blocking(GpuOptions::default())?),
+                gpu: Some(Gpu::open_blocking(opts)?),
                 forced: true,
             }),
-            None => match Gpu::open_blocking(GpuOptions::default()) {
+            None => match Gpu::open_blocking(opts) {
                 Ok(g) => Ok(Opened {
                     gpu: Some(g),
                     forced: false,
@@ -146,6 +156,11 @@ impl Opened {
 
     pub fn adapter(&self) -> Option<&nibble_engine::gpu::AdapterReport> {
         self.gpu.as_ref().map(|g| &g.report)
+    }
+
+    /// Activation type of the GPU backend; the CPU computes in f32.
+    pub fn activations(&self) -> &'static str {
+        self.gpu.as_ref().map_or("f32", |g| g.activations.name())
     }
 }
 
@@ -280,6 +295,7 @@ pub fn generate(a: GenerateArgs) -> Result<()> {
         let v = serde_json::json!({
             "model": model.name,
             "adapter": rt.adapter(),
+            "activations": rt.activations(),
             "generation": g,
             "memory": memory_json(&model, &cfg, &fb, dec.kv_bytes(), None),
         });
@@ -482,6 +498,7 @@ pub fn sweep(a: SweepArgs) -> Result<()> {
     // A sweep measures accuracy across every KV type; unless asked, it runs on the CPU.
     let rt = BackendArgs {
         backend: Some(a.backend.backend.clone().unwrap_or_else(|| "cpu".into())),
+        act: a.backend.act.clone(),
     }
     .open()?;
     println!(

@@ -272,7 +272,16 @@ fn quantize_compare_and_sweep() {
 
 #[test]
 fn gpu_backend_reports_its_adapter_and_agrees_with_cpu() {
-    let g = ok(&["generate", "-n", "6", "--json", "--backend", "gpu"]);
+    let g = ok(&[
+        "generate",
+        "-n",
+        "6",
+        "--json",
+        "--backend",
+        "gpu",
+        "--act",
+        "f32",
+    ]);
     let g: serde_json::Value = serde_json::from_str(&g).unwrap();
     assert!(g["generation"]["backend"]
         .as_str()
@@ -290,6 +299,27 @@ fn gpu_backend_reports_its_adapter_and_agrees_with_cpu() {
     assert_eq!(g["generation"]["tokens"], c["generation"]["tokens"]);
     let o = nibble(&["generate", "--backend", "tpu"]);
     assert!(!o.status.success());
+    // Activations: automatic (f16 where shader-f16 exists, as on lavapipe), recorded, overridable.
+    let auto: serde_json::Value =
+        serde_json::from_str(&ok(&["generate", "-n", "2", "--json", "--backend", "gpu"])).unwrap();
+    let f16 = auto["adapter"]["shader_f16"].as_bool().unwrap();
+    assert_eq!(auto["activations"], if f16 { "f16" } else { "f32" });
+    let forced: serde_json::Value = serde_json::from_str(&ok(&[
+        "generate",
+        "-n",
+        "2",
+        "--json",
+        "--backend",
+        "gpu",
+        "--act",
+        "f32",
+    ]))
+    .unwrap();
+    assert_eq!(forced["activations"], "f32");
+    assert!(forced["generation"]["backend"]
+        .as_str()
+        .unwrap()
+        .contains("f32 activations"));
 }
 
 #[test]
