@@ -40,16 +40,20 @@ pub fn story_tokens(tok: &Tokenizer, text: &str, seq_len: usize) -> Vec<Vec<u32>
         .collect()
 }
 
-/// Negative log-likelihood of `target` under `logits`: logsumexp(logits) - logits[target], in f64.
-pub fn nll(logits: &[f32], target: u32) -> f64 {
+/// log(sum(exp(logits))) in f64, with the maximum subtracted first.
+pub fn log_sum_exp(logits: &[f32]) -> f64 {
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
-    let lse = logits
+    logits
         .iter()
         .map(|&v| (v as f64 - max).exp())
         .sum::<f64>()
         .ln()
-        + max;
-    lse - logits[target as usize] as f64
+        + max
+}
+
+/// Negative log-likelihood of `target` under `logits`: logsumexp(logits) - logits[target], in f64.
+pub fn nll(logits: &[f32], target: u32) -> f64 {
+    log_sum_exp(logits) - logits[target as usize] as f64
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

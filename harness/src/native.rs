@@ -375,6 +375,13 @@ pub fn perplexity(a: PerplexityArgs) -> Result<()> {
     Ok(())
 }
 
+fn parse_candidates(specs: &[String]) -> Result<Vec<RunConfig>> {
+    specs
+        .iter()
+        .map(|c| RunConfig::parse(c).with_context(|| format!("--candidate {c:?}")))
+        .collect()
+}
+
 #[derive(Args)]
 pub struct CompareArgs {
     #[command(flatten)]
@@ -395,11 +402,7 @@ pub fn compare(a: CompareArgs) -> Result<()> {
     let base = load_model(&a.model)?;
     let tok = require_tokenizer(&base)?;
     let seqs = eval::story_tokens(tok, &read_text(&a.text)?, base.config.seq_len);
-    let cands = a
-        .candidate
-        .iter()
-        .map(|c| RunConfig::parse(c).with_context(|| format!("--candidate {c:?}")))
-        .collect::<Result<Vec<_>>>()?;
+    let cands = parse_candidates(&a.candidate)?;
     let reference = Reference::run(&mut CpuDecoder::new(&base), &seqs)?;
     let rt = a.backend.open()?;
     let mut out = Vec::new();
@@ -481,10 +484,7 @@ pub fn sweep(a: SweepArgs) -> Result<()> {
     let grid = if a.candidate.is_empty() {
         measure::default_grid(a.window.unwrap_or(base.config.seq_len / 2))
     } else {
-        a.candidate
-            .iter()
-            .map(|c| RunConfig::parse(c).with_context(|| format!("--candidate {c:?}")))
-            .collect::<Result<Vec<_>>>()?
+        parse_candidates(&a.candidate)?
     };
     let text_stem = a
         .text
