@@ -460,6 +460,8 @@ pub struct GpuDecoder<'g> {
     pass: Option<wgpu::ComputePass<'static>>,
     logits: Vec<f32>,
     memory: GpuMemory,
+    /// Seconds the last `run` spent on the CPU recording and submitting.
+    encode_s: f64,
 }
 
 impl<'g> GpuDecoder<'g> {
@@ -654,6 +656,7 @@ impl<'g> GpuDecoder<'g> {
             pass: None,
             logits: vec![0.0; c.vocab_size],
             memory,
+            encode_s: 0.0,
             config: c,
         })
     }
@@ -892,6 +895,7 @@ impl<'g> GpuDecoder<'g> {
     /// Writes the per-token uniform and RoPE table, records the forward pass, and submits it with a copy
     /// of what `out` asks for into its staging buffer.
     fn run(&mut self, token: u32, pos: usize, out: Readback) -> Result<()> {
+        let start = std::time::Instant::now();
         let c = &self.config;
         if token as usize >= c.vocab_size {
             return Err(Error::Invalid(format!(
@@ -963,6 +967,7 @@ impl<'g> GpuDecoder<'g> {
             Readback::Nothing => {}
         }
         q.submit([enc.finish()]);
+        self.encode_s = start.elapsed().as_secs_f64();
         Ok(())
     }
 
@@ -1108,6 +1113,10 @@ impl Decoder for GpuDecoder<'_> {
 
     fn gpu_memory(&self) -> Option<GpuMemory> {
         Some(self.memory.clone())
+    }
+
+    fn encode_ms(&self) -> Option<f64> {
+        Some(self.encode_s * 1e3)
     }
 
     fn backend(&self) -> String {

@@ -37,6 +37,10 @@ pub trait Decoder {
     fn feed(&mut self, token: u32, pos: usize) -> Result<()> {
         self.step(token, pos).map(|_| ())
     }
+    /// CPU time the last step spent recording and submitting GPU work, for backends that do.
+    fn encode_ms(&self) -> Option<f64> {
+        None
+    }
     /// GPU bytes by category, for backends that allocate on a GPU.
     fn gpu_memory(&self) -> Option<gpu::GpuMemory> {
         None

@@ -125,6 +125,8 @@ pub struct Decode {
     pub ms_per_token: Stat,
     /// Median per repetition, so the spread between repetitions shows.
     pub rep_medians_ms: Vec<f64>,
+    /// CPU time per token spent recording and submitting the GPU work (GPU backend only).
+    pub cpu_encode_ms: Option<Stat>,
     /// Weights plus the KV cache actually read for one token at this depth.
     pub bytes_per_token: u64,
     pub achieved_gb_s: f64,
@@ -323,6 +325,7 @@ pub fn bench(a: BenchArgs) -> Result<()> {
             }
             let ctx = tokens(depth + 1, c.vocab_size, 7);
             let mut all = Vec::new();
+            let mut encode = Vec::new();
             let mut rep_medians = Vec::new();
             for r in 0..a.warmup + reps {
                 dec.reset();
@@ -332,6 +335,9 @@ pub fn bench(a: BenchArgs) -> Result<()> {
                     let t0 = Instant::now();
                     next = dec.step_argmax(next, depth + 1 + i)?;
                     times.push(t0.elapsed().as_secs_f64() * 1e3);
+                    if r >= a.warmup {
+                        encode.extend(dec.encode_ms());
+                    }
                 }
                 if r >= a.warmup {
                     rep_medians.push(Stat::of(&times).median);
@@ -351,6 +357,7 @@ pub fn bench(a: BenchArgs) -> Result<()> {
                 depth,
                 ms_per_token: st,
                 rep_medians_ms: rep_medians,
+                cpu_encode_ms: (!encode.is_empty()).then(|| Stat::of(&encode)),
                 bytes_per_token: bytes,
                 achieved_gb_s: gbs,
                 roofline_pct: a.bandwidth.map(|bw| gbs / bw * 100.0),
@@ -476,7 +483,7 @@ pub fn markdown(r: &BenchReport) -> String {
             );
         }
     }
-    s += "\n| config | bits/weight | weights | KV | GPU total | TTFT ms (median) | decode depth | ms/token median [p10, p90] | bytes/token | GB/s | % of roofline |\n|---|---|---|---|---|---|---|---|---|---|---|\n";
+    s += "\n| config | bits/weight | weights | KV | GPU total | TTFT ms (median) | decode depth | ms/token median [p10, p90] | CPU encode ms/token | bytes/token | GB/s | % of roofline |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n";
     for c in &r.configs {
         let total = c
             .gpu_memory
@@ -489,7 +496,7 @@ pub fn markdown(r: &BenchReport) -> String {
         for d in &c.decode {
             let st = &d.ms_per_token;
             s += &format!(
-                "| {} | {:.3} | {} | {} | {total} | {ttft} | {} | {:.3} [{:.3}, {:.3}] | {} | {:.1} | {} |\n",
+                "| {} | {:.3} | {} | {} | {total} | {ttft} | {} | {:.3} [{:.3}, {:.3}] | {} | {} | {:.1} | {} |\n",
                 c.config,
                 c.weights.bits_per_weight,
                 gib(c.weights.total_bytes as u64),
@@ -498,6 +505,7 @@ pub fn markdown(r: &BenchReport) -> String {
                 st.median,
                 st.p10,
                 st.p90,
+                d.cpu_encode_ms.as_ref().map_or("n/a (cpu)".into(), |e| format!("{:.3}", e.median)),
                 d.bytes_per_token,
                 d.achieved_gb_s,
                 d.roofline_pct.map_or("no --bandwidth".into(), |p| format!("{p:.1}%")),
