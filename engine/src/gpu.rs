@@ -454,7 +454,6 @@ pub struct GpuDecoder<'g> {
     argmax_buf: wgpu::Buffer,
     staging_logits: wgpu::Buffer,
     staging_id: wgpu::Buffer,
-    dummy: wgpu::Buffer,
     pipes: Pipelines,
     binds: HashMap<BindKey, wgpu::BindGroup>,
     pass: Option<wgpu::ComputePass<'static>>,
@@ -617,14 +616,12 @@ impl<'g> GpuDecoder<'g> {
             read,
         );
         let staging_id = buf("staging id", 4, read);
-        let dummy = buf("dummy", 4, storage);
         memory.kv_cache = kcache.iter().chain(&vcache).map(|b| b.size()).sum();
         memory.activations = acts.iter().map(|b| b.size()).sum::<u64>()
             + att.size()
             + step_buf.size()
             + rope_buf.size()
-            + argmax_buf.size()
-            + dummy.size();
+            + argmax_buf.size();
         memory.staging = staging_logits.size() + staging_id.size();
         memory.total = memory.weights + memory.kv_cache + memory.activations + memory.staging;
         if let Some(e) = pop_error_scope(oom_scope) {
@@ -650,7 +647,6 @@ impl<'g> GpuDecoder<'g> {
             argmax_buf,
             staging_logits,
             staging_id,
-            dummy,
             pipes: Pipelines::new(dev, gpu.activations),
             binds: HashMap::new(),
             pass: None,
@@ -821,7 +817,6 @@ impl<'g> GpuDecoder<'g> {
                 )
             }
         };
-        let _ = &self.dummy;
         self.binds.insert(key, bg);
     }
 
