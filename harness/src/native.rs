@@ -457,7 +457,7 @@ pub fn compare(a: CompareArgs) -> Result<()> {
 pub struct SweepArgs {
     #[command(flatten)]
     model: ModelArgs,
-    /// The backend that runs the candidates (default cpu here); the reference is always the f32 CPU oracle.
+    /// The backend that runs the candidates; the reference is always the f32 CPU oracle.
     #[command(flatten)]
     backend: BackendArgs,
     #[arg(long)]
@@ -495,12 +495,7 @@ pub fn sweep(a: SweepArgs) -> Result<()> {
         .clone()
         .unwrap_or_else(|| PathBuf::from(format!("reports/sweep-{}-{text_stem}", base.name)));
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    // A sweep measures accuracy across every KV type; unless asked, it runs on the CPU.
-    let rt = BackendArgs {
-        backend: Some(a.backend.backend.clone().unwrap_or_else(|| "cpu".into())),
-        act: a.backend.act.clone(),
-    }
-    .open()?;
+    let rt = a.backend.open()?;
     println!(
         "sweep of {} configurations on {} ({}), KV budget {budget} bytes, candidates on {}\n",
         grid.len(),

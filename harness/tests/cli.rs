@@ -246,6 +246,8 @@ fn quantize_compare_and_sweep() {
     let out_dir = d.join("sweep");
     ok(&[
         "sweep",
+        "--backend",
+        "cpu",
         "--text",
         &sample(),
         "--out",
