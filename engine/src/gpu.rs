@@ -461,6 +461,8 @@ pub struct GpuDecoder<'g> {
     memory: GpuMemory,
     /// Seconds the last `run` spent on the CPU recording and submitting.
     encode_s: f64,
+    /// cos/sin per RoPE frequency for the current position, reused every token.
+    rope_table: Vec<f32>,
 }
 
 impl<'g> GpuDecoder<'g> {
@@ -653,6 +655,7 @@ impl<'g> GpuDecoder<'g> {
             logits: vec![0.0; c.vocab_size],
             memory,
             encode_s: 0.0,
+            rope_table: vec![0.0; c.head_size()],
             config: c,
         })
     }
@@ -904,26 +907,19 @@ impl<'g> GpuDecoder<'g> {
                 c.seq_len
             )));
         }
-        let mut att = Vec::new();
-        self.kv.attended(pos, &mut att);
+        // The attended positions are sinks 0..n_sinks then lo..=pos (kv.rs), computed without a list.
+        let (n_sinks, lo) = self.kv.attended_ranges(pos);
         let (sinks, span) = match self.kv.window {
             Some(w) => (self.kv.sinks, w - self.kv.sinks),
             None => (0, 0),
         };
-        let n_sinks = sinks.min(pos + 1);
-        let lo = att.get(n_sinks).copied().unwrap_or(0);
-        let slot = if span == 0 || pos < sinks {
-            pos
-        } else {
-            sinks + (pos - sinks) % span
-        };
         let step = [
             pos as u32,
-            att.len() as u32,
+            (n_sinks + pos + 1 - lo) as u32,
             sinks as u32,
             span as u32,
             token,
-            slot as u32,
+            self.kv.slot(pos) as u32,
             lo as u32,
             0,
         ];
@@ -931,14 +927,13 @@ impl<'g> GpuDecoder<'g> {
         q.write_buffer(&self.step_buf, 0, bytemuck::cast_slice(&step));
         // cos/sin per frequency, computed exactly as the CPU oracle computes them.
         let hs = c.head_size();
-        let table: Vec<f32> = (0..hs / 2)
-            .flat_map(|f| {
-                let freq = 1.0 / self.theta.powf((2 * f) as f32 / hs as f32);
-                let (s, co) = (pos as f32 * freq).sin_cos();
-                [co, s]
-            })
-            .collect();
-        q.write_buffer(&self.rope_buf, 0, bytemuck::cast_slice(&table));
+        for f in 0..hs / 2 {
+            let freq = 1.0 / self.theta.powf((2 * f) as f32 / hs as f32);
+            let (s, co) = (pos as f32 * freq).sin_cos();
+            self.rope_table[2 * f] = co;
+            self.rope_table[2 * f + 1] = s;
+        }
+        q.write_buffer(&self.rope_buf, 0, bytemuck::cast_slice(&self.rope_table));
 
         let mut enc = self.gpu.device.create_command_encoder(&Default::default());
         self.pass = Some(

@@ -153,22 +153,27 @@ impl KvConfig {
         s
     }
 
-    /// Positions attended at step `pos`, ascending.
-    pub fn attended(&self, pos: usize, out: &mut Vec<usize>) {
-        out.clear();
+    /// The positions attended at step `pos` as two ranges: sinks `0..n_sinks`, then `lo..=pos`.
+    pub fn attended_ranges(&self, pos: usize) -> (usize, usize) {
         match self.window {
-            None => out.extend(0..=pos),
+            None => (0, 0),
             Some(w) => {
                 let s = self.sinks.min(pos + 1);
-                out.extend(0..s);
-                let lo = (pos + 1).saturating_sub(w - self.sinks).max(s);
-                out.extend(lo..=pos);
+                (s, (pos + 1).saturating_sub(w - self.sinks).max(s))
             }
         }
     }
 
+    /// Positions attended at step `pos`, ascending.
+    pub fn attended(&self, pos: usize, out: &mut Vec<usize>) {
+        out.clear();
+        let (n_sinks, lo) = self.attended_ranges(pos);
+        out.extend(0..n_sinks);
+        out.extend(lo..=pos);
+    }
+
     /// Ring slot of a position in a per-token store.
-    fn slot(&self, pos: usize) -> usize {
+    pub(crate) fn slot(&self, pos: usize) -> usize {
         match self.window {
             Some(w) if pos >= self.sinks => self.sinks + (pos - self.sinks) % (w - self.sinks),
             _ => pos,
