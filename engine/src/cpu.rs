@@ -164,12 +164,9 @@ impl Kernels for CpuDecoder<'_> {
     }
 }
 
-impl Decoder for CpuDecoder<'_> {
-    fn config(&self) -> &Config {
-        &self.model.config
-    }
-
-    fn step(&mut self, token: u32, pos: usize) -> crate::Result<&[f32]> {
+impl CpuDecoder<'_> {
+    /// [`Decoder::step`] without the future: the CPU answers at once.
+    pub fn step_now(&mut self, token: u32, pos: usize) -> crate::Result<&[f32]> {
         let c = &self.model.config;
         if token as usize >= c.vocab_size {
             return Err(crate::Error::Invalid(format!(
@@ -187,9 +184,24 @@ impl Decoder for CpuDecoder<'_> {
         forward(self, &model.config, token, pos);
         Ok(self.act(Act::Logits))
     }
+}
+
+impl Decoder for CpuDecoder<'_> {
+    fn config(&self) -> &Config {
+        &self.model.config
+    }
+
+    fn step(&mut self, token: u32, pos: usize) -> crate::Fut<'_, &[f32]> {
+        Box::pin(std::future::ready(self.step_now(token, pos)))
+    }
 
     fn backend(&self) -> String {
-        "cpu".into()
+        // The same code compiled to wasm runs in a browser's CPU path.
+        if cfg!(target_arch = "wasm32") {
+            "wasm-cpu".into()
+        } else {
+            "cpu".into()
+        }
     }
 
     fn reset(&mut self) {

@@ -6,7 +6,7 @@ use crate::tokenizer::Tokenizer;
 use crate::{Decoder, Error, Result};
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
-use std::time::Instant;
+use web_time::Instant;
 
 /// Splits a text on lines holding `<|endoftext|>` and trims each story; empty stories are dropped.
 pub fn split_stories(text: &str) -> Vec<String> {
@@ -68,13 +68,13 @@ pub struct Perplexity {
 }
 
 /// Scores every position after BOS of every sequence; PPL = exp(mean NLL over all scored tokens).
-pub fn perplexity(dec: &mut dyn Decoder, sequences: &[Vec<u32>]) -> Result<Perplexity> {
+pub async fn perplexity(dec: &mut dyn Decoder, sequences: &[Vec<u32>]) -> Result<Perplexity> {
     let start = Instant::now();
     let (mut sum, mut n) = (0.0f64, 0usize);
     for seq in sequences {
         dec.reset();
         for pos in 0..seq.len().saturating_sub(1) {
-            let logits = dec.step(seq[pos], pos)?;
+            let logits = dec.step(seq[pos], pos).await?;
             sum += nll(logits, seq[pos + 1]);
             n += 1;
         }
@@ -179,8 +179,22 @@ pub struct Generation {
     pub backend: String,
 }
 
+async fn next_token(
+    dec: &mut dyn Decoder,
+    sampler: &mut Sampler,
+    greedy: bool,
+    t: u32,
+    pos: usize,
+) -> Result<u32> {
+    if greedy {
+        dec.step_argmax(t, pos).await
+    } else {
+        Ok(sampler.sample(dec.step(t, pos).await?))
+    }
+}
+
 /// Feeds `[BOS] + encode(prompt)`, then generates up to `n` tokens, stopping at BOS, EOS or the context end.
-pub fn generate(
+pub async fn generate(
     dec: &mut dyn Decoder,
     tok: &Tokenizer,
     prompt: &str,
@@ -199,15 +213,8 @@ pub fn generate(
     let start = Instant::now();
     let mut next = 0;
     let greedy = sampler.temperature <= 0.0;
-    let mut step = |dec: &mut dyn Decoder, t: u32, pos: usize| -> Result<u32> {
-        if greedy {
-            dec.step_argmax(t, pos)
-        } else {
-            Ok(sampler.sample(dec.step(t, pos)?))
-        }
-    };
     for (pos, &t) in prompt_ids.iter().enumerate() {
-        next = step(dec, t, pos)?;
+        next = next_token(dec, sampler, greedy, t, pos).await?;
     }
     let ttft = start.elapsed().as_secs_f64() * 1e3;
     let decode_start = Instant::now();
@@ -218,7 +225,7 @@ pub fn generate(
         if out.len() == n || pos >= seq_len {
             break;
         }
-        next = step(dec, next, pos)?;
+        next = next_token(dec, sampler, greedy, next, pos).await?;
         pos += 1;
     }
     let steps = out.len().saturating_sub(1);

@@ -29,6 +29,7 @@ const SHADER_ATTENTION: &str = include_str!("../../shaders/attention.wgsl");
 const SHADER_ARGMAX: &str = include_str!("../../shaders/argmax.wgsl");
 
 /// How long a submission may take before the device is declared hung.
+#[cfg(not(target_arch = "wasm32"))]
 const GPU_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// The adapter, as every result reports it.
@@ -213,6 +214,7 @@ impl Gpu {
         Err(Error::Gpu(msg))
     }
 
+    #[cfg(not(target_arch = "wasm32"))]
     fn wait(&self) -> Result<()> {
         self.device
             .poll(wgpu::PollType::Wait {
@@ -893,7 +895,7 @@ impl<'g> GpuDecoder<'g> {
     /// Writes the per-token uniform and RoPE table, records the forward pass, and submits it with a copy
     /// of what `out` asks for into its staging buffer.
     fn run(&mut self, token: u32, pos: usize, out: Readback) -> Result<()> {
-        let start = std::time::Instant::now();
+        let start = web_time::Instant::now();
         let c = &self.config;
         if token as usize >= c.vocab_size {
             return Err(Error::Invalid(format!(
@@ -961,22 +963,49 @@ impl<'g> GpuDecoder<'g> {
         Ok(())
     }
 
-    fn read(&self, staging: &wgpu::Buffer) -> Result<Vec<u8>> {
+    /// Runs a token and reads all logits back as f32.
+    async fn step_logits(&mut self, token: u32, pos: usize) -> Result<&[f32]> {
+        self.run(token, pos, Readback::Logits)?;
+        let bytes = self.read(&self.staging_logits).await?;
+        let n = self.config.vocab_size;
+        match self.gpu.activations {
+            Activations::F32 => self
+                .logits
+                .copy_from_slice(&bytemuck::cast_slice::<u8, f32>(&bytes)[..n]),
+            Activations::F16 => {
+                for (o, h) in self.logits.iter_mut().zip(bytes.chunks_exact(2)) {
+                    *o = half::f16::from_le_bytes([h[0], h[1]]).to_f32();
+                }
+            }
+        }
+        Ok(&self.logits)
+    }
+
+    /// Maps `staging` and copies it out. Natively the wait happens here (the map callback fires inside
+    /// the poll); in a browser the future resolves from the event loop.
+    async fn read(&self, staging: &wgpu::Buffer) -> Result<Vec<u8>> {
         let slice = staging.slice(..);
-        let (tx, rx) = std::sync::mpsc::channel();
+        let (tx, mut rx) = futures_channel::oneshot::channel();
         slice.map_async(wgpu::MapMode::Read, move |r| {
             let _ = tx.send(r);
         });
-        self.gpu.wait()?;
-        match rx.recv_timeout(GPU_TIMEOUT) {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => return Err(Error::Gpu(format!("reading results back: {e}"))),
-            Err(_) => {
+        #[cfg(not(target_arch = "wasm32"))]
+        let mapped = {
+            self.gpu.wait()?;
+            rx.try_recv().ok().flatten()
+        };
+        #[cfg(target_arch = "wasm32")]
+        let mapped = (&mut rx).await.ok();
+        match mapped {
+            Some(Ok(())) => {}
+            Some(Err(e)) => return Err(Error::Gpu(format!("reading results back: {e}"))),
+            None => {
                 return Err(Error::Gpu(
                     "the GPU did not return results (hung or lost)".into(),
                 ))
             }
         }
+        self.gpu.check_errors()?;
         let bytes = slice
             .get_mapped_range()
             .map_err(|e| Error::Gpu(format!("mapping results: {e}")))?
@@ -1074,31 +1103,20 @@ impl Decoder for GpuDecoder<'_> {
         &self.config
     }
 
-    fn step(&mut self, token: u32, pos: usize) -> Result<&[f32]> {
-        self.run(token, pos, Readback::Logits)?;
-        let bytes = self.read(&self.staging_logits)?;
-        let n = self.config.vocab_size;
-        match self.gpu.activations {
-            Activations::F32 => self
-                .logits
-                .copy_from_slice(&bytemuck::cast_slice::<u8, f32>(&bytes)[..n]),
-            Activations::F16 => {
-                for (o, h) in self.logits.iter_mut().zip(bytes.chunks_exact(2)) {
-                    *o = half::f16::from_le_bytes([h[0], h[1]]).to_f32();
-                }
-            }
-        }
-        Ok(&self.logits)
+    fn step(&mut self, token: u32, pos: usize) -> crate::Fut<'_, &[f32]> {
+        Box::pin(self.step_logits(token, pos))
     }
 
-    fn step_argmax(&mut self, token: u32, pos: usize) -> Result<u32> {
-        self.run(token, pos, Readback::Argmax)?;
-        let bytes = self.read(&self.staging_id)?;
-        Ok(u32::from_le_bytes(bytes[..4].try_into().unwrap()))
+    fn step_argmax(&mut self, token: u32, pos: usize) -> crate::Fut<'_, u32> {
+        Box::pin(async move {
+            self.run(token, pos, Readback::Argmax)?;
+            let bytes = self.read(&self.staging_id).await?;
+            Ok(u32::from_le_bytes(bytes[..4].try_into().unwrap()))
+        })
     }
 
-    fn feed(&mut self, token: u32, pos: usize) -> Result<()> {
-        self.run(token, pos, Readback::Nothing)
+    fn feed(&mut self, token: u32, pos: usize) -> crate::Fut<'_, ()> {
+        Box::pin(std::future::ready(self.run(token, pos, Readback::Nothing)))
     }
 
     fn gpu_memory(&self) -> Option<GpuMemory> {

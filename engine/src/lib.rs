@@ -6,6 +6,7 @@
 //! - [`cpu`]: the f32 CPU backend, the oracle.
 //! - [`eval`]: perplexity and generation over any [`Decoder`].
 
+pub mod bench;
 pub mod cpu;
 pub mod error;
 pub mod eval;
@@ -17,25 +18,39 @@ pub mod measure;
 pub mod model;
 pub mod precision;
 pub mod quant;
+pub mod scenario;
 pub mod tokenizer;
+#[cfg(target_arch = "wasm32")]
+pub mod web;
 
 pub use error::{Error, Result};
 pub use model::{Config, Model, Preset};
+
+use std::future::Future;
+use std::pin::Pin;
+
+/// A decoder's answer. It is a future because a browser's GPU answers only through its event loop;
+/// natively the GPU waits inside the call, so [`block_on`] returns at once.
+pub type Fut<'a, T> = Pin<Box<dyn Future<Output = Result<T>> + 'a>>;
+
+/// Runs a decoder future to completion on the calling thread (native only).
+#[cfg(not(target_arch = "wasm32"))]
+pub use pollster::block_on;
 
 /// A backend with a KV cache that turns (token, position) into logits.
 pub trait Decoder {
     fn config(&self) -> &Config;
     /// Runs one token at `pos` (positions must be fed in order from 0) and returns the logits.
-    fn step(&mut self, token: u32, pos: usize) -> Result<&[f32]>;
+    fn step(&mut self, token: u32, pos: usize) -> Fut<'_, &[f32]>;
     /// Runs one token and returns only the most likely next token (greedy decoding). Backends that can
     /// avoid reading back all logits override this.
-    fn step_argmax(&mut self, token: u32, pos: usize) -> Result<u32> {
-        Ok(eval::argmax(self.step(token, pos)?))
+    fn step_argmax(&mut self, token: u32, pos: usize) -> Fut<'_, u32> {
+        Box::pin(async move { Ok(eval::argmax(self.step(token, pos).await?)) })
     }
     /// Runs one token whose output nobody reads (a prompt token): the GPU skips the readback and the
     /// wait, so consecutive tokens pipeline.
-    fn feed(&mut self, token: u32, pos: usize) -> Result<()> {
-        self.step(token, pos).map(|_| ())
+    fn feed(&mut self, token: u32, pos: usize) -> Fut<'_, ()> {
+        Box::pin(async move { self.step(token, pos).await.map(|_| ()) })
     }
     /// CPU time the last step spent recording and submitting GPU work, for backends that do.
     fn encode_ms(&self) -> Option<f64> {

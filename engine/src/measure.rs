@@ -92,26 +92,31 @@ fn log_softmax(logits: &[f32]) -> Vec<f64> {
 }
 
 /// Runs forced decoding over every sequence, calling `f(logits, target)` at each scored position.
-fn forced(dec: &mut dyn Decoder, seqs: &[Vec<u32>], mut f: impl FnMut(&[f32], u32)) -> Result<()> {
+async fn forced(
+    dec: &mut dyn Decoder,
+    seqs: &[Vec<u32>],
+    mut f: impl FnMut(&[f32], u32),
+) -> Result<()> {
     for seq in seqs {
         dec.reset();
         for pos in 0..seq.len().saturating_sub(1) {
-            f(dec.step(seq[pos], pos)?, seq[pos + 1]);
+            f(dec.step(seq[pos], pos).await?, seq[pos + 1]);
         }
     }
     Ok(())
 }
 
 impl Reference {
-    pub fn run(dec: &mut dyn Decoder, seqs: &[Vec<u32>]) -> Result<Reference> {
-        let start = std::time::Instant::now();
+    pub async fn run(dec: &mut dyn Decoder, seqs: &[Vec<u32>]) -> Result<Reference> {
+        let start = web_time::Instant::now();
         let (mut logits, mut targets) = (Vec::new(), Vec::new());
         let mut nll = 0.0;
         forced(dec, seqs, |l, t| {
             nll += eval::nll(l, t);
             logits.push(l.to_vec());
             targets.push(t);
-        })?;
+        })
+        .await?;
         if targets.is_empty() {
             return Err(Error::Invalid("no tokens to score".into()));
         }
@@ -124,6 +129,82 @@ impl Reference {
             seconds: start.elapsed().as_secs_f64(),
             backend: dec.backend(),
         };
+        Ok(Reference {
+            logits,
+            targets,
+            perplexity,
+        })
+    }
+}
+
+impl Reference {
+    /// The largest |logit| the reference produced, the scale tolerances are stated against.
+    pub fn max_abs_logit(&self) -> f64 {
+        self.logits
+            .iter()
+            .flatten()
+            .fold(0.0f64, |m, &v| m.max(v.abs() as f64))
+    }
+
+    /// A compact file the browser fetches: `NREF`, version, positions, vocabulary, the targets as u32,
+    /// the logits as f32 (all little-endian), then the perplexity as JSON.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let vocab = self.logits.first().map_or(0, Vec::len);
+        let mut b = Vec::with_capacity(16 + self.targets.len() * (4 + 4 * vocab));
+        b.extend_from_slice(b"NREF");
+        for v in [1u32, self.targets.len() as u32, vocab as u32] {
+            b.extend_from_slice(&v.to_le_bytes());
+        }
+        for t in &self.targets {
+            b.extend_from_slice(&t.to_le_bytes());
+        }
+        for l in &self.logits {
+            b.extend_from_slice(bytemuck::cast_slice(l));
+        }
+        b.extend_from_slice(&serde_json::to_vec(&self.perplexity).unwrap_or_default());
+        b
+    }
+
+    pub fn from_bytes(b: &[u8], file: &str) -> Result<Reference> {
+        let bad = |field: &str, msg: String| Error::Format {
+            file: file.into(),
+            field: field.into(),
+            msg,
+        };
+        if b.len() < 16 || &b[..4] != b"NREF" {
+            return Err(bad("magic", "not a nibble reference file".into()));
+        }
+        let word = |i: usize| u32::from_le_bytes(b[4 * i..4 * i + 4].try_into().unwrap()) as usize;
+        if word(1) != 1 {
+            return Err(bad("version", format!("{} (this build reads 1)", word(1))));
+        }
+        let (n, vocab) = (word(2), word(3));
+        let body = n
+            .checked_mul(4 + 4 * vocab)
+            .filter(|&x| x <= b.len() - 16)
+            .ok_or_else(|| {
+                bad(
+                    "logits",
+                    format!(
+                        "{n} positions of {vocab} logits do not fit in {} bytes",
+                        b.len()
+                    ),
+                )
+            })?;
+        let targets = b[16..16 + 4 * n]
+            .chunks_exact(4)
+            .map(|c| u32::from_le_bytes(c.try_into().unwrap()))
+            .collect();
+        let logits = b[16 + 4 * n..16 + body]
+            .chunks_exact(4 * vocab.max(1))
+            .map(|row| {
+                row.chunks_exact(4)
+                    .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+                    .collect()
+            })
+            .collect();
+        let perplexity = serde_json::from_slice(&b[16 + body..])
+            .map_err(|e| bad("perplexity", e.to_string()))?;
         Ok(Reference {
             logits,
             targets,
@@ -150,7 +231,7 @@ pub struct Divergence {
 }
 
 /// Scores the same sequences with `cand` and measures its divergence from `reference`.
-pub fn compare(
+pub async fn compare(
     reference: &Reference,
     cand: &mut dyn Decoder,
     seqs: &[Vec<u32>],
@@ -176,7 +257,8 @@ pub fn compare(
         }
         nll -= cp[t as usize];
         i += 1;
-    })?;
+    })
+    .await?;
     if i != reference.targets.len() {
         return Err(Error::Invalid(format!(
             "candidate scored {i} positions, reference {}",
@@ -228,21 +310,21 @@ pub struct SweepRow {
 }
 
 /// Runs each configuration on `backend` against one f32 CPU reference.
-pub fn sweep(
+pub async fn sweep(
     base: &Model,
     seqs: &[Vec<u32>],
     grid: &[RunConfig],
     kv_budget: usize,
-    backend: crate::Backend,
+    backend: crate::Backend<'_>,
     mut progress: impl FnMut(usize, &SweepRow),
 ) -> Result<Vec<SweepRow>> {
-    let reference = Reference::run(&mut CpuDecoder::new(base), seqs)?;
+    let reference = Reference::run(&mut CpuDecoder::new(base), seqs).await?;
     let mut rows = Vec::with_capacity(grid.len());
     for (i, cfg) in grid.iter().enumerate() {
         let (m, fallbacks) = prepare(base, cfg)?;
         let acc = m.accounting();
         let mut dec = backend.decoder(&m, cfg.kv.clone())?;
-        let divergence = compare(&reference, dec.as_mut(), seqs)?;
+        let divergence = compare(&reference, dec.as_mut(), seqs).await?;
         let c = &m.config;
         let row = SweepRow {
             config: cfg.label(),

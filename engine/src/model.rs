@@ -341,21 +341,39 @@ impl Model {
         let is_gguf_name = path
             .extension()
             .is_some_and(|e| e.eq_ignore_ascii_case("gguf"));
-        // A .gguf with a bad magic gets the GGUF parser's "magic" error, not a llama2.c one.
-        let mut model = if bytes.starts_with(gguf::MAGIC) || is_gguf_name {
-            Model::from_gguf(&bytes, &file)?
-        } else {
-            Model::from_llama2c(&bytes, &file)?
+        let tok = match tokenizer {
+            Some(tp) => Some((read_file(tp)?, tp.display().to_string())),
+            None => None,
         };
-        if let Some(tp) = tokenizer {
-            let tfile = tp.display().to_string();
-            let tbytes = read_file(tp)?;
+        Model::from_bytes(
+            &bytes,
+            &file,
+            is_gguf_name,
+            tok.as_ref().map(|(b, f)| (b.as_slice(), f.as_str())),
+        )
+    }
+
+    /// [`Model::load`] on bytes already in memory (a browser's fetch): GGUF by magic or when
+    /// `gguf_name` says so, else a llama2.c checkpoint; then the tokenizer, if given.
+    pub fn from_bytes(
+        bytes: &[u8],
+        file: &str,
+        gguf_name: bool,
+        tokenizer: Option<(&[u8], &str)>,
+    ) -> Result<Model> {
+        // A .gguf with a bad magic gets the GGUF parser's "magic" error, not a llama2.c one.
+        let mut model = if bytes.starts_with(gguf::MAGIC) || gguf_name {
+            Model::from_gguf(bytes, file)?
+        } else {
+            Model::from_llama2c(bytes, file)?
+        };
+        if let Some((tbytes, tfile)) = tokenizer {
             let tok = if tbytes.starts_with(gguf::MAGIC) {
-                Tokenizer::from_gguf(&Gguf::parse(&tbytes, &tfile)?, &tfile)?
+                Tokenizer::from_gguf(&Gguf::parse(tbytes, tfile)?, tfile)?
             } else {
-                Tokenizer::from_llama2c(&tbytes, model.config.vocab_size, &tfile)?
+                Tokenizer::from_llama2c(tbytes, model.config.vocab_size, tfile)?
             };
-            model.set_tokenizer(tok, &tfile)?;
+            model.set_tokenizer(tok, tfile)?;
         }
         Ok(model)
     }
@@ -796,7 +814,12 @@ impl Model {
         let config = preset.config();
         let c = &config;
         let ids = TensorId::all(c, false);
-        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        // wasm32 has no threads here: the work runs inline.
+        let threads = if cfg!(target_arch = "wasm32") {
+            1
+        } else {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        };
         let next = std::sync::atomic::AtomicUsize::new(0);
         type Made = (TensorId, Tensor, Vec<crate::precision::Fallback>);
         let results: std::sync::Mutex<Vec<Made>> = std::sync::Mutex::new(Vec::new());
@@ -818,11 +841,15 @@ impl Model {
                 }
             }
         };
-        std::thread::scope(|s| {
-            for _ in 0..threads.min(ids.len()) {
-                s.spawn(work);
-            }
-        });
+        if threads <= 1 {
+            work();
+        } else {
+            std::thread::scope(|s| {
+                for _ in 0..threads.min(ids.len()) {
+                    s.spawn(work);
+                }
+            });
+        }
         if let Some(e) = failed.into_inner().unwrap() {
             return Err(e);
         }

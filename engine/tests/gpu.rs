@@ -10,6 +10,7 @@
 
 mod common;
 use common::*;
+use nibble_engine::block_on;
 use nibble_engine::cpu::CpuDecoder;
 use nibble_engine::eval;
 use nibble_engine::gpu::{Activations, Gpu, GpuDecoder, GpuOptions};
@@ -36,8 +37,8 @@ fn check_tol(gpu: &Gpu, m: &Model, kv: KvConfig, tokens: &[u32], what: &str, tol
     let mut g = GpuDecoder::new(gpu, m, kv).unwrap();
     let mut worst = 0.0f32;
     for (p, &t) in tokens.iter().enumerate() {
-        let a = cpu.step(t, p).unwrap().to_vec();
-        let b = g.step(t, p).unwrap();
+        let a = block_on(cpu.step(t, p)).unwrap().to_vec();
+        let b = block_on(g.step(t, p)).unwrap();
         let scale = a.iter().fold(0f32, |m, v| m.max(v.abs()));
         let d = a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
         assert!(
@@ -116,8 +117,8 @@ fn gpu_sliding_window_and_greedy() {
     let mut c = CpuDecoder::new(&m);
     for (p, &t) in toks.iter().take(20).enumerate() {
         assert_eq!(
-            g.step_argmax(t, p).unwrap(),
-            eval::argmax(c.step(t, p).unwrap())
+            block_on(g.step_argmax(t, p)).unwrap(),
+            eval::argmax(block_on(c.step(t, p)).unwrap())
         );
     }
 }
@@ -132,11 +133,11 @@ fn gpu_perplexity_matches_cpu() {
         &text("tinystories_sample.txt"),
         192,
     );
-    let c = eval::perplexity(&mut CpuDecoder::new(&m), &seqs).unwrap();
-    let g = eval::perplexity(
+    let c = block_on(eval::perplexity(&mut CpuDecoder::new(&m), &seqs)).unwrap();
+    let g = block_on(eval::perplexity(
         &mut GpuDecoder::new(&gpu, &m, KvConfig::default()).unwrap(),
         &seqs,
-    )
+    ))
     .unwrap();
     println!("PPL cpu {} gpu {} ({})", c.ppl, g.ppl, g.backend);
     assert!((c.ppl - g.ppl).abs() / c.ppl < 1e-3);
@@ -184,8 +185,8 @@ fn split_bindings_give_identical_logits() {
             "{spec}: the embedding was not split"
         );
         for (p, &t) in toks.iter().enumerate() {
-            let x = a.step(t, p).unwrap().to_vec();
-            let y = b.step(t, p).unwrap();
+            let x = block_on(a.step(t, p)).unwrap().to_vec();
+            let y = block_on(b.step(t, p)).unwrap();
             assert!(
                 x.iter().zip(y).all(|(u, v)| u.to_bits() == v.to_bits()),
                 "{spec} pos {p}"
@@ -320,19 +321,19 @@ fn f16_activations_match_cpu() {
             5e-3,
         );
     }
-    let reference = Reference::run(&mut CpuDecoder::new(&base), &seqs[..2]).unwrap();
+    let reference = block_on(Reference::run(&mut CpuDecoder::new(&base), &seqs[..2])).unwrap();
     // (q4_0 KV is left out: it wrecks the model (PPL x3), and its noise swamps the comparison.)
     for spec in ["kv=q8_0", "weights=q4_1,kv=kivi4"] {
         let cfg = RunConfig::parse(spec).unwrap();
         let (m, _) = measure::prepare(&base, &cfg).unwrap();
-        let c = measure::compare(
+        let c = block_on(measure::compare(
             &reference,
             &mut CpuDecoder::with_kv(&m, cfg.kv.clone()).unwrap(),
             &seqs[..2],
-        )
+        ))
         .unwrap();
         let mut gd = GpuDecoder::new(&g, &m, cfg.kv.clone()).unwrap();
-        let d = measure::compare(&reference, &mut gd, &seqs[..2]).unwrap();
+        let d = block_on(measure::compare(&reference, &mut gd, &seqs[..2])).unwrap();
         println!(
             "f16 act {spec}: PPL cpu {:.4} gpu {:.4}; top-1 vs oracle cpu {:.3} gpu {:.3}",
             c.ppl, d.ppl, c.top1_agreement, d.top1_agreement

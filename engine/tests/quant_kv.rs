@@ -5,6 +5,7 @@
 mod common;
 use common::*;
 use half::f16;
+use nibble_engine::block_on;
 use nibble_engine::cpu::CpuDecoder;
 use nibble_engine::eval;
 use nibble_engine::kv::{KvCache, KvConfig, KvType};
@@ -108,14 +109,19 @@ fn bigger_blocks_cost_fewer_bits_and_more_error() {
         include_str!("../../harness/assets/sample.txt"),
         128,
     );
-    let reference = Reference::run(&mut CpuDecoder::new(&base), &seqs[..1]).unwrap();
+    let reference = block_on(Reference::run(&mut CpuDecoder::new(&base), &seqs[..1])).unwrap();
     let mut last: Option<(f64, f64)> = None;
     for block in [32, 256] {
         let cfg = RunConfig::parse(&format!("weights=q4_1,block={block}")).unwrap();
         let (m, fb) = measure::prepare(&base, &cfg).unwrap();
         assert!(fb.is_empty());
         let bpw = m.accounting().by_class[&nibble_engine::model::Class::Attention].bits_per_weight;
-        let d = measure::compare(&reference, &mut CpuDecoder::new(&m), &seqs[..1]).unwrap();
+        let d = block_on(measure::compare(
+            &reference,
+            &mut CpuDecoder::new(&m),
+            &seqs[..1],
+        ))
+        .unwrap();
         if let Some((b0, kl0)) = last {
             assert!(bpw < b0, "bits: {bpw} vs {b0}");
             assert!(d.mean_kl > kl0, "KL: {} vs {kl0}", d.mean_kl);
@@ -132,7 +138,7 @@ fn kv_cache_types_cost_what_they_should_on_stories260k() {
     let tok = m.tokenizer.as_ref().unwrap();
     for name in ["tinystories_sample.txt", "tinystories_valid_head.txt"] {
         let seqs = eval::story_tokens(tok, &text(name), m.config.seq_len);
-        let reference = Reference::run(&mut CpuDecoder::new(&m), &seqs).unwrap();
+        let reference = block_on(Reference::run(&mut CpuDecoder::new(&m), &seqs)).unwrap();
         let mut d = std::collections::HashMap::new();
         for kv in KvType::ALL {
             let cfg = KvConfig {
@@ -141,7 +147,7 @@ fn kv_cache_types_cost_what_they_should_on_stories260k() {
                 ..KvConfig::default()
             };
             let mut dec = CpuDecoder::with_kv(&m, cfg).unwrap();
-            let r = measure::compare(&reference, &mut dec, &seqs).unwrap();
+            let r = block_on(measure::compare(&reference, &mut dec, &seqs)).unwrap();
             println!(
                 "{name} kv={}: PPL {:.4} (Δ {:+.4}), mean KL {:.5}, top-1 {:.2}%",
                 kv.name(),
@@ -227,7 +233,7 @@ fn kivi4_logits_follow_the_residual_path() {
         let mut dec = CpuDecoder::with_kv(&m, cfg).unwrap();
         toks.iter()
             .enumerate()
-            .map(|(p, &t)| dec.step(t, p).unwrap().to_vec())
+            .map(|(p, &t)| block_on(dec.step(t, p)).unwrap().to_vec())
             .collect::<Vec<_>>()
     };
     let f16 = run(KvType::F16, 32);
@@ -257,7 +263,7 @@ fn sliding_window_memory_is_flat_and_decoding_passes_the_context() {
         let total = c.seq_len + 100;
         let mut bytes = Vec::new();
         for p in 0..total {
-            let logits = dec.step((p % 250) as u32 + 3, p).unwrap();
+            let logits = block_on(dec.step((p % 250) as u32 + 3, p)).unwrap();
             assert!(logits.iter().all(|x| x.is_finite()));
             bytes.push(dec.kv_bytes());
             assert_eq!(
@@ -279,7 +285,7 @@ fn sliding_window_memory_is_flat_and_decoding_passes_the_context() {
     }
     // Without a window the context is a hard limit.
     let mut dec = CpuDecoder::new(&m);
-    let e = dec.step(3, c.seq_len).unwrap_err().to_string();
+    let e = block_on(dec.step(3, c.seq_len)).unwrap_err().to_string();
     assert!(e.contains("past the model's context"), "{e}");
 }
 
@@ -300,7 +306,7 @@ fn window_longer_than_sequence_is_exact() {
         .unwrap();
         toks.iter()
             .enumerate()
-            .map(|(p, &t)| dec.step(t, p).unwrap().to_vec())
+            .map(|(p, &t)| block_on(dec.step(t, p)).unwrap().to_vec())
             .collect::<Vec<_>>()
     };
     let full = run(None, 0);
@@ -423,7 +429,7 @@ fn f32_weights_and_f32_kv_reproduce_the_oracle_exactly() {
         let want = naive_forward(&base, &toks);
         let mut dec = CpuDecoder::with_kv(&m, cfg.kv.clone()).unwrap();
         for (p, &t) in toks.iter().enumerate() {
-            let got = dec.step(t, p).unwrap();
+            let got = block_on(dec.step(t, p)).unwrap();
             assert!(
                 got.iter()
                     .zip(&want[p])

@@ -2,6 +2,7 @@
 
 mod common;
 use common::*;
+use nibble_engine::block_on;
 use nibble_engine::eval::{self, Sampler};
 use nibble_engine::{cpu::CpuDecoder, Model};
 
@@ -10,7 +11,14 @@ fn greedy_generation_matches_llama2c() {
     let m = stories();
     let tok = m.tokenizer.as_ref().unwrap();
     let mut dec = CpuDecoder::new(&m);
-    let g = eval::generate(&mut dec, tok, "", 100, &mut Sampler::new(0.0, 0.9, 0)).unwrap();
+    let g = block_on(eval::generate(
+        &mut dec,
+        tok,
+        "",
+        100,
+        &mut Sampler::new(0.0, 0.9, 0),
+    ))
+    .unwrap();
     // llama2.c's documented output for stories260K at temperature 0.
     let want = "Once upon a time, there was a little girl named Lily. She loved to play outside in the park. \
                 One day, she saw a big, red ball. She wanted to play with it, but it was too high.";
@@ -24,9 +32,15 @@ fn sampling_is_seeded_and_differs_from_greedy() {
     let tok = m.tokenizer.as_ref().unwrap();
     let run = |seed| {
         let mut dec = CpuDecoder::new(&m);
-        eval::generate(&mut dec, tok, "Once", 40, &mut Sampler::new(1.0, 0.9, seed))
-            .unwrap()
-            .tokens
+        block_on(eval::generate(
+            &mut dec,
+            tok,
+            "Once",
+            40,
+            &mut Sampler::new(1.0, 0.9, seed),
+        ))
+        .unwrap()
+        .tokens
     };
     assert_eq!(run(7), run(7));
     assert_ne!(run(7), run(8));
@@ -45,7 +59,7 @@ fn perplexity_follows_the_protocol() {
             .iter()
             .all(|s| s[0] == tok.bos && s.len() <= m.config.seq_len));
         let expected: usize = seqs.iter().map(|s| s.len() - 1).sum();
-        let p = eval::perplexity(&mut CpuDecoder::new(&m), &seqs).unwrap();
+        let p = block_on(eval::perplexity(&mut CpuDecoder::new(&m), &seqs)).unwrap();
         assert_eq!(p.tokens_scored, expected);
         // A trained model is far better than uniform over 512 tokens, and not perfect.
         assert!(p.ppl > 1.5 && p.ppl < 8.0, "{name}: PPL {}", p.ppl);

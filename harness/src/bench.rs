@@ -6,12 +6,12 @@ use crate::native::{load_model, BackendArgs};
 use crate::ModelArgs;
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use nibble_engine::gpu::GpuMemory;
+use nibble_engine::bench::{self, BenchOpts, ConfigBench};
 use nibble_engine::kv::KvConfig;
-use nibble_engine::model::{Class, Model, Preset, TensorId};
-use nibble_engine::precision::{Accounting, Fallback, Policy, WeightConfig};
+use nibble_engine::model::{Class, Model, Preset};
+use nibble_engine::precision::{Accounting, Policy, WeightConfig};
 use nibble_engine::quant::WType;
-use nibble_engine::{Backend, Decoder};
+use nibble_engine::{block_on, Backend};
 use serde::Serialize;
 use std::path::PathBuf;
 use std::time::Instant;
@@ -52,101 +52,6 @@ pub struct BenchArgs {
     /// Output directory for bench.json and bench.md (default: reports/bench-MODEL).
     #[arg(long)]
     out: Option<PathBuf>,
-}
-
-/// Median and spread of repeated measurements.
-#[derive(Debug, Clone, Serialize)]
-pub struct Stat {
-    pub median: f64,
-    pub p10: f64,
-    pub p90: f64,
-    pub min: f64,
-    pub max: f64,
-    pub mean: f64,
-    /// 95% confidence interval of the mean (t-distribution), as ± half-width.
-    pub ci95: f64,
-    pub n: usize,
-}
-
-impl Stat {
-    pub fn of(xs: &[f64]) -> Stat {
-        let mut v = xs.to_vec();
-        v.sort_by(f64::total_cmp);
-        let n = v.len();
-        let q = |p: f64| {
-            let i = p * (n - 1) as f64;
-            let (lo, hi) = (i.floor() as usize, i.ceil() as usize);
-            v[lo] + (v[hi] - v[lo]) * (i - lo as f64)
-        };
-        let mean = v.iter().sum::<f64>() / n as f64;
-        let var = if n > 1 {
-            v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1) as f64
-        } else {
-            0.0
-        };
-        Stat {
-            median: q(0.5),
-            p10: q(0.1),
-            p90: q(0.9),
-            min: v[0],
-            max: v[n - 1],
-            mean,
-            ci95: t95(n) * (var / n as f64).sqrt(),
-            n,
-        }
-    }
-}
-
-/// Two-sided 95% Student t quantile for n - 1 degrees of freedom.
-fn t95(n: usize) -> f64 {
-    const T: [f64; 10] = [
-        12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228,
-    ];
-    match n {
-        0 | 1 => f64::NAN,
-        n if n <= 11 => T[n - 2],
-        n if n <= 31 => 2.042,
-        _ => 1.96,
-    }
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct Prefill {
-    pub prompt_tokens: usize,
-    pub tokens_per_s: Stat,
-    /// How the prompt was processed.
-    pub method: String,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct Decode {
-    pub depth: usize,
-    /// Per-token latency over every timed token of every repetition.
-    pub ms_per_token: Stat,
-    /// Median per repetition, so the spread between repetitions shows.
-    pub rep_medians_ms: Vec<f64>,
-    /// CPU time per token spent recording and submitting the GPU work (GPU backend only).
-    pub cpu_encode_ms: Option<Stat>,
-    /// Weights plus the KV cache actually read for one token at this depth.
-    pub bytes_per_token: u64,
-    pub achieved_gb_s: f64,
-    pub roofline_pct: Option<f64>,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct ConfigBench {
-    pub config: String,
-    pub weights: Accounting,
-    pub fallbacks: Vec<Fallback>,
-    pub gpu_memory: Option<GpuMemory>,
-    pub kv_bytes: usize,
-    pub build_s: f64,
-    pub upload_s: f64,
-    pub prefill: Vec<Prefill>,
-    /// Time to first token: the first prompt length's prefill plus its first generated token.
-    pub ttft_ms: Option<Stat>,
-    pub decode: Vec<Decode>,
-    pub not_measured: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -206,39 +111,6 @@ fn weight_config(spec: &str, block: usize) -> Result<WeightConfig> {
     Ok(w)
 }
 
-/// Bytes one decode step reads: every matrix except the embedding (one row of it), all norms, and the
-/// keys and values of `n_att` positions.
-fn bytes_per_token(m: &Model, n_att: usize) -> u64 {
-    let c = &m.config;
-    let mut b = 0u64;
-    for id in TensorId::all(c, m.tied()) {
-        b += match id.class() {
-            Class::Norm => (c.dim * 4) as u64,
-            _ if id == TensorId::TokEmbd => (m.weights.tok_embd.n_bytes() / c.vocab_size) as u64,
-            _ => m.weights.matrix(id).n_bytes() as u64,
-        };
-    }
-    if m.tied() {
-        b += m.weights.tok_embd.n_bytes() as u64;
-    }
-    b + (n_att * c.kv_dim() * 4 * 2 * c.n_layers) as u64
-}
-
-fn tokens(n: usize, vocab: usize, salt: usize) -> Vec<u32> {
-    (0..n)
-        .map(|i| (3 + (i * 7919 + salt * 104729) % (vocab - 3)) as u32)
-        .collect()
-}
-
-/// Feeds a prompt; the GPU pipelines it without per-token readback.
-fn prefill(dec: &mut dyn Decoder, toks: &[u32]) -> Result<u32> {
-    let (&last, rest) = toks.split_last().context("empty prompt")?;
-    for (p, &t) in rest.iter().enumerate() {
-        dec.feed(t, p)?;
-    }
-    Ok(dec.step_argmax(last, rest.len())?)
-}
-
 pub fn bench(a: BenchArgs) -> Result<()> {
     let rt = a.backend.open()?;
     let backend = rt.backend();
@@ -265,7 +137,6 @@ pub fn bench(a: BenchArgs) -> Result<()> {
         let build_s = t0.elapsed().as_secs_f64();
         let model_name = m.name.clone();
         let params = m.config.n_params(m.tied());
-        let c = m.config.clone();
         let kv = KvConfig::default();
         eprintln!(
             "[{spec}] uploading ({} weight bytes)",
@@ -279,103 +150,32 @@ pub fn bench(a: BenchArgs) -> Result<()> {
             Backend::Cpu => None,
         };
         let kv_bytes = dec.kv_bytes();
-        let mut not_measured = Vec::new();
-        let mut pf = Vec::new();
-        let mut ttft = None;
-        for (pi, &n) in a.prompts.iter().enumerate() {
-            if n + 1 > c.seq_len {
-                not_measured.push(format!("prefill {n}: the model's context is {}", c.seq_len));
-                continue;
-            }
-            let toks = tokens(n, c.vocab_size, pi);
-            let mut tps = Vec::new();
-            let mut firsts = Vec::new();
-            for r in 0..a.warmup + reps {
-                dec.reset();
-                let t0 = Instant::now();
-                prefill(dec.as_mut(), &toks)?;
-                let s = t0.elapsed().as_secs_f64();
-                if r >= a.warmup {
-                    tps.push(n as f64 / s);
-                    firsts.push(s * 1e3);
-                }
-            }
-            eprintln!(
-                "[{spec}] prefill {n}: {:.1} tokens/s (median)",
-                Stat::of(&tps).median
-            );
-            if ttft.is_none() {
-                ttft = Some(Stat::of(&firsts));
-            }
-            pf.push(Prefill {
-                prompt_tokens: n,
-                tokens_per_s: Stat::of(&tps),
-                method: "token by token, one submission per token, no readback until the last (no batched prefill kernel yet)".into(),
-            });
-        }
-        let mut decode = Vec::new();
-        for &depth in &a.depths {
-            if depth + a.decode_tokens + 1 > c.seq_len {
-                not_measured.push(format!(
-                    "decode at depth {depth}: needs {} positions, the model's context is {}",
-                    depth + a.decode_tokens + 1,
-                    c.seq_len
-                ));
-                continue;
-            }
-            let ctx = tokens(depth + 1, c.vocab_size, 7);
-            let mut all = Vec::new();
-            let mut encode = Vec::new();
-            let mut rep_medians = Vec::new();
-            for r in 0..a.warmup + reps {
-                dec.reset();
-                let mut next = prefill(dec.as_mut(), &ctx)?;
-                let mut times = Vec::with_capacity(a.decode_tokens);
-                for i in 0..a.decode_tokens {
-                    let t0 = Instant::now();
-                    next = dec.step_argmax(next, depth + 1 + i)?;
-                    times.push(t0.elapsed().as_secs_f64() * 1e3);
-                    if r >= a.warmup {
-                        encode.extend(dec.encode_ms());
-                    }
-                }
-                if r >= a.warmup {
-                    rep_medians.push(Stat::of(&times).median);
-                    all.extend(times);
-                }
-            }
-            let st = Stat::of(&all);
-            // Mean attended positions over the timed tokens.
-            let n_att = depth + 2 + a.decode_tokens / 2;
-            let bytes = bytes_per_token(&m, n_att);
-            let gbs = bytes as f64 / (st.median / 1e3) / 1e9;
-            eprintln!(
-                "[{spec}] decode at depth {depth}: {:.3} ms/token (median), {gbs:.1} GB/s",
-                st.median
-            );
-            decode.push(Decode {
-                depth,
-                ms_per_token: st,
-                rep_medians_ms: rep_medians,
-                cpu_encode_ms: (!encode.is_empty()).then(|| Stat::of(&encode)),
-                bytes_per_token: bytes,
-                achieved_gb_s: gbs,
-                roofline_pct: a.bandwidth.map(|bw| gbs / bw * 100.0),
-            });
-        }
+        let opts = BenchOpts {
+            reps,
+            warmup: a.warmup,
+            prompts: a.prompts.clone(),
+            depths: a.depths.clone(),
+            decode_tokens: a.decode_tokens,
+            bandwidth: a.bandwidth,
+        };
+        let t = block_on(bench::measure(dec.as_mut(), &m, &opts, |l| {
+            eprintln!("[{spec}] {l}")
+        }))?;
+        let backend_name = dec.backend();
         drop(dec);
         configs.push(ConfigBench {
             config: spec.clone(),
+            backend: backend_name,
             weights: m.accounting(),
             fallbacks,
             gpu_memory,
             kv_bytes,
             build_s,
             upload_s,
-            prefill: pf,
-            ttft_ms: ttft,
-            decode,
-            not_measured,
+            prefill: t.prefill,
+            ttft_ms: t.ttft_ms,
+            decode: t.decode,
+            not_measured: t.not_measured,
         });
         // Written after every configuration, so a crash or a time limit keeps what was measured.
         write_report(&a, &rt, &model_name, params, reps, &configs)?;

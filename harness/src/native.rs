@@ -14,7 +14,7 @@ use nibble_engine::model::Model;
 use nibble_engine::precision::{Fallback, Policy, WeightConfig};
 use nibble_engine::quant::WType;
 use nibble_engine::tokenizer::Tokenizer;
-use nibble_engine::{Backend, Decoder};
+use nibble_engine::{block_on, Backend, Decoder};
 use std::path::PathBuf;
 
 /// Weight and KV-cache options shared by the commands that run a model.
@@ -290,7 +290,13 @@ pub fn generate(a: GenerateArgs) -> Result<()> {
     let rt = a.backend.open()?;
     let mut dec = rt.decoder(&model, cfg.kv.clone())?;
     let mut sampler = Sampler::new(a.temperature, a.top_p, a.seed);
-    let g = eval::generate(dec.as_mut(), tok, &a.prompt, a.n, &mut sampler)?;
+    let g = block_on(eval::generate(
+        dec.as_mut(),
+        tok,
+        &a.prompt,
+        a.n,
+        &mut sampler,
+    ))?;
     if a.json {
         let v = serde_json::json!({
             "model": model.name,
@@ -349,7 +355,7 @@ pub fn perplexity(a: PerplexityArgs) -> Result<()> {
     let seqs = eval::story_tokens(tok, &read_text(&a.text)?, model.config.seq_len);
     let rt = a.backend.open()?;
     let mut dec = rt.decoder(&model, cfg.kv.clone())?;
-    let p = eval::perplexity(dec.as_mut(), &seqs)?;
+    let p = block_on(eval::perplexity(dec.as_mut(), &seqs))?;
     if a.json {
         let v = serde_json::json!({
             "model": model.name,
@@ -403,13 +409,13 @@ pub fn compare(a: CompareArgs) -> Result<()> {
     let tok = require_tokenizer(&base)?;
     let seqs = eval::story_tokens(tok, &read_text(&a.text)?, base.config.seq_len);
     let cands = parse_candidates(&a.candidate)?;
-    let reference = Reference::run(&mut CpuDecoder::new(&base), &seqs)?;
+    let reference = block_on(Reference::run(&mut CpuDecoder::new(&base), &seqs))?;
     let rt = a.backend.open()?;
     let mut out = Vec::new();
     for cfg in &cands {
         let (m, fb) = measure::prepare(&base, cfg)?;
         let mut dec = rt.decoder(&m, cfg.kv.clone())?;
-        let d = measure::compare(&reference, dec.as_mut(), &seqs)?;
+        let d = block_on(measure::compare(&reference, dec.as_mut(), &seqs))?;
         out.push((m.accounting(), fb, d, cfg));
     }
     if a.json {
@@ -505,23 +511,30 @@ pub fn sweep(a: SweepArgs) -> Result<()> {
     );
     println!("| config | bits/weight | weight bytes | vs f16 | f16 fallbacks | KV B/token | ctx in budget | PPL | ΔPPL | mean KL | top-1 |");
     println!("|---|---|---|---|---|---|---|---|---|---|---|");
-    let rows = measure::sweep(&base, &seqs, &grid, budget, rt.backend(), |_, r| {
-        println!(
-            "| {} | {:.3} | {} | {:.1}% | {} | {:.1} | {} | {:.4} | {:+.4} | {:.5} | {:.2}% |",
-            r.config,
-            r.bits_per_weight,
-            r.weight_bytes,
-            r.reduction_vs_f16 * 100.0,
-            r.fallbacks.len(),
-            r.kv_bytes_per_token,
-            r.context_in_budget
-                .map_or("unbounded (window)".into(), |n| n.to_string()),
-            r.divergence.ppl,
-            r.divergence.delta_ppl,
-            r.divergence.mean_kl,
-            r.divergence.top1_agreement * 100.0
-        );
-    })?;
+    let rows = block_on(measure::sweep(
+        &base,
+        &seqs,
+        &grid,
+        budget,
+        rt.backend(),
+        |_, r| {
+            println!(
+                "| {} | {:.3} | {} | {:.1}% | {} | {:.1} | {} | {:.4} | {:+.4} | {:.5} | {:.2}% |",
+                r.config,
+                r.bits_per_weight,
+                r.weight_bytes,
+                r.reduction_vs_f16 * 100.0,
+                r.fallbacks.len(),
+                r.kv_bytes_per_token,
+                r.context_in_budget
+                    .map_or("unbounded (window)".into(), |n| n.to_string()),
+                r.divergence.ppl,
+                r.divergence.delta_ppl,
+                r.divergence.mean_kl,
+                r.divergence.top1_agreement * 100.0
+            );
+        },
+    ))?;
     let doc = serde_json::json!({
         "model": base.name,
         "backend": rt.backend().name(),

@@ -1,6 +1,7 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
 
+use nibble_engine::block_on;
 use std::path::PathBuf;
 
 /// The real test models: `$NIBBLE_MODELS`, else `../shared/models` beside the checkout. CI always has
@@ -85,7 +86,7 @@ pub fn forced_logits(model: &nibble_engine::Model, tokens: &[u32]) -> Vec<f32> {
     let mut dec = nibble_engine::cpu::CpuDecoder::new(model);
     let mut all = Vec::new();
     for (pos, &t) in tokens.iter().enumerate() {
-        all.extend_from_slice(dec.step(t, pos).unwrap());
+        all.extend_from_slice(block_on(dec.step(t, pos)).unwrap());
     }
     all
 }

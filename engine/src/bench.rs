@@ -1,0 +1,260 @@
+//! Latency measurement shared by `nibble bench` natively and the browser's latency scenario: prefill
+//! tokens/s, time to first token and decode ms/token, as medians with their spread over repetitions.
+
+use crate::gpu::GpuMemory;
+use crate::model::{Class, Model, TensorId};
+use crate::precision::{Accounting, Fallback};
+use crate::{Decoder, Error, Result};
+use serde::{Deserialize, Serialize};
+use web_time::Instant;
+
+/// What to time and how often.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BenchOpts {
+    pub reps: usize,
+    pub warmup: usize,
+    pub prompts: Vec<usize>,
+    pub depths: Vec<usize>,
+    pub decode_tokens: usize,
+    /// Memory bandwidth in GB/s for the roofline column.
+    pub bandwidth: Option<f64>,
+}
+
+/// Median and spread of repeated measurements.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Stat {
+    pub median: f64,
+    pub p10: f64,
+    pub p90: f64,
+    pub min: f64,
+    pub max: f64,
+    pub mean: f64,
+    /// 95% confidence interval of the mean (t-distribution), as ± half-width.
+    pub ci95: f64,
+    pub n: usize,
+}
+
+impl Stat {
+    pub fn of(xs: &[f64]) -> Stat {
+        let mut v = xs.to_vec();
+        v.sort_by(f64::total_cmp);
+        let n = v.len();
+        let q = |p: f64| {
+            let i = p * (n - 1) as f64;
+            let (lo, hi) = (i.floor() as usize, i.ceil() as usize);
+            v[lo] + (v[hi] - v[lo]) * (i - lo as f64)
+        };
+        let mean = v.iter().sum::<f64>() / n as f64;
+        let var = if n > 1 {
+            v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1) as f64
+        } else {
+            0.0
+        };
+        Stat {
+            median: q(0.5),
+            p10: q(0.1),
+            p90: q(0.9),
+            min: v[0],
+            max: v[n - 1],
+            mean,
+            ci95: t95(n) * (var / n as f64).sqrt(),
+            n,
+        }
+    }
+}
+
+/// Two-sided 95% Student t quantile for n - 1 degrees of freedom.
+fn t95(n: usize) -> f64 {
+    const T: [f64; 10] = [
+        12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228,
+    ];
+    match n {
+        0 | 1 => f64::NAN,
+        n if n <= 11 => T[n - 2],
+        n if n <= 31 => 2.042,
+        _ => 1.96,
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Prefill {
+    pub prompt_tokens: usize,
+    pub tokens_per_s: Stat,
+    /// How the prompt was processed.
+    pub method: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Decode {
+    pub depth: usize,
+    /// Per-token latency over every timed token of every repetition.
+    pub ms_per_token: Stat,
+    /// Median per repetition, so the spread between repetitions shows.
+    pub rep_medians_ms: Vec<f64>,
+    /// CPU time per token spent recording and submitting the GPU work (GPU backend only).
+    pub cpu_encode_ms: Option<Stat>,
+    /// Weights plus the KV cache actually read for one token at this depth.
+    pub bytes_per_token: u64,
+    pub achieved_gb_s: f64,
+    pub roofline_pct: Option<f64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ConfigBench {
+    pub config: String,
+    pub backend: String,
+    pub weights: Accounting,
+    pub fallbacks: Vec<Fallback>,
+    pub gpu_memory: Option<GpuMemory>,
+    pub kv_bytes: usize,
+    pub build_s: f64,
+    pub upload_s: f64,
+    pub prefill: Vec<Prefill>,
+    /// Time to first token: the first prompt length's prefill plus its first generated token.
+    pub ttft_ms: Option<Stat>,
+    pub decode: Vec<Decode>,
+    pub not_measured: Vec<String>,
+}
+
+/// Bytes one decode step reads: every matrix except the embedding (one row of it), all norms, and the
+/// keys and values of `n_att` positions.
+pub fn bytes_per_token(m: &Model, n_att: usize) -> u64 {
+    let c = &m.config;
+    let mut b = 0u64;
+    for id in TensorId::all(c, m.tied()) {
+        b += match id.class() {
+            Class::Norm => (c.dim * 4) as u64,
+            _ if id == TensorId::TokEmbd => (m.weights.tok_embd.n_bytes() / c.vocab_size) as u64,
+            _ => m.weights.matrix(id).n_bytes() as u64,
+        };
+    }
+    if m.tied() {
+        b += m.weights.tok_embd.n_bytes() as u64;
+    }
+    b + (n_att * c.kv_dim() * 4 * 2 * c.n_layers) as u64
+}
+
+pub fn tokens(n: usize, vocab: usize, salt: usize) -> Vec<u32> {
+    (0..n)
+        .map(|i| (3 + (i * 7919 + salt * 104729) % (vocab - 3)) as u32)
+        .collect()
+}
+
+/// Feeds a prompt; the GPU pipelines it without per-token readback.
+pub async fn prefill(dec: &mut dyn Decoder, toks: &[u32]) -> Result<u32> {
+    let (&last, rest) = toks
+        .split_last()
+        .ok_or_else(|| Error::Invalid("empty prompt".into()))?;
+    for (p, &t) in rest.iter().enumerate() {
+        dec.feed(t, p).await?;
+    }
+    dec.step_argmax(last, rest.len()).await
+}
+
+/// The timed part of one configuration.
+pub struct Timings {
+    pub prefill: Vec<Prefill>,
+    pub ttft_ms: Option<Stat>,
+    pub decode: Vec<Decode>,
+    pub not_measured: Vec<String>,
+}
+
+/// Times prefill at each prompt length and decode at each depth on `dec`, which holds `m`.
+/// `log` hears one line per finished test.
+pub async fn measure(
+    dec: &mut dyn Decoder,
+    m: &Model,
+    o: &BenchOpts,
+    mut log: impl FnMut(&str),
+) -> Result<Timings> {
+    let c = m.config.clone();
+    let reps = o.reps.max(1);
+    let mut t = Timings {
+        prefill: Vec::new(),
+        ttft_ms: None,
+        decode: Vec::new(),
+        not_measured: Vec::new(),
+    };
+    for (pi, &n) in o.prompts.iter().enumerate() {
+        if n + 1 > c.seq_len {
+            t.not_measured
+                .push(format!("prefill {n}: the model's context is {}", c.seq_len));
+            continue;
+        }
+        let toks = tokens(n, c.vocab_size, pi);
+        let mut tps = Vec::new();
+        let mut firsts = Vec::new();
+        for r in 0..o.warmup + reps {
+            dec.reset();
+            let t0 = Instant::now();
+            prefill(dec, &toks).await?;
+            let s = t0.elapsed().as_secs_f64();
+            if r >= o.warmup {
+                tps.push(n as f64 / s);
+                firsts.push(s * 1e3);
+            }
+        }
+        log(&format!(
+            "prefill {n}: {:.1} tokens/s (median)",
+            Stat::of(&tps).median
+        ));
+        if t.ttft_ms.is_none() {
+            t.ttft_ms = Some(Stat::of(&firsts));
+        }
+        t.prefill.push(Prefill {
+            prompt_tokens: n,
+            tokens_per_s: Stat::of(&tps),
+            method: "token by token, one submission per token, no readback until the last (no batched prefill kernel yet)".into(),
+        });
+    }
+    for &depth in &o.depths {
+        if depth + o.decode_tokens + 1 > c.seq_len {
+            t.not_measured.push(format!(
+                "decode at depth {depth}: needs {} positions, the model's context is {}",
+                depth + o.decode_tokens + 1,
+                c.seq_len
+            ));
+            continue;
+        }
+        let ctx = tokens(depth + 1, c.vocab_size, 7);
+        let mut all = Vec::new();
+        let mut encode = Vec::new();
+        let mut rep_medians = Vec::new();
+        for r in 0..o.warmup + reps {
+            dec.reset();
+            let mut next = prefill(dec, &ctx).await?;
+            let mut times = Vec::with_capacity(o.decode_tokens);
+            for i in 0..o.decode_tokens {
+                let t0 = Instant::now();
+                next = dec.step_argmax(next, depth + 1 + i).await?;
+                times.push(t0.elapsed().as_secs_f64() * 1e3);
+                if r >= o.warmup {
+                    encode.extend(dec.encode_ms());
+                }
+            }
+            if r >= o.warmup {
+                rep_medians.push(Stat::of(&times).median);
+                all.extend(times);
+            }
+        }
+        let st = Stat::of(&all);
+        // Mean attended positions over the timed tokens.
+        let n_att = depth + 2 + o.decode_tokens / 2;
+        let bytes = bytes_per_token(m, n_att);
+        let gbs = bytes as f64 / (st.median / 1e3) / 1e9;
+        log(&format!(
+            "decode at depth {depth}: {:.3} ms/token (median), {gbs:.1} GB/s",
+            st.median
+        ));
+        t.decode.push(Decode {
+            depth,
+            ms_per_token: st,
+            rep_medians_ms: rep_medians,
+            cpu_encode_ms: (!encode.is_empty()).then(|| Stat::of(&encode)),
+            bytes_per_token: bytes,
+            achieved_gb_s: gbs,
+            roofline_pct: o.bandwidth.map(|bw| gbs / bw * 100.0),
+        });
+    }
+    Ok(t)
+}

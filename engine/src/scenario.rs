@@ -1,0 +1,475 @@
+//! The measurement scenarios that run in every browser and natively, and the one result schema they
+//! share. The harness serialises these structs into `results.json`; the wasm API returns them as JSON;
+//! nothing redefines them in JS.
+//!
+//! Every figure here is measured in the run that reports it. Where a host cannot measure something,
+//! the field is `None` and a reason goes into `not_measured`.
+
+use crate::bench::{self, BenchOpts, ConfigBench};
+use crate::gpu::{AdapterReport, GpuMemory};
+use crate::kv::{KvConfig, KvType};
+use crate::measure::{self, Divergence, Reference, RunConfig};
+use crate::precision::Accounting;
+use crate::{Backend, Model, Result};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use web_time::Instant;
+
+/// Whether a feature exists here, and what was seen.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Availability {
+    pub available: bool,
+    pub detail: String,
+}
+
+/// Scenario "capabilities": what the host offers.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+pub struct Capabilities {
+    /// "native" or "browser".
+    pub host: String,
+    pub user_agent: Option<String>,
+    /// The backend every other scenario ran on: "webgpu", "wasm-cpu", "native-gpu" or "cpu".
+    pub backend: String,
+    /// Why WebGPU (or a native GPU) was not used, when it was not.
+    pub gpu_unavailable: Option<String>,
+    pub adapter: Option<AdapterReport>,
+    /// "f16" or "f32"; `None` on a CPU backend.
+    pub activations: Option<String>,
+    /// Storage, memory and threading APIs by name (cache_api, opfs, performance_memory, ...).
+    pub apis: BTreeMap<String, Availability>,
+}
+
+/// What accuracy must stay within to PASS, relative to the native CPU oracle on the same weights.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Tolerance {
+    /// max |Δlogit| allowed, already scaled by (1 + max |reference logit|).
+    pub max_abs_dlogit: f64,
+    pub min_top1: f64,
+    /// |ΔPPL| / PPL allowed.
+    pub max_rel_dppl: f64,
+    pub why: String,
+}
+
+impl Tolerance {
+    /// Tolerances by backend and activation type, scaled by the reference's logit magnitude. They come
+    /// from the GPU tests' measured worst cases (engine/tests/gpu.rs) with headroom for other drivers:
+    /// - the CPU path compiled to wasm differs from native only in libm's exp/sin/cos: 1e-4 relative;
+    /// - f32 GPU activations reorder f32 sums (and software adapters differ in fma): 1e-3 relative;
+    /// - f16 activations round every stored activation to 11 bits: 2e-2 relative.
+    ///
+    /// Top-1 must agree on 99% of positions: near-ties inside the tolerance may flip.
+    pub fn for_backend(backend: &str, activations: Option<&str>, max_logit: f64) -> Tolerance {
+        let (rel, dppl, why) = match (backend, activations) {
+            ("wasm-cpu" | "cpu", _) => (1e-4, 1e-4, "CPU code; only libm differs"),
+            (_, Some("f16")) => (2e-2, 1e-2, "f16 activations"),
+            _ => (1e-3, 1e-3, "f32 activations on a GPU"),
+        };
+        Tolerance {
+            max_abs_dlogit: rel * (1.0 + max_logit),
+            min_top1: 0.99,
+            max_rel_dppl: dppl,
+            why: format!("{why}: {rel:e} x (1 + max |logit| {max_logit:.2}), top-1 >= 99%, |dPPL|/PPL <= {dppl:e}"),
+        }
+    }
+
+    pub fn check(&self, d: &Divergence) -> std::result::Result<(), String> {
+        let mut fails = Vec::new();
+        if !within(d.max_abs_dlogit, self.max_abs_dlogit) {
+            fails.push(format!(
+                "max |dlogit| {:.3e} > {:.3e}",
+                d.max_abs_dlogit, self.max_abs_dlogit
+            ));
+        }
+        if !within(self.min_top1, d.top1_agreement) {
+            fails.push(format!(
+                "top-1 {:.2}% < {:.0}%",
+                d.top1_agreement * 100.0,
+                self.min_top1 * 100.0
+            ));
+        }
+        let rel = (d.delta_ppl / d.ppl_reference).abs();
+        if !within(rel, self.max_rel_dppl) {
+            fails.push(format!("|dPPL|/PPL {rel:.3e} > {:.3e}", self.max_rel_dppl));
+        }
+        if fails.is_empty() {
+            Ok(())
+        } else {
+            Err(fails.join("; "))
+        }
+    }
+}
+
+/// `x <= limit`, false for NaN: a figure that is not a number never passes.
+fn within(x: f64, limit: f64) -> bool {
+    x <= limit
+}
+
+/// One configuration of scenario "accuracy": forced decoding against the native oracle's logits.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AccuracyRow {
+    pub config: String,
+    pub backend: String,
+    pub divergence: Divergence,
+    pub tolerance: Tolerance,
+    pub pass: bool,
+    pub failure: Option<String>,
+    pub seconds: f64,
+}
+
+/// Memory the host reports about itself, where it can.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+pub struct HostMemory {
+    /// The wasm linear memory's size (browser).
+    pub wasm_memory_bytes: Option<u64>,
+    /// Peak resident set size of the process (native, Linux).
+    pub peak_rss_bytes: Option<u64>,
+}
+
+impl HostMemory {
+    pub fn now() -> HostMemory {
+        #[cfg(target_arch = "wasm32")]
+        {
+            use wasm_bindgen::JsCast;
+            let mem = wasm_bindgen::memory().unchecked_into::<js_sys::WebAssembly::Memory>();
+            let buf = mem.buffer().unchecked_into::<js_sys::ArrayBuffer>();
+            HostMemory {
+                wasm_memory_bytes: Some(buf.byte_length() as u64),
+                peak_rss_bytes: None,
+            }
+        }
+        #[cfg(not(target_arch = "wasm32"))]
+        {
+            let peak = std::fs::read_to_string("/proc/self/status")
+                .ok()
+                .and_then(|s| {
+                    s.lines()
+                        .find_map(|l| l.strip_prefix("VmHWM:"))
+                        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+                        .map(|kb| kb * 1024)
+                });
+            HostMemory {
+                wasm_memory_bytes: None,
+                peak_rss_bytes: peak,
+            }
+        }
+    }
+}
+
+/// One configuration of scenario "memory".
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MemoryRow {
+    pub config: String,
+    pub weights: Accounting,
+    /// Engine-accounted GPU bytes by category; `None` on a CPU backend.
+    pub gpu: Option<GpuMemory>,
+    pub kv_bytes: usize,
+    pub host: HostMemory,
+}
+
+/// One KV type of scenario "context".
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ContextRow {
+    pub kv: String,
+    pub bytes_per_token: f64,
+    pub budget_bytes: usize,
+    pub tokens_in_budget: Option<usize>,
+    /// Against the f32-KV oracle on the same weights.
+    pub divergence: Divergence,
+}
+
+/// The sliding-window run of scenario "context": decoding past the model's context for real.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WindowRun {
+    pub window: usize,
+    pub sinks: usize,
+    pub model_context: usize,
+    pub positions_decoded: usize,
+    /// KV bytes held at the window's first fill and at the end.
+    pub kv_bytes_at_window: usize,
+    pub kv_bytes_at_end: usize,
+    pub host_at_window: HostMemory,
+    pub host_at_end: HostMemory,
+    pub gpu_total_bytes: Option<u64>,
+    /// KV bytes did not grow after the window filled.
+    pub flat: bool,
+    pub ms_per_token: f64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Context {
+    pub rows: Vec<ContextRow>,
+    pub window: Option<WindowRun>,
+}
+
+/// What a scenario produced.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "scenario", content = "data", rename_all = "lowercase")]
+pub enum Outcome {
+    Capabilities(Capabilities),
+    Accuracy(Vec<AccuracyRow>),
+    Latency(Vec<ConfigBench>),
+    Memory(Vec<MemoryRow>),
+    Context(Context),
+}
+
+/// A scenario's record in `results.json`: its outcome, or why it has none.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ScenarioRecord {
+    pub name: String,
+    /// "ok", "failed" or "not measured".
+    pub status: String,
+    pub error: Option<String>,
+    pub seconds: f64,
+    /// Figures this scenario could not measure here, with the reason.
+    #[serde(default)]
+    pub not_measured: Vec<String>,
+    pub outcome: Option<Outcome>,
+}
+
+/// Parameters of a run, the same for every host so the figures compare.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Params {
+    /// Token sequences for forced decoding (the harness tokenizes once for every host).
+    pub seqs: Vec<Vec<u32>>,
+    /// Weight configurations for accuracy, each with its oracle reference (same order).
+    pub accuracy_configs: Vec<String>,
+    /// Weight configurations for latency and memory.
+    pub latency_configs: Vec<String>,
+    pub bench: BenchOpts,
+    pub kv_budget: usize,
+    pub kv_types: Vec<KvType>,
+    pub window: usize,
+    pub sinks: usize,
+    /// Tokens decoded past the model's context in the window run.
+    pub past_context: usize,
+}
+
+/// Scenario "accuracy": each configuration against its oracle reference.
+pub async fn accuracy(
+    base: &Model,
+    backend: Backend<'_>,
+    p: &Params,
+    refs: &[Reference],
+    mut progress: impl FnMut(String),
+) -> Result<Vec<AccuracyRow>> {
+    let mut rows = Vec::new();
+    for (spec, reference) in p.accuracy_configs.iter().zip(refs) {
+        progress(format!("accuracy {}", label(spec)));
+        let cfg = RunConfig::parse(spec)?;
+        let (m, _) = measure::prepare(base, &cfg)?;
+        let t0 = Instant::now();
+        let mut dec = backend.decoder(&m, cfg.kv.clone())?;
+        let d = measure::compare(reference, dec.as_mut(), &p.seqs).await?;
+        let (name, act) = backend_kind(&backend);
+        let tol = Tolerance::for_backend(name, act, reference.max_abs_logit());
+        let verdict = tol.check(&d);
+        rows.push(AccuracyRow {
+            config: label(spec),
+            backend: d.backend.clone(),
+            pass: verdict.is_ok(),
+            failure: verdict.err(),
+            divergence: d,
+            tolerance: tol,
+            seconds: t0.elapsed().as_secs_f64(),
+        });
+    }
+    Ok(rows)
+}
+
+/// Scenario "latency": prefill, time to first token and decode per configuration.
+pub async fn latency(
+    base: &Model,
+    backend: Backend<'_>,
+    p: &Params,
+    mut progress: impl FnMut(String),
+) -> Result<Vec<ConfigBench>> {
+    let mut out = Vec::new();
+    for spec in &p.latency_configs {
+        progress(format!("latency {}: building", label(spec)));
+        let t0 = Instant::now();
+        let cfg = RunConfig::parse(spec)?;
+        let (m, fallbacks) = measure::prepare(base, &cfg)?;
+        let build_s = t0.elapsed().as_secs_f64();
+        let t0 = Instant::now();
+        let mut dec = backend.decoder(&m, cfg.kv.clone())?;
+        let upload_s = t0.elapsed().as_secs_f64();
+        let l = label(spec);
+        let t = bench::measure(dec.as_mut(), &m, &p.bench, |line| {
+            progress(format!("latency {l}: {line}"))
+        })
+        .await?;
+        out.push(ConfigBench {
+            config: l.clone(),
+            backend: dec.backend(),
+            weights: m.accounting(),
+            fallbacks,
+            gpu_memory: dec.gpu_memory(),
+            kv_bytes: dec.kv_bytes(),
+            build_s,
+            upload_s,
+            prefill: t.prefill,
+            ttft_ms: t.ttft_ms,
+            decode: t.decode,
+            not_measured: t.not_measured,
+        });
+    }
+    Ok(out)
+}
+
+/// Scenario "memory": what each configuration holds once loaded and run for a few tokens.
+pub async fn memory(
+    base: &Model,
+    backend: Backend<'_>,
+    p: &Params,
+    mut progress: impl FnMut(String),
+) -> Result<Vec<MemoryRow>> {
+    let mut rows = Vec::new();
+    for spec in &p.latency_configs {
+        progress(format!("memory {}", label(spec)));
+        let cfg = RunConfig::parse(spec)?;
+        let (m, _) = measure::prepare(base, &cfg)?;
+        let mut dec = backend.decoder(&m, cfg.kv.clone())?;
+        // A few real steps, so lazily grown buffers (the CPU cache) count.
+        let seq = p.seqs.first().map(Vec::as_slice).unwrap_or(&[1]);
+        dec.reset();
+        for (pos, &t) in seq.iter().take(16).enumerate() {
+            dec.step_argmax(t, pos).await?;
+        }
+        rows.push(MemoryRow {
+            config: label(spec),
+            weights: m.accounting(),
+            gpu: dec.gpu_memory(),
+            kv_bytes: dec.kv_bytes(),
+            host: HostMemory::now(),
+        });
+    }
+    Ok(rows)
+}
+
+/// Scenario "context": tokens per KV budget and their accuracy cost, then a real sliding-window run
+/// past the model's context.
+pub async fn context(
+    base: &Model,
+    backend: Backend<'_>,
+    p: &Params,
+    f32_reference: &Reference,
+    mut progress: impl FnMut(String),
+) -> Result<Context> {
+    let c = &base.config;
+    let mut rows = Vec::new();
+    for &kv in &p.kv_types {
+        progress(format!("context kv={}", kv.name()));
+        let cfg = KvConfig {
+            k: kv,
+            v: kv,
+            ..KvConfig::default()
+        };
+        cfg.validate(c)?;
+        let mut dec = backend.decoder(base, cfg.clone())?;
+        let d = measure::compare(f32_reference, dec.as_mut(), &p.seqs).await?;
+        rows.push(ContextRow {
+            kv: kv.name().into(),
+            bytes_per_token: cfg.bytes_per_token(c),
+            budget_bytes: p.kv_budget,
+            tokens_in_budget: cfg.tokens_in_budget(c, p.kv_budget),
+            divergence: d,
+        });
+    }
+    let cfg = KvConfig {
+        k: KvType::F16,
+        v: KvType::F16,
+        window: Some(p.window),
+        sinks: p.sinks,
+        ..KvConfig::default()
+    };
+    cfg.validate(c)?;
+    let mut dec = backend.decoder(base, cfg)?;
+    let total = c.seq_len + p.past_context;
+    progress(format!(
+        "context: sliding window {} to {total} positions",
+        p.window
+    ));
+    let (mut at_window, mut host_at_window) = (0, HostMemory::default());
+    let mut next = 1u32;
+    let t0 = Instant::now();
+    for pos in 0..total {
+        next = dec.step_argmax(next, pos).await?;
+        if pos + 1 == p.window {
+            at_window = dec.kv_bytes();
+            host_at_window = HostMemory::now();
+        }
+        if pos % 128 == 127 {
+            progress(format!(
+                "context: sliding window, position {}/{total}",
+                pos + 1
+            ));
+        }
+    }
+    let ms = t0.elapsed().as_secs_f64() * 1e3 / total as f64;
+    let end = dec.kv_bytes();
+    Ok(Context {
+        rows,
+        window: Some(WindowRun {
+            window: p.window,
+            sinks: p.sinks,
+            model_context: c.seq_len,
+            positions_decoded: total,
+            kv_bytes_at_window: at_window,
+            kv_bytes_at_end: end,
+            host_at_window,
+            host_at_end: HostMemory::now(),
+            gpu_total_bytes: dec.gpu_memory().map(|g| g.total),
+            flat: end <= at_window,
+            ms_per_token: ms,
+        }),
+    })
+}
+
+/// "weights=q4_0" → "q4_0"; the empty spec is the model as loaded.
+pub fn label(spec: &str) -> String {
+    let s = spec.trim();
+    if s.is_empty() {
+        return "as-loaded".into();
+    }
+    s.strip_prefix("weights=")
+        .filter(|r| !r.contains(','))
+        .or_else(|| s.strip_prefix("precision="))
+        .unwrap_or(s)
+        .to_string()
+}
+
+fn backend_kind(b: &Backend<'_>) -> (&'static str, Option<&'static str>) {
+    match b {
+        Backend::Cpu if cfg!(target_arch = "wasm32") => ("wasm-cpu", None),
+        Backend::Cpu => ("cpu", None),
+        Backend::Gpu(g) => ("gpu", Some(g.activations.name())),
+    }
+}
+
+/// The default parameters for a model: the harness's choice, shared by every host of a run.
+pub fn default_params(base: &Model, seqs: Vec<Vec<u32>>, reps: usize) -> Params {
+    let c = &base.config;
+    let ctx = c.seq_len;
+    Params {
+        seqs,
+        accuracy_configs: vec![String::new(), "weights=q4_0".into()],
+        latency_configs: vec![
+            "weights=f16".into(),
+            "weights=q4_0".into(),
+            "precision=attn-q8".into(),
+        ],
+        bench: BenchOpts {
+            reps,
+            warmup: 1,
+            prompts: vec![32.min(ctx / 4), 128.min(ctx / 2)],
+            depths: vec![0, (ctx / 2).min(1024)],
+            decode_tokens: 16,
+            bandwidth: None,
+        },
+        kv_budget: 1 << 20,
+        kv_types: vec![KvType::F16, KvType::Q8_0, KvType::Q4_0, KvType::Kivi4],
+        window: 64.min(ctx / 2),
+        sinks: 4,
+        past_context: 64,
+    }
+}

@@ -1,0 +1,456 @@
+//! The wasm-bindgen API the bench page's worker calls. Every call answers with the serde structs of
+//! [`crate::scenario`] as JSON text, so JS never restates the schema.
+//!
+//! State lives in this worker's thread-local slots: the opened backend, the loaded model, the run's
+//! parameters and references. Calls are sequential (the page sends one at a time).
+
+use crate::gpu::{Gpu, GpuOptions};
+use crate::measure::Reference;
+use crate::scenario::{self, Availability, Capabilities, Outcome, Params, ScenarioRecord};
+use crate::{eval, Backend, Model};
+use js_sys::{Function, Promise, Reflect, Uint8Array};
+use serde::{Deserialize, Serialize};
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::rc::Rc;
+use wasm_bindgen::prelude::*;
+use wasm_bindgen::JsCast;
+use wasm_bindgen_futures::JsFuture;
+use web_time::Instant;
+
+struct Loaded {
+    model: Model,
+    params: Option<Params>,
+    refs: Vec<Reference>,
+}
+
+thread_local! {
+    static GPU: RefCell<Option<Rc<Gpu>>> = const { RefCell::new(None) };
+    static LOADED: RefCell<Option<Rc<Loaded>>> = const { RefCell::new(None) };
+}
+
+fn err(e: impl std::fmt::Display) -> JsError {
+    JsError::new(&e.to_string())
+}
+
+fn js_err(v: JsValue) -> String {
+    v.as_string()
+        .or_else(|| {
+            v.dyn_ref::<js_sys::Error>()
+                .map(|e| String::from(e.message()))
+        })
+        .unwrap_or_else(|| format!("{v:?}"))
+}
+
+fn report(on_progress: &Function, msg: &str) {
+    let _ = on_progress.call1(&JsValue::NULL, &JsValue::from_str(msg));
+}
+
+fn get(obj: &JsValue, key: &str) -> JsValue {
+    Reflect::get(obj, &JsValue::from_str(key)).unwrap_or(JsValue::UNDEFINED)
+}
+
+fn has(obj: &JsValue, key: &str) -> bool {
+    let v = get(obj, key);
+    !v.is_undefined() && !v.is_null()
+}
+
+#[derive(Deserialize, Default)]
+struct OpenOpts {
+    /// "auto", "gpu" or "cpu".
+    #[serde(default)]
+    backend: Option<String>,
+    /// Forces "f16" or "f32" activations.
+    #[serde(default)]
+    act: Option<String>,
+}
+
+/// Opens WebGPU (unless told not to) and reports what this browser offers: scenario "capabilities".
+#[wasm_bindgen]
+pub async fn open(opts: String) -> Result<String, JsError> {
+    let o: OpenOpts = serde_json::from_str(&opts).map_err(err)?;
+    let g = js_sys::global();
+    let nav = get(&g, "navigator");
+    let mut apis = BTreeMap::new();
+    let mut put = |k: &str, available: bool, detail: String| {
+        apis.insert(k.to_string(), Availability { available, detail });
+    };
+    put(
+        "webgpu_api",
+        has(&nav, "gpu"),
+        "navigator.gpu in this worker".into(),
+    );
+    put("cache_api", has(&g, "caches"), "globalThis.caches".into());
+    let storage = get(&nav, "storage");
+    put(
+        "opfs",
+        has(&storage, "getDirectory"),
+        "navigator.storage.getDirectory (presence; use is tested by the cache scenarios)".into(),
+    );
+    let coi = get(&g, "crossOriginIsolated").as_bool().unwrap_or(false);
+    put(
+        "cross_origin_isolated",
+        coi,
+        "COOP/COEP headers took effect".into(),
+    );
+    put(
+        "shared_array_buffer",
+        has(&g, "SharedArrayBuffer"),
+        "globalThis.SharedArrayBuffer".into(),
+    );
+    // This module is built with simd128; it would not have instantiated without it.
+    put(
+        "wasm_simd128",
+        true,
+        "the module uses SIMD128 and instantiated".into(),
+    );
+    let want = o.backend.as_deref().unwrap_or("auto");
+    let act = o
+        .act
+        .as_deref()
+        .map(crate::gpu::Activations::parse)
+        .transpose()
+        .map_err(err)?;
+    let mut caps = Capabilities {
+        host: "browser".into(),
+        user_agent: get(&nav, "userAgent").as_string(),
+        apis,
+        ..Default::default()
+    };
+    let gpu = if want == "cpu" {
+        caps.gpu_unavailable = Some("the run asked for the CPU backend".into());
+        None
+    } else if !has(&nav, "gpu") {
+        caps.gpu_unavailable = Some("navigator.gpu is missing in this browser's worker".into());
+        None
+    } else {
+        match Gpu::open(GpuOptions {
+            act,
+            ..Default::default()
+        })
+        .await
+        {
+            Ok(g) => Some(g),
+            Err(e) => {
+                caps.gpu_unavailable = Some(e.to_string());
+                None
+            }
+        }
+    };
+    if want == "gpu" && gpu.is_none() {
+        return Err(err(format!(
+            "WebGPU was asked for but is unavailable: {}",
+            caps.gpu_unavailable.as_deref().unwrap_or("?")
+        )));
+    }
+    match &gpu {
+        Some(g) => {
+            caps.backend = "webgpu".into();
+            caps.adapter = Some(g.report.clone());
+            caps.activations = Some(g.activations.name().into());
+        }
+        None => caps.backend = "wasm-cpu".into(),
+    }
+    GPU.with(|s| *s.borrow_mut() = gpu.map(Rc::new));
+    serde_json::to_string(&caps).map_err(err)
+}
+
+/// Fetches `url` as a stream, reporting bytes as they arrive.
+async fn fetch_bytes(url: &str, on_progress: &Function) -> Result<Vec<u8>, String> {
+    let g = js_sys::global();
+    let fetch: Function = get(&g, "fetch")
+        .dyn_into()
+        .map_err(|_| "fetch is missing".to_string())?;
+    let p: Promise = fetch
+        .call1(&g, &JsValue::from_str(url))
+        .map_err(js_err)?
+        .dyn_into()
+        .map_err(|_| "fetch did not return a promise".to_string())?;
+    let resp: web_sys::Response = JsFuture::from(p)
+        .await
+        .map_err(|e| format!("{url}: {}", js_err(e)))?
+        .dyn_into()
+        .map_err(|_| "not a Response".to_string())?;
+    if !resp.ok() {
+        return Err(format!("{url}: HTTP {}", resp.status()));
+    }
+    let total: Option<u64> = resp
+        .headers()
+        .get("content-length")
+        .ok()
+        .flatten()
+        .and_then(|v| v.parse().ok());
+    let body = resp.body().ok_or_else(|| format!("{url}: no body"))?;
+    let reader: web_sys::ReadableStreamDefaultReader = body
+        .get_reader()
+        .dyn_into()
+        .map_err(|_| "no stream reader".to_string())?;
+    let mut buf = Vec::with_capacity(total.unwrap_or(0) as usize);
+    let mut last = 0;
+    loop {
+        let chunk = JsFuture::from(reader.read())
+            .await
+            .map_err(|e| format!("{url}: {}", js_err(e)))?;
+        if get(&chunk, "done").as_bool().unwrap_or(true) {
+            break;
+        }
+        let v: Uint8Array = get(&chunk, "value")
+            .dyn_into()
+            .map_err(|_| "chunk is not bytes".to_string())?;
+        let at = buf.len();
+        buf.resize(at + v.length() as usize, 0);
+        v.copy_to(&mut buf[at..]);
+        if buf.len() - last >= 1 << 20 {
+            last = buf.len();
+            report(
+                on_progress,
+                &format!(
+                    "fetching {url}: {} of {} bytes",
+                    buf.len(),
+                    total.map_or("?".into(), |t| t.to_string())
+                ),
+            );
+        }
+    }
+    Ok(buf)
+}
+
+#[derive(Deserialize)]
+struct LoadJob {
+    model_url: String,
+    #[serde(default)]
+    tokenizer_url: Option<String>,
+    #[serde(default)]
+    params_url: Option<String>,
+    #[serde(default)]
+    reference_urls: Vec<String>,
+}
+
+#[derive(Serialize)]
+struct LoadReport {
+    model: String,
+    params: usize,
+    bytes_fetched: usize,
+    fetch_s: f64,
+    parse_s: f64,
+    host: scenario::HostMemory,
+}
+
+/// Fetches and parses the model (with its tokenizer), the run's parameters and the oracle references.
+#[wasm_bindgen]
+pub async fn load(job: String, on_progress: Function) -> Result<String, JsError> {
+    let j: LoadJob = serde_json::from_str(&job).map_err(err)?;
+    LOADED.with(|s| *s.borrow_mut() = None);
+    let t0 = Instant::now();
+    let bytes = fetch_bytes(&j.model_url, &on_progress).await.map_err(err)?;
+    let tok = match &j.tokenizer_url {
+        Some(u) => Some(fetch_bytes(u, &on_progress).await.map_err(err)?),
+        None => None,
+    };
+    let params = match &j.params_url {
+        Some(u) => {
+            let b = fetch_bytes(u, &on_progress).await.map_err(err)?;
+            Some(serde_json::from_slice::<Params>(&b).map_err(|e| err(format!("{u}: {e}")))?)
+        }
+        None => None,
+    };
+    let mut refs = Vec::new();
+    for u in &j.reference_urls {
+        let b = fetch_bytes(u, &on_progress).await.map_err(err)?;
+        refs.push(Reference::from_bytes(&b, u).map_err(err)?);
+    }
+    let fetch_s = t0.elapsed().as_secs_f64();
+    report(&on_progress, "parsing the model");
+    let t0 = Instant::now();
+    let name = j
+        .model_url
+        .rsplit('/')
+        .next()
+        .unwrap_or("model")
+        .to_string();
+    let model = Model::from_bytes(
+        &bytes,
+        &name,
+        name.ends_with(".gguf"),
+        tok.as_deref()
+            .map(|b| (b, j.tokenizer_url.as_deref().unwrap_or("tokenizer"))),
+    )
+    .map_err(err)?;
+    let r = LoadReport {
+        model: model.name.clone(),
+        params: model.config.n_params(model.tied()),
+        bytes_fetched: bytes.len() + tok.as_ref().map_or(0, Vec::len),
+        fetch_s,
+        parse_s: t0.elapsed().as_secs_f64(),
+        host: scenario::HostMemory::now(),
+    };
+    drop(bytes);
+    LOADED.with(|s| {
+        *s.borrow_mut() = Some(Rc::new(Loaded {
+            model,
+            params,
+            refs,
+        }))
+    });
+    serde_json::to_string(&r).map_err(err)
+}
+
+fn loaded() -> Result<Rc<Loaded>, JsError> {
+    LOADED
+        .with(|s| s.borrow().clone())
+        .ok_or_else(|| err("no model is loaded: call load first"))
+}
+
+fn gpu() -> Option<Rc<Gpu>> {
+    GPU.with(|s| s.borrow().clone())
+}
+
+/// Runs one scenario ("accuracy", "latency", "memory", "context") on the loaded model and answers
+/// its [`ScenarioRecord`]. A failure inside the scenario is recorded, not thrown.
+#[wasm_bindgen]
+pub async fn run_scenario(name: String, on_progress: Function) -> Result<String, JsError> {
+    let l = loaded()?;
+    let g = gpu();
+    let backend = match &g {
+        Some(g) => Backend::Gpu(g),
+        None => Backend::Cpu,
+    };
+    let p = l
+        .params
+        .as_ref()
+        .ok_or_else(|| err("the load had no params_url"))?;
+    let t0 = Instant::now();
+    let progress = |m: String| report(&on_progress, &m);
+    let out: crate::Result<Outcome> = match name.as_str() {
+        "accuracy" => scenario::accuracy(&l.model, backend, p, &l.refs, progress)
+            .await
+            .map(Outcome::Accuracy),
+        "latency" => scenario::latency(&l.model, backend, p, progress)
+            .await
+            .map(Outcome::Latency),
+        "memory" => scenario::memory(&l.model, backend, p, progress)
+            .await
+            .map(Outcome::Memory),
+        "context" => match l.refs.first() {
+            Some(r) => scenario::context(&l.model, backend, p, r, progress)
+                .await
+                .map(Outcome::Context),
+            None => Err(crate::Error::Invalid(
+                "context needs the f32 reference".into(),
+            )),
+        },
+        other => return Err(err(format!("unknown scenario {other:?}"))),
+    };
+    let seconds = t0.elapsed().as_secs_f64();
+    let rec = match out {
+        Ok(o) => ScenarioRecord {
+            name,
+            status: "ok".into(),
+            error: None,
+            seconds,
+            not_measured: Vec::new(),
+            outcome: Some(o),
+        },
+        Err(e) => ScenarioRecord {
+            name,
+            status: "failed".into(),
+            error: Some(e.to_string()),
+            seconds,
+            not_measured: Vec::new(),
+            outcome: None,
+        },
+    };
+    serde_json::to_string(&rec).map_err(err)
+}
+
+/// Scores a token sequence from position 0: all logits, row after row.
+#[wasm_bindgen]
+pub async fn score(tokens: Vec<u32>, _on_progress: Function) -> Result<Vec<f32>, JsError> {
+    let l = loaded()?;
+    let g = gpu();
+    let backend = match &g {
+        Some(g) => Backend::Gpu(g),
+        None => Backend::Cpu,
+    };
+    let mut dec = backend.decoder(&l.model, Default::default()).map_err(err)?;
+    let mut out = Vec::with_capacity(tokens.len() * l.model.config.vocab_size);
+    for (pos, &t) in tokens.iter().enumerate() {
+        out.extend_from_slice(dec.step(t, pos).await.map_err(err)?);
+    }
+    Ok(out)
+}
+
+/// Generates from a prompt with the loaded model's tokenizer; answers [`eval::Generation`].
+#[wasm_bindgen]
+pub async fn generate(
+    prompt: String,
+    n: usize,
+    temperature: f32,
+    _on_progress: Function,
+) -> Result<String, JsError> {
+    let l = loaded()?;
+    let tok = l
+        .model
+        .tokenizer
+        .as_ref()
+        .ok_or_else(|| err("the model has no tokenizer"))?;
+    let g = gpu();
+    let backend = match &g {
+        Some(g) => Backend::Gpu(g),
+        None => Backend::Cpu,
+    };
+    let mut dec = backend.decoder(&l.model, Default::default()).map_err(err)?;
+    let mut sampler = eval::Sampler::new(temperature, 0.9, 0);
+    let gen = eval::generate(dec.as_mut(), tok, &prompt, n, &mut sampler)
+        .await
+        .map_err(err)?;
+    serde_json::to_string(&gen).map_err(err)
+}
+
+/// The page's own memory figures, read on the main thread where the APIs live:
+/// `performance.memory` (Chromium) and `performance.measureUserAgentSpecificMemory()` (cross-origin
+/// isolated pages). Each is `null` with a reason where the browser lacks it.
+#[wasm_bindgen]
+pub async fn page_memory() -> Result<String, JsError> {
+    let g = js_sys::global();
+    let perf = get(&g, "performance");
+    let mut out = serde_json::Map::new();
+    let mut why = Vec::new();
+    let pm = get(&perf, "memory");
+    if pm.is_undefined() || pm.is_null() {
+        why.push("performance.memory: not available in this browser".to_string());
+    } else {
+        for k in ["usedJSHeapSize", "totalJSHeapSize", "jsHeapSizeLimit"] {
+            if let Some(v) = get(&pm, k).as_f64() {
+                out.insert(format!("performance_memory_{k}"), v.into());
+            }
+        }
+    }
+    let f = get(&perf, "measureUserAgentSpecificMemory");
+    let coi = get(&g, "crossOriginIsolated").as_bool().unwrap_or(false);
+    match f.dyn_ref::<Function>() {
+        Some(f) if coi => match f.call0(&perf).map(|p| p.dyn_into::<Promise>()) {
+            Ok(Ok(p)) => match JsFuture::from(p).await {
+                Ok(r) => {
+                    if let Some(b) = get(&r, "bytes").as_f64() {
+                        out.insert("ua_specific_memory_bytes".into(), b.into());
+                    }
+                }
+                Err(e) => why.push(format!(
+                    "measureUserAgentSpecificMemory failed: {}",
+                    js_err(e)
+                )),
+            },
+            _ => why.push("measureUserAgentSpecificMemory did not return a promise".into()),
+        },
+        Some(_) => {
+            why.push("measureUserAgentSpecificMemory: the page is not cross-origin isolated".into())
+        }
+        None => why.push("measureUserAgentSpecificMemory: not available in this browser".into()),
+    }
+    out.insert(
+        "not_available".into(),
+        serde_json::Value::Array(why.into_iter().map(Into::into).collect()),
+    );
+    Ok(serde_json::Value::Object(out).to_string())
+}
