@@ -10,8 +10,8 @@
 //   5 out:    storage read_write array<act>  (matvec: rows values; embed: cols values)
 // `act` is f16 or f32 (act.wgsl); accumulation is always f32.
 //   6 step:   uniform Step (embed reads the token id from it)
-// matvec dispatch: one workgroup per 8 rows (whole words per row), matvec_any one per row; folded into
-// (x, y) as group = x + y * 65535.
+// matvec dispatch: one workgroup per 8 rows (whole words per row), matvec_row one per 64 rows,
+// matvec_any one per row; folded into (x, y) as group = x + y * 65535.
 // embed dispatch: ceil(cols / 64) workgroups.
 
 struct MatParams {
@@ -78,17 +78,16 @@ const UNROLL: u32 = 4u;
 var<workgroup> xs: array<f32, 2048>;
 var<workgroup> red: array<f32, 256>;
 
-// Dot of the packed word holding element `gi` (row-major index of its first value) with the staged x
-// values starting at tile offset `tc`.
-fn word_dot(gi: u32, tc: u32) -> f32 {
-    let word = words[gi / per_word()];
+// Dot of one packed word (block `g`) with the x values it multiplies: xa holds the first four, xb the
+// next four (only q4 kinds use xb; f32 uses xa.x, f16 xa.xy).
+fn dot_word(word: u32, g: u32, xa: vec4<f32>, xb: vec4<f32>) -> f32 {
     switch p.kind {
         case KIND_F32: {
-            return bitcast<f32>(word) * xs[tc];
+            return bitcast<f32>(word) * xa.x;
         }
         case KIND_F16: {
             let v = unpack2x16float(word);
-            return v.x * xs[tc] + v.y * xs[tc + 1u];
+            return v.x * xa.x + v.y * xa.y;
         }
         case KIND_Q8_0: {
             let q = vec4<f32>(
@@ -96,21 +95,40 @@ fn word_dot(gi: u32, tc: u32) -> f32 {
                 f32(i32(word << 16u) >> 24u),
                 f32(i32(word << 8u) >> 24u),
                 f32(i32(word) >> 24u));
-            let xv = vec4<f32>(xs[tc], xs[tc + 1u], xs[tc + 2u], xs[tc + 3u]);
-            return dot(q, xv) * block_scale(gi / p.block);
+            return dot(q, xa) * block_scale(g);
         }
         default: {
             let lo = vec4<f32>(
                 f32(word & 15u), f32((word >> 4u) & 15u), f32((word >> 8u) & 15u), f32((word >> 12u) & 15u));
             let hi = vec4<f32>(
                 f32((word >> 16u) & 15u), f32((word >> 20u) & 15u), f32((word >> 24u) & 15u), f32(word >> 28u));
-            let xa = vec4<f32>(xs[tc], xs[tc + 1u], xs[tc + 2u], xs[tc + 3u]);
-            let xb = vec4<f32>(xs[tc + 4u], xs[tc + 5u], xs[tc + 6u], xs[tc + 7u]);
-            let g = gi / p.block;
             let sx = dot(xa + xb, vec4<f32>(1.0));
             return block_scale(g) * (dot(lo, xa) + dot(hi, xb)) + block_min(g) * sx;
         }
     }
+}
+
+// The packed word holding element `gi` (row-major index of its first value) against the staged x
+// values from tile offset `tc`.
+fn word_dot(gi: u32, tc: u32) -> f32 {
+    let n = per_word();
+    var xa = vec4<f32>(xs[tc], 0.0, 0.0, 0.0);
+    var xb = vec4<f32>(0.0);
+    if (n >= 2u) { xa.y = xs[tc + 1u]; }
+    if (n >= 4u) { xa.z = xs[tc + 2u]; xa.w = xs[tc + 3u]; }
+    if (n == 8u) { xb = vec4<f32>(xs[tc + 4u], xs[tc + 5u], xs[tc + 6u], xs[tc + 7u]); }
+    return dot_word(words[gi / n], gi / p.block, xa, xb);
+}
+
+// The same against x in storage, from column `c`.
+fn word_dot_x(gi: u32, c: u32) -> f32 {
+    let n = per_word();
+    var xa = vec4<f32>(f32(x[c]), 0.0, 0.0, 0.0);
+    var xb = vec4<f32>(0.0);
+    if (n >= 2u) { xa.y = f32(x[c + 1u]); }
+    if (n >= 4u) { xa.z = f32(x[c + 2u]); xa.w = f32(x[c + 3u]); }
+    if (n == 8u) { xb = vec4<f32>(f32(x[c + 4u]), f32(x[c + 5u]), f32(x[c + 6u]), f32(x[c + 7u])); }
+    return dot_word(words[gi / n], gi / p.block, xa, xb);
 }
 
 // Values per packed word for the kind.
@@ -170,6 +188,30 @@ fn matvec(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) l
         } else {
             out[p.row0 + r] = act(red[lid.x]);
         }
+    }
+}
+
+// matvec_row: one thread per row, no workgroup memory and no barriers. CPU-backed adapters (lavapipe,
+// SwiftShader) run a workgroup's threads as SIMD loops and pay dearly for each barrier, so there a
+// plain loop per row is many times faster; GPUs prefer the tiled kernel above. Dispatch: one
+// workgroup per 64 rows, folded as for matvec.
+@compute @workgroup_size(64)
+fn matvec_row(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let r = (wid.x + wid.y * 65535u) * 64u + lid.x;
+    if (r >= p.rows) {
+        return;
+    }
+    let vpw = per_word();
+    let nw = p.cols / vpw;
+    let base = r * p.cols;
+    var acc = 0.0;
+    for (var w = 0u; w < nw; w++) {
+        acc += word_dot_x(base + w * vpw, w * vpw);
+    }
+    if (p.accumulate != 0u) {
+        out[p.row0 + r] = act(f32(out[p.row0 + r]) + acc);
+    } else {
+        out[p.row0 + r] = act(acc);
     }
 }
 

@@ -29,8 +29,8 @@ pub struct Stat {
     pub min: f64,
     pub max: f64,
     pub mean: f64,
-    /// 95% confidence interval of the mean (t-distribution), as ± half-width.
-    pub ci95: f64,
+    /// 95% confidence interval of the mean (t-distribution), as ± half-width; `None` for one sample.
+    pub ci95: Option<f64>,
     pub n: usize,
 }
 
@@ -57,7 +57,7 @@ impl Stat {
             min: v[0],
             max: v[n - 1],
             mean,
-            ci95: t95(n) * (var / n as f64).sqrt(),
+            ci95: (n > 1).then(|| t95(n) * (var / n as f64).sqrt()),
             n,
         }
     }

@@ -107,6 +107,10 @@ pub struct Gpu {
     pub max_binding: u64,
     /// Activation type every decoder on this device uses.
     pub activations: Activations,
+    /// Which matvec kernel decode uses (chosen per adapter; see [`MatvecKernel`]).
+    matvec: std::cell::Cell<MatvecKernel>,
+    /// How that choice was made, for results.
+    pub matvec_choice: std::cell::RefCell<String>,
     errors: Arc<Mutex<Vec<String>>>,
 }
 
@@ -170,7 +174,12 @@ impl Gpu {
                 .push(format!("device lost ({reason:?}): {msg}"));
         });
         let report = AdapterReport {
-            name: info.name.clone(),
+            // Browsers may hide the adapter's name (Firefox does); say so rather than print nothing.
+            name: if info.name.is_empty() {
+                "(unnamed: the browser hides the adapter's name)".into()
+            } else {
+                info.name.clone()
+            },
             backend: format!("{:?}", info.backend),
             device_type: format!("{:?}", info.device_type),
             driver: info.driver.clone(),
@@ -193,9 +202,49 @@ impl Gpu {
             queue,
             max_binding: opts.max_binding.map_or(adapter_max, |m| m.min(adapter_max)),
             activations,
+            matvec: MatvecKernel::choose(&report).into(),
+            matvec_choice: format!("{:?} for a {} adapter", MatvecKernel::choose(&report), report.device_type).into(),
             report,
             errors,
         })
+    }
+
+    pub fn matvec_kernel(&self) -> MatvecKernel {
+        self.matvec.get()
+    }
+
+    /// Times both matvec kernels on the built-in model at q4_0 and keeps the faster: in a browser the
+    /// adapter does not say whether it runs on a CPU. Answers what was measured.
+    pub async fn tune_matvec(&self) -> Result<String> {
+        let wc = crate::precision::WeightConfig {
+            default: Some(WType::Q4_0),
+            ..Default::default()
+        };
+        let (m, _) = crate::Model::synthetic_with(crate::Preset::Tiny, 1, &wc)?;
+        let mut best: Option<(MatvecKernel, f64)> = None;
+        let mut notes = Vec::new();
+        for k in [MatvecKernel::Tiled, MatvecKernel::Row] {
+            self.matvec.set(k);
+            let mut d = GpuDecoder::new(self, &m, KvConfig::default())?;
+            d.step_argmax(1, 0).await?;
+            let t0 = web_time::Instant::now();
+            for p in 1..4 {
+                d.step_argmax(1, p).await?;
+            }
+            let ms = t0.elapsed().as_secs_f64() * 1e3 / 3.0;
+            notes.push(format!("{k:?} {ms:.2} ms/token"));
+            if best.is_none_or(|(_, b)| ms < b) {
+                best = Some((k, ms));
+            }
+        }
+        let (k, _) = best.expect("two kernels timed");
+        self.matvec.set(k);
+        let note = format!(
+            "{k:?}, timed on the built-in model at q4_0: {}",
+            notes.join(", ")
+        );
+        *self.matvec_choice.borrow_mut() = note.clone();
+        Ok(note)
     }
 
     /// Blocking [`Gpu::open`] for native callers.
@@ -354,6 +403,7 @@ fn kind(ty: WType) -> u32 {
 struct Pipelines {
     matvec: wgpu::ComputePipeline,
     matvec_any: wgpu::ComputePipeline,
+    matvec_row: wgpu::ComputePipeline,
     embed: wgpu::ComputePipeline,
     rmsnorm: wgpu::ComputePipeline,
     rope: wgpu::ComputePipeline,
@@ -401,6 +451,7 @@ impl Pipelines {
         Pipelines {
             matvec: pipe(&mv, "matvec"),
             matvec_any: pipe(&mv, "matvec_any"),
+            matvec_row: pipe(&mv, "matvec_row"),
             embed: pipe(&mv, "embed"),
             rmsnorm: pipe(&norm, "rmsnorm"),
             rope: pipe(&rope, "rope"),
@@ -719,7 +770,7 @@ impl<'g> GpuDecoder<'g> {
                 let ch = &m.chunks[ci];
                 let params = self.mat_params(m, ch, acc);
                 self.bind_group(
-                    mat_pipe(p, m),
+                    mat_pipe(p, m, self.gpu.matvec.get()),
                     &[
                         (0, &params),
                         (1, &ch.words),
@@ -857,11 +908,15 @@ impl<'g> GpuDecoder<'g> {
     }
 
     fn matvec_into(&mut self, out: Act, w: TensorId, x: Act, accumulate: bool) {
-        // Eight rows per workgroup on the fast path, one on the element-wise path (matvec.wgsl).
+        // Rows per workgroup as the chosen kernel covers them, one on the element-wise path (matvec.wgsl).
         let m = &self.mats[&w];
-        let per = if m.cols % 32 == 0 { 8 } else { 1 };
-        let sizes: Vec<usize> = m.chunks.iter().map(|c| c.rows).collect();
-        for (ci, rows) in sizes.into_iter().enumerate() {
+        let per = if m.cols % 32 == 0 {
+            self.gpu.matvec.get().rows_per_group()
+        } else {
+            1
+        };
+        for ci in 0..m.chunks.len() {
+            let rows = self.mats[&w].chunks[ci].rows;
             let groups = rows.div_ceil(per);
             let groups = if groups <= 65535 {
                 (groups as u32, 1)
@@ -875,7 +930,7 @@ impl<'g> GpuDecoder<'g> {
     fn dispatch(&mut self, key: BindKey, groups: (u32, u32)) {
         self.ensure(key);
         let pipe = match key {
-            BindKey::Matvec(id, ..) => mat_pipe(&self.pipes, &self.mats[&id]),
+            BindKey::Matvec(id, ..) => mat_pipe(&self.pipes, &self.mats[&id], self.gpu.matvec.get()),
             BindKey::Embed(..) => &self.pipes.embed,
             BindKey::Norm(..) => &self.pipes.rmsnorm,
             BindKey::Rope(_) => &self.pipes.rope,
@@ -1030,12 +1085,48 @@ fn pop_error_scope(scope: wgpu::ErrorScopeGuard) -> Option<wgpu::Error> {
     }
 }
 
-/// The fast matvec needs whole 32-column units; anything else takes the element-wise kernel.
-fn mat_pipe<'p>(p: &'p Pipelines, m: &GpuMatrix) -> &'p wgpu::ComputePipeline {
-    if m.cols % 32 == 0 {
-        &p.matvec
-    } else {
-        &p.matvec_any
+/// The matvec kernels of matvec.wgsl.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MatvecKernel {
+    /// 8 rows per 256-thread workgroup, x staged in workgroup memory, lanes reduced: for GPUs.
+    Tiled,
+    /// One thread per row, no barriers: for adapters that run on the CPU (lavapipe, SwiftShader),
+    /// where each workgroup barrier costs more than the arithmetic.
+    Row,
+}
+
+impl MatvecKernel {
+    /// `NIBBLE_MATVEC=tiled|row` decides; else CPU adapters get `Row`. In a browser the adapter type is
+    /// hidden, so both kernels are timed there ([`GpuDecoder::tune`]).
+    fn choose(r: &AdapterReport) -> MatvecKernel {
+        match std::env::var("NIBBLE_MATVEC").ok().as_deref() {
+            Some("row") => return MatvecKernel::Row,
+            Some("tiled") => return MatvecKernel::Tiled,
+            _ => {}
+        }
+        if r.device_type == "Cpu" {
+            MatvecKernel::Row
+        } else {
+            MatvecKernel::Tiled
+        }
+    }
+
+    /// Rows one workgroup covers.
+    fn rows_per_group(self) -> usize {
+        match self {
+            MatvecKernel::Tiled => 8,
+            MatvecKernel::Row => 64,
+        }
+    }
+}
+
+/// The chosen kernel needs whole 32-column units; anything else takes the element-wise kernel.
+fn mat_pipe<'p>(p: &'p Pipelines, m: &GpuMatrix, k: MatvecKernel) -> &'p wgpu::ComputePipeline {
+    match k {
+        _ if m.cols % 32 != 0 => &p.matvec_any,
+        MatvecKernel::Tiled => &p.matvec,
+        MatvecKernel::Row => &p.matvec_row,
     }
 }
 

@@ -35,6 +35,9 @@ pub struct Capabilities {
     pub adapter: Option<AdapterReport>,
     /// "f16" or "f32"; `None` on a CPU backend.
     pub activations: Option<String>,
+    /// The decode matvec kernel and how it was chosen (timed in browsers).
+    #[serde(default)]
+    pub matvec_kernel: Option<String>,
     /// Storage, memory and threading APIs by name (cache_api, opfs, performance_memory, ...).
     pub apis: BTreeMap<String, Availability>,
 }

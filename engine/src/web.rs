@@ -145,6 +145,7 @@ pub async fn open(opts: String) -> Result<String, JsError> {
     }
     match &gpu {
         Some(g) => {
+            caps.matvec_kernel = Some(g.tune_matvec().await.map_err(err)?);
             caps.backend = "webgpu".into();
             caps.adapter = Some(g.report.clone());
             caps.activations = Some(g.activations.name().into());

@@ -54,7 +54,7 @@ pub struct BenchArgs {
     out: Option<PathBuf>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct Machine {
     pub hostname: String,
     pub os: String,
@@ -241,6 +241,11 @@ fn matrix_bytes(a: &Accounting) -> usize {
     a.total_bytes - a.by_class.get(&Class::Norm).map_or(0, |n| n.bytes)
 }
 
+/// A confidence half-width, or "n/a" with one repetition.
+fn ci(c: Option<f64>) -> String {
+    c.map_or("n/a".into(), |c| format!("{c:.2}"))
+}
+
 pub fn markdown(r: &BenchReport) -> String {
     let mut s = String::new();
     let adapter = r.adapter.as_ref().map_or("none".to_string(), |a| {
@@ -258,20 +263,20 @@ pub fn markdown(r: &BenchReport) -> String {
         let size = gib(c.weights.total_bytes as u64);
         for p in &c.prefill {
             s += &format!(
-                "| {} | {} | {size} | {} | {} | pp{} | {:.2} ± {:.2} |\n",
+                "| {} | {} | {size} | {} | {} | pp{} | {:.2} ± {} |\n",
                 r.model,
                 c.config,
                 r.params,
                 r.backend,
                 p.prompt_tokens,
                 p.tokens_per_s.median,
-                p.tokens_per_s.ci95
+                ci(p.tokens_per_s.ci95)
             );
         }
         for d in &c.decode {
             let st = &d.ms_per_token;
             s += &format!(
-                "| {} | {} | {size} | {} | {} | tg{}@d{} | {:.2} ± {:.2} |\n",
+                "| {} | {} | {size} | {} | {} | tg{}@d{} | {:.2} ± {} |\n",
                 r.model,
                 c.config,
                 r.params,
@@ -279,7 +284,7 @@ pub fn markdown(r: &BenchReport) -> String {
                 st.n / r.reps.max(1),
                 d.depth,
                 1e3 / st.median,
-                1e3 / st.mean.powi(2) * st.ci95,
+                ci(st.ci95.map(|c| 1e3 / st.mean.powi(2) * c)),
             );
         }
     }

@@ -1,6 +1,7 @@
 //! `nibble`: runs nibble-engine natively, measures it and reports.
 
 mod bench;
+mod browser;
 mod files;
 mod native;
 
@@ -38,6 +39,14 @@ enum Command {
     Synth(files::SynthArgs),
     /// Print a model file's header, metadata, tensors and sizes.
     Inspect(files::InspectArgs),
+    /// Run the scenarios natively and in browsers through WebDriver; write results.json.
+    Run(browser::RunArgs),
+    /// List the installed browsers and drivers, and whether WebGPU works in each.
+    Browsers(browser::setup::BrowsersArgs),
+    /// Install what the local browser suite needs (Debian/Ubuntu, as root); skips what is present.
+    Setup(browser::setup::SetupArgs),
+    /// Build the wasm bundle and the bench page (rebuilt only when sources change).
+    BuildWeb(browser::BuildWebArgs),
 }
 
 /// Which model to run; the built-in synthetic model when `--model` is absent.
@@ -64,6 +73,10 @@ async fn main() {
         Command::Convert(a) => files::convert(a),
         Command::Synth(a) => files::synth(a),
         Command::Inspect(a) => files::inspect(a),
+        Command::Run(a) => browser::run(a).await,
+        Command::Browsers(a) => browser::setup::browsers(a).await,
+        Command::Setup(a) => browser::setup::setup(a),
+        Command::BuildWeb(a) => browser::build_web(a),
     };
     if let Err(e) = res {
         eprintln!("error: {e:#}");

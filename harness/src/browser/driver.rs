@@ -1,0 +1,137 @@
+//! Processes the harness owns: WebDriver servers and Xvfb. Each runs in its own process group and is
+//! killed with all its children (the browsers) when its guard drops, also on error and on Ctrl-C.
+
+use anyhow::{bail, Context, Result};
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::products::{which, LocalDriver};
+
+pub struct Proc {
+    child: Child,
+    pub what: String,
+}
+
+impl Proc {
+    fn spawn(mut cmd: Command, what: &str, log: &Path) -> Result<Proc> {
+        let out = std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+        let err = out.try_clone()?;
+        cmd.stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .process_group(0);
+        let child = cmd.spawn().with_context(|| format!("starting {what}"))?;
+        Ok(Proc {
+            child,
+            what: what.to_string(),
+        })
+    }
+
+    /// Whether it has exited (a crashed driver).
+    pub fn exited(&mut self) -> Option<String> {
+        match self.child.try_wait() {
+            Ok(Some(s)) => Some(format!("{} exited ({s})", self.what)),
+            _ => None,
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        // The whole group: the driver and the browser it launched.
+        let pgid = self.child.id();
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &format!("-{pgid}")])
+            .stderr(Stdio::null())
+            .status();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn free_port() -> Result<u16> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
+    Ok(l.local_addr()?.port())
+}
+
+async fn wait_port(port: u16, proc: &mut Proc, timeout: Duration) -> Result<()> {
+    let start = Instant::now();
+    loop {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
+            return Ok(());
+        }
+        if let Some(e) = proc.exited() {
+            bail!("{e} before it was ready");
+        }
+        if start.elapsed() > timeout {
+            bail!(
+                "{} did not listen on port {port} within {timeout:?}",
+                proc.what
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// An X server for browsers without a headless mode.
+pub struct Xvfb {
+    pub display: String,
+    _proc: Proc,
+}
+
+pub async fn start_xvfb(logs: &Path) -> Result<Xvfb> {
+    let bin = which("Xvfb").context("Xvfb is not installed (apt-get install xvfb xauth)")?;
+    let n = (90..200)
+        .find(|n| {
+            !Path::new(&format!("/tmp/.X11-unix/X{n}")).exists()
+                && !Path::new(&format!("/tmp/.X{n}-lock")).exists()
+        })
+        .context("no free X display number")?;
+    let display = format!(":{n}");
+    let mut cmd = Command::new(bin);
+    cmd.args([&display, "-screen", "0", "1280x1024x24", "-nolisten", "tcp"]);
+    let mut proc = Proc::spawn(cmd, "Xvfb", &logs.join(format!("xvfb-{n}.log")))?;
+    let start = Instant::now();
+    while !Path::new(&format!("/tmp/.X11-unix/X{n}")).exists() {
+        if let Some(e) = proc.exited() {
+            bail!("{e}");
+        }
+        if start.elapsed() > Duration::from_secs(20) {
+            bail!("Xvfb {display} did not start within 20 s");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(Xvfb {
+        display,
+        _proc: proc,
+    })
+}
+
+/// Starts a local driver at a free port and waits until it listens; answers its URL.
+pub async fn start_driver(
+    name: &str,
+    d: &LocalDriver,
+    display: Option<&str>,
+    logs: &Path,
+) -> Result<(Proc, String)> {
+    let bin = which(d.binary).with_context(|| format!("{} is not installed", d.binary))?;
+    let port = free_port()?;
+    let mut cmd = Command::new(bin);
+    for a in d.args {
+        cmd.arg(a.replace("{port}", &port.to_string()));
+    }
+    for (k, v) in d.env {
+        cmd.env(k, v);
+    }
+    if let Some(disp) = display {
+        cmd.env("DISPLAY", disp);
+    }
+    let mut proc = Proc::spawn(cmd, d.binary, &logs.join(format!("{name}-driver.log")))?;
+    wait_port(port, &mut proc, Duration::from_secs(30)).await?;
+    Ok((proc, format!("http://127.0.0.1:{port}")))
+}

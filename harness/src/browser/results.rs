@@ -1,0 +1,99 @@
+//! `results.json`: one run, every host (the native references and each browser), every scenario. It is
+//! rewritten atomically after every scenario, so a crash or a kill loses nothing already measured.
+
+use crate::bench::Machine;
+use anyhow::Result;
+use nibble_engine::scenario::{Capabilities, Params, ScenarioRecord};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::path::Path;
+
+pub const SCHEMA: u32 = 1;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ModelInfo {
+    pub name: String,
+    pub source: String,
+    pub params: usize,
+    pub vocab_size: usize,
+    pub context: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReferenceInfo {
+    pub config: String,
+    pub ppl: f64,
+    pub tokens: usize,
+    pub backend: String,
+}
+
+/// One host of a run: a native backend or a browser.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+pub struct HostRun {
+    pub name: String,
+    pub display: String,
+    /// "native", "local" (a driver this harness started) or "remote".
+    pub kind: String,
+    /// "ok", "failed", "not installed" or "interrupted".
+    pub status: String,
+    pub error: Option<String>,
+    /// How to install it, when it is not installed.
+    #[serde(default)]
+    pub install: Vec<String>,
+    /// The last progress line the host reported (what it was doing when it failed).
+    pub last_progress: Option<String>,
+    pub browser_version: Option<String>,
+    pub driver: Option<String>,
+    pub driver_version: Option<String>,
+    pub webdriver_url: Option<String>,
+    pub capabilities: Option<Capabilities>,
+    /// The engine's load report (fetch and parse times, bytes).
+    pub load: Option<Value>,
+    /// The page's memory APIs (performance.memory, measureUserAgentSpecificMemory) after the memory
+    /// scenario, with the reasons for what is unavailable.
+    pub page_memory: Option<Value>,
+    #[serde(default)]
+    pub scenarios: Vec<ScenarioRecord>,
+    pub seconds: f64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunResults {
+    pub schema: u32,
+    pub nibble_version: String,
+    pub command: String,
+    pub started_unix: u64,
+    pub commit: Option<String>,
+    pub machine: Machine,
+    pub model: ModelInfo,
+    /// The run's parameters; `seqs` holds the token sequences every host scored.
+    pub params: Params,
+    pub references: Vec<ReferenceInfo>,
+    pub hosts: Vec<HostRun>,
+}
+
+impl RunResults {
+    pub fn host_mut(&mut self, name: &str) -> &mut HostRun {
+        let i = self
+            .hosts
+            .iter()
+            .position(|h| h.name == name)
+            .expect("host registered before use");
+        &mut self.hosts[i]
+    }
+}
+
+/// Writes `results.json` through a temporary file and a rename.
+pub fn save(path: &Path, r: &RunResults) -> Result<()> {
+    crate::files::write_atomic(path, |w| Ok(serde_json::to_writer_pretty(w, r)?))
+}
+
+pub fn commit() -> Option<String> {
+    let out = std::process::Command::new("git")
+        .args(["rev-parse", "--short", "HEAD"])
+        .current_dir(super::bundle::workspace())
+        .output()
+        .ok()?;
+    let s = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    (out.status.success() && !s.is_empty()).then_some(s)
+}

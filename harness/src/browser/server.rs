@@ -1,0 +1,143 @@
+//! The static server browsers load the bench from: 127.0.0.1 at a free port, serving only the files
+//! registered with it (the bundle and the run's data), with COOP/COEP so pages are cross-origin
+//! isolated. Any other path, and any path that tries to climb out, is refused.
+
+use anyhow::{Context, Result};
+use axum::body::Body;
+use axum::http::{header, HeaderValue, Request, Response, StatusCode};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+
+/// URL path → file on disk. Nothing outside this map is served.
+#[derive(Clone, Default)]
+pub struct Files(Arc<RwLock<HashMap<String, PathBuf>>>);
+
+impl Files {
+    pub fn add(&self, url_path: &str, file: &Path) {
+        self.0
+            .write()
+            .unwrap()
+            .insert(url_path.to_string(), file.to_path_buf());
+    }
+
+    /// Registers every file under `dir` at `prefix` + its relative path.
+    pub fn add_dir(&self, prefix: &str, dir: &Path) -> Result<()> {
+        let mut stack = vec![dir.to_path_buf()];
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(&d).with_context(|| format!("reading {}", d.display()))? {
+                let p = e?.path();
+                if p.is_dir() {
+                    stack.push(p);
+                } else if let Ok(rel) = p.strip_prefix(dir) {
+                    let rel = rel.to_string_lossy().replace('\\', "/");
+                    if !rel.starts_with('.') {
+                        self.add(&format!("{prefix}{rel}"), &p);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn get(&self, path: &str) -> Option<PathBuf> {
+        self.0.read().unwrap().get(path).cloned()
+    }
+}
+
+pub struct Server {
+    pub port: u16,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Server {
+    pub async fn start(files: Files) -> Result<Server> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .context("binding the static server to 127.0.0.1")?;
+        let port = listener.local_addr()?.port();
+        let f = files;
+        let app = axum::Router::new().fallback(move |req: Request<Body>| {
+            let f = f.clone();
+            async move { serve(&f, req.uri().path()).await }
+        });
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Ok(Server { port, task })
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn content_type(p: &Path) -> &'static str {
+    match p.extension().and_then(|e| e.to_str()).unwrap_or("") {
+        "html" => "text/html; charset=utf-8",
+        "js" => "text/javascript",
+        "wasm" => "application/wasm",
+        "json" => "application/json",
+        "txt" | "md" => "text/plain; charset=utf-8",
+        _ => "application/octet-stream",
+    }
+}
+
+fn refuse(status: StatusCode, why: &str) -> Response<Body> {
+    let mut r = Response::new(Body::from(why.to_string()));
+    *r.status_mut() = status;
+    r
+}
+
+/// Whether a request path could name something outside the registered files.
+pub fn is_traversal(path: &str) -> bool {
+    let lower = path.to_ascii_lowercase();
+    path.split('/').any(|seg| seg == ".." || seg == ".")
+        || path.contains('\\')
+        || path.contains("//")
+        || lower.contains("%2e")
+        || lower.contains("%2f")
+        || lower.contains("%5c")
+        || path.contains('\0')
+}
+
+async fn serve(files: &Files, path: &str) -> Response<Body> {
+    if is_traversal(path) {
+        return refuse(StatusCode::BAD_REQUEST, "path traversal refused");
+    }
+    let path = if path == "/" { "/index.html" } else { path };
+    let Some(file) = files.get(path) else {
+        return refuse(StatusCode::NOT_FOUND, "not served");
+    };
+    match tokio::fs::read(&file).await {
+        Ok(bytes) => {
+            let mut r = Response::new(Body::from(bytes));
+            let h = r.headers_mut();
+            h.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static(content_type(&file)),
+            );
+            h.insert(
+                "cross-origin-opener-policy",
+                HeaderValue::from_static("same-origin"),
+            );
+            h.insert(
+                "cross-origin-embedder-policy",
+                HeaderValue::from_static("require-corp"),
+            );
+            h.insert(
+                "cross-origin-resource-policy",
+                HeaderValue::from_static("same-origin"),
+            );
+            h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            r
+        }
+        Err(e) => refuse(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+    }
+}
