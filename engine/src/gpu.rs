@@ -203,7 +203,12 @@ impl Gpu {
             max_binding: opts.max_binding.map_or(adapter_max, |m| m.min(adapter_max)),
             activations,
             matvec: MatvecKernel::choose(&report).into(),
-            matvec_choice: format!("{:?} for a {} adapter", MatvecKernel::choose(&report), report.device_type).into(),
+            matvec_choice: format!(
+                "{:?} for a {} adapter",
+                MatvecKernel::choose(&report),
+                report.device_type
+            )
+            .into(),
             report,
             errors,
         })
@@ -930,7 +935,9 @@ impl<'g> GpuDecoder<'g> {
     fn dispatch(&mut self, key: BindKey, groups: (u32, u32)) {
         self.ensure(key);
         let pipe = match key {
-            BindKey::Matvec(id, ..) => mat_pipe(&self.pipes, &self.mats[&id], self.gpu.matvec.get()),
+            BindKey::Matvec(id, ..) => {
+                mat_pipe(&self.pipes, &self.mats[&id], self.gpu.matvec.get())
+            }
             BindKey::Embed(..) => &self.pipes.embed,
             BindKey::Norm(..) => &self.pipes.rmsnorm,
             BindKey::Rope(_) => &self.pipes.rope,

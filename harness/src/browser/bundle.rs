@@ -46,7 +46,12 @@ fn sources(ws: &Path) -> Result<Vec<PathBuf>> {
 fn source_hash(ws: &Path) -> Result<String> {
     let mut h = Sha256::new();
     for p in sources(ws)? {
-        h.update(p.strip_prefix(ws).unwrap_or(&p).to_string_lossy().as_bytes());
+        h.update(
+            p.strip_prefix(ws)
+                .unwrap_or(&p)
+                .to_string_lossy()
+                .as_bytes(),
+        );
         h.update(std::fs::read(&p).with_context(|| format!("reading {}", p.display()))?);
     }
     Ok(format!("{:x}", h.finalize()))

@@ -16,7 +16,8 @@ pub struct Proc {
 
 impl Proc {
     fn spawn(mut cmd: Command, what: &str, log: &Path) -> Result<Proc> {
-        let out = std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+        let out =
+            std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
         let err = out.try_clone()?;
         cmd.stdin(Stdio::null())
             .stdout(out)

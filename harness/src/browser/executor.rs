@@ -73,12 +73,16 @@ impl Session {
             if let Some(f) = s.get("fatal").and_then(Value::as_str) {
                 bail!("{f}");
             }
-            if s.get("workerReady") == Some(&json!(true)) && s.get("pageReady") == Some(&json!(true))
+            if s.get("workerReady") == Some(&json!(true))
+                && s.get("pageReady") == Some(&json!(true))
             {
                 return Ok(());
             }
             if start.elapsed() > t.page {
-                bail!("the bench page did not start its engine within {:?}", t.page);
+                bail!(
+                    "the bench page did not start its engine within {:?}",
+                    t.page
+                );
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }

@@ -56,7 +56,11 @@ pub struct RunArgs {
     #[arg(long, default_value_t = 5)]
     pub reps: usize,
     /// Scenarios to run (capabilities always runs).
-    #[arg(long, value_delimiter = ',', default_value = "accuracy,latency,memory,context")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "accuracy,latency,memory,context"
+    )]
     pub scenarios: Vec<String>,
     /// A remote W3C WebDriver endpoint for a browser, NAME=URL (repeatable).
     #[arg(long = "webdriver", value_name = "NAME=URL")]
@@ -162,7 +166,7 @@ fn targets(a: &RunArgs) -> Result<Vec<Target>> {
             .browsers
             .get(&n)
             .and_then(|b| b.capabilities.clone())
-            .map(|v| serde_json::to_value(v))
+            .map(serde_json::to_value)
             .transpose()?;
         if product.is_none() && !remote.contains_key(&n) {
             bail!(
@@ -250,11 +254,15 @@ fn prepare(a: &RunArgs, data: &Path, files: &server::Files, ui: &Ui) -> Result<P
     let (base, model_url, tok_url) = match (&a.model.model, &a.preset) {
         (Some(path), _) => {
             let base = crate::native::load_model(&a.model)?;
-            let name = path.file_name().map_or("model".into(), |n| n.to_string_lossy().to_string());
+            let name = path
+                .file_name()
+                .map_or("model".into(), |n| n.to_string_lossy().to_string());
             files.add(&format!("/data/{name}"), path);
             let tok = match &a.model.tokenizer {
                 Some(t) => {
-                    let tn = t.file_name().map_or("tokenizer".into(), |n| n.to_string_lossy().to_string());
+                    let tn = t
+                        .file_name()
+                        .map_or("tokenizer".into(), |n| n.to_string_lossy().to_string());
                     files.add(&format!("/data/{tn}"), t);
                     Some(format!("/data/{tn}"))
                 }
@@ -351,16 +359,16 @@ fn run_native(
     for name in want {
         let t0 = Instant::now();
         let name = name.as_str();
-        ui.line(&host.name, &format!("{name}"));
+        ui.line(&host.name, name);
         let progress = |m: String| host_progress(ui, &host.name, &m);
         let out = block_on(async {
             Ok::<_, nibble_engine::Error>(match name {
                 "accuracy" => Outcome::Accuracy(
                     scenario::accuracy(&p.base, backend, &p.params, &p.refs, progress).await?,
                 ),
-                "latency" => {
-                    Outcome::Latency(scenario::latency(&p.base, backend, &p.params, progress).await?)
-                }
+                "latency" => Outcome::Latency(
+                    scenario::latency(&p.base, backend, &p.params, progress).await?,
+                ),
                 "memory" => {
                     Outcome::Memory(scenario::memory(&p.base, backend, &p.params, progress).await?)
                 }
@@ -374,7 +382,8 @@ fn run_native(
                 }
             })
         });
-        host.scenarios.push(record(name, t0, out.map_err(|e| e.to_string())));
+        host.scenarios
+            .push(record(name, t0, out.map_err(|e| e.to_string())));
         save(host);
     }
 }
@@ -459,11 +468,10 @@ pub async fn run(a: RunArgs) -> Result<()> {
         machine: Machine::this(),
         model: ModelInfo {
             name: p.base.name.clone(),
-            source: a
-                .model
-                .model
-                .as_ref()
-                .map_or_else(|| a.preset.clone().unwrap_or("built-in".into()), |m| m.display().to_string()),
+            source: a.model.model.as_ref().map_or_else(
+                || a.preset.clone().unwrap_or("built-in".into()),
+                |m| m.display().to_string(),
+            ),
             params: p.base.config.n_params(p.base.tied()),
             vocab_size: p.base.config.vocab_size,
             context: p.base.config.seq_len,
@@ -483,7 +491,10 @@ pub async fn run(a: RunArgs) -> Result<()> {
             .collect(),
         hosts: Vec::new(),
     };
-    for (name, display, kind) in [("native-cpu", "native CPU (oracle code)", "native"), ("native-gpu", "native GPU (wgpu)", "native")] {
+    for (name, display, kind) in [
+        ("native-cpu", "native CPU (oracle code)", "native"),
+        ("native-gpu", "native GPU (wgpu)", "native"),
+    ] {
         if name == "native-gpu" && a.no_native_gpu {
             continue;
         }
@@ -499,7 +510,12 @@ pub async fn run(a: RunArgs) -> Result<()> {
         res.hosts.push(HostRun {
             name: t.name.clone(),
             display: t.product.map_or(t.name.clone(), |p| p.display.to_string()),
-            kind: if t.remote.is_some() { "remote" } else { "local" }.into(),
+            kind: if t.remote.is_some() {
+                "remote"
+            } else {
+                "local"
+            }
+            .into(),
             status: "pending".into(),
             webdriver_url: t.remote.clone(),
             ..Default::default()
@@ -555,11 +571,22 @@ pub async fn run(a: RunArgs) -> Result<()> {
             for t in &targets {
                 let mut host = res.host_mut(&t.name).clone();
                 let t0 = Instant::now();
-                run_browser(t, &server, &p, &a, &want, &timeouts, &logs, &mut host, &ui, |h| {
-                    let mut r = res.clone();
-                    *r.host_mut(&h.name) = h.clone();
-                    let _ = results::save(&results_path, &r);
-                })
+                run_browser(
+                    t,
+                    &server,
+                    &p,
+                    &a,
+                    &want,
+                    &timeouts,
+                    &logs,
+                    &mut host,
+                    &ui,
+                    |h| {
+                        let mut r = res.clone();
+                        *r.host_mut(&h.name) = h.clone();
+                        let _ = results::save(&results_path, &r);
+                    },
+                )
                 .await;
                 host.seconds = t0.elapsed().as_secs_f64();
                 ui.line(&t.name, &format!("{} ({:.0} s)", host.status, host.seconds));
@@ -618,7 +645,10 @@ async fn run_browser(
         let product = t.product.expect("local targets are products");
         if product.local.is_none() {
             host.status = "not installed".into();
-            host.error = Some(format!("{} is reachable only through a remote WebDriver endpoint", product.display));
+            host.error = Some(format!(
+                "{} is reachable only through a remote WebDriver endpoint",
+                product.display
+            ));
             host.install = product.install.iter().map(|s| s.to_string()).collect();
             ui.line(&t.name, "not installed (remote only): skipped");
             return;
@@ -628,12 +658,22 @@ async fn run_browser(
             host.status = "not installed".into();
             host.error = Some(missing.join("; "));
             host.install = product.install.iter().map(|s| s.to_string()).collect();
-            ui.line(&t.name, &format!("not installed: {}; install with: {}", missing.join("; "), product.install.join(" && ")));
+            ui.line(
+                &t.name,
+                &format!(
+                    "not installed: {}; install with: {}",
+                    missing.join("; "),
+                    product.install.join(" && ")
+                ),
+            );
             return;
         }
     }
     let bar = ui.bar(&t.name, 2 + want.len() as u64);
-    let r = browser_steps(t, server, p, a, want, timeouts, logs, host, ui, &bar, &mut save).await;
+    let r = browser_steps(
+        t, server, p, a, want, timeouts, logs, host, ui, &bar, &mut save,
+    )
+    .await;
     bar.finish_and_clear();
     match r {
         Ok(()) => {
@@ -664,7 +704,13 @@ async fn run_browser(
                     });
                 }
             }
-            ui.line(&t.name, &format!("FAILED: {e:#} (last progress: {})", host.last_progress.as_deref().unwrap_or("none")));
+            ui.line(
+                &t.name,
+                &format!(
+                    "FAILED: {e:#} (last progress: {})",
+                    host.last_progress.as_deref().unwrap_or("none")
+                ),
+            );
         }
     }
     save(host);
@@ -763,12 +809,14 @@ async fn session_steps(
         &format!(
             "backend {}{}",
             caps.backend,
-            caps.adapter
-                .as_ref()
-                .map_or_else(
-                    || format!(" ({})", caps.gpu_unavailable.as_deref().unwrap_or("")),
-                    |ad| format!(" on {} ({} activations)", ad.name, caps.activations.as_deref().unwrap_or("?"))
+            caps.adapter.as_ref().map_or_else(
+                || format!(" ({})", caps.gpu_unavailable.as_deref().unwrap_or("")),
+                |ad| format!(
+                    " on {} ({} activations)",
+                    ad.name,
+                    caps.activations.as_deref().unwrap_or("?")
                 )
+            )
         ),
     );
     host.capabilities = Some(caps);
@@ -791,7 +839,13 @@ async fn session_steps(
         ui.line(&name, sc);
         let t0 = Instant::now();
         let r = s
-            .call("run_scenario", vec![json!(sc)], timeouts.scenario, timeouts, &mut on)
+            .call(
+                "run_scenario",
+                vec![json!(sc)],
+                timeouts.scenario,
+                timeouts,
+                &mut on,
+            )
             .await;
         let rec: ScenarioRecord = match r {
             Ok(v) => serde_json::from_str(v.as_str().context("scenario answered no text")?)
@@ -811,7 +865,10 @@ async fn session_steps(
             }
         };
         if rec.status != "ok" {
-            ui.line(&name, &format!("{sc} failed: {}", rec.error.as_deref().unwrap_or("?")));
+            ui.line(
+                &name,
+                &format!("{sc} failed: {}", rec.error.as_deref().unwrap_or("?")),
+            );
         }
         host.scenarios.push(rec);
         if sc == "memory" {
@@ -833,7 +890,10 @@ fn print_summary(r: &RunResults) {
     println!("| host | status | backend | accuracy | decode q4_0 ms/token | error |");
     println!("|---|---|---|---|---|---|");
     for h in &r.hosts {
-        let backend = h.capabilities.as_ref().map_or("-".into(), |c| c.backend.clone());
+        let backend = h
+            .capabilities
+            .as_ref()
+            .map_or("-".into(), |c| c.backend.clone());
         let acc = h
             .scenarios
             .iter()
@@ -855,7 +915,12 @@ fn print_summary(r: &RunResults) {
                     .iter()
                     .find(|c| c.config == "q4_0")
                     .and_then(|c| c.decode.first())
-                    .map(|d| format!("{:.3} (p10 {:.3}, p90 {:.3})", d.ms_per_token.median, d.ms_per_token.p10, d.ms_per_token.p90)),
+                    .map(|d| {
+                        format!(
+                            "{:.3} (p10 {:.3}, p90 {:.3})",
+                            d.ms_per_token.median, d.ms_per_token.p10, d.ms_per_token.p90
+                        )
+                    }),
                 _ => None,
             })
             .unwrap_or_else(|| "not measured".into());

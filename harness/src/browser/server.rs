@@ -141,3 +141,65 @@ async fn serve(files: &Files, path: &str) -> Response<Body> {
         Err(e) => refuse(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    async fn get(port: u16, path: &str) -> String {
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
+        let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        s.write_all(req.as_bytes()).await.unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.unwrap();
+        out
+    }
+
+    #[tokio::test]
+    async fn serves_only_registered_files_with_isolation_headers() {
+        let dir = std::env::temp_dir().join(format!("nibble-server-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("sub")).unwrap();
+        std::fs::write(dir.join("a.js"), "export {}").unwrap();
+        std::fs::write(dir.join("sub/b.wasm"), b"\0asm").unwrap();
+        std::fs::write(dir.join("secret.txt"), "no").unwrap();
+        let files = Files::default();
+        files.add("/a.js", &dir.join("a.js"));
+        files.add("/sub/b.wasm", &dir.join("sub/b.wasm"));
+        let srv = Server::start(files).await.unwrap();
+        let ok = get(srv.port, "/a.js").await;
+        assert!(ok.starts_with("HTTP/1.1 200"), "{ok}");
+        let lower = ok.to_ascii_lowercase();
+        assert!(lower.contains("cross-origin-opener-policy: same-origin"));
+        assert!(lower.contains("cross-origin-embedder-policy: require-corp"));
+        assert!(lower.contains("content-type: text/javascript"));
+        assert!(get(srv.port, "/sub/b.wasm")
+            .await
+            .to_ascii_lowercase()
+            .contains("application/wasm"));
+        // Unregistered files next to registered ones, and every climbing path, are refused.
+        assert!(get(srv.port, "/secret.txt")
+            .await
+            .starts_with("HTTP/1.1 404"));
+        for p in [
+            "/sub/../secret.txt",
+            "/sub/%2e%2e/secret.txt",
+            "/%2E%2E/%2E%2E/etc/passwd",
+            "/sub//b.wasm",
+            "/sub/..%2fsecret.txt",
+        ] {
+            let r = get(srv.port, p).await;
+            assert!(
+                r.starts_with("HTTP/1.1 400") || r.starts_with("HTTP/1.1 404"),
+                "{p}: {r}"
+            );
+            assert!(
+                !r.contains("no\r\n") && !r.ends_with("no"),
+                "{p} leaked: {r}"
+            );
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

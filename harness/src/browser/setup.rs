@@ -147,10 +147,7 @@ pub async fn browsers(a: BrowsersArgs) -> Result<()> {
         let bver = products::version_of(l.version_cmd);
         let dver = products::which(l.binary)
             .and_then(|b| products::version_of(&[&b.to_string_lossy(), "--version"]));
-        println!(
-            "  browser: {}",
-            bver.as_deref().unwrap_or("not installed")
-        );
+        println!("  browser: {}", bver.as_deref().unwrap_or("not installed"));
         println!(
             "  driver:  {} {}",
             l.binary,
@@ -224,7 +221,8 @@ async fn probe(
     let (_proc, url) = super::driver::start_driver(p.name, l, display.as_deref(), logs).await?;
     let profile = logs.join(format!("{}-profile", p.name));
     std::fs::create_dir_all(&profile)?;
-    let mut s = super::executor::connect(&url, &products::capabilities(p.name, &profile), &t).await?;
+    let mut s =
+        super::executor::connect(&url, &products::capabilities(p.name, &profile), &t).await?;
     let r = async {
         s.open_page(&server.url("/index.html"), &t).await?;
         let v = s

@@ -1,0 +1,245 @@
+//! `nibble run` end to end in real browsers (Chromium and Firefox on WebGPU, WebKitGTK on the wasm CPU
+//! path) on the built-in model, the remote-endpoint path, and a browser killed mid-scenario.
+//! These need the browsers and drivers `.ci/run` installs; they run one at a time (a lock), since two
+//! browsers on a 2-core machine would only slow each other down.
+
+use serde_json::Value;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Mutex;
+
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+fn scratch(name: &str) -> PathBuf {
+    let d = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(name);
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// Small figures: every scenario runs for real, but briefly.
+const QUICK: &[&str] = &[
+    "--reps",
+    "1",
+    "--max-tokens",
+    "32",
+    "--prompts",
+    "16",
+    "--depths",
+    "0,32",
+    "--decode-tokens",
+    "8",
+    "--past-context",
+    "16",
+    "--no-native-gpu",
+];
+
+fn run(out: &Path, extra: &[&str]) -> Value {
+    let o = Command::new(env!("CARGO_BIN_EXE_nibble"))
+        .arg("run")
+        .args(QUICK)
+        .args(extra)
+        .arg("--out")
+        .arg(out)
+        .output()
+        .expect("run nibble");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "nibble run failed:\n{err}");
+    results(out)
+}
+
+fn results(out: &Path) -> Value {
+    let b = std::fs::read(out.join("results.json")).expect("results.json written");
+    serde_json::from_slice(&b).expect("results.json parses")
+}
+
+fn host<'a>(r: &'a Value, name: &str) -> &'a Value {
+    r["hosts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|h| h["name"] == name)
+        .unwrap_or_else(|| panic!("no host {name}"))
+}
+
+fn scenario<'a>(h: &'a Value, name: &str) -> &'a Value {
+    h["scenarios"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == name)
+        .unwrap_or_else(|| panic!("{}: no scenario {name}", h["name"]))
+}
+
+/// Every scenario ran and the accuracy rows pass against the native oracle.
+fn assert_complete(h: &Value, backend: &str) {
+    assert_eq!(h["status"], "ok", "{}: {}", h["name"], h["error"]);
+    assert_eq!(h["capabilities"]["backend"], backend, "{}", h["name"]);
+    assert!(h["browser_version"].as_str().is_some_and(|v| !v.is_empty()));
+    for s in ["accuracy", "latency", "memory", "context"] {
+        let sc = scenario(h, s);
+        assert_eq!(sc["status"], "ok", "{} {s}: {}", h["name"], sc["error"]);
+    }
+    let rows = scenario(h, "accuracy")["outcome"]["data"]
+        .as_array()
+        .unwrap();
+    assert_eq!(rows.len(), 2);
+    for r in rows {
+        assert_eq!(
+            r["pass"], true,
+            "{} accuracy {}: {}",
+            h["name"], r["config"], r["failure"]
+        );
+        assert!(r["divergence"]["tokens"].as_u64().unwrap() >= 32);
+    }
+    // Latency: real timings for every configuration.
+    for c in scenario(h, "latency")["outcome"]["data"]
+        .as_array()
+        .unwrap()
+    {
+        let d = c["decode"][0]["ms_per_token"]["median"].as_f64().unwrap();
+        assert!(d > 0.0 && d.is_finite(), "{}: decode {d}", h["name"]);
+    }
+    // Context: four KV types with measured token counts, and a window run past the context that
+    // stayed flat.
+    let ctx = &scenario(h, "context")["outcome"]["data"];
+    assert_eq!(ctx["rows"].as_array().unwrap().len(), 4);
+    let w = &ctx["window"];
+    assert!(w["positions_decoded"].as_u64().unwrap() > w["model_context"].as_u64().unwrap());
+    assert_eq!(w["flat"], true);
+}
+
+#[test]
+fn chrome_firefox_webkit_run_every_scenario_on_the_builtin_model() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let out = scratch("run-local");
+    let r = run(&out, &["--browsers", "chrome,firefox,webkit,safari"]);
+    assert_eq!(host(&r, "native-cpu")["status"], "ok");
+    let chrome = host(&r, "chrome");
+    assert_complete(chrome, "webgpu");
+    // Chromium's SwiftShader has no shader-f16: f32 activations, chosen automatically.
+    assert_eq!(chrome["capabilities"]["activations"], "f32");
+    let firefox = host(&r, "firefox");
+    assert_complete(firefox, "webgpu");
+    assert_eq!(firefox["capabilities"]["activations"], "f16");
+    let webkit = host(&r, "webkit");
+    assert_complete(webkit, "wasm-cpu");
+    assert!(
+        webkit["capabilities"]["gpu_unavailable"]
+            .as_str()
+            .is_some_and(|s| s.contains("navigator.gpu")),
+        "{}",
+        webkit["capabilities"]
+    );
+    // Chromium has performance.memory; the page reports it, Firefox says it lacks it.
+    assert!(
+        chrome["page_memory"]["performance_memory_usedJSHeapSize"]
+            .as_f64()
+            .unwrap()
+            > 0.0
+    );
+    assert!(firefox["page_memory"]["not_available"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|s| s.as_str().unwrap().contains("performance.memory")));
+    // Safari is remote-only here: recorded as not installed, with how to reach it.
+    let safari = host(&r, "safari");
+    assert_eq!(safari["status"], "not installed");
+    assert!(safari["install"][0]
+        .as_str()
+        .unwrap()
+        .contains("safaridriver"));
+}
+
+#[test]
+fn a_remote_endpoint_is_driven_like_a_local_one() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let out = scratch("run-remote");
+    // A chromedriver this test starts plays the remote grid.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut driver = Command::new("chromedriver")
+        .arg(format!("--port={port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("chromedriver installed");
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    let url = format!("chrome=http://127.0.0.1:{port}");
+    let r = run(
+        &out,
+        &[
+            "--browsers",
+            "chrome",
+            "--webdriver",
+            &url,
+            "--scenarios",
+            "accuracy",
+        ],
+    );
+    let _ = driver.kill();
+    let _ = driver.wait();
+    let chrome = host(&r, "chrome");
+    assert_eq!(chrome["kind"], "remote");
+    assert_eq!(chrome["status"], "ok", "{}", chrome["error"]);
+    assert_eq!(chrome["webdriver_url"], format!("http://127.0.0.1:{port}"));
+    assert_eq!(scenario(chrome, "accuracy")["status"], "ok");
+}
+
+#[test]
+fn a_browser_killed_mid_scenario_is_recorded_and_the_run_goes_on() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let out = scratch("run-kill");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_nibble"))
+        .arg("run")
+        .args(QUICK)
+        .args([
+            "--browsers",
+            "chrome,webkit",
+            "--scenarios",
+            "accuracy,context",
+        ])
+        .arg("--out")
+        .arg(&out)
+        .env("NIBBLE_VERBOSE", "1")
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut log = String::new();
+    let mut killed = false;
+    for line in BufReader::new(child.stderr.take().unwrap()).lines() {
+        let line = line.unwrap();
+        log += &line;
+        log.push('\n');
+        // Once Chromium is inside the context scenario, kill every process of its profile.
+        if !killed && line.contains("chrome: context") {
+            std::thread::sleep(std::time::Duration::from_millis(500));
+            let s = Command::new("pkill")
+                .args(["-KILL", "-f", "chrome-profile"])
+                .status()
+                .unwrap();
+            assert!(s.success(), "no Chromium process to kill");
+            killed = true;
+        }
+    }
+    let status = child.wait().unwrap();
+    assert!(killed, "never saw the context scenario start:\n{log}");
+    assert!(status.success(), "the run did not go on:\n{log}");
+    let r = results(&out);
+    let chrome = host(&r, "chrome");
+    assert_eq!(chrome["status"], "failed");
+    assert!(chrome["error"].as_str().is_some_and(|e| !e.is_empty()));
+    // What it had measured before the kill is kept; the killed scenario says it failed.
+    assert_eq!(scenario(chrome, "accuracy")["status"], "ok");
+    assert_eq!(scenario(chrome, "context")["status"], "failed");
+    assert!(chrome["last_progress"].as_str().is_some());
+    // The next browser still ran.
+    let webkit = host(&r, "webkit");
+    assert_eq!(webkit["status"], "ok", "{}", webkit["error"]);
+}
