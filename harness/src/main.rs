@@ -3,6 +3,7 @@
 mod bench;
 mod browser;
 mod files;
+mod gate;
 mod native;
 
 use clap::{Args, Parser, Subcommand};
@@ -45,6 +46,8 @@ enum Command {
     Browsers(browser::setup::BrowsersArgs),
     /// Install what the local browser suite needs (Debian/Ubuntu, as root); skips what is present.
     Setup(browser::setup::SetupArgs),
+    /// Evaluate target metrics on a results.json: exit 0 (all required pass), 1 (one fails), 2 (bad input).
+    Gate(gate::GateArgs),
     /// Build the wasm bundle and the bench page (rebuilt only when sources change).
     BuildWeb(browser::BuildWebArgs),
 }
@@ -73,7 +76,11 @@ async fn main() {
         Command::Convert(a) => files::convert(a),
         Command::Synth(a) => files::synth(a),
         Command::Inspect(a) => files::inspect(a),
-        Command::Run(a) => browser::run(a).await,
+        Command::Run(a) => match browser::run(a).await {
+            Ok(code) => std::process::exit(code),
+            Err(e) => Err(e),
+        },
+        Command::Gate(a) => std::process::exit(gate::gate(a)),
         Command::Browsers(a) => browser::setup::browsers(a).await,
         Command::Setup(a) => browser::setup::setup(a),
         Command::BuildWeb(a) => browser::build_web(a),

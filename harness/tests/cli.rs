@@ -376,3 +376,24 @@ fn bench_writes_medians_spread_and_bytes() {
         "{md}"
     );
 }
+
+#[test]
+fn setup_dry_run_and_browser_listing_say_what_is_there() {
+    // Dry run: prints the commands for anything missing (or that everything is present); installs nothing.
+    let o = nibble(&["setup", "--dry-run"]);
+    assert!(o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("chromium"), "{err}");
+    // Listing without starting browsers: every product, with versions or install commands.
+    let out = ok(&["browsers", "--no-probe"]);
+    for name in [
+        "Chromium",
+        "Firefox",
+        "WebKitGTK",
+        "Microsoft Edge",
+        "Safari",
+    ] {
+        assert!(out.contains(name), "{out}");
+    }
+    assert!(out.contains("remote only"), "{out}");
+}

@@ -89,6 +89,9 @@ pub struct RunArgs {
     /// Tokens the sliding-window run decodes past the model's context.
     #[arg(long)]
     pub past_context: Option<usize>,
+    /// Targets the run is gated on at the end (default: targets.toml in the repository).
+    #[arg(long)]
+    pub targets: Option<PathBuf>,
     /// Skip the native GPU reference (the CPU oracle always runs).
     #[arg(long)]
     pub no_native_gpu: bool,
@@ -429,8 +432,14 @@ fn native_caps(gpu: Option<&Gpu>, why: Option<String>) -> Capabilities {
     }
 }
 
-pub async fn run(a: RunArgs) -> Result<()> {
+/// Runs everything, then gates; answers the gate's exit code.
+pub async fn run(a: RunArgs) -> Result<i32> {
     let ui = Ui::new();
+    let gate_file = a
+        .targets
+        .clone()
+        .unwrap_or_else(crate::gate::default_targets);
+    let gate_targets = crate::gate::read_targets(&gate_file)?;
     let targets = targets(&a)?;
     let want: Vec<String> = a
         .scenarios
@@ -609,7 +618,22 @@ pub async fn run(a: RunArgs) -> Result<()> {
     }
     print_summary(&res);
     eprintln!("wrote {}", results_path.display());
-    Ok(())
+    let verdicts = crate::gate::evaluate(&res, &gate_targets);
+    println!("\n{}", crate::gate::table(&verdicts));
+    crate::files::write_atomic(&out.join("gate.json"), |w| {
+        Ok(serde_json::to_writer_pretty(w, &verdicts)?)
+    })?;
+    let code = crate::gate::exit_code(&verdicts);
+    eprintln!(
+        "gate ({}): {}",
+        gate_file.display(),
+        if code == 0 {
+            "every required target passes"
+        } else {
+            "a required target failed"
+        }
+    );
+    Ok(code)
 }
 
 fn finish_host(h: &mut HostRun, t0: Instant) {

@@ -2,7 +2,7 @@
 //! rewritten atomically after every scenario, so a crash or a kill loses nothing already measured.
 
 use crate::bench::Machine;
-use anyhow::Result;
+use anyhow::{Context, Result};
 use nibble_engine::scenario::{Capabilities, Params, ScenarioRecord};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -27,8 +27,10 @@ pub struct ReferenceInfo {
     pub backend: String,
 }
 
-/// One host of a run: a native backend or a browser.
+/// One host of a run: a native backend or a browser. Missing fields read as absent, so a partial
+/// record (a run killed mid-browser) still loads.
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(default)]
 pub struct HostRun {
     pub name: String,
     pub display: String,
@@ -86,6 +88,21 @@ impl RunResults {
 /// Writes `results.json` through a temporary file and a rename.
 pub fn save(path: &Path, r: &RunResults) -> Result<()> {
     crate::files::write_atomic(path, |w| Ok(serde_json::to_writer_pretty(w, r)?))
+}
+
+/// Reads a results.json, naming the file and what is wrong with it.
+pub fn load(path: &Path) -> Result<RunResults> {
+    let b = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let r: RunResults = serde_json::from_slice(&b)
+        .with_context(|| format!("{}: not a nibble results.json", path.display()))?;
+    if r.schema != SCHEMA {
+        anyhow::bail!(
+            "{}: schema {} (this nibble reads {SCHEMA})",
+            path.display(),
+            r.schema
+        );
+    }
+    Ok(r)
 }
 
 pub fn commit() -> Option<String> {
