@@ -5,6 +5,7 @@ mod browser;
 mod files;
 mod gate;
 mod native;
+mod report;
 
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
@@ -48,6 +49,8 @@ enum Command {
     Setup(browser::setup::SetupArgs),
     /// Evaluate target metrics on a results.json: exit 0 (all required pass), 1 (one fails), 2 (bad input).
     Gate(gate::GateArgs),
+    /// Write report.html (charts, gates, compatibility matrix), results.csv and summary.md.
+    Report(report::ReportArgs),
     /// Build the wasm bundle and the bench page (rebuilt only when sources change).
     BuildWeb(browser::BuildWebArgs),
 }
@@ -80,6 +83,7 @@ async fn main() {
             Ok(code) => std::process::exit(code),
             Err(e) => Err(e),
         },
+        Command::Report(a) => report::report(a),
         Command::Gate(a) => std::process::exit(gate::gate(a)),
         Command::Browsers(a) => browser::setup::browsers(a).await,
         Command::Setup(a) => browser::setup::setup(a),

@@ -499,6 +499,7 @@ pub async fn run(a: RunArgs) -> Result<i32> {
             })
             .collect(),
         hosts: Vec::new(),
+        sweep: Vec::new(),
     };
     for (name, display, kind) in [
         ("native-cpu", "native CPU (oracle code)", "native"),
@@ -532,6 +533,18 @@ pub async fn run(a: RunArgs) -> Result<i32> {
     }
     results::save(&results_path, &res)?;
     eprintln!("results: {}", results_path.display());
+    ui.line("native", "quantization sweep (CPU)");
+    res.sweep = tokio::task::block_in_place(|| {
+        block_on(measure::sweep(
+            &p.base,
+            &p.params.seqs,
+            &measure::default_grid(p.params.window),
+            p.params.kv_budget,
+            Backend::Cpu,
+            |_, _| {},
+        ))
+    })?;
+    results::save(&results_path, &res)?;
 
     // Native reference: the CPU oracle, then the native GPU.
     let t0 = Instant::now();
@@ -624,6 +637,8 @@ pub async fn run(a: RunArgs) -> Result<i32> {
         Ok(serde_json::to_writer_pretty(w, &verdicts)?)
     })?;
     let code = crate::gate::exit_code(&verdicts);
+    crate::report::write(&res, &[], &gate_targets, &out)?;
+    eprintln!("report: {}", out.join("report.html").display());
     eprintln!(
         "gate ({}): {}",
         gate_file.display(),
@@ -778,8 +793,7 @@ async fn browser_steps(
             let (proc, url) = driver::start_driver(&t.name, d, display.as_deref(), logs).await?;
             _driver = Some(proc);
             host.driver = Some(d.binary.to_string());
-            host.driver_version = products::which(d.binary)
-                .and_then(|b| products::version_of(&[&b.to_string_lossy(), "--version"]));
+            host.driver_version = products::version_of(d.driver_version_cmd);
             host.browser_version = products::version_of(d.version_cmd);
             url
         }

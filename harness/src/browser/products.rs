@@ -20,6 +20,8 @@ pub struct LocalDriver {
     pub browser_binary: &'static str,
     /// Prints the browser's version.
     pub version_cmd: &'static [&'static str],
+    /// Prints the driver's version.
+    pub driver_version_cmd: &'static [&'static str],
 }
 
 #[derive(Debug, Clone)]
@@ -45,6 +47,7 @@ pub const PRODUCTS: &[Product] = &[
             needs_display: false,
             browser_binary: "/usr/lib/chromium/chromium",
             version_cmd: &["/usr/lib/chromium/chromium", "--version"],
+            driver_version_cmd: &["chromedriver", "--version"],
         }),
         install: &["DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium chromium-driver"],
     },
@@ -59,6 +62,7 @@ pub const PRODUCTS: &[Product] = &[
             needs_display: false,
             browser_binary: "/usr/lib/firefox-esr/firefox-esr",
             version_cmd: &["/usr/lib/firefox-esr/firefox-esr", "--version"],
+            driver_version_cmd: &["geckodriver", "--version"],
         }),
         install: &[
             "DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends firefox-esr mesa-vulkan-drivers",
@@ -76,6 +80,8 @@ pub const PRODUCTS: &[Product] = &[
             needs_display: true,
             browser_binary: "/usr/lib/x86_64-linux-gnu/webkit2gtk-4.1/MiniBrowser",
             version_cmd: &["dpkg-query", "-W", "-f=${Version}", "webkit2gtk-driver"],
+            // WebKitWebDriver has no --version; the package's version is the driver's.
+            driver_version_cmd: &["dpkg-query", "-W", "-f=${Version}", "webkit2gtk-driver"],
         }),
         install: &["DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends webkit2gtk-driver xvfb xauth"],
     },
@@ -196,6 +202,7 @@ pub fn missing(p: &Product) -> Vec<String> {
 /// A command's first output line, for versions.
 pub fn version_of(cmd: &[&str]) -> Option<String> {
     let (bin, args) = cmd.split_first()?;
+    let bin = which(bin)?;
     let out = std::process::Command::new(bin).args(args).output().ok()?;
     let s = String::from_utf8_lossy(&out.stdout);
     let line = s.lines().next()?.trim().to_string();

@@ -72,6 +72,9 @@ pub struct RunResults {
     pub params: Params,
     pub references: Vec<ReferenceInfo>,
     pub hosts: Vec<HostRun>,
+    /// The quantization sweep on the native CPU (bits per weight against accuracy).
+    #[serde(default)]
+    pub sweep: Vec<nibble_engine::measure::SweepRow>,
 }
 
 impl RunResults {

@@ -145,8 +145,7 @@ pub async fn browsers(a: BrowsersArgs) -> Result<()> {
         };
         let missing = products::missing(p);
         let bver = products::version_of(l.version_cmd);
-        let dver = products::which(l.binary)
-            .and_then(|b| products::version_of(&[&b.to_string_lossy(), "--version"]));
+        let dver = products::version_of(l.driver_version_cmd);
         println!("  browser: {}", bver.as_deref().unwrap_or("not installed"));
         println!(
             "  driver:  {} {}",

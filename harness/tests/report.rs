@@ -1,0 +1,241 @@
+//! `nibble gate` and `nibble report` on a recorded results.json that a real `nibble run` produced
+//! (tests/fixtures/results.json: the built-in model natively and in Chromium, Firefox and WebKitGTK).
+
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn nibble(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_nibble"))
+        .args(args)
+        .output()
+        .expect("run nibble")
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let d = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(name);
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn fixture() -> Value {
+    let p = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/results.json");
+    serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap()
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> String {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p.to_string_lossy().into_owned()
+}
+
+fn target(metric: &str, op: &str, threshold: f64, required: bool, hosts: &str) -> String {
+    format!(
+        "[[target]]\nmetric = \"{metric}\"\nop = \"{op}\"\nthreshold = {threshold}\nrequired = {required}\nhosts = [{hosts}]\n"
+    )
+}
+
+fn gate(results: &str, targets: &str) -> (i32, String) {
+    let o = nibble(&["gate", results, "--targets", targets]);
+    (
+        o.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr),
+    )
+}
+
+#[test]
+fn gates_pass_fail_not_measured_and_advisory() {
+    let d = scratch("gate");
+    let res = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/results.json");
+    // The repository's targets pass on the recorded run.
+    let (code, out) = gate(res, concat!(env!("CARGO_MANIFEST_DIR"), "/../targets.toml"));
+    assert_eq!(code, 0, "{out}");
+    // Measured 0.717: passes at 0.70, fails at 0.72.
+    let t = write(
+        &d,
+        "pass.toml",
+        &target("weight_reduction_q4_0", ">=", 0.70, true, ""),
+    );
+    assert_eq!(gate(res, &t).0, 0);
+    let t = write(
+        &d,
+        "fail.toml",
+        &target("weight_reduction_q4_0", ">=", 0.72, true, ""),
+    );
+    let (code, out) = gate(res, &t);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("FAIL"));
+    // The same failure as advisory does not fail the gate.
+    let t = write(
+        &d,
+        "adv.toml",
+        &target("weight_reduction_q4_0", ">=", 0.72, false, ""),
+    );
+    assert_eq!(gate(res, &t).0, 0);
+    // "<=" in both directions, limited to one host.
+    let t = write(
+        &d,
+        "le.toml",
+        &target("accuracy_max_kl", "<=", 1e-3, true, "\"chrome\""),
+    );
+    let (code, out) = gate(res, &t);
+    assert_eq!(code, 0, "{out}");
+    assert!(!out.contains("| firefox |"), "{out}");
+    let t = write(
+        &d,
+        "le2.toml",
+        &target("accuracy_max_kl", "<=", 0.0, true, "\"chrome\""),
+    );
+    // Same weights as the oracle, but rounding leaves a KL above exactly zero.
+    assert_eq!(gate(res, &t).0, 1);
+    // A metric nobody measured: not measured fails a required target, never passes silently...
+    let t = write(
+        &d,
+        "nm.toml",
+        &target("warm_reload_speedup", ">=", 1.0, true, ""),
+    );
+    let (code, out) = gate(res, &t);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("NOT MEASURED"));
+    // ...and is only reported when advisory.
+    let t = write(
+        &d,
+        "nm-adv.toml",
+        &target("warm_reload_speedup", ">=", 1.0, false, ""),
+    );
+    assert_eq!(gate(res, &t).0, 0);
+    // A scenario missing from one host makes its metrics not measured there.
+    let mut r = fixture();
+    for h in r["hosts"].as_array_mut().unwrap() {
+        if h["name"] == "firefox" {
+            h["scenarios"]
+                .as_array_mut()
+                .unwrap()
+                .retain(|s| s["name"] != "memory");
+        }
+    }
+    let partial = write(&d, "partial.json", &r.to_string());
+    let t = write(
+        &d,
+        "p.toml",
+        &target("weight_reduction_q4_0", ">=", 0.70, true, ""),
+    );
+    let (code, out) = gate(&partial, &t);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("the memory scenario did not run on firefox"),
+        "{out}"
+    );
+    // Unusable input: exit 2 with the file named.
+    let bad = write(&d, "bad.json", "{\"schema\": 1, \"hosts\": [");
+    let (code, out) = gate(&bad, &t);
+    assert_eq!(code, 2);
+    assert!(out.contains("bad.json"), "{out}");
+    assert_eq!(gate("/nonexistent/results.json", &t).0, 2);
+    let unknown = write(&d, "u.toml", &target("speed_of_light", ">=", 1.0, true, ""));
+    let (code, out) = gate(res, &unknown);
+    assert_eq!(code, 2);
+    assert!(out.contains("unknown metric"), "{out}");
+}
+
+#[test]
+fn report_renders_charts_gates_and_matrix_and_chromium_shows_it() {
+    let d = scratch("report");
+    let res = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/results.json");
+    let out = d.join("out");
+    let o = nibble(&["report", res, "--out", out.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let html = std::fs::read_to_string(out.join("report.html")).unwrap();
+    // Self-contained: no network references.
+    for bad in ["src=\"http", "href=\"http", "<script src", "@import"] {
+        assert!(
+            !html.contains(bad),
+            "report loads something from outside: {bad}"
+        );
+    }
+    assert!(html.contains("id=\"gates\""));
+    assert!(html.contains("id=\"matrix\""));
+    // Every chart is an inline SVG with data marks (bars or points beyond the frame).
+    let charts: Vec<&str> = html.split("<div class=\"chart\"").skip(1).collect();
+    assert!(charts.len() >= 5, "{} charts", charts.len());
+    for c in &charts {
+        let svg = &c[c.find("<svg").expect("chart without svg")..];
+        let marks = svg.matches("<rect").count()
+            + svg.matches("<circle").count()
+            + svg.matches("<polyline").count();
+        assert!(
+            marks > 3,
+            "chart with {marks} marks: {}",
+            &c[..80.min(c.len())]
+        );
+    }
+    // The cold/warm chart cannot be drawn yet, and the report says so.
+    assert!(html.contains("reload scenario (component cache) is not implemented yet"));
+    // CSV and summary.
+    let csv = std::fs::read_to_string(out.join("results.csv")).unwrap();
+    assert!(csv.starts_with("host,scenario,config,metric,value"));
+    assert!(csv.lines().count() > 50);
+    let md = std::fs::read_to_string(out.join("summary.md")).unwrap();
+    assert!(md.contains("| chrome | webgpu | q4_0 | tg@d0 |"), "{md}");
+    // Headless Chromium opens it and takes a screenshot that is not blank.
+    let png = d.join("report.png");
+    let profile = d.join("profile");
+    let s = Command::new("chromium")
+        .args([
+            "--headless=new",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--no-first-run",
+            "--window-size=1200,3000",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .arg(format!("--screenshot={}", png.display()))
+        .arg(format!("file://{}", out.join("report.html").display()))
+        .output()
+        .expect("chromium installed");
+    assert!(png.exists(), "{}", String::from_utf8_lossy(&s.stderr));
+    // A blank 1200x3000 page compresses to a few KB; tables and charts make it hundreds.
+    let size = std::fs::metadata(&png).unwrap().len();
+    assert!(size > 60_000, "screenshot of {size} bytes looks blank");
+}
+
+#[test]
+fn partial_and_malformed_results_give_a_marked_report_or_a_clear_error() {
+    let d = scratch("report-partial");
+    // A run killed mid-browser: Firefox has no scenarios and no capabilities.
+    let mut r = fixture();
+    for h in r["hosts"].as_array_mut().unwrap() {
+        if h["name"] == "firefox" {
+            let o = h.as_object_mut().unwrap();
+            o.remove("capabilities");
+            o.insert("scenarios".into(), Value::Array(vec![]));
+            o.insert("status".into(), "interrupted".into());
+        }
+    }
+    let p = write(&d, "partial.json", &r.to_string());
+    let out = d.join("out");
+    let o = nibble(&["report", &p, "--out", out.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let html = std::fs::read_to_string(out.join("report.html")).unwrap();
+    assert!(
+        html.contains("the accuracy scenario did not run on firefox"),
+        "missing parts are marked"
+    );
+    // Malformed: a clear error naming the file, no panic.
+    for (name, text) in [
+        ("trunc.json", "{\"schema\": 1, \"hos"),
+        ("empty.json", ""),
+        ("wrong.json", "[1,2,3]"),
+    ] {
+        let p = write(&d, name, text);
+        let o = nibble(&["report", &p, "--out", d.join("x").to_str().unwrap()]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{name}: {err}");
+        assert!(err.contains(name), "{name}: {err}");
+        assert!(!err.contains("panicked"), "{err}");
+    }
+}
