@@ -723,12 +723,26 @@ pub fn report(a: ReportArgs) -> Result<()> {
         };
         history.push(results::load(&p)?);
     }
-    let latest = runs
+    // Several results.json (one per runner of a nightly) make one report: the newest run, with the
+    // other runs' hosts added; native hosts are told apart by machine.
+    let mut latest = runs
         .iter()
         .chain(history.iter())
         .max_by_key(|r| r.started_unix)
         .cloned()
         .context("give a results.json (or --history run directories)")?;
+    for r in &runs {
+        if r.started_unix == latest.started_unix && r.machine.hostname == latest.machine.hostname {
+            continue;
+        }
+        for h in &r.hosts {
+            let mut h = h.clone();
+            if latest.hosts.iter().any(|x| x.name == h.name) {
+                h.name = format!("{}@{}", h.name, r.machine.hostname);
+            }
+            latest.hosts.push(h);
+        }
+    }
     let all: Vec<RunResults> = runs.into_iter().chain(history).collect();
     let targets = a.targets.clone().unwrap_or_else(gate::default_targets);
     write(&latest, &all, &gate::read_targets(&targets)?, &a.out)?;

@@ -2,7 +2,6 @@
 //! killed with all its children (the browsers) when its guard drops, also on error and on Ctrl-C.
 
 use anyhow::{bail, Context, Result};
-use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -19,10 +18,9 @@ impl Proc {
         let out =
             std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
         let err = out.try_clone()?;
-        cmd.stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .process_group(0);
+        cmd.stdin(Stdio::null()).stdout(out).stderr(err);
+        #[cfg(unix)]
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
         let child = cmd.spawn().with_context(|| format!("starting {what}"))?;
         Ok(Proc {
             child,
@@ -42,11 +40,14 @@ impl Proc {
 impl Drop for Proc {
     fn drop(&mut self) {
         // The whole group: the driver and the browser it launched.
-        let pgid = self.child.id();
-        let _ = Command::new("kill")
-            .args(["-KILL", "--", &format!("-{pgid}")])
-            .stderr(Stdio::null())
-            .status();
+        #[cfg(unix)]
+        {
+            let pgid = self.child.id();
+            let _ = Command::new("kill")
+                .args(["-KILL", "--", &format!("-{pgid}")])
+                .stderr(Stdio::null())
+                .status();
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
