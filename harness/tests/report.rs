@@ -239,3 +239,32 @@ fn partial_and_malformed_results_give_a_marked_report_or_a_clear_error() {
         assert!(!err.contains("panicked"), "{err}");
     }
 }
+
+#[test]
+fn history_adds_trend_charts_per_metric() {
+    let d = scratch("report-history");
+    let mut dirs = Vec::new();
+    for (i, day) in [0u64, 1, 2].iter().enumerate() {
+        let mut r = fixture();
+        r["started_unix"] = (r["started_unix"].as_u64().unwrap() + day * 86400).into();
+        let dir = d.join(format!("run{i}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("results.json"), r.to_string()).unwrap();
+        dirs.push(dir.to_string_lossy().into_owned());
+    }
+    let out = d.join("out");
+    let mut args = vec!["report", "--out", out.to_str().unwrap(), "--history"];
+    args.extend(dirs.iter().map(String::as_str));
+    let o = nibble(&args);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let html = std::fs::read_to_string(out.join("report.html")).unwrap();
+    assert!(html.contains("Trends cover 3 runs"));
+    for m in ["weight_reduction_q4_0", "decode_speedup_q4_0", "accuracy_max_kl"] {
+        let id = format!("id=\"chart-trend-{m}\"");
+        let at = html.find(&id).unwrap_or_else(|| panic!("no trend chart for {m}"));
+        // One point per run and host.
+        let chart = &html[at..];
+        let chart = &chart[..chart.find("</div>").unwrap()];
+        assert!(chart.matches("<circle").count() >= 3, "{m}");
+    }
+}
