@@ -45,11 +45,18 @@ fn check_tol(gpu: &Gpu, m: &Model, kv: KvConfig, tokens: &[u32], what: &str, tol
             d <= tol * (1.0 + scale),
             "{what} pos {p}: max |Δlogit| {d} (scale {scale})"
         );
-        assert_eq!(
-            eval::argmax(&a),
-            eval::argmax(b),
-            "{what} pos {p}: top-1 differs"
-        );
+        // Top-1 must agree unless the oracle's own top-2 margin is inside the error the tolerance
+        // allows (2d): then rounding may legitimately pick either.
+        let (ia, ib) = (eval::argmax(&a), eval::argmax(b));
+        if ia != ib {
+            let margin = a[ia as usize] - a[ib as usize];
+            assert!(
+                margin <= 2.0 * d,
+                "{what} pos {p}: top-1 differs ({ia} vs {ib}) with an oracle margin of {margin}, \
+                 above the 2 x {d} the logits may move"
+            );
+            println!("{what} pos {p}: near-tie flipped (oracle margin {margin:.2e}, |Δlogit| {d:.2e})");
+        }
         worst = worst.max(d);
     }
     println!(
@@ -288,7 +295,7 @@ fn gl_backend_matches_cpu() {
 /// significant bits (relative error up to 2^-11 ≈ 4.9e-4) at each of the ~15 buffer writes per layer,
 /// while sums stay in f32, so logits drift by a few 1e-3 relative per layer: measured worst cases are
 /// ~5e-2 on logits of magnitude ~15-20 over 5 layers. With f32 KV the tolerance is 5e-3 * (1 + max |logit|)
-/// with 100% top-1 agreement.
+/// with top-1 agreement wherever the oracle's top-2 margin exceeds twice the measured error.
 ///
 /// With a quantized KV cache a logit-by-logit comparison with the CPU stops being meaningful: the
 /// f16-rounded keys and values land on a different code than the CPU's f32 ones for a few percent of
