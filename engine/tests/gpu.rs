@@ -55,7 +55,9 @@ fn check_tol(gpu: &Gpu, m: &Model, kv: KvConfig, tokens: &[u32], what: &str, tol
                 "{what} pos {p}: top-1 differs ({ia} vs {ib}) with an oracle margin of {margin}, \
                  above the 2 x {d} the logits may move"
             );
-            println!("{what} pos {p}: near-tie flipped (oracle margin {margin:.2e}, |Δlogit| {d:.2e})");
+            println!(
+                "{what} pos {p}: near-tie flipped (oracle margin {margin:.2e}, |Δlogit| {d:.2e})"
+            );
         }
         worst = worst.max(d);
     }

@@ -259,9 +259,15 @@ fn history_adds_trend_charts_per_metric() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let html = std::fs::read_to_string(out.join("report.html")).unwrap();
     assert!(html.contains("Trends cover 3 runs"));
-    for m in ["weight_reduction_q4_0", "decode_speedup_q4_0", "accuracy_max_kl"] {
+    for m in [
+        "weight_reduction_q4_0",
+        "decode_speedup_q4_0",
+        "accuracy_max_kl",
+    ] {
         let id = format!("id=\"chart-trend-{m}\"");
-        let at = html.find(&id).unwrap_or_else(|| panic!("no trend chart for {m}"));
+        let at = html
+            .find(&id)
+            .unwrap_or_else(|| panic!("no trend chart for {m}"));
         // One point per run and host.
         let chart = &html[at..];
         let chart = &chart[..chart.find("</div>").unwrap()];
