@@ -256,3 +256,63 @@ fn a_browser_killed_mid_scenario_is_recorded_and_the_run_goes_on() {
     let webkit = host(&r, "webkit");
     assert_eq!(webkit["status"], "ok", "{}", webkit["error"]);
 }
+
+#[test]
+fn ctrl_c_stops_every_driver_and_browser_and_keeps_the_results() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let out = scratch("run-interrupt");
+    let pids = |pat: &str| -> Vec<String> {
+        let o = Command::new("pgrep").args(["-f", pat]).output().unwrap();
+        String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .map(str::to_string)
+            .collect()
+    };
+    // Drivers of other runs on this machine are not ours.
+    let before = pids("chromedriver");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_nibble"))
+        .arg("run")
+        .args(QUICK)
+        .args(["--browsers", "chrome,firefox"])
+        .arg("--out")
+        .arg(&out)
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = child.id().to_string();
+    let mut log = String::new();
+    let mut reader = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    while reader.read_line(&mut line).unwrap() > 0 {
+        log += &line;
+        let hit = line.contains("chrome: accuracy");
+        line.clear();
+        if hit {
+            break;
+        }
+    }
+    assert!(log.contains("chrome: accuracy"), "{log}");
+    let alive = |pat: &str| {
+        Command::new("pgrep")
+            .args(["-f", pat])
+            .status()
+            .unwrap()
+            .success()
+    };
+    assert!(alive("chrome-profile"), "Chromium should be running");
+    Command::new("kill").args(["-INT", &pid]).status().unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130), "{log}");
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    assert!(!alive("chrome-profile"), "Chromium outlived the run");
+    let left: Vec<String> = pids("chromedriver")
+        .into_iter()
+        .filter(|p| !before.contains(p))
+        .collect();
+    assert!(left.is_empty(), "chromedriver {left:?} outlived the run");
+    // What was measured before is kept; the browsers that did not finish say so.
+    let r = results(&out);
+    assert_eq!(host(&r, "native-cpu")["status"], "ok");
+    assert_eq!(host(&r, "firefox")["status"], "interrupted");
+}

@@ -617,14 +617,35 @@ pub async fn run(a: RunArgs) -> Result<i32> {
             }
             Ok::<_, anyhow::Error>(())
         };
+        // Ctrl-C, or SIGTERM from a CI timeout: dropping `run_all` kills every driver and browser.
+        let stop = async {
+            #[cfg(unix)]
+            let term = async {
+                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                    Ok(mut s) => {
+                        s.recv().await;
+                    }
+                    Err(_) => std::future::pending::<()>().await,
+                }
+            };
+            #[cfg(not(unix))]
+            let term = std::future::pending::<()>();
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term => {}
+            }
+        };
         tokio::select! {
             r = run_all => r?,
-            _ = tokio::signal::ctrl_c() => {
+            _ = stop => {
                 eprintln!("interrupted: drivers and browsers are being stopped; results so far are in {}", results_path.display());
-                for h in res.hosts.iter_mut().filter(|h| h.status == "pending") {
+                // The file holds the partial record of the browser that was running; keep it.
+                let mut last = results::load(&results_path).unwrap_or_else(|_| res.clone());
+                for h in last.hosts.iter_mut().filter(|h| h.status == "pending") {
                     h.status = "interrupted".into();
+                    h.error = Some("the run was interrupted (Ctrl-C)".into());
                 }
-                results::save(&results_path, &res)?;
+                results::save(&results_path, &last)?;
                 std::process::exit(130);
             }
         }
