@@ -229,6 +229,24 @@ pub struct ScenarioRecord {
     pub outcome: Option<Outcome>,
 }
 
+impl ScenarioRecord {
+    /// The record of a scenario that ran for `seconds` and produced `out` (or failed with its error).
+    pub fn finished(name: &str, seconds: f64, out: std::result::Result<Outcome, String>) -> Self {
+        let (status, error, outcome) = match out {
+            Ok(o) => ("ok", None, Some(o)),
+            Err(e) => ("failed", Some(e), None),
+        };
+        ScenarioRecord {
+            name: name.into(),
+            status: status.into(),
+            error,
+            seconds,
+            not_measured: Vec::new(),
+            outcome,
+        }
+    }
+}
+
 /// Parameters of a run, the same for every host so the figures compare.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Params {

@@ -342,25 +342,11 @@ pub async fn run_scenario(name: String, on_progress: Function) -> Result<String,
         },
         other => return Err(err(format!("unknown scenario {other:?}"))),
     };
-    let seconds = t0.elapsed().as_secs_f64();
-    let rec = match out {
-        Ok(o) => ScenarioRecord {
-            name,
-            status: "ok".into(),
-            error: None,
-            seconds,
-            not_measured: Vec::new(),
-            outcome: Some(o),
-        },
-        Err(e) => ScenarioRecord {
-            name,
-            status: "failed".into(),
-            error: Some(e.to_string()),
-            seconds,
-            not_measured: Vec::new(),
-            outcome: None,
-        },
-    };
+    let rec = ScenarioRecord::finished(
+        &name,
+        t0.elapsed().as_secs_f64(),
+        out.map_err(|e| e.to_string()),
+    );
     serde_json::to_string(&rec).map_err(err)
 }
 

@@ -398,25 +398,7 @@ fn host_progress(ui: &Ui, host: &str, m: &str) {
 }
 
 fn record(name: &str, t0: Instant, out: std::result::Result<Outcome, String>) -> ScenarioRecord {
-    let seconds = t0.elapsed().as_secs_f64();
-    match out {
-        Ok(o) => ScenarioRecord {
-            name: name.into(),
-            status: "ok".into(),
-            error: None,
-            seconds,
-            not_measured: Vec::new(),
-            outcome: Some(o),
-        },
-        Err(e) => ScenarioRecord {
-            name: name.into(),
-            status: "failed".into(),
-            error: Some(e),
-            seconds,
-            not_measured: Vec::new(),
-            outcome: None,
-        },
-    }
+    ScenarioRecord::finished(name, t0.elapsed().as_secs_f64(), out)
 }
 
 fn native_caps(gpu: Option<&Gpu>, why: Option<String>) -> Capabilities {
@@ -593,22 +575,20 @@ pub async fn run(a: RunArgs) -> Result<i32> {
             for t in &targets {
                 let mut host = res.host_mut(&t.name).clone();
                 let t0 = Instant::now();
-                run_browser(
-                    t,
-                    &server,
-                    &p,
-                    &a,
-                    &want,
-                    &timeouts,
-                    &logs,
-                    &mut host,
-                    &ui,
-                    |h| {
-                        let mut r = res.clone();
-                        *r.host_mut(&h.name) = h.clone();
-                        let _ = results::save(&results_path, &r);
-                    },
-                )
+                let cx = Ctx {
+                    server: &server,
+                    p: &p,
+                    a: &a,
+                    want: &want,
+                    timeouts: &timeouts,
+                    logs: &logs,
+                    ui: &ui,
+                };
+                run_browser(t, cx, &mut host, |h| {
+                    let mut r = res.clone();
+                    *r.host_mut(&h.name) = h.clone();
+                    let _ = results::save(&results_path, &r);
+                })
                 .await;
                 host.seconds = t0.elapsed().as_secs_f64();
                 ui.line(&t.name, &format!("{} ({:.0} s)", host.status, host.seconds));
@@ -687,19 +667,20 @@ fn finish_host(h: &mut HostRun, t0: Instant) {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn run_browser(
-    t: &Target,
-    server: &server::Server,
-    p: &Prepared,
-    a: &RunArgs,
-    want: &[String],
-    timeouts: &Timeouts,
-    logs: &Path,
-    host: &mut HostRun,
-    ui: &Ui,
-    mut save: impl FnMut(&HostRun),
-) {
+/// What every step of a browser's run reads.
+#[derive(Clone, Copy)]
+struct Ctx<'a> {
+    server: &'a server::Server,
+    p: &'a Prepared,
+    a: &'a RunArgs,
+    want: &'a [String],
+    timeouts: &'a Timeouts,
+    logs: &'a Path,
+    ui: &'a Ui,
+}
+
+async fn run_browser(t: &Target, cx: Ctx<'_>, host: &mut HostRun, mut save: impl FnMut(&HostRun)) {
+    let Ctx { want, ui, .. } = cx;
     // Not installed: say how to install, and move on.
     if t.remote.is_none() {
         let product = t.product.expect("local targets are products");
@@ -730,10 +711,7 @@ async fn run_browser(
         }
     }
     let bar = ui.bar(&t.name, 2 + want.len() as u64);
-    let r = browser_steps(
-        t, server, p, a, want, timeouts, logs, host, ui, &bar, &mut save,
-    )
-    .await;
+    let r = browser_steps(t, cx, host, &bar, &mut save).await;
     bar.finish_and_clear();
     match r {
         Ok(()) => {
@@ -776,20 +754,14 @@ async fn run_browser(
     save(host);
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn browser_steps(
     t: &Target,
-    server: &server::Server,
-    p: &Prepared,
-    a: &RunArgs,
-    want: &[String],
-    timeouts: &Timeouts,
-    logs: &Path,
+    cx: Ctx<'_>,
     host: &mut HostRun,
-    ui: &Ui,
     bar: &ProgressBar,
     save: &mut impl FnMut(&HostRun),
 ) -> Result<()> {
+    let Ctx { timeouts, logs, .. } = cx;
     let profile = tempdir_in(logs, &format!("{}-profile", t.name))?;
     let mut caps = products::capabilities(&t.name, &profile);
     if let Some(o) = &t.caps_override {
@@ -826,25 +798,28 @@ async fn browser_steps(
     if s.browser_version.is_some() {
         host.browser_version = s.browser_version.clone();
     }
-    let r = session_steps(&mut s, server, p, a, want, timeouts, host, ui, bar, save).await;
+    let r = session_steps(&mut s, cx, host, bar, save).await;
     host.last_progress = s.last_progress.clone();
     s.close().await;
     r
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn session_steps(
     s: &mut Session,
-    server: &server::Server,
-    p: &Prepared,
-    a: &RunArgs,
-    want: &[String],
-    timeouts: &Timeouts,
+    cx: Ctx<'_>,
     host: &mut HostRun,
-    ui: &Ui,
     bar: &ProgressBar,
     save: &mut impl FnMut(&HostRun),
 ) -> Result<()> {
+    let Ctx {
+        server,
+        p,
+        a,
+        want,
+        timeouts,
+        ui,
+        ..
+    } = cx;
     let name = host.name.clone();
     bar.set_message("loading the bench page");
     s.open_page(&server.url("/index.html"), timeouts).await?;

@@ -140,7 +140,7 @@ pub async fn browsers(a: BrowsersArgs) -> Result<()> {
     for p in PRODUCTS {
         println!("{} ({})", p.display, p.name);
         let Some(l) = &p.local else {
-            println!("  remote only: {}", p.install.join("; "));
+            println!("  {}", p.install.join("; "));
             continue;
         };
         let missing = products::missing(p);
