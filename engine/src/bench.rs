@@ -151,6 +151,33 @@ pub async fn prefill(dec: &mut dyn Decoder, toks: &[u32]) -> Result<u32> {
     dec.step_argmax(last, rest.len()).await
 }
 
+impl ConfigBench {
+    /// The record of configuration `config`: what `dec` (holding `m`) holds, and the timings.
+    pub fn new(
+        config: String,
+        dec: &dyn Decoder,
+        m: &Model,
+        fallbacks: Vec<Fallback>,
+        (build_s, upload_s): (f64, f64),
+        t: Timings,
+    ) -> ConfigBench {
+        ConfigBench {
+            config,
+            backend: dec.backend(),
+            weights: m.accounting(),
+            fallbacks,
+            gpu_memory: dec.gpu_memory(),
+            kv_bytes: dec.kv_bytes(),
+            build_s,
+            upload_s,
+            prefill: t.prefill,
+            ttft_ms: t.ttft_ms,
+            decode: t.decode,
+            not_measured: t.not_measured,
+        }
+    }
+}
+
 /// The timed part of one configuration.
 pub struct Timings {
     pub prefill: Vec<Prefill>,

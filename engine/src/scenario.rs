@@ -319,20 +319,14 @@ pub async fn latency(
             progress(format!("latency {l}: {line}"))
         })
         .await?;
-        out.push(ConfigBench {
-            config: l.clone(),
-            backend: dec.backend(),
-            weights: m.accounting(),
+        out.push(ConfigBench::new(
+            l,
+            dec.as_ref(),
+            &m,
             fallbacks,
-            gpu_memory: dec.gpu_memory(),
-            kv_bytes: dec.kv_bytes(),
-            build_s,
-            upload_s,
-            prefill: t.prefill,
-            ttft_ms: t.ttft_ms,
-            decode: t.decode,
-            not_measured: t.not_measured,
-        });
+            (build_s, upload_s),
+            t,
+        ));
     }
     Ok(out)
 }

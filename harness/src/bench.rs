@@ -7,11 +7,11 @@ use crate::ModelArgs;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use nibble_engine::bench::{self, BenchOpts, ConfigBench};
+use nibble_engine::block_on;
 use nibble_engine::kv::KvConfig;
 use nibble_engine::model::{Class, Model, Preset};
 use nibble_engine::precision::{Accounting, Policy, WeightConfig};
 use nibble_engine::quant::WType;
-use nibble_engine::{block_on, Backend};
 use serde::Serialize;
 use std::path::PathBuf;
 use std::time::Instant;
@@ -145,11 +145,6 @@ pub fn bench(a: BenchArgs) -> Result<()> {
         let t0 = Instant::now();
         let mut dec = backend.decoder(&m, kv)?;
         let upload_s = t0.elapsed().as_secs_f64();
-        let gpu_memory = match backend {
-            Backend::Gpu(_) => dec.gpu_memory(),
-            Backend::Cpu => None,
-        };
-        let kv_bytes = dec.kv_bytes();
         let opts = BenchOpts {
             reps,
             warmup: a.warmup,
@@ -161,22 +156,15 @@ pub fn bench(a: BenchArgs) -> Result<()> {
         let t = block_on(bench::measure(dec.as_mut(), &m, &opts, |l| {
             eprintln!("[{spec}] {l}")
         }))?;
-        let backend_name = dec.backend();
-        drop(dec);
-        configs.push(ConfigBench {
-            config: spec.clone(),
-            backend: backend_name,
-            weights: m.accounting(),
+        configs.push(ConfigBench::new(
+            spec.clone(),
+            dec.as_ref(),
+            &m,
             fallbacks,
-            gpu_memory,
-            kv_bytes,
-            build_s,
-            upload_s,
-            prefill: t.prefill,
-            ttft_ms: t.ttft_ms,
-            decode: t.decode,
-            not_measured: t.not_measured,
-        });
+            (build_s, upload_s),
+            t,
+        ));
+        drop(dec);
         // Written after every configuration, so a crash or a time limit keeps what was measured.
         write_report(&a, &rt, &model_name, params, reps, &configs)?;
     }
