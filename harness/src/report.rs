@@ -53,6 +53,22 @@ struct Bars {
     segments: Vec<String>,
 }
 
+impl Bars {
+    /// An empty chart with one segment per name.
+    fn new(title: &str, y_label: &str, segments: &[&str]) -> Bars {
+        Bars {
+            title: title.into(),
+            y_label: y_label.into(),
+            bars: vec![],
+            segments: segments.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    fn push(&mut self, label: String, value: f64) {
+        self.bars.push((label, vec![value], None));
+    }
+}
+
 fn draw_bars(b: &Bars) -> Result<String> {
     let mut svg = String::new();
     {
@@ -206,17 +222,11 @@ fn charts(
     let ran: Vec<&HostRun> = r.hosts.iter().filter(|h| !h.scenarios.is_empty()).collect();
 
     // Memory by configuration, stacked by category (engine-accounted; CPU hosts hold weights + KV).
-    let mut mem = Bars {
-        title: "Memory by configuration (bytes, engine-accounted)".into(),
-        y_label: "MiB".into(),
-        bars: vec![],
-        segments: vec![
-            "weights".into(),
-            "KV cache".into(),
-            "activations+scratch".into(),
-            "staging".into(),
-        ],
-    };
+    let mut mem = Bars::new(
+        "Memory by configuration (bytes, engine-accounted)",
+        "MiB",
+        &["weights", "KV cache", "activations+scratch", "staging"],
+    );
     for h in &ran {
         if let Some(Outcome::Memory(rows)) = outcome(h, "memory") {
             for m in rows {
@@ -249,18 +259,16 @@ fn charts(
     )?;
 
     // Decode ms/token with p10-p90 bars, and prefill tokens/s.
-    let mut dec = Bars {
-        title: "Decode latency at depth 0 (median, bar: p10-p90)".into(),
-        y_label: "ms/token".into(),
-        bars: vec![],
-        segments: vec!["ms/token".into()],
-    };
-    let mut pre = Bars {
-        title: "Prefill throughput (first prompt length, median, bar: p10-p90)".into(),
-        y_label: "tokens/s".into(),
-        bars: vec![],
-        segments: vec!["tokens/s".into()],
-    };
+    let mut dec = Bars::new(
+        "Decode latency at depth 0 (median, bar: p10-p90)",
+        "ms/token",
+        &["ms/token"],
+    );
+    let mut pre = Bars::new(
+        "Prefill throughput (first prompt length, median, bar: p10-p90)",
+        "tokens/s",
+        &["tokens/s"],
+    );
     for h in &ran {
         if let Some(Outcome::Latency(rows)) = outcome(h, "latency") {
             for c in rows {
@@ -293,59 +301,35 @@ fn charts(
     )?;
 
     // Accuracy: KL against the oracle per KV type (context) and weight configuration (accuracy).
-    let mut acc = Bars {
-        title: "Accuracy cost: mean KL against the native f32 oracle".into(),
-        y_label: "nats".into(),
-        bars: vec![],
-        segments: vec!["mean KL".into()],
-    };
+    let mut acc = Bars::new(
+        "Accuracy cost: mean KL against the native f32 oracle",
+        "nats",
+        &["mean KL"],
+    );
+    let mut dppl = Bars::new(
+        "Accuracy cost: ΔPPL per KV type against the f32-KV oracle",
+        "|ΔPPL|",
+        &["|ΔPPL|"],
+    );
     for h in &ran {
         if let Some(Outcome::Accuracy(rows)) = outcome(h, "accuracy") {
             for a in rows {
-                acc.bars.push((
-                    format!("{}/w:{}", h.name, a.config),
-                    vec![a.divergence.mean_kl],
-                    None,
-                ));
+                acc.push(format!("{}/w:{}", h.name, a.config), a.divergence.mean_kl);
             }
         }
         if let Some(Outcome::Context(c)) = outcome(h, "context") {
             for k in &c.rows {
-                acc.bars.push((
-                    format!("{}/kv:{}", h.name, k.kv),
-                    vec![k.divergence.mean_kl],
-                    None,
-                ));
+                let label = format!("{}/kv:{}", h.name, k.kv);
+                acc.push(label.clone(), k.divergence.mean_kl);
+                dppl.push(label, k.divergence.delta_ppl.abs());
             }
         }
     }
     push_bars(&mut out, "accuracy", acc, "Weight configurations are compared with the oracle on the same weights (rounding only); KV types with the f32-KV oracle.", missing)?;
-    let mut dppl = Bars {
-        title: "Accuracy cost: ΔPPL per KV type against the f32-KV oracle".into(),
-        y_label: "|ΔPPL|".into(),
-        bars: vec![],
-        segments: vec!["|ΔPPL|".into()],
-    };
-    for h in &ran {
-        if let Some(Outcome::Context(c)) = outcome(h, "context") {
-            for k in &c.rows {
-                dppl.bars.push((
-                    format!("{}/kv:{}", h.name, k.kv),
-                    vec![k.divergence.delta_ppl.abs()],
-                    None,
-                ));
-            }
-        }
-    }
     push_bars(&mut out, "dppl", dppl, "", missing)?;
 
     // Context capacity per KV type.
-    let mut ctx = Bars {
-        title: "Context capacity in the KV budget".into(),
-        y_label: "tokens".into(),
-        bars: vec![],
-        segments: vec!["tokens".into()],
-    };
+    let mut ctx = Bars::new("Context capacity in the KV budget", "tokens", &["tokens"]);
     if let Some(h) = ran.iter().find(|h| outcome(h, "context").is_some()) {
         if let Some(Outcome::Context(c)) = outcome(h, "context") {
             for k in &c.rows {

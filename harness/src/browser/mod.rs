@@ -351,14 +351,7 @@ fn prepare(a: &RunArgs, data: &Path, files: &server::Files, ui: &Ui) -> Result<P
 use std::io::Write as _;
 
 /// Runs the scenarios natively on one backend, recording into `host`.
-fn run_native(
-    p: &Prepared,
-    backend: Backend<'_>,
-    want: &[String],
-    host: &mut HostRun,
-    mut save: impl FnMut(&HostRun),
-    ui: &Ui,
-) {
+fn run_native(p: &Prepared, backend: Backend<'_>, want: &[String], host: &mut HostRun, ui: &Ui) {
     for name in want {
         let t0 = Instant::now();
         let name = name.as_str();
@@ -387,7 +380,6 @@ fn run_native(
         });
         host.scenarios
             .push(record(name, t0, out.map_err(|e| e.to_string())));
-        save(host);
     }
 }
 
@@ -536,7 +528,7 @@ pub async fn run(a: RunArgs) -> Result<i32> {
     }
     let mut host = res.host_mut("native-cpu").clone();
     tokio::task::block_in_place(|| {
-        run_native(&p, Backend::Cpu, &want, &mut host, |_| {}, &ui);
+        run_native(&p, Backend::Cpu, &want, &mut host, &ui);
     });
     finish_host(&mut host, t0);
     *res.host_mut("native-cpu") = host;
@@ -548,7 +540,7 @@ pub async fn run(a: RunArgs) -> Result<i32> {
             Ok(g) => {
                 host.capabilities = Some(native_caps(Some(&g), None));
                 tokio::task::block_in_place(|| {
-                    run_native(&p, Backend::Gpu(&g), &want, &mut host, |_| {}, &ui);
+                    run_native(&p, Backend::Gpu(&g), &want, &mut host, &ui);
                 });
                 finish_host(&mut host, t0);
             }
