@@ -1,8 +1,11 @@
 // Attention over the KV cache (row formats in kv.wgsl). Prepended with step.wgsl and kvformat.wgsl.
 //
-// Bindings (group 0): 0 params, 1 q (read, n_heads * head_size), 2 kcache (read), 3 vcache (read),
-//   4 att (read_write scratch, n_heads * cap), 5 out (read_write, n_heads * head_size), 6 step.
-// Dispatch: one workgroup of 256 threads per query head (head_size a multiple of 4, at most 256); head h reads KV head h / (n_heads / n_kv_heads).
+// Bindings (group 0): 0 params, 1 q (read, n_heads * head_size per row), 2 kcache (read), 3 vcache
+//   (read), 4 att (read_write scratch, n_heads * cap per row), 5 out (read_write, n_heads * head_size per
+//   row), 6 steps (read array<Step>).
+// Dispatch: (n_heads, rows) workgroups of 256 threads, one per query head and row (head_size a multiple
+// of 4, at most 256); head h reads KV head h / (n_heads / n_kv_heads). Row r attends what steps[r]
+// says, so a batched prompt is causal: every row of the pass has been stored before any row attends.
 // Softmax subtracts the maximum score first; the weighted sum is divided by the total at the end.
 
 const WG: u32 = 256u;
@@ -13,7 +16,10 @@ const WG: u32 = 256u;
 @group(0) @binding(3) var<storage, read> vcache: array<u32>;
 @group(0) @binding(4) var<storage, read_write> att: array<f32>;
 @group(0) @binding(5) var<storage, read_write> out: array<act>;
-@group(0) @binding(6) var<uniform> st: Step;
+@group(0) @binding(6) var<storage, read> steps: array<Step>;
+
+// The row (query token) this workgroup serves.
+var<private> st: Step;
 
 var<workgroup> red: array<f32, 256>;
 
@@ -57,10 +63,11 @@ var<workgroup> qs: array<f32, 256>;
 @compute @workgroup_size(256)
 fn attention(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
     let h = wid.x;
+    st = steps[wid.y];
     let hs = p.head_size;
     let kvh = (h / (p.n_heads / p.n_kv_heads)) * hs;
-    let qo = h * hs;
-    let ao = h * p.cap;
+    let qo = (wid.y * p.n_heads + h) * hs;
+    let ao = (wid.y * p.n_heads + h) * p.cap;
     let n = st.n_att;
     let denom = sqrt(f32(hs));
     // The head's query, staged once (head_size <= 256).

@@ -1,10 +1,10 @@
 // Element-wise kernels on activations.
 //
 // Bindings (group 0), for both entry points:
-//   0 params: uniform EwParams { n }
-//   1 a:      storage read_write array<act>, n values (the output, updated in place; act.wgsl)
-//   2 b:      storage read array<act>, n values
-// Dispatch: ceil(n / 64) workgroups.
+//   0 params: uniform EwParams { n (values per row) }
+//   1 a:      storage read_write array<act>, n values per row (the output, updated in place; act.wgsl)
+//   2 b:      storage read array<act>, n values per row
+// Dispatch: (ceil(n / 64), rows) workgroups.
 //   add:    a += b                 (residual connection)
 //   swiglu: a = silu(a) * b        (a = gate, b = up)
 
@@ -21,16 +21,16 @@ struct EwParams {
 
 @compute @workgroup_size(64)
 fn add(@builtin(global_invocation_id) gid: vec3<u32>) {
-    let i = gid.x;
-    if (i < p.n) {
+    let i = gid.y * p.n + gid.x;
+    if (gid.x < p.n) {
         a[i] = act(f32(a[i]) + f32(b[i]));
     }
 }
 
 @compute @workgroup_size(64)
 fn swiglu(@builtin(global_invocation_id) gid: vec3<u32>) {
-    let i = gid.x;
-    if (i < p.n) {
+    let i = gid.y * p.n + gid.x;
+    if (gid.x < p.n) {
         let g = f32(a[i]);
         a[i] = act(g / (1.0 + exp(-g)) * f32(b[i]));
     }

@@ -1,4 +1,4 @@
-// KV cache store: quantizes the current token's K and V rows into their slot. Prepended with step.wgsl
+// KV cache store: quantizes each row's K and V into the slot of that row's position. Prepended with step.wgsl
 // and kvformat.wgsl.
 //
 // Cache layout: per layer one buffer for keys and one for values, `cap` slots. A slot row holds kv_dim
@@ -13,22 +13,28 @@
 // lives in slot slot_of(step, t) (sinks at 0..sinks, the rest in a ring of `span`); keys are stored after
 // RoPE at their true position. Quantization follows the CPU arithmetic (ggml's reference quantizers).
 //
-// Bindings (group 0): 0 params, 1 k (read, kv_dim act), 2 v (read, kv_dim act), 3 kcache (read_write),
-//   4 vcache (read_write), 5 step. Dispatch: ceil(kv_dim / 64) workgroups of 64; thread t stores element
-//   t (f32), elements 2t and 2t+1 (f16), or blocks 2t and 2t+1 (quantized kinds).
+// Bindings (group 0): 0 params, 1 k (read, kv_dim act per row), 2 v (read, kv_dim act per row),
+//   3 kcache (read_write), 4 vcache (read_write), 5 steps (read array<Step>). Dispatch:
+//   (ceil(kv_dim / 64), rows) workgroups of 64; thread t of row r stores element t (f32), elements 2t
+//   and 2t+1 (f16), or blocks 2t and 2t+1 (quantized kinds). Rows of one pass never share a slot and
+//   complete at most one kivi4 group, at the last row (the decoder sizes batches so).
 
 @group(0) @binding(0) var<uniform> p: AttnParams;
 @group(0) @binding(1) var<storage, read> k_in: array<act>;
 @group(0) @binding(2) var<storage, read> v_in: array<act>;
 @group(0) @binding(3) var<storage, read_write> kcache: array<u32>;
 @group(0) @binding(4) var<storage, read_write> vcache: array<u32>;
-@group(0) @binding(5) var<uniform> st: Step;
+@group(0) @binding(5) var<storage, read> steps: array<Step>;
+
+// The row being stored and where its K and V start.
+var<private> st: Step;
+var<private> row_off: u32;
 
 fn src(is_k: bool, i: u32) -> f32 {
     if (is_k) {
-        return f32(k_in[i]);
+        return f32(k_in[row_off + i]);
     }
-    return f32(v_in[i]);
+    return f32(v_in[row_off + i]);
 }
 
 fn put(is_k: bool, i: u32, w: u32) {
@@ -153,11 +159,13 @@ fn store_kivi_key(t: u32) {
     } else {
         row = kivi_residual_base(n) + ((st.pos - p.sinks) % p.group) * (n / 2u);
     }
-    kcache[row + t] = pack2x16float(vec2<f32>(f32(k_in[2u * t]), f32(k_in[2u * t + 1u])));
+    kcache[row + t] = pack2x16float(vec2<f32>(src(true, 2u * t), src(true, 2u * t + 1u)));
 }
 
 @compute @workgroup_size(64)
 fn kv_store(@builtin(global_invocation_id) gid: vec3<u32>) {
+    st = steps[gid.y];
+    row_off = gid.y * p.kv_dim;
     if (p.k_kind == 5u) {
         store_kivi_key(gid.x);
     } else {
@@ -167,7 +175,8 @@ fn kv_store(@builtin(global_invocation_id) gid: vec3<u32>) {
 }
 
 // kivi4 keys: once a group's G residual rows are stored (a separate dispatch, so every row is visible),
-// quantize each channel's G values into the group's ring slot. One thread per channel.
+// quantize each channel's G values into the group's ring slot. One thread per channel; the group is the
+// one the pass's last row completes.
 @compute @workgroup_size(64)
 fn kivi_flush(@builtin(global_invocation_id) gid: vec3<u32>) {
     let n = p.kv_dim;
@@ -175,6 +184,7 @@ fn kivi_flush(@builtin(global_invocation_id) gid: vec3<u32>) {
     if (c >= n) {
         return;
     }
+    st = steps[steps[0].rows - 1u];
     let g = (st.pos - p.sinks) / p.group;
     let res = kivi_residual_base(n);
     var hi = -3.402823e38;

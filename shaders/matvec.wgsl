@@ -1,18 +1,23 @@
-// Matrix-vector products for decode (out = W x) and the embedding gather (out = W[row]), for every weight
-// kind, reading packed words and dequantizing in registers. Prepended with step.wgsl and quant.wgsl.
+// Matrix products for every weight kind, reading packed words and dequantizing in registers: the
+// matrix-vector products of decode (out = W x), the tiled matrix-matrix product of a batched prompt
+// (out[t] = W x[t] for every row t of the pass) and the embedding gather (out[t] = W[token t]).
+// Prepended with step.wgsl and quant.wgsl.
 //
 // Bindings (group 0):
 //   0 params: uniform MatParams
 //   1 words:  storage read array<u32>   (layout in quant.wgsl)
 //   2 scales: storage read array<u32>
 //   3 mins:   storage read array<u32>   (a dummy word when the kind has none)
-//   4 x:      storage read array<act>   (matvec: cols values; embed: unused)
-//   5 out:    storage read_write array<act>  (matvec: rows values; embed: cols values)
+//   4 x:      storage read array<act>   (matvec: cols values; matmul: cols values per row; embed: unused)
+//   5 out:    storage read_write array<act>  (matvec: rows values; matmul: out_len values per row;
+//             embed: cols values per row)
 // `act` is f16 or f32 (act.wgsl); accumulation is always f32.
-//   6 step:   uniform Step (embed reads the token id from it)
+//   6 steps:  storage read array<Step> (embed reads each row's token; matmul the row count)
 // matvec dispatch: one workgroup per 8 rows (whole words per row), matvec_row one per 64 rows,
 // matvec_any one per row; folded into (x, y) as group = x + y * 65535.
-// embed dispatch: ceil(cols / 64) workgroups.
+// matmul dispatch: (ceil(rows / 64), ceil(pass rows / 32)).
+// embed dispatch: (ceil(cols / 64), pass rows), once per chunk; a row whose token is in another chunk
+// is left to that chunk's dispatch.
 
 struct MatParams {
     rows: u32,
@@ -24,7 +29,8 @@ struct MatParams {
     // First row of this binding within the whole matrix: a matrix larger than one storage binding is
     // uploaded as row chunks, each dispatched on its own (rows above counts this chunk's rows).
     row0: u32,
-    pad1: u32,
+    // Values per row of `out` (the whole matrix's rows), for the matmul.
+    out_len: u32,
     pad2: u32,
 }
 
@@ -34,7 +40,7 @@ struct MatParams {
 @group(0) @binding(3) var<storage, read> mins: array<u32>;
 @group(0) @binding(4) var<storage, read> x: array<act>;
 @group(0) @binding(5) var<storage, read_write> out: array<act>;
-@group(0) @binding(6) var<uniform> st: Step;
+@group(0) @binding(6) var<storage, read> steps: array<Step>;
 
 fn block_scale(g: u32) -> f32 {
     return half_at(scales[g >> 1u], g);
@@ -249,8 +255,134 @@ fn matvec_any(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_i
 @compute @workgroup_size(64)
 fn embed(@builtin(global_invocation_id) gid: vec3<u32>) {
     let c = gid.x;
-    if (c >= p.cols) {
+    let tok = steps[gid.y].token;
+    if (c >= p.cols || tok < p.row0 || tok - p.row0 >= p.rows) {
         return;
     }
-    out[c] = act(weight(st.token - p.row0, c));
+    out[gid.y * p.cols + c] = act(weight(tok - p.row0, c));
+}
+
+// matmul: out[t] (+)= W x[t] for the pass's rows t, for prompts. A workgroup of 256 threads computes a
+// tile of MM_R weight rows by MM_T tokens, stepping through the columns MM_K at a time: each thread
+// dequantizes 8 consecutive weights of one row (one q4 word) into workgroup memory and stages 4 values
+// of x, then every thread accumulates a 4-row by 2-token block from the staged tiles. Each weight is
+// read and dequantized once per MM_T tokens instead of once per token, which is the point of batching.
+// Tiles are padded to a stride of 33 so threads reading a column do not hit the same bank.
+const MM_R: u32 = 64u;
+const MM_T: u32 = 32u;
+const MM_K: u32 = 32u;
+const MM_S: u32 = 33u;
+var<workgroup> wtile: array<f32, 2112>;
+var<workgroup> xtile: array<f32, 1056>;
+
+// Eight consecutive weights of row r from column c (c a multiple of 8). Rows of a whole number of MM_K
+// columns read packed words (a quantized block is at least 32 wide, so the 8 share one scale); other
+// rows (f16 fallbacks such as 172-wide ffn_down) go element by element with bounds.
+fn load8(r: u32, c: u32) -> array<f32, 8> {
+    var v: array<f32, 8>;
+    if (p.cols % MM_K != 0u) {
+        for (var j = 0u; j < 8u; j++) {
+            if (c + j < p.cols) {
+                v[j] = weight(r, c + j);
+            }
+        }
+        return v;
+    }
+    let i = r * p.cols + c;
+    switch p.kind {
+        case KIND_F32: {
+            for (var j = 0u; j < 8u; j++) {
+                v[j] = bitcast<f32>(words[i + j]);
+            }
+        }
+        case KIND_F16: {
+            for (var j = 0u; j < 4u; j++) {
+                let h = unpack2x16float(words[i / 2u + j]);
+                v[2u * j] = h.x;
+                v[2u * j + 1u] = h.y;
+            }
+        }
+        case KIND_Q8_0: {
+            let d = block_scale(i / p.block);
+            for (var j = 0u; j < 2u; j++) {
+                let w = words[i / 4u + j];
+                for (var b = 0u; b < 4u; b++) {
+                    v[4u * j + b] = f32(i32(w << (24u - 8u * b)) >> 24u) * d;
+                }
+            }
+        }
+        default: {
+            let g = i / p.block;
+            let d = block_scale(g);
+            let m = block_min(g);
+            let w = words[i / 8u];
+            for (var j = 0u; j < 8u; j++) {
+                v[j] = f32((w >> (4u * j)) & 15u) * d + m;
+            }
+        }
+    }
+    return v;
+}
+
+@compute @workgroup_size(256)
+fn matmul(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let n = steps[0].rows;
+    let r0 = wid.x * MM_R;
+    let t0 = wid.y * MM_T;
+    // Loading roles: weight row lr, columns lc..lc+8; token xt, columns xc..xc+4.
+    let lr = lid.x / 4u;
+    let lc = (lid.x % 4u) * 8u;
+    let xt = lid.x / 8u;
+    let xc = (lid.x % 8u) * 4u;
+    // Computing role: rows cr + 16i (i < 4), tokens ct + 16j (j < 2).
+    let cr = lid.x % 16u;
+    let ct = lid.x / 16u;
+    var a00 = 0.0; var a01 = 0.0; var a10 = 0.0; var a11 = 0.0;
+    var a20 = 0.0; var a21 = 0.0; var a30 = 0.0; var a31 = 0.0;
+    for (var k0 = 0u; k0 < p.cols; k0 += MM_K) {
+        var wv: array<f32, 8>;
+        if (r0 + lr < p.rows) {
+            wv = load8(r0 + lr, k0 + lc);
+        }
+        for (var j = 0u; j < 8u; j++) {
+            wtile[lr * MM_S + lc + j] = wv[j];
+        }
+        for (var j = 0u; j < 4u; j++) {
+            let c = k0 + xc + j;
+            var xv = 0.0;
+            if (t0 + xt < n && c < p.cols) {
+                xv = f32(x[(t0 + xt) * p.cols + c]);
+            }
+            xtile[xt * MM_S + xc + j] = xv;
+        }
+        workgroupBarrier();
+        for (var k = 0u; k < MM_K; k++) {
+            let w0 = wtile[cr * MM_S + k];
+            let w1 = wtile[(cr + 16u) * MM_S + k];
+            let w2 = wtile[(cr + 32u) * MM_S + k];
+            let w3 = wtile[(cr + 48u) * MM_S + k];
+            let x0 = xtile[ct * MM_S + k];
+            let x1 = xtile[(ct + 16u) * MM_S + k];
+            a00 += w0 * x0; a01 += w0 * x1;
+            a10 += w1 * x0; a11 += w1 * x1;
+            a20 += w2 * x0; a21 += w2 * x1;
+            a30 += w3 * x0; a31 += w3 * x1;
+        }
+        workgroupBarrier();
+    }
+    var acc = array<f32, 8>(a00, a01, a10, a11, a20, a21, a30, a31);
+    for (var i = 0u; i < 4u; i++) {
+        for (var j = 0u; j < 2u; j++) {
+            let r = r0 + cr + 16u * i;
+            let t = t0 + ct + 16u * j;
+            if (r < p.rows && t < n) {
+                let o = t * p.out_len + p.row0 + r;
+                if (p.accumulate != 0u) {
+                    out[o] = act(f32(out[o]) + acc[2u * i + j]);
+                } else {
+                    out[o] = act(acc[2u * i + j]);
+                }
+            }
+        }
+    }
 }

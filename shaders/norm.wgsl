@@ -1,4 +1,5 @@
-// RMSNorm: out = w * (x / sqrt(mean(x^2) + eps)). One workgroup of 256 threads.
+// RMSNorm: out = w * (x / sqrt(mean(x^2) + eps)), row by row. One workgroup of 256 threads per row
+// (dispatch: rows workgroups; row r is values r*n .. r*n+n of x and out).
 //
 // Bindings (group 0):
 //   0 params: uniform NormParams { n, eps }
@@ -21,10 +22,11 @@ struct NormParams {
 var<workgroup> partial: array<f32, 256>;
 
 @compute @workgroup_size(256)
-fn rmsnorm(@builtin(local_invocation_id) lid: vec3<u32>) {
+fn rmsnorm(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let o = wid.x * p.n;
     var ss = 0.0;
     for (var i = lid.x; i < p.n; i += 256u) {
-        let v = f32(x[i]);
+        let v = f32(x[o + i]);
         ss += v * v;
     }
     partial[lid.x] = ss;
@@ -37,6 +39,6 @@ fn rmsnorm(@builtin(local_invocation_id) lid: vec3<u32>) {
     }
     let scale = 1.0 / sqrt(partial[0] / f32(p.n) + p.eps);
     for (var i = lid.x; i < p.n; i += 256u) {
-        out[i] = act(w[i] * (scale * f32(x[i])));
+        out[o + i] = act(w[i] * (scale * f32(x[o + i])));
     }
 }

@@ -1,7 +1,9 @@
-// Per-token state, written once per token with queue.write_buffer and read by every kernel that needs the
-// position. Prepended to the shaders that use it.
+// Per-row state of a pass: one Step per token of the batch (one for a decode step, up to the batch limit
+// for a batched prefill), written with queue.write_buffer before the pass and bound as
+// `array<Step>`. Row r of every activation buffer belongs to steps[r]. Prepended to the shaders that
+// need positions, slots or the row count.
 struct Step {
-    // Position of the token being decoded.
+    // Position of this row's token.
     pos: u32,
     // Number of cached positions attended (window-limited).
     n_att: u32,
@@ -15,7 +17,8 @@ struct Step {
     slot: u32,
     // First non-sink position attended.
     lo: u32,
-    pad: u32,
+    // Rows in this pass (the same in every entry).
+    rows: u32,
 }
 
 // Ring slot of position t.

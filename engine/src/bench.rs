@@ -4,7 +4,7 @@
 use crate::gpu::GpuMemory;
 use crate::model::{Class, Model, TensorId};
 use crate::precision::{Accounting, Fallback};
-use crate::{Decoder, Error, Result};
+use crate::{Decoder, Result};
 use serde::{Deserialize, Serialize};
 use web_time::Instant;
 
@@ -140,15 +140,9 @@ pub fn tokens(n: usize, vocab: usize, salt: usize) -> Vec<u32> {
         .collect()
 }
 
-/// Feeds a prompt; the GPU pipelines it without per-token readback.
+/// Runs a prompt from position 0 and answers the first generated token (greedy).
 pub async fn prefill(dec: &mut dyn Decoder, toks: &[u32]) -> Result<u32> {
-    let (&last, rest) = toks
-        .split_last()
-        .ok_or_else(|| Error::Invalid("empty prompt".into()))?;
-    for (p, &t) in rest.iter().enumerate() {
-        dec.feed(t, p).await?;
-    }
-    dec.step_argmax(last, rest.len()).await
+    dec.prefill_argmax(toks, 0).await
 }
 
 impl ConfigBench {
@@ -231,7 +225,7 @@ pub async fn measure(
         t.prefill.push(Prefill {
             prompt_tokens: n,
             tokens_per_s: Stat::of(&tps),
-            method: "token by token, one submission per token, no readback until the last (no batched prefill kernel yet)".into(),
+            method: dec.prefill_method(),
         });
     }
     for &depth in &o.depths {

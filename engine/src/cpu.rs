@@ -58,9 +58,10 @@ impl<'m> CpuDecoder<'m> {
 }
 
 impl Kernels for CpuDecoder<'_> {
-    fn embed(&mut self, token: u32, out: Act) {
+    fn embed(&mut self, tokens: &[u32], out: Act) {
+        // The oracle runs one token per pass (max_rows is 1), as llama2.c does.
         let m = &self.model.weights.tok_embd;
-        m.row_into(token as usize, &mut self.acts[out as usize]);
+        m.row_into(tokens[0] as usize, &mut self.acts[out as usize]);
     }
 
     fn rmsnorm(&mut self, out: Act, x: Act, w: TensorId) {
@@ -181,7 +182,7 @@ impl CpuDecoder<'_> {
             )));
         }
         let model = self.model;
-        forward(self, &model.config, token, pos);
+        forward(self, &model.config, &[token], pos);
         Ok(self.act(Act::Logits))
     }
 }

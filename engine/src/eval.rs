@@ -211,11 +211,12 @@ pub async fn generate(
         )));
     }
     let start = Instant::now();
-    let mut next = 0;
     let greedy = sampler.temperature <= 0.0;
-    for (pos, &t) in prompt_ids.iter().enumerate() {
-        next = next_token(dec, sampler, greedy, t, pos).await?;
-    }
+    let mut next = if greedy {
+        dec.prefill_argmax(&prompt_ids, 0).await?
+    } else {
+        sampler.sample(dec.prefill(&prompt_ids, 0).await?)
+    };
     let ttft = start.elapsed().as_secs_f64() * 1e3;
     let decode_start = Instant::now();
     let mut out = Vec::new();

@@ -1,9 +1,15 @@
-//! The Llama forward pass for one token, written once. Backends supply the kernels through [`Kernels`];
-//! this function only says which kernel runs on which buffers, top to bottom, as llama2.c's `forward`.
+//! The Llama forward pass, written once. Backends supply the kernels through [`Kernels`]; this function
+//! only says which kernel runs on which buffers, top to bottom, as llama2.c's `forward`.
+//!
+//! A pass runs a *batch*: consecutive tokens at positions `pos0..pos0 + n`, one row per token in every
+//! activation buffer. Decoding is a batch of one; a backend with matrix-matrix kernels runs a prompt in
+//! batches (the GPU), and one without runs it token by token (the CPU oracle, [`Kernels::max_rows`] 1).
+//! Every row is stored in the KV cache before any row attends, and each row attends only up to its own
+//! position, so a batch computes exactly what its tokens one at a time would.
 
 use crate::model::{Config, TensorId};
 
-/// Activation buffers every backend keeps, named by role.
+/// Activation buffers every backend keeps, named by role; each holds one row per token of the batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Act {
     /// The residual stream, `dim`.
@@ -48,32 +54,39 @@ impl Act {
     }
 }
 
-/// The operations of one decoding step. Each backend implements them with its own kernels and storage.
+/// The operations of one pass. Each backend implements them with its own kernels and storage. Every
+/// operation applies to each row of the batch that [`Kernels::embed`] started.
 pub trait Kernels {
-    /// `out = token_embd[token]`
-    fn embed(&mut self, token: u32, out: Act);
+    /// The largest batch this backend takes in one pass.
+    fn max_rows(&self) -> usize {
+        1
+    }
+    /// Starts a batch: row `i` of `out` = `token_embd[tokens[i]]`.
+    fn embed(&mut self, tokens: &[u32], out: Act);
     /// `out = x / rms(x) * w`
     fn rmsnorm(&mut self, out: Act, x: Act, w: TensorId);
     /// `out = W x`
     fn matvec(&mut self, out: Act, w: TensorId, x: Act);
     /// `out += W x` (a projection added to the residual stream; backends may fuse the add).
     fn matvec_add(&mut self, out: Act, w: TensorId, x: Act);
-    /// Rotates adjacent pairs of every head of `x` by the angle for `pos`.
-    fn rope(&mut self, x: Act, pos: usize);
-    /// Stores `K` and `V` as the cache entries of `layer` at `pos`.
-    fn kv_store(&mut self, layer: usize, pos: usize);
-    /// `out` = softmax(Q K^T / sqrt(head_size)) V over the cached positions up to `pos`, per head,
-    /// query heads sharing KV heads in groups.
-    fn attention(&mut self, out: Act, layer: usize, pos: usize);
+    /// Rotates adjacent pairs of every head of `x`, row `i` by the angle for position `pos0 + i`.
+    fn rope(&mut self, x: Act, pos0: usize);
+    /// Stores row `i` of `K` and `V` as the cache entries of `layer` at `pos0 + i`.
+    fn kv_store(&mut self, layer: usize, pos0: usize);
+    /// Row `i` of `out` = softmax(Q K^T / sqrt(head_size)) V over the cached positions up to
+    /// `pos0 + i`, per head, query heads sharing KV heads in groups.
+    fn attention(&mut self, out: Act, layer: usize, pos0: usize);
     /// `gate = silu(gate) * up`
     fn swiglu(&mut self, gate: Act, up: Act);
     /// `x += y`
     fn add(&mut self, x: Act, y: Act);
 }
 
-/// Runs one token at position `pos`; the logits end up in [`Act::Logits`].
-pub fn forward(k: &mut impl Kernels, c: &Config, token: u32, pos: usize) {
-    k.embed(token, Act::X);
+/// Runs `tokens` at positions `pos0..`; the logits of token `i` end up in row `i` of [`Act::Logits`].
+/// `tokens.len()` is at most [`Kernels::max_rows`].
+pub fn forward(k: &mut impl Kernels, c: &Config, tokens: &[u32], pos: usize) {
+    debug_assert!(!tokens.is_empty() && tokens.len() <= k.max_rows());
+    k.embed(tokens, Act::X);
     for l in 0..c.n_layers {
         // Attention block.
         k.rmsnorm(Act::Xb, Act::X, TensorId::AttnNorm(l));

@@ -407,6 +407,7 @@ fn kind(ty: WType) -> u32 {
 
 struct Pipelines {
     matvec: wgpu::ComputePipeline,
+    matmul: wgpu::ComputePipeline,
     matvec_any: wgpu::ComputePipeline,
     matvec_row: wgpu::ComputePipeline,
     embed: wgpu::ComputePipeline,
@@ -452,9 +453,10 @@ impl Pipelines {
             "attention",
             &[a, SHADER_STEP, SHADER_KVFORMAT, SHADER_ATTENTION],
         );
-        let am = module("argmax", &[a, SHADER_ARGMAX]);
+        let am = module("argmax", &[a, SHADER_STEP, SHADER_ARGMAX]);
         Pipelines {
             matvec: pipe(&mv, "matvec"),
+            matmul: pipe(&mv, "matmul"),
             matvec_any: pipe(&mv, "matvec_any"),
             matvec_row: pipe(&mv, "matvec_row"),
             embed: pipe(&mv, "embed"),
@@ -482,6 +484,8 @@ enum Readback {
 enum BindKey {
     /// Output, weight, chunk, input, accumulate.
     Matvec(TensorId, usize, Act, Act, bool),
+    /// The same for a batch of rows (the tiled matrix-matrix kernel).
+    Matmul(TensorId, usize, Act, Act, bool),
     /// Output and the embedding chunk holding the token.
     Embed(Act, usize),
     Norm(TensorId, Act, Act),
@@ -507,7 +511,12 @@ pub struct GpuDecoder<'g> {
     vcache: Vec<wgpu::Buffer>,
     att: wgpu::Buffer,
     cap: usize,
+    /// The largest batch one pass takes (activation rows), and the rows of the pass being recorded.
+    max_rows: usize,
+    rows: usize,
+    /// One `Step` (8 words) per row, as step.wgsl declares it.
     step_buf: wgpu::Buffer,
+    steps: Vec<u32>,
     rope_buf: wgpu::Buffer,
     argmax_buf: wgpu::Buffer,
     staging_logits: wgpu::Buffer,
@@ -519,7 +528,7 @@ pub struct GpuDecoder<'g> {
     memory: GpuMemory,
     /// Seconds the last `run` spent on the CPU recording and submitting.
     encode_s: f64,
-    /// cos/sin per RoPE frequency for the current position, reused every token.
+    /// cos/sin per RoPE frequency for each row's position, reused every pass.
     rope_table: Vec<f32>,
 }
 
@@ -640,14 +649,26 @@ impl<'g> GpuDecoder<'g> {
             })
         };
         let act_usage = storage | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST;
+        let cap = kv.window.unwrap_or(c.seq_len);
+        // Rows of a batched prompt pass: enough to read each weight once per 64 tokens, fewer where the
+        // attention scratch or the logits of a whole batch would not fit one binding.
+        let per_row = (c.n_heads * cap * 4)
+            .max(c.vocab_size * gpu.activations.bytes())
+            .max(1) as u64;
+        // NIBBLE_PREFILL_ROWS caps it (1: token by token), as llama.cpp's --ubatch-size does.
+        let cap_rows = std::env::var("NIBBLE_PREFILL_ROWS")
+            .ok()
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(PREFILL_ROWS as u64)
+            .clamp(1, PREFILL_ROWS as u64);
+        let max_rows = (gpu.max_binding / per_row).clamp(1, cap_rows) as usize;
         let acts: Vec<wgpu::Buffer> = Act::ALL
             .iter()
             .map(|a| {
-                let bytes = (a.len(&c) * gpu.activations.bytes()) as u64;
+                let bytes = (max_rows * a.len(&c) * gpu.activations.bytes()) as u64;
                 buf(&format!("{a:?}"), bytes, act_usage)
             })
             .collect();
-        let cap = kv.window.unwrap_or(c.seq_len);
         let k_bytes = if kv.k == KvType::Kivi4 {
             (kivi_key_words(&kv, &c) * 4) as u64
         } else {
@@ -660,12 +681,15 @@ impl<'g> GpuDecoder<'g> {
         let vcache: Vec<_> = (0..c.n_layers)
             .map(|l| buf(&format!("v{l}"), v_bytes, storage))
             .collect();
-        let att = buf("att", (c.n_heads * cap * 4) as u64, storage);
-        let uniform = wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST;
-        let step_buf = buf("step", 32, uniform);
+        let att = buf("att", (max_rows * c.n_heads * cap * 4) as u64, storage);
+        let step_buf = buf(
+            "steps",
+            (max_rows * 32) as u64,
+            storage | wgpu::BufferUsages::COPY_DST,
+        );
         let rope_buf = buf(
             "rope",
-            (c.head_size() * 4) as u64,
+            (max_rows * c.head_size() * 4) as u64,
             storage | wgpu::BufferUsages::COPY_DST,
         );
         let argmax_buf = buf("argmax", 4, storage | wgpu::BufferUsages::COPY_SRC);
@@ -702,7 +726,10 @@ impl<'g> GpuDecoder<'g> {
             vcache,
             att,
             cap,
+            max_rows,
+            rows: 1,
             step_buf,
+            steps: Vec::with_capacity(max_rows * 8),
             rope_buf,
             argmax_buf,
             staging_logits,
@@ -713,7 +740,7 @@ impl<'g> GpuDecoder<'g> {
             logits: vec![0.0; c.vocab_size],
             memory,
             encode_s: 0.0,
-            rope_table: vec![0.0; c.head_size()],
+            rope_table: vec![0.0; max_rows * c.head_size()],
             config: c,
         })
     }
@@ -783,6 +810,23 @@ impl<'g> GpuDecoder<'g> {
                         (3, &ch.mins),
                         (4, self.act(x)),
                         (5, self.act(out)),
+                    ],
+                )
+            }
+            BindKey::Matmul(id, ci, out, x, acc) => {
+                let m = &self.mats[&id];
+                let ch = &m.chunks[ci];
+                let params = self.mat_params(m, ch, acc);
+                self.bind_group(
+                    &p.matmul,
+                    &[
+                        (0, &params),
+                        (1, &ch.words),
+                        (2, &ch.scales),
+                        (3, &ch.mins),
+                        (4, self.act(x)),
+                        (5, self.act(out)),
+                        (6, &self.step_buf),
                     ],
                 )
             }
@@ -874,6 +918,7 @@ impl<'g> GpuDecoder<'g> {
                         (0, &params),
                         (1, self.act(Act::Logits)),
                         (2, &self.argmax_buf),
+                        (3, &self.step_buf),
                     ],
                 )
             }
@@ -889,7 +934,7 @@ impl<'g> GpuDecoder<'g> {
             m.kind,
             accumulate as u32,
             ch.row0 as u32,
-            0,
+            m.chunks.iter().map(|c| c.rows).sum::<usize>() as u32,
             0,
         ])
     }
@@ -913,6 +958,16 @@ impl<'g> GpuDecoder<'g> {
     }
 
     fn matvec_into(&mut self, out: Act, w: TensorId, x: Act, accumulate: bool) {
+        if self.rows > 1 {
+            // A batch: the tiled kernel covers 64 weight rows by 32 tokens per workgroup.
+            let tiles = self.rows.div_ceil(32) as u32;
+            for ci in 0..self.mats[&w].chunks.len() {
+                let rows = self.mats[&w].chunks[ci].rows;
+                let key = BindKey::Matmul(w, ci, out, x, accumulate);
+                self.dispatch(key, (rows.div_ceil(64) as u32, tiles));
+            }
+            return;
+        }
         // Rows per workgroup as the chosen kernel covers them, one on the element-wise path (matvec.wgsl).
         let m = &self.mats[&w];
         let per = if m.cols % 32 == 0 {
@@ -938,6 +993,7 @@ impl<'g> GpuDecoder<'g> {
             BindKey::Matvec(id, ..) => {
                 mat_pipe(&self.pipes, &self.mats[&id], self.gpu.matvec.get())
             }
+            BindKey::Matmul(..) => &self.pipes.matmul,
             BindKey::Embed(..) => &self.pipes.embed,
             BindKey::Norm(..) => &self.pipes.rmsnorm,
             BindKey::Rope(_) => &self.pipes.rope,
@@ -954,58 +1010,89 @@ impl<'g> GpuDecoder<'g> {
         pass.dispatch_workgroups(groups.0, groups.1, 1);
     }
 
-    /// Writes the per-token uniform and RoPE table, records the forward pass, and submits it with a copy
-    /// of what `out` asks for into its staging buffer.
-    fn run(&mut self, token: u32, pos: usize, out: Readback) -> Result<()> {
+    /// Rows the pass starting at `pos0` may take, of `left` tokens still to run. Rows of one pass are
+    /// all stored before any attends, so a pass must not reuse a ring slot (with a window, batches stop
+    /// where the ring would wrap, and go token by token after it) and may complete at most one kivi4
+    /// key group, at its last row (the flush runs after the stores).
+    fn batch_len(&self, pos0: usize, left: usize) -> usize {
+        let mut n = left.min(self.max_rows);
+        let kv = &self.kv;
+        if let Some(w) = kv.window {
+            n = n.min(w.saturating_sub(pos0).max(1));
+        }
+        if kv.k == KvType::Kivi4 {
+            // The first position at or after pos0 that completes a group.
+            let first = pos0.max(kv.sinks);
+            let done = first + (kv.group - 1 - (first - kv.sinks) % kv.group);
+            n = n.min(done + 1 - pos0);
+        }
+        n.max(1)
+    }
+
+    /// Writes each row's step and RoPE table, records the forward pass over `tokens` at `pos0..`, and
+    /// submits it with a copy of what `out` asks for (for the last row) into its staging buffer.
+    fn run(&mut self, tokens: &[u32], pos0: usize, out: Readback) -> Result<()> {
         let start = web_time::Instant::now();
         let c = &self.config;
-        if token as usize >= c.vocab_size {
+        let n = tokens.len();
+        debug_assert!(n >= 1 && n <= self.max_rows);
+        if let Some(&t) = tokens.iter().find(|&&t| t as usize >= c.vocab_size) {
             return Err(Error::Invalid(format!(
-                "token {token} is outside the vocabulary of {}",
+                "token {t} is outside the vocabulary of {}",
                 c.vocab_size
             )));
         }
-        if pos >= c.seq_len && self.kv.window.is_none() {
+        let last = pos0 + n - 1;
+        if last >= c.seq_len && self.kv.window.is_none() {
             return Err(Error::Invalid(format!(
-                "position {pos} is past the model's context of {} (a --window lets decoding go on)",
+                "position {last} is past the model's context of {} (a --window lets decoding go on)",
                 c.seq_len
             )));
         }
-        // The attended positions are sinks 0..n_sinks then lo..=pos (kv.rs), computed without a list.
-        let (n_sinks, lo) = self.kv.attended_ranges(pos);
         let (sinks, span) = match self.kv.window {
             Some(w) => (self.kv.sinks, w - self.kv.sinks),
             None => (0, 0),
         };
-        let step = [
-            pos as u32,
-            (n_sinks + pos + 1 - lo) as u32,
-            sinks as u32,
-            span as u32,
-            token,
-            self.kv.slot(pos) as u32,
-            lo as u32,
-            0,
-        ];
-        let q = &self.gpu.queue;
-        q.write_buffer(&self.step_buf, 0, bytemuck::cast_slice(&step));
-        // cos/sin per frequency, computed exactly as the CPU oracle computes them.
         let hs = c.head_size();
-        for f in 0..hs / 2 {
-            let freq = 1.0 / self.theta.powf((2 * f) as f32 / hs as f32);
-            let (s, co) = (pos as f32 * freq).sin_cos();
-            self.rope_table[2 * f] = co;
-            self.rope_table[2 * f + 1] = s;
+        self.steps.clear();
+        for (i, &token) in tokens.iter().enumerate() {
+            let pos = pos0 + i;
+            // The attended positions are sinks 0..n_sinks then lo..=pos (kv.rs), computed without a list.
+            let (n_sinks, lo) = self.kv.attended_ranges(pos);
+            self.steps.extend([
+                pos as u32,
+                (n_sinks + pos + 1 - lo) as u32,
+                sinks as u32,
+                span as u32,
+                token,
+                self.kv.slot(pos) as u32,
+                lo as u32,
+                n as u32,
+            ]);
+            // cos/sin per frequency, computed exactly as the CPU oracle computes them.
+            for f in 0..hs / 2 {
+                let freq = 1.0 / self.theta.powf((2 * f) as f32 / hs as f32);
+                let (s, co) = (pos as f32 * freq).sin_cos();
+                self.rope_table[i * hs + 2 * f] = co;
+                self.rope_table[i * hs + 2 * f + 1] = s;
+            }
         }
-        q.write_buffer(&self.rope_buf, 0, bytemuck::cast_slice(&self.rope_table));
+        let q = &self.gpu.queue;
+        q.write_buffer(&self.step_buf, 0, bytemuck::cast_slice(&self.steps));
+        q.write_buffer(
+            &self.rope_buf,
+            0,
+            bytemuck::cast_slice(&self.rope_table[..n * hs]),
+        );
 
         let mut enc = self.gpu.device.create_command_encoder(&Default::default());
         self.pass = Some(
             enc.begin_compute_pass(&Default::default())
                 .forget_lifetime(),
         );
+        self.rows = n;
         let cfg = self.config.clone();
-        forward(self, &cfg, token, pos);
+        forward(self, &cfg, tokens, pos0);
         if out == Readback::Argmax {
             self.dispatch(BindKey::Argmax, (1, 1));
         }
@@ -1015,8 +1102,15 @@ impl<'g> GpuDecoder<'g> {
                 enc.copy_buffer_to_buffer(&self.argmax_buf, 0, &self.staging_id, 0, 4)
             }
             Readback::Logits => {
-                let n = self.staging_logits.size();
-                enc.copy_buffer_to_buffer(self.act(Act::Logits), 0, &self.staging_logits, 0, n);
+                let size = self.staging_logits.size();
+                let from = ((n - 1) * cfg.vocab_size * self.gpu.activations.bytes()) as u64;
+                enc.copy_buffer_to_buffer(
+                    self.act(Act::Logits),
+                    from,
+                    &self.staging_logits,
+                    0,
+                    size,
+                );
             }
             Readback::Nothing => {}
         }
@@ -1025,9 +1119,24 @@ impl<'g> GpuDecoder<'g> {
         Ok(())
     }
 
-    /// Runs a token and reads all logits back as f32.
-    async fn step_logits(&mut self, token: u32, pos: usize) -> Result<&[f32]> {
-        self.run(token, pos, Readback::Logits)?;
+    /// Runs a prompt in as few passes as [`Self::batch_len`] allows; the last pass reads back `out`.
+    fn run_prompt(&mut self, tokens: &[u32], pos0: usize, out: Readback) -> Result<()> {
+        if tokens.is_empty() {
+            return Err(Error::Invalid("empty prompt".into()));
+        }
+        let mut done = 0;
+        while done < tokens.len() {
+            let n = self.batch_len(pos0 + done, tokens.len() - done);
+            let last = done + n == tokens.len();
+            let rb = if last { out } else { Readback::Nothing };
+            self.run(&tokens[done..done + n], pos0 + done, rb)?;
+            done += n;
+        }
+        Ok(())
+    }
+
+    /// Reads the logits the last submission copied out, as f32.
+    async fn read_logits(&mut self) -> Result<&[f32]> {
         let bytes = self.read(&self.staging_logits).await?;
         let n = self.config.vocab_size;
         match self.gpu.activations {
@@ -1041,6 +1150,11 @@ impl<'g> GpuDecoder<'g> {
             }
         }
         Ok(&self.logits)
+    }
+
+    async fn read_id(&self) -> Result<u32> {
+        let bytes = self.read(&self.staging_id).await?;
+        Ok(u32::from_le_bytes(bytes[..4].try_into().unwrap()))
     }
 
     /// Maps `staging` and copies it out. Natively the wait happens here (the map callback fires inside
@@ -1137,24 +1251,33 @@ fn mat_pipe<'p>(p: &'p Pipelines, m: &GpuMatrix, k: MatvecKernel) -> &'p wgpu::C
     }
 }
 
+/// Rows of a batched prompt pass at most (fewer where a binding limit says so).
+pub const PREFILL_ROWS: usize = 64;
+
 fn wg(n: usize, size: usize) -> (u32, u32) {
     (n.div_ceil(size) as u32, 1)
 }
 
 impl Kernels for GpuDecoder<'_> {
-    fn embed(&mut self, token: u32, out: Act) {
-        // The kernel reads the token id from the step uniform; the chunk holding its row is bound here.
+    fn max_rows(&self) -> usize {
+        self.max_rows
+    }
+
+    fn embed(&mut self, tokens: &[u32], out: Act) {
+        // The kernel reads each row's token from the steps; every chunk holding one of them is bound.
         let n = self.config.dim;
-        let ci = self.mats[&TensorId::TokEmbd]
-            .chunks
-            .iter()
-            .position(|c| (token as usize) < c.row0 + c.rows)
-            .expect("token checked against the vocabulary");
-        self.dispatch(BindKey::Embed(out, ci), wg(n, 64));
+        let rows = tokens.len() as u32;
+        for ci in 0..self.mats[&TensorId::TokEmbd].chunks.len() {
+            let ch = &self.mats[&TensorId::TokEmbd].chunks[ci];
+            let (lo, hi) = (ch.row0, ch.row0 + ch.rows);
+            if tokens.iter().any(|&t| (lo..hi).contains(&(t as usize))) {
+                self.dispatch(BindKey::Embed(out, ci), (wg(n, 64).0, rows));
+            }
+        }
     }
 
     fn rmsnorm(&mut self, out: Act, x: Act, w: TensorId) {
-        self.dispatch(BindKey::Norm(w, out, x), (1, 1));
+        self.dispatch(BindKey::Norm(w, out, x), (self.rows as u32, 1));
     }
 
     fn matvec(&mut self, out: Act, w: TensorId, x: Act) {
@@ -1165,34 +1288,35 @@ impl Kernels for GpuDecoder<'_> {
         self.matvec_into(out, w, x, true);
     }
 
-    fn rope(&mut self, x: Act, _pos: usize) {
+    fn rope(&mut self, x: Act, _pos0: usize) {
         let n = x.len(&self.config);
-        self.dispatch(BindKey::Rope(x), wg(n / 2, 64));
+        self.dispatch(BindKey::Rope(x), (wg(n / 2, 64).0, self.rows as u32));
     }
 
-    fn kv_store(&mut self, layer: usize, pos: usize) {
+    fn kv_store(&mut self, layer: usize, pos0: usize) {
         let n = self.config.kv_dim();
-        self.dispatch(BindKey::KvStore(layer), wg(n, 64));
-        // A kivi4 key group completes at this position: quantize it per channel.
+        self.dispatch(BindKey::KvStore(layer), (wg(n, 64).0, self.rows as u32));
+        // A kivi4 key group completes at the pass's last position: quantize it per channel.
         let kv = &self.kv;
+        let pos = pos0 + self.rows - 1;
         if kv.k == KvType::Kivi4 && pos >= kv.sinks && (pos - kv.sinks) % kv.group == kv.group - 1 {
             self.dispatch(BindKey::KiviFlush(layer), wg(n, 64));
         }
     }
 
-    fn attention(&mut self, out: Act, layer: usize, _pos: usize) {
+    fn attention(&mut self, out: Act, layer: usize, _pos0: usize) {
         let h = self.config.n_heads;
-        self.dispatch(BindKey::Attention(layer, out), (h as u32, 1));
+        self.dispatch(BindKey::Attention(layer, out), (h as u32, self.rows as u32));
     }
 
     fn swiglu(&mut self, gate: Act, up: Act) {
         let n = gate.len(&self.config);
-        self.dispatch(BindKey::Swiglu(gate, up), wg(n, 64));
+        self.dispatch(BindKey::Swiglu(gate, up), (wg(n, 64).0, self.rows as u32));
     }
 
     fn add(&mut self, x: Act, y: Act) {
         let n = x.len(&self.config);
-        self.dispatch(BindKey::Add(x, y), wg(n, 64));
+        self.dispatch(BindKey::Add(x, y), (wg(n, 64).0, self.rows as u32));
     }
 }
 
@@ -1202,19 +1326,50 @@ impl Decoder for GpuDecoder<'_> {
     }
 
     fn step(&mut self, token: u32, pos: usize) -> crate::Fut<'_, &[f32]> {
-        Box::pin(self.step_logits(token, pos))
+        Box::pin(async move {
+            self.run(&[token], pos, Readback::Logits)?;
+            self.read_logits().await
+        })
     }
 
     fn step_argmax(&mut self, token: u32, pos: usize) -> crate::Fut<'_, u32> {
         Box::pin(async move {
-            self.run(token, pos, Readback::Argmax)?;
-            let bytes = self.read(&self.staging_id).await?;
-            Ok(u32::from_le_bytes(bytes[..4].try_into().unwrap()))
+            self.run(&[token], pos, Readback::Argmax)?;
+            self.read_id().await
         })
     }
 
     fn feed(&mut self, token: u32, pos: usize) -> crate::Fut<'_, ()> {
-        Box::pin(std::future::ready(self.run(token, pos, Readback::Nothing)))
+        Box::pin(std::future::ready(self.run(
+            &[token],
+            pos,
+            Readback::Nothing,
+        )))
+    }
+
+    fn prefill<'a>(&'a mut self, tokens: &'a [u32], pos0: usize) -> crate::Fut<'a, &'a [f32]> {
+        Box::pin(async move {
+            self.run_prompt(tokens, pos0, Readback::Logits)?;
+            self.read_logits().await
+        })
+    }
+
+    fn prefill_argmax<'a>(&'a mut self, tokens: &'a [u32], pos0: usize) -> crate::Fut<'a, u32> {
+        Box::pin(async move {
+            self.run_prompt(tokens, pos0, Readback::Argmax)?;
+            self.read_id().await
+        })
+    }
+
+    fn prefill_method(&self) -> String {
+        if self.max_rows == 1 {
+            return "token by token, one submission per token, no readback until the last".into();
+        }
+        format!(
+            "batched: up to {} tokens per pass (tiled matrix-matrix kernel, causal batched attention), \
+             one submission per pass",
+            self.max_rows
+        )
     }
 
     fn gpu_memory(&self) -> Option<GpuMemory> {

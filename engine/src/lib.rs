@@ -52,6 +52,35 @@ pub trait Decoder {
     fn feed(&mut self, token: u32, pos: usize) -> Fut<'_, ()> {
         Box::pin(async move { self.step(token, pos).await.map(|_| ()) })
     }
+    /// Runs a prompt at positions `pos0..` and returns the logits after its last token. Backends with
+    /// batched kernels run many positions per pass; the default runs them one by one.
+    fn prefill<'a>(&'a mut self, tokens: &'a [u32], pos0: usize) -> Fut<'a, &'a [f32]> {
+        Box::pin(async move {
+            let (&last, rest) = tokens
+                .split_last()
+                .ok_or_else(|| Error::Invalid("empty prompt".into()))?;
+            for (i, &t) in rest.iter().enumerate() {
+                self.feed(t, pos0 + i).await?;
+            }
+            self.step(last, pos0 + rest.len()).await
+        })
+    }
+    /// [`Decoder::prefill`] answering only the most likely next token.
+    fn prefill_argmax<'a>(&'a mut self, tokens: &'a [u32], pos0: usize) -> Fut<'a, u32> {
+        Box::pin(async move {
+            let (&last, rest) = tokens
+                .split_last()
+                .ok_or_else(|| Error::Invalid("empty prompt".into()))?;
+            for (i, &t) in rest.iter().enumerate() {
+                self.feed(t, pos0 + i).await?;
+            }
+            self.step_argmax(last, pos0 + rest.len()).await
+        })
+    }
+    /// How [`Decoder::prefill`] runs a prompt, as recorded with prefill timings.
+    fn prefill_method(&self) -> String {
+        "token by token, one pass per token".into()
+    }
     /// CPU time the last step spent recording and submitting GPU work, for backends that do.
     fn encode_ms(&self) -> Option<f64> {
         None

@@ -351,3 +351,99 @@ fn f16_activations_match_cpu() {
         assert!(d.top1_agreement >= c.top1_agreement - 0.03, "{spec}");
     }
 }
+
+/// A prompt run in batched passes (the tiled matrix-matrix kernel and causal batched attention) against
+/// the oracle running it token by token; then decoding goes on from the cache the batch filled. The
+/// matmul sums each dot product in a different order than the matvec, which changes nothing the
+/// f32-activation tolerance above does not cover (same derivation), so the same tolerances apply: 2e-4
+/// for f32 KV, 1e-2 for quantized KV (rounding-boundary codes, as for the KV test).
+fn check_prefill(gpu: &Gpu, m: &Model, kv: KvConfig, prompt: &[u32], what: &str, tol: f32) {
+    let mut cpu = CpuDecoder::with_kv(m, kv.clone()).unwrap();
+    let mut g = GpuDecoder::new(gpu, m, kv).unwrap();
+    assert!(g.prefill_method().starts_with("batched"), "{what}");
+    let (split, tail) = prompt.split_at(prompt.len() - 6);
+    let compare = |a: &[f32], b: &[f32], at: String| {
+        let scale = a.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let d = a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+        assert!(
+            d <= tol * (1.0 + scale),
+            "{what} {at}: max |Δlogit| {d} (scale {scale})"
+        );
+        let (ia, ib) = (eval::argmax(a), eval::argmax(b));
+        assert!(
+            ia == ib || a[ia as usize] - a[ib as usize] <= 2.0 * d,
+            "{what} {at}: top-1 {ia} vs {ib}"
+        );
+        d
+    };
+    let mut want = Vec::new();
+    for (p, &t) in split.iter().enumerate() {
+        want = block_on(cpu.step(t, p)).unwrap().to_vec();
+    }
+    let got = block_on(g.prefill(split, 0)).unwrap().to_vec();
+    let mut worst = compare(&want, &got, format!("prefill of {}", split.len()));
+    for (i, &t) in tail.iter().enumerate() {
+        let p = split.len() + i;
+        let a = block_on(cpu.step(t, p)).unwrap().to_vec();
+        let b = block_on(g.step(t, p)).unwrap().to_vec();
+        worst = worst.max(compare(&a, &b, format!("decode pos {p} after the prefill")));
+    }
+    // A greedy prefill answers the oracle's argmax (or a near-tie).
+    let id = block_on(g.prefill_argmax(split, 0)).unwrap();
+    assert!(want[id as usize] >= want[eval::argmax(&want) as usize] - 2.0 * worst);
+    println!(
+        "{what}: prefill {} + {} decoded, max |Δlogit| {worst:.3e}",
+        split.len(),
+        tail.len()
+    );
+}
+
+#[test]
+fn batched_prefill_matches_cpu() {
+    use nibble_engine::kv::KvType;
+    let gpu = gpu();
+    let stories = stories();
+    let tok = stories.tokenizer.as_ref().unwrap();
+    // 150 tokens: three passes of up to 64 rows (the last one short).
+    let st = &eval::story_tokens(tok, &text("tinystories_sample.txt"), 150)[0];
+    let builtin = Model::builtin();
+    let bt: Vec<u32> = (0..90).map(|i| 3 + (i * 29 % 250) as u32).collect();
+    for spec in [
+        "weights=f32",
+        "weights=f16",
+        "weights=q8_0",
+        "weights=q4_0",
+        "weights=q4_1",
+        "weights=q4_0,block=64",
+    ] {
+        let cfg = RunConfig::parse(spec).unwrap();
+        // stories260K's 172-wide ffn_down rows take the matmul's element-wise path.
+        let (m, _) = measure::prepare(&stories, &cfg).unwrap();
+        let what = format!("stories260K {spec}");
+        check_prefill(&gpu, &m, KvConfig::default(), st, &what, 2e-4);
+        let (m, _) = measure::prepare(&builtin, &cfg).unwrap();
+        let what = format!("builtin {spec}");
+        check_prefill(&gpu, &m, KvConfig::default(), &bt, &what, 2e-4);
+    }
+    for (k, v) in [
+        (KvType::Q8_0, KvType::Q8_0),
+        (KvType::Q4_0, KvType::Q4_0),
+        (KvType::Kivi4, KvType::Kivi4),
+    ] {
+        let kv = KvConfig {
+            k,
+            v,
+            ..KvConfig::default()
+        };
+        let what = format!("builtin kv {}", kv.label());
+        check_prefill(&gpu, &builtin, kv.clone(), &bt, &what, 1e-2);
+        // A window shorter than the prompt: batches stop where the ring would wrap.
+        let windowed = KvConfig {
+            window: Some(40),
+            sinks: 4,
+            ..kv
+        };
+        let what = format!("builtin kv {} window 40", windowed.label());
+        check_prefill(&gpu, &builtin, windowed, &bt, &what, 1e-2);
+    }
+}
