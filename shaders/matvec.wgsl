@@ -73,15 +73,15 @@ fn weight(r: u32, c: u32) -> f32 {
     }
 }
 
-// matvec: a workgroup of 256 threads computes 8 rows, 32 lanes per row. x is staged through
-// workgroup memory in tiles of TILE values, shared by the 8 rows. Within a tile each lane walks the
-// row's packed words at a stride of 32 (so a row's lanes read consecutive words together) and keeps
-// UNROLL independent loads in flight, which is what a memory-bound decode kernel needs.
+// matvec: a workgroup of 256 threads computes 8 rows, 32 lanes per row. Each lane walks the row's
+// packed words at a stride of 32 (so a row's lanes read consecutive words together) and keeps UNROLL
+// independent loads in flight, which is what a memory-bound decode kernel needs. x is read straight from
+// storage: every workgroup reads all of it, but from cache. (Staging x through workgroup memory, as this
+// kernel first did, made each workgroup copy the whole vector for its 8 rows: as many copies as weights
+// over 8, plus two barriers a tile, which cost an H200 more than the weights themselves.)
 const ROWS: u32 = 8u;
 const LANES: u32 = 32u;
-const TILE: u32 = 2048u;
 const UNROLL: u32 = 4u;
-var<workgroup> xs: array<f32, 2048>;
 var<workgroup> red: array<f32, 256>;
 
 // Dot of one packed word (block `g`) with the x values it multiplies: xa holds the first four, xb the
@@ -114,18 +114,6 @@ fn dot_word(word: u32, g: u32, xa: vec4<f32>, xb: vec4<f32>) -> f32 {
     }
 }
 
-// The packed word holding element `gi` (row-major index of its first value) against the staged x
-// values from tile offset `tc`.
-fn word_dot(gi: u32, tc: u32) -> f32 {
-    let n = per_word();
-    var xa = vec4<f32>(xs[tc], 0.0, 0.0, 0.0);
-    var xb = vec4<f32>(0.0);
-    if (n >= 2u) { xa.y = xs[tc + 1u]; }
-    if (n >= 4u) { xa.z = xs[tc + 2u]; xa.w = xs[tc + 3u]; }
-    if (n == 8u) { xb = vec4<f32>(xs[tc + 4u], xs[tc + 5u], xs[tc + 6u], xs[tc + 7u]); }
-    return dot_word(words[gi / n], gi / p.block, xa, xb);
-}
-
 // The same against x in storage, from column `c`.
 fn word_dot_x(gi: u32, c: u32) -> f32 {
     let n = per_word();
@@ -151,33 +139,24 @@ fn per_word() -> u32 {
 fn matvec(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
     let lane = lid.x % LANES;
     let r = (wid.x + wid.y * 65535u) * ROWS + lid.x / LANES;
-    let valid = r < p.rows;
-    let vpw = per_word();
     var acc = 0.0;
-    for (var t0 = 0u; t0 < p.cols; t0 += TILE) {
-        let tn = min(TILE, p.cols - t0);
-        workgroupBarrier();
-        for (var i = lid.x; i < tn; i += 256u) {
-            xs[i] = f32(x[t0 + i]);
+    if (r < p.rows) {
+        // f16 rows of odd length are rejected at upload, so every row holds whole words.
+        let vpw = per_word();
+        let base = r * p.cols;
+        let nw = p.cols / vpw;
+        let step = LANES * vpw;
+        var w = lane;
+        for (; w + (UNROLL - 1u) * LANES < nw; w += UNROLL * LANES) {
+            let c = w * vpw;
+            let a0 = word_dot_x(base + c, c);
+            let a1 = word_dot_x(base + c + step, c + step);
+            let a2 = word_dot_x(base + c + 2u * step, c + 2u * step);
+            let a3 = word_dot_x(base + c + 3u * step, c + 3u * step);
+            acc += (a0 + a1) + (a2 + a3);
         }
-        workgroupBarrier();
-        if (valid) {
-            // f16 rows of odd length are rejected at upload, so every tile holds whole words.
-            let base = r * p.cols + t0;
-            let nw = tn / vpw;
-            let step = LANES * vpw;
-            var w = lane;
-            for (; w + (UNROLL - 1u) * LANES < nw; w += UNROLL * LANES) {
-                let c = w * vpw;
-                let a0 = word_dot(base + c, c);
-                let a1 = word_dot(base + c + step, c + step);
-                let a2 = word_dot(base + c + 2u * step, c + 2u * step);
-                let a3 = word_dot(base + c + 3u * step, c + 3u * step);
-                acc += (a0 + a1) + (a2 + a3);
-            }
-            for (; w < nw; w += LANES) {
-                acc += word_dot(base + w * vpw, w * vpw);
-            }
+        for (; w < nw; w += LANES) {
+            acc += word_dot_x(base + w * vpw, w * vpw);
         }
     }
     red[lid.x] = acc;
@@ -188,7 +167,7 @@ fn matvec(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) l
         }
         workgroupBarrier();
     }
-    if (valid && lane == 0u) {
+    if (r < p.rows && lane == 0u) {
         if (p.accumulate != 0u) {
             out[p.row0 + r] = act(f32(out[p.row0 + r]) + red[lid.x]);
         } else {

@@ -218,6 +218,12 @@ impl Gpu {
         self.matvec.get()
     }
 
+    /// Uses `k` for decoders made from now on (tests run both kernels on one adapter).
+    pub fn set_matvec_kernel(&self, k: MatvecKernel) {
+        self.matvec.set(k);
+        *self.matvec_choice.borrow_mut() = format!("{k:?}, set by the caller");
+    }
+
     /// Times both matvec kernels on the built-in model at q4_0 and keeps the faster: in a browser the
     /// adapter does not say whether it runs on a CPU. Answers what was measured.
     pub async fn tune_matvec(&self) -> Result<String> {
@@ -1210,7 +1216,8 @@ fn pop_error_scope(scope: wgpu::ErrorScopeGuard) -> Option<wgpu::Error> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum MatvecKernel {
-    /// 8 rows per 256-thread workgroup, x staged in workgroup memory, lanes reduced: for GPUs.
+    /// 8 rows per 256-thread workgroup, 32 lanes per row reading x from storage, lanes reduced in
+    /// workgroup memory: for GPUs.
     Tiled,
     /// One thread per row, no barriers: for adapters that run on the CPU (lavapipe, SwiftShader),
     /// where each workgroup barrier costs more than the arithmetic.

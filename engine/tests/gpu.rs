@@ -111,6 +111,35 @@ fn gpu_matches_cpu_for_every_weight_type() {
     }
 }
 
+/// Both decode matvec kernels, whatever the adapter would choose (lavapipe picks the row kernel, GPUs
+/// the lane-parallel one), with the tolerance derived above.
+#[test]
+fn both_matvec_kernels_match_cpu() {
+    use nibble_engine::gpu::MatvecKernel;
+    let gpu = gpu();
+    let stories = stories();
+    let toks: Vec<u32> = (0..24).map(|i| 3 + (i * 37 % 500) as u32).collect();
+    for k in [MatvecKernel::Tiled, MatvecKernel::Row] {
+        gpu.set_matvec_kernel(k);
+        for spec in [
+            "weights=f32",
+            "weights=f16",
+            "weights=q8_0",
+            "weights=q4_0",
+            "weights=q4_1",
+        ] {
+            let (m, _) = measure::prepare(&stories, &RunConfig::parse(spec).unwrap()).unwrap();
+            check(
+                &gpu,
+                &m,
+                KvConfig::default(),
+                &toks,
+                &format!("{k:?} {spec}"),
+            );
+        }
+    }
+}
+
 #[test]
 fn gpu_sliding_window_and_greedy() {
     let gpu = gpu();
