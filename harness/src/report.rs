@@ -269,9 +269,17 @@ fn charts(
         "tokens/s",
         &["tokens/s"],
     );
+    // How each host ran its prompts, as it recorded it (batched or token by token).
+    let mut methods: Vec<String> = Vec::new();
     for h in &ran {
         if let Some(Outcome::Latency(rows)) = outcome(h, "latency") {
             for c in rows {
+                for p in &c.prefill {
+                    let m = format!("{}: {}", h.name, p.method);
+                    if !methods.contains(&m) {
+                        methods.push(m);
+                    }
+                }
                 if let Some(d) = c.decode.iter().find(|d| d.depth == 0) {
                     let s = &d.ms_per_token;
                     dec.bars.push((
@@ -296,7 +304,7 @@ fn charts(
         &mut out,
         "prefill",
         pre,
-        "Prompts run token by token (no batched prefill kernel yet).",
+        &format!("How prompts ran. {}.", methods.join("; ")),
         missing,
     )?;
 
