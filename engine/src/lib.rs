@@ -7,6 +7,7 @@
 //! - [`eval`]: perplexity and generation over any [`Decoder`].
 
 pub mod bench;
+pub mod cache;
 pub mod cpu;
 pub mod error;
 pub mod eval;

@@ -279,7 +279,7 @@ impl Weights {
     }
 
     /// Builds the weights from a function that yields each tensor, called in GGUF order.
-    fn build(
+    pub(crate) fn build(
         c: &Config,
         tied: bool,
         mut get: impl FnMut(TensorId) -> Result<Tensor>,
@@ -315,7 +315,7 @@ impl Weights {
     }
 }
 
-enum Tensor {
+pub(crate) enum Tensor {
     Matrix(QMatrix),
     Norm(Vec<f32>),
 }

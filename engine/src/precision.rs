@@ -147,6 +147,32 @@ impl WeightConfig {
         Ok(())
     }
 
+    /// The type `cfg` asks for `id`, if any (a rule, else the default).
+    pub fn type_for(&self, id: TensorId) -> Option<WType> {
+        self.policy.type_for(id).or(self.default)
+    }
+
+    /// Whether a tied classifier gets its own matrix: the output is asked for another type than the
+    /// embedding.
+    pub fn unties(&self) -> bool {
+        let (e, o) = (
+            self.type_for(TensorId::TokEmbd),
+            self.type_for(TensorId::Output),
+        );
+        o.is_some() && o != e
+    }
+
+    /// The (type, block) matrix `id` of shape `m` ends up with, the fallback to f16 included, without
+    /// quantizing anything.
+    pub fn target(&self, id: TensorId, m: &QMatrix) -> (WType, usize) {
+        match self.type_for(id) {
+            None => (m.ty, m.block),
+            Some(t) if t.is_quantized() && m.cols % self.block != 0 => (WType::F16, 1),
+            Some(t) if t.is_quantized() => (t, self.block),
+            Some(t) => (t, 1),
+        }
+    }
+
     pub fn is_identity(&self) -> bool {
         self.default.is_none() && self.policy.rules.is_empty()
     }
@@ -183,7 +209,7 @@ pub fn restore(
     m: &QMatrix,
     cfg: &WeightConfig,
 ) -> Result<(Option<QMatrix>, Option<Fallback>)> {
-    let Some(mut ty) = cfg.policy.type_for(id).or(cfg.default) else {
+    let Some(mut ty) = cfg.type_for(id) else {
         return Ok((None, None));
     };
     let mut fallback = None;
@@ -218,12 +244,8 @@ impl Model {
     pub fn apply_weights(&mut self, cfg: &WeightConfig) -> Result<Vec<Fallback>> {
         cfg.validate()?;
         let c = self.config.clone();
-        let want = |id: TensorId| cfg.policy.type_for(id).or(cfg.default);
-        if self.tied() {
-            let (e, o) = (want(TensorId::TokEmbd), want(TensorId::Output));
-            if o.is_some() && o != e {
-                self.weights.output = Some(self.weights.tok_embd.clone());
-            }
+        if self.tied() && cfg.unties() {
+            self.weights.output = Some(self.weights.tok_embd.clone());
         }
         let mut fallbacks = Vec::new();
         for id in TensorId::all(&c, self.tied()) {

@@ -167,7 +167,7 @@ impl WType {
         }
     }
 
-    fn code_bits(self) -> usize {
+    pub fn code_bits(self) -> usize {
         match self {
             WType::F32 => 32,
             WType::F16 => 16,

@@ -1,0 +1,222 @@
+//! The component cache: warm loads, integrity, precision changes, failed writes.
+
+mod common;
+use common::*;
+use nibble_engine::block_on;
+use nibble_engine::cache::{self, Bytes, InMemory, Key, LoadReport, MemStore, Source, Store};
+use nibble_engine::cpu::CpuDecoder;
+use nibble_engine::measure::{self, RunConfig};
+use nibble_engine::{Decoder, Fut, Model};
+
+/// stories260K from its files: a real parse on the cold path.
+struct Files {
+    inner: Option<Bytes>,
+    fetches: usize,
+}
+
+impl Source for Files {
+    fn identity(&self) -> String {
+        "stories260K.bin+tok512.bin (test)".into()
+    }
+    fn fetch(&mut self) -> Fut<'_, u64> {
+        self.fetches += 1;
+        let d = models_dir();
+        let model = std::fs::read(d.join("stories260K.bin")).unwrap();
+        let tok = std::fs::read(d.join("tok512.bin")).unwrap();
+        let n = (model.len() + tok.len()) as u64;
+        self.inner = Some(Bytes {
+            id: self.identity(),
+            name: "stories260K.bin".into(),
+            model,
+            tokenizer: Some((tok, "tok512.bin".into())),
+        });
+        Box::pin(std::future::ready(Ok(n)))
+    }
+    fn parse(&mut self) -> nibble_engine::Result<Model> {
+        self.inner.as_mut().unwrap().parse_model()
+    }
+}
+
+fn builtin() -> InMemory {
+    InMemory {
+        id: "builtin tiny seed 0 (test)".into(),
+        make: Box::new(Model::builtin),
+    }
+}
+
+fn load(src: &mut dyn Source, spec: &str, store: &dyn Store) -> (Model, LoadReport) {
+    let cfg = RunConfig::parse(spec).unwrap();
+    let l = block_on(cache::load(src, &cfg.weights, Some(store), &mut |_| {})).unwrap();
+    (l.model, l.report)
+}
+
+/// Logits of a few positions, to compare models bit for bit.
+fn logits(m: &Model) -> Vec<u32> {
+    let mut d = CpuDecoder::new(m);
+    let mut out = Vec::new();
+    for (p, t) in [1u32, 50, 77, 3, 200].into_iter().enumerate() {
+        out.extend(block_on(d.step(t, p)).unwrap().iter().map(|v| v.to_bits()));
+    }
+    out
+}
+
+#[test]
+fn warm_load_reads_every_component_and_matches_the_cold_one() {
+    let store = MemStore::default();
+    let mut src = Files {
+        inner: None,
+        fetches: 0,
+    };
+    let (cold, r) = load(&mut src, "weights=q4_0", &store);
+    assert_eq!(r.path, "cold");
+    assert_eq!(r.built.len(), r.components);
+    // Embedding, 5 layers x 2, head, tokenizer.
+    assert_eq!(r.components, 13);
+    assert!(r.cache_bytes_written > 0 && r.parse_s > 0.0);
+    let (warm, w) = load(&mut src, "weights=q4_0", &store);
+    assert_eq!(w.path, "warm", "{w:?}");
+    assert_eq!(src.fetches, 1, "a warm load must not fetch the source");
+    assert_eq!(w.from_cache.len(), 13);
+    assert!(w.built.is_empty() && w.corrupt.is_empty());
+    assert_eq!((w.fetch_s, w.parse_s, w.quantize_s), (0.0, 0.0, 0.0));
+    // The same weights as preparing the parsed model directly, and the same logits.
+    let (want, fb) =
+        measure::prepare(&stories(), &RunConfig::parse("weights=q4_0").unwrap()).unwrap();
+    assert_eq!(cold.weights.layers[0].w_down, want.weights.layers[0].w_down);
+    assert_eq!(warm.weights.layers[4].wq, want.weights.layers[4].wq);
+    assert_eq!(logits(&warm), logits(&want));
+    assert_eq!(logits(&cold), logits(&want));
+    assert_eq!(
+        warm.tokenizer
+            .as_ref()
+            .unwrap()
+            .encode("Once upon a time", true, false),
+        want.tokenizer
+            .as_ref()
+            .unwrap()
+            .encode("Once upon a time", true, false)
+    );
+    // stories260K's 172-wide ffn_down falls back to f16; the fallbacks survive the cache.
+    let l = block_on(cache::load(
+        &mut src,
+        &RunConfig::parse("weights=q4_0").unwrap().weights,
+        Some(&store),
+        &mut |_| {},
+    ))
+    .unwrap();
+    assert_eq!(l.fallbacks, fb);
+}
+
+#[test]
+fn a_corrupt_or_truncated_entry_is_dropped_and_rebuilt() {
+    let store = MemStore::default();
+    let mut src = builtin();
+    let (want, _) = load(&mut src, "weights=q4_0", &store);
+    let want = logits(&want);
+    for damage in ["flip", "truncate"] {
+        // The largest entry is the embedding; damage one attention entry instead (found by size rank).
+        let key = {
+            let e = store.entries.borrow();
+            let mut v: Vec<_> = e.iter().map(|(k, b)| (b.len(), k.clone())).collect();
+            v.sort();
+            v[v.len() / 2].1.clone()
+        };
+        {
+            let mut e = store.entries.borrow_mut();
+            let b = e.get_mut(&key).unwrap();
+            match damage {
+                "flip" => {
+                    let n = b.len();
+                    b[n - 7] ^= 0x40;
+                }
+                _ => b.truncate(b.len() / 2),
+            }
+        }
+        let (m, r) = load(&mut src, "weights=q4_0", &store);
+        assert_eq!(r.corrupt.len(), 1, "{damage}: {:?}", r.corrupt);
+        let reason = &r.corrupt[0];
+        assert!(
+            reason.contains(if damage == "flip" {
+                "hash mismatch"
+            } else {
+                "truncated"
+            }),
+            "{damage}: {reason}"
+        );
+        assert_eq!(
+            r.built.len(),
+            1,
+            "{damage}: only the damaged component is rebuilt"
+        );
+        assert!(reason.starts_with(&r.built[0]), "{reason} vs {:?}", r.built);
+        assert_eq!(r.from_cache.len(), r.components - 1);
+        assert_eq!(logits(&m), want, "{damage}: rebuilt logits differ");
+        // And the next load is warm again.
+        assert_eq!(load(&mut src, "weights=q4_0", &store).1.path, "warm");
+    }
+}
+
+#[test]
+fn changing_one_class_precision_recreates_only_its_components() {
+    let store = MemStore::default();
+    let mut src = builtin();
+    load(&mut src, "weights=q4_0", &store);
+    let (m, r) = load(&mut src, "weights=q4_0,precision=ffn=q8_0", &store);
+    assert_eq!(r.path, "cold");
+    let ffn: Vec<String> = (0..m.config.n_layers)
+        .map(|l| format!("blk.{l}.ffn"))
+        .collect();
+    assert_eq!(r.built, ffn, "only the feed-forward components are new");
+    assert_eq!(r.from_cache.len(), r.components - ffn.len());
+    let (want, _) = measure::prepare(
+        &Model::builtin(),
+        &RunConfig::parse("weights=q4_0,precision=ffn=q8_0").unwrap(),
+    )
+    .unwrap();
+    assert_eq!(logits(&m), logits(&want));
+    // Back to the first configuration: its manifest is still there, nothing is rebuilt.
+    assert_eq!(load(&mut src, "weights=q4_0", &store).1.path, "warm");
+}
+
+#[test]
+fn failed_writes_still_load_uncached_and_say_why() {
+    let store = MemStore::default();
+    store.fail_writes.set(true);
+    let mut src = builtin();
+    let (m, r) = load(&mut src, "weights=q4_0", &store);
+    assert_eq!(r.path, "uncached");
+    assert!(
+        r.uncached
+            .as_deref()
+            .unwrap()
+            .contains("QuotaExceededError"),
+        "{r:?}"
+    );
+    assert_eq!(r.cache_bytes_written, 0);
+    let (want, _) = measure::prepare(
+        &Model::builtin(),
+        &RunConfig::parse("weights=q4_0").unwrap(),
+    )
+    .unwrap();
+    assert_eq!(logits(&m), logits(&want));
+    assert!(store.entries.borrow().is_empty());
+}
+
+#[test]
+fn unseal_refuses_every_cut_and_a_foreign_key() {
+    let k = Key([7; 32]);
+    let sealed = cache::seal(&k, b"some packed component bytes");
+    assert_eq!(
+        cache::unseal(&k, &sealed).unwrap(),
+        b"some packed component bytes"
+    );
+    for n in 0..sealed.len() {
+        assert!(
+            cache::unseal(&k, &sealed[..n]).is_err(),
+            "a cut at {n} verified"
+        );
+    }
+    assert!(cache::unseal(&Key([8; 32]), &sealed)
+        .unwrap_err()
+        .contains("another key"));
+}
