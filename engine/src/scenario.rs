@@ -213,6 +213,7 @@ pub enum Outcome {
     Latency(Vec<ConfigBench>),
     Memory(Vec<MemoryRow>),
     Context(Context),
+    Reload(Reload),
 }
 
 /// A scenario's record in `results.json`: its outcome, or why it has none.
@@ -263,6 +264,94 @@ pub struct Params {
     pub sinks: usize,
     /// Tokens decoded past the model's context in the window run.
     pub past_context: usize,
+    /// Weight configuration loaded cold and warm by the reload scenario.
+    #[serde(default = "default_reload_config")]
+    pub reload_config: String,
+}
+
+fn default_reload_config() -> String {
+    "weights=q4_0".into()
+}
+
+/// One load of scenario "reload", through the component cache, up to the first generated token.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReloadRun {
+    pub load: crate::cache::LoadReport,
+    /// Making the decoder: the weight upload on a GPU.
+    pub upload_s: f64,
+    /// The prompt's prefill and the first token.
+    pub ttft_ms: f64,
+    /// Load + upload + first token: what a user waits for.
+    pub total_s: f64,
+    pub prompt_tokens: usize,
+    pub first_token: u32,
+}
+
+/// Scenario "reload": a cold load (empty cache) and a warm one (the page reloaded in the same
+/// profile, or the process loading again natively).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Reload {
+    pub config: String,
+    pub cold: ReloadRun,
+    pub warm: Option<ReloadRun>,
+    /// cold total / warm total.
+    pub speedup: Option<f64>,
+    /// Why there is no warm figure, if there is none.
+    pub warm_missing: Option<String>,
+}
+
+impl Reload {
+    pub fn new(
+        config: String,
+        cold: ReloadRun,
+        warm: std::result::Result<ReloadRun, String>,
+    ) -> Reload {
+        let (warm, warm_missing) = match warm {
+            Ok(w) => (Some(w), None),
+            Err(e) => (None, Some(e)),
+        };
+        Reload {
+            speedup: warm.as_ref().map(|w| cold.total_s / w.total_s),
+            config,
+            cold,
+            warm,
+            warm_missing,
+        }
+    }
+}
+
+/// Loads `src` through `store` as `p.reload_config` says, makes a decoder and generates the first
+/// token of the first sequence's opening tokens.
+pub async fn reload_run(
+    src: &mut dyn crate::cache::Source,
+    store: Option<&dyn crate::cache::Store>,
+    backend: Backend<'_>,
+    p: &Params,
+    mut progress: impl FnMut(String),
+) -> Result<ReloadRun> {
+    let cfg = RunConfig::parse(&p.reload_config)?;
+    let t0 = Instant::now();
+    let loaded = crate::cache::load(src, &cfg.weights, store, &mut |m| progress(m)).await?;
+    progress("upload".into());
+    let t1 = Instant::now();
+    let mut dec = backend.decoder(&loaded.model, cfg.kv.clone())?;
+    let upload_s = t1.elapsed().as_secs_f64();
+    let prompt: Vec<u32> = p
+        .seqs
+        .first()
+        .map_or(vec![1], |s| s.iter().take(16).copied().collect());
+    progress("first token".into());
+    let t2 = Instant::now();
+    let first_token = dec.prefill_argmax(&prompt, 0).await?;
+    let ttft_ms = t2.elapsed().as_secs_f64() * 1e3;
+    Ok(ReloadRun {
+        load: loaded.report,
+        upload_s,
+        ttft_ms,
+        total_s: t0.elapsed().as_secs_f64(),
+        prompt_tokens: prompt.len(),
+        first_token,
+    })
 }
 
 /// Scenario "accuracy": each configuration against its oracle reference.
@@ -486,5 +575,6 @@ pub fn default_params(base: &Model, seqs: Vec<Vec<u32>>, reps: usize) -> Params 
         window: 64.min(ctx / 2),
         sinks: 4,
         past_context: 64,
+        reload_config: default_reload_config(),
     }
 }

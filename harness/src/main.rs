@@ -2,6 +2,7 @@
 
 mod bench;
 mod browser;
+mod cache;
 mod files;
 mod gate;
 mod native;
@@ -64,6 +65,14 @@ pub struct ModelArgs {
     /// A llama2.c tokenizer.bin (or a GGUF holding a tokenizer). Needed for a .bin model.
     #[arg(long)]
     pub tokenizer: Option<PathBuf>,
+    /// Component cache directory: prepared weights are kept there by content, so the next load of the
+    /// same model and precision skips parsing and quantizing. Default: the platform cache directory
+    /// (~/.cache/nibble on Linux).
+    #[arg(long)]
+    pub cache_dir: Option<PathBuf>,
+    /// Load without the component cache.
+    #[arg(long)]
+    pub no_cache: bool,
 }
 
 #[tokio::main]

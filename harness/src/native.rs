@@ -191,11 +191,48 @@ fn require_tokenizer(m: &Model) -> Result<&Tokenizer> {
 }
 
 /// The model with the run's weights applied, after printing what changed.
+/// Loads through the component cache unless `--no-cache` (or a built-in model with a replaced
+/// tokenizer, which has no stable identity).
 fn prepared(a: &ModelArgs, q: &QuantArgs) -> Result<(Model, RunConfig, Vec<Fallback>)> {
-    let base = load_model(a)?;
     let cfg = q.run_config()?;
-    let (m, fb) = measure::prepare(&base, &cfg)?;
-    Ok((m, cfg, fb))
+    let dir = a
+        .cache_dir
+        .clone()
+        .or_else(crate::cache::DirStore::default_dir);
+    let dir = match dir {
+        Some(d) if !a.no_cache && (a.model.is_some() || a.tokenizer.is_none()) => d,
+        _ => {
+            let base = load_model(a)?;
+            let (m, fb) = measure::prepare(&base, &cfg)?;
+            return Ok((m, cfg, fb));
+        }
+    };
+    let store = crate::cache::DirStore::open(&dir)?;
+    let mut src = crate::cache::source(a.model.as_deref(), a.tokenizer.as_deref());
+    let l = block_on(nibble_engine::cache::load(
+        src.as_mut(),
+        &cfg.weights,
+        Some(&store),
+        &mut |_| {},
+    ))?;
+    let r = &l.report;
+    eprintln!(
+        "load: {} in {:.1} ms ({} of {} components from the cache{}{}{})",
+        r.path,
+        r.total_s * 1e3,
+        r.from_cache.len(),
+        r.components,
+        if r.corrupt.is_empty() {
+            String::new()
+        } else {
+            format!("; rebuilt {}", r.corrupt.join(", "))
+        },
+        r.uncached
+            .as_ref()
+            .map_or(String::new(), |u| format!("; uncached: {u}")),
+        format_args!("; {}", dir.display()),
+    );
+    Ok((l.model, cfg, l.fallbacks))
 }
 
 /// Memory facts of a run, as JSON and as one stderr line.
