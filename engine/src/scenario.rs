@@ -213,7 +213,7 @@ pub enum Outcome {
     Latency(Vec<ConfigBench>),
     Memory(Vec<MemoryRow>),
     Context(Context),
-    Reload(Reload),
+    Reload(Box<Reload>),
 }
 
 /// A scenario's record in `results.json`: its outcome, or why it has none.
