@@ -534,6 +534,8 @@ pub struct GpuDecoder<'g> {
     memory: GpuMemory,
     /// Seconds the last `run` spent on the CPU recording and submitting.
     encode_s: f64,
+    /// Seconds spent creating the compute pipelines (shader compilation) in `new`.
+    compile_s: f64,
     /// cos/sin per RoPE frequency for each row's position, reused every pass.
     rope_table: Vec<f32>,
 }
@@ -721,7 +723,11 @@ impl<'g> GpuDecoder<'g> {
             )));
         }
         gpu.check_errors()?;
+        let t0 = web_time::Instant::now();
+        let pipes = Pipelines::new(dev, gpu.activations);
+        let compile_s = t0.elapsed().as_secs_f64();
         Ok(GpuDecoder {
+            compile_s,
             gpu,
             theta: c.rope_theta,
             kv,
@@ -740,7 +746,7 @@ impl<'g> GpuDecoder<'g> {
             argmax_buf,
             staging_logits,
             staging_id,
-            pipes: Pipelines::new(dev, gpu.activations),
+            pipes,
             binds: HashMap::new(),
             pass: None,
             logits: vec![0.0; c.vocab_size],
@@ -1385,6 +1391,10 @@ impl Decoder for GpuDecoder<'_> {
 
     fn encode_ms(&self) -> Option<f64> {
         Some(self.encode_s * 1e3)
+    }
+
+    fn compile_ms(&self) -> Option<f64> {
+        Some(self.compile_s * 1e3)
     }
 
     fn backend(&self) -> String {

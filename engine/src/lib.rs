@@ -86,6 +86,10 @@ pub trait Decoder {
     fn encode_ms(&self) -> Option<f64> {
         None
     }
+    /// Time making the decoder spent compiling shaders, for backends that do.
+    fn compile_ms(&self) -> Option<f64> {
+        None
+    }
     /// GPU bytes by category, for backends that allocate on a GPU.
     fn gpu_memory(&self) -> Option<gpu::GpuMemory> {
         None

@@ -441,3 +441,211 @@ pub async fn page_memory() -> Result<String, JsError> {
     );
     Ok(serde_json::Value::Object(out).to_string())
 }
+
+/// The component cache on the Cache API: one cache named `nibble-components`, entries under
+/// `/__nibble_cache/<key>` of the page's origin. `Cache.put` commits an entry only once its whole body
+/// is stored, which is the atomic write the cache needs; a full quota rejects the put.
+struct CacheApiStore {
+    cache: web_sys::Cache,
+    fail_writes: bool,
+}
+
+impl CacheApiStore {
+    async fn open(fail_writes: bool) -> Result<CacheApiStore, String> {
+        let caches = get(&js_sys::global(), "caches");
+        let caches: web_sys::CacheStorage = caches
+            .dyn_into()
+            .map_err(|_| "the Cache API (caches) is not available here".to_string())?;
+        let cache = JsFuture::from(caches.open("nibble-components"))
+            .await
+            .map_err(|e| format!("caches.open: {}", js_err(e)))?
+            .dyn_into()
+            .map_err(|_| "caches.open did not give a Cache".to_string())?;
+        Ok(CacheApiStore { cache, fail_writes })
+    }
+
+    fn url(key: &str) -> String {
+        format!("/__nibble_cache/{key}")
+    }
+}
+
+impl crate::cache::Store for CacheApiStore {
+    fn describe(&self) -> String {
+        "Cache API (nibble-components)".into()
+    }
+
+    fn get<'a>(&'a self, key: &'a str) -> crate::Fut<'a, Option<Vec<u8>>> {
+        Box::pin(async move {
+            let js = |e: JsValue| crate::Error::Invalid(format!("Cache API: {}", js_err(e)));
+            let r = JsFuture::from(self.cache.match_with_str(&Self::url(key)))
+                .await
+                .map_err(js)?;
+            let Ok(resp) = r.dyn_into::<web_sys::Response>() else {
+                return Ok(None);
+            };
+            let buf = JsFuture::from(resp.array_buffer().map_err(js)?)
+                .await
+                .map_err(js)?;
+            Ok(Some(Uint8Array::new(&buf).to_vec()))
+        })
+    }
+
+    fn put<'a>(&'a self, key: &'a str, bytes: &'a [u8]) -> crate::Fut<'a, ()> {
+        Box::pin(async move {
+            let js = |e: JsValue| crate::Error::Invalid(js_err(e));
+            if self.fail_writes {
+                return Err(crate::Error::Invalid(
+                    "QuotaExceededError (forced by the test hook)".into(),
+                ));
+            }
+            let body = Uint8Array::from(bytes);
+            let resp = web_sys::Response::new_with_opt_buffer_source(Some(&body)).map_err(js)?;
+            JsFuture::from(self.cache.put_with_str(&Self::url(key), &resp))
+                .await
+                .map_err(js)?;
+            Ok(())
+        })
+    }
+
+    fn delete<'a>(&'a self, key: &'a str) -> crate::Fut<'a, ()> {
+        Box::pin(async move {
+            let _ = JsFuture::from(self.cache.delete_with_str(&Self::url(key))).await;
+            Ok(())
+        })
+    }
+}
+
+/// The model (and tokenizer) behind URLs. Identity: each URL with the size and ETag a HEAD request
+/// answers, so a changed file misses the manifest without being downloaded.
+struct HttpSource {
+    model_url: String,
+    tokenizer_url: Option<String>,
+    id: String,
+    on_progress: Function,
+    bytes: Option<crate::cache::Bytes>,
+}
+
+async fn head_stamp(url: &str) -> Result<String, String> {
+    let g = js_sys::global();
+    let fetch: Function = get(&g, "fetch")
+        .dyn_into()
+        .map_err(|_| "fetch is missing".to_string())?;
+    let init = js_sys::Object::new();
+    let _ = Reflect::set(&init, &"method".into(), &"HEAD".into());
+    let p: Promise = fetch
+        .call2(&g, &JsValue::from_str(url), &init)
+        .map_err(js_err)?
+        .dyn_into()
+        .map_err(|_| "fetch did not return a promise".to_string())?;
+    let resp: web_sys::Response = JsFuture::from(p)
+        .await
+        .map_err(|e| format!("HEAD {url}: {}", js_err(e)))?
+        .dyn_into()
+        .map_err(|_| "not a Response".to_string())?;
+    if !resp.ok() {
+        return Err(format!("HEAD {url}: HTTP {}", resp.status()));
+    }
+    let h = resp.headers();
+    let field = |k: &str| h.get(k).ok().flatten().unwrap_or_default();
+    Ok(format!(
+        "{url} ({} bytes, etag {}, last-modified {})",
+        field("content-length"),
+        field("etag"),
+        field("last-modified")
+    ))
+}
+
+impl crate::cache::Source for HttpSource {
+    fn identity(&self) -> String {
+        self.id.clone()
+    }
+
+    fn fetch(&mut self) -> crate::Fut<'_, u64> {
+        Box::pin(async move {
+            let e = crate::Error::Invalid;
+            let model = fetch_bytes(&self.model_url, &self.on_progress)
+                .await
+                .map_err(e)?;
+            let tokenizer = match &self.tokenizer_url {
+                Some(u) => Some((
+                    fetch_bytes(u, &self.on_progress).await.map_err(e)?,
+                    u.clone(),
+                )),
+                None => None,
+            };
+            let n = model.len() + tokenizer.as_ref().map_or(0, |(b, _)| b.len());
+            let name = self
+                .model_url
+                .rsplit('/')
+                .next()
+                .unwrap_or("model")
+                .to_string();
+            self.bytes = Some(crate::cache::Bytes {
+                id: self.id.clone(),
+                name,
+                model,
+                tokenizer,
+            });
+            Ok(n as u64)
+        })
+    }
+
+    fn parse(&mut self) -> crate::Result<Model> {
+        match &mut self.bytes {
+            Some(b) => b.parse_model(),
+            None => Err(crate::Error::Invalid("parse before fetch".into())),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct ReloadJob {
+    model_url: String,
+    #[serde(default)]
+    tokenizer_url: Option<String>,
+    params_url: String,
+    /// Test hook: every cache write fails as a full quota would.
+    #[serde(default)]
+    fail_writes: bool,
+}
+
+/// Scenario "reload", one load: the model through the Cache API store, up to the first token. The
+/// harness calls it on a fresh profile (cold), reloads the page and calls it again (warm).
+#[wasm_bindgen]
+pub async fn reload(job: String, on_progress: Function) -> Result<String, JsError> {
+    let j: ReloadJob = serde_json::from_str(&job).map_err(err)?;
+    // Parameters first and untimed: they are the run's, not the model's.
+    let pb = fetch_bytes(&j.params_url, &on_progress)
+        .await
+        .map_err(err)?;
+    let p: Params =
+        serde_json::from_slice(&pb).map_err(|e| err(format!("{}: {e}", j.params_url)))?;
+    let mut id = head_stamp(&j.model_url).await.map_err(err)?;
+    if let Some(t) = &j.tokenizer_url {
+        id = format!("{id} + {}", head_stamp(t).await.map_err(err)?);
+    }
+    let mut src = HttpSource {
+        model_url: j.model_url.clone(),
+        tokenizer_url: j.tokenizer_url.clone(),
+        id,
+        on_progress: on_progress.clone(),
+        bytes: None,
+    };
+    // A browser without the Cache API still loads, uncached, and the report says why.
+    let store = CacheApiStore::open(j.fail_writes).await;
+    let g = gpu();
+    let backend = match &g {
+        Some(g) => Backend::Gpu(g),
+        None => Backend::Cpu,
+    };
+    let store_ref: Option<&dyn crate::cache::Store> = store.as_ref().ok().map(|s| s as _);
+    let mut run = scenario::reload_run(&mut src, store_ref, backend, &p, |m| {
+        report(&on_progress, &m)
+    })
+    .await
+    .map_err(err)?;
+    if let Err(why) = store {
+        run.load.uncached = Some(why);
+    }
+    serde_json::to_string(&run).map_err(err)
+}

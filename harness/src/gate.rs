@@ -245,10 +245,20 @@ pub fn metric(h: &HostRun, name: &str) -> std::result::Result<Measured, String> 
                 _ => Err("the accuracy scenario has no rows".into()),
             }
         }
-        "warm_reload_speedup" => Err(format!(
-            "{}: the reload scenario (cold against warm load) is not implemented yet",
-            h.name
-        )),
+        "warm_reload_speedup" => match scenario(h, "reload")? {
+            Outcome::Reload(r) => match (r.speedup, &r.warm_missing) {
+                (Some(v), _) if r.warm.as_ref().is_some_and(|w| w.load.path == "warm") => exact(v),
+                (Some(_), _) => Err(format!(
+                    "the second load was not served from the cache ({})",
+                    r.warm.as_ref().map_or("?".into(), |w| w.load.path.clone())
+                )),
+                (None, why) => Err(format!(
+                    "no warm load: {}",
+                    why.as_deref().unwrap_or("not recorded")
+                )),
+            },
+            _ => Err("reload scenario holds another outcome".into()),
+        },
         other => Err(format!("unknown metric {other}")),
     }
 }

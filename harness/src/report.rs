@@ -380,7 +380,39 @@ fn charts(
             note: "Each point is one weight configuration of the sweep grid, scored against the f32 oracle.".into(),
         });
     }
-    missing.push("cold against warm reload chart: the reload scenario (component cache) is not implemented yet".into());
+    // Reload: cold against warm, what a user waits for (load + upload + first token).
+    let mut rel = Bars::new(
+        "Reload: cold (empty cache) against warm (same profile), load and upload",
+        "s",
+        &["cold", "warm"],
+    );
+    let mut why_warm = Vec::new();
+    for h in &ran {
+        if let Some(Outcome::Reload(r)) = outcome(h, "reload") {
+            match &r.warm {
+                Some(w) => rel.bars.push((
+                    format!("{}/{}", h.name, nibble_engine::scenario::label(&r.config)),
+                    vec![r.cold.ready_s, w.ready_s],
+                    None,
+                )),
+                None => why_warm.push(format!(
+                    "{}: {}",
+                    h.name,
+                    r.warm_missing.as_deref().unwrap_or("no warm load")
+                )),
+            }
+        }
+    }
+    missing.extend(why_warm.into_iter().map(|w| format!("warm reload, {w}")));
+    push_bars(
+        &mut out,
+        "reload",
+        rel,
+        "Cold: fetch, parse, hash, quantize, write the cache, upload. Warm: read and verify the cached \
+         components, upload. Both in the same browser profile. Shader compilation and the first token \
+         follow either and are in results.json (compile_s, ttft_ms).",
+        missing,
+    )?;
     Ok(out)
 }
 

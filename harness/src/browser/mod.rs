@@ -31,7 +31,8 @@ use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-pub const SCENARIOS: [&str; 4] = ["accuracy", "latency", "memory", "context"];
+/// "reload" goes last: in a browser it reloads the page.
+pub const SCENARIOS: [&str; 5] = ["accuracy", "latency", "memory", "context", "reload"];
 
 #[derive(Args)]
 pub struct RunArgs {
@@ -59,7 +60,7 @@ pub struct RunArgs {
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "accuracy,latency,memory,context"
+        default_value = "accuracy,latency,memory,context,reload"
     )]
     pub scenarios: Vec<String>,
     /// A remote W3C WebDriver endpoint for a browser, NAME=URL (repeatable).
@@ -238,6 +239,14 @@ struct Prepared {
     refs: Vec<Reference>,
     /// JSON the page's `load` call takes.
     load_job: Value,
+    /// JSON the page's `reload` call takes.
+    reload_job: Value,
+    /// The files the browsers fetch (the built-in model written as GGUF), which the native reload
+    /// loads too.
+    model_file: PathBuf,
+    tokenizer_file: Option<PathBuf>,
+    /// The run's data directory (native reload caches live there).
+    data: PathBuf,
 }
 
 fn default_text(a: &RunArgs) -> PathBuf {
@@ -254,7 +263,7 @@ fn default_text(a: &RunArgs) -> PathBuf {
 }
 
 fn prepare(a: &RunArgs, data: &Path, files: &server::Files, ui: &Ui) -> Result<Prepared> {
-    let (base, model_url, tok_url) = match (&a.model.model, &a.preset) {
+    let (base, model_url, tok_url, model_file) = match (&a.model.model, &a.preset) {
         (Some(path), _) => {
             let base = crate::native::load_model(&a.model)?;
             let name = path
@@ -271,7 +280,7 @@ fn prepare(a: &RunArgs, data: &Path, files: &server::Files, ui: &Ui) -> Result<P
                 }
                 None => None,
             };
-            (base, format!("/data/{name}"), tok)
+            (base, format!("/data/{name}"), tok, path.clone())
         }
         (None, preset) => {
             let base = match preset {
@@ -281,7 +290,7 @@ fn prepare(a: &RunArgs, data: &Path, files: &server::Files, ui: &Ui) -> Result<P
             let file = data.join("model.gguf");
             crate::files::write_atomic(&file, |w| Ok(base.write_gguf(w)?))?;
             files.add("/data/model.gguf", &file);
-            (base, "/data/model.gguf".to_string(), None)
+            (base, "/data/model.gguf".to_string(), None, file)
         }
     };
     let text_path = default_text(a);
@@ -340,11 +349,20 @@ fn prepare(a: &RunArgs, data: &Path, files: &server::Files, ui: &Ui) -> Result<P
         "params_url": "/data/params.json",
         "reference_urls": ref_urls,
     });
+    let reload_job = json!({
+        "model_url": model_url,
+        "tokenizer_url": tok_url,
+        "params_url": "/data/params.json",
+    });
     Ok(Prepared {
         base,
         params,
         refs,
         load_job,
+        reload_job,
+        model_file,
+        tokenizer_file: a.model.tokenizer.clone(),
+        data: data.to_path_buf(),
     })
 }
 
@@ -371,6 +389,9 @@ fn run_native(p: &Prepared, backend: Backend<'_>, want: &[String], host: &mut Ho
                 "context" => Outcome::Context(
                     scenario::context(&p.base, backend, &p.params, &p.refs[0], progress).await?,
                 ),
+                "reload" => Outcome::Reload(Box::new(
+                    native_reload(p, backend, &host.name, progress).await?,
+                )),
                 other => {
                     return Err(nibble_engine::Error::Invalid(format!(
                         "unknown scenario {other}"
@@ -381,6 +402,31 @@ fn run_native(p: &Prepared, backend: Backend<'_>, want: &[String], host: &mut Ho
         host.scenarios
             .push(record(name, t0, out.map_err(|e| e.to_string())));
     }
+}
+
+/// Scenario "reload" natively: a cold load into an empty cache directory, then a warm one from it.
+async fn native_reload(
+    p: &Prepared,
+    backend: Backend<'_>,
+    host: &str,
+    mut progress: impl FnMut(String),
+) -> nibble_engine::Result<scenario::Reload> {
+    let dir = p.data.join(format!("reload-cache-{host}"));
+    let _ = std::fs::remove_dir_all(&dir);
+    let store = crate::cache::DirStore::open(&dir)
+        .map_err(|e| nibble_engine::Error::Invalid(format!("{e:#}")))?;
+    let mut src = crate::cache::FileSource::new(p.model_file.clone(), p.tokenizer_file.clone());
+    let cold =
+        scenario::reload_run(&mut src, Some(&store), backend, &p.params, &mut progress).await?;
+    let mut src = crate::cache::FileSource::new(p.model_file.clone(), p.tokenizer_file.clone());
+    let warm = scenario::reload_run(&mut src, Some(&store), backend, &p.params, &mut progress)
+        .await
+        .map_err(|e| e.to_string());
+    Ok(scenario::Reload::new(
+        p.params.reload_config.clone(),
+        cold,
+        warm,
+    ))
 }
 
 fn host_progress(ui: &Ui, host: &str, m: &str) {
@@ -864,6 +910,29 @@ async fn session_steps(
         bar.set_message(sc.clone());
         ui.line(&name, sc);
         let t0 = Instant::now();
+        if sc == "reload" {
+            let r = browser_reload(s, cx, &mut on).await;
+            let rec = match r {
+                Ok(rel) => ScenarioRecord::finished(
+                    sc,
+                    t0.elapsed().as_secs_f64(),
+                    Ok(Outcome::Reload(Box::new(rel))),
+                ),
+                Err(e) => {
+                    host.scenarios.push(ScenarioRecord::finished(
+                        sc,
+                        t0.elapsed().as_secs_f64(),
+                        Err(format!("{e:#}")),
+                    ));
+                    save(host);
+                    return Err(e);
+                }
+            };
+            host.scenarios.push(rec);
+            bar.inc(1);
+            save(host);
+            continue;
+        }
         let r = s
             .call(
                 "run_scenario",
@@ -904,6 +973,56 @@ async fn session_steps(
         save(host);
     }
     Ok(())
+}
+
+/// Scenario "reload" in a browser: a load in this fresh profile (cold), then the page reloaded in the
+/// same profile and loaded again (warm). Both go through the Cache API store, up to the first token.
+async fn browser_reload(
+    s: &mut Session,
+    cx: Ctx<'_>,
+    on: &mut impl FnMut(&str),
+) -> Result<scenario::Reload> {
+    let Ctx {
+        server,
+        p,
+        a,
+        timeouts,
+        ..
+    } = cx;
+    let job = vec![json!(p.reload_job.to_string())];
+    let cold = s
+        .call("reload", job.clone(), timeouts.load, timeouts, &mut *on)
+        .await?;
+    let cold: scenario::ReloadRun =
+        serde_json::from_str(cold.as_str().context("reload answered no text")?)
+            .context("reload's answer")?;
+    // Reload the page: a new document and a new worker, the same profile and caches.
+    let warm = async {
+        let on = &mut *on;
+        s.open_page(&server.url("/index.html"), timeouts).await?;
+        s.call(
+            "open",
+            vec![json!(json!({"backend": a.backend}).to_string())],
+            timeouts.page,
+            timeouts,
+            &mut *on,
+        )
+        .await?;
+        let w = s
+            .call("reload", job, timeouts.load, timeouts, &mut *on)
+            .await?;
+        let w: scenario::ReloadRun =
+            serde_json::from_str(w.as_str().context("reload answered no text")?)
+                .context("reload's answer")?;
+        anyhow::Ok(w)
+    }
+    .await
+    .map_err(|e| format!("{e:#}"));
+    Ok(scenario::Reload::new(
+        p.params.reload_config.clone(),
+        cold,
+        warm,
+    ))
 }
 
 fn tempdir_in(base: &Path, prefix: &str) -> Result<PathBuf> {

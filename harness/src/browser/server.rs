@@ -59,7 +59,8 @@ impl Server {
         let f = files;
         let app = axum::Router::new().fallback(move |req: Request<Body>| {
             let f = f.clone();
-            async move { serve(&f, req.uri().path()).await }
+            let head = req.method() == axum::http::Method::HEAD;
+            async move { serve(&f, req.uri().path(), head).await }
         });
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
@@ -107,7 +108,18 @@ pub fn is_traversal(path: &str) -> bool {
         || path.contains('\0')
 }
 
-async fn serve(files: &Files, path: &str) -> Response<Body> {
+/// A validator from size and modification time (as nginx makes them), so a page can tell whether a
+/// file changed without reading it: the component cache keys its manifest on it.
+fn etag(m: &std::fs::Metadata) -> String {
+    let t = m
+        .modified()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_nanos());
+    format!("\"{:x}-{t:x}\"", m.len())
+}
+
+async fn serve(files: &Files, path: &str, head: bool) -> Response<Body> {
     if is_traversal(path) {
         return refuse(StatusCode::BAD_REQUEST, "path traversal refused");
     }
@@ -115,10 +127,25 @@ async fn serve(files: &Files, path: &str) -> Response<Body> {
     let Some(file) = files.get(path) else {
         return refuse(StatusCode::NOT_FOUND, "not served");
     };
-    match tokio::fs::read(&file).await {
+    let meta = match tokio::fs::metadata(&file).await {
+        Ok(m) => m,
+        Err(e) => return refuse(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+    };
+    let body = if head {
+        Ok(Vec::new())
+    } else {
+        tokio::fs::read(&file).await
+    };
+    match body {
         Ok(bytes) => {
             let mut r = Response::new(Body::from(bytes));
             let h = r.headers_mut();
+            if let Ok(v) = HeaderValue::from_str(&etag(&meta)) {
+                h.insert(header::ETAG, v);
+            }
+            if head {
+                h.insert(header::CONTENT_LENGTH, HeaderValue::from(meta.len()));
+            }
             h.insert(
                 header::CONTENT_TYPE,
                 HeaderValue::from_static(content_type(&file)),
