@@ -515,6 +515,99 @@ impl crate::cache::Store for CacheApiStore {
     }
 }
 
+/// Calls `obj.name(...args)` and awaits the promise it answers.
+async fn call_async(obj: &JsValue, name: &str, args: &[JsValue]) -> Result<JsValue, JsValue> {
+    let f: Function = get(obj, name)
+        .dyn_into()
+        .map_err(|_| JsValue::from_str(&format!("{name} is not a function")))?;
+    let arr: js_sys::Array = args.iter().collect();
+    let p = f.apply(obj, &arr)?;
+    match p.dyn_into::<Promise>() {
+        Ok(p) => JsFuture::from(p).await,
+        Err(v) => Ok(v),
+    }
+}
+
+/// The component cache on the Origin Private File System: one file per entry in the directory
+/// `nibble-components`. A `createWritable` stream writes to a swap file that replaces the entry only on
+/// `close`, which is the atomic write the cache needs.
+struct OpfsStore {
+    dir: JsValue,
+    fail_writes: bool,
+}
+
+impl OpfsStore {
+    async fn open(fail_writes: bool) -> Result<OpfsStore, String> {
+        let storage = get(&get(&js_sys::global(), "navigator"), "storage");
+        if storage.is_undefined() {
+            return Err("navigator.storage is not available here".into());
+        }
+        let e = |v: JsValue| format!("OPFS: {}", js_err(v));
+        let root = call_async(&storage, "getDirectory", &[]).await.map_err(e)?;
+        let opts = js_sys::Object::new();
+        let _ = Reflect::set(&opts, &"create".into(), &true.into());
+        let dir = call_async(
+            &root,
+            "getDirectoryHandle",
+            &["nibble-components".into(), opts.into()],
+        )
+        .await
+        .map_err(e)?;
+        Ok(OpfsStore { dir, fail_writes })
+    }
+}
+
+impl crate::cache::Store for OpfsStore {
+    fn describe(&self) -> String {
+        "OPFS (nibble-components)".into()
+    }
+
+    fn get<'a>(&'a self, key: &'a str) -> crate::Fut<'a, Option<Vec<u8>>> {
+        Box::pin(async move {
+            let js = |e: JsValue| crate::Error::Invalid(format!("OPFS: {}", js_err(e)));
+            let h = match call_async(&self.dir, "getFileHandle", &[key.into()]).await {
+                Ok(h) => h,
+                // NotFoundError: no entry.
+                Err(_) => return Ok(None),
+            };
+            let file = call_async(&h, "getFile", &[]).await.map_err(js)?;
+            let buf = call_async(&file, "arrayBuffer", &[]).await.map_err(js)?;
+            Ok(Some(Uint8Array::new(&buf).to_vec()))
+        })
+    }
+
+    fn put<'a>(&'a self, key: &'a str, bytes: &'a [u8]) -> crate::Fut<'a, ()> {
+        Box::pin(async move {
+            let js = |e: JsValue| crate::Error::Invalid(js_err(e));
+            if self.fail_writes {
+                return Err(crate::Error::Invalid(
+                    "QuotaExceededError (forced by the test hook)".into(),
+                ));
+            }
+            let opts = js_sys::Object::new();
+            let _ = Reflect::set(&opts, &"create".into(), &true.into());
+            let h = call_async(&self.dir, "getFileHandle", &[key.into(), opts.into()])
+                .await
+                .map_err(js)?;
+            let w = call_async(&h, "createWritable", &[]).await.map_err(js)?;
+            let body = Uint8Array::from(bytes);
+            if let Err(e) = call_async(&w, "write", &[body.into()]).await {
+                let _ = call_async(&w, "abort", &[]).await;
+                return Err(js(e));
+            }
+            call_async(&w, "close", &[]).await.map_err(js)?;
+            Ok(())
+        })
+    }
+
+    fn delete<'a>(&'a self, key: &'a str) -> crate::Fut<'a, ()> {
+        Box::pin(async move {
+            let _ = call_async(&self.dir, "removeEntry", &[key.into()]).await;
+            Ok(())
+        })
+    }
+}
+
 /// The model (and tokenizer) behind URLs. Identity: each URL with the size and ETag a HEAD request
 /// answers, so a changed file misses the manifest without being downloaded.
 struct HttpSource {
@@ -607,6 +700,9 @@ struct ReloadJob {
     /// Test hook: every cache write fails as a full quota would.
     #[serde(default)]
     fail_writes: bool,
+    /// "cache-api" (default) or "opfs".
+    #[serde(default)]
+    store: Option<String>,
 }
 
 /// Scenario "reload", one load: the model through the Cache API store, up to the first token. The
@@ -631,14 +727,22 @@ pub async fn reload(job: String, on_progress: Function) -> Result<String, JsErro
         on_progress: on_progress.clone(),
         bytes: None,
     };
-    // A browser without the Cache API still loads, uncached, and the report says why.
-    let store = CacheApiStore::open(j.fail_writes).await;
+    // A browser without the store still loads, uncached, and the report says why.
+    let store: Result<Box<dyn crate::cache::Store>, String> = match j.store.as_deref() {
+        Some("opfs") => OpfsStore::open(j.fail_writes)
+            .await
+            .map(|s| Box::new(s) as _),
+        None | Some("cache-api") => CacheApiStore::open(j.fail_writes)
+            .await
+            .map(|s| Box::new(s) as _),
+        Some(other) => return Err(err(format!("unknown store {other:?} (cache-api or opfs)"))),
+    };
     let g = gpu();
     let backend = match &g {
         Some(g) => Backend::Gpu(g),
         None => Backend::Cpu,
     };
-    let store_ref: Option<&dyn crate::cache::Store> = store.as_ref().ok().map(|s| s as _);
+    let store_ref: Option<&dyn crate::cache::Store> = store.as_ref().ok().map(|s| s.as_ref());
     let mut run = scenario::reload_run(&mut src, store_ref, backend, &p, |m| {
         report(&on_progress, &m)
     })

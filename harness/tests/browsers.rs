@@ -80,7 +80,7 @@ fn assert_complete(h: &Value, backend: &str) {
     assert_eq!(h["status"], "ok", "{}: {}", h["name"], h["error"]);
     assert_eq!(h["capabilities"]["backend"], backend, "{}", h["name"]);
     assert!(h["browser_version"].as_str().is_some_and(|v| !v.is_empty()));
-    for s in ["accuracy", "latency", "memory", "context"] {
+    for s in ["accuracy", "latency", "memory", "context", "reload"] {
         let sc = scenario(h, s);
         assert_eq!(sc["status"], "ok", "{} {s}: {}", h["name"], sc["error"]);
     }
@@ -111,6 +111,37 @@ fn assert_complete(h: &Value, backend: &str) {
     let w = &ctx["window"];
     assert!(w["positions_decoded"].as_u64().unwrap() > w["model_context"].as_u64().unwrap());
     assert_eq!(w["flat"], true);
+    // Reload: the first load in this fresh profile built and stored every component.
+    let rl = &scenario(h, "reload")["outcome"]["data"];
+    let cold = &rl["cold"]["load"];
+    assert_eq!(cold["path"], "cold", "{}: {rl}", h["name"]);
+    assert_eq!(cold["built"].as_array().unwrap().len(), 7);
+    assert!(cold["cache_bytes_written"].as_u64().unwrap() > 0);
+}
+
+/// After the page reload the model came from the cache, every component verified, and the weights
+/// were on the device sooner than cold, with the same first token.
+fn assert_warm_reload(h: &Value) {
+    let rl = &scenario(h, "reload")["outcome"]["data"];
+    let (cold, warm) = (&rl["cold"], &rl["warm"]);
+    assert_eq!(warm["load"]["path"], "warm", "{}: {rl}", h["name"]);
+    assert_eq!(warm["load"]["from_cache"].as_array().unwrap().len(), 7);
+    assert_eq!(warm["load"]["bytes_fetched"], 0);
+    assert_eq!(warm["first_token"], cold["first_token"]);
+    let (c, w) = (
+        cold["ready_s"].as_f64().unwrap(),
+        warm["ready_s"].as_f64().unwrap(),
+    );
+    assert!(
+        w < c,
+        "{}: warm {w} s is not faster than cold {c} s",
+        h["name"]
+    );
+    println!(
+        "{}: reload cold {c:.4} s, warm {w:.4} s ({:.2}x)",
+        h["name"],
+        c / w
+    );
 }
 
 #[test]
@@ -133,8 +164,14 @@ fn chrome_firefox_webkit_run_every_scenario_on_the_builtin_model() {
     let firefox = host(&r, "firefox");
     assert_complete(firefox, "webgpu");
     assert_eq!(firefox["capabilities"]["activations"], "f16");
+    assert_warm_reload(chrome);
+    assert_warm_reload(firefox);
     let webkit = host(&r, "webkit");
     assert_complete(webkit, "wasm-cpu");
+    // WebKitGTK's Cache API keeps entries within a page but not across a reload under WebKitWebDriver:
+    // the second load is recorded as it happened (cold), and the gate says it is not a warm figure.
+    let wk = &scenario(webkit, "reload")["outcome"]["data"];
+    assert!(wk["warm"]["load"]["path"].is_string(), "{wk}");
     assert!(
         webkit["capabilities"]["gpu_unavailable"]
             .as_str()
@@ -161,6 +198,54 @@ fn chrome_firefox_webkit_run_every_scenario_on_the_builtin_model() {
         .as_str()
         .unwrap()
         .contains("safaridriver"));
+}
+
+/// The OPFS store (`--cache opfs`) in Chromium and Firefox, and a forced quota failure: the model
+/// still loads and runs, uncached, and the record says why.
+#[test]
+fn opfs_store_and_a_full_quota() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let out = scratch("run-opfs");
+    let (r, _) = run(
+        &out,
+        &[
+            "--browsers",
+            "chrome,firefox",
+            "--scenarios",
+            "reload",
+            "--cache",
+            "opfs",
+        ],
+    );
+    for b in ["chrome", "firefox"] {
+        let h = host(&r, b);
+        assert_warm_reload(h);
+        let store = &scenario(h, "reload")["outcome"]["data"]["warm"]["load"]["store"];
+        assert!(store.as_str().unwrap().starts_with("OPFS"), "{b}: {store}");
+    }
+    let out = scratch("run-quota");
+    let o = Command::new(env!("CARGO_BIN_EXE_nibble"))
+        .arg("run")
+        .args(QUICK)
+        .args(["--browsers", "chrome", "--scenarios", "reload", "--out"])
+        .arg(&out)
+        .env("NIBBLE_CACHE_FAIL_WRITES", "1")
+        .output()
+        .unwrap();
+    assert!(o.status.code().is_some_and(|c| c <= 1));
+    let r = results(&out);
+    for name in ["chrome", "native-cpu"] {
+        let rl = &scenario(host(&r, name), "reload")["outcome"]["data"];
+        for k in ["cold", "warm"] {
+            let l = &rl[k]["load"];
+            assert_eq!(l["path"], "uncached", "{name} {k}: {rl}");
+            assert!(
+                l["uncached"].as_str().unwrap().contains("forced"),
+                "{name}: {l}"
+            );
+        }
+        assert_eq!(rl["cold"]["first_token"], rl["warm"]["first_token"]);
+    }
 }
 
 #[test]

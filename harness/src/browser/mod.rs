@@ -96,6 +96,10 @@ pub struct RunArgs {
     /// Skip the native GPU reference (the CPU oracle always runs).
     #[arg(long)]
     pub no_native_gpu: bool,
+    /// Browser store of the component cache in the reload scenario: the Cache API, or OPFS (the
+    /// Origin Private File System, where the browser has it).
+    #[arg(long, default_value = "cache-api", value_parser = ["cache-api", "opfs"])]
+    pub cache: String,
 }
 
 #[derive(Args)]
@@ -353,6 +357,9 @@ fn prepare(a: &RunArgs, data: &Path, files: &server::Files, ui: &Ui) -> Result<P
         "model_url": model_url,
         "tokenizer_url": tok_url,
         "params_url": "/data/params.json",
+        "store": a.cache,
+        // Test hook: the browser store's writes fail as a full quota would.
+        "fail_writes": std::env::var("NIBBLE_CACHE_FAIL_WRITES").is_ok_and(|v| v == "1"),
     });
     Ok(Prepared {
         base,
