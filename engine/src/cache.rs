@@ -22,7 +22,8 @@ use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use web_time::Instant;
 
-/// Bumped whenever the packed layout or the key derivation changes, so old entries miss.
+/// Bumped whenever the packed layout, the key derivation or the quantizers' arithmetic changes, so
+/// old entries miss (keys name the target type, not the code that produced it).
 pub const FORMAT: u32 = 1;
 const MAGIC: [u8; 4] = *b"NCMP";
 const HEADER: usize = 4 + 4 + 32 + 8 + 32;
