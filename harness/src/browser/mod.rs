@@ -266,7 +266,13 @@ fn default_text(a: &RunArgs) -> PathBuf {
     bundle::workspace().join("harness/assets/sample.txt")
 }
 
-fn prepare(a: &RunArgs, data: &Path, files: &server::Files, ui: &Ui) -> Result<Prepared> {
+fn prepare(
+    a: &RunArgs,
+    want: &[String],
+    data: &Path,
+    files: &server::Files,
+    ui: &Ui,
+) -> Result<Prepared> {
     let (base, model_url, tok_url, model_file) = match (&a.model.model, &a.preset) {
         (Some(path), _) => {
             let base = crate::native::load_model(&a.model)?;
@@ -331,10 +337,19 @@ fn prepare(a: &RunArgs, data: &Path, files: &server::Files, ui: &Ui) -> Result<P
     if let Some(n) = a.past_context {
         params.past_context = n;
     }
-    ui.line("native", "computing the oracle references (CPU, f32)");
+    // Accuracy and context score against the oracle; a run without them does not compute it.
+    let scored = want.iter().any(|s| s == "accuracy" || s == "context");
+    if scored {
+        ui.line("native", "computing the oracle references (CPU, f32)");
+    }
     let mut refs = Vec::new();
     let mut ref_urls = Vec::new();
-    for (i, spec) in params.accuracy_configs.iter().enumerate() {
+    let configs = if scored {
+        params.accuracy_configs.as_slice()
+    } else {
+        &[]
+    };
+    for (i, spec) in configs.iter().enumerate() {
         let cfg = RunConfig::parse(spec)?;
         let (m, _) = measure::prepare(&base, &cfg)?;
         let r = block_on(Reference::run(&mut CpuDecoder::new(&m), &params.seqs))?;
@@ -493,7 +508,7 @@ pub async fn run(a: RunArgs) -> Result<i32> {
         let dir = tokio::task::block_in_place(|| bundle::build(false))?;
         files.add_dir("/", &dir)?;
     }
-    let p = tokio::task::block_in_place(|| prepare(&a, &data, &files, &ui))?;
+    let p = tokio::task::block_in_place(|| prepare(&a, &want, &data, &files, &ui))?;
     let results_path = out.join("results.json");
     let mut res = RunResults {
         schema: results::SCHEMA,
@@ -560,18 +575,21 @@ pub async fn run(a: RunArgs) -> Result<i32> {
     }
     results::save(&results_path, &res)?;
     eprintln!("results: {}", results_path.display());
-    ui.line("native", "quantization sweep (CPU)");
-    res.sweep = tokio::task::block_in_place(|| {
-        block_on(measure::sweep(
-            &p.base,
-            &p.params.seqs,
-            &measure::default_grid(p.params.window),
-            p.params.kv_budget,
-            Backend::Cpu,
-            |_, _| {},
-        ))
-    })?;
-    results::save(&results_path, &res)?;
+    // The sweep feeds the accuracy charts; a run without accuracy does not pay for it.
+    if want.iter().any(|s| s == "accuracy") {
+        ui.line("native", "quantization sweep (CPU)");
+        res.sweep = tokio::task::block_in_place(|| {
+            block_on(measure::sweep(
+                &p.base,
+                &p.params.seqs,
+                &measure::default_grid(p.params.window),
+                p.params.kv_budget,
+                Backend::Cpu,
+                |_, _| {},
+            ))
+        })?;
+        results::save(&results_path, &res)?;
+    }
 
     // Native reference: the CPU oracle, then the native GPU.
     let t0 = Instant::now();
@@ -901,15 +919,20 @@ async fn session_steps(
     host.capabilities = Some(caps);
     bar.inc(1);
     save(host);
-    let load = s
-        .call(
+    // Every scenario but reload works on the model `load` fetches; reload loads on its own.
+    let needs_load = want.iter().any(|w| w != "reload");
+    let load = if !needs_load {
+        Value::Null
+    } else {
+        s.call(
             "load",
             vec![json!(p.load_job.to_string())],
             timeouts.load,
             timeouts,
             &mut on,
         )
-        .await?;
+        .await?
+    };
     host.load = serde_json::from_str(load.as_str().unwrap_or("null")).ok();
     bar.inc(1);
     save(host);
