@@ -274,3 +274,43 @@ fn history_adds_trend_charts_per_metric() {
         assert!(chart.matches("<circle").count() >= 3, "{m}");
     }
 }
+
+/// A recorded reload-only run (tests/fixtures/reload-results.json: the built-in model natively and in
+/// Chromium, Firefox and WebKitGTK): the cold/warm chart is drawn, the speed-up is measured where the
+/// second load came from the cache, and WebKitGTK's is "not measured" with the reason.
+#[test]
+fn reload_chart_and_speedup_gate_from_a_recorded_run() {
+    let d = scratch("report-reload");
+    let res = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/reload-results.json"
+    );
+    let out = d.join("out");
+    let o = nibble(&["report", res, "--out", out.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let html = std::fs::read_to_string(out.join("report.html")).unwrap();
+    let chart = html
+        .split("<div class=\"chart\"")
+        .find(|c| c.contains("Reload: cold"))
+        .expect("a reload chart");
+    assert!(
+        chart.matches("<rect").count() > 8,
+        "cold and warm bars per host"
+    );
+    let t = write(
+        &d,
+        "r.toml",
+        &target("warm_reload_speedup", ">=", 1.5, true, ""),
+    );
+    let (code, out) = gate(res, &t);
+    // WebKitGTK's second load was cold, so a required speed-up target is not met there.
+    assert_eq!(code, 1, "{out}");
+    for h in ["chrome", "firefox", "native-cpu", "native-gpu"] {
+        let line = out
+            .lines()
+            .find(|l| l.contains("warm_reload_speedup") && l.contains(&format!("| {h} |")))
+            .unwrap_or_else(|| panic!("no {h} row in {out}"));
+        assert!(line.contains("PASS"), "{line}");
+    }
+    assert!(out.contains("not served from the cache"), "{out}");
+}
