@@ -809,38 +809,26 @@ impl<'g> GpuDecoder<'g> {
         let c = &self.config;
         let p = &self.pipes;
         let bg = match key {
-            BindKey::Matvec(id, ci, out, x, acc) => {
+            BindKey::Matvec(id, ci, out, x, acc) | BindKey::Matmul(id, ci, out, x, acc) => {
                 let m = &self.mats[&id];
                 let ch = &m.chunks[ci];
                 let params = self.mat_params(m, ch, acc);
-                self.bind_group(
-                    mat_pipe(p, m, self.gpu.matvec.get()),
-                    &[
-                        (0, &params),
-                        (1, &ch.words),
-                        (2, &ch.scales),
-                        (3, &ch.mins),
-                        (4, self.act(x)),
-                        (5, self.act(out)),
-                    ],
-                )
-            }
-            BindKey::Matmul(id, ci, out, x, acc) => {
-                let m = &self.mats[&id];
-                let ch = &m.chunks[ci];
-                let params = self.mat_params(m, ch, acc);
-                self.bind_group(
-                    &p.matmul,
-                    &[
-                        (0, &params),
-                        (1, &ch.words),
-                        (2, &ch.scales),
-                        (3, &ch.mins),
-                        (4, self.act(x)),
-                        (5, self.act(out)),
-                        (6, &self.step_buf),
-                    ],
-                )
+                let mut entries = vec![
+                    (0, &params),
+                    (1, &ch.words),
+                    (2, &ch.scales),
+                    (3, &ch.mins),
+                    (4, self.act(x)),
+                    (5, self.act(out)),
+                ];
+                // Only the batched kernel reads the steps (its row count).
+                let pipe = if matches!(key, BindKey::Matmul(..)) {
+                    entries.push((6, &self.step_buf));
+                    &p.matmul
+                } else {
+                    mat_pipe(p, m, self.gpu.matvec.get())
+                };
+                self.bind_group(pipe, &entries)
             }
             BindKey::Embed(out, ci) => {
                 let m = &self.mats[&TensorId::TokEmbd];

@@ -57,25 +57,15 @@ pub trait Decoder {
     /// batched kernels run many positions per pass; the default runs them one by one.
     fn prefill<'a>(&'a mut self, tokens: &'a [u32], pos0: usize) -> Fut<'a, &'a [f32]> {
         Box::pin(async move {
-            let (&last, rest) = tokens
-                .split_last()
-                .ok_or_else(|| Error::Invalid("empty prompt".into()))?;
-            for (i, &t) in rest.iter().enumerate() {
-                self.feed(t, pos0 + i).await?;
-            }
-            self.step(last, pos0 + rest.len()).await
+            let (last, pos) = feed_prefix(self, tokens, pos0).await?;
+            self.step(last, pos).await
         })
     }
     /// [`Decoder::prefill`] answering only the most likely next token.
     fn prefill_argmax<'a>(&'a mut self, tokens: &'a [u32], pos0: usize) -> Fut<'a, u32> {
         Box::pin(async move {
-            let (&last, rest) = tokens
-                .split_last()
-                .ok_or_else(|| Error::Invalid("empty prompt".into()))?;
-            for (i, &t) in rest.iter().enumerate() {
-                self.feed(t, pos0 + i).await?;
-            }
-            self.step_argmax(last, pos0 + rest.len()).await
+            let (last, pos) = feed_prefix(self, tokens, pos0).await?;
+            self.step_argmax(last, pos).await
         })
     }
     /// How [`Decoder::prefill`] runs a prompt, as recorded with prefill timings.
@@ -102,6 +92,21 @@ pub trait Decoder {
     fn reset(&mut self);
     /// Positions this decoder can take: the model's context, or unbounded with a sliding window.
     fn context_limit(&self) -> usize;
+}
+
+/// Feeds every prompt token but the last, one by one; answers the last token and its position.
+async fn feed_prefix<D: Decoder + ?Sized>(
+    d: &mut D,
+    tokens: &[u32],
+    pos0: usize,
+) -> Result<(u32, usize)> {
+    let (&last, rest) = tokens
+        .split_last()
+        .ok_or_else(|| Error::Invalid("empty prompt".into()))?;
+    for (i, &t) in rest.iter().enumerate() {
+        d.feed(t, pos0 + i).await?;
+    }
+    Ok((last, pos0 + rest.len()))
 }
 
 /// Which backend runs a model: the CPU (the oracle's code) or an open GPU.

@@ -181,6 +181,19 @@ async fn fetch_bytes(url: &str, on_progress: &Function) -> Result<Vec<u8>, Strin
         .ok()
         .flatten()
         .and_then(|v| v.parse().ok());
+    // wasm32 addresses 4 GiB, and a load holds the file and then its parsed tensors: refuse what
+    // cannot fit before downloading it, instead of aborting on a failed allocation.
+    if let Some(t) = total {
+        let in_use = scenario::HostMemory::now().wasm_memory_bytes.unwrap_or(0);
+        let need = 2 * t + in_use;
+        if need > 4 << 30 {
+            return Err(format!(
+                "{url}: content-length {t} bytes: loading holds the file and its parsed tensors in \
+                 wasm memory (about {need} bytes with {in_use} in use), beyond wasm32's 4 GiB; use a \
+                 smaller or pre-quantized model"
+            ));
+        }
+    }
     let body = resp.body().ok_or_else(|| format!("{url}: no body"))?;
     let reader: web_sys::ReadableStreamDefaultReader = body
         .get_reader()
@@ -442,6 +455,16 @@ pub async fn page_memory() -> Result<String, JsError> {
     Ok(serde_json::Value::Object(out).to_string())
 }
 
+/// The test hook of both browser stores: a write fails as a full quota would.
+fn forced_quota(fail: bool) -> crate::Result<()> {
+    if fail {
+        return Err(crate::Error::Invalid(
+            "QuotaExceededError (forced by the test hook)".into(),
+        ));
+    }
+    Ok(())
+}
+
 /// The component cache on the Cache API: one cache named `nibble-components`, entries under
 /// `/__nibble_cache/<key>` of the page's origin. `Cache.put` commits an entry only once its whole body
 /// is stored, which is the atomic write the cache needs; a full quota rejects the put.
@@ -493,11 +516,7 @@ impl crate::cache::Store for CacheApiStore {
     fn put<'a>(&'a self, key: &'a str, bytes: &'a [u8]) -> crate::Fut<'a, ()> {
         Box::pin(async move {
             let js = |e: JsValue| crate::Error::Invalid(js_err(e));
-            if self.fail_writes {
-                return Err(crate::Error::Invalid(
-                    "QuotaExceededError (forced by the test hook)".into(),
-                ));
-            }
+            forced_quota(self.fail_writes)?;
             let body = Uint8Array::from(bytes);
             let resp = web_sys::Response::new_with_opt_buffer_source(Some(&body)).map_err(js)?;
             JsFuture::from(self.cache.put_with_str(&Self::url(key), &resp))
@@ -579,11 +598,7 @@ impl crate::cache::Store for OpfsStore {
     fn put<'a>(&'a self, key: &'a str, bytes: &'a [u8]) -> crate::Fut<'a, ()> {
         Box::pin(async move {
             let js = |e: JsValue| crate::Error::Invalid(js_err(e));
-            if self.fail_writes {
-                return Err(crate::Error::Invalid(
-                    "QuotaExceededError (forced by the test hook)".into(),
-                ));
-            }
+            forced_quota(self.fail_writes)?;
             let opts = js_sys::Object::new();
             let _ = Reflect::set(&opts, &"create".into(), &true.into());
             let h = call_async(&self.dir, "getFileHandle", &[key.into(), opts.into()])

@@ -32,6 +32,29 @@ fn check(gpu: &Gpu, m: &Model, kv: KvConfig, tokens: &[u32], what: &str) -> f32 
     check_tol(gpu, m, kv, tokens, what, 2e-4)
 }
 
+/// max |Δlogit| between the oracle's logits `a` and `b`, asserted within `tol * (1 + max |a|)`. Top-1
+/// must agree unless the oracle's own top-2 margin is inside the error the tolerance allows (2d): then
+/// rounding may legitimately pick either.
+fn compare(a: &[f32], b: &[f32], tol: f32, what: &str) -> f32 {
+    let scale = a.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let d = a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+    assert!(
+        d <= tol * (1.0 + scale),
+        "{what}: max |Δlogit| {d} (scale {scale})"
+    );
+    let (ia, ib) = (eval::argmax(a), eval::argmax(b));
+    if ia != ib {
+        let margin = a[ia as usize] - a[ib as usize];
+        assert!(
+            margin <= 2.0 * d,
+            "{what}: top-1 differs ({ia} vs {ib}) with an oracle margin of {margin}, \
+             above the 2 x {d} the logits may move"
+        );
+        println!("{what}: near-tie flipped (oracle margin {margin:.2e}, |Δlogit| {d:.2e})");
+    }
+    d
+}
+
 fn check_tol(gpu: &Gpu, m: &Model, kv: KvConfig, tokens: &[u32], what: &str, tol: f32) -> f32 {
     let mut cpu = CpuDecoder::with_kv(m, kv.clone()).unwrap();
     let mut g = GpuDecoder::new(gpu, m, kv).unwrap();
@@ -39,27 +62,7 @@ fn check_tol(gpu: &Gpu, m: &Model, kv: KvConfig, tokens: &[u32], what: &str, tol
     for (p, &t) in tokens.iter().enumerate() {
         let a = block_on(cpu.step(t, p)).unwrap().to_vec();
         let b = block_on(g.step(t, p)).unwrap();
-        let scale = a.iter().fold(0f32, |m, v| m.max(v.abs()));
-        let d = a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
-        assert!(
-            d <= tol * (1.0 + scale),
-            "{what} pos {p}: max |Δlogit| {d} (scale {scale})"
-        );
-        // Top-1 must agree unless the oracle's own top-2 margin is inside the error the tolerance
-        // allows (2d): then rounding may legitimately pick either.
-        let (ia, ib) = (eval::argmax(&a), eval::argmax(b));
-        if ia != ib {
-            let margin = a[ia as usize] - a[ib as usize];
-            assert!(
-                margin <= 2.0 * d,
-                "{what} pos {p}: top-1 differs ({ia} vs {ib}) with an oracle margin of {margin}, \
-                 above the 2 x {d} the logits may move"
-            );
-            println!(
-                "{what} pos {p}: near-tie flipped (oracle margin {margin:.2e}, |Δlogit| {d:.2e})"
-            );
-        }
-        worst = worst.max(d);
+        worst = worst.max(compare(&a, b, tol, &format!("{what} pos {p}")));
     }
     println!(
         "{what}: {} positions, max |Δlogit| {worst:.3e}",
@@ -391,31 +394,27 @@ fn check_prefill(gpu: &Gpu, m: &Model, kv: KvConfig, prompt: &[u32], what: &str,
     let mut g = GpuDecoder::new(gpu, m, kv).unwrap();
     assert!(g.prefill_method().starts_with("batched"), "{what}");
     let (split, tail) = prompt.split_at(prompt.len() - 6);
-    let compare = |a: &[f32], b: &[f32], at: String| {
-        let scale = a.iter().fold(0f32, |m, v| m.max(v.abs()));
-        let d = a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
-        assert!(
-            d <= tol * (1.0 + scale),
-            "{what} {at}: max |Δlogit| {d} (scale {scale})"
-        );
-        let (ia, ib) = (eval::argmax(a), eval::argmax(b));
-        assert!(
-            ia == ib || a[ia as usize] - a[ib as usize] <= 2.0 * d,
-            "{what} {at}: top-1 {ia} vs {ib}"
-        );
-        d
-    };
     let mut want = Vec::new();
     for (p, &t) in split.iter().enumerate() {
         want = block_on(cpu.step(t, p)).unwrap().to_vec();
     }
     let got = block_on(g.prefill(split, 0)).unwrap().to_vec();
-    let mut worst = compare(&want, &got, format!("prefill of {}", split.len()));
+    let mut worst = compare(
+        &want,
+        &got,
+        tol,
+        &format!("{what} prefill of {}", split.len()),
+    );
     for (i, &t) in tail.iter().enumerate() {
         let p = split.len() + i;
         let a = block_on(cpu.step(t, p)).unwrap().to_vec();
         let b = block_on(g.step(t, p)).unwrap().to_vec();
-        worst = worst.max(compare(&a, &b, format!("decode pos {p} after the prefill")));
+        worst = worst.max(compare(
+            &a,
+            &b,
+            tol,
+            &format!("{what} decode pos {p} after the prefill"),
+        ));
     }
     // A greedy prefill answers the oracle's argmax (or a near-tie).
     let id = block_on(g.prefill_argmax(split, 0)).unwrap();
