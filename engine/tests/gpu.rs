@@ -19,6 +19,16 @@ use nibble_engine::measure::{self, RunConfig};
 use nibble_engine::model::TensorId;
 use nibble_engine::{Decoder, Model};
 
+/// Every weight type, and a block size other than 32.
+const WEIGHT_SPECS: [&str; 6] = [
+    "weights=f32",
+    "weights=f16",
+    "weights=q8_0",
+    "weights=q4_0",
+    "weights=q4_1",
+    "weights=q4_0,block=64",
+];
+
 /// The GPU with f32 activations (the tight comparisons); f16 activations have their own test.
 fn gpu() -> Gpu {
     Gpu::open_blocking(GpuOptions {
@@ -85,15 +95,7 @@ fn gpu_matches_cpu_for_every_weight_type() {
         include_str!("../../harness/assets/sample.txt"),
         64,
     )[0];
-    for spec in [
-        "weights=f32",
-        "weights=f16",
-        "weights=q8_0",
-        "weights=q4_0",
-        "weights=q4_1",
-        "weights=q4_0,block=64",
-        "precision=attn-q8",
-    ] {
+    for spec in WEIGHT_SPECS.iter().chain(&["precision=attn-q8"]) {
         let cfg = RunConfig::parse(spec).unwrap();
         let (m, _) = measure::prepare(&stories, &cfg).unwrap();
         check(
@@ -436,14 +438,7 @@ fn batched_prefill_matches_cpu() {
     let st = &eval::story_tokens(tok, &text("tinystories_sample.txt"), 150)[0];
     let builtin = Model::builtin();
     let bt: Vec<u32> = (0..90).map(|i| 3 + (i * 29 % 250) as u32).collect();
-    for spec in [
-        "weights=f32",
-        "weights=f16",
-        "weights=q8_0",
-        "weights=q4_0",
-        "weights=q4_1",
-        "weights=q4_0,block=64",
-    ] {
+    for spec in WEIGHT_SPECS {
         let cfg = RunConfig::parse(spec).unwrap();
         // stories260K's 172-wide ffn_down rows take the matmul's element-wise path.
         let (m, _) = measure::prepare(&stories, &cfg).unwrap();
