@@ -156,25 +156,33 @@ pub async fn open(opts: String) -> Result<String, JsError> {
     serde_json::to_string(&caps).map_err(err)
 }
 
-/// Fetches `url` as a stream, reporting bytes as they arrive.
-async fn fetch_bytes(url: &str, on_progress: &Function) -> Result<Vec<u8>, String> {
+/// `fetch(url, {method})`, answering the response only when it is OK.
+async fn fetch_response(url: &str, method: &str) -> Result<web_sys::Response, String> {
     let g = js_sys::global();
     let fetch: Function = get(&g, "fetch")
         .dyn_into()
         .map_err(|_| "fetch is missing".to_string())?;
+    let init = js_sys::Object::new();
+    let _ = Reflect::set(&init, &"method".into(), &method.into());
     let p: Promise = fetch
-        .call1(&g, &JsValue::from_str(url))
+        .call2(&g, &JsValue::from_str(url), &init)
         .map_err(js_err)?
         .dyn_into()
         .map_err(|_| "fetch did not return a promise".to_string())?;
     let resp: web_sys::Response = JsFuture::from(p)
         .await
-        .map_err(|e| format!("{url}: {}", js_err(e)))?
+        .map_err(|e| format!("{method} {url}: {}", js_err(e)))?
         .dyn_into()
         .map_err(|_| "not a Response".to_string())?;
     if !resp.ok() {
-        return Err(format!("{url}: HTTP {}", resp.status()));
+        return Err(format!("{method} {url}: HTTP {}", resp.status()));
     }
+    Ok(resp)
+}
+
+/// Fetches `url` as a stream, reporting bytes as they arrive.
+async fn fetch_bytes(url: &str, on_progress: &Function) -> Result<Vec<u8>, String> {
+    let resp = fetch_response(url, "GET").await?;
     let total: Option<u64> = resp
         .headers()
         .get("content-length")
@@ -634,26 +642,7 @@ struct HttpSource {
 }
 
 async fn head_stamp(url: &str) -> Result<String, String> {
-    let g = js_sys::global();
-    let fetch: Function = get(&g, "fetch")
-        .dyn_into()
-        .map_err(|_| "fetch is missing".to_string())?;
-    let init = js_sys::Object::new();
-    let _ = Reflect::set(&init, &"method".into(), &"HEAD".into());
-    let p: Promise = fetch
-        .call2(&g, &JsValue::from_str(url), &init)
-        .map_err(js_err)?
-        .dyn_into()
-        .map_err(|_| "fetch did not return a promise".to_string())?;
-    let resp: web_sys::Response = JsFuture::from(p)
-        .await
-        .map_err(|e| format!("HEAD {url}: {}", js_err(e)))?
-        .dyn_into()
-        .map_err(|_| "not a Response".to_string())?;
-    if !resp.ok() {
-        return Err(format!("HEAD {url}: HTTP {}", resp.status()));
-    }
-    let h = resp.headers();
+    let h = fetch_response(url, "HEAD").await?.headers();
     let field = |k: &str| h.get(k).ok().flatten().unwrap_or_default();
     Ok(format!(
         "{url} ({} bytes, etag {}, last-modified {})",
