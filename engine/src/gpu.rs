@@ -7,8 +7,8 @@
 
 use crate::forward::{forward, Act, Kernels};
 use crate::kv::{KvConfig, KvType};
-use crate::model::{Class, Config, Model, TensorId};
-use crate::quant::WType;
+use crate::model::{Class, Config, Model, Plan, Tensor, TensorId};
+use crate::quant::{QMatrix, WType};
 use crate::{Decoder, Error, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
@@ -316,15 +316,30 @@ struct GpuMatrix {
     kind: u32,
 }
 
+/// A matrix's storage type and size, all the chunking needs.
+#[derive(Clone, Copy)]
+struct Shape {
+    ty: WType,
+    rows: usize,
+    cols: usize,
+    block: usize,
+}
+
+impl Shape {
+    fn of(m: &QMatrix) -> Shape {
+        Shape {
+            ty: m.ty,
+            rows: m.rows,
+            cols: m.cols,
+            block: m.block,
+        }
+    }
+}
+
 /// Rows per binding for a matrix, so every chunk fits `max_binding` bytes and starts on a whole word of
 /// codes and of scales. `None` when not even the smallest such group of rows fits.
-fn rows_per_chunk(m: &crate::quant::QMatrix, max_binding: u64) -> Option<usize> {
-    let bits = match m.ty {
-        WType::F32 => 32,
-        WType::F16 => 16,
-        WType::Q8_0 => 8,
-        _ => 4,
-    };
+fn rows_per_chunk(m: Shape, max_binding: u64) -> Option<usize> {
+    let bits = row_bits(m.ty);
     let row_bytes = (m.cols * bits / 8) as u64;
     let total = row_bytes * m.rows as u64;
     if total.div_ceil(4) * 4 <= max_binding {
@@ -504,14 +519,246 @@ enum BindKey {
     Argmax,
 }
 
+/// Weights uploaded to the GPU. Decoders share them (an `Arc`), so several KV configurations of one
+/// model upload it once.
+pub struct GpuWeights {
+    name: String,
+    config: Config,
+    mats: HashMap<TensorId, GpuMatrix>,
+    norms: HashMap<TensorId, wgpu::Buffer>,
+    by_class: BTreeMap<Class, u64>,
+}
+
+impl GpuWeights {
+    /// Uploads a model already in memory.
+    pub fn upload(gpu: &Gpu, model: &Model) -> Result<Arc<GpuWeights>> {
+        let mut up = WeightUpload::begin(gpu, &Plan::of(model))?;
+        for id in TensorId::all(&model.config, model.tied()) {
+            if id.class() == Class::Norm {
+                up.put_norm(id, model.weights.norm(id))?;
+            } else {
+                up.put_matrix(id, model.weights.matrix(id))?;
+            }
+        }
+        up.finish()
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Bytes on the GPU by tensor class.
+    pub fn bytes_by_class(&self) -> &BTreeMap<Class, u64> {
+        &self.by_class
+    }
+}
+
+/// A model uploaded tensor by tensor as a load delivers it (progressive loading): the CPU holds one
+/// tensor at a time, not the model. The plan is checked against the adapter's limits in `begin`,
+/// before anything is uploaded.
+pub struct WeightUpload<'g> {
+    gpu: &'g Gpu,
+    plan: HashMap<TensorId, (WType, usize)>,
+    tied: bool,
+    w: GpuWeights,
+    /// The largest single buffer copied to the GPU (what one upload stages), and the time spent.
+    pub largest_staging: u64,
+    pub upload_s: f64,
+}
+
+impl<'g> WeightUpload<'g> {
+    pub fn begin(gpu: &'g Gpu, plan: &Plan) -> Result<WeightUpload<'g>> {
+        let c = &plan.config;
+        for &(id, ty, block) in &plan.matrices {
+            let (rows, cols) = id.shape(c);
+            let shape = Shape {
+                ty,
+                rows,
+                cols,
+                block,
+            };
+            if rows_per_chunk(shape, gpu.max_binding).is_none() {
+                return Err(Error::Gpu(format!(
+                    "tensor {}: its rows ({} bytes each) do not fit the adapter's \
+                     maxStorageBufferBindingSize of {} bytes ({}), so it cannot be split across bindings",
+                    id.gguf_name(),
+                    cols * row_bits(ty) / 8,
+                    gpu.max_binding,
+                    gpu.report.name
+                )));
+            }
+            if ty == WType::F16 && cols % 2 != 0 {
+                return Err(Error::Gpu(format!(
+                    "tensor {}: f16 rows of odd length {cols} are not supported on the GPU",
+                    id.gguf_name()
+                )));
+            }
+        }
+        Ok(WeightUpload {
+            gpu,
+            plan: plan
+                .matrices
+                .iter()
+                .map(|&(id, ty, block)| (id, (ty, block)))
+                .collect(),
+            tied: !plan.own_output,
+            w: GpuWeights {
+                name: plan.name.clone(),
+                config: c.clone(),
+                mats: HashMap::new(),
+                norms: HashMap::new(),
+                by_class: BTreeMap::new(),
+            },
+            largest_staging: 0,
+            upload_s: 0.0,
+        })
+    }
+
+    /// Uploads one tensor as a load delivers it.
+    pub fn put(&mut self, id: TensorId, t: &Tensor) -> Result<()> {
+        match t {
+            Tensor::Norm(v) => self.put_norm(id, v),
+            Tensor::Matrix(m) => self.put_matrix(id, m),
+        }
+    }
+
+    fn buffer(&mut self, label: &str, bytes: &[u8]) -> wgpu::Buffer {
+        // Buffers must not be empty and are written in whole words.
+        let size = (bytes.len().max(4).div_ceil(4) * 4) as u64;
+        let b = self.gpu.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(label),
+            size,
+            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let whole = bytes.len() / 4 * 4;
+        if whole > 0 {
+            self.gpu.queue.write_buffer(&b, 0, &bytes[..whole]);
+        }
+        if whole < bytes.len() {
+            let mut tail = [0u8; 4];
+            tail[..bytes.len() - whole].copy_from_slice(&bytes[whole..]);
+            self.gpu.queue.write_buffer(&b, whole as u64, &tail);
+        }
+        self.largest_staging = self.largest_staging.max(size);
+        b
+    }
+
+    fn put_norm(&mut self, id: TensorId, v: &[f32]) -> Result<()> {
+        let t0 = web_time::Instant::now();
+        let want = id.shape(&self.w.config).1;
+        if id.class() != Class::Norm || v.len() != want {
+            return Err(Error::Gpu(format!(
+                "tensor {}: {} values delivered as a norm of {want}",
+                id.gguf_name(),
+                v.len()
+            )));
+        }
+        let b = self.buffer(&id.gguf_name(), bytemuck::cast_slice(v));
+        *self.w.by_class.entry(Class::Norm).or_default() += b.size();
+        self.w.norms.insert(id, b);
+        self.upload_s += t0.elapsed().as_secs_f64();
+        Ok(())
+    }
+
+    fn put_matrix(&mut self, id: TensorId, m: &QMatrix) -> Result<()> {
+        let t0 = web_time::Instant::now();
+        let name = id.gguf_name();
+        let planned = self.plan.get(&id).copied();
+        if planned != Some((m.ty, m.block)) || id.shape(&self.w.config) != (m.rows, m.cols) {
+            return Err(Error::Gpu(format!(
+                "tensor {name}: a {}x{} {} matrix (block {}) was delivered, the plan said {:?} of {:?}",
+                m.rows,
+                m.cols,
+                m.ty.name(),
+                m.block,
+                planned,
+                id.shape(&self.w.config)
+            )));
+        }
+        let oom_scope = self
+            .gpu
+            .device
+            .push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let per = rows_per_chunk(Shape::of(m), self.gpu.max_binding).expect("checked in begin");
+        let words_bytes: &[u8] = bytemuck::cast_slice(&m.words);
+        let blocks = if m.ty.is_quantized() {
+            m.cols / m.block
+        } else {
+            0
+        };
+        let mut chunks = Vec::new();
+        let mut bytes = 0;
+        for row0 in (0..m.rows).step_by(per) {
+            let rows = per.min(m.rows - row0);
+            // Byte ranges of this chunk's rows; exact because chunks start on whole words.
+            let w = &words_bytes[row0 * m.cols * row_bits(m.ty) / 8..]
+                [..rows * m.cols * row_bits(m.ty) / 8];
+            let sc = &m.scales
+                [(row0 * blocks).min(m.scales.len())..((row0 + rows) * blocks).min(m.scales.len())];
+            let mn = &m.mins
+                [(row0 * blocks).min(m.mins.len())..((row0 + rows) * blocks).min(m.mins.len())];
+            let chunk = Chunk {
+                words: self.buffer(&name, w),
+                scales: self.buffer(&name, bytemuck::cast_slice(sc)),
+                mins: self.buffer(&name, bytemuck::cast_slice(mn)),
+                row0,
+                rows,
+            };
+            bytes += chunk.words.size() + chunk.scales.size() + chunk.mins.size();
+            chunks.push(chunk);
+        }
+        if let Some(e) = pop_error_scope(oom_scope) {
+            return Err(Error::Gpu(format!(
+                "out of GPU memory uploading {name} of {} ({bytes} bytes): {e}",
+                self.w.name
+            )));
+        }
+        *self.w.by_class.entry(id.class()).or_default() += bytes;
+        self.w.mats.insert(
+            id,
+            GpuMatrix {
+                chunks,
+                cols: m.cols,
+                block: m.block,
+                kind: kind(m.ty),
+            },
+        );
+        self.upload_s += t0.elapsed().as_secs_f64();
+        Ok(())
+    }
+
+    /// The uploaded weights, once every tensor of the plan has arrived.
+    pub fn finish(mut self) -> Result<Arc<GpuWeights>> {
+        let t0 = web_time::Instant::now();
+        if let Some(id) = TensorId::all(&self.w.config, self.tied)
+            .into_iter()
+            .find(|id| !self.w.mats.contains_key(id) && !self.w.norms.contains_key(id))
+        {
+            return Err(Error::Gpu(format!(
+                "the load ended before tensor {} of {} was uploaded",
+                id.gguf_name(),
+                self.w.name
+            )));
+        }
+        if self.tied {
+            // The classifier reads the embedding's buffers.
+            let shared = self.w.mats[&TensorId::TokEmbd].clone();
+            self.w.mats.insert(TensorId::Output, shared);
+        }
+        self.gpu.check_errors()?;
+        self.upload_s += t0.elapsed().as_secs_f64();
+        Ok(Arc::new(self.w))
+    }
+}
+
 /// One sequence on the GPU: uploaded weights, activations, KV cache, pipelines and cached bind groups.
 pub struct GpuDecoder<'g> {
     gpu: &'g Gpu,
     config: Config,
     kv: KvConfig,
     theta: f32,
-    mats: HashMap<TensorId, GpuMatrix>,
-    norms: HashMap<TensorId, wgpu::Buffer>,
+    w: Arc<GpuWeights>,
     acts: Vec<wgpu::Buffer>,
     kcache: Vec<wgpu::Buffer>,
     vcache: Vec<wgpu::Buffer>,
@@ -544,108 +791,32 @@ impl<'g> GpuDecoder<'g> {
     /// Uploads `model` and prepares a KV cache for `kv`. Refuses before uploading anything when a tensor
     /// is larger than the adapter's storage binding limit.
     pub fn new(gpu: &'g Gpu, model: &Model, kv: KvConfig) -> Result<Self> {
-        let c = model.config.clone();
-        kv.validate(&c)?;
+        Self::check(&model.config, &kv)?;
+        Self::with_weights(gpu, GpuWeights::upload(gpu, model)?, kv)
+    }
+
+    fn check(c: &Config, kv: &KvConfig) -> Result<()> {
+        kv.validate(c)?;
         if c.head_size() % 4 != 0 || c.head_size() > 256 {
             return Err(Error::Gpu(format!(
                 "head size {} is not supported by the attention kernel (a multiple of 4, at most 256)",
                 c.head_size()
             )));
         }
-        let tied = model.tied();
-        let ids = TensorId::all(&c, tied);
-        // Refuse, before any upload, a tensor that cannot be split into rows that fit one binding.
-        for &id in &ids {
-            if id.class() == Class::Norm {
-                continue;
-            }
-            let m = model.weights.matrix(id);
-            if rows_per_chunk(m, gpu.max_binding).is_none() {
-                return Err(Error::Gpu(format!(
-                    "tensor {}: its rows ({} bytes each) do not fit the adapter's \
-                     maxStorageBufferBindingSize of {} bytes ({}), so it cannot be split across bindings",
-                    id.gguf_name(),
-                    m.n_bytes() / m.rows,
-                    gpu.max_binding,
-                    gpu.report.name
-                )));
-            }
-        }
+        Ok(())
+    }
+
+    /// A decoder on weights already uploaded, with its own KV cache and activations.
+    pub fn with_weights(gpu: &'g Gpu, w: Arc<GpuWeights>, kv: KvConfig) -> Result<Self> {
+        let c = w.config.clone();
+        Self::check(&c, &kv)?;
         let dev = &gpu.device;
         let oom_scope = dev.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
-        let mut memory = GpuMemory::default();
-        let storage = wgpu::BufferUsages::STORAGE;
-        let init = |label: &str, bytes: &[u8], usage| {
-            // Buffers must not be empty; pad to a whole word.
-            let mut data = bytes.to_vec();
-            data.resize(data.len().max(4).div_ceil(4) * 4, 0);
-            dev.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                label: Some(label),
-                contents: &data,
-                usage,
-            })
+        let mut memory = GpuMemory {
+            weights_by_class: w.by_class.clone(),
+            ..GpuMemory::default()
         };
-        let mut mats = HashMap::new();
-        let mut norms = HashMap::new();
-        for &id in &ids {
-            let name = id.gguf_name();
-            let class = id.class();
-            if class == Class::Norm {
-                let b = init(&name, bytemuck::cast_slice(model.weights.norm(id)), storage);
-                *memory.weights_by_class.entry(class).or_default() += b.size();
-                norms.insert(id, b);
-                continue;
-            }
-            let m = model.weights.matrix(id);
-            if m.ty == WType::F16 && m.cols % 2 != 0 {
-                return Err(Error::Gpu(format!(
-                    "tensor {name}: f16 rows of odd length {} are not supported on the GPU",
-                    m.cols
-                )));
-            }
-            let per = rows_per_chunk(m, gpu.max_binding).expect("checked above");
-            let words_bytes: &[u8] = bytemuck::cast_slice(&m.words);
-            let blocks = if m.ty.is_quantized() {
-                m.cols / m.block
-            } else {
-                0
-            };
-            let mut chunks = Vec::new();
-            for row0 in (0..m.rows).step_by(per) {
-                let rows = per.min(m.rows - row0);
-                // Byte ranges of this chunk's rows; exact because chunks start on whole words.
-                let w = &words_bytes[row0 * m.cols * row_bits(m.ty) / 8..]
-                    [..rows * m.cols * row_bits(m.ty) / 8];
-                let sc = &m.scales[(row0 * blocks).min(m.scales.len())
-                    ..((row0 + rows) * blocks).min(m.scales.len())];
-                let mn = &m.mins
-                    [(row0 * blocks).min(m.mins.len())..((row0 + rows) * blocks).min(m.mins.len())];
-                let chunk = Chunk {
-                    words: init(&name, w, storage),
-                    scales: init(&name, bytemuck::cast_slice(sc), storage),
-                    mins: init(&name, bytemuck::cast_slice(mn), storage),
-                    row0,
-                    rows,
-                };
-                *memory.weights_by_class.entry(class).or_default() +=
-                    chunk.words.size() + chunk.scales.size() + chunk.mins.size();
-                chunks.push(chunk);
-            }
-            mats.insert(
-                id,
-                GpuMatrix {
-                    chunks,
-                    cols: m.cols,
-                    block: m.block,
-                    kind: kind(m.ty),
-                },
-            );
-        }
-        if tied {
-            // The classifier reads the embedding's buffers.
-            let shared = mats[&TensorId::TokEmbd].clone();
-            mats.insert(TensorId::Output, shared);
-        }
+        let storage = wgpu::BufferUsages::STORAGE;
         memory.weights = memory.weights_by_class.values().sum();
 
         let buf = |label: &str, size: u64, usage: wgpu::BufferUsages| {
@@ -718,8 +889,8 @@ impl<'g> GpuDecoder<'g> {
         memory.total = memory.weights + memory.kv_cache + memory.activations + memory.staging;
         if let Some(e) = pop_error_scope(oom_scope) {
             return Err(Error::Gpu(format!(
-                "out of GPU memory uploading {} ({} bytes planned): {e}",
-                model.name, memory.total
+                "out of GPU memory preparing a decoder for {} ({} bytes planned): {e}",
+                w.name, memory.total
             )));
         }
         gpu.check_errors()?;
@@ -731,8 +902,7 @@ impl<'g> GpuDecoder<'g> {
             gpu,
             theta: c.rope_theta,
             kv,
-            mats,
-            norms,
+            w,
             acts,
             kcache,
             vcache,
@@ -763,7 +933,7 @@ impl<'g> GpuDecoder<'g> {
 
     /// How many storage bindings a weight matrix was split into.
     pub fn bindings(&self, id: TensorId) -> usize {
-        self.mats.get(&id).map_or(0, |m| m.chunks.len())
+        self.w.mats.get(&id).map_or(0, |m| m.chunks.len())
     }
 
     fn act(&self, a: Act) -> &wgpu::Buffer {
@@ -810,7 +980,7 @@ impl<'g> GpuDecoder<'g> {
         let p = &self.pipes;
         let bg = match key {
             BindKey::Matvec(id, ci, out, x, acc) | BindKey::Matmul(id, ci, out, x, acc) => {
-                let m = &self.mats[&id];
+                let m = &self.w.mats[&id];
                 let ch = &m.chunks[ci];
                 let params = self.mat_params(m, ch, acc);
                 let mut entries = vec![
@@ -831,7 +1001,7 @@ impl<'g> GpuDecoder<'g> {
                 self.bind_group(pipe, &entries)
             }
             BindKey::Embed(out, ci) => {
-                let m = &self.mats[&TensorId::TokEmbd];
+                let m = &self.w.mats[&TensorId::TokEmbd];
                 let ch = &m.chunks[ci];
                 let params = self.mat_params(m, ch, false);
                 self.bind_group(
@@ -853,7 +1023,7 @@ impl<'g> GpuDecoder<'g> {
                     &[
                         (0, &params),
                         (1, self.act(x)),
-                        (2, &self.norms[&id]),
+                        (2, &self.w.norms[&id]),
                         (3, self.act(out)),
                     ],
                 )
@@ -961,22 +1131,22 @@ impl<'g> GpuDecoder<'g> {
         if self.rows > 1 {
             // A batch: the tiled kernel covers 64 weight rows by 32 tokens per workgroup.
             let tiles = self.rows.div_ceil(32) as u32;
-            for ci in 0..self.mats[&w].chunks.len() {
-                let rows = self.mats[&w].chunks[ci].rows;
+            for ci in 0..self.w.mats[&w].chunks.len() {
+                let rows = self.w.mats[&w].chunks[ci].rows;
                 let key = BindKey::Matmul(w, ci, out, x, accumulate);
                 self.dispatch(key, (rows.div_ceil(64) as u32, tiles));
             }
             return;
         }
         // Rows per workgroup as the chosen kernel covers them, one on the element-wise path (matvec.wgsl).
-        let m = &self.mats[&w];
+        let m = &self.w.mats[&w];
         let per = if m.cols % 32 == 0 {
             self.gpu.matvec.get().rows_per_group()
         } else {
             1
         };
         for ci in 0..m.chunks.len() {
-            let rows = self.mats[&w].chunks[ci].rows;
+            let rows = self.w.mats[&w].chunks[ci].rows;
             let groups = rows.div_ceil(per);
             let groups = if groups <= 65535 {
                 (groups as u32, 1)
@@ -991,7 +1161,7 @@ impl<'g> GpuDecoder<'g> {
         self.ensure(key);
         let pipe = match key {
             BindKey::Matvec(id, ..) => {
-                mat_pipe(&self.pipes, &self.mats[&id], self.gpu.matvec.get())
+                mat_pipe(&self.pipes, &self.w.mats[&id], self.gpu.matvec.get())
             }
             BindKey::Matmul(..) => &self.pipes.matmul,
             BindKey::Embed(..) => &self.pipes.embed,
@@ -1268,8 +1438,8 @@ impl Kernels for GpuDecoder<'_> {
         // The kernel reads each row's token from the steps; every chunk holding one of them is bound.
         let n = self.config.dim;
         let rows = tokens.len() as u32;
-        for ci in 0..self.mats[&TensorId::TokEmbd].chunks.len() {
-            let ch = &self.mats[&TensorId::TokEmbd].chunks[ci];
+        for ci in 0..self.w.mats[&TensorId::TokEmbd].chunks.len() {
+            let ch = &self.w.mats[&TensorId::TokEmbd].chunks[ci];
             let (lo, hi) = (ch.row0, ch.row0 + ch.rows);
             if tokens.iter().any(|&t| (lo..hi).contains(&(t as usize))) {
                 self.dispatch(BindKey::Embed(out, ci), (wg(n, 64).0, rows));

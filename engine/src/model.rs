@@ -3,7 +3,7 @@
 
 use crate::error::{read_file, Error, Result};
 use crate::gguf::{self, Gguf, TensorOut, Value};
-use crate::quant::{GgmlType, QMatrix};
+use crate::quant::{GgmlType, QMatrix, WType};
 use crate::tokenizer::Tokenizer;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
@@ -116,7 +116,7 @@ pub enum Class {
 
 /// Every tensor of a Llama, by role. The forward pass names weights this way; backends map ids to
 /// their own storage.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum TensorId {
     TokEmbd,
     AttnNorm(usize),
@@ -278,14 +278,10 @@ impl Weights {
         }
     }
 
-    /// Builds the weights from a function that yields each tensor, called in GGUF order.
-    pub(crate) fn build(
-        c: &Config,
-        tied: bool,
-        mut get: impl FnMut(TensorId) -> Result<Tensor>,
-    ) -> Result<Weights> {
+    /// Weights with every tensor empty, to be filled by [`Weights::set`].
+    pub fn empty(c: &Config, tied: bool) -> Weights {
         let empty = || QMatrix::from_f32(0, 0, vec![]);
-        let mut w = Weights {
+        Weights {
             tok_embd: empty(),
             layers: (0..c.n_layers)
                 .map(|_| Layer {
@@ -302,22 +298,96 @@ impl Weights {
                 .collect(),
             out_norm: vec![],
             output: (!tied).then(empty),
-        };
-        for id in TensorId::all(c, tied) {
-            match (get(id)?, id) {
-                (Tensor::Norm(v), TensorId::AttnNorm(l)) => w.layers[l].attn_norm = v,
-                (Tensor::Norm(v), TensorId::FfnNorm(l)) => w.layers[l].ffn_norm = v,
-                (Tensor::Norm(v), _) => w.out_norm = v,
-                (Tensor::Matrix(m), _) => *w.matrix_mut(id) = m,
+        }
+    }
+
+    /// Puts one tensor in its place; `file` names the source in the error when a norm and a matrix
+    /// are swapped.
+    pub fn set(&mut self, id: TensorId, t: Tensor, file: &str) -> Result<()> {
+        match (t, id) {
+            (Tensor::Norm(v), TensorId::AttnNorm(l)) => self.layers[l].attn_norm = v,
+            (Tensor::Norm(v), TensorId::FfnNorm(l)) => self.layers[l].ffn_norm = v,
+            (Tensor::Norm(v), TensorId::OutNorm) => self.out_norm = v,
+            (Tensor::Matrix(m), id) if id.class() != Class::Norm => *self.matrix_mut(id) = m,
+            _ => {
+                return Err(Error::format(
+                    file,
+                    id.gguf_name(),
+                    "norm and matrix swapped",
+                ))
             }
+        }
+        Ok(())
+    }
+
+    /// Builds the weights from a function that yields each tensor, called in GGUF order.
+    pub(crate) fn build(
+        c: &Config,
+        tied: bool,
+        mut get: impl FnMut(TensorId) -> Result<Tensor>,
+    ) -> Result<Weights> {
+        let mut w = Weights::empty(c, tied);
+        for id in TensorId::all(c, tied) {
+            w.set(id, get(id)?, "model")?;
         }
         Ok(w)
     }
+
+    /// Tensor `id` as a [`Tensor`] (a copy).
+    pub fn tensor(&self, id: TensorId) -> Tensor {
+        if id.class() == Class::Norm {
+            Tensor::Norm(self.norm(id).to_vec())
+        } else {
+            Tensor::Matrix(self.matrix(id).clone())
+        }
+    }
 }
 
-pub(crate) enum Tensor {
+/// One weight tensor: a matrix (any storage type) or a norm's f32 gains.
+#[derive(Debug, Clone)]
+pub enum Tensor {
     Matrix(QMatrix),
     Norm(Vec<f32>),
+}
+
+impl Tensor {
+    pub fn n_bytes(&self) -> usize {
+        match self {
+            Tensor::Matrix(m) => m.n_bytes(),
+            Tensor::Norm(v) => v.len() * 4,
+        }
+    }
+}
+
+/// What a load delivers, known before any tensor arrives: the shapes, and each matrix's final type
+/// and block. A backend checks it against its limits before uploading anything.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Plan {
+    pub name: String,
+    pub config: Config,
+    /// Whether the classifier is a matrix of its own (else it reads the embedding).
+    pub own_output: bool,
+    pub matrices: Vec<(TensorId, WType, usize)>,
+}
+
+impl Plan {
+    /// The plan of a model already in memory.
+    pub fn of(m: &Model) -> Plan {
+        let tied = m.tied();
+        Plan {
+            name: m.name.clone(),
+            config: m.config.clone(),
+            own_output: !tied,
+            matrices: TensorId::all(&m.config, tied)
+                .into_iter()
+                .filter(|id| id.class() != Class::Norm)
+                .map(|id| {
+                    let q = m.weights.matrix(id);
+                    (id, q.ty, q.block)
+                })
+                .collect(),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
