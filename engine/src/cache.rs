@@ -11,7 +11,7 @@
 //! verify is dropped and rebuilt from the source. Stores write atomically (native: a temporary file
 //! renamed into place), so an interrupted write never leaves an entry that verifies.
 
-use crate::model::{Class, Config, Model, Tensor, TensorId, Weights};
+use crate::model::{Class, Config, Model, Plan, Tensor, TensorId, Weights};
 use crate::precision::{self, Fallback, WeightConfig};
 use crate::quant::{QMatrix, WType};
 use crate::scenario::HostMemory;
@@ -24,7 +24,7 @@ use web_time::Instant;
 
 /// Bumped whenever the packed layout, the key derivation or the quantizers' arithmetic changes, so
 /// old entries miss (keys name the target type, not the code that produced it).
-pub const FORMAT: u32 = 1;
+pub const FORMAT: u32 = 2;
 const MAGIC: [u8; 4] = *b"NCMP";
 const HEADER: usize = 4 + 4 + 32 + 8 + 32;
 
@@ -186,13 +186,29 @@ impl Store for MemStore {
     }
 }
 
-/// Where a model comes from. `fetch` gets the bytes (timed as fetch), `parse` turns them into the
-/// as-loaded model (timed as parse); a warm load calls neither.
+/// Where a model comes from. A load first asks for the cheap identity (a warm load needs nothing
+/// else), then opens the model and streams its bytes chunk by chunk.
 pub trait Source {
     /// Cheap identity: name, size and a validator (mtime, ETag), never a hash of the bytes.
     fn identity(&self) -> String;
-    fn fetch(&mut self) -> Fut<'_, u64>;
-    fn parse(&mut self) -> Result<Model>;
+    /// Starts reading: what the model is and how long, and the tokenizer file when it is separate.
+    fn open(&mut self) -> Fut<'_, Opened>;
+    /// The next bytes of the model file, `None` at its end.
+    fn next_chunk(&mut self) -> Fut<'_, Option<Vec<u8>>>;
+}
+
+/// What [`Source::open`] answers.
+pub enum Opened {
+    /// A model file to stream. `gguf_name` says the name ends in `.gguf` (a bad magic then gets the
+    /// GGUF parser's error); `len` is its size when known (needed to stream a GGUF).
+    Stream {
+        name: String,
+        len: Option<u64>,
+        gguf_name: bool,
+        tokenizer: Option<(Vec<u8>, String)>,
+    },
+    /// A model already in memory (the built-in synthetic model): nothing to fetch or parse.
+    Model(Box<Model>),
 }
 
 /// A model already in memory (the built-in synthetic model): nothing to fetch.
@@ -205,35 +221,86 @@ impl Source for InMemory {
     fn identity(&self) -> String {
         self.id.clone()
     }
-    fn fetch(&mut self) -> Fut<'_, u64> {
-        Box::pin(std::future::ready(Ok(0)))
+    fn open(&mut self) -> Fut<'_, Opened> {
+        Box::pin(std::future::ready(Ok(Opened::Model(Box::new((self.make)())))))
     }
-    fn parse(&mut self) -> Result<Model> {
-        Ok((self.make)())
+    fn next_chunk(&mut self) -> Fut<'_, Option<Vec<u8>>> {
+        Box::pin(std::future::ready(Ok(None)))
     }
 }
 
-/// Model and tokenizer bytes with their file names, parsed by [`Model::from_bytes`].
+/// Model and tokenizer bytes already in memory, handed out in chunks of `chunk` bytes (tests use
+/// small chunks to exercise streaming).
 pub struct Bytes {
     pub id: String,
     pub name: String,
     pub model: Vec<u8>,
     pub tokenizer: Option<(Vec<u8>, String)>,
+    pub chunk: usize,
+    pub at: usize,
 }
 
-impl Bytes {
-    pub fn parse_model(&mut self) -> Result<Model> {
-        let m = Model::from_bytes(
-            &self.model,
-            &self.name,
-            self.name.ends_with(".gguf"),
-            self.tokenizer
-                .as_ref()
-                .map(|(b, n)| (b.as_slice(), n.as_str())),
-        );
-        // The bytes are not needed once parsed.
-        self.model = Vec::new();
-        m
+impl Source for Bytes {
+    fn identity(&self) -> String {
+        self.id.clone()
+    }
+    fn open(&mut self) -> Fut<'_, Opened> {
+        self.at = 0;
+        Box::pin(std::future::ready(Ok(Opened::Stream {
+            name: self.name.clone(),
+            len: Some(self.model.len() as u64),
+            gguf_name: self.name.ends_with(".gguf"),
+            tokenizer: self.tokenizer.clone(),
+        })))
+    }
+    fn next_chunk(&mut self) -> Fut<'_, Option<Vec<u8>>> {
+        let end = (self.at + self.chunk.max(1)).min(self.model.len());
+        let c = (end > self.at).then(|| self.model[self.at..end].to_vec());
+        self.at = end;
+        Box::pin(std::future::ready(Ok(c)))
+    }
+}
+
+/// Receives a model as a load delivers it: the plan first, then each tensor in its final type, in
+/// whatever order the file holds them. The GPU uploads each at once; the CPU keeps a [`Model`].
+pub trait Sink {
+    fn begin(&mut self, plan: &Plan) -> Result<()>;
+    fn put(&mut self, id: TensorId, t: Tensor) -> Result<()>;
+}
+
+/// Assembles the delivered tensors into a [`Model`] (the CPU backend, and every caller that wants
+/// the model itself).
+#[derive(Default)]
+pub struct ModelSink {
+    plan: Option<Plan>,
+    weights: Option<Weights>,
+}
+
+impl Sink for ModelSink {
+    fn begin(&mut self, plan: &Plan) -> Result<()> {
+        self.weights = Some(Weights::empty(&plan.config, !plan.own_output));
+        self.plan = Some(plan.clone());
+        Ok(())
+    }
+    fn put(&mut self, id: TensorId, t: Tensor) -> Result<()> {
+        match &mut self.weights {
+            Some(w) => w.set(id, t, "load"),
+            None => Err(Error::Invalid("a tensor arrived before the plan".into())),
+        }
+    }
+}
+
+impl ModelSink {
+    pub fn into_model(self, tokenizer: Option<Tokenizer>) -> Result<Model> {
+        match (self.plan, self.weights) {
+            (Some(p), Some(weights)) => Ok(Model {
+                name: p.name,
+                config: p.config,
+                weights,
+                tokenizer,
+            }),
+            _ => Err(Error::Invalid("the load delivered no model".into())),
+        }
     }
 }
 
@@ -266,6 +333,21 @@ pub struct LoadReport {
     /// Why the model runs uncached (a failed write), if it does.
     pub uncached: Option<String>,
     pub largest_component_bytes: u64,
+    /// Whether tensors went to the backend as the bytes arrived (layer-streamed), and if not, why.
+    #[serde(default)]
+    pub streamed: bool,
+    #[serde(default)]
+    pub not_streamed: Option<String>,
+    /// The most model-file bytes held at once while streaming (the window between the first byte
+    /// still needed and the last received): about one component when the file is in layer order.
+    #[serde(default)]
+    pub peak_buffered_bytes: u64,
+    /// The largest single buffer handed to the GPU, where a GPU took the tensors.
+    #[serde(default)]
+    pub largest_staging_bytes: Option<u64>,
+    /// Seconds the backend spent taking tensors during the load (GPU upload), inside `total_s`.
+    #[serde(default)]
+    pub upload_s: f64,
     pub host_before: HostMemory,
     pub host_after: HostMemory,
 }
@@ -280,9 +362,7 @@ pub struct Loaded {
 #[derive(Serialize, Deserialize)]
 struct Manifest {
     format: u32,
-    model: String,
-    config: Config,
-    own_output: bool,
+    plan: Plan,
     fallbacks: Vec<Fallback>,
     components: Vec<(Component, String)>,
 }
@@ -297,215 +377,568 @@ fn manifest_key(identity: &str, cfg: &WeightConfig) -> Result<Key> {
     ]))
 }
 
-/// Loads the model `src` describes with weights as `cfg` says, through `store` when there is one.
+/// Loads the model `src` describes with weights as `cfg` says, through `store` when there is one,
+/// into a [`Model`].
 pub async fn load(
     src: &mut dyn Source,
     cfg: &WeightConfig,
     store: Option<&dyn Store>,
     progress: &mut dyn FnMut(String),
 ) -> Result<Loaded> {
+    let mut sink = ModelSink::default();
+    let d = load_into(src, cfg, store, &mut sink, progress).await?;
+    Ok(Loaded {
+        model: sink.into_model(d.tokenizer)?,
+        fallbacks: d.fallbacks,
+        report: d.report,
+    })
+}
+
+/// What [`load_into`] gives besides the tensors it handed to the sink.
+pub struct Delivered {
+    pub plan: Plan,
+    pub tokenizer: Option<Tokenizer>,
+    pub fallbacks: Vec<Fallback>,
+    pub report: LoadReport,
+}
+
+/// Loads `src` component by component into `sink`: from the cache when the manifest and every entry
+/// verify (warm), else from the source's bytes as they arrive (cold), taking each component from
+/// the cache when its entry verifies and building it otherwise. Every component is handed over and
+/// dropped before the next is read, so the CPU holds about one component (plus, when streaming a
+/// GGUF, the bytes between the first still needed and the last received).
+pub async fn load_into(
+    src: &mut dyn Source,
+    cfg: &WeightConfig,
+    store: Option<&dyn Store>,
+    sink: &mut dyn Sink,
+    progress: &mut dyn FnMut(String),
+) -> Result<Delivered> {
     cfg.validate()?;
     let t_all = Instant::now();
-    let mut r = LoadReport {
-        store: store.map(|s| s.describe()),
-        source: src.identity(),
-        config: cfg.label(),
-        host_before: HostMemory::now(),
-        ..LoadReport::default()
+    let mut l = Loader {
+        cfg,
+        store,
+        writable: store,
+        sink,
+        r: LoadReport {
+            store: store.map(|s| s.describe()),
+            source: src.identity(),
+            config: cfg.label(),
+            host_before: HostMemory::now(),
+            ..LoadReport::default()
+        },
+        plan: None,
+        tokenizer: None,
+        done: HashMap::new(),
+        total: 0,
+        progress,
     };
-    // Verified components by key, from the manifest's entries.
-    let mut verified: HashMap<String, Vec<u8>> = HashMap::new();
     let mkey = manifest_key(&src.identity(), cfg)?;
-    if let Some(store) = store {
+    let mut fallbacks = None;
+    if let Some(m) = l.read_manifest(&mkey).await? {
+        fallbacks = Some(m.fallbacks.clone());
+        if l.warm(&m).await? {
+            l.r.path = "warm".into();
+            l.r.streamed = true;
+            return Ok(l.finish(t_all, m.fallbacks));
+        }
+    }
+
+    // Cold: from the source. Components already delivered from the cache are skipped.
+    let t0 = Instant::now();
+    let opened = src.open().await?;
+    l.r.fetch_s += t0.elapsed().as_secs_f64();
+    match opened {
+        Opened::Model(m) => {
+            l.r.not_streamed = Some("the model is built in memory".into());
+            l.deliver_model(*m).await?;
+        }
+        Opened::Stream {
+            name,
+            len,
+            gguf_name,
+            tokenizer,
+        } => {
+            l.stream(src, &name, len, gguf_name, tokenizer).await?;
+        }
+    }
+    if let Some(s) = l.writable {
+        // The manifest goes last: a load interrupted before this point leaves no manifest, so the next
+        // load is cold but reuses every component already written.
         let t0 = Instant::now();
-        let manifest = match store.get(&mkey.hex()).await? {
-            Some(b) => match unseal(&mkey, &b)
+        let plan = l.plan.clone().expect("planned");
+        let mut listed: Vec<(Component, String)> = Component::all(&plan.config, l.tokenizer.is_some())
+            .into_iter()
+            .filter_map(|c| l.done.get(&c).map(|k| (c, k.clone())))
+            .collect();
+        listed.dedup();
+        let m = Manifest {
+            format: FORMAT,
+            plan,
+            fallbacks: l.fallbacks(),
+            components: listed,
+        };
+        let body = serde_json::to_vec(&m).map_err(|e| Error::Invalid(e.to_string()))?;
+        let sealed = seal(&mkey, &body);
+        match s.put(&mkey.hex(), &sealed).await {
+            Ok(()) => l.r.cache_bytes_written += sealed.len() as u64,
+            Err(e) => {
+                l.r.uncached = Some(format!("writing the manifest: {e}"));
+                l.writable = None;
+            }
+        }
+        l.r.cache_write_s += t0.elapsed().as_secs_f64();
+    }
+    l.r.path = if l.writable.is_some() {
+        "cold"
+    } else {
+        "uncached"
+    }
+    .into();
+    let fb = fallbacks.unwrap_or_else(|| l.fallbacks());
+    Ok(l.finish(t_all, fb))
+}
+
+/// A separate tokenizer file for a model of `vocab` tokens.
+fn parse_tokenizer(bytes: &[u8], file: &str, vocab: usize) -> Result<Tokenizer> {
+    if bytes.starts_with(crate::gguf::MAGIC) {
+        Tokenizer::from_gguf(&crate::gguf::Gguf::parse(bytes, file)?, file)
+    } else {
+        Tokenizer::from_llama2c(bytes, vocab, file)
+    }
+}
+
+/// One load in progress.
+struct Loader<'a> {
+    cfg: &'a WeightConfig,
+    store: Option<&'a dyn Store>,
+    /// The store while its writes succeed.
+    writable: Option<&'a dyn Store>,
+    sink: &'a mut dyn Sink,
+    r: LoadReport,
+    plan: Option<Plan>,
+    tokenizer: Option<Tokenizer>,
+    /// Components delivered, with their keys.
+    done: HashMap<Component, String>,
+    total: usize,
+    progress: &'a mut dyn FnMut(String),
+}
+
+impl Loader<'_> {
+    fn finish(mut self, t_all: Instant, fallbacks: Vec<Fallback>) -> Delivered {
+        self.r.components = self.total;
+        self.r.total_s = t_all.elapsed().as_secs_f64();
+        self.r.host_after = HostMemory::now();
+        Delivered {
+            plan: self.plan.expect("planned"),
+            tokenizer: self.tokenizer,
+            fallbacks,
+            report: self.r,
+        }
+    }
+
+    fn say(&mut self, what: &str) {
+        let msg = format!(
+            "{what} · {}/{} components · {:.1} MB fetched, {:.1} MB from the cache",
+            self.done.len(),
+            self.total,
+            self.r.bytes_fetched as f64 / 1e6,
+            self.r.cache_bytes_read as f64 / 1e6
+        );
+        (self.progress)(msg);
+    }
+
+    fn begin(&mut self, plan: Plan) -> Result<()> {
+        if self.plan.is_none() {
+            self.sink.begin(&plan)?;
+            self.plan = Some(plan);
+        }
+        Ok(())
+    }
+
+    /// Fallbacks to f16, from the plan (shapes alone decide them).
+    fn fallbacks(&self) -> Vec<Fallback> {
+        let Some(p) = &self.plan else { return vec![] };
+        p.matrices
+            .iter()
+            .filter_map(|&(id, ty, _)| {
+                let asked = self.cfg.type_for(id).filter(|&a| a != ty)?;
+                Some(Fallback {
+                    tensor: id.gguf_name(),
+                    requested: asked,
+                    used: ty,
+                    reason: format!(
+                        "rows of {} values are not a whole number of {}-element blocks",
+                        id.shape(&p.config).1,
+                        self.cfg.block
+                    ),
+                })
+            })
+            .collect()
+    }
+
+    async fn read_manifest(&mut self, mkey: &Key) -> Result<Option<Manifest>> {
+        let Some(store) = self.store else {
+            return Ok(None);
+        };
+        let t0 = Instant::now();
+        let m = match store.get(&mkey.hex()).await? {
+            Some(b) => match unseal(mkey, &b)
                 .map_err(|e| e.to_string())
                 .and_then(|p| serde_json::from_slice::<Manifest>(p).map_err(|e| e.to_string()))
             {
                 Ok(m) => Some(m),
                 Err(why) => {
-                    r.corrupt.push(format!("manifest: {why}"));
+                    self.r.corrupt.push(format!("manifest: {why}"));
                     store.delete(&mkey.hex()).await?;
                     None
                 }
             },
             None => None,
         };
-        if let Some(m) = manifest {
-            let n = m.components.len();
-            for (i, (comp, key)) in m.components.iter().enumerate() {
-                progress(format!("cache: {} ({}/{n})", comp.name(), i + 1));
-                let k = parse_key(key)?;
-                match store.get(key).await? {
-                    Some(b) => match unseal(&k, &b) {
-                        Ok(_) => {
-                            r.cache_bytes_read += b.len() as u64;
-                            verified.insert(key.clone(), b);
-                        }
-                        Err(why) => {
-                            r.corrupt.push(format!("{}: {why}", comp.name()));
-                            store.delete(key).await?;
-                        }
-                    },
-                    None => r.corrupt.push(format!("{}: entry missing", comp.name())),
+        self.r.cache_read_s += t0.elapsed().as_secs_f64();
+        Ok(m)
+    }
+
+    /// Delivers every component the manifest lists from the cache; false when one does not verify
+    /// (it is dropped, and the cold path builds what is missing).
+    async fn warm(&mut self, m: &Manifest) -> Result<bool> {
+        let store = self.store.expect("a manifest came from a store");
+        self.total = m.components.len();
+        self.begin(m.plan.clone())?;
+        let mut all = true;
+        for (comp, key) in &m.components {
+            self.say(&format!("cache: {}", comp.name()));
+            let k = parse_key(key)?;
+            let t0 = Instant::now();
+            let got = store.get(key).await?;
+            let entry = match got {
+                Some(b) => match unseal(&k, &b) {
+                    Ok(_) => Some(b),
+                    Err(why) => {
+                        self.r.corrupt.push(format!("{}: {why}", comp.name()));
+                        store.delete(key).await?;
+                        None
+                    }
+                },
+                None => {
+                    self.r.corrupt.push(format!("{}: entry missing", comp.name()));
+                    None
+                }
+            };
+            self.r.cache_read_s += t0.elapsed().as_secs_f64();
+            match entry {
+                Some(b) => self.deliver_cached(*comp, &b, m.plan.own_output, key)?,
+                None => all = false,
+            }
+        }
+        Ok(all)
+    }
+
+    /// Decodes a verified entry and hands its tensors to the sink.
+    fn deliver_cached(&mut self, comp: Component, entry: &[u8], own_output: bool, key: &str) -> Result<()> {
+        let t0 = Instant::now();
+        self.r.cache_bytes_read += entry.len() as u64;
+        self.r.largest_component_bytes = self.r.largest_component_bytes.max(entry.len() as u64);
+        let name = comp.name();
+        let mut rd = Reader {
+            b: verified_payload(entry),
+            file: &name,
+        };
+        if comp == Component::Tokenizer {
+            self.tokenizer = Some(decode_tokenizer(&mut rd)?);
+        } else {
+            for id in comp.tensors(own_output) {
+                let t = decode_tensor(&mut rd, &id.gguf_name())?;
+                self.r.cache_read_s += t0.elapsed().as_secs_f64();
+                let t1 = Instant::now();
+                self.sink.put(id, t)?;
+                self.r.upload_s += t1.elapsed().as_secs_f64();
+            }
+        }
+        self.r.from_cache.push(name);
+        self.done.insert(comp, key.to_string());
+        Ok(())
+    }
+
+    /// A component from its source tensors: from the cache when its entry verifies, else built
+    /// (precision applied) and written; then handed to the sink.
+    async fn component(&mut self, comp: Component, tensors: Vec<(TensorId, Tensor)>) -> Result<()> {
+        if self.done.contains_key(&comp) {
+            return Ok(());
+        }
+        self.say(&format!("building {}", comp.name()));
+        let t0 = Instant::now();
+        let key = component_key(comp, &tensors, self.tokenizer.as_ref(), self.cfg);
+        self.r.hash_s += t0.elapsed().as_secs_f64();
+        let hex = key.hex();
+        let own_output = self.plan.as_ref().expect("planned").own_output;
+        if let Some(s) = self.store {
+            let t0 = Instant::now();
+            let got = s.get(&hex).await?;
+            self.r.cache_read_s += t0.elapsed().as_secs_f64();
+            if let Some(b) = got {
+                match unseal(&key, &b) {
+                    Ok(_) => return self.deliver_cached(comp, &b, own_output, &hex),
+                    Err(why) => {
+                        self.r.corrupt.push(format!("{}: {why}", comp.name()));
+                        s.delete(&hex).await?;
+                    }
                 }
             }
-            r.cache_read_s += t0.elapsed().as_secs_f64();
-            if r.corrupt.is_empty() {
-                let t0 = Instant::now();
-                let model = assemble(&m, &verified, &mut r)?;
-                r.cache_read_s += t0.elapsed().as_secs_f64();
-                r.path = "warm".into();
-                r.components = n;
-                r.total_s = t_all.elapsed().as_secs_f64();
-                r.host_after = HostMemory::now();
-                return Ok(Loaded {
-                    model,
-                    fallbacks: m.fallbacks,
-                    report: r,
-                });
+        }
+        let t0 = Instant::now();
+        let mut built = Vec::with_capacity(tensors.len());
+        for (id, t) in tensors {
+            built.push(match t {
+                Tensor::Matrix(m) => {
+                    let (q, _) = precision::restore(id, &m, self.cfg)?;
+                    (id, Tensor::Matrix(q.unwrap_or(m)))
+                }
+                norm => (id, norm),
+            });
+        }
+        self.r.quantize_s += t0.elapsed().as_secs_f64();
+        self.r.built.push(comp.name());
+        if let Some(s) = self.writable {
+            let t0 = Instant::now();
+            let sealed = seal(&key, &encode_component(comp, &built, self.tokenizer.as_ref()));
+            self.r.largest_component_bytes =
+                self.r.largest_component_bytes.max(sealed.len() as u64);
+            match s.put(&hex, &sealed).await {
+                Ok(()) => self.r.cache_bytes_written += sealed.len() as u64,
+                Err(e) => {
+                    // A full quota must not stop the load: go on uncached and say why.
+                    self.r.uncached = Some(format!("writing {}: {e}", comp.name()));
+                    self.writable = None;
+                }
             }
+            self.r.cache_write_s += t0.elapsed().as_secs_f64();
         } else {
-            r.cache_read_s += t0.elapsed().as_secs_f64();
+            let n: usize = built.iter().map(|(_, t)| t.n_bytes()).sum();
+            self.r.largest_component_bytes = self.r.largest_component_bytes.max(n as u64);
+        }
+        let t0 = Instant::now();
+        for (id, t) in built {
+            self.sink.put(id, t)?;
+        }
+        self.r.upload_s += t0.elapsed().as_secs_f64();
+        self.done.insert(comp, hex);
+        Ok(())
+    }
+
+    /// The plan of a model whose source tensors have these types: each matrix's final type.
+    fn plan_of(&self, name: &str, c: &Config, tied: bool, src: &dyn Fn(TensorId) -> (WType, usize)) -> Plan {
+        let own_output = !tied || self.cfg.unties();
+        Plan {
+            name: name.to_string(),
+            config: c.clone(),
+            own_output,
+            matrices: TensorId::all(c, !own_output)
+                .into_iter()
+                .filter(|id| id.class() != Class::Norm)
+                .map(|id| {
+                    // An untied classifier starts as a copy of the embedding.
+                    let from = if tied && id == TensorId::Output { TensorId::TokEmbd } else { id };
+                    let (ty, block) = src(from);
+                    let (t, b) = self.cfg.target_of(id, ty, block, id.shape(c).1);
+                    (id, t, b)
+                })
+                .collect(),
         }
     }
 
-    // Cold: from the source. Components that still verify in the cache are taken from it.
-    progress(format!("fetching {}", src.identity()));
-    let t0 = Instant::now();
-    r.bytes_fetched = src.fetch().await?;
-    r.fetch_s = t0.elapsed().as_secs_f64();
-    progress("parsing".into());
-    let t0 = Instant::now();
-    let mut model = src.parse()?;
-    r.parse_s = t0.elapsed().as_secs_f64();
-    let c = model.config.clone();
-    if model.tied() && cfg.unties() {
-        model.weights.output = Some(model.weights.tok_embd.clone());
+    /// Every component of a model already in memory.
+    async fn deliver_model(&mut self, mut m: Model) -> Result<()> {
+        let tied = m.tied();
+        let plan = self.plan_of(&m.name, &m.config, tied, &|id| {
+            let q = m.weights.matrix(id);
+            (q.ty, q.block)
+        });
+        if tied && plan.own_output {
+            m.weights.output = Some(m.weights.tok_embd.clone());
+        }
+        let own_output = plan.own_output;
+        self.tokenizer = m.tokenizer.take();
+        self.total = Component::all(&m.config, self.tokenizer.is_some()).len();
+        self.begin(plan)?;
+        for comp in Component::all(&m.config, self.tokenizer.is_some()) {
+            let tensors = comp
+                .tensors(own_output)
+                .into_iter()
+                .map(|id| (id, m.weights.tensor(id)))
+                .collect();
+            self.component(comp, tensors).await?;
+        }
+        Ok(())
     }
-    let own_output = !model.tied();
-    let comps = Component::all(&c, model.tokenizer.is_some());
-    let mut writable = store;
-    let mut fallbacks = Vec::new();
-    let mut listed = Vec::new();
-    let n = comps.len();
-    for (i, &comp) in comps.iter().enumerate() {
-        progress(format!("building {} ({}/{n})", comp.name(), i + 1));
-        let t0 = Instant::now();
-        let key = component_key(&model, comp, own_output, cfg);
-        r.hash_s += t0.elapsed().as_secs_f64();
-        let hex = key.hex();
-        let mut cached = verified.remove(&hex);
-        if cached.is_none() {
-            if let Some(s) = store {
-                let t0 = Instant::now();
-                if let Some(b) = s.get(&hex).await? {
-                    match unseal(&key, &b) {
-                        Ok(_) => cached = Some(b),
-                        Err(why) => {
-                            r.corrupt.push(format!("{}: {why}", comp.name()));
-                            s.delete(&hex).await?;
-                        }
-                    }
-                }
-                r.cache_read_s += t0.elapsed().as_secs_f64();
-            }
+
+    /// The cold path on a model file: a GGUF is planned from its header and each component handed
+    /// over as soon as its tensors have arrived; a llama2.c checkpoint (each tensor kind stored across
+    /// every layer) is read whole first.
+    async fn stream(
+        &mut self,
+        src: &mut dyn Source,
+        name: &str,
+        len: Option<u64>,
+        gguf_name: bool,
+        tok: Option<(Vec<u8>, String)>,
+    ) -> Result<()> {
+        let mut buf: Vec<u8> = Vec::new();
+        // File offset of buf[0].
+        let mut base = 0u64;
+        let mut ended = false;
+        // The first bytes say the format.
+        while buf.len() < 4 && !ended {
+            ended = !self.pull(src, &mut buf).await?;
         }
-        // Fallbacks are decided by shape alone, so they are known whether or not the entry is cached.
-        for id in comp.tensors(own_output) {
-            if id.class() != Class::Norm {
-                let m = model.weights.matrix(id);
-                let (ty, _) = cfg.target(id, m);
-                if let Some(asked) = cfg.type_for(id).filter(|&a| a != ty) {
-                    fallbacks.push(Fallback {
-                        tensor: id.gguf_name(),
-                        requested: asked,
-                        used: ty,
-                        reason: format!(
-                            "rows of {} values are not a whole number of {}-element blocks",
-                            m.cols, cfg.block
-                        ),
-                    });
-                }
+        let is_gguf = buf.starts_with(crate::gguf::MAGIC) || gguf_name;
+        if !is_gguf || len.is_none() {
+            self.r.not_streamed = Some(if is_gguf {
+                "the server did not say the file's length".into()
+            } else {
+                "llama2.c checkpoints store each tensor kind across all layers, so no layer is complete before the end of the file".into()
+            });
+            while !ended {
+                ended = !self.pull(src, &mut buf).await?;
             }
+            self.r.peak_buffered_bytes = buf.len() as u64;
+            let t0 = Instant::now();
+            let mut m = if is_gguf {
+                Model::from_gguf(&buf, name)?
+            } else {
+                Model::from_llama2c(&buf, name)?
+            };
+            drop(buf);
+            if let Some((b, f)) = tok {
+                m.set_tokenizer(parse_tokenizer(&b, &f, m.config.vocab_size)?, &f)?;
+            }
+            self.r.parse_s += t0.elapsed().as_secs_f64();
+            return self.deliver_model(m).await;
         }
-        match cached {
-            Some(b) => {
-                r.cache_bytes_read += b.len() as u64;
-                r.largest_component_bytes = r.largest_component_bytes.max(b.len() as u64);
-                let payload = verified_payload(&b);
-                put_component(&mut model, comp, payload, &comp.name())?;
-                r.from_cache.push(comp.name());
+        let total = len.expect("checked");
+        let g = loop {
+            let t0 = Instant::now();
+            let h = crate::gguf::Gguf::parse_header(&buf, name, total)?;
+            self.r.parse_s += t0.elapsed().as_secs_f64();
+            if let Some(h) = h {
+                break h;
             }
-            None => {
-                let t0 = Instant::now();
-                for id in comp.tensors(own_output) {
-                    if id.class() == Class::Norm {
-                        continue;
-                    }
-                    let (q, _) = precision::restore(id, model.weights.matrix(id), cfg)?;
-                    if let Some(q) = q {
-                        *model.weights.matrix_mut(id) = q;
-                    }
-                }
-                r.quantize_s += t0.elapsed().as_secs_f64();
-                r.built.push(comp.name());
-                if let Some(s) = writable {
-                    let t0 = Instant::now();
-                    let sealed = seal(&key, &encode_component(&model, comp, own_output));
-                    r.largest_component_bytes = r.largest_component_bytes.max(sealed.len() as u64);
-                    match s.put(&hex, &sealed).await {
-                        Ok(()) => r.cache_bytes_written += sealed.len() as u64,
-                        Err(e) => {
-                            // A full quota must not stop the load: go on uncached and say why.
-                            r.uncached = Some(format!("writing {}: {e}", comp.name()));
-                            writable = None;
-                        }
-                    }
-                    r.cache_write_s += t0.elapsed().as_secs_f64();
-                }
+            if !self.pull(src, &mut buf).await? {
+                // Ended inside the header: the whole-file parser names the field.
+                return Err(crate::gguf::Gguf::parse(&buf, name).err().unwrap_or_else(|| {
+                    Error::format(name, "header", "the stream ended inside the header")
+                }));
             }
-        }
-        listed.push((comp, hex));
-    }
-    if let Some(s) = writable {
-        // The manifest goes last: a load interrupted before this point leaves no manifest, so the next
-        // load is cold but reuses every component already written.
-        let t0 = Instant::now();
-        let m = Manifest {
-            format: FORMAT,
-            model: model.name.clone(),
-            config: c.clone(),
-            own_output,
-            fallbacks: fallbacks.clone(),
-            components: listed,
         };
-        let body = serde_json::to_vec(&m).map_err(|e| Error::Invalid(e.to_string()))?;
-        let sealed = seal(&mkey, &body);
-        match s.put(&mkey.hex(), &sealed).await {
-            Ok(()) => r.cache_bytes_written += sealed.len() as u64,
-            Err(e) => {
-                r.uncached = Some(format!("writing the manifest: {e}"));
-                writable = None;
+        let mut head = crate::model::GgufModel::read(&g, name)?;
+        if let Some((b, f)) = tok {
+            let t = parse_tokenizer(&b, &f, head.config.vocab_size)?;
+            if t.vocab_size() != head.config.vocab_size {
+                return Err(Error::format(
+                    &f,
+                    "vocabulary",
+                    format!(
+                        "{} tokens, but the model {} has a vocabulary of {}: the tokenizer does not match the model",
+                        t.vocab_size(),
+                        head.name,
+                        head.config.vocab_size
+                    ),
+                ));
+            }
+            head.tokenizer = Some(t);
+        }
+        let c = head.config.clone();
+        let plan = self.plan_of(&head.name, &c, head.tied, &|id| {
+            let ty = head.info(&g, id).expect("checked in read").ty;
+            (ty.wtype(), ty.block_len())
+        });
+        let own_output = plan.own_output;
+        let untie = head.tied && own_output;
+        self.tokenizer = head.tokenizer.take();
+        let comps = Component::all(&c, self.tokenizer.is_some());
+        self.total = comps.len();
+        self.begin(plan)?;
+        if self.tokenizer.is_some() {
+            self.component(Component::Tokenizer, vec![]).await?;
+        }
+        // Absolute byte ranges of each component's tensors, in file order of their last byte.
+        let range = |id: TensorId| -> (u64, u64) {
+            let from = if untie && id == TensorId::Output { TensorId::TokEmbd } else { id };
+            let i = head.info(&g, from).expect("checked in read");
+            let start = g.data_offset + i.offset;
+            (start, start + i.n_bytes())
+        };
+        let mut pending: Vec<(Component, Vec<TensorId>, u64, u64)> = comps
+            .into_iter()
+            .filter(|c| *c != Component::Tokenizer)
+            .map(|comp| {
+                let ids = comp.tensors(own_output);
+                let start = ids.iter().map(|&i| range(i).0).min().unwrap_or(0);
+                let end = ids.iter().map(|&i| range(i).1).max().unwrap_or(0);
+                (comp, ids, start, end)
+            })
+            .collect();
+        pending.sort_by_key(|p| p.3);
+        loop {
+            let have = base + buf.len() as u64;
+            while let Some(i) = pending.iter().position(|p| p.3 <= have) {
+                let (comp, ids, _, _) = pending.remove(i);
+                let t0 = Instant::now();
+                let mut tensors = Vec::with_capacity(ids.len());
+                for id in ids {
+                    let (s, e) = range(id);
+                    let from = if untie && id == TensorId::Output { TensorId::TokEmbd } else { id };
+                    let info = head.info(&g, from).expect("checked in read");
+                    let bytes = &buf[(s - base) as usize..(e - base) as usize];
+                    tensors.push((id, head.tensor(from, info, bytes)?));
+                }
+                self.r.parse_s += t0.elapsed().as_secs_f64();
+                self.component(comp, tensors).await?;
+            }
+            // Drop the bytes no pending component needs.
+            let keep = pending.iter().map(|p| p.2).min().unwrap_or(have).max(base);
+            let cut = ((keep - base) as usize).min(buf.len());
+            buf.drain(..cut);
+            base += cut as u64;
+            if pending.is_empty() {
+                break;
+            }
+            if !self.pull(src, &mut buf).await? {
+                let (comp, ids, _, _) = &pending[0];
+                return Err(Error::format(
+                    name,
+                    format!("tensors of {}", comp.name()),
+                    format!(
+                        "the stream ended at byte {have} of {total} before {} arrived: truncated",
+                        ids[0].gguf_name()
+                    ),
+                ));
             }
         }
-        r.cache_write_s += t0.elapsed().as_secs_f64();
+        self.r.streamed = true;
+        Ok(())
     }
-    r.path = if writable.is_some() {
-        "cold"
-    } else {
-        "uncached"
+
+    /// Appends the next chunk to `buf`; false at the end of the stream.
+    async fn pull(&mut self, src: &mut dyn Source, buf: &mut Vec<u8>) -> Result<bool> {
+        let t0 = Instant::now();
+        let c = src.next_chunk().await?;
+        self.r.fetch_s += t0.elapsed().as_secs_f64();
+        Ok(match c {
+            Some(c) => {
+                self.r.bytes_fetched += c.len() as u64;
+                buf.extend_from_slice(&c);
+                self.r.peak_buffered_bytes = self.r.peak_buffered_bytes.max(buf.len() as u64);
+                if self.r.bytes_fetched >> 22 != (self.r.bytes_fetched - c.len() as u64) >> 22 {
+                    self.say("fetching");
+                }
+                true
+            }
+            None => false,
+        })
     }
-    .into();
-    r.components = n;
-    r.total_s = t_all.elapsed().as_secs_f64();
-    r.host_after = HostMemory::now();
-    Ok(Loaded {
-        model,
-        fallbacks,
-        report: r,
-    })
 }
 
 /// The payload of an entry [`unseal`] already accepted (verifying is a SHA-256 over the whole entry:
@@ -532,31 +965,36 @@ fn parse_key(hex: &str) -> Result<Key> {
     Ok(Key(k))
 }
 
-/// The key of `comp`: its source tensors (as loaded in `m`, before precision is applied) and the type
-/// and block each will have.
-fn component_key(m: &Model, comp: Component, own_output: bool, cfg: &WeightConfig) -> Key {
+/// The key of `comp`: its source tensors (as loaded, before precision is applied) and the type and
+/// block each will have.
+fn component_key(
+    comp: Component,
+    tensors: &[(TensorId, Tensor)],
+    tokenizer: Option<&Tokenizer>,
+    cfg: &WeightConfig,
+) -> Key {
     let mut h = Sha256::new();
     h.update(b"nibble component");
     h.update(FORMAT.to_le_bytes());
     h.update(comp.name().as_bytes());
     if comp == Component::Tokenizer {
-        if let Some(t) = &m.tokenizer {
+        if let Some(t) = tokenizer {
             let mut v = Vec::new();
             encode_tokenizer(&mut v, t);
             h.update(&v);
         }
     }
-    for id in comp.tensors(own_output) {
+    for (id, t) in tensors {
         h.update(id.gguf_name().as_bytes());
-        if id.class() == Class::Norm {
-            h.update(bytemuck::cast_slice::<f32, u8>(m.weights.norm(id)));
-            continue;
+        match t {
+            Tensor::Norm(n) => h.update(bytemuck::cast_slice::<f32, u8>(n)),
+            Tensor::Matrix(q) => {
+                let (ty, block) = cfg.target(*id, q);
+                h.update([wtype_code(ty)]);
+                h.update((block as u64).to_le_bytes());
+                matrix_bytes(q, &mut |b| h.update(b));
+            }
         }
-        let q = m.weights.matrix(id);
-        let (ty, block) = cfg.target(id, q);
-        h.update([wtype_code(ty)]);
-        h.update((block as u64).to_le_bytes());
-        matrix_bytes(q, &mut |b| h.update(b));
     }
     Key(h.finalize().into())
 }
@@ -612,23 +1050,27 @@ fn encode_tokenizer(v: &mut Vec<u8>, t: &Tokenizer) {
     }
 }
 
-/// The packed payload of `comp` as `m` holds it now (after precision is applied).
-fn encode_component(m: &Model, comp: Component, own_output: bool) -> Vec<u8> {
+/// The packed payload of `comp`: its final tensors, or the tokenizer.
+fn encode_component(
+    comp: Component,
+    tensors: &[(TensorId, Tensor)],
+    tokenizer: Option<&Tokenizer>,
+) -> Vec<u8> {
     let mut v = Vec::new();
     if comp == Component::Tokenizer {
-        if let Some(t) = &m.tokenizer {
+        if let Some(t) = tokenizer {
             encode_tokenizer(&mut v, t);
         }
         return v;
     }
-    for id in comp.tensors(own_output) {
-        if id.class() == Class::Norm {
-            let n = m.weights.norm(id);
-            v.push(255);
-            v.extend_from_slice(&(n.len() as u64).to_le_bytes());
-            v.extend_from_slice(bytemuck::cast_slice(n));
-        } else {
-            matrix_bytes(m.weights.matrix(id), &mut |b| v.extend_from_slice(b));
+    for (_, t) in tensors {
+        match t {
+            Tensor::Norm(n) => {
+                v.push(255);
+                v.extend_from_slice(&(n.len() as u64).to_le_bytes());
+                v.extend_from_slice(bytemuck::cast_slice(n));
+            }
+            Tensor::Matrix(q) => matrix_bytes(q, &mut |b| v.extend_from_slice(b)),
         }
     }
     v
@@ -713,62 +1155,3 @@ fn decode_tokenizer(rd: &mut Reader) -> Result<Tokenizer> {
     Ok(Tokenizer::new(pieces, scores, types, bos, eos))
 }
 
-/// Replaces `comp`'s tensors in `m` with the cached payload's.
-fn put_component(m: &mut Model, comp: Component, payload: &[u8], file: &str) -> Result<()> {
-    let mut rd = Reader { b: payload, file };
-    if comp == Component::Tokenizer {
-        m.tokenizer = Some(decode_tokenizer(&mut rd)?);
-        return Ok(());
-    }
-    for id in comp.tensors(!m.tied()) {
-        match (decode_tensor(&mut rd, &id.gguf_name())?, id) {
-            (Tensor::Norm(v), TensorId::AttnNorm(l)) => m.weights.layers[l].attn_norm = v,
-            (Tensor::Norm(v), TensorId::FfnNorm(l)) => m.weights.layers[l].ffn_norm = v,
-            (Tensor::Norm(v), TensorId::OutNorm) => m.weights.out_norm = v,
-            (Tensor::Matrix(q), id) if id.class() != Class::Norm => *m.weights.matrix_mut(id) = q,
-            _ => {
-                return Err(Error::format(
-                    file,
-                    id.gguf_name(),
-                    "norm and matrix swapped",
-                ))
-            }
-        }
-    }
-    Ok(())
-}
-
-/// A model from verified entries alone (a warm load).
-fn assemble(m: &Manifest, entries: &HashMap<String, Vec<u8>>, r: &mut LoadReport) -> Result<Model> {
-    let mut tensors: HashMap<TensorId, Tensor> = HashMap::new();
-    let mut tokenizer = None;
-    for (comp, key) in &m.components {
-        let b = &entries[key];
-        r.largest_component_bytes = r.largest_component_bytes.max(b.len() as u64);
-        let payload = verified_payload(b);
-        let name = comp.name();
-        let mut rd = Reader {
-            b: payload,
-            file: &name,
-        };
-        if *comp == Component::Tokenizer {
-            tokenizer = Some(decode_tokenizer(&mut rd)?);
-        } else {
-            for id in comp.tensors(m.own_output) {
-                tensors.insert(id, decode_tensor(&mut rd, &id.gguf_name())?);
-            }
-        }
-        r.from_cache.push(name);
-    }
-    let weights = Weights::build(&m.config, !m.own_output, |id| {
-        tensors
-            .remove(&id)
-            .ok_or_else(|| Error::format("cache manifest", id.gguf_name(), "no component holds it"))
-    })?;
-    Ok(Model {
-        name: m.model.clone(),
-        config: m.config.clone(),
-        weights,
-        tokenizer,
-    })
-}

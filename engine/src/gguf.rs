@@ -198,10 +198,36 @@ impl<'a> Gguf<'a> {
 
     /// Parses a whole GGUF file held in memory. `file` names it in errors.
     pub fn parse(bytes: &'a [u8], file: &str) -> Result<Gguf<'a>> {
+        Self::parse_in(bytes, file, bytes.len() as u64)
+    }
+
+    /// Parses the header (metadata and tensor table) from the first bytes of a file of `total` bytes
+    /// still arriving: `None` until `prefix` holds the whole header. Counts and tensor ranges are
+    /// checked against `total`. The result has no tensor data: read tensors from the stream at
+    /// `data_offset + offset`, never with [`Gguf::tensor_data`].
+    pub fn parse_header(prefix: &[u8], file: &str, total: u64) -> Result<Option<Gguf<'static>>> {
+        match Gguf::parse_in(prefix, file, total) {
+            Ok(g) => Ok(Some(Gguf {
+                version: g.version,
+                metadata: g.metadata,
+                tensors: g.tensors,
+                alignment: g.alignment,
+                data_offset: g.data_offset,
+                data: &[],
+            })),
+            // The header runs past what has arrived (but not past the file): wait for more.
+            Err(Error::Format { msg, .. }) if msg == SHORT => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// `bytes` is the whole file when `total` is its length, else a prefix (header only).
+    fn parse_in(bytes: &'a [u8], file: &str, total: u64) -> Result<Gguf<'a>> {
         let mut r = Reader {
             buf: bytes,
             pos: 0,
             file,
+            total,
         };
         let magic = r.take(4, "magic")?;
         if magic != MAGIC {
@@ -334,7 +360,11 @@ impl<'a> Gguf<'a> {
         }
 
         let data_offset = (r.pos as u64).div_ceil(alignment) * alignment;
-        let data: &[u8] = if data_offset as usize <= bytes.len() {
+        let data_len = total.saturating_sub(data_offset);
+        let data: &[u8] = if (bytes.len() as u64) < total {
+            // A prefix: the ranges below are checked against the file's length instead.
+            &[]
+        } else if data_offset as usize <= bytes.len() {
             &bytes[data_offset as usize..]
         } else if tensors.is_empty() {
             &[]
@@ -350,7 +380,7 @@ impl<'a> Gguf<'a> {
         };
         for t in &tensors {
             let end = t.offset.checked_add(t.n_bytes());
-            if end.is_none_or(|e| e > data.len() as u64) {
+            if end.is_none_or(|e| e > data_len) {
                 return Err(Error::format(
                     file,
                     format!("tensor {:?}", t.name),
@@ -358,7 +388,7 @@ impl<'a> Gguf<'a> {
                         "data [{}..{}) runs past the end of the file (data section is {} bytes): truncated or corrupt",
                         t.offset,
                         t.offset.saturating_add(t.n_bytes()),
-                        data.len()
+                        data_len
                     ),
                 ));
             }
@@ -383,18 +413,27 @@ impl<'a> Gguf<'a> {
     }
 }
 
+/// How a streamed header parse tells "not arrived yet" from a truncated file.
+const SHORT: &str = "not arrived yet";
+
 struct Reader<'a> {
     buf: &'a [u8],
     pos: usize,
     file: &'a str,
+    /// The file's length; `buf` may be a prefix of it.
+    total: u64,
 }
 
 impl<'a> Reader<'a> {
+    /// Bytes left in the file (not only in `buf`), which bounds every count.
     fn remaining(&self) -> usize {
-        self.buf.len() - self.pos
+        (self.total as usize).saturating_sub(self.pos)
     }
 
     fn take(&mut self, n: usize, field: &str) -> Result<&'a [u8]> {
+        if n <= self.remaining() && self.pos + n > self.buf.len() {
+            return Err(Error::format(self.file, field, SHORT));
+        }
         if n > self.remaining() {
             return Err(Error::format(
                 self.file,

@@ -12,6 +12,7 @@ use crate::quant::{QMatrix, WType};
 use crate::{Decoder, Error, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
+use std::rc::Rc;
 use std::sync::{Arc, Mutex};
 use wgpu::util::DeviceExt;
 
@@ -519,7 +520,7 @@ enum BindKey {
     Argmax,
 }
 
-/// Weights uploaded to the GPU. Decoders share them (an `Arc`), so several KV configurations of one
+/// Weights uploaded to the GPU. Decoders share them (an `Rc`), so several KV configurations of one
 /// model upload it once.
 pub struct GpuWeights {
     name: String,
@@ -531,7 +532,7 @@ pub struct GpuWeights {
 
 impl GpuWeights {
     /// Uploads a model already in memory.
-    pub fn upload(gpu: &Gpu, model: &Model) -> Result<Arc<GpuWeights>> {
+    pub fn upload(gpu: &Gpu, model: &Model) -> Result<Rc<GpuWeights>> {
         let mut up = WeightUpload::begin(gpu, &Plan::of(model))?;
         for id in TensorId::all(&model.config, model.tied()) {
             if id.class() == Class::Norm {
@@ -729,7 +730,7 @@ impl<'g> WeightUpload<'g> {
     }
 
     /// The uploaded weights, once every tensor of the plan has arrived.
-    pub fn finish(mut self) -> Result<Arc<GpuWeights>> {
+    pub fn finish(mut self) -> Result<Rc<GpuWeights>> {
         let t0 = web_time::Instant::now();
         if let Some(id) = TensorId::all(&self.w.config, self.tied)
             .into_iter()
@@ -748,7 +749,42 @@ impl<'g> WeightUpload<'g> {
         }
         self.gpu.check_errors()?;
         self.upload_s += t0.elapsed().as_secs_f64();
-        Ok(Arc::new(self.w))
+        Ok(Rc::new(self.w))
+    }
+}
+
+/// A [`crate::cache::Sink`] that uploads each tensor as the load delivers it, so the CPU never
+/// holds the whole model.
+pub struct GpuSink<'g> {
+    gpu: &'g Gpu,
+    up: Option<WeightUpload<'g>>,
+}
+
+impl<'g> GpuSink<'g> {
+    pub fn new(gpu: &'g Gpu) -> Self {
+        GpuSink { gpu, up: None }
+    }
+
+    /// The uploaded weights and the largest buffer staged on the way.
+    pub fn finish(self) -> Result<(Rc<GpuWeights>, u64)> {
+        let up = self
+            .up
+            .ok_or_else(|| Error::Invalid("the load delivered no model".into()))?;
+        let staging = up.largest_staging;
+        Ok((up.finish()?, staging))
+    }
+}
+
+impl crate::cache::Sink for GpuSink<'_> {
+    fn begin(&mut self, plan: &Plan) -> Result<()> {
+        self.up = Some(WeightUpload::begin(self.gpu, plan)?);
+        Ok(())
+    }
+    fn put(&mut self, id: TensorId, t: Tensor) -> Result<()> {
+        match &mut self.up {
+            Some(up) => up.put(id, &t),
+            None => Err(Error::Invalid("a tensor arrived before the plan".into())),
+        }
     }
 }
 
@@ -758,7 +794,7 @@ pub struct GpuDecoder<'g> {
     config: Config,
     kv: KvConfig,
     theta: f32,
-    w: Arc<GpuWeights>,
+    w: Rc<GpuWeights>,
     acts: Vec<wgpu::Buffer>,
     kcache: Vec<wgpu::Buffer>,
     vcache: Vec<wgpu::Buffer>,
@@ -807,7 +843,7 @@ impl<'g> GpuDecoder<'g> {
     }
 
     /// A decoder on weights already uploaded, with its own KV cache and activations.
-    pub fn with_weights(gpu: &'g Gpu, w: Arc<GpuWeights>, kv: KvConfig) -> Result<Self> {
+    pub fn with_weights(gpu: &'g Gpu, w: Rc<GpuWeights>, kv: KvConfig) -> Result<Self> {
         let c = w.config.clone();
         Self::check(&c, &kv)?;
         let dev = &gpu.device;

@@ -620,146 +620,16 @@ impl Model {
     /// Reads a llama-architecture GGUF with its tokenizer.
     pub fn from_gguf(bytes: &[u8], file: &str) -> Result<Model> {
         let g = Gguf::parse(bytes, file)?;
-        match g.get("general.architecture").and_then(Value::as_str) {
-            Some("llama") => {}
-            Some(a) => {
-                return Err(Error::format(
-                    file,
-                    "general.architecture",
-                    format!("{a:?} is not supported (nibble runs \"llama\")"),
-                ))
-            }
-            None => return Err(Error::format(file, "general.architecture", "missing")),
-        }
-        let int = |key: &str| -> Result<usize> {
-            let v = g
-                .get(key)
-                .ok_or_else(|| Error::format(file, key, "missing"))?;
-            match v.as_int() {
-                Some(i) if i > 0 && i <= u32::MAX as i128 => Ok(i as usize),
-                _ => Err(Error::format(
-                    file,
-                    key,
-                    format!("{} is not a positive integer", v.display_short()),
-                )),
-            }
-        };
-        let float = |key: &str, default: f32| -> Result<f32> {
-            match g.get(key) {
-                None => Ok(default),
-                Some(v) => v.as_f64().map(|f| f as f32).ok_or_else(|| {
-                    Error::format(file, key, format!("{} is not a number", v.display_short()))
-                }),
-            }
-        };
-        let dim = int("llama.embedding_length")?;
-        let n_heads = int("llama.attention.head_count")?;
-        let n_kv_heads = match g.get("llama.attention.head_count_kv") {
-            None => n_heads,
-            Some(_) => int("llama.attention.head_count_kv")?,
-        };
-        let emb = g
-            .tensor("token_embd.weight")
-            .ok_or_else(|| Error::format(file, "tensor \"token_embd.weight\"", "missing"))?;
-        let vocab_size = match g.get("llama.vocab_size") {
-            Some(_) => int("llama.vocab_size")?,
-            None => *emb.dims.get(1).unwrap_or(&0) as usize,
-        };
-        let config = Config {
-            dim,
-            hidden_dim: int("llama.feed_forward_length")?,
-            n_layers: int("llama.block_count")?,
-            n_heads,
-            n_kv_heads,
-            vocab_size,
-            seq_len: int("llama.context_length")?,
-            rope_theta: float("llama.rope.freq_base", 10000.0)?,
-            norm_eps: float("llama.attention.layer_norm_rms_epsilon", 1e-5)?,
-        };
-        config.validate(file)?;
-        if let Some(v) = g.get("llama.rope.dimension_count") {
-            if v.as_int() != Some(config.head_size() as i128) {
-                return Err(Error::format(
-                    file,
-                    "llama.rope.dimension_count",
-                    format!(
-                        "{} but the head size is {}: partial RoPE is not supported",
-                        v.display_short(),
-                        config.head_size()
-                    ),
-                ));
-            }
-        }
-        let tied = g.tensor("output.weight").is_none();
-        let c = &config;
-        let weights = Weights::build(c, tied, |id| {
-            let name = id.gguf_name();
-            let field = format!("tensor {name:?}");
-            let t = g
-                .tensor(&name)
-                .ok_or_else(|| Error::format(file, &field, "missing"))?;
-            let (rows, cols) = id.shape(c);
-            let want: Vec<u64> = if rows == 1 {
-                vec![cols as u64]
-            } else {
-                vec![cols as u64, rows as u64]
-            };
-            // ggml allows trailing 1-sized dims.
-            let mut dims = t.dims.clone();
-            while dims.len() > want.len() && dims.last() == Some(&1) {
-                dims.pop();
-            }
-            if dims != want {
-                return Err(Error::format(
-                    file,
-                    &field,
-                    format!(
-                        "dims {:?} contradict the metadata, which implies {want:?}",
-                        t.dims
-                    ),
-                ));
-            }
-            let data = g.tensor_data(t);
-            if id.class() == Class::Norm {
-                let m = QMatrix::from_ggml(t.ty, 1, cols, data);
-                if m.ty.is_quantized() {
-                    return Err(Error::format(
-                        file,
-                        &field,
-                        "norm weights must be F32 or F16",
-                    ));
-                }
-                return Ok(Tensor::Norm(m.to_f32()));
-            }
-            Ok(Tensor::Matrix(QMatrix::from_ggml(t.ty, rows, cols, data)))
+        let head = GgufModel::read(&g, file)?;
+        let weights = Weights::build(&head.config, head.tied, |id| {
+            let info = head.info(&g, id)?;
+            head.tensor(id, info, g.tensor_data(info))
         })?;
-        let tokenizer = if g.get("tokenizer.ggml.model").is_some() {
-            let tok = Tokenizer::from_gguf(&g, file)?;
-            if tok.vocab_size() != c.vocab_size {
-                return Err(Error::format(
-                    file,
-                    "tokenizer.ggml.tokens",
-                    format!(
-                        "{} tokens but the model's vocabulary is {}",
-                        tok.vocab_size(),
-                        c.vocab_size
-                    ),
-                ));
-            }
-            Some(tok)
-        } else {
-            None
-        };
-        let name = g
-            .get("general.name")
-            .and_then(Value::as_str)
-            .map(str::to_string)
-            .unwrap_or_else(|| file_stem(file));
         Ok(Model {
-            name,
-            config,
+            name: head.name,
+            config: head.config,
             weights,
-            tokenizer,
+            tokenizer: head.tokenizer,
         })
     }
 
@@ -964,6 +834,175 @@ impl Model {
 }
 
 /// One synthetic tensor: uniform with variance 1/fan_in (embedding: unit variance), norms in [0.8, 1.2].
+/// What a GGUF header says about a Llama: everything but the tensor data, so a streamed load can
+/// plan before the tensors arrive.
+pub struct GgufModel {
+    pub name: String,
+    pub config: Config,
+    pub tied: bool,
+    pub tokenizer: Option<Tokenizer>,
+    file: String,
+}
+
+impl GgufModel {
+    pub fn read(g: &Gguf, file: &str) -> Result<GgufModel> {
+        match g.get("general.architecture").and_then(Value::as_str) {
+            Some("llama") => {}
+            Some(a) => {
+                return Err(Error::format(
+                    file,
+                    "general.architecture",
+                    format!("{a:?} is not supported (nibble runs \"llama\")"),
+                ))
+            }
+            None => return Err(Error::format(file, "general.architecture", "missing")),
+        }
+        let int = |key: &str| -> Result<usize> {
+            let v = g
+                .get(key)
+                .ok_or_else(|| Error::format(file, key, "missing"))?;
+            match v.as_int() {
+                Some(i) if i > 0 && i <= u32::MAX as i128 => Ok(i as usize),
+                _ => Err(Error::format(
+                    file,
+                    key,
+                    format!("{} is not a positive integer", v.display_short()),
+                )),
+            }
+        };
+        let float = |key: &str, default: f32| -> Result<f32> {
+            match g.get(key) {
+                None => Ok(default),
+                Some(v) => v.as_f64().map(|f| f as f32).ok_or_else(|| {
+                    Error::format(file, key, format!("{} is not a number", v.display_short()))
+                }),
+            }
+        };
+        let dim = int("llama.embedding_length")?;
+        let n_heads = int("llama.attention.head_count")?;
+        let n_kv_heads = match g.get("llama.attention.head_count_kv") {
+            None => n_heads,
+            Some(_) => int("llama.attention.head_count_kv")?,
+        };
+        let emb = g
+            .tensor("token_embd.weight")
+            .ok_or_else(|| Error::format(file, "tensor \"token_embd.weight\"", "missing"))?;
+        let vocab_size = match g.get("llama.vocab_size") {
+            Some(_) => int("llama.vocab_size")?,
+            None => *emb.dims.get(1).unwrap_or(&0) as usize,
+        };
+        let config = Config {
+            dim,
+            hidden_dim: int("llama.feed_forward_length")?,
+            n_layers: int("llama.block_count")?,
+            n_heads,
+            n_kv_heads,
+            vocab_size,
+            seq_len: int("llama.context_length")?,
+            rope_theta: float("llama.rope.freq_base", 10000.0)?,
+            norm_eps: float("llama.attention.layer_norm_rms_epsilon", 1e-5)?,
+        };
+        config.validate(file)?;
+        if let Some(v) = g.get("llama.rope.dimension_count") {
+            if v.as_int() != Some(config.head_size() as i128) {
+                return Err(Error::format(
+                    file,
+                    "llama.rope.dimension_count",
+                    format!(
+                        "{} but the head size is {}: partial RoPE is not supported",
+                        v.display_short(),
+                        config.head_size()
+                    ),
+                ));
+            }
+        }
+        let tied = g.tensor("output.weight").is_none();
+        let head = GgufModel {
+            name: g
+                .get("general.name")
+                .and_then(Value::as_str)
+                .map(str::to_string)
+                .unwrap_or_else(|| file_stem(file)),
+            tokenizer: None,
+            config,
+            tied,
+            file: file.to_string(),
+        };
+        // Every tensor must be there with the shape the metadata implies, before any data is read.
+        for id in TensorId::all(&head.config, tied) {
+            head.info(g, id)?;
+        }
+        let tokenizer = if g.get("tokenizer.ggml.model").is_some() {
+            let tok = Tokenizer::from_gguf(g, file)?;
+            if tok.vocab_size() != head.config.vocab_size {
+                return Err(Error::format(
+                    file,
+                    "tokenizer.ggml.tokens",
+                    format!(
+                        "{} tokens but the model's vocabulary is {}",
+                        tok.vocab_size(),
+                        head.config.vocab_size
+                    ),
+                ));
+            }
+            Some(tok)
+        } else {
+            None
+        };
+        Ok(GgufModel { tokenizer, ..head })
+    }
+
+    /// The table entry of tensor `id`, checked against the shape the metadata implies.
+    pub fn info<'g>(&self, g: &'g Gguf, id: TensorId) -> Result<&'g gguf::TensorInfo> {
+        let file = self.file.as_str();
+        let name = id.gguf_name();
+        let field = format!("tensor {name:?}");
+        let t = g
+            .tensor(&name)
+            .ok_or_else(|| Error::format(file, &field, "missing"))?;
+        let (rows, cols) = id.shape(&self.config);
+        let want: Vec<u64> = if rows == 1 {
+            vec![cols as u64]
+        } else {
+            vec![cols as u64, rows as u64]
+        };
+        // ggml allows trailing 1-sized dims.
+        let mut dims = t.dims.clone();
+        while dims.len() > want.len() && dims.last() == Some(&1) {
+            dims.pop();
+        }
+        if dims != want {
+            return Err(Error::format(
+                file,
+                &field,
+                format!(
+                    "dims {:?} contradict the metadata, which implies {want:?}",
+                    t.dims
+                ),
+            ));
+        }
+        if id.class() == Class::Norm && !matches!(t.ty, GgmlType::F32 | GgmlType::F16) {
+            return Err(Error::format(
+                file,
+                &field,
+                "norm weights must be F32 or F16",
+            ));
+        }
+        Ok(t)
+    }
+
+    /// Tensor `id` from its bytes (`n_bytes` of its table entry).
+    pub fn tensor(&self, id: TensorId, info: &gguf::TensorInfo, data: &[u8]) -> Result<Tensor> {
+        let (rows, cols) = id.shape(&self.config);
+        if id.class() == Class::Norm {
+            return Ok(Tensor::Norm(
+                QMatrix::from_ggml(info.ty, 1, cols, data).to_f32(),
+            ));
+        }
+        Ok(Tensor::Matrix(QMatrix::from_ggml(info.ty, rows, cols, data)))
+    }
+}
+
 fn synth_tensor(c: &Config, seed: u64, id: TensorId) -> Tensor {
     let (rows, cols) = id.shape(c);
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);

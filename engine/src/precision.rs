@@ -165,9 +165,14 @@ impl WeightConfig {
     /// The (type, block) matrix `id` of shape `m` ends up with, the fallback to f16 included, without
     /// quantizing anything.
     pub fn target(&self, id: TensorId, m: &QMatrix) -> (WType, usize) {
+        self.target_of(id, m.ty, m.block, m.cols)
+    }
+
+    /// [`WeightConfig::target`] from a source matrix's type, block and row length alone.
+    pub fn target_of(&self, id: TensorId, ty: WType, block: usize, cols: usize) -> (WType, usize) {
         match self.type_for(id) {
-            None => (m.ty, m.block),
-            Some(t) if t.is_quantized() && m.cols % self.block != 0 => (WType::F16, 1),
+            None => (ty, block),
+            Some(t) if t.is_quantized() && cols % self.block != 0 => (WType::F16, 1),
             Some(t) if t.is_quantized() => (t, self.block),
             Some(t) => (t, 1),
         }

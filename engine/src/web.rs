@@ -180,17 +180,55 @@ async fn fetch_response(url: &str, method: &str) -> Result<web_sys::Response, St
     Ok(resp)
 }
 
-/// Fetches `url` as a stream, reporting bytes as they arrive.
+/// A GET whose body is read chunk by chunk.
+struct BodyStream {
+    url: String,
+    total: Option<u64>,
+    reader: web_sys::ReadableStreamDefaultReader,
+}
+
+impl BodyStream {
+    async fn open(url: &str) -> Result<BodyStream, String> {
+        let resp = fetch_response(url, "GET").await?;
+        let total = resp
+            .headers()
+            .get("content-length")
+            .ok()
+            .flatten()
+            .and_then(|v| v.parse().ok());
+        let body = resp.body().ok_or_else(|| format!("{url}: no body"))?;
+        let reader = body
+            .get_reader()
+            .dyn_into()
+            .map_err(|_| "no stream reader".to_string())?;
+        Ok(BodyStream {
+            url: url.to_string(),
+            total,
+            reader,
+        })
+    }
+
+    /// The next chunk the network delivered, `None` at the end.
+    async fn next(&self) -> Result<Option<Vec<u8>>, String> {
+        let chunk = JsFuture::from(self.reader.read())
+            .await
+            .map_err(|e| format!("{}: {}", self.url, js_err(e)))?;
+        if get(&chunk, "done").as_bool().unwrap_or(true) {
+            return Ok(None);
+        }
+        let v: Uint8Array = get(&chunk, "value")
+            .dyn_into()
+            .map_err(|_| "chunk is not bytes".to_string())?;
+        Ok(Some(v.to_vec()))
+    }
+}
+
+/// Fetches `url` whole, reporting bytes as they arrive.
 async fn fetch_bytes(url: &str, on_progress: &Function) -> Result<Vec<u8>, String> {
-    let resp = fetch_response(url, "GET").await?;
-    let total: Option<u64> = resp
-        .headers()
-        .get("content-length")
-        .ok()
-        .flatten()
-        .and_then(|v| v.parse().ok());
-    // wasm32 addresses 4 GiB, and a load holds the file and then its parsed tensors: refuse what
-    // cannot fit before downloading it, instead of aborting on a failed allocation.
+    let body = BodyStream::open(url).await?;
+    let total = body.total;
+    // wasm32 addresses 4 GiB, and a whole-file load holds the file and then its parsed tensors:
+    // refuse what cannot fit before downloading it, instead of aborting on a failed allocation.
     if let Some(t) = total {
         let in_use = scenario::HostMemory::now().wasm_memory_bytes.unwrap_or(0);
         let need = 2 * t + in_use;
@@ -202,26 +240,10 @@ async fn fetch_bytes(url: &str, on_progress: &Function) -> Result<Vec<u8>, Strin
             ));
         }
     }
-    let body = resp.body().ok_or_else(|| format!("{url}: no body"))?;
-    let reader: web_sys::ReadableStreamDefaultReader = body
-        .get_reader()
-        .dyn_into()
-        .map_err(|_| "no stream reader".to_string())?;
     let mut buf = Vec::with_capacity(total.unwrap_or(0) as usize);
     let mut last = 0;
-    loop {
-        let chunk = JsFuture::from(reader.read())
-            .await
-            .map_err(|e| format!("{url}: {}", js_err(e)))?;
-        if get(&chunk, "done").as_bool().unwrap_or(true) {
-            break;
-        }
-        let v: Uint8Array = get(&chunk, "value")
-            .dyn_into()
-            .map_err(|_| "chunk is not bytes".to_string())?;
-        let at = buf.len();
-        buf.resize(at + v.length() as usize, 0);
-        v.copy_to(&mut buf[at..]);
+    while let Some(c) = body.next().await? {
+        buf.extend_from_slice(&c);
         if buf.len() - last >= 1 << 20 {
             last = buf.len();
             report(
@@ -631,14 +653,15 @@ impl crate::cache::Store for OpfsStore {
     }
 }
 
-/// The model (and tokenizer) behind URLs. Identity: each URL with the size and ETag a HEAD request
-/// answers, so a changed file misses the manifest without being downloaded.
+/// The model (and tokenizer) behind URLs, the model streamed as the network delivers it. Identity:
+/// each URL with the size and ETag a HEAD request answers, so a changed file misses the manifest
+/// without being downloaded.
 struct HttpSource {
     model_url: String,
     tokenizer_url: Option<String>,
     id: String,
     on_progress: Function,
-    bytes: Option<crate::cache::Bytes>,
+    body: Option<BodyStream>,
 }
 
 async fn head_stamp(url: &str) -> Result<String, String> {
@@ -657,12 +680,9 @@ impl crate::cache::Source for HttpSource {
         self.id.clone()
     }
 
-    fn fetch(&mut self) -> crate::Fut<'_, u64> {
+    fn open(&mut self) -> crate::Fut<'_, crate::cache::Opened> {
         Box::pin(async move {
             let e = crate::Error::Invalid;
-            let model = fetch_bytes(&self.model_url, &self.on_progress)
-                .await
-                .map_err(e)?;
             let tokenizer = match &self.tokenizer_url {
                 Some(u) => Some((
                     fetch_bytes(u, &self.on_progress).await.map_err(e)?,
@@ -670,28 +690,31 @@ impl crate::cache::Source for HttpSource {
                 )),
                 None => None,
             };
-            let n = model.len() + tokenizer.as_ref().map_or(0, |(b, _)| b.len());
+            let body = BodyStream::open(&self.model_url).await.map_err(e)?;
             let name = self
                 .model_url
                 .rsplit('/')
                 .next()
                 .unwrap_or("model")
                 .to_string();
-            self.bytes = Some(crate::cache::Bytes {
-                id: self.id.clone(),
+            let len = body.total;
+            self.body = Some(body);
+            Ok(crate::cache::Opened::Stream {
+                gguf_name: name.ends_with(".gguf"),
                 name,
-                model,
+                len,
                 tokenizer,
-            });
-            Ok(n as u64)
+            })
         })
     }
 
-    fn parse(&mut self) -> crate::Result<Model> {
-        match &mut self.bytes {
-            Some(b) => b.parse_model(),
-            None => Err(crate::Error::Invalid("parse before fetch".into())),
-        }
+    fn next_chunk(&mut self) -> crate::Fut<'_, Option<Vec<u8>>> {
+        Box::pin(async move {
+            match &self.body {
+                Some(b) => b.next().await.map_err(crate::Error::Invalid),
+                None => Err(crate::Error::Invalid("read before open".into())),
+            }
+        })
     }
 }
 
@@ -729,7 +752,7 @@ pub async fn reload(job: String, on_progress: Function) -> Result<String, JsErro
         tokenizer_url: j.tokenizer_url.clone(),
         id,
         on_progress: on_progress.clone(),
-        bytes: None,
+        body: None,
     };
     // A browser without the store still loads, uncached, and the report says why.
     let store: Result<Box<dyn crate::cache::Store>, String> = match j.store.as_deref() {

@@ -3,7 +3,7 @@
 mod common;
 use common::*;
 use nibble_engine::block_on;
-use nibble_engine::cache::{self, Bytes, InMemory, Key, LoadReport, MemStore, Source, Store};
+use nibble_engine::cache::{self, Bytes, InMemory, Key, LoadReport, MemStore, Opened, Source, Store};
 use nibble_engine::cpu::CpuDecoder;
 use nibble_engine::measure::{self, RunConfig};
 use nibble_engine::{Decoder, Fut, Model};
@@ -18,22 +18,21 @@ impl Source for Files {
     fn identity(&self) -> String {
         "stories260K.bin+tok512.bin (test)".into()
     }
-    fn fetch(&mut self) -> Fut<'_, u64> {
+    fn open(&mut self) -> Fut<'_, Opened> {
         self.fetches += 1;
         let d = models_dir();
-        let model = std::fs::read(d.join("stories260K.bin")).unwrap();
-        let tok = std::fs::read(d.join("tok512.bin")).unwrap();
-        let n = (model.len() + tok.len()) as u64;
         self.inner = Some(Bytes {
             id: self.identity(),
             name: "stories260K.bin".into(),
-            model,
-            tokenizer: Some((tok, "tok512.bin".into())),
+            model: std::fs::read(d.join("stories260K.bin")).unwrap(),
+            tokenizer: Some((std::fs::read(d.join("tok512.bin")).unwrap(), "tok512.bin".into())),
+            chunk: 100_000,
+            at: 0,
         });
-        Box::pin(std::future::ready(Ok(n)))
+        self.inner.as_mut().unwrap().open()
     }
-    fn parse(&mut self) -> nibble_engine::Result<Model> {
-        self.inner.as_mut().unwrap().parse_model()
+    fn next_chunk(&mut self) -> Fut<'_, Option<Vec<u8>>> {
+        self.inner.as_mut().unwrap().next_chunk()
     }
 }
 

@@ -107,15 +107,18 @@ impl Store for DirStore {
 pub struct FileSource {
     pub model: PathBuf,
     pub tokenizer: Option<PathBuf>,
-    bytes: Option<cache::Bytes>,
+    file: Option<std::fs::File>,
 }
+
+/// Bytes per read while streaming a model file.
+const CHUNK: usize = 4 << 20;
 
 impl FileSource {
     pub fn new(model: PathBuf, tokenizer: Option<PathBuf>) -> FileSource {
         FileSource {
             model,
             tokenizer,
-            bytes: None,
+            file: None,
         }
     }
 }
@@ -145,31 +148,46 @@ impl Source for FileSource {
         s
     }
 
-    fn fetch(&mut self) -> Fut<'_, u64> {
-        let read = |p: &Path| std::fs::read(p).map_err(|e| Error::io(&p.display().to_string(), e));
+    fn open(&mut self) -> Fut<'_, cache::Opened> {
+        let io = |p: &Path| {
+            let f = p.display().to_string();
+            move |e| Error::io(&f, e)
+        };
         let r = (|| {
-            let model = read(&self.model)?;
+            let f = std::fs::File::open(&self.model).map_err(io(&self.model))?;
+            let len = f.metadata().map_err(io(&self.model))?.len();
+            self.file = Some(f);
             let tokenizer = match &self.tokenizer {
-                Some(t) => Some((read(t)?, t.display().to_string())),
+                Some(t) => Some((std::fs::read(t).map_err(io(t))?, t.display().to_string())),
                 None => None,
             };
-            let n = model.len() + tokenizer.as_ref().map_or(0, |(b, _)| b.len());
-            self.bytes = Some(cache::Bytes {
-                id: self.identity(),
+            Ok(cache::Opened::Stream {
                 name: self.model.display().to_string(),
-                model,
+                len: Some(len),
+                gguf_name: self
+                    .model
+                    .extension()
+                    .is_some_and(|e| e.eq_ignore_ascii_case("gguf")),
                 tokenizer,
-            });
-            Ok(n as u64)
+            })
         })();
         Box::pin(std::future::ready(r))
     }
 
-    fn parse(&mut self) -> nibble_engine::Result<Model> {
-        match &mut self.bytes {
-            Some(b) => b.parse_model(),
-            None => Err(Error::Invalid("parse before fetch".into())),
-        }
+    fn next_chunk(&mut self) -> Fut<'_, Option<Vec<u8>>> {
+        use std::io::Read as _;
+        let r = match &mut self.file {
+            None => Err(Error::Invalid("read before open".into())),
+            Some(f) => {
+                let mut buf = Vec::with_capacity(CHUNK);
+                match f.take(CHUNK as u64).read_to_end(&mut buf) {
+                    Ok(0) => Ok(None),
+                    Ok(_) => Ok(Some(buf)),
+                    Err(e) => Err(Error::io(&self.model.display().to_string(), e)),
+                }
+            }
+        };
+        Box::pin(std::future::ready(r))
     }
 }
 
