@@ -222,7 +222,9 @@ impl Source for InMemory {
         self.id.clone()
     }
     fn open(&mut self) -> Fut<'_, Opened> {
-        Box::pin(std::future::ready(Ok(Opened::Model(Box::new((self.make)())))))
+        Box::pin(std::future::ready(Ok(Opened::Model(Box::new(
+            (self.make)(),
+        )))))
     }
     fn next_chunk(&mut self) -> Fut<'_, Option<Vec<u8>>> {
         Box::pin(std::future::ready(Ok(None)))
@@ -468,10 +470,11 @@ pub async fn load_into(
         // load is cold but reuses every component already written.
         let t0 = Instant::now();
         let plan = l.plan.clone().expect("planned");
-        let mut listed: Vec<(Component, String)> = Component::all(&plan.config, l.tokenizer.is_some())
-            .into_iter()
-            .filter_map(|c| l.done.get(&c).map(|k| (c, k.clone())))
-            .collect();
+        let mut listed: Vec<(Component, String)> =
+            Component::all(&plan.config, l.tokenizer.is_some())
+                .into_iter()
+                .filter_map(|c| l.done.get(&c).map(|k| (c, k.clone())))
+                .collect();
         listed.dedup();
         let m = Manifest {
             format: FORMAT,
@@ -623,7 +626,9 @@ impl Loader<'_> {
                     }
                 },
                 None => {
-                    self.r.corrupt.push(format!("{}: entry missing", comp.name()));
+                    self.r
+                        .corrupt
+                        .push(format!("{}: entry missing", comp.name()));
                     None
                 }
             };
@@ -637,7 +642,13 @@ impl Loader<'_> {
     }
 
     /// Decodes a verified entry and hands its tensors to the sink.
-    fn deliver_cached(&mut self, comp: Component, entry: &[u8], own_output: bool, key: &str) -> Result<()> {
+    fn deliver_cached(
+        &mut self,
+        comp: Component,
+        entry: &[u8],
+        own_output: bool,
+        key: &str,
+    ) -> Result<()> {
         let t0 = Instant::now();
         self.r.cache_bytes_read += entry.len() as u64;
         self.r.largest_component_bytes = self.r.largest_component_bytes.max(entry.len() as u64);
@@ -703,7 +714,10 @@ impl Loader<'_> {
         self.r.built.push(comp.name());
         if let Some(s) = self.writable {
             let t0 = Instant::now();
-            let sealed = seal(&key, &encode_component(comp, &built, self.tokenizer.as_ref()));
+            let sealed = seal(
+                &key,
+                &encode_component(comp, &built, self.tokenizer.as_ref()),
+            );
             self.r.largest_component_bytes =
                 self.r.largest_component_bytes.max(sealed.len() as u64);
             match s.put(&hex, &sealed).await {
@@ -729,7 +743,13 @@ impl Loader<'_> {
     }
 
     /// The plan of a model whose source tensors have these types: each matrix's final type.
-    fn plan_of(&self, name: &str, c: &Config, tied: bool, src: &dyn Fn(TensorId) -> (WType, usize)) -> Plan {
+    fn plan_of(
+        &self,
+        name: &str,
+        c: &Config,
+        tied: bool,
+        src: &dyn Fn(TensorId) -> (WType, usize),
+    ) -> Plan {
         let own_output = !tied || self.cfg.unties();
         Plan {
             name: name.to_string(),
@@ -740,7 +760,11 @@ impl Loader<'_> {
                 .filter(|id| id.class() != Class::Norm)
                 .map(|id| {
                     // An untied classifier starts as a copy of the embedding.
-                    let from = if tied && id == TensorId::Output { TensorId::TokEmbd } else { id };
+                    let from = if tied && id == TensorId::Output {
+                        TensorId::TokEmbd
+                    } else {
+                        id
+                    };
                     let (ty, block) = src(from);
                     let (t, b) = self.cfg.target_of(id, ty, block, id.shape(c).1);
                     (id, t, b)
@@ -827,9 +851,11 @@ impl Loader<'_> {
             }
             if !self.pull(src, &mut buf).await? {
                 // Ended inside the header: the whole-file parser names the field.
-                return Err(crate::gguf::Gguf::parse(&buf, name).err().unwrap_or_else(|| {
-                    Error::format(name, "header", "the stream ended inside the header")
-                }));
+                return Err(crate::gguf::Gguf::parse(&buf, name)
+                    .err()
+                    .unwrap_or_else(|| {
+                        Error::format(name, "header", "the stream ended inside the header")
+                    }));
             }
         };
         let mut head = crate::model::GgufModel::read(&g, name)?;
@@ -865,7 +891,11 @@ impl Loader<'_> {
         }
         // Absolute byte ranges of each component's tensors, in file order of their last byte.
         let range = |id: TensorId| -> (u64, u64) {
-            let from = if untie && id == TensorId::Output { TensorId::TokEmbd } else { id };
+            let from = if untie && id == TensorId::Output {
+                TensorId::TokEmbd
+            } else {
+                id
+            };
             let i = head.info(&g, from).expect("checked in read");
             let start = g.data_offset + i.offset;
             (start, start + i.n_bytes())
@@ -889,7 +919,11 @@ impl Loader<'_> {
                 let mut tensors = Vec::with_capacity(ids.len());
                 for id in ids {
                     let (s, e) = range(id);
-                    let from = if untie && id == TensorId::Output { TensorId::TokEmbd } else { id };
+                    let from = if untie && id == TensorId::Output {
+                        TensorId::TokEmbd
+                    } else {
+                        id
+                    };
                     let info = head.info(&g, from).expect("checked in read");
                     let bytes = &buf[(s - base) as usize..(e - base) as usize];
                     tensors.push((id, head.tensor(from, info, bytes)?));
@@ -1154,4 +1188,3 @@ fn decode_tokenizer(rd: &mut Reader) -> Result<Tokenizer> {
     }
     Ok(Tokenizer::new(pieces, scores, types, bos, eos))
 }
-

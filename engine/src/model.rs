@@ -999,7 +999,9 @@ impl GgufModel {
                 QMatrix::from_ggml(info.ty, 1, cols, data).to_f32(),
             ));
         }
-        Ok(Tensor::Matrix(QMatrix::from_ggml(info.ty, rows, cols, data)))
+        Ok(Tensor::Matrix(QMatrix::from_ggml(
+            info.ty, rows, cols, data,
+        )))
     }
 }
 

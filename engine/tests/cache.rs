@@ -3,7 +3,9 @@
 mod common;
 use common::*;
 use nibble_engine::block_on;
-use nibble_engine::cache::{self, Bytes, InMemory, Key, LoadReport, MemStore, Opened, Source, Store};
+use nibble_engine::cache::{
+    self, Bytes, InMemory, Key, LoadReport, MemStore, Opened, Source, Store,
+};
 use nibble_engine::cpu::CpuDecoder;
 use nibble_engine::measure::{self, RunConfig};
 use nibble_engine::{Decoder, Fut, Model};
@@ -25,7 +27,10 @@ impl Source for Files {
             id: self.identity(),
             name: "stories260K.bin".into(),
             model: std::fs::read(d.join("stories260K.bin")).unwrap(),
-            tokenizer: Some((std::fs::read(d.join("tok512.bin")).unwrap(), "tok512.bin".into())),
+            tokenizer: Some((
+                std::fs::read(d.join("tok512.bin")).unwrap(),
+                "tok512.bin".into(),
+            )),
             chunk: 100_000,
             at: 0,
         });
@@ -218,4 +223,103 @@ fn unseal_refuses_every_cut_and_a_foreign_key() {
     assert!(cache::unseal(&Key([8; 32]), &sealed)
         .unwrap_err()
         .contains("another key"));
+}
+
+/// A model file whose stream stops after `stop` bytes although its length says more (a dropped
+/// connection).
+struct Cut {
+    inner: Bytes,
+    stop: usize,
+}
+
+impl Source for Cut {
+    fn identity(&self) -> String {
+        self.inner.identity()
+    }
+    fn open(&mut self) -> Fut<'_, Opened> {
+        self.inner.open()
+    }
+    fn next_chunk(&mut self) -> Fut<'_, Option<Vec<u8>>> {
+        if self.inner.at >= self.stop {
+            return Box::pin(std::future::ready(Ok(None)));
+        }
+        self.inner.next_chunk()
+    }
+}
+
+fn builtin_gguf(chunk: usize) -> Bytes {
+    let mut file = Vec::new();
+    Model::builtin().write_gguf(&mut file).unwrap();
+    Bytes {
+        id: "builtin.gguf (test)".into(),
+        name: "builtin.gguf".into(),
+        model: file,
+        tokenizer: None,
+        chunk,
+        at: 0,
+    }
+}
+
+#[test]
+fn a_gguf_streams_component_by_component() {
+    let chunk = 16 << 10;
+    let mut src = builtin_gguf(chunk);
+    let file_len = src.model.len();
+    let store = MemStore::default();
+    let mut said = Vec::new();
+    let cfg = RunConfig::parse("weights=q4_0").unwrap();
+    let l = block_on(cache::load(
+        &mut src,
+        &cfg.weights,
+        Some(&store),
+        &mut |m| said.push(m),
+    ))
+    .unwrap();
+    let r = &l.report;
+    assert!(r.streamed && r.not_streamed.is_none(), "{r:?}");
+    assert_eq!(r.bytes_fetched, file_len as u64);
+    // The window holds one component's source bytes (the feed-forward, the largest: three f32
+    // 256x512 matrices and a norm) plus a chunk, never the 5 MB file.
+    let ffn = (3 * 256 * 512 + 256) * 4;
+    assert!(
+        r.peak_buffered_bytes >= ffn as u64
+            && r.peak_buffered_bytes <= (ffn + 2 * chunk + 4096) as u64,
+        "peak {} bytes buffered of a {file_len}-byte file",
+        r.peak_buffered_bytes
+    );
+    // Progress names components and bytes as they arrive.
+    assert!(
+        said.iter()
+            .any(|m| m.contains("components") && m.contains("MB fetched")),
+        "{said:?}"
+    );
+    // The same model as parsing the whole file, then preparing it.
+    let whole = Model::from_gguf(&src.model, "builtin.gguf").unwrap();
+    let (want, _) = measure::prepare(&whole, &cfg).unwrap();
+    assert_eq!(logits(&l.model), logits(&want));
+    // And the next load is warm, with nothing fetched.
+    let (warm, w) = load(&mut src, "weights=q4_0", &store);
+    assert_eq!((w.path.as_str(), w.bytes_fetched), ("warm", 0));
+    assert_eq!(logits(&warm), logits(&want));
+}
+
+#[test]
+fn a_stream_cut_short_is_a_clear_error() {
+    let file_len = builtin_gguf(1).model.len();
+    // Inside the header, then inside a layer's tensors.
+    for stop in [100, file_len / 2] {
+        let mut src = Cut {
+            inner: builtin_gguf(4096),
+            stop,
+        };
+        let cfg = RunConfig::parse("weights=q4_0").unwrap();
+        let e = block_on(cache::load(&mut src, &cfg.weights, None, &mut |_| {}))
+            .err()
+            .unwrap_or_else(|| panic!("a stream cut at {stop} loaded"))
+            .to_string();
+        assert!(
+            e.starts_with("builtin.gguf: ") && e.contains("truncated"),
+            "cut at {stop}: {e}"
+        );
+    }
 }
