@@ -180,11 +180,17 @@ async fn fetch_response(url: &str, method: &str) -> Result<web_sys::Response, St
     Ok(resp)
 }
 
-/// A GET whose body is read chunk by chunk.
+/// Bytes copied into wasm memory at once. A browser may deliver a local file as one multi-megabyte
+/// chunk; the rest of it waits on the JS side, outside wasm memory.
+const PIECE: u32 = 512 << 10;
+
+/// A GET whose body is read piece by piece.
 struct BodyStream {
     url: String,
     total: Option<u64>,
     reader: web_sys::ReadableStreamDefaultReader,
+    /// The network chunk being handed out, and how far.
+    pending: RefCell<Option<(Uint8Array, u32)>>,
 }
 
 impl BodyStream {
@@ -205,21 +211,33 @@ impl BodyStream {
             url: url.to_string(),
             total,
             reader,
+            pending: RefCell::new(None),
         })
     }
 
-    /// The next chunk the network delivered, `None` at the end.
+    /// The next bytes the network delivered (at most [`PIECE`]), `None` at the end.
     async fn next(&self) -> Result<Option<Vec<u8>>, String> {
-        let chunk = JsFuture::from(self.reader.read())
-            .await
-            .map_err(|e| format!("{}: {}", self.url, js_err(e)))?;
-        if get(&chunk, "done").as_bool().unwrap_or(true) {
-            return Ok(None);
+        loop {
+            let pending = self.pending.borrow_mut().take();
+            if let Some((arr, at)) = pending {
+                let end = (at + PIECE).min(arr.length());
+                let v = arr.subarray(at, end).to_vec();
+                if end < arr.length() {
+                    *self.pending.borrow_mut() = Some((arr, end));
+                }
+                return Ok(Some(v));
+            }
+            let chunk = JsFuture::from(self.reader.read())
+                .await
+                .map_err(|e| format!("{}: {}", self.url, js_err(e)))?;
+            if get(&chunk, "done").as_bool().unwrap_or(true) {
+                return Ok(None);
+            }
+            let v: Uint8Array = get(&chunk, "value")
+                .dyn_into()
+                .map_err(|_| "chunk is not bytes".to_string())?;
+            *self.pending.borrow_mut() = Some((v, 0));
         }
-        let v: Uint8Array = get(&chunk, "value")
-            .dyn_into()
-            .map_err(|_| "chunk is not bytes".to_string())?;
-        Ok(Some(v.to_vec()))
     }
 }
 

@@ -111,7 +111,7 @@ pub struct FileSource {
 }
 
 /// Bytes per read while streaming a model file.
-const CHUNK: usize = 4 << 20;
+const CHUNK: usize = 1 << 20;
 
 impl FileSource {
     pub fn new(model: PathBuf, tokenizer: Option<PathBuf>) -> FileSource {

@@ -694,8 +694,65 @@ fn summary_md(r: &RunResults, verdicts: &[gate::Verdict]) -> String {
             s += &format!("| {} | {backend} | - | - | {} |\n", h.name, h.status);
         }
     }
+    s += &reload_md(r);
     s += "\n## Gates\n\n";
     s += &gate::table(verdicts);
+    s
+}
+
+/// The reload scenario per host: cold and warm, how the model arrived and the memory it took.
+fn reload_md(r: &RunResults) -> String {
+    let mb = |b: u64| format!("{:.1} MB", b as f64 / 1e6);
+    let mut s = String::new();
+    for h in &r.hosts {
+        let Some(Outcome::Reload(rl)) = outcome(h, "reload") else {
+            continue;
+        };
+        if s.is_empty() {
+            s += "\n## Reload\n\n| host | load | ready s | streamed | most file bytes held | largest component | largest GPU staging | host memory after (before) | cache read / written |\n|---|---|---|---|---|---|---|---|---|\n";
+        }
+        for (what, run) in [("cold", Some(&rl.cold)), ("warm", rl.warm.as_ref())] {
+            let Some(run) = run else {
+                s += &format!(
+                    "| {} | {what} | not measured: {} | | | | | | |\n",
+                    h.name,
+                    rl.warm_missing.as_deref().unwrap_or("no warm load")
+                );
+                continue;
+            };
+            let l = &run.load;
+            let host = |m: &nibble_engine::scenario::HostMemory| match (
+                m.wasm_memory_bytes,
+                m.peak_rss_bytes,
+            ) {
+                (Some(w), _) => format!("wasm {}", mb(w)),
+                (None, Some(p)) => format!("peak RSS {}", mb(p)),
+                (None, None) => "not reported by this host".into(),
+            };
+            s += &format!(
+                "| {} | {what} ({}) | {:.4} | {} | {} | {} | {} | {} ({}) | {} / {} |\n",
+                h.name,
+                l.path,
+                run.ready_s,
+                match (&l.not_streamed, l.streamed) {
+                    (Some(why), _) => format!("no: {why}"),
+                    (None, true) => "yes".into(),
+                    (None, false) => "no".into(),
+                },
+                if l.path == "warm" {
+                    "none (from the cache)".into()
+                } else {
+                    mb(l.peak_buffered_bytes)
+                },
+                mb(l.largest_component_bytes),
+                l.largest_staging_bytes.map_or("no GPU".into(), mb),
+                host(&l.host_after),
+                host(&l.host_before),
+                mb(l.cache_bytes_read),
+                mb(l.cache_bytes_written),
+            );
+        }
+    }
     s
 }
 

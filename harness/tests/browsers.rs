@@ -117,6 +117,19 @@ fn assert_complete(h: &Value, backend: &str) {
     assert_eq!(cold["path"], "cold", "{}: {rl}", h["name"]);
     assert_eq!(cold["built"].as_array().unwrap().len(), 7);
     assert!(cold["cache_bytes_written"].as_u64().unwrap() > 0);
+    // Streamed: the page read the served GGUF as the network delivered it and held about one
+    // component of it at a time, never the whole file.
+    assert_eq!(cold["streamed"], true, "{}: {cold}", h["name"]);
+    let (held, fetched) = (
+        cold["peak_buffered_bytes"].as_u64().unwrap(),
+        cold["bytes_fetched"].as_u64().unwrap(),
+    );
+    assert!(
+        held > 0 && held < fetched / 2,
+        "{}: held {held} bytes of a {fetched}-byte file",
+        h["name"]
+    );
+    assert!(cold["host_after"]["wasm_memory_bytes"].as_u64().unwrap() > 0);
 }
 
 /// After the page reload the model came from the cache, every component verified, and the weights
