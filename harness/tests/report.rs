@@ -313,4 +313,17 @@ fn reload_chart_and_speedup_gate_from_a_recorded_run() {
         assert!(line.contains("PASS"), "{line}");
     }
     assert!(out.contains("not served from the cache"), "{out}");
+    // summary.md: per host and load, whether it streamed and the memory it took, as recorded.
+    let md = std::fs::read_to_string(d.join("out").join("summary.md")).unwrap();
+    let row = |h: &str, load: &str| {
+        md.lines()
+            .find(|l| l.starts_with(&format!("| {h} | {load} (")))
+            .unwrap_or_else(|| panic!("no {h} {load} row in {md}"))
+            .to_string()
+    };
+    let cold = row("chrome", "cold");
+    assert!(cold.contains("| yes |") && cold.contains("wasm "), "{cold}");
+    assert!(row("chrome", "warm").contains("none (from the cache)"));
+    assert!(row("native-cpu", "cold").contains("peak RSS"));
+    assert!(row("native-gpu", "cold").contains("MB |"));
 }
