@@ -649,7 +649,6 @@ impl Loader<'_> {
         own_output: bool,
         key: &str,
     ) -> Result<()> {
-        let t0 = Instant::now();
         self.r.cache_bytes_read += entry.len() as u64;
         self.r.largest_component_bytes = self.r.largest_component_bytes.max(entry.len() as u64);
         let name = comp.name();
@@ -658,9 +657,13 @@ impl Loader<'_> {
             file: &name,
         };
         if comp == Component::Tokenizer {
+            let t0 = Instant::now();
             self.tokenizer = Some(decode_tokenizer(&mut rd)?);
+            self.r.cache_read_s += t0.elapsed().as_secs_f64();
         } else {
             for id in comp.tensors(own_output) {
+                // Decoding counts as reading the cache, handing over as upload: timed apart.
+                let t0 = Instant::now();
                 let t = decode_tensor(&mut rd, &id.gguf_name())?;
                 self.r.cache_read_s += t0.elapsed().as_secs_f64();
                 let t1 = Instant::now();
