@@ -398,7 +398,6 @@ pub async fn load(
 
 /// What [`load_into`] gives besides the tensors it handed to the sink.
 pub struct Delivered {
-    pub plan: Plan,
     pub tokenizer: Option<Tokenizer>,
     pub fallbacks: Vec<Fallback>,
     pub report: LoadReport,
@@ -470,12 +469,10 @@ pub async fn load_into(
         // load is cold but reuses every component already written.
         let t0 = Instant::now();
         let plan = l.plan.clone().expect("planned");
-        let mut listed: Vec<(Component, String)> =
-            Component::all(&plan.config, l.tokenizer.is_some())
-                .into_iter()
-                .filter_map(|c| l.done.get(&c).map(|k| (c, k.clone())))
-                .collect();
-        listed.dedup();
+        let listed: Vec<(Component, String)> = Component::all(&plan.config, l.tokenizer.is_some())
+            .into_iter()
+            .filter_map(|c| l.done.get(&c).map(|k| (c, k.clone())))
+            .collect();
         let m = Manifest {
             format: FORMAT,
             plan,
@@ -534,7 +531,6 @@ impl Loader<'_> {
         self.r.total_s = t_all.elapsed().as_secs_f64();
         self.r.host_after = HostMemory::now();
         Delivered {
-            plan: self.plan.expect("planned"),
             tokenizer: self.tokenizer,
             fallbacks,
             report: self.r,

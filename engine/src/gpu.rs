@@ -543,15 +543,6 @@ impl GpuWeights {
         }
         up.finish()
     }
-
-    pub fn config(&self) -> &Config {
-        &self.config
-    }
-
-    /// Bytes on the GPU by tensor class.
-    pub fn bytes_by_class(&self) -> &BTreeMap<Class, u64> {
-        &self.by_class
-    }
 }
 
 /// A model uploaded tensor by tensor as a load delivers it (progressive loading): the CPU holds one

@@ -54,6 +54,17 @@ fn load(src: &mut dyn Source, spec: &str, store: &dyn Store) -> (Model, LoadRepo
     (l.model, l.report)
 }
 
+/// The breakdown's parts are disjoint slices of the load.
+fn parts_within_total(r: &LoadReport) {
+    assert!(
+        r.cache_read_s + r.upload_s <= r.total_s,
+        "cache read {} + upload {} > total {}",
+        r.cache_read_s,
+        r.upload_s,
+        r.total_s
+    );
+}
+
 /// Logits of a few positions, to compare models bit for bit.
 fn logits(m: &Model) -> Vec<u32> {
     let mut d = CpuDecoder::new(m);
@@ -83,14 +94,7 @@ fn warm_load_reads_every_component_and_matches_the_cold_one() {
     assert_eq!(w.from_cache.len(), 13);
     assert!(w.built.is_empty() && w.corrupt.is_empty());
     assert_eq!((w.fetch_s, w.parse_s, w.quantize_s), (0.0, 0.0, 0.0));
-    // The breakdown's parts are disjoint slices of the load.
-    assert!(
-        w.cache_read_s + w.upload_s <= w.total_s,
-        "cache read {} + upload {} > total {}",
-        w.cache_read_s,
-        w.upload_s,
-        w.total_s
-    );
+    parts_within_total(&w);
     // The same weights as preparing the parsed model directly, and the same logits.
     let (want, fb) =
         measure::prepare(&stories(), &RunConfig::parse("weights=q4_0").unwrap()).unwrap();
@@ -308,13 +312,7 @@ fn a_gguf_streams_component_by_component() {
     // And the next load is warm, with nothing fetched.
     let (warm, w) = load(&mut src, "weights=q4_0", &store);
     assert_eq!((w.path.as_str(), w.bytes_fetched), ("warm", 0));
-    assert!(
-        w.cache_read_s + w.upload_s <= w.total_s,
-        "cache read {} + upload {} > total {}",
-        w.cache_read_s,
-        w.upload_s,
-        w.total_s
-    );
+    parts_within_total(&w);
     assert_eq!(logits(&warm), logits(&want));
 }
 
