@@ -82,11 +82,11 @@ fn attention(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id
         let t = attended(st, i);
         let slot = slot_of(st, t);
         var s = 0.0;
-        if (p.k_kind == 5u) {
+        if (p.k_kind == KIND_KIVI_KEYS) {
             for (var d = 0u; d < hs; d++) {
                 s += qs[d] * kivi_key_at(t, kvh + d);
             }
-        } else if (p.k_kind == 0u) {
+        } else if (p.k_kind == KIND_F32) {
             let ko = slot * p.kv_dim + kvh;
             for (var d = 0u; d < hs; d += 4u) {
                 s += dot(vec4<f32>(qs[d], qs[d + 1u], qs[d + 2u], qs[d + 3u]),

@@ -48,7 +48,7 @@ fn put(is_k: bool, i: u32, w: u32) {
 // Quantizes block b of the row into its code words; returns (scale, min).
 fn quant_block(is_k: bool, kind: u32, base: u32, b: u32) -> vec2<f32> {
     let x0 = b * 32u;
-    if (kind == 2u) {
+    if (kind == KIND_Q8_0) {
         var amax = 0.0;
         for (var i = 0u; i < 32u; i++) {
             amax = max(amax, abs(src(is_k, x0 + i)));
@@ -73,7 +73,7 @@ fn quant_block(is_k: bool, kind: u32, base: u32, b: u32) -> vec2<f32> {
     var d = 0.0;
     var mn = 0.0;
     var id = 0.0;
-    if (kind == 3u) {
+    if (kind == KIND_Q4_0) {
         // The signed value of largest magnitude, first on ties.
         var mx = 0.0;
         for (var i = 0u; i < 32u; i++) {
@@ -100,7 +100,7 @@ fn quant_block(is_k: bool, kind: u32, base: u32, b: u32) -> vec2<f32> {
         for (var j = 0u; j < 8u; j++) {
             let v = src(is_k, x0 + 8u * w + j);
             var q = 0u;
-            if (kind == 3u) {
+            if (kind == KIND_Q4_0) {
                 q = min(15u, u32(trunc(v * id + 8.5)));
             } else {
                 q = min(15u, u32(trunc((v - mn) * id + 0.5)));
@@ -116,12 +116,12 @@ fn store_row(is_k: bool, kind: u32, t: u32) {
     let n = p.kv_dim;
     let base = st.slot * row_stride(kind, n);
     switch kind {
-        case 0u: {
+        case KIND_F32: {
             if (t < n) {
                 put(is_k, base + t, bitcast<u32>(src(is_k, t)));
             }
         }
-        case 1u: {
+        case KIND_F16: {
             if (2u * t < n) {
                 put(is_k, base + t, pack2x16float(vec2<f32>(src(is_k, 2u * t), src(is_k, 2u * t + 1u))));
             }
@@ -140,7 +140,7 @@ fn store_row(is_k: bool, kind: u32, t: u32) {
             let codes = code_words(kind, n);
             let sw = (nb + 1u) / 2u;
             put(is_k, base + codes + t, pack2x16float(vec2<f32>(a.x, b.x)));
-            if (kind == 4u) {
+            if (kind == KIND_Q4_1) {
                 put(is_k, base + codes + sw + t, pack2x16float(vec2<f32>(a.y, b.y)));
             }
         }
@@ -166,7 +166,7 @@ fn store_kivi_key(t: u32) {
 fn kv_store(@builtin(global_invocation_id) gid: vec3<u32>) {
     st = steps[gid.y];
     row_off = gid.y * p.kv_dim;
-    if (p.k_kind == 5u) {
+    if (p.k_kind == KIND_KIVI_KEYS) {
         store_kivi_key(gid.x);
     } else {
         store_row(true, p.k_kind, gid.x);

@@ -1,5 +1,5 @@
 // KV cache row formats, shared by kv.wgsl (store) and attention.wgsl (read); prepended to both.
-// Kinds: 0 f32, 1 f16, 2 q8_0, 3 q4_0, 4 q4_1. Layouts are described in kv.wgsl.
+// Kinds are the KIND_* codes generated from engine/src/dtype.rs. Layouts are described in kv.wgsl.
 
 struct AttnParams {
     n_heads: u32,
@@ -9,7 +9,7 @@ struct AttnParams {
     cap: u32,
     k_kind: u32,
     v_kind: u32,
-    // kivi4 keys (k_kind 5): group length G, groups in the ring, attention sinks.
+    // kivi4 keys (k_kind KIND_KIVI_KEYS): group length G, groups in the ring, attention sinks.
     group: u32,
     ring: u32,
     sinks: u32,
@@ -17,7 +17,7 @@ struct AttnParams {
     pad1: u32,
 }
 
-// kivi4 keys (k_kind 5), per layer one buffer, in words:
+// kivi4 keys (k_kind KIND_KIVI_KEYS), per layer one buffer, in words:
 //   [sinks rows: `sinks` f16 rows][residual: G f16 rows, row i = position sinks + g*G + i of the group
 //   being filled][ring of complete groups: `ring` groups of kv_dim channels, each channel G/8 code words
 //   (token i at bits 4*(i%8) of word i/8) then one word pack2x16float(scale, min)].
@@ -37,16 +37,16 @@ fn kivi_group_stride(n: u32) -> u32 {
 // Words per slot row of n values.
 fn row_stride(kind: u32, n: u32) -> u32 {
     switch kind {
-        case 0u: { return n; }
-        case 1u: { return n / 2u; }
-        case 2u: { return n / 4u + (n / 32u + 1u) / 2u; }
-        case 3u: { return n / 8u + (n / 32u + 1u) / 2u; }
+        case KIND_F32: { return n; }
+        case KIND_F16: { return n / 2u; }
+        case KIND_Q8_0: { return n / 4u + (n / 32u + 1u) / 2u; }
+        case KIND_Q4_0: { return n / 8u + (n / 32u + 1u) / 2u; }
         default: { return n / 8u + 2u * ((n / 32u + 1u) / 2u); }
     }
 }
 
 fn code_words(kind: u32, n: u32) -> u32 {
-    if (kind == 2u) {
+    if (kind == KIND_Q8_0) {
         return n / 4u;
     }
     return n / 8u;
@@ -55,9 +55,9 @@ fn code_words(kind: u32, n: u32) -> u32 {
 // Index, within a row, of the word holding element i's code (or value).
 fn code_index(kind: u32, i: u32) -> u32 {
     switch kind {
-        case 0u: { return i; }
-        case 1u: { return i / 2u; }
-        case 2u: { return i / 4u; }
+        case KIND_F32: { return i; }
+        case KIND_F16: { return i / 2u; }
+        case KIND_Q8_0: { return i / 4u; }
         default: { return i / 8u; }
     }
 }
@@ -73,13 +73,13 @@ fn min_index(kind: u32, n: u32, i: u32) -> u32 {
 // Element i's value from the words that hold it (scale and min words are ignored by kinds without them).
 fn decode(kind: u32, code: u32, scale: u32, mn: u32, i: u32) -> f32 {
     switch kind {
-        case 0u: { return bitcast<f32>(code); }
-        case 1u: { return unpack2x16float(code)[i & 1u]; }
-        case 2u: {
+        case KIND_F32: { return bitcast<f32>(code); }
+        case KIND_F16: { return unpack2x16float(code)[i & 1u]; }
+        case KIND_Q8_0: {
             let q = f32(i32(code << (24u - 8u * (i & 3u))) >> 24u);
             return q * unpack2x16float(scale)[(i / 32u) & 1u];
         }
-        case 3u: {
+        case KIND_Q4_0: {
             let q = f32((code >> (4u * (i & 7u))) & 15u);
             return (q - 8.0) * unpack2x16float(scale)[(i / 32u) & 1u];
         }

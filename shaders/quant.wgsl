@@ -8,12 +8,7 @@
 //   mins:   array<u32>  f16 min per block (q4_1 only), two per word.
 // A q4_0 element is (code - 8) * d, q4_1 is code * d + m, q8_0 is code * d.
 
-// Weight kinds, as WType on the Rust side.
-const KIND_F32: u32 = 0u;
-const KIND_F16: u32 = 1u;
-const KIND_Q8_0: u32 = 2u;
-const KIND_Q4_0: u32 = 3u;
-const KIND_Q4_1: u32 = 4u;
+// Weight kinds are the KIND_* codes generated from engine/src/dtype.rs (prepended to every shader).
 
 fn half_at(buf_word: u32, index: u32) -> f32 {
     return unpack2x16float(buf_word)[index & 1u];

@@ -124,12 +124,14 @@ pub fn bytes_per_token(m: &Model, n_att: usize) -> u64 {
     for id in TensorId::all(c, m.tied()) {
         b += match id.class() {
             Class::Norm => (c.dim * 4) as u64,
-            _ if id == TensorId::TokEmbd => (m.weights.tok_embd.n_bytes() / c.vocab_size) as u64,
+            _ if id == TensorId::TokEmbd => {
+                (m.weights.matrix(TensorId::TokEmbd).n_bytes() / c.vocab_size) as u64
+            }
             _ => m.weights.matrix(id).n_bytes() as u64,
         };
     }
     if m.tied() {
-        b += m.weights.tok_embd.n_bytes() as u64;
+        b += m.weights.matrix(TensorId::TokEmbd).n_bytes() as u64;
     }
     b + (n_att * c.kv_dim() * 4 * 2 * c.n_layers) as u64
 }

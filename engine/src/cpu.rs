@@ -1,6 +1,7 @@
 //! The f32 CPU backend: the oracle every other backend and configuration is checked against.
 
-use crate::forward::{forward, Act, Kernels};
+use crate::arch::forward;
+use crate::forward::{Act, Kernels};
 use crate::kv::{KvCache, KvConfig};
 use crate::model::{Config, Model, TensorId};
 use crate::quant::dot;
@@ -60,7 +61,7 @@ impl<'m> CpuDecoder<'m> {
 impl Kernels for CpuDecoder<'_> {
     fn embed(&mut self, tokens: &[u32], out: Act) {
         // The oracle runs one token per pass (max_rows is 1), as llama2.c does.
-        let m = &self.model.weights.tok_embd;
+        let m = self.model.weights.matrix(TensorId::TokEmbd);
         m.row_into(tokens[0] as usize, &mut self.acts[out as usize]);
     }
 

@@ -1,5 +1,6 @@
-//! The Llama forward pass, written once. Backends supply the kernels through [`Kernels`]; this function
-//! only says which kernel runs on which buffers, top to bottom, as llama2.c's `forward`.
+//! The operations of a forward pass. Each model family writes its pass once (`engine/src/arch/`) over
+//! [`Kernels`] and backends supply the kernels, so a pass only says which kernel runs on which buffers,
+//! top to bottom, as llama2.c's `forward`.
 //!
 //! A pass runs a *batch*: consecutive tokens at positions `pos0..pos0 + n`, one row per token in every
 //! activation buffer. Decoding is a batch of one; a backend with matrix-matrix kernels runs a prompt in
@@ -7,7 +8,7 @@
 //! Every row is stored in the KV cache before any row attends, and each row attends only up to its own
 //! position, so a batch computes exactly what its tokens one at a time would.
 
-use crate::model::{Config, TensorId};
+use crate::config::{Config, TensorId};
 
 /// Activation buffers every backend keeps, named by role; each holds one row per token of the batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -80,32 +81,4 @@ pub trait Kernels {
     fn swiglu(&mut self, gate: Act, up: Act);
     /// `x += y`
     fn add(&mut self, x: Act, y: Act);
-}
-
-/// Runs `tokens` at positions `pos0..`; the logits of token `i` end up in row `i` of [`Act::Logits`].
-/// `tokens.len()` is at most [`Kernels::max_rows`].
-pub fn forward(k: &mut impl Kernels, c: &Config, tokens: &[u32], pos: usize) {
-    debug_assert!(!tokens.is_empty() && tokens.len() <= k.max_rows());
-    k.embed(tokens, Act::X);
-    for l in 0..c.n_layers {
-        // Attention block.
-        k.rmsnorm(Act::Xb, Act::X, TensorId::AttnNorm(l));
-        k.matvec(Act::Q, TensorId::Wq(l), Act::Xb);
-        k.matvec(Act::K, TensorId::Wk(l), Act::Xb);
-        k.matvec(Act::V, TensorId::Wv(l), Act::Xb);
-        k.rope(Act::Q, pos);
-        k.rope(Act::K, pos);
-        k.kv_store(l, pos);
-        k.attention(Act::Xb, l, pos);
-        k.matvec_add(Act::X, TensorId::Wo(l), Act::Xb);
-
-        // Feed-forward block (SwiGLU).
-        k.rmsnorm(Act::Xb, Act::X, TensorId::FfnNorm(l));
-        k.matvec(Act::Hb, TensorId::Gate(l), Act::Xb);
-        k.matvec(Act::Hb2, TensorId::Up(l), Act::Xb);
-        k.swiglu(Act::Hb, Act::Hb2);
-        k.matvec_add(Act::X, TensorId::Down(l), Act::Hb);
-    }
-    k.rmsnorm(Act::Xb, Act::X, TensorId::OutNorm);
-    k.matvec(Act::Logits, TensorId::Output, Act::Xb);
 }

@@ -229,170 +229,18 @@ impl<'a> Gguf<'a> {
             file,
             total,
         };
-        let magic = r.take(4, "magic")?;
-        if magic != MAGIC {
-            return Err(Error::format(
-                file,
-                "magic",
-                format!("expected \"GGUF\", found {magic:02x?}: not a GGUF file"),
-            ));
-        }
-        let version = r.u32("version")?;
-        if !(2..=3).contains(&version) {
-            return Err(Error::format(
-                file,
-                "version",
-                format!("GGUF version {version} is not supported (nibble reads versions 2 and 3)"),
-            ));
-        }
-        let n_tensors = r.u64("tensor_count")?;
-        let n_kv = r.u64("metadata_kv_count")?;
-        // Each key/value takes at least 12 bytes and each tensor info at least 24.
-        r.check_count(n_kv, 12, "metadata_kv_count")?;
-        r.check_count(n_tensors, 24, "tensor_count")?;
-
+        let (version, n_tensors, n_kv) = r.preamble()?;
         let mut metadata = Vec::with_capacity(n_kv as usize);
         for i in 0..n_kv {
-            let key = r.string(&format!("metadata[{i}].key"))?;
-            let field = format!("metadata {key:?}");
-            let ty = r.u32(&field)?;
-            let ty = ValueType::from_u32(ty)
-                .ok_or_else(|| Error::format(file, &field, format!("unknown value type {ty}")))?;
-            let value = r.value(ty, &field, 0)?;
-            metadata.push((key, value));
+            metadata.push(r.metadata_entry(i)?);
         }
-
-        let alignment = match metadata.iter().find(|(k, _)| k == "general.alignment") {
-            None => DEFAULT_ALIGNMENT,
-            Some((_, v)) => match v.as_int() {
-                Some(a) if a > 0 && a <= 1 << 20 && (a as u64).is_power_of_two() => a as u64,
-                _ => {
-                    return Err(Error::format(
-                        file,
-                        "general.alignment",
-                        format!(
-                            "must be a power of two up to 1 MiB, found {}",
-                            v.display_short()
-                        ),
-                    ))
-                }
-            },
-        };
-
+        let alignment = alignment_of(&metadata, file)?;
         let mut tensors = Vec::with_capacity(n_tensors as usize);
         for i in 0..n_tensors {
-            let name = r.string(&format!("tensor_info[{i}].name"))?;
-            let field = format!("tensor {name:?}");
-            let n_dims = r.u32(&format!("{field}.n_dims"))?;
-            if n_dims == 0 || n_dims > 4 {
-                return Err(Error::format(
-                    file,
-                    format!("{field}.n_dims"),
-                    format!("{n_dims} dimensions (must be 1 to 4)"),
-                ));
-            }
-            let mut dims = Vec::with_capacity(n_dims as usize);
-            for d in 0..n_dims {
-                dims.push(r.u64(&format!("{field}.dims[{d}]"))?);
-            }
-            let ty_id = r.u32(&format!("{field}.type"))?;
-            let ty = GgmlType::from_id(ty_id).ok_or_else(|| {
-                Error::format(
-                    file,
-                    format!("{field}.type"),
-                    format!(
-                        "unsupported tensor type {} ({ty_id}); nibble reads F32, F16, Q4_0, Q4_1 and Q8_0",
-                        crate::quant::ggml_type_name(ty_id)
-                    ),
-                )
-            })?;
-            let offset = r.u64(&format!("{field}.offset"))?;
-            // Element count must not overflow and must fill whole blocks.
-            let mut n: u64 = 1;
-            for &d in &dims {
-                if d == 0 {
-                    return Err(Error::format(
-                        file,
-                        format!("{field}.dims"),
-                        "a dimension is 0",
-                    ));
-                }
-                n = n.checked_mul(d).ok_or_else(|| {
-                    Error::format(file, format!("{field}.dims"), format!("{dims:?} overflows"))
-                })?;
-            }
-            // The byte size must not overflow either; after this, n_bytes() is safe.
-            if (n / ty.block_len() as u64)
-                .checked_mul(ty.block_bytes() as u64)
-                .is_none()
-            {
-                return Err(Error::format(
-                    file,
-                    format!("{field}.dims"),
-                    format!("{dims:?} is too large"),
-                ));
-            }
-            if dims[0] % ty.block_len() as u64 != 0 {
-                return Err(Error::format(
-                    file,
-                    format!("{field}.dims"),
-                    format!(
-                        "row length {} is not a multiple of the {:?} block size {}",
-                        dims[0],
-                        ty,
-                        ty.block_len()
-                    ),
-                ));
-            }
-            if offset % alignment != 0 {
-                return Err(Error::format(
-                    file,
-                    format!("{field}.offset"),
-                    format!("offset {offset} is not a multiple of the alignment {alignment}"),
-                ));
-            }
-            tensors.push(TensorInfo {
-                name,
-                dims,
-                ty,
-                offset,
-            });
+            tensors.push(r.tensor_info(i, alignment)?);
         }
-
         let data_offset = (r.pos as u64).div_ceil(alignment) * alignment;
-        let data_len = total.saturating_sub(data_offset);
-        let data: &[u8] = if (bytes.len() as u64) < total {
-            // A prefix: the ranges below are checked against the file's length instead.
-            &[]
-        } else if data_offset as usize <= bytes.len() {
-            &bytes[data_offset as usize..]
-        } else if tensors.is_empty() {
-            &[]
-        } else {
-            return Err(Error::format(
-                file,
-                "tensor data",
-                format!(
-                    "file is truncated: the data section starts at byte {data_offset} but the file has {} bytes",
-                    bytes.len()
-                ),
-            ));
-        };
-        for t in &tensors {
-            let end = t.offset.checked_add(t.n_bytes());
-            if end.is_none_or(|e| e > data_len) {
-                return Err(Error::format(
-                    file,
-                    format!("tensor {:?}", t.name),
-                    format!(
-                        "data [{}..{}) runs past the end of the file (data section is {} bytes): truncated or corrupt",
-                        t.offset,
-                        t.offset.saturating_add(t.n_bytes()),
-                        data_len
-                    ),
-                ));
-            }
-        }
+        let data = data_section(bytes, file, total, data_offset, &tensors)?;
         let mut names: Vec<&str> = tensors.iter().map(|t| t.name.as_str()).collect();
         names.sort_unstable();
         if let Some(w) = names.windows(2).find(|w| w[0] == w[1]) {
@@ -644,6 +492,199 @@ fn put_value(out: &mut Vec<u8>, v: &Value) -> Result<()> {
         }
     }
     Ok(())
+}
+
+impl Reader<'_> {
+    /// Magic, version and the two counts, each count bounded by the bytes the file can hold.
+    fn preamble(&mut self) -> Result<(u32, u64, u64)> {
+        let file = self.file;
+        let r = self;
+        let magic = r.take(4, "magic")?;
+        if magic != MAGIC {
+            return Err(Error::format(
+                file,
+                "magic",
+                format!("expected \"GGUF\", found {magic:02x?}: not a GGUF file"),
+            ));
+        }
+        let version = r.u32("version")?;
+        if !(2..=3).contains(&version) {
+            return Err(Error::format(
+                file,
+                "version",
+                format!("GGUF version {version} is not supported (nibble reads versions 2 and 3)"),
+            ));
+        }
+        let n_tensors = r.u64("tensor_count")?;
+        let n_kv = r.u64("metadata_kv_count")?;
+        // Each key/value takes at least 12 bytes and each tensor info at least 24.
+        r.check_count(n_kv, 12, "metadata_kv_count")?;
+        r.check_count(n_tensors, 24, "tensor_count")?;
+
+        Ok((version, n_tensors, n_kv))
+    }
+
+    /// Metadata entry `i`: its key and typed value.
+    fn metadata_entry(&mut self, i: u64) -> Result<(String, Value)> {
+        let file = self.file;
+        let r = self;
+        let key = r.string(&format!("metadata[{i}].key"))?;
+        let field = format!("metadata {key:?}");
+        let ty = r.u32(&field)?;
+        let ty = ValueType::from_u32(ty)
+            .ok_or_else(|| Error::format(file, &field, format!("unknown value type {ty}")))?;
+        let value = r.value(ty, &field, 0)?;
+        Ok((key, value))
+    }
+
+    /// Tensor info `i`, its element and byte counts checked for overflow and whole blocks.
+    fn tensor_info(&mut self, i: u64, alignment: u64) -> Result<TensorInfo> {
+        let file = self.file;
+        let r = self;
+        let name = r.string(&format!("tensor_info[{i}].name"))?;
+        let field = format!("tensor {name:?}");
+        let n_dims = r.u32(&format!("{field}.n_dims"))?;
+        if n_dims == 0 || n_dims > 4 {
+            return Err(Error::format(
+                file,
+                format!("{field}.n_dims"),
+                format!("{n_dims} dimensions (must be 1 to 4)"),
+            ));
+        }
+        let mut dims = Vec::with_capacity(n_dims as usize);
+        for d in 0..n_dims {
+            dims.push(r.u64(&format!("{field}.dims[{d}]"))?);
+        }
+        let ty_id = r.u32(&format!("{field}.type"))?;
+        let ty = GgmlType::from_id(ty_id).ok_or_else(|| {
+            Error::format(
+                file,
+                format!("{field}.type"),
+                format!(
+                    "unsupported tensor type {} ({ty_id}); nibble reads F32, F16, Q4_0, Q4_1 and Q8_0",
+                    crate::quant::ggml_type_name(ty_id)
+                ),
+            )
+        })?;
+        let offset = r.u64(&format!("{field}.offset"))?;
+        // Element count must not overflow and must fill whole blocks.
+        let mut n: u64 = 1;
+        for &d in &dims {
+            if d == 0 {
+                return Err(Error::format(
+                    file,
+                    format!("{field}.dims"),
+                    "a dimension is 0",
+                ));
+            }
+            n = n.checked_mul(d).ok_or_else(|| {
+                Error::format(file, format!("{field}.dims"), format!("{dims:?} overflows"))
+            })?;
+        }
+        // The byte size must not overflow either; after this, n_bytes() is safe.
+        if (n / ty.block_len() as u64)
+            .checked_mul(ty.block_bytes() as u64)
+            .is_none()
+        {
+            return Err(Error::format(
+                file,
+                format!("{field}.dims"),
+                format!("{dims:?} is too large"),
+            ));
+        }
+        if dims[0] % ty.block_len() as u64 != 0 {
+            return Err(Error::format(
+                file,
+                format!("{field}.dims"),
+                format!(
+                    "row length {} is not a multiple of the {:?} block size {}",
+                    dims[0],
+                    ty,
+                    ty.block_len()
+                ),
+            ));
+        }
+        if offset % alignment != 0 {
+            return Err(Error::format(
+                file,
+                format!("{field}.offset"),
+                format!("offset {offset} is not a multiple of the alignment {alignment}"),
+            ));
+        }
+        Ok(TensorInfo {
+            name,
+            dims,
+            ty,
+            offset,
+        })
+    }
+}
+
+/// `general.alignment`, or the default.
+fn alignment_of(metadata: &[(String, Value)], file: &str) -> Result<u64> {
+    Ok(
+        match metadata.iter().find(|(k, _)| k == "general.alignment") {
+            None => DEFAULT_ALIGNMENT,
+            Some((_, v)) => match v.as_int() {
+                Some(a) if a > 0 && a <= 1 << 20 && (a as u64).is_power_of_two() => a as u64,
+                _ => {
+                    return Err(Error::format(
+                        file,
+                        "general.alignment",
+                        format!(
+                            "must be a power of two up to 1 MiB, found {}",
+                            v.display_short()
+                        ),
+                    ))
+                }
+            },
+        },
+    )
+}
+
+/// The tensor data of a whole file (empty for a header prefix), with every tensor's range checked
+/// against the file's length.
+fn data_section<'a>(
+    bytes: &'a [u8],
+    file: &str,
+    total: u64,
+    data_offset: u64,
+    tensors: &[TensorInfo],
+) -> Result<&'a [u8]> {
+    let data_len = total.saturating_sub(data_offset);
+    let data: &[u8] = if (bytes.len() as u64) < total {
+        // A prefix: the ranges below are checked against the file's length instead.
+        &[]
+    } else if data_offset as usize <= bytes.len() {
+        &bytes[data_offset as usize..]
+    } else if tensors.is_empty() {
+        &[]
+    } else {
+        return Err(Error::format(
+            file,
+            "tensor data",
+            format!(
+                "file is truncated: the data section starts at byte {data_offset} but the file has {} bytes",
+                bytes.len()
+            ),
+        ));
+    };
+    for t in tensors {
+        let end = t.offset.checked_add(t.n_bytes());
+        if end.is_none_or(|e| e > data_len) {
+            return Err(Error::format(
+                file,
+                format!("tensor {:?}", t.name),
+                format!(
+                    "data [{}..{}) runs past the end of the file (data section is {} bytes): truncated or corrupt",
+                    t.offset,
+                    t.offset.saturating_add(t.n_bytes()),
+                    data_len
+                ),
+            ));
+        }
+    }
+    Ok(data)
 }
 
 #[cfg(test)]

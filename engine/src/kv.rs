@@ -16,74 +16,7 @@ use crate::model::Config;
 use crate::quant::{QMatrix, WType};
 use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum KvType {
-    F32,
-    F16,
-    #[serde(rename = "q8_0")]
-    Q8_0,
-    #[serde(rename = "q4_0")]
-    Q4_0,
-    Kivi4,
-}
-
-impl KvType {
-    pub const ALL: [KvType; 5] = [
-        KvType::F32,
-        KvType::F16,
-        KvType::Q8_0,
-        KvType::Q4_0,
-        KvType::Kivi4,
-    ];
-
-    pub fn parse(s: &str) -> Result<KvType> {
-        Ok(match s.to_ascii_lowercase().as_str() {
-            "f32" => KvType::F32,
-            "f16" => KvType::F16,
-            "q8_0" => KvType::Q8_0,
-            "q4_0" => KvType::Q4_0,
-            "kivi4" => KvType::Kivi4,
-            _ => {
-                return Err(Error::Invalid(format!(
-                    "unknown KV type {s:?} (expected f32, f16, q8_0, q4_0 or kivi4)"
-                )))
-            }
-        })
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            KvType::F32 => "f32",
-            KvType::F16 => "f16",
-            KvType::Q8_0 => "q8_0",
-            KvType::Q4_0 => "q4_0",
-            KvType::Kivi4 => "kivi4",
-        }
-    }
-
-    /// The row format of a per-token store of this type (kivi4 values are per-token asymmetric 4-bit).
-    fn row_type(self) -> (WType, usize) {
-        match self {
-            KvType::F32 => (WType::F32, 1),
-            KvType::F16 => (WType::F16, 1),
-            KvType::Q8_0 => (WType::Q8_0, 32),
-            KvType::Q4_0 => (WType::Q4_0, 32),
-            KvType::Kivi4 => (WType::Q4_1, 32),
-        }
-    }
-
-    /// Bytes of one token's row of `dim` values in a per-token store.
-    fn row_bytes(self, dim: usize) -> usize {
-        match self {
-            KvType::F32 => dim * 4,
-            KvType::F16 => dim * 2,
-            KvType::Q8_0 => dim / 32 * 34,
-            KvType::Q4_0 => dim / 32 * 18,
-            KvType::Kivi4 => dim / 32 * 20,
-        }
-    }
-}
+pub use crate::dtype::KvType;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct KvConfig {

@@ -6,26 +6,34 @@
 //! - [`cpu`]: the f32 CPU backend, the oracle.
 //! - [`eval`]: perplexity and generation over any [`Decoder`].
 
+pub mod arch;
 pub mod bench;
 pub mod cache;
+pub mod config;
 pub mod cpu;
+pub mod dtype;
 pub mod error;
 pub mod eval;
 pub mod forward;
 pub mod gguf;
 pub mod gpu;
+pub mod host;
 pub mod kv;
+pub mod llama2c;
 pub mod measure;
 pub mod model;
 pub mod precision;
 pub mod quant;
 pub mod scenario;
+pub mod synth;
 pub mod tokenizer;
 #[cfg(target_arch = "wasm32")]
 pub mod web;
 
+pub use arch::Config;
 pub use error::{Error, Result};
-pub use model::{Config, Model, Preset};
+pub use model::Model;
+pub use synth::Preset;
 
 use std::future::Future;
 use std::pin::Pin;

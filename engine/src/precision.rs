@@ -250,7 +250,7 @@ impl Model {
         cfg.validate()?;
         let c = self.config.clone();
         if self.tied() && cfg.unties() {
-            self.weights.output = Some(self.weights.tok_embd.clone());
+            self.weights.untie();
         }
         let mut fallbacks = Vec::new();
         for id in TensorId::all(&c, self.tied()) {
@@ -379,11 +379,11 @@ mod tests {
         assert_eq!(attn.bytes, attn.weights / 32 * 18);
         // A 40-wide matrix is not a whole number of 32-blocks.
         let mut m = Model::builtin();
-        m.weights.layers[0].w_down = QMatrix::from_f32(8, 40, vec![0.5; 320]);
+        *m.weights.matrix_mut(TensorId::Down(0)) = QMatrix::from_f32(8, 40, vec![0.5; 320]);
         let fb = m.apply_weights(&cfg).unwrap();
         assert_eq!(fb.len(), 1);
         assert_eq!(fb[0].tensor, "blk.0.ffn_down.weight");
-        assert_eq!(m.weights.layers[0].w_down.ty, WType::F16);
+        assert_eq!(m.weights.matrix(TensorId::Down(0)).ty, WType::F16);
     }
 
     #[test]
@@ -408,10 +408,13 @@ mod tests {
     #[test]
     fn nan_weights_are_rejected_by_name() {
         let mut m = Model::builtin();
-        let mut v = m.weights.layers[1].wk.to_f32();
+        let mut v = m.weights.matrix(TensorId::Wk(1)).to_f32();
         v[7] = f32::NAN;
-        let (r, c) = (m.weights.layers[1].wk.rows, m.weights.layers[1].wk.cols);
-        m.weights.layers[1].wk = QMatrix::from_f32(r, c, v);
+        let (r, c) = (
+            m.weights.matrix(TensorId::Wk(1)).rows,
+            m.weights.matrix(TensorId::Wk(1)).cols,
+        );
+        *m.weights.matrix_mut(TensorId::Wk(1)) = QMatrix::from_f32(r, c, v);
         let cfg = WeightConfig {
             default: Some(WType::Q8_0),
             ..Default::default()

@@ -38,7 +38,7 @@ fn nibble_written_gguf_reads_in_gguf_py() {
         (2, WType::Q8_0),
         (3, WType::F16),
     ] {
-        let w = &mut m.weights.layers[l].wq;
+        let w = m.weights.matrix_mut(TensorId::Wq(l));
         *w = QMatrix::quantize(ty, 32, w.rows, w.cols, &w.to_f32());
     }
     let path = dir.join("nibble.gguf");

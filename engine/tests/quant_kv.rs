@@ -86,10 +86,13 @@ fn reconstruction_within_half_a_step() {
 #[test]
 fn inf_weights_are_rejected_with_the_tensor_name() {
     let mut m = Model::builtin();
-    let (r, c) = (m.weights.layers[0].w_up.rows, m.weights.layers[0].w_up.cols);
-    let mut v = m.weights.layers[0].w_up.to_f32();
+    let (r, c) = (
+        m.weights.matrix(TensorId::Up(0)).rows,
+        m.weights.matrix(TensorId::Up(0)).cols,
+    );
+    let mut v = m.weights.matrix(TensorId::Up(0)).to_f32();
     v[3] = f32::INFINITY;
-    m.weights.layers[0].w_up = QMatrix::from_f32(r, c, v);
+    *m.weights.matrix_mut(TensorId::Up(0)) = QMatrix::from_f32(r, c, v);
     let cfg = WeightConfig {
         default: Some(WType::Q4_0),
         ..Default::default()

@@ -3,9 +3,10 @@
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use nibble_engine::gguf::{self, Gguf};
-use nibble_engine::model::{Class, Model, Preset, TensorId};
+use nibble_engine::model::{Class, Model, TensorId};
 use nibble_engine::precision::Accounting;
 use nibble_engine::quant::WType;
+use nibble_engine::Preset;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 

@@ -7,7 +7,7 @@ use clap::Args;
 use nibble_engine::cpu::CpuDecoder;
 use nibble_engine::eval::{self, Sampler};
 use nibble_engine::gguf::{Value, ValueType};
-use nibble_engine::gpu::{Activations, Gpu, GpuOptions};
+use nibble_engine::gpu::{Activations, Gpu, GpuOptions, MatvecKernel};
 use nibble_engine::kv::{KvConfig, KvType};
 use nibble_engine::measure::{self, parse_bytes, Reference, RunConfig};
 use nibble_engine::model::Model;
@@ -91,6 +91,24 @@ pub struct BackendArgs {
     act: Option<String>,
 }
 
+/// GPU options read from the environment, here at the edge (the engine reads none):
+/// `NIBBLE_MATVEC=tiled|row` picks the decode matvec kernel, `NIBBLE_PREFILL_ROWS=N` caps the rows of a
+/// batched prompt pass (1: token by token, as llama.cpp's `--ubatch-size`).
+pub fn gpu_env_options() -> Result<GpuOptions> {
+    let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+    Ok(GpuOptions {
+        matvec: var("NIBBLE_MATVEC")
+            .map(|v| MatvecKernel::parse(&v))
+            .transpose()
+            .context("NIBBLE_MATVEC")?,
+        prefill_rows: var("NIBBLE_PREFILL_ROWS")
+            .map(|v| v.parse::<usize>())
+            .transpose()
+            .context("NIBBLE_PREFILL_ROWS: expected a number of rows")?,
+        ..GpuOptions::default()
+    })
+}
+
 /// An opened backend: the GPU when one was asked for or found.
 pub struct Opened {
     gpu: Option<Gpu>,
@@ -102,7 +120,7 @@ impl BackendArgs {
     pub fn open(&self) -> Result<Opened> {
         let opts = GpuOptions {
             act: self.act.as_deref().map(Activations::parse).transpose()?,
-            ..GpuOptions::default()
+            ..gpu_env_options()?
         };
         if opts.act.is_some() && self.backend.as_deref() == Some("cpu") {
             bail!("--act applies to the GPU backend; the CPU computes in f32");

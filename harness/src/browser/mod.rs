@@ -18,10 +18,11 @@ use clap::Args;
 use executor::{Session, Timeouts};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use nibble_engine::cpu::CpuDecoder;
-use nibble_engine::gpu::{Gpu, GpuOptions};
+use nibble_engine::gpu::Gpu;
 use nibble_engine::measure::{self, Reference, RunConfig};
-use nibble_engine::model::{Model, Preset};
+use nibble_engine::model::Model;
 use nibble_engine::scenario::{self, Capabilities, Outcome, Params, ScenarioRecord};
+use nibble_engine::Preset;
 use nibble_engine::{block_on, eval, Backend};
 use products::Product;
 use results::{HostRun, ModelInfo, ReferenceInfo, RunResults};
@@ -607,7 +608,7 @@ pub async fn run(a: RunArgs) -> Result<i32> {
     if !a.no_native_gpu {
         let t0 = Instant::now();
         let mut host = res.host_mut("native-gpu").clone();
-        match Gpu::open_blocking(GpuOptions::default()) {
+        match crate::native::gpu_env_options().and_then(|o| Ok(Gpu::open_blocking(o)?)) {
             Ok(g) => {
                 host.capabilities = Some(native_caps(Some(&g), None));
                 tokio::task::block_in_place(|| {

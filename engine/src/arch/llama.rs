@@ -1,0 +1,125 @@
+//! Llama (as llama2.c and Llama 2 lay it out): RMSNorm before attention and feed-forward, grouped-query
+//! attention with adjacent-pair RoPE, a SwiGLU feed-forward, a classifier tied or not to the embedding.
+
+use super::{Arch, Config, Family, Meta, TensorId};
+use crate::error::{Error, Result};
+use crate::forward::{Act, Kernels};
+use crate::gguf::{Gguf, Value};
+
+pub const FAMILY: Family = Family {
+    arch: Arch::Llama,
+    name: "llama",
+    read_config,
+    write_config,
+    tensors,
+    forward,
+};
+
+/// The forward pass of one batch: `tokens` at positions `pos..`, read top to bottom as llama2.c's
+/// `forward`. The logits of token `i` end up in row `i` of [`Act::Logits`].
+pub fn forward(k: &mut dyn Kernels, c: &Config, tokens: &[u32], pos: usize) {
+    k.embed(tokens, Act::X);
+    for l in 0..c.n_layers {
+        // Attention block.
+        k.rmsnorm(Act::Xb, Act::X, TensorId::AttnNorm(l));
+        k.matvec(Act::Q, TensorId::Wq(l), Act::Xb);
+        k.matvec(Act::K, TensorId::Wk(l), Act::Xb);
+        k.matvec(Act::V, TensorId::Wv(l), Act::Xb);
+        k.rope(Act::Q, pos);
+        k.rope(Act::K, pos);
+        k.kv_store(l, pos);
+        k.attention(Act::Xb, l, pos);
+        k.matvec_add(Act::X, TensorId::Wo(l), Act::Xb);
+
+        // Feed-forward block (SwiGLU).
+        k.rmsnorm(Act::Xb, Act::X, TensorId::FfnNorm(l));
+        k.matvec(Act::Hb, TensorId::Gate(l), Act::Xb);
+        k.matvec(Act::Hb2, TensorId::Up(l), Act::Xb);
+        k.swiglu(Act::Hb, Act::Hb2);
+        k.matvec_add(Act::X, TensorId::Down(l), Act::Hb);
+    }
+    k.rmsnorm(Act::Xb, Act::X, TensorId::OutNorm);
+    k.matvec(Act::Logits, TensorId::Output, Act::Xb);
+}
+
+/// All tensors in GGUF order; `Output` only when the classifier is not tied.
+pub fn tensors(c: &Config, tied: bool) -> Vec<TensorId> {
+    let mut v = vec![TensorId::TokEmbd];
+    for l in 0..c.n_layers {
+        v.extend([
+            TensorId::AttnNorm(l),
+            TensorId::Wq(l),
+            TensorId::Wk(l),
+            TensorId::Wv(l),
+            TensorId::Wo(l),
+            TensorId::FfnNorm(l),
+            TensorId::Gate(l),
+            TensorId::Up(l),
+            TensorId::Down(l),
+        ]);
+    }
+    v.push(TensorId::OutNorm);
+    if !tied {
+        v.push(TensorId::Output);
+    }
+    v
+}
+
+/// `llama.*` metadata as llama.cpp writes it. A missing vocabulary size is the embedding's rows.
+pub fn read_config(g: &Gguf, file: &str) -> Result<Config> {
+    let m = Meta { g, file };
+    let n_heads = m.int("llama.attention.head_count")?;
+    let emb = g
+        .tensor("token_embd.weight")
+        .ok_or_else(|| Error::format(file, "tensor \"token_embd.weight\"", "missing"))?;
+    let config = Config {
+        arch: Arch::Llama,
+        dim: m.int("llama.embedding_length")?,
+        hidden_dim: m.int("llama.feed_forward_length")?,
+        n_layers: m.int("llama.block_count")?,
+        n_heads,
+        n_kv_heads: m.int_or("llama.attention.head_count_kv", n_heads)?,
+        vocab_size: match g.get("llama.vocab_size") {
+            Some(_) => m.int("llama.vocab_size")?,
+            None => *emb.dims.get(1).unwrap_or(&0) as usize,
+        },
+        seq_len: m.int("llama.context_length")?,
+        rope_theta: m.float_or("llama.rope.freq_base", 10000.0)?,
+        norm_eps: m.float_or("llama.attention.layer_norm_rms_epsilon", 1e-5)?,
+    };
+    config.validate(file)?;
+    if let Some(v) = g.get("llama.rope.dimension_count") {
+        if v.as_int() != Some(config.head_size() as i128) {
+            return Err(Error::format(
+                file,
+                "llama.rope.dimension_count",
+                format!(
+                    "{} but the head size is {}: partial RoPE is not supported",
+                    v.display_short(),
+                    config.head_size()
+                ),
+            ));
+        }
+    }
+    Ok(config)
+}
+
+/// The metadata [`read_config`] reads.
+pub fn write_config(c: &Config) -> Vec<(String, Value)> {
+    let u = |k: &str, v: usize| (format!("llama.{k}"), Value::U32(v as u32));
+    vec![
+        u("context_length", c.seq_len),
+        u("embedding_length", c.dim),
+        u("block_count", c.n_layers),
+        u("feed_forward_length", c.hidden_dim),
+        u("attention.head_count", c.n_heads),
+        u("attention.head_count_kv", c.n_kv_heads),
+        ("llama.rope.freq_base".into(), Value::F32(c.rope_theta)),
+        u("rope.dimension_count", c.head_size()),
+        (
+            "llama.attention.layer_norm_rms_epsilon".into(),
+            Value::F32(c.norm_eps),
+        ),
+        u("vocab_size", c.vocab_size),
+    ]
+}

@@ -1,0 +1,201 @@
+//! What every model family shares: the hyper-parameters ([`Config`]) and tensor roles ([`TensorId`],
+//! named as llama.cpp names them in GGUF) with their classes. Which roles a model has, and what it does
+//! with them, is its family's (`engine/src/arch/`).
+
+use crate::error::{Error, Result};
+use serde::{Deserialize, Serialize};
+
+/// Upper bounds that reject corrupt headers before anything is allocated. They sit far above any
+/// model that fits in a browser (or a GPU).
+const MAX_DIM: usize = 1 << 16;
+const MAX_LAYERS: usize = 1024;
+const MAX_VOCAB: usize = 1 << 20;
+const MAX_CTX: usize = 1 << 22;
+
+/// A model family, as `general.architecture` names it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Arch {
+    #[default]
+    Llama,
+}
+
+/// Hyper-parameters of a model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Config {
+    /// The family; absent in cache manifests written before families existed (all Llama).
+    #[serde(default)]
+    pub arch: Arch,
+    pub dim: usize,
+    pub hidden_dim: usize,
+    pub n_layers: usize,
+    pub n_heads: usize,
+    pub n_kv_heads: usize,
+    pub vocab_size: usize,
+    pub seq_len: usize,
+    pub rope_theta: f32,
+    pub norm_eps: f32,
+}
+
+impl Config {
+    pub fn head_size(&self) -> usize {
+        self.dim / self.n_heads
+    }
+
+    pub fn kv_dim(&self) -> usize {
+        self.n_kv_heads * self.head_size()
+    }
+
+    /// Checks the shape is a Llama the forward pass can run; `file` names the source in errors.
+    pub fn validate(&self, file: &str) -> Result<()> {
+        let bad = |field: &str, msg: String| Err(Error::format(file, field, msg));
+        let checks: [(&str, usize, usize); 7] = [
+            ("dim", self.dim, MAX_DIM),
+            ("hidden_dim", self.hidden_dim, MAX_DIM * 4),
+            ("n_layers", self.n_layers, MAX_LAYERS),
+            ("n_heads", self.n_heads, MAX_DIM),
+            ("n_kv_heads", self.n_kv_heads, MAX_DIM),
+            ("vocab_size", self.vocab_size, MAX_VOCAB),
+            ("seq_len", self.seq_len, MAX_CTX),
+        ];
+        for (field, v, max) in checks {
+            if v == 0 || v > max {
+                return bad(field, format!("{v} is outside 1..={max}"));
+            }
+        }
+        if self.dim % self.n_heads != 0 {
+            return bad(
+                "n_heads",
+                format!(
+                    "dim {} is not divisible by n_heads {}",
+                    self.dim, self.n_heads
+                ),
+            );
+        }
+        if self.n_kv_heads > self.n_heads || self.n_heads % self.n_kv_heads != 0 {
+            return bad(
+                "n_kv_heads",
+                format!(
+                    "n_heads {} is not a multiple of n_kv_heads {}",
+                    self.n_heads, self.n_kv_heads
+                ),
+            );
+        }
+        if self.head_size() % 2 != 0 {
+            return bad(
+                "n_heads",
+                format!("head size {} must be even for RoPE", self.head_size()),
+            );
+        }
+        if !(self.rope_theta.is_finite() && self.rope_theta > 0.0) {
+            return bad(
+                "rope_theta",
+                format!("{} must be positive", self.rope_theta),
+            );
+        }
+        if !(self.norm_eps.is_finite() && self.norm_eps >= 0.0) {
+            return bad(
+                "norm_eps",
+                format!("{} must be non-negative", self.norm_eps),
+            );
+        }
+        Ok(())
+    }
+
+    /// Number of weights in the model (the classifier counted once when tied).
+    pub fn n_params(&self, tied: bool) -> usize {
+        let (d, h, kv) = (self.dim, self.hidden_dim, self.kv_dim());
+        let layer = 2 * d + d * d * 2 + d * kv * 2 + 3 * d * h;
+        self.vocab_size * d * if tied { 1 } else { 2 } + self.n_layers * layer + d
+    }
+}
+
+/// Tensor classes, used for memory accounting and per-class precision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Class {
+    Embedding,
+    Attention,
+    FeedForward,
+    Norm,
+    Output,
+}
+
+/// Every tensor of a Llama, by role. The forward pass names weights this way; backends map ids to
+/// their own storage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum TensorId {
+    TokEmbd,
+    AttnNorm(usize),
+    Wq(usize),
+    Wk(usize),
+    Wv(usize),
+    Wo(usize),
+    FfnNorm(usize),
+    Gate(usize),
+    Up(usize),
+    Down(usize),
+    OutNorm,
+    Output,
+}
+
+impl TensorId {
+    /// llama.cpp's GGUF name.
+    pub fn gguf_name(self) -> String {
+        match self {
+            TensorId::TokEmbd => "token_embd.weight".into(),
+            TensorId::AttnNorm(l) => format!("blk.{l}.attn_norm.weight"),
+            TensorId::Wq(l) => format!("blk.{l}.attn_q.weight"),
+            TensorId::Wk(l) => format!("blk.{l}.attn_k.weight"),
+            TensorId::Wv(l) => format!("blk.{l}.attn_v.weight"),
+            TensorId::Wo(l) => format!("blk.{l}.attn_output.weight"),
+            TensorId::FfnNorm(l) => format!("blk.{l}.ffn_norm.weight"),
+            TensorId::Gate(l) => format!("blk.{l}.ffn_gate.weight"),
+            TensorId::Up(l) => format!("blk.{l}.ffn_up.weight"),
+            TensorId::Down(l) => format!("blk.{l}.ffn_down.weight"),
+            TensorId::OutNorm => "output_norm.weight".into(),
+            TensorId::Output => "output.weight".into(),
+        }
+    }
+
+    pub fn class(self) -> Class {
+        match self {
+            TensorId::TokEmbd => Class::Embedding,
+            TensorId::Wq(_) | TensorId::Wk(_) | TensorId::Wv(_) | TensorId::Wo(_) => {
+                Class::Attention
+            }
+            TensorId::Gate(_) | TensorId::Up(_) | TensorId::Down(_) => Class::FeedForward,
+            TensorId::AttnNorm(_) | TensorId::FfnNorm(_) | TensorId::OutNorm => Class::Norm,
+            TensorId::Output => Class::Output,
+        }
+    }
+
+    pub fn layer(self) -> Option<usize> {
+        match self {
+            TensorId::AttnNorm(l)
+            | TensorId::Wq(l)
+            | TensorId::Wk(l)
+            | TensorId::Wv(l)
+            | TensorId::Wo(l)
+            | TensorId::FfnNorm(l)
+            | TensorId::Gate(l)
+            | TensorId::Up(l)
+            | TensorId::Down(l) => Some(l),
+            _ => None,
+        }
+    }
+
+    /// Row-major `[rows, cols]` shape; norms are `[1, dim]`.
+    pub fn shape(self, c: &Config) -> (usize, usize) {
+        let (d, h, kv, q) = (c.dim, c.hidden_dim, c.kv_dim(), c.n_heads * c.head_size());
+        match self {
+            TensorId::TokEmbd | TensorId::Output => (c.vocab_size, d),
+            TensorId::AttnNorm(_) | TensorId::FfnNorm(_) | TensorId::OutNorm => (1, d),
+            TensorId::Wq(_) => (q, d),
+            TensorId::Wk(_) | TensorId::Wv(_) => (kv, d),
+            TensorId::Wo(_) => (d, q),
+            TensorId::Gate(_) | TensorId::Up(_) => (h, d),
+            TensorId::Down(_) => (d, h),
+        }
+    }
+}

@@ -1,0 +1,572 @@
+//! One sequence on the GPU: activations, KV cache, per-row steps; records the forward pass through the
+//! kernel table and reads back what the caller asks for.
+
+use super::device::{pop_error_scope, Activations, Gpu};
+use super::kernels::{BindKey, Pipelines};
+use super::layout::{buffer, kv_layer_bytes, GpuMemory};
+use super::upload::GpuWeights;
+use crate::arch::forward;
+use crate::forward::{Act, Kernels};
+use crate::kv::{KvConfig, KvType};
+use crate::model::{Config, Model, TensorId};
+use crate::{Decoder, Error, Result};
+use std::collections::HashMap;
+use std::rc::Rc;
+
+/// What a submission copies back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Readback {
+    Nothing,
+    Argmax,
+    Logits,
+}
+
+/// One sequence on the GPU: uploaded weights, activations, KV cache, pipelines and cached bind groups.
+pub struct GpuDecoder<'g> {
+    pub(super) gpu: &'g Gpu,
+    pub(super) config: Config,
+    pub(super) kv: KvConfig,
+    pub(super) theta: f32,
+    pub(super) w: Rc<GpuWeights>,
+    pub(super) acts: Vec<wgpu::Buffer>,
+    pub(super) kcache: Vec<wgpu::Buffer>,
+    pub(super) vcache: Vec<wgpu::Buffer>,
+    pub(super) att: wgpu::Buffer,
+    pub(super) cap: usize,
+    /// The largest batch one pass takes (activation rows), and the rows of the pass being recorded.
+    pub(super) max_rows: usize,
+    pub(super) rows: usize,
+    /// One `Step` (8 words) per row, as step.wgsl declares it.
+    pub(super) step_buf: wgpu::Buffer,
+    pub(super) steps: Vec<u32>,
+    pub(super) rope_buf: wgpu::Buffer,
+    pub(super) argmax_buf: wgpu::Buffer,
+    pub(super) staging_logits: wgpu::Buffer,
+    pub(super) staging_id: wgpu::Buffer,
+    pub(super) pipes: Pipelines,
+    pub(super) binds: HashMap<BindKey, wgpu::BindGroup>,
+    pub(super) pass: Option<wgpu::ComputePass<'static>>,
+    pub(super) logits: Vec<f32>,
+    pub(super) memory: GpuMemory,
+    /// Seconds the last `run` spent on the CPU recording and submitting.
+    pub(super) encode_s: f64,
+    /// Seconds spent creating the compute pipelines (shader compilation) in `new`.
+    pub(super) compile_s: f64,
+    /// cos/sin per RoPE frequency for each row's position, reused every pass.
+    pub(super) rope_table: Vec<f32>,
+}
+
+impl<'g> GpuDecoder<'g> {
+    /// Uploads `model` and prepares a KV cache for `kv`. Refuses before uploading anything when a tensor
+    /// is larger than the adapter's storage binding limit.
+    pub fn new(gpu: &'g Gpu, model: &Model, kv: KvConfig) -> Result<Self> {
+        Self::check(&model.config, &kv)?;
+        Self::with_weights(gpu, GpuWeights::upload(gpu, model)?, kv)
+    }
+
+    fn check(c: &Config, kv: &KvConfig) -> Result<()> {
+        kv.validate(c)?;
+        if c.head_size() % 4 != 0 || c.head_size() > 256 {
+            return Err(Error::Gpu(format!(
+                "head size {} is not supported by the attention kernel (a multiple of 4, at most 256)",
+                c.head_size()
+            )));
+        }
+        Ok(())
+    }
+
+    /// A decoder on weights already uploaded, with its own KV cache and activations.
+    pub fn with_weights(gpu: &'g Gpu, w: Rc<GpuWeights>, kv: KvConfig) -> Result<Self> {
+        let c = w.config.clone();
+        Self::check(&c, &kv)?;
+        let dev = &gpu.device;
+        let oom_scope = dev.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let mut memory = GpuMemory {
+            weights_by_class: w.by_class.clone(),
+            ..GpuMemory::default()
+        };
+        let storage = wgpu::BufferUsages::STORAGE;
+        memory.weights = memory.weights_by_class.values().sum();
+
+        let buf = |label: &str, size: u64, usage| buffer(dev, label, size, usage);
+        let act_usage = storage | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST;
+        let cap = kv.window.unwrap_or(c.seq_len);
+        let max_rows = batch_rows(gpu, &c, cap);
+        let acts: Vec<wgpu::Buffer> = Act::ALL
+            .iter()
+            .map(|a| {
+                let bytes = (max_rows * a.len(&c) * gpu.activations.bytes()) as u64;
+                buf(&format!("{a:?}"), bytes, act_usage)
+            })
+            .collect();
+        let (k_bytes, v_bytes) = kv_layer_bytes(&kv, &c);
+        let kcache: Vec<_> = (0..c.n_layers)
+            .map(|l| buf(&format!("k{l}"), k_bytes, storage))
+            .collect();
+        let vcache: Vec<_> = (0..c.n_layers)
+            .map(|l| buf(&format!("v{l}"), v_bytes, storage))
+            .collect();
+        let att = buf("att", (max_rows * c.n_heads * cap * 4) as u64, storage);
+        let step_buf = buf(
+            "steps",
+            (max_rows * 32) as u64,
+            storage | wgpu::BufferUsages::COPY_DST,
+        );
+        let rope_buf = buf(
+            "rope",
+            (max_rows * c.head_size() * 4) as u64,
+            storage | wgpu::BufferUsages::COPY_DST,
+        );
+        let argmax_buf = buf("argmax", 4, storage | wgpu::BufferUsages::COPY_SRC);
+        let read = wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST;
+        let staging_logits = buf(
+            "staging logits",
+            (c.vocab_size * gpu.activations.bytes()) as u64,
+            read,
+        );
+        let staging_id = buf("staging id", 4, read);
+        memory.kv_cache = kcache.iter().chain(&vcache).map(|b| b.size()).sum();
+        memory.activations = acts.iter().map(|b| b.size()).sum::<u64>()
+            + att.size()
+            + step_buf.size()
+            + rope_buf.size()
+            + argmax_buf.size();
+        memory.staging = staging_logits.size() + staging_id.size();
+        memory.total = memory.weights + memory.kv_cache + memory.activations + memory.staging;
+        if let Some(e) = pop_error_scope(oom_scope) {
+            return Err(Error::Gpu(format!(
+                "out of GPU memory preparing a decoder for {} ({} bytes planned): {e}",
+                w.name, memory.total
+            )));
+        }
+        gpu.check_errors()?;
+        let t0 = web_time::Instant::now();
+        let pipes = Pipelines::new(dev, gpu.activations);
+        let compile_s = t0.elapsed().as_secs_f64();
+        Ok(GpuDecoder {
+            compile_s,
+            gpu,
+            theta: c.rope_theta,
+            kv,
+            w,
+            acts,
+            kcache,
+            vcache,
+            att,
+            cap,
+            max_rows,
+            rows: 1,
+            step_buf,
+            steps: Vec::with_capacity(max_rows * 8),
+            rope_buf,
+            argmax_buf,
+            staging_logits,
+            staging_id,
+            pipes,
+            binds: HashMap::new(),
+            pass: None,
+            logits: vec![0.0; c.vocab_size],
+            memory,
+            encode_s: 0.0,
+            rope_table: vec![0.0; max_rows * c.head_size()],
+            config: c,
+        })
+    }
+
+    pub fn memory(&self) -> &GpuMemory {
+        &self.memory
+    }
+
+    /// How many storage bindings a weight matrix was split into.
+    pub fn bindings(&self, id: TensorId) -> usize {
+        self.w.mats.get(&id).map_or(0, |m| m.chunks.len())
+    }
+
+    pub(super) fn act(&self, a: Act) -> &wgpu::Buffer {
+        &self.acts[a as usize]
+    }
+
+    fn matvec_into(&mut self, out: Act, w: TensorId, x: Act, accumulate: bool) {
+        if self.rows > 1 {
+            // A batch: the tiled kernel covers 64 weight rows by 32 tokens per workgroup.
+            let tiles = self.rows.div_ceil(32) as u32;
+            for ci in 0..self.w.mats[&w].chunks.len() {
+                let rows = self.w.mats[&w].chunks[ci].rows;
+                let key = BindKey::Matmul(w, ci, out, x, accumulate);
+                self.dispatch(key, (rows.div_ceil(64) as u32, tiles));
+            }
+            return;
+        }
+        // Rows per workgroup as the chosen kernel covers them, one on the element-wise path (matvec.wgsl).
+        let m = &self.w.mats[&w];
+        let per = if m.cols % 32 == 0 {
+            self.gpu.matvec_kernel().rows_per_group()
+        } else {
+            1
+        };
+        for ci in 0..m.chunks.len() {
+            let rows = self.w.mats[&w].chunks[ci].rows;
+            let groups = rows.div_ceil(per);
+            let groups = if groups <= 65535 {
+                (groups as u32, 1)
+            } else {
+                (65535, groups.div_ceil(65535) as u32)
+            };
+            self.dispatch(BindKey::Matvec(w, ci, out, x, accumulate), groups);
+        }
+    }
+
+    fn dispatch(&mut self, key: BindKey, groups: (u32, u32)) {
+        self.ensure(key);
+        let pipe = self.pipes.get(self.kernel_of(key));
+        let pass = self.pass.as_mut().expect("dispatch outside a token's pass");
+        pass.set_pipeline(pipe);
+        pass.set_bind_group(0, &self.binds[&key], &[]);
+        pass.dispatch_workgroups(groups.0, groups.1, 1);
+    }
+
+    /// Rows the pass starting at `pos0` may take, of `left` tokens still to run. Rows of one pass are
+    /// all stored before any attends, so a pass must not reuse a ring slot (with a window, batches stop
+    /// where the ring would wrap, and go token by token after it) and may complete at most one kivi4
+    /// key group, at its last row (the flush runs after the stores).
+    fn batch_len(&self, pos0: usize, left: usize) -> usize {
+        let mut n = left.min(self.max_rows);
+        let kv = &self.kv;
+        if let Some(w) = kv.window {
+            n = n.min(w.saturating_sub(pos0).max(1));
+        }
+        if kv.k == KvType::Kivi4 {
+            // The first position at or after pos0 that completes a group.
+            let first = pos0.max(kv.sinks);
+            let done = first + (kv.group - 1 - (first - kv.sinks) % kv.group);
+            n = n.min(done + 1 - pos0);
+        }
+        n.max(1)
+    }
+
+    /// Writes each row's step and RoPE table, records the forward pass over `tokens` at `pos0..`, and
+    /// submits it with a copy of what `out` asks for (for the last row) into its staging buffer.
+    fn run(&mut self, tokens: &[u32], pos0: usize, out: Readback) -> Result<()> {
+        let start = web_time::Instant::now();
+        let c = &self.config;
+        let n = tokens.len();
+        debug_assert!(n >= 1 && n <= self.max_rows);
+        if let Some(&t) = tokens.iter().find(|&&t| t as usize >= c.vocab_size) {
+            return Err(Error::Invalid(format!(
+                "token {t} is outside the vocabulary of {}",
+                c.vocab_size
+            )));
+        }
+        let last = pos0 + n - 1;
+        if last >= c.seq_len && self.kv.window.is_none() {
+            return Err(Error::Invalid(format!(
+                "position {last} is past the model's context of {} (a --window lets decoding go on)",
+                c.seq_len
+            )));
+        }
+        let (sinks, span) = match self.kv.window {
+            Some(w) => (self.kv.sinks, w - self.kv.sinks),
+            None => (0, 0),
+        };
+        let hs = c.head_size();
+        self.steps.clear();
+        for (i, &token) in tokens.iter().enumerate() {
+            let pos = pos0 + i;
+            // The attended positions are sinks 0..n_sinks then lo..=pos (kv.rs), computed without a list.
+            let (n_sinks, lo) = self.kv.attended_ranges(pos);
+            self.steps.extend([
+                pos as u32,
+                (n_sinks + pos + 1 - lo) as u32,
+                sinks as u32,
+                span as u32,
+                token,
+                self.kv.slot(pos) as u32,
+                lo as u32,
+                n as u32,
+            ]);
+            // cos/sin per frequency, computed exactly as the CPU oracle computes them.
+            for f in 0..hs / 2 {
+                let freq = 1.0 / self.theta.powf((2 * f) as f32 / hs as f32);
+                let (s, co) = (pos as f32 * freq).sin_cos();
+                self.rope_table[i * hs + 2 * f] = co;
+                self.rope_table[i * hs + 2 * f + 1] = s;
+            }
+        }
+        let q = &self.gpu.queue;
+        q.write_buffer(&self.step_buf, 0, bytemuck::cast_slice(&self.steps));
+        q.write_buffer(
+            &self.rope_buf,
+            0,
+            bytemuck::cast_slice(&self.rope_table[..n * hs]),
+        );
+
+        let mut enc = self.gpu.device.create_command_encoder(&Default::default());
+        self.pass = Some(
+            enc.begin_compute_pass(&Default::default())
+                .forget_lifetime(),
+        );
+        self.rows = n;
+        let cfg = self.config.clone();
+        forward(self, &cfg, tokens, pos0);
+        if out == Readback::Argmax {
+            self.dispatch(BindKey::Argmax, (1, 1));
+        }
+        drop(self.pass.take());
+        match out {
+            Readback::Argmax => {
+                enc.copy_buffer_to_buffer(&self.argmax_buf, 0, &self.staging_id, 0, 4)
+            }
+            Readback::Logits => {
+                let size = self.staging_logits.size();
+                let from = ((n - 1) * cfg.vocab_size * self.gpu.activations.bytes()) as u64;
+                enc.copy_buffer_to_buffer(
+                    self.act(Act::Logits),
+                    from,
+                    &self.staging_logits,
+                    0,
+                    size,
+                );
+            }
+            Readback::Nothing => {}
+        }
+        q.submit([enc.finish()]);
+        self.encode_s = start.elapsed().as_secs_f64();
+        Ok(())
+    }
+
+    /// Runs a prompt in as few passes as [`Self::batch_len`] allows; the last pass reads back `out`.
+    fn run_prompt(&mut self, tokens: &[u32], pos0: usize, out: Readback) -> Result<()> {
+        if tokens.is_empty() {
+            return Err(Error::Invalid("empty prompt".into()));
+        }
+        let mut done = 0;
+        while done < tokens.len() {
+            let n = self.batch_len(pos0 + done, tokens.len() - done);
+            let last = done + n == tokens.len();
+            let rb = if last { out } else { Readback::Nothing };
+            self.run(&tokens[done..done + n], pos0 + done, rb)?;
+            done += n;
+        }
+        Ok(())
+    }
+
+    /// Reads the logits the last submission copied out, as f32.
+    async fn read_logits(&mut self) -> Result<&[f32]> {
+        let bytes = self.read(&self.staging_logits).await?;
+        let n = self.config.vocab_size;
+        match self.gpu.activations {
+            Activations::F32 => self
+                .logits
+                .copy_from_slice(&bytemuck::cast_slice::<u8, f32>(&bytes)[..n]),
+            Activations::F16 => {
+                for (o, h) in self.logits.iter_mut().zip(bytes.chunks_exact(2)) {
+                    *o = half::f16::from_le_bytes([h[0], h[1]]).to_f32();
+                }
+            }
+        }
+        Ok(&self.logits)
+    }
+
+    async fn read_id(&self) -> Result<u32> {
+        let bytes = self.read(&self.staging_id).await?;
+        Ok(u32::from_le_bytes(bytes[..4].try_into().unwrap()))
+    }
+
+    /// Maps `staging` and copies it out. Natively the wait happens here (the map callback fires inside
+    /// the poll); in a browser the future resolves from the event loop.
+    async fn read(&self, staging: &wgpu::Buffer) -> Result<Vec<u8>> {
+        let slice = staging.slice(..);
+        let (tx, mut rx) = futures_channel::oneshot::channel();
+        slice.map_async(wgpu::MapMode::Read, move |r| {
+            let _ = tx.send(r);
+        });
+        #[cfg(not(target_arch = "wasm32"))]
+        let mapped = {
+            self.gpu.wait()?;
+            rx.try_recv().ok().flatten()
+        };
+        #[cfg(target_arch = "wasm32")]
+        let mapped = (&mut rx).await.ok();
+        match mapped {
+            Some(Ok(())) => {}
+            Some(Err(e)) => return Err(Error::Gpu(format!("reading results back: {e}"))),
+            None => {
+                return Err(Error::Gpu(
+                    "the GPU did not return results (hung or lost)".into(),
+                ))
+            }
+        }
+        self.gpu.check_errors()?;
+        let bytes = slice
+            .get_mapped_range()
+            .map_err(|e| Error::Gpu(format!("mapping results: {e}")))?
+            .to_vec();
+        staging.unmap();
+        Ok(bytes)
+    }
+}
+
+/// Rows of a batched prompt pass at most (fewer where a binding limit says so).
+pub const PREFILL_ROWS: usize = 64;
+
+fn wg(n: usize, size: usize) -> (u32, u32) {
+    (n.div_ceil(size) as u32, 1)
+}
+
+impl Kernels for GpuDecoder<'_> {
+    fn max_rows(&self) -> usize {
+        self.max_rows
+    }
+
+    fn embed(&mut self, tokens: &[u32], out: Act) {
+        // The kernel reads each row's token from the steps; every chunk holding one of them is bound.
+        let n = self.config.dim;
+        let rows = tokens.len() as u32;
+        for ci in 0..self.w.mats[&TensorId::TokEmbd].chunks.len() {
+            let ch = &self.w.mats[&TensorId::TokEmbd].chunks[ci];
+            let (lo, hi) = (ch.row0, ch.row0 + ch.rows);
+            if tokens.iter().any(|&t| (lo..hi).contains(&(t as usize))) {
+                self.dispatch(BindKey::Embed(out, ci), (wg(n, 64).0, rows));
+            }
+        }
+    }
+
+    fn rmsnorm(&mut self, out: Act, x: Act, w: TensorId) {
+        self.dispatch(BindKey::Norm(w, out, x), (self.rows as u32, 1));
+    }
+
+    fn matvec(&mut self, out: Act, w: TensorId, x: Act) {
+        self.matvec_into(out, w, x, false);
+    }
+
+    fn matvec_add(&mut self, out: Act, w: TensorId, x: Act) {
+        self.matvec_into(out, w, x, true);
+    }
+
+    fn rope(&mut self, x: Act, _pos0: usize) {
+        let n = x.len(&self.config);
+        self.dispatch(BindKey::Rope(x), (wg(n / 2, 64).0, self.rows as u32));
+    }
+
+    fn kv_store(&mut self, layer: usize, pos0: usize) {
+        let n = self.config.kv_dim();
+        self.dispatch(BindKey::KvStore(layer), (wg(n, 64).0, self.rows as u32));
+        // A kivi4 key group completes at the pass's last position: quantize it per channel.
+        let kv = &self.kv;
+        let pos = pos0 + self.rows - 1;
+        if kv.k == KvType::Kivi4 && pos >= kv.sinks && (pos - kv.sinks) % kv.group == kv.group - 1 {
+            self.dispatch(BindKey::KiviFlush(layer), wg(n, 64));
+        }
+    }
+
+    fn attention(&mut self, out: Act, layer: usize, _pos0: usize) {
+        let h = self.config.n_heads;
+        self.dispatch(BindKey::Attention(layer, out), (h as u32, self.rows as u32));
+    }
+
+    fn swiglu(&mut self, gate: Act, up: Act) {
+        let n = gate.len(&self.config);
+        self.dispatch(BindKey::Swiglu(gate, up), (wg(n, 64).0, self.rows as u32));
+    }
+
+    fn add(&mut self, x: Act, y: Act) {
+        let n = x.len(&self.config);
+        self.dispatch(BindKey::Add(x, y), (wg(n, 64).0, self.rows as u32));
+    }
+}
+
+impl Decoder for GpuDecoder<'_> {
+    fn config(&self) -> &Config {
+        &self.config
+    }
+
+    fn step(&mut self, token: u32, pos: usize) -> crate::Fut<'_, &[f32]> {
+        Box::pin(async move {
+            self.run(&[token], pos, Readback::Logits)?;
+            self.read_logits().await
+        })
+    }
+
+    fn step_argmax(&mut self, token: u32, pos: usize) -> crate::Fut<'_, u32> {
+        Box::pin(async move {
+            self.run(&[token], pos, Readback::Argmax)?;
+            self.read_id().await
+        })
+    }
+
+    fn feed(&mut self, token: u32, pos: usize) -> crate::Fut<'_, ()> {
+        Box::pin(std::future::ready(self.run(
+            &[token],
+            pos,
+            Readback::Nothing,
+        )))
+    }
+
+    fn prefill<'a>(&'a mut self, tokens: &'a [u32], pos0: usize) -> crate::Fut<'a, &'a [f32]> {
+        Box::pin(async move {
+            self.run_prompt(tokens, pos0, Readback::Logits)?;
+            self.read_logits().await
+        })
+    }
+
+    fn prefill_argmax<'a>(&'a mut self, tokens: &'a [u32], pos0: usize) -> crate::Fut<'a, u32> {
+        Box::pin(async move {
+            self.run_prompt(tokens, pos0, Readback::Argmax)?;
+            self.read_id().await
+        })
+    }
+
+    fn prefill_method(&self) -> String {
+        if self.max_rows == 1 {
+            return "token by token, one submission per token, no readback until the last".into();
+        }
+        format!(
+            "batched: up to {} tokens per pass (tiled matrix-matrix kernel, causal batched attention), \
+             one submission per pass",
+            self.max_rows
+        )
+    }
+
+    fn gpu_memory(&self) -> Option<GpuMemory> {
+        Some(self.memory.clone())
+    }
+
+    fn encode_ms(&self) -> Option<f64> {
+        Some(self.encode_s * 1e3)
+    }
+
+    fn compile_ms(&self) -> Option<f64> {
+        Some(self.compile_s * 1e3)
+    }
+
+    fn backend(&self) -> String {
+        format!(
+            "gpu ({}, {}, {} activations)",
+            self.gpu.report.name,
+            self.gpu.report.backend,
+            self.gpu.activations.name()
+        )
+    }
+
+    fn reset(&mut self) {}
+
+    fn kv_bytes(&self) -> usize {
+        self.memory.kv_cache as usize
+    }
+
+    fn context_limit(&self) -> usize {
+        match self.kv.window {
+            Some(_) => usize::MAX,
+            None => self.config.seq_len,
+        }
+    }
+}
+
+/// Rows of a batched prompt pass: enough to read each weight once per 64 tokens, fewer where the
+/// attention scratch or the logits of a whole batch would not fit one binding.
+fn batch_rows(gpu: &Gpu, c: &Config, cap: usize) -> usize {
+    let per_row = (c.n_heads * cap * 4)
+        .max(c.vocab_size * gpu.activations.bytes())
+        .max(1) as u64;
+    (gpu.max_binding / per_row).clamp(1, gpu.prefill_rows as u64) as usize
+}

@@ -1,0 +1,301 @@
+//! Opening the adapter: its report, limits, activation type, error hooks and the choices made per
+//! adapter (the matvec kernel). Options come from the caller (CLI flags, the page), never from the
+//! environment.
+
+use super::decoder::{GpuDecoder, PREFILL_ROWS};
+use super::kernels::MatvecKernel;
+use crate::kv::KvConfig;
+use crate::quant::WType;
+use crate::{Decoder, Error, Result};
+use serde::{Deserialize, Serialize};
+use std::sync::{Arc, Mutex};
+
+/// How long a submission may take before the device is declared hung.
+#[cfg(not(target_arch = "wasm32"))]
+const GPU_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// The adapter, as every result reports it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AdapterReport {
+    pub name: String,
+    pub backend: String,
+    pub device_type: String,
+    pub driver: String,
+    pub driver_info: String,
+    pub features: Vec<String>,
+    pub shader_f16: bool,
+    pub limits: LimitsReport,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LimitsReport {
+    pub max_storage_buffer_binding_size: u64,
+    pub max_buffer_size: u64,
+    pub max_compute_workgroup_storage_size: u32,
+    pub max_compute_invocations_per_workgroup: u32,
+    pub max_compute_workgroups_per_dimension: u32,
+    pub max_storage_buffers_per_shader_stage: u32,
+}
+
+/// Element type of the activation buffers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Activations {
+    F16,
+    F32,
+}
+
+impl Activations {
+    pub fn parse(s: &str) -> Result<Activations> {
+        match s {
+            "f16" => Ok(Activations::F16),
+            "f32" => Ok(Activations::F32),
+            _ => Err(Error::Invalid(format!("--act {s:?}: expected f16 or f32"))),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Activations::F16 => "f16",
+            Activations::F32 => "f32",
+        }
+    }
+
+    pub(super) fn bytes(self) -> usize {
+        match self {
+            Activations::F16 => 2,
+            Activations::F32 => 4,
+        }
+    }
+}
+
+/// Options for opening the GPU.
+#[derive(Debug, Clone, Default)]
+pub struct GpuOptions {
+    /// Activation type; default f16 where the adapter has `shader-f16`, else f32.
+    pub act: Option<Activations>,
+    /// Pretend the adapter allows at most this many bytes per storage binding (to test splitting).
+    pub max_binding: Option<u64>,
+    /// wgpu backends to try; default: `WGPU_BACKEND` if set, else Vulkan/Metal/DX12/browser WebGPU.
+    pub backends: Option<wgpu::Backends>,
+    /// The decode matvec kernel; default: `Row` on a CPU adapter, else `Tiled` (a browser times both,
+    /// [`Gpu::tune_matvec`]).
+    pub matvec: Option<MatvecKernel>,
+    /// At most this many rows per batched prompt pass (1: token by token), as llama.cpp's
+    /// `--ubatch-size`; default and ceiling [`PREFILL_ROWS`].
+    pub prefill_rows: Option<usize>,
+}
+
+/// An open device with its adapter report and error hooks.
+pub struct Gpu {
+    pub device: wgpu::Device,
+    pub queue: wgpu::Queue,
+    pub report: AdapterReport,
+    /// The binding limit the engine plans with (the adapter's, or a smaller forced one).
+    pub max_binding: u64,
+    /// Activation type every decoder on this device uses.
+    pub activations: Activations,
+    /// Which matvec kernel decode uses (chosen per adapter; see [`MatvecKernel`]).
+    matvec: std::cell::Cell<MatvecKernel>,
+    /// How that choice was made, for results.
+    pub matvec_choice: std::cell::RefCell<String>,
+    /// Rows per batched prompt pass at most (before binding limits).
+    pub prefill_rows: usize,
+    errors: Arc<Mutex<Vec<String>>>,
+}
+
+impl Gpu {
+    /// Opens the default adapter (honouring `WGPU_BACKEND`), with its full limits.
+    pub async fn open(opts: GpuOptions) -> Result<Gpu> {
+        // Vulkan/Metal/DX12/browser WebGPU unless WGPU_BACKEND says otherwise (e.g. `gl`): probing GL
+        // by default prints display-server noise on headless machines.
+        let mut desc = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
+        desc.backends = opts
+            .backends
+            .or_else(wgpu::Backends::from_env)
+            .unwrap_or(wgpu::Backends::PRIMARY);
+        let instance = wgpu::Instance::new(desc);
+        let adapter = instance
+            .request_adapter(&wgpu::RequestAdapterOptions {
+                power_preference: wgpu::PowerPreference::HighPerformance,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| Error::Gpu(format!("no WebGPU adapter: {e}")))?;
+        let info = adapter.get_info();
+        let limits = adapter.limits();
+        let features = adapter.features();
+        let shader_f16 = features.contains(wgpu::Features::SHADER_F16);
+        let activations = match opts.act {
+            Some(Activations::F16) if !shader_f16 => {
+                return Err(Error::Gpu(format!(
+                    "f16 activations need shader-f16, which {} does not have",
+                    info.name
+                )))
+            }
+            Some(a) => a,
+            None if shader_f16 => Activations::F16,
+            None => Activations::F32,
+        };
+        let required_features = if activations == Activations::F16 {
+            wgpu::Features::SHADER_F16
+        } else {
+            wgpu::Features::empty()
+        };
+        let (device, queue) = adapter
+            .request_device(&wgpu::DeviceDescriptor {
+                label: Some("nibble"),
+                required_features,
+                required_limits: limits.clone(),
+                memory_hints: wgpu::MemoryHints::Performance,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| Error::Gpu(format!("requesting a device from {}: {e}", info.name)))?;
+        let errors: Arc<Mutex<Vec<String>>> = Arc::default();
+        let sink = errors.clone();
+        device.on_uncaptured_error(Arc::new(move |e| {
+            sink.lock().unwrap().push(e.to_string());
+        }));
+        let lost = errors.clone();
+        device.set_device_lost_callback(move |reason, msg| {
+            lost.lock()
+                .unwrap()
+                .push(format!("device lost ({reason:?}): {msg}"));
+        });
+        let report = AdapterReport {
+            // Browsers may hide the adapter's name (Firefox does); say so rather than print nothing.
+            name: if info.name.is_empty() {
+                "(unnamed: the browser hides the adapter's name)".into()
+            } else {
+                info.name.clone()
+            },
+            backend: format!("{:?}", info.backend),
+            device_type: format!("{:?}", info.device_type),
+            driver: info.driver.clone(),
+            driver_info: info.driver_info.clone(),
+            features: features.iter_names().map(|(n, _)| n.to_string()).collect(),
+            shader_f16,
+            limits: LimitsReport {
+                max_storage_buffer_binding_size: limits.max_storage_buffer_binding_size as u64,
+                max_buffer_size: limits.max_buffer_size,
+                max_compute_workgroup_storage_size: limits.max_compute_workgroup_storage_size,
+                max_compute_invocations_per_workgroup: limits.max_compute_invocations_per_workgroup,
+                max_compute_workgroups_per_dimension: limits.max_compute_workgroups_per_dimension,
+                max_storage_buffers_per_shader_stage: limits.max_storage_buffers_per_shader_stage,
+            },
+        };
+        let adapter_max =
+            (limits.max_storage_buffer_binding_size as u64).min(limits.max_buffer_size);
+        let (matvec, why) = match opts.matvec {
+            Some(k) => (k, format!("{k:?}, set by the caller")),
+            None if report.device_type == "Cpu" => {
+                (MatvecKernel::Row, "Row for a Cpu adapter".into())
+            }
+            None => (
+                MatvecKernel::Tiled,
+                format!("Tiled for a {} adapter", report.device_type),
+            ),
+        };
+        Ok(Gpu {
+            device,
+            queue,
+            max_binding: opts.max_binding.map_or(adapter_max, |m| m.min(adapter_max)),
+            activations,
+            matvec: matvec.into(),
+            matvec_choice: why.into(),
+            prefill_rows: opts
+                .prefill_rows
+                .unwrap_or(PREFILL_ROWS)
+                .clamp(1, PREFILL_ROWS),
+            report,
+            errors,
+        })
+    }
+
+    pub fn matvec_kernel(&self) -> MatvecKernel {
+        self.matvec.get()
+    }
+
+    /// Uses `k` for decoders made from now on (tests run both kernels on one adapter).
+    pub fn set_matvec_kernel(&self, k: MatvecKernel) {
+        self.matvec.set(k);
+        *self.matvec_choice.borrow_mut() = format!("{k:?}, set by the caller");
+    }
+
+    /// Times both matvec kernels on the built-in model at q4_0 and keeps the faster: in a browser the
+    /// adapter does not say whether it runs on a CPU. Answers what was measured.
+    pub async fn tune_matvec(&self) -> Result<String> {
+        let wc = crate::precision::WeightConfig {
+            default: Some(WType::Q4_0),
+            ..Default::default()
+        };
+        let (m, _) = crate::Model::synthetic_with(crate::Preset::Tiny, 1, &wc)?;
+        let mut best: Option<(MatvecKernel, f64)> = None;
+        let mut notes = Vec::new();
+        for k in [MatvecKernel::Tiled, MatvecKernel::Row] {
+            self.matvec.set(k);
+            let mut d = GpuDecoder::new(self, &m, KvConfig::default())?;
+            d.step_argmax(1, 0).await?;
+            let t0 = web_time::Instant::now();
+            for p in 1..4 {
+                d.step_argmax(1, p).await?;
+            }
+            let ms = t0.elapsed().as_secs_f64() * 1e3 / 3.0;
+            notes.push(format!("{k:?} {ms:.2} ms/token"));
+            if best.is_none_or(|(_, b)| ms < b) {
+                best = Some((k, ms));
+            }
+        }
+        let (k, _) = best.expect("two kernels timed");
+        self.matvec.set(k);
+        let note = format!(
+            "{k:?}, timed on the built-in model at q4_0: {}",
+            notes.join(", ")
+        );
+        *self.matvec_choice.borrow_mut() = note.clone();
+        Ok(note)
+    }
+
+    /// Blocking [`Gpu::open`] for native callers.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn open_blocking(opts: GpuOptions) -> Result<Gpu> {
+        pollster::block_on(Gpu::open(opts))
+    }
+
+    pub(super) fn check_errors(&self) -> Result<()> {
+        let mut e = self.errors.lock().unwrap();
+        if e.is_empty() {
+            return Ok(());
+        }
+        let msg = e.join("; ");
+        e.clear();
+        Err(Error::Gpu(msg))
+    }
+
+    #[cfg(not(target_arch = "wasm32"))]
+    pub(super) fn wait(&self) -> Result<()> {
+        self.device
+            .poll(wgpu::PollType::Wait {
+                submission_index: None,
+                timeout: Some(GPU_TIMEOUT),
+            })
+            .map_err(|e| Error::Gpu(format!("waiting for the GPU: {e}")))?;
+        self.check_errors()
+    }
+}
+
+/// Pops an error scope; natively waits for its verdict. In the browser the verdict arrives later, and
+/// out-of-memory surfaces through the uncaptured-error hook instead.
+pub(super) fn pop_error_scope(scope: wgpu::ErrorScopeGuard) -> Option<wgpu::Error> {
+    let verdict = scope.pop();
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        pollster::block_on(verdict)
+    }
+    #[cfg(target_arch = "wasm32")]
+    {
+        drop(verdict);
+        None
+    }
+}

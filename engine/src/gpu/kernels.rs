@@ -1,0 +1,399 @@
+//! The kernel table: each kernel's WGSL entry point and the shader files its module is built from, the
+//! pipelines made from it, and the buffers each binding key binds. Pipeline creation, bind groups and
+//! dispatch all go through [`BindKey::kernel`] and [`TABLE`], so a new kernel is its WGSL file, one
+//! [`Kernel`] variant with its table entry, and its bindings in [`GpuDecoder::entries`].
+
+use super::decoder::GpuDecoder;
+use super::device::Activations;
+use super::layout::{kivi_ring, Chunk, GpuMatrix};
+use crate::forward::Act;
+use crate::model::TensorId;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use wgpu::util::DeviceExt;
+
+const ACT_F32: &str = include_str!("../../../shaders/act_f32.wgsl");
+const ACT_F16: &str = include_str!("../../../shaders/act_f16.wgsl");
+const STEP: &str = include_str!("../../../shaders/step.wgsl");
+const QUANT: &str = include_str!("../../../shaders/quant.wgsl");
+const MATVEC: &str = include_str!("../../../shaders/matvec.wgsl");
+const NORM: &str = include_str!("../../../shaders/norm.wgsl");
+const ROPE: &str = include_str!("../../../shaders/rope.wgsl");
+const ELEMENTWISE: &str = include_str!("../../../shaders/elementwise.wgsl");
+const KV: &str = include_str!("../../../shaders/kv.wgsl");
+const KVFORMAT: &str = include_str!("../../../shaders/kvformat.wgsl");
+const ATTENTION: &str = include_str!("../../../shaders/attention.wgsl");
+const ARGMAX: &str = include_str!("../../../shaders/argmax.wgsl");
+
+/// Every compute kernel, in [`TABLE`] order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(super) enum Kernel {
+    Matvec,
+    Matmul,
+    MatvecAny,
+    MatvecRow,
+    Embed,
+    Rmsnorm,
+    Rope,
+    Add,
+    Swiglu,
+    KvStore,
+    KiviFlush,
+    Attention,
+    Argmax,
+}
+
+/// A kernel's entry point and its module: the shader files after the activation alias and the
+/// generated type codes (WGSL has no includes). Kernels of one module share its compilation.
+pub(super) struct KernelDef {
+    pub kernel: Kernel,
+    pub entry: &'static str,
+    pub module: &'static str,
+    pub parts: &'static [&'static str],
+}
+
+const MATVEC_MODULE: &[&str] = &[STEP, QUANT, MATVEC];
+const KV_MODULE: &[&str] = &[STEP, KVFORMAT, KV];
+
+macro_rules! def {
+    ($k:ident, $entry:literal, $module:literal, $parts:expr) => {
+        KernelDef {
+            kernel: Kernel::$k,
+            entry: $entry,
+            module: $module,
+            parts: $parts,
+        }
+    };
+}
+
+pub(super) const TABLE: [KernelDef; 13] = [
+    def!(Matvec, "matvec", "matvec", MATVEC_MODULE),
+    def!(Matmul, "matmul", "matvec", MATVEC_MODULE),
+    def!(MatvecAny, "matvec_any", "matvec", MATVEC_MODULE),
+    def!(MatvecRow, "matvec_row", "matvec", MATVEC_MODULE),
+    def!(Embed, "embed", "matvec", MATVEC_MODULE),
+    def!(Rmsnorm, "rmsnorm", "norm", &[NORM]),
+    def!(Rope, "rope", "rope", &[ROPE]),
+    def!(Add, "add", "elementwise", &[ELEMENTWISE]),
+    def!(Swiglu, "swiglu", "elementwise", &[ELEMENTWISE]),
+    def!(KvStore, "kv_store", "kv", KV_MODULE),
+    def!(KiviFlush, "kivi_flush", "kv", KV_MODULE),
+    def!(
+        Attention,
+        "attention",
+        "attention",
+        &[STEP, KVFORMAT, ATTENTION]
+    ),
+    def!(Argmax, "argmax", "argmax", &[STEP, ARGMAX]),
+];
+
+/// The WGSL source of a module: the activation alias first (`enable f16;` must open a module), the
+/// storage type codes from `dtype.rs`, then the module's files.
+pub(super) fn module_source(act: Activations, parts: &[&str]) -> String {
+    let alias = match act {
+        Activations::F16 => ACT_F16,
+        Activations::F32 => ACT_F32,
+    };
+    let mut s = String::from(alias);
+    s += &crate::dtype::wgsl_constants();
+    for p in parts {
+        s += p;
+    }
+    s
+}
+
+/// One compute pipeline per kernel, indexed by [`Kernel`].
+pub(super) struct Pipelines(Vec<wgpu::ComputePipeline>);
+
+impl Pipelines {
+    pub fn new(device: &wgpu::Device, act: Activations) -> Pipelines {
+        let mut modules: HashMap<&str, wgpu::ShaderModule> = HashMap::new();
+        let pipes = TABLE
+            .iter()
+            .enumerate()
+            .map(|(i, d)| {
+                debug_assert_eq!(d.kernel as usize, i, "TABLE is in Kernel order");
+                let m = modules.entry(d.module).or_insert_with(|| {
+                    device.create_shader_module(wgpu::ShaderModuleDescriptor {
+                        label: Some(d.module),
+                        source: wgpu::ShaderSource::Wgsl(module_source(act, d.parts).into()),
+                    })
+                });
+                device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                    label: Some(d.entry),
+                    layout: None,
+                    module: m,
+                    entry_point: Some(d.entry),
+                    compilation_options: Default::default(),
+                    cache: None,
+                })
+            })
+            .collect();
+        Pipelines(pipes)
+    }
+
+    pub fn get(&self, k: Kernel) -> &wgpu::ComputePipeline {
+        &self.0[k as usize]
+    }
+}
+
+/// The matvec kernels of matvec.wgsl.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MatvecKernel {
+    /// 8 rows per 256-thread workgroup, 32 lanes per row reading x from storage, lanes reduced in
+    /// workgroup memory: for GPUs.
+    Tiled,
+    /// One thread per row, no barriers: for adapters that run on the CPU (lavapipe, SwiftShader),
+    /// where each workgroup barrier costs more than the arithmetic.
+    Row,
+}
+
+impl MatvecKernel {
+    pub fn parse(s: &str) -> crate::Result<MatvecKernel> {
+        match s {
+            "tiled" => Ok(MatvecKernel::Tiled),
+            "row" => Ok(MatvecKernel::Row),
+            _ => Err(crate::Error::Invalid(format!(
+                "matvec kernel {s:?}: expected tiled or row"
+            ))),
+        }
+    }
+
+    /// Rows one workgroup covers.
+    pub fn rows_per_group(self) -> usize {
+        match self {
+            MatvecKernel::Tiled => 8,
+            MatvecKernel::Row => 64,
+        }
+    }
+
+    /// The kernel for a matrix of `cols` columns: the chosen one needs whole 32-column units; anything
+    /// else takes the element-wise kernel.
+    pub(super) fn for_cols(self, cols: usize) -> Kernel {
+        match self {
+            _ if cols % 32 != 0 => Kernel::MatvecAny,
+            MatvecKernel::Tiled => Kernel::Matvec,
+            MatvecKernel::Row => Kernel::MatvecRow,
+        }
+    }
+}
+
+/// What one dispatch binds; bind groups are cached by it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(super) enum BindKey {
+    /// Output, weight, chunk, input, accumulate.
+    Matvec(TensorId, usize, Act, Act, bool),
+    /// The same for a batch of rows (the tiled matrix-matrix kernel).
+    Matmul(TensorId, usize, Act, Act, bool),
+    /// Output and the embedding chunk holding the token.
+    Embed(Act, usize),
+    Norm(TensorId, Act, Act),
+    Rope(Act),
+    Add(Act, Act),
+    Swiglu(Act, Act),
+    KvStore(usize),
+    KiviFlush(usize),
+    Attention(usize, Act),
+    Argmax,
+}
+
+impl BindKey {
+    /// The kernel this key runs; `cols` is the matrix width of a matvec key.
+    pub fn kernel(self, mv: MatvecKernel, cols: impl Fn(TensorId) -> usize) -> Kernel {
+        match self {
+            BindKey::Matvec(id, ..) => mv.for_cols(cols(id)),
+            BindKey::Matmul(..) => Kernel::Matmul,
+            BindKey::Embed(..) => Kernel::Embed,
+            BindKey::Norm(..) => Kernel::Rmsnorm,
+            BindKey::Rope(_) => Kernel::Rope,
+            BindKey::Add(..) => Kernel::Add,
+            BindKey::Swiglu(..) => Kernel::Swiglu,
+            BindKey::KvStore(_) => Kernel::KvStore,
+            BindKey::KiviFlush(_) => Kernel::KiviFlush,
+            BindKey::Attention(..) => Kernel::Attention,
+            BindKey::Argmax => Kernel::Argmax,
+        }
+    }
+}
+
+type Entries = Vec<(u32, wgpu::Buffer)>;
+
+impl GpuDecoder<'_> {
+    /// The kernel `key` runs on this decoder's weights with the adapter's matvec choice.
+    pub(super) fn kernel_of(&self, key: BindKey) -> Kernel {
+        key.kernel(self.gpu.matvec_kernel(), |id| self.w.mats[&id].cols)
+    }
+
+    /// Creates the bind group for `key` on first use.
+    pub(super) fn ensure(&mut self, key: BindKey) {
+        if self.binds.contains_key(&key) {
+            return;
+        }
+        let entries = self.entries(key);
+        let layout = self.pipes.get(self.kernel_of(key)).get_bind_group_layout(0);
+        let entries: Vec<wgpu::BindGroupEntry> = entries
+            .iter()
+            .map(|(i, b)| wgpu::BindGroupEntry {
+                binding: *i,
+                resource: b.as_entire_binding(),
+            })
+            .collect();
+        let bg = self
+            .gpu
+            .device
+            .create_bind_group(&wgpu::BindGroupDescriptor {
+                label: None,
+                layout: &layout,
+                entries: &entries,
+            });
+        self.binds.insert(key, bg);
+    }
+
+    /// The buffers `key` binds, by binding number (each shader's header lists them).
+    fn entries(&self, key: BindKey) -> Entries {
+        let c = &self.config;
+        let act = |a: Act| self.act(a).clone();
+        match key {
+            BindKey::Matvec(id, ci, out, x, acc) | BindKey::Matmul(id, ci, out, x, acc) => {
+                let mut e = self.matrix_entries(id, ci, acc);
+                e.extend([(4, act(x)), (5, act(out))]);
+                // Only the batched kernel reads the steps (its row count).
+                if matches!(key, BindKey::Matmul(..)) {
+                    e.push((6, self.step_buf.clone()));
+                }
+                e
+            }
+            BindKey::Embed(out, ci) => {
+                let mut e = self.matrix_entries(TensorId::TokEmbd, ci, false);
+                e.extend([(5, act(out)), (6, self.step_buf.clone())]);
+                e
+            }
+            BindKey::Norm(id, out, x) => vec![
+                (0, self.uniform(&[c.dim as u32, c.norm_eps.to_bits(), 0, 0])),
+                (1, act(x)),
+                (2, self.w.norms[&id].clone()),
+                (3, act(out)),
+            ],
+            BindKey::Rope(x) => vec![
+                (
+                    0,
+                    self.uniform(&[x.len(c) as u32, c.head_size() as u32, 0, 0]),
+                ),
+                (1, act(x)),
+                (2, self.rope_buf.clone()),
+            ],
+            BindKey::Add(a, b) | BindKey::Swiglu(a, b) => vec![
+                (0, self.uniform(&[a.len(c) as u32, 0, 0, 0])),
+                (1, act(a)),
+                (2, act(b)),
+            ],
+            BindKey::KvStore(l) => vec![
+                (0, self.attn_params()),
+                (1, act(Act::K)),
+                (2, act(Act::V)),
+                (3, self.kcache[l].clone()),
+                (4, self.vcache[l].clone()),
+                (5, self.step_buf.clone()),
+            ],
+            BindKey::KiviFlush(l) => vec![
+                (0, self.attn_params()),
+                (3, self.kcache[l].clone()),
+                (5, self.step_buf.clone()),
+            ],
+            BindKey::Attention(l, out) => vec![
+                (0, self.attn_params()),
+                (1, act(Act::Q)),
+                (2, self.kcache[l].clone()),
+                (3, self.vcache[l].clone()),
+                (4, self.att.clone()),
+                (5, act(out)),
+                (6, self.step_buf.clone()),
+            ],
+            BindKey::Argmax => vec![
+                (0, self.uniform(&[c.vocab_size as u32, 0, 0, 0])),
+                (1, act(Act::Logits)),
+                (2, self.argmax_buf.clone()),
+                (3, self.step_buf.clone()),
+            ],
+        }
+    }
+
+    /// Bindings 0-3 of a matrix kernel: parameters and one chunk's codes, scales and mins.
+    fn matrix_entries(&self, id: TensorId, ci: usize, accumulate: bool) -> Entries {
+        let m = &self.w.mats[&id];
+        let ch = &m.chunks[ci];
+        vec![
+            (0, self.mat_params(m, ch, accumulate)),
+            (1, ch.words.clone()),
+            (2, ch.scales.clone()),
+            (3, ch.mins.clone()),
+        ]
+    }
+
+    fn uniform(&self, words: &[u32]) -> wgpu::Buffer {
+        self.gpu
+            .device
+            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some("params"),
+                contents: bytemuck::cast_slice(words),
+                usage: wgpu::BufferUsages::UNIFORM,
+            })
+    }
+
+    fn mat_params(&self, m: &GpuMatrix, ch: &Chunk, accumulate: bool) -> wgpu::Buffer {
+        self.uniform(&[
+            ch.rows as u32,
+            m.cols as u32,
+            m.block as u32,
+            m.ty.code(),
+            accumulate as u32,
+            ch.row0 as u32,
+            m.chunks.iter().map(|c| c.rows).sum::<usize>() as u32,
+            0,
+        ])
+    }
+
+    fn attn_params(&self) -> wgpu::Buffer {
+        let c = &self.config;
+        self.uniform(&[
+            c.n_heads as u32,
+            c.n_kv_heads as u32,
+            c.head_size() as u32,
+            c.kv_dim() as u32,
+            self.cap as u32,
+            self.kv.k.key_code(),
+            self.kv.v.value_code(),
+            self.kv.group as u32,
+            kivi_ring(&self.kv, c) as u32,
+            self.kv.sinks as u32,
+            0,
+            0,
+        ])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_table_is_in_kernel_order() {
+        for (i, d) in TABLE.iter().enumerate() {
+            assert_eq!(d.kernel as usize, i, "{:?} is out of place", d.kernel);
+        }
+    }
+
+    #[test]
+    fn every_entry_point_is_in_its_module() {
+        for d in &TABLE {
+            let src = module_source(Activations::F32, d.parts);
+            assert!(
+                src.contains(&format!("fn {}(", d.entry)),
+                "{} is not defined in module {}",
+                d.entry,
+                d.module
+            );
+        }
+    }
+}

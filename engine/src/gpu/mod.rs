@@ -1,0 +1,24 @@
+//! The WebGPU backend (wgpu): the same forward pass as the CPU, with WGSL kernels from `shaders/`.
+//!
+//! - `device`: opening the adapter, its report and limits, the choices made per adapter.
+//! - `layout`: matrices split into bindings, KV cache sizes, memory accounting.
+//! - `upload`: weights uploaded whole or tensor by tensor as a load streams them (`GpuSink`).
+//! - `kernels`: the kernel table (entry points, shader files, pipelines) and what each binding key binds.
+//! - `decoder`: one sequence: activations, KV cache, recording a pass, reading back.
+//!
+//! Weights are uploaded once in the planar layout of `quant.rs`. Activations, the KV cache, the attention
+//! scratch, the per-row steps and the staging buffers are allocated when the decoder is made; bind
+//! groups are made on first use and cached, so a steady-state token allocates nothing. Each pass is one
+//! compute pass in one command buffer; greedy decoding reads back a 4-byte argmax, scoring the logits.
+
+mod decoder;
+mod device;
+mod kernels;
+mod layout;
+mod upload;
+
+pub use decoder::{GpuDecoder, PREFILL_ROWS};
+pub use device::{Activations, AdapterReport, Gpu, GpuOptions, LimitsReport};
+pub use kernels::MatvecKernel;
+pub use layout::GpuMemory;
+pub use upload::{GpuSink, GpuWeights, WeightUpload};

@@ -1,0 +1,268 @@
+//! Uploading weights, whole or tensor by tensor as a load streams them.
+
+use super::device::{pop_error_scope, Gpu};
+use super::layout::{rows_per_chunk, Chunk, GpuMatrix, Shape};
+use crate::model::{Class, Config, Model, Plan, Tensor, TensorId};
+use crate::quant::{QMatrix, WType};
+use crate::{Error, Result};
+use std::collections::{BTreeMap, HashMap};
+use std::rc::Rc;
+
+/// Weights uploaded to the GPU. Decoders share them (an `Rc`), so several KV configurations of one
+/// model upload it once.
+pub struct GpuWeights {
+    pub(super) name: String,
+    pub(super) config: Config,
+    pub(super) mats: HashMap<TensorId, GpuMatrix>,
+    pub(super) norms: HashMap<TensorId, wgpu::Buffer>,
+    pub(super) by_class: BTreeMap<Class, u64>,
+}
+
+impl GpuWeights {
+    /// Uploads a model already in memory.
+    pub fn upload(gpu: &Gpu, model: &Model) -> Result<Rc<GpuWeights>> {
+        let mut up = WeightUpload::begin(gpu, &Plan::of(model))?;
+        for id in TensorId::all(&model.config, model.tied()) {
+            if id.class() == Class::Norm {
+                up.put_norm(id, model.weights.norm(id))?;
+            } else {
+                up.put_matrix(id, model.weights.matrix(id))?;
+            }
+        }
+        up.finish()
+    }
+}
+
+/// A model uploaded tensor by tensor as a load delivers it (progressive loading): the CPU holds one
+/// tensor at a time, not the model. The plan is checked against the adapter's limits in `begin`,
+/// before anything is uploaded.
+pub struct WeightUpload<'g> {
+    gpu: &'g Gpu,
+    plan: HashMap<TensorId, (WType, usize)>,
+    tied: bool,
+    w: GpuWeights,
+    /// The largest single buffer copied to the GPU (what one upload stages), and the time spent.
+    pub largest_staging: u64,
+    pub upload_s: f64,
+}
+
+impl<'g> WeightUpload<'g> {
+    pub fn begin(gpu: &'g Gpu, plan: &Plan) -> Result<WeightUpload<'g>> {
+        let c = &plan.config;
+        for &(id, ty, block) in &plan.matrices {
+            let (rows, cols) = id.shape(c);
+            let shape = Shape {
+                ty,
+                rows,
+                cols,
+                block,
+            };
+            if rows_per_chunk(shape, gpu.max_binding).is_none() {
+                return Err(Error::Gpu(format!(
+                    "tensor {}: its rows ({} bytes each) do not fit the adapter's \
+                     maxStorageBufferBindingSize of {} bytes ({}), so it cannot be split across bindings",
+                    id.gguf_name(),
+                    cols * ty.code_bits() / 8,
+                    gpu.max_binding,
+                    gpu.report.name
+                )));
+            }
+            if ty == WType::F16 && cols % 2 != 0 {
+                return Err(Error::Gpu(format!(
+                    "tensor {}: f16 rows of odd length {cols} are not supported on the GPU",
+                    id.gguf_name()
+                )));
+            }
+        }
+        Ok(WeightUpload {
+            gpu,
+            plan: plan
+                .matrices
+                .iter()
+                .map(|&(id, ty, block)| (id, (ty, block)))
+                .collect(),
+            tied: !plan.own_output,
+            w: GpuWeights {
+                name: plan.name.clone(),
+                config: c.clone(),
+                mats: HashMap::new(),
+                norms: HashMap::new(),
+                by_class: BTreeMap::new(),
+            },
+            largest_staging: 0,
+            upload_s: 0.0,
+        })
+    }
+
+    /// Uploads one tensor as a load delivers it.
+    pub fn put(&mut self, id: TensorId, t: &Tensor) -> Result<()> {
+        match t {
+            Tensor::Norm(v) => self.put_norm(id, v),
+            Tensor::Matrix(m) => self.put_matrix(id, m),
+        }
+    }
+
+    fn buffer(&mut self, label: &str, bytes: &[u8]) -> wgpu::Buffer {
+        // Buffers must not be empty and are written in whole words.
+        let size = (bytes.len().max(4).div_ceil(4) * 4) as u64;
+        let b = self.gpu.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(label),
+            size,
+            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let whole = bytes.len() / 4 * 4;
+        if whole > 0 {
+            self.gpu.queue.write_buffer(&b, 0, &bytes[..whole]);
+        }
+        if whole < bytes.len() {
+            let mut tail = [0u8; 4];
+            tail[..bytes.len() - whole].copy_from_slice(&bytes[whole..]);
+            self.gpu.queue.write_buffer(&b, whole as u64, &tail);
+        }
+        self.largest_staging = self.largest_staging.max(size);
+        b
+    }
+
+    fn put_norm(&mut self, id: TensorId, v: &[f32]) -> Result<()> {
+        let t0 = web_time::Instant::now();
+        let want = id.shape(&self.w.config).1;
+        if id.class() != Class::Norm || v.len() != want {
+            return Err(Error::Gpu(format!(
+                "tensor {}: {} values delivered as a norm of {want}",
+                id.gguf_name(),
+                v.len()
+            )));
+        }
+        let b = self.buffer(&id.gguf_name(), bytemuck::cast_slice(v));
+        *self.w.by_class.entry(Class::Norm).or_default() += b.size();
+        self.w.norms.insert(id, b);
+        self.upload_s += t0.elapsed().as_secs_f64();
+        Ok(())
+    }
+
+    fn put_matrix(&mut self, id: TensorId, m: &QMatrix) -> Result<()> {
+        let t0 = web_time::Instant::now();
+        let name = id.gguf_name();
+        let planned = self.plan.get(&id).copied();
+        if planned != Some((m.ty, m.block)) || id.shape(&self.w.config) != (m.rows, m.cols) {
+            return Err(Error::Gpu(format!(
+                "tensor {name}: a {}x{} {} matrix (block {}) was delivered, the plan said {:?} of {:?}",
+                m.rows,
+                m.cols,
+                m.ty.name(),
+                m.block,
+                planned,
+                id.shape(&self.w.config)
+            )));
+        }
+        let oom_scope = self
+            .gpu
+            .device
+            .push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let per = rows_per_chunk(Shape::of(m), self.gpu.max_binding).expect("checked in begin");
+        let words_bytes: &[u8] = bytemuck::cast_slice(&m.words);
+        let blocks = if m.ty.is_quantized() {
+            m.cols / m.block
+        } else {
+            0
+        };
+        let mut chunks = Vec::new();
+        let mut bytes = 0;
+        for row0 in (0..m.rows).step_by(per) {
+            let rows = per.min(m.rows - row0);
+            // Byte ranges of this chunk's rows; exact because chunks start on whole words.
+            let w = &words_bytes[row0 * m.cols * m.ty.code_bits() / 8..]
+                [..rows * m.cols * m.ty.code_bits() / 8];
+            let sc = &m.scales
+                [(row0 * blocks).min(m.scales.len())..((row0 + rows) * blocks).min(m.scales.len())];
+            let mn = &m.mins
+                [(row0 * blocks).min(m.mins.len())..((row0 + rows) * blocks).min(m.mins.len())];
+            let chunk = Chunk {
+                words: self.buffer(&name, w),
+                scales: self.buffer(&name, bytemuck::cast_slice(sc)),
+                mins: self.buffer(&name, bytemuck::cast_slice(mn)),
+                row0,
+                rows,
+            };
+            bytes += chunk.words.size() + chunk.scales.size() + chunk.mins.size();
+            chunks.push(chunk);
+        }
+        if let Some(e) = pop_error_scope(oom_scope) {
+            return Err(Error::Gpu(format!(
+                "out of GPU memory uploading {name} of {} ({bytes} bytes): {e}",
+                self.w.name
+            )));
+        }
+        *self.w.by_class.entry(id.class()).or_default() += bytes;
+        self.w.mats.insert(
+            id,
+            GpuMatrix {
+                chunks,
+                cols: m.cols,
+                block: m.block,
+                ty: m.ty,
+            },
+        );
+        self.upload_s += t0.elapsed().as_secs_f64();
+        Ok(())
+    }
+
+    /// The uploaded weights, once every tensor of the plan has arrived.
+    pub fn finish(mut self) -> Result<Rc<GpuWeights>> {
+        let t0 = web_time::Instant::now();
+        if let Some(id) = TensorId::all(&self.w.config, self.tied)
+            .into_iter()
+            .find(|id| !self.w.mats.contains_key(id) && !self.w.norms.contains_key(id))
+        {
+            return Err(Error::Gpu(format!(
+                "the load ended before tensor {} of {} was uploaded",
+                id.gguf_name(),
+                self.w.name
+            )));
+        }
+        if self.tied {
+            // The classifier reads the embedding's buffers.
+            let shared = self.w.mats[&TensorId::TokEmbd].clone();
+            self.w.mats.insert(TensorId::Output, shared);
+        }
+        self.gpu.check_errors()?;
+        self.upload_s += t0.elapsed().as_secs_f64();
+        Ok(Rc::new(self.w))
+    }
+}
+
+/// A [`crate::cache::Sink`] that uploads each tensor as the load delivers it, so the CPU never
+/// holds the whole model.
+pub struct GpuSink<'g> {
+    gpu: &'g Gpu,
+    up: Option<WeightUpload<'g>>,
+}
+
+impl<'g> GpuSink<'g> {
+    pub fn new(gpu: &'g Gpu) -> Self {
+        GpuSink { gpu, up: None }
+    }
+
+    /// The uploaded weights and the largest buffer staged on the way.
+    pub fn finish(self) -> Result<(Rc<GpuWeights>, u64)> {
+        let up = self
+            .up
+            .ok_or_else(|| Error::Invalid("the load delivered no model".into()))?;
+        let staging = up.largest_staging;
+        Ok((up.finish()?, staging))
+    }
+}
+
+impl crate::cache::Sink for GpuSink<'_> {
+    fn begin(&mut self, plan: &Plan) -> Result<()> {
+        self.up = Some(WeightUpload::begin(self.gpu, plan)?);
+        Ok(())
+    }
+    fn put(&mut self, id: TensorId, t: Tensor) -> Result<()> {
+        match &mut self.up {
+            Some(up) => up.put(id, &t),
+            None => Err(Error::Invalid("a tensor arrived before the plan".into())),
+        }
+    }
+}

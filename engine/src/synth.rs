@@ -1,0 +1,200 @@
+//! The built-in model and the synthetic presets: deterministic Llamas drawn from a seed, so nothing
+//! needs downloading and every shape a test or benchmark needs can be made in memory.
+
+use crate::arch::{Arch, Class, Config, TensorId};
+use crate::error::{Error, Result};
+use crate::model::{Model, Tensor, Weights};
+use crate::precision::{self, Fallback, WeightConfig};
+use crate::quant::QMatrix;
+use crate::tokenizer::Tokenizer;
+use rand::{Rng, SeedableRng};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+
+impl Model {
+    /// A deterministic synthetic Llama with a byte-level vocabulary. Weights are uniform with variance
+    /// 1/fan_in so activations stay near unit scale through the layers; each tensor has its own RNG
+    /// stream so tensors can be generated independently.
+    pub fn synthetic(preset: Preset, seed: u64) -> Model {
+        let config = preset.config();
+        let c = &config;
+        let tokenizer = Tokenizer::byte_level(c.vocab_size);
+        let weights = Weights::build(c, false, |id| Ok(synth_tensor(c, seed, id)))
+            .expect("synthetic weights are infallible");
+        Model {
+            name: format!("synthetic-{}-seed{seed}", preset.name()),
+            config,
+            weights,
+            tokenizer: Some(tokenizer),
+        }
+    }
+
+    /// [`Model::synthetic`] stored as `weights` says, each tensor quantized as soon as it is drawn and
+    /// tensors made on all cores, so a 7B model never exists in f32. Gives the same values as
+    /// `synthetic` followed by `apply_weights`.
+    pub fn synthetic_with(
+        preset: Preset,
+        seed: u64,
+        weights: &WeightConfig,
+    ) -> Result<(Model, Vec<Fallback>)> {
+        weights.validate()?;
+        let config = preset.config();
+        let c = &config;
+        let ids = TensorId::all(c, false);
+        // wasm32 has no threads here: the work runs inline.
+        let threads = if cfg!(target_arch = "wasm32") {
+            1
+        } else {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        };
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        type Made = (TensorId, Tensor, Vec<Fallback>);
+        let results: std::sync::Mutex<Vec<Made>> = std::sync::Mutex::new(Vec::new());
+        let failed: std::sync::Mutex<Option<Error>> = std::sync::Mutex::new(None);
+        let work = || loop {
+            let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let Some(&id) = ids.get(i) else { break };
+            let t = synth_tensor(c, seed, id);
+            let made = match t {
+                Tensor::Matrix(m) => precision::restore(id, &m, weights)
+                    .map(|(q, fb)| (Tensor::Matrix(q.unwrap_or(m)), fb.into_iter().collect())),
+                norm => Ok((norm, vec![])),
+            };
+            match made {
+                Ok((t, fb)) => results.lock().unwrap().push((id, t, fb)),
+                Err(e) => {
+                    *failed.lock().unwrap() = Some(e);
+                    break;
+                }
+            }
+        };
+        if threads <= 1 {
+            work();
+        } else {
+            std::thread::scope(|s| {
+                for _ in 0..threads.min(ids.len()) {
+                    s.spawn(work);
+                }
+            });
+        }
+        if let Some(e) = failed.into_inner().unwrap() {
+            return Err(e);
+        }
+        let mut made: HashMap<TensorId, (Tensor, Vec<Fallback>)> = results
+            .into_inner()
+            .unwrap()
+            .into_iter()
+            .map(|(id, t, fb)| (id, (t, fb)))
+            .collect();
+        let mut fallbacks = Vec::new();
+        let w = Weights::build(c, false, |id| {
+            let (t, fb) = made.remove(&id).expect("every tensor was made");
+            fallbacks.extend(fb);
+            Ok(t)
+        })?;
+        Ok((
+            Model {
+                name: format!("synthetic-{}-seed{seed}", preset.name()),
+                config: config.clone(),
+                weights: w,
+                tokenizer: Some(Tokenizer::byte_level(config.vocab_size)),
+            },
+            fallbacks,
+        ))
+    }
+
+    /// The built-in model: the `tiny` preset at seed 0, made in memory.
+    pub fn builtin() -> Model {
+        Model::synthetic(Preset::Tiny, 0)
+    }
+}
+
+/// One synthetic tensor: uniform with variance 1/fan_in (embedding: unit variance), norms in [0.8, 1.2].
+fn synth_tensor(c: &Config, seed: u64, id: TensorId) -> Tensor {
+    let (rows, cols) = id.shape(c);
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    rng.set_stream(tensor_stream(id));
+    let n = rows * cols;
+    if id.class() == Class::Norm {
+        return Tensor::Norm((0..n).map(|_| rng.gen_range(0.8..1.2)).collect());
+    }
+    let a = if id == TensorId::TokEmbd {
+        3f32.sqrt()
+    } else {
+        (3.0 / cols as f32).sqrt()
+    };
+    let v = (0..n).map(|_| rng.gen_range(-a..a)).collect();
+    Tensor::Matrix(QMatrix::from_f32(rows, cols, v))
+}
+
+fn tensor_stream(id: TensorId) -> u64 {
+    let (kind, l) = match id {
+        TensorId::TokEmbd => (0, 0),
+        TensorId::AttnNorm(l) => (1, l),
+        TensorId::Wq(l) => (2, l),
+        TensorId::Wk(l) => (3, l),
+        TensorId::Wv(l) => (4, l),
+        TensorId::Wo(l) => (5, l),
+        TensorId::FfnNorm(l) => (6, l),
+        TensorId::Gate(l) => (7, l),
+        TensorId::Up(l) => (8, l),
+        TensorId::Down(l) => (9, l),
+        TensorId::OutNorm => (10, 0),
+        TensorId::Output => (11, 0),
+    };
+    (l as u64) << 8 | kind
+}
+
+/// Synthetic model shapes. `tiny` is small enough for every test; the others have real Llama shapes
+/// for memory and speed measurements.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Preset {
+    Tiny,
+    /// TinyLlama-1.1B's shape (Llama 2 architecture, 32000 vocabulary).
+    Llama1b,
+    /// Llama-2-7B's shape.
+    Llama7b,
+}
+
+impl Preset {
+    pub fn parse(s: &str) -> Result<Preset> {
+        Ok(match s {
+            "tiny" => Preset::Tiny,
+            "llama-1b" => Preset::Llama1b,
+            "llama-7b" => Preset::Llama7b,
+            _ => {
+                return Err(Error::Invalid(format!(
+                    "unknown preset {s:?} (expected tiny, llama-1b or llama-7b)"
+                )))
+            }
+        })
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Preset::Tiny => "tiny",
+            Preset::Llama1b => "llama-1b",
+            Preset::Llama7b => "llama-7b",
+        }
+    }
+
+    pub fn config(self) -> Config {
+        let (dim, hidden_dim, n_layers, n_heads, n_kv_heads, vocab_size, seq_len) = match self {
+            Preset::Tiny => (256, 512, 2, 8, 4, 259, 512),
+            Preset::Llama1b => (2048, 5632, 22, 32, 4, 32000, 2048),
+            Preset::Llama7b => (4096, 11008, 32, 32, 32, 32000, 4096),
+        };
+        Config {
+            arch: Arch::Llama,
+            dim,
+            hidden_dim,
+            n_layers,
+            n_heads,
+            n_kv_heads,
+            vocab_size,
+            seq_len,
+            rope_theta: 10000.0,
+            norm_eps: 1e-5,
+        }
+    }
+}
