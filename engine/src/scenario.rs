@@ -178,12 +178,100 @@ pub enum Outcome {
     Reload(Box<Reload>),
 }
 
+/// The scenarios, in the order a run takes them ("reload" last: in a browser it reloads the page).
+/// They serialize to the names `results.json` has always used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scenario {
+    Accuracy,
+    Latency,
+    Memory,
+    Context,
+    Reload,
+}
+
+impl Scenario {
+    pub const ALL: [Scenario; 5] = [
+        Scenario::Accuracy,
+        Scenario::Latency,
+        Scenario::Memory,
+        Scenario::Context,
+        Scenario::Reload,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Scenario::Accuracy => "accuracy",
+            Scenario::Latency => "latency",
+            Scenario::Memory => "memory",
+            Scenario::Context => "context",
+            Scenario::Reload => "reload",
+        }
+    }
+
+    pub fn parse(s: &str) -> Result<Scenario> {
+        Self::ALL
+            .into_iter()
+            .find(|x| x.name() == s)
+            .ok_or_else(|| {
+                let all: Vec<&str> = Self::ALL.iter().map(|x| x.name()).collect();
+                crate::Error::Invalid(format!(
+                    "unknown scenario {s:?}: expected {}",
+                    all.join(", ")
+                ))
+            })
+    }
+
+    /// Scored against the native oracle's references.
+    pub fn needs_reference(self) -> bool {
+        matches!(self, Scenario::Accuracy | Scenario::Context)
+    }
+
+    /// Runs on the model the host loaded once (every scenario but reload, which loads on its own).
+    pub fn needs_loaded_model(self) -> bool {
+        self != Scenario::Reload
+    }
+}
+
+impl std::fmt::Display for Scenario {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// How a scenario ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Status {
+    #[serde(rename = "ok")]
+    Ok,
+    #[serde(rename = "failed")]
+    Failed,
+    /// It never ran (the host failed before it), with the reason in `error`.
+    #[serde(rename = "not measured")]
+    NotMeasured,
+}
+
+impl Status {
+    pub fn name(self) -> &'static str {
+        match self {
+            Status::Ok => "ok",
+            Status::Failed => "failed",
+            Status::NotMeasured => "not measured",
+        }
+    }
+}
+
+impl std::fmt::Display for Status {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// A scenario's record in `results.json`: its outcome, or why it has none.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ScenarioRecord {
-    pub name: String,
-    /// "ok", "failed" or "not measured".
-    pub status: String,
+    pub name: Scenario,
+    pub status: Status,
     pub error: Option<String>,
     pub seconds: f64,
     /// Figures this scenario could not measure here, with the reason.
@@ -194,20 +282,70 @@ pub struct ScenarioRecord {
 
 impl ScenarioRecord {
     /// The record of a scenario that ran for `seconds` and produced `out` (or failed with its error).
-    pub fn finished(name: &str, seconds: f64, out: std::result::Result<Outcome, String>) -> Self {
+    pub fn finished(
+        name: Scenario,
+        seconds: f64,
+        out: std::result::Result<Outcome, String>,
+    ) -> Self {
         let (status, error, outcome) = match out {
-            Ok(o) => ("ok", None, Some(o)),
-            Err(e) => ("failed", Some(e), None),
+            Ok(o) => (Status::Ok, None, Some(o)),
+            Err(e) => (Status::Failed, Some(e), None),
         };
         ScenarioRecord {
-            name: name.into(),
-            status: status.into(),
+            name,
+            status,
             error,
             seconds,
             not_measured: Vec::new(),
             outcome,
         }
     }
+
+    /// The record of a scenario that did not run, with the reason.
+    pub fn not_run(name: Scenario, status: Status, why: String, seconds: f64) -> Self {
+        ScenarioRecord {
+            name,
+            status,
+            error: Some(why),
+            seconds,
+            not_measured: Vec::new(),
+            outcome: None,
+        }
+    }
+}
+
+/// What the scenarios on a loaded model read.
+#[derive(Clone, Copy)]
+pub struct Inputs<'a> {
+    pub model: &'a Model,
+    pub backend: Backend<'a>,
+    pub params: &'a Params,
+    /// The native oracle's references, one per accuracy configuration (f32 first).
+    pub refs: &'a [Reference],
+}
+
+/// Runs scenario `s` on a loaded model: the one dispatch the page and the native runner share.
+/// Reload loads the model itself through the host's store, so each host runs it with [`reload_run`].
+pub async fn run(s: Scenario, i: Inputs<'_>, progress: impl FnMut(String)) -> Result<Outcome> {
+    let (m, b, p) = (i.model, i.backend, i.params);
+    Ok(match s {
+        Scenario::Accuracy => Outcome::Accuracy(accuracy(m, b, p, i.refs, progress).await?),
+        Scenario::Latency => Outcome::Latency(latency(m, b, p, progress).await?),
+        Scenario::Memory => Outcome::Memory(memory(m, b, p, progress).await?),
+        Scenario::Context => match i.refs.first() {
+            Some(r) => Outcome::Context(context(m, b, p, r, progress).await?),
+            None => {
+                return Err(crate::Error::Invalid(
+                    "context needs the f32 reference".into(),
+                ))
+            }
+        },
+        Scenario::Reload => {
+            return Err(crate::Error::Invalid(
+                "reload loads through the host's store: run it with reload_run".into(),
+            ))
+        }
+    })
 }
 
 /// Parameters of a run, the same for every host so the figures compare.

@@ -6,7 +6,7 @@
 
 use crate::gpu::{Gpu, GpuOptions};
 use crate::measure::Reference;
-use crate::scenario::{self, Availability, Capabilities, Outcome, Params, ScenarioRecord};
+use crate::scenario::{self, Availability, Capabilities, Params, Scenario, ScenarioRecord};
 use crate::{eval, Backend, Model};
 use js_sys::{Function, Promise, Reflect, Uint8Array};
 use serde::{Deserialize, Serialize};
@@ -383,28 +383,16 @@ pub async fn run_scenario(name: String, on_progress: Function) -> Result<String,
         .ok_or_else(|| err("the load had no params_url"))?;
     let t0 = Instant::now();
     let progress = |m: String| report(&on_progress, &m);
-    let out: crate::Result<Outcome> = match name.as_str() {
-        "accuracy" => scenario::accuracy(&l.model, backend, p, &l.refs, progress)
-            .await
-            .map(Outcome::Accuracy),
-        "latency" => scenario::latency(&l.model, backend, p, progress)
-            .await
-            .map(Outcome::Latency),
-        "memory" => scenario::memory(&l.model, backend, p, progress)
-            .await
-            .map(Outcome::Memory),
-        "context" => match l.refs.first() {
-            Some(r) => scenario::context(&l.model, backend, p, r, progress)
-                .await
-                .map(Outcome::Context),
-            None => Err(crate::Error::Invalid(
-                "context needs the f32 reference".into(),
-            )),
-        },
-        other => return Err(err(format!("unknown scenario {other:?}"))),
+    let sc = Scenario::parse(&name).map_err(err)?;
+    let inputs = scenario::Inputs {
+        model: &l.model,
+        backend,
+        params: p,
+        refs: &l.refs,
     };
+    let out = scenario::run(sc, inputs, progress).await;
     let rec = ScenarioRecord::finished(
-        &name,
+        sc,
         t0.elapsed().as_secs_f64(),
         out.map_err(|e| e.to_string()),
     );

@@ -1,9 +1,9 @@
 //! `nibble bench`: prefill and decode speed per weight configuration, like llama-bench, with medians and
 //! spread over repetitions, the machine and the adapter, and the bytes each token had to read.
 
+use crate::args::ModelArgs;
 use crate::files::write_atomic;
 use crate::native::{load_model, BackendArgs};
-use crate::ModelArgs;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use nibble_engine::bench::{self, BenchOpts, ConfigBench};

@@ -2,10 +2,10 @@
 //! measure is "not measured" — it fails a required target and is never passed silently.
 //! Exit codes: 0 every required target passes, 1 one fails, 2 the input is unusable.
 
-use crate::browser::results::{HostRun, RunResults};
+use crate::results::{HostRun, HostStatus, RunResults};
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use nibble_engine::scenario::Outcome;
+use nibble_engine::scenario::{Outcome, Scenario};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
@@ -147,7 +147,7 @@ pub fn default_targets() -> PathBuf {
     crate::browser::bundle::workspace().join("targets.toml")
 }
 
-fn scenario<'a>(h: &'a HostRun, name: &str) -> std::result::Result<&'a Outcome, String> {
+fn scenario(h: &HostRun, name: Scenario) -> std::result::Result<&Outcome, String> {
     let s = h
         .scenarios
         .iter()
@@ -167,7 +167,7 @@ fn scenario<'a>(h: &'a HostRun, name: &str) -> std::result::Result<&'a Outcome, 
 pub fn metric(h: &HostRun, name: &str) -> std::result::Result<Measured, String> {
     let exact = |value: f64| Ok(Measured { value, ci95: None });
     match name {
-        "weight_reduction_q4_0" => match scenario(h, "memory")? {
+        "weight_reduction_q4_0" => match scenario(h, Scenario::Memory)? {
             Outcome::Memory(rows) => rows
                 .iter()
                 .find(|r| r.config == "q4_0")
@@ -175,7 +175,7 @@ pub fn metric(h: &HostRun, name: &str) -> std::result::Result<Measured, String> 
                 .unwrap_or_else(|| Err("no q4_0 row in the memory scenario".into())),
             _ => Err("memory scenario holds another outcome".into()),
         },
-        "decode_speedup_q4_0" => match scenario(h, "latency")? {
+        "decode_speedup_q4_0" => match scenario(h, Scenario::Latency)? {
             Outcome::Latency(rows) => {
                 let at0 = |c: &str| {
                     rows.iter()
@@ -197,34 +197,36 @@ pub fn metric(h: &HostRun, name: &str) -> std::result::Result<Measured, String> 
             }
             _ => Err("latency scenario holds another outcome".into()),
         },
-        "kv_context_ratio_q4_0" | "kv_kivi4_kl" | "window_flat" => match scenario(h, "context")? {
-            Outcome::Context(c) => {
-                let row = |kv: &str| {
-                    c.rows
-                        .iter()
-                        .find(|r| r.kv == kv)
-                        .ok_or_else(|| format!("no {kv} row in the context scenario"))
-                };
-                match name {
-                    "kv_context_ratio_q4_0" => {
-                        let (q, f) = (row("q4_0")?, row("f16")?);
-                        match (q.tokens_in_budget, f.tokens_in_budget) {
-                            (Some(a), Some(b)) if b > 0 => exact(a as f64 / b as f64),
-                            _ => Err("token counts in budget are missing".into()),
+        "kv_context_ratio_q4_0" | "kv_kivi4_kl" | "window_flat" => {
+            match scenario(h, Scenario::Context)? {
+                Outcome::Context(c) => {
+                    let row = |kv: &str| {
+                        c.rows
+                            .iter()
+                            .find(|r| r.kv == kv)
+                            .ok_or_else(|| format!("no {kv} row in the context scenario"))
+                    };
+                    match name {
+                        "kv_context_ratio_q4_0" => {
+                            let (q, f) = (row("q4_0")?, row("f16")?);
+                            match (q.tokens_in_budget, f.tokens_in_budget) {
+                                (Some(a), Some(b)) if b > 0 => exact(a as f64 / b as f64),
+                                _ => Err("token counts in budget are missing".into()),
+                            }
                         }
+                        "kv_kivi4_kl" => exact(row("kivi4")?.divergence.mean_kl),
+                        _ => c
+                            .window
+                            .as_ref()
+                            .map(|w| exact(if w.flat { 1.0 } else { 0.0 }))
+                            .unwrap_or_else(|| Err("no sliding-window run".into())),
                     }
-                    "kv_kivi4_kl" => exact(row("kivi4")?.divergence.mean_kl),
-                    _ => c
-                        .window
-                        .as_ref()
-                        .map(|w| exact(if w.flat { 1.0 } else { 0.0 }))
-                        .unwrap_or_else(|| Err("no sliding-window run".into())),
                 }
+                _ => Err("context scenario holds another outcome".into()),
             }
-            _ => Err("context scenario holds another outcome".into()),
-        },
+        }
         "accuracy_top1_q4_0" | "accuracy_max_kl" | "accuracy_pass" => {
-            match scenario(h, "accuracy")? {
+            match scenario(h, Scenario::Accuracy)? {
                 Outcome::Accuracy(rows) if !rows.is_empty() => match name {
                     "accuracy_top1_q4_0" => rows
                         .iter()
@@ -245,7 +247,7 @@ pub fn metric(h: &HostRun, name: &str) -> std::result::Result<Measured, String> 
                 _ => Err("the accuracy scenario has no rows".into()),
             }
         }
-        "warm_reload_speedup" => match scenario(h, "reload")? {
+        "warm_reload_speedup" => match scenario(h, Scenario::Reload)? {
             Outcome::Reload(r) => match (r.speedup, &r.warm_missing) {
                 (Some(v), _) if r.warm.as_ref().is_some_and(|w| w.load.path == "warm") => exact(v),
                 (Some(_), _) => Err(format!(
@@ -270,7 +272,7 @@ pub fn evaluate(r: &RunResults, targets: &[Target]) -> Vec<Verdict> {
         let all = t.hosts.is_empty() || t.hosts.iter().any(|h| h == "all");
         for h in &r.hosts {
             // Hosts that are not there (not installed, remote-only) are reported by the run, not gated.
-            if h.status == "not installed" || !(all || t.hosts.contains(&h.name)) {
+            if h.status == HostStatus::NotInstalled || !(all || t.hosts.contains(&h.name)) {
                 continue;
             }
             let m = metric(h, &t.metric);
@@ -344,7 +346,7 @@ pub fn table(v: &[Verdict]) -> String {
 pub fn gate(a: GateArgs) -> i32 {
     let targets = a.targets.clone().unwrap_or_else(default_targets);
     let run = || -> Result<Vec<Verdict>> {
-        let r = crate::browser::results::load(&a.results)?;
+        let r = crate::results::load(&a.results)?;
         let t = read_targets(&targets)?;
         Ok(evaluate(&r, &t))
     };

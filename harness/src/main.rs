@@ -1,5 +1,6 @@
 //! `nibble`: runs nibble-engine natively, measures it and reports.
 
+mod args;
 mod bench;
 mod browser;
 mod cache;
@@ -7,9 +8,10 @@ mod files;
 mod gate;
 mod native;
 mod report;
+mod results;
+mod run;
 
-use clap::{Args, Parser, Subcommand};
-use std::path::PathBuf;
+use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
 #[command(
@@ -43,7 +45,7 @@ enum Command {
     /// Print a model file's header, metadata, tensors and sizes.
     Inspect(files::InspectArgs),
     /// Run the scenarios natively and in browsers through WebDriver; write results.json.
-    Run(browser::RunArgs),
+    Run(run::RunArgs),
     /// List the installed browsers and drivers, and whether WebGPU works in each.
     Browsers(browser::setup::BrowsersArgs),
     /// Install what the local browser suite needs (Debian/Ubuntu, as root); skips what is present.
@@ -54,25 +56,6 @@ enum Command {
     Report(report::ReportArgs),
     /// Build the wasm bundle and the bench page (rebuilt only when sources change).
     BuildWeb(browser::BuildWebArgs),
-}
-
-/// Which model to run; the built-in synthetic model when `--model` is absent.
-#[derive(Args, Clone)]
-pub struct ModelArgs {
-    /// A GGUF file or a llama2.c checkpoint (.bin). Default: the built-in synthetic model.
-    #[arg(long)]
-    pub model: Option<PathBuf>,
-    /// A llama2.c tokenizer.bin (or a GGUF holding a tokenizer). Needed for a .bin model.
-    #[arg(long)]
-    pub tokenizer: Option<PathBuf>,
-    /// Component cache directory: prepared weights are kept there by content, so the next load of the
-    /// same model and precision skips parsing and quantizing. Default: the platform cache directory
-    /// (~/.cache/nibble on Linux).
-    #[arg(long)]
-    pub cache_dir: Option<PathBuf>,
-    /// Load without the component cache.
-    #[arg(long)]
-    pub no_cache: bool,
 }
 
 #[tokio::main]
@@ -88,7 +71,7 @@ async fn main() {
         Command::Convert(a) => files::convert(a),
         Command::Synth(a) => files::synth(a),
         Command::Inspect(a) => files::inspect(a),
-        Command::Run(a) => match browser::run(a).await {
+        Command::Run(a) => match run::run(a).await {
             Ok(code) => std::process::exit(code),
             Err(e) => Err(e),
         },

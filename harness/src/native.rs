@@ -1,13 +1,13 @@
 //! Native runs of the engine: generate, perplexity, compare, sweep, quantize.
 
+use crate::args::{gpu_env_options, ModelArgs};
 use crate::files::{print_accounting, write_atomic};
-use crate::ModelArgs;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use nibble_engine::cpu::CpuDecoder;
 use nibble_engine::eval::{self, Sampler};
 use nibble_engine::gguf::{Value, ValueType};
-use nibble_engine::gpu::{Activations, Gpu, GpuOptions, MatvecKernel};
+use nibble_engine::gpu::{Activations, Gpu, GpuOptions};
 use nibble_engine::kv::{KvConfig, KvType};
 use nibble_engine::measure::{self, parse_bytes, Reference, RunConfig};
 use nibble_engine::model::Model;
@@ -89,24 +89,6 @@ pub struct BackendArgs {
     /// GPU activations, f16 or f32. Default: f16 where the adapter has shader-f16, else f32.
     #[arg(long)]
     act: Option<String>,
-}
-
-/// GPU options read from the environment, here at the edge (the engine reads none):
-/// `NIBBLE_MATVEC=tiled|row` picks the decode matvec kernel, `NIBBLE_PREFILL_ROWS=N` caps the rows of a
-/// batched prompt pass (1: token by token, as llama.cpp's `--ubatch-size`).
-pub fn gpu_env_options() -> Result<GpuOptions> {
-    let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
-    Ok(GpuOptions {
-        matvec: var("NIBBLE_MATVEC")
-            .map(|v| MatvecKernel::parse(&v))
-            .transpose()
-            .context("NIBBLE_MATVEC")?,
-        prefill_rows: var("NIBBLE_PREFILL_ROWS")
-            .map(|v| v.parse::<usize>())
-            .transpose()
-            .context("NIBBLE_PREFILL_ROWS: expected a number of rows")?,
-        ..GpuOptions::default()
-    })
 }
 
 /// An opened backend: the GPU when one was asked for or found.

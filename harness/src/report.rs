@@ -2,11 +2,11 @@
 //! plotters, no network), results.csv and summary.md, from one or more results.json. Anything a run did
 //! not measure is listed with its reason; nothing is filled in.
 
-use crate::browser::results::{self, HostRun, RunResults};
 use crate::gate;
+use crate::results::{self, HostRun, HostStatus, RunResults};
 use anyhow::{Context, Result};
 use clap::Args;
-use nibble_engine::scenario::Outcome;
+use nibble_engine::scenario::{Outcome, Scenario, Status};
 use plotters::prelude::*;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
@@ -205,7 +205,7 @@ fn draw_lines(
     Ok(svg)
 }
 
-fn outcome<'a>(h: &'a HostRun, name: &str) -> Option<&'a Outcome> {
+fn outcome(h: &HostRun, name: Scenario) -> Option<&Outcome> {
     h.scenarios
         .iter()
         .find(|s| s.name == name)
@@ -228,7 +228,7 @@ fn charts(
         &["weights", "KV cache", "activations+scratch", "staging"],
     );
     for h in &ran {
-        if let Some(Outcome::Memory(rows)) = outcome(h, "memory") {
+        if let Some(Outcome::Memory(rows)) = outcome(h, Scenario::Memory) {
             for m in rows {
                 let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
                 let segs = match &m.gpu {
@@ -272,7 +272,7 @@ fn charts(
     // How each host ran its prompts, as it recorded it (batched or token by token).
     let mut methods: Vec<String> = Vec::new();
     for h in &ran {
-        if let Some(Outcome::Latency(rows)) = outcome(h, "latency") {
+        if let Some(Outcome::Latency(rows)) = outcome(h, Scenario::Latency) {
             for c in rows {
                 for p in &c.prefill {
                     let m = format!("{}: {}", h.name, p.method);
@@ -320,12 +320,12 @@ fn charts(
         &["|ΔPPL|"],
     );
     for h in &ran {
-        if let Some(Outcome::Accuracy(rows)) = outcome(h, "accuracy") {
+        if let Some(Outcome::Accuracy(rows)) = outcome(h, Scenario::Accuracy) {
             for a in rows {
                 acc.push(format!("{}/w:{}", h.name, a.config), a.divergence.mean_kl);
             }
         }
-        if let Some(Outcome::Context(c)) = outcome(h, "context") {
+        if let Some(Outcome::Context(c)) = outcome(h, Scenario::Context) {
             for k in &c.rows {
                 let label = format!("{}/kv:{}", h.name, k.kv);
                 acc.push(label.clone(), k.divergence.mean_kl);
@@ -338,8 +338,8 @@ fn charts(
 
     // Context capacity per KV type.
     let mut ctx = Bars::new("Context capacity in the KV budget", "tokens", &["tokens"]);
-    if let Some(h) = ran.iter().find(|h| outcome(h, "context").is_some()) {
-        if let Some(Outcome::Context(c)) = outcome(h, "context") {
+    if let Some(h) = ran.iter().find(|h| outcome(h, Scenario::Context).is_some()) {
+        if let Some(Outcome::Context(c)) = outcome(h, Scenario::Context) {
             for k in &c.rows {
                 if let Some(t) = k.tokens_in_budget {
                     ctx.bars.push((
@@ -388,7 +388,7 @@ fn charts(
     );
     let mut why_warm = Vec::new();
     for h in &ran {
-        if let Some(Outcome::Reload(r)) = outcome(h, "reload") {
+        if let Some(Outcome::Reload(r)) = outcome(h, Scenario::Reload) {
             match &r.warm {
                 Some(w) => rel.bars.push((
                     format!("{}/{}", h.name, nibble_engine::scenario::label(&r.config)),
@@ -461,7 +461,7 @@ fn matrix(r: &RunResults) -> (Vec<String>, Vec<(String, Vec<Cell>)>) {
             reason,
         };
         let mut cells = Vec::new();
-        if h.status == "not installed" {
+        if h.status == HostStatus::NotInstalled {
             for _ in features {
                 cells.push(cell(
                     "unavailable",
@@ -473,7 +473,7 @@ fn matrix(r: &RunResults) -> (Vec<String>, Vec<(String, Vec<Cell>)>) {
         }
         let caps = h.capabilities.as_ref();
         let backend = caps.map_or("?".to_string(), |c| c.backend.clone());
-        cells.push(match outcome(h, "accuracy") {
+        cells.push(match outcome(h, Scenario::Accuracy) {
             Some(Outcome::Accuracy(a)) if a.iter().any(|x| x.config == "q4_0" && x.pass) => {
                 if backend == "wasm-cpu" || backend == "cpu" {
                     cell(
@@ -504,7 +504,7 @@ fn matrix(r: &RunResults) -> (Vec<String>, Vec<(String, Vec<Cell>)>) {
                 ),
             ),
         });
-        let ctx = match outcome(h, "context") {
+        let ctx = match outcome(h, Scenario::Context) {
             Some(Outcome::Context(c)) => Some(c),
             _ => None,
         };
@@ -678,7 +678,7 @@ fn summary_md(r: &RunResults, verdicts: &[gate::Verdict]) -> String {
             .capabilities
             .as_ref()
             .map_or("-".into(), |c| c.backend.clone());
-        if let Some(Outcome::Latency(rows)) = outcome(h, "latency") {
+        if let Some(Outcome::Latency(rows)) = outcome(h, Scenario::Latency) {
             for c in rows {
                 for p in &c.prefill {
                     s += &format!(
@@ -705,7 +705,7 @@ fn reload_md(r: &RunResults) -> String {
     let mb = |b: u64| format!("{:.1} MB", b as f64 / 1e6);
     let mut s = String::new();
     for h in &r.hosts {
-        let Some(Outcome::Reload(rl)) = outcome(h, "reload") else {
+        let Some(Outcome::Reload(rl)) = outcome(h, Scenario::Reload) else {
             continue;
         };
         if s.is_empty() {
@@ -842,7 +842,7 @@ pub fn write(
     let verdicts = gate::evaluate(r, targets);
     let mut missing = Vec::new();
     for h in &r.hosts {
-        if h.status == "not installed" {
+        if h.status == HostStatus::NotInstalled {
             missing.push(format!(
                 "{}: not installed ({})",
                 h.name,
@@ -850,7 +850,7 @@ pub fn write(
             ));
         }
         for s in &h.scenarios {
-            if s.status != "ok" {
+            if s.status != Status::Ok {
                 missing.push(format!(
                     "{} {}: {} — {}",
                     h.name,
@@ -870,7 +870,7 @@ pub fn write(
                 }
             }
         }
-        if h.kind != "native" && h.status != "not installed" && h.page_memory.is_none() {
+        if h.kind != "native" && h.status != HostStatus::NotInstalled && h.page_memory.is_none() {
             missing.push(format!(
                 "{}: page memory APIs not read (the memory scenario did not finish)",
                 h.name

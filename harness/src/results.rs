@@ -3,7 +3,7 @@
 
 use crate::bench::Machine;
 use anyhow::{Context, Result};
-use nibble_engine::scenario::{Capabilities, Params, ScenarioRecord};
+use nibble_engine::scenario::{Capabilities, Params, ScenarioRecord, Status};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::path::Path;
@@ -27,6 +27,51 @@ pub struct ReferenceInfo {
     pub backend: String,
 }
 
+/// Where a host's run stands; serialized as the strings `results.json` has always had.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum HostStatus {
+    /// Not run yet (a run killed mid-way leaves later hosts so).
+    #[default]
+    #[serde(rename = "pending")]
+    Pending,
+    #[serde(rename = "ok")]
+    Ok,
+    /// The host or one of its scenarios failed.
+    #[serde(rename = "failed")]
+    Failed,
+    #[serde(rename = "not installed")]
+    NotInstalled,
+    #[serde(rename = "interrupted")]
+    Interrupted,
+}
+
+impl HostStatus {
+    pub fn name(self) -> &'static str {
+        match self {
+            HostStatus::Pending => "pending",
+            HostStatus::Ok => "ok",
+            HostStatus::Failed => "failed",
+            HostStatus::NotInstalled => "not installed",
+            HostStatus::Interrupted => "interrupted",
+        }
+    }
+
+    /// Ok when every scenario is, else failed.
+    pub fn of(scenarios: &[ScenarioRecord]) -> HostStatus {
+        if scenarios.iter().all(|s| s.status == Status::Ok) {
+            HostStatus::Ok
+        } else {
+            HostStatus::Failed
+        }
+    }
+}
+
+impl std::fmt::Display for HostStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// One host of a run: a native backend or a browser. Missing fields read as absent, so a partial
 /// record (a run killed mid-browser) still loads.
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
@@ -36,8 +81,7 @@ pub struct HostRun {
     pub display: String,
     /// "native", "local" (a driver this harness started) or "remote".
     pub kind: String,
-    /// "ok", "failed", "not installed" or "interrupted".
-    pub status: String,
+    pub status: HostStatus,
     pub error: Option<String>,
     /// How to install it, when it is not installed.
     #[serde(default)]
@@ -111,7 +155,7 @@ pub fn load(path: &Path) -> Result<RunResults> {
 pub fn commit() -> Option<String> {
     let out = std::process::Command::new("git")
         .args(["rev-parse", "--short", "HEAD"])
-        .current_dir(super::bundle::workspace())
+        .current_dir(crate::browser::bundle::workspace())
         .output()
         .ok()?;
     let s = String::from_utf8_lossy(&out.stdout).trim().to_string();

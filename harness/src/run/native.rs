@@ -1,0 +1,136 @@
+//! The native hosts: the CPU oracle and the native GPU run the same scenarios as the browsers, through
+//! the engine's one scenario dispatch.
+
+use super::ui::{host_progress, Ui};
+use super::{finish_host, Prepared};
+use crate::results::{self, HostStatus, RunResults};
+use anyhow::Result;
+use nibble_engine::gpu::Gpu;
+use nibble_engine::measure;
+use nibble_engine::scenario::{self, Capabilities, Inputs, Outcome, Scenario, ScenarioRecord};
+use nibble_engine::{block_on, Backend};
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Instant;
+
+/// The quantization sweep on the CPU (the accuracy charts' data).
+pub fn sweep(p: &Prepared) -> nibble_engine::Result<Vec<measure::SweepRow>> {
+    block_on(measure::sweep(
+        &p.base,
+        &p.params.seqs,
+        &measure::default_grid(p.params.window),
+        p.params.kv_budget,
+        Backend::Cpu,
+        |_, _| {},
+    ))
+}
+
+/// The CPU oracle, then (unless skipped) the native GPU; `results.json` is saved after each.
+pub fn run_hosts(
+    p: &Prepared,
+    want: &[Scenario],
+    gpu: bool,
+    res: &mut RunResults,
+    path: &Path,
+    ui: &Ui,
+) -> Result<()> {
+    let t0 = Instant::now();
+    let mut host = res.host_mut("native-cpu").clone();
+    host.capabilities = Some(caps(None, Some("the oracle runs on the CPU".into())));
+    tokio::task::block_in_place(|| run_scenarios(p, Backend::Cpu, want, &mut host, ui));
+    finish_host(&mut host, t0);
+    *res.host_mut("native-cpu") = host;
+    results::save(path, res)?;
+    if !gpu {
+        return Ok(());
+    }
+    let t0 = Instant::now();
+    let mut host = res.host_mut("native-gpu").clone();
+    match crate::args::gpu_env_options().and_then(|o| Ok(Gpu::open_blocking(o)?)) {
+        Ok(g) => {
+            host.capabilities = Some(caps(Some(&g), None));
+            tokio::task::block_in_place(|| run_scenarios(p, Backend::Gpu(&g), want, &mut host, ui));
+            finish_host(&mut host, t0);
+        }
+        Err(e) => {
+            host.status = HostStatus::Failed;
+            host.error = Some(format!("no native GPU: {e}"));
+            host.capabilities = Some(caps(None, Some(e.to_string())));
+        }
+    }
+    *res.host_mut("native-gpu") = host;
+    results::save(path, res)
+}
+
+/// Runs the scenarios natively on one backend, recording into `host`.
+fn run_scenarios(
+    p: &Prepared,
+    backend: Backend<'_>,
+    want: &[Scenario],
+    host: &mut crate::results::HostRun,
+    ui: &Ui,
+) {
+    for &sc in want {
+        let t0 = Instant::now();
+        ui.line(&host.name, sc.name());
+        let progress = |m: String| host_progress(ui, &host.name, &m);
+        let inputs = Inputs {
+            model: &p.base,
+            backend,
+            params: &p.params,
+            refs: &p.refs,
+        };
+        let out = block_on(async {
+            match sc {
+                Scenario::Reload => reload(p, backend, &host.name, progress)
+                    .await
+                    .map(|r| Outcome::Reload(Box::new(r))),
+                _ => scenario::run(sc, inputs, progress).await,
+            }
+        });
+        host.scenarios.push(ScenarioRecord::finished(
+            sc,
+            t0.elapsed().as_secs_f64(),
+            out.map_err(|e| e.to_string()),
+        ));
+    }
+}
+
+/// Scenario "reload" natively: a cold load into an empty cache directory, then a warm one from it.
+async fn reload(
+    p: &Prepared,
+    backend: Backend<'_>,
+    host: &str,
+    mut progress: impl FnMut(String),
+) -> nibble_engine::Result<scenario::Reload> {
+    let dir = p.data.join(format!("reload-cache-{host}"));
+    let _ = std::fs::remove_dir_all(&dir);
+    let store = crate::cache::DirStore::open(&dir)
+        .map_err(|e| nibble_engine::Error::Invalid(format!("{e:#}")))?;
+    let mut src = crate::cache::FileSource::new(p.model_file.clone(), p.tokenizer_file.clone());
+    let cold =
+        scenario::reload_run(&mut src, Some(&store), backend, &p.params, &mut progress).await?;
+    let mut src = crate::cache::FileSource::new(p.model_file.clone(), p.tokenizer_file.clone());
+    let warm = scenario::reload_run(&mut src, Some(&store), backend, &p.params, &mut progress)
+        .await
+        .map_err(|e| e.to_string());
+    Ok(scenario::Reload::new(
+        p.params.reload_config.clone(),
+        cold,
+        warm,
+    ))
+}
+
+/// The capabilities record of a native host.
+fn caps(gpu: Option<&Gpu>, why: Option<String>) -> Capabilities {
+    Capabilities {
+        host: "native".into(),
+        user_agent: None,
+        backend: if gpu.is_some() { "native-gpu" } else { "cpu" }.into(),
+        gpu_unavailable: why,
+        adapter: gpu.map(|g| g.report.clone()),
+        activations: gpu.map(|g| g.activations.name().to_string()),
+        matvec_kernel: gpu.map(|g| g.matvec_choice.borrow().clone()),
+        apis: BTreeMap::new(),
+    }
+}
