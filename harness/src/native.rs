@@ -583,69 +583,72 @@ pub fn sweep(a: SweepArgs) -> Result<()> {
     let json_path = dir.join("sweep.json");
     write_atomic(&json_path, |w| Ok(serde_json::to_writer_pretty(w, &doc)?))?;
     let csv_path = dir.join("sweep.csv");
-    write_atomic(&csv_path, |w| {
-        let mut c = csv::Writer::from_writer(w);
-        c.write_record([
-            "config",
-            "weights",
-            "block",
-            "precision",
-            "kv_k",
-            "kv_v",
-            "kv_group",
-            "window",
-            "sinks",
-            "weight_bytes",
-            "bits_per_weight",
-            "reduction_vs_f16",
-            "fallbacks",
-            "kv_bytes_per_token",
-            "kv_budget_bytes",
-            "context_in_budget",
-            "kv_bytes_measured",
-            "tokens",
-            "ppl_reference",
-            "ppl",
-            "delta_ppl",
-            "mean_kl",
-            "p99_kl",
-            "top1_agreement",
-            "max_abs_dlogit",
-        ])?;
-        for r in &rows {
-            let d = &r.divergence;
-            c.write_record([
-                r.config.clone(),
-                r.weights.clone(),
-                r.block.to_string(),
-                r.precision.clone(),
-                r.kv_k.name().into(),
-                r.kv_v.name().into(),
-                r.kv_group.to_string(),
-                r.window.map_or(String::new(), |w| w.to_string()),
-                r.sinks.to_string(),
-                r.weight_bytes.to_string(),
-                r.bits_per_weight.to_string(),
-                r.reduction_vs_f16.to_string(),
-                r.fallbacks.join(" "),
-                r.kv_bytes_per_token.to_string(),
-                r.kv_budget_bytes.to_string(),
-                r.context_in_budget.map_or(String::new(), |n| n.to_string()),
-                r.kv_bytes_measured.to_string(),
-                d.tokens.to_string(),
-                d.ppl_reference.to_string(),
-                d.ppl.to_string(),
-                d.delta_ppl.to_string(),
-                d.mean_kl.to_string(),
-                d.p99_kl.to_string(),
-                d.top1_agreement.to_string(),
-                d.max_abs_dlogit.to_string(),
-            ])?;
-        }
-        c.flush()?;
-        Ok(())
-    })?;
+    write_atomic(&csv_path, |w| write_sweep_csv(w, &rows))?;
     eprintln!("\nwrote {} and {}", json_path.display(), csv_path.display());
+    Ok(())
+}
+
+/// sweep.csv: one row per configuration, every figure of its sweep row.
+fn write_sweep_csv(w: &mut dyn std::io::Write, rows: &[measure::SweepRow]) -> Result<()> {
+    let mut c = csv::Writer::from_writer(w);
+    c.write_record([
+        "config",
+        "weights",
+        "block",
+        "precision",
+        "kv_k",
+        "kv_v",
+        "kv_group",
+        "window",
+        "sinks",
+        "weight_bytes",
+        "bits_per_weight",
+        "reduction_vs_f16",
+        "fallbacks",
+        "kv_bytes_per_token",
+        "kv_budget_bytes",
+        "context_in_budget",
+        "kv_bytes_measured",
+        "tokens",
+        "ppl_reference",
+        "ppl",
+        "delta_ppl",
+        "mean_kl",
+        "p99_kl",
+        "top1_agreement",
+        "max_abs_dlogit",
+    ])?;
+    for r in rows {
+        let d = &r.divergence;
+        c.write_record([
+            r.config.clone(),
+            r.weights.clone(),
+            r.block.to_string(),
+            r.precision.clone(),
+            r.kv_k.name().into(),
+            r.kv_v.name().into(),
+            r.kv_group.to_string(),
+            r.window.map_or(String::new(), |w| w.to_string()),
+            r.sinks.to_string(),
+            r.weight_bytes.to_string(),
+            r.bits_per_weight.to_string(),
+            r.reduction_vs_f16.to_string(),
+            r.fallbacks.join(" "),
+            r.kv_bytes_per_token.to_string(),
+            r.kv_budget_bytes.to_string(),
+            r.context_in_budget.map_or(String::new(), |n| n.to_string()),
+            r.kv_bytes_measured.to_string(),
+            d.tokens.to_string(),
+            d.ppl_reference.to_string(),
+            d.ppl.to_string(),
+            d.delta_ppl.to_string(),
+            d.mean_kl.to_string(),
+            d.p99_kl.to_string(),
+            d.top1_agreement.to_string(),
+            d.max_abs_dlogit.to_string(),
+        ])?;
+    }
+    c.flush()?;
     Ok(())
 }
 

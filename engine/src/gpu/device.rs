@@ -27,6 +27,36 @@ pub struct AdapterReport {
     pub limits: LimitsReport,
 }
 
+impl AdapterReport {
+    // The binding limit is u64 natively and u32 on wasm32.
+    #[allow(clippy::unnecessary_cast)]
+    fn of(info: &wgpu::AdapterInfo, limits: &wgpu::Limits, features: wgpu::Features) -> Self {
+        let shader_f16 = features.contains(wgpu::Features::SHADER_F16);
+        AdapterReport {
+            // Browsers may hide the adapter's name (Firefox does); say so rather than print nothing.
+            name: if info.name.is_empty() {
+                "(unnamed: the browser hides the adapter's name)".into()
+            } else {
+                info.name.clone()
+            },
+            backend: format!("{:?}", info.backend),
+            device_type: format!("{:?}", info.device_type),
+            driver: info.driver.clone(),
+            driver_info: info.driver_info.clone(),
+            features: features.iter_names().map(|(n, _)| n.to_string()).collect(),
+            shader_f16,
+            limits: LimitsReport {
+                max_storage_buffer_binding_size: limits.max_storage_buffer_binding_size as u64,
+                max_buffer_size: limits.max_buffer_size,
+                max_compute_workgroup_storage_size: limits.max_compute_workgroup_storage_size,
+                max_compute_invocations_per_workgroup: limits.max_compute_invocations_per_workgroup,
+                max_compute_workgroups_per_dimension: limits.max_compute_workgroups_per_dimension,
+                max_storage_buffers_per_shader_stage: limits.max_storage_buffers_per_shader_stage,
+            },
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LimitsReport {
     pub max_storage_buffer_binding_size: u64,
@@ -163,28 +193,7 @@ impl Gpu {
                 .unwrap()
                 .push(format!("device lost ({reason:?}): {msg}"));
         });
-        let report = AdapterReport {
-            // Browsers may hide the adapter's name (Firefox does); say so rather than print nothing.
-            name: if info.name.is_empty() {
-                "(unnamed: the browser hides the adapter's name)".into()
-            } else {
-                info.name.clone()
-            },
-            backend: format!("{:?}", info.backend),
-            device_type: format!("{:?}", info.device_type),
-            driver: info.driver.clone(),
-            driver_info: info.driver_info.clone(),
-            features: features.iter_names().map(|(n, _)| n.to_string()).collect(),
-            shader_f16,
-            limits: LimitsReport {
-                max_storage_buffer_binding_size: limits.max_storage_buffer_binding_size as u64,
-                max_buffer_size: limits.max_buffer_size,
-                max_compute_workgroup_storage_size: limits.max_compute_workgroup_storage_size,
-                max_compute_invocations_per_workgroup: limits.max_compute_invocations_per_workgroup,
-                max_compute_workgroups_per_dimension: limits.max_compute_workgroups_per_dimension,
-                max_storage_buffers_per_shader_stage: limits.max_storage_buffers_per_shader_stage,
-            },
-        };
+        let report = AdapterReport::of(&info, &limits, features);
         let adapter_max =
             (limits.max_storage_buffer_binding_size as u64).min(limits.max_buffer_size);
         let (matvec, why) = match opts.matvec {

@@ -1,0 +1,503 @@
+//! The report's charts, drawn by plotters as inline SVG. Each chart is one function in [`CHARTS`]; a
+//! chart no host measured is left out and listed in `missing` with the reason.
+
+use crate::gate;
+use crate::results::{HostRun, RunResults};
+use anyhow::Result;
+use nibble_engine::measure::SweepRow;
+use nibble_engine::scenario::{Outcome, Scenario};
+use plotters::prelude::*;
+use serde::Serialize;
+
+const COLORS: [RGBColor; 6] = [
+    RGBColor(31, 119, 180),
+    RGBColor(255, 127, 14),
+    RGBColor(44, 160, 44),
+    RGBColor(214, 39, 40),
+    RGBColor(148, 103, 189),
+    RGBColor(140, 86, 75),
+];
+
+#[derive(Serialize)]
+pub struct Chart {
+    id: String,
+    title: String,
+    svg: String,
+    note: String,
+}
+
+/// One bar: its label, stacked segments, and an optional (lo, hi) error bar.
+type Bar = (String, Vec<f64>, Option<(f64, f64)>);
+
+/// A bar chart of labelled groups; each bar may stack several segments and carry an error bar.
+struct Bars {
+    title: String,
+    y_label: String,
+    bars: Vec<Bar>,
+    segments: Vec<String>,
+}
+
+impl Bars {
+    /// An empty chart with one segment per name.
+    fn new(title: &str, y_label: &str, segments: &[&str]) -> Bars {
+        Bars {
+            title: title.into(),
+            y_label: y_label.into(),
+            bars: vec![],
+            segments: segments.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    fn push(&mut self, label: String, value: f64) {
+        self.bars.push((label, vec![value], None));
+    }
+}
+
+fn draw_bars(b: &Bars) -> Result<String> {
+    let mut svg = String::new();
+    {
+        let n = b.bars.len().max(1);
+        let top = b
+            .bars
+            .iter()
+            .map(|(_, s, e)| s.iter().sum::<f64>().max(e.map_or(0.0, |e| e.1)))
+            .fold(0.0f64, f64::max)
+            .max(1e-12)
+            * 1.15;
+        let root = SVGBackend::with_string(&mut svg, (860, 380)).into_drawing_area();
+        root.fill(&WHITE)?;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(&b.title, ("sans-serif", 18))
+            .margin(12)
+            .x_label_area_size(70)
+            .y_label_area_size(70)
+            .build_cartesian_2d(0f64..n as f64, 0f64..top)?;
+        let labels: Vec<String> = b.bars.iter().map(|x| x.0.clone()).collect();
+        chart
+            .configure_mesh()
+            .disable_x_mesh()
+            .x_labels(n)
+            .x_label_formatter(&|x| {
+                let i = x.floor() as usize;
+                labels.get(i).cloned().unwrap_or_default()
+            })
+            .y_desc(&b.y_label)
+            .draw()?;
+        for (i, (_, segs, err)) in b.bars.iter().enumerate() {
+            let mut y0 = 0.0;
+            for (k, v) in segs.iter().enumerate() {
+                let c = COLORS[k % COLORS.len()];
+                chart.draw_series(std::iter::once(Rectangle::new(
+                    [(i as f64 + 0.15, y0), (i as f64 + 0.85, y0 + v)],
+                    c.filled(),
+                )))?;
+                y0 += v;
+            }
+            if let Some((lo, hi)) = err {
+                let x = i as f64 + 0.5;
+                chart.draw_series(std::iter::once(PathElement::new(
+                    vec![(x, *lo), (x, *hi)],
+                    BLACK.stroke_width(2),
+                )))?;
+            }
+        }
+        if b.segments.len() > 1 {
+            for (k, name) in b.segments.iter().enumerate() {
+                let c = COLORS[k % COLORS.len()];
+                chart
+                    .draw_series(std::iter::once(Rectangle::new(
+                        [(0.0, 0.0), (0.0, 0.0)],
+                        c.filled(),
+                    )))?
+                    .label(name.as_str())
+                    .legend(move |(x, y)| {
+                        Rectangle::new([(x, y - 5), (x + 10, y + 5)], c.filled())
+                    });
+            }
+            chart
+                .configure_series_labels()
+                .background_style(WHITE.mix(0.8))
+                .border_style(BLACK)
+                .draw()?;
+        }
+        root.present()?;
+    }
+    Ok(svg)
+}
+
+/// Points joined by lines, one series per name.
+fn draw_lines(
+    title: &str,
+    x_label: &str,
+    y_label: &str,
+    series: &[(String, Vec<(f64, f64)>)],
+) -> Result<String> {
+    let mut svg = String::new();
+    {
+        let pts = series.iter().flat_map(|s| s.1.iter());
+        let (mut x0, mut x1, mut y0, mut y1) = (f64::MAX, f64::MIN, f64::MAX, f64::MIN);
+        for &(x, y) in pts {
+            x0 = x0.min(x);
+            x1 = x1.max(x);
+            y0 = y0.min(y);
+            y1 = y1.max(y);
+        }
+        if x0 > x1 {
+            (x0, x1, y0, y1) = (0.0, 1.0, 0.0, 1.0);
+        }
+        let pad = |a: f64, b: f64| {
+            if (b - a).abs() < 1e-12 {
+                (a - 1.0, b + 1.0)
+            } else {
+                (a - (b - a) * 0.05, b + (b - a) * 0.05)
+            }
+        };
+        let (x0, x1) = pad(x0, x1);
+        let (y0, y1) = pad(y0, y1);
+        let root = SVGBackend::with_string(&mut svg, (860, 380)).into_drawing_area();
+        root.fill(&WHITE)?;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(title, ("sans-serif", 18))
+            .margin(12)
+            .x_label_area_size(50)
+            .y_label_area_size(70)
+            .build_cartesian_2d(x0..x1, y0..y1)?;
+        chart
+            .configure_mesh()
+            .x_desc(x_label)
+            .y_desc(y_label)
+            .draw()?;
+        for (k, (name, p)) in series.iter().enumerate() {
+            let c = COLORS[k % COLORS.len()];
+            let mut p = p.clone();
+            p.sort_by(|a, b| a.0.total_cmp(&b.0));
+            chart
+                .draw_series(LineSeries::new(p.clone(), c.stroke_width(2)))?
+                .label(name.as_str())
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 12, y)], c.stroke_width(2))
+                });
+            chart.draw_series(p.iter().map(|&(x, y)| Circle::new((x, y), 4, c.filled())))?;
+        }
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .draw()?;
+        root.present()?;
+    }
+    Ok(svg)
+}
+
+/// The outcome of scenario `name` on host `h`, when it has one.
+pub fn outcome(h: &HostRun, name: Scenario) -> Option<&Outcome> {
+    h.scenarios
+        .iter()
+        .find(|s| s.name == name)
+        .and_then(|s| s.outcome.as_ref())
+}
+
+/// What every chart function reads: the hosts that ran something, and the sweep.
+pub struct Data<'a> {
+    pub ran: Vec<&'a HostRun>,
+    pub sweep: &'a [SweepRow],
+}
+
+/// A chart: what it draws from the run's data, or why nothing (pushed to `missing`).
+type ChartFn = fn(&Data, &mut Vec<String>) -> Result<Option<Chart>>;
+
+/// Every chart of the report, in the order it shows them.
+const CHARTS: [ChartFn; 8] = [
+    memory, decode, prefill, accuracy, dppl, context, sweep, reload,
+];
+
+/// Every chart this run's data supports; the rest go to `missing` with the reason.
+pub fn charts(r: &RunResults, sweep: &[SweepRow], missing: &mut Vec<String>) -> Result<Vec<Chart>> {
+    let data = Data {
+        ran: r.hosts.iter().filter(|h| !h.scenarios.is_empty()).collect(),
+        sweep,
+    };
+    let mut out = Vec::new();
+    for f in CHARTS {
+        out.extend(f(&data, missing)?);
+    }
+    Ok(out)
+}
+
+/// A bar chart when some host measured it, else its title in `missing`.
+fn bars(id: &str, b: Bars, note: &str, missing: &mut Vec<String>) -> Result<Option<Chart>> {
+    if b.bars.is_empty() {
+        missing.push(format!("{}: no host measured it", b.title));
+        return Ok(None);
+    }
+    Ok(Some(Chart {
+        id: id.into(),
+        title: b.title.clone(),
+        svg: draw_bars(&b)?,
+        note: note.into(),
+    }))
+}
+
+/// Memory by configuration, stacked by category (engine-accounted; CPU hosts hold weights + KV).
+fn memory(d: &Data, missing: &mut Vec<String>) -> Result<Option<Chart>> {
+    let mut mem = Bars::new(
+        "Memory by configuration (bytes, engine-accounted)",
+        "MiB",
+        &["weights", "KV cache", "activations+scratch", "staging"],
+    );
+    let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
+    for h in &d.ran {
+        if let Some(Outcome::Memory(rows)) = outcome(h, Scenario::Memory) {
+            for m in rows {
+                let segs = match &m.gpu {
+                    Some(g) => vec![
+                        mib(g.weights),
+                        mib(g.kv_cache),
+                        mib(g.activations),
+                        mib(g.staging),
+                    ],
+                    None => vec![
+                        mib(m.weights.total_bytes as u64),
+                        mib(m.kv_bytes as u64),
+                        0.0,
+                        0.0,
+                    ],
+                };
+                mem.bars
+                    .push((format!("{}/{}", h.name, m.config), segs, None));
+            }
+        }
+    }
+    bars(
+        "memory",
+        mem,
+        "CPU hosts have no GPU buffers: their bars are weights and the KV held after 16 tokens.",
+        missing,
+    )
+}
+
+/// Decode ms/token at depth 0 with p10-p90 bars.
+fn decode(d: &Data, missing: &mut Vec<String>) -> Result<Option<Chart>> {
+    let mut dec = Bars::new(
+        "Decode latency at depth 0 (median, bar: p10-p90)",
+        "ms/token",
+        &["ms/token"],
+    );
+    for h in &d.ran {
+        if let Some(Outcome::Latency(rows)) = outcome(h, Scenario::Latency) {
+            for c in rows {
+                if let Some(x) = c.decode.iter().find(|x| x.depth == 0) {
+                    let s = &x.ms_per_token;
+                    dec.bars.push((
+                        format!("{}/{}", h.name, c.config),
+                        vec![s.median],
+                        Some((s.p10, s.p90)),
+                    ));
+                }
+            }
+        }
+    }
+    bars("decode", dec, "", missing)
+}
+
+/// Prefill tokens/s at the first prompt length, with how each host ran its prompts.
+fn prefill(d: &Data, missing: &mut Vec<String>) -> Result<Option<Chart>> {
+    let mut pre = Bars::new(
+        "Prefill throughput (first prompt length, median, bar: p10-p90)",
+        "tokens/s",
+        &["tokens/s"],
+    );
+    // How each host ran its prompts, as it recorded it (batched or token by token).
+    let mut methods: Vec<String> = Vec::new();
+    for h in &d.ran {
+        if let Some(Outcome::Latency(rows)) = outcome(h, Scenario::Latency) {
+            for c in rows {
+                for p in &c.prefill {
+                    let m = format!("{}: {}", h.name, p.method);
+                    if !methods.contains(&m) {
+                        methods.push(m);
+                    }
+                }
+                if let Some(p) = c.prefill.first() {
+                    let s = &p.tokens_per_s;
+                    pre.bars.push((
+                        format!("{}/{}", h.name, c.config),
+                        vec![s.median],
+                        Some((s.p10, s.p90)),
+                    ));
+                }
+            }
+        }
+    }
+    let note = format!("How prompts ran. {}.", methods.join("; "));
+    bars("prefill", pre, &note, missing)
+}
+
+/// Mean KL against the oracle per weight configuration (accuracy) and KV type (context).
+fn accuracy(d: &Data, missing: &mut Vec<String>) -> Result<Option<Chart>> {
+    let mut acc = Bars::new(
+        "Accuracy cost: mean KL against the native f32 oracle",
+        "nats",
+        &["mean KL"],
+    );
+    for h in &d.ran {
+        if let Some(Outcome::Accuracy(rows)) = outcome(h, Scenario::Accuracy) {
+            for a in rows {
+                acc.push(format!("{}/w:{}", h.name, a.config), a.divergence.mean_kl);
+            }
+        }
+        if let Some(Outcome::Context(c)) = outcome(h, Scenario::Context) {
+            for k in &c.rows {
+                acc.push(format!("{}/kv:{}", h.name, k.kv), k.divergence.mean_kl);
+            }
+        }
+    }
+    bars("accuracy", acc, "Weight configurations are compared with the oracle on the same weights (rounding only); KV types with the f32-KV oracle.", missing)
+}
+
+/// |ΔPPL| per KV type against the f32-KV oracle.
+fn dppl(d: &Data, missing: &mut Vec<String>) -> Result<Option<Chart>> {
+    let mut dppl = Bars::new(
+        "Accuracy cost: ΔPPL per KV type against the f32-KV oracle",
+        "|ΔPPL|",
+        &["|ΔPPL|"],
+    );
+    for h in &d.ran {
+        if let Some(Outcome::Context(c)) = outcome(h, Scenario::Context) {
+            for k in &c.rows {
+                dppl.push(
+                    format!("{}/kv:{}", h.name, k.kv),
+                    k.divergence.delta_ppl.abs(),
+                );
+            }
+        }
+    }
+    bars("dppl", dppl, "", missing)
+}
+
+/// Context capacity per KV type in the first host's budget.
+fn context(d: &Data, missing: &mut Vec<String>) -> Result<Option<Chart>> {
+    let mut ctx = Bars::new("Context capacity in the KV budget", "tokens", &["tokens"]);
+    let first = d
+        .ran
+        .iter()
+        .find_map(|h| match outcome(h, Scenario::Context) {
+            Some(Outcome::Context(c)) => Some((h, c)),
+            _ => None,
+        });
+    if let Some((h, c)) = first {
+        for k in &c.rows {
+            if let Some(t) = k.tokens_in_budget {
+                ctx.bars.push((
+                    format!("{} ({:.0} B/token)", k.kv, k.bytes_per_token),
+                    vec![t as f64],
+                    None,
+                ));
+            }
+        }
+        ctx.title = format!(
+            "Context capacity in a {} KiB KV budget ({})",
+            c.rows.first().map_or(0, |r| r.budget_bytes / 1024),
+            h.name
+        );
+    }
+    bars(
+        "context",
+        ctx,
+        "Token counts follow from the formats' bytes per token, the same on every host.",
+        missing,
+    )
+}
+
+/// Bits per weight against ΔPPL over the sweep grid (native CPU, f32 KV).
+fn sweep(d: &Data, missing: &mut Vec<String>) -> Result<Option<Chart>> {
+    if d.sweep.is_empty() {
+        missing.push("quantization sweep chart: the run has no sweep (older results)".into());
+        return Ok(None);
+    }
+    let pts: Vec<(f64, f64)> = d
+        .sweep
+        .iter()
+        .filter(|s| s.kv_k == nibble_engine::kv::KvType::F32 && s.window.is_none())
+        .map(|s| (s.bits_per_weight, s.divergence.delta_ppl))
+        .collect();
+    Ok(Some(Chart {
+        id: "sweep".into(),
+        title: "Quantization sweep".into(),
+        svg: draw_lines(
+            "Bits per weight against ΔPPL (native CPU, f32 KV)",
+            "bits/weight",
+            "ΔPPL",
+            &[("weights".into(), pts)],
+        )?,
+        note: "Each point is one weight configuration of the sweep grid, scored against the f32 oracle."
+            .into(),
+    }))
+}
+
+/// Reload: cold against warm, what a user waits for (load + upload + first token).
+fn reload(d: &Data, missing: &mut Vec<String>) -> Result<Option<Chart>> {
+    let mut rel = Bars::new(
+        "Reload: cold (empty cache) against warm (same profile), load and upload",
+        "s",
+        &["cold", "warm"],
+    );
+    for h in &d.ran {
+        if let Some(Outcome::Reload(r)) = outcome(h, Scenario::Reload) {
+            match &r.warm {
+                Some(w) => rel.bars.push((
+                    format!("{}/{}", h.name, nibble_engine::scenario::label(&r.config)),
+                    vec![r.cold.ready_s, w.ready_s],
+                    None,
+                )),
+                None => missing.push(format!(
+                    "warm reload, {}: {}",
+                    h.name,
+                    r.warm_missing.as_deref().unwrap_or("no warm load")
+                )),
+            }
+        }
+    }
+    bars(
+        "reload",
+        rel,
+        "Cold: fetch, parse, hash, quantize, write the cache, upload. Warm: read and verify the cached \
+         components, upload. Both in the same browser profile. Shader compilation and the first token \
+         follow either and are in results.json (compile_s, ttft_ms).",
+        missing,
+    )
+}
+
+/// Trend series per gate metric over the runs, one line per host.
+pub fn trends(runs: &[RunResults]) -> Result<Vec<Chart>> {
+    let mut out = Vec::new();
+    for (m, what) in gate::METRICS {
+        let mut series: std::collections::BTreeMap<String, Vec<(f64, f64)>> = Default::default();
+        for r in runs {
+            for h in &r.hosts {
+                if let Ok(v) = gate::metric(h, m) {
+                    series
+                        .entry(h.name.clone())
+                        .or_default()
+                        .push((r.started_unix as f64 / 86400.0, v.value));
+                }
+            }
+        }
+        if series.is_empty() {
+            continue;
+        }
+        let s: Vec<(String, Vec<(f64, f64)>)> = series.into_iter().collect();
+        out.push(Chart {
+            id: format!("trend-{m}"),
+            title: format!("Trend: {m}"),
+            svg: draw_lines(
+                &format!("{m} over runs"),
+                "days since 1970 (run start)",
+                m,
+                &s,
+            )?,
+            note: what.to_string(),
+        });
+    }
+    Ok(out)
+}

@@ -1,0 +1,201 @@
+//! The compatibility matrix: host × feature, each cell full, limited or unavailable with its reason.
+//! Each feature is one function in [`FEATURES`].
+
+use super::charts::outcome;
+use crate::results::{HostRun, HostStatus, RunResults};
+use nibble_engine::scenario::{Capabilities, Context, Outcome, Scenario};
+use serde::Serialize;
+
+#[derive(Serialize)]
+pub struct Cell {
+    level: String,
+    reason: String,
+}
+
+fn cell(level: &str, reason: String) -> Cell {
+    Cell {
+        level: level.into(),
+        reason,
+    }
+}
+
+/// A column: its heading and how a host's record fills it.
+type Feature = (&'static str, fn(&HostRun) -> Cell);
+
+const FEATURES: [Feature; 8] = [
+    ("4-bit inference", four_bit),
+    ("f16 activations", f16_activations),
+    ("quantized KV cache", quantized_kv),
+    ("sliding window", sliding_window),
+    ("component cache", component_cache),
+    ("OPFS", opfs),
+    ("Cache API", cache_api),
+    ("memory API", memory_api),
+];
+
+/// Browser × feature: full, limited or unavailable, each with its reason.
+pub fn matrix(r: &RunResults) -> (Vec<String>, Vec<(String, Vec<Cell>)>) {
+    let rows = r
+        .hosts
+        .iter()
+        .map(|h| {
+            let cells = FEATURES
+                .iter()
+                .map(|(_, f)| match h.status {
+                    HostStatus::NotInstalled => cell(
+                        "unavailable",
+                        format!("not installed: {}", h.install.join("; ")),
+                    ),
+                    _ => f(h),
+                })
+                .collect();
+            (h.name.clone(), cells)
+        })
+        .collect();
+    (FEATURES.iter().map(|(n, _)| n.to_string()).collect(), rows)
+}
+
+fn four_bit(h: &HostRun) -> Cell {
+    let backend = h
+        .capabilities
+        .as_ref()
+        .map_or("?".to_string(), |c| c.backend.clone());
+    match outcome(h, Scenario::Accuracy) {
+        Some(Outcome::Accuracy(a)) if a.iter().any(|x| x.config == "q4_0" && x.pass) => {
+            if backend == "wasm-cpu" || backend == "cpu" {
+                cell(
+                    "limited",
+                    format!("q4_0 passes on the {backend} path (no WebGPU)"),
+                )
+            } else {
+                cell("full", format!("q4_0 passes on {backend}"))
+            }
+        }
+        Some(Outcome::Accuracy(_)) => {
+            cell("unavailable", "q4_0 accuracy failed its tolerance".into())
+        }
+        _ => cell("unavailable", "accuracy not measured".into()),
+    }
+}
+
+fn f16_activations(h: &HostRun) -> Cell {
+    let caps = h.capabilities.as_ref();
+    match caps.and_then(|c| c.activations.as_deref()) {
+        Some("f16") => cell("full", "shader-f16".into()),
+        Some(_) => cell(
+            "unavailable",
+            "the adapter has no shader-f16: f32 activations".into(),
+        ),
+        None => cell(
+            "unavailable",
+            format!(
+                "no GPU: {}",
+                caps.and_then(|c| c.gpu_unavailable.clone())
+                    .unwrap_or_default()
+            ),
+        ),
+    }
+}
+
+fn context_of(h: &HostRun) -> Option<&Context> {
+    match outcome(h, Scenario::Context) {
+        Some(Outcome::Context(c)) => Some(c),
+        _ => None,
+    }
+}
+
+fn quantized_kv(h: &HostRun) -> Cell {
+    match context_of(h) {
+        Some(c) if c.rows.iter().any(|r| r.kv != "f16") => cell(
+            "full",
+            format!(
+                "{} measured",
+                c.rows
+                    .iter()
+                    .map(|r| r.kv.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        ),
+        _ => cell("unavailable", "context scenario not measured".into()),
+    }
+}
+
+fn sliding_window(h: &HostRun) -> Cell {
+    match context_of(h).and_then(|c| c.window.as_ref()) {
+        Some(w) if w.flat => cell(
+            "full",
+            format!(
+                "{} positions, KV flat at {} B",
+                w.positions_decoded, w.kv_bytes_at_end
+            ),
+        ),
+        Some(w) => cell(
+            "limited",
+            format!(
+                "KV grew from {} to {} B",
+                w.kv_bytes_at_window, w.kv_bytes_at_end
+            ),
+        ),
+        None => cell("unavailable", "not measured".into()),
+    }
+}
+
+fn component_cache(_h: &HostRun) -> Cell {
+    cell(
+        "unavailable",
+        "not measured: the component cache is not implemented yet".into(),
+    )
+}
+
+fn storage_api(caps: Option<&Capabilities>, k: &str) -> Cell {
+    match caps.and_then(|c| c.apis.get(k)) {
+        Some(a) if a.available => cell(
+            "limited",
+            format!(
+                "present ({}); not exercised until the component cache",
+                a.detail
+            ),
+        ),
+        Some(a) => cell("unavailable", format!("absent ({})", a.detail)),
+        None => cell("unavailable", "not a browser".into()),
+    }
+}
+
+fn opfs(h: &HostRun) -> Cell {
+    storage_api(h.capabilities.as_ref(), "opfs")
+}
+
+fn cache_api(h: &HostRun) -> Cell {
+    storage_api(h.capabilities.as_ref(), "cache_api")
+}
+
+fn memory_api(h: &HostRun) -> Cell {
+    match &h.page_memory {
+        Some(m) => {
+            let has = |k: &str| m.get(k).is_some();
+            let why = m["not_available"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|s| s.as_str())
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                })
+                .unwrap_or_default();
+            match (
+                has("performance_memory_usedJSHeapSize"),
+                has("ua_specific_memory_bytes"),
+            ) {
+                (true, true) => cell(
+                    "full",
+                    "performance.memory and measureUserAgentSpecificMemory".into(),
+                ),
+                (true, false) | (false, true) => cell("limited", why),
+                _ => cell("unavailable", why),
+            }
+        }
+        None if h.kind == "native" => cell("full", "native: peak RSS".into()),
+        None => cell("unavailable", "not measured".into()),
+    }
+}
