@@ -190,6 +190,17 @@ impl WType {
         }
     }
 
+    /// llama.cpp's `general.file_type` for a file whose matrices are mostly this type.
+    pub fn llama_file_type(self) -> u32 {
+        match self {
+            WType::F32 => 0,
+            WType::F16 => 1,
+            WType::Q4_0 => 2,
+            WType::Q4_1 => 3,
+            WType::Q8_0 => 7,
+        }
+    }
+
     /// Bits of one element's code (or value) in the packed words.
     pub fn code_bits(self) -> usize {
         match self {
@@ -198,6 +209,17 @@ impl WType {
             WType::Q8_0 => 8,
             WType::Q4_0 | WType::Q4_1 => 4,
         }
+    }
+
+    /// Bytes of a `rows` x `cols` matrix stored in this type at `block` (planar codes, f16 scales and
+    /// mins), as `QMatrix::n_bytes` counts them.
+    pub fn stored_bytes(self, rows: usize, cols: usize, block: usize) -> usize {
+        let n = rows * cols;
+        if !self.is_quantized() {
+            return n * self.code_bits() / 8;
+        }
+        let blocks = n / block;
+        n * self.code_bits() / 32 * 4 + blocks * 2 * (1 + self.has_mins() as usize)
     }
 
     /// u32 words of one row of `n` values stored as a GPU cache slot (kvformat.wgsl's `row_stride`):

@@ -20,6 +20,7 @@ pub mod gpu;
 pub mod host;
 pub mod kv;
 pub mod llama2c;
+pub mod load;
 pub mod measure;
 pub mod model;
 pub mod precision;

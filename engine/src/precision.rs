@@ -3,7 +3,7 @@
 //! accounting of the result.
 
 use crate::error::{Error, Result};
-use crate::model::{Class, Model, TensorId};
+use crate::model::{Class, Model, Plan, TensorId};
 use crate::quant::{check_finite, QMatrix, WType};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -268,17 +268,29 @@ impl Model {
 
     /// Exact bytes of the weights as stored, by class and by tensor.
     pub fn accounting(&self) -> Accounting {
+        Plan::of(self).accounting()
+    }
+}
+
+impl Plan {
+    /// Exact bytes of the weights this plan stores, by class and by tensor: what a backend holds,
+    /// known before (or without) the model in memory.
+    pub fn accounting(&self) -> Accounting {
         let c = &self.config;
         let mut acc = Accounting::default();
-        for id in TensorId::all(c, self.tied()) {
+        let types: std::collections::HashMap<TensorId, (WType, usize)> = self
+            .matrices
+            .iter()
+            .map(|&(id, ty, block)| (id, (ty, block)))
+            .collect();
+        for id in TensorId::all(c, !self.own_output) {
             let (rows, cols) = id.shape(c);
             let n = rows * cols;
-            let (ty, block, bytes) = if id.class() == Class::Norm {
-                (WType::F32, 1, n * 4)
-            } else {
-                let m = self.weights.matrix(id);
-                (m.ty, m.block, m.n_bytes())
+            let (ty, block) = match types.get(&id) {
+                Some(&t) => t,
+                None => (WType::F32, 1),
             };
+            let bytes = ty.stored_bytes(rows, cols, block);
             // Norms stay f32 in the f16 baseline too; matrices take 2 bytes per weight there.
             let f16_bytes = if id.class() == Class::Norm {
                 n * 4

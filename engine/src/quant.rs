@@ -488,6 +488,25 @@ mod tests {
     }
 
     #[test]
+    fn stored_bytes_counts_what_a_matrix_holds() {
+        // The plan's accounting (dtype.rs) must equal the bytes a quantized matrix really holds,
+        // odd f16 rows and every block size included.
+        for ty in WType::ALL {
+            for block in [32, 64, 128, 256] {
+                let (rows, cols) = if ty.is_quantized() { (3, 512) } else { (3, 7) };
+                let data: Vec<f32> = (0..rows * cols).map(|i| (i as f32 * 0.37).sin()).collect();
+                let m = QMatrix::quantize(ty, block, rows, cols, &data);
+                assert_eq!(
+                    ty.stored_bytes(rows, cols, m.block),
+                    m.n_bytes(),
+                    "{} block {block}",
+                    ty.name()
+                );
+            }
+        }
+    }
+
+    #[test]
     fn ggml_round_trip_is_lossless() {
         let x = data(4 * 64, 3);
         for ty in [

@@ -440,29 +440,12 @@ pub async fn reload_run(
     // Peak memory is the load's own, not the process's earlier high-water mark.
     HostMemory::reset_peak();
     let t0 = Instant::now();
-    let model;
-    let (mut dec, mut load, sink_s) = match backend {
-        // The CPU computes from the model in memory: the load assembles it.
-        Backend::Cpu => {
-            let l = crate::cache::load(src, &cfg.weights, store, &mut |m| progress(m)).await?;
-            model = l.model;
-            let s = l.report.upload_s;
-            (backend.decoder(&model, cfg.kv.clone())?, l.report, s)
-        }
-        // A GPU takes each tensor as it arrives (layer-streamed) and the CPU copy is dropped.
-        Backend::Gpu(g) => {
-            let mut sink = crate::gpu::GpuSink::new(g);
-            let mut d =
-                crate::cache::load_into(src, &cfg.weights, store, &mut sink, &mut |m| progress(m))
-                    .await?;
-            let (w, staging) = sink.finish()?;
-            d.report.largest_staging_bytes = Some(staging);
-            let dec: Box<dyn crate::Decoder> =
-                Box::new(crate::gpu::GpuDecoder::with_weights(g, w, cfg.kv.clone())?);
-            let s = d.report.upload_s;
-            (dec, d.report, s)
-        }
-    };
+    let ready = backend
+        .load(src, &cfg.weights, store, &mut |m| progress(m))
+        .await?;
+    let mut dec = ready.decoder(cfg.kv.clone())?;
+    let mut load = ready.report.clone();
+    let sink_s = load.upload_s;
     load.host_after = HostMemory::now();
     let compile_s = dec.compile_ms().map(|ms| ms / 1e3);
     let ready_s = t0.elapsed().as_secs_f64() - compile_s.unwrap_or(0.0);

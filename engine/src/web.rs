@@ -6,8 +6,9 @@
 
 use crate::gpu::{Gpu, GpuOptions};
 use crate::measure::Reference;
+use crate::precision::WeightConfig;
 use crate::scenario::{self, Availability, Capabilities, Params, Scenario, ScenarioRecord};
-use crate::{eval, Backend, Model};
+use crate::{eval, load, Backend, Model};
 use js_sys::{Function, Promise, Reflect, Uint8Array};
 use serde::{Deserialize, Serialize};
 use std::cell::RefCell;
@@ -241,23 +242,11 @@ impl BodyStream {
     }
 }
 
-/// Fetches `url` whole, reporting bytes as they arrive.
+/// Fetches `url` whole, reporting bytes as they arrive (parameters, references, a tokenizer; models
+/// stream through [`HttpSource`]).
 async fn fetch_bytes(url: &str, on_progress: &Function) -> Result<Vec<u8>, String> {
     let body = BodyStream::open(url).await?;
     let total = body.total;
-    // wasm32 addresses 4 GiB, and a whole-file load holds the file and then its parsed tensors:
-    // refuse what cannot fit before downloading it, instead of aborting on a failed allocation.
-    if let Some(t) = total {
-        let in_use = scenario::HostMemory::now().wasm_memory_bytes.unwrap_or(0);
-        let need = 2 * t + in_use;
-        if need > 4 << 30 {
-            return Err(format!(
-                "{url}: content-length {t} bytes: loading holds the file and its parsed tensors in \
-                 wasm memory (about {need} bytes with {in_use} in use), beyond wasm32's 4 GiB; use a \
-                 smaller or pre-quantized model"
-            ));
-        }
-    }
     let mut buf = Vec::with_capacity(total.unwrap_or(0) as usize);
     let mut last = 0;
     while let Some(c) = body.next().await? {
@@ -289,7 +278,7 @@ struct LoadJob {
 }
 
 #[derive(Serialize)]
-struct LoadReport {
+struct PageLoad {
     model: String,
     params: usize,
     bytes_fetched: usize,
@@ -304,11 +293,6 @@ pub async fn load(job: String, on_progress: Function) -> Result<String, JsError>
     let j: LoadJob = serde_json::from_str(&job).map_err(err)?;
     LOADED.with(|s| *s.borrow_mut() = None);
     let t0 = Instant::now();
-    let bytes = fetch_bytes(&j.model_url, &on_progress).await.map_err(err)?;
-    let tok = match &j.tokenizer_url {
-        Some(u) => Some(fetch_bytes(u, &on_progress).await.map_err(err)?),
-        None => None,
-    };
     let params = match &j.params_url {
         Some(u) => {
             let b = fetch_bytes(u, &on_progress).await.map_err(err)?;
@@ -321,32 +305,37 @@ pub async fn load(job: String, on_progress: Function) -> Result<String, JsError>
         let b = fetch_bytes(u, &on_progress).await.map_err(err)?;
         refs.push(Reference::from_bytes(&b, u).map_err(err)?);
     }
-    let fetch_s = t0.elapsed().as_secs_f64();
-    report(&on_progress, "parsing the model");
-    let t0 = Instant::now();
-    let name = j
-        .model_url
-        .rsplit('/')
-        .next()
-        .unwrap_or("model")
-        .to_string();
-    let model = Model::from_bytes(
-        &bytes,
-        &name,
-        name.ends_with(".gguf"),
-        tok.as_deref()
-            .map(|b| (b, j.tokenizer_url.as_deref().unwrap_or("tokenizer"))),
-    )
-    .map_err(err)?;
-    let r = LoadReport {
+    let refs_s = t0.elapsed().as_secs_f64();
+    // The one load path, uncached and as stored: the scenarios derive every configuration from this
+    // model, so the CPU keeps it; the file streams in and is never held whole (a GGUF).
+    let mut src = HttpSource {
+        model_url: j.model_url.clone(),
+        tokenizer_url: j.tokenizer_url.clone(),
+        id: j.model_url.clone(),
+        on_progress: on_progress.clone(),
+        body: None,
+        keeps_model: true,
+    };
+    let ready = Backend::Cpu
+        .load(&mut src, &WeightConfig::default(), None, &mut |m| {
+            report(&on_progress, &m)
+        })
+        .await
+        .map_err(err)?;
+    let rl = &ready.report;
+    let load::Weights::Cpu(model) = ready.weights else {
+        return Err(err("a CPU load holds the model"));
+    };
+    let mut model = *model;
+    model.tokenizer = ready.tokenizer;
+    let r = PageLoad {
         model: model.name.clone(),
         params: model.config.n_params(model.tied()),
-        bytes_fetched: bytes.len() + tok.as_ref().map_or(0, Vec::len),
-        fetch_s,
-        parse_s: t0.elapsed().as_secs_f64(),
+        bytes_fetched: rl.bytes_fetched as usize,
+        fetch_s: refs_s + rl.fetch_s,
+        parse_s: rl.total_s - rl.fetch_s,
         host: scenario::HostMemory::now(),
     };
-    drop(bytes);
     LOADED.with(|s| {
         *s.borrow_mut() = Some(Rc::new(Loaded {
             model,
@@ -668,6 +657,25 @@ struct HttpSource {
     id: String,
     on_progress: Function,
     body: Option<BodyStream>,
+    /// The CPU keeps the parsed model (no GPU takes the tensors): refuse a file whose tensors cannot
+    /// fit wasm32's 4 GiB before downloading it.
+    keeps_model: bool,
+}
+
+/// wasm32 addresses 4 GiB: a model whose parsed tensors (about its file's size) cannot fit beside
+/// what is in use is refused before it is downloaded, instead of aborting on a failed allocation.
+fn refuse_beyond_wasm32(url: &str, len: Option<u64>) -> Result<(), String> {
+    let Some(t) = len else { return Ok(()) };
+    let in_use = scenario::HostMemory::now().wasm_memory_bytes.unwrap_or(0);
+    let need = t + in_use;
+    if need > 4 << 30 {
+        return Err(format!(
+            "{url}: content-length {t} bytes: the CPU keeps the parsed tensors in wasm memory (about \
+             {need} bytes with {in_use} in use), beyond wasm32's 4 GiB; use a smaller or \
+             pre-quantized model"
+        ));
+    }
+    Ok(())
 }
 
 async fn head_stamp(url: &str) -> Result<String, String> {
@@ -697,6 +705,9 @@ impl crate::cache::Source for HttpSource {
                 None => None,
             };
             let body = BodyStream::open(&self.model_url).await.map_err(e)?;
+            if self.keeps_model {
+                refuse_beyond_wasm32(&self.model_url, body.total).map_err(e)?;
+            }
             let name = self
                 .model_url
                 .rsplit('/')
@@ -759,6 +770,7 @@ pub async fn reload(job: String, on_progress: Function) -> Result<String, JsErro
         id,
         on_progress: on_progress.clone(),
         body: None,
+        keeps_model: gpu().is_none(),
     };
     // A browser without the store still loads, uncached, and the report says why.
     let store: Result<Box<dyn crate::cache::Store>, String> = match j.store.as_deref() {

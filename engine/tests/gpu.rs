@@ -507,7 +507,7 @@ fn streamed_upload_matches_whole_upload() {
             ))
             .unwrap();
             assert_eq!(d.report.path, pass, "{spec}");
-            let (w, staging) = sink.finish().unwrap();
+            let (w, _, staging) = sink.finish().unwrap();
             // One staged buffer is at most one tensor, never the model.
             assert!(staging > 0 && staging < 600_000, "{spec} {pass}: {staging}");
             let mut b = GpuDecoder::with_weights(&gpu, w, KvConfig::default()).unwrap();

@@ -4,17 +4,20 @@ use crate::args::{gpu_env_options, ModelArgs};
 use crate::files::{print_accounting, write_atomic};
 use anyhow::{bail, Context, Result};
 use clap::Args;
+use nibble_engine::cache::{InMemory, Source, Store};
 use nibble_engine::cpu::CpuDecoder;
 use nibble_engine::eval::{self, Sampler};
 use nibble_engine::gguf::{Value, ValueType};
 use nibble_engine::gpu::{Activations, Gpu, GpuOptions};
 use nibble_engine::kv::{KvConfig, KvType};
+use nibble_engine::load::{Ready, Weights};
 use nibble_engine::measure::{self, parse_bytes, Reference, RunConfig};
 use nibble_engine::model::Model;
+use nibble_engine::precision::Accounting;
 use nibble_engine::precision::{Fallback, Policy, WeightConfig};
 use nibble_engine::quant::WType;
 use nibble_engine::tokenizer::Tokenizer;
-use nibble_engine::{block_on, Backend, Decoder};
+use nibble_engine::{block_on, Backend, Config, Decoder};
 use std::path::PathBuf;
 
 /// Weight and KV-cache options shared by the commands that run a model.
@@ -147,6 +150,20 @@ impl Opened {
         }
     }
 
+    /// Loads for this backend ([`load_for`]). When the backend was chosen automatically and the GPU
+    /// cannot take this model or its KV configuration, the CPU loads it instead and stderr says why.
+    pub fn load(&self, a: &ModelArgs, q: &QuantArgs) -> Result<(Ready<'_>, RunConfig)> {
+        let tried = load_for(a, q, self.backend())
+            .and_then(|(r, cfg)| r.check(&cfg.kv).map(|()| (r, cfg)).map_err(Into::into));
+        match tried {
+            Err(e) if !self.forced && self.gpu.is_some() => {
+                eprintln!("backend: cpu ({e:#})");
+                load_for(a, q, Backend::Cpu)
+            }
+            r => r,
+        }
+    }
+
     pub fn backend(&self) -> Backend<'_> {
         match &self.gpu {
             Some(g) => Backend::Gpu(g),
@@ -180,74 +197,116 @@ pub fn load_model(a: &ModelArgs) -> Result<Model> {
     })
 }
 
-fn require_tokenizer(m: &Model) -> Result<&Tokenizer> {
-    match &m.tokenizer {
+/// A model's tokenizer, wherever its weights live.
+trait HasTokenizer {
+    fn tokenizer(&self) -> Option<&Tokenizer>;
+    fn name(&self) -> &str;
+}
+
+impl HasTokenizer for Model {
+    fn tokenizer(&self) -> Option<&Tokenizer> {
+        self.tokenizer.as_ref()
+    }
+    fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+impl HasTokenizer for Ready<'_> {
+    fn tokenizer(&self) -> Option<&Tokenizer> {
+        self.tokenizer.as_ref()
+    }
+    fn name(&self) -> &str {
+        &self.plan.name
+    }
+}
+
+fn require_tokenizer(m: &impl HasTokenizer) -> Result<&Tokenizer> {
+    match m.tokenizer() {
         Some(t) => Ok(t),
         None => bail!(
             "model {} has no tokenizer: pass --tokenizer (a llama2.c tokenizer.bin)",
-            m.name
+            m.name()
         ),
     }
 }
 
-/// The model with the run's weights applied, after printing what changed.
-/// Loads through the component cache unless `--no-cache` (or a built-in model with a replaced
-/// tokenizer, which has no stable identity).
-fn prepared(a: &ModelArgs, q: &QuantArgs) -> Result<(Model, RunConfig, Vec<Fallback>)> {
+/// Loads for `backend` through the engine's one load path (`Backend::load`): a GPU takes each tensor
+/// as it arrives, the CPU assembles the model. Through the component cache unless `--no-cache` (or a
+/// built-in model with a replaced tokenizer, which has no stable identity).
+fn load_for<'g>(
+    a: &ModelArgs,
+    q: &QuantArgs,
+    backend: Backend<'g>,
+) -> Result<(Ready<'g>, RunConfig)> {
     let cfg = q.run_config()?;
+    let replaced_tokenizer = a.model.is_none() && a.tokenizer.is_some();
     let dir = a
         .cache_dir
         .clone()
-        .or_else(crate::cache::DirStore::default_dir);
-    let dir = match dir {
-        Some(d) if !a.no_cache && (a.model.is_some() || a.tokenizer.is_none()) => d,
-        _ => {
-            let base = load_model(a)?;
-            let (m, fb) = measure::prepare(&base, &cfg)?;
-            return Ok((m, cfg, fb));
-        }
+        .or_else(crate::cache::DirStore::default_dir)
+        .filter(|_| !a.no_cache && !replaced_tokenizer);
+    let store = dir
+        .as_deref()
+        .map(crate::cache::DirStore::open)
+        .transpose()?;
+    let mut src: Box<dyn Source> = if replaced_tokenizer {
+        let m = load_model(a)?;
+        Box::new(InMemory {
+            id: "the built-in model with a replaced tokenizer".into(),
+            make: Box::new(move || m.clone()),
+        })
+    } else {
+        crate::cache::source(a.model.as_deref(), a.tokenizer.as_deref())
     };
-    let store = crate::cache::DirStore::open(&dir)?;
-    let mut src = crate::cache::source(a.model.as_deref(), a.tokenizer.as_deref());
-    let l = block_on(nibble_engine::cache::load(
-        src.as_mut(),
-        &cfg.weights,
-        Some(&store),
-        &mut |_| {},
-    ))?;
-    let r = &l.report;
-    eprintln!(
-        "load: {} in {:.1} ms ({} of {} components from the cache{}{}{})",
-        r.path,
-        r.total_s * 1e3,
-        r.from_cache.len(),
-        r.components,
-        if r.corrupt.is_empty() {
-            String::new()
-        } else {
-            format!("; rebuilt {}", r.corrupt.join(", "))
-        },
-        r.uncached
-            .as_ref()
-            .map_or(String::new(), |u| format!("; uncached: {u}")),
-        format_args!("; {}", dir.display()),
-    );
-    Ok((l.model, cfg, l.fallbacks))
+    let store_ref = store.as_ref().map(|s| s as &dyn Store);
+    let ready = block_on(backend.load(src.as_mut(), &cfg.weights, store_ref, &mut |_| {}))?;
+    if let Some(d) = &dir {
+        let r = &ready.report;
+        eprintln!(
+            "load: {} in {:.1} ms ({} of {} components from the cache{}{}{})",
+            r.path,
+            r.total_s * 1e3,
+            r.from_cache.len(),
+            r.components,
+            if r.corrupt.is_empty() {
+                String::new()
+            } else {
+                format!("; rebuilt {}", r.corrupt.join(", "))
+            },
+            r.uncached
+                .as_ref()
+                .map_or(String::new(), |u| format!("; uncached: {u}")),
+            format_args!("; {}", d.display()),
+        );
+    }
+    Ok((ready, cfg))
+}
+
+/// The model with the run's weights applied, in host memory (the CPU's load).
+fn prepared(a: &ModelArgs, q: &QuantArgs) -> Result<(Model, RunConfig, Vec<Fallback>)> {
+    let (ready, cfg) = load_for(a, q, Backend::Cpu)?;
+    let Weights::Cpu(m) = ready.weights else {
+        unreachable!("a CPU load holds the model")
+    };
+    let mut m = *m;
+    m.tokenizer = ready.tokenizer;
+    Ok((m, cfg, ready.fallbacks))
 }
 
 /// Memory facts of a run, as JSON and as one stderr line.
 fn memory_json(
-    m: &Model,
+    acc: &Accounting,
+    c: &Config,
     cfg: &RunConfig,
     fb: &[Fallback],
     kv_measured: usize,
     budget: Option<usize>,
 ) -> serde_json::Value {
-    let c = &m.config;
     serde_json::json!({
         "config": cfg,
         "label": cfg.label(),
-        "weights": m.accounting(),
+        "weights": acc,
         "fallbacks": fb,
         "kv": {
             "bytes_per_token": cfg.kv.bytes_per_token(c),
@@ -259,20 +318,20 @@ fn memory_json(
 }
 
 fn memory_line(
-    m: &Model,
+    a: &Accounting,
+    c: &Config,
     cfg: &RunConfig,
     fb: &[Fallback],
     kv_measured: usize,
     budget: Option<usize>,
 ) {
-    let a = m.accounting();
     eprintln!(
         "{} | weights {} bytes, {:.4} bits/weight, reduction vs f16 {:.2}% | KV {:.1} bytes/token, {} bytes held",
         cfg.label(),
         a.total_bytes,
         a.bits_per_weight,
         a.reduction_vs_f16 * 100.0,
-        cfg.kv.bytes_per_token(&m.config),
+        cfg.kv.bytes_per_token(c),
         kv_measured
     );
     for f in fb {
@@ -285,7 +344,7 @@ fn memory_line(
         );
     }
     if let Some(b) = budget {
-        match cfg.kv.tokens_in_budget(&m.config, b) {
+        match cfg.kv.tokens_in_budget(c, b) {
             Some(n) => eprintln!("KV budget {b} bytes holds {n} tokens of context"),
             None => eprintln!(
                 "KV budget {b} bytes: the sliding window keeps the cache below it at any length"
@@ -322,10 +381,16 @@ pub struct GenerateArgs {
 }
 
 pub fn generate(a: GenerateArgs) -> Result<()> {
-    let (model, cfg, fb) = prepared(&a.model, &a.quant)?;
-    let tok = require_tokenizer(&model)?;
     let rt = a.backend.open()?;
-    let mut dec = rt.decoder(&model, cfg.kv.clone())?;
+    let (ready, cfg) = rt.load(&a.model, &a.quant)?;
+    let tok = require_tokenizer(&ready)?;
+    let (name, acc, c, fb) = (
+        &ready.plan.name,
+        ready.accounting(),
+        &ready.plan.config,
+        &ready.fallbacks,
+    );
+    let mut dec = ready.decoder(cfg.kv.clone())?;
     let mut sampler = Sampler::new(a.temperature, a.top_p, a.seed);
     let g = block_on(eval::generate(
         dec.as_mut(),
@@ -336,11 +401,11 @@ pub fn generate(a: GenerateArgs) -> Result<()> {
     ))?;
     if a.json {
         let v = serde_json::json!({
-            "model": model.name,
+            "model": name,
             "adapter": rt.adapter(),
             "activations": rt.activations(),
             "generation": g,
-            "memory": memory_json(&model, &cfg, &fb, dec.kv_bytes(), None),
+            "memory": memory_json(&acc, c, &cfg, fb, dec.kv_bytes(), None),
         });
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
@@ -352,13 +417,13 @@ pub fn generate(a: GenerateArgs) -> Result<()> {
             });
         eprintln!(
             "model {} | backend {} | prompt {} tokens, generated {} | first token {:.2} ms | decode {decode}",
-            model.name,
+            name,
             g.backend,
             g.prompt_tokens,
             g.tokens.len(),
             g.ttft_ms
         );
-        memory_line(&model, &cfg, &fb, dec.kv_bytes(), None);
+        memory_line(&acc, c, &cfg, fb, dec.kv_bytes(), None);
     }
     Ok(())
 }
@@ -386,20 +451,26 @@ fn read_text(path: &PathBuf) -> Result<String> {
 }
 
 pub fn perplexity(a: PerplexityArgs) -> Result<()> {
-    let (model, cfg, fb) = prepared(&a.model, &a.quant)?;
     let budget = a.kv_budget.as_deref().map(parse_bytes).transpose()?;
-    let tok = require_tokenizer(&model)?;
-    let seqs = eval::story_tokens(tok, &read_text(&a.text)?, model.config.seq_len);
     let rt = a.backend.open()?;
-    let mut dec = rt.decoder(&model, cfg.kv.clone())?;
+    let (ready, cfg) = rt.load(&a.model, &a.quant)?;
+    let tok = require_tokenizer(&ready)?;
+    let (name, acc, c, fb) = (
+        &ready.plan.name,
+        ready.accounting(),
+        &ready.plan.config,
+        &ready.fallbacks,
+    );
+    let seqs = eval::story_tokens(tok, &read_text(&a.text)?, c.seq_len);
+    let mut dec = ready.decoder(cfg.kv.clone())?;
     let p = block_on(eval::perplexity(dec.as_mut(), &seqs))?;
     if a.json {
         let v = serde_json::json!({
-            "model": model.name,
+            "model": name,
             "adapter": rt.adapter(),
             "text": a.text.display().to_string(),
             "perplexity": p,
-            "memory": memory_json(&model, &cfg, &fb, dec.kv_bytes(), budget),
+            "memory": memory_json(&acc, c, &cfg, fb, dec.kv_bytes(), budget),
         });
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
@@ -409,11 +480,11 @@ pub fn perplexity(a: PerplexityArgs) -> Result<()> {
             p.tokens_scored,
             p.sequences,
             a.text.display(),
-            model.name,
+            name,
             p.backend,
             p.seconds
         );
-        memory_line(&model, &cfg, &fb, dec.kv_bytes(), budget);
+        memory_line(&acc, c, &cfg, fb, dec.kv_bytes(), budget);
     }
     Ok(())
 }
@@ -677,14 +748,7 @@ pub fn quantize(a: QuantizeArgs) -> Result<()> {
     };
     let (model, cfg, fb) = prepared(&a.model, &q)?;
     // llama.cpp's general.file_type for the dominant type.
-    let file_type = match cfg.weights.default {
-        Some(WType::F32) => 0,
-        Some(WType::F16) => 1,
-        Some(WType::Q4_0) => 2,
-        Some(WType::Q4_1) => 3,
-        Some(WType::Q8_0) => 7,
-        None => 0,
-    };
+    let file_type = cfg.weights.default.map_or(0, WType::llama_file_type);
     let extra = vec![
         ("general.file_type".to_string(), Value::U32(file_type)),
         ("general.quantization_version".to_string(), Value::U32(2)),
@@ -716,7 +780,7 @@ pub fn quantize(a: QuantizeArgs) -> Result<()> {
         a.out.display(),
         std::fs::metadata(&a.out)?.len()
     );
-    memory_line(&model, &cfg, &fb, 0, None);
+    memory_line(&model.accounting(), &model.config, &cfg, &fb, 0, None);
     print_accounting(&model.accounting());
     Ok(())
 }

@@ -189,17 +189,20 @@ impl Loader<'_> {
             return Ok(());
         }
         self.say(&format!("building {}", comp.name()));
+        // Keys exist for the store: an uncached load (the page's, a --no-cache run) hashes nothing.
         let t0 = Instant::now();
-        let key = component_key(comp, &tensors, self.tokenizer.as_ref(), self.cfg);
+        let key = self
+            .store
+            .map(|_| component_key(comp, &tensors, self.tokenizer.as_ref(), self.cfg));
         self.r.hash_s += t0.elapsed().as_secs_f64();
-        let hex = key.hex();
+        let hex = key.as_ref().map_or(String::new(), Key::hex);
         let own_output = self.plan.as_ref().expect("planned").own_output;
-        if let Some(s) = self.store {
+        if let (Some(s), Some(key)) = (self.store, &key) {
             let t0 = Instant::now();
             let got = s.get(&hex).await?;
             self.r.cache_read_s += t0.elapsed().as_secs_f64();
             if let Some(b) = got {
-                match unseal(&key, &b) {
+                match unseal(key, &b) {
                     Ok(_) => return self.deliver_cached(comp, &b, own_output, &hex),
                     Err(why) => {
                         self.r.corrupt.push(format!("{}: {why}", comp.name()));
@@ -221,10 +224,10 @@ impl Loader<'_> {
         }
         self.r.quantize_s += t0.elapsed().as_secs_f64();
         self.r.built.push(comp.name());
-        if let Some(s) = self.writable {
+        if let (Some(s), Some(key)) = (self.writable, &key) {
             let t0 = Instant::now();
             let sealed = seal(
-                &key,
+                key,
                 &encode_component(comp, &built, self.tokenizer.as_ref()),
             );
             self.r.largest_component_bytes =

@@ -64,7 +64,8 @@ impl<'g> GpuDecoder<'g> {
         Self::with_weights(gpu, GpuWeights::upload(gpu, model)?, kv)
     }
 
-    fn check(c: &Config, kv: &KvConfig) -> Result<()> {
+    /// Whether the GPU kernels can run this shape with this KV configuration.
+    pub fn check(c: &Config, kv: &KvConfig) -> Result<()> {
         kv.validate(c)?;
         if c.head_size() % 4 != 0 || c.head_size() > 256 {
             return Err(Error::Gpu(format!(

@@ -237,26 +237,32 @@ impl<'g> WeightUpload<'g> {
 pub struct GpuSink<'g> {
     gpu: &'g Gpu,
     up: Option<WeightUpload<'g>>,
+    plan: Option<Plan>,
 }
 
 impl<'g> GpuSink<'g> {
     pub fn new(gpu: &'g Gpu) -> Self {
-        GpuSink { gpu, up: None }
+        GpuSink {
+            gpu,
+            up: None,
+            plan: None,
+        }
     }
 
-    /// The uploaded weights and the largest buffer staged on the way.
-    pub fn finish(self) -> Result<(Rc<GpuWeights>, u64)> {
-        let up = self
-            .up
-            .ok_or_else(|| Error::Invalid("the load delivered no model".into()))?;
+    /// The uploaded weights, their plan, and the largest buffer staged on the way.
+    pub fn finish(self) -> Result<(Rc<GpuWeights>, Plan, u64)> {
+        let (Some(up), Some(plan)) = (self.up, self.plan) else {
+            return Err(Error::Invalid("the load delivered no model".into()));
+        };
         let staging = up.largest_staging;
-        Ok((up.finish()?, staging))
+        Ok((up.finish()?, plan, staging))
     }
 }
 
 impl crate::cache::Sink for GpuSink<'_> {
     fn begin(&mut self, plan: &Plan) -> Result<()> {
         self.up = Some(WeightUpload::begin(self.gpu, plan)?);
+        self.plan = Some(plan.clone());
         Ok(())
     }
     fn put(&mut self, id: TensorId, t: Tensor) -> Result<()> {
