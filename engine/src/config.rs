@@ -170,6 +170,17 @@ impl TensorId {
         }
     }
 
+    /// The part of the model a tensor belongs to: its class, except that a norm belongs to what it
+    /// normalises. The component cache stores a tensor with its part.
+    pub fn part(self) -> Class {
+        match self {
+            TensorId::AttnNorm(_) => Class::Attention,
+            TensorId::FfnNorm(_) => Class::FeedForward,
+            TensorId::OutNorm => Class::Output,
+            t => t.class(),
+        }
+    }
+
     pub fn layer(self) -> Option<usize> {
         match self {
             TensorId::AttnNorm(l)

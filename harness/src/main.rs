@@ -1,9 +1,9 @@
 //! `nibble`: runs nibble-engine natively, measures it and reports.
 
 mod args;
-mod bench;
+mod bench_cmd;
 mod browser;
-mod cache;
+mod disk;
 mod files;
 mod gate;
 mod native;
@@ -35,7 +35,7 @@ enum Command {
     /// Run a grid of weight/block/policy/KV/window configurations; write one JSON/CSV row each.
     Sweep(native::SweepArgs),
     /// Prefill and decode speed per weight configuration, with GPU bytes and a bandwidth roofline.
-    Bench(bench::BenchArgs),
+    Bench(bench_cmd::BenchArgs),
     /// Quantize a model's weights and write GGUF.
     Quantize(native::QuantizeArgs),
     /// Convert a llama2.c checkpoint and its tokenizer.bin to GGUF.
@@ -66,7 +66,7 @@ async fn main() {
         Command::Perplexity(a) => native::perplexity(a),
         Command::Compare(a) => native::compare(a),
         Command::Sweep(a) => native::sweep(a),
-        Command::Bench(a) => bench::bench(a),
+        Command::Bench(a) => bench_cmd::bench(a),
         Command::Quantize(a) => native::quantize(a),
         Command::Convert(a) => files::convert(a),
         Command::Synth(a) => files::synth(a),

@@ -95,14 +95,14 @@ pub struct BackendArgs {
 }
 
 /// An opened backend: the GPU when one was asked for or found.
-pub struct Opened {
+pub struct OpenBackend {
     gpu: Option<Gpu>,
     /// The user asked for this backend by name, so nothing falls back.
     forced: bool,
 }
 
 impl BackendArgs {
-    pub fn open(&self) -> Result<Opened> {
+    pub fn open(&self) -> Result<OpenBackend> {
         let opts = GpuOptions {
             act: self.act.as_deref().map(Activations::parse).transpose()?,
             ..gpu_env_options()?
@@ -111,22 +111,22 @@ impl BackendArgs {
             bail!("--act applies to the GPU backend; the CPU computes in f32");
         }
         match self.backend.as_deref() {
-            Some("cpu") => Ok(Opened {
+            Some("cpu") => Ok(OpenBackend {
                 gpu: None,
                 forced: true,
             }),
-            Some("gpu") => Ok(Opened {
+            Some("gpu") => Ok(OpenBackend {
                 gpu: Some(Gpu::open_blocking(opts)?),
                 forced: true,
             }),
             None => match Gpu::open_blocking(opts) {
-                Ok(g) => Ok(Opened {
+                Ok(g) => Ok(OpenBackend {
                     gpu: Some(g),
                     forced: false,
                 }),
                 Err(e) => {
                     eprintln!("backend: cpu ({e})");
-                    Ok(Opened {
+                    Ok(OpenBackend {
                         gpu: None,
                         forced: false,
                     })
@@ -137,7 +137,7 @@ impl BackendArgs {
     }
 }
 
-impl Opened {
+impl OpenBackend {
     /// A decoder on the opened backend. When the backend was chosen automatically and the GPU cannot run
     /// this configuration, the CPU runs it instead and stderr says why.
     pub fn decoder<'a>(&'a self, m: &'a Model, kv: KvConfig) -> Result<Box<dyn Decoder + 'a>> {
@@ -244,11 +244,11 @@ fn load_for<'g>(
     let dir = a
         .cache_dir
         .clone()
-        .or_else(crate::cache::DirStore::default_dir)
+        .or_else(crate::disk::DirStore::default_dir)
         .filter(|_| !a.no_cache && !replaced_tokenizer);
     let store = dir
         .as_deref()
-        .map(crate::cache::DirStore::open)
+        .map(crate::disk::DirStore::open)
         .transpose()?;
     let mut src: Box<dyn Source> = if replaced_tokenizer {
         let m = load_model(a)?;
@@ -257,7 +257,7 @@ fn load_for<'g>(
             make: Box::new(move || m.clone()),
         })
     } else {
-        crate::cache::source(a.model.as_deref(), a.tokenizer.as_deref())
+        crate::disk::source(a.model.as_deref(), a.tokenizer.as_deref())
     };
     let store_ref = store.as_ref().map(|s| s as &dyn Store);
     let ready = block_on(backend.load(src.as_mut(), &cfg.weights, store_ref, &mut |_| {}))?;

@@ -1,7 +1,7 @@
 //! `results.json`: one run, every host (the native references and each browser), every scenario. It is
 //! rewritten atomically after every scenario, so a crash or a kill loses nothing already measured.
 
-use crate::bench::Machine;
+use crate::bench_cmd::Machine;
 use anyhow::{Context, Result};
 use nibble_engine::scenario::{Capabilities, Params, ScenarioRecord, Status};
 use serde::{Deserialize, Serialize};

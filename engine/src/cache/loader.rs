@@ -163,7 +163,8 @@ impl Loader<'_> {
             self.tokenizer = Some(decode_tokenizer(&mut rd)?);
             self.r.cache_read_s += t0.elapsed().as_secs_f64();
         } else {
-            for id in comp.tensors(own_output) {
+            let c = self.plan.as_ref().expect("planned").config.clone();
+            for id in comp.tensors(&c, own_output) {
                 // Decoding counts as reading the cache, handing over as upload: timed apart.
                 let t0 = Instant::now();
                 let t = decode_tensor(&mut rd, &id.gguf_name())?;
@@ -301,7 +302,7 @@ impl Loader<'_> {
         self.begin(plan)?;
         for comp in Component::all(&m.config, self.tokenizer.is_some()) {
             let tensors = comp
-                .tensors(own_output)
+                .tensors(&m.config, own_output)
                 .into_iter()
                 .map(|id| (id, m.weights.tensor(id)))
                 .collect();
@@ -437,7 +438,7 @@ impl Loader<'_> {
             let start = g.data_offset + i.offset;
             (start, start + i.n_bytes())
         };
-        let mut pending = pending_components(comps, own_output, &range);
+        let mut pending = pending_components(comps, &c, own_output, &range);
         let mut base = 0u64;
         loop {
             let have = base + buf.len() as u64;
@@ -503,6 +504,7 @@ type Pending = Vec<(Component, Vec<TensorId>, u64, u64)>;
 
 fn pending_components(
     comps: Vec<Component>,
+    c: &Config,
     own_output: bool,
     range: &dyn Fn(TensorId) -> (u64, u64),
 ) -> Pending {
@@ -510,7 +512,7 @@ fn pending_components(
         .into_iter()
         .filter(|c| *c != Component::Tokenizer)
         .map(|comp| {
-            let ids = comp.tensors(own_output);
+            let ids = comp.tensors(c, own_output);
             let start = ids.iter().map(|&i| range(i).0).min().unwrap_or(0);
             let end = ids.iter().map(|&i| range(i).1).max().unwrap_or(0);
             (comp, ids, start, end)

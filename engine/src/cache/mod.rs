@@ -15,7 +15,7 @@ mod entry;
 mod loader;
 mod store;
 
-use crate::config::{Config, TensorId};
+use crate::config::{Class, Config, TensorId};
 use crate::host::HostMemory;
 use crate::model::{Model, Plan};
 use crate::precision::{Fallback, WeightConfig};
@@ -73,15 +73,24 @@ impl Component {
     }
 
     /// The tensors it holds; `own_output` says whether the model has a classifier of its own.
-    pub fn tensors(self, own_output: bool) -> Vec<TensorId> {
-        use TensorId::*;
-        match self {
-            Component::Embedding => vec![TokEmbd],
-            Component::Attention(l) => vec![AttnNorm(l), Wq(l), Wk(l), Wv(l), Wo(l)],
-            Component::FeedForward(l) => vec![FfnNorm(l), Gate(l), Up(l), Down(l)],
-            Component::Head if own_output => vec![OutNorm, Output],
-            Component::Head => vec![OutNorm],
-            Component::Tokenizer => vec![],
+    pub fn tensors(self, c: &Config, own_output: bool) -> Vec<TensorId> {
+        if self == Component::Tokenizer {
+            return vec![];
+        }
+        TensorId::all(c, !own_output)
+            .into_iter()
+            .filter(|&id| Component::of(id) == self)
+            .collect()
+    }
+
+    /// The component tensor `id` is stored in, from its part and layer (so a family's new roles
+    /// need no entry here).
+    pub fn of(id: TensorId) -> Component {
+        match (id.part(), id.layer()) {
+            (Class::Embedding, _) => Component::Embedding,
+            (Class::Attention, Some(l)) => Component::Attention(l),
+            (Class::FeedForward, Some(l)) => Component::FeedForward(l),
+            _ => Component::Head,
         }
     }
 }
@@ -305,5 +314,36 @@ fn parse_tokenizer(bytes: &[u8], file: &str, vocab: usize) -> Result<Tokenizer> 
         Tokenizer::from_gguf(&crate::gguf::Gguf::parse(bytes, file)?, file)
     } else {
         Tokenizer::from_llama2c(bytes, vocab, file)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn components_hold_each_tensor_once_with_its_part() {
+        let c = crate::Preset::Tiny.config();
+        use TensorId::*;
+        assert_eq!(
+            Component::Attention(1).tensors(&c, true),
+            vec![AttnNorm(1), Wq(1), Wk(1), Wv(1), Wo(1)]
+        );
+        assert_eq!(
+            Component::FeedForward(0).tensors(&c, true),
+            vec![FfnNorm(0), Gate(0), Up(0), Down(0)]
+        );
+        assert_eq!(Component::Head.tensors(&c, true), vec![OutNorm, Output]);
+        assert_eq!(Component::Head.tensors(&c, false), vec![OutNorm]);
+        for own in [true, false] {
+            let mut all: Vec<TensorId> = Component::all(&c, true)
+                .into_iter()
+                .flat_map(|comp| comp.tensors(&c, own))
+                .collect();
+            let mut want = TensorId::all(&c, !own);
+            all.sort_by_key(|t| format!("{t:?}"));
+            want.sort_by_key(|t| format!("{t:?}"));
+            assert_eq!(all, want, "every tensor in exactly one component");
+        }
     }
 }

@@ -9,7 +9,7 @@ mod targets;
 mod ui;
 
 use crate::args::ModelArgs;
-use crate::bench::Machine;
+use crate::bench_cmd::Machine;
 use crate::browser::{bundle, server};
 use crate::results::{self, HostRun, HostStatus, ModelInfo, ReferenceInfo, RunResults};
 use anyhow::{Context, Result};

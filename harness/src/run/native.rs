@@ -105,12 +105,12 @@ async fn reload(
 ) -> nibble_engine::Result<scenario::Reload> {
     let dir = p.data.join(format!("reload-cache-{host}"));
     let _ = std::fs::remove_dir_all(&dir);
-    let store = crate::cache::DirStore::open(&dir)
+    let store = crate::disk::DirStore::open(&dir)
         .map_err(|e| nibble_engine::Error::Invalid(format!("{e:#}")))?;
-    let mut src = crate::cache::FileSource::new(p.model_file.clone(), p.tokenizer_file.clone());
+    let mut src = crate::disk::FileSource::new(p.model_file.clone(), p.tokenizer_file.clone());
     let cold =
         scenario::reload_run(&mut src, Some(&store), backend, &p.params, &mut progress).await?;
-    let mut src = crate::cache::FileSource::new(p.model_file.clone(), p.tokenizer_file.clone());
+    let mut src = crate::disk::FileSource::new(p.model_file.clone(), p.tokenizer_file.clone());
     let warm = scenario::reload_run(&mut src, Some(&store), backend, &p.params, &mut progress)
         .await
         .map_err(|e| e.to_string());

@@ -174,7 +174,7 @@ pub fn bench(a: BenchArgs) -> Result<()> {
 
 fn write_report(
     a: &BenchArgs,
-    rt: &crate::native::Opened,
+    rt: &crate::native::OpenBackend,
     model_name: &str,
     params: usize,
     reps: usize,
