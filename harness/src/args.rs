@@ -4,6 +4,7 @@
 use anyhow::{Context, Result};
 use clap::Args;
 use nibble_engine::gpu::{GpuOptions, MatvecKernel};
+use std::fmt;
 use std::path::PathBuf;
 
 /// Which model to run; the built-in synthetic model when `--model` is absent.
@@ -41,4 +42,50 @@ pub fn gpu_env_options() -> Result<GpuOptions> {
             .context("NIBBLE_PREFILL_ROWS: expected a number of rows")?,
         ..GpuOptions::default()
     })
+}
+
+/// Exit codes every command shares. 0: done (for `run` and `gate`: every required target passes).
+pub const EXIT_TARGET_FAILED: i32 = 1;
+/// A flag, a file or a model the user gave is wrong (clap's own usage errors exit 2 as well).
+pub const EXIT_BAD_INPUT: i32 = 2;
+/// The command could not be carried out: a bundle that does not build, a server that does not
+/// start, a lost GPU, a file that cannot be written.
+pub const EXIT_FAILED: i32 = 3;
+
+/// An error in what the user gave: exits with [`EXIT_BAD_INPUT`].
+#[derive(Debug)]
+pub struct BadInput(pub String);
+
+impl fmt::Display for BadInput {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for BadInput {}
+
+/// Marks an error as the user's input.
+pub fn bad_input(e: impl fmt::Display) -> anyhow::Error {
+    anyhow::Error::new(BadInput(format!("{e:#}")))
+}
+
+/// The exit code of a failed command: bad input (a [`BadInput`], or a model or flag the engine
+/// refused) or a failure to carry it out.
+pub fn exit_code_of(e: &anyhow::Error) -> i32 {
+    let input = e.chain().any(|c| {
+        c.is::<BadInput>()
+            || matches!(
+                c.downcast_ref::<nibble_engine::Error>(),
+                Some(
+                    nibble_engine::Error::Format { .. }
+                        | nibble_engine::Error::Invalid(_)
+                        | nibble_engine::Error::Io { .. }
+                )
+            )
+    });
+    if input {
+        EXIT_BAD_INPUT
+    } else {
+        EXIT_FAILED
+    }
 }

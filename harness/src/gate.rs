@@ -306,7 +306,7 @@ pub fn evaluate(r: &RunResults, targets: &[Target]) -> Vec<Verdict> {
 /// Exit code for a set of verdicts.
 pub fn exit_code(v: &[Verdict]) -> i32 {
     if v.iter().any(|v| v.required && v.failed()) {
-        1
+        crate::args::EXIT_TARGET_FAILED
     } else {
         0
     }
@@ -357,7 +357,7 @@ pub fn gate(a: GateArgs) -> i32 {
                 if let Err(e) = std::fs::write(j, serde_json::to_vec_pretty(&v).unwrap_or_default())
                 {
                     eprintln!("error: writing {}: {e}", j.display());
-                    return 2;
+                    return crate::args::EXIT_FAILED;
                 }
             }
             let code = exit_code(&v);
@@ -370,7 +370,7 @@ pub fn gate(a: GateArgs) -> i32 {
         }
         Err(e) => {
             eprintln!("error: {e:#}");
-            2
+            crate::args::EXIT_BAD_INPUT
         }
     }
 }

@@ -44,13 +44,15 @@ enum Command {
     Synth(files::SynthArgs),
     /// Print a model file's header, metadata, tensors and sizes.
     Inspect(files::InspectArgs),
-    /// Run the scenarios natively and in browsers through WebDriver; write results.json.
+    /// Run the scenarios natively and in browsers through WebDriver; write results.json. Exit 0: every
+    /// required target passes; 1: one fails; 2: bad input; 3: the run could not be carried out.
     Run(run::RunArgs),
     /// List the installed browsers and drivers, and whether WebGPU works in each.
     Browsers(browser::setup::BrowsersArgs),
     /// Install what the local browser suite needs (Debian/Ubuntu, as root); skips what is present.
     Setup(browser::setup::SetupArgs),
-    /// Evaluate target metrics on a results.json: exit 0 (all required pass), 1 (one fails), 2 (bad input).
+    /// Evaluate target metrics on a results.json: exit 0 (all required pass), 1 (one fails), 2 (bad
+    /// input), 3 (the verdicts could not be written).
     Gate(gate::GateArgs),
     /// Write report.html (charts, gates, compatibility matrix), results.csv and summary.md.
     Report(report::ReportArgs),
@@ -83,6 +85,6 @@ async fn main() {
     };
     if let Err(e) = res {
         eprintln!("error: {e:#}");
-        std::process::exit(1);
+        std::process::exit(args::exit_code_of(&e));
     }
 }

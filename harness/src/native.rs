@@ -222,13 +222,12 @@ impl HasTokenizer for Ready<'_> {
 }
 
 fn require_tokenizer(m: &impl HasTokenizer) -> Result<&Tokenizer> {
-    match m.tokenizer() {
-        Some(t) => Ok(t),
-        None => bail!(
+    m.tokenizer().ok_or_else(|| {
+        crate::args::bad_input(format!(
             "model {} has no tokenizer: pass --tokenizer (a llama2.c tokenizer.bin)",
             m.name()
-        ),
-    }
+        ))
+    })
 }
 
 /// Loads for `backend` through the engine's one load path (`Backend::load`): a GPU takes each tensor

@@ -167,8 +167,9 @@ fn convert_then_score_matches_the_checkpoint() {
 
 #[test]
 fn errors_name_the_file_and_exit_nonzero() {
+    // Bad input exits 2 (documented in `nibble --help`), whatever the command.
     let o = nibble(&["generate", "--model", "/nonexistent/model.gguf"]);
-    assert!(!o.status.success());
+    assert_eq!(o.status.code(), Some(2));
     let e = String::from_utf8_lossy(&o.stderr);
     assert!(e.contains("/nonexistent/model.gguf"), "{e}");
 
@@ -176,7 +177,7 @@ fn errors_name_the_file_and_exit_nonzero() {
     let junk = d.join("junk.gguf");
     std::fs::write(&junk, b"GGUF\x03\x00\x00\x00").unwrap();
     let o = nibble(&["inspect", junk.to_str().unwrap()]);
-    assert!(!o.status.success());
+    assert_eq!(o.status.code(), Some(2));
     let e = String::from_utf8_lossy(&o.stderr);
     assert!(
         e.contains("junk.gguf: tensor_count: file is truncated"),
@@ -190,8 +191,71 @@ fn errors_name_the_file_and_exit_nonzero() {
         "--model",
         m.join("stories260K.bin").to_str().unwrap(),
     ]);
-    assert!(!o.status.success());
+    assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("--tokenizer"));
+}
+
+#[test]
+fn run_exit_codes_tell_bad_input_from_a_run_that_could_not_be_carried_out() {
+    let d = scratch("exit-codes");
+    let out = d.join("out");
+    let out = out.to_str().unwrap();
+    let code = |args: &[&str]| {
+        let o = nibble(args);
+        (
+            o.status.code(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        )
+    };
+    // 2: what the user gave is wrong.
+    for bad in [
+        &["run", "--browsers", "nosuch", "--out", out][..],
+        &[
+            "run",
+            "--browsers",
+            "none",
+            "--scenarios",
+            "bogus",
+            "--out",
+            out,
+        ],
+        &[
+            "run",
+            "--browsers",
+            "none",
+            "--model",
+            "/nonexistent/m.gguf",
+            "--out",
+            out,
+        ],
+        &[
+            "run",
+            "--browsers",
+            "none",
+            "--text",
+            "/nonexistent/t.txt",
+            "--out",
+            out,
+        ],
+    ] {
+        let (c, e) = code(bad);
+        assert_eq!(c, Some(2), "{bad:?}: {e}");
+    }
+    // 3: the run could not be carried out (its output directory cannot be made).
+    let file = d.join("a-file");
+    std::fs::write(&file, b"").unwrap();
+    let under = file.join("out");
+    let (c, e) = code(&[
+        "run",
+        "--browsers",
+        "none",
+        "--out",
+        under.to_str().unwrap(),
+    ]);
+    assert_eq!(c, Some(3), "{e}");
+    // gate: a results file that does not exist is bad input.
+    let (c, e) = code(&["gate", "/nonexistent/results.json"]);
+    assert_eq!(c, Some(2), "{e}");
 }
 
 #[test]

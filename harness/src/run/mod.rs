@@ -95,7 +95,7 @@ pub async fn run(a: RunArgs) -> Result<i32> {
         .targets
         .clone()
         .unwrap_or_else(crate::gate::default_targets);
-    let gate_targets = crate::gate::read_targets(&gate_file)?;
+    let gate_targets = crate::gate::read_targets(&gate_file).map_err(crate::args::bad_input)?;
     let targets = targets::targets(&a)?;
     let want = scenarios(&a.scenarios)?;
     let out = a

@@ -2,8 +2,9 @@
 
 use super::ui::Ui;
 use super::RunArgs;
+use crate::args::bad_input;
 use crate::browser::{bundle, server};
-use anyhow::{bail, Context, Result};
+use anyhow::Result;
 use nibble_engine::cpu::CpuDecoder;
 use nibble_engine::measure::{self, Reference, RunConfig};
 use nibble_engine::model::Model;
@@ -83,11 +84,11 @@ fn serve_model(
 fn scored_sequences(a: &RunArgs, base: &Model) -> Result<Vec<Vec<u32>>> {
     let text_path = default_text(a);
     let text = std::fs::read_to_string(&text_path)
-        .with_context(|| format!("reading {}", text_path.display()))?;
+        .map_err(|e| bad_input(format!("reading {}: {e}", text_path.display())))?;
     let tok = base
         .tokenizer
         .as_ref()
-        .context("the model has no tokenizer: give --tokenizer")?;
+        .ok_or_else(|| bad_input("the model has no tokenizer: give --tokenizer"))?;
     let mut seqs = eval::story_tokens(tok, &text, base.config.seq_len);
     let mut left = a.max_tokens + 1;
     seqs.retain_mut(|s| {
@@ -99,7 +100,10 @@ fn scored_sequences(a: &RunArgs, base: &Model) -> Result<Vec<Vec<u32>>> {
         true
     });
     if seqs.is_empty() {
-        bail!("{}: no text to score", text_path.display());
+        return Err(bad_input(format!(
+            "{}: no text to score",
+            text_path.display()
+        )));
     }
     Ok(seqs)
 }

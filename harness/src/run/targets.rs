@@ -2,8 +2,9 @@
 //! endpoint from `--webdriver` or `nibble.toml`.
 
 use super::RunArgs;
+use crate::args::bad_input;
 use crate::browser::products::{self, Product};
-use anyhow::{bail, Context, Result};
+use anyhow::Result;
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -24,9 +25,9 @@ struct BrowserConfig {
 
 fn read_config(path: &Path) -> Result<FileConfig> {
     match std::fs::read_to_string(path) {
-        Ok(s) => toml::from_str(&s).with_context(|| format!("{}", path.display())),
+        Ok(s) => toml::from_str(&s).map_err(|e| bad_input(format!("{}: {e}", path.display()))),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(FileConfig::default()),
-        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+        Err(e) => Err(bad_input(format!("reading {}: {e}", path.display()))),
     }
 }
 
@@ -48,7 +49,7 @@ pub fn targets(a: &RunArgs) -> Result<Vec<Target>> {
     for w in &a.webdriver {
         let (n, u) = w
             .split_once('=')
-            .with_context(|| format!("--webdriver {w}: expected NAME=URL"))?;
+            .ok_or_else(|| bad_input(format!("--webdriver {w}: expected NAME=URL")))?;
         remote.insert(n.to_string(), u.to_string());
     }
     let mut names: Vec<String> = Vec::new();
@@ -70,10 +71,10 @@ pub fn targets(a: &RunArgs) -> Result<Vec<Target>> {
             .map(serde_json::to_value)
             .transpose()?;
         if product.is_none() && !remote.contains_key(&n) {
-            bail!(
+            return Err(bad_input(format!(
                 "unknown browser {n:?}: expected chrome, firefox, webkit, edge, safari, all, or a \
                  name with --webdriver {n}=URL"
-            );
+            )));
         }
         out.push(Target {
             remote: remote.get(&n).cloned(),
