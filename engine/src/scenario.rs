@@ -609,12 +609,30 @@ pub async fn context(
         "context: sliding window {} to {total} positions",
         p.window
     ));
+    let window = window_run(dec.as_mut(), p.window, p.sinks, total, &mut progress).await?;
+    Ok(Context {
+        rows,
+        window: Some(window),
+    })
+}
+
+/// Decodes `total` positions greedily from position 0 and compares the KV bytes the decoder holds at
+/// position `window` with those at the end: `flat` when its cache stopped growing there, as a sliding
+/// window of `window` positions must. Every backend counts the bytes of the positions it holds.
+pub async fn window_run(
+    dec: &mut dyn crate::Decoder,
+    window: usize,
+    sinks: usize,
+    total: usize,
+    progress: &mut dyn FnMut(String),
+) -> Result<WindowRun> {
     let (mut at_window, mut host_at_window) = (0, HostMemory::default());
     let mut next = 1u32;
+    dec.reset();
     let t0 = Instant::now();
     for pos in 0..total {
         next = dec.step_argmax(next, pos).await?;
-        if pos + 1 == p.window {
+        if pos + 1 == window {
             at_window = dec.kv_bytes();
             host_at_window = HostMemory::now();
         }
@@ -627,21 +645,18 @@ pub async fn context(
     }
     let ms = t0.elapsed().as_secs_f64() * 1e3 / total as f64;
     let end = dec.kv_bytes();
-    Ok(Context {
-        rows,
-        window: Some(WindowRun {
-            window: p.window,
-            sinks: p.sinks,
-            model_context: c.seq_len,
-            positions_decoded: total,
-            kv_bytes_at_window: at_window,
-            kv_bytes_at_end: end,
-            host_at_window,
-            host_at_end: HostMemory::now(),
-            gpu_total_bytes: dec.gpu_memory().map(|g| g.total),
-            flat: end <= at_window,
-            ms_per_token: ms,
-        }),
+    Ok(WindowRun {
+        window,
+        sinks,
+        model_context: dec.config().seq_len,
+        positions_decoded: total,
+        kv_bytes_at_window: at_window,
+        kv_bytes_at_end: end,
+        host_at_window,
+        host_at_end: HostMemory::now(),
+        gpu_total_bytes: dec.gpu_memory().map(|g| g.total),
+        flat: end <= at_window,
+        ms_per_token: ms,
     })
 }
 

@@ -549,3 +549,46 @@ fn streamed_upload_matches_whole_upload() {
     assert!(e.contains("maxStorageBufferBindingSize"), "{e}");
     assert!(src.at < file.len(), "refused after reading the whole file");
 }
+
+#[test]
+fn window_flat_counts_the_positions_held_on_every_backend() {
+    // The metric must be able to fail: without a window the cache grows past position W, with one it
+    // stays flat. The GPU allocates its cache whole, so only the positions it holds can tell.
+    let g = gpu();
+    let m = stories();
+    let (w, sinks, total) = (32, 4, 80);
+    let windowed = KvConfig {
+        window: Some(w),
+        sinks,
+        ..KvConfig::default()
+    };
+    let mut none = |_: String| {};
+    for (name, kv, flat) in [
+        ("window", windowed, true),
+        ("no window", KvConfig::default(), false),
+    ] {
+        let mut decs: Vec<Box<dyn Decoder + '_>> = vec![
+            Box::new(CpuDecoder::with_kv(&m, kv.clone()).unwrap()),
+            Box::new(GpuDecoder::new(&g, &m, kv.clone()).unwrap()),
+        ];
+        for d in decs.iter_mut() {
+            let r = block_on(nibble_engine::scenario::window_run(
+                d.as_mut(),
+                w,
+                sinks,
+                total,
+                &mut none,
+            ))
+            .unwrap();
+            let what = format!("{name} on {}", d.backend());
+            assert_eq!(r.flat, flat, "{what}: {r:?}");
+            // Both backends hold the same positions in the same format.
+            assert_eq!(
+                r.kv_bytes_at_end,
+                kv.bytes_after(&m.config, total),
+                "{what}"
+            );
+            assert_eq!(r.kv_bytes_at_window, kv.bytes_after(&m.config, w), "{what}");
+        }
+    }
+}

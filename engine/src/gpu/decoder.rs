@@ -36,6 +36,8 @@ pub struct GpuDecoder<'g> {
     /// The largest batch one pass takes (activation rows), and the rows of the pass being recorded.
     pub(super) max_rows: usize,
     pub(super) rows: usize,
+    /// Positions fed since the last reset (what the ring holds follows from them).
+    pub(super) held: usize,
     /// One `Step` (8 words) per row, as step.wgsl declares it.
     pub(super) step_buf: wgpu::Buffer,
     pub(super) steps: Vec<u32>,
@@ -157,6 +159,7 @@ impl<'g> GpuDecoder<'g> {
             cap,
             max_rows,
             rows: 1,
+            held: 0,
             step_buf,
             steps: Vec::with_capacity(max_rows * 8),
             rope_buf,
@@ -265,6 +268,12 @@ impl<'g> GpuDecoder<'g> {
                 c.seq_len
             )));
         }
+        // A sequence starts again at position 0, whatever it held before.
+        self.held = if pos0 == 0 {
+            n
+        } else {
+            self.held.max(last + 1)
+        };
         let (sinks, span) = match self.kv.window {
             Some(w) => (self.kv.sinks, w - self.kv.sinks),
             None => (0, 0),
@@ -549,10 +558,14 @@ impl Decoder for GpuDecoder<'_> {
         )
     }
 
-    fn reset(&mut self) {}
+    fn reset(&mut self) {
+        self.held = 0;
+    }
 
+    /// The bytes of the positions the cache holds now, in the KV format (as the CPU counts them):
+    /// the allocation is `gpu_memory().kv_cache`, made whole up front.
     fn kv_bytes(&self) -> usize {
-        self.memory.kv_cache as usize
+        self.kv.bytes_after(&self.config, self.held)
     }
 
     fn context_limit(&self) -> usize {
