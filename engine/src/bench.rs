@@ -63,17 +63,26 @@ impl Stat {
     }
 }
 
-/// Two-sided 95% Student t quantile for n - 1 degrees of freedom.
-fn t95(n: usize) -> f64 {
-    const T: [f64; 10] = [
-        12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228,
+/// Two-sided 95% Student t quantile for `n` samples (n - 1 degrees of freedom): the table to 30
+/// degrees, then the Cornish-Fisher expansion around the normal quantile (within 2e-4 of the exact
+/// value there).
+pub fn t95(n: usize) -> f64 {
+    const T: [f64; 30] = [
+        12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160,
+        2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056,
+        2.052, 2.048, 2.045, 2.042,
     ];
-    match n {
-        0 | 1 => f64::NAN,
-        n if n <= 11 => T[n - 2],
-        n if n <= 31 => 2.042,
-        _ => 1.96,
+    if n < 2 {
+        return f64::NAN;
     }
+    let df = n - 1;
+    if df <= T.len() {
+        return T[df - 1];
+    }
+    let (z, v) = (1.959964f64, df as f64);
+    z + (z.powi(3) + z) / (4.0 * v)
+        + (5.0 * z.powi(5) + 16.0 * z.powi(3) + 3.0 * z) / (96.0 * v * v)
+        + (3.0 * z.powi(7) + 19.0 * z.powi(5) + 17.0 * z.powi(3) - 15.0 * z) / (384.0 * v.powi(3))
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -87,10 +96,15 @@ pub struct Prefill {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Decode {
     pub depth: usize,
-    /// Per-token latency over every timed token of every repetition.
+    /// Per-token latency over every timed token of every repetition: median and p10/p90. No CI here:
+    /// tokens of one repetition are not independent samples (see `reps_ms_per_token`).
     pub ms_per_token: Stat,
     /// Median per repetition, so the spread between repetitions shows.
     pub rep_medians_ms: Vec<f64>,
+    /// The repetition medians as a sample, as Speedometer reports its iterations: its `ci95` is the
+    /// 95% interval of the mean over repetitions, with t for their number. Absent in older results.
+    #[serde(default)]
+    pub reps_ms_per_token: Option<Stat>,
     /// CPU time per token spent recording and submitting the GPU work (GPU backend only).
     pub cpu_encode_ms: Option<Stat>,
     /// Weights plus the KV cache actually read for one token at this depth.
@@ -260,7 +274,10 @@ pub async fn measure(
                 all.extend(times);
             }
         }
-        let st = Stat::of(&all);
+        let st = Stat {
+            ci95: None,
+            ..Stat::of(&all)
+        };
         // Mean attended positions over the timed tokens.
         let n_att = depth + 2 + o.decode_tokens / 2;
         let bytes = bytes_per_token(m, n_att);
@@ -272,6 +289,7 @@ pub async fn measure(
         t.decode.push(Decode {
             depth,
             ms_per_token: st,
+            reps_ms_per_token: (!rep_medians.is_empty()).then(|| Stat::of(&rep_medians)),
             rep_medians_ms: rep_medians,
             cpu_encode_ms: (!encode.is_empty()).then(|| Stat::of(&encode)),
             bytes_per_token: bytes,
@@ -280,4 +298,53 @@ pub async fn measure(
         });
     }
     Ok(t)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn t_quantiles_follow_the_degrees_of_freedom() {
+        // Published two-sided 95% quantiles (df in brackets); the old table said 2.042 from 12 to 31.
+        for (n, t) in [
+            (2, 12.706),
+            (12, 2.201),
+            (21, 2.086),
+            (30, 2.045),
+            (61, 2.000),
+            (121, 1.980),
+        ] {
+            assert!((t95(n) - t).abs() < 1e-3, "n {n}: {} vs {t}", t95(n));
+        }
+        assert!(t95(1).is_nan());
+    }
+
+    #[test]
+    fn the_interval_is_over_repetitions() {
+        let m = crate::Model::builtin();
+        let mut d = crate::cpu::CpuDecoder::new(&m);
+        let o = BenchOpts {
+            reps: 4,
+            warmup: 0,
+            prompts: vec![],
+            depths: vec![0],
+            decode_tokens: 6,
+            bandwidth: None,
+        };
+        let t = crate::block_on(measure(&mut d, &m, &o, |_| {})).unwrap();
+        let dec = &t.decode[0];
+        assert_eq!(dec.ms_per_token.n, 24);
+        assert_eq!(dec.ms_per_token.ci95, None);
+        let reps = dec.reps_ms_per_token.as_ref().unwrap();
+        assert_eq!(reps.n, 4);
+        let xs = &dec.rep_medians_ms;
+        let mean = xs.iter().sum::<f64>() / 4.0;
+        let sd = (xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / 3.0).sqrt();
+        let want = 3.182 * sd / 2.0;
+        assert!(
+            (reps.ci95.unwrap() - want).abs() <= 1e-9 * (1.0 + want),
+            "{reps:?}"
+        );
+    }
 }

@@ -273,7 +273,9 @@ pub fn markdown(r: &BenchReport) -> String {
                 st.n / r.reps.max(1),
                 d.depth,
                 1e3 / st.median,
-                ci(st.ci95.map(|c| 1e3 / st.mean.powi(2) * c)),
+                ci(d.reps_ms_per_token
+                    .as_ref()
+                    .and_then(|r| r.ci95.map(|c| 1e3 / r.mean.powi(2) * c))),
             );
         }
     }

@@ -181,16 +181,16 @@ pub fn metric(h: &HostRun, name: &str) -> std::result::Result<Measured, String> 
                     rows.iter()
                         .find(|r| r.config == c)
                         .and_then(|r| r.decode.iter().find(|d| d.depth == 0))
-                        .map(|d| d.ms_per_token.clone())
                         .ok_or_else(|| format!("no {c} decode at depth 0"))
                 };
                 let (f, q) = (at0("f16")?, at0("q4_0")?);
-                let value = f.median / q.median;
-                // Relative errors of the two means added in quadrature.
-                let ci95 = match (f.ci95, q.ci95) {
-                    (Some(a), Some(b)) => {
-                        Some(value * ((a / f.mean).powi(2) + (b / q.mean).powi(2)).sqrt())
-                    }
+                let value = f.ms_per_token.median / q.ms_per_token.median;
+                // Over repetitions (their medians are the samples), relative errors of the two
+                // means added in quadrature.
+                let ci95 = match (&f.reps_ms_per_token, &q.reps_ms_per_token) {
+                    (Some(a), Some(b)) => a.ci95.zip(b.ci95).map(|(ca, cb)| {
+                        value * ((ca / a.mean).powi(2) + (cb / b.mean).powi(2)).sqrt()
+                    }),
                     _ => None,
                 };
                 Ok(Measured { value, ci95 })

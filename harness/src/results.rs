@@ -2,7 +2,7 @@
 //! rewritten atomically after every scenario, so a crash or a kill loses nothing already measured.
 
 use crate::bench_cmd::Machine;
-use anyhow::{Context, Result};
+use anyhow::Result;
 use nibble_engine::scenario::{Capabilities, Params, ScenarioRecord, Status};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -138,16 +138,22 @@ pub fn save(path: &Path, r: &RunResults) -> Result<()> {
 }
 
 /// Reads a results.json, naming the file and what is wrong with it.
+/// Reads a results.json; a missing, malformed or foreign file is the user's input (exit code 2).
 pub fn load(path: &Path) -> Result<RunResults> {
-    let b = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    let r: RunResults = serde_json::from_slice(&b)
-        .with_context(|| format!("{}: not a nibble results.json", path.display()))?;
+    let bad = crate::args::bad_input;
+    let b = std::fs::read(path).map_err(|e| bad(format!("reading {}: {e}", path.display())))?;
+    let r: RunResults = serde_json::from_slice(&b).map_err(|e| {
+        bad(format!(
+            "{}: not a nibble results.json: {e}",
+            path.display()
+        ))
+    })?;
     if r.schema != SCHEMA {
-        anyhow::bail!(
+        return Err(bad(format!(
             "{}: schema {} (this nibble reads {SCHEMA})",
             path.display(),
             r.schema
-        );
+        )));
     }
     Ok(r)
 }

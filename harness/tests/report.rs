@@ -234,7 +234,7 @@ fn partial_and_malformed_results_give_a_marked_report_or_a_clear_error() {
         let p = write(&d, name, text);
         let o = nibble(&["report", &p, "--out", d.join("x").to_str().unwrap()]);
         let err = String::from_utf8_lossy(&o.stderr);
-        assert_eq!(o.status.code(), Some(1), "{name}: {err}");
+        assert_eq!(o.status.code(), Some(2), "{name}: bad input: {err}");
         assert!(err.contains(name), "{name}: {err}");
         assert!(!err.contains("panicked"), "{err}");
     }
