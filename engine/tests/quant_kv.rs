@@ -349,15 +349,45 @@ fn kv_budget_counts_real_bytes() {
     );
 }
 
-/// An independent, naive transliteration of llama2.c's forward pass (f32, no abstractions), used to
-/// check that the engine's f32 path with an f32 KV cache reproduces it bit for bit.
+/// A dot product written here, not taken from the engine: eight running lanes, their sum, then the
+/// tail, the summation order the CPU oracle documents (ARCHITECTURE.md, the GPU tests), so that a bug
+/// in the engine's `quant::dot` (a lost tail, a wrong lane) shows as a bit difference.
+fn dot8(a: &[f32], b: &[f32]) -> f32 {
+    let n8 = a.len() / 8 * 8;
+    let mut lanes = [0.0f32; 8];
+    for i in 0..n8 {
+        lanes[i % 8] += a[i] * b[i];
+    }
+    let mut tail = 0.0f32;
+    for i in n8..a.len() {
+        tail += a[i] * b[i];
+    }
+    lanes.iter().sum::<f32>() + tail
+}
+
+/// Softmax written here: subtract the max, exponentiate, divide by the sum (llama2.c's `softmax`).
+fn softmax_here(x: &mut [f32]) {
+    let max = x.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+    let mut sum = 0.0f32;
+    for v in x.iter_mut() {
+        *v = (*v - max).exp();
+        sum += *v;
+    }
+    for v in x.iter_mut() {
+        *v /= sum;
+    }
+}
+
+/// An independent, naive transliteration of llama2.c's forward pass (f32, no abstractions, no engine
+/// arithmetic), used to check that the engine's f32 path with an f32 KV cache reproduces it bit for
+/// bit.
 fn naive_forward(m: &Model, tokens: &[u32]) -> Vec<Vec<f32>> {
     let c = &m.config;
     let (d, hs, kvd) = (c.dim, c.head_size(), c.kv_dim());
     let w = |id: TensorId| m.weights.matrix(id).to_f32();
     let matmul = |w: &[f32], x: &[f32], rows: usize| -> Vec<f32> {
         (0..rows)
-            .map(|r| nibble_engine::quant::dot(&w[r * x.len()..(r + 1) * x.len()], x))
+            .map(|r| dot8(&w[r * x.len()..(r + 1) * x.len()], x))
             .collect()
     };
     let rms = |x: &[f32], wt: &[f32]| -> Vec<f32> {
@@ -392,12 +422,9 @@ fn naive_forward(m: &Model, tokens: &[u32]) -> Vec<Vec<f32>> {
                 let kvh = h / (c.n_heads / c.n_kv_heads) * hs;
                 let qh = &q[h * hs..(h + 1) * hs];
                 let mut sc: Vec<f32> = (0..=pos)
-                    .map(|p| {
-                        nibble_engine::quant::dot(qh, &kc[l][p * kvd + kvh..][..hs])
-                            / (hs as f32).sqrt()
-                    })
+                    .map(|p| dot8(qh, &kc[l][p * kvd + kvh..][..hs]) / (hs as f32).sqrt())
                     .collect();
-                nibble_engine::cpu::softmax(&mut sc);
+                softmax_here(&mut sc);
                 for (p, a) in sc.iter().enumerate() {
                     for j in 0..hs {
                         att_out[h * hs + j] += a * vc[l][p * kvd + kvh + j];
