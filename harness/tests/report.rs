@@ -327,3 +327,79 @@ fn reload_chart_and_speedup_gate_from_a_recorded_run() {
     assert!(row("native-cpu", "cold").contains("peak RSS"));
     assert!(row("native-gpu", "cold").contains("MB |"));
 }
+
+/// The matrix row of `host` in report.html: (level, reason) per feature, in column order.
+fn matrix_row(html: &str, host: &str) -> Vec<(String, String)> {
+    let table = html.split("<table id=\"matrix\">").nth(1).unwrap();
+    let table = &table[..table.find("</table>").unwrap()];
+    let row = table
+        .split("<tr>")
+        .find(|r| r.starts_with(&format!("<td>{host}</td>")))
+        .unwrap_or_else(|| panic!("no matrix row for {host}"));
+    row.split("<td class=\"")
+        .skip(1)
+        .map(|c| {
+            let level = c[..c.find('"').unwrap()].to_string();
+            let reason = c.split("<span class=\"note\">").nth(1).unwrap_or("");
+            (
+                level,
+                reason[..reason.find("</span>").unwrap_or(0)].to_string(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn matrix_cache_cells_come_from_the_reload_records() {
+    let d = scratch("report-matrix");
+    let res = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/reload-results.json"
+    );
+    let out = d.join("out");
+    let o = nibble(&["report", res, "--out", out.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let html = std::fs::read_to_string(out.join("report.html")).unwrap();
+    let heads: Vec<&str> = html
+        .split("<table id=\"matrix\">")
+        .nth(1)
+        .unwrap()
+        .split("<th>")
+        .skip(2)
+        .map(|h| &h[..h.find("</th>").unwrap()])
+        .collect();
+    let col = |name: &str| heads.iter().position(|h| *h == name).unwrap();
+    let (cache, opfs, api) = (col("component cache"), col("OPFS"), col("Cache API"));
+    // Chromium and Firefox reloaded warm from the Cache API; WebKitGTK's second load was cold.
+    for h in ["chrome", "firefox"] {
+        let r = matrix_row(&html, h);
+        assert_eq!(r[cache].0, "full", "{h}: {:?}", r[cache]);
+        assert!(
+            r[cache].1.contains("warm reload from Cache API"),
+            "{h}: {:?}",
+            r[cache]
+        );
+        assert_eq!(r[api].0, "full", "{h}: {:?}", r[api]);
+        assert_eq!(
+            r[opfs].0, "limited",
+            "{h}: present, not exercised: {:?}",
+            r[opfs]
+        );
+    }
+    let w = matrix_row(&html, "webkit");
+    assert_eq!(w[cache].0, "limited", "{:?}", w[cache]);
+    assert!(
+        w[cache].1.contains("second load was cold"),
+        "{:?}",
+        w[cache]
+    );
+    assert_eq!(w[opfs].0, "unavailable", "{:?}", w[opfs]);
+    // Natively the directory store served the warm load; the browser APIs do not apply.
+    let n = matrix_row(&html, "native-cpu");
+    assert_eq!(n[cache].0, "full", "{:?}", n[cache]);
+    assert_eq!(
+        n[api],
+        ("unavailable".to_string(), "not a browser".to_string())
+    );
+    assert!(!html.contains("not implemented yet"));
+}

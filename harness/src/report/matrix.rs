@@ -3,7 +3,7 @@
 
 use super::charts::outcome;
 use crate::results::{HostRun, HostStatus, RunResults};
-use nibble_engine::scenario::{Capabilities, Context, Outcome, Scenario};
+use nibble_engine::scenario::{Context, Outcome, Reload, Scenario};
 use serde::Serialize;
 
 #[derive(Serialize)]
@@ -141,33 +141,94 @@ fn sliding_window(h: &HostRun) -> Cell {
     }
 }
 
-fn component_cache(_h: &HostRun) -> Cell {
-    cell(
-        "unavailable",
-        "not measured: the component cache is not implemented yet".into(),
-    )
+fn reload_of(h: &HostRun) -> Option<&Reload> {
+    match outcome(h, Scenario::Reload) {
+        Some(Outcome::Reload(r)) => Some(r),
+        _ => None,
+    }
 }
 
-fn storage_api(caps: Option<&Capabilities>, k: &str) -> Cell {
-    match caps.and_then(|c| c.apis.get(k)) {
-        Some(a) if a.available => cell(
+/// From the reload scenario: a warm load served from the cache is full; a second load that was cold
+/// or uncached is limited, with what the load recorded.
+fn component_cache(h: &HostRun) -> Cell {
+    let Some(r) = reload_of(h) else {
+        return cell(
+            "unavailable",
+            "not measured: the reload scenario did not run".into(),
+        );
+    };
+    let store = r.cold.load.store.as_deref().unwrap_or("no store");
+    match &r.warm {
+        Some(w) if w.load.path == "warm" => cell(
+            "full",
+            format!(
+                "warm reload from {store}: {} of {} components from the cache, {:.1}x faster than cold",
+                w.load.from_cache.len(),
+                w.load.components,
+                r.speedup.unwrap_or(f64::NAN)
+            ),
+        ),
+        Some(w) => cell(
             "limited",
             format!(
-                "present ({}); not exercised until the component cache",
+                "the second load was {} ({}): {store} kept nothing across the page reload",
+                w.load.path,
+                w.load.uncached.as_deref().unwrap_or("no entry found")
+            ),
+        ),
+        None => cell(
+            "unavailable",
+            format!(
+                "no warm load: {}",
+                r.warm_missing.as_deref().unwrap_or("not recorded")
+            ),
+        ),
+    }
+}
+
+/// A browser storage API: exercised when the reload scenario stored the cache in it, else only seen.
+fn storage_api(h: &HostRun, k: &str, store_prefix: &str) -> Cell {
+    let caps = h.capabilities.as_ref();
+    let used = reload_of(h).filter(|r| {
+        r.cold
+            .load
+            .store
+            .as_deref()
+            .is_some_and(|s| s.starts_with(store_prefix))
+    });
+    match (caps.and_then(|c| c.apis.get(k)), used) {
+        (_, Some(r)) => match &r.warm {
+            Some(w) if w.load.path == "warm" => cell(
+                "full",
+                format!(
+                    "the reload scenario's cache: written cold, read warm ({} bytes)",
+                    w.load.cache_bytes_read
+                ),
+            ),
+            _ => cell(
+                "limited",
+                "the reload scenario wrote the cache here, but the warm load did not read it back"
+                    .into(),
+            ),
+        },
+        (Some(a), None) if a.available => cell(
+            "limited",
+            format!(
+                "present ({}); not exercised in this run (the reload scenario used another store or did not run)",
                 a.detail
             ),
         ),
-        Some(a) => cell("unavailable", format!("absent ({})", a.detail)),
-        None => cell("unavailable", "not a browser".into()),
+        (Some(a), None) => cell("unavailable", format!("absent ({})", a.detail)),
+        (None, None) => cell("unavailable", "not a browser".into()),
     }
 }
 
 fn opfs(h: &HostRun) -> Cell {
-    storage_api(h.capabilities.as_ref(), "opfs")
+    storage_api(h, "opfs", "OPFS")
 }
 
 fn cache_api(h: &HostRun) -> Cell {
-    storage_api(h.capabilities.as_ref(), "cache_api")
+    storage_api(h, "cache_api", "Cache API")
 }
 
 fn memory_api(h: &HostRun) -> Cell {
