@@ -86,6 +86,13 @@ pub struct Reference {
     pub perplexity: eval::Perplexity,
 }
 
+impl Reference {
+    /// Positions scored.
+    pub fn tokens(&self) -> usize {
+        self.targets.len()
+    }
+}
+
 fn log_softmax(logits: &[f32]) -> Vec<f64> {
     let lse = eval::log_sum_exp(logits);
     logits.iter().map(|&v| v as f64 - lse).collect()
@@ -238,11 +245,23 @@ pub async fn compare(
 ) -> Result<Divergence> {
     let (mut kls, mut agree, mut max_d, mut nll) = (Vec::new(), 0usize, 0.0f64, 0.0f64);
     let mut i = 0;
+    // Scored against a reference of other tokens or another vocabulary, the figures would mean
+    // nothing: the first such position is the error.
+    let mut mismatch: Option<String> = None;
     forced(cand, seqs, |l, t| {
         let Some(r) = reference.logits.get(i) else {
             i += 1;
             return;
         };
+        if mismatch.is_none() && (r.len() != l.len() || reference.targets[i] != t) {
+            mismatch = Some(format!(
+                "position {i}: the candidate scores token {t} over {} logits, the reference token {} \
+                 over {}",
+                l.len(),
+                reference.targets[i],
+                r.len()
+            ));
+        }
         let (rp, cp) = (log_softmax(r), log_softmax(l));
         kls.push(
             rp.iter()
@@ -255,10 +274,15 @@ pub async fn compare(
         for (a, b) in r.iter().zip(l) {
             max_d = max_d.max((a - b).abs() as f64);
         }
-        nll -= cp[t as usize];
+        nll -= cp.get(t as usize).copied().unwrap_or(f64::NAN);
         i += 1;
     })
     .await?;
+    if let Some(m) = mismatch {
+        return Err(Error::Invalid(format!(
+            "the candidate does not score what the reference scored: {m}"
+        )));
+    }
     if i != reference.targets.len() {
         return Err(Error::Invalid(format!(
             "candidate scored {i} positions, reference {}",

@@ -120,6 +120,41 @@ pub struct AccuracyRow {
     pub seconds: f64,
 }
 
+impl AccuracyRow {
+    /// Judges this row again from its raw figures, as the harness does with every host's record: the
+    /// tolerance from the host's backend and the harness's own reference, the tokens scored against
+    /// the reference's. A host's own PASS is never trusted; where it disagrees, `failure` says so.
+    pub fn rejudge(&mut self, caps: &Capabilities, reference: &Reference) {
+        let tol = Tolerance::for_backend(
+            &caps.backend,
+            caps.activations.as_deref(),
+            reference.max_abs_logit(),
+        );
+        let mut fails = Vec::new();
+        if self.divergence.tokens != reference.tokens() {
+            fails.push(format!(
+                "scored {} tokens, the reference {}",
+                self.divergence.tokens,
+                reference.tokens()
+            ));
+        }
+        if let Err(e) = tol.check(&self.divergence) {
+            fails.push(e);
+        }
+        let pass = fails.is_empty();
+        if pass != self.pass {
+            fails.push(format!(
+                "the host reported {}, the harness's check says {}",
+                if self.pass { "PASS" } else { "FAIL" },
+                if pass { "PASS" } else { "FAIL" }
+            ));
+        }
+        self.pass = pass;
+        self.failure = (!fails.is_empty()).then(|| fails.join("; "));
+        self.tolerance = tol;
+    }
+}
+
 /// One configuration of scenario "memory".
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct MemoryRow {

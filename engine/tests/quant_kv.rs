@@ -470,3 +470,75 @@ fn f32_weights_and_f32_kv_reproduce_the_oracle_exactly() {
         }
     }
 }
+
+#[test]
+fn compare_refuses_other_tokens_or_another_vocabulary() {
+    // zip would silently truncate: scoring other tokens, or logits of another vocabulary, against a
+    // reference is an error naming the first position that differs.
+    let m = Model::builtin();
+    let seqs = vec![vec![1u32, 40, 41, 42, 43, 44]];
+    let r = block_on(measure::Reference::run(&mut CpuDecoder::new(&m), &seqs)).unwrap();
+    let ok = block_on(measure::compare(&r, &mut CpuDecoder::new(&m), &seqs)).unwrap();
+    assert_eq!(ok.tokens, r.tokens());
+    let other = vec![vec![1u32, 40, 41, 99, 43, 44]];
+    let e = block_on(measure::compare(&r, &mut CpuDecoder::new(&m), &other)).unwrap_err();
+    assert!(e.to_string().contains("position 2"), "{e}");
+    let s = stories();
+    let e = block_on(measure::compare(&r, &mut CpuDecoder::new(&s), &seqs)).unwrap_err();
+    assert!(e.to_string().contains("512 logits"), "{e}");
+}
+
+#[test]
+fn the_harness_rejudges_a_hosts_accuracy() {
+    use nibble_engine::scenario::{AccuracyRow, Capabilities, Tolerance};
+    let m = Model::builtin();
+    let seqs = vec![vec![1u32, 40, 41, 42, 43, 44]];
+    let r = block_on(measure::Reference::run(&mut CpuDecoder::new(&m), &seqs)).unwrap();
+    let d = block_on(measure::compare(&r, &mut CpuDecoder::new(&m), &seqs)).unwrap();
+    let caps = |backend: &str, act: Option<&str>| Capabilities {
+        host: "test".into(),
+        user_agent: None,
+        backend: backend.into(),
+        gpu_unavailable: None,
+        adapter: None,
+        activations: act.map(str::to_string),
+        matvec_kernel: None,
+        apis: Default::default(),
+    };
+    let row = |d: measure::Divergence, pass: bool| AccuracyRow {
+        config: "as-loaded".into(),
+        backend: "test".into(),
+        divergence: d,
+        // A tolerance the host made up: the harness ignores it.
+        tolerance: Tolerance::for_backend("gpu", Some("f16"), 1e9),
+        pass,
+        failure: None,
+        seconds: 0.0,
+    };
+    // Exact figures pass on every backend.
+    let mut a = row(d.clone(), true);
+    a.rejudge(&caps("webgpu", Some("f32")), &r);
+    assert!(a.pass && a.failure.is_none(), "{:?}", a.failure);
+    // A host claiming PASS with figures outside its backend's tolerance fails, and says why.
+    let mut bad = d.clone();
+    bad.max_abs_dlogit = 0.5;
+    let mut b = row(bad, true);
+    b.rejudge(&caps("wasm-cpu", None), &r);
+    assert!(!b.pass);
+    let why = b.failure.unwrap();
+    assert!(
+        why.contains("max |dlogit|") && why.contains("reported PASS"),
+        "{why}"
+    );
+    // Fewer tokens than the reference scored: fails whatever the figures.
+    let mut short = d;
+    short.tokens -= 1;
+    let mut c = row(short, true);
+    c.rejudge(&caps("webgpu", Some("f32")), &r);
+    assert!(
+        !c.pass
+            && c.failure
+                .unwrap()
+                .contains("scored 4 tokens, the reference 5")
+    );
+}

@@ -284,10 +284,11 @@ async fn session_steps(
     for &sc in want {
         bar.set_message(sc.name());
         ui.line(&name, sc.name());
-        let (rec, stop) = match scenario_step(s, plan, sc, &mut on).await {
+        let (mut rec, stop) = match scenario_step(s, plan, sc, &mut on).await {
             Ok(rec) => (rec, None),
             Err((rec, e)) => (rec, Some(e)),
         };
+        super::rejudge(&mut rec, host.capabilities.as_ref(), &p.refs);
         if rec.status != Status::Ok {
             ui.line(
                 &name,

@@ -266,6 +266,35 @@ fn finish_host_status(h: &mut HostRun) {
     }
 }
 
+/// The harness's own verdict on an accuracy record (`AccuracyRow::rejudge`): one row per reference,
+/// each judged from its raw figures with the tolerance of the host's backend.
+fn rejudge(
+    rec: &mut scenario::ScenarioRecord,
+    caps: Option<&scenario::Capabilities>,
+    refs: &[nibble_engine::measure::Reference],
+) {
+    let Some(scenario::Outcome::Accuracy(rows)) = &mut rec.outcome else {
+        return;
+    };
+    let Some(caps) = caps else {
+        rec.status = scenario::Status::Failed;
+        rec.error = Some("accuracy from a host that reported no capabilities".into());
+        return;
+    };
+    if rows.len() != refs.len() {
+        rec.status = scenario::Status::Failed;
+        rec.error = Some(format!(
+            "{} accuracy rows for {} references",
+            rows.len(),
+            refs.len()
+        ));
+        return;
+    }
+    for (row, r) in rows.iter_mut().zip(refs) {
+        row.rejudge(caps, r);
+    }
+}
+
 pub(crate) fn now_unix() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

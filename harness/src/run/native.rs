@@ -88,11 +88,13 @@ fn run_scenarios(
                 _ => scenario::run(sc, inputs, progress).await,
             }
         });
-        host.scenarios.push(ScenarioRecord::finished(
+        let mut rec = ScenarioRecord::finished(
             sc,
             t0.elapsed().as_secs_f64(),
             out.map_err(|e| e.to_string()),
-        ));
+        );
+        super::rejudge(&mut rec, host.capabilities.as_ref(), &p.refs);
+        host.scenarios.push(rec);
     }
 }
 
