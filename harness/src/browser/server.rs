@@ -46,7 +46,6 @@ impl Files {
 }
 
 pub struct Server {
-    pub port: u16,
     addr: std::net::SocketAddr,
     task: tokio::task::JoinHandle<()>,
 }
@@ -57,7 +56,6 @@ impl Server {
             .await
             .context("binding the static server to 127.0.0.1")?;
         let addr = listener.local_addr()?;
-        let port = addr.port();
         let f = files;
         let app = axum::Router::new().fallback(move |req: Request<Body>| {
             let f = f.clone();
@@ -67,7 +65,7 @@ impl Server {
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
-        Ok(Server { port, addr, task })
+        Ok(Server { addr, task })
     }
 
     /// The address the listener is bound to (loopback only: nothing else on the network reaches it).
@@ -204,18 +202,18 @@ mod tests {
         files.add("/sub/b.wasm", &dir.join("sub/b.wasm"));
         let srv_files = files.clone();
         let srv = Server::start(files).await.unwrap();
-        let ok = get(srv.port, "/a.js").await;
+        let ok = get(srv.addr().port(), "/a.js").await;
         assert!(ok.starts_with("HTTP/1.1 200"), "{ok}");
         let lower = ok.to_ascii_lowercase();
         assert!(lower.contains("cross-origin-opener-policy: same-origin"));
         assert!(lower.contains("cross-origin-embedder-policy: require-corp"));
         assert!(lower.contains("content-type: text/javascript"));
-        assert!(get(srv.port, "/sub/b.wasm")
+        assert!(get(srv.addr().port(), "/sub/b.wasm")
             .await
             .to_ascii_lowercase()
             .contains("application/wasm"));
         // Unregistered files next to registered ones, and every climbing path, are refused.
-        assert!(get(srv.port, "/secret.txt")
+        assert!(get(srv.addr().port(), "/secret.txt")
             .await
             .starts_with("HTTP/1.1 404"));
         // Every climbing path is refused by the traversal guard itself (400), even one the allow-list
@@ -231,7 +229,7 @@ mod tests {
             "/sub\\..\\secret.txt",
         ] {
             srv_files.add(p, &secret);
-            let r = get(srv.port, p).await;
+            let r = get(srv.addr().port(), p).await;
             assert!(r.starts_with("HTTP/1.1 400"), "{p}: {r}");
             assert!(r.contains("path traversal refused"), "{p}: {r}");
             assert!(!r.ends_with("no"), "{p} leaked: {r}");
