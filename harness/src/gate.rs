@@ -265,17 +265,14 @@ pub fn metric(h: &HostRun, name: &str) -> std::result::Result<Measured, String> 
     }
 }
 
-/// Evaluates every target on every host it names that took part in the run.
+/// Evaluates every target on every host it applies to. A host that was asked for but could not run
+/// (not installed) is not measured, and so fails a required target; a host a target names that is
+/// absent from the run fails it too, unless the run was asked not to include it.
 pub fn evaluate(r: &RunResults, targets: &[Target]) -> Vec<Verdict> {
     let mut out = Vec::new();
     for t in targets {
         let all = t.hosts.is_empty() || t.hosts.iter().any(|h| h == "all");
-        for h in &r.hosts {
-            // Hosts that are not there (not installed, remote-only) are reported by the run, not gated.
-            if h.status == HostStatus::NotInstalled || !(all || t.hosts.contains(&h.name)) {
-                continue;
-            }
-            let m = metric(h, &t.metric);
+        let mut judge = |host: &str, m: std::result::Result<Measured, String>| {
             let verdict = match &m {
                 Err(_) => "not measured",
                 Ok(v)
@@ -288,7 +285,7 @@ pub fn evaluate(r: &RunResults, targets: &[Target]) -> Vec<Verdict> {
             };
             out.push(Verdict {
                 metric: t.metric.clone(),
-                host: h.name.clone(),
+                host: host.to_string(),
                 op: t.op.clone(),
                 threshold: t.threshold,
                 required: t.required,
@@ -296,6 +293,29 @@ pub fn evaluate(r: &RunResults, targets: &[Target]) -> Vec<Verdict> {
                 measured: m.ok(),
                 verdict: verdict.into(),
             });
+        };
+        for h in r.hosts.iter().filter(|h| all || t.hosts.contains(&h.name)) {
+            let m = match h.status {
+                HostStatus::NotInstalled => Err(format!(
+                    "{} was asked for but is not installed: {}",
+                    h.name,
+                    h.error.as_deref().unwrap_or("no reason recorded")
+                )),
+                _ => metric(h, &t.metric),
+            };
+            judge(&h.name, m);
+        }
+        let absent = t.hosts.iter().filter(|n| {
+            *n != "all" && !r.hosts.iter().any(|h| &h.name == *n) && !r.excluded.contains(n)
+        });
+        for n in absent {
+            judge(
+                n,
+                Err(format!(
+                    "{n} is named by the target but took no part in the run, which was not asked to \
+                     leave it out"
+                )),
+            );
         }
     }
     // Failures first: required, then advisory.

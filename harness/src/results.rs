@@ -119,6 +119,10 @@ pub struct RunResults {
     /// The quantization sweep on the native CPU (bits per weight against accuracy).
     #[serde(default)]
     pub sweep: Vec<nibble_engine::measure::SweepRow>,
+    /// Hosts the run was asked not to include (browsers not in `--browsers`, the native GPU with
+    /// `--no-native-gpu`): a target naming one is not gated on it. Absent in older results.
+    #[serde(default)]
+    pub excluded: Vec<String>,
 }
 
 impl RunResults {

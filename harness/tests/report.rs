@@ -47,7 +47,15 @@ fn gate(results: &str, targets: &str) -> (i32, String) {
 #[test]
 fn gates_pass_fail_not_measured_and_advisory() {
     let d = scratch("gate");
-    let res = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/results.json");
+    // The recorded run asked for Safari, which was not installed; as a run that left it out, it is
+    // the base of the checks below (Safari's own verdicts are checked after them).
+    let mut r = fixture();
+    r["hosts"]
+        .as_array_mut()
+        .unwrap()
+        .retain(|h| h["name"] != "safari");
+    r["excluded"] = serde_json::json!(["safari", "edge"]);
+    let res = &write(&d, "no-safari.json", &r.to_string());
     // The repository's targets pass on the recorded run, but for the reload speed-up: the run was
     // recorded before the reload scenario existed, so that required target is not measured and fails.
     let (code, out) = gate(res, concat!(env!("CARGO_MANIFEST_DIR"), "/../targets.toml"));
@@ -436,4 +444,57 @@ fn matrix_cache_cells_come_from_the_reload_records() {
         ("unavailable".to_string(), "not a browser".to_string())
     );
     assert!(!html.contains("not implemented yet"));
+}
+
+#[test]
+fn a_host_asked_for_but_absent_fails_a_required_target() {
+    let d = scratch("gate-absent");
+    let res = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/results.json");
+    // Safari was asked for and is not installed: its required targets are not measured and fail.
+    let t = write(
+        &d,
+        "all.toml",
+        &target("weight_reduction_q4_0", ">=", 0.70, true, ""),
+    );
+    let (code, out) = gate(res, &t);
+    assert_eq!(code, 1, "{out}");
+    let safari = out
+        .lines()
+        .find(|l| l.contains("| safari |"))
+        .unwrap_or_else(|| panic!("no safari verdict: {out}"));
+    assert!(
+        safari.contains("NOT MEASURED") && safari.contains("not installed"),
+        "{safari}"
+    );
+    // Every other host passes it.
+    assert_eq!(
+        out.lines().filter(|l| l.contains("| PASS |")).count(),
+        5,
+        "{out}"
+    );
+    // A host the target names that took no part in the run fails, unless the run left it out.
+    let t = write(
+        &d,
+        "named.toml",
+        &target(
+            "weight_reduction_q4_0",
+            ">=",
+            0.70,
+            true,
+            "\"chrome\", \"chromium\"",
+        ),
+    );
+    let (code, out) = gate(res, &t);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.lines()
+            .any(|l| l.contains("| chromium |") && l.contains("took no part in the run")),
+        "{out}"
+    );
+    let mut r = fixture();
+    r["excluded"] = serde_json::json!(["chromium"]);
+    let left_out = write(&d, "left-out.json", &r.to_string());
+    let (code, out) = gate(&left_out, &t);
+    assert_eq!(code, 0, "{out}");
+    assert!(!out.contains("| chromium |"), "{out}");
 }

@@ -187,6 +187,12 @@ fn new_results(a: &RunArgs, p: &Prepared, targets: &[Target]) -> RunResults {
             .collect(),
         hosts: Vec::new(),
         sweep: Vec::new(),
+        excluded: crate::browser::products::PRODUCTS
+            .iter()
+            .map(|p| p.name.to_string())
+            .filter(|n| !targets.iter().any(|t| &t.name == n))
+            .chain(a.no_native_gpu.then(|| "native-gpu".to_string()))
+            .collect(),
     };
     let host = |name: &str, display: &str, kind: &str, url: Option<String>| HostRun {
         name: name.into(),
