@@ -592,3 +592,22 @@ fn window_flat_counts_the_positions_held_on_every_backend() {
         }
     }
 }
+
+#[test]
+fn a_lost_device_is_an_error_not_a_hang() {
+    // The device goes away mid-sequence (a driver reset, a browser reclaiming the GPU): the next step
+    // answers an error that says so, within the wait's timeout, and nothing panics.
+    let g = gpu();
+    let m = Model::builtin();
+    let mut d = GpuDecoder::new(&g, &m, KvConfig::default()).unwrap();
+    block_on(d.step_argmax(1, 0)).unwrap();
+    g.device.destroy();
+    let t0 = std::time::Instant::now();
+    let e = block_on(d.step_argmax(2, 1)).unwrap_err().to_string();
+    assert!(t0.elapsed().as_secs() < 30, "took {:?}", t0.elapsed());
+    assert!(e.contains("GPU"), "{e}");
+    assert!(
+        e.to_lowercase().contains("lost") || e.contains("destroyed"),
+        "{e}"
+    );
+}

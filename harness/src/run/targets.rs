@@ -85,3 +85,83 @@ pub fn targets(a: &RunArgs) -> Result<Vec<Target>> {
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        run: RunArgs,
+    }
+
+    #[test]
+    fn nibble_toml_points_a_browser_at_a_remote_endpoint_with_merged_capabilities() {
+        let dir = std::env::temp_dir().join(format!("nibble-toml-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let cfg = dir.join("nibble.toml");
+        std::fs::write(
+            &cfg,
+            r#"
+[browsers.chrome]
+webdriver = "http://grid.example:4444"
+
+[browsers.chrome.capabilities."goog:chromeOptions"]
+binary = "/opt/chrome/chrome"
+
+[browsers.mygrid]
+webdriver = "http://other.example:4444"
+"#,
+        )
+        .unwrap();
+        let a = Cli::parse_from([
+            "t",
+            "--browsers",
+            "chrome,firefox,mygrid",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--webdriver",
+            "firefox=http://ff.example:4444",
+        ])
+        .run;
+        let t = targets(&a).unwrap();
+        let by = |n: &str| t.iter().find(|x| x.name == n).unwrap();
+        assert_eq!(
+            by("chrome").remote.as_deref(),
+            Some("http://grid.example:4444")
+        );
+        assert_eq!(
+            by("firefox").remote.as_deref(),
+            Some("http://ff.example:4444")
+        );
+        assert_eq!(
+            by("mygrid").remote.as_deref(),
+            Some("http://other.example:4444")
+        );
+        assert!(by("mygrid").product.is_none());
+        // The file's capabilities merge over the preset: the binary is replaced, the args are kept.
+        let mut caps = products::capabilities("chrome", &dir);
+        products::merge(&mut caps, by("chrome").caps_override.as_ref().unwrap());
+        let opts = &caps["goog:chromeOptions"];
+        assert_eq!(opts["binary"], "/opt/chrome/chrome");
+        assert!(opts["args"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a == "--enable-unsafe-webgpu"));
+        // A name that is neither a product nor a configured endpoint is bad input.
+        let a = Cli::parse_from([
+            "t",
+            "--browsers",
+            "nosuch",
+            "--config",
+            cfg.to_str().unwrap(),
+        ])
+        .run;
+        let e = targets(&a).err().unwrap();
+        assert!(e.is::<crate::args::BadInput>(), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
