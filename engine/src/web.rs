@@ -352,6 +352,20 @@ fn loaded() -> Result<Rc<Loaded>, JsError> {
         .ok_or_else(|| err("no model is loaded: call load first"))
 }
 
+/// Test hook: destroys this worker's GPU device, as a driver reset or the browser reclaiming the GPU
+/// would. The scenario in flight then fails with the device-lost error; answers whether a device was
+/// there to lose.
+#[wasm_bindgen]
+pub fn lose_device() -> bool {
+    match gpu() {
+        Some(g) => {
+            g.device.destroy();
+            true
+        }
+        None => false,
+    }
+}
+
 fn gpu() -> Option<Rc<Gpu>> {
     GPU.with(|s| s.borrow().clone())
 }

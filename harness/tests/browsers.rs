@@ -442,3 +442,87 @@ fn ctrl_c_stops_every_driver_and_browser_and_keeps_the_results() {
     assert_eq!(host(&r, "native-cpu")["status"], "ok");
     assert_eq!(host(&r, "firefox")["status"], "interrupted");
 }
+
+/// `nibble run` with test hooks in the environment; answers results.json and the exit code.
+fn run_hooked(out: &Path, extra: &[&str], env: (&str, &str)) -> (Value, Option<i32>, String) {
+    let o = Command::new(env!("CARGO_BIN_EXE_nibble"))
+        .arg("run")
+        .args(QUICK)
+        .args(extra)
+        .arg("--out")
+        .arg(out)
+        .env(env.0, env.1)
+        .output()
+        .expect("run nibble");
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    (results(out), o.status.code(), err)
+}
+
+#[test]
+fn a_page_that_never_answers_times_out_and_the_next_browser_runs() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let out = scratch("run-hang");
+    // Every page hangs in latency (the hook is the harness's environment); accuracy runs first.
+    let (r, code, err) = run_hooked(
+        &out,
+        &[
+            "--browsers",
+            "chrome,webkit",
+            "--scenarios",
+            "accuracy,latency",
+            "--scenario-timeout",
+            "20",
+        ],
+        ("NIBBLE_TEST_HANG", "latency"),
+    );
+    assert_eq!(code, Some(1), "{err}");
+    for b in ["chrome", "webkit"] {
+        let h = host(&r, b);
+        assert_eq!(h["status"], "failed", "{b}: {h}");
+        assert_eq!(
+            scenario(h, "accuracy")["status"],
+            "ok",
+            "{b}: earlier results kept"
+        );
+        let lat = scenario(h, "latency");
+        assert_eq!(lat["status"], "failed", "{b}: {lat}");
+        let why = lat["error"].as_str().unwrap();
+        assert!(
+            why.contains("timed out") || why.contains("timeout"),
+            "{b}: {why}"
+        );
+        assert!(
+            h["last_progress"]
+                .as_str()
+                .is_some_and(|p| p.contains("never answers")),
+            "{b}: the last progress line is kept: {h}"
+        );
+    }
+}
+
+#[test]
+fn a_gpu_lost_mid_scenario_is_recorded_without_a_hang() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let out = scratch("run-lost-gpu");
+    let (r, code, err) = run_hooked(
+        &out,
+        &["--browsers", "chrome", "--scenarios", "accuracy,latency"],
+        ("NIBBLE_TEST_LOSE_GPU", "latency"),
+    );
+    assert_eq!(code, Some(1), "{err}");
+    let h = host(&r, "chrome");
+    assert_eq!(h["capabilities"]["backend"], "webgpu", "{h}");
+    assert_eq!(
+        scenario(h, "accuracy")["status"],
+        "ok",
+        "earlier results kept"
+    );
+    let lat = scenario(h, "latency");
+    assert_eq!(lat["status"], "failed", "{lat}");
+    // The GPU's own error is the reason (Chromium reports the failed readback; the device-lost
+    // reason, when it arrives in time, replaces it).
+    let why = lat["error"].as_str().unwrap();
+    assert!(why.starts_with("GPU: "), "{why}");
+    // The run went on to gate and report.
+    assert!(out.join("gate.json").exists() && out.join("report.html").exists());
+}

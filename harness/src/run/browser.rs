@@ -231,14 +231,15 @@ async fn open(
     on: &mut impl FnMut(&str),
 ) -> Result<Capabilities> {
     let t = plan.timeouts;
+    // Test hooks, read here at the edge: a scenario the page never answers, a GPU lost mid-scenario.
+    let hook = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+    let opts = json!({
+        "backend": plan.backend,
+        "test_hang": hook("NIBBLE_TEST_HANG"),
+        "test_lose_gpu": hook("NIBBLE_TEST_LOSE_GPU"),
+    });
     let caps = s
-        .call(
-            "open",
-            vec![json!(json!({"backend": plan.backend}).to_string())],
-            t.page,
-            t,
-            on,
-        )
+        .call("open", vec![json!(opts.to_string())], t.page, t, on)
         .await?;
     serde_json::from_str(caps.as_str().context("open answered no text")?).context("open's answer")
 }
