@@ -253,51 +253,63 @@ pub async fn measure(
             ));
             continue;
         }
-        let ctx = tokens(depth + 1, c.vocab_size, 7);
-        let mut all = Vec::new();
-        let mut encode = Vec::new();
-        let mut rep_medians = Vec::new();
-        for r in 0..o.warmup + reps {
-            dec.reset();
-            let mut next = prefill(dec, &ctx).await?;
-            let mut times = Vec::with_capacity(o.decode_tokens);
-            for i in 0..o.decode_tokens {
-                let t0 = Instant::now();
-                next = dec.step_argmax(next, depth + 1 + i).await?;
-                times.push(t0.elapsed().as_secs_f64() * 1e3);
-                if r >= o.warmup {
-                    encode.extend(dec.encode_ms());
-                }
-            }
-            if r >= o.warmup {
-                rep_medians.push(Stat::of(&times).median);
-                all.extend(times);
-            }
-        }
-        let st = Stat {
-            ci95: None,
-            ..Stat::of(&all)
-        };
-        // Mean attended positions over the timed tokens.
-        let n_att = depth + 2 + o.decode_tokens / 2;
-        let bytes = bytes_per_token(m, n_att);
-        let gbs = bytes as f64 / (st.median / 1e3) / 1e9;
+        let d = decode_at(dec, m, o, depth, reps).await?;
         log(&format!(
-            "decode at depth {depth}: {:.3} ms/token (median), {gbs:.1} GB/s",
-            st.median
+            "decode at depth {depth}: {:.3} ms/token (median), {:.1} GB/s",
+            d.ms_per_token.median, d.achieved_gb_s
         ));
-        t.decode.push(Decode {
-            depth,
-            ms_per_token: st,
-            reps_ms_per_token: (!rep_medians.is_empty()).then(|| Stat::of(&rep_medians)),
-            rep_medians_ms: rep_medians,
-            cpu_encode_ms: (!encode.is_empty()).then(|| Stat::of(&encode)),
-            bytes_per_token: bytes,
-            achieved_gb_s: gbs,
-            roofline_pct: o.bandwidth.map(|bw| gbs / bw * 100.0),
-        });
+        t.decode.push(d);
     }
     Ok(t)
+}
+
+/// Decode at `depth`: `reps` repetitions (after the warm-up) of `decode_tokens` greedy steps each.
+async fn decode_at(
+    dec: &mut dyn Decoder,
+    m: &Model,
+    o: &BenchOpts,
+    depth: usize,
+    reps: usize,
+) -> Result<Decode> {
+    let ctx = tokens(depth + 1, m.config.vocab_size, 7);
+    let mut all = Vec::new();
+    let mut encode = Vec::new();
+    let mut rep_medians = Vec::new();
+    for r in 0..o.warmup + reps {
+        dec.reset();
+        let mut next = prefill(dec, &ctx).await?;
+        let mut times = Vec::with_capacity(o.decode_tokens);
+        for i in 0..o.decode_tokens {
+            let t0 = Instant::now();
+            next = dec.step_argmax(next, depth + 1 + i).await?;
+            times.push(t0.elapsed().as_secs_f64() * 1e3);
+            if r >= o.warmup {
+                encode.extend(dec.encode_ms());
+            }
+        }
+        if r >= o.warmup {
+            rep_medians.push(Stat::of(&times).median);
+            all.extend(times);
+        }
+    }
+    let st = Stat {
+        ci95: None,
+        ..Stat::of(&all)
+    };
+    // Mean attended positions over the timed tokens.
+    let n_att = depth + 2 + o.decode_tokens / 2;
+    let bytes = bytes_per_token(m, n_att);
+    let gbs = bytes as f64 / (st.median / 1e3) / 1e9;
+    Ok(Decode {
+        depth,
+        ms_per_token: st,
+        reps_ms_per_token: (!rep_medians.is_empty()).then(|| Stat::of(&rep_medians)),
+        rep_medians_ms: rep_medians,
+        cpu_encode_ms: (!encode.is_empty()).then(|| Stat::of(&encode)),
+        bytes_per_token: bytes,
+        achieved_gb_s: gbs,
+        roofline_pct: o.bandwidth.map(|bw| gbs / bw * 100.0),
+    })
 }
 
 #[cfg(test)]

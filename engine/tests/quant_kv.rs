@@ -510,20 +510,20 @@ fn the_harness_rejudges_a_hosts_accuracy() {
         backend: "test".into(),
         divergence: d,
         // A tolerance the host made up: the harness ignores it.
-        tolerance: Tolerance::for_backend("gpu", Some("f16"), 1e9),
+        tolerance: Tolerance::for_backend("gpu", Some("f16"), &m.config, 1e9),
         pass,
         failure: None,
         seconds: 0.0,
     };
     // Exact figures pass on every backend.
     let mut a = row(d.clone(), true);
-    a.rejudge(&caps("webgpu", Some("f32")), &r);
+    a.rejudge(&caps("webgpu", Some("f32")), &m.config, &r);
     assert!(a.pass && a.failure.is_none(), "{:?}", a.failure);
     // A host claiming PASS with figures outside its backend's tolerance fails, and says why.
     let mut bad = d.clone();
     bad.max_abs_dlogit = 0.5;
     let mut b = row(bad, true);
-    b.rejudge(&caps("wasm-cpu", None), &r);
+    b.rejudge(&caps("wasm-cpu", None), &m.config, &r);
     assert!(!b.pass);
     let why = b.failure.unwrap();
     assert!(
@@ -534,11 +534,32 @@ fn the_harness_rejudges_a_hosts_accuracy() {
     let mut short = d;
     short.tokens -= 1;
     let mut c = row(short, true);
-    c.rejudge(&caps("webgpu", Some("f32")), &r);
+    c.rejudge(&caps("webgpu", Some("f32")), &m.config, &r);
     assert!(
         !c.pass
             && c.failure
                 .unwrap()
                 .contains("scored 4 tokens, the reference 5")
     );
+}
+
+#[test]
+fn tolerances_follow_the_error_model_of_each_path() {
+    use nibble_engine::scenario::Tolerance;
+    let c = Model::builtin().config;
+    let rel = |b: &str, a: Option<&str>| Tolerance::for_backend(b, a, &c, 0.0).max_abs_dlogit;
+    // The native CPU runs the oracle's own code: nothing but bit-identical passes.
+    assert_eq!(rel("cpu", None), 0.0);
+    // f32 everywhere else: 8 L sqrt(n) 2^-24 with L = 2 and n = 512 for the built-in model.
+    let f32_rel = 8.0 * 2.0 * 512f64.sqrt() * 2f64.powi(-24);
+    assert!((rel("wasm-cpu", None) - f32_rel).abs() < 1e-15);
+    assert!((rel("webgpu", Some("f32")) - f32_rel).abs() < 1e-15);
+    // f16 activations: 2 L 2^-11.
+    assert!((rel("webgpu", Some("f16")) - 4.0 * 2f64.powi(-11)).abs() < 1e-15);
+    // Deeper and wider models are allowed proportionally more.
+    let big = nibble_engine::Preset::Llama7b.config();
+    let f = |c: &nibble_engine::Config| {
+        Tolerance::for_backend("webgpu", Some("f32"), c, 0.0).max_abs_dlogit
+    };
+    assert!(f(&big) > 10.0 * f(&c));
 }

@@ -498,3 +498,124 @@ fn a_host_asked_for_but_absent_fails_a_required_target() {
     assert_eq!(code, 0, "{out}");
     assert!(!out.contains("| chromium |"), "{out}");
 }
+
+/// The SVG of the chart with `id` in report.html.
+fn chart_svg<'a>(html: &'a str, id: &str) -> &'a str {
+    let c = html
+        .split(&format!("<div class=\"chart\" id=\"chart-{id}\">"))
+        .nth(1)
+        .unwrap_or_else(|| panic!("no chart {id}"));
+    &c[..c.find("</div>").unwrap()]
+}
+
+/// The text elements of an SVG.
+fn svg_texts(svg: &str) -> Vec<String> {
+    svg.split("<text")
+        .skip(1)
+        .map(|t| {
+            let t = &t[t.find('>').unwrap() + 1..];
+            t[..t.find("</text>").unwrap()].trim().to_string()
+        })
+        .collect()
+}
+
+#[test]
+fn every_chart_carries_its_series() {
+    let d = scratch("report-series");
+    let res = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/results.json");
+    let out = d.join("out");
+    let o = nibble(&["report", res, "--out", out.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let html = std::fs::read_to_string(out.join("report.html")).unwrap();
+    let r = fixture();
+    // One labelled bar per data point of the run, for every host that measured it.
+    let mut want: std::collections::BTreeMap<&str, Vec<String>> = Default::default();
+    for h in r["hosts"].as_array().unwrap() {
+        let name = h["name"].as_str().unwrap();
+        for s in h["scenarios"].as_array().unwrap() {
+            let data = &s["outcome"]["data"];
+            match s["name"].as_str().unwrap() {
+                "latency" => {
+                    for c in data.as_array().unwrap() {
+                        let cfg = c["config"].as_str().unwrap();
+                        if c["decode"]
+                            .as_array()
+                            .unwrap()
+                            .iter()
+                            .any(|x| x["depth"] == 0)
+                        {
+                            want.entry("decode")
+                                .or_default()
+                                .push(format!("{name}/{cfg}"));
+                        }
+                        if !c["prefill"].as_array().unwrap().is_empty() {
+                            want.entry("prefill")
+                                .or_default()
+                                .push(format!("{name}/{cfg}"));
+                        }
+                    }
+                }
+                "memory" => {
+                    for m in data.as_array().unwrap() {
+                        let cfg = m["config"].as_str().unwrap();
+                        want.entry("memory")
+                            .or_default()
+                            .push(format!("{name}/{cfg}"));
+                    }
+                }
+                "accuracy" => {
+                    for a in data.as_array().unwrap() {
+                        let cfg = a["config"].as_str().unwrap();
+                        want.entry("accuracy")
+                            .or_default()
+                            .push(format!("{name}/w:{cfg}"));
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    assert!(want.len() == 4, "{want:?}");
+    for (id, labels) in &want {
+        let texts = svg_texts(chart_svg(&html, id));
+        for l in labels {
+            assert_eq!(
+                texts.iter().filter(|t| *t == l).count(),
+                1,
+                "chart {id}: bar {l} is not labelled once among {texts:?}"
+            );
+        }
+    }
+    // The sweep: one labelled point per configuration of the grid (f32 KV, no window).
+    let sweep = svg_texts(chart_svg(&html, "sweep"));
+    for s in r["sweep"].as_array().unwrap() {
+        if s["kv_k"] == "f32" && s["window"].is_null() {
+            // Labelled by its weights: "weights q4_0/b32 | kv f32" is "q4_0/b32".
+            let c = s["config"].as_str().unwrap();
+            let w = c
+                .split(" | ")
+                .next()
+                .unwrap()
+                .trim_start_matches("weights ");
+            assert!(
+                sweep.iter().any(|t| t == w),
+                "sweep point {c} unlabelled in {sweep:?}"
+            );
+        }
+    }
+    // A chart nobody measured is no empty chart: it is listed as not measured.
+    assert!(!html.contains("id=\"chart-reload\""));
+    assert!(html.contains("no host measured it"));
+    // The gate table holds one row per verdict.
+    let gates = html.split("<table id=\"gates\">").nth(1).unwrap();
+    let gates = &gates[..gates.find("</table>").unwrap()];
+    // One row per (target, host) of the repository's targets that applies to this run.
+    let verdicts = gates.matches("<tr class=").count();
+    assert!(verdicts >= 10, "{verdicts} gate rows");
+    let (_, table) = gate(res, concat!(env!("CARGO_MANIFEST_DIR"), "/../targets.toml"));
+    let rows = table.lines().filter(|l| l.starts_with("| ")).count() - 1;
+    assert_eq!(
+        verdicts, rows,
+        "the report's gate table against `nibble gate`:\n{table}"
+    );
+}

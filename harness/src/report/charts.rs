@@ -53,76 +53,268 @@ impl Bars {
     }
 }
 
+/// Horizontal bars, one row per bar and every row labelled, grouped by host as pushed; one colour per
+/// configuration (the part of a label after the host) with a legend, or per segment when bars stack.
+/// A single-segment chart whose values span more than 1.5 decades (a ratio over 30) gets a log axis,
+/// so one slow host (Firefox's ~100 ms readback) does not flatten the others.
 fn draw_bars(b: &Bars) -> Result<String> {
+    let n = b.bars.len().max(1);
+    let height = (90 + 24 * n) as u32;
+    let stacked = b.segments.len() > 1;
+    let log = !stacked && spans_decades(b);
+    let (x_hi, floor, xf) = axis(b, log);
+    let configs = config_colours(b);
     let mut svg = String::new();
     {
-        let n = b.bars.len().max(1);
-        let top = b
-            .bars
-            .iter()
-            .map(|(_, s, e)| s.iter().sum::<f64>().max(e.map_or(0.0, |e| e.1)))
-            .fold(0.0f64, f64::max)
-            .max(1e-12)
-            * 1.15;
-        let root = SVGBackend::with_string(&mut svg, (860, 380)).into_drawing_area();
+        let root = SVGBackend::with_string(&mut svg, (900, height)).into_drawing_area();
         root.fill(&WHITE)?;
         let mut chart = ChartBuilder::on(&root)
             .caption(&b.title, ("sans-serif", 18))
             .margin(12)
-            .x_label_area_size(70)
-            .y_label_area_size(70)
-            .build_cartesian_2d(0f64..n as f64, 0f64..top)?;
-        let labels: Vec<String> = b.bars.iter().map(|x| x.0.clone()).collect();
+            .x_label_area_size(40)
+            .y_label_area_size(250)
+            .build_cartesian_2d(0f64..x_hi, 0f64..n as f64)?;
+        let axis_name = if log {
+            format!("{} (log scale)", b.y_label)
+        } else {
+            b.y_label.clone()
+        };
         chart
             .configure_mesh()
-            .disable_x_mesh()
-            .x_labels(n)
-            .x_label_formatter(&|x| {
-                let i = x.floor() as usize;
-                labels.get(i).cloned().unwrap_or_default()
-            })
-            .y_desc(&b.y_label)
+            .disable_y_mesh()
+            .y_labels(0)
+            .x_desc(axis_name)
+            .x_label_formatter(&|v| fmt_value(if log { 10f64.powf(*v + floor) } else { *v }))
             .draw()?;
-        for (i, (_, segs, err)) in b.bars.iter().enumerate() {
-            let mut y0 = 0.0;
+        for (i, (label, segs, err)) in b.bars.iter().enumerate() {
+            // Row 0 at the top.
+            let y = (n - 1 - i) as f64;
+            let mut x0 = 0.0;
             for (k, v) in segs.iter().enumerate() {
-                let c = COLORS[k % COLORS.len()];
+                let c = if stacked {
+                    COLORS[k % COLORS.len()]
+                } else {
+                    configs.colour(label)
+                };
+                let w = xf(*v) - if stacked { 0.0 } else { x0 };
                 chart.draw_series(std::iter::once(Rectangle::new(
-                    [(i as f64 + 0.15, y0), (i as f64 + 0.85, y0 + v)],
+                    [(x0, y + 0.15), (x0 + w, y + 0.85)],
                     c.filled(),
                 )))?;
-                y0 += v;
+                x0 += w;
             }
             if let Some((lo, hi)) = err {
-                let x = i as f64 + 0.5;
                 chart.draw_series(std::iter::once(PathElement::new(
-                    vec![(x, *lo), (x, *hi)],
+                    vec![(xf(*lo), y + 0.5), (xf(*hi), y + 0.5)],
                     BLACK.stroke_width(2),
                 )))?;
             }
+            let total: f64 = segs.iter().sum();
+            let (px, py) = chart.backend_coord(&(0.0, y + 0.5));
+            let (ex, _) = chart.backend_coord(&(x0, y + 0.5));
+            let style = ("sans-serif", 13).into_font().color(&BLACK);
+            root.draw(&Text::new(label.clone(), (12, py - 7), style.clone()))?;
+            root.draw(&Text::new(
+                fmt_value(total),
+                (ex.max(px) + 4, py - 7),
+                style,
+            ))?;
         }
-        if b.segments.len() > 1 {
-            for (k, name) in b.segments.iter().enumerate() {
-                let c = COLORS[k % COLORS.len()];
-                chart
-                    .draw_series(std::iter::once(Rectangle::new(
-                        [(0.0, 0.0), (0.0, 0.0)],
-                        c.filled(),
-                    )))?
-                    .label(name.as_str())
-                    .legend(move |(x, y)| {
-                        Rectangle::new([(x, y - 5), (x + 10, y + 5)], c.filled())
-                    });
-            }
-            chart
-                .configure_series_labels()
-                .background_style(WHITE.mix(0.8))
-                .border_style(BLACK)
-                .draw()?;
-        }
+        legend(&mut chart, b, &configs)?;
         root.present()?;
     }
     Ok(svg)
+}
+
+/// Whether the positive bar values span more than 1.5 decades.
+fn spans_decades(b: &Bars) -> bool {
+    let vals: Vec<f64> = b
+        .bars
+        .iter()
+        .map(|x| x.1.iter().sum::<f64>())
+        .filter(|v| *v > 0.0)
+        .collect();
+    let lo = vals.iter().copied().fold(f64::MAX, f64::min);
+    let hi = vals.iter().copied().fold(0.0, f64::max);
+    !vals.is_empty() && hi / lo > 30.0
+}
+
+/// The x extent (room on the right for value labels and the legend), the log axis's floor, and the
+/// map from a value to x: identity, or log10 above a
+/// floor a decade under the smallest value (so every bar has a visible length).
+fn axis(b: &Bars, log: bool) -> (f64, f64, Box<dyn Fn(f64) -> f64>) {
+    let top = b
+        .bars
+        .iter()
+        .map(|(_, s, e)| s.iter().sum::<f64>().max(e.map_or(0.0, |e| e.1)))
+        .fold(0.0f64, f64::max)
+        .max(1e-12);
+    if !log {
+        return (top * 1.4, 0.0, Box::new(|v| v));
+    }
+    let lo = b
+        .bars
+        .iter()
+        .map(|x| x.1.iter().sum::<f64>())
+        .filter(|v| *v > 0.0)
+        .fold(f64::MAX, f64::min);
+    let floor = (lo.log10().floor() - 1.0).max(-30.0);
+    let f = move |v: f64| (v.max(1e-30).log10() - floor).max(0.0);
+    (f(top) * 1.4, floor, Box::new(f))
+}
+
+fn fmt_value(v: f64) -> String {
+    match v.abs() {
+        0.0 => "0".into(),
+        x if x >= 1000.0 => format!("{v:.0}"),
+        x if x >= 10.0 => format!("{v:.1}"),
+        x if x >= 0.01 => format!("{v:.3}"),
+        _ => format!("{v:.2e}"),
+    }
+}
+
+/// One colour per configuration, in order of first appearance.
+struct Configs(Vec<String>);
+
+impl Configs {
+    fn of(label: &str) -> &str {
+        label.split_once('/').map_or(label, |(_, c)| c)
+    }
+
+    fn colour(&self, label: &str) -> RGBColor {
+        let i = self
+            .0
+            .iter()
+            .position(|c| c == Configs::of(label))
+            .unwrap_or(0);
+        COLORS[i % COLORS.len()]
+    }
+}
+
+fn config_colours(b: &Bars) -> Configs {
+    let mut v: Vec<String> = Vec::new();
+    for (l, _, _) in &b.bars {
+        let c = Configs::of(l).to_string();
+        if !v.contains(&c) {
+            v.push(c);
+        }
+    }
+    Configs(v)
+}
+
+/// The axes every bar chart draws on.
+type BarAxes =
+    Cartesian2d<plotters::coord::types::RangedCoordf64, plotters::coord::types::RangedCoordf64>;
+
+/// The legend: the segments of stacked bars, or the configurations' colours.
+fn legend<'a, 'b: 'a>(
+    chart: &mut ChartContext<'a, SVGBackend<'b>, BarAxes>,
+    b: &Bars,
+    configs: &Configs,
+) -> Result<()> {
+    let names: Vec<String> = if b.segments.len() > 1 {
+        b.segments.clone()
+    } else {
+        configs.0.clone()
+    };
+    if names.len() < 2 {
+        return Ok(());
+    }
+    for (k, name) in names.iter().enumerate() {
+        let c = COLORS[k % COLORS.len()];
+        chart
+            .draw_series(std::iter::once(Rectangle::new(
+                [(0.0, 0.0), (0.0, 0.0)],
+                c.filled(),
+            )))?
+            .label(name.as_str())
+            .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 10, y + 5)], c.filled()));
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperRight)
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()?;
+    Ok(())
+}
+
+/// Labelled points and the Pareto front (no other point is at most as many bits and at most as much
+/// |ΔPPL| while better in one), joined in order of bits.
+fn draw_scatter(
+    title: &str,
+    x_label: &str,
+    y_label: &str,
+    pts: &[(String, f64, f64)],
+) -> Result<String> {
+    let (mut x0, mut x1, mut y0, mut y1) = (f64::MAX, f64::MIN, f64::MAX, f64::MIN);
+    for (_, x, y) in pts {
+        (x0, x1, y0, y1) = (x0.min(*x), x1.max(*x), y0.min(*y), y1.max(*y));
+    }
+    let pad = |a: f64, b: f64| {
+        let d = if (b - a).abs() < 1e-12 {
+            1.0
+        } else {
+            (b - a) * 0.08
+        };
+        (a - d, b + d)
+    };
+    let ((x0, x1), (y0, y1)) = (pad(x0, x1), pad(y0, y1));
+    let front = pareto(pts);
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (900, 420)).into_drawing_area();
+        root.fill(&WHITE)?;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(title, ("sans-serif", 18))
+            .margin(12)
+            .x_label_area_size(50)
+            .y_label_area_size(70)
+            .build_cartesian_2d(x0..x1, y0..y1)?;
+        chart
+            .configure_mesh()
+            .x_desc(x_label)
+            .y_desc(y_label)
+            .draw()?;
+        let c = COLORS[0];
+        chart
+            .draw_series(LineSeries::new(front.clone(), c.stroke_width(2)))?
+            .label("Pareto front")
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 12, y)], c.stroke_width(2)));
+        for (label, x, y) in pts {
+            chart.draw_series(std::iter::once(Circle::new(
+                (*x, *y),
+                4,
+                COLORS[1].filled(),
+            )))?;
+            chart.draw_series(std::iter::once(Text::new(
+                label.clone(),
+                (*x, *y),
+                ("sans-serif", 11).into_font(),
+            )))?;
+        }
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .draw()?;
+        root.present()?;
+    }
+    Ok(svg)
+}
+
+/// The points no other point dominates (fewer or equal bits and |ΔPPL|, strictly better in one).
+fn pareto(pts: &[(String, f64, f64)]) -> Vec<(f64, f64)> {
+    let mut f: Vec<(f64, f64)> = pts
+        .iter()
+        .filter(|(_, x, y)| {
+            !pts.iter()
+                .any(|(_, a, b)| *a <= *x && b.abs() <= y.abs() && (*a < *x || b.abs() < y.abs()))
+        })
+        .map(|(_, x, y)| (*x, *y))
+        .collect();
+    f.sort_by(|a, b| a.0.total_cmp(&b.0));
+    f
 }
 
 /// Points joined by lines, one series per name.
@@ -409,28 +601,43 @@ fn context(d: &Data, missing: &mut Vec<String>) -> Result<Option<Chart>> {
     )
 }
 
-/// Bits per weight against ΔPPL over the sweep grid (native CPU, f32 KV).
+/// A sweep configuration's weights ("weights q4_0/b32 | kv f32" is "q4_0/b32"): the chart holds only
+/// f32-KV rows.
+fn sweep_label(config: &str) -> String {
+    let w = config.split(" | ").next().unwrap_or(config);
+    w.trim_start_matches("weights ").to_string()
+}
+
+/// Bits per weight against ΔPPL over the sweep grid (native CPU, f32 KV): each configuration a
+/// labelled point, the Pareto front drawn through the ones worth choosing.
 fn sweep(d: &Data, missing: &mut Vec<String>) -> Result<Option<Chart>> {
     if d.sweep.is_empty() {
         missing.push("quantization sweep chart: the run has no sweep (older results)".into());
         return Ok(None);
     }
-    let pts: Vec<(f64, f64)> = d
+    let pts: Vec<(String, f64, f64)> = d
         .sweep
         .iter()
         .filter(|s| s.kv_k == nibble_engine::kv::KvType::F32 && s.window.is_none())
-        .map(|s| (s.bits_per_weight, s.divergence.delta_ppl))
+        .map(|s| {
+            (
+                sweep_label(&s.config),
+                s.bits_per_weight,
+                s.divergence.delta_ppl,
+            )
+        })
         .collect();
     Ok(Some(Chart {
         id: "sweep".into(),
         title: "Quantization sweep".into(),
-        svg: draw_lines(
+        svg: draw_scatter(
             "Bits per weight against ΔPPL (native CPU, f32 KV)",
             "bits/weight",
             "ΔPPL",
-            &[("weights".into(), pts)],
+            &pts,
         )?,
-        note: "Each point is one weight configuration of the sweep grid, scored against the f32 oracle."
+        note: "Each point is one weight configuration of the sweep grid, scored against the f32 oracle; \
+               the line is the Pareto front (fewest bits for the least |ΔPPL|)."
             .into(),
     }))
 }

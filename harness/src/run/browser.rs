@@ -289,7 +289,12 @@ async fn session_steps(
             Ok(rec) => (rec, None),
             Err((rec, e)) => (rec, Some(e)),
         };
-        super::rejudge(&mut rec, host.capabilities.as_ref(), &p.refs);
+        super::rejudge(
+            &mut rec,
+            host.capabilities.as_ref(),
+            &p.base.config,
+            &p.refs,
+        );
         if rec.status != Status::Ok {
             ui.line(
                 &name,

@@ -277,6 +277,7 @@ fn finish_host_status(h: &mut HostRun) {
 fn rejudge(
     rec: &mut scenario::ScenarioRecord,
     caps: Option<&scenario::Capabilities>,
+    c: &nibble_engine::Config,
     refs: &[nibble_engine::measure::Reference],
 ) {
     let Some(scenario::Outcome::Accuracy(rows)) = &mut rec.outcome else {
@@ -297,7 +298,7 @@ fn rejudge(
         return;
     }
     for (row, r) in rows.iter_mut().zip(refs) {
-        row.rejudge(caps, r);
+        row.rejudge(caps, c, r);
     }
 }
 

@@ -93,7 +93,12 @@ fn run_scenarios(
             t0.elapsed().as_secs_f64(),
             out.map_err(|e| e.to_string()),
         );
-        super::rejudge(&mut rec, host.capabilities.as_ref(), &p.refs);
+        super::rejudge(
+            &mut rec,
+            host.capabilities.as_ref(),
+            &p.base.config,
+            &p.refs,
+        );
         host.scenarios.push(rec);
     }
 }
