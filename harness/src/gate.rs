@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 pub struct GateArgs {
     /// A results.json written by `nibble run`.
     results: PathBuf,
-    /// Targets file (default: targets.toml in the repository).
+    /// Targets file (default: the repository's targets.toml, built into this binary).
     #[arg(long)]
     targets: Option<PathBuf>,
     /// Also write the verdicts as JSON here.
@@ -115,14 +115,44 @@ impl Verdict {
     }
 }
 
-pub fn read_targets(path: &Path) -> Result<Vec<Target>> {
-    let s = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let f: TargetsFile = toml::from_str(&s).with_context(|| format!("{}", path.display()))?;
+/// The repository's targets, built into the binary: a nibble installed with `cargo install` or copied
+/// onto a runner gates as the checkout it was built from does, and never on another checkout's file.
+const BUILTIN_TARGETS: &str = include_str!("../../targets.toml");
+
+/// Targets and where they came from (the gate and the report say which).
+pub struct Targets {
+    pub list: Vec<Target>,
+    pub source: String,
+}
+
+/// `--targets FILE`, or the built-in targets.
+pub fn load_targets(path: Option<&Path>) -> Result<Targets> {
+    match path {
+        Some(p) => {
+            let s =
+                std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+            let source = p.display().to_string();
+            Ok(Targets {
+                list: parse_targets(&s, &source)?,
+                source,
+            })
+        }
+        None => Ok(Targets {
+            list: parse_targets(BUILTIN_TARGETS, "targets.toml")?,
+            source: format!(
+                "targets.toml built into nibble {}",
+                env!("CARGO_PKG_VERSION")
+            ),
+        }),
+    }
+}
+
+fn parse_targets(s: &str, name: &str) -> Result<Vec<Target>> {
+    let f: TargetsFile = toml::from_str(s).with_context(|| name.to_string())?;
     for t in &f.target {
         if !METRICS.iter().any(|(m, _)| *m == t.metric) {
             bail!(
-                "{}: unknown metric {:?}; known: {}",
-                path.display(),
+                "{name}: unknown metric {:?}; known: {}",
                 t.metric,
                 METRICS
                     .iter()
@@ -133,18 +163,13 @@ pub fn read_targets(path: &Path) -> Result<Vec<Target>> {
         }
         if t.op != ">=" && t.op != "<=" {
             bail!(
-                "{}: target {}: op must be >= or <=, not {:?}",
-                path.display(),
+                "{name}: target {}: op must be >= or <=, not {:?}",
                 t.metric,
                 t.op
             );
         }
     }
     Ok(f.target)
-}
-
-pub fn default_targets() -> PathBuf {
-    crate::browser::bundle::workspace().join("targets.toml")
 }
 
 fn scenario(h: &HostRun, name: Scenario) -> std::result::Result<&Outcome, String> {
@@ -364,14 +389,14 @@ pub fn table(v: &[Verdict]) -> String {
 
 /// Loads, evaluates and prints; answers the exit code (2 for unusable input).
 pub fn gate(a: GateArgs) -> i32 {
-    let targets = a.targets.clone().unwrap_or_else(default_targets);
-    let run = || -> Result<Vec<Verdict>> {
+    let run = || -> Result<(Vec<Verdict>, String)> {
         let r = crate::results::load(&a.results)?;
-        let t = read_targets(&targets)?;
-        Ok(evaluate(&r, &t))
+        let t = load_targets(a.targets.as_deref())?;
+        Ok((evaluate(&r, &t.list), t.source))
     };
     match run() {
-        Ok(v) => {
+        Ok((v, source)) => {
+            println!("targets: {source}");
             print!("{}", table(&v));
             if let Some(j) = &a.json {
                 if let Err(e) = std::fs::write(j, serde_json::to_vec_pretty(&v).unwrap_or_default())

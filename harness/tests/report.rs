@@ -619,3 +619,53 @@ fn every_chart_carries_its_series() {
         "the report's gate table against `nibble gate`:\n{table}"
     );
 }
+
+#[test]
+fn the_defaults_are_built_in_and_the_report_says_which_targets_it_used() {
+    // A binary outside any checkout (run from an empty directory here) gates on the targets built
+    // into it and renders with its built-in template; the gate and the report name the source.
+    let d = scratch("builtin-defaults");
+    let res = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/results.json");
+    let o = Command::new(env!("CARGO_BIN_EXE_nibble"))
+        .args(["gate", res])
+        .current_dir(&d)
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.contains("targets: targets.toml built into nibble"),
+        "{out}"
+    );
+    let o = Command::new(env!("CARGO_BIN_EXE_nibble"))
+        .args(["report", res, "--out", "r"])
+        .current_dir(&d)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let html = std::fs::read_to_string(d.join("r/report.html")).unwrap();
+    assert!(html.contains("Gated on targets.toml built into nibble"));
+    // --targets and --template replace them, and the report says so.
+    let t = write(
+        &d,
+        "t.toml",
+        &target("weight_reduction_q4_0", ">=", 0.7, true, ""),
+    );
+    let tpl = write(
+        &d,
+        "tpl.html",
+        "custom {{ targets_source }} {{ verdicts|length }}",
+    );
+    let o = nibble(&[
+        "report",
+        res,
+        "--out",
+        d.join("c").to_str().unwrap(),
+        "--targets",
+        &t,
+        "--template",
+        &tpl,
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let html = std::fs::read_to_string(d.join("c/report.html")).unwrap();
+    assert_eq!(html, format!("custom {t} 6"));
+}

@@ -13,6 +13,9 @@ use clap::Args;
 use nibble_engine::scenario::{Outcome, Scenario, Status};
 use std::path::{Path, PathBuf};
 
+/// The report template, built into the binary (`--template` replaces it).
+const BUILTIN_TEMPLATE: &str = include_str!("../../../templates/report.html");
+
 #[derive(Args)]
 pub struct ReportArgs {
     /// results.json files (the newest is the run reported; all of them feed the trends).
@@ -20,9 +23,12 @@ pub struct ReportArgs {
     /// Run directories (each with a results.json) whose history becomes trend charts.
     #[arg(long, num_args = 1..)]
     history: Vec<PathBuf>,
-    /// Targets for the gate table (default: targets.toml in the repository).
+    /// Targets for the gate table (default: the repository's targets.toml, built into this binary).
     #[arg(long)]
     targets: Option<PathBuf>,
+    /// A report template to use instead of the built-in one (minijinja, as templates/report.html).
+    #[arg(long)]
+    template: Option<PathBuf>,
     #[arg(long, default_value = "reports/report")]
     out: PathBuf,
 }
@@ -105,9 +111,9 @@ fn csv_rows(r: &RunResults) -> Vec<[String; 5]> {
     v
 }
 
-fn summary_md(r: &RunResults, verdicts: &[gate::Verdict]) -> String {
+fn summary_md(r: &RunResults, verdicts: &[gate::Verdict], targets_source: &str) -> String {
     let mut s = format!(
-        "# nibble run: {} ({} params)\n\n",
+        "# nibble run: {} ({} params)\n\nGated on {targets_source}.\n\n",
         r.model.name, r.model.params
     );
     s += "| host | backend | config | test | value |\n|---|---|---|---|---|\n";
@@ -229,8 +235,8 @@ pub fn report(a: ReportArgs) -> Result<()> {
         }
     }
     let all: Vec<RunResults> = runs.into_iter().chain(history).collect();
-    let targets = a.targets.clone().unwrap_or_else(gate::default_targets);
-    write(&latest, &all, &gate::read_targets(&targets)?, &a.out)?;
+    let targets = gate::load_targets(a.targets.as_deref()).map_err(crate::args::bad_input)?;
+    write(&latest, &all, &targets, a.template.as_deref(), &a.out)?;
     println!("{}", a.out.join("report.html").display());
     Ok(())
 }
@@ -239,11 +245,12 @@ pub fn report(a: ReportArgs) -> Result<()> {
 pub fn write(
     r: &RunResults,
     history: &[RunResults],
-    targets: &[gate::Target],
+    targets: &gate::Targets,
+    template: Option<&Path>,
     out: &Path,
 ) -> Result<()> {
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
-    let verdicts = gate::evaluate(r, targets);
+    let verdicts = gate::evaluate(r, &targets.list);
     let mut missing = Vec::new();
     for h in &r.hosts {
         if h.status == HostStatus::NotInstalled {
@@ -293,9 +300,12 @@ pub fn write(
     missing.sort();
     missing.dedup();
     let (features, matrix) = matrix::matrix(r);
-    let tpl =
-        std::fs::read_to_string(crate::browser::bundle::workspace().join("templates/report.html"))
-            .context("reading templates/report.html")?;
+    let tpl = match template {
+        Some(p) => {
+            std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?
+        }
+        None => BUILTIN_TEMPLATE.to_string(),
+    };
     let mut env = minijinja::Environment::new();
     env.add_template("report", &tpl)?;
     let when = r.started_unix;
@@ -308,6 +318,7 @@ pub fn write(
         features => features,
         matrix => matrix,
         runs => history.len(),
+        targets_source => targets.source,
     })?;
     crate::files::write_atomic(&out.join("report.html"), |w| {
         Ok(w.write_all(html.as_bytes())?)
@@ -319,7 +330,7 @@ pub fn write(
     }
     let bytes = csv.into_inner().map_err(|e| anyhow::anyhow!("{e}"))?;
     crate::files::write_atomic(&out.join("results.csv"), |w| Ok(w.write_all(&bytes)?))?;
-    let md = summary_md(r, &verdicts);
+    let md = summary_md(r, &verdicts, &targets.source);
     crate::files::write_atomic(&out.join("summary.md"), |w| Ok(w.write_all(md.as_bytes())?))?;
     Ok(())
 }

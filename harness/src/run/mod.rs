@@ -91,11 +91,8 @@ pub struct RunArgs {
 /// Runs everything, then gates; answers the gate's exit code.
 pub async fn run(a: RunArgs) -> Result<i32> {
     let ui = Ui::new();
-    let gate_file = a
-        .targets
-        .clone()
-        .unwrap_or_else(crate::gate::default_targets);
-    let gate_targets = crate::gate::read_targets(&gate_file).map_err(crate::args::bad_input)?;
+    let gate_targets =
+        crate::gate::load_targets(a.targets.as_deref()).map_err(crate::args::bad_input)?;
     let targets = targets::targets(&a)?;
     let want = scenarios(&a.scenarios)?;
     let out = a
@@ -138,7 +135,7 @@ pub async fn run(a: RunArgs) -> Result<i32> {
     }
     ui::print_summary(&res);
     eprintln!("wrote {}", results_path.display());
-    finish(&res, &gate_targets, &gate_file, &out)
+    finish(&res, &gate_targets, &out)
 }
 
 /// The scenarios asked for, in run order (capabilities always runs and is not listed).
@@ -226,23 +223,18 @@ fn new_results(a: &RunArgs, p: &Prepared, targets: &[Target]) -> RunResults {
 }
 
 /// Gates the run, writes gate.json and the report; answers the gate's exit code.
-fn finish(
-    res: &RunResults,
-    gate_targets: &[crate::gate::Target],
-    gate_file: &Path,
-    out: &Path,
-) -> Result<i32> {
-    let verdicts = crate::gate::evaluate(res, gate_targets);
+fn finish(res: &RunResults, gate_targets: &crate::gate::Targets, out: &Path) -> Result<i32> {
+    let verdicts = crate::gate::evaluate(res, &gate_targets.list);
     println!("\n{}", crate::gate::table(&verdicts));
     crate::files::write_atomic(&out.join("gate.json"), |w| {
         Ok(serde_json::to_writer_pretty(w, &verdicts)?)
     })?;
     let code = crate::gate::exit_code(&verdicts);
-    crate::report::write(res, &[], gate_targets, out)?;
+    crate::report::write(res, &[], gate_targets, None, out)?;
     eprintln!("report: {}", out.join("report.html").display());
     eprintln!(
         "gate ({}): {}",
-        gate_file.display(),
+        gate_targets.source,
         if code == 0 {
             "every required target passes"
         } else {

@@ -3,7 +3,7 @@
 use super::ui::Ui;
 use super::RunArgs;
 use crate::args::bad_input;
-use crate::browser::{bundle, server};
+use crate::browser::server;
 use anyhow::Result;
 use nibble_engine::cpu::CpuDecoder;
 use nibble_engine::measure::{self, Reference, RunConfig};
@@ -31,17 +31,24 @@ pub struct Prepared {
     pub data: PathBuf,
 }
 
-fn default_text(a: &RunArgs) -> PathBuf {
-    if let Some(t) = &a.text {
-        return t.clone();
+/// The built-in text scored when no `--text` is given and no TinyStories sample sits beside the model
+/// (built into the binary, so a nibble without a checkout runs too).
+const SAMPLE: &str = include_str!("../../assets/sample.txt");
+
+/// The text to score and its name: `--text`, the sample beside the model, or the built-in sample.
+fn scored_text(a: &RunArgs) -> Result<(String, String)> {
+    let beside = a
+        .model
+        .model
+        .as_ref()
+        .map(|m| m.with_file_name("tinystories_sample.txt"))
+        .filter(|p| p.exists());
+    match a.text.clone().or(beside) {
+        Some(p) => std::fs::read_to_string(&p)
+            .map(|t| (t, p.display().to_string()))
+            .map_err(|e| bad_input(format!("reading {}: {e}", p.display()))),
+        None => Ok((SAMPLE.to_string(), "the built-in sample".into())),
     }
-    if let Some(m) = &a.model.model {
-        let beside = m.with_file_name("tinystories_sample.txt");
-        if beside.exists() {
-            return beside;
-        }
-    }
-    bundle::workspace().join("harness/assets/sample.txt")
 }
 
 /// The model file served to the browsers (the built-in or preset model written as GGUF), the URLs
@@ -82,9 +89,7 @@ fn serve_model(
 
 /// The token sequences scored: whole stories of the text until `--max-tokens` is spent, the last cut.
 fn scored_sequences(a: &RunArgs, base: &Model) -> Result<Vec<Vec<u32>>> {
-    let text_path = default_text(a);
-    let text = std::fs::read_to_string(&text_path)
-        .map_err(|e| bad_input(format!("reading {}: {e}", text_path.display())))?;
+    let (text, text_name) = scored_text(a)?;
     let tok = base
         .tokenizer
         .as_ref()
@@ -100,10 +105,7 @@ fn scored_sequences(a: &RunArgs, base: &Model) -> Result<Vec<Vec<u32>>> {
         true
     });
     if seqs.is_empty() {
-        return Err(bad_input(format!(
-            "{}: no text to score",
-            text_path.display()
-        )));
+        return Err(bad_input(format!("{text_name}: no text to score")));
     }
     Ok(seqs)
 }
