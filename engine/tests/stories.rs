@@ -30,30 +30,20 @@ fn greedy_generation_matches_llama2c() {
 fn sampling_is_seeded_and_differs_from_greedy() {
     let m = stories();
     let tok = m.tokenizer.as_ref().unwrap();
-    let run = |seed| {
+    let gen = |temperature, seed| {
         let mut dec = CpuDecoder::new(&m);
         block_on(eval::generate(
             &mut dec,
             tok,
             "Once",
             40,
-            &mut Sampler::new(1.0, 0.9, seed),
+            &mut Sampler::new(temperature, 0.9, seed),
         ))
         .unwrap()
         .tokens
     };
-    let greedy = {
-        let mut dec = CpuDecoder::new(&m);
-        block_on(eval::generate(
-            &mut dec,
-            tok,
-            "Once",
-            40,
-            &mut Sampler::new(0.0, 0.9, 7),
-        ))
-        .unwrap()
-        .tokens
-    };
+    let run = |seed| gen(1.0, seed);
+    let greedy = gen(0.0, 7);
     assert_eq!(run(7), run(7));
     assert_ne!(run(7), run(8));
     assert_ne!(

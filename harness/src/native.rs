@@ -197,35 +197,11 @@ pub fn load_model(a: &ModelArgs) -> Result<Model> {
     })
 }
 
-/// A model's tokenizer, wherever its weights live.
-trait HasTokenizer {
-    fn tokenizer(&self) -> Option<&Tokenizer>;
-    fn name(&self) -> &str;
-}
-
-impl HasTokenizer for Model {
-    fn tokenizer(&self) -> Option<&Tokenizer> {
-        self.tokenizer.as_ref()
-    }
-    fn name(&self) -> &str {
-        &self.name
-    }
-}
-
-impl HasTokenizer for Ready<'_> {
-    fn tokenizer(&self) -> Option<&Tokenizer> {
-        self.tokenizer.as_ref()
-    }
-    fn name(&self) -> &str {
-        &self.plan.name
-    }
-}
-
-fn require_tokenizer(m: &impl HasTokenizer) -> Result<&Tokenizer> {
-    m.tokenizer().ok_or_else(|| {
+/// The tokenizer a command needs, or an error naming the model.
+fn require_tokenizer<'a>(t: Option<&'a Tokenizer>, model: &str) -> Result<&'a Tokenizer> {
+    t.ok_or_else(|| {
         crate::args::bad_input(format!(
-            "model {} has no tokenizer: pass --tokenizer (a llama2.c tokenizer.bin)",
-            m.name()
+            "model {model} has no tokenizer: pass --tokenizer (a llama2.c tokenizer.bin)"
         ))
     })
 }
@@ -382,7 +358,7 @@ pub struct GenerateArgs {
 pub fn generate(a: GenerateArgs) -> Result<()> {
     let rt = a.backend.open()?;
     let (ready, cfg) = rt.load(&a.model, &a.quant)?;
-    let tok = require_tokenizer(&ready)?;
+    let tok = require_tokenizer(ready.tokenizer.as_ref(), &ready.plan.name)?;
     let (name, acc, c, fb) = (
         &ready.plan.name,
         ready.accounting(),
@@ -453,7 +429,7 @@ pub fn perplexity(a: PerplexityArgs) -> Result<()> {
     let budget = a.kv_budget.as_deref().map(parse_bytes).transpose()?;
     let rt = a.backend.open()?;
     let (ready, cfg) = rt.load(&a.model, &a.quant)?;
-    let tok = require_tokenizer(&ready)?;
+    let tok = require_tokenizer(ready.tokenizer.as_ref(), &ready.plan.name)?;
     let (name, acc, c, fb) = (
         &ready.plan.name,
         ready.accounting(),
@@ -513,7 +489,7 @@ pub struct CompareArgs {
 
 pub fn compare(a: CompareArgs) -> Result<()> {
     let base = load_model(&a.model)?;
-    let tok = require_tokenizer(&base)?;
+    let tok = require_tokenizer(base.tokenizer.as_ref(), &base.name)?;
     let seqs = eval::story_tokens(tok, &read_text(&a.text)?, base.config.seq_len);
     let cands = parse_candidates(&a.candidate)?;
     let reference = block_on(Reference::run(&mut CpuDecoder::new(&base), &seqs))?;
@@ -591,7 +567,7 @@ pub struct SweepArgs {
 
 pub fn sweep(a: SweepArgs) -> Result<()> {
     let base = load_model(&a.model)?;
-    let tok = require_tokenizer(&base)?;
+    let tok = require_tokenizer(base.tokenizer.as_ref(), &base.name)?;
     let seqs = eval::story_tokens(tok, &read_text(&a.text)?, base.config.seq_len);
     let budget = parse_bytes(&a.kv_budget)?;
     let grid = if a.candidate.is_empty() {

@@ -39,14 +39,7 @@ const QUICK: &[&str] = &[
 /// required target failed; 2 and 3 would be bad input and a run that could not be carried out);
 /// answers results.json.
 fn run(out: &Path, extra: &[&str], want: i32) -> Value {
-    let o = Command::new(env!("CARGO_BIN_EXE_nibble"))
-        .arg("run")
-        .args(QUICK)
-        .args(extra)
-        .arg("--out")
-        .arg(out)
-        .output()
-        .expect("run nibble");
+    let o = nibble_run(out, extra, None);
     let err = String::from_utf8_lossy(&o.stderr);
     let gate = std::fs::read_to_string(out.join("gate.json")).unwrap_or_default();
     assert_eq!(
@@ -55,6 +48,16 @@ fn run(out: &Path, extra: &[&str], want: i32) -> Value {
         "nibble run {extra:?}:\n{err}\ngate: {gate}"
     );
     results(out)
+}
+
+/// `nibble run` with the quick figures, `extra` arguments and, if given, one environment variable.
+fn nibble_run(out: &Path, extra: &[&str], env: Option<(&str, &str)>) -> std::process::Output {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_nibble"));
+    c.arg("run").args(QUICK).args(extra).arg("--out").arg(out);
+    if let Some((k, v)) = env {
+        c.env(k, v);
+    }
+    c.output().expect("run nibble")
 }
 
 fn results(out: &Path) -> Value {
@@ -445,15 +448,7 @@ fn ctrl_c_stops_every_driver_and_browser_and_keeps_the_results() {
 
 /// `nibble run` with test hooks in the environment; answers results.json and the exit code.
 fn run_hooked(out: &Path, extra: &[&str], env: (&str, &str)) -> (Value, Option<i32>, String) {
-    let o = Command::new(env!("CARGO_BIN_EXE_nibble"))
-        .arg("run")
-        .args(QUICK)
-        .args(extra)
-        .arg("--out")
-        .arg(out)
-        .env(env.0, env.1)
-        .output()
-        .expect("run nibble");
+    let o = nibble_run(out, extra, Some(env));
     let err = String::from_utf8_lossy(&o.stderr).into_owned();
     (results(out), o.status.code(), err)
 }

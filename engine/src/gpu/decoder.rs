@@ -400,15 +400,8 @@ impl<'g> GpuDecoder<'g> {
         match mapped {
             Some(Ok(())) => {}
             Some(Err(e)) => {
-                // A failed map usually means the device is gone: the lost callback's reason says more
-                // than the map error, and in a browser it arrives a turn of the event loop later.
-                #[cfg(target_arch = "wasm32")]
-                for _ in 0..20 {
-                    if self.gpu.has_errors() {
-                        break;
-                    }
-                    after_ms(10).await;
-                }
+                // A failed map usually means the device is gone: its lost reason, where it has
+                // arrived, says more than the map error.
                 self.gpu.check_errors()?;
                 return Err(Error::Gpu(format!("reading results back: {e}")));
             }
@@ -595,17 +588,4 @@ fn batch_rows(gpu: &Gpu, c: &Config, cap: usize) -> usize {
         .max(c.vocab_size * gpu.activations.bytes())
         .max(1) as u64;
     (gpu.max_binding / per_row).clamp(1, gpu.prefill_rows as u64) as usize
-}
-
-/// Resolves after `ms` milliseconds on the browser's event loop.
-#[cfg(target_arch = "wasm32")]
-async fn after_ms(ms: u32) {
-    let p = js_sys::Promise::new(&mut |resolve, _| {
-        let g = js_sys::global();
-        if let Ok(set) = js_sys::Reflect::get(&g, &"setTimeout".into()) {
-            let set: js_sys::Function = set.into();
-            let _ = set.call2(&g, &resolve, &ms.into());
-        }
-    });
-    let _ = wasm_bindgen_futures::JsFuture::from(p).await;
 }

@@ -272,12 +272,6 @@ impl Gpu {
         pollster::block_on(Gpu::open(opts))
     }
 
-    /// Whether an error or a device loss is waiting to be reported.
-    #[cfg(target_arch = "wasm32")]
-    pub(super) fn has_errors(&self) -> bool {
-        !self.errors.lock().unwrap().is_empty()
-    }
-
     pub(super) fn check_errors(&self) -> Result<()> {
         let mut e = self.errors.lock().unwrap();
         if e.is_empty() {

@@ -202,13 +202,13 @@ fn config_colours(b: &Bars) -> Configs {
     Configs(v)
 }
 
-/// The axes every bar chart draws on.
-type BarAxes =
+/// The axes every chart draws on.
+type Axes =
     Cartesian2d<plotters::coord::types::RangedCoordf64, plotters::coord::types::RangedCoordf64>;
 
 /// The legend: the segments of stacked bars, or the configurations' colours.
 fn legend<'a, 'b: 'a>(
-    chart: &mut ChartContext<'a, SVGBackend<'b>, BarAxes>,
+    chart: &mut ChartContext<'a, SVGBackend<'b>, Axes>,
     b: &Bars,
     configs: &Configs,
 ) -> Result<()> {
@@ -239,6 +239,53 @@ fn legend<'a, 'b: 'a>(
     Ok(())
 }
 
+/// The data ranges of `pts`, each widened by `frac` of its span (by 1 when flat); 0..1 when empty.
+fn padded_ranges(
+    pts: impl Iterator<Item = (f64, f64)>,
+    frac: f64,
+) -> (std::ops::Range<f64>, std::ops::Range<f64>) {
+    let (mut x0, mut x1, mut y0, mut y1) = (f64::MAX, f64::MIN, f64::MAX, f64::MIN);
+    for (x, y) in pts {
+        (x0, x1, y0, y1) = (x0.min(x), x1.max(x), y0.min(y), y1.max(y));
+    }
+    if x0 > x1 {
+        (x0, x1, y0, y1) = (0.0, 1.0, 0.0, 1.0);
+    }
+    let pad = |a: f64, b: f64| {
+        let d = if (b - a).abs() < 1e-12 {
+            1.0
+        } else {
+            (b - a) * frac
+        };
+        a - d..b + d
+    };
+    (pad(x0, x1), pad(y0, y1))
+}
+
+/// A white x/y chart with its caption, mesh and axis names: what line and scatter charts share.
+fn xy_chart<'a, 'b>(
+    root: &'a DrawingArea<SVGBackend<'b>, plotters::coord::Shift>,
+    title: &str,
+    xs: std::ops::Range<f64>,
+    ys: std::ops::Range<f64>,
+    x_label: &str,
+    y_label: &str,
+) -> Result<ChartContext<'a, SVGBackend<'b>, Axes>> {
+    root.fill(&WHITE)?;
+    let mut chart = ChartBuilder::on(root)
+        .caption(title, ("sans-serif", 18))
+        .margin(12)
+        .x_label_area_size(50)
+        .y_label_area_size(70)
+        .build_cartesian_2d(xs, ys)?;
+    chart
+        .configure_mesh()
+        .x_desc(x_label)
+        .y_desc(y_label)
+        .draw()?;
+    Ok(chart)
+}
+
 /// Labelled points and the Pareto front (no other point is at most as many bits and at most as much
 /// |ΔPPL| while better in one), joined in order of bits.
 fn draw_scatter(
@@ -247,35 +294,12 @@ fn draw_scatter(
     y_label: &str,
     pts: &[(String, f64, f64)],
 ) -> Result<String> {
-    let (mut x0, mut x1, mut y0, mut y1) = (f64::MAX, f64::MIN, f64::MAX, f64::MIN);
-    for (_, x, y) in pts {
-        (x0, x1, y0, y1) = (x0.min(*x), x1.max(*x), y0.min(*y), y1.max(*y));
-    }
-    let pad = |a: f64, b: f64| {
-        let d = if (b - a).abs() < 1e-12 {
-            1.0
-        } else {
-            (b - a) * 0.08
-        };
-        (a - d, b + d)
-    };
-    let ((x0, x1), (y0, y1)) = (pad(x0, x1), pad(y0, y1));
+    let (xs, ys) = padded_ranges(pts.iter().map(|p| (p.1, p.2)), 0.08);
     let front = pareto(pts);
     let mut svg = String::new();
     {
         let root = SVGBackend::with_string(&mut svg, (900, 420)).into_drawing_area();
-        root.fill(&WHITE)?;
-        let mut chart = ChartBuilder::on(&root)
-            .caption(title, ("sans-serif", 18))
-            .margin(12)
-            .x_label_area_size(50)
-            .y_label_area_size(70)
-            .build_cartesian_2d(x0..x1, y0..y1)?;
-        chart
-            .configure_mesh()
-            .x_desc(x_label)
-            .y_desc(y_label)
-            .draw()?;
+        let mut chart = xy_chart(&root, title, xs, ys, x_label, y_label)?;
         let c = COLORS[0];
         chart
             .draw_series(LineSeries::new(front.clone(), c.stroke_width(2)))?
@@ -326,39 +350,10 @@ fn draw_lines(
 ) -> Result<String> {
     let mut svg = String::new();
     {
-        let pts = series.iter().flat_map(|s| s.1.iter());
-        let (mut x0, mut x1, mut y0, mut y1) = (f64::MAX, f64::MIN, f64::MAX, f64::MIN);
-        for &(x, y) in pts {
-            x0 = x0.min(x);
-            x1 = x1.max(x);
-            y0 = y0.min(y);
-            y1 = y1.max(y);
-        }
-        if x0 > x1 {
-            (x0, x1, y0, y1) = (0.0, 1.0, 0.0, 1.0);
-        }
-        let pad = |a: f64, b: f64| {
-            if (b - a).abs() < 1e-12 {
-                (a - 1.0, b + 1.0)
-            } else {
-                (a - (b - a) * 0.05, b + (b - a) * 0.05)
-            }
-        };
-        let (x0, x1) = pad(x0, x1);
-        let (y0, y1) = pad(y0, y1);
+        let pts = series.iter().flat_map(|s| s.1.iter().copied());
+        let (xs, ys) = padded_ranges(pts, 0.05);
         let root = SVGBackend::with_string(&mut svg, (860, 380)).into_drawing_area();
-        root.fill(&WHITE)?;
-        let mut chart = ChartBuilder::on(&root)
-            .caption(title, ("sans-serif", 18))
-            .margin(12)
-            .x_label_area_size(50)
-            .y_label_area_size(70)
-            .build_cartesian_2d(x0..x1, y0..y1)?;
-        chart
-            .configure_mesh()
-            .x_desc(x_label)
-            .y_desc(y_label)
-            .draw()?;
+        let mut chart = xy_chart(&root, title, xs, ys, x_label, y_label)?;
         for (k, (name, p)) in series.iter().enumerate() {
             let c = COLORS[k % COLORS.len()];
             let mut p = p.clone();
