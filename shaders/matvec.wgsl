@@ -1,7 +1,7 @@
 // Matrix products for every weight kind, reading packed words and dequantizing in registers: the
 // matrix-vector products of decode (out = W x), the tiled matrix-matrix product of a batched prompt
 // (out[t] = W x[t] for every row t of the pass) and the embedding gather (out[t] = W[token t]).
-// Prepended with step.wgsl and quant.wgsl.
+// Prepended with step.wgsl, quant.wgsl and matrix.wgsl (MatParams, bindings 0, 2, 3, 5, 6).
 //
 // Bindings (group 0):
 //   0 params: uniform MatParams
@@ -19,39 +19,8 @@
 // embed dispatch: (ceil(cols / 64), pass rows), once per chunk; a row whose token is in another chunk
 // is left to that chunk's dispatch.
 
-struct MatParams {
-    rows: u32,
-    cols: u32,
-    block: u32,
-    kind: u32,
-    // 1: out += W x (the residual add fused in); 0: out = W x.
-    accumulate: u32,
-    // First row of this binding within the whole matrix: a matrix larger than one storage binding is
-    // uploaded as row chunks, each dispatched on its own (rows above counts this chunk's rows).
-    row0: u32,
-    // Values per row of `out` (the whole matrix's rows), for the matmul.
-    out_len: u32,
-    pad2: u32,
-}
-
-@group(0) @binding(0) var<uniform> p: MatParams;
 @group(0) @binding(1) var<storage, read> words: array<u32>;
-@group(0) @binding(2) var<storage, read> scales: array<u32>;
-@group(0) @binding(3) var<storage, read> mins: array<u32>;
 @group(0) @binding(4) var<storage, read> x: array<act>;
-@group(0) @binding(5) var<storage, read_write> out: array<act>;
-@group(0) @binding(6) var<storage, read> steps: array<Step>;
-
-fn block_scale(g: u32) -> f32 {
-    return half_at(scales[g >> 1u], g);
-}
-
-fn block_min(g: u32) -> f32 {
-    if (p.kind == KIND_Q4_1) {
-        return half_at(mins[g >> 1u], g);
-    }
-    return -8.0 * block_scale(g);
-}
 
 // The value of element (r, c).
 fn weight(r: u32, c: u32) -> f32 {

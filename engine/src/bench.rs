@@ -96,10 +96,16 @@ pub struct Prefill {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Decode {
     pub depth: usize,
-    /// Per-token latency over every timed token of every repetition: median and p10/p90. No CI here:
-    /// tokens of one repetition are not independent samples (see `reps_ms_per_token`).
+    /// How the tokens were run ([`Decoder::decode_method`]). Absent in older results.
+    #[serde(default)]
+    pub method: String,
+    /// Tokens timed per repetition. Absent (0) in older results.
+    #[serde(default)]
+    pub tokens: usize,
+    /// Milliseconds per token, one figure per repetition (its time over its tokens): median and
+    /// p10/p90 across repetitions. No CI here (see `reps_ms_per_token`).
     pub ms_per_token: Stat,
-    /// Median per repetition, so the spread between repetitions shows.
+    /// Per repetition, so the spread between repetitions shows.
     pub rep_medians_ms: Vec<f64>,
     /// The repetition medians as a sample, as Speedometer reports its iterations: its `ci95` is the
     /// 95% interval of the mean over repetitions, with t for their number. Absent in older results.
@@ -107,6 +113,9 @@ pub struct Decode {
     pub reps_ms_per_token: Option<Stat>,
     /// CPU time per token spent recording and submitting the GPU work (GPU backend only).
     pub cpu_encode_ms: Option<Stat>,
+    /// Kernel dispatches per token (GPU backend only). Absent in older results.
+    #[serde(default)]
+    pub dispatches_per_token: Option<usize>,
     /// Weights plus the KV cache actually read for one token at this depth.
     pub bytes_per_token: u64,
     pub achieved_gb_s: f64,
@@ -263,7 +272,10 @@ pub async fn measure(
     Ok(t)
 }
 
-/// Decode at `depth`: `reps` repetitions (after the warm-up) of `decode_tokens` greedy steps each.
+/// Decode at `depth`: `reps` repetitions (after the warm-up) of `decode_tokens` greedy tokens each,
+/// run by the backend's [`Decoder::decode_greedy`] (on the GPU a loop that never waits for the CPU,
+/// as llama-bench's `tg` queues its tokens). Each repetition is timed whole: one token's time is not
+/// observable alone when the GPU runs ahead, so the figure per repetition is its mean per token.
 async fn decode_at(
     dec: &mut dyn Decoder,
     m: &Model,
@@ -277,19 +289,14 @@ async fn decode_at(
     let mut rep_medians = Vec::new();
     for r in 0..o.warmup + reps {
         dec.reset();
-        let mut next = prefill(dec, &ctx).await?;
-        let mut times = Vec::with_capacity(o.decode_tokens);
-        for i in 0..o.decode_tokens {
-            let t0 = Instant::now();
-            next = dec.step_argmax(next, depth + 1 + i).await?;
-            times.push(t0.elapsed().as_secs_f64() * 1e3);
-            if r >= o.warmup {
-                encode.extend(dec.encode_ms());
-            }
-        }
+        let next = prefill(dec, &ctx).await?;
+        let t0 = Instant::now();
+        dec.decode_greedy(next, depth + 1, o.decode_tokens).await?;
+        let ms = t0.elapsed().as_secs_f64() * 1e3 / o.decode_tokens.max(1) as f64;
         if r >= o.warmup {
-            rep_medians.push(Stat::of(&times).median);
-            all.extend(times);
+            encode.extend(dec.encode_ms());
+            rep_medians.push(ms);
+            all.push(ms);
         }
     }
     let st = Stat {
@@ -302,10 +309,13 @@ async fn decode_at(
     let gbs = bytes as f64 / (st.median / 1e3) / 1e9;
     Ok(Decode {
         depth,
+        method: dec.decode_method(),
+        tokens: o.decode_tokens,
         ms_per_token: st,
         reps_ms_per_token: (!rep_medians.is_empty()).then(|| Stat::of(&rep_medians)),
         rep_medians_ms: rep_medians,
         cpu_encode_ms: (!encode.is_empty()).then(|| Stat::of(&encode)),
+        dispatches_per_token: dec.dispatches(),
         bytes_per_token: bytes,
         achieved_gb_s: gbs,
         roofline_pct: o.bandwidth.map(|bw| gbs / bw * 100.0),
@@ -346,7 +356,9 @@ mod tests {
         };
         let t = crate::block_on(measure(&mut d, &m, &o, |_| {})).unwrap();
         let dec = &t.decode[0];
-        assert_eq!(dec.ms_per_token.n, 24);
+        // One figure per repetition (its mean per token), never one per token.
+        assert_eq!(dec.ms_per_token.n, 4);
+        assert_eq!(dec.tokens, 6);
         assert_eq!(dec.ms_per_token.ci95, None);
         let reps = dec.reps_ms_per_token.as_ref().unwrap();
         assert_eq!(reps.n, 4);

@@ -57,6 +57,24 @@ pub trait Decoder {
     fn step_argmax(&mut self, token: u32, pos: usize) -> Fut<'_, u32> {
         Box::pin(async move { Ok(eval::argmax(self.step(token, pos).await?)) })
     }
+    /// Greedy decoding: runs `token` at `pos`, then each answer at the next position, `n` passes in
+    /// all, and returns the `n` answers. The default steps one token at a time; the GPU keeps the
+    /// loop on the device and reads the ids back in batches.
+    fn decode_greedy(&mut self, token: u32, pos: usize, n: usize) -> Fut<'_, Vec<u32>> {
+        Box::pin(async move {
+            let mut ids = Vec::with_capacity(n);
+            let mut t = token;
+            for i in 0..n {
+                t = self.step_argmax(t, pos + i).await?;
+                ids.push(t);
+            }
+            Ok(ids)
+        })
+    }
+    /// How [`Decoder::decode_greedy`] runs, as recorded with decode timings.
+    fn decode_method(&self) -> String {
+        "token by token, each answer read back before the next step".into()
+    }
     /// Runs one token whose output nobody reads (a prompt token): the GPU skips the readback and the
     /// wait, so consecutive tokens pipeline.
     fn feed(&mut self, token: u32, pos: usize) -> Fut<'_, ()> {
@@ -83,6 +101,10 @@ pub trait Decoder {
     }
     /// CPU time the last step spent recording and submitting GPU work, for backends that do.
     fn encode_ms(&self) -> Option<f64> {
+        None
+    }
+    /// GPU dispatches the last pass recorded, for backends that dispatch kernels.
+    fn dispatches(&self) -> Option<usize> {
         None
     }
     /// Time making the decoder spent compiling shaders, for backends that do.

@@ -235,6 +235,24 @@ fn ci(c: Option<f64>) -> String {
     c.map_or("n/a".into(), |c| format!("{c:.2}"))
 }
 
+/// A llama-bench style row for one decode figure: tokens per second at a depth.
+fn tg_row(r: &BenchReport, c: &ConfigBench, size: &str, d: &bench::Decode) -> String {
+    let st = &d.ms_per_token;
+    format!(
+        "| {} | {} | {size} | {} | {} | tg{}@d{} | {:.2} ± {} |\n",
+        r.model,
+        c.config,
+        r.params,
+        r.backend,
+        d.tokens,
+        d.depth,
+        1e3 / st.median,
+        ci(d.reps_ms_per_token
+            .as_ref()
+            .and_then(|r| r.ci95.map(|c| 1e3 / r.mean.powi(2) * c))),
+    )
+}
+
 pub fn markdown(r: &BenchReport) -> String {
     let mut s = String::new();
     let adapter = r.adapter.as_ref().map_or("none".to_string(), |a| {
@@ -263,23 +281,10 @@ pub fn markdown(r: &BenchReport) -> String {
             );
         }
         for d in &c.decode {
-            let st = &d.ms_per_token;
-            s += &format!(
-                "| {} | {} | {size} | {} | {} | tg{}@d{} | {:.2} ± {} |\n",
-                r.model,
-                c.config,
-                r.params,
-                r.backend,
-                st.n / r.reps.max(1),
-                d.depth,
-                1e3 / st.median,
-                ci(d.reps_ms_per_token
-                    .as_ref()
-                    .and_then(|r| r.ci95.map(|c| 1e3 / r.mean.powi(2) * c))),
-            );
+            s += &tg_row(r, c, &size, d);
         }
     }
-    s += "\n| config | bits/weight | weights | KV | GPU total | TTFT ms (median) | decode depth | ms/token median [p10, p90] | CPU encode ms/token | bytes/token | GB/s | % of roofline |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n";
+    s += "\n| config | bits/weight | weights | KV | GPU total | TTFT ms (median) | decode depth | ms/token median [p10, p90] | CPU encode ms/token | dispatches/token | bytes/token | GB/s | % of roofline |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|\n";
     for c in &r.configs {
         let total = c
             .gpu_memory
@@ -292,7 +297,7 @@ pub fn markdown(r: &BenchReport) -> String {
         for d in &c.decode {
             let st = &d.ms_per_token;
             s += &format!(
-                "| {} | {:.3} | {} | {} | {total} | {ttft} | {} | {:.3} [{:.3}, {:.3}] | {} | {} | {:.1} | {} |\n",
+                "| {} | {:.3} | {} | {} | {total} | {ttft} | {} | {:.3} [{:.3}, {:.3}] | {} | {} | {} | {:.1} | {} |\n",
                 c.config,
                 c.weights.bits_per_weight,
                 gib(c.weights.total_bytes as u64),
@@ -302,6 +307,7 @@ pub fn markdown(r: &BenchReport) -> String {
                 st.p10,
                 st.p90,
                 d.cpu_encode_ms.as_ref().map_or("n/a (cpu)".into(), |e| format!("{:.3}", e.median)),
+                d.dispatches_per_token.map_or("n/a (cpu)".into(), |n| n.to_string()),
                 d.bytes_per_token,
                 d.achieved_gb_s,
                 d.roofline_pct.map_or("no --bandwidth".into(), |p| format!("{p:.1}%")),

@@ -17,9 +17,14 @@ use std::rc::Rc;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Readback {
     Nothing,
-    Argmax,
+    /// The argmax id, into slot `i` of the id staging buffer (read once for a batch of passes).
+    Argmax(usize),
     Logits,
 }
+
+/// Greedy tokens one readback carries at most in [`Decoder::decode_greedy`]: the GPU-resident loop
+/// queues this many passes before the CPU waits.
+pub const GREEDY_BATCH: usize = 64;
 
 /// One sequence on the GPU: uploaded weights, activations, KV cache, pipelines and cached bind groups.
 pub struct GpuDecoder<'g> {
@@ -44,7 +49,11 @@ pub struct GpuDecoder<'g> {
     pub(super) rope_buf: wgpu::Buffer,
     pub(super) argmax_buf: wgpu::Buffer,
     pub(super) staging_logits: wgpu::Buffer,
+    /// `GREEDY_BATCH` argmax ids, copied here pass by pass and mapped once per batch.
     pub(super) staging_id: wgpu::Buffer,
+    /// Whether the pass being recorded takes its token from the previous pass's argmax (every
+    /// embedding chunk is then dispatched, each keeping the rows whose token it holds).
+    pub(super) chained: bool,
     pub(super) pipes: Pipelines,
     pub(super) binds: HashMap<BindKey, wgpu::BindGroup>,
     pub(super) pass: Option<wgpu::ComputePass<'static>>,
@@ -52,6 +61,8 @@ pub struct GpuDecoder<'g> {
     pub(super) memory: GpuMemory,
     /// Seconds the last `run` spent on the CPU recording and submitting.
     pub(super) encode_s: f64,
+    /// Dispatches recorded in the last pass.
+    pub(super) dispatches: usize,
     /// Seconds spent creating the compute pipelines (shader compilation) in `new`.
     pub(super) compile_s: f64,
     /// cos/sin per RoPE frequency for each row's position, reused every pass.
@@ -127,7 +138,7 @@ impl<'g> GpuDecoder<'g> {
             (c.vocab_size * gpu.activations.bytes()) as u64,
             read,
         );
-        let staging_id = buf("staging id", 4, read);
+        let staging_id = buf("staging ids", (4 * GREEDY_BATCH) as u64, read);
         memory.kv_cache = kcache.iter().chain(&vcache).map(|b| b.size()).sum();
         memory.activations = acts.iter().map(|b| b.size()).sum::<u64>()
             + att.size()
@@ -166,6 +177,8 @@ impl<'g> GpuDecoder<'g> {
             argmax_buf,
             staging_logits,
             staging_id,
+            chained: false,
+            dispatches: 0,
             pipes,
             binds: HashMap::new(),
             pass: None,
@@ -222,6 +235,7 @@ impl<'g> GpuDecoder<'g> {
 
     fn dispatch(&mut self, key: BindKey, groups: (u32, u32)) {
         self.ensure(key);
+        self.dispatches += 1;
         let pipe = self.pipes.get(self.kernel_of(key));
         let pass = self.pass.as_mut().expect("dispatch outside a token's pass");
         pass.set_pipeline(pipe);
@@ -250,12 +264,16 @@ impl<'g> GpuDecoder<'g> {
 
     /// Writes each row's step and RoPE table, records the forward pass over `tokens` at `pos0..`, and
     /// submits it with a copy of what `out` asks for (for the last row) into its staging buffer.
-    fn run(&mut self, tokens: &[u32], pos0: usize, out: Readback) -> Result<()> {
+    /// `chained`: a single row whose token is the previous pass's argmax, copied on the GPU.
+    fn run(&mut self, tokens: &[u32], pos0: usize, out: Readback, chained: bool) -> Result<()> {
         let start = web_time::Instant::now();
         let c = &self.config;
         let n = tokens.len();
-        debug_assert!(n >= 1 && n <= self.max_rows);
-        if let Some(&t) = tokens.iter().find(|&&t| t as usize >= c.vocab_size) {
+        debug_assert!(n >= 1 && n <= self.max_rows && (!chained || n == 1));
+        if let Some(&t) = tokens
+            .iter()
+            .find(|&&t| !chained && t as usize >= c.vocab_size)
+        {
             return Err(Error::Invalid(format!(
                 "token {t} is outside the vocabulary of {}",
                 c.vocab_size
@@ -274,6 +292,52 @@ impl<'g> GpuDecoder<'g> {
         } else {
             self.held.max(last + 1)
         };
+        self.write_steps(tokens, pos0);
+        let mut enc = self.gpu.device.create_command_encoder(&Default::default());
+        self.chained = chained;
+        if chained {
+            // The token field of row 0's step (word 4), after this pass's step write lands.
+            enc.copy_buffer_to_buffer(&self.argmax_buf, 0, &self.step_buf, 16, 4);
+        }
+        self.pass = Some(
+            enc.begin_compute_pass(&Default::default())
+                .forget_lifetime(),
+        );
+        self.rows = n;
+        self.dispatches = 0;
+        let cfg = self.config.clone();
+        forward(self, &cfg, tokens, pos0);
+        if let Readback::Argmax(_) = out {
+            self.dispatch(BindKey::Argmax, (1, 1));
+        }
+        drop(self.pass.take());
+        match out {
+            Readback::Argmax(i) => {
+                enc.copy_buffer_to_buffer(&self.argmax_buf, 0, &self.staging_id, 4 * i as u64, 4)
+            }
+            Readback::Logits => {
+                let size = self.staging_logits.size();
+                let from = ((n - 1) * cfg.vocab_size * self.gpu.activations.bytes()) as u64;
+                enc.copy_buffer_to_buffer(
+                    self.act(Act::Logits),
+                    from,
+                    &self.staging_logits,
+                    0,
+                    size,
+                );
+            }
+            Readback::Nothing => {}
+        }
+        self.gpu.queue.submit([enc.finish()]);
+        self.encode_s = start.elapsed().as_secs_f64();
+        Ok(())
+    }
+
+    /// Writes each row's step and RoPE table for `tokens` at `pos0..` (they land before the next
+    /// submission's commands).
+    fn write_steps(&mut self, tokens: &[u32], pos0: usize) {
+        let c = &self.config;
+        let n = tokens.len();
         let (sinks, span) = match self.kv.window {
             Some(w) => (self.kv.sinks, w - self.kv.sinks),
             None => (0, 0),
@@ -309,39 +373,6 @@ impl<'g> GpuDecoder<'g> {
             0,
             bytemuck::cast_slice(&self.rope_table[..n * hs]),
         );
-
-        let mut enc = self.gpu.device.create_command_encoder(&Default::default());
-        self.pass = Some(
-            enc.begin_compute_pass(&Default::default())
-                .forget_lifetime(),
-        );
-        self.rows = n;
-        let cfg = self.config.clone();
-        forward(self, &cfg, tokens, pos0);
-        if out == Readback::Argmax {
-            self.dispatch(BindKey::Argmax, (1, 1));
-        }
-        drop(self.pass.take());
-        match out {
-            Readback::Argmax => {
-                enc.copy_buffer_to_buffer(&self.argmax_buf, 0, &self.staging_id, 0, 4)
-            }
-            Readback::Logits => {
-                let size = self.staging_logits.size();
-                let from = ((n - 1) * cfg.vocab_size * self.gpu.activations.bytes()) as u64;
-                enc.copy_buffer_to_buffer(
-                    self.act(Act::Logits),
-                    from,
-                    &self.staging_logits,
-                    0,
-                    size,
-                );
-            }
-            Readback::Nothing => {}
-        }
-        q.submit([enc.finish()]);
-        self.encode_s = start.elapsed().as_secs_f64();
-        Ok(())
     }
 
     /// Runs a prompt in as few passes as [`Self::batch_len`] allows; the last pass reads back `out`.
@@ -354,7 +385,7 @@ impl<'g> GpuDecoder<'g> {
             let n = self.batch_len(pos0 + done, tokens.len() - done);
             let last = done + n == tokens.len();
             let rb = if last { out } else { Readback::Nothing };
-            self.run(&tokens[done..done + n], pos0 + done, rb)?;
+            self.run(&tokens[done..done + n], pos0 + done, rb, false)?;
             done += n;
         }
         Ok(())
@@ -378,8 +409,38 @@ impl<'g> GpuDecoder<'g> {
     }
 
     async fn read_id(&self) -> Result<u32> {
+        Ok(self.read_ids(1).await?[0])
+    }
+
+    /// The first `n` ids of the id staging buffer.
+    async fn read_ids(&self, n: usize) -> Result<Vec<u32>> {
         let bytes = self.read(&self.staging_id).await?;
-        Ok(u32::from_le_bytes(bytes[..4].try_into().unwrap()))
+        Ok(bytemuck::cast_slice::<u8, u32>(&bytes[..4 * n]).to_vec())
+    }
+
+    /// Greedy decoding kept on the GPU: each pass's argmax is copied into the next pass's step, so
+    /// up to [`GREEDY_BATCH`] passes are queued without the CPU waiting, and their ids come back in
+    /// one readback.
+    async fn greedy(&mut self, token: u32, pos: usize, n: usize) -> Result<Vec<u32>> {
+        let mut ids = Vec::with_capacity(n);
+        let mut encode = 0.0;
+        while ids.len() < n {
+            let k = (n - ids.len()).min(GREEDY_BATCH);
+            for i in 0..k {
+                let p = pos + ids.len() + i;
+                let first = ids.is_empty() && i == 0;
+                self.run(&[token], p, Readback::Argmax(i), !first)?;
+                encode += self.encode_s;
+            }
+            ids.extend(self.read_ids(k).await?);
+        }
+        self.encode_s = encode / n.max(1) as f64;
+        if let Some(&bad) = ids.iter().find(|&&t| t as usize >= self.config.vocab_size) {
+            return Err(Error::Gpu(format!(
+                "the GPU's argmax answered {bad}, outside the vocabulary (non-finite logits?)"
+            )));
+        }
+        Ok(ids)
     }
 
     /// Maps `staging` and copies it out. Natively the wait happens here (the map callback fires inside
@@ -440,7 +501,7 @@ impl Kernels for GpuDecoder<'_> {
         for ci in 0..self.w.mats[&TensorId::TokEmbd].chunks.len() {
             let ch = &self.w.mats[&TensorId::TokEmbd].chunks[ci];
             let (lo, hi) = (ch.row0, ch.row0 + ch.rows);
-            if tokens.iter().any(|&t| (lo..hi).contains(&(t as usize))) {
+            if self.chained || tokens.iter().any(|&t| (lo..hi).contains(&(t as usize))) {
                 self.dispatch(BindKey::Embed(out, ci), (wg(n, 64).0, rows));
             }
         }
@@ -497,16 +558,27 @@ impl Decoder for GpuDecoder<'_> {
 
     fn step(&mut self, token: u32, pos: usize) -> crate::Fut<'_, &[f32]> {
         Box::pin(async move {
-            self.run(&[token], pos, Readback::Logits)?;
+            self.run(&[token], pos, Readback::Logits, false)?;
             self.read_logits().await
         })
     }
 
     fn step_argmax(&mut self, token: u32, pos: usize) -> crate::Fut<'_, u32> {
         Box::pin(async move {
-            self.run(&[token], pos, Readback::Argmax)?;
+            self.run(&[token], pos, Readback::Argmax(0), false)?;
             self.read_id().await
         })
+    }
+
+    fn decode_greedy(&mut self, token: u32, pos: usize, n: usize) -> crate::Fut<'_, Vec<u32>> {
+        Box::pin(self.greedy(token, pos, n))
+    }
+
+    fn decode_method(&self) -> String {
+        format!(
+            "GPU-resident greedy loop: each pass's argmax feeds the next pass's embedding on the GPU, \
+             ids read back every {GREEDY_BATCH} tokens"
+        )
     }
 
     fn feed(&mut self, token: u32, pos: usize) -> crate::Fut<'_, ()> {
@@ -514,6 +586,7 @@ impl Decoder for GpuDecoder<'_> {
             &[token],
             pos,
             Readback::Nothing,
+            false,
         )))
     }
 
@@ -526,7 +599,7 @@ impl Decoder for GpuDecoder<'_> {
 
     fn prefill_argmax<'a>(&'a mut self, tokens: &'a [u32], pos0: usize) -> crate::Fut<'a, u32> {
         Box::pin(async move {
-            self.run_prompt(tokens, pos0, Readback::Argmax)?;
+            self.run_prompt(tokens, pos0, Readback::Argmax(0))?;
             self.read_id().await
         })
     }
@@ -552,6 +625,10 @@ impl Decoder for GpuDecoder<'_> {
 
     fn compile_ms(&self) -> Option<f64> {
         Some(self.compile_s * 1e3)
+    }
+
+    fn dispatches(&self) -> Option<usize> {
+        Some(self.dispatches)
     }
 
     fn backend(&self) -> String {

@@ -6,6 +6,7 @@
 use super::decoder::GpuDecoder;
 use super::device::Activations;
 use super::layout::{kivi_ring, Chunk, GpuMatrix};
+use crate::dtype::WType;
 use crate::forward::Act;
 use crate::model::TensorId;
 use serde::{Deserialize, Serialize};
@@ -16,7 +17,9 @@ const ACT_F32: &str = include_str!("../../../shaders/act_f32.wgsl");
 const ACT_F16: &str = include_str!("../../../shaders/act_f16.wgsl");
 const STEP: &str = include_str!("../../../shaders/step.wgsl");
 const QUANT: &str = include_str!("../../../shaders/quant.wgsl");
+const MATRIX: &str = include_str!("../../../shaders/matrix.wgsl");
 const MATVEC: &str = include_str!("../../../shaders/matvec.wgsl");
+const MATVEC4: &str = include_str!("../../../shaders/matvec4.wgsl");
 const NORM: &str = include_str!("../../../shaders/norm.wgsl");
 const ROPE: &str = include_str!("../../../shaders/rope.wgsl");
 const ELEMENTWISE: &str = include_str!("../../../shaders/elementwise.wgsl");
@@ -29,6 +32,7 @@ const ARGMAX: &str = include_str!("../../../shaders/argmax.wgsl");
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(super) enum Kernel {
     Matvec,
+    Matvec4,
     Matmul,
     MatvecAny,
     MatvecRow,
@@ -52,7 +56,7 @@ pub(super) struct KernelDef {
     pub parts: &'static [&'static str],
 }
 
-const MATVEC_MODULE: &[&str] = &[STEP, QUANT, MATVEC];
+const MATVEC_MODULE: &[&str] = &[STEP, QUANT, MATRIX, MATVEC];
 const KV_MODULE: &[&str] = &[STEP, KVFORMAT, KV];
 
 macro_rules! def {
@@ -66,8 +70,14 @@ macro_rules! def {
     };
 }
 
-pub(super) const TABLE: [KernelDef; 13] = [
+pub(super) const TABLE: [KernelDef; 14] = [
     def!(Matvec, "matvec", "matvec", MATVEC_MODULE),
+    def!(
+        Matvec4,
+        "matvec4",
+        "matvec4",
+        &[STEP, QUANT, MATRIX, MATVEC4]
+    ),
     def!(Matmul, "matmul", "matvec", MATVEC_MODULE),
     def!(MatvecAny, "matvec_any", "matvec", MATVEC_MODULE),
     def!(MatvecRow, "matvec_row", "matvec", MATVEC_MODULE),
@@ -137,13 +147,17 @@ impl Pipelines {
     }
 }
 
-/// The matvec kernels of matvec.wgsl.
+/// The decode matrix-vector kernels (matvec.wgsl, matvec4.wgsl).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum MatvecKernel {
     /// 8 rows per 256-thread workgroup, 32 lanes per row reading x from storage, lanes reduced in
-    /// workgroup memory: for GPUs.
+    /// workgroup memory, codes read 128 bits at a time where the layout allows (`matvec4`) and 32 bits
+    /// otherwise: for GPUs.
     Tiled,
+    /// The same with 32-bit loads everywhere (the kernel before `matvec4`, kept as its fallback and to
+    /// compare with).
+    Tiled32,
     /// One thread per row, no barriers: for adapters that run on the CPU (lavapipe, SwiftShader),
     /// where each workgroup barrier costs more than the arithmetic.
     Row,
@@ -153,9 +167,10 @@ impl MatvecKernel {
     pub fn parse(s: &str) -> crate::Result<MatvecKernel> {
         match s {
             "tiled" => Ok(MatvecKernel::Tiled),
+            "tiled32" => Ok(MatvecKernel::Tiled32),
             "row" => Ok(MatvecKernel::Row),
             _ => Err(crate::Error::Invalid(format!(
-                "matvec kernel {s:?}: expected tiled or row"
+                "matvec kernel {s:?}: expected tiled, tiled32 or row"
             ))),
         }
     }
@@ -163,17 +178,24 @@ impl MatvecKernel {
     /// Rows one workgroup covers.
     pub fn rows_per_group(self) -> usize {
         match self {
-            MatvecKernel::Tiled => 8,
+            MatvecKernel::Tiled | MatvecKernel::Tiled32 => 8,
             MatvecKernel::Row => 64,
         }
     }
 
-    /// The kernel for a matrix of `cols` columns: the chosen one needs whole 32-column units; anything
-    /// else takes the element-wise kernel.
-    pub(super) fn for_cols(self, cols: usize) -> Kernel {
+    /// The kernel for a matrix of `cols` columns of `ty` in blocks of `block`: the chosen one needs
+    /// whole 32-column units (anything else takes the element-wise kernel), and the 128-bit loads of
+    /// `matvec4` a row of whole vec4s where no vec4 straddles two blocks.
+    pub(super) fn for_matrix(self, cols: usize, ty: WType, block: usize) -> Kernel {
+        let vec4_fits = match ty {
+            WType::F32 | WType::F16 => true,
+            WType::Q8_0 => block % 16 == 0,
+            WType::Q4_0 | WType::Q4_1 => block % 32 == 0,
+        };
         match self {
             _ if cols % 32 != 0 => Kernel::MatvecAny,
-            MatvecKernel::Tiled => Kernel::Matvec,
+            MatvecKernel::Tiled if vec4_fits => Kernel::Matvec4,
+            MatvecKernel::Tiled | MatvecKernel::Tiled32 => Kernel::Matvec,
             MatvecKernel::Row => Kernel::MatvecRow,
         }
     }
@@ -199,10 +221,17 @@ pub(super) enum BindKey {
 }
 
 impl BindKey {
-    /// The kernel this key runs; `cols` is the matrix width of a matvec key.
-    pub fn kernel(self, mv: MatvecKernel, cols: impl Fn(TensorId) -> usize) -> Kernel {
+    /// The kernel this key runs; `mat` gives a matvec key's matrix (width, type and block).
+    pub fn kernel(
+        self,
+        mv: MatvecKernel,
+        mat: impl Fn(TensorId) -> (usize, WType, usize),
+    ) -> Kernel {
         match self {
-            BindKey::Matvec(id, ..) => mv.for_cols(cols(id)),
+            BindKey::Matvec(id, ..) => {
+                let (cols, ty, block) = mat(id);
+                mv.for_matrix(cols, ty, block)
+            }
             BindKey::Matmul(..) => Kernel::Matmul,
             BindKey::Embed(..) => Kernel::Embed,
             BindKey::Norm(..) => Kernel::Rmsnorm,
@@ -222,7 +251,10 @@ type Entries = Vec<(u32, wgpu::Buffer)>;
 impl GpuDecoder<'_> {
     /// The kernel `key` runs on this decoder's weights with the adapter's matvec choice.
     pub(super) fn kernel_of(&self, key: BindKey) -> Kernel {
-        key.kernel(self.gpu.matvec_kernel(), |id| self.w.mats[&id].cols)
+        key.kernel(self.gpu.matvec_kernel(), |id| {
+            let m = &self.w.mats[&id];
+            (m.cols, m.ty, m.block)
+        })
     }
 
     /// Creates the bind group for `key` on first use.

@@ -9,7 +9,8 @@
 //! Weights are uploaded once in the planar layout of `quant.rs`. Activations, the KV cache, the attention
 //! scratch, the per-row steps and the staging buffers are allocated when the decoder is made; bind
 //! groups are made on first use and cached, so a steady-state token allocates nothing. Each pass is one
-//! compute pass in one command buffer; greedy decoding reads back a 4-byte argmax, scoring the logits.
+//! compute pass in one command buffer; greedy decoding keeps its loop on the GPU (each argmax feeds the
+//! next pass) and reads ids back in batches, scoring reads the logits.
 
 mod decoder;
 mod device;
@@ -17,7 +18,7 @@ mod kernels;
 mod layout;
 mod upload;
 
-pub use decoder::{GpuDecoder, PREFILL_ROWS};
+pub use decoder::{GpuDecoder, GREEDY_BATCH, PREFILL_ROWS};
 pub use device::{Activations, AdapterReport, Gpu, GpuOptions, LimitsReport};
 pub use kernels::MatvecKernel;
 pub use layout::GpuMemory;

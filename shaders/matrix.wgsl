@@ -1,0 +1,36 @@
+// What every matrix kernel shares (matvec.wgsl, matvec4.wgsl): the parameters, the bindings other
+// than the codes (1) and x (4), whose element types differ between the two files, and the per-block
+// scale and min. Prepended after step.wgsl and quant.wgsl; the binding table is in matvec.wgsl.
+
+struct MatParams {
+    rows: u32,
+    cols: u32,
+    block: u32,
+    kind: u32,
+    // 1: out += W x (the residual add fused in); 0: out = W x.
+    accumulate: u32,
+    // First row of this binding within the whole matrix: a matrix larger than one storage binding is
+    // uploaded as row chunks, each dispatched on its own (rows above counts this chunk's rows).
+    row0: u32,
+    // Values per row of `out` (the whole matrix's rows), for the matmul.
+    out_len: u32,
+    pad2: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: MatParams;
+@group(0) @binding(2) var<storage, read> scales: array<u32>;
+@group(0) @binding(3) var<storage, read> mins: array<u32>;
+@group(0) @binding(5) var<storage, read_write> out: array<act>;
+@group(0) @binding(6) var<storage, read> steps: array<Step>;
+
+fn block_scale(g: u32) -> f32 {
+    return half_at(scales[g >> 1u], g);
+}
+
+fn block_min(g: u32) -> f32 {
+    if (p.kind == KIND_Q4_1) {
+        return half_at(mins[g >> 1u], g);
+    }
+    return -8.0 * block_scale(g);
+}
+
