@@ -358,6 +358,42 @@ fn gpu_kv_cache_types_match_cpu() {
     }
 }
 
+/// Decode attention splits the context into workgroups of 128 positions and combines them
+/// (flash-decoding): past 128 and 256 positions the splits must rescale to one softmax. f32 keys and
+/// values keep the f32 tolerance derived above (the rescaling adds one exp and one multiply per split);
+/// quantized caches the 1e-2 of the KV test; a window of 200 with sinks wraps its ring across splits.
+#[test]
+fn decode_attention_across_context_splits_matches_cpu() {
+    use nibble_engine::kv::KvType;
+    let gpu = gpu();
+    let stories = stories();
+    let tok = stories.tokenizer.as_ref().unwrap();
+    let st = &eval::story_tokens(tok, &text("tinystories_sample.txt"), 300)[0];
+    assert!(st.len() >= 290, "{} tokens", st.len());
+    check(
+        &gpu,
+        &stories,
+        KvConfig::default(),
+        st,
+        "stories260K 300 positions",
+    );
+    for (k, v, window) in [
+        (KvType::Q8_0, KvType::Q4_0, None),
+        (KvType::Kivi4, KvType::F16, None),
+        (KvType::F16, KvType::F16, Some(200)),
+    ] {
+        let kv = KvConfig {
+            k,
+            v,
+            window,
+            sinks: if window.is_some() { 4 } else { 0 },
+            ..KvConfig::default()
+        };
+        let what = format!("stories260K {} 300 positions", kv.label());
+        check_tol(&gpu, &stories, kv, st, &what, 1e-2);
+    }
+}
+
 /// wgpu's OpenGL backend (what `WGPU_BACKEND=gl` selects) runs the same kernels: here on Mesa's llvmpipe
 /// through EGL.
 #[test]

@@ -2,7 +2,7 @@
 //! kernel table and reads back what the caller asks for.
 
 use super::device::{pop_error_scope, Activations, Gpu};
-use super::kernels::{BindKey, Pipelines};
+use super::kernels::{max_splits, BindKey, Pipelines, ATTN_SPLIT};
 use super::layout::{buffer, kv_layer_bytes, GpuMemory};
 use super::upload::GpuWeights;
 use crate::arch::forward;
@@ -37,6 +37,10 @@ pub struct GpuDecoder<'g> {
     pub(super) kcache: Vec<wgpu::Buffer>,
     pub(super) vcache: Vec<wgpu::Buffer>,
     pub(super) att: wgpu::Buffer,
+    /// Per head and context split: the decode attention's partial maximum, sum and values.
+    pub(super) parts: wgpu::Buffer,
+    /// Positions the last row of the pass attends (how many splits decode attention dispatches).
+    pub(super) n_att: usize,
     pub(super) cap: usize,
     /// The largest batch one pass takes (activation rows), and the rows of the pass being recorded.
     pub(super) max_rows: usize,
@@ -121,6 +125,8 @@ impl<'g> GpuDecoder<'g> {
             .map(|l| buf(&format!("v{l}"), v_bytes, storage))
             .collect();
         let att = buf("att", (max_rows * c.n_heads * cap * 4) as u64, storage);
+        let parts_len = c.n_heads * max_splits(cap) * (c.head_size() + 2);
+        let parts = buf("attention splits", (parts_len * 4) as u64, storage);
         let step_buf = buf(
             "steps",
             (max_rows * 32) as u64,
@@ -142,6 +148,7 @@ impl<'g> GpuDecoder<'g> {
         memory.kv_cache = kcache.iter().chain(&vcache).map(|b| b.size()).sum();
         memory.activations = acts.iter().map(|b| b.size()).sum::<u64>()
             + att.size()
+            + parts.size()
             + step_buf.size()
             + rope_buf.size()
             + argmax_buf.size();
@@ -167,6 +174,8 @@ impl<'g> GpuDecoder<'g> {
             kcache,
             vcache,
             att,
+            parts,
+            n_att: 0,
             cap,
             max_rows,
             rows: 1,
@@ -348,9 +357,10 @@ impl<'g> GpuDecoder<'g> {
             let pos = pos0 + i;
             // The attended positions are sinks 0..n_sinks then lo..=pos (kv.rs), computed without a list.
             let (n_sinks, lo) = self.kv.attended_ranges(pos);
+            self.n_att = n_sinks + pos + 1 - lo;
             self.steps.extend([
                 pos as u32,
-                (n_sinks + pos + 1 - lo) as u32,
+                self.n_att as u32,
                 sinks as u32,
                 span as u32,
                 token,
@@ -536,8 +546,15 @@ impl Kernels for GpuDecoder<'_> {
     }
 
     fn attention(&mut self, out: Act, layer: usize, _pos0: usize) {
-        let h = self.config.n_heads;
-        self.dispatch(BindKey::Attention(layer, out), (h as u32, self.rows as u32));
+        let h = self.config.n_heads as u32;
+        if self.rows == 1 {
+            // Decode: the context split across workgroups, then combined (flash-decoding).
+            let splits = self.n_att.div_ceil(ATTN_SPLIT) as u32;
+            self.dispatch(BindKey::AttnSplit(layer), (h, splits));
+            self.dispatch(BindKey::AttnCombine(out), (h, 1));
+        } else {
+            self.dispatch(BindKey::Attention(layer, out), (h, self.rows as u32));
+        }
     }
 
     fn swiglu(&mut self, gate: Act, up: Act) {

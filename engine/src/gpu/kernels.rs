@@ -44,6 +44,8 @@ pub(super) enum Kernel {
     KvStore,
     KiviFlush,
     Attention,
+    AttnSplit,
+    AttnCombine,
     Argmax,
 }
 
@@ -70,7 +72,9 @@ macro_rules! def {
     };
 }
 
-pub(super) const TABLE: [KernelDef; 14] = [
+const ATTENTION_MODULE: &[&str] = &[STEP, KVFORMAT, ATTENTION];
+
+pub(super) const TABLE: [KernelDef; 16] = [
     def!(Matvec, "matvec", "matvec", MATVEC_MODULE),
     def!(
         Matvec4,
@@ -88,11 +92,13 @@ pub(super) const TABLE: [KernelDef; 14] = [
     def!(Swiglu, "swiglu", "elementwise", &[ELEMENTWISE]),
     def!(KvStore, "kv_store", "kv", KV_MODULE),
     def!(KiviFlush, "kivi_flush", "kv", KV_MODULE),
+    def!(Attention, "attention", "attention", ATTENTION_MODULE),
+    def!(AttnSplit, "attention_split", "attention", ATTENTION_MODULE),
     def!(
-        Attention,
+        AttnCombine,
+        "attention_combine",
         "attention",
-        "attention",
-        &[STEP, KVFORMAT, ATTENTION]
+        ATTENTION_MODULE
     ),
     def!(Argmax, "argmax", "argmax", &[STEP, ARGMAX]),
 ];
@@ -217,6 +223,9 @@ pub(super) enum BindKey {
     KvStore(usize),
     KiviFlush(usize),
     Attention(usize, Act),
+    /// One layer's decode attention over a split of the context, and the combination of the splits.
+    AttnSplit(usize),
+    AttnCombine(Act),
     Argmax,
 }
 
@@ -241,6 +250,8 @@ impl BindKey {
             BindKey::KvStore(_) => Kernel::KvStore,
             BindKey::KiviFlush(_) => Kernel::KiviFlush,
             BindKey::Attention(..) => Kernel::Attention,
+            BindKey::AttnSplit(_) => Kernel::AttnSplit,
+            BindKey::AttnCombine(_) => Kernel::AttnCombine,
             BindKey::Argmax => Kernel::Argmax,
         }
     }
@@ -342,6 +353,20 @@ impl GpuDecoder<'_> {
                 (5, act(out)),
                 (6, self.step_buf.clone()),
             ],
+            BindKey::AttnSplit(l) => vec![
+                (0, self.attn_params()),
+                (1, act(Act::Q)),
+                (2, self.kcache[l].clone()),
+                (3, self.vcache[l].clone()),
+                (6, self.step_buf.clone()),
+                (7, self.parts.clone()),
+            ],
+            BindKey::AttnCombine(out) => vec![
+                (0, self.attn_params()),
+                (5, act(out)),
+                (6, self.step_buf.clone()),
+                (7, self.parts.clone()),
+            ],
             BindKey::Argmax => vec![
                 (0, self.uniform(&[c.vocab_size as u32, 0, 0, 0])),
                 (1, act(Act::Logits)),
@@ -399,10 +424,18 @@ impl GpuDecoder<'_> {
             self.kv.group as u32,
             kivi_ring(&self.kv, c) as u32,
             self.kv.sinks as u32,
-            0,
+            max_splits(self.cap) as u32,
             0,
         ])
     }
+}
+
+/// Positions one decode attention workgroup covers (`SPLIT` in attention.wgsl).
+pub(super) const ATTN_SPLIT: usize = 128;
+
+/// Splits of the context a decode attention may need, for `cap` cached positions.
+pub(super) fn max_splits(cap: usize) -> usize {
+    cap.div_ceil(ATTN_SPLIT)
 }
 
 #[cfg(test)]
