@@ -34,7 +34,7 @@ fn sample() -> String {
 fn models() -> PathBuf {
     std::env::var_os("NIBBLE_MODELS")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/models"))
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../testdata"))
 }
 
 #[test]

@@ -4,12 +4,12 @@
 use nibble_engine::block_on;
 use std::path::PathBuf;
 
-/// The real test models: `$NIBBLE_MODELS`, else `../shared/models` beside the checkout. CI always has
-/// them there, so a missing directory is a failure, not a skip.
+/// The real test models: `$NIBBLE_MODELS`, else the repository's `testdata/` (see its README). Both
+/// are always there, so a missing file is a failure, not a skip.
 pub fn models_dir() -> PathBuf {
     let dir = std::env::var_os("NIBBLE_MODELS")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/models"));
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../testdata"));
     assert!(
         dir.join("stories260K.bin").exists(),
         "test models not found in {} (set NIBBLE_MODELS)",
