@@ -137,6 +137,20 @@ impl RunResults {
 }
 
 /// Writes `results.json` through a temporary file and a rename.
+/// Whether the host's adapter was hardware or software, or why there was none.
+pub fn adapter_kind(h: &HostRun) -> String {
+    match &h.capabilities {
+        None => "not measured".into(),
+        Some(c) => match &c.adapter {
+            Some(a) => a.kind(),
+            None => format!(
+                "none ({})",
+                c.gpu_unavailable.as_deref().unwrap_or("CPU backend")
+            ),
+        },
+    }
+}
+
 pub fn save(path: &Path, r: &RunResults) -> Result<()> {
     crate::files::write_atomic(path, |w| Ok(serde_json::to_writer_pretty(w, r)?))
 }

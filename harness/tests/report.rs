@@ -197,6 +197,9 @@ fn report_renders_charts_gates_and_matrix_and_chromium_shows_it() {
     assert!(csv.lines().count() > 50);
     let md = std::fs::read_to_string(out.join("summary.md")).unwrap();
     assert!(md.contains("| chrome | webgpu | q4_0 | tg@d0 |"), "{md}");
+    // Each host says whether its adapter was hardware or software (SwiftShader in this recording).
+    let chrome = md.lines().find(|l| l.starts_with("| chrome | ")).unwrap();
+    assert!(chrome.contains("| software (SwiftShader"), "{chrome}");
     // Headless Chromium opens it and takes a screenshot that is not blank.
     let png = d.join("report.png");
     let profile = d.join("profile");

@@ -28,6 +28,26 @@ pub struct AdapterReport {
 }
 
 impl AdapterReport {
+    /// "hardware" or "software", and why: wgpu reports a CPU device type for software rasterisers
+    /// natively (lavapipe, llvmpipe) and for a browser's fallback adapter (`isFallbackAdapter`:
+    /// SwiftShader in Chromium, Firefox on lavapipe); the names catch a driver that says otherwise.
+    pub fn kind(&self) -> String {
+        let soft_names = ["llvmpipe", "lavapipe", "swiftshader", "softpipe", "warp"];
+        let name = format!("{} {}", self.name, self.driver).to_lowercase();
+        if self.device_type == "Cpu" {
+            format!("software ({})", self.name)
+        } else if let Some(n) = soft_names.iter().find(|n| name.contains(*n)) {
+            format!("software ({n})")
+        } else if matches!(
+            self.device_type.as_str(),
+            "DiscreteGpu" | "IntegratedGpu" | "VirtualGpu"
+        ) {
+            format!("hardware ({})", self.name)
+        } else {
+            format!("unknown ({}, device type {})", self.name, self.device_type)
+        }
+    }
+
     // The binding limit is u64 natively and u32 on wasm32.
     #[allow(clippy::unnecessary_cast)]
     fn of(info: &wgpu::AdapterInfo, limits: &wgpu::Limits, features: wgpu::Features) -> Self {
@@ -306,5 +326,45 @@ pub(super) fn pop_error_scope(scope: wgpu::ErrorScopeGuard) -> Option<wgpu::Erro
     {
         drop(verdict);
         None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(name: &str, device_type: &str, driver: &str) -> AdapterReport {
+        AdapterReport {
+            name: name.into(),
+            backend: "Vulkan".into(),
+            device_type: device_type.into(),
+            driver: driver.into(),
+            driver_info: String::new(),
+            features: vec![],
+            shader_f16: true,
+            limits: LimitsReport {
+                max_storage_buffer_binding_size: 1 << 30,
+                max_buffer_size: 1 << 30,
+                max_compute_workgroup_storage_size: 16384,
+                max_compute_invocations_per_workgroup: 256,
+                max_compute_workgroups_per_dimension: 65535,
+                max_storage_buffers_per_shader_stage: 8,
+            },
+        }
+    }
+
+    #[test]
+    fn adapters_are_told_apart_as_hardware_or_software() {
+        let kind = |n, t, d| report(n, t, d).kind();
+        assert_eq!(
+            kind("NVIDIA H200", "DiscreteGpu", "NVIDIA"),
+            "hardware (NVIDIA H200)"
+        );
+        assert!(kind("SwiftShader Device (Subzero)", "Cpu", "").starts_with("software"));
+        assert!(
+            kind("llvmpipe (LLVM 15.0.6, 256 bits)", "Other", "llvmpipe").starts_with("software")
+        );
+        assert!(kind("Apple M2", "IntegratedGpu", "").starts_with("hardware"));
+        assert!(kind("", "Other", "").starts_with("unknown"));
     }
 }

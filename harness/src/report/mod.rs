@@ -116,7 +116,18 @@ fn summary_md(r: &RunResults, verdicts: &[gate::Verdict], targets_source: &str) 
         "# nibble run: {} ({} params)\n\nGated on {targets_source}.\n\n",
         r.model.name, r.model.params
     );
-    s += "| host | backend | config | test | value |\n|---|---|---|---|---|\n";
+    s += "| host | status | seconds | backend | adapter |\n|---|---|---|---|---|\n";
+    for h in &r.hosts {
+        let backend = h.capabilities.as_ref().map_or("-", |c| c.backend.as_str());
+        s += &format!(
+            "| {} | {} | {:.0} | {backend} | {} |\n",
+            h.name,
+            h.status,
+            h.seconds,
+            crate::results::adapter_kind(h)
+        );
+    }
+    s += "\n| host | backend | config | test | value |\n|---|---|---|---|---|\n";
     for h in &r.hosts {
         let backend = h
             .capabilities

@@ -44,13 +44,16 @@ impl Ui {
 }
 
 pub fn print_summary(r: &RunResults) {
-    println!("| host | status | backend | accuracy | decode q4_0 ms/token | error |");
-    println!("|---|---|---|---|---|---|");
+    println!(
+        "| host | status | seconds | backend | adapter | accuracy | decode q4_0 ms/token | error |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
     for h in &r.hosts {
         let backend = h
             .capabilities
             .as_ref()
             .map_or("-".into(), |c| c.backend.clone());
+        let adapter = crate::results::adapter_kind(h);
         let acc = h
             .scenarios
             .iter()
@@ -82,10 +85,12 @@ pub fn print_summary(r: &RunResults) {
             })
             .unwrap_or_else(|| "not measured".into());
         println!(
-            "| {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {:.0} | {} | {} | {} | {} | {} |",
             h.name,
             h.status,
+            h.seconds,
             backend,
+            adapter,
             acc,
             dec,
             h.error.as_deref().unwrap_or("")
