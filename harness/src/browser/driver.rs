@@ -114,26 +114,35 @@ pub async fn start_xvfb(logs: &Path) -> Result<Xvfb> {
     })
 }
 
-/// Starts a local driver at a free port and waits until it listens; answers its URL.
+/// Starts the local driver `bin` at a free port and waits until it listens; answers its URL.
 pub async fn start_driver(
     name: &str,
     d: &LocalDriver,
+    bin: &Path,
     display: Option<&str>,
     logs: &Path,
 ) -> Result<(Proc, String)> {
-    let bin = which(d.binary).with_context(|| format!("{} is not installed", d.binary))?;
     let port = free_port()?;
     let mut cmd = Command::new(bin);
     for a in d.args {
         cmd.arg(a.replace("{port}", &port.to_string()));
     }
+    // The preset's environment (a Vulkan ICD for software WebGPU) applies only where its file exists
+    // and the user chose no driver of their own: a GPU machine keeps its hardware ICD.
+    let user_icd = ["VK_ICD_FILENAMES", "VK_DRIVER_FILES"]
+        .iter()
+        .any(|k| std::env::var_os(k).is_some());
     for (k, v) in d.env {
-        cmd.env(k, v);
+        let icd = k.starts_with("VK_");
+        if !icd || (!user_icd && Path::new(v).exists()) {
+            cmd.env(k, v);
+        }
     }
     if let Some(disp) = display {
         cmd.env("DISPLAY", disp);
     }
-    let mut proc = Proc::spawn(cmd, d.binary, &logs.join(format!("{name}-driver.log")))?;
+    let label = bin.file_name().map_or(name.into(), |f| f.to_string_lossy());
+    let mut proc = Proc::spawn(cmd, &label, &logs.join(format!("{name}-driver.log")))?;
     wait_port(port, &mut proc, Duration::from_secs(30)).await?;
     Ok((proc, format!("http://127.0.0.1:{port}")))
 }

@@ -6,6 +6,7 @@
 //! `results.rs`.
 
 pub mod bundle;
+pub mod discover;
 pub mod driver;
 pub mod executor;
 pub mod products;

@@ -2,34 +2,33 @@
 //! that turn WebGPU on, and how to install what is missing. No browser has its own code path.
 //! The facts come from ../shared/docs/browsers.md (measured on the project's machines).
 
+use super::discover::{self, Found, Given, Layout, Os, Places};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 
-/// How a local driver is started.
+/// How a local driver is started; the browser and driver executables are found by [`discover`].
 #[derive(Debug, Clone)]
 pub struct LocalDriver {
-    /// Driver executable, looked up on PATH and in ~/.cargo/bin.
-    pub binary: &'static str,
     /// Arguments, with `{port}` replaced.
     pub args: &'static [&'static str],
     /// Extra environment for the driver (and so the browser it starts).
     pub env: &'static [(&'static str, &'static str)],
     /// Runs under an Xvfb the harness starts (no headless mode).
     pub needs_display: bool,
-    /// The browser binary the capabilities name; its absence means "not installed".
-    pub browser_binary: &'static str,
-    /// Prints the browser's version.
-    pub version_cmd: &'static [&'static str],
-    /// Prints the driver's version.
-    pub driver_version_cmd: &'static [&'static str],
+    /// Prints the browser's and the driver's versions where `--version` on the found executable does
+    /// not (WebKitGTK's).
+    pub version_cmd: Option<&'static [&'static str]>,
 }
 
 #[derive(Debug, Clone)]
 pub struct Product {
     pub name: &'static str,
     pub display: &'static str,
-    /// `None`: reachable only through a remote endpoint (`--webdriver NAME=URL` or nibble.toml).
+    /// How its driver starts here; a product is also reachable through a remote endpoint
+    /// (`--webdriver NAME=URL` or nibble.toml).
     pub local: Option<LocalDriver>,
+    /// Where its browser and driver are found on each platform.
+    pub places: Option<Places>,
     /// Exact commands that install it here (Debian/Ubuntu, as root), or how to reach it.
     pub install: &'static [&'static str],
 }
@@ -41,13 +40,24 @@ pub const PRODUCTS: &[Product] = &[
         name: "chrome",
         display: "Chromium",
         local: Some(LocalDriver {
-            binary: "chromedriver",
             args: &["--port={port}"],
             env: &[],
             needs_display: false,
-            browser_binary: "/usr/lib/chromium/chromium",
-            version_cmd: &["/usr/lib/chromium/chromium", "--version"],
-            driver_version_cmd: &["chromedriver", "--version"],
+            version_cmd: None,
+        }),
+        places: Some(Places {
+            // Debian's /usr/bin/chromium is a wrapper script: its binary lives under /usr/lib.
+            names: &["google-chrome", "google-chrome-stable", "chromium-browser"],
+            places: &[
+                (Os::Linux, "/usr/lib/chromium/chromium"),
+                (Os::Linux, "/opt/google/chrome/chrome"),
+                (Os::Mac, "/Applications/Google Chrome.app/Contents/MacOS/Google Chrome"),
+                (Os::Mac, "/Applications/Chromium.app/Contents/MacOS/Chromium"),
+                (Os::Windows, "/Program Files/Google/Chrome/Application/chrome.exe"),
+                (Os::Windows, "/Program Files (x86)/Google/Chrome/Application/chrome.exe"),
+            ],
+            driver_names: &["chromedriver"],
+            driver_dir_env: Some("CHROMEWEBDRIVER"),
         }),
         install: &["DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium chromium-driver"],
     },
@@ -55,14 +65,23 @@ pub const PRODUCTS: &[Product] = &[
         name: "firefox",
         display: "Firefox",
         local: Some(LocalDriver {
-            binary: "geckodriver",
             args: &["--port", "{port}", "--host", "127.0.0.1"],
             // geckodriver must carry the Vulkan ICD itself; moz:firefoxOptions.env has no effect.
             env: &[("VK_ICD_FILENAMES", LAVAPIPE_ICD)],
             needs_display: false,
-            browser_binary: "/usr/lib/firefox-esr/firefox-esr",
-            version_cmd: &["/usr/lib/firefox-esr/firefox-esr", "--version"],
-            driver_version_cmd: &["geckodriver", "--version"],
+            version_cmd: None,
+        }),
+        places: Some(Places {
+            // Debian's /usr/bin/firefox is a wrapper script; firefox-esr links to the executable.
+            names: &["firefox-esr", "firefox"],
+            places: &[
+                (Os::Linux, "/usr/lib/firefox-esr/firefox-esr"),
+                (Os::Linux, "/usr/lib/firefox/firefox"),
+                (Os::Mac, "/Applications/Firefox.app/Contents/MacOS/firefox"),
+                (Os::Windows, "/Program Files/Mozilla Firefox/firefox.exe"),
+            ],
+            driver_names: &["geckodriver"],
+            driver_dir_env: Some("GECKOWEBDRIVER"),
         }),
         install: &[
             "DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends firefox-esr mesa-vulkan-drivers",
@@ -73,29 +92,63 @@ pub const PRODUCTS: &[Product] = &[
         name: "webkit",
         display: "WebKitGTK MiniBrowser",
         local: Some(LocalDriver {
-            binary: "WebKitWebDriver",
             args: &["--port={port}", "--host=local"],
             // Without it the global SharedArrayBuffer is missing even when cross-origin isolated.
             env: &[("JSC_useSharedArrayBuffer", "true")],
             needs_display: true,
-            browser_binary: "/usr/lib/x86_64-linux-gnu/webkit2gtk-4.1/MiniBrowser",
-            version_cmd: &["dpkg-query", "-W", "-f=${Version}", "webkit2gtk-driver"],
-            // WebKitWebDriver has no --version; the package's version is the driver's.
-            driver_version_cmd: &["dpkg-query", "-W", "-f=${Version}", "webkit2gtk-driver"],
+            // Neither has --version; the package's version is both.
+            version_cmd: Some(&["dpkg-query", "-W", "-f=${Version}", "webkit2gtk-driver"]),
+        }),
+        places: Some(Places {
+            names: &[],
+            places: &[
+                (Os::Linux, "/usr/lib/x86_64-linux-gnu/webkit2gtk-4.1/MiniBrowser"),
+                (Os::Linux, "/usr/lib/aarch64-linux-gnu/webkit2gtk-4.1/MiniBrowser"),
+            ],
+            driver_names: &["WebKitWebDriver"],
+            driver_dir_env: None,
         }),
         install: &["DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends webkit2gtk-driver xvfb xauth"],
     },
     Product {
         name: "edge",
         display: "Microsoft Edge",
-        local: None,
-        install: &["remote only: run msedgedriver on a Windows runner and pass --webdriver edge=http://HOST:PORT (or [browsers.edge] webdriver in nibble.toml)"],
+        local: Some(LocalDriver {
+            args: &["--port={port}"],
+            env: &[],
+            needs_display: false,
+            version_cmd: None,
+        }),
+        places: Some(Places {
+            names: &["msedge", "microsoft-edge", "microsoft-edge-stable"],
+            places: &[
+                (Os::Linux, "/opt/microsoft/msedge/msedge"),
+                (Os::Mac, "/Applications/Microsoft Edge.app/Contents/MacOS/Microsoft Edge"),
+                (Os::Windows, "/Program Files (x86)/Microsoft/Edge/Application/msedge.exe"),
+                (Os::Windows, "/Program Files/Microsoft/Edge/Application/msedge.exe"),
+            ],
+            driver_names: &["msedgedriver"],
+            driver_dir_env: Some("EDGEWEBDRIVER"),
+        }),
+        install: &["GitHub's Windows, macOS and Ubuntu runners carry Edge and msedgedriver ($EDGEWEBDRIVER); elsewhere install Microsoft Edge and the msedgedriver of the same version, or pass --webdriver edge=http://HOST:PORT"],
     },
     Product {
         name: "safari",
         display: "Safari",
-        local: None,
-        install: &["remote only: on a Mac run `safaridriver --enable` once, then `safaridriver -p 4444`, and pass --webdriver safari=http://HOST:4444"],
+        local: Some(LocalDriver {
+            args: &["-p", "{port}"],
+            env: &[],
+            needs_display: false,
+            // Running Safari's executable would open a window; safaridriver names the version.
+            version_cmd: Some(&["safaridriver", "--version"]),
+        }),
+        places: Some(Places {
+            names: &[],
+            places: &[(Os::Mac, "/Applications/Safari.app/Contents/MacOS/Safari")],
+            driver_names: &["safaridriver"],
+            driver_dir_env: None,
+        }),
+        install: &["macOS only: run `sudo safaridriver --enable` once (GitHub's macOS runners have it enabled), or pass --webdriver safari=http://HOST:PORT"],
     },
 ];
 
@@ -103,14 +156,29 @@ pub fn find(name: &str) -> Option<&'static Product> {
     PRODUCTS.iter().find(|p| p.name == name)
 }
 
-/// The capabilities preset for a product; `profile` is a fresh directory for this session.
-pub fn capabilities(name: &str, profile: &Path) -> Value {
+/// The capabilities preset for a product; `profile` is a fresh directory for this session and
+/// `binary` the browser found here (named in the options where the driver takes one).
+pub fn capabilities(name: &str, profile: &Path, binary: Option<&Path>) -> Value {
+    let mut c = preset(name, profile);
+    let key = match name {
+        "chrome" => "goog:chromeOptions",
+        "firefox" => "moz:firefoxOptions",
+        "edge" => "ms:edgeOptions",
+        "webkit" => "webkitgtk:browserOptions",
+        _ => return c,
+    };
+    if let (Some(b), Some(o)) = (binary, c.get_mut(key)) {
+        o["binary"] = json!(b.display().to_string());
+    }
+    c
+}
+
+fn preset(name: &str, profile: &Path) -> Value {
     let profile = profile.display().to_string();
     match name {
         "chrome" => json!({
             "browserName": "chrome",
             "goog:chromeOptions": {
-                "binary": "/usr/lib/chromium/chromium",
                 "args": [
                     "--headless=new", "--no-sandbox", "--disable-background-networking",
                     "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic",
@@ -124,7 +192,6 @@ pub fn capabilities(name: &str, profile: &Path) -> Value {
         "firefox" => json!({
             "browserName": "firefox",
             "moz:firefoxOptions": {
-                "binary": "/usr/lib/firefox-esr/firefox-esr",
                 "args": ["-headless", "-profile", profile],
                 "prefs": {
                     "dom.webgpu.enabled": true, "gfx.webgpu.ignore-blocklist": true,
@@ -144,7 +211,6 @@ pub fn capabilities(name: &str, profile: &Path) -> Value {
         "webkit" => json!({
             "browserName": "MiniBrowser",
             "webkitgtk:browserOptions": {
-                "binary": "/usr/lib/x86_64-linux-gnu/webkit2gtk-4.1/MiniBrowser",
                 "args": ["--automation"]
             }
         }),
@@ -178,31 +244,70 @@ pub fn which(binary: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-/// What is missing for a local product, as the commands that would install it.
-pub fn missing(p: &Product) -> Vec<String> {
+/// Where this product's browser and driver are on this machine, `given` (nibble.toml) first.
+pub fn locate(p: &Product, given: &Given) -> Found {
+    match &p.places {
+        Some(pl) => discover::find(pl, given, &Layout::current()),
+        None => Found::default(),
+    }
+}
+
+/// What is missing for a local product, in words.
+pub fn missing(p: &Product, f: &Found) -> Vec<String> {
     let Some(l) = &p.local else {
         return vec![];
     };
     let mut m = Vec::new();
-    if !Path::new(l.browser_binary).exists() {
-        m.push(format!("browser {} not found", l.browser_binary));
+    if f.browser.is_none() {
+        m.push(match &p.places {
+            Some(pl) if f.browser_how.is_empty() => format!(
+                "browser not found (looked for {} on PATH and in {})",
+                pl.names.join(", "),
+                pl.places
+                    .iter()
+                    .map(|(_, p)| *p)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            _ => format!("browser not found ({})", f.browser_how),
+        });
     }
-    if which(l.binary).is_none() {
-        m.push(format!("driver {} not found", l.binary));
+    if f.driver.is_none() {
+        let names = p
+            .places
+            .as_ref()
+            .map_or(String::new(), |pl| pl.driver_names.join(", "));
+        m.push(if f.driver_how.is_empty() {
+            format!("driver {names} not found")
+        } else {
+            format!("driver not found ({})", f.driver_how)
+        });
     }
     if l.needs_display && which("Xvfb").is_none() {
         m.push("Xvfb not found".into());
     }
-    if p.name == "firefox" && !Path::new(LAVAPIPE_ICD).exists() {
-        m.push("lavapipe Vulkan driver (mesa-vulkan-drivers) not found".into());
-    }
     m
+}
+
+/// The browser's and the driver's versions, as they print them.
+pub fn versions(p: &Product, f: &Found) -> (Option<String>, Option<String>) {
+    let run = |bin: &Path| version_line(bin, &["--version"]);
+    match p.local.as_ref().and_then(|l| l.version_cmd) {
+        Some(cmd) => (version_of(cmd), version_of(cmd)),
+        None => (
+            f.browser.as_deref().and_then(run),
+            f.driver.as_deref().and_then(run),
+        ),
+    }
 }
 
 /// A command's first output line, for versions.
 pub fn version_of(cmd: &[&str]) -> Option<String> {
     let (bin, args) = cmd.split_first()?;
-    let bin = which(bin)?;
+    version_line(&which(bin)?, args)
+}
+
+fn version_line(bin: &Path, args: &[&str]) -> Option<String> {
     let out = std::process::Command::new(bin).args(args).output().ok()?;
     let s = String::from_utf8_lossy(&out.stdout);
     let line = s.lines().next()?.trim().to_string();

@@ -1,9 +1,11 @@
 //! `nibble setup` (install what the local suite needs, idempotently) and `nibble browsers` (what is
 //! installed, and whether WebGPU really works in it, by requesting an adapter).
 
+use super::discover::Given;
 use super::products::{self, PRODUCTS};
 use anyhow::{bail, Context, Result};
 use clap::Args;
+use std::path::Path;
 use std::process::Command;
 
 /// Debian packages the local suite needs.
@@ -34,6 +36,14 @@ fn installed(pkg: &str) -> bool {
         .unwrap_or(false)
 }
 
+fn has_wasm_target() -> bool {
+    Command::new("rustup")
+        .args(["target", "list", "--installed"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).contains("wasm32-unknown-unknown"))
+        .unwrap_or(false)
+}
+
 fn is_root() -> bool {
     Command::new("id")
         .arg("-u")
@@ -54,7 +64,56 @@ fn sh(cmd: &str) -> Result<()> {
     Ok(())
 }
 
+/// The distribution's id from /etc/os-release ("debian", "ubuntu", ...), if any.
+fn os_id() -> Option<String> {
+    let s = std::fs::read_to_string("/etc/os-release").ok()?;
+    s.lines()
+        .find_map(|l| l.strip_prefix("ID="))
+        .map(|v| v.trim_matches('"').to_string())
+}
+
+/// Elsewhere than Debian (Ubuntu has Chromium only as a snap and no firefox-esr; macOS and Windows
+/// have no apt): what was found, and what to install by hand. Never fails.
+fn advise(os: &str) {
+    println!("# {os}: nibble setup installs only on Debian; here is what it found");
+    for p in PRODUCTS {
+        let Some(pl) = &p.places else { continue };
+        let f = products::locate(p, &Given::default());
+        let missing = products::missing(p, &f);
+        if missing.is_empty() {
+            println!(
+                "# {}: found {} and {}",
+                p.display,
+                f.browser.as_deref().unwrap_or(Path::new("?")).display(),
+                f.driver.as_deref().unwrap_or(Path::new("?")).display()
+            );
+            continue;
+        }
+        let var = pl
+            .driver_dir_env
+            .map_or(String::new(), |v| format!(" or in the folder ${v} names"));
+        println!(
+            "# {}: {}; install the browser ({} on PATH, or in {}) and {} of the same version (on PATH{var}), \
+             or name them in nibble.toml ([browsers.{}] binary and driver)",
+            p.display,
+            missing.join("; "),
+            pl.names.join(" / "),
+            pl.places.iter().map(|(_, p)| *p).collect::<Vec<_>>().join(", "),
+            pl.driver_names.join(" / "),
+            p.name
+        );
+    }
+}
+
 pub fn setup(a: SetupArgs) -> Result<()> {
+    let id = os_id().unwrap_or_else(|| std::env::consts::OS.to_string());
+    if id != "debian" {
+        advise(&id);
+        if !has_wasm_target() {
+            println!("rustup target add wasm32-unknown-unknown");
+        }
+        return Ok(());
+    }
     let debian = products::which("apt-get").is_some() && products::which("dpkg-query").is_some();
     let can_run = debian && is_root() && !a.dry_run;
     let missing: Vec<&str> = PACKAGES
@@ -84,12 +143,7 @@ pub fn setup(a: SetupArgs) -> Result<()> {
     } else {
         eprintln!("setup: geckodriver: present, skipped");
     }
-    let has_wasm = Command::new("rustup")
-        .args(["target", "list", "--installed"])
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).contains("wasm32-unknown-unknown"))
-        .unwrap_or(false);
-    if has_wasm {
+    if has_wasm_target() {
         eprintln!("setup: wasm32-unknown-unknown target: present, skipped");
     } else {
         steps.push("rustup target add wasm32-unknown-unknown".into());
@@ -124,6 +178,9 @@ pub struct BrowsersArgs {
     /// Only list; do not start each browser to request a WebGPU adapter.
     #[arg(long)]
     no_probe: bool,
+    /// Binaries and drivers named per browser (`[browsers.NAME] binary`, `driver`).
+    #[arg(long, default_value = "nibble.toml")]
+    config: std::path::PathBuf,
 }
 
 pub async fn browsers(a: BrowsersArgs) -> Result<()> {
@@ -137,20 +194,25 @@ pub async fn browsers(a: BrowsersArgs) -> Result<()> {
         files.add_dir("/", &dir)?;
         Some(super::server::Server::start(files).await?)
     };
+    let given = crate::run::targets::given(&a.config)?;
     for p in PRODUCTS {
         println!("{} ({})", p.display, p.name);
-        let Some(l) = &p.local else {
-            println!("  {}", p.install.join("; "));
-            continue;
+        let f = products::locate(p, given.get(p.name).unwrap_or(&Given::default()));
+        let missing = products::missing(p, &f);
+        let (bver, dver) = products::versions(p, &f);
+        let at = |path: &Option<std::path::PathBuf>, how: &str| match path {
+            Some(x) => format!("{} ({how})", x.display()),
+            None => "not found".into(),
         };
-        let missing = products::missing(p);
-        let bver = products::version_of(l.version_cmd);
-        let dver = products::version_of(l.driver_version_cmd);
-        println!("  browser: {}", bver.as_deref().unwrap_or("not installed"));
+        println!(
+            "  browser: {} {}",
+            at(&f.browser, &f.browser_how),
+            bver.as_deref().unwrap_or("")
+        );
         println!(
             "  driver:  {} {}",
-            l.binary,
-            dver.as_deref().unwrap_or("not installed")
+            at(&f.driver, &f.driver_how),
+            dver.as_deref().unwrap_or("")
         );
         if !missing.is_empty() {
             println!("  missing: {}", missing.join("; "));
@@ -160,7 +222,7 @@ pub async fn browsers(a: BrowsersArgs) -> Result<()> {
             continue;
         }
         let Some(server) = &server else { continue };
-        match probe(p, server, &logs).await {
+        match probe(p, &f, server, &logs).await {
             Ok(c) => {
                 match &c.adapter {
                     Some(ad) => {
@@ -197,6 +259,7 @@ pub async fn browsers(a: BrowsersArgs) -> Result<()> {
 
 async fn probe(
     p: &products::Product,
+    f: &super::discover::Found,
     server: &super::server::Server,
     logs: &std::path::Path,
 ) -> Result<nibble_engine::scenario::Capabilities> {
@@ -217,11 +280,17 @@ async fn probe(
     } else {
         None
     };
-    let (_proc, url) = super::driver::start_driver(p.name, l, display.as_deref(), logs).await?;
+    let bin = f.driver.as_deref().context("no driver")?;
+    let (_proc, url) =
+        super::driver::start_driver(p.name, l, bin, display.as_deref(), logs).await?;
     let profile = logs.join(format!("{}-profile", p.name));
     std::fs::create_dir_all(&profile)?;
-    let mut s =
-        super::executor::connect(&url, &products::capabilities(p.name, &profile), &t).await?;
+    let mut s = super::executor::connect(
+        &url,
+        &products::capabilities(p.name, &profile, f.browser.as_deref()),
+        &t,
+    )
+    .await?;
     let r = async {
         s.open_page(&server.url("/index.html"), &t).await?;
         let v = s

@@ -109,7 +109,7 @@ fn not_installed(t: &Target, host: &mut HostRun, ui: &Ui) -> Option<()> {
             product.display
         ),
         Some(_) => {
-            let missing = products::missing(product);
+            let missing = products::missing(product, &t.found);
             if missing.is_empty() {
                 return None;
             }
@@ -183,7 +183,7 @@ async fn browser_steps(
 ) -> Result<()> {
     let SessionPlan { timeouts, logs, .. } = plan;
     let profile = tempdir_in(logs, &format!("{}-profile", t.name))?;
-    let mut caps = products::capabilities(&t.name, &profile);
+    let mut caps = products::capabilities(&t.name, &profile, t.found.browser.as_deref());
     if let Some(o) = &t.caps_override {
         products::merge(&mut caps, o);
     }
@@ -202,12 +202,14 @@ async fn browser_steps(
             } else {
                 None
             };
-            bar.set_message(format!("starting {}", d.binary));
-            let (proc, url) = driver::start_driver(&t.name, d, display.as_deref(), logs).await?;
+            let bin = t.found.driver.as_deref().context("no driver found")?;
+            bar.set_message(format!("starting {}", bin.display()));
+            let (proc, url) =
+                driver::start_driver(&t.name, d, bin, display.as_deref(), logs).await?;
             _driver = Some(proc);
-            host.driver = Some(d.binary.to_string());
-            host.driver_version = products::version_of(d.driver_version_cmd);
-            host.browser_version = products::version_of(d.version_cmd);
+            host.driver = Some(bin.display().to_string());
+            let product = t.product.context("a local driver without a product")?;
+            (host.browser_version, host.driver_version) = products::versions(product, &t.found);
             url
         }
         (None, None) => bail!("no endpoint for {}", t.name),

@@ -5,7 +5,7 @@
 mod browser;
 mod native;
 mod prepare;
-mod targets;
+pub mod targets;
 mod ui;
 
 use crate::args::ModelArgs;

@@ -3,11 +3,12 @@
 
 use super::RunArgs;
 use crate::args::bad_input;
+use crate::browser::discover::{Found, Given};
 use crate::browser::products::{self, Product};
 use anyhow::Result;
 use serde_json::Value;
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// `[browsers.NAME]` tables of nibble.toml.
 #[derive(serde::Deserialize, Default)]
@@ -17,10 +18,30 @@ struct FileConfig {
 }
 
 #[derive(serde::Deserialize, Default, Clone)]
+#[serde(deny_unknown_fields)]
 struct BrowserConfig {
     webdriver: Option<String>,
     /// Merged over the product's capability preset.
     capabilities: Option<toml::Value>,
+    /// The browser executable, instead of searching for it.
+    binary: Option<PathBuf>,
+    /// The driver executable, instead of searching for it.
+    driver: Option<PathBuf>,
+}
+
+/// The binary and driver `nibble.toml` names for each browser.
+pub fn given(config: &Path) -> Result<BTreeMap<String, Given>> {
+    Ok(read_config(config)?
+        .browsers
+        .into_iter()
+        .map(|(k, b)| {
+            let g = Given {
+                binary: b.binary,
+                driver: b.driver,
+            };
+            (k, g)
+        })
+        .collect())
 }
 
 fn read_config(path: &Path) -> Result<FileConfig> {
@@ -37,6 +58,8 @@ pub struct Target {
     pub product: Option<&'static Product>,
     pub remote: Option<String>,
     pub caps_override: Option<Value>,
+    /// Where its browser and driver were found here (empty for a remote endpoint).
+    pub found: Found,
 }
 
 pub fn targets(a: &RunArgs) -> Result<Vec<Target>> {
@@ -76,11 +99,23 @@ pub fn targets(a: &RunArgs) -> Result<Vec<Target>> {
                  name with --webdriver {n}=URL"
             )));
         }
+        let remote = remote.get(&n).cloned();
+        let found = match (product, &remote) {
+            (Some(p), None) => {
+                let g = cfg.browsers.get(&n).map_or(Given::default(), |b| Given {
+                    binary: b.binary.clone(),
+                    driver: b.driver.clone(),
+                });
+                products::locate(p, &g)
+            }
+            _ => Found::default(),
+        };
         out.push(Target {
-            remote: remote.get(&n).cloned(),
+            remote,
             name: n,
             product,
             caps_override: over,
+            found,
         });
     }
     Ok(out)
@@ -142,7 +177,7 @@ webdriver = "http://other.example:4444"
         );
         assert!(by("mygrid").product.is_none());
         // The file's capabilities merge over the preset: the binary is replaced, the args are kept.
-        let mut caps = products::capabilities("chrome", &dir);
+        let mut caps = products::capabilities("chrome", &dir, None);
         products::merge(&mut caps, by("chrome").caps_override.as_ref().unwrap());
         let opts = &caps["goog:chromeOptions"];
         assert_eq!(opts["binary"], "/opt/chrome/chrome");
