@@ -171,7 +171,6 @@ fn attention(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id
 
 const SPLIT: u32 = 128u;
 var<workgroup> ws: array<f32, 128>;
-var<workgroup> red4: array<vec4<f32>, 256>;
 
 @compute @workgroup_size(256)
 fn attention_split(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
@@ -220,32 +219,26 @@ fn attention_split(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocat
     }
     let l = red[0];
 
-    // Weighted values: thread (d4, part) sums four dimensions over every parts-th position.
-    let q4 = hs / 4u;
-    let parts = WG / q4;
-    let d = (lid.x % q4) * 4u;
-    let pt = lid.x / q4;
-    var acc = vec4<f32>(0.0);
+    // Weighted values: thread (d, pt) sums dimension d over every parts-th position of the split.
+    let parts = WG / hs;
+    let d = lid.x % hs;
+    let pt = lid.x / hs;
+    var acc = 0.0;
     if (pt < parts) {
         for (var j = i0 + pt; j < i1; j += parts) {
-            let slot = slot_of(st, attended(st, j));
-            let v = vec4<f32>(value_at(slot, kvh + d), value_at(slot, kvh + d + 1u),
-                value_at(slot, kvh + d + 2u), value_at(slot, kvh + d + 3u));
-            acc += ws[j - i0] * v;
+            acc += ws[j - i0] * value_at(slot_of(st, attended(st, j)), kvh + d);
         }
     }
-    red4[lid.x] = acc;
+    workgroupBarrier();
+    red[lid.x] = acc;
     workgroupBarrier();
     let base = (h * p.pad0 + wid.y) * (hs + 2u);
     if (pt == 0u) {
-        var t = vec4<f32>(0.0);
+        var t = 0.0;
         for (var k = 0u; k < parts; k++) {
-            t += red4[k * q4 + lid.x];
+            t += red[k * hs + d];
         }
-        part[base + 2u + d] = t.x;
-        part[base + 3u + d] = t.y;
-        part[base + 4u + d] = t.z;
-        part[base + 5u + d] = t.w;
+        part[base + 2u + d] = t;
     }
     if (lid.x == 0u) {
         part[base] = mx;

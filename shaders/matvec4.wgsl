@@ -9,27 +9,21 @@
 //   4 x4:     storage read array<vec4<act>>  (cols / 4 vectors)
 // Taken only where a row is whole vec4s and a vec4 never straddles two blocks: cols % 32 == 0, and
 // for q4 kinds block % 32 == 0, for q8_0 block % 16 == 0 (MatvecKernel::for_matrix).
-// Each lane serves 4 rows and loads each x vector once for all four: with one row per lane, x was
-// read once per row, as many bytes through the caches as an f16 matrix, and f16 and q4_0 decoded at the
-// same speed on an H200 (7.03 and 7.05 ms/token, 7B).
-// Dispatch: one workgroup of 64 threads per 8 rows (two groups of 32 lanes, 4 rows each), folded into
-// (x, y) as group = x + y * 65535.
+// One row per 32 lanes, each lane issuing four 128-bit loads before any arithmetic. (Four rows per
+// lane sharing each x load, in workgroups of 64, decoded slower on an H200: 1B q4_0 2.96 against 2.34
+// ms/token, too few threads in flight; benchmarks/2026-12-02-h200-decode.md.)
+// One entry point per kind (matvec4_f32, _f16, _q8, _q4 for q4_0 and q4_1): with one kernel switching on
+// the kind for each of its four unrolled loads, the compilers of CPU adapters (SwiftShader, lavapipe)
+// took seconds to build it, and Chromium's page timed out opening the engine.
+// Dispatch: one workgroup of 256 threads per 8 rows (32 lanes per row), folded into (x, y) as
+// group = x + y * 65535.
 
 @group(0) @binding(1) var<storage, read> words4: array<vec4<u32>>;
 @group(0) @binding(4) var<storage, read> x4: array<vec4<act>>;
 
+const ROWS4: u32 = 8u;
 const LANES4: u32 = 32u;
-var<workgroup> red4: array<vec4<f32>, 64>;
-
-// Values one vec4 of codes holds for the kind.
-fn per_vec4() -> u32 {
-    switch p.kind {
-        case KIND_F32: { return 4u; }
-        case KIND_F16: { return 8u; }
-        case KIND_Q8_0: { return 16u; }
-        default: { return 32u; }
-    }
-}
+var<workgroup> red4: array<f32, 256>;
 
 fn xq(i: u32) -> vec4<f32> {
     return vec4<f32>(x4[i]);
@@ -45,90 +39,45 @@ fn bytes(w: u32) -> vec4<f32> {
     return vec4<f32>(bitcast<vec4<i32>>(vec4<u32>(w) << vec4<u32>(24u, 16u, 8u, 0u)) >> vec4<u32>(24u));
 }
 
-fn f16x8(w: vec4<u32>, xa: vec4<f32>, xb: vec4<f32>) -> f32 {
-    return dot(vec4<f32>(unpack2x16float(w.x), unpack2x16float(w.y)), xa)
-        + dot(vec4<f32>(unpack2x16float(w.z), unpack2x16float(w.w)), xb);
+// Dots of one vec4 of codes with x from x vector xi; e, the element index of its first value, picks
+// its block.
+fn dot_f32(w: vec4<u32>, xi: u32) -> f32 {
+    return dot(bitcast<vec4<f32>>(w), xq(xi));
 }
 
-fn q8x16(w: vec4<u32>, e: u32, x0: vec4<f32>, x1: vec4<f32>, x2: vec4<f32>, x3: vec4<f32>) -> f32 {
-    let s = (dot(bytes(w.x), x0) + dot(bytes(w.y), x1)) + (dot(bytes(w.z), x2) + dot(bytes(w.w), x3));
+fn dot_f16(w: vec4<u32>, xi: u32) -> f32 {
+    let a = vec4<f32>(unpack2x16float(w.x), unpack2x16float(w.y));
+    let b = vec4<f32>(unpack2x16float(w.z), unpack2x16float(w.w));
+    return dot(a, xq(xi)) + dot(b, xq(xi + 1u));
+}
+
+fn dot_q8(w: vec4<u32>, xi: u32, e: u32) -> f32 {
+    let s = (dot(bytes(w.x), xq(xi)) + dot(bytes(w.y), xq(xi + 1u)))
+        + (dot(bytes(w.z), xq(xi + 2u)) + dot(bytes(w.w), xq(xi + 3u)));
     return s * block_scale(e / p.block);
 }
 
-// A q4 block of 32 (word k holds elements 8k..8k+7, low nibble first) against x0..x7; sx is their sum.
-fn q4x32(w: vec4<u32>, e: u32, xa: array<vec4<f32>, 8>, sx: f32) -> f32 {
-    let q = (dot(nib(w.x, 0u), xa[0]) + dot(nib(w.x, 16u), xa[1]))
-        + (dot(nib(w.y, 0u), xa[2]) + dot(nib(w.y, 16u), xa[3]))
-        + (dot(nib(w.z, 0u), xa[4]) + dot(nib(w.z, 16u), xa[5]))
-        + (dot(nib(w.w, 0u), xa[6]) + dot(nib(w.w, 16u), xa[7]));
+// Word k holds elements 8k..8k+7, low nibble first; x vectors 2k and 2k + 1 multiply them.
+fn dot_q4(w: vec4<u32>, xi: u32, e: u32) -> f32 {
+    let x0 = xq(xi); let x1 = xq(xi + 1u); let x2 = xq(xi + 2u); let x3 = xq(xi + 3u);
+    let x4v = xq(xi + 4u); let x5 = xq(xi + 5u); let x6 = xq(xi + 6u); let x7 = xq(xi + 7u);
+    let q = (dot(nib(w.x, 0u), x0) + dot(nib(w.x, 16u), x1))
+        + (dot(nib(w.y, 0u), x2) + dot(nib(w.y, 16u), x3))
+        + (dot(nib(w.z, 0u), x4v) + dot(nib(w.z, 16u), x5))
+        + (dot(nib(w.w, 0u), x6) + dot(nib(w.w, 16u), x7));
+    let sx = ((x0 + x1) + (x2 + x3)) + ((x4v + x5) + (x6 + x7));
     let g = e / p.block;
-    return block_scale(g) * q + block_min(g) * sx;
+    return block_scale(g) * q + block_min(g) * dot(sx, vec4<f32>(1.0));
 }
 
-@compute @workgroup_size(64)
-fn matvec4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+// The row this thread's lanes share, and its lane.
+fn row_of(wid: vec3<u32>, lid: vec3<u32>) -> vec2<u32> {
+    return vec2<u32>((wid.x + wid.y * 65535u) * ROWS4 + lid.x / LANES4, lid.x % LANES4);
+}
+
+// Adds up a row's 32 lanes and stores (or accumulates) the row.
+fn finish(acc: f32, lid: vec3<u32>, r: u32) {
     let lane = lid.x % LANES4;
-    let r0 = ((wid.x + wid.y * 65535u) * 2u + lid.x / LANES4) * 4u;
-    var acc = vec4<f32>(0.0);
-    if (r0 < p.rows) {
-        let vpv = per_vec4();
-        let nv = p.cols / vpv;
-        // Rows past the end repeat the last one; their sums are never written.
-        let last = p.rows - 1u;
-        let ra = vec4<u32>(min(vec4<u32>(r0, r0 + 1u, r0 + 2u, r0 + 3u), vec4<u32>(last)));
-        let b = ra * nv;
-        let e = ra * p.cols;
-        switch p.kind {
-            case KIND_F32: {
-                for (var v = lane; v < nv; v += LANES4) {
-                    let xa = xq(v);
-                    acc += vec4<f32>(
-                        dot(bitcast<vec4<f32>>(words4[b.x + v]), xa),
-                        dot(bitcast<vec4<f32>>(words4[b.y + v]), xa),
-                        dot(bitcast<vec4<f32>>(words4[b.z + v]), xa),
-                        dot(bitcast<vec4<f32>>(words4[b.w + v]), xa));
-                }
-            }
-            case KIND_F16: {
-                for (var v = lane; v < nv; v += LANES4) {
-                    let xa = xq(2u * v);
-                    let xb = xq(2u * v + 1u);
-                    acc += vec4<f32>(
-                        f16x8(words4[b.x + v], xa, xb),
-                        f16x8(words4[b.y + v], xa, xb),
-                        f16x8(words4[b.z + v], xa, xb),
-                        f16x8(words4[b.w + v], xa, xb));
-                }
-            }
-            case KIND_Q8_0: {
-                for (var v = lane; v < nv; v += LANES4) {
-                    let x0 = xq(4u * v); let x1 = xq(4u * v + 1u);
-                    let x2 = xq(4u * v + 2u); let x3 = xq(4u * v + 3u);
-                    let c = 16u * v;
-                    acc += vec4<f32>(
-                        q8x16(words4[b.x + v], e.x + c, x0, x1, x2, x3),
-                        q8x16(words4[b.y + v], e.y + c, x0, x1, x2, x3),
-                        q8x16(words4[b.z + v], e.z + c, x0, x1, x2, x3),
-                        q8x16(words4[b.w + v], e.w + c, x0, x1, x2, x3));
-                }
-            }
-            default: {
-                for (var v = lane; v < nv; v += LANES4) {
-                    let i = 8u * v;
-                    let xa = array<vec4<f32>, 8>(xq(i), xq(i + 1u), xq(i + 2u), xq(i + 3u),
-                        xq(i + 4u), xq(i + 5u), xq(i + 6u), xq(i + 7u));
-                    let s4 = ((xa[0] + xa[1]) + (xa[2] + xa[3])) + ((xa[4] + xa[5]) + (xa[6] + xa[7]));
-                    let sx = dot(s4, vec4<f32>(1.0));
-                    let c = 32u * v;
-                    acc += vec4<f32>(
-                        q4x32(words4[b.x + v], e.x + c, xa, sx),
-                        q4x32(words4[b.y + v], e.y + c, xa, sx),
-                        q4x32(words4[b.z + v], e.z + c, xa, sx),
-                        q4x32(words4[b.w + v], e.w + c, xa, sx));
-                }
-            }
-        }
-    }
     red4[lid.x] = acc;
     workgroupBarrier();
     for (var s = LANES4 / 2u; s > 0u; s >>= 1u) {
@@ -137,13 +86,113 @@ fn matvec4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) 
         }
         workgroupBarrier();
     }
-    if (lane < 4u && r0 + lane < p.rows) {
-        let r = r0 + lane;
-        let sum = red4[lid.x - lane][lane];
+    if (r < p.rows && lane == 0u) {
         if (p.accumulate != 0u) {
-            out[p.row0 + r] = act(f32(out[p.row0 + r]) + sum);
+            out[p.row0 + r] = act(f32(out[p.row0 + r]) + red4[lid.x]);
         } else {
-            out[p.row0 + r] = act(sum);
+            out[p.row0 + r] = act(red4[lid.x]);
         }
     }
+}
+
+// In each kernel a lane issues four loads before any arithmetic (64 bytes in flight), then finishes
+// the row's tail one load at a time. `vpv` values per vec4 of codes.
+@compute @workgroup_size(256)
+fn matvec4_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let rl = row_of(wid, lid);
+    var acc = 0.0;
+    if (rl.x < p.rows) {
+        let nv = p.cols / 4u;
+        let base = rl.x * nv;
+        var v = rl.y;
+        for (; v + 3u * LANES4 < nv; v += 4u * LANES4) {
+            let w0 = words4[base + v];
+            let w1 = words4[base + v + LANES4];
+            let w2 = words4[base + v + 2u * LANES4];
+            let w3 = words4[base + v + 3u * LANES4];
+            acc += (dot_f32(w0, v) + dot_f32(w1, v + LANES4))
+                + (dot_f32(w2, v + 2u * LANES4) + dot_f32(w3, v + 3u * LANES4));
+        }
+        for (; v < nv; v += LANES4) {
+            acc += dot_f32(words4[base + v], v);
+        }
+    }
+    finish(acc, lid, rl.x);
+}
+
+@compute @workgroup_size(256)
+fn matvec4_f16(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let rl = row_of(wid, lid);
+    var acc = 0.0;
+    if (rl.x < p.rows) {
+        let nv = p.cols / 8u;
+        let base = rl.x * nv;
+        var v = rl.y;
+        for (; v + 3u * LANES4 < nv; v += 4u * LANES4) {
+            let w0 = words4[base + v];
+            let w1 = words4[base + v + LANES4];
+            let w2 = words4[base + v + 2u * LANES4];
+            let w3 = words4[base + v + 3u * LANES4];
+            acc += (dot_f16(w0, 2u * v) + dot_f16(w1, 2u * (v + LANES4)))
+                + (dot_f16(w2, 2u * (v + 2u * LANES4)) + dot_f16(w3, 2u * (v + 3u * LANES4)));
+        }
+        for (; v < nv; v += LANES4) {
+            acc += dot_f16(words4[base + v], 2u * v);
+        }
+    }
+    finish(acc, lid, rl.x);
+}
+
+@compute @workgroup_size(256)
+fn matvec4_q8(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let rl = row_of(wid, lid);
+    var acc = 0.0;
+    if (rl.x < p.rows) {
+        let nv = p.cols / 16u;
+        let base = rl.x * nv;
+        let e0 = rl.x * p.cols;
+        var v = rl.y;
+        for (; v + 3u * LANES4 < nv; v += 4u * LANES4) {
+            let w0 = words4[base + v];
+            let w1 = words4[base + v + LANES4];
+            let w2 = words4[base + v + 2u * LANES4];
+            let w3 = words4[base + v + 3u * LANES4];
+            let v1 = v + LANES4;
+            let v2 = v + 2u * LANES4;
+            let v3 = v + 3u * LANES4;
+            acc += (dot_q8(w0, 4u * v, e0 + 16u * v) + dot_q8(w1, 4u * v1, e0 + 16u * v1))
+                + (dot_q8(w2, 4u * v2, e0 + 16u * v2) + dot_q8(w3, 4u * v3, e0 + 16u * v3));
+        }
+        for (; v < nv; v += LANES4) {
+            acc += dot_q8(words4[base + v], 4u * v, e0 + 16u * v);
+        }
+    }
+    finish(acc, lid, rl.x);
+}
+
+@compute @workgroup_size(256)
+fn matvec4_q4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let rl = row_of(wid, lid);
+    var acc = 0.0;
+    if (rl.x < p.rows) {
+        let nv = p.cols / 32u;
+        let base = rl.x * nv;
+        let e0 = rl.x * p.cols;
+        var v = rl.y;
+        for (; v + 3u * LANES4 < nv; v += 4u * LANES4) {
+            let w0 = words4[base + v];
+            let w1 = words4[base + v + LANES4];
+            let w2 = words4[base + v + 2u * LANES4];
+            let w3 = words4[base + v + 3u * LANES4];
+            let v1 = v + LANES4;
+            let v2 = v + 2u * LANES4;
+            let v3 = v + 3u * LANES4;
+            acc += (dot_q4(w0, 8u * v, e0 + 32u * v) + dot_q4(w1, 8u * v1, e0 + 32u * v1))
+                + (dot_q4(w2, 8u * v2, e0 + 32u * v2) + dot_q4(w3, 8u * v3, e0 + 32u * v3));
+        }
+        for (; v < nv; v += LANES4) {
+            acc += dot_q4(words4[base + v], 8u * v, e0 + 32u * v);
+        }
+    }
+    finish(acc, lid, rl.x);
 }

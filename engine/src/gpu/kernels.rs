@@ -32,7 +32,10 @@ const ARGMAX: &str = include_str!("../../../shaders/argmax.wgsl");
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(super) enum Kernel {
     Matvec,
-    Matvec4,
+    Matvec4F32,
+    Matvec4F16,
+    Matvec4Q8,
+    Matvec4Q4,
     Matmul,
     MatvecAny,
     MatvecRow,
@@ -74,14 +77,14 @@ macro_rules! def {
 
 const ATTENTION_MODULE: &[&str] = &[STEP, KVFORMAT, ATTENTION];
 
-pub(super) const TABLE: [KernelDef; 16] = [
+const MATVEC4_MODULE: &[&str] = &[STEP, QUANT, MATRIX, MATVEC4];
+
+pub(super) const TABLE: [KernelDef; 19] = [
     def!(Matvec, "matvec", "matvec", MATVEC_MODULE),
-    def!(
-        Matvec4,
-        "matvec4",
-        "matvec4",
-        &[STEP, QUANT, MATRIX, MATVEC4]
-    ),
+    def!(Matvec4F32, "matvec4_f32", "matvec4", MATVEC4_MODULE),
+    def!(Matvec4F16, "matvec4_f16", "matvec4", MATVEC4_MODULE),
+    def!(Matvec4Q8, "matvec4_q8", "matvec4", MATVEC4_MODULE),
+    def!(Matvec4Q4, "matvec4_q4", "matvec4", MATVEC4_MODULE),
     def!(Matmul, "matmul", "matvec", MATVEC_MODULE),
     def!(MatvecAny, "matvec_any", "matvec", MATVEC_MODULE),
     def!(MatvecRow, "matvec_row", "matvec", MATVEC_MODULE),
@@ -193,16 +196,17 @@ impl MatvecKernel {
     /// whole 32-column units (anything else takes the element-wise kernel), and the 128-bit loads of
     /// `matvec4` a row of whole vec4s where no vec4 straddles two blocks.
     pub(super) fn for_matrix(self, cols: usize, ty: WType, block: usize) -> Kernel {
-        let vec4_fits = match ty {
-            WType::F32 | WType::F16 => true,
-            WType::Q8_0 => block % 16 == 0,
-            WType::Q4_0 | WType::Q4_1 => block % 32 == 0,
+        let vec4 = match ty {
+            WType::F32 => Some(Kernel::Matvec4F32),
+            WType::F16 => Some(Kernel::Matvec4F16),
+            WType::Q8_0 => (block % 16 == 0).then_some(Kernel::Matvec4Q8),
+            WType::Q4_0 | WType::Q4_1 => (block % 32 == 0).then_some(Kernel::Matvec4Q4),
         };
-        match self {
+        match (self, vec4) {
             _ if cols % 32 != 0 => Kernel::MatvecAny,
-            MatvecKernel::Tiled if vec4_fits => Kernel::Matvec4,
-            MatvecKernel::Tiled | MatvecKernel::Tiled32 => Kernel::Matvec,
-            MatvecKernel::Row => Kernel::MatvecRow,
+            (MatvecKernel::Tiled, Some(k)) => k,
+            (MatvecKernel::Tiled | MatvecKernel::Tiled32, _) => Kernel::Matvec,
+            (MatvecKernel::Row, _) => Kernel::MatvecRow,
         }
     }
 }
@@ -304,6 +308,15 @@ impl GpuDecoder<'_> {
                 // Only the batched kernel reads the steps (its row count).
                 if matches!(key, BindKey::Matmul(..)) {
                     e.push((6, self.step_buf.clone()));
+                }
+                // The per-kind matvec4 kernels bind only what they read (layouts derive from the
+                // shader): f32 and f16 no scales or mins, q8_0 no mins.
+                match self.kernel_of(key) {
+                    Kernel::Matvec4F32 | Kernel::Matvec4F16 => {
+                        e.retain(|(i, _)| *i != 2 && *i != 3)
+                    }
+                    Kernel::Matvec4Q8 => e.retain(|(i, _)| *i != 3),
+                    _ => {}
                 }
                 e
             }
