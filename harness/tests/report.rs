@@ -447,6 +447,11 @@ fn matrix_cache_cells_come_from_the_reload_records() {
         ("unavailable".to_string(), "not a browser".to_string())
     );
     assert!(!html.contains("not implemented yet"));
+    // The adapter column: Chromium's recorded adapter is SwiftShader, a software one.
+    let gpu = col("GPU adapter");
+    let c = matrix_row(&html, "chrome");
+    assert_eq!(c[gpu].0, "limited", "{:?}", c[gpu]);
+    assert!(c[gpu].1.starts_with("software"), "{:?}", c[gpu]);
 }
 
 #[test]

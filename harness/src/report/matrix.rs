@@ -22,7 +22,8 @@ fn cell(level: &str, reason: String) -> Cell {
 /// A column: its heading and how a host's record fills it.
 type Feature = (&'static str, fn(&HostRun) -> Cell);
 
-const FEATURES: [Feature; 8] = [
+const FEATURES: [Feature; 9] = [
+    ("GPU adapter", gpu_adapter),
     ("4-bit inference", four_bit),
     ("f16 activations", f16_activations),
     ("quantized KV cache", quantized_kv),
@@ -53,6 +54,19 @@ pub fn matrix(r: &RunResults) -> (Vec<String>, Vec<(String, Vec<Cell>)>) {
         })
         .collect();
     (FEATURES.iter().map(|(n, _)| n.to_string()).collect(), rows)
+}
+
+/// Hardware or software: a software adapter's figures are about a rasteriser on the CPU.
+fn gpu_adapter(h: &HostRun) -> Cell {
+    let kind = crate::results::adapter_kind(h);
+    let level = if kind.starts_with("hardware") {
+        "full"
+    } else if kind.starts_with("software") {
+        "limited"
+    } else {
+        "unavailable"
+    };
+    cell(level, kind)
 }
 
 fn four_bit(h: &HostRun) -> Cell {
