@@ -229,6 +229,10 @@ pub struct Divergence {
     pub p99_kl: f64,
     /// Fraction of positions where both pick the same most likely token.
     pub top1_agreement: f64,
+    /// Where they do not: the reference's margin between its pick and the candidate's (a pair of
+    /// logits closer than the error a path may carry can legitimately swap). Absent in older results.
+    #[serde(default)]
+    pub top1_flip_margins: Vec<f64>,
     pub max_abs_dlogit: f64,
     pub ppl_reference: f64,
     pub ppl: f64,
@@ -244,6 +248,7 @@ pub async fn compare(
     seqs: &[Vec<u32>],
 ) -> Result<Divergence> {
     let (mut kls, mut agree, mut max_d, mut nll) = (Vec::new(), 0usize, 0.0f64, 0.0f64);
+    let mut flips = Vec::new();
     let mut i = 0;
     // Scored against a reference of other tokens or another vocabulary, the figures would mean
     // nothing: the first such position is the error.
@@ -270,7 +275,12 @@ pub async fn compare(
                 .sum::<f64>()
                 .max(0.0),
         );
-        agree += (eval::argmax(r) == eval::argmax(l)) as usize;
+        let (ra, ca) = (eval::argmax(r) as usize, eval::argmax(l) as usize);
+        if ra == ca {
+            agree += 1;
+        } else {
+            flips.push((r[ra] - r[ca]) as f64);
+        }
         for (a, b) in r.iter().zip(l) {
             max_d = max_d.max((a - b).abs() as f64);
         }
@@ -299,6 +309,7 @@ pub async fn compare(
         mean_kl: kls.iter().sum::<f64>() / n as f64,
         p99_kl: p99,
         top1_agreement: agree as f64 / n as f64,
+        top1_flip_margins: flips,
         max_abs_dlogit: max_d,
         ppl_reference: reference.perplexity.ppl,
         ppl,

@@ -96,7 +96,7 @@ impl Tolerance {
             max_abs_dlogit: rel * (1.0 + max_logit),
             min_top1: 0.99,
             max_rel_dppl: rel,
-            why: format!("{why}: {rel:.2e} x (1 + max |logit| {max_logit:.2}), top-1 >= 99%, |dPPL|/PPL <= {rel:.2e}"),
+            why: format!("{why}: {rel:.2e} x (1 + max |logit| {max_logit:.2}), top-1 >= 99% (a flip whose reference margin is within twice that counts as a near-tie), |dPPL|/PPL <= {rel:.2e}"),
         }
     }
 
@@ -108,10 +108,18 @@ impl Tolerance {
                 d.max_abs_dlogit, self.max_abs_dlogit
             ));
         }
-        if !within(self.min_top1, d.top1_agreement) {
+        // A flip where the reference's two logits are closer than twice the allowed |dlogit| is a
+        // near-tie the path's error may swap (as engine/tests/gpu.rs allows): it counts as agreement.
+        let ties = d
+            .top1_flip_margins
+            .iter()
+            .filter(|&&m| m <= 2.0 * self.max_abs_dlogit)
+            .count();
+        let top1 = d.top1_agreement + ties as f64 / d.tokens.max(1) as f64;
+        if !within(self.min_top1, top1) {
             fails.push(format!(
-                "top-1 {:.2}% < {:.0}%",
-                d.top1_agreement * 100.0,
+                "top-1 {:.2}% < {:.0}% ({ties} near-tie flips counted as agreement)",
+                top1 * 100.0,
                 self.min_top1 * 100.0
             ));
         }

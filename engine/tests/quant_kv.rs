@@ -563,3 +563,34 @@ fn tolerances_follow_the_error_model_of_each_path() {
     };
     assert!(f(&big) > 10.0 * f(&c));
 }
+
+/// Top-1 flips count against a host unless the reference's own two logits were closer than twice the
+/// allowed |dlogit|: Firefox's f16 run flipped one of 32 built-in tokens at a margin of that order.
+#[test]
+fn a_top1_flip_at_a_near_tie_is_not_a_failure_but_a_clear_flip_is() {
+    use nibble_engine::measure::Divergence;
+    use nibble_engine::scenario::Tolerance;
+    let c = Model::builtin().config;
+    let t = Tolerance::for_backend("webgpu", Some("f16"), &c, 4.0);
+    let d = |margin: f64| Divergence {
+        tokens: 32,
+        mean_kl: 1e-7,
+        p99_kl: 1e-7,
+        top1_agreement: 31.0 / 32.0,
+        top1_flip_margins: vec![margin],
+        max_abs_dlogit: 3e-3,
+        ppl_reference: 500.0,
+        ppl: 500.0,
+        delta_ppl: 0.0,
+        backend: "test".into(),
+    };
+    assert_eq!(t.check(&d(0.5 * t.max_abs_dlogit)), Ok(()));
+    let e = t.check(&d(3.0 * t.max_abs_dlogit)).unwrap_err();
+    assert!(e.contains("top-1 96.88% < 99%"), "{e}");
+    // Older results carry no margins: every flip counts.
+    let old = Divergence {
+        top1_flip_margins: vec![],
+        ..d(0.0)
+    };
+    assert!(t.check(&old).is_err());
+}
