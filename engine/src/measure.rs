@@ -279,7 +279,8 @@ pub async fn compare(
         if ra == ca {
             agree += 1;
         } else {
-            flips.push((r[ra] - r[ca]) as f64);
+            // Another vocabulary (already an error above) has no margin to give.
+            flips.push(r.get(ca).map_or(f64::INFINITY, |&c| (r[ra] - c) as f64));
         }
         for (a, b) in r.iter().zip(l) {
             max_d = max_d.max((a - b).abs() as f64);

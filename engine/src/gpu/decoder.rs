@@ -146,12 +146,8 @@ impl<'g> GpuDecoder<'g> {
         );
         let staging_id = buf("staging ids", (4 * GREEDY_BATCH) as u64, read);
         memory.kv_cache = kcache.iter().chain(&vcache).map(|b| b.size()).sum();
-        memory.activations = acts.iter().map(|b| b.size()).sum::<u64>()
-            + att.size()
-            + parts.size()
-            + step_buf.size()
-            + rope_buf.size()
-            + argmax_buf.size();
+        let scratch = [&att, &parts, &step_buf, &rope_buf, &argmax_buf];
+        memory.activations = acts.iter().chain(scratch).map(|b| b.size()).sum::<u64>();
         memory.staging = staging_logits.size() + staging_id.size();
         memory.total = memory.weights + memory.kv_cache + memory.activations + memory.staging;
         if let Some(e) = pop_error_scope(oom_scope) {
