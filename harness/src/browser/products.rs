@@ -33,18 +33,21 @@ pub struct Product {
     pub install: &'static [&'static str],
 }
 
+/// chromedriver and msedgedriver take the same arguments.
+const CHROMIUM_DRIVER: LocalDriver = LocalDriver {
+    args: &["--port={port}"],
+    env: &[],
+    needs_display: false,
+    version_cmd: None,
+};
+
 const LAVAPIPE_ICD: &str = "/usr/share/vulkan/icd.d/lvp_icd.x86_64.json";
 
 pub const PRODUCTS: &[Product] = &[
     Product {
         name: "chrome",
         display: "Chromium",
-        local: Some(LocalDriver {
-            args: &["--port={port}"],
-            env: &[],
-            needs_display: false,
-            version_cmd: None,
-        }),
+        local: Some(CHROMIUM_DRIVER),
         places: Some(Places {
             // Debian's /usr/bin/chromium is a wrapper script: its binary lives under /usr/lib.
             names: &["google-chrome", "google-chrome-stable", "chromium-browser"],
@@ -113,12 +116,7 @@ pub const PRODUCTS: &[Product] = &[
     Product {
         name: "edge",
         display: "Microsoft Edge",
-        local: Some(LocalDriver {
-            args: &["--port={port}"],
-            env: &[],
-            needs_display: false,
-            version_cmd: None,
-        }),
+        local: Some(CHROMIUM_DRIVER),
         places: Some(Places {
             names: &["msedge", "microsoft-edge", "microsoft-edge-stable"],
             places: &[
