@@ -12,6 +12,9 @@ use serde::{Deserialize, Serialize};
 /// Elements per block of every quantized type nibble reads from ggml, and of the KV cache's blocks.
 pub const QK: usize = 32;
 
+/// Elements per super-block of ggml's K-quants (Q4_K, Q5_K, Q6_K).
+pub const QK_K: usize = 256;
+
 /// Tensor types as ggml numbers them in GGUF files.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[allow(non_camel_case_types)]
@@ -21,15 +24,21 @@ pub enum GgmlType {
     Q4_0 = 2,
     Q4_1 = 3,
     Q8_0 = 8,
+    Q4_K = 12,
+    Q5_K = 13,
+    Q6_K = 14,
 }
 
 impl GgmlType {
-    pub const ALL: [GgmlType; 5] = [
+    pub const ALL: [GgmlType; 8] = [
         GgmlType::F32,
         GgmlType::F16,
         GgmlType::Q4_0,
         GgmlType::Q4_1,
         GgmlType::Q8_0,
+        GgmlType::Q4_K,
+        GgmlType::Q5_K,
+        GgmlType::Q6_K,
     ];
 
     pub fn from_id(id: u32) -> Option<Self> {
@@ -40,6 +49,7 @@ impl GgmlType {
     pub fn block_len(self) -> usize {
         match self {
             GgmlType::F32 | GgmlType::F16 => 1,
+            GgmlType::Q4_K | GgmlType::Q5_K | GgmlType::Q6_K => QK_K,
             _ => QK,
         }
     }
@@ -52,6 +62,11 @@ impl GgmlType {
             GgmlType::Q4_0 => 2 + QK / 2,
             GgmlType::Q4_1 => 4 + QK / 2,
             GgmlType::Q8_0 => 2 + QK,
+            // d, dmin, 12 bytes of 6-bit scales and mins, then the codes (and Q5_K's high bits).
+            GgmlType::Q4_K => 4 + 12 + QK_K / 2,
+            GgmlType::Q5_K => 4 + 12 + QK_K / 8 + QK_K / 2,
+            // Low nibbles, high 2-bit pairs, 16 signed 8-bit scales, d.
+            GgmlType::Q6_K => QK_K / 2 + QK_K / 4 + QK_K / 16 + 2,
         }
     }
 
@@ -62,6 +77,9 @@ impl GgmlType {
             GgmlType::Q4_0 => WType::Q4_0,
             GgmlType::Q4_1 => WType::Q4_1,
             GgmlType::Q8_0 => WType::Q8_0,
+            GgmlType::Q4_K => WType::Q4_K,
+            GgmlType::Q5_K => WType::Q5_K,
+            GgmlType::Q6_K => WType::Q6_K,
         }
     }
 }
@@ -124,10 +142,26 @@ pub enum WType {
     Q8_0 = 2,
     Q4_0 = 3,
     Q4_1 = 4,
+    /// ggml's K-quants, read from GGUF files and kept as their super-blocks (see [`WType::is_k`]).
+    Q4_K = 5,
+    Q5_K = 6,
+    Q6_K = 7,
 }
 
 impl WType {
-    pub const ALL: [WType; 5] = [
+    pub const ALL: [WType; 8] = [
+        WType::F32,
+        WType::F16,
+        WType::Q8_0,
+        WType::Q4_0,
+        WType::Q4_1,
+        WType::Q4_K,
+        WType::Q5_K,
+        WType::Q6_K,
+    ];
+
+    /// The types nibble can quantize to (a precision target); K-quants are read, not written.
+    pub const TARGETS: [WType; 5] = [
         WType::F32,
         WType::F16,
         WType::Q8_0,
@@ -139,12 +173,17 @@ impl WType {
         Ok(match s.to_ascii_lowercase().as_str() {
             "q8" => WType::Q8_0,
             "q4" => WType::Q4_0,
-            l => Self::ALL
+            l => Self::TARGETS
                 .into_iter()
                 .find(|t| t.name() == l)
                 .ok_or_else(|| {
+                    let k = if Self::ALL.iter().any(|t| t.name() == l) {
+                        " (K-quants are read from GGUF files; nibble does not quantize to them)"
+                    } else {
+                        ""
+                    };
                     Error::Invalid(format!(
-                        "unknown weight type {s:?} (expected f32, f16, q8_0, q4_0 or q4_1)"
+                        "unknown weight type {s:?}{k} (expected f32, f16, q8_0, q4_0 or q4_1)"
                     ))
                 })?,
         })
@@ -157,6 +196,9 @@ impl WType {
             WType::Q8_0 => "q8_0",
             WType::Q4_0 => "q4_0",
             WType::Q4_1 => "q4_1",
+            WType::Q4_K => "q4_k",
+            WType::Q5_K => "q5_k",
+            WType::Q6_K => "q6_k",
         }
     }
 
@@ -169,8 +211,23 @@ impl WType {
         Self::ALL.into_iter().find(|t| t.code() == c)
     }
 
+    /// Block-quantized with one f16 scale (and min) per block in nibble's planar layout.
     pub fn is_quantized(self) -> bool {
         matches!(self, WType::Q8_0 | WType::Q4_0 | WType::Q4_1)
+    }
+
+    /// A K-quant: stored as ggml's 256-element super-blocks, each padded to whole u32 words, since their
+    /// scales are themselves quantized inside the block.
+    pub fn is_k(self) -> bool {
+        matches!(self, WType::Q4_K | WType::Q5_K | WType::Q6_K)
+    }
+
+    /// u32 words holding `n` elements (a whole number of blocks) of this type.
+    pub fn words(self, n: usize) -> usize {
+        match self.ggml(QK_K) {
+            Some(gt) if self.is_k() => n / QK_K * gt.block_bytes().div_ceil(4),
+            _ => (n * self.code_bits()).div_ceil(32),
+        }
     }
 
     /// Whether each block carries a min beside its scale (asymmetric).
@@ -186,6 +243,9 @@ impl WType {
             (WType::Q8_0, QK) => Some(GgmlType::Q8_0),
             (WType::Q4_0, QK) => Some(GgmlType::Q4_0),
             (WType::Q4_1, QK) => Some(GgmlType::Q4_1),
+            (WType::Q4_K, QK_K) => Some(GgmlType::Q4_K),
+            (WType::Q5_K, QK_K) => Some(GgmlType::Q5_K),
+            (WType::Q6_K, QK_K) => Some(GgmlType::Q6_K),
             _ => None,
         }
     }
@@ -198,6 +258,10 @@ impl WType {
             WType::Q4_0 => 2,
             WType::Q4_1 => 3,
             WType::Q8_0 => 7,
+            // The _M mixes, which are mostly this type.
+            WType::Q4_K => 15,
+            WType::Q5_K => 17,
+            WType::Q6_K => 18,
         }
     }
 
@@ -208,6 +272,10 @@ impl WType {
             WType::F16 => 16,
             WType::Q8_0 => 8,
             WType::Q4_0 | WType::Q4_1 => 4,
+            // Codes alone; the super-block's scales come on top (see `words`).
+            WType::Q4_K => 4,
+            WType::Q5_K => 5,
+            WType::Q6_K => 6,
         }
     }
 
@@ -215,6 +283,9 @@ impl WType {
     /// mins), as `QMatrix::n_bytes` counts them.
     pub fn stored_bytes(self, rows: usize, cols: usize, block: usize) -> usize {
         let n = rows * cols;
+        if self.is_k() {
+            return self.words(n) * 4;
+        }
         if !self.is_quantized() {
             return n * self.code_bits() / 8;
         }
@@ -238,6 +309,9 @@ impl WType {
             WType::Q8_0 => "KIND_Q8_0",
             WType::Q4_0 => "KIND_Q4_0",
             WType::Q4_1 => "KIND_Q4_1",
+            WType::Q4_K => "KIND_Q4_K",
+            WType::Q5_K => "KIND_Q5_K",
+            WType::Q6_K => "KIND_Q6_K",
         }
     }
 }
@@ -345,7 +419,11 @@ mod tests {
     fn codes_round_trip_and_are_distinct() {
         for t in WType::ALL {
             assert_eq!(WType::from_code(t.code()), Some(t));
-            assert_eq!(WType::parse(t.name()).unwrap(), t);
+            // K-quants are read, never a target: parsing one says so.
+            match WType::parse(t.name()) {
+                Ok(p) => assert_eq!(p, t),
+                Err(e) => assert!(t.is_k() && e.to_string().contains("K-quants"), "{e}"),
+            }
         }
         for t in GgmlType::ALL {
             assert_eq!(GgmlType::from_id(t as u32), Some(t));
@@ -370,6 +448,6 @@ mod tests {
     fn wgsl_constants_name_every_code() {
         let s = wgsl_constants();
         assert!(s.contains("const KIND_Q4_1: u32 = 4u;"), "{s}");
-        assert!(s.contains("const KIND_KIVI_KEYS: u32 = 5u;"), "{s}");
+        assert!(s.contains("const KIND_KIVI_KEYS: u32 = 8u;"), "{s}");
     }
 }

@@ -29,13 +29,13 @@ pub fn split_stories(text: &str) -> Vec<String> {
 }
 
 /// `[BOS] + encode(story)` per story, truncated to the context length.
-pub fn story_tokens(tok: &Tokenizer, text: &str, seq_len: usize) -> Vec<Vec<u32>> {
+pub fn story_tokens(tok: &Tokenizer, text: &str, seq_len: usize) -> Result<Vec<Vec<u32>>> {
     split_stories(text)
         .iter()
         .map(|s| {
-            let mut t = tok.encode(s, true, false);
+            let mut t = tok.encode(s, true, false)?;
             t.truncate(seq_len);
-            t
+            Ok(t)
         })
         .collect()
 }
@@ -203,7 +203,7 @@ pub async fn generate(
 ) -> Result<Generation> {
     dec.reset();
     let seq_len = dec.context_limit();
-    let prompt_ids = tok.encode(prompt, true, false);
+    let prompt_ids = tok.encode(prompt, true, false)?;
     if prompt_ids.len() >= seq_len {
         return Err(Error::Invalid(format!(
             "the prompt is {} tokens, but the model's context is {seq_len}",

@@ -8,6 +8,7 @@
 
 pub mod arch;
 pub mod bench;
+pub mod bpe;
 pub mod cache;
 pub mod config;
 pub mod cpu;
@@ -18,6 +19,7 @@ pub mod forward;
 pub mod gguf;
 pub mod gpu;
 pub mod host;
+pub mod kquant;
 pub mod kv;
 pub mod llama2c;
 pub mod load;

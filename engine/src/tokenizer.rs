@@ -1,9 +1,12 @@
-//! SentencePiece-style BPE as llama2.c runs it: a dummy prefix space, UTF-8 code points looked up whole,
-//! bytes without a piece fall back to `<0xNN>` tokens, then pairs are merged greedily by best score.
+//! Vocabularies and their tokenizers, the one authority on `tokenizer.ggml.*`.
 //!
-//! Pieces are kept with plain spaces (as llama2.c's `tokenizer.bin` stores them); GGUF stores SentencePiece's
-//! `▁` instead, and the GGUF loader/writer converts, so both sources give the same ids.
+//! SentencePiece (`tokenizer.ggml.model = "llama"`) as llama2.c runs it: a dummy prefix space, UTF-8 code
+//! points looked up whole, bytes without a piece fall back to `<0xNN>` tokens, then pairs are merged
+//! greedily by best score. Pieces are kept with plain spaces (as llama2.c's `tokenizer.bin` stores them);
+//! GGUF stores SentencePiece's `▁` instead, and the GGUF loader/writer converts, so both sources give the
+//! same ids. Byte-level BPE (`"gpt2"`) is [`crate::bpe`].
 
+use crate::bpe::Bpe;
 use crate::error::{Error, Result};
 use crate::gguf::{Gguf, Value, ValueType};
 use std::collections::HashMap;
@@ -12,6 +15,7 @@ use std::collections::HashMap;
 pub const TYPE_NORMAL: i32 = 1;
 pub const TYPE_UNKNOWN: i32 = 2;
 pub const TYPE_CONTROL: i32 = 3;
+pub const TYPE_USER_DEFINED: i32 = 4;
 pub const TYPE_UNUSED: i32 = 5;
 pub const TYPE_BYTE: i32 = 6;
 
@@ -24,8 +28,14 @@ pub struct Tokenizer {
     pub types: Vec<i32>,
     pub bos: u32,
     pub eos: u32,
+    /// Whether a sequence starts with BOS (`tokenizer.ggml.add_bos_token`; SentencePiece vocabularies do).
+    pub add_bos: bool,
+    /// `tokenizer.chat_template`, kept for the file it is written back to.
+    pub chat_template: Option<String>,
     lookup: HashMap<Vec<u8>, u32>,
     byte_ids: [Option<u32>; 256],
+    /// A byte-level BPE vocabulary's tokenizer; `None` for SentencePiece.
+    bpe: Option<Bpe>,
 }
 
 impl Tokenizer {
@@ -51,8 +61,25 @@ impl Tokenizer {
             types,
             bos,
             eos,
+            add_bos: true,
+            chat_template: None,
             lookup,
             byte_ids,
+            bpe: None,
+        }
+    }
+
+    /// The byte-level BPE tokenizer, if this is one.
+    pub fn bpe(&self) -> Option<&Bpe> {
+        self.bpe.as_ref()
+    }
+
+    /// `tokenizer.ggml.model`.
+    pub fn model_name(&self) -> &'static str {
+        if self.bpe.is_some() {
+            "gpt2"
+        } else {
+            "llama"
         }
     }
 
@@ -149,13 +176,16 @@ impl Tokenizer {
 
     /// Reads `tokenizer.ggml.*` from GGUF metadata.
     pub fn from_gguf(g: &Gguf, file: &str) -> Result<Self> {
-        match g.get("tokenizer.ggml.model").and_then(Value::as_str) {
-            Some("llama") => {}
+        let is_bpe = match g.get("tokenizer.ggml.model").and_then(Value::as_str) {
+            Some("llama") => false,
+            Some("gpt2") => true,
             Some(other) => {
                 return Err(Error::format(
                     file,
                     "tokenizer.ggml.model",
-                    format!("{other:?} is not supported (nibble reads the SentencePiece \"llama\" tokenizer)"),
+                    format!(
+                        "{other:?} is not supported (nibble reads SentencePiece \"llama\" and byte-level BPE \"gpt2\" vocabularies)"
+                    ),
                 ))
             }
             None => {
@@ -165,7 +195,7 @@ impl Tokenizer {
                     "missing: the file has no tokenizer",
                 ))
             }
-        }
+        };
         let field = "tokenizer.ggml.tokens";
         let tokens = match g.get(field) {
             Some(Value::Array(ValueType::String, v)) => v,
@@ -181,39 +211,22 @@ impl Tokenizer {
         let pieces: Vec<Vec<u8>> = tokens
             .iter()
             .map(|t| {
-                t.as_str()
-                    .unwrap_or_default()
-                    .replace(SPACE_MARK, " ")
-                    .into_bytes()
+                let s = t.as_str().unwrap_or_default();
+                if is_bpe {
+                    s.as_bytes().to_vec()
+                } else {
+                    s.replace(SPACE_MARK, " ").into_bytes()
+                }
             })
             .collect();
-        let scores = match g.get("tokenizer.ggml.scores") {
-            Some(Value::Array(_, v)) if v.len() == n => {
-                v.iter().map(|s| s.as_f64().unwrap_or(0.0) as f32).collect()
-            }
-            Some(_) => {
-                return Err(Error::format(
-                    file,
-                    "tokenizer.ggml.scores",
-                    format!("must be an array of {n} numbers, one per token"),
-                ))
-            }
-            None => vec![0.0; n],
-        };
-        let types = match g.get("tokenizer.ggml.token_type") {
-            Some(Value::Array(_, v)) if v.len() == n => v
-                .iter()
-                .map(|s| s.as_int().unwrap_or(TYPE_NORMAL as i128) as i32)
-                .collect(),
-            Some(_) => {
-                return Err(Error::format(
-                    file,
-                    "tokenizer.ggml.token_type",
-                    format!("must be an array of {n} integers, one per token"),
-                ))
-            }
-            None => vec![TYPE_NORMAL; n],
-        };
+        let scores = per_token(g, file, "tokenizer.ggml.scores", n, "numbers", |v| {
+            v.as_f64().unwrap_or(0.0) as f32
+        })?
+        .unwrap_or_else(|| vec![0.0; n]);
+        let types = per_token(g, file, "tokenizer.ggml.token_type", n, "integers", |v| {
+            v.as_int().unwrap_or(TYPE_NORMAL as i128) as i32
+        })?
+        .unwrap_or_else(|| vec![TYPE_NORMAL; n]);
         let id = |key: &str, default: u32| -> Result<u32> {
             match g.get(key) {
                 None => Ok(default),
@@ -229,7 +242,86 @@ impl Tokenizer {
         };
         let bos = id("tokenizer.ggml.bos_token_id", 1)?;
         let eos = id("tokenizer.ggml.eos_token_id", 2)?;
-        Ok(Tokenizer::new(pieces, scores, types, bos, eos))
+        let bpe = if is_bpe {
+            Some(bpe_from_gguf(g, file, &pieces, &types)?)
+        } else {
+            None
+        };
+        let mut t = Tokenizer::new(pieces, scores, types, bos, eos);
+        // llama.cpp's default: SentencePiece vocabularies start with BOS, BPE ones do not.
+        t.add_bos = match g.get("tokenizer.ggml.add_bos_token") {
+            None => !is_bpe,
+            Some(Value::Bool(b)) => *b,
+            Some(v) => {
+                return Err(Error::format(
+                    file,
+                    "tokenizer.ggml.add_bos_token",
+                    format!("{} is not a boolean", v.display_short()),
+                ))
+            }
+        };
+        t.chat_template = g
+            .get("tokenizer.chat_template")
+            .and_then(Value::as_str)
+            .map(str::to_string);
+        t.bpe = bpe;
+        Ok(t)
+    }
+
+    /// The whole vocabulary as bytes (the component cache's entry): any piece bytes, unlike GGUF's
+    /// UTF-8 strings.
+    pub fn to_bytes(&self, v: &mut Vec<u8>) {
+        let put = |v: &mut Vec<u8>, b: &[u8]| {
+            v.extend_from_slice(&(b.len() as u32).to_le_bytes());
+            v.extend_from_slice(b);
+        };
+        for x in [self.pieces.len() as u32, self.bos, self.eos] {
+            v.extend_from_slice(&x.to_le_bytes());
+        }
+        for ((p, s), ty) in self.pieces.iter().zip(&self.scores).zip(&self.types) {
+            put(v, p);
+            v.extend_from_slice(&s.to_le_bytes());
+            v.extend_from_slice(&ty.to_le_bytes());
+        }
+        v.push(self.add_bos as u8);
+        put(v, self.chat_template.as_deref().unwrap_or("").as_bytes());
+        let (pre, merges) = match &self.bpe {
+            Some(b) => (b.pre.name(), b.merges.as_slice()),
+            None => ("", &[][..]),
+        };
+        put(v, pre.as_bytes());
+        v.extend_from_slice(&(merges.len() as u32).to_le_bytes());
+        for m in merges {
+            put(v, m.as_bytes());
+        }
+    }
+
+    /// Reads [`Tokenizer::to_bytes`]; `file` names the source in errors.
+    pub fn from_bytes(b: &[u8], file: &str) -> Result<Tokenizer> {
+        let mut r = ByteReader { b, pos: 0, file };
+        let (n, bos, eos) = (r.u32("pieces")?, r.u32("bos")?, r.u32("eos")?);
+        let (mut pieces, mut scores, mut types) = (Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..n {
+            pieces.push(r.bytes("piece")?.to_vec());
+            scores.push(f32::from_bits(r.u32("score")?));
+            types.push(r.u32("type")? as i32);
+        }
+        let add_bos = r.take(1, "add_bos")?[0] != 0;
+        let template = r.string("chat_template")?;
+        let pre = r.string("pre")?;
+        let n_merges = r.u32("merges")?;
+        let merges = (0..n_merges)
+            .map(|_| r.string("merge"))
+            .collect::<Result<Vec<_>>>()?;
+        let bpe = match pre.as_str() {
+            "" => None,
+            p => Some(Bpe::new(&pieces, &types, merges, p, file)?),
+        };
+        let mut t = Tokenizer::new(pieces, scores, types, bos, eos);
+        t.add_bos = add_bos;
+        t.chat_template = (!template.is_empty()).then_some(template);
+        t.bpe = bpe;
+        Ok(t)
     }
 
     /// The GGUF metadata entries for this vocabulary.
@@ -244,11 +336,18 @@ impl Tokenizer {
                         "token {i} is not valid UTF-8 and cannot be stored in GGUF"
                     ))
                 })?;
-                Ok(Value::String(s.replace(' ', SPACE_MARK)))
+                Ok(Value::String(if self.bpe.is_some() {
+                    s.to_string()
+                } else {
+                    s.replace(' ', SPACE_MARK)
+                }))
             })
             .collect::<Result<Vec<_>>>()?;
-        Ok(vec![
-            ("tokenizer.ggml.model".into(), Value::String("llama".into())),
+        let mut md = vec![
+            (
+                "tokenizer.ggml.model".into(),
+                Value::String(self.model_name().into()),
+            ),
             (
                 "tokenizer.ggml.tokens".into(),
                 Value::Array(ValueType::String, tokens),
@@ -269,18 +368,43 @@ impl Tokenizer {
             ),
             ("tokenizer.ggml.bos_token_id".into(), Value::U32(self.bos)),
             ("tokenizer.ggml.eos_token_id".into(), Value::U32(self.eos)),
-            ("tokenizer.ggml.unknown_token_id".into(), Value::U32(0)),
-        ])
+            (
+                "tokenizer.ggml.add_bos_token".into(),
+                Value::Bool(self.add_bos),
+            ),
+        ];
+        match &self.bpe {
+            Some(b) => {
+                md.push((
+                    "tokenizer.ggml.pre".into(),
+                    Value::String(b.pre.name().into()),
+                ));
+                let merges = b.merges.iter().map(|m| Value::String(m.clone())).collect();
+                md.push((
+                    "tokenizer.ggml.merges".into(),
+                    Value::Array(ValueType::String, merges),
+                ));
+            }
+            None => md.push(("tokenizer.ggml.unknown_token_id".into(), Value::U32(0))),
+        }
+        if let Some(t) = &self.chat_template {
+            md.push(("tokenizer.chat_template".into(), Value::String(t.clone())));
+        }
+        Ok(md)
     }
 
-    /// Encodes `text`: a dummy prefix space, code points, byte fallback, then best-score merges.
-    pub fn encode(&self, text: &str, bos: bool, eos: bool) -> Vec<u32> {
+    /// Encodes `text`, after BOS where `bos` asks and the vocabulary starts sequences with it
+    /// ([`Tokenizer::add_bos`]). SentencePiece: a dummy prefix space, code points, byte fallback, then
+    /// best-score merges; byte-level BPE: [`Bpe::encode`].
+    pub fn encode(&self, text: &str, bos: bool, eos: bool) -> Result<Vec<u32>> {
         let mut toks = Vec::with_capacity(text.len() + 3);
-        if bos {
+        if bos && self.add_bos {
             toks.push(self.bos);
         }
         let mut ids: Vec<u32> = Vec::with_capacity(text.len() + 1);
-        if !text.is_empty() {
+        if let Some(b) = &self.bpe {
+            ids = b.encode(text)?;
+        } else if !text.is_empty() {
             let prefixed = format!(" {text}");
             let mut buf = [0u8; 4];
             for ch in prefixed.chars() {
@@ -319,12 +443,16 @@ impl Tokenizer {
         if eos {
             toks.push(self.eos);
         }
-        toks
+        Ok(toks)
     }
 
     /// The bytes a token contributes after `prev`: byte pieces become their byte, and the leading space
     /// of the first piece after BOS is dropped (the dummy prefix).
+    /// A BPE token is its bytes, special tokens their text (as Hugging Face's decode).
     pub fn decode_piece(&self, prev: u32, token: u32) -> &[u8] {
+        if let Some(b) = &self.bpe {
+            return b.raw(token);
+        }
         let Some(p) = self.pieces.get(token as usize) else {
             return b"";
         };
@@ -356,6 +484,84 @@ impl Tokenizer {
             prev = t;
         }
         String::from_utf8_lossy(&out).into_owned()
+    }
+}
+
+/// An array of `n` values, one per token, if present.
+fn per_token<T>(
+    g: &Gguf,
+    file: &str,
+    key: &str,
+    n: usize,
+    what: &str,
+    f: impl Fn(&Value) -> T,
+) -> Result<Option<Vec<T>>> {
+    match g.get(key) {
+        Some(Value::Array(_, v)) if v.len() == n => Ok(Some(v.iter().map(f).collect())),
+        Some(_) => Err(Error::format(
+            file,
+            key,
+            format!("must be an array of {n} {what}, one per token"),
+        )),
+        None => Ok(None),
+    }
+}
+
+/// The BPE half of `tokenizer.ggml.*`: merges and the pre-tokenizer's name.
+fn bpe_from_gguf(g: &Gguf, file: &str, pieces: &[Vec<u8>], types: &[i32]) -> Result<Bpe> {
+    let merges = match g.get("tokenizer.ggml.merges") {
+        Some(Value::Array(ValueType::String, v)) => v
+            .iter()
+            .map(|m| m.as_str().unwrap_or_default().to_string())
+            .collect(),
+        _ => {
+            return Err(Error::format(
+                file,
+                "tokenizer.ggml.merges",
+                "missing or not an array of strings (a BPE vocabulary needs its merges)",
+            ))
+        }
+    };
+    let pre = g
+        .get("tokenizer.ggml.pre")
+        .and_then(Value::as_str)
+        .ok_or_else(|| {
+            Error::format(
+                file,
+                "tokenizer.ggml.pre",
+                "missing: a BPE vocabulary needs its pre-tokenizer's name",
+            )
+        })?;
+    Bpe::new(pieces, types, merges, pre, file)
+}
+
+struct ByteReader<'a> {
+    b: &'a [u8],
+    pos: usize,
+    file: &'a str,
+}
+
+impl<'a> ByteReader<'a> {
+    fn take(&mut self, n: usize, field: &str) -> Result<&'a [u8]> {
+        let s = self.b.get(self.pos..self.pos + n).ok_or_else(|| {
+            Error::format(
+                self.file,
+                field,
+                format!("truncated at byte {} (needs {n})", self.pos),
+            )
+        })?;
+        self.pos += n;
+        Ok(s)
+    }
+    fn u32(&mut self, field: &str) -> Result<u32> {
+        Ok(u32::from_le_bytes(self.take(4, field)?.try_into().unwrap()))
+    }
+    fn bytes(&mut self, field: &str) -> Result<&'a [u8]> {
+        let n = self.u32(field)? as usize;
+        self.take(n, field)
+    }
+    fn string(&mut self, field: &str) -> Result<String> {
+        Ok(String::from_utf8_lossy(self.bytes(field)?).into_owned())
     }
 }
 
@@ -401,18 +607,18 @@ mod tests {
     #[test]
     fn merges_by_best_score_and_falls_back_to_bytes() {
         let t = toy();
-        let ids = t.encode("hi\u{e9}", true, false);
+        let ids = t.encode("hi\u{e9}", true, false).unwrap();
         // " hi" merged, then é as two byte tokens.
         assert_eq!(ids, vec![1, 263, 3 + 0xC3, 3 + 0xA9]);
         assert_eq!(t.decode(&ids), "hi\u{e9}");
-        assert_eq!(t.encode("", true, true), vec![1, 2]);
+        assert_eq!(t.encode("", true, true).unwrap(), vec![1, 2]);
     }
 
     #[test]
     fn byte_level_round_trips_any_text() {
         let t = Tokenizer::byte_level(300);
         let s = "Grüße, 世界!\n\ttab";
-        let ids = t.encode(s, true, false);
+        let ids = t.encode(s, true, false).unwrap();
         assert_eq!(ids.len(), 1 + 1 + s.len());
         assert_eq!(t.decode(&ids), s);
     }

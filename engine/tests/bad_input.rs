@@ -112,16 +112,16 @@ fn gguf_wrong_magic_version_and_tensor_type() {
     b[4..8].copy_from_slice(&1u32.to_le_bytes());
     assert!(err_gguf(&b).contains("version: GGUF version 1 is not supported"));
 
-    // Write a file whose tensor says Q4_K (12): patch the type field of the first tensor.
+    // Write a file whose tensor says IQ2_XXS (16), a type nibble does not read: patch the first tensor.
     let b = stories_gguf();
     let name = b"token_embd.weight";
     let at = b.windows(name.len()).position(|w| w == name).unwrap() + name.len();
     let ty_at = at + 4 + 2 * 8;
     let mut b2 = b.clone();
-    b2[ty_at..ty_at + 4].copy_from_slice(&12u32.to_le_bytes());
+    b2[ty_at..ty_at + 4].copy_from_slice(&16u32.to_le_bytes());
     let e = err_gguf(&b2);
     assert!(
-        e.contains("tensor \"token_embd.weight\".type") && e.contains("Q4_K"),
+        e.contains("tensor \"token_embd.weight\".type") && e.contains("IQ2_XXS"),
         "{e}"
     );
 }

@@ -113,11 +113,13 @@ fn warm_load_reads_every_component_and_matches_the_cold_one() {
         warm.tokenizer
             .as_ref()
             .unwrap()
-            .encode("Once upon a time", true, false),
+            .encode("Once upon a time", true, false)
+            .unwrap(),
         want.tokenizer
             .as_ref()
             .unwrap()
             .encode("Once upon a time", true, false)
+            .unwrap()
     );
     // stories260K's 172-wide ffn_down falls back to f16; the fallbacks survive the cache.
     let l = block_on(cache::load(

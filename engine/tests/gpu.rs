@@ -88,13 +88,14 @@ fn gpu_matches_cpu_for_every_weight_type() {
     let stories = stories();
     let tok = stories.tokenizer.as_ref().unwrap();
     let text = text("tinystories_sample.txt");
-    let st = &eval::story_tokens(tok, &text, 128)[0];
+    let st = &eval::story_tokens(tok, &text, 128).unwrap()[0];
     let builtin = Model::builtin();
     let bt = &eval::story_tokens(
         builtin.tokenizer.as_ref().unwrap(),
         include_str!("../../harness/assets/sample.txt"),
         64,
-    )[0];
+    )
+    .unwrap()[0];
     for spec in WEIGHT_SPECS.iter().chain(&["precision=attn-q8"]) {
         let cfg = RunConfig::parse(spec).unwrap();
         let (m, _) = measure::prepare(&stories, &cfg).unwrap();
@@ -235,7 +236,8 @@ fn gpu_perplexity_matches_cpu() {
         m.tokenizer.as_ref().unwrap(),
         &text("tinystories_sample.txt"),
         192,
-    );
+    )
+    .unwrap();
     let c = block_on(eval::perplexity(&mut CpuDecoder::new(&m), &seqs)).unwrap();
     let g = block_on(eval::perplexity(
         &mut GpuDecoder::new(&gpu, &m, KvConfig::default()).unwrap(),
@@ -310,7 +312,7 @@ fn gpu_kv_cache_types_match_cpu() {
     let gpu = gpu();
     let stories = stories();
     let tok = stories.tokenizer.as_ref().unwrap();
-    let st = &eval::story_tokens(tok, &text("tinystories_valid_head.txt"), 96)[0];
+    let st = &eval::story_tokens(tok, &text("tinystories_valid_head.txt"), 96).unwrap()[0];
     let builtin = Model::builtin();
     let bt: Vec<u32> = (0..48).map(|i| 3 + (i * 29 % 250) as u32).collect();
     for (k, v) in [
@@ -368,7 +370,7 @@ fn decode_attention_across_context_splits_matches_cpu() {
     let gpu = gpu();
     let stories = stories();
     let tok = stories.tokenizer.as_ref().unwrap();
-    let st = &eval::story_tokens(tok, &text("tinystories_sample.txt"), 300)[0];
+    let st = &eval::story_tokens(tok, &text("tinystories_sample.txt"), 300).unwrap()[0];
     assert!(st.len() >= 290, "{} tokens", st.len());
     check(
         &gpu,
@@ -407,7 +409,7 @@ fn gl_backend_matches_cpu() {
     assert_eq!(gl.report.backend, "Gl");
     let base = stories();
     let tok = base.tokenizer.as_ref().unwrap();
-    let st = &eval::story_tokens(tok, &text("tinystories_sample.txt"), 48)[0];
+    let st = &eval::story_tokens(tok, &text("tinystories_sample.txt"), 48).unwrap()[0];
     for spec in ["weights=f32", "weights=q4_0", "weights=q8_0,kv=q8_0"] {
         let cfg = RunConfig::parse(spec).unwrap();
         let (m, _) = measure::prepare(&base, &cfg).unwrap();
@@ -446,7 +448,7 @@ fn f16_activations_match_cpu() {
     assert!(g.report.shader_f16);
     let base = stories();
     let tok = base.tokenizer.as_ref().unwrap();
-    let seqs = eval::story_tokens(tok, &text("tinystories_sample.txt"), 64);
+    let seqs = eval::story_tokens(tok, &text("tinystories_sample.txt"), 64).unwrap();
     let st = &seqs[0];
     for spec in ["weights=f32", "weights=q4_0", "weights=q8_0", "kv=f16"] {
         let cfg = RunConfig::parse(spec).unwrap();
@@ -531,7 +533,7 @@ fn batched_prefill_matches_cpu() {
     let stories = stories();
     let tok = stories.tokenizer.as_ref().unwrap();
     // 150 tokens: three passes of up to 64 rows (the last one short).
-    let st = &eval::story_tokens(tok, &text("tinystories_sample.txt"), 150)[0];
+    let st = &eval::story_tokens(tok, &text("tinystories_sample.txt"), 150).unwrap()[0];
     let builtin = Model::builtin();
     let bt: Vec<u32> = (0..90).map(|i| 3 + (i * 29 % 250) as u32).collect();
     for spec in WEIGHT_SPECS {

@@ -111,7 +111,8 @@ fn bigger_blocks_cost_fewer_bits_and_more_error() {
         base.tokenizer.as_ref().unwrap(),
         include_str!("../../harness/assets/sample.txt"),
         128,
-    );
+    )
+    .unwrap();
     let reference = block_on(Reference::run(&mut CpuDecoder::new(&base), &seqs[..1])).unwrap();
     let mut last: Option<(f64, f64)> = None;
     for block in [32, 256] {
@@ -140,7 +141,7 @@ fn kv_cache_types_cost_what_they_should_on_stories260k() {
     let m = stories();
     let tok = m.tokenizer.as_ref().unwrap();
     for name in ["tinystories_sample.txt", "tinystories_valid_head.txt"] {
-        let seqs = eval::story_tokens(tok, &text(name), m.config.seq_len);
+        let seqs = eval::story_tokens(tok, &text(name), m.config.seq_len).unwrap();
         let reference = block_on(Reference::run(&mut CpuDecoder::new(&m), &seqs)).unwrap();
         let mut d = std::collections::HashMap::new();
         for kv in KvType::ALL {

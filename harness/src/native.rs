@@ -436,7 +436,7 @@ pub fn perplexity(a: PerplexityArgs) -> Result<()> {
         &ready.plan.config,
         &ready.fallbacks,
     );
-    let seqs = eval::story_tokens(tok, &read_text(&a.text)?, c.seq_len);
+    let seqs = eval::story_tokens(tok, &read_text(&a.text)?, c.seq_len)?;
     let mut dec = ready.decoder(cfg.kv.clone())?;
     let p = block_on(eval::perplexity(dec.as_mut(), &seqs))?;
     if a.json {
@@ -490,7 +490,7 @@ pub struct CompareArgs {
 pub fn compare(a: CompareArgs) -> Result<()> {
     let base = load_model(&a.model)?;
     let tok = require_tokenizer(base.tokenizer.as_ref(), &base.name)?;
-    let seqs = eval::story_tokens(tok, &read_text(&a.text)?, base.config.seq_len);
+    let seqs = eval::story_tokens(tok, &read_text(&a.text)?, base.config.seq_len)?;
     let cands = parse_candidates(&a.candidate)?;
     let reference = block_on(Reference::run(&mut CpuDecoder::new(&base), &seqs))?;
     let rt = a.backend.open()?;
@@ -568,7 +568,7 @@ pub struct SweepArgs {
 pub fn sweep(a: SweepArgs) -> Result<()> {
     let base = load_model(&a.model)?;
     let tok = require_tokenizer(base.tokenizer.as_ref(), &base.name)?;
-    let seqs = eval::story_tokens(tok, &read_text(&a.text)?, base.config.seq_len);
+    let seqs = eval::story_tokens(tok, &read_text(&a.text)?, base.config.seq_len)?;
     let budget = parse_bytes(&a.kv_budget)?;
     let grid = if a.candidate.is_empty() {
         measure::default_grid(a.window.unwrap_or(base.config.seq_len / 2))

@@ -134,15 +134,7 @@ pub(super) fn matrix_bytes(q: &QMatrix, put: &mut dyn FnMut(&[u8])) {
 }
 
 pub(super) fn encode_tokenizer(v: &mut Vec<u8>, t: &Tokenizer) {
-    for x in [t.pieces.len() as u32, t.bos, t.eos] {
-        v.extend_from_slice(&x.to_le_bytes());
-    }
-    for ((p, s), ty) in t.pieces.iter().zip(&t.scores).zip(&t.types) {
-        v.extend_from_slice(&(p.len() as u32).to_le_bytes());
-        v.extend_from_slice(p);
-        v.extend_from_slice(&s.to_le_bytes());
-        v.extend_from_slice(&ty.to_le_bytes());
-    }
+    t.to_bytes(v);
 }
 
 /// The packed payload of `comp`: its final tensors, or the tokenizer.
@@ -194,9 +186,6 @@ impl<'a> Reader<'a> {
     fn u8(&mut self, f: &str) -> Result<u8> {
         Ok(self.take(1, f)?[0])
     }
-    fn u32(&mut self, f: &str) -> Result<u32> {
-        Ok(u32::from_le_bytes(self.take(4, f)?.try_into().unwrap()))
-    }
     fn u64(&mut self, f: &str) -> Result<usize> {
         let v = u64::from_le_bytes(self.take(8, f)?.try_into().unwrap());
         usize::try_from(v).map_err(|_| Error::format(self.file, f, "does not fit this platform"))
@@ -239,13 +228,7 @@ pub(super) fn decode_tensor(rd: &mut Reader, name: &str) -> Result<Tensor> {
 }
 
 pub(super) fn decode_tokenizer(rd: &mut Reader) -> Result<Tokenizer> {
-    let (n, bos, eos) = (rd.u32("pieces")?, rd.u32("bos")?, rd.u32("eos")?);
-    let (mut pieces, mut scores, mut types) = (Vec::new(), Vec::new(), Vec::new());
-    for _ in 0..n {
-        let len = rd.u32("piece")? as usize;
-        pieces.push(rd.take(len, "piece")?.to_vec());
-        scores.push(f32::from_le_bytes(rd.take(4, "score")?.try_into().unwrap()));
-        types.push(i32::from_le_bytes(rd.take(4, "type")?.try_into().unwrap()));
-    }
-    Ok(Tokenizer::new(pieces, scores, types, bos, eos))
+    let t = Tokenizer::from_bytes(rd.b, rd.file)?;
+    rd.b = &[];
+    Ok(t)
 }

@@ -33,7 +33,7 @@ pub use store::{Bytes, InMemory, MemStore, ModelSink, Opened, Sink, Source, Stor
 
 /// Bumped whenever the packed layout, the key derivation or the quantizers' arithmetic changes, so
 /// old entries miss (keys name the target type, not the code that produced it).
-pub const FORMAT: u32 = 2;
+pub const FORMAT: u32 = 3;
 
 /// A unit of caching and of loading.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

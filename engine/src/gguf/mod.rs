@@ -443,7 +443,7 @@ impl Reader<'_> {
                 file,
                 format!("{field}.type"),
                 format!(
-                    "unsupported tensor type {} ({ty_id}); nibble reads F32, F16, Q4_0, Q4_1 and Q8_0",
+                    "unsupported tensor type {} ({ty_id}); nibble reads F32, F16, Q4_0, Q4_1, Q8_0, Q4_K, Q5_K and Q6_K",
                     crate::quant::ggml_type_name(ty_id)
                 ),
             )
@@ -678,7 +678,7 @@ mod tests {
         b[4] = 9;
         let e = Gguf::parse(&b, "v.gguf").unwrap_err().to_string();
         assert!(e.contains("version 9"), "{e}");
-        // Patch t1's type (F32 = 0) to Q4_K (12).
+        // Patch t1's type (F32 = 0) to IQ2_XXS (16), which nibble does not read.
         let b = sample();
         let g = Gguf::parse(&b, "t").unwrap();
         drop(g);
@@ -686,10 +686,10 @@ mod tests {
         let pos = b.windows(2).position(|w| w == needle.as_slice()).unwrap();
         let ty_pos = pos + 2 + 4 + 16;
         let mut b2 = b.clone();
-        b2[ty_pos] = 12;
+        b2[ty_pos] = 16;
         let e = Gguf::parse(&b2, "t.gguf").unwrap_err().to_string();
         assert!(
-            e.contains("tensor \"t1\".type") && e.contains("Q4_K"),
+            e.contains("tensor \"t1\".type") && e.contains("IQ2_XXS"),
             "{e}"
         );
     }

@@ -201,6 +201,8 @@ impl MatvecKernel {
             WType::F16 => Some(Kernel::Matvec4F16),
             WType::Q8_0 => (block % 16 == 0).then_some(Kernel::Matvec4Q8),
             WType::Q4_0 | WType::Q4_1 => (block % 32 == 0).then_some(Kernel::Matvec4Q4),
+            // The upload converts K-quants before any kernel sees them (see `gpu_type`).
+            WType::Q4_K | WType::Q5_K | WType::Q6_K => None,
         };
         match (self, vec4) {
             _ if cols % 32 != 0 => Kernel::MatvecAny,

@@ -18,6 +18,30 @@ pub fn models_dir() -> PathBuf {
     dir
 }
 
+/// The model-family fixtures (`../shared/models/families`, made by llama.cpp's converter with Hugging
+/// Face references): `$NIBBLE_FAMILIES`, which `.ci/run` always sets. Too large for the repository, so
+/// where it is unset a test that needs them says it is skipped and why, and passes.
+pub fn families_dir(test: &str) -> Option<PathBuf> {
+    match std::env::var_os("NIBBLE_FAMILIES") {
+        Some(d) => {
+            let d = PathBuf::from(d);
+            assert!(
+                d.join("README.md").exists(),
+                "NIBBLE_FAMILIES={} has no fixtures",
+                d.display()
+            );
+            Some(d)
+        }
+        None => {
+            eprintln!(
+                "SKIPPED {test}: NIBBLE_FAMILIES is not set (the model-family fixtures are not in \
+                 the repository; .ci/run points it at ../shared/models/families)"
+            );
+            None
+        }
+    }
+}
+
 pub fn stories() -> nibble_engine::Model {
     let d = models_dir();
     nibble_engine::Model::load(&d.join("stories260K.bin"), Some(&d.join("tok512.bin"))).unwrap()

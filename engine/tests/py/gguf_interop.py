@@ -4,6 +4,10 @@
   write OUT.gguf OUT.json
                        write a small llama GGUF (all supported tensor types) and dump its checksums
   quant IN.f32 OUTDIR  quantize raw f32 data with gguf's reference quantizers (Q4_0, Q4_1, Q8_0)
+  dequant TYPE IN.bin OUT.f32
+                       dequantize raw blocks of a ggml type (e.g. Q4_K) with gguf's reference code
+  dequant-gguf FILE OUTDIR ROWS
+                       dequantize the first ROWS rows of every tensor of a GGUF to OUTDIR/NAME.f32
 """
 import json
 import sys
@@ -113,6 +117,20 @@ def quant(inp, outdir):
         gguf.quants.quantize(data, qt).tofile(f"{outdir}/{qt.name}.bin")
 
 
+def dequant(qtype, inp, out):
+    qt = T[qtype]
+    block_bytes = gguf.GGML_QUANT_SIZES[qt][1]
+    data = np.fromfile(inp, dtype=np.uint8).reshape(-1, block_bytes)
+    gguf.quants.dequantize(data, qt).astype(np.float32).tofile(out)
+
+
+def dequant_gguf(path, outdir, rows):
+    for t in gguf.GGUFReader(path).tensors:
+        data = t.data[: int(rows)] if t.data.ndim > 1 else t.data
+        gguf.quants.dequantize(data, t.tensor_type).astype(np.float32).tofile(f"{outdir}/{t.name}.f32")
+
+
 if __name__ == "__main__":
     cmd = sys.argv[1]
-    {"read": read, "write": write, "quant": quant}[cmd](*sys.argv[2:])
+    cmds = {"read": read, "write": write, "quant": quant, "dequant": dequant, "dequant-gguf": dequant_gguf}
+    cmds[cmd](*sys.argv[2:])

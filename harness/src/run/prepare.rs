@@ -94,7 +94,7 @@ fn scored_sequences(a: &RunArgs, base: &Model) -> Result<Vec<Vec<u32>>> {
         .tokenizer
         .as_ref()
         .ok_or_else(|| bad_input("the model has no tokenizer: give --tokenizer"))?;
-    let mut seqs = eval::story_tokens(tok, &text, base.config.seq_len);
+    let mut seqs = eval::story_tokens(tok, &text, base.config.seq_len)?;
     let mut left = a.max_tokens + 1;
     seqs.retain_mut(|s| {
         if left <= 1 {
