@@ -1,12 +1,14 @@
 // Element-wise kernels on activations.
 //
-// Bindings (group 0), for both entry points:
+// Bindings (group 0):
 //   0 params: uniform EwParams { n (values per row) }
 //   1 a:      storage read_write array<act>, n values per row (the output, updated in place; act.wgsl)
-//   2 b:      storage read array<act>, n values per row
+//   2 b:      storage read array<act>, n values per row (add, swiglu)
+//   3 bias:   storage read array<f32>, n values, one vector for every row (add_bias)
 // Dispatch: (ceil(n / 64), rows) workgroups.
-//   add:    a += b                 (residual connection)
-//   swiglu: a = silu(a) * b        (a = gate, b = up)
+//   add:      a += b               (residual connection)
+//   swiglu:   a = silu(a) * b      (a = gate, b = up)
+//   add_bias: a += bias            (a projection's bias)
 
 struct EwParams {
     n: u32,
@@ -18,12 +20,21 @@ struct EwParams {
 @group(0) @binding(0) var<uniform> p: EwParams;
 @group(0) @binding(1) var<storage, read_write> a: array<act>;
 @group(0) @binding(2) var<storage, read> b: array<act>;
+@group(0) @binding(3) var<storage, read> bias: array<f32>;
 
 @compute @workgroup_size(64)
 fn add(@builtin(global_invocation_id) gid: vec3<u32>) {
     let i = gid.y * p.n + gid.x;
     if (gid.x < p.n) {
         a[i] = act(f32(a[i]) + f32(b[i]));
+    }
+}
+
+@compute @workgroup_size(64)
+fn add_bias(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let i = gid.y * p.n + gid.x;
+    if (gid.x < p.n) {
+        a[i] = act(f32(a[i]) + bias[gid.x]);
     }
 }
 

@@ -1,9 +1,10 @@
-// RoPE, llama's adjacent-pair rotation, in place, row by row. The cos/sin of each frequency at each
-// row's position are computed on the CPU (exactly as the oracle does) and uploaded, so no GPU sin/cos
-// of large angles is involved.
+// RoPE, in place, row by row: pair f of a head is elements (2f, 2f + 1) (llama's adjacent pairs) or
+// (f, f + head_size / 2) where neox is 1 (Qwen). The cos/sin of each frequency at each row's position
+// are computed on the CPU (exactly as the oracle does) and uploaded, so no GPU sin/cos of large angles
+// is involved.
 //
 // Bindings (group 0):
-//   0 params: uniform RopeParams { n (values per row), head_size }
+//   0 params: uniform RopeParams { n (values per row), head_size, neox (0 or 1) }
 //   1 x:      storage read_write array<act>, n values per row (all heads; act.wgsl)
 //   2 table:  storage read array<f32>, head_size values per row: cos f0, sin f0, cos f1, sin f1, ...
 // Dispatch: (ceil(n / 2 / 64), rows) workgroups, one thread per pair.
@@ -11,7 +12,7 @@
 struct RopeParams {
     n: u32,
     head_size: u32,
-    pad0: u32,
+    neox: u32,
     pad1: u32,
 }
 
@@ -24,12 +25,19 @@ fn rope(@builtin(global_invocation_id) gid: vec3<u32>) {
     if (gid.x * 2u >= p.n) {
         return;
     }
-    let i = gid.y * p.n + gid.x * 2u;
-    let f = (gid.x * 2u % p.head_size) / 2u;
+    let half = p.head_size / 2u;
+    let head = gid.x / half;
+    let f = gid.x % half;
+    var i = gid.y * p.n + head * p.head_size + 2u * f;
+    var j = i + 1u;
+    if (p.neox == 1u) {
+        i = gid.y * p.n + head * p.head_size + f;
+        j = i + half;
+    }
     let c = table[gid.y * p.head_size + 2u * f];
     let s = table[gid.y * p.head_size + 2u * f + 1u];
     let a = f32(x[i]);
-    let b = f32(x[i + 1u]);
+    let b = f32(x[j]);
     x[i] = act(a * c - b * s);
-    x[i + 1u] = act(a * s + b * c);
+    x[j] = act(a * s + b * c);
 }

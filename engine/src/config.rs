@@ -18,6 +18,7 @@ const MAX_CTX: usize = 1 << 22;
 pub enum Arch {
     #[default]
     Llama,
+    Qwen2,
 }
 
 /// Hyper-parameters of a model.
@@ -35,6 +36,10 @@ pub struct Config {
     pub seq_len: usize,
     pub rope_theta: f32,
     pub norm_eps: f32,
+    /// Whether RoPE's per-frequency divisors are a tensor of the file (`rope_freqs.weight`, Llama 3's
+    /// long-context scaling).
+    #[serde(default)]
+    pub rope_freqs: bool,
 }
 
 impl Config {
@@ -44,6 +49,17 @@ impl Config {
 
     pub fn kv_dim(&self) -> usize {
         self.n_kv_heads * self.head_size()
+    }
+
+    /// RoPE pairs element `i` of a head with `i + head_size / 2` (GPT-NeoX's layout, Qwen's), rather
+    /// than adjacent elements (Llama's, whose converter permutes Q and K rows to it).
+    pub fn rope_neox(&self) -> bool {
+        self.arch == Arch::Qwen2
+    }
+
+    /// Whether Q, K and V have biases.
+    pub fn qkv_bias(&self) -> bool {
+        self.arch == Arch::Qwen2
     }
 
     /// Checks the shape is a Llama the forward pass can run; `file` names the source in errors.
@@ -137,6 +153,12 @@ pub enum TensorId {
     Down(usize),
     OutNorm,
     Output,
+    /// Llama 3's RoPE frequency divisors, `head_size / 2`.
+    RopeFreqs,
+    /// Qwen2's projection biases.
+    BiasQ(usize),
+    BiasK(usize),
+    BiasV(usize),
 }
 
 impl TensorId {
@@ -155,6 +177,10 @@ impl TensorId {
             TensorId::Down(l) => format!("blk.{l}.ffn_down.weight"),
             TensorId::OutNorm => "output_norm.weight".into(),
             TensorId::Output => "output.weight".into(),
+            TensorId::RopeFreqs => "rope_freqs.weight".into(),
+            TensorId::BiasQ(l) => format!("blk.{l}.attn_q.bias"),
+            TensorId::BiasK(l) => format!("blk.{l}.attn_k.bias"),
+            TensorId::BiasV(l) => format!("blk.{l}.attn_v.bias"),
         }
     }
 
@@ -165,7 +191,14 @@ impl TensorId {
                 Class::Attention
             }
             TensorId::Gate(_) | TensorId::Up(_) | TensorId::Down(_) => Class::FeedForward,
-            TensorId::AttnNorm(_) | TensorId::FfnNorm(_) | TensorId::OutNorm => Class::Norm,
+            // Vectors, kept in f32: norms, biases, RoPE divisors.
+            TensorId::AttnNorm(_)
+            | TensorId::FfnNorm(_)
+            | TensorId::OutNorm
+            | TensorId::RopeFreqs
+            | TensorId::BiasQ(_)
+            | TensorId::BiasK(_)
+            | TensorId::BiasV(_) => Class::Norm,
             TensorId::Output => Class::Output,
         }
     }
@@ -174,7 +207,10 @@ impl TensorId {
     /// normalises. The component cache stores a tensor with its part.
     pub fn part(self) -> Class {
         match self {
-            TensorId::AttnNorm(_) => Class::Attention,
+            TensorId::AttnNorm(_)
+            | TensorId::BiasQ(_)
+            | TensorId::BiasK(_)
+            | TensorId::BiasV(_) => Class::Attention,
             TensorId::FfnNorm(_) => Class::FeedForward,
             TensorId::OutNorm => Class::Output,
             t => t.class(),
@@ -191,7 +227,10 @@ impl TensorId {
             | TensorId::FfnNorm(l)
             | TensorId::Gate(l)
             | TensorId::Up(l)
-            | TensorId::Down(l) => Some(l),
+            | TensorId::Down(l)
+            | TensorId::BiasQ(l)
+            | TensorId::BiasK(l)
+            | TensorId::BiasV(l) => Some(l),
             _ => None,
         }
     }
@@ -207,6 +246,9 @@ impl TensorId {
             TensorId::Wo(_) => (d, q),
             TensorId::Gate(_) | TensorId::Up(_) => (h, d),
             TensorId::Down(_) => (d, h),
+            TensorId::RopeFreqs => (1, c.head_size() / 2),
+            TensorId::BiasQ(_) => (1, q),
+            TensorId::BiasK(_) | TensorId::BiasV(_) => (1, kv),
         }
     }
 }

@@ -1,7 +1,7 @@
 //! The f32 CPU backend: the oracle every other backend and configuration is checked against.
 
 use crate::arch::forward;
-use crate::forward::{Act, Kernels};
+use crate::forward::{rope_freqs, Act, Kernels};
 use crate::kv::{KvCache, KvConfig};
 use crate::model::{Config, Model, TensorId};
 use crate::quant::dot;
@@ -96,17 +96,33 @@ impl Kernels for CpuDecoder<'_> {
         self.add(out, Act::Xb2);
     }
 
+    fn add_bias(&mut self, x: Act, b: TensorId) {
+        let b = self.model.weights.norm(b);
+        for (v, b) in self.acts[x as usize].iter_mut().zip(b) {
+            *v += b;
+        }
+    }
+
     fn rope(&mut self, x: Act, pos: usize) {
         let c = &self.model.config;
         let hs = c.head_size();
-        let v = &mut self.acts[x as usize];
-        for i in (0..v.len()).step_by(2) {
-            let hd = (i % hs) as f32;
-            let freq = 1.0 / c.rope_theta.powf(hd / hs as f32);
-            let (sin, cos) = (pos as f32 * freq).sin_cos();
-            let (a, b) = (v[i], v[i + 1]);
-            v[i] = a * cos - b * sin;
-            v[i + 1] = a * sin + b * cos;
+        let divisors = c
+            .rope_freqs
+            .then(|| self.model.weights.norm(TensorId::RopeFreqs));
+        let freqs = rope_freqs(c, divisors);
+        let neox = c.rope_neox();
+        for head in self.acts[x as usize].chunks_exact_mut(hs) {
+            for (f, freq) in freqs.iter().enumerate() {
+                let (i, j) = if neox {
+                    (f, f + hs / 2)
+                } else {
+                    (2 * f, 2 * f + 1)
+                };
+                let (sin, cos) = (pos as f32 * freq).sin_cos();
+                let (a, b) = (head[i], head[j]);
+                head[i] = a * cos - b * sin;
+                head[j] = a * sin + b * cos;
+            }
         }
     }
 

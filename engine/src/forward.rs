@@ -10,6 +10,18 @@
 
 use crate::config::{Config, TensorId};
 
+/// RoPE's angular frequency of each pair of a head, `1 / theta^(2f / head_size)`, divided by the
+/// model's `rope_freqs.weight` entry where it has one. Every backend's angles come from here.
+pub fn rope_freqs(c: &Config, divisors: Option<&[f32]>) -> Vec<f32> {
+    let hs = c.head_size();
+    (0..hs / 2)
+        .map(|f| {
+            let freq = 1.0 / c.rope_theta.powf((2 * f) as f32 / hs as f32);
+            divisors.map_or(freq, |d| freq / d[f])
+        })
+        .collect()
+}
+
 /// Activation buffers every backend keeps, named by role; each holds one row per token of the batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Act {
@@ -70,7 +82,11 @@ pub trait Kernels {
     fn matvec(&mut self, out: Act, w: TensorId, x: Act);
     /// `out += W x` (a projection added to the residual stream; backends may fuse the add).
     fn matvec_add(&mut self, out: Act, w: TensorId, x: Act);
-    /// Rotates adjacent pairs of every head of `x`, row `i` by the angle for position `pos0 + i`.
+    /// `x += b` on every row, `b` a vector tensor (a projection's bias).
+    fn add_bias(&mut self, x: Act, b: TensorId);
+    /// Rotates the pairs of every head of `x` (adjacent, or the two halves where
+    /// [`Config::rope_neox`]), row `i` by the angles for position `pos0 + i`; each frequency divided by
+    /// its `rope_freqs.weight` entry where the model has one.
     fn rope(&mut self, x: Act, pos0: usize);
     /// Stores row `i` of `K` and `V` as the cache entries of `layer` at `pos0 + i`.
     fn kv_store(&mut self, layer: usize, pos0: usize);

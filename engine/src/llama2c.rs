@@ -56,6 +56,7 @@ impl Model {
                 TensorId::Up(l) => sec(9, l, n),
                 TensorId::OutNorm => data[10].clone(),
                 TensorId::Output => data[13].clone(),
+                t => unreachable!("{t:?} is not a tensor of llama2.c's layout"),
             };
             Ok(if id.class() == Class::Norm {
                 Tensor::Norm(v)
@@ -115,6 +116,7 @@ fn header(bytes: &[u8], file: &str) -> Result<(Config, bool)> {
         vocab_size: h[5].unsigned_abs() as usize,
         seq_len: h[6] as usize,
         rope_theta: 10000.0,
+        rope_freqs: false,
         norm_eps: 1e-5,
     };
     config.validate(file).map_err(hint)?;

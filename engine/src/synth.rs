@@ -141,6 +141,10 @@ fn tensor_stream(id: TensorId) -> u64 {
         TensorId::Down(l) => (9, l),
         TensorId::OutNorm => (10, 0),
         TensorId::Output => (11, 0),
+        TensorId::RopeFreqs => (12, 0),
+        TensorId::BiasQ(l) => (13, l),
+        TensorId::BiasK(l) => (14, l),
+        TensorId::BiasV(l) => (15, l),
     };
     (l as u64) << 8 | kind
 }
@@ -194,6 +198,7 @@ impl Preset {
             vocab_size,
             seq_len,
             rope_theta: 10000.0,
+            rope_freqs: false,
             norm_eps: 1e-5,
         }
     }

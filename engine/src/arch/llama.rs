@@ -1,5 +1,6 @@
-//! Llama (as llama2.c and Llama 2 lay it out): RMSNorm before attention and feed-forward, grouped-query
-//! attention with adjacent-pair RoPE, a SwiGLU feed-forward, a classifier tied or not to the embedding.
+//! Llama (as llama2.c, Llama 2 and Llama 3 lay it out): RMSNorm before attention and feed-forward,
+//! grouped-query attention with adjacent-pair RoPE (Llama 3 divides its frequencies by the file's
+//! `rope_freqs.weight`), a SwiGLU feed-forward, a classifier tied or not to the embedding.
 
 use super::{Arch, Config, Family, Meta, TensorId};
 use crate::error::{Error, Result};
@@ -45,12 +46,20 @@ pub fn forward(k: &mut dyn Kernels, c: &Config, tokens: &[u32], pos: usize) {
 /// All tensors in GGUF order; `Output` only when the classifier is not tied.
 pub fn tensors(c: &Config, tied: bool) -> Vec<TensorId> {
     let mut v = vec![TensorId::TokEmbd];
+    if c.rope_freqs {
+        v.push(TensorId::RopeFreqs);
+    }
     for l in 0..c.n_layers {
         v.extend([
             TensorId::AttnNorm(l),
             TensorId::Wq(l),
             TensorId::Wk(l),
             TensorId::Wv(l),
+        ]);
+        if c.qkv_bias() {
+            v.extend([TensorId::BiasQ(l), TensorId::BiasK(l), TensorId::BiasV(l)]);
+        }
+        v.extend([
             TensorId::Wo(l),
             TensorId::FfnNorm(l),
             TensorId::Gate(l),
@@ -65,34 +74,58 @@ pub fn tensors(c: &Config, tied: bool) -> Vec<TensorId> {
     v
 }
 
-/// `llama.*` metadata as llama.cpp writes it. A missing vocabulary size is the embedding's rows.
+/// `llama.*` metadata as llama.cpp writes it.
 pub fn read_config(g: &Gguf, file: &str) -> Result<Config> {
+    read_prefixed(g, file, Arch::Llama, "llama")
+}
+
+/// `{prefix}.*` metadata, which the Llama-like families share. A missing vocabulary size is the
+/// embedding's rows.
+pub fn read_prefixed(g: &Gguf, file: &str, arch: Arch, prefix: &str) -> Result<Config> {
     let m = Meta { g, file };
-    let n_heads = m.int("llama.attention.head_count")?;
+    let key = |k: &str| format!("{prefix}.{k}");
+    let n_heads = m.int(&key("attention.head_count"))?;
     let emb = g
         .tensor("token_embd.weight")
         .ok_or_else(|| Error::format(file, "tensor \"token_embd.weight\"", "missing"))?;
     let config = Config {
-        arch: Arch::Llama,
-        dim: m.int("llama.embedding_length")?,
-        hidden_dim: m.int("llama.feed_forward_length")?,
-        n_layers: m.int("llama.block_count")?,
+        arch,
+        dim: m.int(&key("embedding_length"))?,
+        hidden_dim: m.int(&key("feed_forward_length"))?,
+        n_layers: m.int(&key("block_count"))?,
         n_heads,
-        n_kv_heads: m.int_or("llama.attention.head_count_kv", n_heads)?,
-        vocab_size: match g.get("llama.vocab_size") {
-            Some(_) => m.int("llama.vocab_size")?,
+        n_kv_heads: m.int_or(&key("attention.head_count_kv"), n_heads)?,
+        vocab_size: match g.get(&key("vocab_size")) {
+            Some(_) => m.int(&key("vocab_size"))?,
             None => *emb.dims.get(1).unwrap_or(&0) as usize,
         },
-        seq_len: m.int("llama.context_length")?,
-        rope_theta: m.float_or("llama.rope.freq_base", 10000.0)?,
-        norm_eps: m.float_or("llama.attention.layer_norm_rms_epsilon", 1e-5)?,
+        seq_len: m.int(&key("context_length"))?,
+        rope_theta: m.float_or(&key("rope.freq_base"), 10000.0)?,
+        norm_eps: m.float_or(&key("attention.layer_norm_rms_epsilon"), 1e-5)?,
+        rope_freqs: g.tensor("rope_freqs.weight").is_some(),
     };
     config.validate(file)?;
-    if let Some(v) = g.get("llama.rope.dimension_count") {
+    for k in ["attention.key_length", "attention.value_length"] {
+        if let Some(v) = g.get(&key(k)) {
+            if v.as_int() != Some(config.head_size() as i128) {
+                return Err(Error::format(
+                    file,
+                    key(k),
+                    format!(
+                        "{} but embedding_length / head_count is {}: a separate head size is not supported yet",
+                        v.display_short(),
+                        config.head_size()
+                    ),
+                ));
+            }
+        }
+    }
+    let rope_dims = key("rope.dimension_count");
+    if let Some(v) = g.get(&rope_dims) {
         if v.as_int() != Some(config.head_size() as i128) {
             return Err(Error::format(
                 file,
-                "llama.rope.dimension_count",
+                rope_dims,
                 format!(
                     "{} but the head size is {}: partial RoPE is not supported",
                     v.display_short(),
@@ -106,7 +139,12 @@ pub fn read_config(g: &Gguf, file: &str) -> Result<Config> {
 
 /// The metadata [`read_config`] reads.
 pub fn write_config(c: &Config) -> Vec<(String, Value)> {
-    let u = |k: &str, v: usize| (format!("llama.{k}"), Value::U32(v as u32));
+    write_prefixed(c, "llama")
+}
+
+/// The metadata [`read_prefixed`] reads.
+pub fn write_prefixed(c: &Config, prefix: &str) -> Vec<(String, Value)> {
+    let u = |k: &str, v: usize| (format!("{prefix}.{k}"), Value::U32(v as u32));
     vec![
         u("context_length", c.seq_len),
         u("embedding_length", c.dim),
@@ -114,10 +152,10 @@ pub fn write_config(c: &Config) -> Vec<(String, Value)> {
         u("feed_forward_length", c.hidden_dim),
         u("attention.head_count", c.n_heads),
         u("attention.head_count_kv", c.n_kv_heads),
-        ("llama.rope.freq_base".into(), Value::F32(c.rope_theta)),
+        (format!("{prefix}.rope.freq_base"), Value::F32(c.rope_theta)),
         u("rope.dimension_count", c.head_size()),
         (
-            "llama.attention.layer_norm_rms_epsilon".into(),
+            format!("{prefix}.attention.layer_norm_rms_epsilon"),
             Value::F32(c.norm_eps),
         ),
         u("vocab_size", c.vocab_size),

@@ -4,6 +4,7 @@
 //! once in [`FAMILIES`].
 
 pub mod llama;
+pub mod qwen2;
 
 pub use crate::config::{Arch, Class, Config, TensorId};
 use crate::error::{Error, Result};
@@ -26,7 +27,7 @@ pub struct Family {
 }
 
 /// Every supported family.
-pub const FAMILIES: [&Family; 1] = [&llama::FAMILY];
+pub const FAMILIES: [&Family; 2] = [&llama::FAMILY, &qwen2::FAMILY];
 
 impl Arch {
     pub fn family(self) -> &'static Family {

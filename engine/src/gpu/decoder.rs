@@ -6,7 +6,7 @@ use super::kernels::{max_splits, BindKey, Pipelines, ATTN_SPLIT};
 use super::layout::{buffer, kv_layer_bytes, GpuMemory};
 use super::upload::GpuWeights;
 use crate::arch::forward;
-use crate::forward::{Act, Kernels};
+use crate::forward::{rope_freqs, Act, Kernels};
 use crate::kv::{KvConfig, KvType};
 use crate::model::{Config, Model, TensorId};
 use crate::{Decoder, Error, Result};
@@ -31,7 +31,8 @@ pub struct GpuDecoder<'g> {
     pub(super) gpu: &'g Gpu,
     pub(super) config: Config,
     pub(super) kv: KvConfig,
-    pub(super) theta: f32,
+    /// RoPE's frequency per pair of a head (`forward::rope_freqs`).
+    pub(super) rope_freqs: Vec<f32>,
     pub(super) w: Rc<GpuWeights>,
     pub(super) acts: Vec<wgpu::Buffer>,
     pub(super) kcache: Vec<wgpu::Buffer>,
@@ -163,7 +164,7 @@ impl<'g> GpuDecoder<'g> {
         Ok(GpuDecoder {
             compile_s,
             gpu,
-            theta: c.rope_theta,
+            rope_freqs: rope_freqs(&c, w.rope_divisors.as_deref()),
             kv,
             w,
             acts,
@@ -365,8 +366,7 @@ impl<'g> GpuDecoder<'g> {
                 n as u32,
             ]);
             // cos/sin per frequency, computed exactly as the CPU oracle computes them.
-            for f in 0..hs / 2 {
-                let freq = 1.0 / self.theta.powf((2 * f) as f32 / hs as f32);
+            for (f, freq) in self.rope_freqs.iter().enumerate() {
                 let (s, co) = (pos as f32 * freq).sin_cos();
                 self.rope_table[i * hs + 2 * f] = co;
                 self.rope_table[i * hs + 2 * f + 1] = s;
@@ -556,6 +556,11 @@ impl Kernels for GpuDecoder<'_> {
     fn swiglu(&mut self, gate: Act, up: Act) {
         let n = gate.len(&self.config);
         self.dispatch(BindKey::Swiglu(gate, up), (wg(n, 64).0, self.rows as u32));
+    }
+
+    fn add_bias(&mut self, x: Act, b: TensorId) {
+        let n = x.len(&self.config);
+        self.dispatch(BindKey::AddBias(x, b), (wg(n, 64).0, self.rows as u32));
     }
 
     fn add(&mut self, x: Act, y: Act) {

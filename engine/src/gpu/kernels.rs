@@ -43,6 +43,7 @@ pub(super) enum Kernel {
     Rmsnorm,
     Rope,
     Add,
+    AddBias,
     Swiglu,
     KvStore,
     KiviFlush,
@@ -79,7 +80,7 @@ const ATTENTION_MODULE: &[&str] = &[STEP, KVFORMAT, ATTENTION];
 
 const MATVEC4_MODULE: &[&str] = &[STEP, QUANT, MATRIX, MATVEC4];
 
-pub(super) const TABLE: [KernelDef; 19] = [
+pub(super) const TABLE: [KernelDef; 20] = [
     def!(Matvec, "matvec", "matvec", MATVEC_MODULE),
     def!(Matvec4F32, "matvec4_f32", "matvec4", MATVEC4_MODULE),
     def!(Matvec4F16, "matvec4_f16", "matvec4", MATVEC4_MODULE),
@@ -92,6 +93,7 @@ pub(super) const TABLE: [KernelDef; 19] = [
     def!(Rmsnorm, "rmsnorm", "norm", &[NORM]),
     def!(Rope, "rope", "rope", &[ROPE]),
     def!(Add, "add", "elementwise", &[ELEMENTWISE]),
+    def!(AddBias, "add_bias", "elementwise", &[ELEMENTWISE]),
     def!(Swiglu, "swiglu", "elementwise", &[ELEMENTWISE]),
     def!(KvStore, "kv_store", "kv", KV_MODULE),
     def!(KiviFlush, "kivi_flush", "kv", KV_MODULE),
@@ -225,6 +227,7 @@ pub(super) enum BindKey {
     Norm(TensorId, Act, Act),
     Rope(Act),
     Add(Act, Act),
+    AddBias(Act, TensorId),
     Swiglu(Act, Act),
     KvStore(usize),
     KiviFlush(usize),
@@ -252,6 +255,7 @@ impl BindKey {
             BindKey::Norm(..) => Kernel::Rmsnorm,
             BindKey::Rope(_) => Kernel::Rope,
             BindKey::Add(..) => Kernel::Add,
+            BindKey::AddBias(..) => Kernel::AddBias,
             BindKey::Swiglu(..) => Kernel::Swiglu,
             BindKey::KvStore(_) => Kernel::KvStore,
             BindKey::KiviFlush(_) => Kernel::KiviFlush,
@@ -336,10 +340,20 @@ impl GpuDecoder<'_> {
             BindKey::Rope(x) => vec![
                 (
                     0,
-                    self.uniform(&[x.len(c) as u32, c.head_size() as u32, 0, 0]),
+                    self.uniform(&[
+                        x.len(c) as u32,
+                        c.head_size() as u32,
+                        c.rope_neox() as u32,
+                        0,
+                    ]),
                 ),
                 (1, act(x)),
                 (2, self.rope_buf.clone()),
+            ],
+            BindKey::AddBias(a, b) => vec![
+                (0, self.uniform(&[a.len(c) as u32, 0, 0, 0])),
+                (1, act(a)),
+                (3, self.w.norms[&b].clone()),
             ],
             BindKey::Add(a, b) | BindKey::Swiglu(a, b) => vec![
                 (0, self.uniform(&[a.len(c) as u32, 0, 0, 0])),

@@ -3,6 +3,7 @@
 use super::device::{pop_error_scope, Gpu};
 use super::layout::{rows_per_chunk, Chunk, GpuMatrix, Shape};
 use crate::model::{Class, Config, Model, Plan, Tensor, TensorId};
+use crate::precision::Fallback;
 use crate::quant::{QMatrix, WType};
 use crate::{Error, Result};
 use std::collections::{BTreeMap, HashMap};
@@ -16,6 +17,18 @@ pub struct GpuWeights {
     pub(super) mats: HashMap<TensorId, GpuMatrix>,
     pub(super) norms: HashMap<TensorId, wgpu::Buffer>,
     pub(super) by_class: BTreeMap<Class, u64>,
+    /// `rope_freqs.weight`, also kept on the host: the RoPE table is computed there.
+    pub(super) rope_divisors: Option<Vec<f32>>,
+}
+
+/// The type a matrix of `ty` is uploaded as: K-quants as f16 until the kernels read their
+/// super-blocks (exact values rounded to f16 once, recorded as a fallback by the load).
+pub fn gpu_type(ty: WType, block: usize) -> (WType, usize) {
+    if ty.is_k() {
+        (WType::F16, 1)
+    } else {
+        (ty, block)
+    }
 }
 
 impl GpuWeights {
@@ -50,6 +63,7 @@ impl<'g> WeightUpload<'g> {
     pub fn begin(gpu: &'g Gpu, plan: &Plan) -> Result<WeightUpload<'g>> {
         let c = &plan.config;
         for &(id, ty, block) in &plan.matrices {
+            let (ty, block) = gpu_type(ty, block);
             let (rows, cols) = id.shape(c);
             let shape = Shape {
                 ty,
@@ -79,7 +93,7 @@ impl<'g> WeightUpload<'g> {
             plan: plan
                 .matrices
                 .iter()
-                .map(|&(id, ty, block)| (id, (ty, block)))
+                .map(|&(id, ty, block)| (id, gpu_type(ty, block)))
                 .collect(),
             tied: !plan.own_output,
             w: GpuWeights {
@@ -88,6 +102,7 @@ impl<'g> WeightUpload<'g> {
                 mats: HashMap::new(),
                 norms: HashMap::new(),
                 by_class: BTreeMap::new(),
+                rope_divisors: None,
             },
             largest_staging: 0,
             upload_s: 0.0,
@@ -135,6 +150,9 @@ impl<'g> WeightUpload<'g> {
             )));
         }
         let b = self.buffer(&id.gguf_name(), bytemuck::cast_slice(v));
+        if id == TensorId::RopeFreqs {
+            self.w.rope_divisors = Some(v.to_vec());
+        }
         *self.w.by_class.entry(Class::Norm).or_default() += b.size();
         self.w.norms.insert(id, b);
         self.upload_s += t0.elapsed().as_secs_f64();
@@ -142,6 +160,10 @@ impl<'g> WeightUpload<'g> {
     }
 
     fn put_matrix(&mut self, id: TensorId, m: &QMatrix) -> Result<()> {
+        if m.ty.is_k() {
+            let f16 = QMatrix::quantize(WType::F16, 1, m.rows, m.cols, &m.to_f32());
+            return self.put_matrix(id, &f16);
+        }
         let t0 = web_time::Instant::now();
         let name = id.gguf_name();
         let planned = self.plan.get(&id).copied();
@@ -238,6 +260,8 @@ pub struct GpuSink<'g> {
     gpu: &'g Gpu,
     up: Option<WeightUpload<'g>>,
     plan: Option<Plan>,
+    /// Matrices the GPU holds in another type than the load delivers (see [`gpu_type`]).
+    pub converted: Vec<Fallback>,
 }
 
 impl<'g> GpuSink<'g> {
@@ -246,6 +270,7 @@ impl<'g> GpuSink<'g> {
             gpu,
             up: None,
             plan: None,
+            converted: Vec::new(),
         }
     }
 
@@ -262,7 +287,20 @@ impl<'g> GpuSink<'g> {
 impl crate::cache::Sink for GpuSink<'_> {
     fn begin(&mut self, plan: &Plan) -> Result<()> {
         self.up = Some(WeightUpload::begin(self.gpu, plan)?);
-        self.plan = Some(plan.clone());
+        let mut on_gpu = plan.clone();
+        for (id, ty, block) in &mut on_gpu.matrices {
+            let (t, b) = gpu_type(*ty, *block);
+            if t != *ty {
+                self.converted.push(Fallback {
+                    tensor: id.gguf_name(),
+                    requested: *ty,
+                    used: t,
+                    reason: "nibble's GPU kernels do not read K-quant blocks yet".into(),
+                });
+            }
+            (*ty, *block) = (t, b);
+        }
+        self.plan = Some(on_gpu);
         Ok(())
     }
     fn put(&mut self, id: TensorId, t: Tensor) -> Result<()> {
