@@ -3,6 +3,7 @@
 mod args;
 mod bench_cmd;
 mod browser;
+mod conformance;
 mod disk;
 mod files;
 mod gate;
@@ -44,6 +45,10 @@ enum Command {
     Synth(files::SynthArgs),
     /// Print a model file's header, metadata, tensors and sizes.
     Inspect(files::InspectArgs),
+    /// Token ids and pieces of a text, as the model's vocabulary encodes it.
+    Tokenize(conformance::TokenizeArgs),
+    /// Logits of a forced token sequence: per position the top ids with logits, and logsumexp.
+    Score(conformance::ScoreArgs),
     /// Run the scenarios natively and in browsers through WebDriver; write results.json. Exit 0: every
     /// required target passes; 1: one fails; 2: bad input; 3: the run could not be carried out.
     Run(run::RunArgs),
@@ -65,6 +70,8 @@ async fn main() {
     let cli = Cli::parse();
     let res = match cli.cmd {
         Command::Generate(a) => native::generate(a),
+        Command::Tokenize(a) => conformance::tokenize(a),
+        Command::Score(a) => conformance::score(a),
         Command::Perplexity(a) => native::perplexity(a),
         Command::Compare(a) => native::compare(a),
         Command::Sweep(a) => native::sweep(a),

@@ -102,6 +102,14 @@ pub struct OpenBackend {
 }
 
 impl BackendArgs {
+    /// The CPU oracle, whatever the machine has.
+    pub fn cpu() -> Self {
+        BackendArgs {
+            backend: Some("cpu".into()),
+            ..Default::default()
+        }
+    }
+
     pub fn open(&self) -> Result<OpenBackend> {
         let opts = GpuOptions {
             act: self.act.as_deref().map(Activations::parse).transpose()?,
@@ -198,7 +206,10 @@ pub fn load_model(a: &ModelArgs) -> Result<Model> {
 }
 
 /// The tokenizer a command needs, or an error naming the model.
-fn require_tokenizer<'a>(t: Option<&'a Tokenizer>, model: &str) -> Result<&'a Tokenizer> {
+pub(crate) fn require_tokenizer<'a>(
+    t: Option<&'a Tokenizer>,
+    model: &str,
+) -> Result<&'a Tokenizer> {
     t.ok_or_else(|| {
         crate::args::bad_input(format!(
             "model {model} has no tokenizer: pass --tokenizer (a llama2.c tokenizer.bin)"
