@@ -19,6 +19,8 @@ pub struct CpuDecoder<'m> {
     keys: Vec<f32>,
     values: Vec<f32>,
     scores: Vec<f32>,
+    /// RoPE's frequency per pair of a head (`forward::rope_freqs`), computed once.
+    freqs: Vec<f32>,
 }
 
 impl<'m> CpuDecoder<'m> {
@@ -37,6 +39,11 @@ impl<'m> CpuDecoder<'m> {
             keys: Vec::new(),
             values: Vec::new(),
             scores: Vec::new(),
+            freqs: rope_freqs(
+                c,
+                c.rope_freqs
+                    .then(|| model.weights.norm(TensorId::RopeFreqs)),
+            ),
         })
     }
 
@@ -106,13 +113,9 @@ impl Kernels for CpuDecoder<'_> {
     fn rope(&mut self, x: Act, pos: usize) {
         let c = &self.model.config;
         let hs = c.head_size();
-        let divisors = c
-            .rope_freqs
-            .then(|| self.model.weights.norm(TensorId::RopeFreqs));
-        let freqs = rope_freqs(c, divisors);
         let neox = c.rope_neox();
         for head in self.acts[x as usize].chunks_exact_mut(hs) {
-            for (f, freq) in freqs.iter().enumerate() {
+            for (f, freq) in self.freqs.iter().enumerate() {
                 let (i, j) = if neox {
                     (f, f + hs / 2)
                 } else {

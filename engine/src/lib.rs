@@ -8,7 +8,6 @@
 
 pub mod arch;
 pub mod bench;
-pub mod bpe;
 pub mod cache;
 pub mod config;
 pub mod cpu;

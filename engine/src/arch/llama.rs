@@ -26,6 +26,11 @@ pub fn forward(k: &mut dyn Kernels, c: &Config, tokens: &[u32], pos: usize) {
         k.matvec(Act::Q, TensorId::Wq(l), Act::Xb);
         k.matvec(Act::K, TensorId::Wk(l), Act::Xb);
         k.matvec(Act::V, TensorId::Wv(l), Act::Xb);
+        if c.qkv_bias() {
+            k.add_bias(Act::Q, TensorId::BiasQ(l));
+            k.add_bias(Act::K, TensorId::BiasK(l));
+            k.add_bias(Act::V, TensorId::BiasV(l));
+        }
         k.rope(Act::Q, pos);
         k.rope(Act::K, pos);
         k.kv_store(l, pos);

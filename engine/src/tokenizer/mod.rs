@@ -4,11 +4,13 @@
 //! points looked up whole, bytes without a piece fall back to `<0xNN>` tokens, then pairs are merged
 //! greedily by best score. Pieces are kept with plain spaces (as llama2.c's `tokenizer.bin` stores them);
 //! GGUF stores SentencePiece's `▁` instead, and the GGUF loader/writer converts, so both sources give the
-//! same ids. Byte-level BPE (`"gpt2"`) is [`crate::bpe`].
+//! same ids. Byte-level BPE (`"gpt2"`) is [`bpe`].
 
-use crate::bpe::Bpe;
+pub mod bpe;
+
 use crate::error::{Error, Result};
 use crate::gguf::{Gguf, Value, ValueType};
+use bpe::Bpe;
 use std::collections::HashMap;
 
 /// SentencePiece token types as GGUF stores them in `tokenizer.ggml.token_type`.

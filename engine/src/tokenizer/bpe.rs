@@ -6,6 +6,7 @@
 //! output and stores only the name), which tokens are special (`token_type`), and the byte-level
 //! alphabet, needed to give each token's raw bytes when text streams out token by token.
 
+use super::{TYPE_CONTROL, TYPE_USER_DEFINED};
 use crate::error::{Error, Result};
 use std::sync::Arc;
 use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
@@ -15,10 +16,6 @@ use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::pre_tokenizers::sequence::Sequence;
 use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
 use tokenizers::{AddedToken, PreTokenizerWrapper, SplitDelimiterBehavior};
-
-/// Token types as GGUF stores them in `tokenizer.ggml.token_type`.
-const TYPE_CONTROL: i32 = 3;
-const TYPE_USER_DEFINED: i32 = 4;
 
 /// The pre-tokenizers nibble knows, by their `tokenizer.ggml.pre` names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -193,18 +190,30 @@ fn unbyte(piece: &[u8]) -> Vec<u8> {
     out
 }
 
-fn printable(b: u8) -> bool {
+const fn printable(b: u8) -> bool {
     matches!(b, b'!'..=b'~' | 0xA1..=0xAC | 0xAE..=0xFF)
 }
+
+/// The 68 non-printable bytes in order: the n-th stands as U+0100 + n.
+const MOVED: [u8; 68] = {
+    let mut t = [0u8; 68];
+    let (mut b, mut n) = (0usize, 0usize);
+    while b < 256 {
+        if !printable(b as u8) {
+            t[n] = b as u8;
+            n += 1;
+        }
+        b += 1;
+    }
+    t
+};
 
 fn byte_of(ch: char) -> Option<u8> {
     let c = ch as u32;
     if c < 256 && printable(c as u8) {
         return Some(c as u8);
     }
-    // The n-th non-printable byte is U+0100 + n.
-    let n = c.checked_sub(0x100)? as usize;
-    (0..=255u8).filter(|&b| !printable(b)).nth(n)
+    MOVED.get(c.checked_sub(0x100)? as usize).copied()
 }
 
 #[cfg(test)]
