@@ -1,7 +1,8 @@
 // Matrix products for every weight kind, reading packed words and dequantizing in registers: the
 // matrix-vector products of decode (out = W x), the tiled matrix-matrix product of a batched prompt
 // (out[t] = W x[t] for every row t of the pass) and the embedding gather (out[t] = W[token t]).
-// Prepended with step.wgsl, quant.wgsl and matrix.wgsl (MatParams, bindings 0, 2, 3, 5, 6).
+// Prepended with step.wgsl, quant.wgsl and matrix.wgsl (MatParams, bindings 0, 2, 3, 5, 6); kquant.wgsl
+// follows (K-quant super-blocks, read through `kq_weight` here and by its own matvec kernels).
 //
 // Bindings (group 0):
 //   0 params: uniform MatParams
@@ -33,6 +34,9 @@ fn weight(r: u32, c: u32) -> f32 {
             let b = (w >> (8u * (i & 3u))) & 0xffu;
             let q = f32(i32(b << 24u) >> 24u);
             return q * block_scale(i / p.block);
+        }
+        case KIND_Q4_K, KIND_Q5_K, KIND_Q6_K: {
+            return kq_weight(r, c);
         }
         default: {
             let q = f32((words[i >> 3u] >> (4u * (i & 7u))) & 15u);
@@ -128,20 +132,32 @@ fn matvec(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) l
             acc += word_dot_x(base + w * vpw, w * vpw);
         }
     }
-    red[lid.x] = acc;
+    reduce_rows(lid.x, r, acc);
+}
+
+// Row r's result into out, added to what is there when the residual add is fused in.
+fn store_row(r: u32, v: f32) {
+    if (p.accumulate != 0u) {
+        out[p.row0 + r] = act(f32(out[p.row0 + r]) + v);
+    } else {
+        out[p.row0 + r] = act(v);
+    }
+}
+
+// Sums the LANES partial sums of each of a 256-thread workgroup's ROWS rows (thread t holds lane
+// t % LANES of row r) and stores them. Called from uniform control flow (it has barriers).
+fn reduce_rows(t: u32, r: u32, acc: f32) {
+    let lane = t % LANES;
+    red[t] = acc;
     workgroupBarrier();
     for (var s = LANES / 2u; s > 0u; s >>= 1u) {
         if (lane < s) {
-            red[lid.x] += red[lid.x + s];
+            red[t] += red[t + s];
         }
         workgroupBarrier();
     }
     if (r < p.rows && lane == 0u) {
-        if (p.accumulate != 0u) {
-            out[p.row0 + r] = act(f32(out[p.row0 + r]) + red[lid.x]);
-        } else {
-            out[p.row0 + r] = act(red[lid.x]);
-        }
+        store_row(r, red[t]);
     }
 }
 
@@ -162,11 +178,7 @@ fn matvec_row(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_i
     for (var w = 0u; w < nw; w++) {
         acc += word_dot_x(base + w * vpw, w * vpw);
     }
-    if (p.accumulate != 0u) {
-        out[p.row0 + r] = act(f32(out[p.row0 + r]) + acc);
-    } else {
-        out[p.row0 + r] = act(acc);
-    }
+    store_row(r, acc);
 }
 
 // matvec_any: any column count (e.g. f16 fallbacks of 172-wide rows); one row per workgroup of 64
@@ -192,11 +204,7 @@ fn matvec_any(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_i
         workgroupBarrier();
     }
     if (lid.x == 0u) {
-        if (p.accumulate != 0u) {
-            out[p.row0 + r] = act(f32(out[p.row0 + r]) + red64[0]);
-        } else {
-            out[p.row0 + r] = act(red64[0]);
-        }
+        store_row(r, red64[0]);
     }
 }
 
@@ -238,6 +246,11 @@ fn load8(r: u32, c: u32) -> array<f32, 8> {
     }
     let i = r * p.cols + c;
     switch p.kind {
+        case KIND_Q4_K, KIND_Q5_K, KIND_Q6_K: {
+            for (var j = 0u; j < 8u; j++) {
+                v[j] = kq_weight(r, c + j);
+            }
+        }
         case KIND_F32: {
             for (var j = 0u; j < 8u; j++) {
                 v[j] = bitcast<f32>(words[i + j]);

@@ -160,33 +160,32 @@ impl WType {
         WType::Q6_K,
     ];
 
-    /// The types nibble can quantize to (a precision target); K-quants are read, not written.
-    pub const TARGETS: [WType; 5] = [
-        WType::F32,
-        WType::F16,
-        WType::Q8_0,
-        WType::Q4_0,
-        WType::Q4_1,
-    ];
-
     pub fn parse(s: &str) -> Result<Self> {
         Ok(match s.to_ascii_lowercase().as_str() {
             "q8" => WType::Q8_0,
             "q4" => WType::Q4_0,
-            l => Self::TARGETS
+            l => Self::ALL
                 .into_iter()
                 .find(|t| t.name() == l)
                 .ok_or_else(|| {
-                    let k = if Self::ALL.iter().any(|t| t.name() == l) {
-                        " (K-quants are read from GGUF files; nibble does not quantize to them)"
-                    } else {
-                        ""
-                    };
                     Error::Invalid(format!(
-                        "unknown weight type {s:?}{k} (expected f32, f16, q8_0, q4_0 or q4_1)"
+                        "unknown weight type {s:?} (expected f32, f16, q8_0, q4_0, q4_1, q4_k, q5_k \
+                         or q6_k)"
                     ))
                 })?,
         })
+    }
+
+    /// Elements per block when stored as this type, `block` being the one asked for: the super-block
+    /// for K-quants, `block` for the other quantized types, 1 for floats.
+    pub fn block_for(self, block: usize) -> usize {
+        if self.is_k() {
+            QK_K
+        } else if self.is_quantized() {
+            block
+        } else {
+            1
+        }
     }
 
     pub fn name(self) -> &'static str {
@@ -419,11 +418,7 @@ mod tests {
     fn codes_round_trip_and_are_distinct() {
         for t in WType::ALL {
             assert_eq!(WType::from_code(t.code()), Some(t));
-            // K-quants are read, never a target: parsing one says so.
-            match WType::parse(t.name()) {
-                Ok(p) => assert_eq!(p, t),
-                Err(e) => assert!(t.is_k() && e.to_string().contains("K-quants"), "{e}"),
-            }
+            assert_eq!(WType::parse(t.name()).unwrap(), t);
         }
         for t in GgmlType::ALL {
             assert_eq!(GgmlType::from_id(t as u32), Some(t));

@@ -51,7 +51,6 @@ impl<'g> Backend<'g> {
             Backend::Gpu(g) => {
                 let mut sink = GpuSink::new(g);
                 let mut d = cache::load_into(src, wc, store, &mut sink, progress).await?;
-                d.fallbacks.append(&mut sink.converted);
                 let (w, plan, staging) = sink.finish()?;
                 d.report.largest_staging_bytes = Some(staging);
                 Ok(Ready {

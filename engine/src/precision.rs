@@ -172,9 +172,8 @@ impl WeightConfig {
     pub fn target_of(&self, id: TensorId, ty: WType, block: usize, cols: usize) -> (WType, usize) {
         match self.type_for(id) {
             None => (ty, block),
-            Some(t) if t.is_quantized() && cols % self.block != 0 => (WType::F16, 1),
-            Some(t) if t.is_quantized() => (t, self.block),
-            Some(t) => (t, 1),
+            Some(t) if cols % t.block_for(self.block) != 0 => (WType::F16, 1),
+            Some(t) => (t, t.block_for(self.block)),
         }
     }
 
@@ -218,19 +217,20 @@ pub fn restore(
         return Ok((None, None));
     };
     let mut fallback = None;
-    if ty.is_quantized() && m.cols % cfg.block != 0 {
+    if m.cols % ty.block_for(cfg.block) != 0 {
         fallback = Some(Fallback {
             tensor: id.gguf_name(),
             requested: ty,
             used: WType::F16,
             reason: format!(
                 "rows of {} values are not a whole number of {}-element blocks",
-                m.cols, cfg.block
+                m.cols,
+                ty.block_for(cfg.block)
             ),
         });
         ty = WType::F16;
     }
-    let block = if ty.is_quantized() { cfg.block } else { 1 };
+    let block = ty.block_for(cfg.block);
     if m.ty == ty && m.block == block {
         return Ok((None, fallback));
     }

@@ -50,7 +50,7 @@ impl QMatrix {
             t if t.is_quantized() => block,
             _ => 1,
         };
-        if ty.is_quantized() {
+        if ty.is_quantized() || ty.is_k() {
             assert!(
                 block % 8 == 0 && cols % block == 0,
                 "cols {cols} not a multiple of block {block}"
@@ -109,6 +109,22 @@ impl QMatrix {
                     let shift = 16 * (i % 2);
                     let w = &mut self.words[i / 2];
                     *w = (*w & !(0xFFFF << shift)) | (f16::from_f32(v).to_bits() as u32) << shift;
+                }
+            }
+            t if t.is_k() => {
+                let gt = t.ggml(QK_K).expect("a K-quant");
+                let per = t.words(QK_K);
+                let bpr = cols / QK_K;
+                let mut b = vec![0u8; per * 4];
+                for (bi, xb) in x.chunks_exact(QK_K).enumerate() {
+                    crate::kquant::quantize_block(gt, xb, &mut b[..gt.block_bytes()]);
+                    let g = r * bpr + bi;
+                    for (w, c) in self.words[g * per..(g + 1) * per]
+                        .iter_mut()
+                        .zip(b.chunks_exact(4))
+                    {
+                        *w = u32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+                    }
                 }
             }
             ty => {
@@ -550,9 +566,13 @@ mod tests {
     fn stored_bytes_counts_what_a_matrix_holds() {
         // The plan's accounting (dtype.rs) must equal the bytes a quantized matrix really holds,
         // odd f16 rows and every block size included.
-        for ty in WType::TARGETS {
+        for ty in WType::ALL {
             for block in [32, 64, 128, 256] {
-                let (rows, cols) = if ty.is_quantized() { (3, 512) } else { (3, 7) };
+                let (rows, cols) = if ty.is_quantized() || ty.is_k() {
+                    (3, 512)
+                } else {
+                    (3, 7)
+                };
                 let data: Vec<f32> = (0..rows * cols).map(|i| (i as f32 * 0.37).sin()).collect();
                 let m = QMatrix::quantize(ty, block, rows, cols, &data);
                 assert_eq!(
@@ -580,6 +600,13 @@ mod tests {
             let back = QMatrix::from_ggml(ty.ggml(32).unwrap(), 4, 64, &g);
             assert_eq!(back, m, "{ty:?}");
         }
+        let x = data(2 * 512, 4);
+        for ty in [WType::Q4_K, WType::Q5_K, WType::Q6_K] {
+            let m = QMatrix::quantize(ty, 32, 2, 512, &x);
+            let g = m.to_ggml().unwrap();
+            let back = QMatrix::from_ggml(ty.ggml(QK_K).unwrap(), 2, 512, &g);
+            assert_eq!(back, m, "{ty:?}");
+        }
     }
 
     #[test]
@@ -602,5 +629,48 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// nibble's K quantizers keep each sub-block's range and round the sub-block scales up, so a K type
+    /// is at least about as accurate as the 32-block type with the same code bits and a float scale
+    /// (Q4_K and Q5_K against q4_1, which also has a min; Q6_K against q8_0 scaled by 2^2 for its two
+    /// fewer bits). Rounding 6-bit sub-block scales up costs at most 1/63 of the step of the widest
+    /// sub-block, and Q5_K's 31 levels halve q4_1's 15-level step: hence the bounds 1.1 (Q4_K), 0.55
+    /// (Q5_K) and 1.1 x 4 (Q6_K, 63 levels of a signed range against q8_0's 255). Data with sub-blocks
+    /// of very different magnitude (scaled rows) is included, where 6-bit scales hurt most.
+    #[test]
+    fn k_quantizers_are_as_accurate_as_their_block_peers() {
+        let rmse = |m: &QMatrix, x: &[f32]| {
+            let y = m.to_f32();
+            (x.iter()
+                .zip(&y)
+                .map(|(a, b)| (a - b) * (a - b))
+                .sum::<f32>()
+                / x.len() as f32)
+                .sqrt()
+        };
+        let mut x = data(8 * 512, 9);
+        // Rows 4..8: sub-blocks whose magnitudes differ by up to 16x, and an all-zero sub-block.
+        for (i, v) in x[4 * 512..].iter_mut().enumerate() {
+            *v *= 1.0 + (i / 32 % 16) as f32;
+        }
+        x[7 * 512..7 * 512 + 32].fill(0.0);
+        let q = |ty| QMatrix::quantize(ty, 32, 8, 512, &x);
+        let (q41, q8) = (rmse(&q(WType::Q4_1), &x), rmse(&q(WType::Q8_0), &x));
+        for (ty, peer, bound) in [
+            (WType::Q4_K, q41, 1.1),
+            (WType::Q5_K, q41, 0.55),
+            (WType::Q6_K, q8, 4.4),
+        ] {
+            let e = rmse(&q(ty), &x);
+            println!(
+                "{ty:?}: rmse {e:.3e}, peer {peer:.3e}, ratio {:.3}",
+                e / peer
+            );
+            assert!(e <= bound * peer, "{ty:?}: rmse {e} vs peer {peer}");
+        }
+        // The all-zero sub-block stays exactly zero.
+        let y = q(WType::Q4_K).to_f32();
+        assert!(y[7 * 512..7 * 512 + 32].iter().all(|&v| v == 0.0));
     }
 }

@@ -157,8 +157,8 @@ fn the_cpu_oracle_matches_transformers_on_llama3_and_qwen2() {
 
 /// The GPU kernels (lavapipe, f32 activations) run both families as the CPU oracle does: Q/K/V biases,
 /// NeoX and adjacent RoPE with Llama 3's divisors, grouped-query attention, the decode kernels step by
-/// step and the batched prefill kernels over the whole prompt. K-quant matrices reach the GPU as f16
-/// (recorded as a fallback), so the oracle runs the same f16 matrices here.
+/// step and the batched prefill kernels over the whole prompt, on the files' own Q4_K/Q5_K/Q6_K
+/// super-blocks (kquant.wgsl).
 ///
 /// Tolerance as in tests/gpu.rs (f32 on both sides, summation order only): max |Δlogit| <= 2e-4 * (1 +
 /// max |logit|), and every top-1 equal.
@@ -168,8 +168,6 @@ fn the_gpu_runs_llama3_and_qwen2_as_the_oracle_does() {
         return;
     };
     use nibble_engine::gpu::{Activations, Gpu, GpuDecoder, GpuOptions};
-    use nibble_engine::precision::WeightConfig;
-    use nibble_engine::quant::WType;
     let gpu = Gpu::open_blocking(GpuOptions {
         act: Some(Activations::F32),
         ..Default::default()
@@ -177,18 +175,13 @@ fn the_gpu_runs_llama3_and_qwen2_as_the_oracle_does() {
     .expect("a WebGPU adapter (lavapipe)");
     for (dir, file) in FIXTURES {
         let dir = fam.join(dir);
-        let mut m = nibble_engine::Model::load(&dir.join(file), None).unwrap();
+        let m = nibble_engine::Model::load(&dir.join(file), None).unwrap();
         let prompt = ids(&json(&dir.join("logits.json"))["prompt"]["ids"]);
         let mut g = GpuDecoder::new(&gpu, &m, Default::default()).unwrap();
         let on_gpu = forced(&mut g, &prompt);
         let last = nibble_engine::block_on(g.prefill(&prompt, 0))
             .unwrap()
             .to_vec();
-        m.apply_weights(&WeightConfig {
-            default: Some(WType::F16),
-            ..Default::default()
-        })
-        .unwrap();
         let want = forced(&mut nibble_engine::cpu::CpuDecoder::new(&m), &prompt);
         let mut rows: Vec<(&str, &[f32], &[f32])> = on_gpu
             .iter()

@@ -19,14 +19,18 @@ use nibble_engine::measure::{self, RunConfig};
 use nibble_engine::model::TensorId;
 use nibble_engine::{Decoder, Model};
 
-/// Every weight type, and a block size other than 32.
-const WEIGHT_SPECS: [&str; 6] = [
+/// Every weight type, and a block size other than 32. K-quants need rows of whole 256-element
+/// super-blocks: the built-in model has them (stories260K's rows fall back to f16).
+const WEIGHT_SPECS: [&str; 9] = [
     "weights=f32",
     "weights=f16",
     "weights=q8_0",
     "weights=q4_0",
     "weights=q4_1",
     "weights=q4_0,block=64",
+    "weights=q4_k",
+    "weights=q5_k",
+    "weights=q6_k",
 ];
 
 /// The GPU with f32 activations (the tight comparisons); f16 activations have their own test.
@@ -149,18 +153,22 @@ fn every_matvec_kernel_matches_cpu() {
                 &format!("{k:?} {spec}"),
             );
         }
-        // The built-in model's 259-row classifier: a last workgroup with rows to spare.
+        // The built-in model's 259-row classifier: a last workgroup with rows to spare; and the
+        // K-quant kernels, which need its 256-wide rows.
         let builtin = Model::builtin();
-        let (m, _) =
-            measure::prepare(&builtin, &RunConfig::parse("weights=q4_0").unwrap()).unwrap();
         let bt: Vec<u32> = (0..12).map(|i| 3 + (i * 41 % 250) as u32).collect();
-        check(
-            &gpu,
-            &m,
-            KvConfig::default(),
-            &bt,
-            &format!("{k:?} builtin q4_0"),
-        );
+        for ty in ["q4_0", "q4_k", "q5_k", "q6_k"] {
+            let cfg = RunConfig::parse(&format!("weights={ty}")).unwrap();
+            let (m, fallbacks) = measure::prepare(&builtin, &cfg).unwrap();
+            assert!(fallbacks.is_empty(), "{fallbacks:?}");
+            check(
+                &gpu,
+                &m,
+                KvConfig::default(),
+                &bt,
+                &format!("{k:?} builtin {ty}"),
+            );
+        }
     }
 }
 
@@ -278,9 +286,14 @@ fn split_bindings_give_identical_logits() {
         ..Default::default()
     })
     .unwrap();
-    let base = stories();
-    let toks: Vec<u32> = (0..24).map(|i| 3 + (i * 37 % 500) as u32).collect();
-    for spec in ["weights=f32", "weights=q4_0", "weights=f16"] {
+    let toks: Vec<u32> = (0..24).map(|i| 3 + (i * 37 % 250) as u32).collect();
+    for (base, spec) in [
+        (stories(), "weights=f32"),
+        (stories(), "weights=q4_0"),
+        (stories(), "weights=f16"),
+        // Rows of whole super-blocks (212 bytes of Q6_K each).
+        (Model::builtin(), "weights=q6_k"),
+    ] {
         let (m, _) = measure::prepare(&base, &RunConfig::parse(spec).unwrap()).unwrap();
         let mut a = GpuDecoder::new(&whole, &m, KvConfig::default()).unwrap();
         let mut b = GpuDecoder::new(&small, &m, KvConfig::default()).unwrap();
@@ -459,6 +472,20 @@ fn f16_activations_match_cpu() {
             cfg.kv.clone(),
             st,
             &format!("f16 act stories260K {spec}"),
+            5e-3,
+        );
+    }
+    // K-quant kernels with f16 activations, on the built-in model's 256-wide rows.
+    let builtin = Model::builtin();
+    let bt: Vec<u32> = (0..24).map(|i| 3 + (i * 41 % 250) as u32).collect();
+    for spec in ["weights=q4_k", "weights=q6_k"] {
+        let (m, _) = measure::prepare(&builtin, &RunConfig::parse(spec).unwrap()).unwrap();
+        check_tol(
+            &g,
+            &m,
+            KvConfig::default(),
+            &bt,
+            &format!("f16 act builtin {spec}"),
             5e-3,
         );
     }

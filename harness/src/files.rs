@@ -78,7 +78,7 @@ pub fn synth(a: SynthArgs) -> Result<()> {
         None if preset == Preset::Tiny => WType::F32,
         None => WType::F16,
     };
-    if ty.is_quantized() {
+    if ty.is_quantized() || ty.is_k() {
         bail!("--type takes f32 or f16; quantized types come from `nibble quantize`");
     }
     let mut model = Model::synthetic(preset, a.seed);

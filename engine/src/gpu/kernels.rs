@@ -20,6 +20,7 @@ const QUANT: &str = include_str!("../../../shaders/quant.wgsl");
 const MATRIX: &str = include_str!("../../../shaders/matrix.wgsl");
 const MATVEC: &str = include_str!("../../../shaders/matvec.wgsl");
 const MATVEC4: &str = include_str!("../../../shaders/matvec4.wgsl");
+const KQUANT: &str = include_str!("../../../shaders/kquant.wgsl");
 const NORM: &str = include_str!("../../../shaders/norm.wgsl");
 const ROPE: &str = include_str!("../../../shaders/rope.wgsl");
 const ELEMENTWISE: &str = include_str!("../../../shaders/elementwise.wgsl");
@@ -39,6 +40,8 @@ pub(super) enum Kernel {
     Matmul,
     MatvecAny,
     MatvecRow,
+    MatvecK,
+    MatvecKRow,
     Embed,
     Rmsnorm,
     Rope,
@@ -62,7 +65,7 @@ pub(super) struct KernelDef {
     pub parts: &'static [&'static str],
 }
 
-const MATVEC_MODULE: &[&str] = &[STEP, QUANT, MATRIX, MATVEC];
+const MATVEC_MODULE: &[&str] = &[STEP, QUANT, MATRIX, MATVEC, KQUANT];
 const KV_MODULE: &[&str] = &[STEP, KVFORMAT, KV];
 
 macro_rules! def {
@@ -80,7 +83,7 @@ const ATTENTION_MODULE: &[&str] = &[STEP, KVFORMAT, ATTENTION];
 
 const MATVEC4_MODULE: &[&str] = &[STEP, QUANT, MATRIX, MATVEC4];
 
-pub(super) const TABLE: [KernelDef; 20] = [
+pub(super) const TABLE: [KernelDef; 22] = [
     def!(Matvec, "matvec", "matvec", MATVEC_MODULE),
     def!(Matvec4F32, "matvec4_f32", "matvec4", MATVEC4_MODULE),
     def!(Matvec4F16, "matvec4_f16", "matvec4", MATVEC4_MODULE),
@@ -89,6 +92,8 @@ pub(super) const TABLE: [KernelDef; 20] = [
     def!(Matmul, "matmul", "matvec", MATVEC_MODULE),
     def!(MatvecAny, "matvec_any", "matvec", MATVEC_MODULE),
     def!(MatvecRow, "matvec_row", "matvec", MATVEC_MODULE),
+    def!(MatvecK, "matvec_k", "matvec", MATVEC_MODULE),
+    def!(MatvecKRow, "matvec_k_row", "matvec", MATVEC_MODULE),
     def!(Embed, "embed", "matvec", MATVEC_MODULE),
     def!(Rmsnorm, "rmsnorm", "norm", &[NORM]),
     def!(Rope, "rope", "rope", &[ROPE]),
@@ -203,10 +208,12 @@ impl MatvecKernel {
             WType::F16 => Some(Kernel::Matvec4F16),
             WType::Q8_0 => (block % 16 == 0).then_some(Kernel::Matvec4Q8),
             WType::Q4_0 | WType::Q4_1 => (block % 32 == 0).then_some(Kernel::Matvec4Q4),
-            // The upload converts K-quants before any kernel sees them (see `gpu_type`).
+            // Super-blocks of 36, 44 and 53 words: 32-bit loads (kquant.wgsl).
             WType::Q4_K | WType::Q5_K | WType::Q6_K => None,
         };
         match (self, vec4) {
+            (MatvecKernel::Row, _) if ty.is_k() => Kernel::MatvecKRow,
+            _ if ty.is_k() => Kernel::MatvecK,
             _ if cols % 32 != 0 => Kernel::MatvecAny,
             (MatvecKernel::Tiled, Some(k)) => k,
             (MatvecKernel::Tiled | MatvecKernel::Tiled32, _) => Kernel::Matvec,
@@ -311,19 +318,7 @@ impl GpuDecoder<'_> {
             BindKey::Matvec(id, ci, out, x, acc) | BindKey::Matmul(id, ci, out, x, acc) => {
                 let mut e = self.matrix_entries(id, ci, acc);
                 e.extend([(4, act(x)), (5, act(out))]);
-                // Only the batched kernel reads the steps (its row count).
-                if matches!(key, BindKey::Matmul(..)) {
-                    e.push((6, self.step_buf.clone()));
-                }
-                // The per-kind matvec4 kernels bind only what they read (layouts derive from the
-                // shader): f32 and f16 no scales or mins, q8_0 no mins.
-                match self.kernel_of(key) {
-                    Kernel::Matvec4F32 | Kernel::Matvec4F16 => {
-                        e.retain(|(i, _)| *i != 2 && *i != 3)
-                    }
-                    Kernel::Matvec4Q8 => e.retain(|(i, _)| *i != 3),
-                    _ => {}
-                }
+                self.keep_read_bindings(key, &mut e);
                 e
             }
             BindKey::Embed(out, ci) => {
@@ -402,6 +397,22 @@ impl GpuDecoder<'_> {
                 (2, self.argmax_buf.clone()),
                 (3, self.step_buf.clone()),
             ],
+        }
+    }
+
+    /// Trims a matrix kernel's bindings to those its entry point reads (layouts derive from the
+    /// shader): only the batched kernel reads the steps (its row count); f32, f16 and K-quant kernels
+    /// read no scales or mins, q8_0 no mins.
+    fn keep_read_bindings(&self, key: BindKey, e: &mut Entries) {
+        if matches!(key, BindKey::Matmul(..)) {
+            e.push((6, self.step_buf.clone()));
+        }
+        match self.kernel_of(key) {
+            Kernel::Matvec4F32 | Kernel::Matvec4F16 | Kernel::MatvecK | Kernel::MatvecKRow => {
+                e.retain(|(i, _)| *i != 2 && *i != 3)
+            }
+            Kernel::Matvec4Q8 => e.retain(|(i, _)| *i != 3),
+            _ => {}
         }
     }
 

@@ -47,6 +47,15 @@ pub(super) struct Shape {
 }
 
 impl Shape {
+    /// Bytes of one row of codes (K-quants: whole super-blocks, their scales inside).
+    pub fn row_bytes(&self) -> usize {
+        if self.ty.is_k() {
+            self.ty.words(self.cols) * 4
+        } else {
+            self.cols * self.ty.code_bits() / 8
+        }
+    }
+
     pub fn of(m: &QMatrix) -> Shape {
         Shape {
             ty: m.ty,
@@ -61,7 +70,7 @@ impl Shape {
 /// codes and of scales. `None` when not even the smallest such group of rows fits.
 pub(super) fn rows_per_chunk(m: Shape, max_binding: u64) -> Option<usize> {
     let bits = m.ty.code_bits();
-    let row_bytes = (m.cols * bits / 8) as u64;
+    let row_bytes = m.row_bytes() as u64;
     let total = row_bytes * m.rows as u64;
     if total.div_ceil(4) * 4 <= max_binding {
         return Some(m.rows);
@@ -73,7 +82,7 @@ pub(super) fn rows_per_chunk(m: Shape, max_binding: u64) -> Option<usize> {
     } else {
         0
     };
-    let step = if (m.cols * bits) % 32 != 0 || blocks % 2 == 1 {
+    let step = if (!m.ty.is_k() && (m.cols * bits) % 32 != 0) || blocks % 2 == 1 {
         2
     } else {
         1

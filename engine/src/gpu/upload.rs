@@ -3,7 +3,6 @@
 use super::device::{pop_error_scope, Gpu};
 use super::layout::{rows_per_chunk, Chunk, GpuMatrix, Shape};
 use crate::model::{Class, Config, Model, Plan, Tensor, TensorId};
-use crate::precision::Fallback;
 use crate::quant::{QMatrix, WType};
 use crate::{Error, Result};
 use std::collections::{BTreeMap, HashMap};
@@ -19,16 +18,6 @@ pub struct GpuWeights {
     pub(super) by_class: BTreeMap<Class, u64>,
     /// `rope_freqs.weight`, also kept on the host: the RoPE table is computed there.
     pub(super) rope_divisors: Option<Vec<f32>>,
-}
-
-/// The type a matrix of `ty` is uploaded as: K-quants as f16 until the kernels read their
-/// super-blocks (exact values rounded to f16 once, recorded as a fallback by the load).
-pub fn gpu_type(ty: WType, block: usize) -> (WType, usize) {
-    if ty.is_k() {
-        (WType::F16, 1)
-    } else {
-        (ty, block)
-    }
 }
 
 impl GpuWeights {
@@ -63,7 +52,6 @@ impl<'g> WeightUpload<'g> {
     pub fn begin(gpu: &'g Gpu, plan: &Plan) -> Result<WeightUpload<'g>> {
         let c = &plan.config;
         for &(id, ty, block) in &plan.matrices {
-            let (ty, block) = gpu_type(ty, block);
             let (rows, cols) = id.shape(c);
             let shape = Shape {
                 ty,
@@ -76,7 +64,7 @@ impl<'g> WeightUpload<'g> {
                     "tensor {}: its rows ({} bytes each) do not fit the adapter's \
                      maxStorageBufferBindingSize of {} bytes ({}), so it cannot be split across bindings",
                     id.gguf_name(),
-                    cols * ty.code_bits() / 8,
+                    shape.row_bytes(),
                     gpu.max_binding,
                     gpu.report.name
                 )));
@@ -93,7 +81,7 @@ impl<'g> WeightUpload<'g> {
             plan: plan
                 .matrices
                 .iter()
-                .map(|&(id, ty, block)| (id, gpu_type(ty, block)))
+                .map(|&(id, ty, block)| (id, (ty, block)))
                 .collect(),
             tied: !plan.own_output,
             w: GpuWeights {
@@ -160,10 +148,6 @@ impl<'g> WeightUpload<'g> {
     }
 
     fn put_matrix(&mut self, id: TensorId, m: &QMatrix) -> Result<()> {
-        if m.ty.is_k() {
-            let f16 = QMatrix::quantize(WType::F16, 1, m.rows, m.cols, &m.to_f32());
-            return self.put_matrix(id, &f16);
-        }
         let t0 = web_time::Instant::now();
         let name = id.gguf_name();
         let planned = self.plan.get(&id).copied();
@@ -183,6 +167,7 @@ impl<'g> WeightUpload<'g> {
             .device
             .push_error_scope(wgpu::ErrorFilter::OutOfMemory);
         let per = rows_per_chunk(Shape::of(m), self.gpu.max_binding).expect("checked in begin");
+        let row_bytes = Shape::of(m).row_bytes();
         let words_bytes: &[u8] = bytemuck::cast_slice(&m.words);
         let blocks = if m.ty.is_quantized() {
             m.cols / m.block
@@ -194,8 +179,7 @@ impl<'g> WeightUpload<'g> {
         for row0 in (0..m.rows).step_by(per) {
             let rows = per.min(m.rows - row0);
             // Byte ranges of this chunk's rows; exact because chunks start on whole words.
-            let w = &words_bytes[row0 * m.cols * m.ty.code_bits() / 8..]
-                [..rows * m.cols * m.ty.code_bits() / 8];
+            let w = &words_bytes[row0 * row_bytes..][..rows * row_bytes];
             let sc = &m.scales
                 [(row0 * blocks).min(m.scales.len())..((row0 + rows) * blocks).min(m.scales.len())];
             let mn = &m.mins
@@ -260,8 +244,6 @@ pub struct GpuSink<'g> {
     gpu: &'g Gpu,
     up: Option<WeightUpload<'g>>,
     plan: Option<Plan>,
-    /// Matrices the GPU holds in another type than the load delivers (see [`gpu_type`]).
-    pub converted: Vec<Fallback>,
 }
 
 impl<'g> GpuSink<'g> {
@@ -270,7 +252,6 @@ impl<'g> GpuSink<'g> {
             gpu,
             up: None,
             plan: None,
-            converted: Vec::new(),
         }
     }
 
@@ -287,20 +268,7 @@ impl<'g> GpuSink<'g> {
 impl crate::cache::Sink for GpuSink<'_> {
     fn begin(&mut self, plan: &Plan) -> Result<()> {
         self.up = Some(WeightUpload::begin(self.gpu, plan)?);
-        let mut on_gpu = plan.clone();
-        for (id, ty, block) in &mut on_gpu.matrices {
-            let (t, b) = gpu_type(*ty, *block);
-            if t != *ty {
-                self.converted.push(Fallback {
-                    tensor: id.gguf_name(),
-                    requested: *ty,
-                    used: t,
-                    reason: "nibble's GPU kernels do not read K-quant blocks yet".into(),
-                });
-            }
-            (*ty, *block) = (t, b);
-        }
-        self.plan = Some(on_gpu);
+        self.plan = Some(plan.clone());
         Ok(())
     }
     fn put(&mut self, id: TensorId, t: Tensor) -> Result<()> {
