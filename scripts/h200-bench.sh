@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
-# nibble beside llama.cpp on the lent H200 machine, on the same shapes and f16 weights, in one device call
+# nibble beside llama.cpp on the lent H200 machine, on the same shapes and weights, in one device call
 # (a machine goes back 30 s after a call, taking every file with it).
 # Run from the project root on the device, after `../shared/peers/stage.sh` and a release build copied to
 # .device/bin/nibble here (the device has no Rust toolchain); carry .device/peers .device/gl .device/bin.
 # Order: llama.cpp's Vulkan build starts in the background (niced); nibble writes each f16 file with
-# `nibble synth` and benches it (f16 and q4_0, quantized by nibble in memory); then llama-quantize makes
-# q4_0 files from the same f16 files and llama-bench runs on all four. Optional: $VARIANT names a
-# NIBBLE_MATVEC kernel (e.g. tiled32) benched again at q4_0, depth 0, to attribute a kernel change.
+# `nibble synth` and benches it in $CONFIGS (quantized by nibble in memory); then llama-quantize makes a
+# file of each type in $QUANTS from the same f16 files, nibble benches those files as loaded, and
+# llama-bench runs on all of them.
+# Knobs: SHAPES (default "1b 7b"), CONFIGS (default f16,q4_0), QUANTS (llama-quantize types, default
+# q4_0), VARIANT (a NIBBLE_MATVEC kernel benched again at q4_0, depth 0, to attribute a kernel change).
 # Results go to $OUT (the device tool brings them back).
 set -uo pipefail
 for f in .device/gl/*.deb; do dpkg -x "$f" /; done
@@ -16,27 +18,38 @@ export XDG_RUNTIME_DIR=/tmp/xdg && mkdir -p $XDG_RUNTIME_DIR
 nb=.device/bin/nibble
 d=/tmp/nb && mkdir -p $d
 out=${OUT:-/tmp/out} && mkdir -p "$out"
+shapes=${SHAPES:-1b 7b}
+quants=${QUANTS:-q4_0}
+bench_args="--no-cache --prompts 512 --depths 0,1024 --decode-tokens 32 --reps 3 --warmup 1 --bandwidth 4800"
 start=$(date +%s)
+elapsed() { echo "elapsed $(( $(date +%s) - start )) s"; }
 nice -n 19 bash .device/peers/on-device.sh > $d/peer-build.log 2>&1 &
 build=$!
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$out/gpu.txt"
-for m in 1b 7b; do
+for m in $shapes; do
   [ -f $d/$m-f16.gguf ] || $nb synth --preset llama-$m --type f16 --out $d/$m-f16.gguf | tail -1
-  $nb bench --model $d/$m-f16.gguf --no-cache --configs f16,q4_0 --prompts 512 --depths 0,1024 \
-    --decode-tokens 32 --reps 3 --warmup 1 --bandwidth 4800 --out "$out/nibble-$m" 2>&1 \
+  $nb bench --model $d/$m-f16.gguf --configs "${CONFIGS:-f16,q4_0}" $bench_args --out "$out/nibble-$m" 2>&1 \
     | grep -v "^  \|^by class\|^the same" | tail -16
-  echo "elapsed $(( $(date +%s) - start )) s"
+  elapsed
 done
 wait $build
 cat $d/peer-build.log
 q=/opt/lcpp/build-vk/bin/llama-quantize
-for m in 1b 7b; do LD_LIBRARY_PATH=/opt/vk/usr/lib/x86_64-linux-gnu $q $d/$m-f16.gguf $d/$m-q4_0.gguf q4_0 > /dev/null 2>&1; done
-echo "elapsed $(( $(date +%s) - start )) s"
-bash .device/peers/on-device.sh $d/1b-f16.gguf $d/1b-q4_0.gguf $d/7b-f16.gguf $d/7b-q4_0.gguf \
-  2>&1 | grep -v "^ggml_\|^load\|^llama_" | tee "$out/llama-bench.md"
-echo "elapsed $(( $(date +%s) - start )) s"
+files=()
+for m in $shapes; do
+  files+=("$d/$m-f16.gguf")
+  for t in $quants; do
+    LD_LIBRARY_PATH=/opt/vk/usr/lib/x86_64-linux-gnu $q $d/$m-f16.gguf $d/$m-$t.gguf $t > /dev/null 2>&1
+    files+=("$d/$m-$t.gguf")
+    $nb bench --model $d/$m-$t.gguf --configs as-loaded $bench_args --out "$out/nibble-$m-$t" 2>&1 \
+      | grep -v "^  \|^by class\|^the same" | tail -8
+    elapsed
+  done
+done
+bash .device/peers/on-device.sh "${files[@]}" 2>&1 | grep -v "^ggml_\|^load\|^llama_" | tee "$out/llama-bench.md"
+elapsed
 if [ -n "${VARIANT:-}" ]; then
-  for m in 1b 7b; do
+  for m in $shapes; do
     NIBBLE_MATVEC=$VARIANT $nb bench --model $d/$m-f16.gguf --no-cache --configs q4_0 --prompts 512 \
       --depths 0 --decode-tokens 32 --reps 3 --warmup 1 --bandwidth 4800 --out "$out/nibble-$m-$VARIANT" \
       2>&1 | tail -4

@@ -54,9 +54,11 @@ pub struct Policy {
 }
 
 impl Policy {
-    /// Parses a preset (`all-q4`, `attn-q8`, `f16`) or rules such as `attn=q8_0,ffn[0..2]=q4_0`.
+    /// Parses a preset (`all-q4`, `attn-q8`, `f16`, `as-loaded`: no rule) or rules such as
+    /// `attn=q8_0,ffn[0..2]=q4_0`.
     pub fn parse(spec: &str) -> Result<Policy> {
         let expanded = match spec {
+            "as-loaded" => "",
             "all-q4" => "all=q4_0",
             "attn-q8" => "all=q4_0,attn=q8_0",
             "f16" => "all=f16",
@@ -67,7 +69,7 @@ impl Policy {
             let bad = |msg: &str| {
                 Error::Invalid(format!(
                     "precision rule {part:?}: {msg} (expected CLASS[A..B]=TYPE with CLASS one of all, attn, \
-                     ffn, embed, output; or a preset: all-q4, attn-q8, f16)"
+                     ffn, embed, output; or a preset: all-q4, attn-q8, f16, as-loaded)"
                 ))
             };
             let (lhs, ty) = part.split_once('=').ok_or_else(|| bad("no '='"))?;

@@ -26,7 +26,8 @@ pub struct BenchArgs {
     preset: Option<String>,
     #[command(flatten)]
     backend: BackendArgs,
-    /// Weight configurations: f32, f16, q8_0, q4_0, q4_1, or a precision preset (attn-q8, all-q4).
+    /// Weight configurations: a type (f32, f16, q8_0, q4_0, q4_1, q4_k, q5_k, q6_k), a precision preset
+    /// (attn-q8, all-q4), or as-loaded (the file's own types, e.g. a Q4_K_M mix).
     #[arg(long, default_value = "f16,q8_0,q4_0", value_delimiter = ',')]
     configs: Vec<String>,
     /// Block size for the quantized configurations.
