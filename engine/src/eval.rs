@@ -169,7 +169,11 @@ pub fn argmax(x: &[f32]) -> u32 {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Generation {
+    /// The prompt and the generated tokens, decoded.
     pub text: String,
+    /// The generated tokens alone, decoded (a chat's reply).
+    #[serde(default)]
+    pub reply: String,
     pub prompt_tokens: usize,
     pub tokens: Vec<u32>,
     /// Measured: time to process the prompt and produce the first new token.
@@ -201,27 +205,54 @@ pub async fn generate(
     n: usize,
     sampler: &mut Sampler,
 ) -> Result<Generation> {
+    let ids = tok.encode(prompt, true, false)?;
+    generate_ids(dec, tok, &ids, n, sampler, &[tok.bos, tok.eos]).await
+}
+
+/// A chat: `messages` in the vocabulary's chat format, then the assistant's reply, up to `n` tokens or
+/// the end of its turn.
+pub async fn chat(
+    dec: &mut dyn Decoder,
+    tok: &Tokenizer,
+    messages: &[crate::tokenizer::chat::Message],
+    n: usize,
+    sampler: &mut Sampler,
+) -> Result<Generation> {
+    let ids = tok.encode_chat(messages)?;
+    let mut stop = tok.end_of_turn();
+    stop.push(tok.bos);
+    generate_ids(dec, tok, &ids, n, sampler, &stop).await
+}
+
+/// Generates after `prompt_ids` until `n` tokens, a token of `stop` (not kept) or the context's end.
+pub async fn generate_ids(
+    dec: &mut dyn Decoder,
+    tok: &Tokenizer,
+    prompt_ids: &[u32],
+    n: usize,
+    sampler: &mut Sampler,
+    stop: &[u32],
+) -> Result<Generation> {
     dec.reset();
     let seq_len = dec.context_limit();
-    let prompt_ids = tok.encode(prompt, true, false)?;
-    if prompt_ids.len() >= seq_len {
+    if prompt_ids.is_empty() || prompt_ids.len() >= seq_len {
         return Err(Error::Invalid(format!(
-            "the prompt is {} tokens, but the model's context is {seq_len}",
+            "the prompt is {} tokens, but the model's context is {seq_len} (and a prompt needs one)",
             prompt_ids.len()
         )));
     }
     let start = Instant::now();
     let greedy = sampler.temperature <= 0.0;
     let mut next = if greedy {
-        dec.prefill_argmax(&prompt_ids, 0).await?
+        dec.prefill_argmax(prompt_ids, 0).await?
     } else {
-        sampler.sample(dec.prefill(&prompt_ids, 0).await?)
+        sampler.sample(dec.prefill(prompt_ids, 0).await?)
     };
     let ttft = start.elapsed().as_secs_f64() * 1e3;
     let decode_start = Instant::now();
     let mut out = Vec::new();
     let mut pos = prompt_ids.len();
-    while out.len() < n && next != tok.bos && next != tok.eos {
+    while out.len() < n && !stop.contains(&next) {
         out.push(next);
         if out.len() == n || pos >= seq_len {
             break;
@@ -231,11 +262,13 @@ pub async fn generate(
     }
     let steps = out.len().saturating_sub(1);
     let decode_ms = (steps > 0).then(|| decode_start.elapsed().as_secs_f64() * 1e3 / steps as f64);
-    let mut all = prompt_ids.clone();
+    let mut all = prompt_ids.to_vec();
     all.extend(&out);
-    let text = tok.decode(&all[1..]);
+    // BOS is not text.
+    let from = (all.first() == Some(&tok.bos)) as usize;
     Ok(Generation {
-        text,
+        text: tok.decode(&all[from..]),
+        reply: tok.decode(&out),
         prompt_tokens: prompt_ids.len(),
         tokens: out,
         ttft_ms: ttft,

@@ -204,3 +204,58 @@ fn the_gpu_runs_llama3_and_qwen2_as_the_oracle_does() {
         }
     }
 }
+
+/// Each fixture's `tokenizer.chat_template` renders as transformers' `apply_chat_template` renders it
+/// (Jinja2 with its settings, run by `py/gguf_interop.py chat`) for single and multi-turn conversations,
+/// a system prompt, a reasoning block the Qwen template strips, and non-ASCII text; the rendered
+/// prompt's control tokens encode whole, and the turn's end token ends generation.
+#[test]
+fn chat_templates_render_as_transformers_does() {
+    let Some(fam) = families_dir("chat_templates_render_as_transformers_does") else {
+        return;
+    };
+    use nibble_engine::tokenizer::chat::Message;
+    let m = Message::new;
+    let cases = vec![
+        vec![m("user", "Hello")],
+        vec![m("system", "You are terse."), m("user", "What is 2+2?")],
+        vec![
+            m("user", "Hi"),
+            m("assistant", "Hello! How can I help?"),
+            m("user", "Tell me a story."),
+        ],
+        vec![
+            m("user", "Q"),
+            m("assistant", "<think>\nhmm\n</think>\n\nA"),
+            m("user", "again"),
+        ],
+        vec![m("user", "  café 日本語 🙂 \n")],
+    ];
+    let dir = scratch("chat_templates");
+    let cases_path = dir.join("cases.json");
+    std::fs::write(&cases_path, serde_json::to_string(&cases).unwrap()).unwrap();
+    for ((sub, file), (turn_start, turn_end)) in FIXTURES.into_iter().zip([
+        ("<|start_header_id|>", "<|eot_id|>"),
+        ("<|im_start|>", "<|im_end|>"),
+    ]) {
+        let path = fam.join(sub).join(file);
+        let out = dir.join(format!("{sub}.json"));
+        python(&[
+            "chat",
+            path.to_str().unwrap(),
+            cases_path.to_str().unwrap(),
+            out.to_str().unwrap(),
+        ]);
+        let want: Vec<String> = serde_json::from_value(json(&out)).unwrap();
+        let tok = tokenizer(&fam.join(sub), file);
+        let id = |s: &str| tok.encode(s, false, false).unwrap();
+        assert_eq!(id(turn_start).len(), 1, "{turn_start} is one control token");
+        for (msgs, want) in cases.iter().zip(&want) {
+            assert_eq!(&tok.chat_prompt(msgs).unwrap(), want, "{file}: {msgs:?}");
+            let ids = tok.encode_chat(msgs).unwrap();
+            assert_eq!(ids, tok.encode(want, false, false).unwrap());
+            assert!(ids.contains(&id(turn_start)[0]), "{file}: {ids:?}");
+        }
+        assert!(tok.end_of_turn().contains(&id(turn_end)[0]), "{file}");
+    }
+}

@@ -350,6 +350,13 @@ pub struct GenerateArgs {
     /// Prompt text; empty starts from BOS alone.
     #[arg(long, default_value = "")]
     prompt: String,
+    /// A user message, sent in the model's chat format (`tokenizer.chat_template`); the reply ends
+    /// at the end of the assistant's turn.
+    #[arg(long, conflicts_with = "prompt")]
+    chat: Option<String>,
+    /// A system message before the --chat message.
+    #[arg(long, requires = "chat")]
+    system: Option<String>,
     /// Number of tokens to generate.
     #[arg(short = 'n', long = "tokens", default_value_t = 64)]
     n: usize,
@@ -378,13 +385,22 @@ pub fn generate(a: GenerateArgs) -> Result<()> {
     );
     let mut dec = ready.decoder(cfg.kv.clone())?;
     let mut sampler = Sampler::new(a.temperature, a.top_p, a.seed);
-    let g = block_on(eval::generate(
-        dec.as_mut(),
-        tok,
-        &a.prompt,
-        a.n,
-        &mut sampler,
-    ))?;
+    let g = match &a.chat {
+        Some(user) => {
+            use nibble_engine::tokenizer::chat::Message;
+            let mut msgs: Vec<Message> =
+                a.system.iter().map(|s| Message::new("system", s)).collect();
+            msgs.push(Message::new("user", user));
+            block_on(eval::chat(dec.as_mut(), tok, &msgs, a.n, &mut sampler))?
+        }
+        None => block_on(eval::generate(
+            dec.as_mut(),
+            tok,
+            &a.prompt,
+            a.n,
+            &mut sampler,
+        ))?,
+    };
     if a.json {
         let v = serde_json::json!({
             "model": name,
@@ -395,7 +411,7 @@ pub fn generate(a: GenerateArgs) -> Result<()> {
         });
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
-        println!("{}", g.text);
+        println!("{}", if a.chat.is_some() { &g.reply } else { &g.text });
         let decode = g
             .decode_ms_per_token
             .map_or("not measured (fewer than 2 tokens)".into(), |d| {

@@ -529,3 +529,57 @@ fn tokenize_and_score_answer_as_the_references() {
         assert!(d.abs() < 1e-3, "position {p}: logsumexp off by {d}");
     }
 }
+
+/// `nibble generate --chat` sends the message in the model's chat format: the prompt is the
+/// template's rendering (as transformers renders Qwen's template, checked in
+/// engine/tests/families.rs), tokenized with its control tokens whole, and the output is the reply
+/// alone. Fixture half skipped with the reason where `NIBBLE_FAMILIES` is unset.
+#[test]
+fn generate_chat_uses_the_models_chat_format() {
+    let e = nibble(&["generate", "--backend", "cpu", "--chat", "hi"]);
+    assert_eq!(e.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&e.stderr).contains("no tokenizer.chat_template"),
+        "{}",
+        String::from_utf8_lossy(&e.stderr)
+    );
+    let Some(fam) = std::env::var_os("NIBBLE_FAMILIES").map(PathBuf::from) else {
+        eprintln!("SKIPPED the fixture half: NIBBLE_FAMILIES is not set (.ci/run sets it)");
+        return;
+    };
+    let model = fam.join("qwen2-tiny/qwen2-tiny-Q4_K_M.gguf");
+    let model = model.to_str().unwrap();
+    let rendered = "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n";
+    let t: serde_json::Value = serde_json::from_str(&ok(&[
+        "tokenize", "--model", model, "--text", rendered, "--json",
+    ]))
+    .unwrap();
+    let out = ok(&[
+        "generate",
+        "--model",
+        model,
+        "--backend",
+        "cpu",
+        "--no-cache",
+        "--chat",
+        "Hi",
+        "--system",
+        "Be brief.",
+        "-n",
+        "3",
+        "--json",
+    ]);
+    let g = &serde_json::from_str::<serde_json::Value>(&out).unwrap()["generation"];
+    assert_eq!(
+        g["prompt_tokens"].as_u64(),
+        Some(t["ids"].as_array().unwrap().len() as u64)
+    );
+    assert_eq!(
+        t["ids"].as_array().unwrap().len(),
+        17,
+        "control tokens are single ids"
+    );
+    assert!(g["text"].as_str().unwrap().starts_with(rendered), "{g}");
+    let reply = &g["text"].as_str().unwrap()[rendered.len()..];
+    assert_eq!(g["reply"].as_str(), Some(reply));
+}

@@ -7,6 +7,7 @@
 //! same ids. Byte-level BPE (`"gpt2"`) is [`bpe`].
 
 pub mod bpe;
+pub mod chat;
 
 use crate::error::{Error, Result};
 use crate::gguf::{Gguf, Value, ValueType};

@@ -430,6 +430,29 @@ pub async fn generate(
     temperature: f32,
     _on_progress: Function,
 ) -> Result<String, JsError> {
+    generation(Prompt::Text(prompt), n, temperature).await
+}
+
+/// A chat: `messages` (JSON `[{"role": "user", "content": "..."}]`) in the model's chat format
+/// (`tokenizer.chat_template`), then the assistant's reply up to `n` tokens or the end of its turn;
+/// answers [`eval::Generation`] (`reply` holds the reply alone).
+#[wasm_bindgen]
+pub async fn chat(
+    messages: String,
+    n: usize,
+    temperature: f32,
+    _on_progress: Function,
+) -> Result<String, JsError> {
+    let msgs = serde_json::from_str(&messages).map_err(|e| err(format!("messages: {e}")))?;
+    generation(Prompt::Chat(msgs), n, temperature).await
+}
+
+enum Prompt {
+    Text(String),
+    Chat(Vec<crate::tokenizer::chat::Message>),
+}
+
+async fn generation(prompt: Prompt, n: usize, temperature: f32) -> Result<String, JsError> {
     let l = loaded()?;
     let tok = l
         .model
@@ -443,9 +466,11 @@ pub async fn generate(
     };
     let mut dec = backend.decoder(&l.model, Default::default()).map_err(err)?;
     let mut sampler = eval::Sampler::new(temperature, 0.9, 0);
-    let gen = eval::generate(dec.as_mut(), tok, &prompt, n, &mut sampler)
-        .await
-        .map_err(err)?;
+    let gen = match &prompt {
+        Prompt::Text(p) => eval::generate(dec.as_mut(), tok, p, n, &mut sampler).await,
+        Prompt::Chat(m) => eval::chat(dec.as_mut(), tok, m, n, &mut sampler).await,
+    }
+    .map_err(err)?;
     serde_json::to_string(&gen).map_err(err)
 }
 

@@ -62,7 +62,10 @@ pub fn scratch(name: &str) -> PathBuf {
 /// The pinned `gguf` package (llama.cpp's gguf-py) the interop tests check against.
 pub const GGUF_PY: &str = "gguf==0.19.0";
 
-/// Installs `gguf` with pip once if `python3` cannot import it.
+/// Jinja2, which renders chat templates in transformers (the chat template reference).
+pub const JINJA2_PY: &str = "Jinja2==3.1.6";
+
+/// Installs `gguf` and Jinja2 with pip once if `python3` cannot import them.
 fn ensure_gguf_py() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
@@ -71,7 +74,7 @@ fn ensure_gguf_py() {
                 .args([
                     "-c",
                     &format!(
-                        "import gguf, importlib.metadata as m; assert m.version('gguf') == '{v}'"
+                        "import gguf, jinja2, importlib.metadata as m; assert m.version('gguf') == '{v}'"
                     ),
                 ])
                 .output()
@@ -80,7 +83,7 @@ fn ensure_gguf_py() {
         let version = GGUF_PY.split("==").nth(1).unwrap();
         if !has(version) {
             let st = std::process::Command::new("python3")
-                .args(["-m", "pip", "install", "--quiet", GGUF_PY])
+                .args(["-m", "pip", "install", "--quiet", GGUF_PY, JINJA2_PY])
                 .status()
                 .expect("python3 is needed for the GGUF interop tests");
             assert!(st.success(), "pip install {GGUF_PY} failed");

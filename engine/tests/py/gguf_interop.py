@@ -8,6 +8,9 @@
                        dequantize raw blocks of a ggml type (e.g. Q4_K) with gguf's reference code
   dequant-gguf FILE OUTDIR ROWS
                        dequantize the first ROWS rows of every tensor of a GGUF to OUTDIR/NAME.f32
+  chat FILE CASES.json OUT.json
+                       render the GGUF's tokenizer.chat_template for each list of messages in CASES.json
+                       with Jinja2 configured as Hugging Face transformers' apply_chat_template does
 """
 import json
 import sys
@@ -130,7 +133,32 @@ def dequant_gguf(path, outdir, rows):
         gguf.quants.dequantize(data, t.tensor_type).astype(np.float32).tofile(f"{outdir}/{t.name}.f32")
 
 
+def chat(path, cases, out):
+    # As transformers' _compile_jinja_template and apply_chat_template (no tools, no strftime_now).
+    import jinja2
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    r = gguf.GGUFReader(path)
+    text = lambda key: bytes(r.fields[key].parts[-1]).decode()
+    tokens = r.fields["tokenizer.ggml.tokens"]
+    token = lambda i: bytes(tokens.parts[tokens.data[i]]).decode()
+    scalar = lambda key: int(r.fields[key].parts[-1][0])
+
+    def raise_exception(message):
+        raise jinja2.exceptions.TemplateError(message)
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
+    env.globals["raise_exception"] = raise_exception
+    template = env.from_string(text("tokenizer.chat_template"))
+    bos, eos = token(scalar("tokenizer.ggml.bos_token_id")), token(scalar("tokenizer.ggml.eos_token_id"))
+    rendered = [
+        template.render(messages=m, tools=None, documents=None, add_generation_prompt=True, bos_token=bos, eos_token=eos)
+        for m in json.load(open(cases))
+    ]
+    json.dump(rendered, open(out, "w"), ensure_ascii=False)
+
+
 if __name__ == "__main__":
     cmd = sys.argv[1]
-    cmds = {"read": read, "write": write, "quant": quant, "dequant": dequant, "dequant-gguf": dequant_gguf}
+    cmds = {"read": read, "write": write, "quant": quant, "dequant": dequant, "dequant-gguf": dequant_gguf, "chat": chat}
     cmds[cmd](*sys.argv[2:])
