@@ -1,5 +1,8 @@
 // RMSNorm: out = w * (x / sqrt(mean(x^2) + eps)), row by row. One workgroup of 256 threads per row
 // (dispatch: rows workgroups; row r is values r*n .. r*n+n of x and out).
+// head_norm: the same over each head of `out` in place (Qwen3's Q and K norms), n = head_size, w of
+// head_size weights; one workgroup per head of every row (heads are consecutive runs of n values).
+// It binds no x.
 //
 // Bindings (group 0):
 //   0 params: uniform NormParams { n, eps }
@@ -40,5 +43,28 @@ fn rmsnorm(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) 
     let scale = 1.0 / sqrt(partial[0] / f32(p.n) + p.eps);
     for (var i = lid.x; i < p.n; i += 256u) {
         out[o + i] = act(w[i] * (scale * f32(x[o + i])));
+    }
+}
+
+@compute @workgroup_size(256)
+fn head_norm(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let o = wid.x * p.n;
+    var ss = 0.0;
+    for (var i = lid.x; i < p.n; i += 256u) {
+        let v = f32(out[o + i]);
+        ss += v * v;
+    }
+    partial[lid.x] = ss;
+    workgroupBarrier();
+    for (var s = 128u; s > 0u; s >>= 1u) {
+        if (lid.x < s) {
+            partial[lid.x] += partial[lid.x + s];
+        }
+        workgroupBarrier();
+    }
+    let scale = 1.0 / sqrt(partial[0] / f32(p.n) + p.eps);
+    // Each thread rewrites only the values it read.
+    for (var i = lid.x; i < p.n; i += 256u) {
+        out[o + i] = act(w[i] * (scale * f32(out[o + i])));
     }
 }

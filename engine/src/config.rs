@@ -19,6 +19,7 @@ pub enum Arch {
     #[default]
     Llama,
     Qwen2,
+    Qwen3,
 }
 
 /// Hyper-parameters of a model.
@@ -40,11 +41,20 @@ pub struct Config {
     /// long-context scaling).
     #[serde(default)]
     pub rope_freqs: bool,
+    /// The head size where it is not `dim / n_heads` (`attention.key_length`; Qwen3's 128 with a
+    /// 1024-wide residual and 16 heads), so Q and the attention output are `n_heads * head_size` wide.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub head_dim: Option<usize>,
 }
 
 impl Config {
     pub fn head_size(&self) -> usize {
-        self.dim / self.n_heads
+        self.head_dim.unwrap_or(self.dim / self.n_heads)
+    }
+
+    /// Width of Q and of the attention output: `n_heads * head_size`.
+    pub fn q_dim(&self) -> usize {
+        self.n_heads * self.head_size()
     }
 
     pub fn kv_dim(&self) -> usize {
@@ -54,7 +64,12 @@ impl Config {
     /// RoPE pairs element `i` of a head with `i + head_size / 2` (GPT-NeoX's layout, Qwen's), rather
     /// than adjacent elements (Llama's, whose converter permutes Q and K rows to it).
     pub fn rope_neox(&self) -> bool {
-        self.arch == Arch::Qwen2
+        matches!(self.arch, Arch::Qwen2 | Arch::Qwen3)
+    }
+
+    /// Whether each head of Q and K is RMS-normalised before RoPE (Qwen3's `attn_q_norm`, `attn_k_norm`).
+    pub fn qk_norm(&self) -> bool {
+        self.arch == Arch::Qwen3
     }
 
     /// Whether Q, K and V have biases.
@@ -79,7 +94,11 @@ impl Config {
                 return bad(field, format!("{v} is outside 1..={max}"));
             }
         }
-        if self.dim % self.n_heads != 0 {
+        if let Some(h) = self.head_dim {
+            if h == 0 || h > MAX_DIM {
+                return bad("head_dim", format!("{h} is outside 1..={MAX_DIM}"));
+            }
+        } else if self.dim % self.n_heads != 0 {
             return bad(
                 "n_heads",
                 format!(
@@ -120,8 +139,14 @@ impl Config {
 
     /// Number of weights in the model (the classifier counted once when tied).
     pub fn n_params(&self, tied: bool) -> usize {
-        let (d, h, kv) = (self.dim, self.hidden_dim, self.kv_dim());
-        let layer = 2 * d + d * d * 2 + d * kv * 2 + 3 * d * h;
+        let (d, h, kv, q) = (self.dim, self.hidden_dim, self.kv_dim(), self.q_dim());
+        let qk_norm = if self.qk_norm() {
+            2 * self.head_size()
+        } else {
+            0
+        };
+        let bias = if self.qkv_bias() { q + 2 * kv } else { 0 };
+        let layer = 2 * d + d * q * 2 + d * kv * 2 + 3 * d * h + qk_norm + bias;
         self.vocab_size * d * if tied { 1 } else { 2 } + self.n_layers * layer + d
     }
 }
@@ -159,6 +184,9 @@ pub enum TensorId {
     BiasQ(usize),
     BiasK(usize),
     BiasV(usize),
+    /// Qwen3's per-head RMSNorm weights of Q and K, `head_size`.
+    QNorm(usize),
+    KNorm(usize),
 }
 
 impl TensorId {
@@ -181,6 +209,8 @@ impl TensorId {
             TensorId::BiasQ(l) => format!("blk.{l}.attn_q.bias"),
             TensorId::BiasK(l) => format!("blk.{l}.attn_k.bias"),
             TensorId::BiasV(l) => format!("blk.{l}.attn_v.bias"),
+            TensorId::QNorm(l) => format!("blk.{l}.attn_q_norm.weight"),
+            TensorId::KNorm(l) => format!("blk.{l}.attn_k_norm.weight"),
         }
     }
 
@@ -198,7 +228,9 @@ impl TensorId {
             | TensorId::RopeFreqs
             | TensorId::BiasQ(_)
             | TensorId::BiasK(_)
-            | TensorId::BiasV(_) => Class::Norm,
+            | TensorId::BiasV(_)
+            | TensorId::QNorm(_)
+            | TensorId::KNorm(_) => Class::Norm,
             TensorId::Output => Class::Output,
         }
     }
@@ -210,7 +242,9 @@ impl TensorId {
             TensorId::AttnNorm(_)
             | TensorId::BiasQ(_)
             | TensorId::BiasK(_)
-            | TensorId::BiasV(_) => Class::Attention,
+            | TensorId::BiasV(_)
+            | TensorId::QNorm(_)
+            | TensorId::KNorm(_) => Class::Attention,
             TensorId::FfnNorm(_) => Class::FeedForward,
             TensorId::OutNorm => Class::Output,
             t => t.class(),
@@ -230,14 +264,16 @@ impl TensorId {
             | TensorId::Down(l)
             | TensorId::BiasQ(l)
             | TensorId::BiasK(l)
-            | TensorId::BiasV(l) => Some(l),
+            | TensorId::BiasV(l)
+            | TensorId::QNorm(l)
+            | TensorId::KNorm(l) => Some(l),
             _ => None,
         }
     }
 
     /// Row-major `[rows, cols]` shape; norms are `[1, dim]`.
     pub fn shape(self, c: &Config) -> (usize, usize) {
-        let (d, h, kv, q) = (c.dim, c.hidden_dim, c.kv_dim(), c.n_heads * c.head_size());
+        let (d, h, kv, q) = (c.dim, c.hidden_dim, c.kv_dim(), c.q_dim());
         match self {
             TensorId::TokEmbd | TensorId::Output => (c.vocab_size, d),
             TensorId::AttnNorm(_) | TensorId::FfnNorm(_) | TensorId::OutNorm => (1, d),
@@ -249,6 +285,7 @@ impl TensorId {
             TensorId::RopeFreqs => (1, c.head_size() / 2),
             TensorId::BiasQ(_) => (1, q),
             TensorId::BiasK(_) | TensorId::BiasV(_) => (1, kv),
+            TensorId::QNorm(_) | TensorId::KNorm(_) => (1, c.head_size()),
         }
     }
 }

@@ -110,6 +110,17 @@ impl Kernels for CpuDecoder<'_> {
         }
     }
 
+    fn head_norm(&mut self, x: Act, w: TensorId) {
+        let c = &self.model.config;
+        let (eps, weight) = (c.norm_eps, self.model.weights.norm(w));
+        for head in self.acts[x as usize].chunks_exact_mut(c.head_size()) {
+            let s = inv_rms(head, eps);
+            for (a, w) in head.iter_mut().zip(weight) {
+                *a = w * (s * *a);
+            }
+        }
+    }
+
     fn rope(&mut self, x: Act, pos: usize) {
         let c = &self.model.config;
         let hs = c.head_size();

@@ -41,10 +41,12 @@ pub enum Act {
     Hb2,
     /// Classifier output, `vocab_size`.
     Logits,
+    /// Attention output, `n_heads * head_size` (wider than `dim` where the head size is set apart).
+    Att,
 }
 
 impl Act {
-    pub const ALL: [Act; 9] = [
+    pub const ALL: [Act; 10] = [
         Act::X,
         Act::Xb,
         Act::Xb2,
@@ -54,12 +56,13 @@ impl Act {
         Act::Hb,
         Act::Hb2,
         Act::Logits,
+        Act::Att,
     ];
 
     pub fn len(self, c: &Config) -> usize {
         match self {
             Act::X | Act::Xb | Act::Xb2 => c.dim,
-            Act::Q => c.n_heads * c.head_size(),
+            Act::Q | Act::Att => c.q_dim(),
             Act::K | Act::V => c.kv_dim(),
             Act::Hb | Act::Hb2 => c.hidden_dim,
             Act::Logits => c.vocab_size,
@@ -84,6 +87,8 @@ pub trait Kernels {
     fn matvec_add(&mut self, out: Act, w: TensorId, x: Act);
     /// `x += b` on every row, `b` a vector tensor (a projection's bias).
     fn add_bias(&mut self, x: Act, b: TensorId);
+    /// RMSNorm of each head of `x` in place, `w` of `head_size` weights (Qwen3's Q and K norms).
+    fn head_norm(&mut self, x: Act, w: TensorId);
     /// Rotates the pairs of every head of `x` (adjacent, or the two halves where
     /// [`Config::rope_neox`]), row `i` by the angles for position `pos0 + i`; each frequency divided by
     /// its `rope_freqs.weight` entry where the model has one.

@@ -118,6 +118,7 @@ fn header(bytes: &[u8], file: &str) -> Result<(Config, bool)> {
         rope_theta: 10000.0,
         rope_freqs: false,
         norm_eps: 1e-5,
+        head_dim: None,
     };
     config.validate(file).map_err(hint)?;
     Ok((config, h[5] > 0))

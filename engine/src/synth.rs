@@ -145,6 +145,8 @@ fn tensor_stream(id: TensorId) -> u64 {
         TensorId::BiasQ(l) => (13, l),
         TensorId::BiasK(l) => (14, l),
         TensorId::BiasV(l) => (15, l),
+        TensorId::QNorm(l) => (16, l),
+        TensorId::KNorm(l) => (17, l),
     };
     (l as u64) << 8 | kind
 }
@@ -154,6 +156,9 @@ fn tensor_stream(id: TensorId) -> u64 {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Preset {
     Tiny,
+    /// Qwen3's layout at the built-in model's size: per-head Q/K norms, NeoX RoPE, and heads of 128
+    /// (Q 512 wide over a 256-wide residual).
+    Qwen3Tiny,
     /// TinyLlama-1.1B's shape (Llama 2 architecture, 32000 vocabulary).
     Llama1b,
     /// Llama-2-7B's shape.
@@ -164,11 +169,12 @@ impl Preset {
     pub fn parse(s: &str) -> Result<Preset> {
         Ok(match s {
             "tiny" => Preset::Tiny,
+            "qwen3-tiny" => Preset::Qwen3Tiny,
             "llama-1b" => Preset::Llama1b,
             "llama-7b" => Preset::Llama7b,
             _ => {
                 return Err(Error::Invalid(format!(
-                    "unknown preset {s:?} (expected tiny, llama-1b or llama-7b)"
+                    "unknown preset {s:?} (expected tiny, qwen3-tiny, llama-1b or llama-7b)"
                 )))
             }
         })
@@ -177,6 +183,7 @@ impl Preset {
     pub fn name(self) -> &'static str {
         match self {
             Preset::Tiny => "tiny",
+            Preset::Qwen3Tiny => "qwen3-tiny",
             Preset::Llama1b => "llama-1b",
             Preset::Llama7b => "llama-7b",
         }
@@ -185,11 +192,13 @@ impl Preset {
     pub fn config(self) -> Config {
         let (dim, hidden_dim, n_layers, n_heads, n_kv_heads, vocab_size, seq_len) = match self {
             Preset::Tiny => (256, 512, 2, 8, 4, 259, 512),
+            Preset::Qwen3Tiny => (256, 512, 2, 4, 2, 259, 512),
             Preset::Llama1b => (2048, 5632, 22, 32, 4, 32000, 2048),
             Preset::Llama7b => (4096, 11008, 32, 32, 32, 32000, 4096),
         };
+        let qwen3 = self == Preset::Qwen3Tiny;
         Config {
-            arch: Arch::Llama,
+            arch: if qwen3 { Arch::Qwen3 } else { Arch::Llama },
             dim,
             hidden_dim,
             n_layers,
@@ -200,6 +209,8 @@ impl Preset {
             rope_theta: 10000.0,
             rope_freqs: false,
             norm_eps: 1e-5,
+            // 4 heads of 128 (the others: dim / n_heads), sharing 2 KV heads.
+            head_dim: qwen3.then_some(128),
         }
     }
 }

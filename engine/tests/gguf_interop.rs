@@ -167,3 +167,63 @@ fn quantized_blocks_equal_gguf_py() {
         assert_eq!(first_diff, None, "{name}: first differing byte");
     }
 }
+
+/// Every family's forward pass on the CPU oracle against `py/gguf_interop.py forward`, a numpy
+/// transcription of Hugging Face's Llama and Qwen3 modelling code run in float64 on the weights
+/// gguf-py dequantizes from the same file: the Llama 2 layout (adjacent RoPE), and Qwen3's per-head
+/// Q/K norms, NeoX RoPE and heads of 128 over a 256-wide residual (Q 512 wide), in f32 and Q4_K.
+///
+/// Tolerance: the oracle computes in f32 from the same weights, so its error is rounding alone, a
+/// relative ~sqrt(n)·2^-24 per dot product (n <= 512: ~1.3e-6) compounded over 2 layers and the
+/// classifier; as in tests/gpu.rs the bound is 2e-4 x (1 + max |logit|), with every top-1 equal.
+#[test]
+fn every_family_matches_a_numpy_transcription_of_transformers() {
+    use nibble_engine::measure::{self, RunConfig};
+    use nibble_engine::synth::Preset;
+    let dir = scratch("interop_forward");
+    let ids: Vec<u32> = (0..20).map(|i| 3 + (i * 37 % 250) as u32).collect();
+    let csv: Vec<String> = ids.iter().map(|i| i.to_string()).collect();
+    for (preset, spec) in [
+        (Preset::Tiny, "weights=f32"),
+        (Preset::Qwen3Tiny, "weights=f32"),
+        (Preset::Qwen3Tiny, "weights=q4_k"),
+    ] {
+        let base = Model::synthetic(preset, 7);
+        let (m, _) = measure::prepare(&base, &RunConfig::parse(spec).unwrap()).unwrap();
+        let path = dir.join(format!("{}-{spec}.gguf", preset.name()));
+        let mut f = std::fs::File::create(&path).unwrap();
+        m.write_gguf(&mut f).unwrap();
+        drop(f);
+        let m = Model::load(&path, None).unwrap();
+        assert_eq!(m.config, base.config, "{spec}: the config survives GGUF");
+        let out = dir.join("logits.f32");
+        python(&[
+            "forward",
+            path.to_str().unwrap(),
+            &csv.join(","),
+            out.to_str().unwrap(),
+        ]);
+        let want: Vec<f32> = std::fs::read(&out)
+            .unwrap()
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect();
+        let got = forced_logits(&m, &ids);
+        assert_eq!(got.len(), want.len());
+        let v = m.config.vocab_size;
+        let mut worst = 0f32;
+        for (p, (a, b)) in got.chunks(v).zip(want.chunks(v)).enumerate() {
+            let scale = b.iter().fold(0f32, |s, x| s.max(x.abs()));
+            let d = a.iter().zip(b).fold(0f32, |s, (x, y)| s.max((x - y).abs()));
+            assert!(
+                d <= 2e-4 * (1.0 + scale),
+                "{} {spec} position {p}: max |dlogit| {d} (logits up to {scale})",
+                preset.name()
+            );
+            let top = |l: &[f32]| (0..v).max_by(|&i, &j| l[i].total_cmp(&l[j])).unwrap();
+            assert_eq!(top(a), top(b), "{} {spec} position {p}", preset.name());
+            worst = worst.max(d);
+        }
+        println!("{} {spec}: max |dlogit| {worst:.3e}", preset.name());
+    }
+}

@@ -736,3 +736,42 @@ fn a_lost_device_is_an_error_not_a_hang() {
         "{e}"
     );
 }
+
+/// Qwen3's layout on the GPU: per-head Q/K norms (normalised in place), heads of 128, and Q and the
+/// attention output twice the residual's width. Step by step and as a batched prompt against the
+/// oracle with the f32 tolerance above, in f32 and Q4_K weights and a q8_0 KV cache (its tolerance,
+/// from the KV test); and with f16 activations (the tolerance of `f16_activations_match_cpu`).
+#[test]
+fn qwen3_layout_matches_cpu() {
+    use nibble_engine::kv::KvType;
+    use nibble_engine::synth::Preset;
+    let gpu = gpu();
+    let base = Model::synthetic(Preset::Qwen3Tiny, 0);
+    assert_eq!(base.config.head_size(), 128);
+    let toks: Vec<u32> = (0..90).map(|i| 3 + (i * 29 % 250) as u32).collect();
+    for spec in ["weights=f32", "weights=q4_k"] {
+        let (m, _) = measure::prepare(&base, &RunConfig::parse(spec).unwrap()).unwrap();
+        let what = format!("qwen3-tiny {spec}");
+        check(&gpu, &m, KvConfig::default(), &toks[..16], &what);
+        check_prefill(&gpu, &m, KvConfig::default(), &toks, &what, 2e-4);
+    }
+    let q8 = KvConfig {
+        k: KvType::Q8_0,
+        v: KvType::Q8_0,
+        ..KvConfig::default()
+    };
+    check_tol(&gpu, &base, q8, &toks[..16], "qwen3-tiny kv q8_0", 1e-2);
+    let g16 = Gpu::open_blocking(GpuOptions {
+        act: Some(Activations::F16),
+        ..Default::default()
+    })
+    .unwrap();
+    check_tol(
+        &g16,
+        &base,
+        KvConfig::default(),
+        &toks[..16],
+        "qwen3-tiny f16 act",
+        5e-3,
+    );
+}

@@ -1,6 +1,8 @@
 //! Llama (as llama2.c, Llama 2 and Llama 3 lay it out): RMSNorm before attention and feed-forward,
 //! grouped-query attention with adjacent-pair RoPE (Llama 3 divides its frequencies by the file's
-//! `rope_freqs.weight`), a SwiGLU feed-forward, a classifier tied or not to the embedding.
+//! `rope_freqs.weight`), a SwiGLU feed-forward, a classifier tied or not to the embedding. The Qwen
+//! families are this block with what their `Config` answers: Q/K/V biases (`qkv_bias`), per-head Q/K
+//! norms (`qk_norm`), NeoX RoPE (`rope_neox`) and a head size apart from `dim / n_heads`.
 
 use super::{Arch, Config, Family, Meta, TensorId};
 use crate::error::{Error, Result};
@@ -31,11 +33,15 @@ pub fn forward(k: &mut dyn Kernels, c: &Config, tokens: &[u32], pos: usize) {
             k.add_bias(Act::K, TensorId::BiasK(l));
             k.add_bias(Act::V, TensorId::BiasV(l));
         }
+        if c.qk_norm() {
+            k.head_norm(Act::Q, TensorId::QNorm(l));
+            k.head_norm(Act::K, TensorId::KNorm(l));
+        }
         k.rope(Act::Q, pos);
         k.rope(Act::K, pos);
         k.kv_store(l, pos);
-        k.attention(Act::Xb, l, pos);
-        k.matvec_add(Act::X, TensorId::Wo(l), Act::Xb);
+        k.attention(Act::Att, l, pos);
+        k.matvec_add(Act::X, TensorId::Wo(l), Act::Att);
 
         // Feed-forward block (SwiGLU).
         k.rmsnorm(Act::Xb, Act::X, TensorId::FfnNorm(l));
@@ -63,6 +69,9 @@ pub fn tensors(c: &Config, tied: bool) -> Vec<TensorId> {
         ]);
         if c.qkv_bias() {
             v.extend([TensorId::BiasQ(l), TensorId::BiasK(l), TensorId::BiasV(l)]);
+        }
+        if c.qk_norm() {
+            v.extend([TensorId::QNorm(l), TensorId::KNorm(l)]);
         }
         v.extend([
             TensorId::Wo(l),
@@ -93,7 +102,7 @@ pub fn read_prefixed(g: &Gguf, file: &str, arch: Arch, prefix: &str) -> Result<C
     let emb = g
         .tensor("token_embd.weight")
         .ok_or_else(|| Error::format(file, "tensor \"token_embd.weight\"", "missing"))?;
-    let config = Config {
+    let mut config = Config {
         arch,
         dim: m.int(&key("embedding_length"))?,
         hidden_dim: m.int(&key("feed_forward_length"))?,
@@ -108,21 +117,29 @@ pub fn read_prefixed(g: &Gguf, file: &str, arch: Arch, prefix: &str) -> Result<C
         rope_theta: m.float_or(&key("rope.freq_base"), 10000.0)?,
         norm_eps: m.float_or(&key("attention.layer_norm_rms_epsilon"), 1e-5)?,
         rope_freqs: g.tensor("rope_freqs.weight").is_some(),
+        head_dim: None,
     };
+    let key_length = key("attention.key_length");
+    if g.get(&key_length).is_some() {
+        let h = m.int(&key_length)?;
+        if config.n_heads * h != config.dim {
+            config.head_dim = Some(h);
+        }
+    }
     config.validate(file)?;
-    for k in ["attention.key_length", "attention.value_length"] {
-        if let Some(v) = g.get(&key(k)) {
-            if v.as_int() != Some(config.head_size() as i128) {
-                return Err(Error::format(
-                    file,
-                    key(k),
-                    format!(
-                        "{} but embedding_length / head_count is {}: a separate head size is not supported yet",
-                        v.display_short(),
-                        config.head_size()
-                    ),
-                ));
-            }
+    let value_length = key("attention.value_length");
+    if let Some(v) = g.get(&value_length) {
+        if v.as_int() != Some(config.head_size() as i128) {
+            return Err(Error::format(
+                file,
+                value_length,
+                format!(
+                    "{} but the key length (head size) is {}: different key and value head sizes are \
+                     not supported",
+                    v.display_short(),
+                    config.head_size()
+                ),
+            ));
         }
     }
     let rope_dims = key("rope.dimension_count");
@@ -164,5 +181,7 @@ pub fn write_prefixed(c: &Config, prefix: &str) -> Vec<(String, Value)> {
             Value::F32(c.norm_eps),
         ),
         u("vocab_size", c.vocab_size),
+        u("attention.key_length", c.head_size()),
+        u("attention.value_length", c.head_size()),
     ]
 }

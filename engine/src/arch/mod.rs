@@ -5,6 +5,7 @@
 
 pub mod llama;
 pub mod qwen2;
+pub mod qwen3;
 
 pub use crate::config::{Arch, Class, Config, TensorId};
 use crate::error::{Error, Result};
@@ -27,7 +28,7 @@ pub struct Family {
 }
 
 /// Every supported family.
-pub const FAMILIES: [&Family; 2] = [&llama::FAMILY, &qwen2::FAMILY];
+pub const FAMILIES: [&Family; 3] = [&llama::FAMILY, &qwen2::FAMILY, &qwen3::FAMILY];
 
 impl Arch {
     pub fn family(self) -> &'static Family {

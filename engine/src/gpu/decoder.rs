@@ -517,6 +517,11 @@ impl Kernels for GpuDecoder<'_> {
         self.dispatch(BindKey::Norm(w, out, x), (self.rows as u32, 1));
     }
 
+    fn head_norm(&mut self, x: Act, w: TensorId) {
+        let heads = x.len(&self.config) / self.config.head_size();
+        self.dispatch(BindKey::HeadNorm(w, x), ((self.rows * heads) as u32, 1));
+    }
+
     fn matvec(&mut self, out: Act, w: TensorId, x: Act) {
         self.matvec_into(out, w, x, false);
     }

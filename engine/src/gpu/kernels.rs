@@ -44,6 +44,7 @@ pub(super) enum Kernel {
     MatvecKRow,
     Embed,
     Rmsnorm,
+    HeadNorm,
     Rope,
     Add,
     AddBias,
@@ -83,7 +84,7 @@ const ATTENTION_MODULE: &[&str] = &[STEP, KVFORMAT, ATTENTION];
 
 const MATVEC4_MODULE: &[&str] = &[STEP, QUANT, MATRIX, MATVEC4];
 
-pub(super) const TABLE: [KernelDef; 22] = [
+pub(super) const TABLE: [KernelDef; 23] = [
     def!(Matvec, "matvec", "matvec", MATVEC_MODULE),
     def!(Matvec4F32, "matvec4_f32", "matvec4", MATVEC4_MODULE),
     def!(Matvec4F16, "matvec4_f16", "matvec4", MATVEC4_MODULE),
@@ -96,6 +97,7 @@ pub(super) const TABLE: [KernelDef; 22] = [
     def!(MatvecKRow, "matvec_k_row", "matvec", MATVEC_MODULE),
     def!(Embed, "embed", "matvec", MATVEC_MODULE),
     def!(Rmsnorm, "rmsnorm", "norm", &[NORM]),
+    def!(HeadNorm, "head_norm", "norm", &[NORM]),
     def!(Rope, "rope", "rope", &[ROPE]),
     def!(Add, "add", "elementwise", &[ELEMENTWISE]),
     def!(AddBias, "add_bias", "elementwise", &[ELEMENTWISE]),
@@ -232,6 +234,8 @@ pub(super) enum BindKey {
     /// Output and the embedding chunk holding the token.
     Embed(Act, usize),
     Norm(TensorId, Act, Act),
+    /// Per-head norm weights and the activation normalised in place.
+    HeadNorm(TensorId, Act),
     Rope(Act),
     Add(Act, Act),
     AddBias(Act, TensorId),
@@ -260,6 +264,7 @@ impl BindKey {
             BindKey::Matmul(..) => Kernel::Matmul,
             BindKey::Embed(..) => Kernel::Embed,
             BindKey::Norm(..) => Kernel::Rmsnorm,
+            BindKey::HeadNorm(..) => Kernel::HeadNorm,
             BindKey::Rope(_) => Kernel::Rope,
             BindKey::Add(..) => Kernel::Add,
             BindKey::AddBias(..) => Kernel::AddBias,
@@ -326,6 +331,14 @@ impl GpuDecoder<'_> {
                 e.extend([(5, act(out)), (6, self.step_buf.clone())]);
                 e
             }
+            BindKey::HeadNorm(id, x) => vec![
+                (
+                    0,
+                    self.uniform(&[c.head_size() as u32, c.norm_eps.to_bits(), 0, 0]),
+                ),
+                (2, self.w.norms[&id].clone()),
+                (3, act(x)),
+            ],
             BindKey::Norm(id, out, x) => vec![
                 (0, self.uniform(&[c.dim as u32, c.norm_eps.to_bits(), 0, 0])),
                 (1, act(x)),

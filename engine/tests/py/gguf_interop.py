@@ -8,6 +8,9 @@
                        dequantize raw blocks of a ggml type (e.g. Q4_K) with gguf's reference code
   dequant-gguf FILE OUTDIR ROWS
                        dequantize the first ROWS rows of every tensor of a GGUF to OUTDIR/NAME.f32
+  forward FILE IDS OUT.f32
+                       logits of every position of the comma-separated token ids, computed in float64
+                       by a plain numpy transcription of Hugging Face's Llama/Qwen2/Qwen3 modelling code
   chat FILE CASES.json OUT.json
                        render the GGUF's tokenizer.chat_template for each list of messages in CASES.json
                        with Jinja2 configured as Hugging Face transformers' apply_chat_template does
@@ -133,6 +136,62 @@ def dequant_gguf(path, outdir, rows):
         gguf.quants.dequantize(data, t.tensor_type).astype(np.float32).tofile(f"{outdir}/{t.name}.f32")
 
 
+def forward(path, ids, out):
+    # Hugging Face's LlamaForCausalLM / Qwen2ForCausalLM / Qwen3ForCausalLM, written out in numpy.
+    r = gguf.GGUFReader(path)
+    arch = bytes(r.fields["general.architecture"].parts[-1]).decode()
+    md = lambda k, d=None: r.fields[f"{arch}.{k}"].parts[-1][0] if f"{arch}.{k}" in r.fields else d
+    w = {t.name: gguf.quants.dequantize(t.data, t.tensor_type).astype(np.float64) for t in r.tensors}
+    dim, n_layers = int(md("embedding_length")), int(md("block_count"))
+    nh = int(md("attention.head_count"))
+    nkv = int(md("attention.head_count_kv", nh))
+    hd = int(md("attention.key_length", dim // nh))
+    eps, theta = float(md("attention.layer_norm_rms_epsilon")), float(md("rope.freq_base", 10000.0))
+    neox = arch in ("qwen2", "qwen3")
+    tok = [int(i) for i in ids.split(",")]
+    T = len(tok)
+
+    def rms(x, g):
+        return g * (x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + eps))
+
+    inv = 1.0 / theta ** (np.arange(0, hd, 2) / hd)
+    ang = np.arange(T)[:, None] * inv[None, :]
+    cos, sin = np.cos(ang)[:, None, :], np.sin(ang)[:, None, :]
+
+    def rope(x):  # (T, heads, hd)
+        if neox:
+            a, b = x[..., : hd // 2], x[..., hd // 2 :]
+            return np.concatenate([a * cos - b * sin, b * cos + a * sin], axis=-1)
+        a, b = x[..., 0::2], x[..., 1::2]
+        y = np.empty_like(x)
+        y[..., 0::2], y[..., 1::2] = a * cos - b * sin, a * sin + b * cos
+        return y
+
+    x = w["token_embd.weight"][tok]
+    mask = np.triu(np.full((T, T), -np.inf), 1)
+    for l in range(n_layers):
+        p = lambda n: w[f"blk.{l}.{n}"]
+        h = rms(x, p("attn_norm.weight"))
+        q, k, v = (h @ p(f"attn_{n}.weight").T + w.get(f"blk.{l}.attn_{n}.bias", 0.0) for n in "qkv")
+        q, k, v = q.reshape(T, nh, hd), k.reshape(T, nkv, hd), v.reshape(T, nkv, hd)
+        if f"blk.{l}.attn_q_norm.weight" in w:
+            q, k = rms(q, p("attn_q_norm.weight")), rms(k, p("attn_k_norm.weight"))
+        q, k = rope(q), rope(k)
+        att = np.empty((T, nh, hd))
+        for i in range(nh):
+            j = i // (nh // nkv)
+            s = q[:, i] @ k[:, j].T / np.sqrt(hd) + mask
+            e = np.exp(s - s.max(axis=-1, keepdims=True))
+            att[:, i] = (e / e.sum(axis=-1, keepdims=True)) @ v[:, j]
+        x = x + att.reshape(T, nh * hd) @ p("attn_output.weight").T
+        h = rms(x, p("ffn_norm.weight"))
+        g = h @ p("ffn_gate.weight").T
+        x = x + (g / (1 + np.exp(-g)) * (h @ p("ffn_up.weight").T)) @ p("ffn_down.weight").T
+    x = rms(x, w["output_norm.weight"])
+    out_w = w.get("output.weight", w["token_embd.weight"])
+    (x @ out_w.T).astype(np.float32).tofile(out)
+
+
 def chat(path, cases, out):
     # As transformers' _compile_jinja_template and apply_chat_template (no tools, no strftime_now).
     import jinja2
@@ -160,5 +219,5 @@ def chat(path, cases, out):
 
 if __name__ == "__main__":
     cmd = sys.argv[1]
-    cmds = {"read": read, "write": write, "quant": quant, "dequant": dequant, "dequant-gguf": dequant_gguf, "chat": chat}
+    cmds = {"read": read, "write": write, "quant": quant, "dequant": dequant, "dequant-gguf": dequant_gguf, "chat": chat, "forward": forward}
     cmds[cmd](*sys.argv[2:])
