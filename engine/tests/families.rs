@@ -155,6 +155,77 @@ fn the_cpu_oracle_matches_transformers_on_llama3_and_qwen2() {
     }
 }
 
+/// The fixtures' long probe: 1024 positions of TinyStories text (no BOS), where RoPE at long range and
+/// a long KV cache show. The CPU oracle against transformers at the stored positions (every 64th and
+/// the last 4: logsumexp, the 16 fixed logits, the top-5 logits; top-1 where the reference's top-2 gap
+/// exceeds twice the tolerance) and on the mean NLL over all 1023 next-token predictions (the PPL).
+///
+/// Tolerance: the short prompt's 1e-3 on logits and on the mean NLL. Attention sums over up to 1024
+/// positions add rounding of order sqrt(1024)·2^-24 (~2e-6) relative, far inside it; the fixtures'
+/// README measures an f32 engine (llama.cpp's F32 file) at 4.2e-4 from transformers over this probe.
+#[test]
+fn the_long_probe_matches_transformers_over_1024_positions() {
+    let Some(fam) = families_dir("the_long_probe_matches_transformers_over_1024_positions") else {
+        return;
+    };
+    const TOL: f64 = 1e-3;
+    for (dir, file) in FIXTURES {
+        let dir = fam.join(dir);
+        let m = nibble_engine::Model::load(&dir.join(file), None).unwrap();
+        let r = json(&dir.join("logits.json"));
+        let long = ids(&r["long_prompt"]["ids"]);
+        let fixed = ids(&r["fixed_ids"]);
+        let refl = &r["files"][file]["long"];
+        let stored = ids(&refl["positions"]);
+        let mut dec = nibble_engine::cpu::CpuDecoder::new(&m);
+        let (mut nll, mut worst, mut k) = (0.0f64, 0.0f64, 0);
+        for (pos, &t) in long.iter().enumerate() {
+            let l = nibble_engine::block_on(dec.step(t, pos)).unwrap();
+            let lse = nibble_engine::eval::log_sum_exp(l);
+            if let Some(&next) = long.get(pos + 1) {
+                nll += lse - l[next as usize] as f64;
+            }
+            if stored.get(k) != Some(&(pos as u32)) {
+                continue;
+            }
+            let mut d = (lse - refl["logsumexp"][k].as_f64().unwrap()).abs();
+            for (j, &id) in fixed.iter().enumerate() {
+                d = d.max(
+                    (l[id as usize] as f64 - refl["fixed_logits"][k][j].as_f64().unwrap()).abs(),
+                );
+            }
+            let top5 = ids(&refl["top5_ids"][k]);
+            let top5_logits = &refl["top5_logits"][k];
+            for (j, &id) in top5.iter().enumerate() {
+                d = d.max((l[id as usize] as f64 - top5_logits[j].as_f64().unwrap()).abs());
+            }
+            let gap = top5_logits[0].as_f64().unwrap() - top5_logits[1].as_f64().unwrap();
+            let argmax = (0..l.len()).max_by(|&a, &b| l[a].total_cmp(&l[b])).unwrap() as u32;
+            assert!(
+                gap <= 2.0 * TOL || argmax == top5[0],
+                "{file} position {pos}: top-1"
+            );
+            worst = worst.max(d);
+            k += 1;
+        }
+        assert_eq!(k, stored.len(), "{file}: every stored position visited");
+        let mean = nll / (long.len() - 1) as f64;
+        let want = refl["mean_nll"].as_f64().unwrap();
+        eprintln!(
+            "{file}: long probe, {} positions: max |dlogit| {worst:.2e} at {k} stored positions; \
+             mean NLL {mean:.6} (reference {want:.6}), PPL {:.4e} (reference {:.4e})",
+            long.len(),
+            mean.exp(),
+            want.exp()
+        );
+        assert!(worst <= TOL, "{file}: max |dlogit| {worst}");
+        assert!(
+            (mean - want).abs() <= TOL,
+            "{file}: mean NLL {mean} vs {want}"
+        );
+    }
+}
+
 /// The GPU kernels (lavapipe, f32 activations) run both families as the CPU oracle does: Q/K/V biases,
 /// NeoX and adjacent RoPE with Llama 3's divisors, grouped-query attention, the decode kernels step by
 /// step and the batched prefill kernels over the whole prompt, on the files' own Q4_K/Q5_K/Q6_K
