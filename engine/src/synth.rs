@@ -16,13 +16,19 @@ impl Model {
     /// 1/fan_in so activations stay near unit scale through the layers; each tensor has its own RNG
     /// stream so tensors can be generated independently.
     pub fn synthetic(preset: Preset, seed: u64) -> Model {
-        let config = preset.config();
+        let mut m = Model::synthetic_config(preset.config(), seed);
+        m.name = format!("synthetic-{}-seed{seed}", preset.name());
+        m
+    }
+
+    /// [`Model::synthetic`] of any shape (tests reach kernel paths that only some widths take).
+    pub fn synthetic_config(config: Config, seed: u64) -> Model {
         let c = &config;
         let tokenizer = Tokenizer::byte_level(c.vocab_size);
         let weights = Weights::build(c, false, |id| Ok(synth_tensor(c, seed, id)))
             .expect("synthetic weights are infallible");
         Model {
-            name: format!("synthetic-{}-seed{seed}", preset.name()),
+            name: format!("synthetic-seed{seed}"),
             config,
             weights,
             tokenizer: Some(tokenizer),

@@ -157,16 +157,33 @@ fn every_matvec_kernel_matches_cpu() {
         // K-quant kernels, which need its 256-wide rows.
         let builtin = Model::builtin();
         let bt: Vec<u32> = (0..12).map(|i| 3 + (i * 41 % 250) as u32).collect();
-        for ty in ["q4_0", "q4_k", "q5_k", "q6_k"] {
+        // A 1536-wide feed-forward: rows of 6 super-blocks reach the K kernels' two-super-block
+        // loop (the built-in model's rows of 1 and 2 take only its tail).
+        let wide = Model::synthetic_config(
+            nibble_engine::model::Config {
+                hidden_dim: 1536,
+                ..builtin.config.clone()
+            },
+            1,
+        );
+        for (base, name, ty) in [
+            (&builtin, "builtin", "q4_0"),
+            (&builtin, "builtin", "q4_k"),
+            (&builtin, "builtin", "q5_k"),
+            (&builtin, "builtin", "q6_k"),
+            (&wide, "wide", "q4_k"),
+            (&wide, "wide", "q5_k"),
+            (&wide, "wide", "q6_k"),
+        ] {
             let cfg = RunConfig::parse(&format!("weights={ty}")).unwrap();
-            let (m, fallbacks) = measure::prepare(&builtin, &cfg).unwrap();
+            let (m, fallbacks) = measure::prepare(base, &cfg).unwrap();
             assert!(fallbacks.is_empty(), "{fallbacks:?}");
             check(
                 &gpu,
                 &m,
                 KvConfig::default(),
                 &bt,
-                &format!("{k:?} builtin {ty}"),
+                &format!("{k:?} {name} {ty}"),
             );
         }
     }

@@ -37,6 +37,8 @@ pub(super) enum Kernel {
     Matvec4F16,
     Matvec4Q8,
     Matvec4Q4,
+    Matvec4Q4K,
+    Matvec4Q5K,
     Matmul,
     MatvecAny,
     MatvecRow,
@@ -84,12 +86,14 @@ const ATTENTION_MODULE: &[&str] = &[STEP, KVFORMAT, ATTENTION];
 
 const MATVEC4_MODULE: &[&str] = &[STEP, QUANT, MATRIX, MATVEC4];
 
-pub(super) const TABLE: [KernelDef; 23] = [
+pub(super) const TABLE: [KernelDef; 25] = [
     def!(Matvec, "matvec", "matvec", MATVEC_MODULE),
     def!(Matvec4F32, "matvec4_f32", "matvec4", MATVEC4_MODULE),
     def!(Matvec4F16, "matvec4_f16", "matvec4", MATVEC4_MODULE),
     def!(Matvec4Q8, "matvec4_q8", "matvec4", MATVEC4_MODULE),
     def!(Matvec4Q4, "matvec4_q4", "matvec4", MATVEC4_MODULE),
+    def!(Matvec4Q4K, "matvec4_q4k", "matvec4", MATVEC4_MODULE),
+    def!(Matvec4Q5K, "matvec4_q5k", "matvec4", MATVEC4_MODULE),
     def!(Matmul, "matmul", "matvec", MATVEC_MODULE),
     def!(MatvecAny, "matvec_any", "matvec", MATVEC_MODULE),
     def!(MatvecRow, "matvec_row", "matvec", MATVEC_MODULE),
@@ -210,11 +214,14 @@ impl MatvecKernel {
             WType::F16 => Some(Kernel::Matvec4F16),
             WType::Q8_0 => (block % 16 == 0).then_some(Kernel::Matvec4Q8),
             WType::Q4_0 | WType::Q4_1 => (block % 32 == 0).then_some(Kernel::Matvec4Q4),
-            // Super-blocks of 36, 44 and 53 words: 32-bit loads (kquant.wgsl).
-            WType::Q4_K | WType::Q5_K | WType::Q6_K => None,
+            // Super-blocks of 9 and 11 vec4s; Q6_K's 53 words take 32-bit loads (kquant.wgsl).
+            WType::Q4_K => Some(Kernel::Matvec4Q4K),
+            WType::Q5_K => Some(Kernel::Matvec4Q5K),
+            WType::Q6_K => None,
         };
         match (self, vec4) {
             (MatvecKernel::Row, _) if ty.is_k() => Kernel::MatvecKRow,
+            (MatvecKernel::Tiled, Some(k)) if ty.is_k() => k,
             _ if ty.is_k() => Kernel::MatvecK,
             _ if cols % 32 != 0 => Kernel::MatvecAny,
             (MatvecKernel::Tiled, Some(k)) => k,
@@ -421,9 +428,12 @@ impl GpuDecoder<'_> {
             e.push((6, self.step_buf.clone()));
         }
         match self.kernel_of(key) {
-            Kernel::Matvec4F32 | Kernel::Matvec4F16 | Kernel::MatvecK | Kernel::MatvecKRow => {
-                e.retain(|(i, _)| *i != 2 && *i != 3)
-            }
+            Kernel::Matvec4F32
+            | Kernel::Matvec4F16
+            | Kernel::Matvec4Q4K
+            | Kernel::Matvec4Q5K
+            | Kernel::MatvecK
+            | Kernel::MatvecKRow => e.retain(|(i, _)| *i != 2 && *i != 3),
             Kernel::Matvec4Q8 => e.retain(|(i, _)| *i != 3),
             _ => {}
         }
