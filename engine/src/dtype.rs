@@ -54,6 +54,17 @@ impl GgmlType {
         }
     }
 
+    /// Byte offsets in a block of its f16 scales (and mins): `d` (and `dmin` or `m`).
+    pub fn scale_fields(self) -> &'static [(usize, &'static str)] {
+        match self {
+            GgmlType::F32 | GgmlType::F16 => &[],
+            GgmlType::Q4_0 | GgmlType::Q8_0 => &[(0, "d")],
+            GgmlType::Q4_1 => &[(0, "d"), (2, "m")],
+            GgmlType::Q4_K | GgmlType::Q5_K => &[(0, "d"), (2, "dmin")],
+            GgmlType::Q6_K => &[(208, "d")],
+        }
+    }
+
     /// Bytes per block in the GGUF encoding.
     pub fn block_bytes(self) -> usize {
         match self {

@@ -422,6 +422,23 @@ impl GgufModel {
     /// Tensor `id` from its bytes (`n_bytes` of its table entry).
     pub fn tensor(&self, id: TensorId, info: &gguf::TensorInfo, data: &[u8]) -> Result<Tensor> {
         let (rows, cols) = id.shape(&self.config);
+        // A block whose scale is not a number makes every value of it garbage: refuse the file.
+        let (bb, fields) = (info.ty.block_bytes(), info.ty.scale_fields());
+        for (i, b) in data.chunks_exact(bb).enumerate() {
+            for &(at, what) in fields {
+                let v = half::f16::from_le_bytes([b[at], b[at + 1]]);
+                if !v.is_finite() {
+                    return Err(Error::format(
+                        &self.file,
+                        format!("tensor {:?}", id.gguf_name()),
+                        format!(
+                            "block {i} ({:?}): its scale {what} is {v} (a corrupt block)",
+                            info.ty
+                        ),
+                    ));
+                }
+            }
+        }
         if id.class() == Class::Norm {
             return Ok(Tensor::Norm(
                 QMatrix::from_ggml(info.ty, 1, cols, data).to_f32(),

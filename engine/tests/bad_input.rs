@@ -168,6 +168,8 @@ fn gguf_data_past_end_and_contradicting_dims() {
         |md| {
             set(md, "llama.embedding_length", Value::U32(128));
             set(md, "llama.rope.dimension_count", Value::U32(16));
+            set(md, "llama.attention.key_length", Value::U32(16));
+            set(md, "llama.attention.value_length", Value::U32(16));
         },
         None,
     ));
@@ -224,6 +226,70 @@ fn gguf_data_past_end_and_contradicting_dims() {
     .unwrap_err()
     .to_string();
     assert!(e.contains("ovf.gguf: tensor \"t\""), "{e}");
+}
+
+/// The new families' failures: a Q4_K super-block whose scale is NaN, a Qwen2 file without one of its
+/// biases, a Qwen3 file whose value head size differs from its key head size.
+#[test]
+fn corrupt_k_blocks_and_missing_family_tensors_name_file_and_field() {
+    use nibble_engine::measure::{self, RunConfig};
+    use nibble_engine::arch::{Arch, Config};
+    let (m, _) = measure::prepare(
+        &Model::synthetic(Preset::Qwen3Tiny, 2),
+        &RunConfig::parse("weights=q4_k").unwrap(),
+    )
+    .unwrap();
+    let mut b = Vec::new();
+    m.write_gguf(&mut b).unwrap();
+    let g = Gguf::parse(&b, "x").unwrap();
+    let t = g.tensor("blk.1.attn_v.weight").unwrap();
+    // Super-block 3's d (its first two bytes) becomes an f16 NaN.
+    let at = g.tensor_data(t).as_ptr() as usize - b.as_ptr() as usize + 3 * 144;
+    let mut bad = b.clone();
+    bad[at..at + 2].copy_from_slice(&0x7e00u16.to_le_bytes());
+    let e = err_gguf(&bad);
+    assert!(
+        e.contains("bad.gguf")
+            && e.contains("\"blk.1.attn_v.weight\"")
+            && e.contains("block 3 (Q4_K): its scale d is NaN"),
+        "{e}"
+    );
+    // The value length (a u32 after its key and type) no longer matches the key length.
+    let mut v = b.clone();
+    let key = b"qwen3.attention.value_length";
+    let at = v.windows(key.len()).position(|w| w == key).unwrap() + key.len() + 4;
+    v[at..at + 4].copy_from_slice(&64u32.to_le_bytes());
+    let e = err_gguf(&v);
+    assert!(
+        e.contains("qwen3.attention.value_length") && e.contains("key length (head size) is 128"),
+        "{e}"
+    );
+    let qwen2 = Model::synthetic_config(
+        Config {
+            arch: Arch::Qwen2,
+            ..Preset::Tiny.config()
+        },
+        3,
+    );
+    let mut b = Vec::new();
+    qwen2.write_gguf(&mut b).unwrap();
+    let g = Gguf::parse(&b, "x").unwrap();
+    let tensors: Vec<TensorOut> = g
+        .tensors
+        .iter()
+        .filter(|t| t.name != "blk.1.attn_k.bias")
+        .map(|t| TensorOut {
+            name: t.name.clone(),
+            dims: t.dims.clone(),
+            ty: t.ty,
+            data: g.tensor_data(t),
+        })
+        .collect();
+    let e = err_gguf(&gguf::write(&g.metadata, &tensors).unwrap());
+    assert!(
+        e.contains("bad.gguf") && e.contains("tensor \"blk.1.attn_k.bias\": missing"),
+        "{e}"
+    );
 }
 
 #[test]
