@@ -232,8 +232,8 @@ fn gguf_data_past_end_and_contradicting_dims() {
 /// biases, a Qwen3 file whose value head size differs from its key head size.
 #[test]
 fn corrupt_k_blocks_and_missing_family_tensors_name_file_and_field() {
-    use nibble_engine::measure::{self, RunConfig};
     use nibble_engine::arch::{Arch, Config};
+    use nibble_engine::measure::{self, RunConfig};
     let (m, _) = measure::prepare(
         &Model::synthetic(Preset::Qwen3Tiny, 2),
         &RunConfig::parse("weights=q4_k").unwrap(),

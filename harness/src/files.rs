@@ -183,10 +183,16 @@ pub fn inspect(a: InspectArgs) -> Result<()> {
         "\ntotal: {total_bytes} tensor bytes for {total_elems} weights = {:.4} bits per weight",
         total_bytes as f64 * 8.0 / total_elems.max(1) as f64
     );
-    if g.get("general.architecture").and_then(gguf::Value::as_str) == Some("llama") {
+    if nibble_engine::arch::from_gguf(&g, &file).is_ok() {
         drop(g);
-        let m = Model::from_gguf(&bytes, &file)?;
-        print_accounting(&m.accounting());
+        let acc = Model::from_gguf(&bytes, &file)?.accounting();
+        if acc.tensors.iter().any(|t| t.ty.is_k()) {
+            println!(
+                "\n(as nibble holds them: K super-blocks padded to whole 32-bit words, so Q6_K's 210 \
+                 bytes take 212)"
+            );
+        }
+        print_accounting(&acc);
     }
     Ok(())
 }

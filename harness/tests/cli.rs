@@ -484,6 +484,12 @@ fn tokenize_and_score_answer_as_the_references() {
     let read = |f: &str| -> serde_json::Value {
         serde_json::from_str(&std::fs::read_to_string(dir.join(f)).unwrap()).unwrap()
     };
+    // inspect knows the family: its tensors, types and accounting by class.
+    let out = ok(&["inspect", model]);
+    assert!(
+        out.contains("by class:") && out.contains("blk.0.attn_q.bias") && out.contains("Q6_K"),
+        "{out}"
+    );
     let tokens = read("tokens.json");
     for c in tokens["cases"].as_array().unwrap().iter().take(6) {
         let text = c["text"].as_str().unwrap();
