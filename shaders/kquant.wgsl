@@ -72,6 +72,45 @@ fn kq_weight(r: u32, c: u32) -> f32 {
     return dm.x * sm.x * f32(q) - dm.y * sm.y;
 }
 
+// Eight consecutive elements of row r from column c (a multiple of 8), for the matmul's tiles: they
+// share one sub-block, so its scale is decoded once and the codes come from two words.
+fn kq_load8(r: u32, c: u32) -> array<f32, 8> {
+    let w = (r * (p.cols >> 8u) + (c >> 8u)) * kq_words();
+    let e = c & 255u;
+    let l0 = e & 31u;
+    var v: array<f32, 8>;
+    if (p.kind == KIND_Q6_K) {
+        let n = e >> 7u;
+        let k = (e >> 5u) & 3u;
+        let lo = w + (64u * n + 32u * (k & 1u) + l0) / 4u;
+        let hi = w + (128u + 32u * n + l0) / 4u;
+        let d = unpack2x16float(words[w + 52u]).x * f32(i32(kq_byte(w, 192u + (e >> 4u)) << 24u) >> 24u);
+        for (var i = 0u; i < 8u; i++) {
+            let sh = 8u * (i & 3u);
+            let q = ((words[lo + (i >> 2u)] >> (sh + 4u * (k >> 1u))) & 15u)
+                | (((words[hi + (i >> 2u)] >> (sh + 2u * k)) & 3u) << 4u);
+            v[i] = d * (f32(q) - 32.0);
+        }
+        return v;
+    }
+    let j = e >> 5u;
+    let five = p.kind == KIND_Q5_K;
+    let codes = w + (select(16u, 48u, five) + 32u * (e >> 6u) + l0) / 4u;
+    let dm = unpack2x16float(words[w]);
+    let sm = kq_scale_min(w, j);
+    let d = dm.x * sm.x;
+    let m = dm.y * sm.y;
+    for (var i = 0u; i < 8u; i++) {
+        let sh = 8u * (i & 3u);
+        var q = (words[codes + (i >> 2u)] >> (sh + 4u * (j & 1u))) & 15u;
+        if (five) {
+            q += ((words[w + 4u + l0 / 4u + (i >> 2u)] >> (sh + j)) & 1u) << 4u;
+        }
+        v[i] = d * f32(q) - m;
+    }
+    return v;
+}
+
 fn kq_x4(c: u32) -> vec4<f32> {
     return vec4<f32>(f32(x[c]), f32(x[c + 1u]), f32(x[c + 2u]), f32(x[c + 3u]));
 }

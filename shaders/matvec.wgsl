@@ -247,9 +247,7 @@ fn load8(r: u32, c: u32) -> array<f32, 8> {
     let i = r * p.cols + c;
     switch p.kind {
         case KIND_Q4_K, KIND_Q5_K, KIND_Q6_K: {
-            for (var j = 0u; j < 8u; j++) {
-                v[j] = kq_weight(r, c + j);
-            }
+            v = kq_load8(r, c);
         }
         case KIND_F32: {
             for (var j = 0u; j < 8u; j++) {
