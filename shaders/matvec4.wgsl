@@ -225,8 +225,8 @@ fn k_scale_min(hdr: vec4<u32>, j: u32) -> vec2<f32> {
     }
     let lo = (hdr.w >> sh) & 255u;
     return vec2<f32>(
-        f32((lo & 15u) | (((hdr.y >> sh) >> 6u) & 3u) << 4u),
-        f32((lo >> 4u) | (((hdr.z >> sh) >> 6u) & 3u) << 4u));
+        f32((lo & 15u) | ((((hdr.y >> sh) >> 6u) & 3u) << 4u)),
+        f32((lo >> 4u) | ((((hdr.z >> sh) >> 6u) & 3u) << 4u)));
 }
 
 // Codes vec4 `i` (0..8) of a super-block whose x starts at vector xs: its low nibbles are elements

@@ -292,54 +292,62 @@ fn opfs_store_and_a_full_quota() {
     }
 }
 
-/// A model people download, in every browser: the Qwen2 fixture (`$NIBBLE_FAMILIES`; Q4_K_M
-/// super-blocks, byte-level BPE, Q/K/V biases, NeoX RoPE) runs the accuracy scenario in Chromium and
-/// Firefox (WebGPU, the K-quant kernels) and WebKitGTK (wasm on the CPU), and every accuracy row passes
-/// against the native oracle. Skipped with the reason where `NIBBLE_FAMILIES` is unset.
+/// The new families in every browser: Qwen3's layout (the `qwen3-tiny` preset: per-head Q/K norms,
+/// heads of 128 over a 256-wide residual) and a model people download, the Qwen2 fixture
+/// (`$NIBBLE_FAMILIES`; Q4_K_M super-blocks, byte-level BPE, Q/K/V biases, NeoX RoPE), run the accuracy
+/// scenario in Chromium and Firefox (WebGPU, the K-quant kernels) and WebKitGTK (wasm on the CPU), and
+/// every accuracy row passes against the native oracle. The fixture half is skipped with the reason
+/// where `NIBBLE_FAMILIES` is unset.
 #[test]
-fn the_qwen2_fixture_is_accurate_in_every_browser() {
-    let Some(fam) = std::env::var_os("NIBBLE_FAMILIES").map(PathBuf::from) else {
-        eprintln!("SKIPPED: NIBBLE_FAMILIES is not set (.ci/run sets it)");
-        return;
-    };
+fn the_new_families_are_accurate_in_every_browser() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let out = scratch("run-qwen2");
-    let model = fam.join("qwen2-tiny/qwen2-tiny-Q4_K_M.gguf");
-    // Only accuracy runs, so targets needing other scenarios are "not measured": the gate says 1.
-    let r = run(
-        &out,
-        &[
-            "--model",
-            model.to_str().unwrap(),
+    let mut models = vec![(
+        "qwen3-tiny",
+        vec!["--preset".to_string(), "qwen3-tiny".into()],
+    )];
+    match std::env::var_os("NIBBLE_FAMILIES").map(PathBuf::from) {
+        Some(fam) => {
+            let model = fam.join("qwen2-tiny/qwen2-tiny-Q4_K_M.gguf");
+            models.push(("qwen2", vec!["--model".into(), model.display().to_string()]));
+        }
+        None => {
+            eprintln!("SKIPPED the Qwen2 fixture: NIBBLE_FAMILIES is not set (.ci/run sets it)")
+        }
+    }
+    for (what, model) in models {
+        let out = scratch(&format!("run-{what}"));
+        let mut args: Vec<&str> = model.iter().map(String::as_str).collect();
+        args.extend([
             "--browsers",
             "chrome,firefox,webkit",
             "--scenarios",
             "accuracy",
-        ],
-        1,
-    );
-    for (name, backend) in [
-        ("chrome", "webgpu"),
-        ("firefox", "webgpu"),
-        ("webkit", "wasm-cpu"),
-    ] {
-        let h = host(&r, name);
-        assert_eq!(h["status"], "ok", "{name}: {}", h["error"]);
-        assert_eq!(h["capabilities"]["backend"], backend, "{name}");
-        let sc = scenario(h, "accuracy");
-        assert_eq!(sc["status"], "ok", "{name}: {}", sc["error"]);
-        let rows = sc["outcome"]["data"].as_array().unwrap();
-        assert_eq!(rows.len(), 2, "{name}");
-        for row in rows {
-            assert_eq!(
-                row["pass"], true,
-                "{name} {}: {}",
-                row["config"], row["failure"]
-            );
-            assert!(
-                row["divergence"]["tokens"].as_u64().unwrap() >= 32,
-                "{name}: {row}"
-            );
+        ]);
+        // Only accuracy runs, so targets needing other scenarios are "not measured": the gate says 1.
+        let r = run(&out, &args, 1);
+        for (name, backend) in [
+            ("chrome", "webgpu"),
+            ("firefox", "webgpu"),
+            ("webkit", "wasm-cpu"),
+        ] {
+            let h = host(&r, name);
+            assert_eq!(h["status"], "ok", "{what} {name}: {}", h["error"]);
+            assert_eq!(h["capabilities"]["backend"], backend, "{what} {name}");
+            let sc = scenario(h, "accuracy");
+            assert_eq!(sc["status"], "ok", "{what} {name}: {}", sc["error"]);
+            let rows = sc["outcome"]["data"].as_array().unwrap();
+            assert_eq!(rows.len(), 2, "{what} {name}");
+            for row in rows {
+                assert_eq!(
+                    row["pass"], true,
+                    "{what} {name} {}: {}",
+                    row["config"], row["failure"]
+                );
+                assert!(
+                    row["divergence"]["tokens"].as_u64().unwrap() >= 32,
+                    "{what} {name}: {row}"
+                );
+            }
         }
     }
 }
