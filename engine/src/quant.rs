@@ -1,4 +1,5 @@
-//! Weight formats: f32, f16 and block-wise q8_0, q4_0, q4_1, shared by the CPU path, the GPU upload and
+//! Weight formats: f32, f16, block-wise q8_0, q4_0, q4_1 and ggml's K-quants (`kquant.rs`), shared by the
+//! CPU path, the GPU upload and
 //! the GGUF reader/writer.
 //!
 //! In memory a matrix is *planar*, not ggml's interleaved 18-byte blocks, because WGSL storage buffers

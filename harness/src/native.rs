@@ -731,7 +731,7 @@ pub struct QuantizeArgs {
     model: ModelArgs,
     #[arg(long)]
     out: PathBuf,
-    /// Default type for every matrix: f32, f16, q8_0, q4_0, q4_1.
+    /// Default type for every matrix: f32, f16, q8_0, q4_0, q4_1, q4_k, q5_k, q6_k.
     #[arg(long)]
     weights: String,
     /// Block size; only 32 has a GGUF (ggml) type.
