@@ -1,6 +1,5 @@
 //! Weight formats: f32, f16, block-wise q8_0, q4_0, q4_1 and ggml's K-quants (`kquant.rs`), shared by the
-//! CPU path, the GPU upload and
-//! the GGUF reader/writer.
+//! CPU path, the GPU upload and the GGUF reader/writer.
 //!
 //! In memory a matrix is *planar*, not ggml's interleaved 18-byte blocks, because WGSL storage buffers
 //! hold 4-byte words: `words` holds the codes (8 nibbles or 4 bytes per u32, element `i` of a block in
