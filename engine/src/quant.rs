@@ -45,11 +45,7 @@ impl QMatrix {
 
     /// An all-zero matrix of `ty`, to be filled row by row with [`QMatrix::set_row`].
     pub fn zeros(ty: WType, block: usize, rows: usize, cols: usize) -> Self {
-        let block = match ty {
-            t if t.is_k() => QK_K,
-            t if t.is_quantized() => block,
-            _ => 1,
-        };
+        let block = ty.block_for(block);
         if ty.is_quantized() || ty.is_k() {
             assert!(
                 block % 8 == 0 && cols % block == 0,

@@ -133,17 +133,7 @@ fn tiny_gguf(md_patch: impl Fn(&mut Vec<(String, Value)>), offset_patch: Option<
     let g = Gguf::parse(&b, "x").unwrap();
     let mut md = g.metadata.clone();
     md_patch(&mut md);
-    let tensors: Vec<TensorOut> = g
-        .tensors
-        .iter()
-        .map(|t| TensorOut {
-            name: t.name.clone(),
-            dims: t.dims.clone(),
-            ty: t.ty,
-            data: g.tensor_data(t),
-        })
-        .collect();
-    let mut out = gguf::write(&md, &tensors).unwrap();
+    let mut out = gguf::write(&md, &tensors_except(&g, "")).unwrap();
     if let Some(off) = offset_patch {
         // Point the last tensor's offset past the end of the file.
         let last = g.tensors.last().unwrap();
@@ -153,6 +143,20 @@ fn tiny_gguf(md_patch: impl Fn(&mut Vec<(String, Value)>), offset_patch: Option<
         out[off_at..off_at + 8].copy_from_slice(&off.to_le_bytes());
     }
     out
+}
+
+/// The tensors of `g` to write again, all but the one named `skip`.
+fn tensors_except<'a>(g: &Gguf<'a>, skip: &str) -> Vec<TensorOut<'a>> {
+    g.tensors
+        .iter()
+        .filter(|t| t.name != skip)
+        .map(|t| TensorOut {
+            name: t.name.clone(),
+            dims: t.dims.clone(),
+            ty: t.ty,
+            data: g.tensor_data(t),
+        })
+        .collect()
 }
 
 fn set(md: &mut [(String, Value)], key: &str, v: Value) {
@@ -274,17 +278,7 @@ fn corrupt_k_blocks_and_missing_family_tensors_name_file_and_field() {
     let mut b = Vec::new();
     qwen2.write_gguf(&mut b).unwrap();
     let g = Gguf::parse(&b, "x").unwrap();
-    let tensors: Vec<TensorOut> = g
-        .tensors
-        .iter()
-        .filter(|t| t.name != "blk.1.attn_k.bias")
-        .map(|t| TensorOut {
-            name: t.name.clone(),
-            dims: t.dims.clone(),
-            ty: t.ty,
-            data: g.tensor_data(t),
-        })
-        .collect();
+    let tensors = tensors_except(&g, "blk.1.attn_k.bias");
     let e = err_gguf(&gguf::write(&g.metadata, &tensors).unwrap());
     assert!(
         e.contains("bad.gguf") && e.contains("tensor \"blk.1.attn_k.bias\": missing"),
