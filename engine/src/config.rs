@@ -98,7 +98,7 @@ impl Config {
             if h == 0 || h > MAX_DIM {
                 return bad("head_dim", format!("{h} is outside 1..={MAX_DIM}"));
             }
-        } else if self.dim % self.n_heads != 0 {
+        } else if !self.dim.is_multiple_of(self.n_heads) {
             return bad(
                 "n_heads",
                 format!(
@@ -107,7 +107,7 @@ impl Config {
                 ),
             );
         }
-        if self.n_kv_heads > self.n_heads || self.n_heads % self.n_kv_heads != 0 {
+        if self.n_kv_heads > self.n_heads || !self.n_heads.is_multiple_of(self.n_kv_heads) {
             return bad(
                 "n_kv_heads",
                 format!(
@@ -116,7 +116,7 @@ impl Config {
                 ),
             );
         }
-        if self.head_size() % 2 != 0 {
+        if !self.head_size().is_multiple_of(2) {
             return bad(
                 "n_heads",
                 format!("head size {} must be even for RoPE", self.head_size()),

@@ -252,7 +252,7 @@ impl Decoder for CpuDecoder<'_> {
     }
 }
 
-fn inv_rms(x: &[f32], eps: f32) -> f32 {
+pub(crate) fn inv_rms(x: &[f32], eps: f32) -> f32 {
     let ss = x.iter().map(|v| v * v).sum::<f32>() / x.len() as f32;
     1.0 / (ss + eps).sqrt()
 }

@@ -45,14 +45,14 @@ impl KvConfig {
     pub fn validate(&self, c: &Config) -> Result<()> {
         let kv = c.kv_dim();
         for (which, t) in [("keys", self.k), ("values", self.v)] {
-            if !matches!(t, KvType::F32 | KvType::F16) && kv % 32 != 0 {
+            if !matches!(t, KvType::F32 | KvType::F16) && !kv.is_multiple_of(32) {
                 return Err(Error::Invalid(format!(
                     "{} {which} need a KV row ({kv} values) that is a whole number of 32-blocks",
                     t.name()
                 )));
             }
         }
-        if self.k == KvType::Kivi4 && (self.group == 0 || self.group % 8 != 0) {
+        if self.k == KvType::Kivi4 && (self.group == 0 || !self.group.is_multiple_of(8)) {
             return Err(Error::Invalid(format!(
                 "--kv-group {} must be a positive multiple of 8",
                 self.group
@@ -263,6 +263,21 @@ impl KvCache {
     /// Bytes held now, measured from the stores themselves.
     pub fn bytes(&self) -> usize {
         self.layers.iter().map(|(k, v)| k.bytes() + v.bytes()).sum()
+    }
+
+    /// The keys and values of `layer` as f32 rows indexed by position, where the cache stores them so
+    /// (f32 rows, no window ring): readers skip [`KvCache::gather`]'s copy.
+    pub fn f32_rows(&self, layer: usize) -> Option<(&[f32], &[f32])> {
+        if self.config.window.is_some() {
+            return None;
+        }
+        match &self.layers[layer] {
+            (Store::Rows(k), Store::Rows(v)) if k.ty == WType::F32 && v.ty == WType::F32 => Some((
+                bytemuck::cast_slice(&k.words),
+                bytemuck::cast_slice(&v.words),
+            )),
+            _ => None,
+        }
     }
 
     /// Stores the rotated key and the value of `layer` at `pos`. Positions arrive in order.

@@ -14,6 +14,7 @@ pub mod cpu;
 pub mod dtype;
 pub mod error;
 pub mod eval;
+pub mod fast;
 pub mod forward;
 pub mod gguf;
 pub mod gpu;
@@ -141,10 +142,11 @@ async fn feed_prefix<D: Decoder + ?Sized>(
     Ok((last, pos0 + rest.len()))
 }
 
-/// Which backend runs a model: the CPU (the oracle's code) or an open GPU.
+/// Which backend runs a model: the CPU oracle, the fast CPU backend, or an open GPU.
 #[derive(Clone, Copy)]
 pub enum Backend<'g> {
     Cpu,
+    Fast(fast::FastOptions),
     Gpu(&'g gpu::Gpu),
 }
 
@@ -156,6 +158,7 @@ impl<'g> Backend<'g> {
     {
         Ok(match *self {
             Backend::Cpu => Box::new(cpu::CpuDecoder::with_kv(model, kv)?),
+            Backend::Fast(o) => Box::new(fast::FastDecoder::new(model, kv, o)?),
             Backend::Gpu(g) => Box::new(gpu::GpuDecoder::new(g, model, kv)?),
         })
     }
@@ -163,6 +166,7 @@ impl<'g> Backend<'g> {
     pub fn name(&self) -> String {
         match self {
             Backend::Cpu => "cpu".into(),
+            Backend::Fast(o) => format!("cpu ({})", o.label()),
             Backend::Gpu(g) => format!(
                 "gpu ({}, {}, {} activations)",
                 g.report.name,

@@ -4,6 +4,7 @@
 //! ever whole.
 
 use crate::cache::{self, LoadReport, Source, Store};
+use crate::fast::{FastDecoder, FastOptions};
 use crate::gpu::{Gpu, GpuDecoder, GpuSink, GpuWeights};
 use crate::kv::KvConfig;
 use crate::model::{Model, Plan};
@@ -14,7 +15,8 @@ use std::rc::Rc;
 
 /// Where the loaded weights live.
 pub enum Weights<'g> {
-    Cpu(Box<Model>),
+    /// A model in host memory, for the oracle or (with options) the fast CPU backend.
+    Cpu(Box<Model>, Option<FastOptions>),
     Gpu(&'g Gpu, Rc<GpuWeights>),
 }
 
@@ -38,12 +40,16 @@ impl<'g> Backend<'g> {
         progress: &mut dyn FnMut(String),
     ) -> Result<Ready<'g>> {
         match self {
-            Backend::Cpu => {
+            Backend::Cpu | Backend::Fast(_) => {
+                let fast = match self {
+                    Backend::Fast(o) => Some(o),
+                    _ => None,
+                };
                 let l = cache::load(src, wc, store, progress).await?;
                 Ok(Ready {
                     plan: Plan::of(&l.model),
                     tokenizer: l.model.tokenizer.clone(),
-                    weights: Weights::Cpu(Box::new(l.model)),
+                    weights: Weights::Cpu(Box::new(l.model), fast),
                     fallbacks: l.fallbacks,
                     report: l.report,
                 })
@@ -69,7 +75,7 @@ impl Ready<'_> {
     /// Whether [`Ready::decoder`] can run `kv` on these weights (the GPU kernels have shape limits).
     pub fn check(&self, kv: &KvConfig) -> Result<()> {
         match &self.weights {
-            Weights::Cpu(_) => kv.validate(&self.plan.config),
+            Weights::Cpu(..) => kv.validate(&self.plan.config),
             Weights::Gpu(..) => GpuDecoder::check(&self.plan.config, kv),
         }
     }
@@ -77,7 +83,8 @@ impl Ready<'_> {
     /// A decoder on the loaded weights with a KV cache as `kv` says.
     pub fn decoder(&self, kv: KvConfig) -> Result<Box<dyn Decoder + '_>> {
         Ok(match &self.weights {
-            Weights::Cpu(m) => Box::new(cpu::CpuDecoder::with_kv(m, kv)?),
+            Weights::Cpu(m, None) => Box::new(cpu::CpuDecoder::with_kv(m, kv)?),
+            Weights::Cpu(m, Some(o)) => Box::new(FastDecoder::new(m, kv, *o)?),
             Weights::Gpu(g, w) => Box::new(GpuDecoder::with_weights(g, w.clone(), kv)?),
         })
     }
@@ -85,7 +92,7 @@ impl Ready<'_> {
     /// The model in host memory, where the backend computes from one.
     pub fn model(&self) -> Option<&Model> {
         match &self.weights {
-            Weights::Cpu(m) => Some(m),
+            Weights::Cpu(m, _) => Some(m),
             Weights::Gpu(..) => None,
         }
     }

@@ -174,7 +174,7 @@ impl WeightConfig {
     pub fn target_of(&self, id: TensorId, ty: WType, block: usize, cols: usize) -> (WType, usize) {
         match self.type_for(id) {
             None => (ty, block),
-            Some(t) if cols % t.block_for(self.block) != 0 => (WType::F16, 1),
+            Some(t) if !cols.is_multiple_of(t.block_for(self.block)) => (WType::F16, 1),
             Some(t) => (t, t.block_for(self.block)),
         }
     }
@@ -219,7 +219,7 @@ pub fn restore(
         return Ok((None, None));
     };
     let mut fallback = None;
-    if m.cols % ty.block_for(cfg.block) != 0 {
+    if !m.cols.is_multiple_of(ty.block_for(cfg.block)) {
         fallback = Some(Fallback {
             tensor: id.gguf_name(),
             requested: ty,

@@ -48,7 +48,7 @@ impl QMatrix {
         let block = ty.block_for(block);
         if ty.is_quantized() || ty.is_k() {
             assert!(
-                block % 8 == 0 && cols % block == 0,
+                block.is_multiple_of(8) && cols.is_multiple_of(block),
                 "cols {cols} not a multiple of block {block}"
             );
         }

@@ -40,7 +40,7 @@ fn tokenizer_of(a: &ModelArgs) -> Result<Tokenizer> {
             return Ok(Tokenizer::from_gguf(&Gguf::parse(&bytes, &name)?, &name)?);
         }
     }
-    let rt = BackendArgs::cpu().open()?;
+    let rt = BackendArgs::oracle().open()?;
     let (ready, _) = rt.load(a, &QuantArgs::default())?;
     Ok(require_tokenizer(ready.tokenizer.as_ref(), &ready.plan.name)?.clone())
 }

@@ -7,6 +7,8 @@ use clap::Args;
 use nibble_engine::cache::{InMemory, Source, Store};
 use nibble_engine::cpu::CpuDecoder;
 use nibble_engine::eval::{self, Sampler};
+use nibble_engine::fast::dot::Isa;
+use nibble_engine::fast::FastOptions;
 use nibble_engine::gguf::{Value, ValueType};
 use nibble_engine::gpu::{Activations, Gpu, GpuOptions};
 use nibble_engine::kv::{KvConfig, KvType};
@@ -86,28 +88,56 @@ impl QuantArgs {
 /// `--backend`: which backend runs the model.
 #[derive(Args, Clone, Default)]
 pub struct BackendArgs {
-    /// cpu or gpu. Default: gpu where a WebGPU adapter exists, otherwise cpu (the output says which ran).
+    /// gpu, cpu (the fast CPU backend) or oracle (the f32 reference). Default: gpu where a WebGPU
+    /// adapter exists, otherwise cpu (the output says which ran).
     #[arg(long)]
     backend: Option<String>,
     /// GPU activations, f16 or f32. Default: f16 where the adapter has shader-f16, else f32.
     #[arg(long)]
     act: Option<String>,
+    /// CPU threads. Default: every core.
+    #[arg(long)]
+    threads: Option<usize>,
+    /// CPU instruction set: scalar, avx2, avx512-vnni, simd128. Default: the best this machine has.
+    #[arg(long)]
+    isa: Option<String>,
 }
 
-/// An opened backend: the GPU when one was asked for or found.
+/// An opened backend: the GPU when one was asked for or found, else the CPU (fast, or the oracle).
 pub struct OpenBackend {
     gpu: Option<Gpu>,
+    /// The fast CPU backend's options; `None` with no GPU is the oracle.
+    fast: Option<FastOptions>,
     /// The user asked for this backend by name, so nothing falls back.
     forced: bool,
 }
 
 impl BackendArgs {
     /// The CPU oracle, whatever the machine has.
-    pub fn cpu() -> Self {
+    pub fn oracle() -> Self {
         BackendArgs {
-            backend: Some("cpu".into()),
+            backend: Some("oracle".into()),
             ..Default::default()
         }
+    }
+
+    fn fast_options(&self) -> Result<FastOptions> {
+        let mut o = FastOptions::default();
+        if let Some(t) = self.threads {
+            if t == 0 {
+                bail!("--threads 0: at least one thread runs");
+            }
+            o.threads = t;
+        }
+        if let Some(name) = &self.isa {
+            let names: Vec<_> = Isa::ALL.iter().map(|i| i.name()).collect();
+            o.isa = Isa::parse(name)
+                .ok_or_else(|| anyhow::anyhow!("--isa {name:?}: expected one of {names:?}"))?;
+            if !o.isa.available() {
+                bail!("--isa {name}: this machine does not have it");
+            }
+        }
+        Ok(o)
     }
 
     pub fn open(&self) -> Result<OpenBackend> {
@@ -115,32 +145,46 @@ impl BackendArgs {
             act: self.act.as_deref().map(Activations::parse).transpose()?,
             ..gpu_env_options()?
         };
-        if opts.act.is_some() && self.backend.as_deref() == Some("cpu") {
-            bail!("--act applies to the GPU backend; the CPU computes in f32");
+        let gpu_only = opts.act.is_some();
+        let cpu_only = self.threads.is_some() || self.isa.is_some();
+        let fast = self.fast_options()?;
+        let b = self.backend.as_deref();
+        if gpu_only && matches!(b, Some("cpu" | "oracle")) {
+            bail!("--act applies to the GPU backend");
         }
-        match self.backend.as_deref() {
-            Some("cpu") => Ok(OpenBackend {
+        if cpu_only && matches!(b, Some("gpu" | "oracle")) {
+            bail!("--threads and --isa apply to the fast CPU backend (--backend cpu)");
+        }
+        let cpu = |forced| OpenBackend {
+            gpu: None,
+            fast: Some(fast),
+            forced,
+        };
+        match b {
+            Some("cpu") => Ok(cpu(true)),
+            Some("oracle") => Ok(OpenBackend {
                 gpu: None,
+                fast: None,
                 forced: true,
             }),
             Some("gpu") => Ok(OpenBackend {
                 gpu: Some(Gpu::open_blocking(opts)?),
+                fast: None,
                 forced: true,
             }),
+            None if cpu_only => Ok(cpu(false)),
             None => match Gpu::open_blocking(opts) {
                 Ok(g) => Ok(OpenBackend {
                     gpu: Some(g),
+                    fast: Some(fast),
                     forced: false,
                 }),
                 Err(e) => {
                     eprintln!("backend: cpu ({e})");
-                    Ok(OpenBackend {
-                        gpu: None,
-                        forced: false,
-                    })
+                    Ok(cpu(false))
                 }
             },
-            Some(other) => bail!("--backend {other:?}: expected cpu or gpu"),
+            Some(other) => bail!("--backend {other:?}: expected gpu, cpu or oracle"),
         }
     }
 }
@@ -152,7 +196,7 @@ impl OpenBackend {
         match self.backend().decoder(m, kv.clone()) {
             Err(e) if !self.forced && self.gpu.is_some() => {
                 eprintln!("backend: cpu for {} ({e})", kv.label());
-                Ok(Backend::Cpu.decoder(m, kv)?)
+                Ok(self.cpu().decoder(m, kv)?)
             }
             r => Ok(r?),
         }
@@ -166,7 +210,7 @@ impl OpenBackend {
         match tried {
             Err(e) if !self.forced && self.gpu.is_some() => {
                 eprintln!("backend: cpu ({e:#})");
-                load_for(a, q, Backend::Cpu)
+                load_for(a, q, self.cpu())
             }
             r => r,
         }
@@ -175,17 +219,27 @@ impl OpenBackend {
     pub fn backend(&self) -> Backend<'_> {
         match &self.gpu {
             Some(g) => Backend::Gpu(g),
-            None => Backend::Cpu,
+            None => self.cpu(),
         }
+    }
+
+    /// The CPU backend this run falls back to, or runs on without a GPU.
+    fn cpu(&self) -> Backend<'static> {
+        self.fast.map_or(Backend::Cpu, Backend::Fast)
     }
 
     pub fn adapter(&self) -> Option<&nibble_engine::gpu::AdapterReport> {
         self.gpu.as_ref().map(|g| &g.report)
     }
 
-    /// Activation type of the GPU backend; the CPU computes in f32.
+    /// Activation type: the GPU's; the fast CPU backend's 8-bit blocks against quantized weights
+    /// (f32 against f16 and f32 weights); the oracle's f32.
     pub fn activations(&self) -> &'static str {
-        self.gpu.as_ref().map_or("f32", |g| g.activations.name())
+        match (&self.gpu, self.fast) {
+            (Some(g), _) => g.activations.name(),
+            (None, Some(_)) => "q8",
+            (None, None) => "f32",
+        }
     }
 }
 
@@ -272,7 +326,7 @@ fn load_for<'g>(
 /// The model with the run's weights applied, in host memory (the CPU's load).
 fn prepared(a: &ModelArgs, q: &QuantArgs) -> Result<(Model, RunConfig, Vec<Fallback>)> {
     let (ready, cfg) = load_for(a, q, Backend::Cpu)?;
-    let Weights::Cpu(m) = ready.weights else {
+    let Weights::Cpu(m, _) = ready.weights else {
         unreachable!("a CPU load holds the model")
     };
     let mut m = *m;

@@ -85,7 +85,7 @@ impl<'g> GpuDecoder<'g> {
     /// Whether the GPU kernels can run this shape with this KV configuration.
     pub fn check(c: &Config, kv: &KvConfig) -> Result<()> {
         kv.validate(c)?;
-        if c.head_size() % 4 != 0 || c.head_size() > 256 {
+        if !c.head_size().is_multiple_of(4) || c.head_size() > 256 {
             return Err(Error::Gpu(format!(
                 "head size {} is not supported by the attention kernel (a multiple of 4, at most 256)",
                 c.head_size()
@@ -222,7 +222,7 @@ impl<'g> GpuDecoder<'g> {
         }
         // Rows per workgroup as the chosen kernel covers them, one on the element-wise path (matvec.wgsl).
         let m = &self.w.mats[&w];
-        let per = if m.cols % 32 == 0 {
+        let per = if m.cols.is_multiple_of(32) {
             self.gpu.matvec_kernel().rows_per_group()
         } else {
             1

@@ -212,8 +212,8 @@ impl MatvecKernel {
         let vec4 = match ty {
             WType::F32 => Some(Kernel::Matvec4F32),
             WType::F16 => Some(Kernel::Matvec4F16),
-            WType::Q8_0 => (block % 16 == 0).then_some(Kernel::Matvec4Q8),
-            WType::Q4_0 | WType::Q4_1 => (block % 32 == 0).then_some(Kernel::Matvec4Q4),
+            WType::Q8_0 => block.is_multiple_of(16).then_some(Kernel::Matvec4Q8),
+            WType::Q4_0 | WType::Q4_1 => block.is_multiple_of(32).then_some(Kernel::Matvec4Q4),
             // Super-blocks of 9 and 11 vec4s; Q6_K's 53 words take 32-bit loads (kquant.wgsl).
             WType::Q4_K => Some(Kernel::Matvec4Q4K),
             WType::Q5_K => Some(Kernel::Matvec4Q5K),
@@ -223,7 +223,7 @@ impl MatvecKernel {
             (MatvecKernel::Row, _) if ty.is_k() => Kernel::MatvecKRow,
             (MatvecKernel::Tiled, Some(k)) if ty.is_k() => k,
             _ if ty.is_k() => Kernel::MatvecK,
-            _ if cols % 32 != 0 => Kernel::MatvecAny,
+            _ if !cols.is_multiple_of(32) => Kernel::MatvecAny,
             (MatvecKernel::Tiled, Some(k)) => k,
             (MatvecKernel::Tiled | MatvecKernel::Tiled32, _) => Kernel::Matvec,
             (MatvecKernel::Row, _) => Kernel::MatvecRow,

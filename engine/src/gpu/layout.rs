@@ -82,7 +82,7 @@ pub(super) fn rows_per_chunk(m: Shape, max_binding: u64) -> Option<usize> {
     } else {
         0
     };
-    let step = if (!m.ty.is_k() && (m.cols * bits) % 32 != 0) || blocks % 2 == 1 {
+    let step = if (!m.ty.is_k() && !(m.cols * bits).is_multiple_of(32)) || blocks % 2 == 1 {
         2
     } else {
         1

@@ -154,7 +154,14 @@ pub async fn open(opts: String) -> Result<String, JsError> {
             caps.adapter = Some(g.report.clone());
             caps.activations = Some(g.activations.name().into());
         }
-        None => caps.backend = "wasm-cpu".into(),
+        None => {
+            caps.backend = "wasm-cpu".into();
+            caps.activations = Some("q8".into());
+            caps.cpu = Some(format!(
+                "{}: wasm threads need a build with atomics (nightly), so one",
+                crate::fast::FastOptions::default().label()
+            ));
+        }
     }
     GPU.with(|s| *s.borrow_mut() = gpu.map(Rc::new));
     serde_json::to_string(&caps).map_err(err)
@@ -326,7 +333,7 @@ pub async fn load(job: String, on_progress: Function) -> Result<String, JsError>
         .await
         .map_err(err)?;
     let rl = &ready.report;
-    let load::Weights::Cpu(model) = ready.weights else {
+    let load::Weights::Cpu(model, _) = ready.weights else {
         return Err(err("a CPU load holds the model"));
     };
     let mut model = *model;
@@ -373,16 +380,22 @@ fn gpu() -> Option<Rc<Gpu>> {
     GPU.with(|s| s.borrow().clone())
 }
 
+/// The page's backend: its WebGPU adapter, or the fast CPU backend on one thread (SIMD128 where the
+/// bundle has it) where the browser has none.
+fn backend_of(g: &Option<Rc<Gpu>>) -> Backend<'_> {
+    match g {
+        Some(g) => Backend::Gpu(g),
+        None => Backend::Fast(crate::fast::FastOptions::default()),
+    }
+}
+
 /// Runs one scenario ("accuracy", "latency", "memory", "context") on the loaded model and answers
 /// its [`ScenarioRecord`]. A failure inside the scenario is recorded, not thrown.
 #[wasm_bindgen]
 pub async fn run_scenario(name: String, on_progress: Function) -> Result<String, JsError> {
     let l = loaded()?;
     let g = gpu();
-    let backend = match &g {
-        Some(g) => Backend::Gpu(g),
-        None => Backend::Cpu,
-    };
+    let backend = backend_of(&g);
     let p = l
         .params
         .as_ref()
@@ -410,10 +423,7 @@ pub async fn run_scenario(name: String, on_progress: Function) -> Result<String,
 pub async fn score(tokens: Vec<u32>, _on_progress: Function) -> Result<Vec<f32>, JsError> {
     let l = loaded()?;
     let g = gpu();
-    let backend = match &g {
-        Some(g) => Backend::Gpu(g),
-        None => Backend::Cpu,
-    };
+    let backend = backend_of(&g);
     let mut dec = backend.decoder(&l.model, Default::default()).map_err(err)?;
     let mut out = Vec::with_capacity(tokens.len() * l.model.config.vocab_size);
     for (pos, &t) in tokens.iter().enumerate() {
@@ -460,10 +470,7 @@ async fn generation(prompt: Prompt, n: usize, temperature: f32) -> Result<String
         .as_ref()
         .ok_or_else(|| err("the model has no tokenizer"))?;
     let g = gpu();
-    let backend = match &g {
-        Some(g) => Backend::Gpu(g),
-        None => Backend::Cpu,
-    };
+    let backend = backend_of(&g);
     let mut dec = backend.decoder(&l.model, Default::default()).map_err(err)?;
     let mut sampler = eval::Sampler::new(temperature, 0.9, 0);
     let gen = match &prompt {
@@ -570,10 +577,7 @@ pub async fn reload(job: String, on_progress: Function) -> Result<String, JsErro
         Some(other) => return Err(err(format!("unknown store {other:?} (cache-api or opfs)"))),
     };
     let g = gpu();
-    let backend = match &g {
-        Some(g) => Backend::Gpu(g),
-        None => Backend::Cpu,
-    };
+    let backend = backend_of(&g);
     let store_ref: Option<&dyn crate::cache::Store> = store.as_ref().ok().map(|s| s.as_ref());
     let mut run = scenario::reload_run(&mut src, store_ref, backend, &p, |m| {
         report(&on_progress, &m)

@@ -96,6 +96,14 @@ fn f16_activations(h: &HostRun) -> Cell {
     let caps = h.capabilities.as_ref();
     match caps.and_then(|c| c.activations.as_deref()) {
         Some("f16") => cell("full", "shader-f16".into()),
+        Some("q8") => cell(
+            "unavailable",
+            format!(
+                "no GPU: {} (the CPU backend's 8-bit activations)",
+                caps.and_then(|c| c.gpu_unavailable.clone())
+                    .unwrap_or_default()
+            ),
+        ),
         Some(_) => cell(
             "unavailable",
             "the adapter has no shader-f16: f32 activations".into(),

@@ -1,10 +1,11 @@
-//! The native hosts: the CPU oracle and the native GPU run the same scenarios as the browsers, through
+//! The native hosts: the fast CPU backend (the oracle computes the references) and the native GPU run the same scenarios as the browsers, through
 //! the engine's one scenario dispatch.
 
 use super::ui::{host_progress, Ui};
 use super::{finish_host, Prepared};
 use crate::results::{self, HostStatus, RunResults};
 use anyhow::Result;
+use nibble_engine::fast::FastOptions;
 use nibble_engine::gpu::Gpu;
 use nibble_engine::measure;
 use nibble_engine::scenario::{self, Capabilities, Inputs, Outcome, Scenario, ScenarioRecord};
@@ -25,7 +26,7 @@ pub fn sweep(p: &Prepared) -> nibble_engine::Result<Vec<measure::SweepRow>> {
     ))
 }
 
-/// The CPU oracle, then (unless skipped) the native GPU; `results.json` is saved after each.
+/// The fast CPU backend, then (unless skipped) the native GPU; `results.json` is saved after each.
 pub fn run_hosts(
     p: &Prepared,
     want: &[Scenario],
@@ -36,8 +37,12 @@ pub fn run_hosts(
 ) -> Result<()> {
     let t0 = Instant::now();
     let mut host = res.host_mut("native-cpu").clone();
-    host.capabilities = Some(caps(None, Some("the oracle runs on the CPU".into())));
-    tokio::task::block_in_place(|| run_scenarios(p, Backend::Cpu, want, &mut host, ui));
+    let fast = FastOptions::default();
+    let mut c = caps(None, Some("the fast CPU backend runs on the CPU".into()));
+    c.activations = Some("q8".into());
+    c.cpu = Some(format!("{}: every core", fast.label()));
+    host.capabilities = Some(c);
+    tokio::task::block_in_place(|| run_scenarios(p, Backend::Fast(fast), want, &mut host, ui));
     finish_host(&mut host, t0);
     *res.host_mut("native-cpu") = host;
     results::save(path, res)?;
@@ -138,6 +143,7 @@ fn caps(gpu: Option<&Gpu>, why: Option<String>) -> Capabilities {
         adapter: gpu.map(|g| g.report.clone()),
         activations: gpu.map(|g| g.activations.name().to_string()),
         matvec_kernel: gpu.map(|g| g.matvec_choice.borrow().clone()),
+        cpu: None,
         apis: BTreeMap::new(),
     }
 }

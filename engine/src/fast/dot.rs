@@ -1,0 +1,758 @@
+//! The fast CPU backend's inner products. Rows of q4_0, q4_1 and q8_0 weights (blocks of any multiple of
+//! 32) meet activations quantized to 8 bits in blocks of 32, once per product ([`Q8`]), and sum in
+//! integers; f16 and f32 rows sum in f32. One implementation per instruction set, chosen at run time
+//! natively and at compile time in wasm (SIMD128), the scalar one the reference for the others.
+
+use half::f16;
+
+/// Elements per activation block.
+pub const QB: usize = 32;
+
+/// The instruction set the products use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Isa {
+    Scalar,
+    /// x86-64 AVX2 with FMA and F16C: `maddubs` byte products.
+    Avx2,
+    /// x86-64 AVX-512 VNNI (256-bit, with VL): `dpbusd` byte products accumulated in one step.
+    Avx512Vnni,
+    /// wasm SIMD128, compiled in where the bundle enables it.
+    Simd128,
+}
+
+impl Isa {
+    pub const ALL: [Isa; 4] = [Isa::Scalar, Isa::Avx2, Isa::Avx512Vnni, Isa::Simd128];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Isa::Scalar => "scalar",
+            Isa::Avx2 => "avx2",
+            Isa::Avx512Vnni => "avx512-vnni",
+            Isa::Simd128 => "simd128",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Isa> {
+        Isa::ALL.into_iter().find(|i| i.name() == s)
+    }
+
+    /// Whether this machine (or this wasm build) runs it.
+    pub fn available(self) -> bool {
+        match self {
+            Isa::Scalar => true,
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => {
+                is_x86_feature_detected!("avx2")
+                    && is_x86_feature_detected!("fma")
+                    && is_x86_feature_detected!("f16c")
+            }
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512Vnni => {
+                Isa::Avx2.available()
+                    && is_x86_feature_detected!("avx512f")
+                    && is_x86_feature_detected!("avx512vl")
+                    && is_x86_feature_detected!("avx512vnni")
+            }
+            Isa::Simd128 => cfg!(all(target_arch = "wasm32", target_feature = "simd128")),
+            #[allow(unreachable_patterns)]
+            _ => false,
+        }
+    }
+
+    /// The fastest available.
+    pub fn best() -> Isa {
+        [Isa::Avx512Vnni, Isa::Avx2, Isa::Simd128]
+            .into_iter()
+            .find(|i| i.available())
+            .unwrap_or(Isa::Scalar)
+    }
+}
+
+/// Where element `i` of a block of 32 goes among the activation codes. A 4-bit weight block holds
+/// element `2j` in the low and `2j + 1` in the high nibble of byte `j` (the planar layout of
+/// `quant.rs`), so its activations are stored evens first, then odds: the low nibbles of the 16 bytes
+/// meet the first 16 codes and the high nibbles the rest, with no shuffle.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Order {
+    Natural,
+    Nibble,
+}
+
+/// One activation row quantized in blocks of [`QB`]: `x ≈ d * code`, with `s = d * sum(codes)` per
+/// block (for the weights' offsets: q4_0's -8 and q4_1's min).
+#[derive(Debug, Default, Clone)]
+pub struct Q8 {
+    pub qs: Vec<i8>,
+    pub d: Vec<f32>,
+    pub s: Vec<f32>,
+}
+
+impl Q8 {
+    /// Quantizes `x` (a multiple of [`QB`] long): each block's largest magnitude maps to 127, rounded
+    /// to nearest, so an element's error is at most `d / 2 = max|x_block| / 254`.
+    pub fn quantize(&mut self, x: &[f32], order: Order) {
+        let n = x.len() / QB;
+        self.qs.resize(n * QB, 0);
+        self.d.resize(n, 0.0);
+        self.s.resize(n, 0.0);
+        for (b, xb) in x.chunks_exact(QB).enumerate() {
+            let amax = xb.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+            let d = amax / 127.0;
+            let id = if d > 0.0 { 1.0 / d } else { 0.0 };
+            let q = &mut self.qs[b * QB..(b + 1) * QB];
+            let mut sum = 0i32;
+            for (i, v) in xb.iter().enumerate() {
+                let c = (v * id).round() as i8;
+                let at = match order {
+                    Order::Natural => i,
+                    Order::Nibble => i / 2 + (i % 2) * (QB / 2),
+                };
+                q[at] = c;
+                sum += c as i32;
+            }
+            self.d[b] = d;
+            self.s[b] = d * sum as f32;
+        }
+    }
+}
+
+/// One quantized weight row: its code bytes and one f16 scale per weight block of `sub` (a power of
+/// two) activation blocks, and the block offsets (q4_0's `-8 d`: `scales` with factor -8; q4_1's mins
+/// with factor 1), applied through the activations' block sums `s`.
+#[derive(Clone, Copy)]
+pub struct QRow<'a> {
+    pub codes: &'a [u8],
+    pub scales: &'a [f16],
+    pub sub: usize,
+    pub offsets: Option<(&'a [f16], f32)>,
+}
+
+impl QRow<'_> {
+    fn shift(&self) -> u32 {
+        self.sub.trailing_zeros()
+    }
+
+    /// `sum_k offset(k) * s_k`, the part of the product the offsets contribute.
+    fn offset_part(&self, x: &Q8) -> f32 {
+        let Some((o, f)) = self.offsets else {
+            return 0.0;
+        };
+        let sh = self.shift();
+        let mut acc = 0.0f32;
+        for (k, s) in x.s.iter().enumerate() {
+            acc += o[k >> sh].to_f32() * s;
+        }
+        f * acc
+    }
+}
+
+/// `sum_b d_b * sum_{k in b} d_x[k] * (codes . x_codes)[k]` plus the offsets for a 4-bit row (codes
+/// 0..15).
+pub fn q4(isa: Isa, w: QRow, x: &Q8) -> f32 {
+    check(w, x, QB / 2);
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the lengths were checked above and the decoder only selects an available Isa.
+        Isa::Avx2 => unsafe { x86::q4_avx2(w, x) },
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512Vnni => unsafe { x86::q4_vnni(w, x) },
+        #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+        Isa::Simd128 => unsafe { wasm::q4_simd128(w, x) },
+        _ => q4_scalar(w, x),
+    }
+}
+
+/// The same for an 8-bit row (signed codes).
+pub fn q8(isa: Isa, w: QRow, x: &Q8) -> f32 {
+    check(w, x, QB);
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as in `q4`.
+        Isa::Avx2 => unsafe { x86::q8_avx2(w, x) },
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512Vnni => unsafe { x86::q8_vnni(w, x) },
+        #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+        Isa::Simd128 => unsafe { wasm::q8_simd128(w, x) },
+        _ => q8_scalar(w, x),
+    }
+}
+
+/// A 4-bit (`q4`) or 8-bit (`q8`) row against every row of `xs`: `out[t]` for `xs[t]`. The SIMD paths
+/// unpack each weight block once for up to four activation rows (a prompt's batch).
+pub fn rows(isa: Isa, four_bit: bool, w: QRow, xs: &[Q8], out: &mut [f32]) {
+    for x in xs {
+        check(w, x, if four_bit { QB / 2 } else { QB });
+    }
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the lengths were checked above and the decoder only selects an available Isa.
+        Isa::Avx2 | Isa::Avx512Vnni if xs.len() > 1 => unsafe {
+            x86::tiles(isa, four_bit, w, xs, out)
+        },
+        _ => {
+            for (o, x) in out.iter_mut().zip(xs) {
+                *o = if four_bit {
+                    q4(isa, w, x)
+                } else {
+                    q8(isa, w, x)
+                };
+            }
+        }
+    }
+}
+
+/// `w . x` for an f16 row and f32 activations.
+pub fn f16_row(isa: Isa, w: &[f16], x: &[f32]) -> f32 {
+    assert_eq!(w.len(), x.len());
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: equal lengths checked; the Isa is available.
+        Isa::Avx2 | Isa::Avx512Vnni => unsafe { x86::f16_avx2(w, x) },
+        _ => {
+            let mut buf = [0.0f32; 64];
+            let mut acc = 0.0;
+            for (wc, xc) in w.chunks(64).zip(x.chunks(64)) {
+                let b = &mut buf[..wc.len()];
+                half::slice::HalfFloatSliceExt::convert_to_f32_slice(wc, b);
+                acc += crate::quant::dot(b, xc);
+            }
+            acc
+        }
+    }
+}
+
+/// `w . x` in f32.
+pub fn f32_row(isa: Isa, w: &[f32], x: &[f32]) -> f32 {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the Isa is available; `dot` itself checks nothing unsafe.
+        Isa::Avx2 | Isa::Avx512Vnni => unsafe { x86::dot_avx2(w, x) },
+        _ => crate::quant::dot(w, x),
+    }
+}
+
+fn check(w: QRow, x: &Q8, bytes_per_block: usize) {
+    let n = x.d.len();
+    assert!(
+        w.sub.is_power_of_two()
+            && w.scales.len() * w.sub == n
+            && w.offsets.is_none_or(|(o, _)| o.len() == w.scales.len())
+            && w.codes.len() >= n * bytes_per_block
+            && x.qs.len() >= n * QB,
+        "row of {} scales x {} against {n} activation blocks",
+        w.scales.len(),
+        w.sub
+    );
+}
+
+fn q4_scalar(w: QRow, x: &Q8) -> f32 {
+    let mut acc = 0.0f32;
+    for (b, d) in w.scales.iter().enumerate() {
+        let mut part = 0.0f32;
+        for k in b * w.sub..(b + 1) * w.sub {
+            let codes = &w.codes[k * 16..(k + 1) * 16];
+            let q = &x.qs[k * QB..(k + 1) * QB];
+            let mut i = 0i32;
+            for (j, c) in codes.iter().enumerate() {
+                i += (c & 15) as i32 * q[j] as i32 + (c >> 4) as i32 * q[16 + j] as i32;
+            }
+            part += x.d[k] * i as f32;
+        }
+        acc += d.to_f32() * part;
+    }
+    acc + w.offset_part(x)
+}
+
+fn q8_scalar(w: QRow, x: &Q8) -> f32 {
+    let mut acc = 0.0f32;
+    for (b, d) in w.scales.iter().enumerate() {
+        let mut part = 0.0f32;
+        for k in b * w.sub..(b + 1) * w.sub {
+            let codes = &w.codes[k * QB..(k + 1) * QB];
+            let q = &x.qs[k * QB..(k + 1) * QB];
+            let i: i32 = codes
+                .iter()
+                .zip(q)
+                .map(|(&c, &q)| c as i8 as i32 * q as i32)
+                .sum();
+            part += x.d[k] * i as f32;
+        }
+        acc += d.to_f32() * part;
+    }
+    acc
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use super::{QRow, Q8, QB};
+    use half::f16;
+    use std::arch::x86_64::*;
+
+    #[inline(always)]
+    unsafe fn hsum(v: __m256) -> f32 {
+        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)))
+    }
+
+    #[inline(always)]
+    unsafe fn h2f(h: f16) -> f32 {
+        _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(h.to_bits() as i32)))
+    }
+
+    /// 32 nibbles of a 4-bit block as bytes: the low nibbles, then the high ones.
+    #[inline(always)]
+    unsafe fn nibbles(p: *const u8) -> __m256i {
+        let b = _mm_loadu_si128(p as *const __m128i);
+        let m = _mm_set1_epi8(0x0F);
+        _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(b, 4), m), _mm_and_si128(b, m))
+    }
+
+    /// The row loop shared by every x86 product: `block(k)` gives activation block `k`'s integer sums
+    /// in 8 lanes. With one activation block per weight block (block 32), eight blocks' scales are
+    /// converted and multiplied at once and each block takes its lane; two accumulators, so
+    /// consecutive blocks' multiply-adds do not wait on each other.
+    #[inline(always)]
+    unsafe fn row(w: QRow, x: &Q8, block: impl Fn(usize) -> __m256i) -> f32 {
+        let (sh, n) = (w.shift(), x.d.len());
+        let (sp, dp) = (w.scales.as_ptr(), x.d.as_ptr());
+        let (mut a0, mut a1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+        let mut k = 0;
+        if sh == 0 {
+            while k + 8 <= n {
+                let d = _mm256_cvtph_ps(_mm_loadu_si128(sp.add(k) as *const __m128i));
+                let s8 = _mm256_mul_ps(d, _mm256_loadu_ps(dp.add(k)));
+                macro_rules! lane {
+                    ($acc:ident, $j:literal) => {
+                        let s = _mm256_permutevar8x32_ps(s8, _mm256_set1_epi32($j));
+                        $acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(block(k + $j)), s, $acc);
+                    };
+                }
+                lane!(a0, 0);
+                lane!(a1, 1);
+                lane!(a0, 2);
+                lane!(a1, 3);
+                lane!(a0, 4);
+                lane!(a1, 5);
+                lane!(a0, 6);
+                lane!(a1, 7);
+                k += 8;
+            }
+        }
+        while k < n {
+            let s = _mm256_set1_ps(h2f(*sp.add(k >> sh)) * *dp.add(k));
+            a0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(block(k)), s, a0);
+            k += 1;
+        }
+        hsum(_mm256_add_ps(a0, a1)) + offset_part(w, x)
+    }
+
+    /// The offsets' part for one activation row (see [`QRow`]).
+    #[inline(always)]
+    unsafe fn offset_part(w: QRow, x: &Q8) -> f32 {
+        let Some((o, f)) = w.offsets else {
+            return 0.0;
+        };
+        let (sh, n) = (w.shift(), x.d.len());
+        let (op, s) = (o.as_ptr(), x.s.as_ptr());
+        let (mut k, mut off) = (0, 0.0f32);
+        if sh == 0 {
+            let mut v = _mm256_setzero_ps();
+            while k + 8 <= n {
+                let o8 = _mm256_cvtph_ps(_mm_loadu_si128(op.add(k) as *const __m128i));
+                v = _mm256_fmadd_ps(o8, _mm256_loadu_ps(s.add(k)), v);
+                k += 8;
+            }
+            off = hsum(v);
+        }
+        while k < n {
+            off += h2f(*op.add(k >> sh)) * *s.add(k);
+            k += 1;
+        }
+        off * f
+    }
+
+    /// One weight row against `T` activation rows: each block is loaded (`load(k)`) once and
+    /// multiplied with every row's block (`prod(w, x)`, 8 lanes of integer sums).
+    #[inline(always)]
+    unsafe fn tile<const T: usize>(
+        w: QRow,
+        xs: &[Q8],
+        load: impl Fn(usize) -> __m256i,
+        prod: impl Fn(__m256i, __m256i) -> __m256i,
+    ) -> [f32; T] {
+        let (sh, n) = (w.shift(), xs[0].d.len());
+        let sp = w.scales.as_ptr();
+        let mut acc = [_mm256_setzero_ps(); T];
+        for k in 0..n {
+            let wk = load(k);
+            let d = _mm256_set1_ps(h2f(*sp.add(k >> sh)));
+            for (t, a) in acc.iter_mut().enumerate() {
+                let x = xs.get_unchecked(t);
+                let q = _mm256_loadu_si256(x.qs.as_ptr().add(k * QB) as *const __m256i);
+                let p = _mm256_mul_ps(
+                    _mm256_cvtepi32_ps(prod(wk, q)),
+                    _mm256_broadcast_ss(&*x.d.as_ptr().add(k)),
+                );
+                *a = _mm256_fmadd_ps(p, d, *a);
+            }
+        }
+        let mut out = [0.0f32; T];
+        for t in 0..T {
+            out[t] = hsum(acc[t]) + offset_part(w, &xs[t]);
+        }
+        out
+    }
+
+    /// [`super::rows`] on x86: tiles of four activation rows, then the rest one by one.
+    #[inline(always)]
+    unsafe fn tiles_with(
+        w: QRow,
+        xs: &[Q8],
+        out: &mut [f32],
+        load: impl Fn(usize) -> __m256i + Copy,
+        prod: impl Fn(__m256i, __m256i) -> __m256i + Copy,
+    ) {
+        let mut t = 0;
+        while t + 4 <= xs.len() {
+            out[t..t + 4].copy_from_slice(&tile::<4>(w, &xs[t..t + 4], load, prod));
+            t += 4;
+        }
+        while t < xs.len() {
+            out[t] = tile::<1>(w, &xs[t..t + 1], load, prod)[0];
+            t += 1;
+        }
+    }
+
+    pub unsafe fn tiles(isa: super::Isa, four_bit: bool, w: QRow, xs: &[Q8], out: &mut [f32]) {
+        match (isa, four_bit) {
+            (super::Isa::Avx512Vnni, true) => tiles_q4_vnni(w, xs, out),
+            (super::Isa::Avx512Vnni, false) => tiles_q8_vnni(w, xs, out),
+            (_, true) => tiles_q4_avx2(w, xs, out),
+            (_, false) => tiles_q8_avx2(w, xs, out),
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512vnni")]
+    unsafe fn tiles_q4_vnni(w: QRow, xs: &[Q8], out: &mut [f32]) {
+        let cp = w.codes.as_ptr();
+        tiles_with(
+            w,
+            xs,
+            out,
+            |k| nibbles(cp.add(k * 16)),
+            |a, q| _mm256_dpbusd_epi32(_mm256_setzero_si256(), a, q),
+        )
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512vnni")]
+    unsafe fn tiles_q8_vnni(w: QRow, xs: &[Q8], out: &mut [f32]) {
+        let cp = w.codes.as_ptr();
+        tiles_with(
+            w,
+            xs,
+            out,
+            |k| _mm256_loadu_si256(cp.add(k * QB) as *const __m256i),
+            |c, q| {
+                let (a, s) = (_mm256_sign_epi8(c, c), _mm256_sign_epi8(q, c));
+                _mm256_dpbusd_epi32(_mm256_setzero_si256(), a, s)
+            },
+        )
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn tiles_q4_avx2(w: QRow, xs: &[Q8], out: &mut [f32]) {
+        let (cp, ones) = (w.codes.as_ptr(), _mm256_set1_epi16(1));
+        tiles_with(
+            w,
+            xs,
+            out,
+            |k| nibbles(cp.add(k * 16)),
+            |a, q| _mm256_madd_epi16(_mm256_maddubs_epi16(a, q), ones),
+        )
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn tiles_q8_avx2(w: QRow, xs: &[Q8], out: &mut [f32]) {
+        let (cp, ones) = (w.codes.as_ptr(), _mm256_set1_epi16(1));
+        tiles_with(
+            w,
+            xs,
+            out,
+            |k| _mm256_loadu_si256(cp.add(k * QB) as *const __m256i),
+            |c, q| {
+                let p = _mm256_maddubs_epi16(_mm256_sign_epi8(c, c), _mm256_sign_epi8(q, c));
+                _mm256_madd_epi16(p, ones)
+            },
+        )
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn q4_avx2(w: QRow, x: &Q8) -> f32 {
+        let (cp, qp, ones) = (w.codes.as_ptr(), x.qs.as_ptr(), _mm256_set1_epi16(1));
+        row(w, x, |k| {
+            let q = _mm256_loadu_si256(qp.add(k * QB) as *const __m256i);
+            _mm256_madd_epi16(_mm256_maddubs_epi16(nibbles(cp.add(k * 16)), q), ones)
+        })
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512vnni")]
+    pub unsafe fn q4_vnni(w: QRow, x: &Q8) -> f32 {
+        let (cp, qp) = (w.codes.as_ptr(), x.qs.as_ptr());
+        row(w, x, |k| {
+            let q = _mm256_loadu_si256(qp.add(k * QB) as *const __m256i);
+            _mm256_dpbusd_epi32(_mm256_setzero_si256(), nibbles(cp.add(k * 16)), q)
+        })
+    }
+
+    // Signed by signed: |w| as unsigned times x with w's sign.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn q8_avx2(w: QRow, x: &Q8) -> f32 {
+        let (cp, qp, ones) = (w.codes.as_ptr(), x.qs.as_ptr(), _mm256_set1_epi16(1));
+        row(w, x, |k| {
+            let c = _mm256_loadu_si256(cp.add(k * QB) as *const __m256i);
+            let q = _mm256_loadu_si256(qp.add(k * QB) as *const __m256i);
+            let p = _mm256_maddubs_epi16(_mm256_sign_epi8(c, c), _mm256_sign_epi8(q, c));
+            _mm256_madd_epi16(p, ones)
+        })
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512vnni")]
+    pub unsafe fn q8_vnni(w: QRow, x: &Q8) -> f32 {
+        let (cp, qp) = (w.codes.as_ptr(), x.qs.as_ptr());
+        row(w, x, |k| {
+            let c = _mm256_loadu_si256(cp.add(k * QB) as *const __m256i);
+            let q = _mm256_loadu_si256(qp.add(k * QB) as *const __m256i);
+            let (a, s) = (_mm256_sign_epi8(c, c), _mm256_sign_epi8(q, c));
+            _mm256_dpbusd_epi32(_mm256_setzero_si256(), a, s)
+        })
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn f16_avx2(w: &[f16], x: &[f32]) -> f32 {
+        let n = w.len() / 16 * 16;
+        let (wp, xp) = (w.as_ptr() as *const u8, x.as_ptr());
+        let (mut a0, mut a1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+        for i in (0..n).step_by(16) {
+            let w0 = _mm256_cvtph_ps(_mm_loadu_si128(wp.add(2 * i) as *const __m128i));
+            let w1 = _mm256_cvtph_ps(_mm_loadu_si128(wp.add(2 * i + 16) as *const __m128i));
+            a0 = _mm256_fmadd_ps(w0, _mm256_loadu_ps(xp.add(i)), a0);
+            a1 = _mm256_fmadd_ps(w1, _mm256_loadu_ps(xp.add(i + 8)), a1);
+        }
+        let tail: f32 = w[n..]
+            .iter()
+            .zip(&x[n..])
+            .map(|(a, b)| a.to_f32() * b)
+            .sum();
+        hsum(_mm256_add_ps(a0, a1)) + tail
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
+        crate::quant::dot(a, b)
+    }
+}
+
+#[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+mod wasm {
+    use super::{QRow, Q8, QB};
+    use core::arch::wasm32::*;
+
+    /// Sum of the products of 16 unsigned and 16 signed bytes, in 4 lanes.
+    #[inline(always)]
+    unsafe fn dot_u8_i8(u: v128, s: v128) -> v128 {
+        i32x4_add(
+            i32x4_dot_i16x8(u16x8_extend_low_u8x16(u), i16x8_extend_low_i8x16(s)),
+            i32x4_dot_i16x8(u16x8_extend_high_u8x16(u), i16x8_extend_high_i8x16(s)),
+        )
+    }
+
+    #[inline(always)]
+    unsafe fn dot_i8_i8(a: v128, s: v128) -> v128 {
+        i32x4_add(
+            i32x4_dot_i16x8(i16x8_extend_low_i8x16(a), i16x8_extend_low_i8x16(s)),
+            i32x4_dot_i16x8(i16x8_extend_high_i8x16(a), i16x8_extend_high_i8x16(s)),
+        )
+    }
+
+    #[inline(always)]
+    unsafe fn row(w: QRow, x: &Q8, block: impl Fn(usize) -> v128) -> f32 {
+        let mut acc = f32x4_splat(0.0);
+        for (b, d) in w.scales.iter().enumerate() {
+            let d = d.to_f32();
+            for k in b * w.sub..(b + 1) * w.sub {
+                let s = f32x4_splat(d * *x.d.get_unchecked(k));
+                acc = f32x4_add(acc, f32x4_mul(f32x4_convert_i32x4(block(k)), s));
+            }
+        }
+        f32x4_extract_lane::<0>(acc)
+            + f32x4_extract_lane::<1>(acc)
+            + f32x4_extract_lane::<2>(acc)
+            + f32x4_extract_lane::<3>(acc)
+            + w.offset_part(x)
+    }
+
+    pub unsafe fn q4_simd128(w: QRow, x: &Q8) -> f32 {
+        let (cp, qp) = (w.codes.as_ptr(), x.qs.as_ptr());
+        row(w, x, |k| {
+            let b = v128_load(cp.add(k * 16) as *const v128);
+            let lo = v128_and(b, u8x16_splat(15));
+            let hi = u8x16_shr(b, 4);
+            let q0 = v128_load(qp.add(k * QB) as *const v128);
+            let q1 = v128_load(qp.add(k * QB + 16) as *const v128);
+            i32x4_add(dot_u8_i8(lo, q0), dot_u8_i8(hi, q1))
+        })
+    }
+
+    pub unsafe fn q8_simd128(w: QRow, x: &Q8) -> f32 {
+        let (cp, qp) = (w.codes.as_ptr(), x.qs.as_ptr());
+        row(w, x, |k| {
+            let c0 = v128_load(cp.add(k * QB) as *const v128);
+            let c1 = v128_load(cp.add(k * QB + 16) as *const v128);
+            let q0 = v128_load(qp.add(k * QB) as *const v128);
+            let q1 = v128_load(qp.add(k * QB + 16) as *const v128);
+            i32x4_add(dot_i8_i8(c0, q0), dot_i8_i8(c1, q1))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+
+    /// A random row of `n` blocks of `block` elements, its activations, and the exact product of the
+    /// weights as stored with the activations as quantized (f64), the value every path must give.
+    struct Case {
+        codes: Vec<u8>,
+        scales: Vec<f16>,
+        mins: Vec<f16>,
+        x: Vec<f32>,
+    }
+
+    fn case(rng: &mut rand_chacha::ChaCha8Rng, n: usize, block: usize, bits: usize) -> Case {
+        let nb = n / block;
+        Case {
+            codes: (0..n * bits / 8).map(|_| rng.gen()).collect(),
+            scales: (0..nb)
+                .map(|_| f16::from_f32(rng.gen_range(-0.1..0.1)))
+                .collect(),
+            mins: (0..nb)
+                .map(|_| f16::from_f32(rng.gen_range(-0.5..0.5)))
+                .collect(),
+            x: (0..n).map(|_| rng.gen_range(-3.0..3.0)).collect(),
+        }
+    }
+
+    /// Element `i` of the row as stored (planar layout of quant.rs).
+    fn weight(c: &Case, i: usize, block: usize, bits: usize, q4_1: bool) -> f64 {
+        let (b, d) = (i / block, c.scales[i / block].to_f64());
+        if bits == 8 {
+            return c.codes[i] as i8 as f64 * d;
+        }
+        let code = (c.codes[i / 2] >> (4 * (i % 2))) & 15;
+        match q4_1 {
+            true => code as f64 * d + c.mins[b].to_f64(),
+            false => (code as f64 - 8.0) * d,
+        }
+    }
+
+    /// The dequantized activations: code `j` of block `k` in `order`.
+    fn dequant(x: &Q8, n: usize, order: Order) -> Vec<f64> {
+        (0..n)
+            .map(|i| {
+                let (k, e) = (i / QB, i % QB);
+                let at = match order {
+                    Order::Natural => e,
+                    Order::Nibble => e / 2 + (e % 2) * (QB / 2),
+                };
+                x.qs[k * QB + at] as f64 * x.d[k] as f64
+            })
+            .collect()
+    }
+
+    /// Every path against the exact sum, for each kind, block size and activation-row count: error
+    /// within f32 accumulation (1e-5 of the sum of |terms|; a wrong nibble or scale is ~1e-2).
+    #[test]
+    fn every_path_computes_the_exact_integer_product() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+        let n = 512;
+        for (bits, q4_1) in [(4, false), (4, true), (8, false)] {
+            for block in [32, 64, 256] {
+                let c = case(&mut rng, n, block, bits);
+                let order = if bits == 4 {
+                    Order::Nibble
+                } else {
+                    Order::Natural
+                };
+                let xs: Vec<Q8> = (0..6)
+                    .map(|t| {
+                        let mut q = Q8::default();
+                        let x: Vec<f32> = c.x.iter().map(|v| v * (t + 1) as f32).collect();
+                        q.quantize(&x, order);
+                        q
+                    })
+                    .collect();
+                let w = QRow {
+                    codes: &c.codes,
+                    scales: &c.scales,
+                    sub: block / QB,
+                    offsets: match (bits, q4_1) {
+                        (8, _) => None,
+                        (_, true) => Some((&c.mins, 1.0)),
+                        _ => Some((&c.scales, -8.0)),
+                    },
+                };
+                let want: Vec<(f64, f64)> = xs
+                    .iter()
+                    .map(|x| {
+                        let xd = dequant(x, n, order);
+                        (0..n).fold((0.0, 0.0), |(s, a), i| {
+                            let t = weight(&c, i, block, bits, q4_1) * xd[i];
+                            (s + t, a + t.abs())
+                        })
+                    })
+                    .collect();
+                for isa in Isa::ALL.into_iter().filter(|i| i.available()) {
+                    for rows in [1, 4, 6] {
+                        let mut out = vec![0.0f32; rows];
+                        rows_fn(isa, bits == 4, w, &xs[..rows], &mut out);
+                        for (t, (o, (s, a))) in out.iter().zip(&want).enumerate() {
+                            assert!(
+                                (*o as f64 - s).abs() <= 1e-5 * a,
+                                "{bits}-bit q4_1 {q4_1} block {block} {} rows {rows} row {t}: \
+                                 {o} vs {s}",
+                                isa.name()
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn rows_fn(isa: Isa, four_bit: bool, w: QRow, xs: &[Q8], out: &mut [f32]) {
+        rows(isa, four_bit, w, xs, out)
+    }
+
+    #[test]
+    fn quantized_activations_round_within_half_a_step() {
+        let x: Vec<f32> = (0..64)
+            .map(|i| ((i * 37 % 64) as f32 - 31.5) / 7.0)
+            .collect();
+        for order in [Order::Natural, Order::Nibble] {
+            let mut q = Q8::default();
+            q.quantize(&x, order);
+            let back = dequant(&q, 64, order);
+            for (k, (a, b)) in x.iter().zip(&back).enumerate() {
+                let d = q.d[k / QB] as f64;
+                assert!(
+                    (*a as f64 - b).abs() <= d / 2.0 + 1e-7,
+                    "{order:?} {k}: {a} vs {b}"
+                );
+            }
+            let sum: f64 = (0..QB).map(|i| q.qs[i] as f64).sum::<f64>() * q.d[0] as f64;
+            assert!((sum - q.s[0] as f64).abs() < 1e-4);
+        }
+    }
+}

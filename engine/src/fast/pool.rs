@@ -1,0 +1,63 @@
+//! The fast backend's threads: one rayon pool made with the decoder and kept for its life, so a product
+//! costs a task hand-off rather than thread starts. wasm without threads (and `threads = 1`) runs the
+//! same closures in order on the calling thread.
+
+use crate::Result;
+
+pub struct Pool {
+    #[cfg(not(target_arch = "wasm32"))]
+    pool: Option<rayon::ThreadPool>,
+    threads: usize,
+}
+
+impl Pool {
+    pub fn new(threads: usize) -> Result<Pool> {
+        let threads = threads.max(1);
+        #[cfg(not(target_arch = "wasm32"))]
+        {
+            let pool = if threads > 1 {
+                Some(
+                    rayon::ThreadPoolBuilder::new()
+                        .num_threads(threads)
+                        .thread_name(|i| format!("nibble-cpu-{i}"))
+                        .build()
+                        .map_err(|e| {
+                            crate::Error::Invalid(format!("a pool of {threads} threads: {e}"))
+                        })?,
+                )
+            } else {
+                None
+            };
+            Ok(Pool { pool, threads })
+        }
+        #[cfg(target_arch = "wasm32")]
+        {
+            let _ = threads;
+            Ok(Pool { threads: 1 })
+        }
+    }
+
+    /// Splits `out` (rows of `n` values) into runs of whole rows, about four per thread so uneven
+    /// rows balance, and calls `f(first_row, run)` for each.
+    pub fn rows(&self, out: &mut [f32], n: usize, f: impl Fn(usize, &mut [f32]) + Sync) {
+        let rows = out.len() / n.max(1);
+        let per = rows.div_ceil(self.threads * 4).max(1);
+        self.chunks(out, per * n, |i, o| f(i * per, o));
+    }
+
+    /// Calls `f(i, chunk)` for each `size`-long chunk `i` of `out`, in parallel where there are threads.
+    pub fn chunks(&self, out: &mut [f32], size: usize, f: impl Fn(usize, &mut [f32]) + Sync) {
+        #[cfg(not(target_arch = "wasm32"))]
+        if let Some(p) = &self.pool {
+            use rayon::prelude::*;
+            return p.install(|| {
+                out.par_chunks_mut(size)
+                    .enumerate()
+                    .for_each(|(i, o)| f(i, o))
+            });
+        }
+        for (i, o) in out.chunks_mut(size).enumerate() {
+            f(i, o);
+        }
+    }
+}
