@@ -58,7 +58,7 @@ fn sampling_is_seeded_and_differs_from_greedy() {
     );
 }
 
-/// Measured by this test's protocol on the f32 oracle (`nibble perplexity --backend cpu`).
+/// Measured by this test's protocol on the f32 oracle (`nibble perplexity --backend oracle`).
 const PPL_SAMPLE: f64 = 3.548202;
 const PPL_VALID_HEAD: f64 = 3.204849;
 

@@ -2,8 +2,9 @@
 //! spread over repetitions, the machine and the adapter, and the bytes each token had to read.
 
 use crate::args::ModelArgs;
+use crate::backend::BackendArgs;
 use crate::files::write_atomic;
-use crate::native::{load_model, BackendArgs};
+use crate::native::load_model;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use nibble_engine::bench::{self, BenchOpts, ConfigBench};
@@ -175,7 +176,7 @@ pub fn bench(a: BenchArgs) -> Result<()> {
 
 fn write_report(
     a: &BenchArgs,
-    rt: &crate::native::OpenBackend,
+    rt: &crate::backend::OpenBackend,
     model_name: &str,
     params: usize,
     reps: usize,

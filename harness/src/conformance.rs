@@ -2,7 +2,8 @@
 //! outside (against Hugging Face, llama.cpp's `llama-tokenize`, or another engine).
 
 use crate::args::ModelArgs;
-use crate::native::{require_tokenizer, BackendArgs, QuantArgs};
+use crate::backend::BackendArgs;
+use crate::native::{require_tokenizer, QuantArgs};
 use anyhow::{Context, Result};
 use clap::Args;
 use nibble_engine::block_on;

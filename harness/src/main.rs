@@ -1,6 +1,7 @@
 //! `nibble`: runs nibble-engine natively, measures it and reports.
 
 mod args;
+mod backend;
 mod bench_cmd;
 mod browser;
 mod conformance;

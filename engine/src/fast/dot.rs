@@ -128,12 +128,12 @@ pub struct QRow<'a> {
 }
 
 impl QRow<'_> {
-    fn shift(&self) -> u32 {
+    pub(super) fn shift(&self) -> u32 {
         self.sub.trailing_zeros()
     }
 
     /// `sum_k offset(k) * s_k`, the part of the product the offsets contribute.
-    fn offset_part(&self, x: &Q8) -> f32 {
+    pub(super) fn offset_part(&self, x: &Q8) -> f32 {
         let Some((o, f)) = self.offsets else {
             return 0.0;
         };
@@ -150,36 +150,42 @@ impl QRow<'_> {
 /// 0..15).
 pub fn q4(isa: Isa, w: QRow, x: &Q8) -> f32 {
     check(w, x, QB / 2);
-    match isa {
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: the lengths were checked above and the decoder only selects an available Isa.
-        Isa::Avx2 => unsafe { x86::q4_avx2(w, x) },
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx512Vnni => unsafe { x86::q4_vnni(w, x) },
-        #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
-        Isa::Simd128 => unsafe { wasm::q4_simd128(w, x) },
-        _ => q4_scalar(w, x),
-    }
+    // SAFETY: the lengths were checked.
+    unsafe { one(isa, true, w, x) }
 }
 
 /// The same for an 8-bit row (signed codes).
 pub fn q8(isa: Isa, w: QRow, x: &Q8) -> f32 {
     check(w, x, QB);
-    match isa {
+    // SAFETY: the lengths were checked.
+    unsafe { one(isa, false, w, x) }
+}
+
+/// One row against one activation row. The caller checked the lengths ([`check`]) and that the
+/// instruction set is available (the decoder only selects one that is).
+unsafe fn one(isa: Isa, four_bit: bool, w: QRow, x: &Q8) -> f32 {
+    match (isa, four_bit) {
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: as in `q4`.
-        Isa::Avx2 => unsafe { x86::q8_avx2(w, x) },
+        (Isa::Avx2, true) => super::x86::q4_avx2(w, x),
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512Vnni => unsafe { x86::q8_vnni(w, x) },
+        (Isa::Avx2, false) => super::x86::q8_avx2(w, x),
+        #[cfg(target_arch = "x86_64")]
+        (Isa::Avx512Vnni, true) => super::x86::q4_vnni(w, x),
+        #[cfg(target_arch = "x86_64")]
+        (Isa::Avx512Vnni, false) => super::x86::q8_vnni(w, x),
         #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
-        Isa::Simd128 => unsafe { wasm::q8_simd128(w, x) },
-        _ => q8_scalar(w, x),
+        (Isa::Simd128, true) => super::wasm::q4_simd128(w, x),
+        #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+        (Isa::Simd128, false) => super::wasm::q8_simd128(w, x),
+        (_, true) => q4_scalar(w, x),
+        (_, false) => q8_scalar(w, x),
     }
 }
 
 /// A 4-bit (`q4`) or 8-bit (`q8`) row against every row of `xs`: `out[t]` for `xs[t]`. The SIMD paths
 /// unpack each weight block once for up to four activation rows (a prompt's batch).
 pub fn rows(isa: Isa, four_bit: bool, w: QRow, xs: &[Q8], out: &mut [f32]) {
+    assert_eq!(xs.len(), out.len());
     for x in xs {
         check(w, x, if four_bit { QB / 2 } else { QB });
     }
@@ -187,15 +193,12 @@ pub fn rows(isa: Isa, four_bit: bool, w: QRow, xs: &[Q8], out: &mut [f32]) {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: the lengths were checked above and the decoder only selects an available Isa.
         Isa::Avx2 | Isa::Avx512Vnni if xs.len() > 1 => unsafe {
-            x86::tiles(isa, four_bit, w, xs, out)
+            super::x86::tiles(isa, four_bit, w, xs, out)
         },
         _ => {
             for (o, x) in out.iter_mut().zip(xs) {
-                *o = if four_bit {
-                    q4(isa, w, x)
-                } else {
-                    q8(isa, w, x)
-                };
+                // SAFETY: as above.
+                *o = unsafe { one(isa, four_bit, w, x) };
             }
         }
     }
@@ -207,7 +210,7 @@ pub fn f16_row(isa: Isa, w: &[f16], x: &[f32]) -> f32 {
     match isa {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: equal lengths checked; the Isa is available.
-        Isa::Avx2 | Isa::Avx512Vnni => unsafe { x86::f16_avx2(w, x) },
+        Isa::Avx2 | Isa::Avx512Vnni => unsafe { super::x86::f16_avx2(w, x) },
         _ => {
             let mut buf = [0.0f32; 64];
             let mut acc = 0.0;
@@ -226,7 +229,7 @@ pub fn f32_row(isa: Isa, w: &[f32], x: &[f32]) -> f32 {
     match isa {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: the Isa is available; `dot` itself checks nothing unsafe.
-        Isa::Avx2 | Isa::Avx512Vnni => unsafe { x86::dot_avx2(w, x) },
+        Isa::Avx2 | Isa::Avx512Vnni => unsafe { super::x86::dot_avx2(w, x) },
         _ => crate::quant::dot(w, x),
     }
 }
@@ -280,340 +283,6 @@ fn q8_scalar(w: QRow, x: &Q8) -> f32 {
         acc += d.to_f32() * part;
     }
     acc
-}
-
-#[cfg(target_arch = "x86_64")]
-mod x86 {
-    use super::{QRow, Q8, QB};
-    use half::f16;
-    use std::arch::x86_64::*;
-
-    #[inline(always)]
-    unsafe fn hsum(v: __m256) -> f32 {
-        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-        _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)))
-    }
-
-    #[inline(always)]
-    unsafe fn h2f(h: f16) -> f32 {
-        _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(h.to_bits() as i32)))
-    }
-
-    /// 32 nibbles of a 4-bit block as bytes: the low nibbles, then the high ones.
-    #[inline(always)]
-    unsafe fn nibbles(p: *const u8) -> __m256i {
-        let b = _mm_loadu_si128(p as *const __m128i);
-        let m = _mm_set1_epi8(0x0F);
-        _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(b, 4), m), _mm_and_si128(b, m))
-    }
-
-    /// The row loop shared by every x86 product: `block(k)` gives activation block `k`'s integer sums
-    /// in 8 lanes. With one activation block per weight block (block 32), eight blocks' scales are
-    /// converted and multiplied at once and each block takes its lane; two accumulators, so
-    /// consecutive blocks' multiply-adds do not wait on each other.
-    #[inline(always)]
-    unsafe fn row(w: QRow, x: &Q8, block: impl Fn(usize) -> __m256i) -> f32 {
-        let (sh, n) = (w.shift(), x.d.len());
-        let (sp, dp) = (w.scales.as_ptr(), x.d.as_ptr());
-        let (mut a0, mut a1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
-        let mut k = 0;
-        if sh == 0 {
-            while k + 8 <= n {
-                let d = _mm256_cvtph_ps(_mm_loadu_si128(sp.add(k) as *const __m128i));
-                let s8 = _mm256_mul_ps(d, _mm256_loadu_ps(dp.add(k)));
-                macro_rules! lane {
-                    ($acc:ident, $j:literal) => {
-                        let s = _mm256_permutevar8x32_ps(s8, _mm256_set1_epi32($j));
-                        $acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(block(k + $j)), s, $acc);
-                    };
-                }
-                lane!(a0, 0);
-                lane!(a1, 1);
-                lane!(a0, 2);
-                lane!(a1, 3);
-                lane!(a0, 4);
-                lane!(a1, 5);
-                lane!(a0, 6);
-                lane!(a1, 7);
-                k += 8;
-            }
-        }
-        while k < n {
-            let s = _mm256_set1_ps(h2f(*sp.add(k >> sh)) * *dp.add(k));
-            a0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(block(k)), s, a0);
-            k += 1;
-        }
-        hsum(_mm256_add_ps(a0, a1)) + offset_part(w, x)
-    }
-
-    /// The offsets' part for one activation row (see [`QRow`]).
-    #[inline(always)]
-    unsafe fn offset_part(w: QRow, x: &Q8) -> f32 {
-        let Some((o, f)) = w.offsets else {
-            return 0.0;
-        };
-        let (sh, n) = (w.shift(), x.d.len());
-        let (op, s) = (o.as_ptr(), x.s.as_ptr());
-        let (mut k, mut off) = (0, 0.0f32);
-        if sh == 0 {
-            let mut v = _mm256_setzero_ps();
-            while k + 8 <= n {
-                let o8 = _mm256_cvtph_ps(_mm_loadu_si128(op.add(k) as *const __m128i));
-                v = _mm256_fmadd_ps(o8, _mm256_loadu_ps(s.add(k)), v);
-                k += 8;
-            }
-            off = hsum(v);
-        }
-        while k < n {
-            off += h2f(*op.add(k >> sh)) * *s.add(k);
-            k += 1;
-        }
-        off * f
-    }
-
-    /// One weight row against `T` activation rows: each block is loaded (`load(k)`) once and
-    /// multiplied with every row's block (`prod(w, x)`, 8 lanes of integer sums).
-    #[inline(always)]
-    unsafe fn tile<const T: usize>(
-        w: QRow,
-        xs: &[Q8],
-        load: impl Fn(usize) -> __m256i,
-        prod: impl Fn(__m256i, __m256i) -> __m256i,
-    ) -> [f32; T] {
-        let (sh, n) = (w.shift(), xs[0].d.len());
-        let sp = w.scales.as_ptr();
-        let mut acc = [_mm256_setzero_ps(); T];
-        for k in 0..n {
-            let wk = load(k);
-            let d = _mm256_set1_ps(h2f(*sp.add(k >> sh)));
-            for (t, a) in acc.iter_mut().enumerate() {
-                let x = xs.get_unchecked(t);
-                let q = _mm256_loadu_si256(x.qs.as_ptr().add(k * QB) as *const __m256i);
-                let p = _mm256_mul_ps(
-                    _mm256_cvtepi32_ps(prod(wk, q)),
-                    _mm256_broadcast_ss(&*x.d.as_ptr().add(k)),
-                );
-                *a = _mm256_fmadd_ps(p, d, *a);
-            }
-        }
-        let mut out = [0.0f32; T];
-        for t in 0..T {
-            out[t] = hsum(acc[t]) + offset_part(w, &xs[t]);
-        }
-        out
-    }
-
-    /// [`super::rows`] on x86: tiles of four activation rows, then the rest one by one.
-    #[inline(always)]
-    unsafe fn tiles_with(
-        w: QRow,
-        xs: &[Q8],
-        out: &mut [f32],
-        load: impl Fn(usize) -> __m256i + Copy,
-        prod: impl Fn(__m256i, __m256i) -> __m256i + Copy,
-    ) {
-        let mut t = 0;
-        while t + 4 <= xs.len() {
-            out[t..t + 4].copy_from_slice(&tile::<4>(w, &xs[t..t + 4], load, prod));
-            t += 4;
-        }
-        while t < xs.len() {
-            out[t] = tile::<1>(w, &xs[t..t + 1], load, prod)[0];
-            t += 1;
-        }
-    }
-
-    pub unsafe fn tiles(isa: super::Isa, four_bit: bool, w: QRow, xs: &[Q8], out: &mut [f32]) {
-        match (isa, four_bit) {
-            (super::Isa::Avx512Vnni, true) => tiles_q4_vnni(w, xs, out),
-            (super::Isa::Avx512Vnni, false) => tiles_q8_vnni(w, xs, out),
-            (_, true) => tiles_q4_avx2(w, xs, out),
-            (_, false) => tiles_q8_avx2(w, xs, out),
-        }
-    }
-
-    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512vnni")]
-    unsafe fn tiles_q4_vnni(w: QRow, xs: &[Q8], out: &mut [f32]) {
-        let cp = w.codes.as_ptr();
-        tiles_with(
-            w,
-            xs,
-            out,
-            |k| nibbles(cp.add(k * 16)),
-            |a, q| _mm256_dpbusd_epi32(_mm256_setzero_si256(), a, q),
-        )
-    }
-
-    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512vnni")]
-    unsafe fn tiles_q8_vnni(w: QRow, xs: &[Q8], out: &mut [f32]) {
-        let cp = w.codes.as_ptr();
-        tiles_with(
-            w,
-            xs,
-            out,
-            |k| _mm256_loadu_si256(cp.add(k * QB) as *const __m256i),
-            |c, q| {
-                let (a, s) = (_mm256_sign_epi8(c, c), _mm256_sign_epi8(q, c));
-                _mm256_dpbusd_epi32(_mm256_setzero_si256(), a, s)
-            },
-        )
-    }
-
-    #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn tiles_q4_avx2(w: QRow, xs: &[Q8], out: &mut [f32]) {
-        let (cp, ones) = (w.codes.as_ptr(), _mm256_set1_epi16(1));
-        tiles_with(
-            w,
-            xs,
-            out,
-            |k| nibbles(cp.add(k * 16)),
-            |a, q| _mm256_madd_epi16(_mm256_maddubs_epi16(a, q), ones),
-        )
-    }
-
-    #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn tiles_q8_avx2(w: QRow, xs: &[Q8], out: &mut [f32]) {
-        let (cp, ones) = (w.codes.as_ptr(), _mm256_set1_epi16(1));
-        tiles_with(
-            w,
-            xs,
-            out,
-            |k| _mm256_loadu_si256(cp.add(k * QB) as *const __m256i),
-            |c, q| {
-                let p = _mm256_maddubs_epi16(_mm256_sign_epi8(c, c), _mm256_sign_epi8(q, c));
-                _mm256_madd_epi16(p, ones)
-            },
-        )
-    }
-
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn q4_avx2(w: QRow, x: &Q8) -> f32 {
-        let (cp, qp, ones) = (w.codes.as_ptr(), x.qs.as_ptr(), _mm256_set1_epi16(1));
-        row(w, x, |k| {
-            let q = _mm256_loadu_si256(qp.add(k * QB) as *const __m256i);
-            _mm256_madd_epi16(_mm256_maddubs_epi16(nibbles(cp.add(k * 16)), q), ones)
-        })
-    }
-
-    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512vnni")]
-    pub unsafe fn q4_vnni(w: QRow, x: &Q8) -> f32 {
-        let (cp, qp) = (w.codes.as_ptr(), x.qs.as_ptr());
-        row(w, x, |k| {
-            let q = _mm256_loadu_si256(qp.add(k * QB) as *const __m256i);
-            _mm256_dpbusd_epi32(_mm256_setzero_si256(), nibbles(cp.add(k * 16)), q)
-        })
-    }
-
-    // Signed by signed: |w| as unsigned times x with w's sign.
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn q8_avx2(w: QRow, x: &Q8) -> f32 {
-        let (cp, qp, ones) = (w.codes.as_ptr(), x.qs.as_ptr(), _mm256_set1_epi16(1));
-        row(w, x, |k| {
-            let c = _mm256_loadu_si256(cp.add(k * QB) as *const __m256i);
-            let q = _mm256_loadu_si256(qp.add(k * QB) as *const __m256i);
-            let p = _mm256_maddubs_epi16(_mm256_sign_epi8(c, c), _mm256_sign_epi8(q, c));
-            _mm256_madd_epi16(p, ones)
-        })
-    }
-
-    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512vnni")]
-    pub unsafe fn q8_vnni(w: QRow, x: &Q8) -> f32 {
-        let (cp, qp) = (w.codes.as_ptr(), x.qs.as_ptr());
-        row(w, x, |k| {
-            let c = _mm256_loadu_si256(cp.add(k * QB) as *const __m256i);
-            let q = _mm256_loadu_si256(qp.add(k * QB) as *const __m256i);
-            let (a, s) = (_mm256_sign_epi8(c, c), _mm256_sign_epi8(q, c));
-            _mm256_dpbusd_epi32(_mm256_setzero_si256(), a, s)
-        })
-    }
-
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn f16_avx2(w: &[f16], x: &[f32]) -> f32 {
-        let n = w.len() / 16 * 16;
-        let (wp, xp) = (w.as_ptr() as *const u8, x.as_ptr());
-        let (mut a0, mut a1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
-        for i in (0..n).step_by(16) {
-            let w0 = _mm256_cvtph_ps(_mm_loadu_si128(wp.add(2 * i) as *const __m128i));
-            let w1 = _mm256_cvtph_ps(_mm_loadu_si128(wp.add(2 * i + 16) as *const __m128i));
-            a0 = _mm256_fmadd_ps(w0, _mm256_loadu_ps(xp.add(i)), a0);
-            a1 = _mm256_fmadd_ps(w1, _mm256_loadu_ps(xp.add(i + 8)), a1);
-        }
-        let tail: f32 = w[n..]
-            .iter()
-            .zip(&x[n..])
-            .map(|(a, b)| a.to_f32() * b)
-            .sum();
-        hsum(_mm256_add_ps(a0, a1)) + tail
-    }
-
-    #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
-        crate::quant::dot(a, b)
-    }
-}
-
-#[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
-mod wasm {
-    use super::{QRow, Q8, QB};
-    use core::arch::wasm32::*;
-
-    /// Sum of the products of 16 unsigned and 16 signed bytes, in 4 lanes.
-    #[inline(always)]
-    unsafe fn dot_u8_i8(u: v128, s: v128) -> v128 {
-        i32x4_add(
-            i32x4_dot_i16x8(u16x8_extend_low_u8x16(u), i16x8_extend_low_i8x16(s)),
-            i32x4_dot_i16x8(u16x8_extend_high_u8x16(u), i16x8_extend_high_i8x16(s)),
-        )
-    }
-
-    #[inline(always)]
-    unsafe fn dot_i8_i8(a: v128, s: v128) -> v128 {
-        i32x4_add(
-            i32x4_dot_i16x8(i16x8_extend_low_i8x16(a), i16x8_extend_low_i8x16(s)),
-            i32x4_dot_i16x8(i16x8_extend_high_i8x16(a), i16x8_extend_high_i8x16(s)),
-        )
-    }
-
-    #[inline(always)]
-    unsafe fn row(w: QRow, x: &Q8, block: impl Fn(usize) -> v128) -> f32 {
-        let mut acc = f32x4_splat(0.0);
-        for (b, d) in w.scales.iter().enumerate() {
-            let d = d.to_f32();
-            for k in b * w.sub..(b + 1) * w.sub {
-                let s = f32x4_splat(d * *x.d.get_unchecked(k));
-                acc = f32x4_add(acc, f32x4_mul(f32x4_convert_i32x4(block(k)), s));
-            }
-        }
-        f32x4_extract_lane::<0>(acc)
-            + f32x4_extract_lane::<1>(acc)
-            + f32x4_extract_lane::<2>(acc)
-            + f32x4_extract_lane::<3>(acc)
-            + w.offset_part(x)
-    }
-
-    pub unsafe fn q4_simd128(w: QRow, x: &Q8) -> f32 {
-        let (cp, qp) = (w.codes.as_ptr(), x.qs.as_ptr());
-        row(w, x, |k| {
-            let b = v128_load(cp.add(k * 16) as *const v128);
-            let lo = v128_and(b, u8x16_splat(15));
-            let hi = u8x16_shr(b, 4);
-            let q0 = v128_load(qp.add(k * QB) as *const v128);
-            let q1 = v128_load(qp.add(k * QB + 16) as *const v128);
-            i32x4_add(dot_u8_i8(lo, q0), dot_u8_i8(hi, q1))
-        })
-    }
-
-    pub unsafe fn q8_simd128(w: QRow, x: &Q8) -> f32 {
-        let (cp, qp) = (w.codes.as_ptr(), x.qs.as_ptr());
-        row(w, x, |k| {
-            let c0 = v128_load(cp.add(k * QB) as *const v128);
-            let c1 = v128_load(cp.add(k * QB + 16) as *const v128);
-            let q0 = v128_load(qp.add(k * QB) as *const v128);
-            let q1 = v128_load(qp.add(k * QB + 16) as *const v128);
-            i32x4_add(dot_i8_i8(c0, q0), dot_i8_i8(c1, q1))
-        })
-    }
 }
 
 #[cfg(test)]

@@ -8,6 +8,10 @@
 
 pub mod dot;
 mod pool;
+#[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+mod wasm;
+#[cfg(target_arch = "x86_64")]
+mod x86;
 
 use crate::arch::forward;
 use crate::cpu::{inv_rms, softmax};
@@ -296,17 +300,23 @@ fn products(m: &QMatrix, isa: Isa, rhs: &Rhs, r0: usize, out: &mut [f32], n: usi
                     *o = dot::f32_row(isa, w, x);
                 }
             }
-            (WType::F16, Rhs::F32(xs)) => {
+            (WType::F16, Rhs::F32(xs)) if n == 1 => {
                 let h: &[f16] = bytemuck::cast_slice(&m.words);
-                let w = &h[r * cols..(r + 1) * cols];
-                for (o, x) in o.iter_mut().zip(xs.chunks_exact(cols)) {
-                    *o = dot::f16_row(isa, w, x);
-                }
+                o[0] = dot::f16_row(isa, &h[r * cols..(r + 1) * cols], xs);
             }
-            // K-quants and blocks that are no multiple of 32: the row dequantized once, then f32.
-            (_, Rhs::F32(xs)) => {
+            // f16 rows of a batch, K-quants and blocks that are no multiple of 32: the row converted
+            // once, then f32 products.
+            (ty, Rhs::F32(xs)) => {
                 row.resize(cols, 0.0);
-                m.row_into(r, &mut row);
+                if ty == WType::F16 {
+                    let h: &[f16] = bytemuck::cast_slice(&m.words);
+                    half::slice::HalfFloatSliceExt::convert_to_f32_slice(
+                        &h[r * cols..(r + 1) * cols],
+                        &mut row,
+                    );
+                } else {
+                    m.row_into(r, &mut row);
+                }
                 for (o, x) in o.iter_mut().zip(xs.chunks_exact(cols)) {
                     *o = dot::f32_row(isa, &row, x);
                 }
