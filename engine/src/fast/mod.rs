@@ -221,9 +221,10 @@ impl<'m> FastDecoder<'m> {
         };
         self.tmp.resize(m.rows * n, 0.0);
         let isa = self.opts.isa;
-        self.pool.rows(&mut self.tmp, n, |r0, o| {
-            products(m, isa, &rhs, r0, o, n);
-        });
+        self.pool
+            .rows(&mut self.tmp, n, m.rows * cols * n, |r0, o| {
+                products(m, isa, &rhs, r0, o, n);
+            });
         // The classifier's one row holds the last position's logits.
         let at = if out == Act::Logits { 0 } else { first };
         let dst = &mut self.acts[out as usize][at * m.rows..(at + n) * m.rows];
@@ -247,7 +248,7 @@ impl<'m> FastDecoder<'m> {
         let q_all = &self.acts[Act::Q as usize][t * c.q_dim()..(t + 1) * c.q_dim()];
         let isa = self.opts.isa;
         let n = pos + 1;
-        self.pool.chunks(o, hs, |h, oh| {
+        self.pool.chunks(o, hs, 2 * n * c.q_dim(), |h, oh| {
             let q = &q_all[h * hs..(h + 1) * hs];
             let kvh = (h / group) * hs;
             let mut scores: Vec<f32> = (0..n)

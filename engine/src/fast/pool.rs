@@ -38,17 +38,35 @@ impl Pool {
     }
 
     /// Splits `out` (rows of `n` values) into runs of whole rows, about four per thread so uneven
-    /// rows balance, and calls `f(first_row, run)` for each.
-    pub fn rows(&self, out: &mut [f32], n: usize, f: impl Fn(usize, &mut [f32]) + Sync) {
+    /// rows balance, and calls `f(first_row, run)` for each. `work` (multiply-adds, say) below
+    /// [`Pool::SMALL`] runs on the calling thread.
+    pub fn rows(
+        &self,
+        out: &mut [f32],
+        n: usize,
+        work: usize,
+        f: impl Fn(usize, &mut [f32]) + Sync,
+    ) {
         let rows = out.len() / n.max(1);
         let per = rows.div_ceil(self.threads * 4).max(1);
-        self.chunks(out, per * n, |i, o| f(i * per, o));
+        self.chunks(out, per * n, work, |i, o| f(i * per, o));
     }
 
-    /// Calls `f(i, chunk)` for each `size`-long chunk `i` of `out`, in parallel where there are threads.
-    pub fn chunks(&self, out: &mut [f32], size: usize, f: impl Fn(usize, &mut [f32]) + Sync) {
+    /// Work below which handing chunks to other threads costs more than it saves: waking a pool
+    /// thread takes microseconds, about what 2^16 multiply-adds take.
+    pub const SMALL: usize = 1 << 16;
+
+    /// Calls `f(i, chunk)` for each `size`-long chunk `i` of `out`, in parallel where there are threads
+    /// and `work` is not small.
+    pub fn chunks(
+        &self,
+        out: &mut [f32],
+        size: usize,
+        work: usize,
+        f: impl Fn(usize, &mut [f32]) + Sync,
+    ) {
         #[cfg(not(target_arch = "wasm32"))]
-        if let Some(p) = &self.pool {
+        if let Some(p) = self.pool.as_ref().filter(|_| work >= Self::SMALL) {
             use rayon::prelude::*;
             return p.install(|| {
                 out.par_chunks_mut(size)
