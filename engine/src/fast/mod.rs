@@ -301,7 +301,9 @@ fn products(m: &QMatrix, isa: Isa, rhs: &Rhs, r0: usize, out: &mut [f32], n: usi
                     *o = dot::f32_row(isa, w, x);
                 }
             }
-            (WType::F16, Rhs::F32(xs)) if n == 1 => {
+            // With F16C the conversion rides along the products; elsewhere (wasm) the row is
+            // converted whole first, as below.
+            (WType::F16, Rhs::F32(xs)) if n == 1 && matches!(isa, Isa::Avx2 | Isa::Avx512Vnni) => {
                 let h: &[f16] = bytemuck::cast_slice(&m.words);
                 o[0] = dot::f16_row(isa, &h[r * cols..(r + 1) * cols], xs);
             }
@@ -309,7 +311,9 @@ fn products(m: &QMatrix, isa: Isa, rhs: &Rhs, r0: usize, out: &mut [f32], n: usi
             // once, then f32 products.
             (ty, Rhs::F32(xs)) => {
                 row.resize(cols, 0.0);
-                if ty == WType::F16 {
+                // half's slice conversion uses F16C; without it (wasm) it is slower than
+                // `row_into`'s element-wise one.
+                if ty == WType::F16 && matches!(isa, Isa::Avx2 | Isa::Avx512Vnni) {
                     let h: &[f16] = bytemuck::cast_slice(&m.words);
                     half::slice::HalfFloatSliceExt::convert_to_f32_slice(
                         &h[r * cols..(r + 1) * cols],
