@@ -176,7 +176,8 @@ impl<'m> FastDecoder<'m> {
             }
         }
         self.last_logits_only = last_only;
-        forward(self, c, tokens, pos0);
+        let pool = self.pool.clone();
+        pool.run(|| forward(self, c, tokens, pos0));
         Ok(())
     }
 

@@ -4,9 +4,10 @@
 
 use crate::Result;
 
+#[derive(Clone)]
 pub struct Pool {
     #[cfg(not(target_arch = "wasm32"))]
-    pool: Option<rayon::ThreadPool>,
+    pool: Option<std::sync::Arc<rayon::ThreadPool>>,
     threads: usize,
 }
 
@@ -16,7 +17,7 @@ impl Pool {
         #[cfg(not(target_arch = "wasm32"))]
         {
             let pool = if threads > 1 {
-                Some(
+                Some(std::sync::Arc::new(
                     rayon::ThreadPoolBuilder::new()
                         .num_threads(threads)
                         .thread_name(|i| format!("nibble-cpu-{i}"))
@@ -24,7 +25,7 @@ impl Pool {
                         .map_err(|e| {
                             crate::Error::Invalid(format!("a pool of {threads} threads: {e}"))
                         })?,
-                )
+                ))
             } else {
                 None
             };
@@ -50,6 +51,17 @@ impl Pool {
         let rows = out.len() / n.max(1);
         let per = rows.div_ceil(self.threads * 4).max(1);
         self.chunks(out, per * n, work, |i, o| f(i * per, o));
+    }
+
+    /// Runs `f` on one of the pool's threads, so the products inside it split their rows from there
+    /// (rayon runs a nested parallel loop with the current thread taking part) instead of waking the
+    /// pool from outside and sleeping until it answers, once per product.
+    pub fn run<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
+        #[cfg(not(target_arch = "wasm32"))]
+        if let Some(p) = &self.pool {
+            return p.install(f);
+        }
+        f()
     }
 
     /// Work below which handing chunks to other threads costs more than it saves: waking a pool
