@@ -21,7 +21,7 @@ mkdir -p "$m"
 {
   echo "commit $(git rev-parse --short HEAD)$(git diff --quiet || echo ' (modified)')"
   lscpu | grep -E "Model name|^CPU\(s\)|Thread|Flags" | sed 's/Flags:.*avx512_vnni.*/Flags: ... avx2 avx512f avx512_vnni .../'
-  "$LLAMA_BENCH" --version 2>&1 | head -2 || true
+  echo "llama-bench: $LLAMA_BENCH"
 } > "$OUT/machine.txt"
 for r in $(seq "$ROUNDS"); do
   for name in $MODELS; do
