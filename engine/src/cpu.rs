@@ -199,19 +199,7 @@ impl Kernels for CpuDecoder<'_> {
 impl CpuDecoder<'_> {
     /// [`Decoder::step`] without the future: the CPU answers at once.
     pub fn step_now(&mut self, token: u32, pos: usize) -> crate::Result<&[f32]> {
-        let c = &self.model.config;
-        if token as usize >= c.vocab_size {
-            return Err(crate::Error::Invalid(format!(
-                "token {token} is outside the vocabulary of {}",
-                c.vocab_size
-            )));
-        }
-        if pos >= c.seq_len && self.kv.config.window.is_none() {
-            return Err(crate::Error::Invalid(format!(
-                "position {pos} is past the model's context of {} (a --window lets decoding go on)",
-                c.seq_len
-            )));
-        }
+        check_input(&self.model.config, &self.kv.config, token, pos)?;
         let model = self.model;
         forward(self, &model.config, &[token], pos);
         Ok(self.act(Act::Logits))
@@ -228,12 +216,7 @@ impl Decoder for CpuDecoder<'_> {
     }
 
     fn backend(&self) -> String {
-        // The same code compiled to wasm runs in a browser's CPU path.
-        if cfg!(target_arch = "wasm32") {
-            "wasm-cpu".into()
-        } else {
-            "cpu".into()
-        }
+        backend_name()
     }
 
     fn reset(&mut self) {
@@ -245,11 +228,35 @@ impl Decoder for CpuDecoder<'_> {
     }
 
     fn context_limit(&self) -> usize {
-        match self.kv.config.window {
-            Some(_) => usize::MAX,
-            None => self.model.config.seq_len,
-        }
+        self.kv.config.context_limit(&self.model.config)
     }
+}
+
+/// A CPU backend's name: the same code compiled to wasm runs in a browser's CPU path.
+pub(crate) fn backend_name() -> String {
+    if cfg!(target_arch = "wasm32") {
+        "wasm-cpu".into()
+    } else {
+        "cpu".into()
+    }
+}
+
+/// A token and position a CPU decoder can take: inside the vocabulary, and inside the context
+/// unless a window lets decoding go on.
+pub(crate) fn check_input(c: &Config, kv: &KvConfig, token: u32, pos: usize) -> crate::Result<()> {
+    if token as usize >= c.vocab_size {
+        return Err(crate::Error::Invalid(format!(
+            "token {token} is outside the vocabulary of {}",
+            c.vocab_size
+        )));
+    }
+    if pos >= kv.context_limit(c) {
+        return Err(crate::Error::Invalid(format!(
+            "position {pos} is past the model's context of {} (a --window lets decoding go on)",
+            c.seq_len
+        )));
+    }
+    Ok(())
 }
 
 pub(crate) fn inv_rms(x: &[f32], eps: f32) -> f32 {

@@ -86,6 +86,14 @@ impl KvConfig {
         s
     }
 
+    /// Positions a decoder can take: the model's context, or unbounded with a window.
+    pub fn context_limit(&self, c: &Config) -> usize {
+        match self.window {
+            Some(_) => usize::MAX,
+            None => c.seq_len,
+        }
+    }
+
     /// The positions attended at step `pos` as two ranges: sinks `0..n_sinks`, then `lo..=pos`.
     pub fn attended_ranges(&self, pos: usize) -> (usize, usize) {
         match self.window {

@@ -161,19 +161,7 @@ impl<'m> FastDecoder<'m> {
     fn pass(&mut self, tokens: &[u32], pos0: usize, last_only: bool) -> Result<()> {
         let c = self.c();
         for (i, &t) in tokens.iter().enumerate() {
-            if t as usize >= c.vocab_size {
-                return Err(crate::Error::Invalid(format!(
-                    "token {t} is outside the vocabulary of {}",
-                    c.vocab_size
-                )));
-            }
-            if pos0 + i >= c.seq_len && self.kv.config.window.is_none() {
-                return Err(crate::Error::Invalid(format!(
-                    "position {} is past the model's context of {} (a --window lets decoding go on)",
-                    pos0 + i,
-                    c.seq_len
-                )));
-            }
+            crate::cpu::check_input(c, &self.kv.config, t, pos0 + i)?;
         }
         self.last_logits_only = last_only;
         let pool = self.pool.clone();
@@ -528,11 +516,7 @@ impl Decoder for FastDecoder<'_> {
     }
 
     fn backend(&self) -> String {
-        if cfg!(target_arch = "wasm32") {
-            "wasm-cpu".into()
-        } else {
-            "cpu".into()
-        }
+        crate::cpu::backend_name()
     }
 
     fn reset(&mut self) {
@@ -544,9 +528,6 @@ impl Decoder for FastDecoder<'_> {
     }
 
     fn context_limit(&self) -> usize {
-        match self.kv.config.window {
-            Some(_) => usize::MAX,
-            None => self.c().seq_len,
-        }
+        self.kv.config.context_limit(self.c())
     }
 }

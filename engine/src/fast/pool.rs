@@ -86,6 +86,8 @@ impl Pool {
                     .for_each(|(i, o)| f(i, o))
             });
         }
+        #[cfg(target_arch = "wasm32")]
+        let _ = (work, Self::SMALL);
         for (i, o) in out.chunks_mut(size).enumerate() {
             f(i, o);
         }
