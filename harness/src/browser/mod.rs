@@ -21,10 +21,19 @@ pub struct BuildWebArgs {
     /// Rebuild even if the sources did not change.
     #[arg(long)]
     force: bool,
+    /// Also copy the bundle here (`nibble-web/` beside a binary that travels without the checkout).
+    #[arg(long)]
+    copy_to: Option<std::path::PathBuf>,
 }
 
 pub fn build_web(a: BuildWebArgs) -> Result<()> {
     let dir = bundle::build(a.force)?;
-    println!("{}", dir.display());
+    match a.copy_to {
+        Some(to) => {
+            bundle::copy(&dir, &to)?;
+            println!("{}", to.display());
+        }
+        None => println!("{}", dir.display()),
+    }
     Ok(())
 }

@@ -31,7 +31,21 @@ pub struct Product {
     pub places: Option<Places>,
     /// Exact commands that install it here (Debian/Ubuntu, as root), or how to reach it.
     pub install: &'static [&'static str],
+    /// Arguments that give it a hardware WebGPU adapter on Linux (`--gpu`, `gpu = true`); elsewhere
+    /// its defaults already do.
+    pub gpu_args: &'static [&'static str],
 }
+
+/// Chromium's WebGPU on Linux runs on Vulkan only with these (measured with Chromium 148 on an
+/// NVIDIA H200: without them it finds no hardware adapter, or a SwiftShader one).
+const CHROMIUM_GPU_ARGS: &[&str] = &[
+    "--enable-features=Vulkan,VulkanFromANGLE,DefaultANGLEVulkan",
+    "--use-gl=angle",
+    "--use-angle=vulkan",
+    "--use-vulkan=native",
+    "--ignore-gpu-blocklist",
+    "--disable-vulkan-surface",
+];
 
 /// chromedriver and msedgedriver take the same arguments.
 const CHROMIUM_DRIVER: LocalDriver = LocalDriver {
@@ -63,6 +77,7 @@ pub const PRODUCTS: &[Product] = &[
             driver_dir_env: Some("CHROMEWEBDRIVER"),
         }),
         install: &["DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium chromium-driver"],
+        gpu_args: CHROMIUM_GPU_ARGS,
     },
     Product {
         name: "firefox",
@@ -90,6 +105,7 @@ pub const PRODUCTS: &[Product] = &[
             "DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends firefox-esr mesa-vulkan-drivers",
             "cargo install --locked geckodriver --version 0.37.1",
         ],
+        gpu_args: &[],
     },
     Product {
         name: "webkit",
@@ -112,6 +128,7 @@ pub const PRODUCTS: &[Product] = &[
             driver_dir_env: None,
         }),
         install: &["DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends webkit2gtk-driver xvfb xauth"],
+        gpu_args: &[],
     },
     Product {
         name: "edge",
@@ -129,6 +146,7 @@ pub const PRODUCTS: &[Product] = &[
             driver_dir_env: Some("EDGEWEBDRIVER"),
         }),
         install: &["GitHub's Windows, macOS and Ubuntu runners carry Edge and msedgedriver ($EDGEWEBDRIVER); elsewhere install Microsoft Edge and the msedgedriver of the same version, or pass --webdriver edge=http://HOST:PORT"],
+        gpu_args: CHROMIUM_GPU_ARGS,
     },
     Product {
         name: "safari",
@@ -147,6 +165,7 @@ pub const PRODUCTS: &[Product] = &[
             driver_dir_env: None,
         }),
         install: &["macOS only: run `sudo safaridriver --enable` once (GitHub's macOS runners have it enabled), or pass --webdriver safari=http://HOST:PORT"],
+        gpu_args: &[],
     },
 ];
 
@@ -155,8 +174,9 @@ pub fn find(name: &str) -> Option<&'static Product> {
 }
 
 /// The capabilities preset for a product; `profile` is a fresh directory for this session and
-/// `binary` the browser found here (named in the options where the driver takes one).
-pub fn capabilities(name: &str, profile: &Path, binary: Option<&Path>) -> Value {
+/// `binary` the browser found here (named in the options where the driver takes one); `gpu` adds the
+/// product's arguments for a hardware adapter on Linux.
+pub fn capabilities(name: &str, profile: &Path, binary: Option<&Path>, gpu: bool) -> Value {
     let mut c = preset(name, profile);
     let key = match name {
         "chrome" => "goog:chromeOptions",
@@ -167,6 +187,12 @@ pub fn capabilities(name: &str, profile: &Path, binary: Option<&Path>) -> Value 
     };
     if let (Some(b), Some(o)) = (binary, c.get_mut(key)) {
         o["binary"] = json!(b.display().to_string());
+    }
+    let extra = find(name).map_or(&[][..], |p| p.gpu_args);
+    if gpu && cfg!(target_os = "linux") && !extra.is_empty() {
+        if let Some(args) = c[key]["args"].as_array_mut() {
+            args.extend(extra.iter().map(|a| json!(a)));
+        }
     }
     c
 }

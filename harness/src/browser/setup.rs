@@ -190,7 +190,7 @@ pub async fn browsers(a: BrowsersArgs) -> Result<()> {
     let server = if a.no_probe {
         None
     } else {
-        let dir = tokio::task::block_in_place(|| super::bundle::build(false))?;
+        let dir = tokio::task::block_in_place(|| super::bundle::locate(None))?;
         files.add_dir("/", &dir)?;
         Some(super::server::Server::start(files).await?)
     };
@@ -287,7 +287,7 @@ async fn probe(
     std::fs::create_dir_all(&profile)?;
     let mut s = super::executor::connect(
         &url,
-        &products::capabilities(p.name, &profile, f.browser.as_deref()),
+        &products::capabilities(p.name, &profile, f.browser.as_deref(), false),
         &t,
     )
     .await?;

@@ -183,7 +183,7 @@ async fn browser_steps(
 ) -> Result<()> {
     let SessionPlan { timeouts, logs, .. } = plan;
     let profile = tempdir_in(logs, &format!("{}-profile", t.name))?;
-    let mut caps = products::capabilities(&t.name, &profile, t.found.browser.as_deref());
+    let mut caps = products::capabilities(&t.name, &profile, t.found.browser.as_deref(), t.gpu);
     if let Some(o) = &t.caps_override {
         products::merge(&mut caps, o);
     }

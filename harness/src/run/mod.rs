@@ -86,6 +86,14 @@ pub struct RunArgs {
     /// Origin Private File System, where the browser has it).
     #[arg(long, default_value = "cache-api", value_parser = ["cache-api", "opfs"])]
     pub cache: String,
+    /// The web bundle to serve (`nibble build-web --copy-to DIR`), for a binary used outside its
+    /// checkout; default: built from the checkout, else `nibble-web/` beside the binary.
+    #[arg(long)]
+    pub bundle: Option<PathBuf>,
+    /// Ask every browser for a hardware adapter (each product's flags for a GPU on Linux);
+    /// `gpu = true` in a `[browsers.NAME]` table asks one.
+    #[arg(long)]
+    pub gpu: bool,
 }
 
 /// Runs everything, then gates; answers the gate's exit code.
@@ -105,7 +113,7 @@ pub async fn run(a: RunArgs) -> Result<i32> {
     }
     let files = server::Files::default();
     if !targets.is_empty() {
-        let dir = tokio::task::block_in_place(|| bundle::build(false))?;
+        let dir = tokio::task::block_in_place(|| bundle::locate(a.bundle.as_deref()))?;
         files.add_dir("/", &dir)?;
     }
     let p = tokio::task::block_in_place(|| prepare::prepare(&a, &want, &data, &files, &ui))?;

@@ -27,6 +27,9 @@ struct BrowserConfig {
     binary: Option<PathBuf>,
     /// The driver executable, instead of searching for it.
     driver: Option<PathBuf>,
+    /// Ask for a hardware adapter (the product's GPU arguments on Linux), as `--gpu` does.
+    #[serde(default)]
+    gpu: bool,
 }
 
 /// The binary and driver `nibble.toml` names for each browser.
@@ -60,6 +63,8 @@ pub struct Target {
     pub caps_override: Option<Value>,
     /// Where its browser and driver were found here (empty for a remote endpoint).
     pub found: Found,
+    /// Its capabilities ask for a hardware adapter.
+    pub gpu: bool,
 }
 
 pub fn targets(a: &RunArgs) -> Result<Vec<Target>> {
@@ -110,12 +115,14 @@ pub fn targets(a: &RunArgs) -> Result<Vec<Target>> {
             }
             _ => Found::default(),
         };
+        let gpu = a.gpu || cfg.browsers.get(&n).is_some_and(|b| b.gpu);
         out.push(Target {
             remote,
             name: n,
             product,
             caps_override: over,
             found,
+            gpu,
         });
     }
     Ok(out)
@@ -177,7 +184,7 @@ webdriver = "http://other.example:4444"
         );
         assert!(by("mygrid").product.is_none());
         // The file's capabilities merge over the preset: the binary is replaced, the args are kept.
-        let mut caps = products::capabilities("chrome", &dir, None);
+        let mut caps = products::capabilities("chrome", &dir, None, false);
         products::merge(&mut caps, by("chrome").caps_override.as_ref().unwrap());
         let opts = &caps["goog:chromeOptions"];
         assert_eq!(opts["binary"], "/opt/chrome/chrome");
@@ -197,6 +204,65 @@ webdriver = "http://other.example:4444"
         .run;
         let e = targets(&a).err().unwrap();
         assert!(e.is::<crate::args::BadInput>(), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn gpu_asks_each_browser_for_a_hardware_adapter_by_its_own_flags() {
+        let dir = std::env::temp_dir().join(format!("nibble-gpu-toml-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let cfg = dir.join("nibble.toml");
+        std::fs::write(&cfg, "[browsers.chrome]\ngpu = true\n").unwrap();
+        let parse = |extra: &[&str]| {
+            let mut v = vec!["t", "--browsers", "chrome,firefox,edge", "--config"];
+            v.push(cfg.to_str().unwrap());
+            v.extend(extra);
+            targets(&Cli::parse_from(v).run).unwrap()
+        };
+        let gpu_of = |t: &[Target]| -> Vec<(String, bool)> {
+            t.iter().map(|x| (x.name.clone(), x.gpu)).collect()
+        };
+        // The file asks for Chromium only; --gpu asks for every browser.
+        let file = parse(&[]);
+        assert_eq!(
+            gpu_of(&file),
+            [
+                ("chrome".into(), true),
+                ("firefox".into(), false),
+                ("edge".into(), false)
+            ]
+        );
+        assert!(parse(&["--gpu"]).iter().all(|t| t.gpu));
+        let args = |name: &str, gpu: bool| -> Vec<String> {
+            let c = products::capabilities(name, &dir, None, gpu);
+            let key = if name == "edge" {
+                "ms:edgeOptions"
+            } else {
+                "goog:chromeOptions"
+            };
+            c[key]["args"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|a| a.as_str().unwrap().to_string())
+                .collect()
+        };
+        for name in ["chrome", "edge"] {
+            let (soft, hard) = (args(name, false), args(name, true));
+            assert!(!soft.iter().any(|a| a == "--use-angle=vulkan"), "{soft:?}");
+            if cfg!(target_os = "linux") {
+                assert!(hard.iter().any(|a| a == "--use-angle=vulkan"), "{hard:?}");
+                assert_eq!(
+                    hard.len(),
+                    soft.len() + products::find(name).unwrap().gpu_args.len()
+                );
+            } else {
+                assert_eq!(hard, soft);
+            }
+        }
+        // Firefox's prefs already turn WebGPU on; asking for the GPU changes nothing there.
+        let ff = |gpu| products::capabilities("firefox", &dir, None, gpu);
+        assert_eq!(ff(true), ff(false));
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
