@@ -12,7 +12,8 @@
 # `stage` builds the release binary with its web bundle beside it (`nibble build-web --copy-to`), and
 # Chromium 148 with its library closure (../shared/peers/chromium/build-bundle.sh, ~5 minutes; its
 # README says what the NVIDIA ICD needs). `run` writes results and summaries to $OUT.
-# Knobs for `run`: REPS (default 3), TOKENS (decode tokens, default 32), MODELS (default "tiny 1b").
+# Knobs for `run`: REPS (default 3), TOKENS (decode tokens, default 32), MODELS (default "tiny 1b"),
+# RUN_TIMEOUT (seconds per model, default 280: a call lasts 600 s at most).
 set -uo pipefail
 mode=${1:?stage, recv N or run}
 case $mode in
@@ -21,10 +22,17 @@ stage)
   peers=$(cd "$(dirname "$0")/../.." && pwd)/shared/peers
   bash "$peers/stage.sh" >/dev/null
   cargo build --release -p nibble
-  rm -rf .device/c1 .device/c2 .device/c3 && mkdir -p .device/c1 .device/c2 .device/c3/bin
-  target/release/nibble build-web --copy-to .device/c3/bin/nibble-web
-  strip -o .device/c3/bin/nibble target/release/nibble
-  [ -f .device/chromium/chrome-part-ac ] || OUT=.device/chromium bash "$peers/chromium/build-bundle.sh"
+  rm -rf .device/c1 .device/c2 .device/c3 /tmp/nibble-stage && mkdir -p .device/c1 .device/c2 .device/c3
+  # The binary and its bundle travel xz-compressed (28 MB to ~8): a call carries 64 MiB at most.
+  mkdir -p /tmp/nibble-stage/bin
+  target/release/nibble build-web --copy-to /tmp/nibble-stage/bin/nibble-web
+  strip -o /tmp/nibble-stage/bin/nibble target/release/nibble
+  tar -cJf .device/c3/bin.tar.xz -C /tmp/nibble-stage bin
+  # build-bundle.sh ends by summing helper scripts it does not copy: copy them and sum here.
+  [ -f .device/chromium/chrome-part-ac ] || OUT=.device/chromium bash "$peers/chromium/build-bundle.sh" || true
+  [ -f .device/chromium/chrome-part-ac ] || { echo "no Chromium bundle in .device/chromium"; exit 1; }
+  cp "$peers"/chromium/{unpack.sh,env.sh,probe.sh,probe.py,vkcheck.py} .device/chromium/
+  (cd .device/chromium && sha256sum chrome-part-* unpack.sh env.sh PACKAGES.txt > SHA256SUMS)
   cp .device/chromium/chrome-part-aa .device/c1/
   cp .device/chromium/chrome-part-ab .device/c2/
   find .device/chromium -maxdepth 1 -type f ! -name 'chrome-part-a[ab]' -exec cp {} .device/c3/ \;
@@ -38,7 +46,7 @@ run)
   ldconfig
   out=${OUT:-/tmp/out} && mkdir -p "$out"
   export XDG_RUNTIME_DIR=/tmp/xdg && mkdir -p $XDG_RUNTIME_DIR
-  cp .device/c3/* /tmp/cparts/ 2>/dev/null
+  mkdir -p /tmp/cparts && find .device/c3 -maxdepth 1 -type f ! -name bin.tar.xz -exec cp {} /tmp/cparts/ \;
   if [ ! -d /opt/chromium-portable ]; then
     missing=$(for p in aa ab ac; do [ -f /tmp/cparts/chrome-part-$p ] || echo $p; done)
     [ -z "$missing" ] || { echo "Chromium parts missing: $missing (send them with recv first)"; exit 3; }
@@ -48,7 +56,8 @@ run)
   export VK_ICD_FILENAMES=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
   unset VK_DRIVER_FILES
   . /opt/chromium-portable/env.sh /opt/chromium-portable
-  nb=.device/c3/bin/nibble
+  rm -rf /tmp/nb && mkdir -p /tmp/nb && tar -xJf .device/c3/bin.tar.xz -C /tmp/nb
+  nb=/tmp/nb/bin/nibble
   nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$out/gpu.txt"
   cat > /tmp/nibble.toml <<TOML
 [browsers.chrome]
@@ -56,7 +65,7 @@ binary = "$CHROME_BIN"
 driver = "$CHROMEDRIVER_BIN"
 gpu = true
 TOML
-  common=(--browsers chrome --config /tmp/nibble.toml --bundle .device/c3/bin/nibble-web --reps "${REPS:-3}" --decode-tokens "${TOKENS:-32}")
+  common=(--browsers chrome --config /tmp/nibble.toml --bundle /tmp/nb/bin/nibble-web --reps "${REPS:-3}" --decode-tokens "${TOKENS:-32}")
   for m in ${MODELS:-tiny 1b}; do
     case $m in
     tiny) args=(--scenarios latency,accuracy) ;;
@@ -65,7 +74,7 @@ TOML
         $nb quantize --model /tmp/1b.gguf --weights q4_0 --out /tmp/1b-q4_0.gguf --no-cache >/dev/null; }
       args=(--model /tmp/1b-q4_0.gguf --scenarios latency --prompts 128 --depths 0) ;;
     esac
-    timeout 560 $nb run "${common[@]}" "${args[@]}" --out /tmp/run-$m 2>&1 | grep -v "advisory" | tail -30
+    timeout "${RUN_TIMEOUT:-280}" $nb run "${common[@]}" "${args[@]}" --out /tmp/run-$m 2>&1 | grep -v "advisory" | tail -30
     cp /tmp/run-$m/results.json "$out/$m-results.json"
     cp /tmp/run-$m/summary.md "$out/$m-summary.md" 2>/dev/null
     tar -czf "$out/$m-logs.tar.gz" -C /tmp/run-$m logs 2>/dev/null
