@@ -9,11 +9,17 @@ mod disk;
 mod files;
 mod gate;
 mod native;
+#[cfg(target_os = "linux")]
+mod pages;
 mod report;
 mod results;
 mod run;
 
 use clap::{Parser, Subcommand};
+
+#[cfg(target_os = "linux")]
+#[global_allocator]
+static ALLOC: pages::HugePages = pages::HugePages;
 
 #[derive(Parser)]
 #[command(

@@ -31,6 +31,8 @@ impl AdapterReport {
     /// "hardware" or "software", and why: wgpu reports a CPU device type for software rasterisers
     /// natively (lavapipe, llvmpipe) and for a browser's fallback adapter (`isFallbackAdapter`:
     /// SwiftShader in Chromium, Firefox on lavapipe); the names catch a driver that says otherwise.
+    /// A browser tells no device type, only whether its adapter is the fallback one, so there a
+    /// type of "Other" with no software name is hardware (Chromium 148 on an NVIDIA H200 so).
     pub fn kind(&self) -> String {
         let soft_names = ["llvmpipe", "lavapipe", "swiftshader", "softpipe", "warp"];
         let name = format!("{} {}", self.name, self.driver).to_lowercase();
@@ -43,6 +45,11 @@ impl AdapterReport {
             "DiscreteGpu" | "IntegratedGpu" | "VirtualGpu"
         ) {
             format!("hardware ({})", self.name)
+        } else if self.backend == "BrowserWebGpu" && self.device_type == "Other" {
+            format!(
+                "hardware ({}; not the browser's fallback adapter)",
+                self.name
+            )
         } else {
             format!("unknown ({}, device type {})", self.name, self.device_type)
         }
@@ -366,5 +373,15 @@ mod tests {
         );
         assert!(kind("Apple M2", "IntegratedGpu", "").starts_with("hardware"));
         assert!(kind("", "Other", "").starts_with("unknown"));
+        // In a browser: a fallback adapter has the Cpu type; any other is hardware unless named
+        // as a software rasteriser.
+        let browser = |n: &str, t: &str| {
+            let mut r = report(n, t, "");
+            r.backend = "BrowserWebGpu".into();
+            r.kind()
+        };
+        assert!(browser("NVIDIA H200", "Other").starts_with("hardware (NVIDIA H200"));
+        assert!(browser("SwiftShader Device (Subzero)", "Other").starts_with("software"));
+        assert!(browser("", "Cpu").starts_with("software"));
     }
 }
