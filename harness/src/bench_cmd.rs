@@ -88,6 +88,8 @@ impl Machine {
 #[derive(Debug, Clone, Serialize)]
 pub struct BenchReport {
     pub command: String,
+    /// The commit the binary was built from.
+    pub commit: Option<String>,
     pub unix_time: u64,
     pub machine: Machine,
     pub backend: String,
@@ -184,6 +186,7 @@ fn write_report(
 ) -> Result<()> {
     let report = BenchReport {
         command: std::env::args().collect::<Vec<_>>().join(" "),
+        commit: crate::results::commit(),
         unix_time: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs()),
@@ -264,8 +267,9 @@ pub fn markdown(r: &BenchReport) -> String {
         )
     });
     s += &format!(
-        "model {} ({} params) | backend {} | adapter {adapter} | {} x {} ({} cpus) | {} reps after {} warm-up\n\n",
-        r.model, r.params, r.backend, r.machine.cpu_model, r.machine.arch, r.machine.cpus, r.reps, r.warmup
+        "model {} ({} params) | backend {} | adapter {adapter} | {} x {} ({} cpus) | {} reps after {} warm-up | nibble {}\n\n",
+        r.model, r.params, r.backend, r.machine.cpu_model, r.machine.arch, r.machine.cpus, r.reps, r.warmup,
+        r.commit.as_deref().unwrap_or("of an unknown commit")
     );
     s += "| model | config | size | params | backend | test | t/s |\n|---|---|---|---|---|---|---|\n";
     for c in &r.configs {

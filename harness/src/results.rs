@@ -176,12 +176,7 @@ pub fn load(path: &Path) -> Result<RunResults> {
     Ok(r)
 }
 
+/// The commit this binary was built from (`build.rs`), "(modified)" when tracked files differed.
 pub fn commit() -> Option<String> {
-    let out = std::process::Command::new("git")
-        .args(["rev-parse", "--short", "HEAD"])
-        .current_dir(crate::browser::bundle::workspace())
-        .output()
-        .ok()?;
-    let s = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    (out.status.success() && !s.is_empty()).then_some(s)
+    option_env!("NIBBLE_COMMIT").map(str::to_string)
 }

@@ -1,0 +1,24 @@
+//! The commit the binary is built from, embedded: a binary copied onto another machine (a GPU
+//! runner) reports the code it runs, not whatever checkout it runs in.
+
+use std::process::Command;
+
+fn git(args: &[&str]) -> Option<String> {
+    let o = Command::new("git").args(args).output().ok()?;
+    o.status
+        .success()
+        .then(|| String::from_utf8_lossy(&o.stdout).trim().to_string())
+}
+
+fn main() {
+    if let Some(c) = git(&["rev-parse", "--short", "HEAD"]).filter(|c| !c.is_empty()) {
+        let dirty = git(&["status", "--porcelain", "--untracked-files=no"])
+            .is_some_and(|s| !s.is_empty());
+        let suffix = if dirty { " (modified)" } else { "" };
+        println!("cargo:rustc-env=NIBBLE_COMMIT={c}{suffix}");
+    }
+    // A commit or checkout moves HEAD's log; staging changes the index.
+    for p in ["../.git/logs/HEAD", "../.git/index"] {
+        println!("cargo:rerun-if-changed={p}");
+    }
+}
