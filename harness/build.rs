@@ -12,8 +12,8 @@ fn git(args: &[&str]) -> Option<String> {
 
 fn main() {
     if let Some(c) = git(&["rev-parse", "--short", "HEAD"]).filter(|c| !c.is_empty()) {
-        let dirty = git(&["status", "--porcelain", "--untracked-files=no"])
-            .is_some_and(|s| !s.is_empty());
+        let dirty =
+            git(&["status", "--porcelain", "--untracked-files=no"]).is_some_and(|s| !s.is_empty());
         let suffix = if dirty { " (modified)" } else { "" };
         println!("cargo:rustc-env=NIBBLE_COMMIT={c}{suffix}");
     }

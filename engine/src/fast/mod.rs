@@ -260,29 +260,35 @@ enum Rhs<'a> {
     F32(&'a [f32]),
 }
 
+/// Row `r` of a q4_0, q4_1 or q8_0 matrix as the integer products read it.
+fn qrow(m: &QMatrix, r: usize) -> QRow<'_> {
+    let bpr = m.cols / m.block;
+    let per = m.block * m.ty.code_bits() / 32;
+    let scales = &m.scales[r * bpr..(r + 1) * bpr];
+    QRow {
+        codes: bytemuck::cast_slice(&m.words[r * bpr * per..(r + 1) * bpr * per]),
+        scales,
+        sub: m.block / QB,
+        offsets: match m.ty {
+            WType::Q4_0 => Some((scales, -8.0)),
+            WType::Q4_1 => Some((&m.mins[r * bpr..(r + 1) * bpr], 1.0)),
+            _ => None,
+        },
+    }
+}
+
 /// Weight rows `r0..` of `m` against every row of `rhs`: `out[i * n + t]` for weight row `r0 + i`.
 fn products(m: &QMatrix, isa: Isa, rhs: &Rhs, r0: usize, out: &mut [f32], n: usize) {
     let cols = m.cols;
-    let bpr = cols / m.block;
-    let per = m.block * m.ty.code_bits() / 32;
+    if let (WType::Q4_0 | WType::Q4_1, Rhs::Q8([x])) = (m.ty, rhs) {
+        return dot::q4_many(isa, |i| qrow(m, r0 + i), x, out);
+    }
     let mut row = Vec::new();
     for (i, o) in out.chunks_exact_mut(n).enumerate() {
         let r = r0 + i;
         match (m.ty, rhs) {
             (WType::Q4_0 | WType::Q4_1 | WType::Q8_0, Rhs::Q8(xs)) => {
-                let words = &m.words[r * bpr * per..(r + 1) * bpr * per];
-                let scales = &m.scales[r * bpr..(r + 1) * bpr];
-                let w = QRow {
-                    codes: bytemuck::cast_slice(words),
-                    scales,
-                    sub: m.block / QB,
-                    offsets: match m.ty {
-                        WType::Q4_0 => Some((scales, -8.0)),
-                        WType::Q4_1 => Some((&m.mins[r * bpr..(r + 1) * bpr], 1.0)),
-                        _ => None,
-                    },
-                };
-                dot::rows(isa, m.ty != WType::Q8_0, w, xs, o);
+                dot::rows(isa, m.ty != WType::Q8_0, qrow(m, r), xs, o);
             }
             (WType::F32, Rhs::F32(xs)) => {
                 let w: &[f32] = bytemuck::cast_slice(&m.words[r * cols..(r + 1) * cols]);

@@ -330,6 +330,40 @@ unsafe fn q4_vnni512(w: QRow, x: &Q8) -> f32 {
     _mm512_reduce_add_ps(_mm512_add_ps(a0, a1)) + offset_part(w, x)
 }
 
+/// 4-bit rows (block 32, whole groups of eight blocks) against one activation row, one after the
+/// other in one call (decode): the constants are set up once per call rather than per row, and each
+/// row's offsets sum in its main loop rather than in a second pass over its scales.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512vnni")]
+pub unsafe fn q4_vnni512_rows<'a>(w: &dyn Fn(usize) -> QRow<'a>, x: &Q8, out: &mut [f32]) {
+    let n = x.d.len();
+    let (qp, dp, sp) = (x.qs.as_ptr(), x.d.as_ptr(), x.s.as_ptr());
+    let idx = [pair_index(0), pair_index(1), pair_index(2), pair_index(3)];
+    for (r, o) in out.iter_mut().enumerate() {
+        let w = w(r);
+        let (cp, wp) = (w.codes.as_ptr(), w.scales.as_ptr());
+        let (op, f) = w.offsets.map_or((wp, 0.0), |(o, f)| (o.as_ptr(), f));
+        let (mut a0, mut a1) = (_mm512_setzero_ps(), _mm512_setzero_ps());
+        let mut off = _mm256_setzero_ps();
+        for k in (0..n).step_by(8) {
+            let d = _mm256_cvtph_ps(_mm_loadu_si128(wp.add(k) as *const __m128i));
+            let o8 = _mm256_cvtph_ps(_mm_loadu_si128(op.add(k) as *const __m128i));
+            off = _mm256_fmadd_ps(o8, _mm256_loadu_ps(sp.add(k)), off);
+            let s16 = _mm512_castps256_ps512(_mm256_mul_ps(d, _mm256_loadu_ps(dp.add(k))));
+            for (j, ix) in idx.iter().enumerate() {
+                let q = _mm512_loadu_si512(qp.add((k + 2 * j) * QB) as *const _);
+                let p = _mm512_dpbusd_epi32(_mm512_setzero_si512(), nibbles512(cp, k + 2 * j), q);
+                let s = _mm512_permutexvar_ps(*ix, s16);
+                if j % 2 == 0 {
+                    a0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), s, a0);
+                } else {
+                    a1 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), s, a1);
+                }
+            }
+        }
+        *o = _mm512_reduce_add_ps(_mm512_add_ps(a0, a1)) + f * hsum(off);
+    }
+}
+
 // Signed by signed: |w| as unsigned times x with w's sign.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn q8_avx2(w: QRow, x: &Q8) -> f32 {
