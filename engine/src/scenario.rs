@@ -713,20 +713,26 @@ pub async fn window_run(
     progress: &mut dyn FnMut(String),
 ) -> Result<WindowRun> {
     let (mut at_window, mut host_at_window) = (0, HostMemory::default());
-    let mut next = 1u32;
+    let (mut next, mut pos) = (1u32, 0);
     dec.reset();
     let t0 = Instant::now();
-    for pos in 0..total {
-        next = dec.step_argmax(next, pos).await?;
-        if pos + 1 == window {
+    // Greedy on the decoder's own loop (a GPU keeps it on the device, with no readback per token),
+    // in segments that end at the window, where the cache must stop growing, and every 128 positions.
+    while pos < total {
+        let mut end = (pos / 128 + 1) * 128;
+        if pos < window {
+            end = end.min(window);
+        }
+        let end = end.min(total);
+        let ids = dec.decode_greedy(next, pos, end - pos).await?;
+        next = *ids.last().expect("a segment decodes at least one position");
+        pos = end;
+        if pos == window {
             at_window = dec.kv_bytes();
             host_at_window = HostMemory::now();
         }
-        if pos % 128 == 127 {
-            progress(format!(
-                "context: sliding window, position {}/{total}",
-                pos + 1
-            ));
+        if pos % 128 == 0 {
+            progress(format!("context: sliding window, position {pos}/{total}"));
         }
     }
     let ms = t0.elapsed().as_secs_f64() * 1e3 / total as f64;
