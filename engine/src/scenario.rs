@@ -712,24 +712,18 @@ pub async fn window_run(
     total: usize,
     progress: &mut dyn FnMut(String),
 ) -> Result<WindowRun> {
-    let (mut at_window, mut host_at_window) = (0, HostMemory::default());
-    let (mut next, mut pos) = (1u32, 0);
+    let (mut at_window, mut host_at_window, mut next, mut pos) = (0, HostMemory::default(), 1, 0);
     dec.reset();
     let t0 = Instant::now();
-    // Greedy on the decoder's own loop (a GPU keeps it on the device, with no readback per token),
-    // in segments that end at the window, where the cache must stop growing, and every 128 positions.
+    // Greedy on the decoder's own loop (no readback per token on a GPU), in segments ending at the
+    // window, where the cache must stop growing, and every 128 positions.
     while pos < total {
-        let mut end = (pos / 128 + 1) * 128;
-        if pos < window {
-            end = end.min(window);
-        }
-        let end = end.min(total);
+        let cap = if pos < window { window } else { total };
+        let end = ((pos / 128 + 1) * 128).min(cap).min(total);
         let ids = dec.decode_greedy(next, pos, end - pos).await?;
-        next = *ids.last().expect("a segment decodes at least one position");
-        pos = end;
+        (next, pos) = (ids[ids.len() - 1], end);
         if pos == window {
-            at_window = dec.kv_bytes();
-            host_at_window = HostMemory::now();
+            (at_window, host_at_window) = (dec.kv_bytes(), HostMemory::now());
         }
         if pos % 128 == 0 {
             progress(format!("context: sliding window, position {pos}/{total}"));
