@@ -25,28 +25,26 @@ fn advise(p: *mut u8, size: usize) {
     }
 }
 
+/// `alloc(l)`, widened to 2 MiB alignment and advised where `l` is large.
+fn advised(l: Layout, alloc: impl FnOnce(Layout) -> *mut u8) -> *mut u8 {
+    match huge(l) {
+        Some(h) => {
+            let p = alloc(h);
+            advise(p, h.size());
+            p
+        }
+        None => alloc(l),
+    }
+}
+
 // SAFETY: every block is allocated and freed by `System` with the same (possibly widened) layout.
 unsafe impl GlobalAlloc for HugePages {
     unsafe fn alloc(&self, l: Layout) -> *mut u8 {
-        match huge(l) {
-            Some(h) => {
-                let p = System.alloc(h);
-                advise(p, h.size());
-                p
-            }
-            None => System.alloc(l),
-        }
+        advised(l, |l| System.alloc(l))
     }
 
     unsafe fn alloc_zeroed(&self, l: Layout) -> *mut u8 {
-        match huge(l) {
-            Some(h) => {
-                let p = System.alloc_zeroed(h);
-                advise(p, h.size());
-                p
-            }
-            None => System.alloc_zeroed(l),
-        }
+        advised(l, |l| System.alloc_zeroed(l))
     }
 
     unsafe fn dealloc(&self, p: *mut u8, l: Layout) {

@@ -294,45 +294,20 @@ unsafe fn tiles_q4_vnni512(w: QRow, xs: &[Q8], out: &mut [f32]) {
     }
 }
 
-/// [`q4_vnni`] two blocks per 512-bit operation (block 32, whole groups of eight blocks): half
-/// the instructions, which is what decode on two threads of one core is bound by. The 32 code
-/// bytes of two blocks become `[lo0 hi0 lo1 hi1]` by one 64-bit lane permute; block `k` takes its
-/// scale from lane `k` of the eight converted at once.
+/// [`q4_vnni`] two blocks per 512-bit operation (block 32, whole groups of eight blocks): one row
+/// of [`q4_vnni512_rows`].
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512vnni")]
 unsafe fn q4_vnni512(w: QRow, x: &Q8) -> f32 {
-    let n = x.d.len();
-    let (cp, qp, sp, dp) = (
-        w.codes.as_ptr(),
-        x.qs.as_ptr(),
-        w.scales.as_ptr(),
-        x.d.as_ptr(),
-    );
-    let idx = [pair_index(0), pair_index(1), pair_index(2), pair_index(3)];
-    let (mut a0, mut a1) = (_mm512_setzero_ps(), _mm512_setzero_ps());
-    for k in (0..n).step_by(8) {
-        let d = _mm256_cvtph_ps(_mm_loadu_si128(sp.add(k) as *const __m128i));
-        let s16 = _mm512_castps256_ps512(_mm256_mul_ps(d, _mm256_loadu_ps(dp.add(k))));
-        for (j, ix) in idx.iter().enumerate() {
-            let q = _mm512_loadu_si512(qp.add((k + 2 * j) * QB) as *const _);
-            let p = _mm512_dpbusd_epi32(_mm512_setzero_si512(), nibbles512(cp, k + 2 * j), q);
-            let f = _mm512_fmadd_ps(
-                _mm512_cvtepi32_ps(p),
-                _mm512_permutexvar_ps(*ix, s16),
-                if j % 2 == 0 { a0 } else { a1 },
-            );
-            if j % 2 == 0 {
-                a0 = f;
-            } else {
-                a1 = f;
-            }
-        }
-    }
-    _mm512_reduce_add_ps(_mm512_add_ps(a0, a1)) + offset_part(w, x)
+    let mut out = [0.0];
+    q4_vnni512_rows(&|_| w, x, &mut out);
+    out[0]
 }
 
 /// 4-bit rows (block 32, whole groups of eight blocks) against one activation row, one after the
-/// other in one call (decode): the constants are set up once per call rather than per row, and each
-/// row's offsets sum in its main loop rather than in a second pass over its scales.
+/// other in one call (decode), two blocks per 512-bit operation: the 32 code bytes of two blocks
+/// become `[lo0 hi0 lo1 hi1]` by one 64-bit lane permute; block `k` takes its scale from lane `k` of
+/// the eight converted at once. The constants are set up once per call rather than per row, and each
+/// row's offsets sum in its main loop (in `offset_part`'s order) rather than in a second pass.
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512vnni")]
 pub unsafe fn q4_vnni512_rows<'a>(w: &dyn Fn(usize) -> QRow<'a>, x: &Q8, out: &mut [f32]) {
     let n = x.d.len();
