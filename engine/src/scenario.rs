@@ -43,6 +43,9 @@ pub struct Capabilities {
     /// The decode matvec kernel and how it was chosen (timed in browsers).
     #[serde(default)]
     pub matvec_kernel: Option<String>,
+    /// wgpu's shader safety code kept (`gpu::ShaderChecks`): "on" in browsers, "off" natively.
+    #[serde(default)]
+    pub shader_checks: Option<String>,
     /// Storage, memory and threading APIs by name (cache_api, opfs, performance_memory, ...).
     pub apis: BTreeMap<String, Availability>,
 }

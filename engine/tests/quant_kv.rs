@@ -504,6 +504,7 @@ fn the_harness_rejudges_a_hosts_accuracy() {
         adapter: None,
         activations: act.map(str::to_string),
         matvec_kernel: None,
+        shader_checks: None,
         cpu: None,
         apis: Default::default(),
     };

@@ -3,7 +3,7 @@
 
 use anyhow::{Context, Result};
 use clap::Args;
-use nibble_engine::gpu::{GpuOptions, MatvecKernel};
+use nibble_engine::gpu::{GpuOptions, MatvecKernel, ShaderChecks};
 use std::fmt;
 use std::path::PathBuf;
 
@@ -28,7 +28,8 @@ pub struct ModelArgs {
 
 /// GPU options read from the environment, here at the edge (the engine reads none):
 /// `NIBBLE_MATVEC=tiled|row` picks the decode matvec kernel, `NIBBLE_PREFILL_ROWS=N` caps the rows of a
-/// batched prompt pass (1: token by token, as llama.cpp's `--ubatch-size`).
+/// batched prompt pass (1: token by token, as llama.cpp's `--ubatch-size`),
+/// `NIBBLE_SHADER_CHECKS=on|off|runtime|zero-init` what wgpu's shader safety code kept natively.
 pub fn gpu_env_options() -> Result<GpuOptions> {
     let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
     Ok(GpuOptions {
@@ -40,6 +41,10 @@ pub fn gpu_env_options() -> Result<GpuOptions> {
             .map(|v| v.parse::<usize>())
             .transpose()
             .context("NIBBLE_PREFILL_ROWS: expected a number of rows")?,
+        shader_checks: var("NIBBLE_SHADER_CHECKS")
+            .map(|v| ShaderChecks::parse(&v))
+            .transpose()
+            .context("NIBBLE_SHADER_CHECKS")?,
         ..GpuOptions::default()
     })
 }

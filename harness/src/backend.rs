@@ -161,6 +161,13 @@ impl OpenBackend {
         self.gpu.as_ref().map(|g| &g.report)
     }
 
+    /// wgpu's shader safety code kept, on a GPU.
+    pub fn shader_checks(&self) -> Option<String> {
+        self.gpu
+            .as_ref()
+            .map(|g| g.shader_checks.name().to_string())
+    }
+
     /// Activation type: the GPU's; the fast CPU backend's 8-bit blocks against quantized weights
     /// (f32 against f16 and f32 weights); the oracle's f32.
     pub fn activations(&self) -> &'static str {

@@ -95,6 +95,8 @@ pub struct BenchReport {
     pub backend: String,
     pub adapter: Option<nibble_engine::gpu::AdapterReport>,
     pub activations: String,
+    /// wgpu's shader safety code kept on the GPU (`on`, `off`, ...).
+    pub shader_checks: Option<String>,
     pub model: String,
     pub params: usize,
     pub reps: usize,
@@ -194,6 +196,7 @@ fn write_report(
         backend: rt.backend().name(),
         adapter: rt.adapter().cloned(),
         activations: rt.activations().to_string(),
+        shader_checks: rt.shader_checks(),
         model: model_name.to_string(),
         params,
         reps,
@@ -267,8 +270,8 @@ pub fn markdown(r: &BenchReport) -> String {
         )
     });
     s += &format!(
-        "model {} ({} params) | backend {} | adapter {adapter} | {} x {} ({} cpus) | {} reps after {} warm-up | nibble {}\n\n",
-        r.model, r.params, r.backend, r.machine.cpu_model, r.machine.arch, r.machine.cpus, r.reps, r.warmup,
+        "model {} ({} params) | backend {} | adapter {adapter} | shader checks {} | {} x {} ({} cpus) | {} reps after {} warm-up | nibble {}\n\n",
+        r.model, r.params, r.backend, r.shader_checks.as_deref().unwrap_or("-"), r.machine.cpu_model, r.machine.arch, r.machine.cpus, r.reps, r.warmup,
         r.commit.as_deref().unwrap_or("of an unknown commit")
     );
     s += "| model | config | size | params | backend | test | t/s |\n|---|---|---|---|---|---|---|\n";

@@ -159,7 +159,7 @@ impl<'g> GpuDecoder<'g> {
         }
         gpu.check_errors()?;
         let t0 = web_time::Instant::now();
-        let pipes = Pipelines::new(dev, gpu.activations);
+        let pipes = Pipelines::new(dev, gpu.activations, gpu.shader_checks);
         let compile_s = t0.elapsed().as_secs_f64();
         Ok(GpuDecoder {
             compile_s,

@@ -126,6 +126,66 @@ impl Activations {
     }
 }
 
+/// What a pipeline keeps of wgpu's safety code. wgpu adds, for WebGPU's untrusted shaders, bounds
+/// checks (clamps on every array index natively, where the driver's robust access does not cover it),
+/// a counter in every loop, guards on every integer division, and zeroes workgroup memory before each
+/// workgroup. nibble's kernels index within bindings whose sizes come from the same shapes as their
+/// parameters (wgpu validates each binding against its buffer), loop to parameter bounds, divide by
+/// block sizes validated at load, and write workgroup memory before reading it; so natively they may
+/// run without them (`create_shader_module_trusted`). A browser keeps every check whatever is asked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShaderChecks {
+    /// Bounds checks, loop bounding and division guards (wgpu's `ShaderRuntimeChecks`).
+    pub runtime: bool,
+    /// Zero-initialised workgroup memory.
+    pub zero_init: bool,
+}
+
+impl ShaderChecks {
+    pub const ON: ShaderChecks = ShaderChecks {
+        runtime: true,
+        zero_init: true,
+    };
+    pub const OFF: ShaderChecks = ShaderChecks {
+        runtime: false,
+        zero_init: false,
+    };
+
+    /// `on`, `off`, `runtime` (runtime checks only) or `zero-init` (zeroing only).
+    pub fn parse(s: &str) -> Result<ShaderChecks> {
+        let (runtime, zero_init) = match s {
+            "on" => (true, true),
+            "off" => (false, false),
+            "runtime" => (true, false),
+            "zero-init" => (false, true),
+            _ => {
+                return Err(Error::Invalid(format!(
+                    "shader checks {s:?}: expected on, off, runtime or zero-init"
+                )))
+            }
+        };
+        Ok(ShaderChecks { runtime, zero_init })
+    }
+
+    pub fn name(self) -> &'static str {
+        match (self.runtime, self.zero_init) {
+            (true, true) => "on",
+            (false, false) => "off",
+            (true, false) => "runtime",
+            (false, true) => "zero-init",
+        }
+    }
+
+    /// The checks a host can drop: all natively, none in a browser.
+    fn effective(wanted: Option<ShaderChecks>) -> ShaderChecks {
+        if cfg!(target_arch = "wasm32") {
+            ShaderChecks::ON
+        } else {
+            wanted.unwrap_or(ShaderChecks::OFF)
+        }
+    }
+}
+
 /// Options for opening the GPU.
 #[derive(Debug, Clone, Default)]
 pub struct GpuOptions {
@@ -141,6 +201,8 @@ pub struct GpuOptions {
     /// At most this many rows per batched prompt pass (1: token by token), as llama.cpp's
     /// `--ubatch-size`; default and ceiling [`PREFILL_ROWS`].
     pub prefill_rows: Option<usize>,
+    /// wgpu's shader safety code; default: none natively, all in a browser ([`ShaderChecks`]).
+    pub shader_checks: Option<ShaderChecks>,
 }
 
 /// An open device with its adapter report and error hooks.
@@ -158,6 +220,8 @@ pub struct Gpu {
     pub matvec_choice: std::cell::RefCell<String>,
     /// Rows per batched prompt pass at most (before binding limits).
     pub prefill_rows: usize,
+    /// The shader safety code pipelines keep.
+    pub shader_checks: ShaderChecks,
     errors: Arc<Mutex<Vec<String>>>,
 }
 
@@ -244,6 +308,7 @@ impl Gpu {
                 .prefill_rows
                 .unwrap_or(PREFILL_ROWS)
                 .clamp(1, PREFILL_ROWS),
+            shader_checks: ShaderChecks::effective(opts.shader_checks),
             report,
             errors,
         })

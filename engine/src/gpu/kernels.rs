@@ -4,7 +4,7 @@
 //! [`Kernel`] variant with its table entry, and its bindings in [`GpuDecoder::entries`].
 
 use super::decoder::GpuDecoder;
-use super::device::Activations;
+use super::device::{Activations, ShaderChecks};
 use super::layout::{kivi_ring, Chunk, GpuMatrix};
 use crate::dtype::WType;
 use crate::forward::Act;
@@ -138,7 +138,7 @@ pub(super) fn module_source(act: Activations, parts: &[&str]) -> String {
 pub(super) struct Pipelines(Vec<wgpu::ComputePipeline>);
 
 impl Pipelines {
-    pub fn new(device: &wgpu::Device, act: Activations) -> Pipelines {
+    pub fn new(device: &wgpu::Device, act: Activations, checks: ShaderChecks) -> Pipelines {
         let mut modules: HashMap<&str, wgpu::ShaderModule> = HashMap::new();
         let pipes = TABLE
             .iter()
@@ -146,17 +146,33 @@ impl Pipelines {
             .map(|(i, d)| {
                 debug_assert_eq!(d.kernel as usize, i, "TABLE is in Kernel order");
                 let m = modules.entry(d.module).or_insert_with(|| {
-                    device.create_shader_module(wgpu::ShaderModuleDescriptor {
+                    let desc = wgpu::ShaderModuleDescriptor {
                         label: Some(d.module),
                         source: wgpu::ShaderSource::Wgsl(module_source(act, d.parts).into()),
-                    })
+                    };
+                    if checks.runtime {
+                        device.create_shader_module(desc)
+                    } else {
+                        // SAFETY: see `ShaderChecks`: every index stays within bindings sized from
+                        // the shapes the parameters carry, every loop ends at a parameter bound and
+                        // every divisor is a validated block size; tests/gpu.rs runs both ways.
+                        unsafe {
+                            device.create_shader_module_trusted(
+                                desc,
+                                wgpu::ShaderRuntimeChecks::unchecked(),
+                            )
+                        }
+                    }
                 });
                 device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
                     label: Some(d.entry),
                     layout: None,
                     module: m,
                     entry_point: Some(d.entry),
-                    compilation_options: Default::default(),
+                    compilation_options: wgpu::PipelineCompilationOptions {
+                        zero_initialize_workgroup_memory: checks.zero_init,
+                        ..Default::default()
+                    },
                     cache: None,
                 })
             })

@@ -19,7 +19,7 @@ mod layout;
 mod upload;
 
 pub use decoder::{GpuDecoder, GREEDY_BATCH, PREFILL_ROWS};
-pub use device::{Activations, AdapterReport, Gpu, GpuOptions, LimitsReport};
+pub use device::{Activations, AdapterReport, Gpu, GpuOptions, LimitsReport, ShaderChecks};
 pub use kernels::MatvecKernel;
 pub use layout::GpuMemory;
 pub use upload::{GpuSink, GpuWeights, WeightUpload};

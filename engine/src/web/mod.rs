@@ -153,6 +153,7 @@ pub async fn open(opts: String) -> Result<String, JsError> {
             caps.backend = "webgpu".into();
             caps.adapter = Some(g.report.clone());
             caps.activations = Some(g.activations.name().into());
+            caps.shader_checks = Some(g.shader_checks.name().into());
         }
         None => {
             caps.backend = "wasm-cpu".into();

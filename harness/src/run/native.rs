@@ -143,6 +143,7 @@ fn caps(gpu: Option<&Gpu>, why: Option<String>) -> Capabilities {
         adapter: gpu.map(|g| g.report.clone()),
         activations: gpu.map(|g| g.activations.name().to_string()),
         matvec_kernel: gpu.map(|g| g.matvec_choice.borrow().clone()),
+        shader_checks: gpu.map(|g| g.shader_checks.name().to_string()),
         cpu: None,
         apis: BTreeMap::new(),
     }
