@@ -276,6 +276,9 @@ pub async fn measure(
 /// run by the backend's [`Decoder::decode_greedy`] (on the GPU a loop that never waits for the CPU,
 /// as llama-bench's `tg` queues its tokens). Each repetition is timed whole: one token's time is not
 /// observable alone when the GPU runs ahead, so the figure per repetition is its mean per token.
+/// Where the decoder may run positions again ([`Decoder::rewinds`]), the context is prefilled once
+/// and every repetition decodes the same positions after it (the cache before them is the same);
+/// otherwise each repetition prefills again.
 async fn decode_at(
     dec: &mut dyn Decoder,
     m: &Model,
@@ -287,9 +290,12 @@ async fn decode_at(
     let mut all = Vec::new();
     let mut encode = Vec::new();
     let mut rep_medians = Vec::new();
+    let mut next = 0;
     for r in 0..o.warmup + reps {
-        dec.reset();
-        let next = prefill(dec, &ctx).await?;
+        if r == 0 || !dec.rewinds() {
+            dec.reset();
+            next = prefill(dec, &ctx).await?;
+        }
         let t0 = Instant::now();
         dec.decode_greedy(next, depth + 1, o.decode_tokens).await?;
         let ms = t0.elapsed().as_secs_f64() * 1e3 / o.decode_tokens.max(1) as f64;

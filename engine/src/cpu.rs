@@ -219,6 +219,10 @@ impl Decoder for CpuDecoder<'_> {
         backend_name()
     }
 
+    fn rewinds(&self) -> bool {
+        self.kv.config.rewinds()
+    }
+
     fn reset(&mut self) {
         self.kv.reset();
     }

@@ -67,18 +67,38 @@ pub struct Perplexity {
     pub backend: String,
 }
 
+/// Runs forced decoding over every sequence, calling `f(logits, target)` at each scored position.
+pub async fn forced(
+    dec: &mut dyn Decoder,
+    seqs: &[Vec<u32>],
+    mut f: impl FnMut(&[f32], u32),
+) -> Result<()> {
+    // Scored in chunks, so a long text never holds more than a chunk's logits.
+    const CHUNK: usize = 128;
+    let v = dec.config().vocab_size;
+    for seq in seqs {
+        dec.reset();
+        let n = seq.len().saturating_sub(1);
+        for p0 in (0..n).step_by(CHUNK) {
+            let p1 = (p0 + CHUNK).min(n);
+            let logits = dec.score(&seq[p0..p1], p0).await?;
+            for (i, row) in logits.chunks_exact(v).enumerate() {
+                f(row, seq[p0 + i + 1]);
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Scores every position after BOS of every sequence; PPL = exp(mean NLL over all scored tokens).
 pub async fn perplexity(dec: &mut dyn Decoder, sequences: &[Vec<u32>]) -> Result<Perplexity> {
     let start = Instant::now();
     let (mut sum, mut n) = (0.0f64, 0usize);
-    for seq in sequences {
-        dec.reset();
-        for pos in 0..seq.len().saturating_sub(1) {
-            let logits = dec.step(seq[pos], pos).await?;
-            sum += nll(logits, seq[pos + 1]);
-            n += 1;
-        }
-    }
+    forced(dec, sequences, |logits, t| {
+        sum += nll(logits, t);
+        n += 1;
+    })
+    .await?;
     if n == 0 {
         return Err(Error::Invalid(
             "no tokens to score: the text has no story longer than one token".into(),

@@ -42,6 +42,12 @@ impl Default for KvConfig {
 }
 
 impl KvConfig {
+    /// Whether running a position again overwrites only that position's slot: no window ring (whose
+    /// slots later positions reuse) and no kivi4 groups (quantized when a group completes).
+    pub fn rewinds(&self) -> bool {
+        self.window.is_none() && self.k != KvType::Kivi4 && self.v != KvType::Kivi4
+    }
+
     pub fn validate(&self, c: &Config) -> Result<()> {
         let kv = c.kv_dim();
         for (which, t) in [("keys", self.k), ("values", self.v)] {

@@ -73,6 +73,18 @@ pub trait Decoder {
             Ok(ids)
         })
     }
+    /// Forced decoding: runs each of `tokens` at `pos0..` as a decode step and returns every step's
+    /// logits, row after row. The default reads each step back before the next; the GPU queues
+    /// [`gpu::SCORE_BATCH`] steps per readback.
+    fn score<'a>(&'a mut self, tokens: &'a [u32], pos0: usize) -> Fut<'a, Vec<f32>> {
+        Box::pin(async move {
+            let mut out = Vec::with_capacity(tokens.len() * self.config().vocab_size);
+            for (i, &t) in tokens.iter().enumerate() {
+                out.extend_from_slice(self.step(t, pos0 + i).await?);
+            }
+            Ok(out)
+        })
+    }
     /// How [`Decoder::decode_greedy`] runs, as recorded with decode timings.
     fn decode_method(&self) -> String {
         "token by token, each answer read back before the next step".into()
@@ -123,6 +135,12 @@ pub trait Decoder {
     fn kv_bytes(&self) -> usize;
     /// Forgets the sequence so the next step starts again at position 0.
     fn reset(&mut self);
+    /// Whether a position may run again after later ones: true where each position's cache slot is
+    /// its own ([`kv::KvConfig::rewinds`]). A benchmark then fills a context once and decodes after
+    /// it in every repetition.
+    fn rewinds(&self) -> bool {
+        false
+    }
     /// Positions this decoder can take: the model's context, or unbounded with a sliding window.
     fn context_limit(&self) -> usize;
 }

@@ -98,27 +98,12 @@ fn log_softmax(logits: &[f32]) -> Vec<f64> {
     logits.iter().map(|&v| v as f64 - lse).collect()
 }
 
-/// Runs forced decoding over every sequence, calling `f(logits, target)` at each scored position.
-async fn forced(
-    dec: &mut dyn Decoder,
-    seqs: &[Vec<u32>],
-    mut f: impl FnMut(&[f32], u32),
-) -> Result<()> {
-    for seq in seqs {
-        dec.reset();
-        for pos in 0..seq.len().saturating_sub(1) {
-            f(dec.step(seq[pos], pos).await?, seq[pos + 1]);
-        }
-    }
-    Ok(())
-}
-
 impl Reference {
     pub async fn run(dec: &mut dyn Decoder, seqs: &[Vec<u32>]) -> Result<Reference> {
         let start = web_time::Instant::now();
         let (mut logits, mut targets) = (Vec::new(), Vec::new());
         let mut nll = 0.0;
-        forced(dec, seqs, |l, t| {
+        eval::forced(dec, seqs, |l, t| {
             nll += eval::nll(l, t);
             logits.push(l.to_vec());
             targets.push(t);
@@ -253,7 +238,7 @@ pub async fn compare(
     // Scored against a reference of other tokens or another vocabulary, the figures would mean
     // nothing: the first such position is the error.
     let mut mismatch: Option<String> = None;
-    forced(cand, seqs, |l, t| {
+    eval::forced(cand, seqs, |l, t| {
         let Some(r) = reference.logits.get(i) else {
             i += 1;
             return;

@@ -525,6 +525,10 @@ impl Decoder for FastDecoder<'_> {
         crate::cpu::backend_name()
     }
 
+    fn rewinds(&self) -> bool {
+        self.kv.config.rewinds()
+    }
+
     fn reset(&mut self) {
         self.kv.reset();
     }

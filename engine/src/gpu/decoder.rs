@@ -1,7 +1,7 @@
 //! One sequence on the GPU: activations, KV cache, per-row steps; records the forward pass through the
 //! kernel table and reads back what the caller asks for.
 
-use super::device::{pop_error_scope, Activations, Gpu};
+use super::device::{pop_error_scope, Gpu};
 use super::kernels::{max_splits, BindKey, Pipelines, ATTN_SPLIT};
 use super::layout::{buffer, kv_layer_bytes, GpuMemory};
 use super::upload::GpuWeights;
@@ -20,11 +20,17 @@ enum Readback {
     /// The argmax id, into slot `i` of the id staging buffer (read once for a batch of passes).
     Argmax(usize),
     Logits,
+    /// The last row's logits, into slot `i` of the score staging buffer (read once for a batch).
+    Scores(usize),
 }
 
 /// Greedy tokens one readback carries at most in [`Decoder::decode_greedy`]: the GPU-resident loop
 /// queues this many passes before the CPU waits.
 pub const GREEDY_BATCH: usize = 64;
+
+/// Positions one readback carries at most in [`Decoder::score`]: forced decoding queues this many
+/// decode passes before the CPU waits (a browser answers each readback late).
+pub const SCORE_BATCH: usize = 32;
 
 /// One sequence on the GPU: uploaded weights, activations, KV cache, pipelines and cached bind groups.
 pub struct GpuDecoder<'g> {
@@ -56,6 +62,8 @@ pub struct GpuDecoder<'g> {
     pub(super) staging_logits: wgpu::Buffer,
     /// `GREEDY_BATCH` argmax ids, copied here pass by pass and mapped once per batch.
     pub(super) staging_id: wgpu::Buffer,
+    /// `SCORE_BATCH` rows of logits, copied pass by pass and mapped once per batch.
+    pub(super) staging_scores: wgpu::Buffer,
     /// Whether the pass being recorded takes its token from the previous pass's argmax (every
     /// embedding chunk is then dispatched, each keeping the rows whose token it holds).
     pub(super) chained: bool,
@@ -146,10 +154,12 @@ impl<'g> GpuDecoder<'g> {
             read,
         );
         let staging_id = buf("staging ids", (4 * GREEDY_BATCH) as u64, read);
+        let row_bytes = c.vocab_size * gpu.activations.bytes();
+        let staging_scores = buf("staging scores", (row_bytes * SCORE_BATCH) as u64, read);
         memory.kv_cache = kcache.iter().chain(&vcache).map(|b| b.size()).sum();
         let scratch = [&att, &parts, &step_buf, &rope_buf, &argmax_buf];
         memory.activations = acts.iter().chain(scratch).map(|b| b.size()).sum::<u64>();
-        memory.staging = staging_logits.size() + staging_id.size();
+        memory.staging = staging_logits.size() + staging_id.size() + staging_scores.size();
         memory.total = memory.weights + memory.kv_cache + memory.activations + memory.staging;
         if let Some(e) = pop_error_scope(oom_scope) {
             return Err(Error::Gpu(format!(
@@ -183,6 +193,7 @@ impl<'g> GpuDecoder<'g> {
             argmax_buf,
             staging_logits,
             staging_id,
+            staging_scores,
             chained: false,
             dispatches: 0,
             pipes,
@@ -321,16 +332,14 @@ impl<'g> GpuDecoder<'g> {
             Readback::Argmax(i) => {
                 enc.copy_buffer_to_buffer(&self.argmax_buf, 0, &self.staging_id, 4 * i as u64, 4)
             }
-            Readback::Logits => {
-                let size = self.staging_logits.size();
-                let from = ((n - 1) * cfg.vocab_size * self.gpu.activations.bytes()) as u64;
-                enc.copy_buffer_to_buffer(
-                    self.act(Act::Logits),
-                    from,
-                    &self.staging_logits,
-                    0,
-                    size,
-                );
+            Readback::Logits | Readback::Scores(_) => {
+                let size = (cfg.vocab_size * self.gpu.activations.bytes()) as u64;
+                let (to, at) = match out {
+                    Readback::Scores(i) => (&self.staging_scores, i as u64 * size),
+                    _ => (&self.staging_logits, 0),
+                };
+                let from = (n - 1) as u64 * size;
+                enc.copy_buffer_to_buffer(self.act(Act::Logits), from, to, at, size);
             }
             Readback::Nothing => {}
         }
@@ -400,18 +409,30 @@ impl<'g> GpuDecoder<'g> {
     /// Reads the logits the last submission copied out, as f32.
     async fn read_logits(&mut self) -> Result<&[f32]> {
         let bytes = self.read(&self.staging_logits).await?;
-        let n = self.config.vocab_size;
-        match self.gpu.activations {
-            Activations::F32 => self
-                .logits
-                .copy_from_slice(&bytemuck::cast_slice::<u8, f32>(&bytes)[..n]),
-            Activations::F16 => {
-                for (o, h) in self.logits.iter_mut().zip(bytes.chunks_exact(2)) {
-                    *o = half::f16::from_le_bytes([h[0], h[1]]).to_f32();
-                }
-            }
-        }
+        let mut logits = std::mem::take(&mut self.logits);
+        logits.clear();
+        self.gpu
+            .activations
+            .extend_f32(&bytes, self.config.vocab_size, &mut logits);
+        self.logits = logits;
         Ok(&self.logits)
+    }
+
+    /// Forced decoding: each token a decode pass of its own (the kernels `step` runs), its logits
+    /// copied to a slot of the score staging buffer, read once per [`SCORE_BATCH`] passes.
+    async fn score_rows(&mut self, tokens: &[u32], pos0: usize) -> Result<Vec<f32>> {
+        let v = self.config.vocab_size;
+        let mut out = Vec::with_capacity(tokens.len() * v);
+        for (b, chunk) in tokens.chunks(SCORE_BATCH).enumerate() {
+            for (i, &t) in chunk.iter().enumerate() {
+                self.run(&[t], pos0 + b * SCORE_BATCH + i, Readback::Scores(i), false)?;
+            }
+            let bytes = self.read(&self.staging_scores).await?;
+            self.gpu
+                .activations
+                .extend_f32(&bytes, chunk.len() * v, &mut out);
+        }
+        Ok(out)
     }
 
     async fn read_id(&self) -> Result<u32> {
@@ -597,6 +618,10 @@ impl Decoder for GpuDecoder<'_> {
         Box::pin(self.greedy(token, pos, n))
     }
 
+    fn score<'a>(&'a mut self, tokens: &'a [u32], pos0: usize) -> crate::Fut<'a, Vec<f32>> {
+        Box::pin(self.score_rows(tokens, pos0))
+    }
+
     fn decode_method(&self) -> String {
         format!(
             "GPU-resident greedy loop: each pass's argmax feeds the next pass's embedding on the GPU, \
@@ -665,6 +690,10 @@ impl Decoder for GpuDecoder<'_> {
 
     fn reset(&mut self) {
         self.held = 0;
+    }
+
+    fn rewinds(&self) -> bool {
+        self.kv.rewinds()
     }
 
     /// The bytes of the positions the cache holds now, in the KV format (as the CPU counts them):

@@ -118,6 +118,18 @@ impl Activations {
         }
     }
 
+    /// Appends the first `n` values of `bytes` (activations of this type) as f32.
+    pub(super) fn extend_f32(self, bytes: &[u8], n: usize, out: &mut Vec<f32>) {
+        match self {
+            Activations::F32 => out.extend_from_slice(&bytemuck::cast_slice::<u8, f32>(bytes)[..n]),
+            Activations::F16 => out.extend(
+                bytes[..2 * n]
+                    .chunks_exact(2)
+                    .map(|h| half::f16::from_le_bytes([h[0], h[1]]).to_f32()),
+            ),
+        }
+    }
+
     pub(super) fn bytes(self) -> usize {
         match self {
             Activations::F16 => 2,

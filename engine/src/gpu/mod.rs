@@ -18,7 +18,7 @@ mod kernels;
 mod layout;
 mod upload;
 
-pub use decoder::{GpuDecoder, GREEDY_BATCH, PREFILL_ROWS};
+pub use decoder::{GpuDecoder, GREEDY_BATCH, PREFILL_ROWS, SCORE_BATCH};
 pub use device::{Activations, AdapterReport, Gpu, GpuOptions, LimitsReport, ShaderChecks};
 pub use kernels::MatvecKernel;
 pub use layout::GpuMemory;

@@ -426,11 +426,7 @@ pub async fn score(tokens: Vec<u32>, _on_progress: Function) -> Result<Vec<f32>,
     let g = gpu();
     let backend = backend_of(&g);
     let mut dec = backend.decoder(&l.model, Default::default()).map_err(err)?;
-    let mut out = Vec::with_capacity(tokens.len() * l.model.config.vocab_size);
-    for (pos, &t) in tokens.iter().enumerate() {
-        out.extend_from_slice(dec.step(t, pos).await.map_err(err)?);
-    }
-    Ok(out)
+    dec.score(&tokens, 0).await.map_err(err)
 }
 
 /// Generates from a prompt with the loaded model's tokenizer; answers [`eval::Generation`].

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# A/B of nibble settings on the lent H200 machine in one device call: the synthetic f16 file of each
+# shape is written once, then `nibble bench` runs once per variant (an environment assignment such as
+# NIBBLE_SHADER_CHECKS=on, or "base"), the variants alternating, ROUNDS times over.
+# Carry .device/bin (a release build from here) and .device/gl (the Vulkan loader debs).
+# Knobs: SHAPES (default "1b 7b"), VARIANTS (default "NIBBLE_SHADER_CHECKS=on NIBBLE_SHADER_CHECKS=off"),
+# ROUNDS (default 2), CONFIGS (default q4_0), ARGS (bench arguments). Results go to $OUT.
+set -uo pipefail
+if [ -d /usr/local/nvidia ]; then
+  for f in .device/gl/*.deb; do dpkg -x "$f" /; done
+  ldconfig
+  export VK_DRIVER_FILES=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
+fi
+export XDG_RUNTIME_DIR=/tmp/xdg && mkdir -p $XDG_RUNTIME_DIR
+nb=.device/bin/nibble
+d=/tmp/nb && mkdir -p $d
+out=${OUT:-/tmp/out} && mkdir -p "$out"
+variants=${VARIANTS:-NIBBLE_SHADER_CHECKS=on NIBBLE_SHADER_CHECKS=off}
+args=${ARGS:---prompts 512 --depths 0,1024 --decode-tokens 32 --reps 3 --warmup 1}
+start=$(date +%s)
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1 | tee "$out/gpu.txt"
+for m in ${SHAPES:-1b 7b}; do
+  preset=llama-$m && [ "$m" = tiny ] && preset=tiny
+  [ -f $d/$m-f16.gguf ] || $nb synth --preset $preset --type f16 --out $d/$m-f16.gguf | tail -1
+  for r in $(seq "${ROUNDS:-2}"); do
+    for v in $variants; do
+      name=$m-${v##*=}-r$r
+      echo "== $name ($v) at $(( $(date +%s) - start )) s"
+      [ "$v" = base ] && v=NIBBLE_BASE=1
+      env $v $nb bench --model $d/$m-f16.gguf --cache-dir $d/cache --configs "${CONFIGS:-q4_0}" $args \
+        --out "$out/$name" 2>&1 | grep "^| \|^model" | grep -v "^| model\|^|---"
+    done
+  done
+done
+echo "done at $(( $(date +%s) - start )) s"
