@@ -6,10 +6,52 @@
 mod common;
 use common::*;
 use nibble_engine::block_on;
-use nibble_engine::gpu::{Gpu, GpuDecoder, GpuOptions, SCORE_BATCH};
+use nibble_engine::gpu::{Activations, Gpu, GpuDecoder, GpuOptions, SCORE_BATCH};
 use nibble_engine::kv::{KvConfig, KvType};
 use nibble_engine::measure::{self, RunConfig};
-use nibble_engine::Decoder;
+use nibble_engine::{Decoder, Model};
+
+/// The built-in model's 259 logits in f16 are 518 bytes: rows that start and end off a word, which
+/// copies must round (wgpu moves whole words). Scoring and a batched prefill's last row, at f16 and
+/// f32, on rows of both parities.
+#[test]
+fn logits_rows_off_a_word_read_back_whole() {
+    let builtin = Model::builtin();
+    assert_eq!(builtin.config.vocab_size % 2, 1, "an odd vocabulary");
+    let toks: Vec<u32> = (0..SCORE_BATCH + 5)
+        .map(|i| 3 + (i * 41 % 250) as u32)
+        .collect();
+    for act in [Activations::F16, Activations::F32] {
+        let gpu = Gpu::open_blocking(GpuOptions {
+            act: Some(act),
+            ..Default::default()
+        })
+        .expect("lavapipe has shader-f16");
+        let mut d = GpuDecoder::new(&gpu, &builtin, KvConfig::default()).unwrap();
+        let mut want = Vec::new();
+        for (p, &t) in toks.iter().enumerate() {
+            want.push(block_on(d.step(t, p)).unwrap().to_vec());
+        }
+        d.reset();
+        let got = block_on(d.score(&toks, 0)).unwrap();
+        assert!(got == want.concat(), "{act:?}: scored rows differ");
+        // A prefill of n rows reads row n - 1: at f16, 518 (n - 1) bytes in.
+        for n in [2, 3, 4, 5] {
+            d.reset();
+            let last = block_on(d.prefill(&toks[..n], 0)).unwrap().to_vec();
+            let w = &want[n - 1];
+            let worst = w
+                .iter()
+                .zip(&last)
+                .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+            // The batched kernels sum in another order; 5e-3 is tests/gpu.rs's f16 tolerance.
+            assert!(
+                worst <= 5e-3 * (1.0 + w.iter().fold(0f32, |m, v| m.max(v.abs()))),
+                "{act:?} n {n}: {worst}"
+            );
+        }
+    }
+}
 
 #[test]
 fn queued_scoring_gives_the_step_by_step_logits() {

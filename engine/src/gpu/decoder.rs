@@ -60,6 +60,9 @@ pub struct GpuDecoder<'g> {
     pub(super) rope_buf: wgpu::Buffer,
     pub(super) argmax_buf: wgpu::Buffer,
     pub(super) staging_logits: wgpu::Buffer,
+    /// Bytes before the logits in `staging_logits`: copies start on a 4-byte boundary, and a row of
+    /// f16 logits over an odd vocabulary may not.
+    pub(super) logits_shift: usize,
     /// `GREEDY_BATCH` argmax ids, copied here pass by pass and mapped once per batch.
     pub(super) staging_id: wgpu::Buffer,
     /// `SCORE_BATCH` rows of logits, copied pass by pass and mapped once per batch.
@@ -150,12 +153,15 @@ impl<'g> GpuDecoder<'g> {
         let read = wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST;
         let staging_logits = buf(
             "staging logits",
-            (c.vocab_size * gpu.activations.bytes()) as u64,
+            (c.vocab_size * gpu.activations.bytes() + 2) as u64,
             read,
         );
         let staging_id = buf("staging ids", (4 * GREEDY_BATCH) as u64, read);
-        let row_bytes = c.vocab_size * gpu.activations.bytes();
-        let staging_scores = buf("staging scores", (row_bytes * SCORE_BATCH) as u64, read);
+        let staging_scores = buf(
+            "staging scores",
+            (score_stride(&c, gpu) * SCORE_BATCH) as u64,
+            read,
+        );
         memory.kv_cache = kcache.iter().chain(&vcache).map(|b| b.size()).sum();
         let scratch = [&att, &parts, &step_buf, &rope_buf, &argmax_buf];
         memory.activations = acts.iter().chain(scratch).map(|b| b.size()).sum::<u64>();
@@ -192,6 +198,7 @@ impl<'g> GpuDecoder<'g> {
             rope_buf,
             argmax_buf,
             staging_logits,
+            logits_shift: 0,
             staging_id,
             staging_scores,
             chained: false,
@@ -333,13 +340,19 @@ impl<'g> GpuDecoder<'g> {
                 enc.copy_buffer_to_buffer(&self.argmax_buf, 0, &self.staging_id, 4 * i as u64, 4)
             }
             Readback::Logits | Readback::Scores(_) => {
-                let size = (cfg.vocab_size * self.gpu.activations.bytes()) as u64;
+                // Copies move whole words: from the word holding the last row's first logit.
+                let row = cfg.vocab_size * self.gpu.activations.bytes();
+                let from = (n - 1) * row;
+                let shift = from % 4;
+                let size = (row + shift).div_ceil(4) * 4;
                 let (to, at) = match out {
-                    Readback::Scores(i) => (&self.staging_scores, i as u64 * size),
+                    Readback::Scores(i) => (&self.staging_scores, i * score_stride(&cfg, self.gpu)),
                     _ => (&self.staging_logits, 0),
                 };
-                let from = (n - 1) as u64 * size;
-                enc.copy_buffer_to_buffer(self.act(Act::Logits), from, to, at, size);
+                debug_assert!(matches!(out, Readback::Logits) || shift == 0);
+                self.logits_shift = shift;
+                let src = self.act(Act::Logits);
+                enc.copy_buffer_to_buffer(src, (from - shift) as u64, to, at as u64, size as u64);
             }
             Readback::Nothing => {}
         }
@@ -411,9 +424,10 @@ impl<'g> GpuDecoder<'g> {
         let bytes = self.read(&self.staging_logits).await?;
         let mut logits = std::mem::take(&mut self.logits);
         logits.clear();
+        let bytes = &bytes[self.logits_shift..];
         self.gpu
             .activations
-            .extend_f32(&bytes, self.config.vocab_size, &mut logits);
+            .extend_f32(bytes, self.config.vocab_size, &mut logits);
         self.logits = logits;
         Ok(&self.logits)
     }
@@ -428,9 +442,12 @@ impl<'g> GpuDecoder<'g> {
                 self.run(&[t], pos0 + b * SCORE_BATCH + i, Readback::Scores(i), false)?;
             }
             let bytes = self.read(&self.staging_scores).await?;
-            self.gpu
-                .activations
-                .extend_f32(&bytes, chunk.len() * v, &mut out);
+            for row in bytes
+                .chunks(score_stride(&self.config, self.gpu))
+                .take(chunk.len())
+            {
+                self.gpu.activations.extend_f32(row, v, &mut out);
+            }
         }
         Ok(out)
     }
@@ -708,6 +725,11 @@ impl Decoder for GpuDecoder<'_> {
             None => self.config.seq_len,
         }
     }
+}
+
+/// Bytes between rows of the score staging buffer: a row of logits rounded up to whole words.
+fn score_stride(c: &Config, gpu: &Gpu) -> usize {
+    (c.vocab_size * gpu.activations.bytes()).div_ceil(4) * 4
 }
 
 /// Rows of a batched prompt pass: enough to read each weight once per 64 tokens, fewer where the

@@ -381,9 +381,7 @@ impl Gpu {
         if e.is_empty() {
             return Ok(());
         }
-        let msg = e.join("; ");
-        e.clear();
-        Err(Error::Gpu(msg))
+        Err(Error::Gpu(summarize(e.drain(..))))
     }
 
     #[cfg(not(target_arch = "wasm32"))]
@@ -396,6 +394,25 @@ impl Gpu {
             .map_err(|e| Error::Gpu(format!("waiting for the GPU: {e}")))?;
         self.check_errors()
     }
+}
+
+/// The errors a device reported, each message once with its count: one failing command repeats its
+/// error on every submission.
+fn summarize(errors: impl Iterator<Item = String>) -> String {
+    let mut seen: Vec<(String, usize)> = Vec::new();
+    for m in errors {
+        match seen.iter_mut().find(|(s, _)| *s == m) {
+            Some((_, n)) => *n += 1,
+            None => seen.push((m, 1)),
+        }
+    }
+    seen.iter()
+        .map(|(m, n)| match n {
+            1 => m.trim_end().to_string(),
+            _ => format!("{} ({n} times)", m.trim_end()),
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 /// Pops an error scope; natively waits for its verdict. In the browser the verdict arrives later, and
@@ -435,6 +452,20 @@ mod tests {
                 max_storage_buffers_per_shader_stage: 8,
             },
         }
+    }
+
+    #[test]
+    fn repeated_device_errors_are_told_once_with_their_count() {
+        let e = [
+            "copy size 518\n",
+            "lost",
+            "copy size 518\n",
+            "copy size 518\n",
+        ];
+        assert_eq!(
+            summarize(e.iter().map(|s| s.to_string())),
+            "copy size 518 (3 times); lost"
+        );
     }
 
     #[test]
