@@ -28,8 +28,10 @@ for m in ${SHAPES:-1b 7b}; do
       echo "== $name ($v) at $(( $(date +%s) - start )) s"
       [ "$v" = base ] && v=NIBBLE_BASE=1
       env $v $nb bench --model $d/$m-f16.gguf --cache-dir $d/cache --configs "${CONFIGS:-q4_0}" $args \
-        --out "$out/$name" 2>&1 | grep "^| \|^model" | grep -v "^| model\|^|---"
+        --out "$out/$name" 2>&1 | grep --line-buffered "^| \|^model" | grep --line-buffered -v "^| model\|^|---"
     done
   done
 done
 echo "done at $(( $(date +%s) - start )) s"
+# The device returns few files: the tables are in the output above, the records are the JSON.
+find "$out" -name bench.md -delete

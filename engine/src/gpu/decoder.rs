@@ -526,8 +526,11 @@ impl<'g> GpuDecoder<'g> {
     }
 }
 
-/// Rows of a batched prompt pass at most (fewer where a binding limit says so).
+/// Rows of a batched prompt pass by default (fewer where a binding limit says so).
 pub const PREFILL_ROWS: usize = 64;
+
+/// The most rows a batched prompt pass may be asked to take (`GpuOptions::prefill_rows`).
+pub const PREFILL_ROWS_MAX: usize = 512;
 
 fn wg(n: usize, size: usize) -> (u32, u32) {
     (n.div_ceil(size) as u32, 1)

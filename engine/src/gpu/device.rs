@@ -2,7 +2,7 @@
 //! adapter (the matvec kernel). Options come from the caller (CLI flags, the page), never from the
 //! environment.
 
-use super::decoder::{GpuDecoder, PREFILL_ROWS};
+use super::decoder::{GpuDecoder, PREFILL_ROWS, PREFILL_ROWS_MAX};
 use super::kernels::MatvecKernel;
 use crate::kv::KvConfig;
 use crate::quant::WType;
@@ -211,7 +211,7 @@ pub struct GpuOptions {
     /// [`Gpu::tune_matvec`]).
     pub matvec: Option<MatvecKernel>,
     /// At most this many rows per batched prompt pass (1: token by token), as llama.cpp's
-    /// `--ubatch-size`; default and ceiling [`PREFILL_ROWS`].
+    /// `--ubatch-size`; default [`PREFILL_ROWS`], at most [`PREFILL_ROWS_MAX`].
     pub prefill_rows: Option<usize>,
     /// wgpu's shader safety code; default: none natively, all in a browser ([`ShaderChecks`]).
     pub shader_checks: Option<ShaderChecks>,
@@ -319,7 +319,7 @@ impl Gpu {
             prefill_rows: opts
                 .prefill_rows
                 .unwrap_or(PREFILL_ROWS)
-                .clamp(1, PREFILL_ROWS),
+                .clamp(1, PREFILL_ROWS_MAX),
             shader_checks: ShaderChecks::effective(opts.shader_checks),
             report,
             errors,
