@@ -67,6 +67,11 @@ pub struct Perplexity {
     pub backend: String,
 }
 
+/// Positions at the end of each sequence that forced decoding runs as decode steps; the rest is
+/// scored as a prompt runs ([`Decoder::score`]: batched passes on the GPU), so a comparison meets
+/// both paths.
+pub const DECODE_TAIL: usize = 16;
+
 /// Runs forced decoding over every sequence, calling `f(logits, target)` at each scored position.
 pub async fn forced(
     dec: &mut dyn Decoder,
@@ -79,12 +84,16 @@ pub async fn forced(
     for seq in seqs {
         dec.reset();
         let n = seq.len().saturating_sub(1);
-        for p0 in (0..n).step_by(CHUNK) {
-            let p1 = (p0 + CHUNK).min(n);
+        let batched = n.saturating_sub(DECODE_TAIL);
+        for p0 in (0..batched).step_by(CHUNK) {
+            let p1 = (p0 + CHUNK).min(batched);
             let logits = dec.score(&seq[p0..p1], p0).await?;
             for (i, row) in logits.chunks_exact(v).enumerate() {
                 f(row, seq[p0 + i + 1]);
             }
+        }
+        for pos in batched..n {
+            f(dec.step(seq[pos], pos).await?, seq[pos + 1]);
         }
     }
     Ok(())

@@ -73,9 +73,9 @@ pub trait Decoder {
             Ok(ids)
         })
     }
-    /// Forced decoding: runs each of `tokens` at `pos0..` as a decode step and returns every step's
-    /// logits, row after row. The default reads each step back before the next; the GPU queues
-    /// [`gpu::SCORE_BATCH`] steps per readback.
+    /// Scoring: runs `tokens` at `pos0..` as a prompt and returns every position's logits, row after
+    /// row. The default steps each position; the GPU runs batched passes (as llama.cpp's perplexity
+    /// does) and reads the logits of several back at once.
     fn score<'a>(&'a mut self, tokens: &'a [u32], pos0: usize) -> Fut<'a, Vec<f32>> {
         Box::pin(async move {
             let mut out = Vec::with_capacity(tokens.len() * self.config().vocab_size);

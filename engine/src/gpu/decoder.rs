@@ -20,7 +20,7 @@ enum Readback {
     /// The argmax id, into slot `i` of the id staging buffer (read once for a batch of passes).
     Argmax(usize),
     Logits,
-    /// The last row's logits, into slot `i` of the score staging buffer (read once for a batch).
+    /// Every row's logits, into the score staging buffer at byte `at` (read once for several passes).
     Scores(usize),
 }
 
@@ -28,8 +28,9 @@ enum Readback {
 /// queues this many passes before the CPU waits.
 pub const GREEDY_BATCH: usize = 64;
 
-/// Positions one readback carries at most in [`Decoder::score`]: forced decoding queues this many
-/// decode passes before the CPU waits (a browser answers each readback late).
+/// Rows of logits one readback carries at least in [`Decoder::score`] (more where a prompt pass
+/// holds more): passes are queued until then before the CPU waits (a browser answers each readback
+/// late).
 pub const SCORE_BATCH: usize = 32;
 
 /// One sequence on the GPU: uploaded weights, activations, KV cache, pipelines and cached bind groups.
@@ -65,7 +66,7 @@ pub struct GpuDecoder<'g> {
     pub(super) logits_shift: usize,
     /// `GREEDY_BATCH` argmax ids, copied here pass by pass and mapped once per batch.
     pub(super) staging_id: wgpu::Buffer,
-    /// `SCORE_BATCH` rows of logits, copied pass by pass and mapped once per batch.
+    /// Rows of logits of several passes, copied pass by pass and mapped once (`score_capacity`).
     pub(super) staging_scores: wgpu::Buffer,
     /// Whether the pass being recorded takes its token from the previous pass's argmax (every
     /// embedding chunk is then dispatched, each keeping the rows whose token it holds).
@@ -159,7 +160,7 @@ impl<'g> GpuDecoder<'g> {
         let staging_id = buf("staging ids", (4 * GREEDY_BATCH) as u64, read);
         let staging_scores = buf(
             "staging scores",
-            (score_stride(&c, gpu) * SCORE_BATCH) as u64,
+            score_capacity(&c, gpu, max_rows) as u64,
             read,
         );
         memory.kv_cache = kcache.iter().chain(&vcache).map(|b| b.size()).sum();
@@ -339,20 +340,20 @@ impl<'g> GpuDecoder<'g> {
             Readback::Argmax(i) => {
                 enc.copy_buffer_to_buffer(&self.argmax_buf, 0, &self.staging_id, 4 * i as u64, 4)
             }
-            Readback::Logits | Readback::Scores(_) => {
+            Readback::Logits => {
                 // Copies move whole words: from the word holding the last row's first logit.
                 let row = cfg.vocab_size * self.gpu.activations.bytes();
                 let from = (n - 1) * row;
                 let shift = from % 4;
                 let size = (row + shift).div_ceil(4) * 4;
-                let (to, at) = match out {
-                    Readback::Scores(i) => (&self.staging_scores, i * score_stride(&cfg, self.gpu)),
-                    _ => (&self.staging_logits, 0),
-                };
-                debug_assert!(matches!(out, Readback::Logits) || shift == 0);
                 self.logits_shift = shift;
-                let src = self.act(Act::Logits);
-                enc.copy_buffer_to_buffer(src, (from - shift) as u64, to, at as u64, size as u64);
+                let (src, to) = (self.act(Act::Logits), &self.staging_logits);
+                enc.copy_buffer_to_buffer(src, (from - shift) as u64, to, 0, size as u64);
+            }
+            Readback::Scores(at) => {
+                let size = (n * cfg.vocab_size * self.gpu.activations.bytes()).div_ceil(4) * 4;
+                let (src, to) = (self.act(Act::Logits), &self.staging_scores);
+                enc.copy_buffer_to_buffer(src, 0, to, at as u64, size as u64);
             }
             Readback::Nothing => {}
         }
@@ -432,24 +433,44 @@ impl<'g> GpuDecoder<'g> {
         Ok(&self.logits)
     }
 
-    /// Forced decoding: each token a decode pass of its own (the kernels `step` runs), its logits
-    /// copied to a slot of the score staging buffer, read once per [`SCORE_BATCH`] passes.
+    /// Forced decoding as a prompt runs: passes of up to `max_rows` positions (batched kernels, as
+    /// llama.cpp's perplexity scores), every row's logits copied into the score staging buffer, which
+    /// is read once it is full.
     async fn score_rows(&mut self, tokens: &[u32], pos0: usize) -> Result<Vec<f32>> {
         let v = self.config.vocab_size;
+        let row = v * self.gpu.activations.bytes();
+        let cap = self.staging_scores.size() as usize;
         let mut out = Vec::with_capacity(tokens.len() * v);
-        for (b, chunk) in tokens.chunks(SCORE_BATCH).enumerate() {
-            for (i, &t) in chunk.iter().enumerate() {
-                self.run(&[t], pos0 + b * SCORE_BATCH + i, Readback::Scores(i), false)?;
+        // (byte offset, rows) of each pass waiting in the staging buffer.
+        let mut queued: Vec<(usize, usize)> = Vec::new();
+        let (mut at, mut done) = (0, 0);
+        while done < tokens.len() {
+            let n = self.batch_len(pos0 + done, tokens.len() - done);
+            let size = (n * row).div_ceil(4) * 4;
+            if at + size > cap {
+                self.read_scores(&queued, &mut out).await?;
+                (queued, at) = (Vec::new(), 0);
             }
-            let bytes = self.read(&self.staging_scores).await?;
-            for row in bytes
-                .chunks(score_stride(&self.config, self.gpu))
-                .take(chunk.len())
-            {
-                self.gpu.activations.extend_f32(row, v, &mut out);
-            }
+            self.run(
+                &tokens[done..done + n],
+                pos0 + done,
+                Readback::Scores(at),
+                false,
+            )?;
+            queued.push((at, n));
+            (at, done) = (at + size, done + n);
         }
+        self.read_scores(&queued, &mut out).await?;
         Ok(out)
+    }
+
+    async fn read_scores(&self, queued: &[(usize, usize)], out: &mut Vec<f32>) -> Result<()> {
+        let bytes = self.read(&self.staging_scores).await?;
+        for &(at, n) in queued {
+            let v = n * self.config.vocab_size;
+            self.gpu.activations.extend_f32(&bytes[at..], v, out);
+        }
+        Ok(())
     }
 
     async fn read_id(&self) -> Result<u32> {
@@ -730,9 +751,11 @@ impl Decoder for GpuDecoder<'_> {
     }
 }
 
-/// Bytes between rows of the score staging buffer: a row of logits rounded up to whole words.
-fn score_stride(c: &Config, gpu: &Gpu) -> usize {
-    (c.vocab_size * gpu.activations.bytes()).div_ceil(4) * 4
+/// Bytes of the score staging buffer: a whole pass of logits or `SCORE_BATCH` rows, whichever is
+/// more, and each pass's rounding up to a whole word.
+fn score_capacity(c: &Config, gpu: &Gpu, max_rows: usize) -> usize {
+    let rows = max_rows.max(SCORE_BATCH);
+    rows * c.vocab_size * gpu.activations.bytes() + 4 * rows
 }
 
 /// Rows of a batched prompt pass: enough to read each weight once per 64 tokens, fewer where the
