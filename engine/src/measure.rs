@@ -452,6 +452,19 @@ pub fn parse_bytes(s: &str) -> Result<usize> {
     Ok((n * mult) as usize)
 }
 
+/// "weights=q4_0" → "q4_0"; the empty spec is the model as loaded.
+pub fn label(spec: &str) -> String {
+    let s = spec.trim();
+    if s.is_empty() {
+        return "as-loaded".into();
+    }
+    s.strip_prefix("weights=")
+        .filter(|r| !r.contains(','))
+        .or_else(|| s.strip_prefix("precision="))
+        .unwrap_or(s)
+        .to_string()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

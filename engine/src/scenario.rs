@@ -9,6 +9,7 @@ use crate::bench::{self, BenchOpts, ConfigBench};
 use crate::gpu::{AdapterReport, GpuMemory};
 pub use crate::host::HostMemory;
 use crate::kv::{KvConfig, KvType};
+pub use crate::measure::label;
 use crate::measure::{self, Divergence, Reference, RunConfig};
 use crate::precision::Accounting;
 use crate::{Backend, Config, Model, Result};
@@ -247,6 +248,9 @@ pub struct WindowRun {
     /// KV bytes did not grow after the window filled.
     pub flat: bool,
     pub ms_per_token: f64,
+    /// The weights it ran (q4_0: the window's memory does not depend on them). Absent in older results.
+    #[serde(default)]
+    pub weights: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -469,7 +473,7 @@ pub struct ReloadRun {
     /// Handing the weights to the backend: the GPU upload, which overlaps the load (each tensor as it
     /// arrives), plus making the decoder; pipeline compilation not included.
     pub upload_s: f64,
-    /// Compiling the GPU pipelines while making the decoder (no cache can skip it).
+    /// Compiling the GPU pipelines while making the decoder: the first decoder on a device does.
     pub compile_s: Option<f64>,
     /// Load and upload (interleaved), until the weights are on the device. The speed-up compares this; shader compilation
     /// and the first token come after it and are reported on their own.
@@ -692,13 +696,16 @@ pub async fn context(
         ..KvConfig::default()
     };
     cfg.validate(c)?;
-    let mut dec = backend.decoder(base, cfg)?;
+    // q4_0 weights: the cheapest pass on every backend, and the window's memory does not depend on them.
+    let (q4, _) = measure::prepare(base, &RunConfig::parse("weights=q4_0")?)?;
+    let mut dec = backend.decoder(&q4, cfg)?;
     let total = c.seq_len + p.past_context;
     progress(format!(
         "context: sliding window {} to {total} positions",
         p.window
     ));
-    let window = window_run(dec.as_mut(), p.window, p.sinks, total, &mut progress).await?;
+    let mut window = window_run(dec.as_mut(), p.window, p.sinks, total, &mut progress).await?;
+    window.weights = "q4_0".into();
     Ok(Context {
         rows,
         window: Some(window),
@@ -746,20 +753,8 @@ pub async fn window_run(
         gpu_total_bytes: dec.gpu_memory().map(|g| g.total),
         flat: end <= at_window,
         ms_per_token: ms,
+        weights: String::new(),
     })
-}
-
-/// "weights=q4_0" → "q4_0"; the empty spec is the model as loaded.
-pub fn label(spec: &str) -> String {
-    let s = spec.trim();
-    if s.is_empty() {
-        return "as-loaded".into();
-    }
-    s.strip_prefix("weights=")
-        .filter(|r| !r.contains(','))
-        .or_else(|| s.strip_prefix("precision="))
-        .unwrap_or(s)
-        .to_string()
 }
 
 fn backend_kind(b: &Backend<'_>) -> (&'static str, Option<&'static str>) {
@@ -788,8 +783,10 @@ pub fn default_params(base: &Model, seqs: Vec<Vec<u32>>, reps: usize) -> Params 
         bench: BenchOpts {
             reps,
             warmup: 1,
-            prompts: vec![32.min(ctx / 4), 128.min(ctx / 2)],
-            depths: vec![0, (ctx / 2).min(1024)],
+            // Smaller sizes where the context is short (the built-in model's 512): there they only
+            // exercise the code paths, and software WebGPU pays for every position.
+            prompts: vec![32.min(ctx / 4), if ctx < 2048 { 64 } else { 128 }],
+            depths: vec![0, if ctx < 2048 { ctx / 4 } else { 1024 }],
             decode_tokens: 16,
             bandwidth: None,
         },

@@ -34,9 +34,11 @@ const WEIGHT_SPECS: [&str; 9] = [
 ];
 
 /// The GPU with f32 activations (the tight comparisons); f16 activations have their own test.
+/// Prompt passes of 64 rows, so the tests' prompts take several.
 fn gpu() -> Gpu {
     Gpu::open_blocking(GpuOptions {
         act: Some(Activations::F32),
+        prefill_rows: Some(64),
         ..Default::default()
     })
     .expect("a WebGPU adapter (lavapipe: apt-get install mesa-vulkan-drivers)")

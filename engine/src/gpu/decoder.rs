@@ -71,7 +71,7 @@ pub struct GpuDecoder<'g> {
     /// Whether the pass being recorded takes its token from the previous pass's argmax (every
     /// embedding chunk is then dispatched, each keeping the rows whose token it holds).
     pub(super) chained: bool,
-    pub(super) pipes: Pipelines,
+    pub(super) pipes: Rc<Pipelines>,
     pub(super) binds: HashMap<BindKey, wgpu::BindGroup>,
     pub(super) pass: Option<wgpu::ComputePass<'static>>,
     pub(super) logits: Vec<f32>,
@@ -140,29 +140,18 @@ impl<'g> GpuDecoder<'g> {
         let att = buf("att", (max_rows * c.n_heads * cap * 4) as u64, storage);
         let parts_len = c.n_heads * max_splits(cap) * (c.head_size() + 2);
         let parts = buf("attention splits", (parts_len * 4) as u64, storage);
-        let step_buf = buf(
-            "steps",
-            (max_rows * 32) as u64,
-            storage | wgpu::BufferUsages::COPY_DST,
-        );
-        let rope_buf = buf(
-            "rope",
-            (max_rows * c.head_size() * 4) as u64,
-            storage | wgpu::BufferUsages::COPY_DST,
-        );
+        let written = |label: &str, size: usize| {
+            buf(label, size as u64, storage | wgpu::BufferUsages::COPY_DST)
+        };
+        let step_buf = written("steps", max_rows * 32);
+        let rope_buf = written("rope", max_rows * c.head_size() * 4);
         let argmax_buf = buf("argmax", 4, storage | wgpu::BufferUsages::COPY_SRC);
         let read = wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST;
-        let staging_logits = buf(
-            "staging logits",
-            (c.vocab_size * gpu.activations.bytes() + 2) as u64,
-            read,
-        );
-        let staging_id = buf("staging ids", (4 * GREEDY_BATCH) as u64, read);
-        let staging_scores = buf(
-            "staging scores",
-            score_capacity(&c, gpu, max_rows) as u64,
-            read,
-        );
+        let staging = |label: &str, size: usize| buf(label, size as u64, read);
+        // Logits rows may start 2 bytes into a word (f16, odd vocabulary): room for the shift.
+        let staging_logits = staging("staging logits", c.vocab_size * gpu.activations.bytes() + 2);
+        let staging_id = staging("staging ids", 4 * GREEDY_BATCH);
+        let staging_scores = staging("staging scores", score_capacity(&c, gpu, max_rows));
         memory.kv_cache = kcache.iter().chain(&vcache).map(|b| b.size()).sum();
         let scratch = [&att, &parts, &step_buf, &rope_buf, &argmax_buf];
         memory.activations = acts.iter().chain(scratch).map(|b| b.size()).sum::<u64>();
@@ -176,7 +165,7 @@ impl<'g> GpuDecoder<'g> {
         }
         gpu.check_errors()?;
         let t0 = web_time::Instant::now();
-        let pipes = Pipelines::new(dev, gpu.activations, gpu.shader_checks);
+        let pipes = gpu.pipelines();
         let compile_s = t0.elapsed().as_secs_f64();
         Ok(GpuDecoder {
             compile_s,
@@ -547,11 +536,11 @@ impl<'g> GpuDecoder<'g> {
     }
 }
 
-/// Rows of a batched prompt pass by default (fewer where a binding limit says so).
-pub const PREFILL_ROWS: usize = 64;
-
-/// The most rows a batched prompt pass may be asked to take (`GpuOptions::prefill_rows`).
-pub const PREFILL_ROWS_MAX: usize = 512;
+/// Rows of a batched prompt pass at most, and by default (fewer where a binding limit says so): as
+/// llama.cpp's ubatch. On an H200, 1B q4_0 pp512 ran at 2153 tokens/s in passes of 64 rows, 4166 in
+/// 256 and 4662 in 512 (`benchmarks/2026-12-03-h200-checks.md`): a pass of 64 rows gives a matrix of
+/// 2048 rows only 64 workgroups.
+pub const PREFILL_ROWS: usize = 512;
 
 fn wg(n: usize, size: usize) -> (u32, u32) {
     (n.div_ceil(size) as u32, 1)

@@ -2,8 +2,9 @@
 //! adapter (the matvec kernel). Options come from the caller (CLI flags, the page), never from the
 //! environment.
 
-use super::decoder::{GpuDecoder, PREFILL_ROWS, PREFILL_ROWS_MAX};
+use super::decoder::{GpuDecoder, PREFILL_ROWS};
 use super::kernels::MatvecKernel;
+use super::kernels::Pipelines;
 use crate::kv::KvConfig;
 use crate::quant::WType;
 use crate::{Decoder, Error, Result};
@@ -211,7 +212,7 @@ pub struct GpuOptions {
     /// [`Gpu::tune_matvec`]).
     pub matvec: Option<MatvecKernel>,
     /// At most this many rows per batched prompt pass (1: token by token), as llama.cpp's
-    /// `--ubatch-size`; default [`PREFILL_ROWS`], at most [`PREFILL_ROWS_MAX`].
+    /// `--ubatch-size`; default and ceiling [`PREFILL_ROWS`].
     pub prefill_rows: Option<usize>,
     /// wgpu's shader safety code; default: none natively, all in a browser ([`ShaderChecks`]).
     pub shader_checks: Option<ShaderChecks>,
@@ -234,6 +235,9 @@ pub struct Gpu {
     pub prefill_rows: usize,
     /// The shader safety code pipelines keep.
     pub shader_checks: ShaderChecks,
+    /// Every kernel's pipeline, compiled for the first decoder and shared by the next: a browser
+    /// compiles each pipeline when it first runs (SwiftShader: seconds), and only once per object.
+    pipelines: std::cell::RefCell<Option<std::rc::Rc<Pipelines>>>,
     errors: Arc<Mutex<Vec<String>>>,
 }
 
@@ -319,11 +323,26 @@ impl Gpu {
             prefill_rows: opts
                 .prefill_rows
                 .unwrap_or(PREFILL_ROWS)
-                .clamp(1, PREFILL_ROWS_MAX),
+                .clamp(1, PREFILL_ROWS),
             shader_checks: ShaderChecks::effective(opts.shader_checks),
+            pipelines: Default::default(),
             report,
             errors,
         })
+    }
+
+    /// The pipelines of this device, created on first use.
+    pub(super) fn pipelines(&self) -> std::rc::Rc<Pipelines> {
+        self.pipelines
+            .borrow_mut()
+            .get_or_insert_with(|| {
+                std::rc::Rc::new(Pipelines::new(
+                    &self.device,
+                    self.activations,
+                    self.shader_checks,
+                ))
+            })
+            .clone()
     }
 
     pub fn matvec_kernel(&self) -> MatvecKernel {
