@@ -72,8 +72,40 @@ enum Command {
     BuildWeb(browser::BuildWebArgs),
 }
 
-#[tokio::main]
-async fn main() {
+fn main() {
+    runtime_dir();
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime")
+        .block_on(cli_main());
+}
+
+/// libwayland, which the Vulkan loader and Mesa probe, prints "XDG_RUNTIME_DIR is invalid or not
+/// set" where a headless machine has none (root over ssh, CI): the process gets a private one, set
+/// before any thread starts. The browsers inherit it.
+#[cfg(unix)]
+fn runtime_dir() {
+    use std::os::unix::fs::PermissionsExt;
+    let valid = std::env::var_os("XDG_RUNTIME_DIR")
+        .map(std::path::PathBuf::from)
+        .is_some_and(|p| p.is_dir());
+    if valid {
+        return;
+    }
+    let uid = unsafe { libc::getuid() };
+    let dir = std::env::temp_dir().join(format!("nibble-runtime-{uid}"));
+    let made = std::fs::create_dir_all(&dir)
+        .and_then(|_| std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)));
+    if made.is_ok() {
+        std::env::set_var("XDG_RUNTIME_DIR", &dir);
+    }
+}
+
+#[cfg(not(unix))]
+fn runtime_dir() {}
+
+async fn cli_main() {
     let cli = Cli::parse();
     let res = match cli.cmd {
         Command::Generate(a) => native::generate(a),

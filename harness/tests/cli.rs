@@ -388,6 +388,20 @@ fn gpu_backend_reports_its_adapter_and_agrees_with_cpu() {
         .contains("f32 activations"));
 }
 
+/// Without XDG_RUNTIME_DIR (root over ssh, CI), libwayland, which the Vulkan loader probes, prints
+/// "XDG_RUNTIME_DIR is invalid or not set" on every GPU open; nibble gives itself a private one.
+#[test]
+fn a_gpu_run_without_a_runtime_dir_prints_no_wayland_noise() {
+    let o = Command::new(env!("CARGO_BIN_EXE_nibble"))
+        .args(["generate", "-n", "2", "--backend", "gpu"])
+        .env_remove("XDG_RUNTIME_DIR")
+        .output()
+        .expect("run nibble");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(!err.contains("XDG_RUNTIME_DIR"), "{err}");
+}
+
 #[test]
 fn bench_writes_medians_spread_and_bytes() {
     let d = scratch("bench");
