@@ -6,12 +6,7 @@
 # Knobs: SHAPES (default "1b 7b"), VARIANTS (default "NIBBLE_SHADER_CHECKS=on NIBBLE_SHADER_CHECKS=off"),
 # ROUNDS (default 2), CONFIGS (default q4_0), ARGS (bench arguments). Results go to $OUT.
 set -uo pipefail
-if [ -d /usr/local/nvidia ]; then
-  for f in .device/gl/*.deb; do dpkg -x "$f" /; done
-  ldconfig
-  export VK_DRIVER_FILES=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
-fi
-export XDG_RUNTIME_DIR=/tmp/xdg && mkdir -p $XDG_RUNTIME_DIR
+. scripts/h200-env.sh
 nb=.device/bin/nibble
 d=/tmp/nb && mkdir -p $d
 out=${OUT:-/tmp/out} && mkdir -p "$out"

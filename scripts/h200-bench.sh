@@ -11,10 +11,7 @@
 # q4_0), VARIANT (a NIBBLE_MATVEC kernel benched again at q4_0, depth 0, to attribute a kernel change).
 # Results go to $OUT (the device tool brings them back).
 set -uo pipefail
-for f in .device/gl/*.deb; do dpkg -x "$f" /; done
-ldconfig
-export VK_DRIVER_FILES=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
-export XDG_RUNTIME_DIR=/tmp/xdg && mkdir -p $XDG_RUNTIME_DIR
+. scripts/h200-env.sh
 nb=.device/bin/nibble
 d=/tmp/nb && mkdir -p $d
 out=${OUT:-/tmp/out} && mkdir -p "$out"

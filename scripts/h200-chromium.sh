@@ -42,10 +42,8 @@ recv)
   mkdir -p /tmp/cparts && cp ".device/c$2"/chrome-part-* /tmp/cparts/ && ls -la /tmp/cparts
   ;;
 run)
-  for f in .device/gl/*.deb; do dpkg -x "$f" /; done
-  ldconfig
+  . scripts/h200-env.sh
   out=${OUT:-/tmp/out} && mkdir -p "$out"
-  export XDG_RUNTIME_DIR=/tmp/xdg && mkdir -p $XDG_RUNTIME_DIR
   mkdir -p /tmp/cparts && find .device/c3 -maxdepth 1 -type f ! -name bin.tar.xz -exec cp {} /tmp/cparts/ \;
   if [ ! -d /opt/chromium-portable ]; then
     missing=$(for p in aa ab ac; do [ -f /tmp/cparts/chrome-part-$p ] || echo $p; done)
