@@ -697,15 +697,15 @@ pub async fn context(
     };
     cfg.validate(c)?;
     // q4_0 weights: the cheapest pass on every backend, and the window's memory does not depend on them.
-    let (q4, _) = measure::prepare(base, &RunConfig::parse("weights=q4_0")?)?;
+    let (spec, total) = ("weights=q4_0", c.seq_len + p.past_context);
+    let (q4, _) = measure::prepare(base, &RunConfig::parse(spec)?)?;
     let mut dec = backend.decoder(&q4, cfg)?;
-    let total = c.seq_len + p.past_context;
     progress(format!(
         "context: sliding window {} to {total} positions",
         p.window
     ));
     let mut window = window_run(dec.as_mut(), p.window, p.sinks, total, &mut progress).await?;
-    window.weights = "q4_0".into();
+    window.weights = label(spec);
     Ok(Context {
         rows,
         window: Some(window),

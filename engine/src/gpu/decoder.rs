@@ -747,8 +747,8 @@ fn score_capacity(c: &Config, gpu: &Gpu, max_rows: usize) -> usize {
     rows * c.vocab_size * gpu.activations.bytes() + 4 * rows
 }
 
-/// Rows of a batched prompt pass: enough to read each weight once per 64 tokens, fewer where the
-/// attention scratch or the logits of a whole batch would not fit one binding.
+/// Rows of a batched prompt pass: the device's `prefill_rows`, fewer where the attention scratch or
+/// the logits of a whole batch would not fit one binding.
 fn batch_rows(gpu: &Gpu, c: &Config, cap: usize) -> usize {
     let per_row = (c.n_heads * cap * 4)
         .max(c.vocab_size * gpu.activations.bytes())

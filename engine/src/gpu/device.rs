@@ -3,8 +3,7 @@
 //! environment.
 
 use super::decoder::{GpuDecoder, PREFILL_ROWS};
-use super::kernels::MatvecKernel;
-use super::kernels::Pipelines;
+use super::kernels::{MatvecKernel, Pipelines};
 use crate::kv::KvConfig;
 use crate::quant::WType;
 use crate::{Decoder, Error, Result};
@@ -471,6 +470,17 @@ mod tests {
                 max_storage_buffers_per_shader_stage: 8,
             },
         }
+    }
+
+    #[test]
+    fn shader_checks_are_named_as_parsed_and_natively_default_to_off() {
+        for name in ["on", "off", "runtime", "zero-init"] {
+            assert_eq!(ShaderChecks::parse(name).unwrap().name(), name);
+        }
+        assert!(ShaderChecks::parse("none").is_err());
+        assert_eq!(ShaderChecks::effective(None), ShaderChecks::OFF);
+        let on = Some(ShaderChecks::ON);
+        assert_eq!(ShaderChecks::effective(on), ShaderChecks::ON);
     }
 
     #[test]

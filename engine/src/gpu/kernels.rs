@@ -155,7 +155,7 @@ impl Pipelines {
                     } else {
                         // SAFETY: see `ShaderChecks`: every index stays within bindings sized from
                         // the shapes the parameters carry, every loop ends at a parameter bound and
-                        // every divisor is a validated block size; tests/gpu.rs runs both ways.
+                        // every divisor is a validated block size; tests/gpu_checks.rs runs both ways.
                         unsafe {
                             device.create_shader_module_trusted(
                                 desc,
