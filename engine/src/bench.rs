@@ -2,6 +2,7 @@
 //! tokens/s, time to first token and decode ms/token, as medians with their spread over repetitions.
 
 use crate::gpu::GpuMemory;
+pub use crate::gpu::KernelTime;
 use crate::model::{Class, Model, TensorId};
 use crate::precision::{Accounting, Fallback};
 use crate::{Decoder, Result};
@@ -9,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use web_time::Instant;
 
 /// What to time and how often.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct BenchOpts {
     pub reps: usize,
     pub warmup: usize,
@@ -18,6 +19,9 @@ pub struct BenchOpts {
     pub decode_tokens: usize,
     /// Memory bandwidth in GB/s for the roofline column.
     pub bandwidth: Option<f64>,
+    /// Profiled passes after each test's timed ones (0: none): GPU time per kernel.
+    #[serde(default)]
+    pub profile: usize,
 }
 
 /// Median and spread of repeated measurements.
@@ -85,12 +89,23 @@ pub fn t95(n: usize) -> f64 {
         + (3.0 * z.powi(7) + 19.0 * z.powi(5) + 17.0 * z.powi(3) - 15.0 * z) / (384.0 * v.powi(3))
 }
 
+/// The medians over profiled passes of each kernel's time, and why there is none where there is not.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Profile {
+    /// Passes profiled; each kernel's `us` is the median over them.
+    pub passes: usize,
+    pub kernels: Vec<KernelTime>,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Prefill {
     pub prompt_tokens: usize,
     pub tokens_per_s: Stat,
     /// How the prompt was processed.
     pub method: String,
+    /// GPU time per kernel of the prompt's first pass (`--profile`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub profile: Option<Profile>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -120,6 +135,9 @@ pub struct Decode {
     pub bytes_per_token: u64,
     pub achieved_gb_s: f64,
     pub roofline_pct: Option<f64>,
+    /// GPU time per kernel of one token at this depth (`--profile`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub profile: Option<Profile>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -247,10 +265,13 @@ pub async fn measure(
         if t.ttft_ms.is_none() {
             t.ttft_ms = Some(Stat::of(&firsts));
         }
+        dec.reset();
+        let profile = profiled(dec, &toks, 0, o.profile).await?;
         t.prefill.push(Prefill {
             prompt_tokens: n,
             tokens_per_s: Stat::of(&tps),
             method: dec.prefill_method(),
+            profile,
         });
     }
     for &depth in &o.depths {
@@ -305,6 +326,8 @@ async fn decode_at(
             all.push(ms);
         }
     }
+    let dispatches = dec.dispatches();
+    let profile = profiled(dec, &[next], depth + 1, o.profile).await?;
     let st = Stat {
         ci95: None,
         ..Stat::of(&all)
@@ -321,11 +344,48 @@ async fn decode_at(
         reps_ms_per_token: (!rep_medians.is_empty()).then(|| Stat::of(&rep_medians)),
         rep_medians_ms: rep_medians,
         cpu_encode_ms: (!encode.is_empty()).then(|| Stat::of(&encode)),
-        dispatches_per_token: dec.dispatches(),
+        dispatches_per_token: dispatches,
         bytes_per_token: bytes,
         achieved_gb_s: gbs,
         roofline_pct: o.bandwidth.map(|bw| gbs / bw * 100.0),
+        profile,
     })
+}
+
+/// `passes` profiled passes of `tokens` at `pos` ([`Decoder::profile`]: the first pass of a prompt,
+/// or one decode step), each kernel's time the median over them. None where the backend cannot
+/// profile or none was asked.
+async fn profiled(
+    dec: &mut dyn Decoder,
+    tokens: &[u32],
+    pos: usize,
+    passes: usize,
+) -> Result<Option<Profile>> {
+    let mut runs = Vec::new();
+    for _ in 0..passes {
+        match dec.profile(tokens, pos).await? {
+            Some(k) => runs.push(k),
+            None => return Ok(None),
+        }
+    }
+    let Some(first) = runs.first() else {
+        return Ok(None);
+    };
+    let kernels = first
+        .iter()
+        .map(|k| {
+            let xs: Vec<f64> = runs
+                .iter()
+                .filter_map(|r| r.iter().find(|x| x.kernel == k.kernel))
+                .map(|x| x.us)
+                .collect();
+            KernelTime {
+                us: Stat::of(&xs).median,
+                ..k.clone()
+            }
+        })
+        .collect();
+    Ok(Some(Profile { passes, kernels }))
 }
 
 #[cfg(test)]
@@ -359,6 +419,7 @@ mod tests {
             depths: vec![0],
             decode_tokens: 6,
             bandwidth: None,
+            profile: 0,
         };
         let t = crate::block_on(measure(&mut d, &m, &o, |_| {})).unwrap();
         let dec = &t.decode[0];

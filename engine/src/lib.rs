@@ -121,6 +121,15 @@ pub trait Decoder {
     fn dispatches(&self) -> Option<usize> {
         None
     }
+    /// GPU time per kernel of one pass over `tokens` at `pos0..` (a prompt's first pass, or one decode
+    /// step with its argmax), for backends that can time their kernels; None elsewhere.
+    fn profile<'a>(
+        &'a mut self,
+        _tokens: &'a [u32],
+        _pos0: usize,
+    ) -> Fut<'a, Option<Vec<gpu::KernelTime>>> {
+        Box::pin(async { Ok(None) })
+    }
     /// Time making the decoder spent compiling shaders, for backends that do.
     fn compile_ms(&self) -> Option<f64> {
         None

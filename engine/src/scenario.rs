@@ -788,7 +788,7 @@ pub fn default_params(base: &Model, seqs: Vec<Vec<u32>>, reps: usize) -> Params 
             prompts: vec![32.min(ctx / 4), if ctx < 2048 { 64 } else { 128 }],
             depths: vec![0, if ctx < 2048 { ctx / 4 } else { 1024 }],
             decode_tokens: 16,
-            bandwidth: None,
+            ..Default::default()
         },
         kv_budget: 1 << 20,
         kv_types: vec![KvType::F16, KvType::Q8_0, KvType::Q4_0, KvType::Kivi4],

@@ -70,8 +70,14 @@ impl BackendArgs {
     }
 
     pub fn open(&self) -> Result<OpenBackend> {
+        self.open_with(false)
+    }
+
+    /// [`BackendArgs::open`], asking the GPU for timestamps inside passes where `profile`.
+    pub fn open_with(&self, profile: bool) -> Result<OpenBackend> {
         let opts = GpuOptions {
             act: self.act.as_deref().map(Activations::parse).transpose()?,
+            profile,
             ..gpu_env_options()?
         };
         let gpu_only = opts.act.is_some();
@@ -159,6 +165,18 @@ impl OpenBackend {
 
     pub fn adapter(&self) -> Option<&nibble_engine::gpu::AdapterReport> {
         self.gpu.as_ref().map(|g| &g.report)
+    }
+
+    /// Why kernels cannot be timed on this backend, or None where they can.
+    pub fn no_profile(&self) -> Option<String> {
+        match &self.gpu {
+            Some(g) if g.timestamps => None,
+            Some(g) => Some(format!(
+                "{} has no timestamps inside compute passes",
+                g.report.name
+            )),
+            None => Some("the CPU backends dispatch no GPU kernels".into()),
+        }
     }
 
     /// wgpu's shader safety code kept, on a GPU.

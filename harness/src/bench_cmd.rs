@@ -52,6 +52,10 @@ pub struct BenchArgs {
     /// Memory bandwidth in GB/s for the roofline column (decode reads every weight once per token).
     #[arg(long)]
     bandwidth: Option<f64>,
+    /// Profile N passes after each test's timed ones: GPU time per kernel (natively, where the
+    /// adapter writes timestamps inside passes), each kernel's median over them.
+    #[arg(long, default_value_t = 0)]
+    profile: usize,
     /// Output directory for bench.json and bench.md (default: reports/bench-MODEL).
     #[arg(long)]
     out: Option<PathBuf>,
@@ -119,7 +123,8 @@ fn weight_config(spec: &str, block: usize) -> Result<WeightConfig> {
 }
 
 pub fn bench(a: BenchArgs) -> Result<()> {
-    let rt = a.backend.open()?;
+    let rt = a.backend.open_with(a.profile > 0)?;
+    let no_profile = (a.profile > 0).then(|| rt.no_profile()).flatten();
     let backend = rt.backend();
     let base: Option<Model> = match &a.preset {
         Some(_) => None,
@@ -159,10 +164,16 @@ pub fn bench(a: BenchArgs) -> Result<()> {
             depths: a.depths.clone(),
             decode_tokens: a.decode_tokens,
             bandwidth: a.bandwidth,
+            profile: if no_profile.is_some() { 0 } else { a.profile },
         };
-        let t = block_on(bench::measure(dec.as_mut(), &m, &opts, |l| {
+        let mut t = block_on(bench::measure(dec.as_mut(), &m, &opts, |l| {
             eprintln!("[{spec}] {l}")
         }))?;
+        t.not_measured.extend(
+            no_profile
+                .iter()
+                .map(|why| format!("kernel profile: {why}")),
+        );
         configs.push(ConfigBench::new(
             spec.clone(),
             dec.as_ref(),
@@ -326,6 +337,7 @@ pub fn markdown(r: &BenchReport) -> String {
             s += &format!("| {} | not measured: {n} |\n", c.config);
         }
     }
+    s += &profiles(r);
     // Ratios between configurations, from the medians above.
     let f16 = r.configs.iter().find(|c| c.config == "f16");
     if let Some(f) = f16 {
@@ -346,6 +358,40 @@ pub fn markdown(r: &BenchReport) -> String {
                 (1.0 - ratio) * 100.0,
                 mratio
             );
+        }
+    }
+    s
+}
+
+/// Each profiled test's kernels, slowest first, with their share of the pass's summed GPU time.
+fn profiles(r: &BenchReport) -> String {
+    let mut s = String::new();
+    for c in &r.configs {
+        let tests =
+            c.prefill
+                .iter()
+                .filter_map(|p| Some((format!("pp{}", p.prompt_tokens), p.profile.as_ref()?)))
+                .chain(c.decode.iter().filter_map(|d| {
+                    Some((format!("decode depth {}", d.depth), d.profile.as_ref()?))
+                }));
+        for (test, p) in tests {
+            let total: f64 = p.kernels.iter().map(|k| k.us).sum();
+            let n: usize = p.kernels.iter().map(|k| k.dispatches).sum();
+            s += &format!(
+                "\n{} {test}: GPU time per kernel, one pass (median of {} profiled passes): {:.1} us in {n} dispatches\n\n| kernel | dispatches | us | % |\n|---|---|---|---|\n",
+                c.config, p.passes, total
+            );
+            let mut ks: Vec<_> = p.kernels.iter().collect();
+            ks.sort_by(|a, b| b.us.total_cmp(&a.us));
+            for k in ks {
+                s += &format!(
+                    "| {} | {} | {:.1} | {:.1} |\n",
+                    k.kernel,
+                    k.dispatches,
+                    k.us,
+                    100.0 * k.us / total.max(f64::MIN_POSITIVE)
+                );
+            }
         }
     }
     s

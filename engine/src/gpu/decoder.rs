@@ -4,6 +4,7 @@
 use super::device::{pop_error_scope, Gpu};
 use super::kernels::{max_splits, BindKey, Pipelines, ATTN_SPLIT};
 use super::layout::{buffer, kv_layer_bytes, GpuMemory};
+use super::profile::{KernelTime, Profiler};
 use super::upload::GpuWeights;
 use crate::arch::forward;
 use crate::forward::{rope_freqs, Act, Kernels};
@@ -15,7 +16,7 @@ use std::rc::Rc;
 
 /// What a submission copies back.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Readback {
+pub(super) enum Readback {
     Nothing,
     /// The argmax id, into slot `i` of the id staging buffer (read once for a batch of passes).
     Argmax(usize),
@@ -84,6 +85,9 @@ pub struct GpuDecoder<'g> {
     pub(super) compile_s: f64,
     /// cos/sin per RoPE frequency for each row's position, reused every pass.
     pub(super) rope_table: Vec<f32>,
+    /// Timestamps of the pass being recorded, while [`Decoder::profile`] runs one.
+    pub(super) profiler: Option<Profiler>,
+    pub(super) profiling: bool,
 }
 
 impl<'g> GpuDecoder<'g> {
@@ -200,6 +204,8 @@ impl<'g> GpuDecoder<'g> {
             memory,
             encode_s: 0.0,
             rope_table: vec![0.0; max_rows * c.head_size()],
+            profiler: None,
+            profiling: false,
             config: c,
         })
     }
@@ -250,18 +256,22 @@ impl<'g> GpuDecoder<'g> {
     fn dispatch(&mut self, key: BindKey, groups: (u32, u32)) {
         self.ensure(key);
         self.dispatches += 1;
-        let pipe = self.pipes.get(self.kernel_of(key));
+        let kernel = self.kernel_of(key);
+        let pipe = self.pipes.get(kernel);
         let pass = self.pass.as_mut().expect("dispatch outside a token's pass");
         pass.set_pipeline(pipe);
         pass.set_bind_group(0, &self.binds[&key], &[]);
         pass.dispatch_workgroups(groups.0, groups.1, 1);
+        if let Some(p) = self.profiler.as_mut().filter(|_| self.profiling) {
+            p.mark(pass, key.label(kernel));
+        }
     }
 
     /// Rows the pass starting at `pos0` may take, of `left` tokens still to run. Rows of one pass are
     /// all stored before any attends, so a pass must not reuse a ring slot (with a window, batches stop
     /// where the ring would wrap, and go token by token after it) and may complete at most one kivi4
     /// key group, at its last row (the flush runs after the stores).
-    fn batch_len(&self, pos0: usize, left: usize) -> usize {
+    pub(super) fn batch_len(&self, pos0: usize, left: usize) -> usize {
         let mut n = left.min(self.max_rows);
         let kv = &self.kv;
         if let Some(w) = kv.window {
@@ -279,7 +289,13 @@ impl<'g> GpuDecoder<'g> {
     /// Writes each row's step and RoPE table, records the forward pass over `tokens` at `pos0..`, and
     /// submits it with a copy of what `out` asks for (for the last row) into its staging buffer.
     /// `chained`: a single row whose token is the previous pass's argmax, copied on the GPU.
-    fn run(&mut self, tokens: &[u32], pos0: usize, out: Readback, chained: bool) -> Result<()> {
+    pub(super) fn run(
+        &mut self,
+        tokens: &[u32],
+        pos0: usize,
+        out: Readback,
+        chained: bool,
+    ) -> Result<()> {
         let start = web_time::Instant::now();
         let c = &self.config;
         let n = tokens.len();
@@ -317,6 +333,9 @@ impl<'g> GpuDecoder<'g> {
             enc.begin_compute_pass(&Default::default())
                 .forget_lifetime(),
         );
+        if let Some(p) = self.profiler.as_mut().filter(|_| self.profiling) {
+            p.begin(self.pass.as_mut().expect("pass begun"));
+        }
         self.rows = n;
         self.dispatches = 0;
         let cfg = self.config.clone();
@@ -325,6 +344,9 @@ impl<'g> GpuDecoder<'g> {
             self.dispatch(BindKey::Argmax, (1, 1));
         }
         drop(self.pass.take());
+        if let Some(p) = self.profiler.as_ref().filter(|_| self.profiling) {
+            p.resolve(&mut enc);
+        }
         match out {
             Readback::Argmax(i) => {
                 enc.copy_buffer_to_buffer(&self.argmax_buf, 0, &self.staging_id, 4 * i as u64, 4)
@@ -499,7 +521,7 @@ impl<'g> GpuDecoder<'g> {
 
     /// Maps `staging` and copies it out. Natively the wait happens here (the map callback fires inside
     /// the poll); in a browser the future resolves from the event loop.
-    async fn read(&self, staging: &wgpu::Buffer) -> Result<Vec<u8>> {
+    pub(super) async fn read(&self, staging: &wgpu::Buffer) -> Result<Vec<u8>> {
         let slice = staging.slice(..);
         let (tx, mut rx) = futures_channel::oneshot::channel();
         slice.map_async(wgpu::MapMode::Read, move |r| {
@@ -703,6 +725,14 @@ impl Decoder for GpuDecoder<'_> {
 
     fn compile_ms(&self) -> Option<f64> {
         Some(self.compile_s * 1e3)
+    }
+
+    fn profile<'a>(
+        &'a mut self,
+        tokens: &'a [u32],
+        pos0: usize,
+    ) -> crate::Fut<'a, Option<Vec<KernelTime>>> {
+        Box::pin(self.profile_pass(tokens, pos0))
     }
 
     fn dispatches(&self) -> Option<usize> {

@@ -215,6 +215,8 @@ pub struct GpuOptions {
     pub prefill_rows: Option<usize>,
     /// wgpu's shader safety code; default: none natively, all in a browser ([`ShaderChecks`]).
     pub shader_checks: Option<ShaderChecks>,
+    /// Ask for timestamps inside passes (where the adapter has them), for per-kernel GPU times.
+    pub profile: bool,
 }
 
 /// An open device with its adapter report and error hooks.
@@ -234,6 +236,9 @@ pub struct Gpu {
     pub prefill_rows: usize,
     /// The shader safety code pipelines keep.
     pub shader_checks: ShaderChecks,
+    /// Whether passes can be timed kernel by kernel (asked for, and the adapter writes timestamps
+    /// inside passes).
+    pub timestamps: bool,
     /// Every kernel's pipeline, compiled for the first decoder and shared by the next: a browser
     /// compiles each pipeline when it first runs (SwiftShader: seconds), and only once per object.
     pipelines: std::cell::RefCell<Option<std::rc::Rc<Pipelines>>>,
@@ -273,11 +278,17 @@ impl Gpu {
             None if shader_f16 => Activations::F16,
             None => Activations::F32,
         };
-        let required_features = if activations == Activations::F16 {
+        let stamps =
+            wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES;
+        let timestamps = opts.profile && features.contains(stamps);
+        let mut required_features = if activations == Activations::F16 {
             wgpu::Features::SHADER_F16
         } else {
             wgpu::Features::empty()
         };
+        if timestamps {
+            required_features |= stamps;
+        }
         let (device, queue) = adapter
             .request_device(&wgpu::DeviceDescriptor {
                 label: Some("nibble"),
@@ -324,6 +335,7 @@ impl Gpu {
                 .unwrap_or(PREFILL_ROWS)
                 .clamp(1, PREFILL_ROWS),
             shader_checks: ShaderChecks::effective(opts.shader_checks),
+            timestamps,
             pipelines: Default::default(),
             report,
             errors,

@@ -273,6 +273,24 @@ pub(super) enum BindKey {
 }
 
 impl BindKey {
+    /// The profile's name for a dispatch: the kernel's entry point, and for a matrix product the
+    /// matrix's role (`matvec4_q4 ffn_down`).
+    pub fn label(self, kernel: Kernel) -> String {
+        let entry = TABLE[kernel as usize].entry;
+        match self {
+            BindKey::Matvec(id, ..) | BindKey::Matmul(id, ..) => {
+                let name = id.gguf_name();
+                let name = name.strip_suffix(".weight").unwrap_or(&name);
+                let role = match name.strip_prefix("blk.") {
+                    Some(rest) => rest.split_once('.').map_or(rest, |(_, r)| r),
+                    None => name,
+                };
+                format!("{entry} {role}")
+            }
+            _ => entry.to_string(),
+        }
+    }
+
     /// The kernel this key runs; `mat` gives a matvec key's matrix (width, type and block).
     pub fn kernel(
         self,

@@ -16,10 +16,12 @@ mod decoder;
 mod device;
 mod kernels;
 mod layout;
+mod profile;
 mod upload;
 
 pub use decoder::{GpuDecoder, GREEDY_BATCH, PREFILL_ROWS, SCORE_BATCH};
 pub use device::{Activations, AdapterReport, Gpu, GpuOptions, LimitsReport, ShaderChecks};
 pub use kernels::MatvecKernel;
 pub use layout::GpuMemory;
+pub use profile::KernelTime;
 pub use upload::{GpuSink, GpuWeights, WeightUpload};

@@ -1,0 +1,109 @@
+//! Per-kernel GPU times (`nibble bench --profile`) on lavapipe, which writes timestamps inside passes:
+//! every dispatch of a pass is counted once under its kernel (and matrix), a profiled step computes
+//! what an unprofiled one does, and a device opened without asking has no profile.
+
+use nibble_engine::bench::{self, BenchOpts};
+use nibble_engine::block_on;
+use nibble_engine::gpu::{Gpu, GpuDecoder, GpuOptions};
+use nibble_engine::kv::KvConfig;
+use nibble_engine::{Decoder, Model};
+
+fn open(profile: bool) -> Gpu {
+    Gpu::open_blocking(GpuOptions {
+        profile,
+        ..Default::default()
+    })
+    .expect("a WebGPU adapter (lavapipe: apt-get install mesa-vulkan-drivers)")
+}
+
+#[test]
+fn a_profiled_pass_counts_every_dispatch_under_its_kernel() {
+    let gpu = open(true);
+    assert!(gpu.timestamps, "lavapipe writes timestamps inside passes");
+    let m = Model::builtin();
+    let c = m.config.clone();
+    let mut d = GpuDecoder::new(&gpu, &m, KvConfig::default()).unwrap();
+    let mut plain = GpuDecoder::new(&gpu, &m, KvConfig::default()).unwrap();
+    let prompt: Vec<u32> = (0..20).map(|i| 3 + i * 7).collect();
+    block_on(d.prefill(&prompt, 0)).unwrap();
+    let want = block_on(plain.prefill_argmax(&prompt, 0)).unwrap();
+    let next = block_on(plain.step_argmax(want, prompt.len())).unwrap();
+
+    // One decode step: the kernels of the forward pass and its argmax.
+    let k = block_on(d.profile(&[want], prompt.len())).unwrap().unwrap();
+    let n: usize = k.iter().map(|k| k.dispatches).sum();
+    assert_eq!(Some(n), d.dispatches(), "{k:?}");
+    let count = |name: &str| k.iter().find(|k| k.kernel == name).map(|k| k.dispatches);
+    assert_eq!(count("argmax"), Some(1));
+    assert_eq!(count("rmsnorm"), Some(2 * c.n_layers + 1));
+    for role in [
+        "attn_q",
+        "attn_k",
+        "attn_v",
+        "attn_output",
+        "ffn_gate",
+        "ffn_up",
+        "ffn_down",
+    ] {
+        let per_layer = k
+            .iter()
+            .filter(|k| k.kernel.ends_with(&format!(" {role}")))
+            .map(|k| k.dispatches)
+            .sum::<usize>();
+        assert_eq!(per_layer, c.n_layers, "{role}: {k:?}");
+    }
+    assert!(k.iter().all(|k| k.us.is_finite() && k.us >= 0.0), "{k:?}");
+    assert!(k.iter().map(|k| k.us).sum::<f64>() > 0.0, "{k:?}");
+    // The profiled step computed the step: the next token as the plain decoder's.
+    assert_eq!(block_on(d.step_argmax(next, prompt.len() + 1)).unwrap(), {
+        block_on(plain.step_argmax(next, prompt.len() + 1)).unwrap()
+    });
+
+    // A prompt's first pass: every matrix once per layer as a batched product.
+    d.reset();
+    let k = block_on(d.profile(&prompt, 0)).unwrap().unwrap();
+    assert_eq!(count_of(&k, "matmul ffn_down"), c.n_layers, "{k:?}");
+    assert_eq!(
+        count_of(&k, "argmax"),
+        0,
+        "a prompt pass reads nothing back"
+    );
+}
+
+fn count_of(k: &[bench::KernelTime], name: &str) -> usize {
+    k.iter()
+        .find(|k| k.kernel == name)
+        .map_or(0, |k| k.dispatches)
+}
+
+#[test]
+fn bench_profiles_each_test_only_where_asked_and_possible() {
+    let m = Model::builtin();
+    let o = BenchOpts {
+        reps: 1,
+        warmup: 0,
+        prompts: vec![16],
+        depths: vec![0],
+        decode_tokens: 4,
+        profile: 2,
+        ..Default::default()
+    };
+    let gpu = open(true);
+    let mut d = GpuDecoder::new(&gpu, &m, KvConfig::default()).unwrap();
+    let t = block_on(bench::measure(&mut d, &m, &o, |_| {})).unwrap();
+    let p = t.prefill[0].profile.as_ref().expect("a prefill profile");
+    assert_eq!(p.passes, 2);
+    assert!(count_of(&p.kernels, "matmul attn_q") > 0, "{p:?}");
+    let p = t.decode[0].profile.as_ref().expect("a decode profile");
+    assert_eq!(count_of(&p.kernels, "argmax"), 1, "{p:?}");
+
+    // Without timestamps asked for, or on the CPU, nothing is profiled.
+    let gpu = open(false);
+    assert!(!gpu.timestamps);
+    let mut d = GpuDecoder::new(&gpu, &m, KvConfig::default()).unwrap();
+    let t = block_on(bench::measure(&mut d, &m, &o, |_| {})).unwrap();
+    assert!(t.decode[0].profile.is_none() && t.prefill[0].profile.is_none());
+    let mut d = nibble_engine::cpu::CpuDecoder::new(&m);
+    let t = block_on(bench::measure(&mut d, &m, &o, |_| {})).unwrap();
+    assert!(t.decode[0].profile.is_none());
+}
