@@ -133,10 +133,10 @@ fn kq_part_dot(w: u32, xc: u32, part: u32) -> f32 {
         // Scales 8n + k/4 + 2i, for i < 4: two per word.
         let s01 = words[w + 48u + 2u * n] >> (8u * (k >> 2u));
         let s23 = words[w + 49u + 2u * n] >> (8u * (k >> 2u));
-        let q0 = vec4<f32>((a & vec4<u32>(15u)) | ((h & vec4<u32>(3u)) << vec4<u32>(4u)));
-        let q1 = vec4<f32>((b & vec4<u32>(15u)) | (((h >> vec4<u32>(2u)) & vec4<u32>(3u)) << vec4<u32>(4u)));
-        let q2 = vec4<f32>(((a >> vec4<u32>(4u)) & vec4<u32>(15u)) | (((h >> vec4<u32>(4u)) & vec4<u32>(3u)) << vec4<u32>(4u)));
-        let q3 = vec4<f32>(((b >> vec4<u32>(4u)) & vec4<u32>(15u)) | (((h >> vec4<u32>(6u)) & vec4<u32>(3u)) << vec4<u32>(4u)));
+        let q0 = u2f4((a & vec4<u32>(15u)) | ((h & vec4<u32>(3u)) << vec4<u32>(4u)));
+        let q1 = u2f4((b & vec4<u32>(15u)) | (((h >> vec4<u32>(2u)) & vec4<u32>(3u)) << vec4<u32>(4u)));
+        let q2 = u2f4(((a >> vec4<u32>(4u)) & vec4<u32>(15u)) | (((h >> vec4<u32>(4u)) & vec4<u32>(3u)) << vec4<u32>(4u)));
+        let q3 = u2f4(((b >> vec4<u32>(4u)) & vec4<u32>(15u)) | (((h >> vec4<u32>(6u)) & vec4<u32>(3u)) << vec4<u32>(4u)));
         let c = xc + 128u * n + 4u * k;
         let m = vec4<f32>(32.0);
         let s = kq_i8(s01, 0u) * dot(q0 - m, kq_x4(c))
@@ -164,7 +164,7 @@ fn kq_part_dot(w: u32, xc: u32, part: u32) -> f32 {
     let s0 = kq_scale_min(w, 2u * c4);
     let s1 = kq_scale_min(w, 2u * c4 + 1u);
     let one = vec4<f32>(1.0);
-    return dm.x * (s0.x * dot(vec4<f32>(lo), xl) + s1.x * dot(vec4<f32>(hi), xh))
+    return dm.x * (s0.x * dot(u2f4(lo), xl) + s1.x * dot(u2f4(hi), xh))
         - dm.y * (s0.y * dot(xl, one) + s1.y * dot(xh, one));
 }
 

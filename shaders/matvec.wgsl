@@ -32,14 +32,14 @@ fn weight(r: u32, c: u32) -> f32 {
         case KIND_Q8_0: {
             let w = words[i >> 2u];
             let b = (w >> (8u * (i & 3u))) & 0xffu;
-            let q = f32(i32(b << 24u) >> 24u);
+            let q = s8f4(vec4<u32>(b)).x;
             return q * block_scale(i / p.block);
         }
         case KIND_Q4_K, KIND_Q5_K, KIND_Q6_K: {
             return kq_weight(r, c);
         }
         default: {
-            let q = f32((words[i >> 3u] >> (4u * (i & 7u))) & 15u);
+            let q = u2f((words[i >> 3u] >> (4u * (i & 7u))) & 15u);
             let g = i / p.block;
             return q * block_scale(g) + block_min(g);
         }
@@ -69,18 +69,12 @@ fn dot_word(word: u32, g: u32, xa: vec4<f32>, xb: vec4<f32>) -> f32 {
             return v.x * xa.x + v.y * xa.y;
         }
         case KIND_Q8_0: {
-            let q = vec4<f32>(
-                f32(i32(word << 24u) >> 24u),
-                f32(i32(word << 16u) >> 24u),
-                f32(i32(word << 8u) >> 24u),
-                f32(i32(word) >> 24u));
+            let q = s8f4(vec4<u32>(word) >> vec4<u32>(0u, 8u, 16u, 24u));
             return dot(q, xa) * block_scale(g);
         }
         default: {
-            let lo = vec4<f32>(
-                f32(word & 15u), f32((word >> 4u) & 15u), f32((word >> 8u) & 15u), f32((word >> 12u) & 15u));
-            let hi = vec4<f32>(
-                f32((word >> 16u) & 15u), f32((word >> 20u) & 15u), f32((word >> 24u) & 15u), f32(word >> 28u));
+            let lo = u2f4((vec4<u32>(word) >> vec4<u32>(0u, 4u, 8u, 12u)) & vec4<u32>(15u));
+            let hi = u2f4((vec4<u32>(word) >> vec4<u32>(16u, 20u, 24u, 28u)) & vec4<u32>(15u));
             let sx = dot(xa + xb, vec4<f32>(1.0));
             return block_scale(g) * (dot(lo, xa) + dot(hi, xb)) + block_min(g) * sx;
         }
@@ -266,7 +260,7 @@ fn load8(r: u32, c: u32) -> array<f32, 8> {
             for (var j = 0u; j < 2u; j++) {
                 let w = words[i / 4u + j];
                 for (var b = 0u; b < 4u; b++) {
-                    v[4u * j + b] = f32(i32(w << (24u - 8u * b)) >> 24u) * d;
+                    v[4u * j + b] = s8f4(vec4<u32>(w >> (8u * b))).x * d;
                 }
             }
         }
@@ -276,7 +270,7 @@ fn load8(r: u32, c: u32) -> array<f32, 8> {
             let m = block_min(g);
             let w = words[i / 8u];
             for (var j = 0u; j < 8u; j++) {
-                v[j] = f32((w >> (4u * j)) & 15u) * d + m;
+                v[j] = u2f((w >> (4u * j)) & 15u) * d + m;
             }
         }
     }

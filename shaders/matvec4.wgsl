@@ -37,12 +37,18 @@ fn xq(i: u32) -> vec4<f32> {
 
 // Four 4-bit codes of `w` from bit `shift` on, as floats: nibbles shift, shift+4, shift+8, shift+12.
 fn nib(w: u32, shift: u32) -> vec4<f32> {
-    return vec4<f32>((vec4<u32>(w) >> vec4<u32>(shift, shift + 4u, shift + 8u, shift + 12u)) & vec4<u32>(15u));
+    return u2f4((vec4<u32>(w) >> vec4<u32>(shift, shift + 4u, shift + 8u, shift + 12u)) & vec4<u32>(15u));
+}
+
+// The same less 8: q4_0's signed codes (u2f4's subtraction takes the 8 too).
+fn nib8(w: u32, shift: u32) -> vec4<f32> {
+    let n = (vec4<u32>(w) >> vec4<u32>(shift, shift + 4u, shift + 8u, shift + 12u)) & vec4<u32>(15u);
+    return bitcast<vec4<f32>>(n | vec4<u32>(0x4B000000u)) - vec4<f32>(TWO23 + 8.0);
 }
 
 // The four signed bytes of `w`, low byte first.
 fn bytes(w: u32) -> vec4<f32> {
-    return vec4<f32>(bitcast<vec4<i32>>(vec4<u32>(w) << vec4<u32>(24u, 16u, 8u, 0u)) >> vec4<u32>(24u));
+    return s8f4(vec4<u32>(w) >> vec4<u32>(0u, 8u, 16u, 24u));
 }
 
 // Dots of one vec4 of codes with x from x vector xi; e, the element index of its first value, picks
@@ -63,17 +69,26 @@ fn dot_q8(w: vec4<u32>, xi: u32, e: u32) -> f32 {
     return s * block_scale(e / p.block);
 }
 
-// Word k holds elements 8k..8k+7, low nibble first; x vectors 2k and 2k + 1 multiply them.
+// Word k holds elements 8k..8k+7, low nibble first; x vectors 2k and 2k + 1 multiply them. q4_0's
+// offset of 8 comes off in the conversion (one subtraction either way), so only q4_1 sums x for its
+// min.
 fn dot_q4(w: vec4<u32>, xi: u32, e: u32) -> f32 {
     let x0 = xq(xi); let x1 = xq(xi + 1u); let x2 = xq(xi + 2u); let x3 = xq(xi + 3u);
     let x4v = xq(xi + 4u); let x5 = xq(xi + 5u); let x6 = xq(xi + 6u); let x7 = xq(xi + 7u);
-    let q = (dot(nib(w.x, 0u), x0) + dot(nib(w.x, 16u), x1))
-        + (dot(nib(w.y, 0u), x2) + dot(nib(w.y, 16u), x3))
-        + (dot(nib(w.z, 0u), x4v) + dot(nib(w.z, 16u), x5))
-        + (dot(nib(w.w, 0u), x6) + dot(nib(w.w, 16u), x7));
-    let sx = ((x0 + x1) + (x2 + x3)) + ((x4v + x5) + (x6 + x7));
     let g = e / p.block;
-    return block_scale(g) * q + block_min(g) * dot(sx, vec4<f32>(1.0));
+    if (p.kind == KIND_Q4_1) {
+        let q = (dot(nib(w.x, 0u), x0) + dot(nib(w.x, 16u), x1))
+            + (dot(nib(w.y, 0u), x2) + dot(nib(w.y, 16u), x3))
+            + (dot(nib(w.z, 0u), x4v) + dot(nib(w.z, 16u), x5))
+            + (dot(nib(w.w, 0u), x6) + dot(nib(w.w, 16u), x7));
+        let sx = ((x0 + x1) + (x2 + x3)) + ((x4v + x5) + (x6 + x7));
+        return block_scale(g) * q + block_min(g) * dot(sx, vec4<f32>(1.0));
+    }
+    let q = (dot(nib8(w.x, 0u), x0) + dot(nib8(w.x, 16u), x1))
+        + (dot(nib8(w.y, 0u), x2) + dot(nib8(w.y, 16u), x3))
+        + (dot(nib8(w.z, 0u), x4v) + dot(nib8(w.z, 16u), x5))
+        + (dot(nib8(w.w, 0u), x6) + dot(nib8(w.w, 16u), x7));
+    return block_scale(g) * q;
 }
 
 // The row this thread's lanes share, and its lane.
@@ -205,16 +220,16 @@ fn matvec4_q4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_i
 
 // The low and the high nibbles of the four bytes of `w`, as floats.
 fn lo4(w: u32) -> vec4<f32> {
-    return vec4<f32>((vec4<u32>(w) >> vec4<u32>(0u, 8u, 16u, 24u)) & vec4<u32>(15u));
+    return u2f4((vec4<u32>(w) >> vec4<u32>(0u, 8u, 16u, 24u)) & vec4<u32>(15u));
 }
 
 fn hi4(w: u32) -> vec4<f32> {
-    return vec4<f32>((vec4<u32>(w) >> vec4<u32>(4u, 12u, 20u, 28u)) & vec4<u32>(15u));
+    return u2f4((vec4<u32>(w) >> vec4<u32>(4u, 12u, 20u, 28u)) & vec4<u32>(15u));
 }
 
 // Bit `b` of each of the four bytes of `w`, as 0 or 16.
 fn bit16(w: u32, b: u32) -> vec4<f32> {
-    return vec4<f32>(((vec4<u32>(w) >> (vec4<u32>(0u, 8u, 16u, 24u) + vec4<u32>(b))) & vec4<u32>(1u)) * vec4<u32>(16u));
+    return u2f4(((vec4<u32>(w) >> (vec4<u32>(0u, 8u, 16u, 24u) + vec4<u32>(b))) & vec4<u32>(1u)) * vec4<u32>(16u));
 }
 
 // Scale and min of sub-block j from a K header vec4 (bytes 4..16 are hdr.y, hdr.z, hdr.w).

@@ -24,13 +24,28 @@ struct NormParams {
 
 var<workgroup> partial: array<f32, 256>;
 
+// Each thread issues eight loads before it uses any: a decode step normalises one row in one
+// workgroup, and a loop of one load per iteration made each thread wait out 16 memory latencies
+// in turn (11 us of an H200's time, ~0.7 ms of a 7B token; benchmarks/2026-12-03-h200-profile.md).
+// Indices past the row are clamped and their values dropped.
+fn x8(o: u32, i: u32) -> array<f32, 8> {
+    var v: array<f32, 8>;
+    let last = p.n - 1u;
+    for (var k = 0u; k < 8u; k++) {
+        let j = i + 256u * k;
+        v[k] = select(0.0, f32(x[o + min(j, last)]), j < p.n);
+    }
+    return v;
+}
+
 @compute @workgroup_size(256)
 fn rmsnorm(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
     let o = wid.x * p.n;
     var ss = 0.0;
-    for (var i = lid.x; i < p.n; i += 256u) {
-        let v = f32(x[o + i]);
-        ss += v * v;
+    for (var i = lid.x; i < p.n; i += 2048u) {
+        let v = x8(o, i);
+        ss += ((v[0] * v[0] + v[1] * v[1]) + (v[2] * v[2] + v[3] * v[3]))
+            + ((v[4] * v[4] + v[5] * v[5]) + (v[6] * v[6] + v[7] * v[7]));
     }
     partial[lid.x] = ss;
     workgroupBarrier();
@@ -41,8 +56,14 @@ fn rmsnorm(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) 
         workgroupBarrier();
     }
     let scale = 1.0 / sqrt(partial[0] / f32(p.n) + p.eps);
-    for (var i = lid.x; i < p.n; i += 256u) {
-        out[o + i] = act(w[i] * (scale * f32(x[o + i])));
+    for (var i = lid.x; i < p.n; i += 2048u) {
+        let v = x8(o, i);
+        for (var k = 0u; k < 8u; k++) {
+            let j = i + 256u * k;
+            if (j < p.n) {
+                out[o + j] = act(w[j] * (scale * v[k]));
+            }
+        }
     }
 }
 
