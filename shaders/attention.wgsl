@@ -67,7 +67,14 @@ fn value_at(slot: u32, i: u32) -> f32 {
     return decode(k, vcache[b + code_index(k, i)], vcache[b + scale_index(k, p.kv_dim, i)],
         vcache[b + min_index(k, p.kv_dim, i)], i);
 }
-// The query-key dot of attended position i (the query staged in qs), before scaling.
+// The staged query's values d..d+4.
+fn q4(d: u32) -> vec4<f32> {
+    return vec4<f32>(qs[d], qs[d + 1u], qs[d + 2u], qs[d + 3u]);
+}
+
+// The query-key dot of attended position i (the query staged in qs), before scaling. f32 and f16
+// rows (head_size a multiple of 8) load eight values a step, all loads before their arithmetic: one
+// load per value in a loop made each thread wait out one memory latency after another.
 fn score(i: u32, kvh: u32, hs: u32) -> f32 {
     let t = attended(st, i);
     let slot = slot_of(st, t);
@@ -76,12 +83,23 @@ fn score(i: u32, kvh: u32, hs: u32) -> f32 {
         for (var d = 0u; d < hs; d++) {
             s += qs[d] * kivi_key_at(t, kvh + d);
         }
-    } else if (p.k_kind == KIND_F32) {
+    } else if (p.k_kind == KIND_F32 && hs % 8u == 0u) {
         let ko = slot * p.kv_dim + kvh;
-        for (var d = 0u; d < hs; d += 4u) {
-            s += dot(vec4<f32>(qs[d], qs[d + 1u], qs[d + 2u], qs[d + 3u]),
-                vec4<f32>(bitcast<f32>(kcache[ko + d]), bitcast<f32>(kcache[ko + d + 1u]),
-                    bitcast<f32>(kcache[ko + d + 2u]), bitcast<f32>(kcache[ko + d + 3u])));
+        for (var d = 0u; d < hs; d += 8u) {
+            let a = vec4<f32>(bitcast<f32>(kcache[ko + d]), bitcast<f32>(kcache[ko + d + 1u]),
+                bitcast<f32>(kcache[ko + d + 2u]), bitcast<f32>(kcache[ko + d + 3u]));
+            let b = vec4<f32>(bitcast<f32>(kcache[ko + d + 4u]), bitcast<f32>(kcache[ko + d + 5u]),
+                bitcast<f32>(kcache[ko + d + 6u]), bitcast<f32>(kcache[ko + d + 7u]));
+            s += dot(a, q4(d)) + dot(b, q4(d + 4u));
+        }
+    } else if (p.k_kind == KIND_F16 && hs % 8u == 0u) {
+        let ko = (slot * p.kv_dim + kvh) / 2u;
+        for (var d = 0u; d < hs; d += 8u) {
+            let o = ko + d / 2u;
+            let w0 = kcache[o]; let w1 = kcache[o + 1u]; let w2 = kcache[o + 2u]; let w3 = kcache[o + 3u];
+            let a = vec4<f32>(unpack2x16float(w0), unpack2x16float(w1));
+            let b = vec4<f32>(unpack2x16float(w2), unpack2x16float(w3));
+            s += dot(a, q4(d)) + dot(b, q4(d + 4u));
         }
     } else {
         for (var d = 0u; d < hs; d++) {
@@ -89,6 +107,63 @@ fn score(i: u32, kvh: u32, hs: u32) -> f32 {
         }
     }
     return s;
+}
+
+// Word index and half of value element e of attended position j, for f32 (half 2: the whole word)
+// and f16 rows.
+fn value_word(j: u32, e: u32) -> u32 {
+    let at = slot_of(st, attended(st, j)) * p.kv_dim + e;
+    return select(at / 2u, at, p.v_kind == KIND_F32);
+}
+
+fn value_in(w: u32, e: u32) -> f32 {
+    if (p.v_kind == KIND_F32) {
+        return bitcast<f32>(w);
+    }
+    return unpack2x16float(w)[e & 1u];
+}
+
+// Sum over positions j = j0, j0 + step, .. < j1 of att[ao + j] * value element e. f32 and f16 rows
+// go four positions per step of the loop, their loads issued before any arithmetic; other kinds
+// decode one at a time. weighted_split is the same with the split's weights in `ws` (from i0); the
+// two are apart so that each kernel binds only the scratch it uses.
+fn weighted(j0: u32, j1: u32, step: u32, e: u32, ao: u32) -> f32 {
+    var acc = 0.0;
+    var j = j0;
+    if (p.v_kind == KIND_F32 || p.v_kind == KIND_F16) {
+        for (; j + 3u * step < j1; j += 4u * step) {
+            let w0 = vcache[value_word(j, e)];
+            let w1 = vcache[value_word(j + step, e)];
+            let w2 = vcache[value_word(j + 2u * step, e)];
+            let w3 = vcache[value_word(j + 3u * step, e)];
+            acc += (att[ao + j] * value_in(w0, e) + att[ao + j + step] * value_in(w1, e))
+                + (att[ao + j + 2u * step] * value_in(w2, e) + att[ao + j + 3u * step] * value_in(w3, e));
+        }
+    }
+    for (; j < j1; j += step) {
+        acc += att[ao + j] * value_at(slot_of(st, attended(st, j)), e);
+    }
+    return acc;
+}
+
+fn weighted_split(j0: u32, j1: u32, step: u32, e: u32, i0: u32) -> f32 {
+    var acc = 0.0;
+    var j = j0;
+    if (p.v_kind == KIND_F32 || p.v_kind == KIND_F16) {
+        for (; j + 3u * step < j1; j += 4u * step) {
+            let w0 = vcache[value_word(j, e)];
+            let w1 = vcache[value_word(j + step, e)];
+            let w2 = vcache[value_word(j + 2u * step, e)];
+            let w3 = vcache[value_word(j + 3u * step, e)];
+            let k = j - i0;
+            acc += (ws[k] * value_in(w0, e) + ws[k + step] * value_in(w1, e))
+                + (ws[k + 2u * step] * value_in(w2, e) + ws[k + 3u * step] * value_in(w3, e));
+        }
+    }
+    for (; j < j1; j += step) {
+        acc += ws[j - i0] * value_at(slot_of(st, attended(st, j)), e);
+    }
+    return acc;
 }
 
 var<workgroup> qs: array<f32, 256>;
@@ -154,9 +229,7 @@ fn attention(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id
     let part = lid.x / hs;
     var acc = 0.0;
     if (part < parts) {
-        for (var i = part; i < n; i += parts) {
-            acc += att[ao + i] * value_at(slot_of(st, attended(st, i)), kvh + d);
-        }
+        acc = weighted(part, n, parts, kvh + d, ao);
     }
     red[lid.x] = acc;
     workgroupBarrier();
@@ -225,9 +298,7 @@ fn attention_split(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocat
     let pt = lid.x / hs;
     var acc = 0.0;
     if (pt < parts) {
-        for (var j = i0 + pt; j < i1; j += parts) {
-            acc += ws[j - i0] * value_at(slot_of(st, attended(st, j)), kvh + d);
-        }
+        acc = weighted_split(i0 + pt, i1, parts, kvh + d, i0);
     }
     workgroupBarrier();
     red[lid.x] = acc;

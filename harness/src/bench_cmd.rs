@@ -9,7 +9,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use nibble_engine::bench::{self, BenchOpts, ConfigBench};
 use nibble_engine::block_on;
-use nibble_engine::kv::KvConfig;
+use nibble_engine::kv::{KvConfig, KvType};
 use nibble_engine::model::{Class, Model};
 use nibble_engine::precision::{Accounting, Policy, WeightConfig};
 use nibble_engine::quant::WType;
@@ -49,6 +49,10 @@ pub struct BenchArgs {
     /// Decode tokens timed per repetition.
     #[arg(long, default_value_t = 32)]
     decode_tokens: usize,
+    /// KV cache type for keys and values (f32, f16, q8_0, q4_0, kivi4); f16 as llama-bench's
+    /// `-ctk`/`-ctv` default, so that decode at depth reads what the peer's does.
+    #[arg(long, default_value = "f16")]
+    kv: String,
     /// Memory bandwidth in GB/s for the roofline column (decode reads every weight once per token).
     #[arg(long)]
     bandwidth: Option<f64>,
@@ -99,6 +103,8 @@ pub struct BenchReport {
     pub backend: String,
     pub adapter: Option<nibble_engine::gpu::AdapterReport>,
     pub activations: String,
+    /// KV cache type (keys and values).
+    pub kv: String,
     /// wgpu's shader safety code kept on the GPU (`on`, `off`, ...).
     pub shader_checks: Option<String>,
     pub model: String,
@@ -132,6 +138,7 @@ pub fn bench(a: BenchArgs) -> Result<()> {
     };
     let preset = a.preset.as_deref().map(Preset::parse).transpose()?;
     let reps = a.reps.max(1);
+    let kv_type = KvType::parse(&a.kv).context("--kv")?;
     let mut configs = Vec::new();
     for spec in &a.configs {
         let wc = weight_config(spec, a.block)?;
@@ -149,7 +156,11 @@ pub fn bench(a: BenchArgs) -> Result<()> {
         let build_s = t0.elapsed().as_secs_f64();
         let model_name = m.name.clone();
         let params = m.config.n_params(m.tied());
-        let kv = KvConfig::default();
+        let kv = KvConfig {
+            k: kv_type,
+            v: kv_type,
+            ..KvConfig::default()
+        };
         eprintln!(
             "[{spec}] uploading ({} weight bytes)",
             m.accounting().total_bytes
@@ -207,6 +218,7 @@ fn write_report(
         backend: rt.backend().name(),
         adapter: rt.adapter().cloned(),
         activations: rt.activations().to_string(),
+        kv: a.kv.clone(),
         shader_checks: rt.shader_checks(),
         model: model_name.to_string(),
         params,
@@ -281,8 +293,8 @@ pub fn markdown(r: &BenchReport) -> String {
         )
     });
     s += &format!(
-        "model {} ({} params) | backend {} | adapter {adapter} | shader checks {} | {} x {} ({} cpus) | {} reps after {} warm-up | nibble {}\n\n",
-        r.model, r.params, r.backend, r.shader_checks.as_deref().unwrap_or("-"), r.machine.cpu_model, r.machine.arch, r.machine.cpus, r.reps, r.warmup,
+        "model {} ({} params) | backend {} | adapter {adapter} | KV {} | shader checks {} | {} x {} ({} cpus) | {} reps after {} warm-up | nibble {}\n\n",
+        r.model, r.params, r.backend, r.kv, r.shader_checks.as_deref().unwrap_or("-"), r.machine.cpu_model, r.machine.arch, r.machine.cpus, r.reps, r.warmup,
         r.commit.as_deref().unwrap_or("of an unknown commit")
     );
     s += "| model | config | size | params | backend | test | t/s |\n|---|---|---|---|---|---|---|\n";
