@@ -25,6 +25,8 @@
 // group = x + y * 65535.
 
 @group(0) @binding(1) var<storage, read> words4: array<vec4<u32>>;
+// The same codes a word at a time (matvec4_q4c).
+@group(0) @binding(1) var<storage, read> words1: array<u32>;
 @group(0) @binding(4) var<storage, read> x4: array<vec4<act>>;
 
 const ROWS4: u32 = 8u;
@@ -322,6 +324,49 @@ fn matvec4_q5k(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_
     var acc = 0.0;
     if (rl.x < p.rows) {
         acc = row_k(rl.x, rl.y, 11u, 3u, true);
+    }
+    finish(acc, lid, rl.x);
+}
+
+// matvec4_q4c (q4_0 and q4_1, blocks of a multiple of 32): the row's 32 lanes take consecutive
+// quarters of blocks, lane l the eight values 8 (l % 4).. of block l / 4 + 8k, so that one load
+// instruction of the row's lanes reads 512 consecutive bytes of x (f16) and 128 of codes. In
+// matvec4_q4 a lane takes a whole block, and its x loads, 64 bytes apart across the lanes, touch
+// four times the cache lines they use. Four blocks' loads are issued before any arithmetic.
+fn dot_q4c(w: u32, xi: u32, g: u32) -> f32 {
+    let x0 = xq(xi);
+    let x1 = xq(xi + 1u);
+    if (p.kind == KIND_Q4_1) {
+        let q = dot(nib(w, 0u), x0) + dot(nib(w, 16u), x1);
+        return block_scale(g) * q + block_min(g) * dot(x0 + x1, vec4<f32>(1.0));
+    }
+    return block_scale(g) * (dot(nib8(w, 0u), x0) + dot(nib8(w, 16u), x1));
+}
+
+@compute @workgroup_size(256)
+fn matvec4_q4c(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let rl = row_of(wid, lid);
+    var acc = 0.0;
+    if (rl.x < p.rows) {
+        // 32-value units of the row; this lane's quarter and first unit.
+        let nu = p.cols / 32u;
+        let qd = rl.y % 4u;
+        let base = rl.x * p.cols / 8u + qd;
+        let e0 = rl.x * p.cols;
+        var u = rl.y / 4u;
+        for (; u + 24u < nu; u += 32u) {
+            let w0 = words1[base + 4u * u];
+            let w1 = words1[base + 4u * (u + 8u)];
+            let w2 = words1[base + 4u * (u + 16u)];
+            let w3 = words1[base + 4u * (u + 24u)];
+            acc += (dot_q4c(w0, 8u * u + 2u * qd, (e0 + 32u * u) / p.block)
+                + dot_q4c(w1, 8u * (u + 8u) + 2u * qd, (e0 + 32u * (u + 8u)) / p.block))
+                + (dot_q4c(w2, 8u * (u + 16u) + 2u * qd, (e0 + 32u * (u + 16u)) / p.block)
+                + dot_q4c(w3, 8u * (u + 24u) + 2u * qd, (e0 + 32u * (u + 24u)) / p.block));
+        }
+        for (; u < nu; u += 8u) {
+            acc += dot_q4c(words1[base + 4u * u], 8u * u + 2u * qd, (e0 + 32u * u) / p.block);
+        }
     }
     finish(acc, lid, rl.x);
 }

@@ -125,7 +125,8 @@ fn gpu_matches_cpu_for_every_weight_type() {
 
 /// Every decode matvec kernel, whatever the adapter would choose (lavapipe picks the row kernel, GPUs
 /// the tiled one), with the tolerance derived above. `Tiled` takes 128-bit loads (matvec4.wgsl) for
-/// every supported block (32 to 256); `Tiled32` forces the 32-bit kernel it falls back on.
+/// every supported block (32 to 256); `Coalesced` its q4 kernel with lanes on quarters of blocks;
+/// `Tiled32` forces the 32-bit kernel it falls back on.
 #[test]
 fn every_matvec_kernel_matches_cpu() {
     use nibble_engine::gpu::MatvecKernel;
@@ -134,6 +135,7 @@ fn every_matvec_kernel_matches_cpu() {
     let toks: Vec<u32> = (0..24).map(|i| 3 + (i * 37 % 500) as u32).collect();
     for k in [
         MatvecKernel::Tiled,
+        MatvecKernel::Coalesced,
         MatvecKernel::Tiled32,
         MatvecKernel::Row,
     ] {
@@ -173,6 +175,9 @@ fn every_matvec_kernel_matches_cpu() {
             (&builtin, "builtin", "q4_k"),
             (&builtin, "builtin", "q5_k"),
             (&builtin, "builtin", "q6_k"),
+            // Rows of 48 blocks reach matvec4_q4c's four-block loop and its tail.
+            (&wide, "wide", "q4_0"),
+            (&wide, "wide", "q4_1"),
             (&wide, "wide", "q4_k"),
             (&wide, "wide", "q5_k"),
             (&wide, "wide", "q6_k"),

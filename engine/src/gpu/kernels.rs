@@ -37,6 +37,7 @@ pub(super) enum Kernel {
     Matvec4F16,
     Matvec4Q8,
     Matvec4Q4,
+    Matvec4Q4C,
     Matvec4Q4K,
     Matvec4Q5K,
     Matmul,
@@ -86,12 +87,13 @@ const ATTENTION_MODULE: &[&str] = &[STEP, KVFORMAT, ATTENTION];
 
 const MATVEC4_MODULE: &[&str] = &[STEP, QUANT, MATRIX, MATVEC4];
 
-pub(super) const TABLE: [KernelDef; 25] = [
+pub(super) const TABLE: [KernelDef; 26] = [
     def!(Matvec, "matvec", "matvec", MATVEC_MODULE),
     def!(Matvec4F32, "matvec4_f32", "matvec4", MATVEC4_MODULE),
     def!(Matvec4F16, "matvec4_f16", "matvec4", MATVEC4_MODULE),
     def!(Matvec4Q8, "matvec4_q8", "matvec4", MATVEC4_MODULE),
     def!(Matvec4Q4, "matvec4_q4", "matvec4", MATVEC4_MODULE),
+    def!(Matvec4Q4C, "matvec4_q4c", "matvec4", MATVEC4_MODULE),
     def!(Matvec4Q4K, "matvec4_q4k", "matvec4", MATVEC4_MODULE),
     def!(Matvec4Q5K, "matvec4_q5k", "matvec4", MATVEC4_MODULE),
     def!(Matmul, "matmul", "matvec", MATVEC_MODULE),
@@ -193,6 +195,9 @@ pub enum MatvecKernel {
     /// workgroup memory, codes read 128 bits at a time where the layout allows (`matvec4`) and 32 bits
     /// otherwise: for GPUs.
     Tiled,
+    /// Tiled, but q4_0 and q4_1 rows in `matvec4_q4c`: lanes take quarters of blocks so that x is
+    /// read in whole cache lines.
+    Coalesced,
     /// The same with 32-bit loads everywhere (the kernel before `matvec4`, kept as its fallback and to
     /// compare with).
     Tiled32,
@@ -206,9 +211,10 @@ impl MatvecKernel {
         match s {
             "tiled" => Ok(MatvecKernel::Tiled),
             "tiled32" => Ok(MatvecKernel::Tiled32),
+            "coalesced" => Ok(MatvecKernel::Coalesced),
             "row" => Ok(MatvecKernel::Row),
             _ => Err(crate::Error::Invalid(format!(
-                "matvec kernel {s:?}: expected tiled, tiled32 or row"
+                "matvec kernel {s:?}: expected tiled, coalesced, tiled32 or row"
             ))),
         }
     }
@@ -216,7 +222,7 @@ impl MatvecKernel {
     /// Rows one workgroup covers.
     pub fn rows_per_group(self) -> usize {
         match self {
-            MatvecKernel::Tiled | MatvecKernel::Tiled32 => 8,
+            MatvecKernel::Tiled | MatvecKernel::Coalesced | MatvecKernel::Tiled32 => 8,
             MatvecKernel::Row => 64,
         }
     }
@@ -237,11 +243,14 @@ impl MatvecKernel {
         };
         match (self, vec4) {
             (MatvecKernel::Row, _) if ty.is_k() => Kernel::MatvecKRow,
-            (MatvecKernel::Tiled, Some(k)) if ty.is_k() => k,
+            (MatvecKernel::Tiled | MatvecKernel::Coalesced, Some(k)) if ty.is_k() => k,
             _ if ty.is_k() => Kernel::MatvecK,
             _ if !cols.is_multiple_of(32) => Kernel::MatvecAny,
-            (MatvecKernel::Tiled, Some(k)) => k,
-            (MatvecKernel::Tiled | MatvecKernel::Tiled32, _) => Kernel::Matvec,
+            (MatvecKernel::Coalesced, Some(Kernel::Matvec4Q4)) => Kernel::Matvec4Q4C,
+            (MatvecKernel::Tiled | MatvecKernel::Coalesced, Some(k)) => k,
+            (MatvecKernel::Tiled | MatvecKernel::Coalesced | MatvecKernel::Tiled32, _) => {
+                Kernel::Matvec
+            }
             (MatvecKernel::Row, _) => Kernel::MatvecRow,
         }
     }
