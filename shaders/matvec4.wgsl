@@ -328,11 +328,13 @@ fn matvec4_q5k(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_
     finish(acc, lid, rl.x);
 }
 
-// matvec4_q4c (q4_0 and q4_1, blocks of a multiple of 32): the row's 32 lanes take consecutive
-// quarters of blocks, lane l the eight values 8 (l % 4).. of block l / 4 + 8k, so that one load
+// matvec4_q4c (q4_0 and q4_1, blocks of a multiple of 32; the Tiled kernel's choice): the row's 32
+// lanes take consecutive quarters of blocks, lane l the eight values 8 (l % 4).. of block l / 4 + 8k, so that one load
 // instruction of the row's lanes reads 512 consecutive bytes of x (f16) and 128 of codes. In
 // matvec4_q4 a lane takes a whole block, and its x loads, 64 bytes apart across the lanes, touch
-// four times the cache lines they use. Four blocks' loads are issued before any arithmetic.
+// four times the cache lines they use (MatvecKernel::TiledBlocks keeps it). 7B q4_0 decode on an
+// H200: 6.18 -> 5.65 ms/token (benchmarks/2026-12-03-h200-profile.md). Four blocks' loads are issued
+// before any arithmetic.
 fn dot_q4c(w: u32, xi: u32, g: u32) -> f32 {
     let x0 = xq(xi);
     let x1 = xq(xi + 1u);

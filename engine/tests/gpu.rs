@@ -125,7 +125,8 @@ fn gpu_matches_cpu_for_every_weight_type() {
 
 /// Every decode matvec kernel, whatever the adapter would choose (lavapipe picks the row kernel, GPUs
 /// the tiled one), with the tolerance derived above. `Tiled` takes 128-bit loads (matvec4.wgsl) for
-/// every supported block (32 to 256); `Coalesced` its q4 kernel with lanes on quarters of blocks;
+/// every supported block (32 to 256), q4 rows with lanes on quarters of blocks; `TiledBlocks` its
+/// q4 kernel with a whole block per lane;
 /// `Tiled32` forces the 32-bit kernel it falls back on.
 #[test]
 fn every_matvec_kernel_matches_cpu() {
@@ -135,7 +136,7 @@ fn every_matvec_kernel_matches_cpu() {
     let toks: Vec<u32> = (0..24).map(|i| 3 + (i * 37 % 500) as u32).collect();
     for k in [
         MatvecKernel::Tiled,
-        MatvecKernel::Coalesced,
+        MatvecKernel::TiledBlocks,
         MatvecKernel::Tiled32,
         MatvecKernel::Row,
     ] {
