@@ -25,8 +25,11 @@
 // group = x + y * 65535.
 
 @group(0) @binding(1) var<storage, read> words4: array<vec4<u32>>;
-// The same codes a word at a time (matvec4_q4c).
+// The same codes a word at a time (matvec4_q4c, matvec4_glu_q4c).
 @group(0) @binding(1) var<storage, read> words1: array<u32>;
+// The up projection's codes and scales beside the gate's (matvec4_glu_q4c).
+@group(0) @binding(7) var<storage, read> up_words: array<u32>;
+@group(0) @binding(8) var<storage, read> up_scales: array<u32>;
 @group(0) @binding(4) var<storage, read> x4: array<vec4<act>>;
 
 const ROWS4: u32 = 8u;
@@ -371,4 +374,69 @@ fn matvec4_q4c(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_
         }
     }
     finish(acc, lid, rl.x);
+}
+
+// matvec4_glu_q4c: SwiGLU's gate and up products (q4_0, the same shape and block) in one dispatch, as
+// matvec4_q4c lays out its lanes: each row's lanes compute row r of both, and lane 0 stores
+// silu(gate) * up, rounded once. Two dispatches and the up row's round trip through memory fewer per
+// layer than matvec, matvec, swiglu. Bindings as the other kernels for the gate matrix (0-2, x 4, out
+// 5), the up matrix's codes 7 and scales 8.
+var<workgroup> red_up: array<f32, 256>;
+
+fn up_scale(g: u32) -> f32 {
+    return half_at(up_scales[g >> 1u], g);
+}
+
+fn q4_0c(w: u32, x0: vec4<f32>, x1: vec4<f32>) -> f32 {
+    return dot(nib8(w, 0u), x0) + dot(nib8(w, 16u), x1);
+}
+
+@compute @workgroup_size(256)
+fn matvec4_glu_q4c(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let rl = row_of(wid, lid);
+    var ag = 0.0;
+    var au = 0.0;
+    if (rl.x < p.rows) {
+        let nu = p.cols / 32u;
+        let qd = rl.y % 4u;
+        let base = rl.x * p.cols / 8u + qd;
+        let e0 = rl.x * p.cols;
+        var u = rl.y / 4u;
+        for (; u + 8u < nu; u += 16u) {
+            let g0 = words1[base + 4u * u];
+            let g1 = words1[base + 4u * (u + 8u)];
+            let u0 = up_words[base + 4u * u];
+            let u1 = up_words[base + 4u * (u + 8u)];
+            let xa0 = xq(8u * u + 2u * qd);
+            let xa1 = xq(8u * u + 2u * qd + 1u);
+            let xb0 = xq(8u * (u + 8u) + 2u * qd);
+            let xb1 = xq(8u * (u + 8u) + 2u * qd + 1u);
+            let ba = (e0 + 32u * u) / p.block;
+            let bb = (e0 + 32u * (u + 8u)) / p.block;
+            ag += block_scale(ba) * q4_0c(g0, xa0, xa1) + block_scale(bb) * q4_0c(g1, xb0, xb1);
+            au += up_scale(ba) * q4_0c(u0, xa0, xa1) + up_scale(bb) * q4_0c(u1, xb0, xb1);
+        }
+        for (; u < nu; u += 8u) {
+            let x0 = xq(8u * u + 2u * qd);
+            let x1 = xq(8u * u + 2u * qd + 1u);
+            let b = (e0 + 32u * u) / p.block;
+            ag += block_scale(b) * q4_0c(words1[base + 4u * u], x0, x1);
+            au += up_scale(b) * q4_0c(up_words[base + 4u * u], x0, x1);
+        }
+    }
+    let lane = lid.x % LANES4;
+    red4[lid.x] = ag;
+    red_up[lid.x] = au;
+    workgroupBarrier();
+    for (var s = LANES4 / 2u; s > 0u; s >>= 1u) {
+        if (lane < s) {
+            red4[lid.x] += red4[lid.x + s];
+            red_up[lid.x] += red_up[lid.x + s];
+        }
+        workgroupBarrier();
+    }
+    if (rl.x < p.rows && lane == 0u) {
+        let g = red4[lid.x];
+        out[p.row0 + rl.x] = act(g / (1.0 + exp(-g)) * red_up[lid.x]);
+    }
 }

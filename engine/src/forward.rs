@@ -100,6 +100,13 @@ pub trait Kernels {
     fn attention(&mut self, out: Act, layer: usize, pos0: usize);
     /// `gate = silu(gate) * up`
     fn swiglu(&mut self, gate: Act, up: Act);
+    /// The SwiGLU feed-forward's first half: `out = silu(Wg x) * (Wu x)`, `scratch` free for `Wu x`.
+    /// Backends may compute both products in one kernel; the default is the three operations.
+    fn gate_up(&mut self, out: Act, scratch: Act, gate: TensorId, up: TensorId, x: Act) {
+        self.matvec(out, gate, x);
+        self.matvec(scratch, up, x);
+        self.swiglu(out, scratch);
+    }
     /// `x += y`
     fn add(&mut self, x: Act, y: Act);
 }

@@ -163,9 +163,11 @@ fn every_matvec_kernel_matches_cpu() {
         let builtin = Model::builtin();
         let bt: Vec<u32> = (0..12).map(|i| 3 + (i * 41 % 250) as u32).collect();
         // A 1536-wide feed-forward: rows of 6 super-blocks reach the K kernels' two-super-block
-        // loop (the built-in model's rows of 1 and 2 take only its tail).
+        // loop (the built-in model's rows of 1 and 2 take only its tail); 512-wide rows reach the
+        // fused gate/up kernel's two-block loop.
         let wide = Model::synthetic_config(
             nibble_engine::model::Config {
+                dim: 512,
                 hidden_dim: 1536,
                 ..builtin.config.clone()
             },

@@ -45,9 +45,13 @@ pub fn forward(k: &mut dyn Kernels, c: &Config, tokens: &[u32], pos: usize) {
 
         // Feed-forward block (SwiGLU).
         k.rmsnorm(Act::Xb, Act::X, TensorId::FfnNorm(l));
-        k.matvec(Act::Hb, TensorId::Gate(l), Act::Xb);
-        k.matvec(Act::Hb2, TensorId::Up(l), Act::Xb);
-        k.swiglu(Act::Hb, Act::Hb2);
+        k.gate_up(
+            Act::Hb,
+            Act::Hb2,
+            TensorId::Gate(l),
+            TensorId::Up(l),
+            Act::Xb,
+        );
         k.matvec_add(Act::X, TensorId::Down(l), Act::Hb);
     }
     k.rmsnorm(Act::Xb, Act::X, TensorId::OutNorm);

@@ -2,7 +2,7 @@
 //! kernel table and reads back what the caller asks for.
 
 use super::device::{pop_error_scope, Gpu};
-use super::kernels::{max_splits, BindKey, Pipelines, ATTN_SPLIT};
+use super::kernels::{fold, max_splits, BindKey, Pipelines, ATTN_SPLIT};
 use super::layout::{buffer, kv_layer_bytes, GpuMemory};
 use super::profile::{KernelTime, Profiler};
 use super::upload::GpuWeights;
@@ -243,12 +243,7 @@ impl<'g> GpuDecoder<'g> {
         };
         for ci in 0..m.chunks.len() {
             let rows = self.w.mats[&w].chunks[ci].rows;
-            let groups = rows.div_ceil(per);
-            let groups = if groups <= 65535 {
-                (groups as u32, 1)
-            } else {
-                (65535, groups.div_ceil(65535) as u32)
-            };
+            let groups = fold(rows.div_ceil(per));
             self.dispatch(BindKey::Matvec(w, ci, out, x, accumulate), groups);
         }
     }
@@ -629,6 +624,18 @@ impl Kernels for GpuDecoder<'_> {
         } else {
             self.dispatch(BindKey::Attention(layer, out), (h, self.rows as u32));
         }
+    }
+
+    fn gate_up(&mut self, out: Act, scratch: Act, gate: TensorId, up: TensorId, x: Act) {
+        if !self.fuses_glu(gate, up) {
+            self.matvec(out, gate, x);
+            self.matvec(scratch, up, x);
+            self.swiglu(out, scratch);
+            return;
+        }
+        let rows = self.w.mats[&gate].chunks[0].rows;
+        let groups = fold(rows.div_ceil(self.gpu.matvec_kernel().rows_per_group()));
+        self.dispatch(BindKey::Glu(gate, up, out, x), groups);
     }
 
     fn swiglu(&mut self, gate: Act, up: Act) {

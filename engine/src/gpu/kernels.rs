@@ -38,6 +38,7 @@ pub(super) enum Kernel {
     Matvec4Q8,
     Matvec4Q4,
     Matvec4Q4C,
+    Matvec4GluQ4C,
     Matvec4Q4K,
     Matvec4Q5K,
     Matmul,
@@ -87,13 +88,14 @@ const ATTENTION_MODULE: &[&str] = &[STEP, KVFORMAT, ATTENTION];
 
 const MATVEC4_MODULE: &[&str] = &[STEP, QUANT, MATRIX, MATVEC4];
 
-pub(super) const TABLE: [KernelDef; 26] = [
+pub(super) const TABLE: [KernelDef; 27] = [
     def!(Matvec, "matvec", "matvec", MATVEC_MODULE),
     def!(Matvec4F32, "matvec4_f32", "matvec4", MATVEC4_MODULE),
     def!(Matvec4F16, "matvec4_f16", "matvec4", MATVEC4_MODULE),
     def!(Matvec4Q8, "matvec4_q8", "matvec4", MATVEC4_MODULE),
     def!(Matvec4Q4, "matvec4_q4", "matvec4", MATVEC4_MODULE),
     def!(Matvec4Q4C, "matvec4_q4c", "matvec4", MATVEC4_MODULE),
+    def!(Matvec4GluQ4C, "matvec4_glu_q4c", "matvec4", MATVEC4_MODULE),
     def!(Matvec4Q4K, "matvec4_q4k", "matvec4", MATVEC4_MODULE),
     def!(Matvec4Q5K, "matvec4_q5k", "matvec4", MATVEC4_MODULE),
     def!(Matmul, "matmul", "matvec", MATVEC_MODULE),
@@ -263,6 +265,8 @@ pub(super) enum BindKey {
     Matvec(TensorId, usize, Act, Act, bool),
     /// The same for a batch of rows (the tiled matrix-matrix kernel).
     Matmul(TensorId, usize, Act, Act, bool),
+    /// SwiGLU's gate and up products in one dispatch: gate, up, output, input.
+    Glu(TensorId, TensorId, Act, Act),
     /// Output and the embedding chunk holding the token.
     Embed(Act, usize),
     Norm(TensorId, Act, Act),
@@ -287,7 +291,7 @@ impl BindKey {
     pub fn label(self, kernel: Kernel) -> String {
         let entry = TABLE[kernel as usize].entry;
         match self {
-            BindKey::Matvec(id, ..) | BindKey::Matmul(id, ..) => {
+            BindKey::Matvec(id, ..) | BindKey::Matmul(id, ..) | BindKey::Glu(id, ..) => {
                 let name = id.gguf_name();
                 let name = name.strip_suffix(".weight").unwrap_or(&name);
                 let role = match name.strip_prefix("blk.") {
@@ -312,6 +316,7 @@ impl BindKey {
                 mv.for_matrix(cols, ty, block)
             }
             BindKey::Matmul(..) => Kernel::Matmul,
+            BindKey::Glu(..) => Kernel::Matvec4GluQ4C,
             BindKey::Embed(..) => Kernel::Embed,
             BindKey::Norm(..) => Kernel::Rmsnorm,
             BindKey::HeadNorm(..) => Kernel::HeadNorm,
@@ -338,6 +343,21 @@ impl GpuDecoder<'_> {
             let m = &self.w.mats[&id];
             (m.cols, m.ty, m.block)
         })
+    }
+
+    /// Whether a decode step runs SwiGLU's gate and up products as one kernel (`matvec4_glu_q4c`):
+    /// both q4_0 matrices of one shape and block in one binding each, whose products the chosen
+    /// kernel would run in `matvec4_q4c`.
+    pub(super) fn fuses_glu(&self, gate: TensorId, up: TensorId) -> bool {
+        let (g, u) = (&self.w.mats[&gate], &self.w.mats[&up]);
+        self.rows == 1
+            && g.ty == WType::Q4_0
+            && (u.ty, u.block, u.cols) == (g.ty, g.block, g.cols)
+            && g.chunks.len() == 1
+            && u.chunks.len() == 1
+            && g.chunks[0].rows == u.chunks[0].rows
+            && self.kernel_of(BindKey::Matvec(gate, 0, Act::Hb, Act::Xb, false))
+                == Kernel::Matvec4Q4C
     }
 
     /// Creates the bind group for `key` on first use.
@@ -376,6 +396,7 @@ impl GpuDecoder<'_> {
                 self.keep_read_bindings(key, &mut e);
                 e
             }
+            BindKey::Glu(gate, up, out, x) => self.glu_entries(gate, up, act(out), act(x)),
             BindKey::Embed(out, ci) => {
                 let mut e = self.matrix_entries(TensorId::TokEmbd, ci, false);
                 e.extend([(5, act(out)), (6, self.step_buf.clone())]);
@@ -482,6 +503,27 @@ impl GpuDecoder<'_> {
         }
     }
 
+    /// The gate matrix as any q4_0 product binds it (no mins), x, the output, the up matrix's codes
+    /// and scales.
+    fn glu_entries(
+        &self,
+        gate: TensorId,
+        up: TensorId,
+        out: wgpu::Buffer,
+        x: wgpu::Buffer,
+    ) -> Entries {
+        let mut e = self.matrix_entries(gate, 0, false);
+        e.retain(|(i, _)| *i != 3);
+        let upc = &self.w.mats[&up].chunks[0];
+        e.extend([
+            (4, x),
+            (5, out),
+            (7, upc.words.clone()),
+            (8, upc.scales.clone()),
+        ]);
+        e
+    }
+
     /// Bindings 0-3 of a matrix kernel: parameters and one chunk's codes, scales and mins.
     fn matrix_entries(&self, id: TensorId, ci: usize, accumulate: bool) -> Entries {
         let m = &self.w.mats[&id];
@@ -538,6 +580,15 @@ impl GpuDecoder<'_> {
 
 /// Positions one decode attention workgroup covers (`SPLIT` in attention.wgsl).
 pub(super) const ATTN_SPLIT: usize = 128;
+
+/// `groups` workgroups as (x, y), x at most 65535 (the shaders read group = x + y * 65535).
+pub(super) fn fold(groups: usize) -> (u32, u32) {
+    if groups <= 65535 {
+        (groups as u32, 1)
+    } else {
+        (65535, groups.div_ceil(65535) as u32)
+    }
+}
 
 /// Splits of the context a decode attention may need, for `cap` cached positions.
 pub(super) fn max_splits(cap: usize) -> usize {
