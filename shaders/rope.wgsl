@@ -8,17 +8,58 @@
 //   1 x:      storage read_write array<act>, n values per row (all heads; act.wgsl)
 //   2 table:  storage read array<f32>, head_size values per row: cos f0, sin f0, cos f1, sin f1, ...
 // Dispatch: (ceil(n / 2 / 64), rows) workgroups, one thread per pair.
+// rope_qk rotates Q (binding 1, n values per row) and K (binding 3, n_k values per row) in one
+// dispatch: (ceil((n + n_k) / 2 / 64), rows) workgroups, Q's pairs first. One dispatch fewer per
+// layer than rope twice.
 
 struct RopeParams {
     n: u32,
     head_size: u32,
     neox: u32,
-    pad1: u32,
+    // rope_qk: K's values per row.
+    n_k: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: RopeParams;
 @group(0) @binding(1) var<storage, read_write> x: array<act>;
 @group(0) @binding(2) var<storage, read> table: array<f32>;
+@group(0) @binding(3) var<storage, read_write> k: array<act>;
+
+// The two elements of pair `pair` (of a row of n values) at row `row`, and its cos and sin.
+fn pair_at(row: u32, n: u32, pair: u32) -> vec4<u32> {
+    let half = p.head_size / 2u;
+    let head = pair / half;
+    let f = pair % half;
+    var i = row * n + head * p.head_size + 2u * f;
+    var j = i + 1u;
+    if (p.neox == 1u) {
+        i = row * n + head * p.head_size + f;
+        j = i + half;
+    }
+    return vec4<u32>(i, j, row * p.head_size + 2u * f, 0u);
+}
+
+@compute @workgroup_size(64)
+fn rope_qk(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let nq = p.n / 2u;
+    if (gid.x < nq) {
+        let at = pair_at(gid.y, p.n, gid.x);
+        let c = table[at.z];
+        let s = table[at.z + 1u];
+        let a = f32(x[at.x]);
+        let b = f32(x[at.y]);
+        x[at.x] = act(a * c - b * s);
+        x[at.y] = act(a * s + b * c);
+    } else if (gid.x < nq + p.n_k / 2u) {
+        let at = pair_at(gid.y, p.n_k, gid.x - nq);
+        let c = table[at.z];
+        let s = table[at.z + 1u];
+        let a = f32(k[at.x]);
+        let b = f32(k[at.y]);
+        k[at.x] = act(a * c - b * s);
+        k[at.y] = act(a * s + b * c);
+    }
+}
 
 @compute @workgroup_size(64)
 fn rope(@builtin(global_invocation_id) gid: vec3<u32>) {

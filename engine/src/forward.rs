@@ -93,6 +93,11 @@ pub trait Kernels {
     /// [`Config::rope_neox`]), row `i` by the angles for position `pos0 + i`; each frequency divided by
     /// its `rope_freqs.weight` entry where the model has one.
     fn rope(&mut self, x: Act, pos0: usize);
+    /// [`Kernels::rope`] of `Q` and of `K`; backends may rotate both in one kernel.
+    fn rope_qk(&mut self, pos0: usize) {
+        self.rope(Act::Q, pos0);
+        self.rope(Act::K, pos0);
+    }
     /// Stores row `i` of `K` and `V` as the cache entries of `layer` at `pos0 + i`.
     fn kv_store(&mut self, layer: usize, pos0: usize);
     /// Row `i` of `out` = softmax(Q K^T / sqrt(head_size)) V over the cached positions up to

@@ -37,8 +37,7 @@ pub fn forward(k: &mut dyn Kernels, c: &Config, tokens: &[u32], pos: usize) {
             k.head_norm(Act::Q, TensorId::QNorm(l));
             k.head_norm(Act::K, TensorId::KNorm(l));
         }
-        k.rope(Act::Q, pos);
-        k.rope(Act::K, pos);
+        k.rope_qk(pos);
         k.kv_store(l, pos);
         k.attention(Act::Att, l, pos);
         k.matvec_add(Act::X, TensorId::Wo(l), Act::Att);

@@ -603,6 +603,11 @@ impl Kernels for GpuDecoder<'_> {
         self.dispatch(BindKey::Rope(x), (wg(n / 2, 64).0, self.rows as u32));
     }
 
+    fn rope_qk(&mut self, _pos0: usize) {
+        let n = self.config.q_dim() + self.config.kv_dim();
+        self.dispatch(BindKey::RopeQk, (wg(n / 2, 64).0, self.rows as u32));
+    }
+
     fn kv_store(&mut self, layer: usize, pos0: usize) {
         let n = self.config.kv_dim();
         self.dispatch(BindKey::KvStore(layer), (wg(n, 64).0, self.rows as u32));
