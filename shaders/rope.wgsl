@@ -25,7 +25,14 @@ struct RopeParams {
 @group(0) @binding(2) var<storage, read> table: array<f32>;
 @group(0) @binding(3) var<storage, read_write> k: array<act>;
 
-// The two elements of pair `pair` (of a row of n values) at row `row`, and its cos and sin.
+// The pair (a, b) rotated by the angle whose cos and sin are at `t` in the table.
+fn rotate(a: f32, b: f32, t: u32) -> vec2<f32> {
+    let c = table[t];
+    let s = table[t + 1u];
+    return vec2<f32>(a * c - b * s, a * s + b * c);
+}
+
+// The indices of pair `pair`'s two elements (x, y) in a row `row` of n values, and of its cos (z).
 fn pair_at(row: u32, n: u32, pair: u32) -> vec4<u32> {
     let half = p.head_size / 2u;
     let head = pair / half;
@@ -40,45 +47,29 @@ fn pair_at(row: u32, n: u32, pair: u32) -> vec4<u32> {
 }
 
 @compute @workgroup_size(64)
-fn rope_qk(@builtin(global_invocation_id) gid: vec3<u32>) {
-    let nq = p.n / 2u;
-    if (gid.x < nq) {
-        let at = pair_at(gid.y, p.n, gid.x);
-        let c = table[at.z];
-        let s = table[at.z + 1u];
-        let a = f32(x[at.x]);
-        let b = f32(x[at.y]);
-        x[at.x] = act(a * c - b * s);
-        x[at.y] = act(a * s + b * c);
-    } else if (gid.x < nq + p.n_k / 2u) {
-        let at = pair_at(gid.y, p.n_k, gid.x - nq);
-        let c = table[at.z];
-        let s = table[at.z + 1u];
-        let a = f32(k[at.x]);
-        let b = f32(k[at.y]);
-        k[at.x] = act(a * c - b * s);
-        k[at.y] = act(a * s + b * c);
-    }
-}
-
-@compute @workgroup_size(64)
 fn rope(@builtin(global_invocation_id) gid: vec3<u32>) {
     if (gid.x * 2u >= p.n) {
         return;
     }
-    let half = p.head_size / 2u;
-    let head = gid.x / half;
-    let f = gid.x % half;
-    var i = gid.y * p.n + head * p.head_size + 2u * f;
-    var j = i + 1u;
-    if (p.neox == 1u) {
-        i = gid.y * p.n + head * p.head_size + f;
-        j = i + half;
-    }
-    let c = table[gid.y * p.head_size + 2u * f];
-    let s = table[gid.y * p.head_size + 2u * f + 1u];
-    let a = f32(x[i]);
-    let b = f32(x[j]);
-    x[i] = act(a * c - b * s);
-    x[j] = act(a * s + b * c);
+    let at = pair_at(gid.y, p.n, gid.x);
+    let r = rotate(f32(x[at.x]), f32(x[at.y]), at.z);
+    x[at.x] = act(r.x);
+    x[at.y] = act(r.y);
 }
+
+@compute @workgroup_size(64)
+fn rope_qk(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let nq = p.n / 2u;
+    if (gid.x < nq) {
+        let at = pair_at(gid.y, p.n, gid.x);
+        let r = rotate(f32(x[at.x]), f32(x[at.y]), at.z);
+        x[at.x] = act(r.x);
+        x[at.y] = act(r.y);
+    } else if (gid.x < nq + p.n_k / 2u) {
+        let at = pair_at(gid.y, p.n_k, gid.x - nq);
+        let r = rotate(f32(k[at.x]), f32(k[at.y]), at.z);
+        k[at.x] = act(r.x);
+        k[at.y] = act(r.y);
+    }
+}
+
