@@ -338,6 +338,11 @@ fn matvec4_q5k(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_
 // four times the cache lines they use (MatvecKernel::TiledBlocks keeps it). 7B q4_0 decode on an
 // H200: 6.18 -> 5.65 ms/token (benchmarks/2026-12-03-h200-profile.md). Four blocks' loads are issued
 // before any arithmetic.
+// The eight q4_0 values of word w (codes less 8) against x0 and x1.
+fn q4_0c(w: u32, x0: vec4<f32>, x1: vec4<f32>) -> f32 {
+    return dot(nib8(w, 0u), x0) + dot(nib8(w, 16u), x1);
+}
+
 fn dot_q4c(w: u32, xi: u32, g: u32) -> f32 {
     let x0 = xq(xi);
     let x1 = xq(xi + 1u);
@@ -345,7 +350,7 @@ fn dot_q4c(w: u32, xi: u32, g: u32) -> f32 {
         let q = dot(nib(w, 0u), x0) + dot(nib(w, 16u), x1);
         return block_scale(g) * q + block_min(g) * dot(x0 + x1, vec4<f32>(1.0));
     }
-    return block_scale(g) * (dot(nib8(w, 0u), x0) + dot(nib8(w, 16u), x1));
+    return block_scale(g) * q4_0c(w, x0, x1);
 }
 
 @compute @workgroup_size(256)
@@ -385,10 +390,6 @@ var<workgroup> red_up: array<f32, 256>;
 
 fn up_scale(g: u32) -> f32 {
     return half_at(up_scales[g >> 1u], g);
-}
-
-fn q4_0c(w: u32, x0: vec4<f32>, x1: vec4<f32>) -> f32 {
-    return dot(nib8(w, 0u), x0) + dot(nib8(w, 16u), x1);
 }
 
 @compute @workgroup_size(256)

@@ -1,22 +1,20 @@
-// RoPE, in place, row by row: pair f of a head is elements (2f, 2f + 1) (llama's adjacent pairs) or
-// (f, f + head_size / 2) where neox is 1 (Qwen). The cos/sin of each frequency at each row's position
-// are computed on the CPU (exactly as the oracle does) and uploaded, so no GPU sin/cos of large angles
-// is involved.
+// RoPE of Q and K, in place, row by row, in one dispatch: pair f of a head is elements (2f, 2f + 1)
+// (llama's adjacent pairs) or (f, f + head_size / 2) where neox is 1 (Qwen). The cos/sin of each
+// frequency at each row's position are computed on the CPU (exactly as the oracle does) and
+// uploaded, so no GPU sin/cos of large angles is involved.
 //
 // Bindings (group 0):
-//   0 params: uniform RopeParams { n (values per row), head_size, neox (0 or 1) }
-//   1 x:      storage read_write array<act>, n values per row (all heads; act.wgsl)
+//   0 params: uniform RopeParams { n (Q's values per row), head_size, neox (0 or 1), n_k (K's) }
+//   1 x:      storage read_write array<act>, Q, n values per row (all heads; act.wgsl)
 //   2 table:  storage read array<f32>, head_size values per row: cos f0, sin f0, cos f1, sin f1, ...
-// Dispatch: (ceil(n / 2 / 64), rows) workgroups, one thread per pair.
-// rope_qk rotates Q (binding 1, n values per row) and K (binding 3, n_k values per row) in one
-// dispatch: (ceil((n + n_k) / 2 / 64), rows) workgroups, Q's pairs first. One dispatch fewer per
-// layer than rope twice.
+//   3 k:      storage read_write array<act>, K, n_k values per row
+// Dispatch: (ceil((n + n_k) / 2 / 64), rows) workgroups, one thread per pair, Q's pairs first (one
+// dispatch fewer per layer than rotating each apart).
 
 struct RopeParams {
     n: u32,
     head_size: u32,
     neox: u32,
-    // rope_qk: K's values per row.
     n_k: u32,
 }
 
@@ -44,17 +42,6 @@ fn pair_at(row: u32, n: u32, pair: u32) -> vec4<u32> {
         j = i + half;
     }
     return vec4<u32>(i, j, row * p.head_size + 2u * f, 0u);
-}
-
-@compute @workgroup_size(64)
-fn rope(@builtin(global_invocation_id) gid: vec3<u32>) {
-    if (gid.x * 2u >= p.n) {
-        return;
-    }
-    let at = pair_at(gid.y, p.n, gid.x);
-    let r = rotate(f32(x[at.x]), f32(x[at.y]), at.z);
-    x[at.x] = act(r.x);
-    x[at.y] = act(r.y);
 }
 
 @compute @workgroup_size(64)

@@ -89,7 +89,7 @@ pub fn t95(n: usize) -> f64 {
         + (3.0 * z.powi(7) + 19.0 * z.powi(5) + 17.0 * z.powi(3) - 15.0 * z) / (384.0 * v.powi(3))
 }
 
-/// The medians over profiled passes of each kernel's time, and why there is none where there is not.
+/// Each kernel's time over profiled passes (the median), as `nibble bench --profile` records it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Profile {
     /// Passes profiled; each kernel's `us` is the median over them.

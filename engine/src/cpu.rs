@@ -121,21 +121,23 @@ impl Kernels for CpuDecoder<'_> {
         }
     }
 
-    fn rope(&mut self, x: Act, pos: usize) {
+    fn rope_qk(&mut self, pos: usize) {
         let c = &self.model.config;
         let hs = c.head_size();
         let neox = c.rope_neox();
-        for head in self.acts[x as usize].chunks_exact_mut(hs) {
-            for (f, freq) in self.freqs.iter().enumerate() {
-                let (i, j) = if neox {
-                    (f, f + hs / 2)
-                } else {
-                    (2 * f, 2 * f + 1)
-                };
-                let (sin, cos) = (pos as f32 * freq).sin_cos();
-                let (a, b) = (head[i], head[j]);
-                head[i] = a * cos - b * sin;
-                head[j] = a * sin + b * cos;
+        for x in [Act::Q, Act::K] {
+            for head in self.acts[x as usize].chunks_exact_mut(hs) {
+                for (f, freq) in self.freqs.iter().enumerate() {
+                    let (i, j) = if neox {
+                        (f, f + hs / 2)
+                    } else {
+                        (2 * f, 2 * f + 1)
+                    };
+                    let (sin, cos) = (pos as f32 * freq).sin_cos();
+                    let (a, b) = (head[i], head[j]);
+                    head[i] = a * cos - b * sin;
+                    head[j] = a * sin + b * cos;
+                }
             }
         }
     }

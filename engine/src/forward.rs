@@ -89,15 +89,11 @@ pub trait Kernels {
     fn add_bias(&mut self, x: Act, b: TensorId);
     /// RMSNorm of each head of `x` in place, `w` of `head_size` weights (Qwen3's Q and K norms).
     fn head_norm(&mut self, x: Act, w: TensorId);
-    /// Rotates the pairs of every head of `x` (adjacent, or the two halves where
+    /// RoPE: rotates the pairs of every head of `Q` and of `K` (adjacent, or the two halves where
     /// [`Config::rope_neox`]), row `i` by the angles for position `pos0 + i`; each frequency divided by
-    /// its `rope_freqs.weight` entry where the model has one.
-    fn rope(&mut self, x: Act, pos0: usize);
-    /// [`Kernels::rope`] of `Q` and of `K`; backends may rotate both in one kernel.
-    fn rope_qk(&mut self, pos0: usize) {
-        self.rope(Act::Q, pos0);
-        self.rope(Act::K, pos0);
-    }
+    /// its `rope_freqs.weight` entry where the model has one. One operation for both, as a pass only
+    /// ever rotates the two together (the GPU in one kernel).
+    fn rope_qk(&mut self, pos0: usize);
     /// Stores row `i` of `K` and `V` as the cache entries of `layer` at `pos0 + i`.
     fn kv_store(&mut self, layer: usize, pos0: usize);
     /// Row `i` of `out` = softmax(Q K^T / sqrt(head_size)) V over the cached positions up to

@@ -605,3 +605,68 @@ fn generate_chat_uses_the_models_chat_format() {
     let reply = &g["text"].as_str().unwrap()[rendered.len()..];
     assert_eq!(g["reply"].as_str(), Some(reply));
 }
+
+#[test]
+fn bench_records_its_kv_type_and_why_a_cpu_run_has_no_profile() {
+    let bench = |kv: &str, d: &PathBuf| {
+        let out = d.to_str().unwrap();
+        nibble(&[
+            "bench",
+            "--preset",
+            "tiny",
+            "--backend",
+            "cpu",
+            "--configs",
+            "q4_0",
+            "--reps",
+            "1",
+            "--warmup",
+            "0",
+            "--prompts",
+            "8",
+            "--depths",
+            "0",
+            "--decode-tokens",
+            "2",
+            "--kv",
+            kv,
+            "--profile",
+            "2",
+            "--out",
+            out,
+        ])
+    };
+    let report = |d: &PathBuf| -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(d.join("bench.json")).unwrap()).unwrap()
+    };
+    let (d16, d8) = (scratch("bench-kv-f16"), scratch("bench-kv-q8"));
+    assert!(bench("f16", &d16).status.success());
+    assert!(bench("q8_0", &d8).status.success());
+    let (f16, q8) = (report(&d16), report(&d8));
+    assert_eq!(
+        (f16["kv"].as_str(), q8["kv"].as_str()),
+        (Some("f16"), Some("q8_0"))
+    );
+    // The same positions held in q8_0 blocks (34 bytes per 32 values) take less than in f16 (64).
+    let kv = |v: &serde_json::Value| v["configs"][0]["kv_bytes"].as_u64().unwrap();
+    assert!(
+        kv(&q8) < kv(&f16) && kv(&q8) > 0,
+        "{} {}",
+        kv(&q8),
+        kv(&f16)
+    );
+    let c = &q8["configs"][0];
+    let notes = c["not_measured"].to_string();
+    assert!(
+        notes.contains("kernel profile: the CPU backends"),
+        "{notes}"
+    );
+    assert!(c["decode"][0].get("profile").is_none(), "{c}");
+    let o = bench("f17", &d8);
+    assert_eq!(
+        o.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}

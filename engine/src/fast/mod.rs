@@ -398,24 +398,26 @@ impl Kernels for FastDecoder<'_> {
         }
     }
 
-    fn rope(&mut self, x: Act, pos0: usize) {
+    fn rope_qk(&mut self, pos0: usize) {
         self.changed();
-        let c = self.c();
-        let (hs, len, neox) = (c.head_size(), x.len(c), c.rope_neox());
         let freqs = std::mem::take(&mut self.freqs);
-        for (t, row) in self.rows_of(x).chunks_exact_mut(len).enumerate() {
-            let pos = (pos0 + t) as f32;
-            for head in row.chunks_exact_mut(hs) {
-                for (f, freq) in freqs.iter().enumerate() {
-                    let (i, j) = if neox {
-                        (f, f + hs / 2)
-                    } else {
-                        (2 * f, 2 * f + 1)
-                    };
-                    let (sin, cos) = (pos * freq).sin_cos();
-                    let (a, b) = (head[i], head[j]);
-                    head[i] = a * cos - b * sin;
-                    head[j] = a * sin + b * cos;
+        for x in [Act::Q, Act::K] {
+            let c = self.c();
+            let (hs, len, neox) = (c.head_size(), x.len(c), c.rope_neox());
+            for (t, row) in self.rows_of(x).chunks_exact_mut(len).enumerate() {
+                let pos = (pos0 + t) as f32;
+                for head in row.chunks_exact_mut(hs) {
+                    for (f, freq) in freqs.iter().enumerate() {
+                        let (i, j) = if neox {
+                            (f, f + hs / 2)
+                        } else {
+                            (2 * f, 2 * f + 1)
+                        };
+                        let (sin, cos) = (pos * freq).sin_cos();
+                        let (a, b) = (head[i], head[j]);
+                        head[i] = a * cos - b * sin;
+                        head[j] = a * sin + b * cos;
+                    }
                 }
             }
         }

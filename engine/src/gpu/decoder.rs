@@ -598,11 +598,6 @@ impl Kernels for GpuDecoder<'_> {
         self.matvec_into(out, w, x, true);
     }
 
-    fn rope(&mut self, x: Act, _pos0: usize) {
-        let n = x.len(&self.config);
-        self.dispatch(BindKey::Rope(x), (wg(n / 2, 64).0, self.rows as u32));
-    }
-
     fn rope_qk(&mut self, _pos0: usize) {
         let n = self.config.q_dim() + self.config.kv_dim();
         self.dispatch(BindKey::RopeQk, (wg(n / 2, 64).0, self.rows as u32));

@@ -49,7 +49,6 @@ pub(super) enum Kernel {
     Embed,
     Rmsnorm,
     HeadNorm,
-    Rope,
     RopeQk,
     Add,
     AddBias,
@@ -89,7 +88,7 @@ const ATTENTION_MODULE: &[&str] = &[STEP, KVFORMAT, ATTENTION];
 
 const MATVEC4_MODULE: &[&str] = &[STEP, QUANT, MATRIX, MATVEC4];
 
-pub(super) const TABLE: [KernelDef; 28] = [
+pub(super) const TABLE: [KernelDef; 27] = [
     def!(Matvec, "matvec", "matvec", MATVEC_MODULE),
     def!(Matvec4F32, "matvec4_f32", "matvec4", MATVEC4_MODULE),
     def!(Matvec4F16, "matvec4_f16", "matvec4", MATVEC4_MODULE),
@@ -107,7 +106,6 @@ pub(super) const TABLE: [KernelDef; 28] = [
     def!(Embed, "embed", "matvec", MATVEC_MODULE),
     def!(Rmsnorm, "rmsnorm", "norm", &[NORM]),
     def!(HeadNorm, "head_norm", "norm", &[NORM]),
-    def!(Rope, "rope", "rope", &[ROPE]),
     def!(RopeQk, "rope_qk", "rope", &[ROPE]),
     def!(Add, "add", "elementwise", &[ELEMENTWISE]),
     def!(AddBias, "add_bias", "elementwise", &[ELEMENTWISE]),
@@ -274,7 +272,6 @@ pub(super) enum BindKey {
     Norm(TensorId, Act, Act),
     /// Per-head norm weights and the activation normalised in place.
     HeadNorm(TensorId, Act),
-    Rope(Act),
     RopeQk,
     Add(Act, Act),
     AddBias(Act, TensorId),
@@ -323,7 +320,6 @@ impl BindKey {
             BindKey::Embed(..) => Kernel::Embed,
             BindKey::Norm(..) => Kernel::Rmsnorm,
             BindKey::HeadNorm(..) => Kernel::HeadNorm,
-            BindKey::Rope(_) => Kernel::Rope,
             BindKey::RopeQk => Kernel::RopeQk,
             BindKey::Add(..) => Kernel::Add,
             BindKey::AddBias(..) => Kernel::AddBias,
@@ -420,13 +416,16 @@ impl GpuDecoder<'_> {
                 (2, self.w.norms[&id].clone()),
                 (3, act(out)),
             ],
-            BindKey::Rope(x) => vec![
-                (0, self.rope_params(x.len(c), 0)),
-                (1, act(x)),
-                (2, self.rope_buf.clone()),
-            ],
             BindKey::RopeQk => vec![
-                (0, self.rope_params(c.q_dim(), c.kv_dim())),
+                (
+                    0,
+                    self.uniform(&[
+                        c.q_dim() as u32,
+                        c.head_size() as u32,
+                        c.rope_neox() as u32,
+                        c.kv_dim() as u32,
+                    ]),
+                ),
                 (1, act(Act::Q)),
                 (2, self.rope_buf.clone()),
                 (3, act(Act::K)),
@@ -536,16 +535,6 @@ impl GpuDecoder<'_> {
             (2, ch.scales.clone()),
             (3, ch.mins.clone()),
         ]
-    }
-
-    fn rope_params(&self, n: usize, n_k: usize) -> wgpu::Buffer {
-        let c = &self.config;
-        self.uniform(&[
-            n as u32,
-            c.head_size() as u32,
-            c.rope_neox() as u32,
-            n_k as u32,
-        ])
     }
 
     fn uniform(&self, words: &[u32]) -> wgpu::Buffer {
