@@ -344,8 +344,11 @@ fn q4_0c(w: u32, x0: vec4<f32>, x1: vec4<f32>) -> f32 {
 }
 
 fn dot_q4c(w: u32, xi: u32, g: u32) -> f32 {
-    let x0 = xq(xi);
-    let x1 = xq(xi + 1u);
+    return dot_q4x(w, xq(xi), xq(xi + 1u), g);
+}
+
+// One word of a q4_0 or q4_1 row (block g) against its x vectors x0 and x1.
+fn dot_q4x(w: u32, x0: vec4<f32>, x1: vec4<f32>, g: u32) -> f32 {
     if (p.kind == KIND_Q4_1) {
         let q = dot(nib(w, 0u), x0) + dot(nib(w, 16u), x1);
         return block_scale(g) * q + block_min(g) * dot(x0 + x1, vec4<f32>(1.0));
@@ -439,5 +442,139 @@ fn matvec4_glu_q4c(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocat
     if (rl.x < p.rows && lane == 0u) {
         let g = red4[lid.x];
         out[p.row0 + rl.x] = act(g / (1.0 + exp(-g)) * red_up[lid.x]);
+    }
+}
+
+// matvec4_q4w (q4_0 and q4_1; MatvecKernel::Wide): llama.cpp's mapping for q4 decode on NVIDIA.
+// WIDE_ROWS rows per workgroup of WIDE_LANES threads, thread t taking words t, t + WIDE_LANES, .. of
+// every row of the group, so each x load serves all the group's rows and twice as many threads stream
+// a matrix as in matvec4_q4c (64 per row against 32); four words of each row are loaded before any
+// arithmetic. Partial sums meet in workgroup memory.
+const WIDE_ROWS: u32 = 2u;
+const WIDE_LANES: u32 = 128u;
+
+// Tree-sums each row's WIDE_LANES partial sums in red4 (row j at j * WIDE_LANES) into its first, and
+// with `up` those in red_up too.
+fn wide_reduce(t: u32, up: bool) {
+    workgroupBarrier();
+    for (var s = WIDE_LANES / 2u; s > 0u; s >>= 1u) {
+        if (t < s) {
+            for (var j = 0u; j < WIDE_ROWS; j++) {
+                red4[j * WIDE_LANES + t] += red4[j * WIDE_LANES + t + s];
+                if (up) {
+                    red_up[j * WIDE_LANES + t] += red_up[j * WIDE_LANES + t + s];
+                }
+            }
+        }
+        workgroupBarrier();
+    }
+}
+
+fn wide_store(t: u32, r0: u32) {
+    if (t < WIDE_ROWS && r0 + t < p.rows) {
+        let r = r0 + t;
+        let v = red4[t * WIDE_LANES];
+        if (p.accumulate != 0u) {
+            out[p.row0 + r] = act(f32(out[p.row0 + r]) + v);
+        } else {
+            out[p.row0 + r] = act(v);
+        }
+    }
+}
+
+// Word w of two rows (codes ca and cb, first words ba and bb) against x, which they share.
+fn wide_pair(ca: u32, cb: u32, w: u32, ba: u32, bb: u32) -> vec2<f32> {
+    let x0 = xq(2u * w);
+    let x1 = xq(2u * w + 1u);
+    return vec2<f32>(dot_q4x(ca, x0, x1, (ba + w) * 8u / p.block), dot_q4x(cb, x0, x1, (bb + w) * 8u / p.block));
+}
+
+@compute @workgroup_size(128)
+fn matvec4_q4w(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let t = lid.x;
+    let r0 = (wid.x + wid.y * 65535u) * WIDE_ROWS;
+    let nw = p.cols / 8u;
+    // A missing second row repeats the first (its sum is never stored).
+    let ra = min(r0, p.rows - 1u);
+    let rb = min(r0 + 1u, p.rows - 1u);
+    let ba = ra * nw;
+    let bb = rb * nw;
+    var sa = 0.0;
+    var sb = 0.0;
+    var w = t;
+    for (; w + 3u * WIDE_LANES < nw; w += 4u * WIDE_LANES) {
+        let a0 = words1[ba + w];
+        let a1 = words1[ba + w + WIDE_LANES];
+        let a2 = words1[ba + w + 2u * WIDE_LANES];
+        let a3 = words1[ba + w + 3u * WIDE_LANES];
+        let b0 = words1[bb + w];
+        let b1 = words1[bb + w + WIDE_LANES];
+        let b2 = words1[bb + w + 2u * WIDE_LANES];
+        let b3 = words1[bb + w + 3u * WIDE_LANES];
+        let s = (wide_pair(a0, b0, w, ba, bb) + wide_pair(a1, b1, w + WIDE_LANES, ba, bb))
+            + (wide_pair(a2, b2, w + 2u * WIDE_LANES, ba, bb) + wide_pair(a3, b3, w + 3u * WIDE_LANES, ba, bb));
+        sa += s.x;
+        sb += s.y;
+    }
+    for (; w < nw; w += WIDE_LANES) {
+        let s = wide_pair(words1[ba + w], words1[bb + w], w, ba, bb);
+        sa += s.x;
+        sb += s.y;
+    }
+    red4[t] = sa;
+    red4[WIDE_LANES + t] = sb;
+    wide_reduce(t, false);
+    wide_store(t, r0);
+}
+
+// matvec4_glu_q4w: matvec4_glu_q4c's fusion (SwiGLU's gate and up q4_0 products, silu(gate) * up
+// rounded once) on matvec4_q4w's mapping: two rows of each matrix per workgroup, x loaded once for
+// the four; two words of each row are loaded before any arithmetic. Bindings as matvec4_glu_q4c.
+fn glu_quad(g0: u32, g1: u32, u0: u32, u1: u32, w: u32, ba: u32, bb: u32) -> vec4<f32> {
+    let x0 = xq(2u * w);
+    let x1 = xq(2u * w + 1u);
+    let ga = (ba + w) * 8u / p.block;
+    let gb = (bb + w) * 8u / p.block;
+    return vec4<f32>(
+        block_scale(ga) * q4_0c(g0, x0, x1),
+        block_scale(gb) * q4_0c(g1, x0, x1),
+        up_scale(ga) * q4_0c(u0, x0, x1),
+        up_scale(gb) * q4_0c(u1, x0, x1)
+    );
+}
+
+@compute @workgroup_size(128)
+fn matvec4_glu_q4w(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let t = lid.x;
+    let r0 = (wid.x + wid.y * 65535u) * WIDE_ROWS;
+    let nw = p.cols / 8u;
+    let ba = min(r0, p.rows - 1u) * nw;
+    let bb = min(r0 + 1u, p.rows - 1u) * nw;
+    // Gate rows a and b, then up rows a and b.
+    var acc = vec4<f32>(0.0);
+    var w = t;
+    for (; w + WIDE_LANES < nw; w += 2u * WIDE_LANES) {
+        let v = w + WIDE_LANES;
+        let ga0 = words1[ba + w];
+        let gb0 = words1[bb + w];
+        let ua0 = up_words[ba + w];
+        let ub0 = up_words[bb + w];
+        let ga1 = words1[ba + v];
+        let gb1 = words1[bb + v];
+        let ua1 = up_words[ba + v];
+        let ub1 = up_words[bb + v];
+        acc += glu_quad(ga0, gb0, ua0, ub0, w, ba, bb) + glu_quad(ga1, gb1, ua1, ub1, v, ba, bb);
+    }
+    for (; w < nw; w += WIDE_LANES) {
+        acc += glu_quad(words1[ba + w], words1[bb + w], up_words[ba + w], up_words[bb + w], w, ba, bb);
+    }
+    red4[t] = acc.x;
+    red4[WIDE_LANES + t] = acc.y;
+    red_up[t] = acc.z;
+    red_up[WIDE_LANES + t] = acc.w;
+    wide_reduce(t, true);
+    if (t < WIDE_ROWS && r0 + t < p.rows) {
+        let g = red4[t * WIDE_LANES];
+        out[p.row0 + r0 + t] = act(g / (1.0 + exp(-g)) * red_up[t * WIDE_LANES]);
     }
 }

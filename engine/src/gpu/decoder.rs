@@ -234,17 +234,11 @@ impl<'g> GpuDecoder<'g> {
             }
             return;
         }
-        // Rows per workgroup as the chosen kernel covers them, one on the element-wise path (matvec.wgsl).
-        let m = &self.w.mats[&w];
-        let per = if m.cols.is_multiple_of(32) {
-            self.gpu.matvec_kernel().rows_per_group()
-        } else {
-            1
-        };
-        for ci in 0..m.chunks.len() {
+        for ci in 0..self.w.mats[&w].chunks.len() {
             let rows = self.w.mats[&w].chunks[ci].rows;
-            let groups = fold(rows.div_ceil(per));
-            self.dispatch(BindKey::Matvec(w, ci, out, x, accumulate), groups);
+            let key = BindKey::Matvec(w, ci, out, x, accumulate);
+            let groups = fold(rows.div_ceil(self.kernel_of(key).rows_per_group()));
+            self.dispatch(key, groups);
         }
     }
 
@@ -634,8 +628,9 @@ impl Kernels for GpuDecoder<'_> {
             return;
         }
         let rows = self.w.mats[&gate].chunks[0].rows;
-        let groups = fold(rows.div_ceil(self.gpu.matvec_kernel().rows_per_group()));
-        self.dispatch(BindKey::Glu(gate, up, out, x), groups);
+        let key = BindKey::Glu(gate, up, out, x);
+        let groups = fold(rows.div_ceil(self.kernel_of(key).rows_per_group()));
+        self.dispatch(key, groups);
     }
 
     fn swiglu(&mut self, gate: Act, up: Act) {
