@@ -126,7 +126,7 @@ fn gpu_matches_cpu_for_every_weight_type() {
 /// Every decode matvec kernel, whatever the adapter would choose (lavapipe picks the row kernel, GPUs
 /// the tiled one), with the tolerance derived above. `Tiled` takes 128-bit loads (matvec4.wgsl) for
 /// every supported block (32 to 256), q4 rows with lanes on quarters of blocks; `TiledBlocks` its
-/// q4 kernel with a whole block per lane; `Wide` two q4 rows per 128-thread workgroup;
+/// q4 kernel with a whole block per lane;
 /// `Tiled32` forces the 32-bit kernel it falls back on.
 #[test]
 fn every_matvec_kernel_matches_cpu() {
@@ -137,7 +137,6 @@ fn every_matvec_kernel_matches_cpu() {
     for k in [
         MatvecKernel::Tiled,
         MatvecKernel::TiledBlocks,
-        MatvecKernel::Wide,
         MatvecKernel::Tiled32,
         MatvecKernel::Row,
     ] {
@@ -174,25 +173,7 @@ fn every_matvec_kernel_matches_cpu() {
             },
             1,
         );
-        // Rows of 4608 values reach matvec4_q4w's four-word loop (512 words) and its tail, rows of
-        // 2304 matvec4_glu_q4w's two-word loop (256 words) and its tail; 128-wide heads.
-        let long = Model::synthetic_config(
-            nibble_engine::model::Config {
-                dim: 2304,
-                hidden_dim: 4608,
-                n_heads: 18,
-                n_kv_heads: 6,
-                ..builtin.config.clone()
-            },
-            1,
-        );
-        let long_q4 = match k {
-            MatvecKernel::Tiled | MatvecKernel::Wide => {
-                &[(&long, "long", "q4_0"), (&long, "long", "q4_1")][..]
-            }
-            _ => &[],
-        };
-        for &(base, name, ty) in [
+        for (base, name, ty) in [
             (&builtin, "builtin", "q4_0"),
             (&builtin, "builtin", "q4_k"),
             (&builtin, "builtin", "q5_k"),
@@ -203,10 +184,7 @@ fn every_matvec_kernel_matches_cpu() {
             (&wide, "wide", "q4_k"),
             (&wide, "wide", "q5_k"),
             (&wide, "wide", "q6_k"),
-        ]
-        .iter()
-        .chain(long_q4)
-        {
+        ] {
             let cfg = RunConfig::parse(&format!("weights={ty}")).unwrap();
             let (m, fallbacks) = measure::prepare(base, &cfg).unwrap();
             assert!(fallbacks.is_empty(), "{fallbacks:?}");

@@ -39,8 +39,6 @@ pub(super) enum Kernel {
     Matvec4Q4,
     Matvec4Q4C,
     Matvec4GluQ4C,
-    Matvec4Q4W,
-    Matvec4GluQ4W,
     Matvec4Q4K,
     Matvec4Q5K,
     Matmul,
@@ -90,7 +88,7 @@ const ATTENTION_MODULE: &[&str] = &[STEP, KVFORMAT, ATTENTION];
 
 const MATVEC4_MODULE: &[&str] = &[STEP, QUANT, MATRIX, MATVEC4];
 
-pub(super) const TABLE: [KernelDef; 29] = [
+pub(super) const TABLE: [KernelDef; 27] = [
     def!(Matvec, "matvec", "matvec", MATVEC_MODULE),
     def!(Matvec4F32, "matvec4_f32", "matvec4", MATVEC4_MODULE),
     def!(Matvec4F16, "matvec4_f16", "matvec4", MATVEC4_MODULE),
@@ -98,8 +96,6 @@ pub(super) const TABLE: [KernelDef; 29] = [
     def!(Matvec4Q4, "matvec4_q4", "matvec4", MATVEC4_MODULE),
     def!(Matvec4Q4C, "matvec4_q4c", "matvec4", MATVEC4_MODULE),
     def!(Matvec4GluQ4C, "matvec4_glu_q4c", "matvec4", MATVEC4_MODULE),
-    def!(Matvec4Q4W, "matvec4_q4w", "matvec4", MATVEC4_MODULE),
-    def!(Matvec4GluQ4W, "matvec4_glu_q4w", "matvec4", MATVEC4_MODULE),
     def!(Matvec4Q4K, "matvec4_q4k", "matvec4", MATVEC4_MODULE),
     def!(Matvec4Q5K, "matvec4_q5k", "matvec4", MATVEC4_MODULE),
     def!(Matmul, "matmul", "matvec", MATVEC_MODULE),
@@ -207,9 +203,6 @@ pub enum MatvecKernel {
     /// The same with 32-bit loads everywhere (the kernel before `matvec4`, kept as its fallback and to
     /// compare with).
     Tiled32,
-    /// Tiled, but q4_0 and q4_1 rows in `matvec4_q4w` (two rows per 128-thread workgroup sharing
-    /// each x load, llama.cpp's mapping on NVIDIA) and SwiGLU's gate and up in `matvec4_glu_q4w`.
-    Wide,
     /// One thread per row, no barriers: for adapters that run on the CPU (lavapipe, SwiftShader),
     /// where each workgroup barrier costs more than the arithmetic.
     Row,
@@ -221,10 +214,9 @@ impl MatvecKernel {
             "tiled" => Ok(MatvecKernel::Tiled),
             "tiled32" => Ok(MatvecKernel::Tiled32),
             "tiled-blocks" => Ok(MatvecKernel::TiledBlocks),
-            "wide" => Ok(MatvecKernel::Wide),
             "row" => Ok(MatvecKernel::Row),
             _ => Err(crate::Error::Invalid(format!(
-                "matvec kernel {s:?}: expected tiled, tiled-blocks, wide, tiled32 or row"
+                "matvec kernel {s:?}: expected tiled, tiled-blocks, tiled32 or row"
             ))),
         }
     }
@@ -245,16 +237,11 @@ impl MatvecKernel {
         };
         match (self, vec4) {
             (MatvecKernel::Row, _) if ty.is_k() => Kernel::MatvecKRow,
-            (MatvecKernel::Tiled | MatvecKernel::TiledBlocks | MatvecKernel::Wide, Some(k))
-                if ty.is_k() =>
-            {
-                k
-            }
+            (MatvecKernel::Tiled | MatvecKernel::TiledBlocks, Some(k)) if ty.is_k() => k,
             _ if ty.is_k() => Kernel::MatvecK,
             _ if !cols.is_multiple_of(32) => Kernel::MatvecAny,
             (MatvecKernel::Tiled, Some(Kernel::Matvec4Q4)) => Kernel::Matvec4Q4C,
-            (MatvecKernel::Wide, Some(Kernel::Matvec4Q4)) => Kernel::Matvec4Q4W,
-            (MatvecKernel::Tiled | MatvecKernel::TiledBlocks | MatvecKernel::Wide, Some(k)) => k,
+            (MatvecKernel::Tiled | MatvecKernel::TiledBlocks, Some(k)) => k,
             (MatvecKernel::Row, _) => Kernel::MatvecRow,
             _ => Kernel::Matvec,
         }
@@ -266,7 +253,6 @@ impl Kernel {
     pub(super) fn rows_per_group(self) -> usize {
         match self {
             Kernel::MatvecAny => 1,
-            Kernel::Matvec4Q4W | Kernel::Matvec4GluQ4W => 2,
             Kernel::MatvecRow | Kernel::MatvecKRow => 64,
             _ => 8,
         }
@@ -331,7 +317,6 @@ impl BindKey {
                 mv.for_matrix(cols, ty, block)
             }
             BindKey::Matmul(..) => Kernel::Matmul,
-            BindKey::Glu(..) if mv == MatvecKernel::Wide => Kernel::Matvec4GluQ4W,
             BindKey::Glu(..) => Kernel::Matvec4GluQ4C,
             BindKey::Embed(..) => Kernel::Embed,
             BindKey::Norm(..) => Kernel::Rmsnorm,
@@ -361,9 +346,9 @@ impl GpuDecoder<'_> {
         })
     }
 
-    /// Whether a decode step runs SwiGLU's gate and up products as one kernel (`matvec4_glu_q4c` or
-    /// `_q4w`): both q4_0 matrices of one shape and block in one binding each, whose products the
-    /// chosen kernel would run in `matvec4_q4c` or `_q4w`.
+    /// Whether a decode step runs SwiGLU's gate and up products as one kernel (`matvec4_glu_q4c`):
+    /// both q4_0 matrices of one shape and block in one binding each, whose products the chosen
+    /// kernel would run in `matvec4_q4c`.
     pub(super) fn fuses_glu(&self, gate: TensorId, up: TensorId) -> bool {
         let (g, u) = (&self.w.mats[&gate], &self.w.mats[&up]);
         self.rows == 1
@@ -372,10 +357,8 @@ impl GpuDecoder<'_> {
             && g.chunks.len() == 1
             && u.chunks.len() == 1
             && g.chunks[0].rows == u.chunks[0].rows
-            && matches!(
-                self.kernel_of(BindKey::Matvec(gate, 0, Act::Hb, Act::Xb, false)),
-                Kernel::Matvec4Q4C | Kernel::Matvec4Q4W
-            )
+            && self.kernel_of(BindKey::Matvec(gate, 0, Act::Hb, Act::Xb, false))
+                == Kernel::Matvec4Q4C
     }
 
     /// Creates the bind group for `key` on first use.
