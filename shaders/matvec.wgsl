@@ -16,7 +16,7 @@
 //   6 steps:  storage read array<Step> (embed reads each row's token; matmul the row count)
 // matvec dispatch: one workgroup per 8 rows (whole words per row), matvec_row one per 64 rows,
 // matvec_any one per row; folded into (x, y) as group = x + y * 65535.
-// matmul dispatch: (ceil(rows / 64), ceil(pass rows / 64)).
+// matmul dispatch: (ceil(rows / 64), ceil(pass rows / 32)).
 // embed dispatch: (ceil(cols / 64), pass rows), once per chunk; a row whose token is in another chunk
 // is left to that chunk's dispatch.
 
@@ -213,19 +213,17 @@ fn embed(@builtin(global_invocation_id) gid: vec3<u32>) {
 }
 
 // matmul: out[t] (+)= W x[t] for the pass's rows t, for prompts. A workgroup of 256 threads computes a
-// tile of MM_R = 64 weight rows by MM_T = 64 tokens, stepping through the columns MM_K = 32 at a time:
-// each thread dequantizes 8 consecutive weights of one row (one q4 word) and stages 8 values of x,
-// into tiles laid out column-major (wtile[k][row], xtile[k][token]) so that every thread then reads
-// its 4 rows and its 4 tokens as one vec4 each per column and accumulates a 4 x 4 block: 16 FMAs per
-// two workgroup-memory loads (the 64 x 32 kernel before it did 8 per six scalar loads, and spent 89%
-// of a 7B prompt pass on an H200: benchmarks/2026-12-03-h200-profile.md). Each weight is read and
-// dequantized once per 64 tokens. Loading lanes take consecutive rows (tokens), so a warp's stores
-// into the column-major tiles fall in distinct banks. The tiles are 16 KiB, WebGPU's default limit.
+// tile of MM_R weight rows by MM_T tokens, stepping through the columns MM_K at a time: each thread
+// dequantizes 8 consecutive weights of one row (one q4 word) into workgroup memory and stages 4 values
+// of x, then every thread accumulates a 4-row by 2-token block from the staged tiles. Each weight is
+// read and dequantized once per MM_T tokens instead of once per token, which is the point of batching.
+// Tiles are padded to a stride of 33 so threads reading a column do not hit the same bank.
 const MM_R: u32 = 64u;
-const MM_T: u32 = 64u;
+const MM_T: u32 = 32u;
 const MM_K: u32 = 32u;
-var<workgroup> wtile: array<vec4<f32>, 512>;
-var<workgroup> xtile: array<vec4<f32>, 512>;
+const MM_S: u32 = 33u;
+var<workgroup> wtile: array<f32, 2112>;
+var<workgroup> xtile: array<f32, 1056>;
 
 // Eight consecutive weights of row r from column c (c a multiple of 8). Rows of a whole number of MM_K
 // columns read packed words (a quantized block is at least 32 wide, so the 8 share one scale); other
@@ -284,56 +282,58 @@ fn matmul(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) l
     let n = steps[0].rows;
     let r0 = wid.x * MM_R;
     let t0 = wid.y * MM_T;
-    // Loading role: weight row (and token) ld, columns lc..lc+8 of the step.
-    let ld = lid.x % 64u;
-    let lc = (lid.x / 64u) * 8u;
-    // Computing role: rows 4rg..4rg+4 and tokens 4tg..4tg+4 of the tile.
-    let tg = lid.x % 16u;
-    let rg = lid.x / 16u;
-    var acc0 = vec4<f32>(0.0);
-    var acc1 = vec4<f32>(0.0);
-    var acc2 = vec4<f32>(0.0);
-    var acc3 = vec4<f32>(0.0);
+    // Loading roles: weight row lr, columns lc..lc+8; token xt, columns xc..xc+4.
+    let lr = lid.x / 4u;
+    let lc = (lid.x % 4u) * 8u;
+    let xt = lid.x / 8u;
+    let xc = (lid.x % 8u) * 4u;
+    // Computing role: rows cr + 16i (i < 4), tokens ct + 16j (j < 2).
+    let cr = lid.x % 16u;
+    let ct = lid.x / 16u;
+    var a00 = 0.0; var a01 = 0.0; var a10 = 0.0; var a11 = 0.0;
+    var a20 = 0.0; var a21 = 0.0; var a30 = 0.0; var a31 = 0.0;
     for (var k0 = 0u; k0 < p.cols; k0 += MM_K) {
         var wv: array<f32, 8>;
-        if (r0 + ld < p.rows) {
-            wv = load8(r0 + ld, k0 + lc);
-        }
-        var xv: array<f32, 8>;
-        if (t0 + ld < n) {
-            let xo = (t0 + ld) * p.cols + k0 + lc;
-            for (var j = 0u; j < 8u; j++) {
-                if (k0 + lc + j < p.cols) {
-                    xv[j] = f32(x[xo + j]);
-                }
-            }
+        if (r0 + lr < p.rows) {
+            wv = load8(r0 + lr, k0 + lc);
         }
         for (var j = 0u; j < 8u; j++) {
-            wtile[(lc + j) * 16u + ld / 4u][ld % 4u] = wv[j];
-            xtile[(lc + j) * 16u + ld / 4u][ld % 4u] = xv[j];
+            wtile[lr * MM_S + lc + j] = wv[j];
+        }
+        for (var j = 0u; j < 4u; j++) {
+            let c = k0 + xc + j;
+            var xv = 0.0;
+            if (t0 + xt < n && c < p.cols) {
+                xv = f32(x[(t0 + xt) * p.cols + c]);
+            }
+            xtile[xt * MM_S + xc + j] = xv;
         }
         workgroupBarrier();
         for (var k = 0u; k < MM_K; k++) {
-            let w = wtile[k * 16u + rg];
-            let xt = xtile[k * 16u + tg];
-            acc0 += w.x * xt;
-            acc1 += w.y * xt;
-            acc2 += w.z * xt;
-            acc3 += w.w * xt;
+            let w0 = wtile[cr * MM_S + k];
+            let w1 = wtile[(cr + 16u) * MM_S + k];
+            let w2 = wtile[(cr + 32u) * MM_S + k];
+            let w3 = wtile[(cr + 48u) * MM_S + k];
+            let x0 = xtile[ct * MM_S + k];
+            let x1 = xtile[(ct + 16u) * MM_S + k];
+            a00 += w0 * x0; a01 += w0 * x1;
+            a10 += w1 * x0; a11 += w1 * x1;
+            a20 += w2 * x0; a21 += w2 * x1;
+            a30 += w3 * x0; a31 += w3 * x1;
         }
         workgroupBarrier();
     }
-    let acc = array<vec4<f32>, 4>(acc0, acc1, acc2, acc3);
+    var acc = array<f32, 8>(a00, a01, a10, a11, a20, a21, a30, a31);
     for (var i = 0u; i < 4u; i++) {
-        let r = r0 + 4u * rg + i;
-        for (var j = 0u; j < 4u; j++) {
-            let t = t0 + 4u * tg + j;
+        for (var j = 0u; j < 2u; j++) {
+            let r = r0 + cr + 16u * i;
+            let t = t0 + ct + 16u * j;
             if (r < p.rows && t < n) {
                 let o = t * p.out_len + p.row0 + r;
                 if (p.accumulate != 0u) {
-                    out[o] = act(f32(out[o]) + acc[i][j]);
+                    out[o] = act(f32(out[o]) + acc[2u * i + j]);
                 } else {
-                    out[o] = act(acc[i][j]);
+                    out[o] = act(acc[2u * i + j]);
                 }
             }
         }

@@ -64,8 +64,8 @@ impl GpuDecoder<'_> {
             self.norm = None;
         }
         if self.rows > 1 {
-            // A batch: the tiled kernel covers 64 weight rows by 64 tokens per workgroup.
-            let tiles = self.rows.div_ceil(64) as u32;
+            // A batch: the tiled kernel covers 64 weight rows by 32 tokens per workgroup.
+            let tiles = self.rows.div_ceil(32) as u32;
             for ci in 0..self.w.mats[&w].chunks.len() {
                 let rows = self.w.mats[&w].chunks[ci].rows;
                 let key = BindKey::Matmul(w, ci, out, x, accumulate);
