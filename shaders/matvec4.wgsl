@@ -487,20 +487,10 @@ fn matvec4_glu_q4c(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocat
             ss += x.ss;
         }
     }
-    let r = reduce3(vec3<f32>(ag, au, ss), lid);
-    if (rl.x < p.rows && rl.y == 0u) {
-        let k = rms_scale(r.z);
-        let g = r.x * k;
-        out[p.row0 + rl.x] = act(g / (1.0 + exp(-g)) * r.y * k);
-    }
-}
-
-// Three sums of each row's 32 lanes at once (lane 0's answer is the row's).
-fn reduce3(v: vec3<f32>, lid: vec3<u32>) -> vec3<f32> {
     let lane = lid.x % LANES4;
-    red4[lid.x] = v.x;
-    red_up[lid.x] = v.y;
-    red_ss[lid.x] = v.z;
+    red4[lid.x] = ag;
+    red_up[lid.x] = au;
+    red_ss[lid.x] = ss;
     workgroupBarrier();
     for (var s = LANES4 / 2u; s > 0u; s >>= 1u) {
         if (lane < s) {
@@ -510,63 +500,9 @@ fn reduce3(v: vec3<f32>, lid: vec3<u32>) -> vec3<f32> {
         }
         workgroupBarrier();
     }
-    return vec3<f32>(red4[lid.x], red_up[lid.x], red_ss[lid.x]);
-}
-
-// matvec4_q4c2 (MatvecKernel::Tiled2, to compare with): matvec4_q4c's lanes, each taking two rows,
-// r and r + 8, that share every x load: 16 rows per workgroup, twice the codes per lane in flight
-// and per reduction. matvec4_glu_q4c, which does the same for gate and up, streamed 1.25 TB/s on an
-// H200 where matvec4_q4c streamed 0.72-0.8 (benchmarks/2026-12-03-h200-fusions.md).
-fn q4c2_word(wa: u32, wb: u32, xi: u32, ga: u32, gb: u32) -> vec3<f32> {
-    let x = xpair(xi);
-    return vec3<f32>(dot_q4x(wa, x.x0, x.x1, ga), dot_q4x(wb, x.x0, x.x1, gb), x.ss);
-}
-
-@compute @workgroup_size(256)
-fn matvec4_q4c2(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
-    let group = wid.x + wid.y * 65535u;
-    let ra = group * 2u * ROWS4 + lid.x / LANES4;
-    let rb = ra + ROWS4;
-    let lane = lid.x % LANES4;
-    var acc = vec3<f32>(0.0);
-    if (ra < p.rows) {
-        // A missing second row repeats the first (its sum is never stored).
-        let rbc = select(ra, rb, rb < p.rows);
-        let nu = p.cols / 32u;
-        let qd = lane % 4u;
-        let base_a = ra * p.cols / 8u + qd;
-        let base_b = rbc * p.cols / 8u + qd;
-        let ea = ra * p.cols;
-        let eb = rbc * p.cols;
-        var u = lane / 4u;
-        for (; u + 8u < nu; u += 16u) {
-            let a0 = words1[base_a + 4u * u];
-            let a1 = words1[base_a + 4u * (u + 8u)];
-            let b0 = words1[base_b + 4u * u];
-            let b1 = words1[base_b + 4u * (u + 8u)];
-            acc += q4c2_word(a0, b0, 8u * u + 2u * qd, (ea + 32u * u) / p.block, (eb + 32u * u) / p.block)
-                + q4c2_word(a1, b1, 8u * (u + 8u) + 2u * qd, (ea + 32u * (u + 8u)) / p.block,
-                    (eb + 32u * (u + 8u)) / p.block);
-        }
-        for (; u < nu; u += 8u) {
-            acc += q4c2_word(words1[base_a + 4u * u], words1[base_b + 4u * u], 8u * u + 2u * qd,
-                (ea + 32u * u) / p.block, (eb + 32u * u) / p.block);
-        }
-    }
-    let r = reduce3(acc, lid);
-    if (lane == 0u) {
-        let k = rms_scale(r.z);
-        for (var j = 0u; j < 2u; j++) {
-            let row = ra + j * ROWS4;
-            if (row < p.rows) {
-                let o = p.row0 + row;
-                let v = select(r.x, r.y, j == 1u) * k;
-                if (p.accumulate != 0u) {
-                    out[o] = act(f32(out[o]) + v);
-                } else {
-                    out[o] = act(v);
-                }
-            }
-        }
+    if (rl.x < p.rows && lane == 0u) {
+        let k = rms_scale(red_ss[lid.x]);
+        let g = red4[lid.x] * k;
+        out[p.row0 + rl.x] = act(g / (1.0 + exp(-g)) * red_up[lid.x] * k);
     }
 }

@@ -126,7 +126,7 @@ fn gpu_matches_cpu_for_every_weight_type() {
 /// Every decode matvec kernel, whatever the adapter would choose (lavapipe picks the row kernel, GPUs
 /// the tiled one), with the tolerance derived above. `Tiled` takes 128-bit loads (matvec4.wgsl) for
 /// every supported block (32 to 256), q4 rows with lanes on quarters of blocks; `TiledBlocks` its
-/// q4 kernel with a whole block per lane; `Tiled2` two q4 rows per lane;
+/// q4 kernel with a whole block per lane;
 /// `Tiled32` forces the 32-bit kernel it falls back on.
 #[test]
 fn every_matvec_kernel_matches_cpu() {
@@ -137,7 +137,6 @@ fn every_matvec_kernel_matches_cpu() {
     for k in [
         MatvecKernel::Tiled,
         MatvecKernel::TiledBlocks,
-        MatvecKernel::Tiled2,
         MatvecKernel::Tiled32,
         MatvecKernel::Row,
     ] {

@@ -87,7 +87,7 @@ impl GpuDecoder<'_> {
 
     /// Whether a decode step runs SwiGLU's gate and up products as one kernel (`matvec4_glu_q4c`):
     /// both q4_0 matrices of one shape and block in one binding each, whose products the chosen
-    /// kernel would run in `matvec4_q4c` or `_q4c2`.
+    /// kernel would run in `matvec4_q4c`.
     pub(super) fn fuses_glu(&self, gate: TensorId, up: TensorId) -> bool {
         let (g, u) = (&self.w.mats[&gate], &self.w.mats[&up]);
         self.rows == 1
@@ -96,10 +96,8 @@ impl GpuDecoder<'_> {
             && g.chunks.len() == 1
             && u.chunks.len() == 1
             && g.chunks[0].rows == u.chunks[0].rows
-            && matches!(
-                self.kernel_of(BindKey::Matvec(gate, 0, Act::Hb, Act::Xb, false, None)),
-                Kernel::Matvec4Q4C | Kernel::Matvec4Q4C2
-            )
+            && self.kernel_of(BindKey::Matvec(gate, 0, Act::Hb, Act::Xb, false, None))
+                == Kernel::Matvec4Q4C
     }
 
     /// `Kernels::gate_up`: one kernel where [`Self::fuses_glu`], else the two products and SwiGLU.

@@ -39,7 +39,6 @@ pub(super) enum Kernel {
     Matvec4Q4,
     Matvec4Q4C,
     Matvec4GluQ4C,
-    Matvec4Q4C2,
     Matvec4Q4K,
     Matvec4Q5K,
     Matmul,
@@ -89,7 +88,7 @@ const ATTENTION_MODULE: &[&str] = &[STEP, KVFORMAT, ATTENTION];
 
 const MATVEC4_MODULE: &[&str] = &[STEP, QUANT, MATRIX, MATVEC4];
 
-pub(super) const TABLE: [KernelDef; 28] = [
+pub(super) const TABLE: [KernelDef; 27] = [
     def!(Matvec, "matvec", "matvec", MATVEC_MODULE),
     def!(Matvec4F32, "matvec4_f32", "matvec4", MATVEC4_MODULE),
     def!(Matvec4F16, "matvec4_f16", "matvec4", MATVEC4_MODULE),
@@ -97,7 +96,6 @@ pub(super) const TABLE: [KernelDef; 28] = [
     def!(Matvec4Q4, "matvec4_q4", "matvec4", MATVEC4_MODULE),
     def!(Matvec4Q4C, "matvec4_q4c", "matvec4", MATVEC4_MODULE),
     def!(Matvec4GluQ4C, "matvec4_glu_q4c", "matvec4", MATVEC4_MODULE),
-    def!(Matvec4Q4C2, "matvec4_q4c2", "matvec4", MATVEC4_MODULE),
     def!(Matvec4Q4K, "matvec4_q4k", "matvec4", MATVEC4_MODULE),
     def!(Matvec4Q5K, "matvec4_q5k", "matvec4", MATVEC4_MODULE),
     def!(Matmul, "matmul", "matvec", MATVEC_MODULE),
@@ -205,8 +203,6 @@ pub enum MatvecKernel {
     /// The same with 32-bit loads everywhere (the kernel before `matvec4`, kept as its fallback and to
     /// compare with).
     Tiled32,
-    /// Tiled, but q4 rows two per lane in `matvec4_q4c2` (16 rows per workgroup), to compare with.
-    Tiled2,
     /// One thread per row, no barriers: for adapters that run on the CPU (lavapipe, SwiftShader),
     /// where each workgroup barrier costs more than the arithmetic.
     Row,
@@ -218,10 +214,9 @@ impl MatvecKernel {
             "tiled" => Ok(MatvecKernel::Tiled),
             "tiled32" => Ok(MatvecKernel::Tiled32),
             "tiled-blocks" => Ok(MatvecKernel::TiledBlocks),
-            "tiled2" => Ok(MatvecKernel::Tiled2),
             "row" => Ok(MatvecKernel::Row),
             _ => Err(crate::Error::Invalid(format!(
-                "matvec kernel {s:?}: expected tiled, tiled-blocks, tiled2, tiled32 or row"
+                "matvec kernel {s:?}: expected tiled, tiled-blocks, tiled32 or row"
             ))),
         }
     }
@@ -242,16 +237,11 @@ impl MatvecKernel {
         };
         match (self, vec4) {
             (MatvecKernel::Row, _) if ty.is_k() => Kernel::MatvecKRow,
-            (MatvecKernel::Tiled | MatvecKernel::TiledBlocks | MatvecKernel::Tiled2, Some(k))
-                if ty.is_k() =>
-            {
-                k
-            }
+            (MatvecKernel::Tiled | MatvecKernel::TiledBlocks, Some(k)) if ty.is_k() => k,
             _ if ty.is_k() => Kernel::MatvecK,
             _ if !cols.is_multiple_of(32) => Kernel::MatvecAny,
             (MatvecKernel::Tiled, Some(Kernel::Matvec4Q4)) => Kernel::Matvec4Q4C,
-            (MatvecKernel::Tiled2, Some(Kernel::Matvec4Q4)) => Kernel::Matvec4Q4C2,
-            (MatvecKernel::Tiled | MatvecKernel::TiledBlocks | MatvecKernel::Tiled2, Some(k)) => k,
+            (MatvecKernel::Tiled | MatvecKernel::TiledBlocks, Some(k)) => k,
             (MatvecKernel::Row, _) => Kernel::MatvecRow,
             _ => Kernel::Matvec,
         }
@@ -264,17 +254,13 @@ impl Kernel {
         match self {
             Kernel::MatvecAny => 1,
             Kernel::MatvecRow | Kernel::MatvecKRow => 64,
-            Kernel::Matvec4Q4C2 => 16,
             _ => 8,
         }
     }
 
     /// Whether the kernel folds the RMSNorm before it in (`fused.rs`), binding its weights at 9.
     pub(super) fn folds_norm(self) -> bool {
-        matches!(
-            self,
-            Kernel::Matvec4Q4C | Kernel::Matvec4Q4C2 | Kernel::Matvec4GluQ4C
-        )
+        matches!(self, Kernel::Matvec4Q4C | Kernel::Matvec4GluQ4C)
     }
 }
 
