@@ -14,12 +14,6 @@ struct MatParams {
     row0: u32,
     // Values per row of `out` (the whole matrix's rows), for the matmul.
     out_len: u32,
-    // 1: x is the raw residual and the RMSNorm before this product is folded in (matvec4_q4c and
-    // matvec4_glu_q4c): out = (W (g * x)) / sqrt(mean(x^2) + eps), g the norm weights (binding 9).
-    norm: u32,
-    eps: f32,
-    pad0: u32,
-    pad1: u32,
     pad2: u32,
 }
 

@@ -23,9 +23,6 @@
 // took seconds to build it, and Chromium's page timed out opening the engine.
 // Dispatch: one workgroup of 256 threads per 8 rows (32 lanes per row), folded into (x, y) as
 // group = x + y * 65535.
-// matvec4_q4c and matvec4_glu_q4c fold a decode step's RMSNorm in where p.norm is set (gpu/fused.rs):
-// x (4) is then the raw residual, binding 9 the norm weights (f32, read as vec4s), and each row's sums
-// are scaled by 1 / rms(x), from the squares of x its lanes read anyway.
 
 @group(0) @binding(1) var<storage, read> words4: array<vec4<u32>>;
 // The same codes a word at a time (matvec4_q4c, matvec4_glu_q4c).
@@ -33,9 +30,6 @@
 // The up projection's codes and scales beside the gate's (matvec4_glu_q4c).
 @group(0) @binding(7) var<storage, read> up_words: array<u32>;
 @group(0) @binding(8) var<storage, read> up_scales: array<u32>;
-// The norm weights folded into the product where p.norm is set (matvec4_q4c, matvec4_glu_q4c; any
-// f32 buffer otherwise).
-@group(0) @binding(9) var<storage, read> norm4: array<vec4<f32>>;
 @group(0) @binding(4) var<storage, read> x4: array<vec4<act>>;
 
 const ROWS4: u32 = 8u;
@@ -349,52 +343,8 @@ fn q4_0c(w: u32, x0: vec4<f32>, x1: vec4<f32>) -> f32 {
     return dot(nib8(w, 0u), x0) + dot(nib8(w, 16u), x1);
 }
 
-// x vectors xi and xi + 1 as a product reads them: with a norm folded in, times their norm weights,
-// and the sum of their raw squares in ss.
-struct XPair {
-    x0: vec4<f32>,
-    x1: vec4<f32>,
-    ss: f32,
-}
-
-fn xpair(xi: u32) -> XPair {
-    let x0 = xq(xi);
-    let x1 = xq(xi + 1u);
-    if (p.norm != 0u) {
-        return XPair(x0 * norm4[xi], x1 * norm4[xi + 1u], dot(x0, x0) + dot(x1, x1));
-    }
-    return XPair(x0, x1, 0.0);
-}
-
-// One word's dot and the squares of its x (vec2: dot, squares).
-fn dot_q4c(w: u32, xi: u32, g: u32) -> vec2<f32> {
-    let x = xpair(xi);
-    return vec2<f32>(dot_q4x(w, x.x0, x.x1, g), x.ss);
-}
-
-// The row's sum (x) and its squares (y), each summed over the row's 32 lanes, as lane 0 stores it:
-// times 1 / rms(x) where a norm is folded in. Every lane of a row reads a disjoint quarter of its
-// units, so the row's lanes read all of x once and their squares are the whole sum.
-fn finish_norm(acc: vec2<f32>, lid: vec3<u32>) -> f32 {
-    let lane = lid.x % LANES4;
-    red4[lid.x] = acc.x;
-    red_up[lid.x] = acc.y;
-    workgroupBarrier();
-    for (var s = LANES4 / 2u; s > 0u; s >>= 1u) {
-        if (lane < s) {
-            red4[lid.x] += red4[lid.x + s];
-            red_up[lid.x] += red_up[lid.x + s];
-        }
-        workgroupBarrier();
-    }
-    return red4[lid.x] * rms_scale(red_up[lid.x]);
-}
-
-fn rms_scale(ss: f32) -> f32 {
-    if (p.norm != 0u) {
-        return inverseSqrt(ss / f32(p.cols) + p.eps);
-    }
-    return 1.0;
+fn dot_q4c(w: u32, xi: u32, g: u32) -> f32 {
+    return dot_q4x(w, xq(xi), xq(xi + 1u), g);
 }
 
 // One word of a q4_0 or q4_1 row (block g) against its x vectors x0 and x1.
@@ -409,7 +359,7 @@ fn dot_q4x(w: u32, x0: vec4<f32>, x1: vec4<f32>, g: u32) -> f32 {
 @compute @workgroup_size(256)
 fn matvec4_q4c(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
     let rl = row_of(wid, lid);
-    var acc = vec2<f32>(0.0);
+    var acc = 0.0;
     if (rl.x < p.rows) {
         // 32-value units of the row; this lane's quarter and first unit.
         let nu = p.cols / 32u;
@@ -431,15 +381,7 @@ fn matvec4_q4c(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_
             acc += dot_q4c(words1[base + 4u * u], 8u * u + 2u * qd, (e0 + 32u * u) / p.block);
         }
     }
-    let v = finish_norm(acc, lid);
-    if (rl.x < p.rows && rl.y == 0u) {
-        let o = p.row0 + rl.x;
-        if (p.accumulate != 0u) {
-            out[o] = act(f32(out[o]) + v);
-        } else {
-            out[o] = act(v);
-        }
-    }
+    finish(acc, lid, rl.x);
 }
 
 // matvec4_glu_q4c: SwiGLU's gate and up products (q4_0, the same shape and block) in one dispatch, as
@@ -448,7 +390,6 @@ fn matvec4_q4c(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_
 // layer than matvec, matvec, swiglu. Bindings as the other kernels for the gate matrix (0-2, x 4, out
 // 5), the up matrix's codes 7 and scales 8.
 var<workgroup> red_up: array<f32, 256>;
-var<workgroup> red_ss: array<f32, 256>;
 
 fn up_scale(g: u32) -> f32 {
     return half_at(up_scales[g >> 1u], g);
@@ -459,7 +400,6 @@ fn matvec4_glu_q4c(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocat
     let rl = row_of(wid, lid);
     var ag = 0.0;
     var au = 0.0;
-    var ss = 0.0;
     if (rl.x < p.rows) {
         let nu = p.cols / 32u;
         let qd = rl.y % 4u;
@@ -471,38 +411,37 @@ fn matvec4_glu_q4c(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocat
             let g1 = words1[base + 4u * (u + 8u)];
             let u0 = up_words[base + 4u * u];
             let u1 = up_words[base + 4u * (u + 8u)];
-            let xa = xpair(8u * u + 2u * qd);
-            let xb = xpair(8u * (u + 8u) + 2u * qd);
+            let xa0 = xq(8u * u + 2u * qd);
+            let xa1 = xq(8u * u + 2u * qd + 1u);
+            let xb0 = xq(8u * (u + 8u) + 2u * qd);
+            let xb1 = xq(8u * (u + 8u) + 2u * qd + 1u);
             let ba = (e0 + 32u * u) / p.block;
             let bb = (e0 + 32u * (u + 8u)) / p.block;
-            ag += block_scale(ba) * q4_0c(g0, xa.x0, xa.x1) + block_scale(bb) * q4_0c(g1, xb.x0, xb.x1);
-            au += up_scale(ba) * q4_0c(u0, xa.x0, xa.x1) + up_scale(bb) * q4_0c(u1, xb.x0, xb.x1);
-            ss += xa.ss + xb.ss;
+            ag += block_scale(ba) * q4_0c(g0, xa0, xa1) + block_scale(bb) * q4_0c(g1, xb0, xb1);
+            au += up_scale(ba) * q4_0c(u0, xa0, xa1) + up_scale(bb) * q4_0c(u1, xb0, xb1);
         }
         for (; u < nu; u += 8u) {
-            let x = xpair(8u * u + 2u * qd);
+            let x0 = xq(8u * u + 2u * qd);
+            let x1 = xq(8u * u + 2u * qd + 1u);
             let b = (e0 + 32u * u) / p.block;
-            ag += block_scale(b) * q4_0c(words1[base + 4u * u], x.x0, x.x1);
-            au += up_scale(b) * q4_0c(up_words[base + 4u * u], x.x0, x.x1);
-            ss += x.ss;
+            ag += block_scale(b) * q4_0c(words1[base + 4u * u], x0, x1);
+            au += up_scale(b) * q4_0c(up_words[base + 4u * u], x0, x1);
         }
     }
     let lane = lid.x % LANES4;
     red4[lid.x] = ag;
     red_up[lid.x] = au;
-    red_ss[lid.x] = ss;
     workgroupBarrier();
     for (var s = LANES4 / 2u; s > 0u; s >>= 1u) {
         if (lane < s) {
             red4[lid.x] += red4[lid.x + s];
             red_up[lid.x] += red_up[lid.x + s];
-            red_ss[lid.x] += red_ss[lid.x + s];
         }
         workgroupBarrier();
     }
     if (rl.x < p.rows && lane == 0u) {
-        let k = rms_scale(red_ss[lid.x]);
-        let g = red4[lid.x] * k;
-        out[p.row0 + rl.x] = act(g / (1.0 + exp(-g)) * red_up[lid.x] * k);
+        let g = red4[lid.x];
+        out[p.row0 + rl.x] = act(g / (1.0 + exp(-g)) * red_up[lid.x]);
     }
 }
+

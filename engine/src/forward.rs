@@ -79,9 +79,7 @@ pub trait Kernels {
     }
     /// Starts a batch: row `i` of `out` = `token_embd[tokens[i]]`.
     fn embed(&mut self, tokens: &[u32], out: Act);
-    /// `out = x / rms(x) * w`. Only products ([`Kernels::matvec`], [`Kernels::gate_up`]) read `out`,
-    /// and only before `x` is next written: a backend may fold the norm into them instead of writing
-    /// `out` (the GPU's decode step does).
+    /// `out = x / rms(x) * w`
     fn rmsnorm(&mut self, out: Act, x: Act, w: TensorId);
     /// `out = W x`
     fn matvec(&mut self, out: Act, w: TensorId, x: Act);

@@ -2,8 +2,7 @@
 //! kernel table and reads back what the caller asks for.
 
 use super::device::{pop_error_scope, Gpu};
-use super::fused::PendingNorm;
-use super::kernels::{max_splits, BindKey, Pipelines, ATTN_SPLIT};
+use super::kernels::{fold, max_splits, BindKey, Pipelines, ATTN_SPLIT};
 use super::layout::{buffer, kv_layer_bytes, GpuMemory};
 use super::profile::{KernelTime, Profiler};
 use super::upload::GpuWeights;
@@ -89,8 +88,6 @@ pub struct GpuDecoder<'g> {
     /// Timestamps of the pass being recorded, while [`Decoder::profile`] runs one.
     pub(super) profiler: Option<Profiler>,
     pub(super) profiling: bool,
-    /// A decode step's RMSNorm waiting for the products that read it (`fused.rs`).
-    pub(super) norm: Option<PendingNorm>,
 }
 
 impl<'g> GpuDecoder<'g> {
@@ -209,7 +206,6 @@ impl<'g> GpuDecoder<'g> {
             rope_table: vec![0.0; max_rows * c.head_size()],
             profiler: None,
             profiling: false,
-            norm: None,
             config: c,
         })
     }
@@ -227,7 +223,26 @@ impl<'g> GpuDecoder<'g> {
         &self.acts[a as usize]
     }
 
-    pub(super) fn dispatch(&mut self, key: BindKey, groups: (u32, u32)) {
+    fn matvec_into(&mut self, out: Act, w: TensorId, x: Act, accumulate: bool) {
+        if self.rows > 1 {
+            // A batch: the tiled kernel covers 64 weight rows by 32 tokens per workgroup.
+            let tiles = self.rows.div_ceil(32) as u32;
+            for ci in 0..self.w.mats[&w].chunks.len() {
+                let rows = self.w.mats[&w].chunks[ci].rows;
+                let key = BindKey::Matmul(w, ci, out, x, accumulate);
+                self.dispatch(key, (rows.div_ceil(64) as u32, tiles));
+            }
+            return;
+        }
+        for ci in 0..self.w.mats[&w].chunks.len() {
+            let rows = self.w.mats[&w].chunks[ci].rows;
+            let key = BindKey::Matvec(w, ci, out, x, accumulate);
+            let groups = fold(rows.div_ceil(self.kernel_of(key).rows_per_group()));
+            self.dispatch(key, groups);
+        }
+    }
+
+    fn dispatch(&mut self, key: BindKey, groups: (u32, u32)) {
         self.ensure(key);
         self.dispatches += 1;
         let kernel = self.kernel_of(key);
@@ -312,7 +327,6 @@ impl<'g> GpuDecoder<'g> {
         }
         self.rows = n;
         self.dispatches = 0;
-        self.norm = None;
         let cfg = self.config.clone();
         forward(self, &cfg, tokens, pos0);
         if let Readback::Argmax(_) = out {
@@ -562,7 +576,7 @@ impl Kernels for GpuDecoder<'_> {
     }
 
     fn rmsnorm(&mut self, out: Act, x: Act, w: TensorId) {
-        self.norm_op(out, x, w);
+        self.dispatch(BindKey::Norm(w, out, x), (self.rows as u32, 1));
     }
 
     fn head_norm(&mut self, x: Act, w: TensorId) {
@@ -607,7 +621,16 @@ impl Kernels for GpuDecoder<'_> {
     }
 
     fn gate_up(&mut self, out: Act, scratch: Act, gate: TensorId, up: TensorId, x: Act) {
-        self.gate_up_op(out, scratch, gate, up, x);
+        if !self.fuses_glu(gate, up) {
+            self.matvec(out, gate, x);
+            self.matvec(scratch, up, x);
+            self.swiglu(out, scratch);
+            return;
+        }
+        let rows = self.w.mats[&gate].chunks[0].rows;
+        let key = BindKey::Glu(gate, up, out, x);
+        let groups = fold(rows.div_ceil(self.kernel_of(key).rows_per_group()));
+        self.dispatch(key, groups);
     }
 
     fn swiglu(&mut self, gate: Act, up: Act) {

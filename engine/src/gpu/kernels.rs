@@ -257,23 +257,17 @@ impl Kernel {
             _ => 8,
         }
     }
-
-    /// Whether the kernel folds the RMSNorm before it in (`fused.rs`), binding its weights at 9.
-    pub(super) fn folds_norm(self) -> bool {
-        matches!(self, Kernel::Matvec4Q4C | Kernel::Matvec4GluQ4C)
-    }
 }
 
 /// What one dispatch binds; bind groups are cached by it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(super) enum BindKey {
-    /// Weight, chunk, output, input, accumulate, and the norm folded in (the input then the raw
-    /// residual).
-    Matvec(TensorId, usize, Act, Act, bool, Option<TensorId>),
+    /// Output, weight, chunk, input, accumulate.
+    Matvec(TensorId, usize, Act, Act, bool),
     /// The same for a batch of rows (the tiled matrix-matrix kernel).
     Matmul(TensorId, usize, Act, Act, bool),
-    /// SwiGLU's gate and up products in one dispatch: gate, up, output, input, folded norm.
-    Glu(TensorId, TensorId, Act, Act, Option<TensorId>),
+    /// SwiGLU's gate and up products in one dispatch: gate, up, output, input.
+    Glu(TensorId, TensorId, Act, Act),
     /// Output and the embedding chunk holding the token.
     Embed(Act, usize),
     Norm(TensorId, Act, Act),
@@ -352,6 +346,21 @@ impl GpuDecoder<'_> {
         })
     }
 
+    /// Whether a decode step runs SwiGLU's gate and up products as one kernel (`matvec4_glu_q4c`):
+    /// both q4_0 matrices of one shape and block in one binding each, whose products the chosen
+    /// kernel would run in `matvec4_q4c`.
+    pub(super) fn fuses_glu(&self, gate: TensorId, up: TensorId) -> bool {
+        let (g, u) = (&self.w.mats[&gate], &self.w.mats[&up]);
+        self.rows == 1
+            && g.ty == WType::Q4_0
+            && (u.ty, u.block, u.cols) == (g.ty, g.block, g.cols)
+            && g.chunks.len() == 1
+            && u.chunks.len() == 1
+            && g.chunks[0].rows == u.chunks[0].rows
+            && self.kernel_of(BindKey::Matvec(gate, 0, Act::Hb, Act::Xb, false))
+                == Kernel::Matvec4Q4C
+    }
+
     /// Creates the bind group for `key` on first use.
     pub(super) fn ensure(&mut self, key: BindKey) {
         if self.binds.contains_key(&key) {
@@ -382,8 +391,17 @@ impl GpuDecoder<'_> {
         let c = &self.config;
         let act = |a: Act| self.act(a).clone();
         match key {
-            BindKey::Matvec(..) | BindKey::Matmul(..) | BindKey::Glu(..) | BindKey::Embed(..) => {
-                self.product_entries(key)
+            BindKey::Matvec(id, ci, out, x, acc) | BindKey::Matmul(id, ci, out, x, acc) => {
+                let mut e = self.matrix_entries(id, ci, acc);
+                e.extend([(4, act(x)), (5, act(out))]);
+                self.keep_read_bindings(key, &mut e);
+                e
+            }
+            BindKey::Glu(gate, up, out, x) => self.glu_entries(gate, up, act(out), act(x)),
+            BindKey::Embed(out, ci) => {
+                let mut e = self.matrix_entries(TensorId::TokEmbd, ci, false);
+                e.extend([(5, act(out)), (6, self.step_buf.clone())]);
+                e
             }
             BindKey::HeadNorm(id, x) => vec![
                 (
@@ -468,34 +486,6 @@ impl GpuDecoder<'_> {
         }
     }
 
-    /// The bindings of the matrix kernels' keys (products and the embedding gather).
-    fn product_entries(&self, key: BindKey) -> Entries {
-        let act = |a: Act| self.act(a).clone();
-        match key {
-            BindKey::Matvec(id, ci, out, x, acc, norm) => {
-                let mut e = self.matrix_entries(id, ci, acc, norm);
-                e.extend([(4, act(x)), (5, act(out))]);
-                self.keep_read_bindings(key, &mut e);
-                e
-            }
-            BindKey::Matmul(id, ci, out, x, acc) => {
-                let mut e = self.matrix_entries(id, ci, acc, None);
-                e.extend([(4, act(x)), (5, act(out))]);
-                self.keep_read_bindings(key, &mut e);
-                e
-            }
-            BindKey::Glu(gate, up, out, x, norm) => {
-                self.glu_entries(gate, up, act(out), act(x), norm)
-            }
-            BindKey::Embed(out, ci) => {
-                let mut e = self.matrix_entries(TensorId::TokEmbd, ci, false, None);
-                e.extend([(5, act(out)), (6, self.step_buf.clone())]);
-                e
-            }
-            _ => unreachable!("{key:?} is not a matrix kernel's key"),
-        }
-    }
-
     /// Trims a matrix kernel's bindings to those its entry point reads (layouts derive from the
     /// shader): only the batched kernel reads the steps (its row count); f32, f16 and K-quant kernels
     /// read no scales or mins, q8_0 no mins.
@@ -513,24 +503,18 @@ impl GpuDecoder<'_> {
             Kernel::Matvec4Q8 => e.retain(|(i, _)| *i != 3),
             _ => {}
         }
-        if let BindKey::Matvec(.., norm) = key {
-            if self.kernel_of(key).folds_norm() {
-                e.extend(self.norm_entry(norm));
-            }
-        }
     }
 
     /// The gate matrix as any q4_0 product binds it (no mins), x, the output, the up matrix's codes
-    /// and scales, the norm.
+    /// and scales.
     fn glu_entries(
         &self,
         gate: TensorId,
         up: TensorId,
         out: wgpu::Buffer,
         x: wgpu::Buffer,
-        norm: Option<TensorId>,
     ) -> Entries {
-        let mut e = self.matrix_entries(gate, 0, false, norm);
+        let mut e = self.matrix_entries(gate, 0, false);
         e.retain(|(i, _)| *i != 3);
         let upc = &self.w.mats[&up].chunks[0];
         e.extend([
@@ -539,34 +523,19 @@ impl GpuDecoder<'_> {
             (7, upc.words.clone()),
             (8, upc.scales.clone()),
         ]);
-        e.extend(self.norm_entry(norm));
         e
     }
 
     /// Bindings 0-3 of a matrix kernel: parameters and one chunk's codes, scales and mins.
-    fn matrix_entries(
-        &self,
-        id: TensorId,
-        ci: usize,
-        accumulate: bool,
-        norm: Option<TensorId>,
-    ) -> Entries {
+    fn matrix_entries(&self, id: TensorId, ci: usize, accumulate: bool) -> Entries {
         let m = &self.w.mats[&id];
         let ch = &m.chunks[ci];
         vec![
-            (0, self.mat_params(m, ch, accumulate, norm.is_some())),
+            (0, self.mat_params(m, ch, accumulate)),
             (1, ch.words.clone()),
             (2, ch.scales.clone()),
             (3, ch.mins.clone()),
         ]
-    }
-
-    /// Binding 9 of the kernels that fold a norm in: its weights, or without one any norm's (the
-    /// kernels declare the binding whether or not they read it).
-    fn norm_entry(&self, norm: Option<TensorId>) -> Entries {
-        let norms = &self.w.norms;
-        let g = norm.map_or_else(|| norms.get(&TensorId::OutNorm), |n| norms.get(&n));
-        g.map(|g| (9, g.clone())).into_iter().collect()
     }
 
     fn uniform(&self, words: &[u32]) -> wgpu::Buffer {
@@ -579,7 +548,7 @@ impl GpuDecoder<'_> {
             })
     }
 
-    fn mat_params(&self, m: &GpuMatrix, ch: &Chunk, accumulate: bool, norm: bool) -> wgpu::Buffer {
+    fn mat_params(&self, m: &GpuMatrix, ch: &Chunk, accumulate: bool) -> wgpu::Buffer {
         self.uniform(&[
             ch.rows as u32,
             m.cols as u32,
@@ -588,10 +557,6 @@ impl GpuDecoder<'_> {
             accumulate as u32,
             ch.row0 as u32,
             m.chunks.iter().map(|c| c.rows).sum::<usize>() as u32,
-            norm as u32,
-            self.config.norm_eps.to_bits(),
-            0,
-            0,
             0,
         ])
     }

@@ -5,7 +5,6 @@
 //! - `upload`: weights uploaded whole or tensor by tensor as a load streams them (`GpuSink`).
 //! - `kernels`: the kernel table (entry points, shader files, pipelines) and what each binding key binds.
 //! - `decoder`: one sequence: activations, KV cache, recording a pass, reading back.
-//! - `fused`: a decode step's fusions (norms folded into products, SwiGLU's gate and up in one).
 //!
 //! Weights are uploaded once in the planar layout of `quant.rs`. Activations, the KV cache, the attention
 //! scratch, the per-row steps and the staging buffers are allocated when the decoder is made; bind
@@ -15,7 +14,6 @@
 
 mod decoder;
 mod device;
-mod fused;
 mod kernels;
 mod layout;
 mod profile;
