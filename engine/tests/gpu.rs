@@ -600,6 +600,18 @@ fn batched_prefill_matches_cpu() {
         let what = format!("builtin {spec}");
         check_prefill(&gpu, &m, KvConfig::default(), &bt, &what, 2e-4);
     }
+    // Passes of up to 160 rows: the matmul's 32-token tiles, the last one short (90 = 2 x 32 + 26).
+    let wide_passes = Gpu::open_blocking(GpuOptions {
+        act: Some(Activations::F32),
+        prefill_rows: Some(160),
+        ..Default::default()
+    })
+    .unwrap();
+    for spec in ["weights=q4_0", "weights=q8_0"] {
+        let (m, _) = measure::prepare(&builtin, &RunConfig::parse(spec).unwrap()).unwrap();
+        let what = format!("builtin {spec}, 90-row pass");
+        check_prefill(&wide_passes, &m, KvConfig::default(), &bt, &what, 2e-4);
+    }
     for (k, v) in [
         (KvType::Q8_0, KvType::Q8_0),
         (KvType::Q4_0, KvType::Q4_0),
