@@ -7,8 +7,9 @@
 # `nibble synth` and benches it in $CONFIGS (quantized by nibble in memory); then llama-quantize makes a
 # file of each type in $QUANTS from the same f16 files, nibble benches those files as loaded, and
 # llama-bench runs on all of them.
-# Knobs: SHAPES (default "1b 7b"), CONFIGS (default f16,q4_0), QUANTS (llama-quantize types, default
-# q4_0), VARIANT (a NIBBLE_MATVEC kernel benched again at q4_0, depth 0, to attribute a kernel change).
+# Knobs: SHAPES (default "1b 7b"), CONFIGS (default f16,q4_0; "none": only the llama-quantize files),
+# QUANTS (llama-quantize types, default q4_0), PEER_F16 (0: llama-bench skips the f16 files), VARIANT (a
+# NIBBLE_MATVEC kernel benched again at q4_0, depth 0, to attribute a kernel change).
 # Results go to $OUT (the device tool brings them back).
 set -uo pipefail
 . scripts/h200-env.sh
@@ -25,8 +26,8 @@ build=$!
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$out/gpu.txt"
 for m in $shapes; do
   [ -f $d/$m-f16.gguf ] || $nb synth --preset llama-$m --type f16 --out $d/$m-f16.gguf | tail -1
-  $nb bench --model $d/$m-f16.gguf --configs "${CONFIGS:-f16,q4_0}" $bench_args --out "$out/nibble-$m" 2>&1 \
-    | grep -v "^  \|^by class\|^the same" | tail -16
+  [ "${CONFIGS:-}" = none ] || $nb bench --model $d/$m-f16.gguf --configs "${CONFIGS:-f16,q4_0}" $bench_args \
+    --out "$out/nibble-$m" 2>&1 | grep -v "^  \|^by class\|^the same" | tail -16
   elapsed
 done
 wait $build
@@ -34,7 +35,7 @@ cat $d/peer-build.log
 q=/opt/lcpp/build-vk/bin/llama-quantize
 files=()
 for m in $shapes; do
-  files+=("$d/$m-f16.gguf")
+  [ "${PEER_F16:-1}" = 0 ] || files+=("$d/$m-f16.gguf")
   for t in $quants; do
     LD_LIBRARY_PATH=/opt/vk/usr/lib/x86_64-linux-gnu $q $d/$m-f16.gguf $d/$m-$t.gguf $t > /dev/null 2>&1
     files+=("$d/$m-$t.gguf")
