@@ -8,7 +8,7 @@
 //   1 words4: storage read array<vec4<u32>>  (the codes of quant.wgsl, four words per element)
 //   4 x4:     storage read array<vec4<act>>  (cols / 4 vectors)
 // Taken only where a row is whole vec4s and a vec4 never straddles two blocks: cols % 32 == 0, and
-// for q4 kinds block % 32 == 0, for q8_0 block % 16 == 0 (MatvecKernel::for_matrix).
+// for q4 kinds a power-of-two block of at least 32, for q8_0 of at least 16 (MatvecKernel::for_matrix).
 // One row per 32 lanes, each lane issuing four 128-bit loads before any arithmetic. (Four rows per
 // lane sharing each x load, in workgroups of 64, decoded slower on an H200: 1B q4_0 2.96 against 2.34
 // ms/token, too few threads in flight; benchmarks/2026-12-02-h200-decode.md.)
@@ -35,6 +35,13 @@
 const ROWS4: u32 = 8u;
 const LANES4: u32 = 32u;
 var<workgroup> red4: array<f32, 256>;
+
+// An element's block is its index shifted by log2(block): blocks here are powers of two
+// (MatvecKernel::for_matrix), and a shift is one instruction where a division by a value known only at
+// run time is a sequence of them, in every unit of every row.
+fn bsh() -> u32 {
+    return countTrailingZeros(p.block);
+}
 
 fn xq(i: u32) -> vec4<f32> {
     return vec4<f32>(x4[i]);
@@ -71,7 +78,7 @@ fn dot_f16(w: vec4<u32>, xi: u32) -> f32 {
 fn dot_q8(w: vec4<u32>, xi: u32, e: u32) -> f32 {
     let s = (dot(bytes(w.x), xq(xi)) + dot(bytes(w.y), xq(xi + 1u)))
         + (dot(bytes(w.z), xq(xi + 2u)) + dot(bytes(w.w), xq(xi + 3u)));
-    return s * block_scale(e / p.block);
+    return s * block_scale(e >> bsh());
 }
 
 // Word k holds elements 8k..8k+7, low nibble first; x vectors 2k and 2k + 1 multiply them. q4_0's
@@ -80,7 +87,7 @@ fn dot_q8(w: vec4<u32>, xi: u32, e: u32) -> f32 {
 fn dot_q4(w: vec4<u32>, xi: u32, e: u32) -> f32 {
     let x0 = xq(xi); let x1 = xq(xi + 1u); let x2 = xq(xi + 2u); let x3 = xq(xi + 3u);
     let x4v = xq(xi + 4u); let x5 = xq(xi + 5u); let x6 = xq(xi + 6u); let x7 = xq(xi + 7u);
-    let g = e / p.block;
+    let g = e >> bsh();
     if (p.kind == KIND_Q4_1) {
         let q = (dot(nib(w.x, 0u), x0) + dot(nib(w.x, 16u), x1))
             + (dot(nib(w.y, 0u), x2) + dot(nib(w.y, 16u), x3))
@@ -343,17 +350,41 @@ fn q4_0c(w: u32, x0: vec4<f32>, x1: vec4<f32>) -> f32 {
     return dot(nib8(w, 0u), x0) + dot(nib8(w, 16u), x1);
 }
 
-fn dot_q4c(w: u32, xi: u32, g: u32) -> f32 {
-    return dot_q4x(w, xq(xi), xq(xi + 1u), g);
-}
-
-// One word of a q4_0 or q4_1 row (block g) against its x vectors x0 and x1.
-fn dot_q4x(w: u32, x0: vec4<f32>, x1: vec4<f32>, g: u32) -> f32 {
-    if (p.kind == KIND_Q4_1) {
+// One word of a q4_1 (q41) or q4_0 row, block g, against x vectors xi and xi + 1.
+fn dot_q4c(w: u32, xi: u32, g: u32, q41: bool) -> f32 {
+    let x0 = xq(xi);
+    let x1 = xq(xi + 1u);
+    if (q41) {
         let q = dot(nib(w, 0u), x0) + dot(nib(w, 16u), x1);
         return block_scale(g) * q + block_min(g) * dot(x0 + x1, vec4<f32>(1.0));
     }
     return block_scale(g) * q4_0c(w, x0, x1);
+}
+
+// This lane's part of row rl.x. The kind is a constant argument at both call sites, so the compiler
+// can make a loop without a branch on it in every unit.
+fn q4c_lane(rl: vec2<u32>, q41: bool) -> f32 {
+    var acc = 0.0;
+    // 32-value units of the row; this lane's quarter and first unit.
+    let nu = p.cols / 32u;
+    let qd = rl.y % 4u;
+    let base = rl.x * p.cols / 8u + qd;
+    let e0 = rl.x * p.cols;
+    var u = rl.y / 4u;
+    for (; u + 24u < nu; u += 32u) {
+        let w0 = words1[base + 4u * u];
+        let w1 = words1[base + 4u * (u + 8u)];
+        let w2 = words1[base + 4u * (u + 16u)];
+        let w3 = words1[base + 4u * (u + 24u)];
+        acc += (dot_q4c(w0, 8u * u + 2u * qd, (e0 + 32u * u) >> bsh(), q41)
+            + dot_q4c(w1, 8u * (u + 8u) + 2u * qd, (e0 + 32u * (u + 8u)) >> bsh(), q41))
+            + (dot_q4c(w2, 8u * (u + 16u) + 2u * qd, (e0 + 32u * (u + 16u)) >> bsh(), q41)
+            + dot_q4c(w3, 8u * (u + 24u) + 2u * qd, (e0 + 32u * (u + 24u)) >> bsh(), q41));
+    }
+    for (; u < nu; u += 8u) {
+        acc += dot_q4c(words1[base + 4u * u], 8u * u + 2u * qd, (e0 + 32u * u) >> bsh(), q41);
+    }
+    return acc;
 }
 
 @compute @workgroup_size(256)
@@ -361,24 +392,10 @@ fn matvec4_q4c(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_
     let rl = row_of(wid, lid);
     var acc = 0.0;
     if (rl.x < p.rows) {
-        // 32-value units of the row; this lane's quarter and first unit.
-        let nu = p.cols / 32u;
-        let qd = rl.y % 4u;
-        let base = rl.x * p.cols / 8u + qd;
-        let e0 = rl.x * p.cols;
-        var u = rl.y / 4u;
-        for (; u + 24u < nu; u += 32u) {
-            let w0 = words1[base + 4u * u];
-            let w1 = words1[base + 4u * (u + 8u)];
-            let w2 = words1[base + 4u * (u + 16u)];
-            let w3 = words1[base + 4u * (u + 24u)];
-            acc += (dot_q4c(w0, 8u * u + 2u * qd, (e0 + 32u * u) / p.block)
-                + dot_q4c(w1, 8u * (u + 8u) + 2u * qd, (e0 + 32u * (u + 8u)) / p.block))
-                + (dot_q4c(w2, 8u * (u + 16u) + 2u * qd, (e0 + 32u * (u + 16u)) / p.block)
-                + dot_q4c(w3, 8u * (u + 24u) + 2u * qd, (e0 + 32u * (u + 24u)) / p.block));
-        }
-        for (; u < nu; u += 8u) {
-            acc += dot_q4c(words1[base + 4u * u], 8u * u + 2u * qd, (e0 + 32u * u) / p.block);
+        if (p.kind == KIND_Q4_1) {
+            acc = q4c_lane(rl, true);
+        } else {
+            acc = q4c_lane(rl, false);
         }
     }
     finish(acc, lid, rl.x);
@@ -415,15 +432,15 @@ fn matvec4_glu_q4c(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocat
             let xa1 = xq(8u * u + 2u * qd + 1u);
             let xb0 = xq(8u * (u + 8u) + 2u * qd);
             let xb1 = xq(8u * (u + 8u) + 2u * qd + 1u);
-            let ba = (e0 + 32u * u) / p.block;
-            let bb = (e0 + 32u * (u + 8u)) / p.block;
+            let ba = (e0 + 32u * u) >> bsh();
+            let bb = (e0 + 32u * (u + 8u)) >> bsh();
             ag += block_scale(ba) * q4_0c(g0, xa0, xa1) + block_scale(bb) * q4_0c(g1, xb0, xb1);
             au += up_scale(ba) * q4_0c(u0, xa0, xa1) + up_scale(bb) * q4_0c(u1, xb0, xb1);
         }
         for (; u < nu; u += 8u) {
             let x0 = xq(8u * u + 2u * qd);
             let x1 = xq(8u * u + 2u * qd + 1u);
-            let b = (e0 + 32u * u) / p.block;
+            let b = (e0 + 32u * u) >> bsh();
             ag += block_scale(b) * q4_0c(words1[base + 4u * u], x0, x1);
             au += up_scale(b) * q4_0c(up_words[base + 4u * u], x0, x1);
         }

@@ -223,13 +223,15 @@ impl MatvecKernel {
 
     /// The kernel for a matrix of `cols` columns of `ty` in blocks of `block`: the chosen one needs
     /// whole 32-column units (anything else takes the element-wise kernel), and the 128-bit loads of
-    /// `matvec4` a row of whole vec4s where no vec4 straddles two blocks.
+    /// `matvec4` a row of whole vec4s where no vec4 straddles two blocks, in blocks of a power of two.
     pub(super) fn for_matrix(self, cols: usize, ty: WType, block: usize) -> Kernel {
+        // matvec4.wgsl finds a block by shifting: a power of two.
+        let pow2 = block.is_power_of_two();
         let vec4 = match ty {
             WType::F32 => Some(Kernel::Matvec4F32),
             WType::F16 => Some(Kernel::Matvec4F16),
-            WType::Q8_0 => block.is_multiple_of(16).then_some(Kernel::Matvec4Q8),
-            WType::Q4_0 | WType::Q4_1 => block.is_multiple_of(32).then_some(Kernel::Matvec4Q4),
+            WType::Q8_0 => (pow2 && block >= 16).then_some(Kernel::Matvec4Q8),
+            WType::Q4_0 | WType::Q4_1 => (pow2 && block >= 32).then_some(Kernel::Matvec4Q4),
             // Super-blocks of 9 and 11 vec4s; Q6_K's 53 words take 32-bit loads (kquant.wgsl).
             WType::Q4_K => Some(Kernel::Matvec4Q4K),
             WType::Q5_K => Some(Kernel::Matvec4Q5K),
@@ -606,6 +608,17 @@ mod tests {
         for (i, d) in TABLE.iter().enumerate() {
             assert_eq!(d.kernel as usize, i, "{:?} is out of place", d.kernel);
         }
+    }
+
+    /// matvec4.wgsl finds blocks by shifting, so a block that is not a power of two (no format makes
+    /// one today) must take the 32-bit kernels, which divide.
+    #[test]
+    fn vec4_kernels_take_only_power_of_two_blocks() {
+        let k = MatvecKernel::Tiled;
+        assert_eq!(k.for_matrix(4096, WType::Q4_0, 64), Kernel::Matvec4Q4C);
+        assert_eq!(k.for_matrix(4096, WType::Q4_0, 96), Kernel::Matvec);
+        assert_eq!(k.for_matrix(4096, WType::Q8_0, 32), Kernel::Matvec4Q8);
+        assert_eq!(k.for_matrix(4096, WType::Q8_0, 48), Kernel::Matvec);
     }
 
     #[test]
