@@ -34,7 +34,6 @@
 
 const ROWS4: u32 = 8u;
 const LANES4: u32 = 32u;
-var<workgroup> red4: array<f32, 256>;
 
 // An element's block is its index shifted by log2(block): blocks here are powers of two
 // (MatvecKernel::for_matrix), and a shift is one instruction where a division by a value known only at
@@ -110,20 +109,12 @@ fn row_of(wid: vec3<u32>, lid: vec3<u32>) -> vec2<u32> {
 
 // Adds up a row's 32 lanes and stores (or accumulates) the row.
 fn finish(acc: f32, lid: vec3<u32>, r: u32) {
-    let lane = lid.x % LANES4;
-    red4[lid.x] = acc;
-    workgroupBarrier();
-    for (var s = LANES4 / 2u; s > 0u; s >>= 1u) {
-        if (lane < s) {
-            red4[lid.x] += red4[lid.x + s];
-        }
-        workgroupBarrier();
-    }
-    if (r < p.rows && lane == 0u) {
+    let total = row_sum(acc, lid.x);
+    if (r < p.rows && lid.x % LANES4 == 0u) {
         if (p.accumulate != 0u) {
-            out[p.row0 + r] = act(f32(out[p.row0 + r]) + red4[lid.x]);
+            out[p.row0 + r] = act(f32(out[p.row0 + r]) + total);
         } else {
-            out[p.row0 + r] = act(red4[lid.x]);
+            out[p.row0 + r] = act(total);
         }
     }
 }
@@ -406,7 +397,6 @@ fn matvec4_q4c(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_
 // silu(gate) * up, rounded once. Two dispatches and the up row's round trip through memory fewer per
 // layer than matvec, matvec, swiglu. Bindings as the other kernels for the gate matrix (0-2, x 4, out
 // 5), the up matrix's codes 7 and scales 8.
-var<workgroup> red_up: array<f32, 256>;
 
 fn up_scale(g: u32) -> f32 {
     return half_at(up_scales[g >> 1u], g);
@@ -445,20 +435,11 @@ fn matvec4_glu_q4c(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocat
             au += up_scale(b) * q4_0c(up_words[base + 4u * u], x0, x1);
         }
     }
-    let lane = lid.x % LANES4;
-    red4[lid.x] = ag;
-    red_up[lid.x] = au;
+    let g = row_sum(ag, lid.x);
     workgroupBarrier();
-    for (var s = LANES4 / 2u; s > 0u; s >>= 1u) {
-        if (lane < s) {
-            red4[lid.x] += red4[lid.x + s];
-            red_up[lid.x] += red_up[lid.x + s];
-        }
-        workgroupBarrier();
-    }
-    if (rl.x < p.rows && lane == 0u) {
-        let g = red4[lid.x];
-        out[p.row0 + rl.x] = act(g / (1.0 + exp(-g)) * red_up[lid.x]);
+    let up = row_sum(au, lid.x);
+    if (rl.x < p.rows && rl.y == 0u) {
+        out[p.row0 + rl.x] = act(g / (1.0 + exp(-g)) * up);
     }
 }
 

@@ -30,7 +30,8 @@ pub struct ModelArgs {
 /// `NIBBLE_MATVEC=tiled|tiled-blocks|tiled32|row` picks the decode matvec kernel,
 /// `NIBBLE_PREFILL_ROWS=N` caps the rows of a batched prompt pass (1: token by token, as llama.cpp's
 /// `--ubatch-size`),
-/// `NIBBLE_SHADER_CHECKS=on|off|runtime|zero-init` what wgpu's shader safety code kept natively.
+/// `NIBBLE_SHADER_CHECKS=on|off|runtime|zero-init` what wgpu's shader safety code kept natively,
+/// `NIBBLE_SUBGROUPS=on|off` whether the matrix kernels sum rows with subgroup operations.
 pub fn gpu_env_options() -> Result<GpuOptions> {
     let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
     Ok(GpuOptions {
@@ -46,6 +47,14 @@ pub fn gpu_env_options() -> Result<GpuOptions> {
             .map(|v| ShaderChecks::parse(&v))
             .transpose()
             .context("NIBBLE_SHADER_CHECKS")?,
+        subgroups: var("NIBBLE_SUBGROUPS")
+            .map(|v| match v.as_str() {
+                "on" => Ok(true),
+                "off" => Ok(false),
+                _ => Err(anyhow::anyhow!("expected on or off, not {v:?}")),
+            })
+            .transpose()
+            .context("NIBBLE_SUBGROUPS")?,
         ..GpuOptions::default()
     })
 }

@@ -179,6 +179,11 @@ impl OpenBackend {
         }
     }
 
+    /// The decode kernels and row sums chosen, on a GPU, and why.
+    pub fn kernels(&self) -> Option<String> {
+        self.gpu.as_ref().map(|g| g.matvec_choice.borrow().clone())
+    }
+
     /// wgpu's shader safety code kept, on a GPU.
     pub fn shader_checks(&self) -> Option<String> {
         self.gpu

@@ -107,6 +107,8 @@ pub struct BenchReport {
     pub kv: String,
     /// wgpu's shader safety code kept on the GPU (`on`, `off`, ...).
     pub shader_checks: Option<String>,
+    /// The decode kernels and row sums chosen on the GPU, and why.
+    pub kernels: Option<String>,
     pub model: String,
     pub params: usize,
     pub reps: usize,
@@ -220,6 +222,7 @@ fn write_report(
         activations: rt.activations().to_string(),
         kv: a.kv.clone(),
         shader_checks: rt.shader_checks(),
+        kernels: rt.kernels(),
         model: model_name.to_string(),
         params,
         reps,
@@ -293,8 +296,8 @@ pub fn markdown(r: &BenchReport) -> String {
         )
     });
     s += &format!(
-        "model {} ({} params) | backend {} | adapter {adapter} | KV {} | shader checks {} | {} x {} ({} cpus) | {} reps after {} warm-up | nibble {}\n\n",
-        r.model, r.params, r.backend, r.kv, r.shader_checks.as_deref().unwrap_or("-"), r.machine.cpu_model, r.machine.arch, r.machine.cpus, r.reps, r.warmup,
+        "model {} ({} params) | backend {} | adapter {adapter} | KV {} | shader checks {} | kernels {} | {} x {} ({} cpus) | {} reps after {} warm-up | nibble {}\n\n",
+        r.model, r.params, r.backend, r.kv, r.shader_checks.as_deref().unwrap_or("-"), r.kernels.as_deref().unwrap_or("-"), r.machine.cpu_model, r.machine.arch, r.machine.cpus, r.reps, r.warmup,
         r.commit.as_deref().unwrap_or("of an unknown commit")
     );
     s += "| model | config | size | params | backend | test | t/s |\n|---|---|---|---|---|---|---|\n";

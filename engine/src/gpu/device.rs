@@ -217,6 +217,46 @@ pub struct GpuOptions {
     pub shader_checks: Option<ShaderChecks>,
     /// Ask for timestamps inside passes (where the adapter has them), for per-kernel GPU times.
     pub profile: bool,
+    /// Sum the matrix kernels' rows with subgroup operations (true), in workgroup memory (false);
+    /// default: subgroups where the adapter has them at most 32 wide (a row is 32 lanes).
+    pub subgroups: Option<bool>,
+}
+
+/// Whether the matrix kernels sum rows with subgroups, and why (for results): asked for, or by default
+/// where the adapter has them and they are at most 32 lanes wide, so a 32-lane row is whole subgroups.
+fn subgroup_choice(
+    asked: Option<bool>,
+    info: &wgpu::AdapterInfo,
+    features: wgpu::Features,
+) -> Result<(bool, String)> {
+    let has = features.contains(wgpu::Features::SUBGROUP);
+    let (min, max) = (info.subgroup_min_size, info.subgroup_max_size);
+    let fits = has && max <= 32;
+    let sizes = format!("subgroups of {min}-{max} lanes");
+    match asked {
+        Some(true) if !fits => Err(Error::Gpu(format!(
+            "subgroup reductions need subgroups of at most 32 lanes; {} has {}",
+            info.name,
+            if has { sizes } else { "none".into() }
+        ))),
+        Some(true) => Ok((
+            true,
+            format!("rows summed with subgroupAdd ({sizes}), set by the caller"),
+        )),
+        Some(false) => Ok((
+            false,
+            "rows summed in workgroup memory, set by the caller".into(),
+        )),
+        None if fits => Ok((true, format!("rows summed with subgroupAdd ({sizes})"))),
+        None if has => Ok((
+            false,
+            format!("rows summed in workgroup memory ({sizes}: wider than a row)"),
+        )),
+        None => Ok((
+            false,
+            "rows summed in workgroup memory (no subgroups)".into(),
+        )),
+    }
 }
 
 /// An open device with its adapter report and error hooks.
@@ -239,6 +279,9 @@ pub struct Gpu {
     /// Whether passes can be timed kernel by kernel (asked for, and the adapter writes timestamps
     /// inside passes).
     pub timestamps: bool,
+    /// Whether the matrix kernels sum rows with subgroup operations (`reduce_subgroup.wgsl`);
+    /// [`Gpu::matvec_choice`] says why.
+    pub subgroups: bool,
     /// Every kernel's pipeline, compiled for the first decoder and shared by the next: a browser
     /// compiles each pipeline when it first runs (SwiftShader: seconds), and only once per object.
     pipelines: std::cell::RefCell<Option<std::rc::Rc<Pipelines>>>,
@@ -289,6 +332,10 @@ impl Gpu {
         if timestamps {
             required_features |= stamps;
         }
+        let (subgroups, sums) = subgroup_choice(opts.subgroups, &info, features)?;
+        if subgroups {
+            required_features |= wgpu::Features::SUBGROUP;
+        }
         let (device, queue) = adapter
             .request_device(&wgpu::DeviceDescriptor {
                 label: Some("nibble"),
@@ -323,6 +370,7 @@ impl Gpu {
                 format!("Tiled for a {} adapter", report.device_type),
             ),
         };
+        let why = format!("{why}; {sums}");
         Ok(Gpu {
             device,
             queue,
@@ -336,6 +384,7 @@ impl Gpu {
                 .clamp(1, PREFILL_ROWS),
             shader_checks: ShaderChecks::effective(opts.shader_checks),
             timestamps,
+            subgroups,
             pipelines: Default::default(),
             report,
             errors,
@@ -351,6 +400,7 @@ impl Gpu {
                     &self.device,
                     self.activations,
                     self.shader_checks,
+                    self.subgroups,
                 ))
             })
             .clone()

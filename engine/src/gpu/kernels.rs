@@ -28,6 +28,11 @@ const KV: &str = include_str!("../../../shaders/kv.wgsl");
 const KVFORMAT: &str = include_str!("../../../shaders/kvformat.wgsl");
 const ATTENTION: &str = include_str!("../../../shaders/attention.wgsl");
 const ARGMAX: &str = include_str!("../../../shaders/argmax.wgsl");
+const REDUCE_SHARED: &str = include_str!("../../../shaders/reduce_shared.wgsl");
+const REDUCE_SUBGROUP: &str = include_str!("../../../shaders/reduce_subgroup.wgsl");
+/// Where a module takes `row_sum`: reduce_subgroup.wgsl where the device uses subgroups, else
+/// reduce_shared.wgsl ([`module_source`]).
+const REDUCE: &str = "// row_sum: reduce_shared.wgsl or reduce_subgroup.wgsl\n";
 
 /// Every compute kernel, in [`TABLE`] order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -86,7 +91,7 @@ macro_rules! def {
 
 const ATTENTION_MODULE: &[&str] = &[STEP, KVFORMAT, ATTENTION];
 
-const MATVEC4_MODULE: &[&str] = &[STEP, QUANT, MATRIX, MATVEC4];
+const MATVEC4_MODULE: &[&str] = &[STEP, QUANT, MATRIX, REDUCE, MATVEC4];
 
 pub(super) const TABLE: [KernelDef; 27] = [
     def!(Matvec, "matvec", "matvec", MATVEC_MODULE),
@@ -123,17 +128,29 @@ pub(super) const TABLE: [KernelDef; 27] = [
     def!(Argmax, "argmax", "argmax", &[STEP, ARGMAX]),
 ];
 
-/// The WGSL source of a module: the activation alias first (`enable f16;` must open a module), the
-/// storage type codes from `dtype.rs`, then the module's files.
-pub(super) fn module_source(act: Activations, parts: &[&str]) -> String {
+/// The WGSL source of a module: the activation alias first (`enable f16;` must open a module, and in
+/// a browser `enable subgroups;` with it where `subgroups` and the module sums rows), the storage type codes
+/// from `dtype.rs`, then the module's files, [`REDUCE`] replaced by the chosen `row_sum`.
+pub(super) fn module_source(act: Activations, parts: &[&str], subgroups: bool) -> String {
     let alias = match act {
         Activations::F16 => ACT_F16,
         Activations::F32 => ACT_F32,
     };
-    let mut s = String::from(alias);
+    let sums = parts.contains(&REDUCE);
+    let mut s = String::new();
+    // Browsers (Tint) require the directive; naga (wgpu 30) refuses it and takes subgroup
+    // operations when the device has the feature.
+    if sums && subgroups && cfg!(target_arch = "wasm32") {
+        s += "enable subgroups;\n";
+    }
+    s += alias;
     s += &crate::dtype::wgsl_constants();
-    for p in parts {
-        s += p;
+    for &p in parts {
+        s += match p {
+            REDUCE if subgroups => REDUCE_SUBGROUP,
+            REDUCE => REDUCE_SHARED,
+            p => p,
+        };
     }
     s
 }
@@ -142,7 +159,12 @@ pub(super) fn module_source(act: Activations, parts: &[&str]) -> String {
 pub(super) struct Pipelines(Vec<wgpu::ComputePipeline>);
 
 impl Pipelines {
-    pub fn new(device: &wgpu::Device, act: Activations, checks: ShaderChecks) -> Pipelines {
+    pub fn new(
+        device: &wgpu::Device,
+        act: Activations,
+        checks: ShaderChecks,
+        subgroups: bool,
+    ) -> Pipelines {
         let mut modules: HashMap<&str, wgpu::ShaderModule> = HashMap::new();
         let pipes = TABLE
             .iter()
@@ -152,7 +174,9 @@ impl Pipelines {
                 let m = modules.entry(d.module).or_insert_with(|| {
                     let desc = wgpu::ShaderModuleDescriptor {
                         label: Some(d.module),
-                        source: wgpu::ShaderSource::Wgsl(module_source(act, d.parts).into()),
+                        source: wgpu::ShaderSource::Wgsl(
+                            module_source(act, d.parts, subgroups).into(),
+                        ),
                     };
                     if checks.runtime {
                         device.create_shader_module(desc)
@@ -624,7 +648,7 @@ mod tests {
     #[test]
     fn every_entry_point_is_in_its_module() {
         for d in &TABLE {
-            let src = module_source(Activations::F32, d.parts);
+            let src = module_source(Activations::F32, d.parts, false);
             assert!(
                 src.contains(&format!("fn {}(", d.entry)),
                 "{} is not defined in module {}",
