@@ -442,4 +442,3 @@ fn matvec4_glu_q4c(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocat
         out[p.row0 + rl.x] = act(g / (1.0 + exp(-g)) * up);
     }
 }
-
