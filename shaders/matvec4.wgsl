@@ -442,3 +442,119 @@ fn matvec4_glu_q4c(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocat
         out[p.row0 + rl.x] = act(g / (1.0 + exp(-g)) * up);
     }
 }
+
+// matvec4_qkv_q4c: a layer's Q, K and V products (q4_0, one width and block) in one dispatch, their
+// codes and scales concatenated at load (QkvLayout: each matrix at an aligned offset), laid out as
+// matvec4_q4c. Rows run Q's, then K's, then V's; each matrix has whole workgroups of 8 rows, so a
+// workgroup reads one matrix. Where `rope` is 1 (llama's adjacent pairs, nothing between the products
+// and RoPE), Q's and K's rows leave rotated: pair (2f, 2f + 1) of a head is two rows of one workgroup,
+// rotated by the table's cos and sin of frequency f, rounded once. Two dispatches fewer per layer, three
+// with RoPE, and the three products fill the GPU together.
+// Bindings: 0 QkvParams, 1 codes (words1), 2 scales, 4 x, 5 Q, 9 K, 10 V, 11 the RoPE table
+// (rope.wgsl's, one row).
+
+struct QkvParams {
+    // Rows of Q and of K (and V).
+    q_rows: u32,
+    kv_rows: u32,
+    cols: u32,
+    block: u32,
+    // Where K's and V's codes and scales start, in words.
+    k_words: u32,
+    v_words: u32,
+    k_scales: u32,
+    v_scales: u32,
+    rope: u32,
+    head_size: u32,
+    pad0: u32,
+    pad1: u32,
+}
+
+@group(0) @binding(0) var<uniform> qp: QkvParams;
+@group(0) @binding(9) var<storage, read_write> out_k: array<act>;
+@group(0) @binding(10) var<storage, read_write> out_v: array<act>;
+@group(0) @binding(11) var<storage, read> rope_table: array<f32>;
+
+// Each row's sum, for the row beside it (RoPE's pairs).
+var<workgroup> pair_sums: array<f32, 8>;
+
+fn store_qkv(m: u32, r: u32, v: f32) {
+    if (m == 0u) {
+        out[r] = act(v);
+    } else if (m == 1u) {
+        out_k[r] = act(v);
+    } else {
+        out_v[r] = act(v);
+    }
+}
+
+// Word w of unit u (32 values) of a row starting at element e0, this lane's quarter qd: as
+// dot_q4c, with the matrix's scales from word sbase on.
+fn qkv_unit(w: u32, u: u32, qd: u32, e0: u32, sbase: u32, sh: u32) -> f32 {
+    let b = (e0 + 32u * u) >> sh;
+    let d = half_at(scales[sbase + (b >> 1u)], b);
+    return d * q4_0c(w, xq(8u * u + 2u * qd), xq(8u * u + 2u * qd + 1u));
+}
+
+@compute @workgroup_size(256)
+fn matvec4_qkv_q4c(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let g0 = (wid.x + wid.y * 65535u) * ROWS4;
+    // The matrix this workgroup reads (uniform across it), its first row and its codes and scales.
+    var m = 0u;
+    var first = g0;
+    var wbase = 0u;
+    var sbase = 0u;
+    if (g0 >= qp.q_rows + qp.kv_rows) {
+        m = 2u;
+        first = g0 - qp.q_rows - qp.kv_rows;
+        wbase = qp.v_words;
+        sbase = qp.v_scales;
+    } else if (g0 >= qp.q_rows) {
+        m = 1u;
+        first = g0 - qp.q_rows;
+        wbase = qp.k_words;
+        sbase = qp.k_scales;
+    }
+    let rows = select(qp.kv_rows, qp.q_rows, m == 0u);
+    let r = first + lid.x / LANES4;
+    let lane = lid.x % LANES4;
+    let sh = countTrailingZeros(qp.block);
+    var acc = 0.0;
+    if (r < rows) {
+        let nu = qp.cols / 32u;
+        let qd = lane % 4u;
+        let base = wbase + r * qp.cols / 8u + qd;
+        let e0 = r * qp.cols;
+        var u = lane / 4u;
+        for (; u + 24u < nu; u += 32u) {
+            let w0 = words1[base + 4u * u];
+            let w1 = words1[base + 4u * (u + 8u)];
+            let w2 = words1[base + 4u * (u + 16u)];
+            let w3 = words1[base + 4u * (u + 24u)];
+            acc += (qkv_unit(w0, u, qd, e0, sbase, sh) + qkv_unit(w1, u + 8u, qd, e0, sbase, sh))
+                + (qkv_unit(w2, u + 16u, qd, e0, sbase, sh) + qkv_unit(w3, u + 24u, qd, e0, sbase, sh));
+        }
+        for (; u < nu; u += 8u) {
+            acc += qkv_unit(words1[base + 4u * u], u, qd, e0, sbase, sh);
+        }
+    }
+    let total = row_sum(acc, lid.x);
+    if (qp.rope == 1u && m < 2u) {
+        let local = lid.x / LANES4;
+        if (lane == 0u) {
+            pair_sums[local] = total;
+        }
+        workgroupBarrier();
+        // The first row of each pair rotates both.
+        if (lane == 0u && r % 2u == 0u && r < rows) {
+            let f = (r % qp.head_size) / 2u;
+            let c = rope_table[2u * f];
+            let s = rope_table[2u * f + 1u];
+            let b = pair_sums[local + 1u];
+            store_qkv(m, r, total * c - b * s);
+            store_qkv(m, r + 1u, total * s + b * c);
+        }
+    } else if (lane == 0u && r < rows) {
+        store_qkv(m, r, total);
+    }
+}

@@ -83,6 +83,14 @@ pub trait Kernels {
     fn rmsnorm(&mut self, out: Act, x: Act, w: TensorId);
     /// `out = W x`
     fn matvec(&mut self, out: Act, w: TensorId, x: Act);
+    /// `Q, K, V = Wq x, Wk x, Wv x` for `layer`. A backend may run the three as one kernel and, where
+    /// the family puts nothing between them and RoPE (no biases, no head norms, adjacent pairs), rotate
+    /// Q and K there too, its next [`Kernels::rope_qk`] then doing nothing.
+    fn qkv(&mut self, layer: usize, x: Act) {
+        self.matvec(Act::Q, TensorId::Wq(layer), x);
+        self.matvec(Act::K, TensorId::Wk(layer), x);
+        self.matvec(Act::V, TensorId::Wv(layer), x);
+    }
     /// `out += W x` (a projection added to the residual stream; backends may fuse the add).
     fn matvec_add(&mut self, out: Act, w: TensorId, x: Act);
     /// `x += b` on every row, `b` a vector tensor (a projection's bias).

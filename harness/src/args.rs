@@ -31,9 +31,20 @@ pub struct ModelArgs {
 /// `NIBBLE_PREFILL_ROWS=N` caps the rows of a batched prompt pass (1: token by token, as llama.cpp's
 /// `--ubatch-size`),
 /// `NIBBLE_SHADER_CHECKS=on|off|runtime|zero-init` what wgpu's shader safety code kept natively,
-/// `NIBBLE_SUBGROUPS=on|off` whether the matrix kernels sum rows with subgroup operations.
+/// `NIBBLE_SUBGROUPS=on|off` whether the matrix kernels sum rows with subgroup operations,
+/// `NIBBLE_QKV=on|off` whether decode runs a layer's Q, K and V products as one kernel.
 pub fn gpu_env_options() -> Result<GpuOptions> {
     let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+    let on_off = |k: &str| {
+        var(k)
+            .map(|v| match v.as_str() {
+                "on" => Ok(true),
+                "off" => Ok(false),
+                _ => Err(anyhow::anyhow!("expected on or off, not {v:?}")),
+            })
+            .transpose()
+            .context(k.to_string())
+    };
     Ok(GpuOptions {
         matvec: var("NIBBLE_MATVEC")
             .map(|v| MatvecKernel::parse(&v))
@@ -47,14 +58,8 @@ pub fn gpu_env_options() -> Result<GpuOptions> {
             .map(|v| ShaderChecks::parse(&v))
             .transpose()
             .context("NIBBLE_SHADER_CHECKS")?,
-        subgroups: var("NIBBLE_SUBGROUPS")
-            .map(|v| match v.as_str() {
-                "on" => Ok(true),
-                "off" => Ok(false),
-                _ => Err(anyhow::anyhow!("expected on or off, not {v:?}")),
-            })
-            .transpose()
-            .context("NIBBLE_SUBGROUPS")?,
+        subgroups: on_off("NIBBLE_SUBGROUPS")?,
+        fuse_qkv: on_off("NIBBLE_QKV")?,
         ..GpuOptions::default()
     })
 }

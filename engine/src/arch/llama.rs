@@ -25,9 +25,7 @@ pub fn forward(k: &mut dyn Kernels, c: &Config, tokens: &[u32], pos: usize) {
     for l in 0..c.n_layers {
         // Attention block.
         k.rmsnorm(Act::Xb, Act::X, TensorId::AttnNorm(l));
-        k.matvec(Act::Q, TensorId::Wq(l), Act::Xb);
-        k.matvec(Act::K, TensorId::Wk(l), Act::Xb);
-        k.matvec(Act::V, TensorId::Wv(l), Act::Xb);
+        k.qkv(l, Act::Xb);
         if c.qkv_bias() {
             k.add_bias(Act::Q, TensorId::BiasQ(l));
             k.add_bias(Act::K, TensorId::BiasK(l));

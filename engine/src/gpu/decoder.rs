@@ -2,12 +2,12 @@
 //! kernel table and reads back what the caller asks for.
 
 use super::device::{pop_error_scope, Gpu};
-use super::kernels::{fold, max_splits, BindKey, Pipelines, ATTN_SPLIT};
+use super::kernels::{max_splits, BindKey, Pipelines};
 use super::layout::{buffer, kv_layer_bytes, GpuMemory};
 use super::profile::{KernelTime, Profiler};
 use super::upload::GpuWeights;
 use crate::arch::forward;
-use crate::forward::{rope_freqs, Act, Kernels};
+use crate::forward::{rope_freqs, Act};
 use crate::kv::{KvConfig, KvType};
 use crate::model::{Config, Model, TensorId};
 use crate::{Decoder, Error, Result};
@@ -88,6 +88,8 @@ pub struct GpuDecoder<'g> {
     /// Timestamps of the pass being recorded, while [`Decoder::profile`] runs one.
     pub(super) profiler: Option<Profiler>,
     pub(super) profiling: bool,
+    /// Whether this pass's Q/K/V kernel applied RoPE, which `rope_qk` then leaves alone.
+    pub(super) roped: bool,
 }
 
 impl<'g> GpuDecoder<'g> {
@@ -206,6 +208,7 @@ impl<'g> GpuDecoder<'g> {
             rope_table: vec![0.0; max_rows * c.head_size()],
             profiler: None,
             profiling: false,
+            roped: false,
             config: c,
         })
     }
@@ -223,26 +226,7 @@ impl<'g> GpuDecoder<'g> {
         &self.acts[a as usize]
     }
 
-    fn matvec_into(&mut self, out: Act, w: TensorId, x: Act, accumulate: bool) {
-        if self.rows > 1 {
-            // A batch: the tiled kernel covers 64 weight rows by 32 tokens per workgroup.
-            let tiles = self.rows.div_ceil(32) as u32;
-            for ci in 0..self.w.mats[&w].chunks.len() {
-                let rows = self.w.mats[&w].chunks[ci].rows;
-                let key = BindKey::Matmul(w, ci, out, x, accumulate);
-                self.dispatch(key, (rows.div_ceil(64) as u32, tiles));
-            }
-            return;
-        }
-        for ci in 0..self.w.mats[&w].chunks.len() {
-            let rows = self.w.mats[&w].chunks[ci].rows;
-            let key = BindKey::Matvec(w, ci, out, x, accumulate);
-            let groups = fold(rows.div_ceil(self.kernel_of(key).rows_per_group()));
-            self.dispatch(key, groups);
-        }
-    }
-
-    fn dispatch(&mut self, key: BindKey, groups: (u32, u32)) {
+    pub(super) fn dispatch(&mut self, key: BindKey, groups: (u32, u32)) {
         self.ensure(key);
         self.dispatches += 1;
         let kernel = self.kernel_of(key);
@@ -552,102 +536,6 @@ impl<'g> GpuDecoder<'g> {
 /// 256 and 4662 in 512 (`benchmarks/2026-12-03-h200-checks.md`): a pass of 64 rows gives a matrix of
 /// 2048 rows only 64 workgroups.
 pub const PREFILL_ROWS: usize = 512;
-
-fn wg(n: usize, size: usize) -> (u32, u32) {
-    (n.div_ceil(size) as u32, 1)
-}
-
-impl Kernels for GpuDecoder<'_> {
-    fn max_rows(&self) -> usize {
-        self.max_rows
-    }
-
-    fn embed(&mut self, tokens: &[u32], out: Act) {
-        // The kernel reads each row's token from the steps; every chunk holding one of them is bound.
-        let n = self.config.dim;
-        let rows = tokens.len() as u32;
-        for ci in 0..self.w.mats[&TensorId::TokEmbd].chunks.len() {
-            let ch = &self.w.mats[&TensorId::TokEmbd].chunks[ci];
-            let (lo, hi) = (ch.row0, ch.row0 + ch.rows);
-            if self.chained || tokens.iter().any(|&t| (lo..hi).contains(&(t as usize))) {
-                self.dispatch(BindKey::Embed(out, ci), (wg(n, 64).0, rows));
-            }
-        }
-    }
-
-    fn rmsnorm(&mut self, out: Act, x: Act, w: TensorId) {
-        self.dispatch(BindKey::Norm(w, out, x), (self.rows as u32, 1));
-    }
-
-    fn head_norm(&mut self, x: Act, w: TensorId) {
-        let heads = x.len(&self.config) / self.config.head_size();
-        self.dispatch(BindKey::HeadNorm(w, x), ((self.rows * heads) as u32, 1));
-    }
-
-    fn matvec(&mut self, out: Act, w: TensorId, x: Act) {
-        self.matvec_into(out, w, x, false);
-    }
-
-    fn matvec_add(&mut self, out: Act, w: TensorId, x: Act) {
-        self.matvec_into(out, w, x, true);
-    }
-
-    fn rope_qk(&mut self, _pos0: usize) {
-        let n = self.config.q_dim() + self.config.kv_dim();
-        self.dispatch(BindKey::RopeQk, (wg(n / 2, 64).0, self.rows as u32));
-    }
-
-    fn kv_store(&mut self, layer: usize, pos0: usize) {
-        let n = self.config.kv_dim();
-        self.dispatch(BindKey::KvStore(layer), (wg(n, 64).0, self.rows as u32));
-        // A kivi4 key group completes at the pass's last position: quantize it per channel.
-        let kv = &self.kv;
-        let pos = pos0 + self.rows - 1;
-        if kv.k == KvType::Kivi4 && pos >= kv.sinks && (pos - kv.sinks) % kv.group == kv.group - 1 {
-            self.dispatch(BindKey::KiviFlush(layer), wg(n, 64));
-        }
-    }
-
-    fn attention(&mut self, out: Act, layer: usize, _pos0: usize) {
-        let h = self.config.n_heads as u32;
-        if self.rows == 1 {
-            // Decode: the context split across workgroups, then combined (flash-decoding).
-            let splits = self.n_att.div_ceil(ATTN_SPLIT) as u32;
-            self.dispatch(BindKey::AttnSplit(layer), (h, splits));
-            self.dispatch(BindKey::AttnCombine(out), (h, 1));
-        } else {
-            self.dispatch(BindKey::Attention(layer, out), (h, self.rows as u32));
-        }
-    }
-
-    fn gate_up(&mut self, out: Act, scratch: Act, gate: TensorId, up: TensorId, x: Act) {
-        if !self.fuses_glu(gate, up) {
-            self.matvec(out, gate, x);
-            self.matvec(scratch, up, x);
-            self.swiglu(out, scratch);
-            return;
-        }
-        let rows = self.w.mats[&gate].chunks[0].rows;
-        let key = BindKey::Glu(gate, up, out, x);
-        let groups = fold(rows.div_ceil(self.kernel_of(key).rows_per_group()));
-        self.dispatch(key, groups);
-    }
-
-    fn swiglu(&mut self, gate: Act, up: Act) {
-        let n = gate.len(&self.config);
-        self.dispatch(BindKey::Swiglu(gate, up), (wg(n, 64).0, self.rows as u32));
-    }
-
-    fn add_bias(&mut self, x: Act, b: TensorId) {
-        let n = x.len(&self.config);
-        self.dispatch(BindKey::AddBias(x, b), (wg(n, 64).0, self.rows as u32));
-    }
-
-    fn add(&mut self, x: Act, y: Act) {
-        let n = x.len(&self.config);
-        self.dispatch(BindKey::Add(x, y), (wg(n, 64).0, self.rows as u32));
-    }
-}
 
 impl Decoder for GpuDecoder<'_> {
     fn config(&self) -> &Config {

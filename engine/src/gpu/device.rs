@@ -220,6 +220,9 @@ pub struct GpuOptions {
     /// Sum the matrix kernels' rows with subgroup operations (true), in workgroup memory (false);
     /// default: subgroups where the adapter has them at most 32 wide (a row is 32 lanes).
     pub subgroups: Option<bool>,
+    /// Lay each layer's Q, K and V weights out in shared buffers, so decode runs the three products
+    /// (and RoPE) as one kernel where the matvec kernel allows; default true (false: apart, to compare).
+    pub fuse_qkv: Option<bool>,
 }
 
 /// Whether the matrix kernels sum rows with subgroups, and why (for results): asked for, or by default
@@ -282,6 +285,8 @@ pub struct Gpu {
     /// Whether the matrix kernels sum rows with subgroup operations (`reduce_subgroup.wgsl`);
     /// [`Gpu::matvec_choice`] says why.
     pub subgroups: bool,
+    /// Whether uploads share Q, K and V buffers per layer ([`GpuOptions::fuse_qkv`]).
+    pub fuse_qkv: bool,
     /// Every kernel's pipeline, compiled for the first decoder and shared by the next: a browser
     /// compiles each pipeline when it first runs (SwiftShader: seconds), and only once per object.
     pipelines: std::cell::RefCell<Option<std::rc::Rc<Pipelines>>>,
@@ -370,7 +375,12 @@ impl Gpu {
                 format!("Tiled for a {} adapter", report.device_type),
             ),
         };
-        let why = format!("{why}; {sums}");
+        let fuse_qkv = opts.fuse_qkv.unwrap_or(true);
+        let qkv = match opts.fuse_qkv {
+            Some(false) => "Q/K/V apart, set by the caller",
+            _ => "Q/K/V in one kernel where q4_0",
+        };
+        let why = format!("{why}; {sums}; {qkv}");
         Ok(Gpu {
             device,
             queue,
@@ -385,6 +395,7 @@ impl Gpu {
             shader_checks: ShaderChecks::effective(opts.shader_checks),
             timestamps,
             subgroups,
+            fuse_qkv,
             pipelines: Default::default(),
             report,
             errors,

@@ -5,7 +5,7 @@
 
 use super::decoder::GpuDecoder;
 use super::device::{Activations, ShaderChecks};
-use super::layout::{kivi_ring, Chunk, GpuMatrix};
+use super::layout::{kivi_ring, Chunk, GpuMatrix, View};
 use crate::dtype::WType;
 use crate::forward::Act;
 use crate::model::TensorId;
@@ -44,6 +44,7 @@ pub(super) enum Kernel {
     Matvec4Q4,
     Matvec4Q4C,
     Matvec4GluQ4C,
+    Matvec4QkvQ4C,
     Matvec4Q4K,
     Matvec4Q5K,
     Matmul,
@@ -93,7 +94,7 @@ const ATTENTION_MODULE: &[&str] = &[STEP, KVFORMAT, ATTENTION];
 
 const MATVEC4_MODULE: &[&str] = &[STEP, QUANT, MATRIX, REDUCE, MATVEC4];
 
-pub(super) const TABLE: [KernelDef; 27] = [
+pub(super) const TABLE: [KernelDef; 28] = [
     def!(Matvec, "matvec", "matvec", MATVEC_MODULE),
     def!(Matvec4F32, "matvec4_f32", "matvec4", MATVEC4_MODULE),
     def!(Matvec4F16, "matvec4_f16", "matvec4", MATVEC4_MODULE),
@@ -101,6 +102,7 @@ pub(super) const TABLE: [KernelDef; 27] = [
     def!(Matvec4Q4, "matvec4_q4", "matvec4", MATVEC4_MODULE),
     def!(Matvec4Q4C, "matvec4_q4c", "matvec4", MATVEC4_MODULE),
     def!(Matvec4GluQ4C, "matvec4_glu_q4c", "matvec4", MATVEC4_MODULE),
+    def!(Matvec4QkvQ4C, "matvec4_qkv_q4c", "matvec4", MATVEC4_MODULE),
     def!(Matvec4Q4K, "matvec4_q4k", "matvec4", MATVEC4_MODULE),
     def!(Matvec4Q5K, "matvec4_q5k", "matvec4", MATVEC4_MODULE),
     def!(Matmul, "matmul", "matvec", MATVEC_MODULE),
@@ -294,6 +296,9 @@ pub(super) enum BindKey {
     Matmul(TensorId, usize, Act, Act, bool),
     /// SwiGLU's gate and up products in one dispatch: gate, up, output, input.
     Glu(TensorId, TensorId, Act, Act),
+    /// A layer's Q, K and V products in one dispatch (their shared buffers), from the input; RoPE
+    /// applied where the bool says.
+    Qkv(usize, Act, bool),
     /// Output and the embedding chunk holding the token.
     Embed(Act, usize),
     Norm(TensorId, Act, Act),
@@ -344,6 +349,7 @@ impl BindKey {
             }
             BindKey::Matmul(..) => Kernel::Matmul,
             BindKey::Glu(..) => Kernel::Matvec4GluQ4C,
+            BindKey::Qkv(..) => Kernel::Matvec4QkvQ4C,
             BindKey::Embed(..) => Kernel::Embed,
             BindKey::Norm(..) => Kernel::Rmsnorm,
             BindKey::HeadNorm(..) => Kernel::HeadNorm,
@@ -361,7 +367,7 @@ impl BindKey {
     }
 }
 
-type Entries = Vec<(u32, wgpu::Buffer)>;
+type Entries = Vec<(u32, View)>;
 
 impl GpuDecoder<'_> {
     /// The kernel `key` runs on this decoder's weights with the adapter's matvec choice.
@@ -387,6 +393,21 @@ impl GpuDecoder<'_> {
                 == Kernel::Matvec4Q4C
     }
 
+    /// Whether a decode step runs `layer`'s Q, K and V products as one kernel (`matvec4_qkv_q4c`):
+    /// their weights share buffers (`QkvLayout`), and the chosen kernel would run each in
+    /// `matvec4_q4c`.
+    pub(super) fn fuses_qkv(&self, layer: usize) -> bool {
+        self.rows == 1
+            && self.w.qkv.contains_key(&layer)
+            && self.kernel_of(BindKey::Matvec(
+                TensorId::Wq(layer),
+                0,
+                Act::Q,
+                Act::Xb,
+                false,
+            )) == Kernel::Matvec4Q4C
+    }
+
     /// Creates the bind group for `key` on first use.
     pub(super) fn ensure(&mut self, key: BindKey) {
         if self.binds.contains_key(&key) {
@@ -398,7 +419,7 @@ impl GpuDecoder<'_> {
             .iter()
             .map(|(i, b)| wgpu::BindGroupEntry {
                 binding: *i,
-                resource: b.as_entire_binding(),
+                resource: b.binding(),
             })
             .collect();
         let bg = self
@@ -415,7 +436,7 @@ impl GpuDecoder<'_> {
     /// The buffers `key` binds, by binding number (each shader's header lists them).
     fn entries(&self, key: BindKey) -> Entries {
         let c = &self.config;
-        let act = |a: Act| self.act(a).clone();
+        let act = |a: Act| View::whole(self.act(a).clone());
         match key {
             BindKey::Matvec(id, ci, out, x, acc) | BindKey::Matmul(id, ci, out, x, acc) => {
                 let mut e = self.matrix_entries(id, ci, acc);
@@ -424,9 +445,10 @@ impl GpuDecoder<'_> {
                 e
             }
             BindKey::Glu(gate, up, out, x) => self.glu_entries(gate, up, act(out), act(x)),
+            BindKey::Qkv(l, x, rope) => self.qkv_entries(l, act(x), rope),
             BindKey::Embed(out, ci) => {
                 let mut e = self.matrix_entries(TensorId::TokEmbd, ci, false);
-                e.extend([(5, act(out)), (6, self.step_buf.clone())]);
+                e.extend([(5, act(out)), (6, self.step_buf.clone().into())]);
                 e
             }
             BindKey::HeadNorm(id, x) => vec![
@@ -434,13 +456,13 @@ impl GpuDecoder<'_> {
                     0,
                     self.uniform(&[c.head_size() as u32, c.norm_eps.to_bits(), 0, 0]),
                 ),
-                (2, self.w.norms[&id].clone()),
+                (2, self.w.norms[&id].clone().into()),
                 (3, act(x)),
             ],
             BindKey::Norm(id, out, x) => vec![
                 (0, self.uniform(&[c.dim as u32, c.norm_eps.to_bits(), 0, 0])),
                 (1, act(x)),
-                (2, self.w.norms[&id].clone()),
+                (2, self.w.norms[&id].clone().into()),
                 (3, act(out)),
             ],
             BindKey::RopeQk => vec![
@@ -454,13 +476,13 @@ impl GpuDecoder<'_> {
                     ]),
                 ),
                 (1, act(Act::Q)),
-                (2, self.rope_buf.clone()),
+                (2, self.rope_buf.clone().into()),
                 (3, act(Act::K)),
             ],
             BindKey::AddBias(a, b) => vec![
                 (0, self.uniform(&[a.len(c) as u32, 0, 0, 0])),
                 (1, act(a)),
-                (3, self.w.norms[&b].clone()),
+                (3, self.w.norms[&b].clone().into()),
             ],
             BindKey::Add(a, b) | BindKey::Swiglu(a, b) => vec![
                 (0, self.uniform(&[a.len(c) as u32, 0, 0, 0])),
@@ -471,43 +493,43 @@ impl GpuDecoder<'_> {
                 (0, self.attn_params()),
                 (1, act(Act::K)),
                 (2, act(Act::V)),
-                (3, self.kcache[l].clone()),
-                (4, self.vcache[l].clone()),
-                (5, self.step_buf.clone()),
+                (3, self.kcache[l].clone().into()),
+                (4, self.vcache[l].clone().into()),
+                (5, self.step_buf.clone().into()),
             ],
             BindKey::KiviFlush(l) => vec![
                 (0, self.attn_params()),
-                (3, self.kcache[l].clone()),
-                (5, self.step_buf.clone()),
+                (3, self.kcache[l].clone().into()),
+                (5, self.step_buf.clone().into()),
             ],
             BindKey::Attention(l, out) => vec![
                 (0, self.attn_params()),
                 (1, act(Act::Q)),
-                (2, self.kcache[l].clone()),
-                (3, self.vcache[l].clone()),
-                (4, self.att.clone()),
+                (2, self.kcache[l].clone().into()),
+                (3, self.vcache[l].clone().into()),
+                (4, self.att.clone().into()),
                 (5, act(out)),
-                (6, self.step_buf.clone()),
+                (6, self.step_buf.clone().into()),
             ],
             BindKey::AttnSplit(l) => vec![
                 (0, self.attn_params()),
                 (1, act(Act::Q)),
-                (2, self.kcache[l].clone()),
-                (3, self.vcache[l].clone()),
-                (6, self.step_buf.clone()),
-                (7, self.parts.clone()),
+                (2, self.kcache[l].clone().into()),
+                (3, self.vcache[l].clone().into()),
+                (6, self.step_buf.clone().into()),
+                (7, self.parts.clone().into()),
             ],
             BindKey::AttnCombine(out) => vec![
                 (0, self.attn_params()),
                 (5, act(out)),
-                (6, self.step_buf.clone()),
-                (7, self.parts.clone()),
+                (6, self.step_buf.clone().into()),
+                (7, self.parts.clone().into()),
             ],
             BindKey::Argmax => vec![
                 (0, self.uniform(&[c.vocab_size as u32, 0, 0, 0])),
                 (1, act(Act::Logits)),
-                (2, self.argmax_buf.clone()),
-                (3, self.step_buf.clone()),
+                (2, self.argmax_buf.clone().into()),
+                (3, self.step_buf.clone().into()),
             ],
         }
     }
@@ -517,7 +539,7 @@ impl GpuDecoder<'_> {
     /// read no scales or mins, q8_0 no mins.
     fn keep_read_bindings(&self, key: BindKey, e: &mut Entries) {
         if matches!(key, BindKey::Matmul(..)) {
-            e.push((6, self.step_buf.clone()));
+            e.push((6, self.step_buf.clone().into()));
         }
         match self.kernel_of(key) {
             Kernel::Matvec4F32
@@ -533,13 +555,7 @@ impl GpuDecoder<'_> {
 
     /// The gate matrix as any q4_0 product binds it (no mins), x, the output, the up matrix's codes
     /// and scales.
-    fn glu_entries(
-        &self,
-        gate: TensorId,
-        up: TensorId,
-        out: wgpu::Buffer,
-        x: wgpu::Buffer,
-    ) -> Entries {
+    fn glu_entries(&self, gate: TensorId, up: TensorId, out: View, x: View) -> Entries {
         let mut e = self.matrix_entries(gate, 0, false);
         e.retain(|(i, _)| *i != 3);
         let upc = &self.w.mats[&up].chunks[0];
@@ -550,6 +566,40 @@ impl GpuDecoder<'_> {
             (8, upc.scales.clone()),
         ]);
         e
+    }
+
+    /// A layer's shared Q, K and V codes and scales, the section offsets, x, the three outputs and the
+    /// RoPE table (matvec4_qkv_q4c).
+    fn qkv_entries(&self, l: usize, x: View, rope: bool) -> Entries {
+        let q = &self.w.qkv[&l];
+        let lay = &q.layout;
+        let c = &self.config;
+        let word = |b: u64| (b / 4) as u32;
+        let params = self.uniform(&[
+            lay.rows[0] as u32,
+            lay.rows[1] as u32,
+            c.dim as u32,
+            self.w.mats[&TensorId::Wq(l)].block as u32,
+            word(lay.words[1].0),
+            word(lay.words[2].0),
+            word(lay.scales[1].0),
+            word(lay.scales[2].0),
+            rope as u32,
+            c.head_size() as u32,
+            0,
+            0,
+        ]);
+        let act = |a: Act| View::whole(self.act(a).clone());
+        vec![
+            (0, params),
+            (1, q.words.clone().into()),
+            (2, q.scales.clone().into()),
+            (4, x),
+            (5, act(Act::Q)),
+            (9, act(Act::K)),
+            (10, act(Act::V)),
+            (11, self.rope_buf.clone().into()),
+        ]
     }
 
     /// Bindings 0-3 of a matrix kernel: parameters and one chunk's codes, scales and mins.
@@ -564,17 +614,19 @@ impl GpuDecoder<'_> {
         ]
     }
 
-    fn uniform(&self, words: &[u32]) -> wgpu::Buffer {
-        self.gpu
+    fn uniform(&self, words: &[u32]) -> View {
+        let b = self
+            .gpu
             .device
             .create_buffer_init(&wgpu::util::BufferInitDescriptor {
                 label: Some("params"),
                 contents: bytemuck::cast_slice(words),
                 usage: wgpu::BufferUsages::UNIFORM,
-            })
+            });
+        View::whole(b)
     }
 
-    fn mat_params(&self, m: &GpuMatrix, ch: &Chunk, accumulate: bool) -> wgpu::Buffer {
+    fn mat_params(&self, m: &GpuMatrix, ch: &Chunk, accumulate: bool) -> View {
         self.uniform(&[
             ch.rows as u32,
             m.cols as u32,
@@ -587,7 +639,7 @@ impl GpuDecoder<'_> {
         ])
     }
 
-    fn attn_params(&self) -> wgpu::Buffer {
+    fn attn_params(&self) -> View {
         let c = &self.config;
         self.uniform(&[
             c.n_heads as u32,

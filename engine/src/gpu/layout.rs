@@ -18,12 +18,46 @@ pub struct GpuMemory {
     pub total: u64,
 }
 
+/// A storage binding: a whole buffer, or the range of one that a matrix of a layer's concatenated
+/// Q, K and V weights occupies (offsets aligned as the adapter requires).
+#[derive(Clone)]
+pub(super) struct View {
+    pub buffer: wgpu::Buffer,
+    pub offset: u64,
+    pub size: u64,
+}
+
+impl View {
+    pub fn whole(buffer: wgpu::Buffer) -> View {
+        let size = buffer.size();
+        View {
+            buffer,
+            offset: 0,
+            size,
+        }
+    }
+
+    pub fn binding(&self) -> wgpu::BindingResource<'_> {
+        wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+            buffer: &self.buffer,
+            offset: self.offset,
+            size: wgpu::BufferSize::new(self.size),
+        })
+    }
+}
+
+impl From<wgpu::Buffer> for View {
+    fn from(b: wgpu::Buffer) -> View {
+        View::whole(b)
+    }
+}
+
 /// Rows `row0..row0 + rows` of a matrix in their own storage bindings.
 #[derive(Clone)]
 pub(super) struct Chunk {
-    pub words: wgpu::Buffer,
-    pub scales: wgpu::Buffer,
-    pub mins: wgpu::Buffer,
+    pub words: View,
+    pub scales: View,
+    pub mins: View,
     pub row0: usize,
     pub rows: usize,
 }
@@ -131,4 +165,52 @@ pub(super) fn buffer(
         usage,
         mapped_at_creation: false,
     })
+}
+
+/// One layer's Q, K and V weights (q4_0, one shape of columns and block) in one buffer of codes and
+/// one of scales, each matrix at an offset the adapter can bind on its own, so that decode runs the
+/// three products as one dispatch (`matvec4_qkv_q4c`) and everything else binds each as before.
+/// Offsets and lengths in bytes, by matrix: Q, K, V.
+#[derive(Clone, Debug, PartialEq)]
+pub(super) struct QkvLayout {
+    pub rows: [usize; 3],
+    pub words: [(u64, u64); 3],
+    pub scales: [(u64, u64); 3],
+    pub words_len: u64,
+    pub scales_len: u64,
+}
+
+impl QkvLayout {
+    /// The layout for these three shapes, or `None` where they cannot share a dispatch: not all q4_0
+    /// of one width and block, rows not in whole workgroups of 8 (each workgroup then reads one
+    /// matrix), or more than one binding holds.
+    pub fn plan(shapes: [Shape; 3], align: u64, max_binding: u64) -> Option<QkvLayout> {
+        let s0 = shapes[0];
+        let same = shapes
+            .iter()
+            .all(|s| (s.ty, s.cols, s.block) == (WType::Q4_0, s0.cols, s0.block));
+        if !same || !s0.cols.is_multiple_of(s0.block) || shapes.iter().any(|s| s.rows % 8 != 0) {
+            return None;
+        }
+        let up = |n: u64| n.div_ceil(align) * align;
+        let mut at = (0, 0);
+        let mut words = [(0, 0); 3];
+        let mut scales = [(0, 0); 3];
+        for (i, s) in shapes.iter().enumerate() {
+            let w = (s.rows * s.row_bytes()) as u64;
+            // One f16 scale per block; rows come in eights, so whole words.
+            let sc = (s.rows * (s.cols / s.block) * 2) as u64;
+            words[i] = (at.0, w);
+            scales[i] = (at.1, sc);
+            at = (up(at.0 + w), up(at.1 + sc));
+        }
+        let (words_len, scales_len) = (words[2].0 + words[2].1, scales[2].0 + scales[2].1);
+        (words_len <= max_binding && scales_len <= max_binding).then_some(QkvLayout {
+            rows: shapes.map(|s| s.rows),
+            words,
+            scales,
+            words_len,
+            scales_len,
+        })
+    }
 }

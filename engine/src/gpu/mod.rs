@@ -5,6 +5,7 @@
 //! - `upload`: weights uploaded whole or tensor by tensor as a load streams them (`GpuSink`).
 //! - `kernels`: the kernel table (entry points, shader files, pipelines) and what each binding key binds.
 //! - `decoder`: one sequence: activations, KV cache, recording a pass, reading back.
+//! - `ops`: the forward pass's operations as dispatches, fused kernels chosen where weights allow.
 //!
 //! Weights are uploaded once in the planar layout of `quant.rs`. Activations, the KV cache, the attention
 //! scratch, the per-row steps and the staging buffers are allocated when the decoder is made; bind
@@ -16,6 +17,7 @@ mod decoder;
 mod device;
 mod kernels;
 mod layout;
+mod ops;
 mod profile;
 mod upload;
 

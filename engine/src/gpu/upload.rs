@@ -1,7 +1,7 @@
 //! Uploading weights, whole or tensor by tensor as a load streams them.
 
 use super::device::{pop_error_scope, Gpu};
-use super::layout::{rows_per_chunk, Chunk, GpuMatrix, Shape};
+use super::layout::{rows_per_chunk, Chunk, GpuMatrix, QkvLayout, Shape, View};
 use crate::model::{Class, Config, Model, Plan, Tensor, TensorId};
 use crate::quant::{QMatrix, WType};
 use crate::{Error, Result};
@@ -18,6 +18,15 @@ pub struct GpuWeights {
     pub(super) by_class: BTreeMap<Class, u64>,
     /// `rope_freqs.weight`, also kept on the host: the RoPE table is computed there.
     pub(super) rope_divisors: Option<Vec<f32>>,
+    /// Per layer whose Q, K and V share buffers: their layout and the codes and scales buffers.
+    pub(super) qkv: HashMap<usize, Qkv>,
+}
+
+/// A layer's Q, K and V weights in one buffer of codes and one of scales ([`QkvLayout`]).
+pub(super) struct Qkv {
+    pub layout: QkvLayout,
+    pub words: wgpu::Buffer,
+    pub scales: wgpu::Buffer,
 }
 
 impl GpuWeights {
@@ -42,6 +51,8 @@ pub struct WeightUpload<'g> {
     gpu: &'g Gpu,
     plan: HashMap<TensorId, (WType, usize)>,
     tied: bool,
+    /// Layers whose Q, K and V the plan lets share buffers, until the first of them arrives.
+    qkv_plans: HashMap<usize, QkvLayout>,
     w: GpuWeights,
     /// The largest single buffer copied to the GPU (what one upload stages), and the time spent.
     pub largest_staging: u64,
@@ -76,8 +87,37 @@ impl<'g> WeightUpload<'g> {
                 )));
             }
         }
+        let mut qkv_plans = HashMap::new();
+        for l in (0..c.n_layers).filter(|_| gpu.fuse_qkv) {
+            let shape = |id: TensorId| {
+                let (ty, block) = plan
+                    .matrices
+                    .iter()
+                    .find(|m| m.0 == id)
+                    .map(|m| (m.1, m.2))?;
+                let (rows, cols) = id.shape(c);
+                Some(Shape {
+                    ty,
+                    rows,
+                    cols,
+                    block,
+                })
+            };
+            let (Some(q), Some(k), Some(v)) = (
+                shape(TensorId::Wq(l)),
+                shape(TensorId::Wk(l)),
+                shape(TensorId::Wv(l)),
+            ) else {
+                continue;
+            };
+            let align = gpu.device.limits().min_storage_buffer_offset_alignment as u64;
+            if let Some(layout) = QkvLayout::plan([q, k, v], align, gpu.max_binding) {
+                qkv_plans.insert(l, layout);
+            }
+        }
         Ok(WeightUpload {
             gpu,
+            qkv_plans,
             plan: plan
                 .matrices
                 .iter()
@@ -91,6 +131,7 @@ impl<'g> WeightUpload<'g> {
                 norms: HashMap::new(),
                 by_class: BTreeMap::new(),
                 rope_divisors: None,
+                qkv: HashMap::new(),
             },
             largest_staging: 0,
             upload_s: 0.0,
@@ -166,6 +207,12 @@ impl<'g> WeightUpload<'g> {
             .gpu
             .device
             .push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        if let Some((l, i)) = qkv_section(id) {
+            if self.qkv_plans.contains_key(&l) || self.w.qkv.contains_key(&l) {
+                let chunk = self.put_qkv(l, i, m)?;
+                return self.finish_matrix(id, m, vec![chunk], oom_scope, t0);
+            }
+        }
         let per = rows_per_chunk(Shape::of(m), self.gpu.max_binding).expect("checked in begin");
         let row_bytes = Shape::of(m).row_bytes();
         let words_bytes: &[u8] = bytemuck::cast_slice(&m.words);
@@ -175,7 +222,6 @@ impl<'g> WeightUpload<'g> {
             0
         };
         let mut chunks = Vec::new();
-        let mut bytes = 0;
         for row0 in (0..m.rows).step_by(per) {
             let rows = per.min(m.rows - row0);
             // Byte ranges of this chunk's rows; exact because chunks start on whole words.
@@ -185,15 +231,31 @@ impl<'g> WeightUpload<'g> {
             let mn = &m.mins
                 [(row0 * blocks).min(m.mins.len())..((row0 + rows) * blocks).min(m.mins.len())];
             let chunk = Chunk {
-                words: self.buffer(&name, w),
-                scales: self.buffer(&name, bytemuck::cast_slice(sc)),
-                mins: self.buffer(&name, bytemuck::cast_slice(mn)),
+                words: self.buffer(&name, w).into(),
+                scales: self.buffer(&name, bytemuck::cast_slice(sc)).into(),
+                mins: self.buffer(&name, bytemuck::cast_slice(mn)).into(),
                 row0,
                 rows,
             };
-            bytes += chunk.words.size() + chunk.scales.size() + chunk.mins.size();
             chunks.push(chunk);
         }
+        self.finish_matrix(id, m, chunks, oom_scope, t0)
+    }
+
+    /// Records an uploaded matrix, once its buffers are written.
+    fn finish_matrix(
+        &mut self,
+        id: TensorId,
+        m: &QMatrix,
+        chunks: Vec<Chunk>,
+        oom_scope: wgpu::ErrorScopeGuard,
+        t0: web_time::Instant,
+    ) -> Result<()> {
+        let name = id.gguf_name();
+        let bytes: u64 = chunks
+            .iter()
+            .map(|c| c.words.size + c.scales.size + c.mins.size)
+            .sum();
         if let Some(e) = pop_error_scope(oom_scope) {
             return Err(Error::Gpu(format!(
                 "out of GPU memory uploading {name} of {} ({bytes} bytes): {e}",
@@ -212,6 +274,57 @@ impl<'g> WeightUpload<'g> {
         );
         self.upload_s += t0.elapsed().as_secs_f64();
         Ok(())
+    }
+
+    /// Writes matrix `i` (Q, K, V) of layer `l` into the layer's shared buffers, made when the first
+    /// of the three arrives, and returns its view of them.
+    fn put_qkv(&mut self, l: usize, i: usize, m: &QMatrix) -> Result<Chunk> {
+        if let Some(layout) = self.qkv_plans.remove(&l) {
+            let make = |label: &str, size: u64| {
+                super::layout::buffer(
+                    &self.gpu.device,
+                    label,
+                    size,
+                    wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
+                )
+            };
+            let qkv = Qkv {
+                words: make(&format!("blk.{l}.qkv codes"), layout.words_len),
+                scales: make(&format!("blk.{l}.qkv scales"), layout.scales_len),
+                layout,
+            };
+            self.w.qkv.insert(l, qkv);
+        }
+        let q = &self.w.qkv[&l];
+        let (words, scales): (&[u8], &[u8]) = (
+            bytemuck::cast_slice(&m.words),
+            bytemuck::cast_slice(&m.scales),
+        );
+        let ((wo, wl), (so, sl)) = (q.layout.words[i], q.layout.scales[i]);
+        if words.len() as u64 != wl || scales.len() as u64 != sl || !m.mins.is_empty() {
+            return Err(Error::Gpu(format!(
+                "tensor {}: {} bytes of codes and {} of scales delivered, the plan said {wl} and {sl}",
+                qkv_id(l, i).gguf_name(),
+                words.len(),
+                scales.len()
+            )));
+        }
+        self.gpu.queue.write_buffer(&q.words, wo, words);
+        self.gpu.queue.write_buffer(&q.scales, so, scales);
+        self.largest_staging = self.largest_staging.max(wl);
+        let view = |b: &wgpu::Buffer, offset, size| View {
+            buffer: b.clone(),
+            offset,
+            size,
+        };
+        let (words, scales) = (view(&q.words, wo, wl), view(&q.scales, so, sl));
+        Ok(Chunk {
+            words,
+            scales,
+            mins: self.buffer(&qkv_id(l, i).gguf_name(), &[]).into(),
+            row0: 0,
+            rows: m.rows,
+        })
     }
 
     /// The uploaded weights, once every tensor of the plan has arrived.
@@ -236,6 +349,20 @@ impl<'g> WeightUpload<'g> {
         self.upload_s += t0.elapsed().as_secs_f64();
         Ok(Rc::new(self.w))
     }
+}
+
+/// Layer and index (Q 0, K 1, V 2) of a Q, K or V matrix.
+fn qkv_section(id: TensorId) -> Option<(usize, usize)> {
+    match id {
+        TensorId::Wq(l) => Some((l, 0)),
+        TensorId::Wk(l) => Some((l, 1)),
+        TensorId::Wv(l) => Some((l, 2)),
+        _ => None,
+    }
+}
+
+fn qkv_id(l: usize, i: usize) -> TensorId {
+    [TensorId::Wq(l), TensorId::Wk(l), TensorId::Wv(l)][i]
 }
 
 /// A [`crate::cache::Sink`] that uploads each tensor as the load delivers it, so the CPU never

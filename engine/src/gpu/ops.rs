@@ -1,0 +1,143 @@
+//! The forward pass's operations on the GPU ([`Kernels`] for [`GpuDecoder`]): each records its
+//! dispatches into the pass being built, choosing the fused kernels where the weights allow.
+
+use super::decoder::GpuDecoder;
+use super::kernels::{fold, BindKey, ATTN_SPLIT};
+use crate::forward::{Act, Kernels};
+use crate::kv::KvType;
+use crate::model::TensorId;
+
+impl GpuDecoder<'_> {
+    fn matvec_into(&mut self, out: Act, w: TensorId, x: Act, accumulate: bool) {
+        if self.rows > 1 {
+            // A batch: the tiled kernel covers 64 weight rows by 32 tokens per workgroup.
+            let tiles = self.rows.div_ceil(32) as u32;
+            for ci in 0..self.w.mats[&w].chunks.len() {
+                let rows = self.w.mats[&w].chunks[ci].rows;
+                let key = BindKey::Matmul(w, ci, out, x, accumulate);
+                self.dispatch(key, (rows.div_ceil(64) as u32, tiles));
+            }
+            return;
+        }
+        for ci in 0..self.w.mats[&w].chunks.len() {
+            let rows = self.w.mats[&w].chunks[ci].rows;
+            let key = BindKey::Matvec(w, ci, out, x, accumulate);
+            let groups = fold(rows.div_ceil(self.kernel_of(key).rows_per_group()));
+            self.dispatch(key, groups);
+        }
+    }
+}
+
+pub(super) fn wg(n: usize, size: usize) -> (u32, u32) {
+    (n.div_ceil(size) as u32, 1)
+}
+
+impl Kernels for GpuDecoder<'_> {
+    fn max_rows(&self) -> usize {
+        self.max_rows
+    }
+
+    fn embed(&mut self, tokens: &[u32], out: Act) {
+        // The kernel reads each row's token from the steps; every chunk holding one of them is bound.
+        let n = self.config.dim;
+        let rows = tokens.len() as u32;
+        for ci in 0..self.w.mats[&TensorId::TokEmbd].chunks.len() {
+            let ch = &self.w.mats[&TensorId::TokEmbd].chunks[ci];
+            let (lo, hi) = (ch.row0, ch.row0 + ch.rows);
+            if self.chained || tokens.iter().any(|&t| (lo..hi).contains(&(t as usize))) {
+                self.dispatch(BindKey::Embed(out, ci), (wg(n, 64).0, rows));
+            }
+        }
+    }
+
+    fn rmsnorm(&mut self, out: Act, x: Act, w: TensorId) {
+        self.dispatch(BindKey::Norm(w, out, x), (self.rows as u32, 1));
+    }
+
+    fn head_norm(&mut self, x: Act, w: TensorId) {
+        let heads = x.len(&self.config) / self.config.head_size();
+        self.dispatch(BindKey::HeadNorm(w, x), ((self.rows * heads) as u32, 1));
+    }
+
+    fn matvec(&mut self, out: Act, w: TensorId, x: Act) {
+        self.matvec_into(out, w, x, false);
+    }
+
+    fn matvec_add(&mut self, out: Act, w: TensorId, x: Act) {
+        self.matvec_into(out, w, x, true);
+    }
+
+    fn qkv(&mut self, layer: usize, x: Act) {
+        if !self.fuses_qkv(layer) {
+            self.matvec(Act::Q, TensorId::Wq(layer), x);
+            self.matvec(Act::K, TensorId::Wk(layer), x);
+            self.matvec(Act::V, TensorId::Wv(layer), x);
+            return;
+        }
+        let c = &self.config;
+        // Nothing between the products and RoPE, and pairs of adjacent rows.
+        let rope = !c.qkv_bias() && !c.qk_norm() && !c.rope_neox();
+        let rows = c.q_dim() + 2 * c.kv_dim();
+        self.dispatch(BindKey::Qkv(layer, x, rope), fold(rows / 8));
+        self.roped = rope;
+    }
+
+    fn rope_qk(&mut self, _pos0: usize) {
+        if std::mem::take(&mut self.roped) {
+            return;
+        }
+        let n = self.config.q_dim() + self.config.kv_dim();
+        self.dispatch(BindKey::RopeQk, (wg(n / 2, 64).0, self.rows as u32));
+    }
+
+    fn kv_store(&mut self, layer: usize, pos0: usize) {
+        let n = self.config.kv_dim();
+        self.dispatch(BindKey::KvStore(layer), (wg(n, 64).0, self.rows as u32));
+        // A kivi4 key group completes at the pass's last position: quantize it per channel.
+        let kv = &self.kv;
+        let pos = pos0 + self.rows - 1;
+        if kv.k == KvType::Kivi4 && pos >= kv.sinks && (pos - kv.sinks) % kv.group == kv.group - 1 {
+            self.dispatch(BindKey::KiviFlush(layer), wg(n, 64));
+        }
+    }
+
+    fn attention(&mut self, out: Act, layer: usize, _pos0: usize) {
+        let h = self.config.n_heads as u32;
+        if self.rows == 1 {
+            // Decode: the context split across workgroups, then combined (flash-decoding).
+            let splits = self.n_att.div_ceil(ATTN_SPLIT) as u32;
+            self.dispatch(BindKey::AttnSplit(layer), (h, splits));
+            self.dispatch(BindKey::AttnCombine(out), (h, 1));
+        } else {
+            self.dispatch(BindKey::Attention(layer, out), (h, self.rows as u32));
+        }
+    }
+
+    fn gate_up(&mut self, out: Act, scratch: Act, gate: TensorId, up: TensorId, x: Act) {
+        if !self.fuses_glu(gate, up) {
+            self.matvec(out, gate, x);
+            self.matvec(scratch, up, x);
+            self.swiglu(out, scratch);
+            return;
+        }
+        let rows = self.w.mats[&gate].chunks[0].rows;
+        let key = BindKey::Glu(gate, up, out, x);
+        let groups = fold(rows.div_ceil(self.kernel_of(key).rows_per_group()));
+        self.dispatch(key, groups);
+    }
+
+    fn swiglu(&mut self, gate: Act, up: Act) {
+        let n = gate.len(&self.config);
+        self.dispatch(BindKey::Swiglu(gate, up), (wg(n, 64).0, self.rows as u32));
+    }
+
+    fn add_bias(&mut self, x: Act, b: TensorId) {
+        let n = x.len(&self.config);
+        self.dispatch(BindKey::AddBias(x, b), (wg(n, 64).0, self.rows as u32));
+    }
+
+    fn add(&mut self, x: Act, y: Act) {
+        let n = x.len(&self.config);
+        self.dispatch(BindKey::Add(x, y), (wg(n, 64).0, self.rows as u32));
+    }
+}

@@ -1,0 +1,82 @@
+//! The decode kernel that runs a layer's Q, K and V products as one dispatch over weights laid out
+//! together at upload, RoPE applied in it (`matvec4_qkv_q4c`), against the CPU oracle on lavapipe with
+//! the Tiled kernels forced (lavapipe would pick the row kernels, which fuse nothing): with f32 and f16
+//! activations, fused and apart (`GpuOptions::fuse_qkv`), and the dispatches it saves.
+//!
+//! Tolerances as tests/gpu.rs derives them: f32 activations 2e-4 * (1 + max |logit|) (the same values
+//! summed in another order; RoPE rotates the f32 sums where the separate kernel rotated stored values,
+//! which in f32 is the same rounding); f16 activations 5e-3 * (1 + max |logit|) (every activation
+//! rounded to 11 bits; the fused kernel rounds Q and K once, after RoPE, where apart they are rounded
+//! twice). Top-1 agrees unless the oracle's own margin is within the error allowed.
+
+mod common;
+use common::*;
+use nibble_engine::block_on;
+use nibble_engine::cpu::CpuDecoder;
+use nibble_engine::gpu::{Activations, Gpu, GpuDecoder, GpuOptions, MatvecKernel};
+use nibble_engine::kv::KvConfig;
+use nibble_engine::measure::{self, RunConfig};
+use nibble_engine::{Decoder, Model};
+
+fn open(act: Activations, fuse: bool, matvec: MatvecKernel) -> Gpu {
+    Gpu::open_blocking(GpuOptions {
+        act: Some(act),
+        matvec: Some(matvec),
+        fuse_qkv: Some(fuse),
+        ..Default::default()
+    })
+    .expect("a WebGPU adapter (lavapipe: apt-get install mesa-vulkan-drivers)")
+}
+
+/// Decodes `tokens` on both sides, comparing each step's logits; the dispatches of the last step.
+fn run(gpu: &Gpu, m: &Model, tokens: &[u32], tol: f32, what: &str) -> usize {
+    let mut cpu = CpuDecoder::with_kv(m, KvConfig::default()).unwrap();
+    let mut g = GpuDecoder::new(gpu, m, KvConfig::default()).unwrap();
+    for (p, &t) in tokens.iter().enumerate() {
+        let a = block_on(cpu.step(t, p)).unwrap().to_vec();
+        let b = block_on(g.step(t, p)).unwrap();
+        compare(&a, b, tol, &format!("{what} pos {p}"));
+    }
+    g.dispatches().expect("the GPU counts its dispatches")
+}
+
+#[test]
+fn qkv_in_one_kernel_matches_cpu_and_saves_three_dispatches_a_layer() {
+    let m = stories();
+    let layers = m.config.n_layers;
+    let toks: Vec<u32> = (0..12).map(|i| 3 + (i * 37 % 500) as u32).collect();
+    let (q4_0, _) = measure::prepare(&m, &RunConfig::parse("weights=q4_0").unwrap()).unwrap();
+    for (act, tol) in [(Activations::F32, 2e-4), (Activations::F16, 5e-3)] {
+        let fused = open(act, true, MatvecKernel::Tiled);
+        let apart = open(act, false, MatvecKernel::Tiled);
+        let what = |how: &str| format!("{act:?} activations, Q/K/V {how}");
+        let n_fused = run(&fused, &q4_0, &toks, tol, &what("fused"));
+        let n_apart = run(&apart, &q4_0, &toks, tol, &what("apart"));
+        // Two matrix products and the RoPE kernel fewer per layer (stories260K has no biases).
+        assert_eq!(n_fused + 3 * layers, n_apart, "{act:?}");
+    }
+    // Where the fused kernel does not apply, the weights are laid out as before and nothing changes:
+    // q4_1, and q4_0 under the kernel that takes whole blocks per lane.
+    let (q4_1, _) = measure::prepare(&m, &RunConfig::parse("weights=q4_1").unwrap()).unwrap();
+    let cases = [
+        (&q4_1, MatvecKernel::Tiled, "q4_1"),
+        (&q4_0, MatvecKernel::TiledBlocks, "q4_0 tiled-blocks"),
+    ];
+    for (model, kernel, what) in cases {
+        let on = run(
+            &open(Activations::F32, true, kernel),
+            model,
+            &toks,
+            2e-4,
+            what,
+        );
+        let off = run(
+            &open(Activations::F32, false, kernel),
+            model,
+            &toks,
+            2e-4,
+            what,
+        );
+        assert_eq!(on, off, "{what}");
+    }
+}
