@@ -19,7 +19,7 @@ for m in ${SHAPES:-1b 7b}; do
   [ -f $d/$m-f16.gguf ] || $nb synth --preset $preset --type f16 --out $d/$m-f16.gguf | tail -1
   for r in $(seq "${ROUNDS:-2}"); do
     for v in $variants; do
-      name=$m-${v##*=}-r$r
+      name=$m-$(echo "$v" | sed "s/^NIBBLE_//; s/=/-/" | tr "A-Z_" "a-z-")-r$r
       echo "== $name ($v) at $(( $(date +%s) - start )) s"
       [ "$v" = base ] && v=NIBBLE_BASE=1
       env $v $nb bench --model $d/$m-f16.gguf --cache-dir $d/cache --configs "${CONFIGS:-q4_0}" $args \
