@@ -336,9 +336,21 @@ fn matvec4_q5k(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_
 // four times the cache lines they use (MatvecKernel::TiledBlocks keeps it). 7B q4_0 decode on an
 // H200: 6.18 -> 5.65 ms/token (benchmarks/2026-12-03-h200-profile.md). Four blocks' loads are issued
 // before any arithmetic.
+// The four codes at bits 0, 4, 8 and 12 of `h`, less 8, as floats, without shifting each: a code
+// masked in place and OR-ed into 2^23's exponent is the float 2^23 + 16^j n, and one FMA by 16^-j
+// less (2^23 16^-j + 8) leaves n - 8 exactly (powers of two, all terms representable). Two
+// instructions a code where shift, mask and subtract took three; the q4 products are bound by
+// their instruction stream, not memory (benchmarks/2026-12-03-h200-qkv.md).
+fn codes8(h: u32) -> vec4<f32> {
+    let m = (vec4<u32>(h) & vec4<u32>(0xFu, 0xF0u, 0xF00u, 0xF000u)) | vec4<u32>(0x4B000000u);
+    let scale = vec4<f32>(1.0, 0.0625, 0.00390625, 0.000244140625);
+    let off = vec4<f32>(TWO23 + 8.0, 524296.0, 32776.0, 2056.0);
+    return fma(bitcast<vec4<f32>>(m), scale, -off);
+}
+
 // The eight q4_0 values of word w (codes less 8) against x0 and x1.
 fn q4_0c(w: u32, x0: vec4<f32>, x1: vec4<f32>) -> f32 {
-    return dot(nib8(w, 0u), x0) + dot(nib8(w, 16u), x1);
+    return dot(codes8(w), x0) + dot(codes8(w >> 16u), x1);
 }
 
 // One word of a q4_1 (q41) or q4_0 row, block g, against x vectors xi and xi + 1.
