@@ -263,6 +263,23 @@ fn subgroup_choice(
     }
 }
 
+/// The decode matvec kernel and why, with the row-sum (`sums`) and Q/K/V choices, for results.
+fn matvec_choice(opts: &GpuOptions, report: &AdapterReport, sums: &str) -> (MatvecKernel, String) {
+    let (matvec, why) = match opts.matvec {
+        Some(k) => (k, format!("{k:?}, set by the caller")),
+        None if report.device_type == "Cpu" => (MatvecKernel::Row, "Row for a Cpu adapter".into()),
+        None => (
+            MatvecKernel::Tiled,
+            format!("Tiled for a {} adapter", report.device_type),
+        ),
+    };
+    let qkv = match opts.fuse_qkv {
+        Some(false) => "Q/K/V apart, set by the caller",
+        _ => "Q/K/V in one kernel where q4_0",
+    };
+    (matvec, format!("{why}; {sums}; {qkv}"))
+}
+
 /// An open device with its adapter report and error hooks.
 pub struct Gpu {
     pub device: wgpu::Device,
@@ -366,22 +383,8 @@ impl Gpu {
         let report = AdapterReport::of(&info, &limits, features);
         let adapter_max =
             (limits.max_storage_buffer_binding_size as u64).min(limits.max_buffer_size);
-        let (matvec, why) = match opts.matvec {
-            Some(k) => (k, format!("{k:?}, set by the caller")),
-            None if report.device_type == "Cpu" => {
-                (MatvecKernel::Row, "Row for a Cpu adapter".into())
-            }
-            None => (
-                MatvecKernel::Tiled,
-                format!("Tiled for a {} adapter", report.device_type),
-            ),
-        };
+        let (matvec, why) = matvec_choice(&opts, &report, &sums);
         let fuse_qkv = opts.fuse_qkv.unwrap_or(true);
-        let qkv = match opts.fuse_qkv {
-            Some(false) => "Q/K/V apart, set by the caller",
-            _ => "Q/K/V in one kernel where q4_0",
-        };
-        let why = format!("{why}; {sums}; {qkv}");
         Ok(Gpu {
             device,
             queue,
