@@ -1,7 +1,8 @@
 //! The decode kernel that runs a layer's Q, K and V products as one dispatch over weights laid out
 //! together at upload, RoPE applied in it (`matvec4_qkv_q4c`), against the CPU oracle on lavapipe with
 //! the Tiled kernels forced (lavapipe would pick the row kernels, which fuse nothing): with f32 and f16
-//! activations, fused and apart (`GpuOptions::fuse_qkv`), and the dispatches it saves.
+//! activations, fused and apart (`GpuOptions::fuse_qkv`), and the dispatches it saves; greedy
+//! decoding with the loop on the GPU gives the tokens the step-by-step loop gives.
 //!
 //! Tolerances as tests/gpu.rs derives them: f32 activations 2e-4 * (1 + max |logit|) (the same values
 //! summed in another order; RoPE rotates the f32 sums where the separate kernel rotated stored values,
@@ -54,6 +55,17 @@ fn qkv_in_one_kernel_matches_cpu_and_saves_three_dispatches_a_layer() {
         let n_apart = run(&apart, &q4_0, &toks, tol, &what("apart"));
         // Two matrix products and the RoPE kernel fewer per layer (stories260K has no biases).
         assert_eq!(n_fused + 3 * layers, n_apart, "{act:?}");
+        // The same kernels either way, so the same tokens exactly.
+        let mut resident = GpuDecoder::new(&fused, &q4_0, KvConfig::default()).unwrap();
+        let mut stepped = GpuDecoder::new(&fused, &q4_0, KvConfig::default()).unwrap();
+        let on_gpu = block_on(resident.decode_greedy(toks[0], 0, 40)).unwrap();
+        let mut by_step = Vec::new();
+        let mut t = toks[0];
+        for pos in 0..40 {
+            t = block_on(stepped.step_argmax(t, pos)).unwrap();
+            by_step.push(t);
+        }
+        assert_eq!(on_gpu, by_step, "{act:?}");
     }
     // Where the fused kernel does not apply, the weights are laid out as before and nothing changes:
     // q4_1, and q4_0 under the kernel that takes whole blocks per lane.
