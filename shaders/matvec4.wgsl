@@ -462,8 +462,8 @@ fn matvec4_glu_q4c(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocat
 // and RoPE), Q's and K's rows leave rotated: pair (2f, 2f + 1) of a head is two rows of one workgroup,
 // rotated by the table's cos and sin of frequency f, rounded once. Two dispatches fewer per layer, three
 // with RoPE, and the three products fill the GPU together.
-// Bindings: 0 QkvParams, 1 codes (words1), 2 scales, 4 x, 5 Q, 9 K, 10 V, 11 the RoPE table
-// (rope.wgsl's, one row).
+// Bindings: 0 QkvParams, 1 codes (words1; matvec4_qkv_f16: words4), 2 scales, 4 x, 5 Q, 9 K, 10 V,
+// 11 the RoPE table (rope.wgsl's, one row).
 
 struct QkvParams {
     // Rows of Q and of K (and V).
@@ -471,7 +471,7 @@ struct QkvParams {
     kv_rows: u32,
     cols: u32,
     block: u32,
-    // Where K's and V's codes and scales start, in words.
+    // Where K's and V's codes start (words; f16: vec4s) and their scales (words).
     k_words: u32,
     v_words: u32,
     k_scales: u32,
@@ -508,34 +508,65 @@ fn qkv_unit(w: u32, u: u32, qd: u32, e0: u32, sbase: u32, sh: u32) -> f32 {
     return d * q4_0c(w, xq(8u * u + 2u * qd), xq(8u * u + 2u * qd + 1u));
 }
 
+// The matrix workgroup `wid` reads (uniform across it: 0 Q, 1 K, 2 V), its first row, and where its
+// codes and scales start (in the codes' units: words for q4_0, vec4s for f16).
+struct QkvPart {
+    m: u32,
+    first: u32,
+    rows: u32,
+    wbase: u32,
+    sbase: u32,
+}
+
+fn qkv_part(wid: vec3<u32>) -> QkvPart {
+    let g0 = (wid.x + wid.y * 65535u) * ROWS4;
+    if (g0 >= qp.q_rows + qp.kv_rows) {
+        return QkvPart(2u, g0 - qp.q_rows - qp.kv_rows, qp.kv_rows, qp.v_words, qp.v_scales);
+    }
+    if (g0 >= qp.q_rows) {
+        return QkvPart(1u, g0 - qp.q_rows, qp.kv_rows, qp.k_words, qp.k_scales);
+    }
+    return QkvPart(0u, g0, qp.q_rows, 0u, 0u);
+}
+
+// Sums each row's lanes and stores it, Q's and K's pairs rotated where `rope` is 1. Every thread
+// calls it (it holds barriers).
+fn qkv_finish(part: QkvPart, acc: f32, lid: vec3<u32>) {
+    let total = row_sum(acc, lid.x);
+    let local = lid.x / LANES4;
+    let r = part.first + local;
+    let lane = lid.x % LANES4;
+    if (qp.rope == 1u && part.m < 2u) {
+        if (lane == 0u) {
+            pair_sums[local] = total;
+        }
+        workgroupBarrier();
+        // The first row of each pair rotates both.
+        if (lane == 0u && r % 2u == 0u && r < part.rows) {
+            let f = (r % qp.head_size) / 2u;
+            let c = rope_table[2u * f];
+            let s = rope_table[2u * f + 1u];
+            let b = pair_sums[local + 1u];
+            store_qkv(part.m, r, total * c - b * s);
+            store_qkv(part.m, r + 1u, total * s + b * c);
+        }
+    } else if (lane == 0u && r < part.rows) {
+        store_qkv(part.m, r, total);
+    }
+}
+
 @compute @workgroup_size(256)
 fn matvec4_qkv_q4c(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
-    let g0 = (wid.x + wid.y * 65535u) * ROWS4;
-    // The matrix this workgroup reads (uniform across it), its first row and its codes and scales.
-    var m = 0u;
-    var first = g0;
-    var wbase = 0u;
-    var sbase = 0u;
-    if (g0 >= qp.q_rows + qp.kv_rows) {
-        m = 2u;
-        first = g0 - qp.q_rows - qp.kv_rows;
-        wbase = qp.v_words;
-        sbase = qp.v_scales;
-    } else if (g0 >= qp.q_rows) {
-        m = 1u;
-        first = g0 - qp.q_rows;
-        wbase = qp.k_words;
-        sbase = qp.k_scales;
-    }
-    let rows = select(qp.kv_rows, qp.q_rows, m == 0u);
-    let r = first + lid.x / LANES4;
+    let part = qkv_part(wid);
+    let r = part.first + lid.x / LANES4;
     let lane = lid.x % LANES4;
     let sh = countTrailingZeros(qp.block);
+    let sbase = part.sbase;
     var acc = 0.0;
-    if (r < rows) {
+    if (r < part.rows) {
         let nu = qp.cols / 32u;
         let qd = lane % 4u;
-        let base = wbase + r * qp.cols / 8u + qd;
+        let base = part.wbase + r * qp.cols / 8u + qd;
         let e0 = r * qp.cols;
         var u = lane / 4u;
         for (; u + 24u < nu; u += 32u) {
@@ -550,23 +581,32 @@ fn matvec4_qkv_q4c(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocat
             acc += qkv_unit(words1[base + 4u * u], u, qd, e0, sbase, sh);
         }
     }
-    let total = row_sum(acc, lid.x);
-    if (qp.rope == 1u && m < 2u) {
-        let local = lid.x / LANES4;
-        if (lane == 0u) {
-            pair_sums[local] = total;
+    qkv_finish(part, acc, lid);
+}
+
+// matvec4_qkv_f16: the same for f16 weights, rows read as matvec4_f16 reads them (a vec4 of codes is
+// eight values); bindings as matvec4_qkv_q4c less the scales.
+@compute @workgroup_size(256)
+fn matvec4_qkv_f16(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let part = qkv_part(wid);
+    let r = part.first + lid.x / LANES4;
+    let lane = lid.x % LANES4;
+    var acc = 0.0;
+    if (r < part.rows) {
+        let nv = qp.cols / 8u;
+        let base = part.wbase + r * nv;
+        var v = lane;
+        for (; v + 3u * LANES4 < nv; v += 4u * LANES4) {
+            let w0 = words4[base + v];
+            let w1 = words4[base + v + LANES4];
+            let w2 = words4[base + v + 2u * LANES4];
+            let w3 = words4[base + v + 3u * LANES4];
+            acc += (dot_f16(w0, 2u * v) + dot_f16(w1, 2u * (v + LANES4)))
+                + (dot_f16(w2, 2u * (v + 2u * LANES4)) + dot_f16(w3, 2u * (v + 3u * LANES4)));
         }
-        workgroupBarrier();
-        // The first row of each pair rotates both.
-        if (lane == 0u && r % 2u == 0u && r < rows) {
-            let f = (r % qp.head_size) / 2u;
-            let c = rope_table[2u * f];
-            let s = rope_table[2u * f + 1u];
-            let b = pair_sums[local + 1u];
-            store_qkv(m, r, total * c - b * s);
-            store_qkv(m, r + 1u, total * s + b * c);
+        for (; v < nv; v += LANES4) {
+            acc += dot_f16(words4[base + v], 2u * v);
         }
-    } else if (lane == 0u && r < rows) {
-        store_qkv(m, r, total);
     }
+    qkv_finish(part, acc, lid);
 }

@@ -1,5 +1,6 @@
-//! The decode kernel that runs a layer's Q, K and V products as one dispatch over weights laid out
-//! together at upload, RoPE applied in it (`matvec4_qkv_q4c`), against the CPU oracle on lavapipe with
+//! The decode kernels that run a layer's Q, K and V products as one dispatch over weights laid out
+//! together at upload, RoPE applied in them (`matvec4_qkv_q4c` for q4_0, `matvec4_qkv_f16`), against
+//! the CPU oracle on lavapipe with
 //! the Tiled kernels forced (lavapipe would pick the row kernels, which fuse nothing): with f32 and f16
 //! activations, fused and apart (`GpuOptions::fuse_qkv`), and the dispatches it saves; greedy
 //! decoding with the loop on the GPU gives the tokens the step-by-step loop gives.
@@ -47,14 +48,17 @@ fn qkv_in_one_kernel_matches_cpu_and_saves_three_dispatches_a_layer() {
     let layers = m.config.n_layers;
     let toks: Vec<u32> = (0..12).map(|i| 3 + (i * 37 % 500) as u32).collect();
     let (q4_0, _) = measure::prepare(&m, &RunConfig::parse("weights=q4_0").unwrap()).unwrap();
+    let (f16, _) = measure::prepare(&m, &RunConfig::parse("weights=f16").unwrap()).unwrap();
     for (act, tol) in [(Activations::F32, 2e-4), (Activations::F16, 5e-3)] {
         let fused = open(act, true, MatvecKernel::Tiled);
         let apart = open(act, false, MatvecKernel::Tiled);
         let what = |how: &str| format!("{act:?} activations, Q/K/V {how}");
-        let n_fused = run(&fused, &q4_0, &toks, tol, &what("fused"));
-        let n_apart = run(&apart, &q4_0, &toks, tol, &what("apart"));
-        // Two matrix products and the RoPE kernel fewer per layer (stories260K has no biases).
-        assert_eq!(n_fused + 3 * layers, n_apart, "{act:?}");
+        for (weights, name) in [(&q4_0, "q4_0"), (&f16, "f16")] {
+            let n_fused = run(&fused, weights, &toks, tol, &what(&format!("{name} fused")));
+            let n_apart = run(&apart, weights, &toks, tol, &what(&format!("{name} apart")));
+            // Two matrix products and the RoPE kernel fewer per layer (stories260K has no biases).
+            assert_eq!(n_fused + 3 * layers, n_apart, "{act:?} {name}");
+        }
         // The same kernels either way, so the same tokens exactly.
         let mut resident = GpuDecoder::new(&fused, &q4_0, KvConfig::default()).unwrap();
         let mut stepped = GpuDecoder::new(&fused, &q4_0, KvConfig::default()).unwrap();

@@ -45,6 +45,7 @@ pub(super) enum Kernel {
     Matvec4Q4C,
     Matvec4GluQ4C,
     Matvec4QkvQ4C,
+    Matvec4QkvF16,
     Matvec4Q4K,
     Matvec4Q5K,
     Matmul,
@@ -94,7 +95,7 @@ const ATTENTION_MODULE: &[&str] = &[STEP, KVFORMAT, ATTENTION];
 
 const MATVEC4_MODULE: &[&str] = &[STEP, QUANT, MATRIX, REDUCE, MATVEC4];
 
-pub(super) const TABLE: [KernelDef; 28] = [
+pub(super) const TABLE: [KernelDef; 29] = [
     def!(Matvec, "matvec", "matvec", MATVEC_MODULE),
     def!(Matvec4F32, "matvec4_f32", "matvec4", MATVEC4_MODULE),
     def!(Matvec4F16, "matvec4_f16", "matvec4", MATVEC4_MODULE),
@@ -103,6 +104,7 @@ pub(super) const TABLE: [KernelDef; 28] = [
     def!(Matvec4Q4C, "matvec4_q4c", "matvec4", MATVEC4_MODULE),
     def!(Matvec4GluQ4C, "matvec4_glu_q4c", "matvec4", MATVEC4_MODULE),
     def!(Matvec4QkvQ4C, "matvec4_qkv_q4c", "matvec4", MATVEC4_MODULE),
+    def!(Matvec4QkvF16, "matvec4_qkv_f16", "matvec4", MATVEC4_MODULE),
     def!(Matvec4Q4K, "matvec4_q4k", "matvec4", MATVEC4_MODULE),
     def!(Matvec4Q5K, "matvec4_q5k", "matvec4", MATVEC4_MODULE),
     def!(Matmul, "matmul", "matvec", MATVEC_MODULE),
@@ -349,7 +351,10 @@ impl BindKey {
             }
             BindKey::Matmul(..) => Kernel::Matmul,
             BindKey::Glu(..) => Kernel::Matvec4GluQ4C,
-            BindKey::Qkv(..) => Kernel::Matvec4QkvQ4C,
+            BindKey::Qkv(l, ..) => match mat(TensorId::Wq(l)).1 {
+                WType::F16 => Kernel::Matvec4QkvF16,
+                _ => Kernel::Matvec4QkvQ4C,
+            },
             BindKey::Embed(..) => Kernel::Embed,
             BindKey::Norm(..) => Kernel::Rmsnorm,
             BindKey::HeadNorm(..) => Kernel::HeadNorm,
@@ -393,19 +398,14 @@ impl GpuDecoder<'_> {
                 == Kernel::Matvec4Q4C
     }
 
-    /// Whether a decode step runs `layer`'s Q, K and V products as one kernel (`matvec4_qkv_q4c`):
-    /// their weights share buffers (`QkvLayout`), and the chosen kernel would run each in
-    /// `matvec4_q4c`.
+    /// Whether a decode step runs `layer`'s Q, K and V products as one kernel (`matvec4_qkv_q4c`,
+    /// `matvec4_qkv_f16`): their weights share buffers (`QkvLayout`), and the chosen kernel would run
+    /// each in `matvec4_q4c` or `matvec4_f16`.
     pub(super) fn fuses_qkv(&self, layer: usize) -> bool {
+        let q = BindKey::Matvec(TensorId::Wq(layer), 0, Act::Q, Act::Xb, false);
         self.rows == 1
             && self.w.qkv.contains_key(&layer)
-            && self.kernel_of(BindKey::Matvec(
-                TensorId::Wq(layer),
-                0,
-                Act::Q,
-                Act::Xb,
-                false,
-            )) == Kernel::Matvec4Q4C
+            && matches!(self.kernel_of(q), Kernel::Matvec4Q4C | Kernel::Matvec4F16)
     }
 
     /// Creates the bind group for `key` on first use.
@@ -574,14 +574,17 @@ impl GpuDecoder<'_> {
         let q = &self.w.qkv[&l];
         let lay = &q.layout;
         let c = &self.config;
+        let f16 = self.w.mats[&TensorId::Wq(l)].ty == WType::F16;
+        // Offsets in the units the kernel reads codes in: vec4s for f16, words for q4_0.
         let word = |b: u64| (b / 4) as u32;
+        let unit = |b: u64| (b / if f16 { 16 } else { 4 }) as u32;
         let params = self.uniform(&[
             lay.rows[0] as u32,
             lay.rows[1] as u32,
             c.dim as u32,
             self.w.mats[&TensorId::Wq(l)].block as u32,
-            word(lay.words[1].0),
-            word(lay.words[2].0),
+            unit(lay.words[1].0),
+            unit(lay.words[2].0),
             word(lay.scales[1].0),
             word(lay.scales[2].0),
             rope as u32,
@@ -590,7 +593,7 @@ impl GpuDecoder<'_> {
             0,
         ]);
         let act = |a: Act| View::whole(self.act(a).clone());
-        vec![
+        let mut e = vec![
             (0, params),
             (1, q.words.clone().into()),
             (2, q.scales.clone().into()),
@@ -599,7 +602,11 @@ impl GpuDecoder<'_> {
             (9, act(Act::K)),
             (10, act(Act::V)),
             (11, self.rope_buf.clone().into()),
-        ]
+        ];
+        if f16 {
+            e.retain(|(i, _)| *i != 2);
+        }
+        e
     }
 
     /// Bindings 0-3 of a matrix kernel: parameters and one chunk's codes, scales and mins.

@@ -167,9 +167,10 @@ pub(super) fn buffer(
     })
 }
 
-/// One layer's Q, K and V weights (q4_0, one shape of columns and block) in one buffer of codes and
-/// one of scales, each matrix at an offset the adapter can bind on its own, so that decode runs the
-/// three products as one dispatch (`matvec4_qkv_q4c`) and everything else binds each as before.
+/// One layer's Q, K and V weights (q4_0 or f16, one width and block) in one buffer of codes and one
+/// of scales (none for f16), each matrix at an offset the adapter can bind on its own, so that decode
+/// runs the three products as one dispatch (`matvec4_qkv_q4c`, `matvec4_qkv_f16`) and everything else
+/// binds each as before.
 /// Offsets and lengths in bytes, by matrix: Q, K, V.
 #[derive(Clone, Debug, PartialEq)]
 pub(super) struct QkvLayout {
@@ -182,14 +183,16 @@ pub(super) struct QkvLayout {
 
 impl QkvLayout {
     /// The layout for these three shapes, or `None` where they cannot share a dispatch: not all q4_0
-    /// of one width and block, rows not in whole workgroups of 8 (each workgroup then reads one
-    /// matrix), or more than one binding holds.
+    /// or all f16 of one width and block, rows not of whole vec4s (32 values), rows not in whole
+    /// workgroups of 8 (each workgroup then reads one matrix), or more than one binding holds.
     pub fn plan(shapes: [Shape; 3], align: u64, max_binding: u64) -> Option<QkvLayout> {
         let s0 = shapes[0];
+        let kind = matches!(s0.ty, WType::Q4_0 | WType::F16);
         let same = shapes
             .iter()
-            .all(|s| (s.ty, s.cols, s.block) == (WType::Q4_0, s0.cols, s0.block));
-        if !same || !s0.cols.is_multiple_of(s0.block) || shapes.iter().any(|s| s.rows % 8 != 0) {
+            .all(|s| (s.ty, s.cols, s.block) == (s0.ty, s0.cols, s0.block));
+        let whole = s0.cols.is_multiple_of(32) && s0.cols.is_multiple_of(s0.block);
+        if !kind || !same || !whole || shapes.iter().any(|s| s.rows % 8 != 0) {
             return None;
         }
         let up = |n: u64| n.div_ceil(align) * align;
@@ -199,7 +202,11 @@ impl QkvLayout {
         for (i, s) in shapes.iter().enumerate() {
             let w = (s.rows * s.row_bytes()) as u64;
             // One f16 scale per block; rows come in eights, so whole words.
-            let sc = (s.rows * (s.cols / s.block) * 2) as u64;
+            let sc = if s.ty.is_quantized() {
+                (s.rows * (s.cols / s.block) * 2) as u64
+            } else {
+                0
+            };
             words[i] = (at.0, w);
             scales[i] = (at.1, sc);
             at = (up(at.0 + w), up(at.1 + sc));

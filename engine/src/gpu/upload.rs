@@ -310,14 +310,17 @@ impl<'g> WeightUpload<'g> {
             )));
         }
         self.gpu.queue.write_buffer(&q.words, wo, words);
-        self.gpu.queue.write_buffer(&q.scales, so, scales);
+        if sl > 0 {
+            self.gpu.queue.write_buffer(&q.scales, so, scales);
+        }
         self.largest_staging = self.largest_staging.max(wl);
         let view = |b: &wgpu::Buffer, offset, size| View {
             buffer: b.clone(),
             offset,
             size,
         };
-        let (words, scales) = (view(&q.words, wo, wl), view(&q.scales, so, sl));
+        // f16 has no scales: its (unread) binding is the whole small buffer.
+        let (words, scales) = (view(&q.words, wo, wl), view(&q.scales, so, sl.max(4)));
         Ok(Chunk {
             words,
             scales,
