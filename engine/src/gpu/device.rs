@@ -275,7 +275,7 @@ fn matvec_choice(opts: &GpuOptions, report: &AdapterReport, sums: &str) -> (Matv
     };
     let qkv = match opts.fuse_qkv {
         Some(false) => "Q/K/V apart, set by the caller",
-        _ => "Q/K/V in one kernel where q4_0",
+        _ => "Q/K/V in one kernel where q4_0 or f16",
     };
     (matvec, format!("{why}; {sums}; {qkv}"))
 }
