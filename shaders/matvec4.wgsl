@@ -27,8 +27,10 @@
 @group(0) @binding(1) var<storage, read> words4: array<vec4<u32>>;
 // The same codes a word at a time (matvec4_q4c, matvec4_glu_q4c).
 @group(0) @binding(1) var<storage, read> words1: array<u32>;
-// The up projection's codes and scales beside the gate's (matvec4_glu_q4c).
+// The up projection's codes and scales beside the gate's (matvec4_glu_q4c; matvec4_glu_f16 reads
+// the codes as vec4s).
 @group(0) @binding(7) var<storage, read> up_words: array<u32>;
+@group(0) @binding(7) var<storage, read> up_words4: array<vec4<u32>>;
 @group(0) @binding(8) var<storage, read> up_scales: array<u32>;
 @group(0) @binding(4) var<storage, read> x4: array<vec4<act>>;
 
@@ -447,12 +449,57 @@ fn matvec4_glu_q4c(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocat
             au += up_scale(b) * q4_0c(up_words[base + 4u * u], x0, x1);
         }
     }
+    glu_finish(ag, au, lid, rl);
+}
+
+// Sums each row's gate and up lanes and stores silu(gate) * up. Every thread calls it.
+fn glu_finish(ag: f32, au: f32, lid: vec3<u32>, rl: vec2<u32>) {
     let g = row_sum(ag, lid.x);
     workgroupBarrier();
     let up = row_sum(au, lid.x);
     if (rl.x < p.rows && rl.y == 0u) {
         out[p.row0 + rl.x] = act(g / (1.0 + exp(-g)) * up);
     }
+}
+
+// Eight f16 values of w (a vec4 of codes) against x vectors xa and xb.
+fn dot8_f16(w: vec4<u32>, xa: vec4<f32>, xb: vec4<f32>) -> f32 {
+    let a = vec4<f32>(unpack2x16float(w.x), unpack2x16float(w.y));
+    let b = vec4<f32>(unpack2x16float(w.z), unpack2x16float(w.w));
+    return dot(a, xa) + dot(b, xb);
+}
+
+// matvec4_glu_f16: the same for f16 gate and up matrices, rows read as matvec4_f16 reads them (each x
+// load serving both); the up matrix's codes at binding 7, no scales.
+@compute @workgroup_size(256)
+fn matvec4_glu_f16(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let rl = row_of(wid, lid);
+    var ag = 0.0;
+    var au = 0.0;
+    if (rl.x < p.rows) {
+        let nv = p.cols / 8u;
+        let base = rl.x * nv;
+        var v = rl.y;
+        for (; v + LANES4 < nv; v += 2u * LANES4) {
+            let g0 = words4[base + v];
+            let g1 = words4[base + v + LANES4];
+            let u0 = up_words4[base + v];
+            let u1 = up_words4[base + v + LANES4];
+            let xa0 = xq(2u * v);
+            let xa1 = xq(2u * v + 1u);
+            let xb0 = xq(2u * (v + LANES4));
+            let xb1 = xq(2u * (v + LANES4) + 1u);
+            ag += dot8_f16(g0, xa0, xa1) + dot8_f16(g1, xb0, xb1);
+            au += dot8_f16(u0, xa0, xa1) + dot8_f16(u1, xb0, xb1);
+        }
+        for (; v < nv; v += LANES4) {
+            let x0 = xq(2u * v);
+            let x1 = xq(2u * v + 1u);
+            ag += dot8_f16(words4[base + v], x0, x1);
+            au += dot8_f16(up_words4[base + v], x0, x1);
+        }
+    }
+    glu_finish(ag, au, lid, rl);
 }
 
 // matvec4_qkv_q4c: a layer's Q, K and V products (q4_0, one width and block) in one dispatch, their

@@ -3,7 +3,8 @@
 //! the CPU oracle on lavapipe with
 //! the Tiled kernels forced (lavapipe would pick the row kernels, which fuse nothing): with f32 and f16
 //! activations, fused and apart (`GpuOptions::fuse_qkv`), and the dispatches it saves; greedy
-//! decoding with the loop on the GPU gives the tokens the step-by-step loop gives.
+//! decoding with the loop on the GPU gives the tokens the step-by-step loop gives. SwiGLU's gate and
+//! up products in one kernel (q4_0 and f16), against the oracle and the dispatches they save.
 //!
 //! Tolerances as tests/gpu.rs derives them: f32 activations 2e-4 * (1 + max |logit|) (the same values
 //! summed in another order; RoPE rotates the f32 sums where the separate kernel rotated stored values,
@@ -42,26 +43,47 @@ fn run(gpu: &Gpu, m: &Model, tokens: &[u32], tol: f32, what: &str) -> usize {
     g.dispatches().expect("the GPU counts its dispatches")
 }
 
+/// stories260K (64-wide rows: each kernel's tail loop only) and a one-layer model 1024 wide, whose rows
+/// reach the unrolled loops (four q4 words or vec4s of f16 per lane), as q4_0 and f16 weights.
+fn models() -> Vec<(String, Model)> {
+    let s = stories();
+    let wide = Model::synthetic_config(
+        nibble_engine::model::Config {
+            dim: 1024,
+            hidden_dim: 1024,
+            n_layers: 1,
+            ..s.config.clone()
+        },
+        3,
+    );
+    let mut out = Vec::new();
+    for (m, name) in [(&s, "stories260K"), (&wide, "wide")] {
+        for ty in ["q4_0", "f16"] {
+            let cfg = RunConfig::parse(&format!("weights={ty}")).unwrap();
+            out.push((format!("{name} {ty}"), measure::prepare(m, &cfg).unwrap().0));
+        }
+    }
+    out
+}
+
 #[test]
 fn qkv_in_one_kernel_matches_cpu_and_saves_three_dispatches_a_layer() {
-    let m = stories();
-    let layers = m.config.n_layers;
-    let toks: Vec<u32> = (0..12).map(|i| 3 + (i * 37 % 500) as u32).collect();
-    let (q4_0, _) = measure::prepare(&m, &RunConfig::parse("weights=q4_0").unwrap()).unwrap();
-    let (f16, _) = measure::prepare(&m, &RunConfig::parse("weights=f16").unwrap()).unwrap();
+    let toks: Vec<u32> = (0..12).map(|i| 3 + (i * 37 % 250) as u32).collect();
+    let models = models();
     for (act, tol) in [(Activations::F32, 2e-4), (Activations::F16, 5e-3)] {
         let fused = open(act, true, MatvecKernel::Tiled);
         let apart = open(act, false, MatvecKernel::Tiled);
-        let what = |how: &str| format!("{act:?} activations, Q/K/V {how}");
-        for (weights, name) in [(&q4_0, "q4_0"), (&f16, "f16")] {
-            let n_fused = run(&fused, weights, &toks, tol, &what(&format!("{name} fused")));
-            let n_apart = run(&apart, weights, &toks, tol, &what(&format!("{name} apart")));
-            // Two matrix products and the RoPE kernel fewer per layer (stories260K has no biases).
-            assert_eq!(n_fused + 3 * layers, n_apart, "{act:?} {name}");
+        for (name, m) in &models {
+            let what = |how: &str| format!("{act:?} activations, {name}, Q/K/V {how}");
+            let n_fused = run(&fused, m, &toks, tol, &what("fused"));
+            let n_apart = run(&apart, m, &toks, tol, &what("apart"));
+            // Two matrix products and the RoPE kernel fewer per layer (no biases here).
+            assert_eq!(n_fused + 3 * m.config.n_layers, n_apart, "{act:?} {name}");
         }
         // The same kernels either way, so the same tokens exactly.
-        let mut resident = GpuDecoder::new(&fused, &q4_0, KvConfig::default()).unwrap();
-        let mut stepped = GpuDecoder::new(&fused, &q4_0, KvConfig::default()).unwrap();
+        let q4_0 = &models[0].1;
+        let mut resident = GpuDecoder::new(&fused, q4_0, KvConfig::default()).unwrap();
+        let mut stepped = GpuDecoder::new(&fused, q4_0, KvConfig::default()).unwrap();
         let on_gpu = block_on(resident.decode_greedy(toks[0], 0, 40)).unwrap();
         let mut by_step = Vec::new();
         let mut t = toks[0];
@@ -71,12 +93,25 @@ fn qkv_in_one_kernel_matches_cpu_and_saves_three_dispatches_a_layer() {
         }
         assert_eq!(on_gpu, by_step, "{act:?}");
     }
+    // SwiGLU's gate and up products in one kernel (`matvec4_glu_q4c`, `matvec4_glu_f16`): two
+    // dispatches fewer per layer than the 32-bit kernels' gate, up and SwiGLU.
+    for (name, m) in &models {
+        let glu = |k| run(&open(Activations::F32, false, k), m, &toks, 2e-4, name);
+        let layers = m.config.n_layers;
+        assert_eq!(
+            glu(MatvecKernel::Tiled) + 2 * layers,
+            glu(MatvecKernel::Tiled32),
+            "{name}"
+        );
+    }
+    let m = stories();
+    let q4_0 = &models[0].1;
     // Where the fused kernel does not apply, the weights are laid out as before and nothing changes:
     // q4_1, and q4_0 under the kernel that takes whole blocks per lane.
     let (q4_1, _) = measure::prepare(&m, &RunConfig::parse("weights=q4_1").unwrap()).unwrap();
     let cases = [
         (&q4_1, MatvecKernel::Tiled, "q4_1"),
-        (&q4_0, MatvecKernel::TiledBlocks, "q4_0 tiled-blocks"),
+        (q4_0, MatvecKernel::TiledBlocks, "q4_0 tiled-blocks"),
     ];
     for (model, kernel, what) in cases {
         let on = run(

@@ -44,6 +44,7 @@ pub(super) enum Kernel {
     Matvec4Q4,
     Matvec4Q4C,
     Matvec4GluQ4C,
+    Matvec4GluF16,
     Matvec4QkvQ4C,
     Matvec4QkvF16,
     Matvec4Q4K,
@@ -95,7 +96,7 @@ const ATTENTION_MODULE: &[&str] = &[STEP, KVFORMAT, ATTENTION];
 
 const MATVEC4_MODULE: &[&str] = &[STEP, QUANT, MATRIX, REDUCE, MATVEC4];
 
-pub(super) const TABLE: [KernelDef; 29] = [
+pub(super) const TABLE: [KernelDef; 30] = [
     def!(Matvec, "matvec", "matvec", MATVEC_MODULE),
     def!(Matvec4F32, "matvec4_f32", "matvec4", MATVEC4_MODULE),
     def!(Matvec4F16, "matvec4_f16", "matvec4", MATVEC4_MODULE),
@@ -103,6 +104,7 @@ pub(super) const TABLE: [KernelDef; 29] = [
     def!(Matvec4Q4, "matvec4_q4", "matvec4", MATVEC4_MODULE),
     def!(Matvec4Q4C, "matvec4_q4c", "matvec4", MATVEC4_MODULE),
     def!(Matvec4GluQ4C, "matvec4_glu_q4c", "matvec4", MATVEC4_MODULE),
+    def!(Matvec4GluF16, "matvec4_glu_f16", "matvec4", MATVEC4_MODULE),
     def!(Matvec4QkvQ4C, "matvec4_qkv_q4c", "matvec4", MATVEC4_MODULE),
     def!(Matvec4QkvF16, "matvec4_qkv_f16", "matvec4", MATVEC4_MODULE),
     def!(Matvec4Q4K, "matvec4_q4k", "matvec4", MATVEC4_MODULE),
@@ -350,7 +352,10 @@ impl BindKey {
                 mv.for_matrix(cols, ty, block)
             }
             BindKey::Matmul(..) => Kernel::Matmul,
-            BindKey::Glu(..) => Kernel::Matvec4GluQ4C,
+            BindKey::Glu(gate, ..) => match mat(gate).1 {
+                WType::F16 => Kernel::Matvec4GluF16,
+                _ => Kernel::Matvec4GluQ4C,
+            },
             BindKey::Qkv(l, ..) => match mat(TensorId::Wq(l)).1 {
                 WType::F16 => Kernel::Matvec4QkvF16,
                 _ => Kernel::Matvec4QkvQ4C,
@@ -383,19 +388,21 @@ impl GpuDecoder<'_> {
         })
     }
 
-    /// Whether a decode step runs SwiGLU's gate and up products as one kernel (`matvec4_glu_q4c`):
-    /// both q4_0 matrices of one shape and block in one binding each, whose products the chosen
-    /// kernel would run in `matvec4_q4c`.
+    /// Whether a decode step runs SwiGLU's gate and up products as one kernel (`matvec4_glu_q4c`,
+    /// `matvec4_glu_f16`): both q4_0 (or both f16) matrices of one shape and block in one binding
+    /// each, whose products the chosen kernel would run in `matvec4_q4c` (`matvec4_f16`).
     pub(super) fn fuses_glu(&self, gate: TensorId, up: TensorId) -> bool {
         let (g, u) = (&self.w.mats[&gate], &self.w.mats[&up]);
+        let apart = self.kernel_of(BindKey::Matvec(gate, 0, Act::Hb, Act::Xb, false));
         self.rows == 1
-            && g.ty == WType::Q4_0
+            && matches!(
+                (g.ty, apart),
+                (WType::Q4_0, Kernel::Matvec4Q4C) | (WType::F16, Kernel::Matvec4F16)
+            )
             && (u.ty, u.block, u.cols) == (g.ty, g.block, g.cols)
             && g.chunks.len() == 1
             && u.chunks.len() == 1
             && g.chunks[0].rows == u.chunks[0].rows
-            && self.kernel_of(BindKey::Matvec(gate, 0, Act::Hb, Act::Xb, false))
-                == Kernel::Matvec4Q4C
     }
 
     /// Whether a decode step runs `layer`'s Q, K and V products as one kernel (`matvec4_qkv_q4c`,
@@ -565,6 +572,9 @@ impl GpuDecoder<'_> {
             (7, upc.words.clone()),
             (8, upc.scales.clone()),
         ]);
+        if self.w.mats[&gate].ty == WType::F16 {
+            e.retain(|(i, _)| *i != 2 && *i != 8);
+        }
         e
     }
 
