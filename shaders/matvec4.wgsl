@@ -152,21 +152,28 @@ fn matvec4_f16(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_
     var acc = 0.0;
     if (rl.x < p.rows) {
         let nv = p.cols / 8u;
-        let base = rl.x * nv;
-        var v = rl.y;
-        for (; v + 3u * LANES4 < nv; v += 4u * LANES4) {
-            let w0 = words4[base + v];
-            let w1 = words4[base + v + LANES4];
-            let w2 = words4[base + v + 2u * LANES4];
-            let w3 = words4[base + v + 3u * LANES4];
-            acc += (dot_f16(w0, 2u * v) + dot_f16(w1, 2u * (v + LANES4)))
-                + (dot_f16(w2, 2u * (v + 2u * LANES4)) + dot_f16(w3, 2u * (v + 3u * LANES4)));
-        }
-        for (; v < nv; v += LANES4) {
-            acc += dot_f16(words4[base + v], 2u * v);
-        }
+        acc = f16_lane(rl.x * nv, nv, rl.y);
     }
     finish(acc, lid, rl.x);
+}
+
+// Lane `lane`'s part of an f16 row of nv vec4s of codes from vec4 `base` on (matvec4_f16 and
+// matvec4_qkv_f16).
+fn f16_lane(base: u32, nv: u32, lane: u32) -> f32 {
+    var acc = 0.0;
+    var v = lane;
+    for (; v + 3u * LANES4 < nv; v += 4u * LANES4) {
+        let w0 = words4[base + v];
+        let w1 = words4[base + v + LANES4];
+        let w2 = words4[base + v + 2u * LANES4];
+        let w3 = words4[base + v + 3u * LANES4];
+        acc += (dot_f16(w0, 2u * v) + dot_f16(w1, 2u * (v + LANES4)))
+            + (dot_f16(w2, 2u * (v + 2u * LANES4)) + dot_f16(w3, 2u * (v + 3u * LANES4)));
+    }
+    for (; v < nv; v += LANES4) {
+        acc += dot_f16(words4[base + v], 2u * v);
+    }
+    return acc;
 }
 
 @compute @workgroup_size(256)
@@ -641,19 +648,7 @@ fn matvec4_qkv_f16(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocat
     var acc = 0.0;
     if (r < part.rows) {
         let nv = qp.cols / 8u;
-        let base = part.wbase + r * nv;
-        var v = lane;
-        for (; v + 3u * LANES4 < nv; v += 4u * LANES4) {
-            let w0 = words4[base + v];
-            let w1 = words4[base + v + LANES4];
-            let w2 = words4[base + v + 2u * LANES4];
-            let w3 = words4[base + v + 3u * LANES4];
-            acc += (dot_f16(w0, 2u * v) + dot_f16(w1, 2u * (v + LANES4)))
-                + (dot_f16(w2, 2u * (v + 2u * LANES4)) + dot_f16(w3, 2u * (v + 3u * LANES4)));
-        }
-        for (; v < nv; v += LANES4) {
-            acc += dot_f16(words4[base + v], 2u * v);
-        }
+        acc = f16_lane(part.wbase + r * nv, nv, lane);
     }
     qkv_finish(part, acc, lid);
 }
