@@ -131,3 +131,49 @@ fn qkv_in_one_kernel_matches_cpu_and_saves_three_dispatches_a_layer() {
         assert_eq!(on, off, "{what}");
     }
 }
+
+/// The integer-dot products (`MatvecKernel::TiledInt8`: Wo and ffn_down in `matvec4_q4i`, x quantized
+/// to 8 bits per block of 32) against the oracle. The kernel's integer sums are exact, so what differs
+/// is x's quantization: each value moves by up to half a step, max |x| / 254 of its block, so a dot
+/// product moves by about d / sqrt(12) * |w| sqrt(n) against its size |x|_rms |w| sqrt(n), a relative
+/// 1 / (127 sqrt(12)) * max |x| / |x|_rms ~ 6e-3 for blocks whose max is ~2.6 times their rms.
+/// Measured on these models: 4e-3 to 8.3e-3 of (1 + max |logit|). Allowed: 2e-2, with top-1 agreeing
+/// unless the oracle's own margin is within the error. A wrong code or scale moves logits by ~1.
+/// The float kernels' logits must differ from these by more than float rounding (2e-4), which shows
+/// the integer kernel ran.
+#[test]
+fn int8_products_stay_near_the_oracle() {
+    let toks: Vec<u32> = (0..12).map(|i| 3 + (i * 37 % 250) as u32).collect();
+    let int8 = open(Activations::F32, true, MatvecKernel::TiledInt8);
+    let float = open(Activations::F32, true, MatvecKernel::Tiled);
+    // Both row sums: the kernel borrows their workgroup memory while it quantizes x.
+    let int8_subgroups = Gpu::open_blocking(GpuOptions {
+        act: Some(Activations::F32),
+        matvec: Some(MatvecKernel::TiledInt8),
+        subgroups: Some(true),
+        ..Default::default()
+    })
+    .expect("lavapipe has subgroups");
+    for (name, m) in models().iter().filter(|(n, _)| n.ends_with("q4_0")) {
+        run(&int8, m, &toks, 2e-2, &format!("{name} int8"));
+        run(
+            &int8_subgroups,
+            m,
+            &toks,
+            2e-2,
+            &format!("{name} int8, subgroups"),
+        );
+        let mut a = GpuDecoder::new(&float, m, KvConfig::default()).unwrap();
+        let mut b = GpuDecoder::new(&int8, m, KvConfig::default()).unwrap();
+        let (x, y) = (
+            block_on(a.step(toks[0], 0)).unwrap().to_vec(),
+            block_on(b.step(toks[0], 0)).unwrap(),
+        );
+        let scale = x.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let d = x.iter().zip(y).fold(0f32, |m, (p, q)| m.max((p - q).abs()));
+        assert!(
+            d > 2e-4 * (1.0 + scale),
+            "{name}: the integer kernel did not run ({d})"
+        );
+    }
+}

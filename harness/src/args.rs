@@ -27,7 +27,7 @@ pub struct ModelArgs {
 }
 
 /// GPU options read from the environment, here at the edge (the engine reads none):
-/// `NIBBLE_MATVEC=tiled|tiled-blocks|tiled32|row` picks the decode matvec kernel,
+/// `NIBBLE_MATVEC=tiled|tiled-blocks|tiled32|row|tiled-int8` picks the decode matvec kernel,
 /// `NIBBLE_PREFILL_ROWS=N` caps the rows of a batched prompt pass (1: token by token, as llama.cpp's
 /// `--ubatch-size`),
 /// `NIBBLE_SHADER_CHECKS=on|off|runtime|zero-init` what wgpu's shader safety code kept natively,

@@ -20,6 +20,7 @@ const QUANT: &str = include_str!("../../../shaders/quant.wgsl");
 const MATRIX: &str = include_str!("../../../shaders/matrix.wgsl");
 const MATVEC: &str = include_str!("../../../shaders/matvec.wgsl");
 const MATVEC4: &str = include_str!("../../../shaders/matvec4.wgsl");
+const MATVEC4_INT8: &str = include_str!("../../../shaders/matvec4_int8.wgsl");
 const KQUANT: &str = include_str!("../../../shaders/kquant.wgsl");
 const NORM: &str = include_str!("../../../shaders/norm.wgsl");
 const ROPE: &str = include_str!("../../../shaders/rope.wgsl");
@@ -47,6 +48,7 @@ pub(super) enum Kernel {
     Matvec4GluF16,
     Matvec4QkvQ4C,
     Matvec4QkvF16,
+    Matvec4Q4I,
     Matvec4Q4K,
     Matvec4Q5K,
     Matmul,
@@ -95,8 +97,9 @@ macro_rules! def {
 const ATTENTION_MODULE: &[&str] = &[STEP, KVFORMAT, ATTENTION];
 
 const MATVEC4_MODULE: &[&str] = &[STEP, QUANT, MATRIX, REDUCE, MATVEC4];
+const MATVEC4_INT8_MODULE: &[&str] = &[STEP, QUANT, MATRIX, REDUCE, MATVEC4, MATVEC4_INT8];
 
-pub(super) const TABLE: [KernelDef; 30] = [
+pub(super) const TABLE: [KernelDef; 31] = [
     def!(Matvec, "matvec", "matvec", MATVEC_MODULE),
     def!(Matvec4F32, "matvec4_f32", "matvec4", MATVEC4_MODULE),
     def!(Matvec4F16, "matvec4_f16", "matvec4", MATVEC4_MODULE),
@@ -107,6 +110,12 @@ pub(super) const TABLE: [KernelDef; 30] = [
     def!(Matvec4GluF16, "matvec4_glu_f16", "matvec4", MATVEC4_MODULE),
     def!(Matvec4QkvQ4C, "matvec4_qkv_q4c", "matvec4", MATVEC4_MODULE),
     def!(Matvec4QkvF16, "matvec4_qkv_f16", "matvec4", MATVEC4_MODULE),
+    def!(
+        Matvec4Q4I,
+        "matvec4_q4i",
+        "matvec4_int8",
+        MATVEC4_INT8_MODULE
+    ),
     def!(Matvec4Q4K, "matvec4_q4k", "matvec4", MATVEC4_MODULE),
     def!(Matvec4Q5K, "matvec4_q5k", "matvec4", MATVEC4_MODULE),
     def!(Matmul, "matmul", "matvec", MATVEC_MODULE),
@@ -161,8 +170,19 @@ pub(super) fn module_source(act: Activations, parts: &[&str], subgroups: bool) -
     s
 }
 
-/// One compute pipeline per kernel, indexed by [`Kernel`].
-pub(super) struct Pipelines(Vec<wgpu::ComputePipeline>);
+/// Kernels compiled on first use, not with the others: the integer-dot kernel's module needs WGSL's
+/// `packed_4x8_integer_dot_product`, which not every browser has, and only an opt-in choice runs it.
+const ON_FIRST_USE: &[Kernel] = &[Kernel::Matvec4Q4I];
+
+/// One compute pipeline per kernel, indexed by [`Kernel`]; each module compiled once.
+pub(super) struct Pipelines {
+    made: Vec<std::cell::OnceCell<wgpu::ComputePipeline>>,
+    modules: std::cell::RefCell<HashMap<&'static str, wgpu::ShaderModule>>,
+    device: wgpu::Device,
+    act: Activations,
+    checks: ShaderChecks,
+    subgroups: bool,
+}
 
 impl Pipelines {
     pub fn new(
@@ -171,51 +191,60 @@ impl Pipelines {
         checks: ShaderChecks,
         subgroups: bool,
     ) -> Pipelines {
-        let mut modules: HashMap<&str, wgpu::ShaderModule> = HashMap::new();
-        let pipes = TABLE
-            .iter()
-            .enumerate()
-            .map(|(i, d)| {
-                debug_assert_eq!(d.kernel as usize, i, "TABLE is in Kernel order");
-                let m = modules.entry(d.module).or_insert_with(|| {
-                    let desc = wgpu::ShaderModuleDescriptor {
-                        label: Some(d.module),
-                        source: wgpu::ShaderSource::Wgsl(
-                            module_source(act, d.parts, subgroups).into(),
-                        ),
-                    };
-                    if checks.runtime {
-                        device.create_shader_module(desc)
-                    } else {
-                        // SAFETY: see `ShaderChecks`: every index stays within bindings sized from
-                        // the shapes the parameters carry, every loop ends at a parameter bound and
-                        // every divisor is a validated block size; tests/gpu_checks.rs runs both ways.
-                        unsafe {
-                            device.create_shader_module_trusted(
-                                desc,
-                                wgpu::ShaderRuntimeChecks::unchecked(),
-                            )
-                        }
-                    }
-                });
-                device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-                    label: Some(d.entry),
-                    layout: None,
-                    module: m,
-                    entry_point: Some(d.entry),
-                    compilation_options: wgpu::PipelineCompilationOptions {
-                        zero_initialize_workgroup_memory: checks.zero_init,
-                        ..Default::default()
-                    },
-                    cache: None,
-                })
-            })
-            .collect();
-        Pipelines(pipes)
+        let p = Pipelines {
+            made: TABLE.iter().map(|_| std::cell::OnceCell::new()).collect(),
+            modules: Default::default(),
+            device: device.clone(),
+            act,
+            checks,
+            subgroups,
+        };
+        for (i, d) in TABLE.iter().enumerate() {
+            debug_assert_eq!(d.kernel as usize, i, "TABLE is in Kernel order");
+            if !ON_FIRST_USE.contains(&d.kernel) {
+                p.get(d.kernel);
+            }
+        }
+        p
     }
 
     pub fn get(&self, k: Kernel) -> &wgpu::ComputePipeline {
-        &self.0[k as usize]
+        self.made[k as usize].get_or_init(|| self.make(&TABLE[k as usize]))
+    }
+
+    fn make(&self, d: &KernelDef) -> wgpu::ComputePipeline {
+        let (device, checks) = (&self.device, self.checks);
+        let mut modules = self.modules.borrow_mut();
+        let m = modules.entry(d.module).or_insert_with(|| {
+            let desc = wgpu::ShaderModuleDescriptor {
+                label: Some(d.module),
+                source: wgpu::ShaderSource::Wgsl(
+                    module_source(self.act, d.parts, self.subgroups).into(),
+                ),
+            };
+            if checks.runtime {
+                device.create_shader_module(desc)
+            } else {
+                // SAFETY: see `ShaderChecks`: every index stays within bindings sized from
+                // the shapes the parameters carry, every loop ends at a parameter bound and
+                // every divisor is a validated block size; tests/gpu_checks.rs runs both ways.
+                unsafe {
+                    device
+                        .create_shader_module_trusted(desc, wgpu::ShaderRuntimeChecks::unchecked())
+                }
+            }
+        });
+        device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+            label: Some(d.entry),
+            layout: None,
+            module: m,
+            entry_point: Some(d.entry),
+            compilation_options: wgpu::PipelineCompilationOptions {
+                zero_initialize_workgroup_memory: checks.zero_init,
+                ..Default::default()
+            },
+            cache: None,
+        })
     }
 }
 
@@ -236,7 +265,14 @@ pub enum MatvecKernel {
     /// One thread per row, no barriers: for adapters that run on the CPU (lavapipe, SwiftShader),
     /// where each workgroup barrier costs more than the arithmetic.
     Row,
+    /// Tiled, but single q4_0 products (not the fused Q/K/V and gate/up kernels) in `matvec4_q4i`: x
+    /// quantized to 8 bits per block of 32 and integer dot products, as llama.cpp's NVIDIA path. Not
+    /// the oracle's arithmetic (x moves by up to half a step); opt-in until timed.
+    TiledInt8,
 }
+
+/// Columns `matvec4_q4i` holds in workgroup memory (`XW_WORDS` words of 8 in matvec4_int8.wgsl).
+const INT8_MAX_COLS: usize = 1536 * 8;
 
 impl MatvecKernel {
     pub fn parse(s: &str) -> crate::Result<MatvecKernel> {
@@ -245,8 +281,9 @@ impl MatvecKernel {
             "tiled32" => Ok(MatvecKernel::Tiled32),
             "tiled-blocks" => Ok(MatvecKernel::TiledBlocks),
             "row" => Ok(MatvecKernel::Row),
+            "tiled-int8" => Ok(MatvecKernel::TiledInt8),
             _ => Err(crate::Error::Invalid(format!(
-                "matvec kernel {s:?}: expected tiled, tiled-blocks, tiled32 or row"
+                "matvec kernel {s:?}: expected tiled, tiled-blocks, tiled32, row or tiled-int8"
             ))),
         }
     }
@@ -267,13 +304,16 @@ impl MatvecKernel {
             WType::Q5_K => Some(Kernel::Matvec4Q5K),
             WType::Q6_K => None,
         };
+        let int8 = ty == WType::Q4_0 && cols <= INT8_MAX_COLS;
+        let tiled = matches!(self, MatvecKernel::Tiled | MatvecKernel::TiledInt8);
         match (self, vec4) {
             (MatvecKernel::Row, _) if ty.is_k() => Kernel::MatvecKRow,
-            (MatvecKernel::Tiled | MatvecKernel::TiledBlocks, Some(k)) if ty.is_k() => k,
+            (_, Some(k)) if ty.is_k() && (tiled || self == MatvecKernel::TiledBlocks) => k,
             _ if ty.is_k() => Kernel::MatvecK,
             _ if !cols.is_multiple_of(32) => Kernel::MatvecAny,
-            (MatvecKernel::Tiled, Some(Kernel::Matvec4Q4)) => Kernel::Matvec4Q4C,
-            (MatvecKernel::Tiled | MatvecKernel::TiledBlocks, Some(k)) => k,
+            (MatvecKernel::TiledInt8, Some(Kernel::Matvec4Q4)) if int8 => Kernel::Matvec4Q4I,
+            (_, Some(Kernel::Matvec4Q4)) if tiled => Kernel::Matvec4Q4C,
+            (_, Some(k)) if tiled || self == MatvecKernel::TiledBlocks => k,
             (MatvecKernel::Row, _) => Kernel::MatvecRow,
             _ => Kernel::Matvec,
         }
@@ -397,7 +437,8 @@ impl GpuDecoder<'_> {
         self.rows == 1
             && matches!(
                 (g.ty, apart),
-                (WType::Q4_0, Kernel::Matvec4Q4C) | (WType::F16, Kernel::Matvec4F16)
+                (WType::Q4_0, Kernel::Matvec4Q4C | Kernel::Matvec4Q4I)
+                    | (WType::F16, Kernel::Matvec4F16)
             )
             && (u.ty, u.block, u.cols) == (g.ty, g.block, g.cols)
             && g.chunks.len() == 1
@@ -412,7 +453,10 @@ impl GpuDecoder<'_> {
         let q = BindKey::Matvec(TensorId::Wq(layer), 0, Act::Q, Act::Xb, false);
         self.rows == 1
             && self.w.qkv.contains_key(&layer)
-            && matches!(self.kernel_of(q), Kernel::Matvec4Q4C | Kernel::Matvec4F16)
+            && matches!(
+                self.kernel_of(q),
+                Kernel::Matvec4Q4C | Kernel::Matvec4Q4I | Kernel::Matvec4F16
+            )
     }
 
     /// Creates the bind group for `key` on first use.
@@ -555,7 +599,7 @@ impl GpuDecoder<'_> {
             | Kernel::Matvec4Q5K
             | Kernel::MatvecK
             | Kernel::MatvecKRow => e.retain(|(i, _)| *i != 2 && *i != 3),
-            Kernel::Matvec4Q8 => e.retain(|(i, _)| *i != 3),
+            Kernel::Matvec4Q8 | Kernel::Matvec4Q4I => e.retain(|(i, _)| *i != 3),
             _ => {}
         }
     }
@@ -712,6 +756,17 @@ mod tests {
         assert_eq!(k.for_matrix(4096, WType::Q4_0, 96), Kernel::Matvec);
         assert_eq!(k.for_matrix(4096, WType::Q8_0, 32), Kernel::Matvec4Q8);
         assert_eq!(k.for_matrix(4096, WType::Q8_0, 48), Kernel::Matvec);
+    }
+
+    /// The integer-dot kernel takes q4_0 rows that fit its workgroup memory, nothing else.
+    #[test]
+    fn int8_takes_q4_0_rows_that_fit() {
+        let k = MatvecKernel::TiledInt8;
+        assert_eq!(k.for_matrix(11008, WType::Q4_0, 32), Kernel::Matvec4Q4I);
+        assert_eq!(k.for_matrix(14336, WType::Q4_0, 32), Kernel::Matvec4Q4C);
+        assert_eq!(k.for_matrix(4096, WType::Q4_1, 32), Kernel::Matvec4Q4C);
+        assert_eq!(k.for_matrix(4096, WType::F16, 1), Kernel::Matvec4F16);
+        assert_eq!(k.for_matrix(4096, WType::Q4_K, 256), Kernel::Matvec4Q4K);
     }
 
     #[test]
