@@ -2,7 +2,8 @@
 //! together at upload, RoPE applied in them (`matvec4_qkv_q4c` for q4_0, `matvec4_qkv_f16`), against
 //! the CPU oracle on lavapipe with
 //! the Tiled kernels forced (lavapipe would pick the row kernels, which fuse nothing): with f32 and f16
-//! activations, fused and apart (`GpuOptions::fuse_qkv`), and the dispatches it saves; greedy
+//! activations, fused and apart (`GpuOptions::fuse_qkv`), and the dispatches it saves; into f16,
+//! q8_0 and kivi4 KV caches; greedy
 //! decoding with the loop on the GPU gives the tokens the step-by-step loop gives. SwiGLU's gate and
 //! up products in one kernel (q4_0 and f16), against the oracle and the dispatches they save.
 //!
@@ -33,8 +34,12 @@ fn open(act: Activations, fuse: bool, matvec: MatvecKernel) -> Gpu {
 
 /// Decodes `tokens` on both sides, comparing each step's logits; the dispatches of the last step.
 fn run(gpu: &Gpu, m: &Model, tokens: &[u32], tol: f32, what: &str) -> usize {
-    let mut cpu = CpuDecoder::with_kv(m, KvConfig::default()).unwrap();
-    let mut g = GpuDecoder::new(gpu, m, KvConfig::default()).unwrap();
+    run_kv(gpu, m, KvConfig::default(), tokens, tol, what)
+}
+
+fn run_kv(gpu: &Gpu, m: &Model, kv: KvConfig, tokens: &[u32], tol: f32, what: &str) -> usize {
+    let mut cpu = CpuDecoder::with_kv(m, kv.clone()).unwrap();
+    let mut g = GpuDecoder::new(gpu, m, kv).unwrap();
     for (p, &t) in tokens.iter().enumerate() {
         let a = block_on(cpu.step(t, p)).unwrap().to_vec();
         let b = block_on(g.step(t, p)).unwrap();
@@ -92,6 +97,23 @@ fn qkv_in_one_kernel_matches_cpu_and_saves_three_dispatches_a_layer() {
             by_step.push(t);
         }
         assert_eq!(on_gpu, by_step, "{act:?}");
+    }
+    // The fused kernel's K and V go through each KV cache format: f16 and q8_0 keys and values,
+    // kivi4 keys. Quantized caches as tests/gpu.rs allows them (1e-2: an f32 value on a rounding
+    // boundary lands on the neighbouring code).
+    let fused = open(Activations::F32, true, MatvecKernel::Tiled);
+    for spec in ["kv=f16", "kv=q8_0", "kv=kivi4"] {
+        let kv = RunConfig::parse(spec).unwrap().kv;
+        for (name, m) in &models {
+            run_kv(
+                &fused,
+                m,
+                kv.clone(),
+                &toks,
+                1e-2,
+                &format!("{name} {spec}"),
+            );
+        }
     }
     // SwiGLU's gate and up products in one kernel (`matvec4_glu_q4c`, `matvec4_glu_f16`): two
     // dispatches fewer per layer than the 32-bit kernels' gate, up and SwiGLU.
