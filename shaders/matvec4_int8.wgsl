@@ -1,7 +1,8 @@
 // matvec4_q4i: the q4_0 decode product with integer dot products, as llama.cpp's NVIDIA path takes
 // for long rows (x quantized to 8 bits per block of 32, `dot4I8Packed` on four codes at a time): the
 // float kernels spend several instructions decoding each code, and on an H200 that, not memory,
-// bounds them (benchmarks/2026-12-03-h200-qkv.md). Opt-in (`MatvecKernel::TiledInt8`) until timed.
+// bounds them (benchmarks/2026-12-03-h200-qkv.md). Opt-in (`MatvecKernel::TiledInt8`) until timed;
+// matvec4_glu_q4i (below) does the same for the fused gate/up.
 // Appended to matvec4.wgsl's module (its bindings, row_of, finish, bsh, xq).
 //
 // Each workgroup first quantizes all of x into workgroup memory: word k of x (values 8k..8k+7, as a
@@ -90,4 +91,42 @@ fn matvec4_q4i(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_
         }
     }
     finish(acc, lid, rl.x);
+}
+
+// matvec4_glu_q4i: matvec4_glu_q4c's gate and up products with integer dot products, x quantized
+// once for both (bindings as matvec4_glu_q4c).
+@compute @workgroup_size(256)
+fn matvec4_glu_q4i(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    quantize_x(lid.x);
+    let rl = row_of(wid, lid);
+    var ag = 0.0;
+    var au = 0.0;
+    if (rl.x < p.rows) {
+        let nu = p.cols / 32u;
+        let qd = rl.y % 4u;
+        let base = rl.x * p.cols / 8u + qd;
+        let e0 = rl.x * p.cols;
+        var u = rl.y / 4u;
+        for (; u + 8u < nu; u += 16u) {
+            let g0 = words1[base + 4u * u];
+            let g1 = words1[base + 4u * (u + 8u)];
+            let u0 = up_words[base + 4u * u];
+            let u1 = up_words[base + 4u * (u + 8u)];
+            let ba = (e0 + 32u * u) >> bsh();
+            let bb = (e0 + 32u * (u + 8u)) >> bsh();
+            let ka = 4u * u + qd;
+            let kb = 4u * (u + 8u) + qd;
+            ag += block_scale(ba) * xd[u] * f32(dot_q4i(g0, ka))
+                + block_scale(bb) * xd[u + 8u] * f32(dot_q4i(g1, kb));
+            au += up_scale(ba) * xd[u] * f32(dot_q4i(u0, ka))
+                + up_scale(bb) * xd[u + 8u] * f32(dot_q4i(u1, kb));
+        }
+        for (; u < nu; u += 8u) {
+            let b = (e0 + 32u * u) >> bsh();
+            let k = 4u * u + qd;
+            ag += block_scale(b) * xd[u] * f32(dot_q4i(words1[base + 4u * u], k));
+            au += up_scale(b) * xd[u] * f32(dot_q4i(up_words[base + 4u * u], k));
+        }
+    }
+    glu_finish(ag, au, lid, rl);
 }

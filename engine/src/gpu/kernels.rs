@@ -49,6 +49,7 @@ pub(super) enum Kernel {
     Matvec4QkvQ4C,
     Matvec4QkvF16,
     Matvec4Q4I,
+    Matvec4GluQ4I,
     Matvec4Q4K,
     Matvec4Q5K,
     Matmul,
@@ -99,7 +100,7 @@ const ATTENTION_MODULE: &[&str] = &[STEP, KVFORMAT, ATTENTION];
 const MATVEC4_MODULE: &[&str] = &[STEP, QUANT, MATRIX, REDUCE, MATVEC4];
 const MATVEC4_INT8_MODULE: &[&str] = &[STEP, QUANT, MATRIX, REDUCE, MATVEC4, MATVEC4_INT8];
 
-pub(super) const TABLE: [KernelDef; 31] = [
+pub(super) const TABLE: [KernelDef; 32] = [
     def!(Matvec, "matvec", "matvec", MATVEC_MODULE),
     def!(Matvec4F32, "matvec4_f32", "matvec4", MATVEC4_MODULE),
     def!(Matvec4F16, "matvec4_f16", "matvec4", MATVEC4_MODULE),
@@ -113,6 +114,12 @@ pub(super) const TABLE: [KernelDef; 31] = [
     def!(
         Matvec4Q4I,
         "matvec4_q4i",
+        "matvec4_int8",
+        MATVEC4_INT8_MODULE
+    ),
+    def!(
+        Matvec4GluQ4I,
+        "matvec4_glu_q4i",
         "matvec4_int8",
         MATVEC4_INT8_MODULE
     ),
@@ -172,7 +179,7 @@ pub(super) fn module_source(act: Activations, parts: &[&str], subgroups: bool) -
 
 /// Kernels compiled on first use, not with the others: the integer-dot kernel's module needs WGSL's
 /// `packed_4x8_integer_dot_product`, which not every browser has, and only an opt-in choice runs it.
-const ON_FIRST_USE: &[Kernel] = &[Kernel::Matvec4Q4I];
+const ON_FIRST_USE: &[Kernel] = &[Kernel::Matvec4Q4I, Kernel::Matvec4GluQ4I];
 
 /// One compute pipeline per kernel, indexed by [`Kernel`]; each module compiled once.
 pub(super) struct Pipelines {
@@ -265,9 +272,10 @@ pub enum MatvecKernel {
     /// One thread per row, no barriers: for adapters that run on the CPU (lavapipe, SwiftShader),
     /// where each workgroup barrier costs more than the arithmetic.
     Row,
-    /// Tiled, but single q4_0 products (not the fused Q/K/V and gate/up kernels) in `matvec4_q4i`: x
-    /// quantized to 8 bits per block of 32 and integer dot products, as llama.cpp's NVIDIA path. Not
-    /// the oracle's arithmetic (x moves by up to half a step); opt-in until timed.
+    /// Tiled, but single q4_0 products and the fused gate/up (not Q/K/V) in `matvec4_q4i` and
+    /// `matvec4_glu_q4i`: x quantized to 8 bits per block of 32 and integer dot products, as
+    /// llama.cpp's NVIDIA path. Not the oracle's arithmetic (x moves by up to half a step); opt-in
+    /// until timed.
     TiledInt8,
 }
 
@@ -392,8 +400,11 @@ impl BindKey {
                 mv.for_matrix(cols, ty, block)
             }
             BindKey::Matmul(..) => Kernel::Matmul,
-            BindKey::Glu(gate, ..) => match mat(gate).1 {
-                WType::F16 => Kernel::Matvec4GluF16,
+            BindKey::Glu(gate, ..) => match (mat(gate), mv) {
+                ((_, WType::F16, _), _) => Kernel::Matvec4GluF16,
+                ((cols, ..), MatvecKernel::TiledInt8) if cols <= INT8_MAX_COLS => {
+                    Kernel::Matvec4GluQ4I
+                }
                 _ => Kernel::Matvec4GluQ4C,
             },
             BindKey::Qkv(l, ..) => match mat(TensorId::Wq(l)).1 {
