@@ -394,21 +394,21 @@ impl BindKey {
         mv: MatvecKernel,
         mat: impl Fn(TensorId) -> (usize, WType, usize),
     ) -> Kernel {
+        // The kernel a matrix takes alone; the fused kernels follow what theirs would run in.
+        let alone = |id| {
+            let (cols, ty, block) = mat(id);
+            mv.for_matrix(cols, ty, block)
+        };
         match self {
-            BindKey::Matvec(id, ..) => {
-                let (cols, ty, block) = mat(id);
-                mv.for_matrix(cols, ty, block)
-            }
+            BindKey::Matvec(id, ..) => alone(id),
             BindKey::Matmul(..) => Kernel::Matmul,
-            BindKey::Glu(gate, ..) => match (mat(gate), mv) {
-                ((_, WType::F16, _), _) => Kernel::Matvec4GluF16,
-                ((cols, ..), MatvecKernel::TiledInt8) if cols <= INT8_MAX_COLS => {
-                    Kernel::Matvec4GluQ4I
-                }
+            BindKey::Glu(gate, ..) => match alone(gate) {
+                Kernel::Matvec4F16 => Kernel::Matvec4GluF16,
+                Kernel::Matvec4Q4I => Kernel::Matvec4GluQ4I,
                 _ => Kernel::Matvec4GluQ4C,
             },
-            BindKey::Qkv(l, ..) => match mat(TensorId::Wq(l)).1 {
-                WType::F16 => Kernel::Matvec4QkvF16,
+            BindKey::Qkv(l, ..) => match alone(TensorId::Wq(l)) {
+                Kernel::Matvec4F16 => Kernel::Matvec4QkvF16,
                 _ => Kernel::Matvec4QkvQ4C,
             },
             BindKey::Embed(..) => Kernel::Embed,

@@ -78,7 +78,8 @@ impl Kernels for GpuDecoder<'_> {
         // Nothing between the products and RoPE, and pairs of adjacent rows.
         let rope = !c.qkv_bias() && !c.qk_norm() && !c.rope_neox();
         let rows = c.q_dim() + 2 * c.kv_dim();
-        self.dispatch(BindKey::Qkv(layer, x, rope), fold(rows / 8));
+        let key = BindKey::Qkv(layer, x, rope);
+        self.dispatch(key, fold(rows / self.kernel_of(key).rows_per_group()));
         self.roped = rope;
     }
 

@@ -87,14 +87,16 @@ impl<'g> WeightUpload<'g> {
                 )));
             }
         }
+        let planned: HashMap<TensorId, (WType, usize)> = plan
+            .matrices
+            .iter()
+            .map(|&(id, ty, block)| (id, (ty, block)))
+            .collect();
+        let align = gpu.device.limits().min_storage_buffer_offset_alignment as u64;
         let mut qkv_plans = HashMap::new();
         for l in (0..c.n_layers).filter(|_| gpu.fuse_qkv) {
             let shape = |id: TensorId| {
-                let (ty, block) = plan
-                    .matrices
-                    .iter()
-                    .find(|m| m.0 == id)
-                    .map(|m| (m.1, m.2))?;
+                let &(ty, block) = planned.get(&id)?;
                 let (rows, cols) = id.shape(c);
                 Some(Shape {
                     ty,
@@ -110,7 +112,6 @@ impl<'g> WeightUpload<'g> {
             ) else {
                 continue;
             };
-            let align = gpu.device.limits().min_storage_buffer_offset_alignment as u64;
             if let Some(layout) = QkvLayout::plan([q, k, v], align, gpu.max_binding) {
                 qkv_plans.insert(l, layout);
             }
@@ -118,11 +119,7 @@ impl<'g> WeightUpload<'g> {
         Ok(WeightUpload {
             gpu,
             qkv_plans,
-            plan: plan
-                .matrices
-                .iter()
-                .map(|&(id, ty, block)| (id, (ty, block)))
-                .collect(),
+            plan: planned,
             tied: !plan.own_output,
             w: GpuWeights {
                 name: plan.name.clone(),
