@@ -3,7 +3,8 @@
 //! - `device`: opening the adapter, its report and limits, the choices made per adapter.
 //! - `layout`: matrices split into bindings, KV cache sizes, memory accounting.
 //! - `upload`: weights uploaded whole or tensor by tensor as a load streams them (`GpuSink`).
-//! - `kernels`: the kernel table (entry points, shader files, pipelines) and what each binding key binds.
+//! - `kernels`: the kernel table (entry points, shader files, pipelines) and the binding keys.
+//! - `bind`: what each binding key runs and binds on a decoder's weights (fused kernels chosen).
 //! - `decoder`: one sequence: activations, KV cache, recording a pass, reading back.
 //! - `ops`: the forward pass's operations as dispatches, fused kernels chosen where weights allow.
 //!
@@ -13,6 +14,7 @@
 //! compute pass in one command buffer; greedy decoding keeps its loop on the GPU (each argmax feeds the
 //! next pass) and reads ids back in batches, scoring reads the logits.
 
+mod bind;
 mod decoder;
 mod device;
 mod kernels;

@@ -1,0 +1,314 @@
+//! What each dispatch binds: the kernel a binding key runs on this decoder's weights, whether the
+//! fused kernels apply, and the buffers (or ranges of them) behind every binding number, made into
+//! bind groups on first use and cached.
+
+use super::decoder::GpuDecoder;
+use super::kernels::{max_splits, BindKey, Kernel};
+use super::layout::kivi_ring;
+use super::layout::{Chunk, GpuMatrix, View};
+use crate::dtype::WType;
+use crate::forward::Act;
+use crate::model::TensorId;
+use wgpu::util::DeviceExt;
+
+type Entries = Vec<(u32, View)>;
+
+impl GpuDecoder<'_> {
+    /// The kernel `key` runs on this decoder's weights with the adapter's matvec choice.
+    pub(super) fn kernel_of(&self, key: BindKey) -> Kernel {
+        key.kernel(self.gpu.matvec_kernel(), |id| {
+            let m = &self.w.mats[&id];
+            (m.cols, m.ty, m.block)
+        })
+    }
+
+    /// Whether a decode step runs SwiGLU's gate and up products as one kernel (`matvec4_glu_q4c`,
+    /// `matvec4_glu_f16`): both q4_0 (or both f16) matrices of one shape and block in one binding
+    /// each, whose products the chosen kernel would run in `matvec4_q4c` (`matvec4_f16`).
+    pub(super) fn fuses_glu(&self, gate: TensorId, up: TensorId) -> bool {
+        let (g, u) = (&self.w.mats[&gate], &self.w.mats[&up]);
+        let apart = self.kernel_of(BindKey::Matvec(gate, 0, Act::Hb, Act::Xb, false));
+        self.rows == 1
+            && matches!(
+                (g.ty, apart),
+                (WType::Q4_0, Kernel::Matvec4Q4C | Kernel::Matvec4Q4I)
+                    | (WType::F16, Kernel::Matvec4F16)
+            )
+            && (u.ty, u.block, u.cols) == (g.ty, g.block, g.cols)
+            && g.chunks.len() == 1
+            && u.chunks.len() == 1
+            && g.chunks[0].rows == u.chunks[0].rows
+    }
+
+    /// Whether a decode step runs `layer`'s Q, K and V products as one kernel (`matvec4_qkv_q4c`,
+    /// `matvec4_qkv_f16`): their weights share buffers (`QkvLayout`), and the chosen kernel would run
+    /// each in `matvec4_q4c` or `matvec4_f16`.
+    pub(super) fn fuses_qkv(&self, layer: usize) -> bool {
+        let q = BindKey::Matvec(TensorId::Wq(layer), 0, Act::Q, Act::Xb, false);
+        self.rows == 1
+            && self.w.qkv.contains_key(&layer)
+            && matches!(
+                self.kernel_of(q),
+                Kernel::Matvec4Q4C | Kernel::Matvec4Q4I | Kernel::Matvec4F16
+            )
+    }
+
+    /// Creates the bind group for `key` on first use.
+    pub(super) fn ensure(&mut self, key: BindKey) {
+        if self.binds.contains_key(&key) {
+            return;
+        }
+        let entries = self.entries(key);
+        let layout = self.pipes.get(self.kernel_of(key)).get_bind_group_layout(0);
+        let entries: Vec<wgpu::BindGroupEntry> = entries
+            .iter()
+            .map(|(i, b)| wgpu::BindGroupEntry {
+                binding: *i,
+                resource: b.binding(),
+            })
+            .collect();
+        let bg = self
+            .gpu
+            .device
+            .create_bind_group(&wgpu::BindGroupDescriptor {
+                label: None,
+                layout: &layout,
+                entries: &entries,
+            });
+        self.binds.insert(key, bg);
+    }
+
+    /// The buffers `key` binds, by binding number (each shader's header lists them).
+    fn entries(&self, key: BindKey) -> Entries {
+        let c = &self.config;
+        let act = |a: Act| View::whole(self.act(a).clone());
+        match key {
+            BindKey::Matvec(id, ci, out, x, acc) | BindKey::Matmul(id, ci, out, x, acc) => {
+                let mut e = self.matrix_entries(id, ci, acc);
+                e.extend([(4, act(x)), (5, act(out))]);
+                self.keep_read_bindings(key, &mut e);
+                e
+            }
+            BindKey::Glu(gate, up, out, x) => self.glu_entries(gate, up, act(out), act(x)),
+            BindKey::Qkv(l, x, rope) => self.qkv_entries(l, act(x), rope),
+            BindKey::Embed(out, ci) => {
+                let mut e = self.matrix_entries(TensorId::TokEmbd, ci, false);
+                e.extend([(5, act(out)), (6, self.step_buf.clone().into())]);
+                e
+            }
+            BindKey::HeadNorm(id, x) => vec![
+                (
+                    0,
+                    self.uniform(&[c.head_size() as u32, c.norm_eps.to_bits(), 0, 0]),
+                ),
+                (2, self.w.norms[&id].clone().into()),
+                (3, act(x)),
+            ],
+            BindKey::Norm(id, out, x) => vec![
+                (0, self.uniform(&[c.dim as u32, c.norm_eps.to_bits(), 0, 0])),
+                (1, act(x)),
+                (2, self.w.norms[&id].clone().into()),
+                (3, act(out)),
+            ],
+            BindKey::RopeQk => vec![
+                (
+                    0,
+                    self.uniform(&[
+                        c.q_dim() as u32,
+                        c.head_size() as u32,
+                        c.rope_neox() as u32,
+                        c.kv_dim() as u32,
+                    ]),
+                ),
+                (1, act(Act::Q)),
+                (2, self.rope_buf.clone().into()),
+                (3, act(Act::K)),
+            ],
+            BindKey::AddBias(a, b) => vec![
+                (0, self.uniform(&[a.len(c) as u32, 0, 0, 0])),
+                (1, act(a)),
+                (3, self.w.norms[&b].clone().into()),
+            ],
+            BindKey::Add(a, b) | BindKey::Swiglu(a, b) => vec![
+                (0, self.uniform(&[a.len(c) as u32, 0, 0, 0])),
+                (1, act(a)),
+                (2, act(b)),
+            ],
+            BindKey::KvStore(l) => vec![
+                (0, self.attn_params()),
+                (1, act(Act::K)),
+                (2, act(Act::V)),
+                (3, self.kcache[l].clone().into()),
+                (4, self.vcache[l].clone().into()),
+                (5, self.step_buf.clone().into()),
+            ],
+            BindKey::KiviFlush(l) => vec![
+                (0, self.attn_params()),
+                (3, self.kcache[l].clone().into()),
+                (5, self.step_buf.clone().into()),
+            ],
+            BindKey::Attention(l, out) => vec![
+                (0, self.attn_params()),
+                (1, act(Act::Q)),
+                (2, self.kcache[l].clone().into()),
+                (3, self.vcache[l].clone().into()),
+                (4, self.att.clone().into()),
+                (5, act(out)),
+                (6, self.step_buf.clone().into()),
+            ],
+            BindKey::AttnSplit(l) => vec![
+                (0, self.attn_params()),
+                (1, act(Act::Q)),
+                (2, self.kcache[l].clone().into()),
+                (3, self.vcache[l].clone().into()),
+                (6, self.step_buf.clone().into()),
+                (7, self.parts.clone().into()),
+            ],
+            BindKey::AttnCombine(out) => vec![
+                (0, self.attn_params()),
+                (5, act(out)),
+                (6, self.step_buf.clone().into()),
+                (7, self.parts.clone().into()),
+            ],
+            BindKey::Argmax => vec![
+                (0, self.uniform(&[c.vocab_size as u32, 0, 0, 0])),
+                (1, act(Act::Logits)),
+                (2, self.argmax_buf.clone().into()),
+                (3, self.step_buf.clone().into()),
+            ],
+        }
+    }
+
+    /// Trims a matrix kernel's bindings to those its entry point reads (layouts derive from the
+    /// shader): only the batched kernel reads the steps (its row count); f32, f16 and K-quant kernels
+    /// read no scales or mins, q8_0 no mins.
+    fn keep_read_bindings(&self, key: BindKey, e: &mut Entries) {
+        if matches!(key, BindKey::Matmul(..)) {
+            e.push((6, self.step_buf.clone().into()));
+        }
+        match self.kernel_of(key) {
+            Kernel::Matvec4F32
+            | Kernel::Matvec4F16
+            | Kernel::Matvec4Q4K
+            | Kernel::Matvec4Q5K
+            | Kernel::MatvecK
+            | Kernel::MatvecKRow => e.retain(|(i, _)| *i != 2 && *i != 3),
+            Kernel::Matvec4Q8 | Kernel::Matvec4Q4I => e.retain(|(i, _)| *i != 3),
+            _ => {}
+        }
+    }
+
+    /// The gate matrix as any q4_0 product binds it (no mins), x, the output, the up matrix's codes
+    /// and scales.
+    fn glu_entries(&self, gate: TensorId, up: TensorId, out: View, x: View) -> Entries {
+        let mut e = self.matrix_entries(gate, 0, false);
+        e.retain(|(i, _)| *i != 3);
+        let upc = &self.w.mats[&up].chunks[0];
+        e.extend([
+            (4, x),
+            (5, out),
+            (7, upc.words.clone()),
+            (8, upc.scales.clone()),
+        ]);
+        if self.w.mats[&gate].ty == WType::F16 {
+            e.retain(|(i, _)| *i != 2 && *i != 8);
+        }
+        e
+    }
+
+    /// A layer's shared Q, K and V codes and scales, the section offsets, x, the three outputs and the
+    /// RoPE table (matvec4_qkv_q4c).
+    fn qkv_entries(&self, l: usize, x: View, rope: bool) -> Entries {
+        let q = &self.w.qkv[&l];
+        let lay = &q.layout;
+        let c = &self.config;
+        let f16 = self.w.mats[&TensorId::Wq(l)].ty == WType::F16;
+        // Offsets in the units the kernel reads codes in: vec4s for f16, words for q4_0.
+        let word = |b: u64| (b / 4) as u32;
+        let unit = |b: u64| (b / if f16 { 16 } else { 4 }) as u32;
+        let params = self.uniform(&[
+            lay.rows[0] as u32,
+            lay.rows[1] as u32,
+            c.dim as u32,
+            self.w.mats[&TensorId::Wq(l)].block as u32,
+            unit(lay.words[1].0),
+            unit(lay.words[2].0),
+            word(lay.scales[1].0),
+            word(lay.scales[2].0),
+            rope as u32,
+            c.head_size() as u32,
+            0,
+            0,
+        ]);
+        let act = |a: Act| View::whole(self.act(a).clone());
+        let mut e = vec![
+            (0, params),
+            (1, q.words.clone().into()),
+            (2, q.scales.clone().into()),
+            (4, x),
+            (5, act(Act::Q)),
+            (9, act(Act::K)),
+            (10, act(Act::V)),
+            (11, self.rope_buf.clone().into()),
+        ];
+        if f16 {
+            e.retain(|(i, _)| *i != 2);
+        }
+        e
+    }
+
+    /// Bindings 0-3 of a matrix kernel: parameters and one chunk's codes, scales and mins.
+    fn matrix_entries(&self, id: TensorId, ci: usize, accumulate: bool) -> Entries {
+        let m = &self.w.mats[&id];
+        let ch = &m.chunks[ci];
+        vec![
+            (0, self.mat_params(m, ch, accumulate)),
+            (1, ch.words.clone()),
+            (2, ch.scales.clone()),
+            (3, ch.mins.clone()),
+        ]
+    }
+
+    fn uniform(&self, words: &[u32]) -> View {
+        let b = self
+            .gpu
+            .device
+            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some("params"),
+                contents: bytemuck::cast_slice(words),
+                usage: wgpu::BufferUsages::UNIFORM,
+            });
+        View::whole(b)
+    }
+
+    fn mat_params(&self, m: &GpuMatrix, ch: &Chunk, accumulate: bool) -> View {
+        self.uniform(&[
+            ch.rows as u32,
+            m.cols as u32,
+            m.block as u32,
+            m.ty.code(),
+            accumulate as u32,
+            ch.row0 as u32,
+            m.chunks.iter().map(|c| c.rows).sum::<usize>() as u32,
+            0,
+        ])
+    }
+
+    fn attn_params(&self) -> View {
+        let c = &self.config;
+        self.uniform(&[
+            c.n_heads as u32,
+            c.n_kv_heads as u32,
+            c.head_size() as u32,
+            c.kv_dim() as u32,
+            self.cap as u32,
+            self.kv.k.key_code(),
+            self.kv.v.value_code(),
+            self.kv.group as u32,
+            kivi_ring(&self.kv, c) as u32,
+            self.kv.sinks as u32,
+            max_splits(self.cap) as u32,
+            0,
+        ])
+    }
+}
