@@ -14,7 +14,11 @@ struct MatParams {
     row0: u32,
     // Values per row of `out` (the whole matrix's rows), for the matmul.
     out_len: u32,
-    pad2: u32,
+    // 1: RMSNorm of x folded in, with this epsilon (matvec4_int8.wgsl); 0: x as it is.
+    norm: u32,
+    eps: f32,
+    pad0: u32,
+    pad1: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: MatParams;

@@ -532,8 +532,9 @@ struct QkvParams {
     v_scales: u32,
     rope: u32,
     head_size: u32,
-    pad0: u32,
-    pad1: u32,
+    // RMSNorm folded in (matvec4_qkv_q4i; MatParams.norm, .eps).
+    norm: u32,
+    eps: f32,
 }
 
 @group(0) @binding(0) var<uniform> qp: QkvParams;

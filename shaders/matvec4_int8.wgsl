@@ -1,9 +1,9 @@
 // matvec4_q4i: the q4_0 decode product with integer dot products, as llama.cpp's NVIDIA path takes
 // for long rows (x quantized to 8 bits per block of 32, `dot4I8Packed` on four codes at a time): the
 // float kernels spend several instructions decoding each code, and on an H200 that, not memory,
-// bounds them (benchmarks/2026-12-03-h200-qkv.md). Opt-in (`MatvecKernel::TiledInt8`) until timed;
-// matvec4_glu_q4i (below) does the same for the fused gate/up.
-// Appended to matvec4.wgsl's module (its bindings, row_of, finish, bsh, xq).
+// bounds them (benchmarks/2026-12-03-h200-qkv.md). Opt-in (`MatvecKernel::TiledInt8`);
+// matvec4_glu_q4i and matvec4_qkv_q4i (below) do the same for the fused gate/up and Q/K/V.
+// Appended to matvec4.wgsl's module (its bindings, row_of, finish, bsh, xq, the Q/K/V kernels' parts).
 //
 // Each workgroup first quantizes all of x into workgroup memory: word k of x (values 8k..8k+7, as a
 // q4 word of codes holds them) becomes two words of signed bytes, values 8k, 8k+2, 8k+4, 8k+6 and
@@ -14,17 +14,31 @@
 // Rows of at most XW_WORDS * 8 values (`MatvecKernel::for_matrix`); the other rows keep
 // matvec4_q4c. The quantization of x is the only difference from the oracle's arithmetic: each value
 // moves by at most half a step (max |x| / 254 of its block).
+//
+// RMSNorm folded in (MatParams.norm, QkvParams.norm = 1): x is then the residual stream, and the
+// workgroup quantizes w * x (the norm's weights at binding 12) while it sums x^2; the products are
+// scaled by 1 / sqrt(mean(x^2) + eps) at the end. Quantizing per block is blind to a common scale,
+// so this is what quantizing the normalised x would give, without a dispatch that writes it (on an
+// H200 each RMSNorm dispatch took ~10 us of a 7B token's ~4.3 ms, 65 of them). Where no norm is
+// folded, binding 12 is bound to x and never read.
+// Bindings beyond matvec4's: 12 norm_w: storage read array<vec4<f32>> (cols / 4).
 
 const XW_WORDS: u32 = 1536u;
 
 // x quantized: per word, the even and the odd values' bytes; per 32 values, the scale.
 var<workgroup> xw: array<vec2<u32>, 1536>;
 var<workgroup> xd: array<f32, 384>;
+// Each 32-lane row's part of the sum of squares.
+var<workgroup> norm_sums: array<f32, 8>;
 
-// Quantizes x (p.cols values) into xw and xd; every thread calls it. rowsum (reduce_shared.wgsl or
-// reduce_subgroup.wgsl) holds each thread's max |x| for a moment: four threads' words are a block.
-fn quantize_x(t: u32) {
-    let words = p.cols / 8u;
+@group(0) @binding(12) var<storage, read> norm_w: array<vec4<f32>>;
+
+// Quantizes x (`cols` values; times the norm's weights where `norm`) into xw and xd; every thread
+// calls it. rowsum (reduce_shared.wgsl or reduce_subgroup.wgsl) holds each thread's max |x| for a
+// moment: four threads' words are a block. Returns the norm's scale (1 without a norm).
+fn quantize_x(t: u32, cols: u32, norm: bool, eps: f32) -> f32 {
+    let words = cols / 8u;
+    var ss = 0.0;
     for (var c0 = 0u; c0 < words; c0 += 256u) {
         let k = c0 + t;
         var a = vec4<f32>(0.0);
@@ -32,6 +46,11 @@ fn quantize_x(t: u32) {
         if (k < words) {
             a = xq(2u * k);
             b = xq(2u * k + 1u);
+            if (norm) {
+                ss += dot(a, a) + dot(b, b);
+                a *= norm_w[2u * k];
+                b *= norm_w[2u * k + 1u];
+            }
         }
         let m = max(abs(a), abs(b));
         rowsum[t] = max(max(m.x, m.y), max(m.z, m.w));
@@ -51,6 +70,19 @@ fn quantize_x(t: u32) {
         }
         workgroupBarrier();
     }
+    if (!norm) {
+        return 1.0;
+    }
+    // The workgroup's sum: each row's by row_sum, then the eight rows'. The barrier after the
+    // stores also ends row_sum's reads before the kernel's own row_sum.
+    let row = row_sum(ss, t);
+    if (t % 32u == 0u) {
+        norm_sums[t / 32u] = row;
+    }
+    workgroupBarrier();
+    let total = ((norm_sums[0] + norm_sums[1]) + (norm_sums[2] + norm_sums[3]))
+        + ((norm_sums[4] + norm_sums[5]) + (norm_sums[6] + norm_sums[7]));
+    return 1.0 / sqrt(total / f32(cols) + eps);
 }
 
 // The eight products of code word w with x word k, exactly: the nibbles of each byte as signed
@@ -69,7 +101,7 @@ fn unit_q4i(w: u32, u: u32, qd: u32, e0: u32) -> f32 {
 
 @compute @workgroup_size(256)
 fn matvec4_q4i(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
-    quantize_x(lid.x);
+    let scale = quantize_x(lid.x, p.cols, p.norm == 1u, p.eps);
     let rl = row_of(wid, lid);
     var acc = 0.0;
     if (rl.x < p.rows) {
@@ -90,14 +122,14 @@ fn matvec4_q4i(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_
             acc += unit_q4i(words1[base + 4u * u], u, qd, e0);
         }
     }
-    finish(acc, lid, rl.x);
+    finish(acc * scale, lid, rl.x);
 }
 
 // matvec4_glu_q4i: matvec4_glu_q4c's gate and up products with integer dot products, x quantized
 // once for both (bindings as matvec4_glu_q4c).
 @compute @workgroup_size(256)
 fn matvec4_glu_q4i(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
-    quantize_x(lid.x);
+    let scale = quantize_x(lid.x, p.cols, p.norm == 1u, p.eps);
     let rl = row_of(wid, lid);
     var ag = 0.0;
     var au = 0.0;
@@ -128,5 +160,42 @@ fn matvec4_glu_q4i(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocat
             au += up_scale(b) * xd[u] * f32(dot_q4i(up_words[base + 4u * u], k));
         }
     }
-    glu_finish(ag, au, lid, rl);
+    glu_finish(ag * scale, au * scale, lid, rl);
+}
+
+// matvec4_qkv_q4i: matvec4_qkv_q4c's Q, K and V products (and RoPE) with integer dot products, x
+// quantized once for the three (bindings as matvec4_qkv_q4c, and 12).
+@compute @workgroup_size(256)
+fn matvec4_qkv_q4i(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let scale = quantize_x(lid.x, qp.cols, qp.norm == 1u, qp.eps);
+    let part = qkv_part(wid);
+    let r = part.first + lid.x / LANES4;
+    let lane = lid.x % LANES4;
+    let sh = countTrailingZeros(qp.block);
+    var acc = 0.0;
+    if (r < part.rows) {
+        let nu = qp.cols / 32u;
+        let qd = lane % 4u;
+        let base = part.wbase + r * qp.cols / 8u + qd;
+        let e0 = r * qp.cols;
+        var u = lane / 4u;
+        for (; u + 24u < nu; u += 32u) {
+            let w0 = words1[base + 4u * u];
+            let w1 = words1[base + 4u * (u + 8u)];
+            let w2 = words1[base + 4u * (u + 16u)];
+            let w3 = words1[base + 4u * (u + 24u)];
+            acc += (qkv_unit_i(w0, u, qd, e0, part.sbase, sh) + qkv_unit_i(w1, u + 8u, qd, e0, part.sbase, sh))
+                + (qkv_unit_i(w2, u + 16u, qd, e0, part.sbase, sh) + qkv_unit_i(w3, u + 24u, qd, e0, part.sbase, sh));
+        }
+        for (; u < nu; u += 8u) {
+            acc += qkv_unit_i(words1[base + 4u * u], u, qd, e0, part.sbase, sh);
+        }
+    }
+    qkv_finish(part, acc * scale, lid);
+}
+
+// unit_q4i for a Q/K/V section: its scales from word sbase on.
+fn qkv_unit_i(w: u32, u: u32, qd: u32, e0: u32, sbase: u32, sh: u32) -> f32 {
+    let b = (e0 + 32u * u) >> sh;
+    return half_at(scales[sbase + (b >> 1u)], b) * xd[u] * f32(dot_q4i(w, 4u * u + qd));
 }

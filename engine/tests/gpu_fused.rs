@@ -155,36 +155,52 @@ fn qkv_in_one_kernel_matches_cpu_and_saves_three_dispatches_a_layer() {
 }
 
 /// The integer-dot products (`MatvecKernel::TiledInt8`: attn_output and ffn_down in `matvec4_q4i`,
-/// gate/up in `matvec4_glu_q4i`, x quantized to 8 bits per block of 32) against the oracle. The kernel's integer sums are exact, so what differs
-/// is x's quantization: each value moves by up to half a step, max |x| / 254 of its block, so a dot
-/// product moves by about d / sqrt(12) * |w| sqrt(n) against its size |x|_rms |w| sqrt(n), a relative
-/// 1 / (127 sqrt(12)) * max |x| / |x|_rms ~ 6e-3 for blocks whose max is ~2.6 times their rms.
-/// Measured on these models: 4e-3 to 8.7e-3 of (1 + max |logit|). Allowed: 2e-2, with top-1 agreeing
-/// unless the oracle's own margin is within the error. A wrong code or scale moves logits by ~1.
+/// gate/up in `matvec4_glu_q4i`, Q/K/V in `matvec4_qkv_q4i`, x quantized to 8 bits per block of 32,
+/// the RMSNorm before gate/up and Q/K/V folded in) against the oracle. The kernel's integer sums are
+/// exact, so what differs is x's quantization: each value moves by up to half a step, max |x| / 254 of
+/// its block, so a dot product moves by about d / sqrt(12) * |w| sqrt(n) against its size
+/// |x|_rms |w| sqrt(n), a relative 1 / (127 sqrt(12)) * max |x| / |x|_rms ~ 6e-3 for blocks whose max
+/// is ~2.6 times their rms. Measured on these models: 4e-3 to 8.7e-3 of (1 + max |logit|). Allowed:
+/// 2e-2, with top-1 agreeing unless the oracle's own margin is within the error. A wrong code or scale
+/// moves logits by ~1; so does a norm's scale or weight lost (x^2's mean here is far from 1).
 /// The float kernels' logits must differ from these by more than float rounding (2e-4), which shows
-/// the integer kernel ran.
+/// the integer kernels ran; folding the norms must save its two dispatches a layer.
 #[test]
 fn int8_products_stay_near_the_oracle() {
     let toks: Vec<u32> = (0..12).map(|i| 3 + (i * 37 % 250) as u32).collect();
-    let int8 = open(Activations::F32, true, MatvecKernel::TiledInt8);
+    let with = |act, subgroups, fold_norm| {
+        Gpu::open_blocking(GpuOptions {
+            act: Some(act),
+            matvec: Some(MatvecKernel::TiledInt8),
+            subgroups: Some(subgroups),
+            fold_norm: Some(fold_norm),
+            ..Default::default()
+        })
+        .expect("lavapipe has subgroups")
+    };
+    let int8 = with(Activations::F32, false, true);
     let float = open(Activations::F32, true, MatvecKernel::Tiled);
-    // Both row sums: the kernel borrows their workgroup memory while it quantizes x.
-    let int8_subgroups = Gpu::open_blocking(GpuOptions {
-        act: Some(Activations::F32),
-        matvec: Some(MatvecKernel::TiledInt8),
-        subgroups: Some(true),
-        ..Default::default()
-    })
-    .expect("lavapipe has subgroups");
     for (name, m) in models().iter().filter(|(n, _)| n.ends_with("q4_0")) {
-        run(&int8, m, &toks, 2e-2, &format!("{name} int8"));
-        run(
-            &int8_subgroups,
+        let folded = run(&int8, m, &toks, 2e-2, &format!("{name} int8"));
+        // Both row sums (the kernel borrows their workgroup memory while it quantizes x), f16
+        // activations, and the norms apart.
+        for (act, subgroups, fold) in [
+            (Activations::F32, true, true),
+            (Activations::F16, false, true),
+            (Activations::F16, true, true),
+        ] {
+            let what = format!("{name} int8, {act:?}, subgroups {subgroups}");
+            let n = run(&with(act, subgroups, fold), m, &toks, 2e-2, &what);
+            assert_eq!(n, folded, "{what}");
+        }
+        let apart = run(
+            &with(Activations::F32, false, false),
             m,
             &toks,
             2e-2,
-            &format!("{name} int8, subgroups"),
+            &format!("{name} int8, norms apart"),
         );
+        assert_eq!(folded + 2 * m.config.n_layers, apart, "{name}");
         let mut a = GpuDecoder::new(&float, m, KvConfig::default()).unwrap();
         let mut b = GpuDecoder::new(&int8, m, KvConfig::default()).unwrap();
         let (x, y) = (
@@ -198,4 +214,17 @@ fn int8_products_stay_near_the_oracle() {
             "{name}: the integer kernel did not run ({d})"
         );
     }
+    // The float kernels fold nothing: the option changes no dispatch.
+    let q4_0 = &models()[0].1;
+    let float_apart = Gpu::open_blocking(GpuOptions {
+        act: Some(Activations::F32),
+        matvec: Some(MatvecKernel::Tiled),
+        fold_norm: Some(false),
+        ..Default::default()
+    })
+    .unwrap();
+    assert_eq!(
+        run(&float, q4_0, &toks, 2e-4, "float"),
+        run(&float_apart, q4_0, &toks, 2e-4, "float, norms apart")
+    );
 }

@@ -84,15 +84,24 @@ impl GpuDecoder<'_> {
         let act = |a: Act| View::whole(self.act(a).clone());
         match key {
             BindKey::Matvec(id, ci, out, x, acc) | BindKey::Matmul(id, ci, out, x, acc) => {
-                let mut e = self.matrix_entries(id, ci, acc);
+                let mut e = self.matrix_entries(id, ci, acc, None);
                 e.extend([(4, act(x)), (5, act(out))]);
                 self.keep_read_bindings(key, &mut e);
+                self.bind_norm(key, None, act(x), &mut e);
                 e
             }
-            BindKey::Glu(gate, up, out, x) => self.glu_entries(gate, up, act(out), act(x)),
-            BindKey::Qkv(l, x, rope) => self.qkv_entries(l, act(x), rope),
+            BindKey::Glu(gate, up, out, x, norm) => {
+                let mut e = self.glu_entries(gate, up, act(out), act(x), norm);
+                self.bind_norm(key, norm, act(x), &mut e);
+                e
+            }
+            BindKey::Qkv(l, x, rope, norm) => {
+                let mut e = self.qkv_entries(l, act(x), rope, norm);
+                self.bind_norm(key, norm, act(x), &mut e);
+                e
+            }
             BindKey::Embed(out, ci) => {
-                let mut e = self.matrix_entries(TensorId::TokEmbd, ci, false);
+                let mut e = self.matrix_entries(TensorId::TokEmbd, ci, false, None);
                 e.extend([(5, act(out)), (6, self.step_buf.clone().into())]);
                 e
             }
@@ -198,10 +207,31 @@ impl GpuDecoder<'_> {
         }
     }
 
+    /// Binding 12 of the integer-dot kernels (matvec4_int8.wgsl): the RMSNorm weights folded in, or
+    /// where none is, x again (a read-only binding the kernel then never reads).
+    fn bind_norm(&self, key: BindKey, norm: Option<TensorId>, x: View, e: &mut Entries) {
+        let int8 = matches!(
+            self.kernel_of(key),
+            Kernel::Matvec4Q4I | Kernel::Matvec4GluQ4I | Kernel::Matvec4QkvQ4I
+        );
+        match norm {
+            Some(id) => e.push((12, self.w.norms[&id].clone().into())),
+            None if int8 => e.push((12, x)),
+            None => {}
+        }
+    }
+
     /// The gate matrix as any q4_0 product binds it (no mins), x, the output, the up matrix's codes
     /// and scales.
-    fn glu_entries(&self, gate: TensorId, up: TensorId, out: View, x: View) -> Entries {
-        let mut e = self.matrix_entries(gate, 0, false);
+    fn glu_entries(
+        &self,
+        gate: TensorId,
+        up: TensorId,
+        out: View,
+        x: View,
+        norm: Option<TensorId>,
+    ) -> Entries {
+        let mut e = self.matrix_entries(gate, 0, false, norm);
         e.retain(|(i, _)| *i != 3);
         let upc = &self.w.mats[&up].chunks[0];
         e.extend([
@@ -218,7 +248,7 @@ impl GpuDecoder<'_> {
 
     /// A layer's shared Q, K and V codes and scales, the section offsets, x, the three outputs and the
     /// RoPE table (matvec4_qkv_q4c).
-    fn qkv_entries(&self, l: usize, x: View, rope: bool) -> Entries {
+    fn qkv_entries(&self, l: usize, x: View, rope: bool, norm: Option<TensorId>) -> Entries {
         let q = &self.w.qkv[&l];
         let lay = &q.layout;
         let c = &self.config;
@@ -237,8 +267,8 @@ impl GpuDecoder<'_> {
             word(lay.scales[2].0),
             rope as u32,
             c.head_size() as u32,
-            0,
-            0,
+            norm.is_some() as u32,
+            c.norm_eps.to_bits(),
         ]);
         let act = |a: Act| View::whole(self.act(a).clone());
         let mut e = vec![
@@ -258,11 +288,17 @@ impl GpuDecoder<'_> {
     }
 
     /// Bindings 0-3 of a matrix kernel: parameters and one chunk's codes, scales and mins.
-    fn matrix_entries(&self, id: TensorId, ci: usize, accumulate: bool) -> Entries {
+    fn matrix_entries(
+        &self,
+        id: TensorId,
+        ci: usize,
+        accumulate: bool,
+        norm: Option<TensorId>,
+    ) -> Entries {
         let m = &self.w.mats[&id];
         let ch = &m.chunks[ci];
         vec![
-            (0, self.mat_params(m, ch, accumulate)),
+            (0, self.mat_params(m, ch, accumulate, norm.is_some())),
             (1, ch.words.clone()),
             (2, ch.scales.clone()),
             (3, ch.mins.clone()),
@@ -281,7 +317,7 @@ impl GpuDecoder<'_> {
         View::whole(b)
     }
 
-    fn mat_params(&self, m: &GpuMatrix, ch: &Chunk, accumulate: bool) -> View {
+    fn mat_params(&self, m: &GpuMatrix, ch: &Chunk, accumulate: bool, norm: bool) -> View {
         self.uniform(&[
             ch.rows as u32,
             m.cols as u32,
@@ -290,6 +326,10 @@ impl GpuDecoder<'_> {
             accumulate as u32,
             ch.row0 as u32,
             m.chunks.iter().map(|c| c.rows).sum::<usize>() as u32,
+            norm as u32,
+            self.config.norm_eps.to_bits(),
+            0,
+            0,
             0,
         ])
     }

@@ -90,6 +90,9 @@ pub struct GpuDecoder<'g> {
     pub(super) profiling: bool,
     /// Whether this pass's Q/K/V kernel applied RoPE, which `rope_qk` then leaves alone.
     pub(super) roped: bool,
+    /// An RMSNorm not yet dispatched (output, input, weights), for the next kernel to fold in
+    /// ([`GpuOptions::fold_norm`](super::GpuOptions::fold_norm)).
+    pub(super) pending_norm: Option<(Act, Act, TensorId)>,
 }
 
 impl<'g> GpuDecoder<'g> {
@@ -209,6 +212,7 @@ impl<'g> GpuDecoder<'g> {
             profiler: None,
             profiling: false,
             roped: false,
+            pending_norm: None,
             config: c,
         })
     }
@@ -227,6 +231,7 @@ impl<'g> GpuDecoder<'g> {
     }
 
     pub(super) fn dispatch(&mut self, key: BindKey, groups: (u32, u32)) {
+        self.flush_norm();
         self.ensure(key);
         self.dispatches += 1;
         let kernel = self.kernel_of(key);
@@ -313,6 +318,7 @@ impl<'g> GpuDecoder<'g> {
         self.dispatches = 0;
         let cfg = self.config.clone();
         forward(self, &cfg, tokens, pos0);
+        self.flush_norm();
         if let Readback::Argmax(_) = out {
             self.dispatch(BindKey::Argmax, (1, 1));
         }

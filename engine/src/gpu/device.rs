@@ -223,6 +223,9 @@ pub struct GpuOptions {
     /// Lay each layer's Q, K and V weights out in shared buffers, so decode runs the three products
     /// (and RoPE) as one kernel where the matvec kernel allows; default true (false: apart, to compare).
     pub fuse_qkv: Option<bool>,
+    /// Fold each decode RMSNorm into the product that reads it where that kernel can (the
+    /// integer-dot kernels: `MatvecKernel::TiledInt8`), saving its dispatch; default true.
+    pub fold_norm: Option<bool>,
 }
 
 /// Whether the matrix kernels sum rows with subgroups, and why (for results): only where asked for
@@ -277,7 +280,12 @@ fn matvec_choice(opts: &GpuOptions, report: &AdapterReport, sums: &str) -> (Matv
         Some(false) => "Q/K/V apart, set by the caller",
         _ => "Q/K/V in one kernel where q4_0 or f16",
     };
-    (matvec, format!("{why}; {sums}; {qkv}"))
+    let norm = match (opts.fold_norm, matvec) {
+        (Some(false), _) => "; RMSNorm apart, set by the caller",
+        (_, MatvecKernel::TiledInt8) => "; RMSNorm folded into the integer-dot products",
+        _ => "",
+    };
+    (matvec, format!("{why}; {sums}; {qkv}{norm}"))
 }
 
 /// An open device with its adapter report and error hooks.
@@ -305,6 +313,8 @@ pub struct Gpu {
     pub subgroups: bool,
     /// Whether uploads share Q, K and V buffers per layer ([`GpuOptions::fuse_qkv`]).
     pub fuse_qkv: bool,
+    /// Whether decode folds RMSNorm into the next product where it can ([`GpuOptions::fold_norm`]).
+    pub fold_norm: bool,
     /// Every kernel's pipeline, compiled for the first decoder and shared by the next: a browser
     /// compiles each pipeline when it first runs (SwiftShader: seconds), and only once per object.
     pipelines: std::cell::RefCell<Option<std::rc::Rc<Pipelines>>>,
@@ -400,6 +410,7 @@ impl Gpu {
             timestamps,
             subgroups,
             fuse_qkv,
+            fold_norm: opts.fold_norm.unwrap_or(true),
             pipelines: Default::default(),
             report,
             errors,

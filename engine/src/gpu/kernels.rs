@@ -47,6 +47,7 @@ pub(super) enum Kernel {
     Matvec4QkvF16,
     Matvec4Q4I,
     Matvec4GluQ4I,
+    Matvec4QkvQ4I,
     Matvec4Q4K,
     Matvec4Q5K,
     Matmul,
@@ -97,7 +98,7 @@ const ATTENTION_MODULE: &[&str] = &[STEP, KVFORMAT, ATTENTION];
 const MATVEC4_MODULE: &[&str] = &[STEP, QUANT, MATRIX, REDUCE, MATVEC4];
 const MATVEC4_INT8_MODULE: &[&str] = &[STEP, QUANT, MATRIX, REDUCE, MATVEC4, MATVEC4_INT8];
 
-pub(super) const TABLE: [KernelDef; 32] = [
+pub(super) const TABLE: [KernelDef; 33] = [
     def!(Matvec, "matvec", "matvec", MATVEC_MODULE),
     def!(Matvec4F32, "matvec4_f32", "matvec4", MATVEC4_MODULE),
     def!(Matvec4F16, "matvec4_f16", "matvec4", MATVEC4_MODULE),
@@ -117,6 +118,12 @@ pub(super) const TABLE: [KernelDef; 32] = [
     def!(
         Matvec4GluQ4I,
         "matvec4_glu_q4i",
+        "matvec4_int8",
+        MATVEC4_INT8_MODULE
+    ),
+    def!(
+        Matvec4QkvQ4I,
+        "matvec4_qkv_q4i",
         "matvec4_int8",
         MATVEC4_INT8_MODULE
     ),
@@ -176,7 +183,11 @@ pub(super) fn module_source(act: Activations, parts: &[&str], subgroups: bool) -
 
 /// Kernels compiled on first use, not with the others: the integer-dot kernel's module needs WGSL's
 /// `packed_4x8_integer_dot_product`, which not every browser has, and only an opt-in choice runs it.
-const ON_FIRST_USE: &[Kernel] = &[Kernel::Matvec4Q4I, Kernel::Matvec4GluQ4I];
+const ON_FIRST_USE: &[Kernel] = &[
+    Kernel::Matvec4Q4I,
+    Kernel::Matvec4GluQ4I,
+    Kernel::Matvec4QkvQ4I,
+];
 
 /// One compute pipeline per kernel, indexed by [`Kernel`]; each module compiled once.
 pub(super) struct Pipelines {
@@ -269,10 +280,10 @@ pub enum MatvecKernel {
     /// One thread per row, no barriers: for adapters that run on the CPU (lavapipe, SwiftShader),
     /// where each workgroup barrier costs more than the arithmetic.
     Row,
-    /// Tiled, but single q4_0 products and the fused gate/up (not Q/K/V) in `matvec4_q4i` and
-    /// `matvec4_glu_q4i`: x quantized to 8 bits per block of 32 and integer dot products, as
-    /// llama.cpp's NVIDIA path. Not the oracle's arithmetic (x moves by up to half a step); opt-in
-    /// until timed.
+    /// Tiled, but q4_0 products in `matvec4_q4i`, `matvec4_glu_q4i` and `matvec4_qkv_q4i`: x
+    /// quantized to 8 bits per block of 32 and integer dot products, as llama.cpp's NVIDIA path,
+    /// and RMSNorm folded into the fused kernels (`GpuOptions::fold_norm`). Not the oracle's
+    /// arithmetic (x moves by up to half a step); opt-in until timed.
     TiledInt8,
 }
 
@@ -343,11 +354,12 @@ pub(super) enum BindKey {
     Matvec(TensorId, usize, Act, Act, bool),
     /// The same for a batch of rows (the tiled matrix-matrix kernel).
     Matmul(TensorId, usize, Act, Act, bool),
-    /// SwiGLU's gate and up products in one dispatch: gate, up, output, input.
-    Glu(TensorId, TensorId, Act, Act),
+    /// SwiGLU's gate and up products in one dispatch: gate, up, output, input, and the RMSNorm
+    /// weights folded in where there are (the input is then the residual stream).
+    Glu(TensorId, TensorId, Act, Act, Option<TensorId>),
     /// A layer's Q, K and V products in one dispatch (their shared buffers), from the input; RoPE
-    /// applied where the bool says.
-    Qkv(usize, Act, bool),
+    /// applied where the bool says; RMSNorm folded in as for `Glu`.
+    Qkv(usize, Act, bool, Option<TensorId>),
     /// Output and the embedding chunk holding the token.
     Embed(Act, usize),
     Norm(TensorId, Act, Act),
@@ -406,6 +418,7 @@ impl BindKey {
             },
             BindKey::Qkv(l, ..) => match alone(TensorId::Wq(l)) {
                 Kernel::Matvec4F16 => Kernel::Matvec4QkvF16,
+                Kernel::Matvec4Q4I => Kernel::Matvec4QkvQ4I,
                 _ => Kernel::Matvec4QkvQ4C,
             },
             BindKey::Embed(..) => Kernel::Embed,

@@ -2,7 +2,7 @@
 //! dispatches into the pass being built, choosing the fused kernels where the weights allow.
 
 use super::decoder::GpuDecoder;
-use super::kernels::{fold, BindKey, ATTN_SPLIT};
+use super::kernels::{fold, BindKey, Kernel, ATTN_SPLIT};
 use crate::forward::{Act, Kernels};
 use crate::kv::KvType;
 use crate::model::TensorId;
@@ -24,6 +24,32 @@ impl GpuDecoder<'_> {
             let key = BindKey::Matvec(w, ci, out, x, accumulate);
             let groups = fold(rows.div_ceil(self.kernel_of(key).rows_per_group()));
             self.dispatch(key, groups);
+        }
+    }
+}
+
+impl GpuDecoder<'_> {
+    /// The key `make` gives, with the held RMSNorm folded in where it wrote `x` and the kernel takes
+    /// one (the integer-dot kernels): `make(input, norm weights)`.
+    fn fold_norm(&mut self, x: Act, make: impl Fn(Act, Option<TensorId>) -> BindKey) -> BindKey {
+        let plain = make(x, None);
+        let folds = matches!(
+            self.kernel_of(plain),
+            Kernel::Matvec4GluQ4I | Kernel::Matvec4QkvQ4I
+        );
+        match self.pending_norm {
+            Some((out, input, w)) if folds && out == x => {
+                self.pending_norm = None;
+                make(input, Some(w))
+            }
+            _ => plain,
+        }
+    }
+
+    /// Runs the held RMSNorm, if any.
+    pub(super) fn flush_norm(&mut self) {
+        if let Some((out, x, w)) = self.pending_norm.take() {
+            self.dispatch(BindKey::Norm(w, out, x), (self.rows as u32, 1));
         }
     }
 }
@@ -51,6 +77,13 @@ impl Kernels for GpuDecoder<'_> {
     }
 
     fn rmsnorm(&mut self, out: Act, x: Act, w: TensorId) {
+        if self.rows == 1 && self.gpu.fold_norm {
+            // Held for the next operation: a kernel that folds it in takes it, any other
+            // dispatch runs it first (`GpuDecoder::dispatch`).
+            self.flush_norm();
+            self.pending_norm = Some((out, x, w));
+            return;
+        }
         self.dispatch(BindKey::Norm(w, out, x), (self.rows as u32, 1));
     }
 
@@ -78,7 +111,7 @@ impl Kernels for GpuDecoder<'_> {
         // Nothing between the products and RoPE, and pairs of adjacent rows.
         let rope = !c.qkv_bias() && !c.qk_norm() && !c.rope_neox();
         let rows = c.q_dim() + 2 * c.kv_dim();
-        let key = BindKey::Qkv(layer, x, rope);
+        let key = self.fold_norm(x, |x, norm| BindKey::Qkv(layer, x, rope, norm));
         self.dispatch(key, fold(rows / self.kernel_of(key).rows_per_group()));
         self.roped = rope;
     }
@@ -122,7 +155,7 @@ impl Kernels for GpuDecoder<'_> {
             return;
         }
         let rows = self.w.mats[&gate].chunks[0].rows;
-        let key = BindKey::Glu(gate, up, out, x);
+        let key = self.fold_norm(x, |x, norm| BindKey::Glu(gate, up, out, x, norm));
         let groups = fold(rows.div_ceil(self.kernel_of(key).rows_per_group()));
         self.dispatch(key, groups);
     }
