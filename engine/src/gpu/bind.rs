@@ -80,41 +80,38 @@ impl GpuDecoder<'_> {
 
     /// The buffers `key` binds, by binding number (each shader's header lists them).
     fn entries(&self, key: BindKey) -> Entries {
+        let mut e = self.kernel_entries(key);
+        self.bind_norm(key, &mut e);
+        e
+    }
+
+    fn kernel_entries(&self, key: BindKey) -> Entries {
         let c = &self.config;
+        let norm_params = |n: usize| self.uniform(&[n as u32, c.norm_eps.to_bits(), 0, 0]);
         let act = |a: Act| View::whole(self.act(a).clone());
         match key {
             BindKey::Matvec(id, ci, out, x, acc) | BindKey::Matmul(id, ci, out, x, acc) => {
                 let mut e = self.matrix_entries(id, ci, acc, None);
                 e.extend([(4, act(x)), (5, act(out))]);
                 self.keep_read_bindings(key, &mut e);
-                self.bind_norm(key, None, act(x), &mut e);
                 e
             }
             BindKey::Glu(gate, up, out, x, norm) => {
-                let mut e = self.glu_entries(gate, up, act(out), act(x), norm);
-                self.bind_norm(key, norm, act(x), &mut e);
-                e
+                self.glu_entries(gate, up, act(out), act(x), norm)
             }
-            BindKey::Qkv(l, x, rope, norm) => {
-                let mut e = self.qkv_entries(l, act(x), rope, norm);
-                self.bind_norm(key, norm, act(x), &mut e);
-                e
-            }
+            BindKey::Qkv(l, x, rope, norm) => self.qkv_entries(l, act(x), rope, norm),
             BindKey::Embed(out, ci) => {
                 let mut e = self.matrix_entries(TensorId::TokEmbd, ci, false, None);
                 e.extend([(5, act(out)), (6, self.step_buf.clone().into())]);
                 e
             }
             BindKey::HeadNorm(id, x) => vec![
-                (
-                    0,
-                    self.uniform(&[c.head_size() as u32, c.norm_eps.to_bits(), 0, 0]),
-                ),
+                (0, norm_params(c.head_size())),
                 (2, self.w.norms[&id].clone().into()),
                 (3, act(x)),
             ],
             BindKey::Norm(id, out, x) => vec![
-                (0, self.uniform(&[c.dim as u32, c.norm_eps.to_bits(), 0, 0])),
+                (0, norm_params(c.dim)),
                 (1, act(x)),
                 (2, self.w.norms[&id].clone().into()),
                 (3, act(out)),
@@ -209,7 +206,13 @@ impl GpuDecoder<'_> {
 
     /// Binding 12 of the integer-dot kernels (matvec4_int8.wgsl): the RMSNorm weights folded in, or
     /// where none is, x again (a read-only binding the kernel then never reads).
-    fn bind_norm(&self, key: BindKey, norm: Option<TensorId>, x: View, e: &mut Entries) {
+    fn bind_norm(&self, key: BindKey, e: &mut Entries) {
+        let (norm, x) = match key {
+            BindKey::Glu(.., x, norm) | BindKey::Qkv(_, x, _, norm) => (norm, x),
+            BindKey::Matvec(_, _, _, x, _) => (None, x),
+            _ => return,
+        };
+        let x = View::whole(self.act(x).clone());
         let int8 = matches!(
             self.kernel_of(key),
             Kernel::Matvec4Q4I | Kernel::Matvec4GluQ4I | Kernel::Matvec4QkvQ4I
