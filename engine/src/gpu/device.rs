@@ -267,10 +267,25 @@ fn subgroup_choice(
 }
 
 /// The decode matvec kernel and why, with the row-sum (`sums`) and Q/K/V choices, for results.
-fn matvec_choice(opts: &GpuOptions, report: &AdapterReport, sums: &str) -> (MatvecKernel, String) {
+fn matvec_choice(
+    opts: &GpuOptions,
+    report: &AdapterReport,
+    sums: &str,
+    int8: bool,
+) -> (MatvecKernel, String) {
     let (matvec, why) = match opts.matvec {
         Some(k) => (k, format!("{k:?}, set by the caller")),
         None if report.device_type == "Cpu" => (MatvecKernel::Row, "Row for a Cpu adapter".into()),
+        // Natively, where WGSL has packed integer dot products: 7B q4_0 decode on an H200 3.821
+        // ms/token against Tiled's 4.353 (benchmarks/2026-12-04-h200-fold.md). Browsers keep Tiled
+        // (and time it against Row) until timed there.
+        None if int8 && !cfg!(target_arch = "wasm32") => (
+            MatvecKernel::TiledInt8,
+            format!(
+                "TiledInt8 for a {} adapter with packed integer dot products",
+                report.device_type
+            ),
+        ),
         None => (
             MatvecKernel::Tiled,
             format!("Tiled for a {} adapter", report.device_type),
@@ -393,7 +408,10 @@ impl Gpu {
         let report = AdapterReport::of(&info, &limits, features);
         let adapter_max =
             (limits.max_storage_buffer_binding_size as u64).min(limits.max_buffer_size);
-        let (matvec, why) = matvec_choice(&opts, &report, &sums);
+        let int8 = instance
+            .wgsl_language_features()
+            .contains(wgpu::WgslLanguageFeatures::Packed4x8IntegerDotProduct);
+        let (matvec, why) = matvec_choice(&opts, &report, &sums, int8);
         let fuse_qkv = opts.fuse_qkv.unwrap_or(true);
         Ok(Gpu {
             device,
@@ -434,6 +452,15 @@ impl Gpu {
 
     pub fn matvec_kernel(&self) -> MatvecKernel {
         self.matvec.get()
+    }
+
+    /// The activations accuracy is judged by ([`crate::scenario::Tolerance`]): "q8" where the q4_0
+    /// products quantize x to 8 bits (`TiledInt8`), else the activation type.
+    pub fn products_activations(&self) -> &'static str {
+        match self.matvec_kernel() {
+            MatvecKernel::TiledInt8 => "q8",
+            _ => self.activations.name(),
+        }
     }
 
     /// Uses `k` for decoders made from now on (tests run both kernels on one adapter).
@@ -608,5 +635,23 @@ mod tests {
         assert!(browser("NVIDIA H200", "Other").starts_with("hardware (NVIDIA H200"));
         assert!(browser("SwiftShader Device (Subzero)", "Other").starts_with("software"));
         assert!(browser("", "Cpu").starts_with("software"));
+    }
+
+    /// Natively a GPU with packed integer dot products takes the integer-dot kernels; without them,
+    /// Tiled; a CPU adapter the row kernels; a caller's choice stands.
+    #[test]
+    fn native_gpus_take_the_integer_dot_kernels_where_wgsl_has_them() {
+        let none = GpuOptions::default();
+        let gpu = report("NVIDIA H200", "DiscreteGpu", "NVIDIA");
+        let choice = |o: &GpuOptions, r: &AdapterReport, int8| matvec_choice(o, r, "", int8).0;
+        assert_eq!(choice(&none, &gpu, true), MatvecKernel::TiledInt8);
+        assert_eq!(choice(&none, &gpu, false), MatvecKernel::Tiled);
+        let cpu = report("llvmpipe", "Cpu", "llvmpipe");
+        assert_eq!(choice(&none, &cpu, true), MatvecKernel::Row);
+        let tiled = GpuOptions {
+            matvec: Some(MatvecKernel::Tiled),
+            ..Default::default()
+        };
+        assert_eq!(choice(&tiled, &gpu, true), MatvecKernel::Tiled);
     }
 }

@@ -152,7 +152,7 @@ pub async fn open(opts: String) -> Result<String, JsError> {
             caps.matvec_kernel = Some(g.tune_matvec().await.map_err(err)?);
             caps.backend = "webgpu".into();
             caps.adapter = Some(g.report.clone());
-            caps.activations = Some(g.activations.name().into());
+            caps.activations = Some(g.products_activations().into());
             caps.shader_checks = Some(g.shader_checks.name().into());
         }
         None => {

@@ -141,7 +141,7 @@ fn caps(gpu: Option<&Gpu>, why: Option<String>) -> Capabilities {
         backend: if gpu.is_some() { "native-gpu" } else { "cpu" }.into(),
         gpu_unavailable: why,
         adapter: gpu.map(|g| g.report.clone()),
-        activations: gpu.map(|g| g.activations.name().to_string()),
+        activations: gpu.map(|g| g.products_activations().to_string()),
         matvec_kernel: gpu.map(|g| g.matvec_choice.borrow().clone()),
         shader_checks: gpu.map(|g| g.shader_checks.name().to_string()),
         cpu: None,
