@@ -3,7 +3,8 @@
 // float kernels spend several instructions decoding each code, and on an H200 that, not memory,
 // bounds them (benchmarks/2026-12-03-h200-qkv.md). Opt-in (`MatvecKernel::TiledInt8`);
 // matvec4_glu_q4i and matvec4_qkv_q4i (below) do the same for the fused gate/up and Q/K/V.
-// Appended to matvec4.wgsl's module (its bindings, row_of, finish, bsh, xq, the Q/K/V kernels' parts).
+// Appended to matvec4.wgsl and matvec4_norm.wgsl (their bindings, row_of, finish, bsh, xq, the Q/K/V
+// kernels' parts, norm_w and norm_scale).
 //
 // Each workgroup first quantizes all of x into workgroup memory: word k of x (values 8k..8k+7, as a
 // q4 word of codes holds them) becomes two words of signed bytes, values 8k, 8k+2, 8k+4, 8k+6 and
@@ -14,25 +15,14 @@
 // Rows of at most XW_WORDS * 8 values (`MatvecKernel::for_matrix`); the other rows keep
 // matvec4_q4c. The quantization of x is the only difference from the oracle's arithmetic: each value
 // moves by at most half a step (max |x| / 254 of its block).
-//
-// RMSNorm folded in (MatParams.norm, QkvParams.norm = 1): x is then the residual stream, and the
-// workgroup quantizes w * x (the norm's weights at binding 12) while it sums x^2; the products are
-// scaled by 1 / sqrt(mean(x^2) + eps) at the end. Quantizing per block is blind to a common scale,
-// so this is what quantizing the normalised x would give, without a dispatch that writes it (on an
-// H200 each RMSNorm dispatch took ~10 us of a 7B token's ~4.3 ms, 65 of them). Where no norm is
-// folded, binding 12 is bound to x and never read.
-// Bindings beyond matvec4's: 12 norm_w: storage read array<vec4<f32>> (cols / 4).
+// RMSNorm folds in as matvec4_norm.wgsl says (quantizing per block is blind to a common scale, so
+// quantizing w * x and scaling the products is what quantizing the normalised x would give).
 
 const XW_WORDS: u32 = 1536u;
 
 // x quantized: per word, the even and the odd values' bytes; per 32 values, the scale.
 var<workgroup> xw: array<vec2<u32>, 1536>;
 var<workgroup> xd: array<f32, 384>;
-// Each 32-lane row's part of the sum of squares.
-var<workgroup> norm_sums: array<f32, 8>;
-
-@group(0) @binding(12) var<storage, read> norm_w: array<vec4<f32>>;
-
 // Quantizes x (`cols` values; times the norm's weights where `norm`) into xw and xd; every thread
 // calls it. rowsum (reduce_shared.wgsl or reduce_subgroup.wgsl) holds each thread's max |x| for a
 // moment: four threads' words are a block. Returns the norm's scale (1 without a norm).
@@ -73,16 +63,7 @@ fn quantize_x(t: u32, cols: u32, norm: bool, eps: f32) -> f32 {
     if (!norm) {
         return 1.0;
     }
-    // The workgroup's sum: each row's by row_sum, then the eight rows'. The barrier after the
-    // stores also ends row_sum's reads before the kernel's own row_sum.
-    let row = row_sum(ss, t);
-    if (t % 32u == 0u) {
-        norm_sums[t / 32u] = row;
-    }
-    workgroupBarrier();
-    let total = ((norm_sums[0] + norm_sums[1]) + (norm_sums[2] + norm_sums[3]))
-        + ((norm_sums[4] + norm_sums[5]) + (norm_sums[6] + norm_sums[7]));
-    return 1.0 / sqrt(total / f32(cols) + eps);
+    return norm_scale(ss, t, cols, eps);
 }
 
 // The eight products of code word w with x word k, exactly: the nibbles of each byte as signed

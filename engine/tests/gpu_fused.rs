@@ -27,6 +27,9 @@ fn open(act: Activations, fuse: bool, matvec: MatvecKernel) -> Gpu {
         act: Some(act),
         matvec: Some(matvec),
         fuse_qkv: Some(fuse),
+        // The norms apart, so that each fusion's dispatches are counted alone
+        // (`norms_fold_into_the_f16_kernels_with_f16_activations` counts the norms').
+        fold_norm: Some(false),
         ..Default::default()
     })
     .expect("a WebGPU adapter (lavapipe: apt-get install mesa-vulkan-drivers)")
@@ -151,6 +154,39 @@ fn qkv_in_one_kernel_matches_cpu_and_saves_three_dispatches_a_layer() {
             what,
         );
         assert_eq!(on, off, "{what}");
+    }
+}
+
+/// RMSNorm folded into the f16 kernels (`matvec4_qkv_f16n`, `matvec4_glu_f16n`) with f16
+/// activations: w x is staged as f16, as the normalised x was stored apart, and the scale applied in
+/// f32 to the sums, so the f16 tolerance (5e-3) holds; a lost weight or scale moves logits by ~1.
+/// Two dispatches fewer a layer, one where Q/K/V run apart (their first product runs the norm); with
+/// f32 activations nothing folds (f16 staging would round what f32 keeps).
+#[test]
+fn norms_fold_into_the_f16_kernels_with_f16_activations() {
+    let toks: Vec<u32> = (0..12).map(|i| 3 + (i * 37 % 250) as u32).collect();
+    let with = |act, fuse_qkv, fold_norm| {
+        Gpu::open_blocking(GpuOptions {
+            act: Some(act),
+            matvec: Some(MatvecKernel::Tiled),
+            fuse_qkv: Some(fuse_qkv),
+            fold_norm: Some(fold_norm),
+            ..Default::default()
+        })
+        .unwrap()
+    };
+    let f16 = Activations::F16;
+    for (name, m) in models().iter().filter(|(n, _)| n.ends_with("f16")) {
+        let layers = m.config.n_layers;
+        let n = |g: &Gpu, what: &str| run(g, m, &toks, 5e-3, &format!("{name} {what}"));
+        let off = n(&with(f16, true, false), "norms apart");
+        assert_eq!(n(&with(f16, true, true), "norms folded") + 2 * layers, off);
+        let qkv_apart = n(&with(f16, false, false), "Q/K/V apart");
+        let folded = n(&with(f16, false, true), "Q/K/V apart, norms folded");
+        assert_eq!(folded + layers, qkv_apart, "{name}");
+        let f32 = Activations::F32;
+        let on32 = run(&with(f32, true, true), m, &toks, 2e-4, name);
+        assert_eq!(on32, run(&with(f32, true, false), m, &toks, 2e-4, name));
     }
 }
 

@@ -204,8 +204,8 @@ impl GpuDecoder<'_> {
         }
     }
 
-    /// Binding 12 of the integer-dot kernels (matvec4_int8.wgsl): the RMSNorm weights folded in, or
-    /// where none is, x again (a read-only binding the kernel then never reads).
+    /// Binding 12 of the kernels that fold a norm in (matvec4_norm.wgsl, matvec4_int8.wgsl): the
+    /// RMSNorm weights, or where none is, x again (a read-only binding the kernel then never reads).
     fn bind_norm(&self, key: BindKey, e: &mut Entries) {
         let (norm, x) = match key {
             BindKey::Glu(.., x, norm) | BindKey::Qkv(_, x, _, norm) => (norm, x),
@@ -215,7 +215,11 @@ impl GpuDecoder<'_> {
         let x = View::whole(self.act(x).clone());
         let int8 = matches!(
             self.kernel_of(key),
-            Kernel::Matvec4Q4I | Kernel::Matvec4GluQ4I | Kernel::Matvec4QkvQ4I
+            Kernel::Matvec4Q4I
+                | Kernel::Matvec4GluQ4I
+                | Kernel::Matvec4QkvQ4I
+                | Kernel::Matvec4GluF16N
+                | Kernel::Matvec4QkvF16N
         );
         match norm {
             Some(id) => e.push((12, self.w.norms[&id].clone().into())),

@@ -18,6 +18,7 @@ const MATRIX: &str = include_str!("../../../shaders/matrix.wgsl");
 const MATVEC: &str = include_str!("../../../shaders/matvec.wgsl");
 const MATVEC4: &str = include_str!("../../../shaders/matvec4.wgsl");
 const MATVEC4_INT8: &str = include_str!("../../../shaders/matvec4_int8.wgsl");
+const MATVEC4_NORM: &str = include_str!("../../../shaders/matvec4_norm.wgsl");
 const KQUANT: &str = include_str!("../../../shaders/kquant.wgsl");
 const NORM: &str = include_str!("../../../shaders/norm.wgsl");
 const ROPE: &str = include_str!("../../../shaders/rope.wgsl");
@@ -48,6 +49,8 @@ pub(super) enum Kernel {
     Matvec4Q4I,
     Matvec4GluQ4I,
     Matvec4QkvQ4I,
+    Matvec4GluF16N,
+    Matvec4QkvF16N,
     Matvec4Q4K,
     Matvec4Q5K,
     Matmul,
@@ -96,9 +99,18 @@ macro_rules! def {
 const ATTENTION_MODULE: &[&str] = &[STEP, KVFORMAT, ATTENTION];
 
 const MATVEC4_MODULE: &[&str] = &[STEP, QUANT, MATRIX, REDUCE, MATVEC4];
-const MATVEC4_INT8_MODULE: &[&str] = &[STEP, QUANT, MATRIX, REDUCE, MATVEC4, MATVEC4_INT8];
+const MATVEC4_NORM_MODULE: &[&str] = &[STEP, QUANT, MATRIX, REDUCE, MATVEC4, MATVEC4_NORM];
+const MATVEC4_INT8_MODULE: &[&str] = &[
+    STEP,
+    QUANT,
+    MATRIX,
+    REDUCE,
+    MATVEC4,
+    MATVEC4_NORM,
+    MATVEC4_INT8,
+];
 
-pub(super) const TABLE: [KernelDef; 33] = [
+pub(super) const TABLE: [KernelDef; 35] = [
     def!(Matvec, "matvec", "matvec", MATVEC_MODULE),
     def!(Matvec4F32, "matvec4_f32", "matvec4", MATVEC4_MODULE),
     def!(Matvec4F16, "matvec4_f16", "matvec4", MATVEC4_MODULE),
@@ -126,6 +138,18 @@ pub(super) const TABLE: [KernelDef; 33] = [
         "matvec4_qkv_q4i",
         "matvec4_int8",
         MATVEC4_INT8_MODULE
+    ),
+    def!(
+        Matvec4GluF16N,
+        "matvec4_glu_f16n",
+        "matvec4_norm",
+        MATVEC4_NORM_MODULE
+    ),
+    def!(
+        Matvec4QkvF16N,
+        "matvec4_qkv_f16n",
+        "matvec4_norm",
+        MATVEC4_NORM_MODULE
     ),
     def!(Matvec4Q4K, "matvec4_q4k", "matvec4", MATVEC4_MODULE),
     def!(Matvec4Q5K, "matvec4_q5k", "matvec4", MATVEC4_MODULE),
@@ -181,12 +205,15 @@ pub(super) fn module_source(act: Activations, parts: &[&str], subgroups: bool) -
     s
 }
 
-/// Kernels compiled on first use, not with the others: the integer-dot kernel's module needs WGSL's
-/// `packed_4x8_integer_dot_product`, which not every browser has, and only an opt-in choice runs it.
+/// Kernels compiled on first use, not with the others: the integer-dot kernels' module needs WGSL's
+/// `packed_4x8_integer_dot_product`, which not every browser has, and only some choices run them;
+/// the f16 kernels with a norm folded in run only for f16 weights.
 const ON_FIRST_USE: &[Kernel] = &[
     Kernel::Matvec4Q4I,
     Kernel::Matvec4GluQ4I,
     Kernel::Matvec4QkvQ4I,
+    Kernel::Matvec4GluF16N,
+    Kernel::Matvec4QkvF16N,
 ];
 
 /// One compute pipeline per kernel, indexed by [`Kernel`]; each module compiled once.
@@ -289,6 +316,8 @@ pub enum MatvecKernel {
 
 /// Columns `matvec4_q4i` holds in workgroup memory (`XW_WORDS` words of 8 in matvec4_int8.wgsl).
 const INT8_MAX_COLS: usize = 1536 * 8;
+/// Columns the f16 kernels with a norm folded in stage (`XH_VEC4S` in matvec4_norm.wgsl).
+const F16N_MAX_COLS: usize = 768 * 8;
 
 impl MatvecKernel {
     pub fn parse(s: &str) -> crate::Result<MatvecKernel> {
@@ -408,9 +437,13 @@ impl BindKey {
             let (cols, ty, block) = mat(id);
             mv.for_matrix(cols, ty, block)
         };
+        // An f16 matrix whose x the norm-folding kernels can stage.
+        let staged = |id| alone(id) == Kernel::Matvec4F16 && mat(id).0 <= F16N_MAX_COLS;
         match self {
             BindKey::Matvec(id, ..) => alone(id),
             BindKey::Matmul(..) => Kernel::Matmul,
+            BindKey::Glu(gate, .., Some(_)) if staged(gate) => Kernel::Matvec4GluF16N,
+            BindKey::Qkv(l, .., Some(_)) if staged(TensorId::Wq(l)) => Kernel::Matvec4QkvF16N,
             BindKey::Glu(gate, ..) => match alone(gate) {
                 Kernel::Matvec4F16 => Kernel::Matvec4GluF16,
                 Kernel::Matvec4Q4I => Kernel::Matvec4GluQ4I,

@@ -2,6 +2,7 @@
 //! dispatches into the pass being built, choosing the fused kernels where the weights allow.
 
 use super::decoder::GpuDecoder;
+use super::device::Activations;
 use super::kernels::{fold, BindKey, Kernel, ATTN_SPLIT};
 use crate::forward::{Act, Kernels};
 use crate::kv::KvType;
@@ -30,20 +31,24 @@ impl GpuDecoder<'_> {
 
 impl GpuDecoder<'_> {
     /// The key `make` gives, with the held RMSNorm folded in where it wrote `x` and the kernel takes
-    /// one (the integer-dot kernels): `make(input, norm weights)`.
+    /// one (the integer-dot kernels; the f16 ones with f16 activations, which store the normalised
+    /// x as f16 anyway): `make(input, norm weights)`.
     fn fold_norm(&mut self, x: Act, make: impl Fn(Act, Option<TensorId>) -> BindKey) -> BindKey {
-        let plain = make(x, None);
-        let folds = matches!(
-            self.kernel_of(plain),
-            Kernel::Matvec4GluQ4I | Kernel::Matvec4QkvQ4I
-        );
-        match self.pending_norm {
-            Some((out, input, w)) if folds && out == x => {
-                self.pending_norm = None;
-                make(input, Some(w))
-            }
-            _ => plain,
+        let Some((_, input, w)) = self.pending_norm.filter(|&(out, ..)| out == x) else {
+            return make(x, None);
+        };
+        let folded = make(input, Some(w));
+        let f16 = self.gpu.activations == Activations::F16;
+        let folds = match self.kernel_of(folded) {
+            Kernel::Matvec4GluQ4I | Kernel::Matvec4QkvQ4I => true,
+            Kernel::Matvec4GluF16N | Kernel::Matvec4QkvF16N => f16,
+            _ => false,
+        };
+        if !folds {
+            return make(x, None);
         }
+        self.pending_norm = None;
+        folded
     }
 
     /// Runs the held RMSNorm, if any.
