@@ -35,8 +35,7 @@ pub struct Capabilities {
     /// Why WebGPU (or a native GPU) was not used, when it was not.
     pub gpu_unavailable: Option<String>,
     pub adapter: Option<AdapterReport>,
-    /// "f16" or "f32" on a GPU ("q8" where its q4_0 products quantize x, `TiledInt8`); "q8" on the
-    /// fast CPU backend; `None` on the oracle.
+    /// "f16"/"f32" on a GPU ("q8" where TiledInt8 runs), "q8" on the fast CPU backend, or `None`.
     pub activations: Option<String>,
     /// The fast CPU backend's instruction set and threads, and why that many threads (absent in
     /// older results and on GPU hosts).
@@ -75,13 +74,12 @@ impl Tolerance {
     ///   stories260K where this gives 3.1e-5, and 6e-7 on the built-in model where it gives 2.2e-5);
     /// - f16 activations: every stored activation rounds to 11 bits, twice per layer into the
     ///   residual: 2·L·2^-11 (measured 5.6e-4 on the built-in model's 2 layers, bound 2.0e-3).
-    /// - q8 activations (the fast CPU backend, native or wasm, against quantized weights; a GPU's
-    ///   integer-dot q4_0 products, `TiledInt8`): an element
-    ///   rounds by at most half a step, 2^-8 of its block's largest magnitude, which is up to twice
-    ///   the block's typical element, so u = 2^-7, twice per layer into the residual: 2·L·2^-7
-    ///   (a GPU's f16 activations add 2^-11 to u, within the 4x headroom measured below)
-    ///   (engine/tests/fast.rs measures 4.5e-2 on the built-in model's 2 layers where this gives
-    ///   0.17 at its logits, and 0.33 on stories260K's 5 layers where it gives 1.8).
+    /// - q8 activations (the fast CPU backend against quantized weights; a GPU's `TiledInt8`
+    ///   q4_0 products): an element rounds by at most half a step, 2^-8 of its block's largest
+    ///   magnitude, up to twice the block's typical element, so u = 2^-7 (a GPU's f16 activations
+    ///   add 2^-11, within the headroom below), twice per layer into the residual: 2·L·2^-7 (fast.rs
+    ///   measures 4.5e-2 on the built-in model's 2 layers where this gives 0.17, 0.33 on stories260K's
+    ///   5 where it gives 1.8).
     ///
     /// |ΔPPL|/PPL is |Δ ln PPL| (to first order), the mean over positions of Δ ln p = Δlogit(target)
     /// − Δlogsumexp: a quantity in logit units, so it gets the logit bound (the two terms' errors are
@@ -764,9 +762,8 @@ fn backend_kind(b: &Backend<'_>) -> (&'static str, Option<&'static str>) {
     match b {
         Backend::Cpu if cfg!(target_arch = "wasm32") => ("wasm-cpu", None),
         Backend::Cpu => ("cpu", None),
-        // Quantized weights meet 8-bit activations; f16 and f32 weights keep f32 ones.
         Backend::Fast(_) if cfg!(target_arch = "wasm32") => ("wasm-cpu", Some("q8")),
-        Backend::Fast(_) => ("cpu", Some("q8")),
+        Backend::Fast(_) => ("cpu", Some("q8")), // where weights are quantized; else f32
         Backend::Gpu(g) => ("gpu", Some(g.products_activations())),
     }
 }

@@ -297,8 +297,7 @@ fn matvec_choice(
     };
     let norm = match (opts.fold_norm, matvec) {
         (Some(false), _) => "; RMSNorm apart, set by the caller",
-        (_, MatvecKernel::TiledInt8) => "; RMSNorm folded into the integer-dot products",
-        _ => "",
+        _ => "; RMSNorm folded into the next product where its kernel can (integer-dot, f16)",
     };
     (matvec, format!("{why}; {sums}; {qkv}{norm}"))
 }
@@ -454,7 +453,7 @@ impl Gpu {
         self.matvec.get()
     }
 
-    /// The activations accuracy is judged by ([`crate::scenario::Tolerance`]): "q8" where the q4_0
+    /// The activations accuracy is judged by (the scenarios' `Tolerance`): "q8" where the q4_0
     /// products quantize x to 8 bits (`TiledInt8`), else the activation type.
     pub fn products_activations(&self) -> &'static str {
         match self.matvec_kernel() {
