@@ -199,7 +199,9 @@ impl GpuDecoder<'_> {
             | Kernel::Matvec4Q5K
             | Kernel::MatvecK
             | Kernel::MatvecKRow => e.retain(|(i, _)| *i != 2 && *i != 3),
-            Kernel::Matvec4Q8 | Kernel::Matvec4Q4I => e.retain(|(i, _)| *i != 3),
+            Kernel::Matvec4Q8 | Kernel::Matvec4Q4I | Kernel::MatmulQ4I => {
+                e.retain(|(i, _)| *i != 3)
+            }
             _ => {}
         }
     }

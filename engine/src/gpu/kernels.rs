@@ -18,6 +18,7 @@ const MATRIX: &str = include_str!("../../../shaders/matrix.wgsl");
 const MATVEC: &str = include_str!("../../../shaders/matvec.wgsl");
 const MATVEC4: &str = include_str!("../../../shaders/matvec4.wgsl");
 const MATVEC4_INT8: &str = include_str!("../../../shaders/matvec4_int8.wgsl");
+const MATMUL_INT8: &str = include_str!("../../../shaders/matmul_int8.wgsl");
 const MATVEC4_NORM: &str = include_str!("../../../shaders/matvec4_norm.wgsl");
 const KQUANT: &str = include_str!("../../../shaders/kquant.wgsl");
 const NORM: &str = include_str!("../../../shaders/norm.wgsl");
@@ -54,6 +55,7 @@ pub(super) enum Kernel {
     Matvec4Q4K,
     Matvec4Q5K,
     Matmul,
+    MatmulQ4I,
     MatvecAny,
     MatvecRow,
     MatvecK,
@@ -83,6 +85,7 @@ pub(super) struct KernelDef {
 }
 
 const MATVEC_MODULE: &[&str] = &[STEP, QUANT, MATRIX, MATVEC, KQUANT];
+const MATMUL_INT8_MODULE: &[&str] = &[STEP, QUANT, MATRIX, MATVEC, KQUANT, MATMUL_INT8];
 const KV_MODULE: &[&str] = &[STEP, KVFORMAT, KV];
 
 macro_rules! def {
@@ -110,7 +113,7 @@ const MATVEC4_INT8_MODULE: &[&str] = &[
     MATVEC4_INT8,
 ];
 
-pub(super) const TABLE: [KernelDef; 35] = [
+pub(super) const TABLE: [KernelDef; 36] = [
     def!(Matvec, "matvec", "matvec", MATVEC_MODULE),
     def!(Matvec4F32, "matvec4_f32", "matvec4", MATVEC4_MODULE),
     def!(Matvec4F16, "matvec4_f16", "matvec4", MATVEC4_MODULE),
@@ -154,6 +157,7 @@ pub(super) const TABLE: [KernelDef; 35] = [
     def!(Matvec4Q4K, "matvec4_q4k", "matvec4", MATVEC4_MODULE),
     def!(Matvec4Q5K, "matvec4_q5k", "matvec4", MATVEC4_MODULE),
     def!(Matmul, "matmul", "matvec", MATVEC_MODULE),
+    def!(MatmulQ4I, "matmul_q4i", "matmul_int8", MATMUL_INT8_MODULE),
     def!(MatvecAny, "matvec_any", "matvec", MATVEC_MODULE),
     def!(MatvecRow, "matvec_row", "matvec", MATVEC_MODULE),
     def!(MatvecK, "matvec_k", "matvec", MATVEC_MODULE),
@@ -214,6 +218,7 @@ const ON_FIRST_USE: &[Kernel] = &[
     Kernel::Matvec4QkvQ4I,
     Kernel::Matvec4GluF16N,
     Kernel::Matvec4QkvF16N,
+    Kernel::MatmulQ4I,
 ];
 
 /// One compute pipeline per kernel, indexed by [`Kernel`]; each module compiled once.
@@ -307,10 +312,11 @@ pub enum MatvecKernel {
     /// One thread per row, no barriers: for adapters that run on the CPU (lavapipe, SwiftShader),
     /// where each workgroup barrier costs more than the arithmetic.
     Row,
-    /// Tiled, but q4_0 products in `matvec4_q4i`, `matvec4_glu_q4i` and `matvec4_qkv_q4i`: x
-    /// quantized to 8 bits per block of 32 and integer dot products, as llama.cpp's NVIDIA path,
-    /// and RMSNorm folded into the fused kernels (`GpuOptions::fold_norm`). Not the oracle's
-    /// arithmetic (x moves by up to half a step); opt-in until timed.
+    /// Tiled, but q4_0 products in `matvec4_q4i`, `matvec4_glu_q4i`, `matvec4_qkv_q4i` and the
+    /// prompt pass's `matmul_q4i`: x quantized to 8 bits per block of 32 and integer dot products,
+    /// as llama.cpp's NVIDIA path, RMSNorm folded into the fused kernels
+    /// (`GpuOptions::fold_norm`). Not the oracle's arithmetic (x moves by up to half a step); the
+    /// native default where WGSL has packed integer dot products.
     TiledInt8,
 }
 
@@ -361,6 +367,19 @@ impl MatvecKernel {
             (_, Some(k)) if tiled || self == MatvecKernel::TiledBlocks => k,
             (MatvecKernel::Row, _) => Kernel::MatvecRow,
             _ => Kernel::Matvec,
+        }
+    }
+}
+
+impl MatvecKernel {
+    /// The prompt pass's kernel for a matrix: `matmul_q4i` (integer dot products) for q4_0 rows of
+    /// whole blocks of 32 under `TiledInt8`, else the float `matmul`.
+    pub(super) fn for_matmul(self, cols: usize, ty: WType, block: usize) -> Kernel {
+        let blocks = cols.is_multiple_of(32) && block.is_multiple_of(32);
+        if self == MatvecKernel::TiledInt8 && ty == WType::Q4_0 && blocks {
+            Kernel::MatmulQ4I
+        } else {
+            Kernel::Matmul
         }
     }
 }
@@ -441,7 +460,10 @@ impl BindKey {
         let staged = |id| alone(id) == Kernel::Matvec4F16 && mat(id).0 <= F16N_MAX_COLS;
         match self {
             BindKey::Matvec(id, ..) => alone(id),
-            BindKey::Matmul(..) => Kernel::Matmul,
+            BindKey::Matmul(id, ..) => {
+                let (cols, ty, block) = mat(id);
+                mv.for_matmul(cols, ty, block)
+            }
             BindKey::Glu(gate, .., Some(_)) if staged(gate) => Kernel::Matvec4GluF16N,
             BindKey::Qkv(l, .., Some(_)) if staged(TensorId::Wq(l)) => Kernel::Matvec4QkvF16N,
             BindKey::Glu(gate, ..) => match alone(gate) {
