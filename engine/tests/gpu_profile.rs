@@ -107,3 +107,27 @@ fn bench_profiles_each_test_only_where_asked_and_possible() {
     let t = block_on(bench::measure(&mut d, &m, &o, |_| {})).unwrap();
     assert!(t.decode[0].profile.is_none());
 }
+
+/// A browser's kernel choice (`Gpu::tune_matvec`) times 32 greedy tokens on the GPU as the difference
+/// of two runs with one readback each, so a readback's latency (Firefox's ~100 ms) cancels: each
+/// kernel's figure is positive (the longer run took longer) and the choice is the lower one.
+#[test]
+fn the_tuned_kernel_is_the_one_timed_faster() {
+    let gpu = open(false);
+    let note = block_on(gpu.tune_matvec()).unwrap();
+    let figures: Vec<(String, f64)> = note
+        .rsplit_once(": ")
+        .expect("the note lists each kernel's time")
+        .1
+        .split(", ")
+        .map(|s| {
+            let mut w = s.split(' ');
+            let k = w.next().unwrap().to_string();
+            (k, w.next().unwrap().parse().unwrap())
+        })
+        .collect();
+    assert_eq!(figures.len(), 2, "{note}");
+    assert!(figures.iter().all(|(_, ms)| *ms > 0.0), "{note}");
+    let best = figures.iter().min_by(|a, b| a.1.total_cmp(&b.1)).unwrap();
+    assert_eq!(format!("{:?}", gpu.matvec_kernel()), best.0, "{note}");
+}
