@@ -104,18 +104,5 @@ fn matmul_q4i(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_i
         }
         workgroupBarrier();
     }
-    for (var i = 0u; i < 4u; i++) {
-        for (var j = 0u; j < 2u; j++) {
-            let r = r0 + cr + 16u * i;
-            let t = t0 + ct + 16u * j;
-            if (r < p.rows && t < n) {
-                let o = t * p.out_len + p.row0 + r;
-                if (p.accumulate != 0u) {
-                    out[o] = act(f32(out[o]) + acc[2u * i + j]);
-                } else {
-                    out[o] = act(acc[2u * i + j]);
-                }
-            }
-        }
-    }
+    store_tile(acc, r0 + cr, t0 + ct, n);
 }

@@ -323,13 +323,18 @@ fn matmul(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) l
         }
         workgroupBarrier();
     }
-    var acc = array<f32, 8>(a00, a01, a10, a11, a20, a21, a30, a31);
+    store_tile(array<f32, 8>(a00, a01, a10, a11, a20, a21, a30, a31), r0 + cr, t0 + ct, n);
+}
+
+// Stores (or adds) a thread's 4-row by 2-token block of a matmul tile: rows r + 16i, tokens t + 16j,
+// acc[2i + j] (matmul, matmul_q4i).
+fn store_tile(acc: array<f32, 8>, r: u32, t: u32, n: u32) {
     for (var i = 0u; i < 4u; i++) {
         for (var j = 0u; j < 2u; j++) {
-            let r = r0 + cr + 16u * i;
-            let t = t0 + ct + 16u * j;
-            if (r < p.rows && t < n) {
-                let o = t * p.out_len + p.row0 + r;
+            let row = r + 16u * i;
+            let tok = t + 16u * j;
+            if (row < p.rows && tok < n) {
+                let o = tok * p.out_len + p.row0 + row;
                 if (p.accumulate != 0u) {
                     out[o] = act(f32(out[o]) + acc[2u * i + j]);
                 } else {
