@@ -19,8 +19,16 @@ fn main() {
     }
     // A commit or checkout moves HEAD's log; staging changes the index; an edit to a source (a
     // directory here is watched whole) can make a clean tree modified or a modified one clean.
-    let sources = ["../engine/src", "../harness/src", "../shaders", "../templates"];
-    for p in ["../.git/logs/HEAD", "../.git/index"].into_iter().chain(sources) {
+    let sources = [
+        "../engine/src",
+        "../harness/src",
+        "../shaders",
+        "../templates",
+    ];
+    for p in ["../.git/logs/HEAD", "../.git/index"]
+        .into_iter()
+        .chain(sources)
+    {
         println!("cargo:rerun-if-changed={p}");
     }
 }

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # A/B of nibble settings on the lent H200 machine in one device call: the synthetic f16 file of each
 # shape is written once, then `nibble bench` runs once per variant (an environment assignment such as
-# NIBBLE_SHADER_CHECKS=on, "base", or bin:NAME for the build .device/ab/NAME, to compare two commits),
+# NIBBLE_SHADER_CHECKS=on, several joined by "+" as NIBBLE_MATVEC=tiled+NIBBLE_FOLD_NORM=off, "base",
+# or bin:NAME for the build .device/ab/NAME, to compare two commits),
 # the variants alternating, ROUNDS times over.
 # Carry .device/bin (a release build from here; or .device/ab with NB=.device/ab/NAME) and .device/gl
 # (the Vulkan loader debs).
@@ -21,12 +22,12 @@ for m in ${SHAPES:-1b 7b}; do
   [ -f $d/$m-f16.gguf ] || $nb synth --preset $preset --type f16 --out $d/$m-f16.gguf | tail -1
   for r in $(seq "${ROUNDS:-2}"); do
     for v in $variants; do
-      name=$m-$(echo "$v" | sed "s/^NIBBLE_//; s/=/-/" | tr "A-Z_:" "a-z--")-r$r
+      name=$m-$(echo "$v" | sed "s/^NIBBLE_//; s/+NIBBLE_/+/g; s/=/-/g" | tr "A-Z_:+" "a-z---")-r$r
       echo "== $name ($v) at $(( $(date +%s) - start )) s"
       exe=$nb
       [ "$v" = base ] && v=NIBBLE_BASE=1
       [ "${v#bin:}" != "$v" ] && exe=.device/ab/${v#bin:} && v=NIBBLE_BASE=1
-      env $v $exe bench --model $d/$m-f16.gguf --cache-dir $d/cache --configs "${CONFIGS:-q4_0}" $args \
+      env ${v//+/ } $exe bench --model $d/$m-f16.gguf --cache-dir $d/cache --configs "${CONFIGS:-q4_0}" $args \
         --out "$out/$name" 2>&1 | grep --line-buffered "^| \|^model" | grep --line-buffered -v "^| model\|^|---"
     done
   done

@@ -160,8 +160,8 @@ fn qkv_in_one_kernel_matches_cpu_and_saves_three_dispatches_a_layer() {
 /// RMSNorm folded into the f16 kernels (`matvec4_qkv_f16n`, `matvec4_glu_f16n`) with f16
 /// activations: w x is staged as f16, as the normalised x was stored apart, and the scale applied in
 /// f32 to the sums, so the f16 tolerance (5e-3) holds; a lost weight or scale moves logits by ~1.
-/// Two dispatches fewer a layer, one where Q/K/V run apart (their first product runs the norm); with
-/// f32 activations nothing folds (f16 staging would round what f32 keeps).
+/// Two dispatches fewer a layer, one where Q/K/V run apart (their first product runs the norm), in
+/// both row-sum paths; with f32 activations nothing folds (f16 staging would round what f32 keeps).
 #[test]
 fn norms_fold_into_the_f16_kernels_with_f16_activations() {
     let toks: Vec<u32> = (0..12).map(|i| 3 + (i * 37 % 250) as u32).collect();
@@ -184,6 +184,16 @@ fn norms_fold_into_the_f16_kernels_with_f16_activations() {
         let qkv_apart = n(&with(f16, false, false), "Q/K/V apart");
         let folded = n(&with(f16, false, true), "Q/K/V apart, norms folded");
         assert_eq!(folded + layers, qkv_apart, "{name}");
+        // The norm's sum of squares in the other row-sum path.
+        let subgroups = Gpu::open_blocking(GpuOptions {
+            act: Some(f16),
+            matvec: Some(MatvecKernel::Tiled),
+            subgroups: Some(true),
+            fold_norm: Some(true),
+            ..Default::default()
+        })
+        .expect("lavapipe has subgroups");
+        assert_eq!(n(&subgroups, "norms folded, subgroups") + 2 * layers, off);
         let f32 = Activations::F32;
         let on32 = run(&with(f32, true, true), m, &toks, 2e-4, name);
         assert_eq!(on32, run(&with(f32, true, false), m, &toks, 2e-4, name));
