@@ -516,8 +516,9 @@ fn matvec4_glu_f16(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocat
 // and RoPE), Q's and K's rows leave rotated: pair (2f, 2f + 1) of a head is two rows of one workgroup,
 // rotated by the table's cos and sin of frequency f, rounded once. Two dispatches fewer per layer, three
 // with RoPE, and the three products fill the GPU together.
-// Bindings: 0 QkvParams, 1 codes (words1; matvec4_qkv_f16: words4), 2 scales, 4 x, 5 Q, 9 K, 10 V,
-// 11 the RoPE table (rope.wgsl's, one row).
+// Bindings: 0 QkvParams, 1 codes (words1; matvec4_qkv_f16: words4), 2 scales, 4 x, 5 Q, 9 K, 10 V
+// (or the layer's f16 K and V caches, QkvParams.kv_direct), 11 the RoPE table (rope.wgsl's, one row,
+// and the decode row's KV slot at entry slot_at).
 
 struct QkvParams {
     // Rows of Q and of K (and V).
@@ -535,6 +536,12 @@ struct QkvParams {
     // RMSNorm folded in (matvec4_qkv_q4i; MatParams.norm, .eps).
     norm: u32,
     eps: f32,
+    // 1: K and V go straight into an f16 KV cache (bindings 9 and 10 are the layer's caches, f16
+    // activations), at the slot the RoPE table holds at entry slot_at; 0: into the K and V rows.
+    kv_direct: u32,
+    slot_at: u32,
+    pad0: u32,
+    pad1: u32,
 }
 
 @group(0) @binding(0) var<uniform> qp: QkvParams;
@@ -548,10 +555,17 @@ var<workgroup> pair_sums: array<f32, 8>;
 fn store_qkv(m: u32, r: u32, v: f32) {
     if (m == 0u) {
         out[r] = act(v);
-    } else if (m == 1u) {
-        out_k[r] = act(v);
+        return;
+    }
+    // An f16 cache row is the slot's kv_rows f16 values, as an f16 activation row is laid out.
+    var at = r;
+    if (qp.kv_direct == 1u) {
+        at += bitcast<u32>(rope_table[qp.slot_at]) * qp.kv_rows;
+    }
+    if (m == 1u) {
+        out_k[at] = act(v);
     } else {
-        out_v[r] = act(v);
+        out_v[at] = act(v);
     }
 }
 

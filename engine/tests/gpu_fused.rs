@@ -325,3 +325,49 @@ fn int8_prompt_pass_stays_near_the_oracle() {
         );
     }
 }
+
+/// K and V stored in the f16 KV cache by the fused Q/K/V kernel itself (`GpuOptions::kv_direct`,
+/// f16 activations, RoPE in the kernel), at the slot the RoPE table carries: the same values
+/// `kv_store` would write (an f16 cache row is an f16 activation row), so the f16 tolerance holds and
+/// the logits equal the kernel-apart run's; one dispatch fewer a layer; a window's ring of slots
+/// (12 tokens through 8 slots, 2 of them sinks); the GPU-resident greedy loop, whose passes each
+/// take their slot from the table. f32 activations and other caches keep `kv_store`.
+#[test]
+fn k_and_v_go_straight_into_an_f16_cache() {
+    let toks: Vec<u32> = (0..12).map(|i| 3 + (i * 37 % 250) as u32).collect();
+    let with = |act, kv_direct| {
+        Gpu::open_blocking(GpuOptions {
+            act: Some(act),
+            matvec: Some(MatvecKernel::Tiled),
+            kv_direct: Some(kv_direct),
+            ..Default::default()
+        })
+        .unwrap()
+    };
+    let (direct, apart) = (with(Activations::F16, true), with(Activations::F16, false));
+    let ring = RunConfig::parse("kv=f16,window=8,sinks=2").unwrap().kv;
+    let f16 = RunConfig::parse("kv=f16").unwrap().kv;
+    for (name, m) in &models() {
+        let layers = m.config.n_layers;
+        for kv in [f16.clone(), ring.clone()] {
+            let what = format!("{name} window {:?}", kv.window);
+            let n = run_kv(&direct, m, kv.clone(), &toks, 5e-3, &what);
+            assert_eq!(n + layers, run_kv(&apart, m, kv, &toks, 5e-3, &what));
+        }
+        let mut resident = GpuDecoder::new(&direct, m, ring.clone()).unwrap();
+        let mut stepped = GpuDecoder::new(&apart, m, ring.clone()).unwrap();
+        let on_gpu = block_on(resident.decode_greedy(toks[0], 0, 24)).unwrap();
+        let mut by_step = Vec::new();
+        let mut t = toks[0];
+        for pos in 0..24 {
+            t = block_on(stepped.step_argmax(t, pos)).unwrap();
+            by_step.push(t);
+        }
+        assert_eq!(on_gpu, by_step, "{name}");
+        let q8 = RunConfig::parse("kv=q8_0").unwrap().kv;
+        let n = run_kv(&direct, m, q8.clone(), &toks, 1e-2, name);
+        assert_eq!(n, run_kv(&apart, m, q8, &toks, 1e-2, name), "{name} q8_0");
+        let f32 = |d| run(&with(Activations::F32, d), m, &toks, 2e-4, name);
+        assert_eq!(f32(true), f32(false), "{name} f32");
+    }
+}

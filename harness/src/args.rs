@@ -33,7 +33,8 @@ pub struct ModelArgs {
 /// `NIBBLE_SHADER_CHECKS=on|off|runtime|zero-init` what wgpu's shader safety code kept natively,
 /// `NIBBLE_SUBGROUPS=on|off` whether the matrix kernels sum rows with subgroup operations,
 /// `NIBBLE_QKV=on|off` whether decode runs a layer's Q, K and V products as one kernel,
-/// `NIBBLE_FOLD_NORM=on|off` whether decode folds RMSNorm into the product after it where it can.
+/// `NIBBLE_FOLD_NORM=on|off` whether decode folds RMSNorm into the product after it where it can,
+/// `NIBBLE_KV_DIRECT=on|off` whether the Q/K/V kernel stores K and V in an f16 KV cache itself.
 pub fn gpu_env_options() -> Result<GpuOptions> {
     let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
     let on_off = |k: &str| {
@@ -62,6 +63,7 @@ pub fn gpu_env_options() -> Result<GpuOptions> {
         subgroups: on_off("NIBBLE_SUBGROUPS")?,
         fuse_qkv: on_off("NIBBLE_QKV")?,
         fold_norm: on_off("NIBBLE_FOLD_NORM")?,
+        kv_direct: on_off("NIBBLE_KV_DIRECT")?,
         ..GpuOptions::default()
     })
 }

@@ -99,7 +99,7 @@ impl GpuDecoder<'_> {
             BindKey::Glu(gate, up, out, x, norm) => {
                 self.glu_entries(gate, up, act(out), act(x), norm)
             }
-            BindKey::Qkv(l, x, rope, norm) => self.qkv_entries(l, act(x), rope, norm),
+            BindKey::Qkv(..) => self.qkv_entries(key),
             BindKey::Embed(out, ci) => {
                 let mut e = self.matrix_entries(TensorId::TokEmbd, ci, false, None);
                 e.extend([(5, act(out)), (6, self.step_buf.clone().into())]);
@@ -210,7 +210,7 @@ impl GpuDecoder<'_> {
     /// RMSNorm weights, or where none is, x again (a read-only binding the kernel then never reads).
     fn bind_norm(&self, key: BindKey, e: &mut Entries) {
         let (norm, x) = match key {
-            BindKey::Glu(.., x, norm) | BindKey::Qkv(_, x, _, norm) => (norm, x),
+            BindKey::Glu(.., x, norm) | BindKey::Qkv(_, x, _, _, norm) => (norm, x),
             BindKey::Matvec(_, _, _, x, _) => (None, x),
             _ => return,
         };
@@ -257,7 +257,11 @@ impl GpuDecoder<'_> {
 
     /// A layer's shared Q, K and V codes and scales, the section offsets, x, the three outputs and the
     /// RoPE table (matvec4_qkv_q4c).
-    fn qkv_entries(&self, l: usize, x: View, rope: bool, norm: Option<TensorId>) -> Entries {
+    fn qkv_entries(&self, key: BindKey) -> Entries {
+        let BindKey::Qkv(l, x, rope, direct, norm) = key else {
+            unreachable!("Q/K/V entries for {key:?}")
+        };
+        let x = View::whole(self.act(x).clone());
         let q = &self.w.qkv[&l];
         let lay = &q.layout;
         let c = &self.config;
@@ -278,16 +282,24 @@ impl GpuDecoder<'_> {
             c.head_size() as u32,
             norm.is_some() as u32,
             c.norm_eps.to_bits(),
+            direct as u32,
+            self.slot_at() as u32,
+            0,
+            0,
         ]);
         let act = |a: Act| View::whole(self.act(a).clone());
+        let (k, v) = match direct {
+            true => (self.kcache[l].clone().into(), self.vcache[l].clone().into()),
+            false => (act(Act::K), act(Act::V)),
+        };
         let mut e = vec![
             (0, params),
             (1, q.words.clone().into()),
             (2, q.scales.clone().into()),
             (4, x),
             (5, act(Act::Q)),
-            (9, act(Act::K)),
-            (10, act(Act::V)),
+            (9, k),
+            (10, v),
             (11, self.rope_buf.clone().into()),
         ];
         if f16 {

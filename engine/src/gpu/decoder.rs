@@ -83,13 +83,17 @@ pub struct GpuDecoder<'g> {
     pub(super) dispatches: usize,
     /// Seconds spent creating the compute pipelines (shader compilation) in `new`.
     pub(super) compile_s: f64,
-    /// cos/sin per RoPE frequency for each row's position, reused every pass.
+    /// cos/sin per RoPE frequency for each row's position, reused every pass, then the decode row's
+    /// KV slot (`slot_at`; `rope_buf` is laid out alike).
     pub(super) rope_table: Vec<f32>,
     /// Timestamps of the pass being recorded, while [`Decoder::profile`] runs one.
     pub(super) profiler: Option<Profiler>,
     pub(super) profiling: bool,
     /// Whether this pass's Q/K/V kernel applied RoPE, which `rope_qk` then leaves alone.
     pub(super) roped: bool,
+    /// Whether this pass's Q/K/V kernel stored K and V in the cache, which `kv_store` then leaves
+    /// alone ([`GpuOptions::kv_direct`](super::GpuOptions::kv_direct)).
+    pub(super) kv_stored: bool,
     /// An RMSNorm not yet dispatched (output, input, weights), for the next kernel to fold in
     /// ([`GpuOptions::fold_norm`](super::GpuOptions::fold_norm)).
     pub(super) pending_norm: Option<(Act, Act, TensorId)>,
@@ -127,7 +131,6 @@ impl<'g> GpuDecoder<'g> {
         };
         let storage = wgpu::BufferUsages::STORAGE;
         memory.weights = memory.weights_by_class.values().sum();
-
         let buf = |label: &str, size: u64, usage| buffer(dev, label, size, usage);
         let act_usage = storage | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST;
         let cap = kv.window.unwrap_or(c.seq_len);
@@ -153,7 +156,7 @@ impl<'g> GpuDecoder<'g> {
             buf(label, size as u64, storage | wgpu::BufferUsages::COPY_DST)
         };
         let step_buf = written("steps", max_rows * 32);
-        let rope_buf = written("rope", max_rows * c.head_size() * 4);
+        let rope_buf = written("rope", (max_rows * c.head_size() + 1) * 4);
         let argmax_buf = buf("argmax", 4, storage | wgpu::BufferUsages::COPY_SRC);
         let read = wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST;
         let staging = |label: &str, size: usize| buf(label, size as u64, read);
@@ -208,10 +211,11 @@ impl<'g> GpuDecoder<'g> {
             logits: vec![0.0; c.vocab_size],
             memory,
             encode_s: 0.0,
-            rope_table: vec![0.0; max_rows * c.head_size()],
+            rope_table: vec![0.0; max_rows * c.head_size() + 1],
             profiler: None,
             profiling: false,
             roped: false,
+            kv_stored: false,
             pending_norm: None,
             config: c,
         })
@@ -392,6 +396,18 @@ impl<'g> GpuDecoder<'g> {
             0,
             bytemuck::cast_slice(&self.rope_table[..n * hs]),
         );
+        // The last row's slot, where a decode step's Q/K/V kernel stores K and V (`kv_direct`).
+        let slot = self.kv.slot(pos0 + n - 1) as u32;
+        q.write_buffer(
+            &self.rope_buf,
+            4 * self.slot_at() as u64,
+            &slot.to_le_bytes(),
+        );
+    }
+
+    /// The RoPE table's entry holding the decode row's KV slot, after every row's cos/sin.
+    pub(super) fn slot_at(&self) -> usize {
+        self.max_rows * self.config.head_size()
     }
 
     /// Runs a prompt in as few passes as [`Self::batch_len`] allows; the last pass reads back `out`.

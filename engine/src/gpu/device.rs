@@ -226,6 +226,9 @@ pub struct GpuOptions {
     /// Fold each decode RMSNorm into the product that reads it where that kernel can (the
     /// integer-dot kernels: `MatvecKernel::TiledInt8`), saving its dispatch; default true.
     pub fold_norm: Option<bool>,
+    /// Let a decode step's fused Q/K/V kernel store K and V in an f16 KV cache itself (f16
+    /// activations, RoPE in the kernel), saving `kv_store`'s dispatch; default false until timed.
+    pub kv_direct: Option<bool>,
 }
 
 /// Whether the matrix kernels sum rows with subgroups, and why (for results): only where asked for
@@ -299,7 +302,11 @@ fn matvec_choice(
         (Some(false), _) => "; RMSNorm apart, set by the caller",
         _ => "; RMSNorm folded into the next product where its kernel can (integer-dot, f16)",
     };
-    (matvec, format!("{why}; {sums}; {qkv}{norm}"))
+    let kv = match opts.kv_direct {
+        Some(true) => "; K and V stored in f16 caches by the Q/K/V kernel, set by the caller",
+        _ => "",
+    };
+    (matvec, format!("{why}; {sums}; {qkv}{norm}{kv}"))
 }
 
 /// An open device with its adapter report and error hooks.
@@ -329,6 +336,8 @@ pub struct Gpu {
     pub fuse_qkv: bool,
     /// Whether decode folds RMSNorm into the next product where it can ([`GpuOptions::fold_norm`]).
     pub fold_norm: bool,
+    /// Whether the Q/K/V kernel stores K and V in f16 caches ([`GpuOptions::kv_direct`]).
+    pub kv_direct: bool,
     /// Every kernel's pipeline, compiled for the first decoder and shared by the next: a browser
     /// compiles each pipeline when it first runs (SwiftShader: seconds), and only once per object.
     pipelines: std::cell::RefCell<Option<std::rc::Rc<Pipelines>>>,
@@ -428,6 +437,7 @@ impl Gpu {
             subgroups,
             fuse_qkv,
             fold_norm: opts.fold_norm.unwrap_or(true),
+            kv_direct: opts.kv_direct.unwrap_or(false),
             pipelines: Default::default(),
             report,
             errors,

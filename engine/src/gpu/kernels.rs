@@ -406,8 +406,9 @@ pub(super) enum BindKey {
     /// weights folded in where there are (the input is then the residual stream).
     Glu(TensorId, TensorId, Act, Act, Option<TensorId>),
     /// A layer's Q, K and V products in one dispatch (their shared buffers), from the input; RoPE
-    /// applied where the bool says; RMSNorm folded in as for `Glu`.
-    Qkv(usize, Act, bool, Option<TensorId>),
+    /// applied where the first bool says; K and V written into the f16 KV cache where the second
+    /// does; RMSNorm folded in as for `Glu`.
+    Qkv(usize, Act, bool, bool, Option<TensorId>),
     /// Output and the embedding chunk holding the token.
     Embed(Act, usize),
     Norm(TensorId, Act, Act),

@@ -116,9 +116,17 @@ impl Kernels for GpuDecoder<'_> {
         // Nothing between the products and RoPE, and pairs of adjacent rows.
         let rope = !c.qkv_bias() && !c.qk_norm() && !c.rope_neox();
         let rows = c.q_dim() + 2 * c.kv_dim();
-        let key = self.fold_norm(x, |x, norm| BindKey::Qkv(layer, x, rope, norm));
+        // K and V straight into f16 caches where they leave the kernel final: rotated there, and
+        // stored as f16 activations are (an f16 cache row is an f16 activation row).
+        let kv = &self.kv;
+        let direct = rope
+            && self.gpu.kv_direct
+            && self.gpu.activations == Activations::F16
+            && (kv.k, kv.v) == (KvType::F16, KvType::F16);
+        let key = self.fold_norm(x, |x, norm| BindKey::Qkv(layer, x, rope, direct, norm));
         self.dispatch(key, fold(rows / self.kernel_of(key).rows_per_group()));
         self.roped = rope;
+        self.kv_stored = direct;
     }
 
     fn rope_qk(&mut self, _pos0: usize) {
@@ -130,6 +138,9 @@ impl Kernels for GpuDecoder<'_> {
     }
 
     fn kv_store(&mut self, layer: usize, pos0: usize) {
+        if std::mem::take(&mut self.kv_stored) {
+            return;
+        }
         let n = self.config.kv_dim();
         self.dispatch(BindKey::KvStore(layer), (wg(n, 64).0, self.rows as u32));
         // A kivi4 key group completes at the pass's last position: quantize it per channel.
