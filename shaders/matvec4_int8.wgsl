@@ -1,7 +1,7 @@
 // matvec4_q4i: the q4_0 decode product with integer dot products, as llama.cpp's NVIDIA path takes
 // for long rows (x quantized to 8 bits per block of 32, `dot4I8Packed` on four codes at a time): the
 // float kernels spend several instructions decoding each code, and on an H200 that, not memory,
-// bounds them (benchmarks/2026-12-03-h200-qkv.md). Opt-in (`MatvecKernel::TiledInt8`);
+// bounds them (benchmarks/2026-12-03-h200-qkv.md). Run under `MatvecKernel::TiledInt8` (natively the default);
 // matvec4_glu_q4i and matvec4_qkv_q4i (below) do the same for the fused gate/up and Q/K/V.
 // Appended to matvec4.wgsl and matvec4_norm.wgsl (their bindings, row_of, finish, bsh, xq, the Q/K/V
 // kernels' parts, norm_w and norm_scale).
@@ -75,35 +75,45 @@ fn dot_q4i(w: u32, k: u32) -> i32 {
     return dot4I8Packed(lo, x.x) + dot4I8Packed(hi, x.y);
 }
 
-// Word `w` of unit u (32 values), this lane's quarter qd, of a row starting at element e0.
-fn unit_q4i(w: u32, u: u32, qd: u32, e0: u32) -> f32 {
-    return block_scale((e0 + 32u * u) >> bsh()) * xd[u] * f32(dot_q4i(w, 4u * u + qd));
+// A lane's part of a q4_0 row of p.cols or qp.cols values (`nu` units of 32): codes from word `base`
+// (the row's first word plus the lane's quarter qd), the row's first element e0, its scales from word
+// sbase on, blocks of 1 << sh values. matvec4_q4i's rows start their scales at 0; each Q/K/V section
+// at its own.
+fn q4i_lane(base: u32, nu: u32, lane: u32, e0: u32, sbase: u32, sh: u32) -> f32 {
+    let qd = lane % 4u;
+    var acc = 0.0;
+    var u = lane / 4u;
+    for (; u + 24u < nu; u += 32u) {
+        let w0 = words1[base + 4u * u];
+        let w1 = words1[base + 4u * (u + 8u)];
+        let w2 = words1[base + 4u * (u + 16u)];
+        let w3 = words1[base + 4u * (u + 24u)];
+        acc += (unit_q4i(w0, u, qd, e0, sbase, sh) + unit_q4i(w1, u + 8u, qd, e0, sbase, sh))
+            + (unit_q4i(w2, u + 16u, qd, e0, sbase, sh) + unit_q4i(w3, u + 24u, qd, e0, sbase, sh));
+    }
+    for (; u < nu; u += 8u) {
+        acc += unit_q4i(words1[base + 4u * u], u, qd, e0, sbase, sh);
+    }
+    return acc;
 }
 
+// Word `w` of unit u (32 values), this lane's quarter qd, of a row starting at element e0.
+fn unit_q4i(w: u32, u: u32, qd: u32, e0: u32, sbase: u32, sh: u32) -> f32 {
+    let b = (e0 + 32u * u) >> sh;
+    return half_at(scales[sbase + (b >> 1u)], b) * xd[u] * f32(dot_q4i(w, 4u * u + qd));
+}
+
+// The single products (attn_output, ffn_down, the classifier) fold no norm.
 @compute @workgroup_size(256)
 fn matvec4_q4i(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
-    let scale = quantize_x(lid.x, p.cols, p.norm == 1u, p.eps);
+    quantize_x(lid.x, p.cols, false, 0.0);
     let rl = row_of(wid, lid);
     var acc = 0.0;
     if (rl.x < p.rows) {
-        let nu = p.cols / 32u;
-        let qd = rl.y % 4u;
-        let base = rl.x * p.cols / 8u + qd;
-        let e0 = rl.x * p.cols;
-        var u = rl.y / 4u;
-        for (; u + 24u < nu; u += 32u) {
-            let w0 = words1[base + 4u * u];
-            let w1 = words1[base + 4u * (u + 8u)];
-            let w2 = words1[base + 4u * (u + 16u)];
-            let w3 = words1[base + 4u * (u + 24u)];
-            acc += (unit_q4i(w0, u, qd, e0) + unit_q4i(w1, u + 8u, qd, e0))
-                + (unit_q4i(w2, u + 16u, qd, e0) + unit_q4i(w3, u + 24u, qd, e0));
-        }
-        for (; u < nu; u += 8u) {
-            acc += unit_q4i(words1[base + 4u * u], u, qd, e0);
-        }
+        let base = rl.x * p.cols / 8u + rl.y % 4u;
+        acc = q4i_lane(base, p.cols / 32u, rl.y, rl.x * p.cols, 0u, bsh());
     }
-    finish(acc * scale, lid, rl.x);
+    finish(acc, lid, rl.x);
 }
 
 // matvec4_glu_q4i: matvec4_glu_q4c's gate and up products with integer dot products, x quantized
@@ -152,31 +162,11 @@ fn matvec4_qkv_q4i(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocat
     let part = qkv_part(wid);
     let r = part.first + lid.x / LANES4;
     let lane = lid.x % LANES4;
-    let sh = countTrailingZeros(qp.block);
     var acc = 0.0;
     if (r < part.rows) {
-        let nu = qp.cols / 32u;
-        let qd = lane % 4u;
-        let base = part.wbase + r * qp.cols / 8u + qd;
-        let e0 = r * qp.cols;
-        var u = lane / 4u;
-        for (; u + 24u < nu; u += 32u) {
-            let w0 = words1[base + 4u * u];
-            let w1 = words1[base + 4u * (u + 8u)];
-            let w2 = words1[base + 4u * (u + 16u)];
-            let w3 = words1[base + 4u * (u + 24u)];
-            acc += (qkv_unit_i(w0, u, qd, e0, part.sbase, sh) + qkv_unit_i(w1, u + 8u, qd, e0, part.sbase, sh))
-                + (qkv_unit_i(w2, u + 16u, qd, e0, part.sbase, sh) + qkv_unit_i(w3, u + 24u, qd, e0, part.sbase, sh));
-        }
-        for (; u < nu; u += 8u) {
-            acc += qkv_unit_i(words1[base + 4u * u], u, qd, e0, part.sbase, sh);
-        }
+        let base = part.wbase + r * qp.cols / 8u + lane % 4u;
+        let sh = countTrailingZeros(qp.block);
+        acc = q4i_lane(base, qp.cols / 32u, lane, r * qp.cols, part.sbase, sh);
     }
     qkv_finish(part, acc * scale, lid);
-}
-
-// unit_q4i for a Q/K/V section: its scales from word sbase on.
-fn qkv_unit_i(w: u32, u: u32, qd: u32, e0: u32, sbase: u32, sh: u32) -> f32 {
-    let b = (e0 + 32u * u) >> sh;
-    return half_at(scales[sbase + (b >> 1u)], b) * xd[u] * f32(dot_q4i(w, 4u * u + qd));
 }

@@ -215,17 +215,9 @@ impl GpuDecoder<'_> {
             _ => return,
         };
         let x = View::whole(self.act(x).clone());
-        let int8 = matches!(
-            self.kernel_of(key),
-            Kernel::Matvec4Q4I
-                | Kernel::Matvec4GluQ4I
-                | Kernel::Matvec4QkvQ4I
-                | Kernel::Matvec4GluF16N
-                | Kernel::Matvec4QkvF16N
-        );
         match norm {
             Some(id) => e.push((12, self.w.norms[&id].clone().into())),
-            None if int8 => e.push((12, x)),
+            None if self.kernel_of(key).binds_norm() => e.push((12, x)),
             None => {}
         }
     }

@@ -396,13 +396,11 @@ impl<'g> GpuDecoder<'g> {
             0,
             bytemuck::cast_slice(&self.rope_table[..n * hs]),
         );
-        // The last row's slot, where a decode step's Q/K/V kernel stores K and V (`kv_direct`).
-        let slot = self.kv.slot(pos0 + n - 1) as u32;
-        q.write_buffer(
-            &self.rope_buf,
-            4 * self.slot_at() as u64,
-            &slot.to_le_bytes(),
-        );
+        if self.gpu.kv_direct {
+            // The last row's slot, where a decode step's Q/K/V kernel stores K and V.
+            let slot = (self.kv.slot(pos0 + n - 1) as u32).to_le_bytes();
+            q.write_buffer(&self.rope_buf, 4 * self.slot_at() as u64, &slot);
+        }
     }
 
     /// The RoPE table's entry holding the decode row's KV slot, after every row's cos/sin.

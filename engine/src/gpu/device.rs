@@ -223,8 +223,9 @@ pub struct GpuOptions {
     /// Lay each layer's Q, K and V weights out in shared buffers, so decode runs the three products
     /// (and RoPE) as one kernel where the matvec kernel allows; default true (false: apart, to compare).
     pub fuse_qkv: Option<bool>,
-    /// Fold each decode RMSNorm into the product that reads it where that kernel can (the
-    /// integer-dot kernels: `MatvecKernel::TiledInt8`), saving its dispatch; default true.
+    /// Fold each decode RMSNorm into the product that reads it where that kernel can (the fused
+    /// integer-dot kernels of `MatvecKernel::TiledInt8`; the fused f16 ones with f16 activations),
+    /// saving its dispatch; default true.
     pub fold_norm: Option<bool>,
     /// Let a decode step's fused Q/K/V kernel store K and V in an f16 KV cache itself (f16
     /// activations, RoPE in the kernel), saving `kv_store`'s dispatch; default false until timed.
@@ -298,8 +299,8 @@ fn matvec_choice(
         Some(false) => "Q/K/V apart, set by the caller",
         _ => "Q/K/V in one kernel where q4_0 or f16",
     };
-    let norm = match (opts.fold_norm, matvec) {
-        (Some(false), _) => "; RMSNorm apart, set by the caller",
+    let norm = match opts.fold_norm {
+        Some(false) => "; RMSNorm apart, set by the caller",
         _ => "; RMSNorm folded into the next product where its kernel can (integer-dot, f16)",
     };
     let kv = match opts.kv_direct {

@@ -1,7 +1,7 @@
 //! The kernel table: each kernel's WGSL entry point and the shader files its module is built from, the
 //! pipelines made from it, and the binding keys. Pipeline creation, bind groups and dispatch all go
 //! through [`BindKey::kernel`] and [`TABLE`], so a new kernel is its WGSL file, one [`Kernel`] variant
-//! with its table entry, and its bindings in `bind.rs` (`GpuDecoder::entries`).
+//! with its table entry, and its bindings in `bind.rs` (`GpuDecoder::kernel_entries`).
 
 use super::device::{Activations, ShaderChecks};
 use crate::dtype::WType;
@@ -369,9 +369,7 @@ impl MatvecKernel {
             _ => Kernel::Matvec,
         }
     }
-}
 
-impl MatvecKernel {
     /// The prompt pass's kernel for a matrix: `matmul_q4i` (integer dot products) for q4_0 rows of
     /// whole blocks of 32 under `TiledInt8`, else the float `matmul`.
     pub(super) fn for_matmul(self, cols: usize, ty: WType, block: usize) -> Kernel {
@@ -385,6 +383,24 @@ impl MatvecKernel {
 }
 
 impl Kernel {
+    /// Whether this kernel folds a held RMSNorm in (matvec4_norm.wgsl): the fused integer-dot
+    /// kernels, and the f16 ones staging x (with f16 activations only; `GpuDecoder::fold_norm`).
+    pub(super) fn folds_norm(self) -> bool {
+        matches!(
+            self,
+            Kernel::Matvec4GluQ4I
+                | Kernel::Matvec4QkvQ4I
+                | Kernel::Matvec4GluF16N
+                | Kernel::Matvec4QkvF16N
+        )
+    }
+
+    /// Whether this kernel declares the norm weights' binding 12 (`matvec4_q4i` shares the
+    /// quantization of x that reads it, though it folds no norm).
+    pub(super) fn binds_norm(self) -> bool {
+        self.folds_norm() || self == Kernel::Matvec4Q4I
+    }
+
     /// Rows of a matrix one workgroup of this kernel covers (the shaders' headers say how).
     pub(super) fn rows_per_group(self) -> usize {
         match self {

@@ -27,9 +27,7 @@ impl GpuDecoder<'_> {
             self.dispatch(key, groups);
         }
     }
-}
 
-impl GpuDecoder<'_> {
     /// The key `make` gives, with the held RMSNorm folded in where it wrote `x` and the kernel takes
     /// one (the integer-dot kernels; the f16 ones with f16 activations, which store the normalised
     /// x as f16 anyway): `make(input, norm weights)`.
@@ -38,13 +36,9 @@ impl GpuDecoder<'_> {
             return make(x, None);
         };
         let folded = make(input, Some(w));
-        let f16 = self.gpu.activations == Activations::F16;
-        let folds = match self.kernel_of(folded) {
-            Kernel::Matvec4GluQ4I | Kernel::Matvec4QkvQ4I => true,
-            Kernel::Matvec4GluF16N | Kernel::Matvec4QkvF16N => f16,
-            _ => false,
-        };
-        if !folds {
+        let kernel = self.kernel_of(folded);
+        let f16_staging = matches!(kernel, Kernel::Matvec4GluF16N | Kernel::Matvec4QkvF16N);
+        if !kernel.folds_norm() || (f16_staging && self.gpu.activations != Activations::F16) {
             return make(x, None);
         }
         self.pending_norm = None;
