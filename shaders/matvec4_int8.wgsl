@@ -1,8 +1,9 @@
 // matvec4_q4i: the q4_0 decode product with integer dot products, as llama.cpp's NVIDIA path takes
 // for long rows (x quantized to 8 bits per block of 32, `dot4I8Packed` on four codes at a time): the
 // float kernels spend several instructions decoding each code, and on an H200 that, not memory,
-// bounds them (benchmarks/2026-12-03-h200-qkv.md). Run under `MatvecKernel::TiledInt8` (natively the default);
-// matvec4_glu_q4i and matvec4_qkv_q4i (below) do the same for the fused gate/up and Q/K/V.
+// bounds them (benchmarks/2026-12-03-h200-qkv.md). Run under `MatvecKernel::TiledInt8` (natively
+// the default); matvec4_glu_q4i and matvec4_qkv_q4i (below) do the same for the fused gate/up and
+// Q/K/V.
 // Appended to matvec4.wgsl and matvec4_norm.wgsl (their bindings, row_of, finish, bsh, xq, the Q/K/V
 // kernels' parts, norm_w and norm_scale).
 //
