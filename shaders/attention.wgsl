@@ -9,7 +9,7 @@
 // Softmax subtracts the maximum score first; the weighted sum is divided by the total at the end.
 //
 // Decode (one row) splits the context instead (flash-decoding): attention_split runs one workgroup per
-// head and SPLIT positions, writing its maximum score m, its sum of exp(score - m) and its unnormalised
+// head and SPLIT (64) positions, writing its maximum score m, its sum of exp(score - m) and its unnormalised
 // weighted values to `part` (7, read_write, per head and split: m, l, then head_size values, at
 // (h * pad0 + split) * (head_size + 2)); attention_combine (one workgroup per head) rescales the splits
 // to the global maximum and divides once. With one workgroup per head, depth 1024 cost a 7B token
@@ -146,6 +146,8 @@ fn weighted(j0: u32, j1: u32, step: u32, e: u32, ao: u32) -> f32 {
     return acc;
 }
 
+// The same as `weighted` over a split's positions from i0, the weight of position j being
+// exp(ws[j - i0] - split_max) (ws holds the split's scaled scores).
 fn weighted_split(j0: u32, j1: u32, step: u32, e: u32, i0: u32) -> f32 {
     var acc = 0.0;
     var j = j0;
@@ -156,12 +158,12 @@ fn weighted_split(j0: u32, j1: u32, step: u32, e: u32, i0: u32) -> f32 {
             let w2 = vcache[value_word(j + 2u * step, e)];
             let w3 = vcache[value_word(j + 3u * step, e)];
             let k = j - i0;
-            acc += (ws[k] * value_in(w0, e) + ws[k + step] * value_in(w1, e))
-                + (ws[k + 2u * step] * value_in(w2, e) + ws[k + 3u * step] * value_in(w3, e));
+            acc += (weight(k) * value_in(w0, e) + weight(k + step) * value_in(w1, e))
+                + (weight(k + 2u * step) * value_in(w2, e) + weight(k + 3u * step) * value_in(w3, e));
         }
     }
     for (; j < j1; j += step) {
-        acc += ws[j - i0] * value_at(slot_of(st, attended(st, j)), e);
+        acc += weight(j - i0) * value_at(slot_of(st, attended(st, j)), e);
     }
     return acc;
 }
@@ -242,8 +244,77 @@ fn attention(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id
     }
 }
 
-const SPLIT: u32 = 128u;
-var<workgroup> ws: array<f32, 128>;
+const SPLIT: u32 = 64u;
+// The split's scaled scores, and their maximum.
+var<workgroup> ws: array<f32, 64>;
+var<private> split_max: f32;
+var<workgroup> red3: array<vec3<f32>, 256>;
+
+fn weight(k: u32) -> f32 {
+    return exp(ws[k] - split_max);
+}
+
+// f16 keys and values with head_size 64, 128 or 256 take the paths below (`score_f16_quarter`,
+// `weighted_f16`): every thread loads eight words before any arithmetic. One thread a key walked its row one dependent load after another
+// and made depth 1024 cost a 7B token 0.57 ms more than depth 0 on an H200.
+fn f16_paths(hs: u32) -> bool {
+    return p.k_kind == KIND_F16 && p.v_kind == KIND_F16 && hs % 64u == 0u && 512u % hs == 0u;
+}
+
+// Four threads a key: thread q of key k sums word pairs q, q + 4, .. of the key's head (dims
+// 4q..4q+3 of every 16), so a key's four threads read 32 contiguous bytes per load and the staged
+// query's banks differ between them. Returns this thread's part of the dot.
+fn score_f16_quarter(i: u32, q: u32, kvh: u32, hs: u32) -> f32 {
+    let ko = (slot_of(st, attended(st, i)) * p.kv_dim + kvh) / 2u + 2u * q;
+    var s = 0.0;
+    for (var d = 0u; d < hs; d += 64u) {
+        let o = ko + d / 2u;
+        let a0 = kcache[o]; let a1 = kcache[o + 1u];
+        let b0 = kcache[o + 8u]; let b1 = kcache[o + 9u];
+        let c0 = kcache[o + 16u]; let c1 = kcache[o + 17u];
+        let e0 = kcache[o + 24u]; let e1 = kcache[o + 25u];
+        let dq = d + 4u * q;
+        s += dot(vec4<f32>(unpack2x16float(a0), unpack2x16float(a1)), q4(dq))
+            + dot(vec4<f32>(unpack2x16float(b0), unpack2x16float(b1)), q4(dq + 16u))
+            + dot(vec4<f32>(unpack2x16float(c0), unpack2x16float(c1)), q4(dq + 32u))
+            + dot(vec4<f32>(unpack2x16float(e0), unpack2x16float(e1)), q4(dq + 48u));
+    }
+    return s;
+}
+
+// Word w of the head (dims 2w, 2w + 1) summed over positions j0, j0 + step, .. < j1 of the split
+// (x, y), with the sum of their weights (z): eight positions' loads in flight per step.
+fn weighted_f16(j0: u32, j1: u32, step: u32, w: u32, i0: u32, kvh: u32) -> vec3<f32> {
+    var acc = vec3<f32>(0.0);
+    var j = j0;
+    let vo = kvh / 2u + w;
+    let row = p.kv_dim / 2u;
+    for (; j + 7u * step < j1; j += 8u * step) {
+        let v0 = vcache[slot_of(st, attended(st, j)) * row + vo];
+        let v1 = vcache[slot_of(st, attended(st, j + step)) * row + vo];
+        let v2 = vcache[slot_of(st, attended(st, j + 2u * step)) * row + vo];
+        let v3 = vcache[slot_of(st, attended(st, j + 3u * step)) * row + vo];
+        let v4 = vcache[slot_of(st, attended(st, j + 4u * step)) * row + vo];
+        let v5 = vcache[slot_of(st, attended(st, j + 5u * step)) * row + vo];
+        let v6 = vcache[slot_of(st, attended(st, j + 6u * step)) * row + vo];
+        let v7 = vcache[slot_of(st, attended(st, j + 7u * step)) * row + vo];
+        let k = j - i0;
+        acc += weighted_pair(k, v0) + weighted_pair(k + step, v1) + weighted_pair(k + 2u * step, v2)
+            + weighted_pair(k + 3u * step, v3) + weighted_pair(k + 4u * step, v4)
+            + weighted_pair(k + 5u * step, v5) + weighted_pair(k + 6u * step, v6)
+            + weighted_pair(k + 7u * step, v7);
+    }
+    for (; j < j1; j += step) {
+        acc += weighted_pair(j - i0, vcache[slot_of(st, attended(st, j)) * row + vo]);
+    }
+    return acc;
+}
+
+// Split position k's weight times the two f16 values in `v`, and the weight.
+fn weighted_pair(k: u32, v: u32) -> vec3<f32> {
+    let e = weight(k);
+    return vec3<f32>(e * unpack2x16float(v), e);
+}
 
 @compute @workgroup_size(256)
 fn attention_split(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
@@ -254,66 +325,87 @@ fn attention_split(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocat
     let n = st.n_att;
     let i0 = wid.y * SPLIT;
     let i1 = min(n, i0 + SPLIT);
+    let fast = f16_paths(hs);
     if (lid.x < hs) {
         qs[lid.x] = f32(q[h * hs + lid.x]);
     }
     workgroupBarrier();
 
-    // One position per thread: its score, then the split's maximum.
-    let i = i0 + lid.x;
-    var sc = -3.402823e38;
-    if (lid.x < SPLIT && i < i1) {
-        sc = score(i, kvh, hs) / sqrt(f32(hs));
-    }
-    red[lid.x] = sc;
-    workgroupBarrier();
-    for (var s = WG / 2u; s > 0u; s >>= 1u) {
-        if (lid.x < s) {
-            red[lid.x] = max(red[lid.x], red[lid.x + s]);
+    // Scaled scores into ws (positions past the context: the lowest float, weight 0).
+    let scale = 1.0 / sqrt(f32(hs));
+    if (fast) {
+        let i = i0 + lid.x / 4u;
+        var s = 0.0;
+        if (i < i1) {
+            s = score_f16_quarter(i, lid.x % 4u, kvh, hs);
         }
+        red[lid.x] = s;
         workgroupBarrier();
-    }
-    let mx = red[0];
-    workgroupBarrier();
-    var e = 0.0;
-    if (lid.x < SPLIT && i < i1) {
-        e = exp(sc - mx);
-    }
-    if (lid.x < SPLIT) {
-        ws[lid.x] = e;
-    }
-    red[lid.x] = e;
-    workgroupBarrier();
-    for (var s = WG / 2u; s > 0u; s >>= 1u) {
-        if (lid.x < s) {
-            red[lid.x] += red[lid.x + s];
+        if (lid.x < SPLIT) {
+            let b = 4u * lid.x;
+            let sum = (red[b] + red[b + 1u]) + (red[b + 2u] + red[b + 3u]);
+            ws[lid.x] = select(-3.402823e38, sum * scale, i0 + lid.x < i1);
         }
-        workgroupBarrier();
+    } else if (lid.x < SPLIT) {
+        var s = -3.402823e38;
+        if (i0 + lid.x < i1) {
+            s = score(i0 + lid.x, kvh, hs) * scale;
+        }
+        ws[lid.x] = s;
     }
-    let l = red[0];
+    workgroupBarrier();
+    // Every thread takes the split's maximum from ws (no barriers for a tree over 64 values).
+    var mx = -3.402823e38;
+    for (var k = 0u; k < i1 - i0; k++) {
+        mx = max(mx, ws[k]);
+    }
+    split_max = mx;
 
-    // Weighted values: thread (d, pt) sums dimension d over every parts-th position of the split.
-    let parts = WG / hs;
-    let d = lid.x % hs;
-    let pt = lid.x / hs;
-    var acc = 0.0;
-    if (pt < parts) {
-        acc = weighted_split(i0 + pt, i1, parts, kvh + d, i0);
-    }
-    workgroupBarrier();
-    red[lid.x] = acc;
-    workgroupBarrier();
+    // Weighted values, summed over `parts` slices of the split's positions.
     let base = (h * p.pad0 + wid.y) * (hs + 2u);
-    if (pt == 0u) {
-        var t = 0.0;
-        for (var k = 0u; k < parts; k++) {
-            t += red[k * hs + d];
+    if (fast) {
+        let words = hs / 2u;
+        let w = lid.x % words;
+        let pt = lid.x / words;
+        red3[lid.x] = weighted_f16(i0 + pt, i1, WG / words, w, i0, kvh);
+        workgroupBarrier();
+        if (pt == 0u) {
+            var t = vec3<f32>(0.0);
+            for (var k = 0u; k < WG / words; k++) {
+                t += red3[k * words + w];
+            }
+            part[base + 2u + 2u * w] = t.x;
+            part[base + 3u + 2u * w] = t.y;
+            if (w == 0u) {
+                part[base] = mx;
+                part[base + 1u] = t.z;
+            }
         }
-        part[base + 2u + d] = t;
-    }
-    if (lid.x == 0u) {
-        part[base] = mx;
-        part[base + 1u] = l;
+    } else {
+        let parts = WG / hs;
+        let d = lid.x % hs;
+        let pt = lid.x / hs;
+        var acc = 0.0;
+        if (pt < parts) {
+            acc = weighted_split(i0 + pt, i1, parts, kvh + d, i0);
+        }
+        red[lid.x] = acc;
+        workgroupBarrier();
+        if (pt == 0u) {
+            var t = 0.0;
+            for (var k = 0u; k < parts; k++) {
+                t += red[k * hs + d];
+            }
+            part[base + 2u + d] = t;
+        }
+        if (lid.x == 0u) {
+            var l = 0.0;
+            for (var k = 0u; k < i1 - i0; k++) {
+                l += weight(k);
+            }
+            part[base] = mx;
+            part[base + 1u] = l;
+        }
     }
 }
 

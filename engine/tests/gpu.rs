@@ -377,8 +377,8 @@ fn gpu_kv_cache_types_match_cpu() {
     }
 }
 
-/// Decode attention splits the context into workgroups of 128 positions and combines them
-/// (flash-decoding): past 128 and 256 positions the splits must rescale to one softmax. f32 keys and
+/// Decode attention splits the context into workgroups of 64 positions and combines them
+/// (flash-decoding): past 64, 128 and 256 positions the splits must rescale to one softmax. f32 keys and
 /// values keep the f32 tolerance derived above (the rescaling adds one exp and one multiply per split);
 /// quantized caches the 1e-2 of the KV test; a window of 200 with sinks wraps its ring across splits.
 #[test]

@@ -228,7 +228,8 @@ pub struct GpuOptions {
     /// saving its dispatch; default true.
     pub fold_norm: Option<bool>,
     /// Let a decode step's fused Q/K/V kernel store K and V in an f16 KV cache itself (f16
-    /// activations, RoPE in the kernel), saving `kv_store`'s dispatch; default false until timed.
+    /// activations, RoPE in the kernel), saving `kv_store`'s dispatch; default true (7B q4_0 decode on
+    /// an H200: 3.842 -> 3.740 ms/token, `benchmarks/2026-12-04-h200-attention.md`).
     pub kv_direct: Option<bool>,
 }
 
@@ -304,8 +305,8 @@ fn matvec_choice(
         _ => "; RMSNorm folded into the next product where its kernel can (integer-dot, f16)",
     };
     let kv = match opts.kv_direct {
-        Some(true) => "; K and V stored in f16 caches by the Q/K/V kernel, set by the caller",
-        _ => "",
+        Some(false) => "; K and V stored by their own kernel, set by the caller",
+        _ => "; K and V stored in f16 caches by the Q/K/V kernel where both are f16",
     };
     (matvec, format!("{why}; {sums}; {qkv}{norm}{kv}"))
 }
@@ -438,7 +439,7 @@ impl Gpu {
             subgroups,
             fuse_qkv,
             fold_norm: opts.fold_norm.unwrap_or(true),
-            kv_direct: opts.kv_direct.unwrap_or(false),
+            kv_direct: opts.kv_direct.unwrap_or(true),
             pipelines: Default::default(),
             report,
             errors,

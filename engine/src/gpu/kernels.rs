@@ -511,7 +511,7 @@ impl BindKey {
 }
 
 /// Positions one decode attention workgroup covers (`SPLIT` in attention.wgsl).
-pub(super) const ATTN_SPLIT: usize = 128;
+pub(super) const ATTN_SPLIT: usize = 64;
 
 /// `groups` workgroups as (x, y), x at most 65535 (the shaders read group = x + y * 65535).
 pub(super) fn fold(groups: usize) -> (u32, u32) {

@@ -1,0 +1,70 @@
+//! Decode attention's f16 paths (`score_f16_quarter`, `weighted_f16` in attention.wgsl) against the
+//! CPU oracle: f16 keys and values with heads of 64 and 128 (stories260K's heads of 8 take the
+//! general path, which `tests/gpu.rs` covers), grouped-query heads, past two 64-position splits, and
+//! a window whose ring wraps across splits.
+//!
+//! Tolerances as `tests/gpu_fused.rs` derives them: f32 activations 2e-4 (both sides read the same f16
+//! cache rows, the order of sums differs), f16 activations 5e-3 (each activation rounded to f16).
+
+mod common;
+use common::*;
+use nibble_engine::block_on;
+use nibble_engine::cpu::CpuDecoder;
+use nibble_engine::gpu::{Activations, Gpu, GpuDecoder, GpuOptions};
+use nibble_engine::kv::{KvConfig, KvType};
+use nibble_engine::model::Config;
+use nibble_engine::{Decoder, Model};
+
+/// One layer 256 wide with `heads` query heads over `kv_heads` key/value heads.
+fn model(heads: usize, kv_heads: usize) -> Model {
+    let base = stories().config;
+    Model::synthetic_config(
+        Config {
+            dim: 256,
+            hidden_dim: 256,
+            n_layers: 1,
+            n_heads: heads,
+            n_kv_heads: kv_heads,
+            seq_len: 256,
+            ..base
+        },
+        5,
+    )
+}
+
+#[test]
+fn f16_decode_attention_matches_cpu_across_splits() {
+    // 150 positions: two whole splits and one of 22, so the eight-position loop and its tail both run.
+    let toks: Vec<u32> = (0..150).map(|i| 3 + (i * 53 % 400) as u32).collect();
+    let f16 = KvConfig {
+        k: KvType::F16,
+        v: KvType::F16,
+        ..KvConfig::default()
+    };
+    let ring = KvConfig {
+        window: Some(100),
+        sinks: 4,
+        ..f16.clone()
+    };
+    for (act, tol) in [(Activations::F32, 2e-4), (Activations::F16, 5e-3)] {
+        let gpu = Gpu::open_blocking(GpuOptions {
+            act: Some(act),
+            ..Default::default()
+        })
+        .expect("a WebGPU adapter (lavapipe: apt-get install mesa-vulkan-drivers)");
+        for (heads, kv_heads) in [(2, 1), (4, 2)] {
+            let m = model(heads, kv_heads);
+            assert!(m.config.head_size().is_multiple_of(64));
+            for kv in [f16.clone(), ring.clone()] {
+                let what = format!("{act:?}, {heads} heads of {}, {}", 256 / heads, kv.label());
+                let mut cpu = CpuDecoder::with_kv(&m, kv.clone()).unwrap();
+                let mut g = GpuDecoder::new(&gpu, &m, kv).unwrap();
+                for (p, &t) in toks.iter().enumerate() {
+                    let a = block_on(cpu.step(t, p)).unwrap().to_vec();
+                    let b = block_on(g.step(t, p)).unwrap();
+                    compare(&a, b, tol, &format!("{what} pos {p}"));
+                }
+            }
+        }
+    }
+}
