@@ -16,7 +16,7 @@
 //   6 steps:  storage read array<Step> (embed reads each row's token; matmul the row count)
 // matvec dispatch: one workgroup per 8 rows (whole words per row), matvec_row one per 64 rows,
 // matvec_any one per row; folded into (x, y) as group = x + y * 65535.
-// matmul dispatch: (ceil(rows / 64), ceil(pass rows / 32)).
+// matmul dispatch: (ceil(rows / 64), ceil(pass rows / 32)); matmul_q4i's in matmul_int8.wgsl.
 // embed dispatch: (ceil(cols / 64), pass rows), once per chunk; a row whose token is in another chunk
 // is left to that chunk's dispatch.
 
@@ -326,21 +326,25 @@ fn matmul(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) l
     store_tile(array<f32, 8>(a00, a01, a10, a11, a20, a21, a30, a31), r0 + cr, t0 + ct, n);
 }
 
-// Stores (or adds) a thread's 4-row by 2-token block of a matmul tile: rows r + 16i, tokens t + 16j,
-// acc[2i + j] (matmul, matmul_q4i).
+// Stores (or adds) a thread's 4-row by 2-token block of the float matmul's tile: rows r + 16i,
+// tokens t + 16j, acc[2i + j].
 fn store_tile(acc: array<f32, 8>, r: u32, t: u32, n: u32) {
     for (var i = 0u; i < 4u; i++) {
         for (var j = 0u; j < 2u; j++) {
-            let row = r + 16u * i;
-            let tok = t + 16u * j;
-            if (row < p.rows && tok < n) {
-                let o = tok * p.out_len + p.row0 + row;
-                if (p.accumulate != 0u) {
-                    out[o] = act(f32(out[o]) + acc[2u * i + j]);
-                } else {
-                    out[o] = act(acc[2u * i + j]);
-                }
-            }
+            store_out(acc[2u * i + j], r + 16u * i, t + 16u * j, n);
+        }
+    }
+}
+
+// Stores (or adds) one value of a matmul's output: weight row `row` of token `tok` (matmul,
+// matmul_q4i), where both are in range.
+fn store_out(v: f32, row: u32, tok: u32, n: u32) {
+    if (row < p.rows && tok < n) {
+        let o = tok * p.out_len + p.row0 + row;
+        if (p.accumulate != 0u) {
+            out[o] = act(f32(out[o]) + v);
+        } else {
+            out[o] = act(v);
         }
     }
 }

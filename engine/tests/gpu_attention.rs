@@ -1,7 +1,8 @@
 //! Decode attention's f16 paths (`score_f16_quarter`, `weighted_f16` in attention.wgsl) against the
 //! CPU oracle: f16 keys and values with heads of 64 and 128 (stories260K's heads of 8 take the
 //! general path, which `tests/gpu.rs` covers), grouped-query heads, past two 64-position splits, and
-//! a window whose ring wraps across splits.
+//! a window whose ring wraps across splits; and the prompt pass's tiled attention (`attention_tile`)
+//! over the same heads.
 //!
 //! Tolerances as `tests/gpu_fused.rs` derives them: f32 activations 2e-4 (both sides read the same f16
 //! cache rows, the order of sums differs), f16 activations 5e-3 (each activation rounded to f16).
@@ -15,14 +16,22 @@ use nibble_engine::kv::{KvConfig, KvType};
 use nibble_engine::model::Config;
 use nibble_engine::{Decoder, Model};
 
-/// One layer 256 wide with `heads` query heads over `kv_heads` key/value heads.
-fn model(heads: usize, kv_heads: usize) -> Model {
+fn f16_kv() -> KvConfig {
+    KvConfig {
+        k: KvType::F16,
+        v: KvType::F16,
+        ..KvConfig::default()
+    }
+}
+
+/// `layers` layers 256 wide with `heads` query heads over `kv_heads` key/value heads.
+fn model(heads: usize, kv_heads: usize, layers: usize) -> Model {
     let base = stories().config;
     Model::synthetic_config(
         Config {
             dim: 256,
             hidden_dim: 256,
-            n_layers: 1,
+            n_layers: layers,
             n_heads: heads,
             n_kv_heads: kv_heads,
             seq_len: 256,
@@ -36,11 +45,7 @@ fn model(heads: usize, kv_heads: usize) -> Model {
 fn f16_decode_attention_matches_cpu_across_splits() {
     // 150 positions: two whole splits and one of 22, so the eight-position loop and its tail both run.
     let toks: Vec<u32> = (0..150).map(|i| 3 + (i * 53 % 400) as u32).collect();
-    let f16 = KvConfig {
-        k: KvType::F16,
-        v: KvType::F16,
-        ..KvConfig::default()
-    };
+    let f16 = f16_kv();
     let ring = KvConfig {
         window: Some(100),
         sinks: 4,
@@ -53,7 +58,7 @@ fn f16_decode_attention_matches_cpu_across_splits() {
         })
         .expect("a WebGPU adapter (lavapipe: apt-get install mesa-vulkan-drivers)");
         for (heads, kv_heads) in [(2, 1), (4, 2)] {
-            let m = model(heads, kv_heads);
+            let m = model(heads, kv_heads, 1);
             assert!(m.config.head_size().is_multiple_of(64));
             for kv in [f16.clone(), ring.clone()] {
                 let what = format!("{act:?}, {heads} heads of {}, {}", 256 / heads, kv.label());
@@ -64,6 +69,47 @@ fn f16_decode_attention_matches_cpu_across_splits() {
                     let b = block_on(g.step(t, p)).unwrap();
                     compare(&a, b, tol, &format!("{what} pos {p}"));
                 }
+            }
+        }
+    }
+}
+
+/// The prompt pass in passes of 64 rows (so later passes start past position 0 and the last is a
+/// partial tile: 150 = 64 + 64 + 22 rows, tiles of 16 rows) against the oracle fed token by token.
+/// Two layers, so every row's attention reaches the last row's logits through the second layer's
+/// keys and values; decoding then goes on from the cache. A window takes the per-row kernel (also
+/// checked here).
+#[test]
+fn tiled_prompt_attention_matches_cpu() {
+    let prompt: Vec<u32> = (0..150).map(|i| 3 + (i * 53 % 400) as u32).collect();
+    let ring = KvConfig {
+        window: Some(100),
+        sinks: 4,
+        ..f16_kv()
+    };
+    for (act, tol) in [(Activations::F32, 2e-4), (Activations::F16, 5e-3)] {
+        let gpu = Gpu::open_blocking(GpuOptions {
+            act: Some(act),
+            prefill_rows: Some(64),
+            ..Default::default()
+        })
+        .unwrap();
+        for (heads, kv_heads) in [(2, 1), (4, 2)] {
+            let m = model(heads, kv_heads, 2);
+            for kv in [f16_kv(), ring.clone()] {
+                let what = format!("{act:?}, {heads} heads of {}, {}", 256 / heads, kv.label());
+                let mut cpu = CpuDecoder::with_kv(&m, kv.clone()).unwrap();
+                let mut want = Vec::new();
+                for (p, &t) in prompt.iter().enumerate() {
+                    want = block_on(cpu.step(t, p)).unwrap().to_vec();
+                }
+                let mut g = GpuDecoder::new(&gpu, &m, kv).unwrap();
+                let got = block_on(g.prefill(&prompt, 0)).unwrap().to_vec();
+                compare(&want, &got, tol, &format!("{what}: prompt pass"));
+                let n = prompt.len();
+                let a = block_on(cpu.step(7, n)).unwrap().to_vec();
+                let b = block_on(g.step(7, n)).unwrap();
+                compare(&a, b, tol, &format!("{what}: decode after it"));
             }
         }
     }

@@ -153,29 +153,10 @@ impl GpuDecoder<'_> {
                 (3, self.kcache[l].clone().into()),
                 (5, self.step_buf.clone().into()),
             ],
-            BindKey::Attention(l, out) => vec![
-                (0, self.attn_params()),
-                (1, act(Act::Q)),
-                (2, self.kcache[l].clone().into()),
-                (3, self.vcache[l].clone().into()),
-                (4, self.att.clone().into()),
-                (5, act(out)),
-                (6, self.step_buf.clone().into()),
-            ],
-            BindKey::AttnSplit(l) => vec![
-                (0, self.attn_params()),
-                (1, act(Act::Q)),
-                (2, self.kcache[l].clone().into()),
-                (3, self.vcache[l].clone().into()),
-                (6, self.step_buf.clone().into()),
-                (7, self.parts.clone().into()),
-            ],
-            BindKey::AttnCombine(out) => vec![
-                (0, self.attn_params()),
-                (5, act(out)),
-                (6, self.step_buf.clone().into()),
-                (7, self.parts.clone().into()),
-            ],
+            BindKey::Attention(..)
+            | BindKey::AttnTile(..)
+            | BindKey::AttnSplit(_)
+            | BindKey::AttnCombine(_) => self.attention_entries(key),
             BindKey::Argmax => vec![
                 (0, self.uniform(&[c.vocab_size as u32, 0, 0, 0])),
                 (1, act(Act::Logits)),
@@ -183,6 +164,37 @@ impl GpuDecoder<'_> {
                 (3, self.step_buf.clone().into()),
             ],
         }
+    }
+
+    /// The attention kernels' bindings: params and steps, the query and the layer's caches, and the
+    /// scratch and output each one uses.
+    fn attention_entries(&self, key: BindKey) -> Entries {
+        let act = |a: Act| View::whole(self.act(a).clone());
+        let mut e: Entries = vec![(0, self.attn_params()), (6, self.step_buf.clone().into())];
+        let layer = |l: usize| -> Entries {
+            vec![
+                (1, act(Act::Q)),
+                (2, self.kcache[l].clone().into()),
+                (3, self.vcache[l].clone().into()),
+            ]
+        };
+        match key {
+            BindKey::Attention(l, out) => {
+                e.extend(layer(l));
+                e.extend([(4, self.att.clone().into()), (5, act(out))]);
+            }
+            BindKey::AttnTile(l, out) => {
+                e.extend(layer(l));
+                e.push((5, act(out)));
+            }
+            BindKey::AttnSplit(l) => {
+                e.extend(layer(l));
+                e.push((7, self.parts.clone().into()));
+            }
+            BindKey::AttnCombine(out) => e.extend([(5, act(out)), (7, self.parts.clone().into())]),
+            _ => {}
+        }
+        e
     }
 
     /// Trims a matrix kernel's bindings to those its entry point reads (layouts derive from the

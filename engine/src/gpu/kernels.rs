@@ -70,6 +70,7 @@ pub(super) enum Kernel {
     KvStore,
     KiviFlush,
     Attention,
+    AttnTile,
     AttnSplit,
     AttnCombine,
     Argmax,
@@ -113,7 +114,7 @@ const MATVEC4_INT8_MODULE: &[&str] = &[
     MATVEC4_INT8,
 ];
 
-pub(super) const TABLE: [KernelDef; 36] = [
+pub(super) const TABLE: [KernelDef; 37] = [
     def!(Matvec, "matvec", "matvec", MATVEC_MODULE),
     def!(Matvec4F32, "matvec4_f32", "matvec4", MATVEC4_MODULE),
     def!(Matvec4F16, "matvec4_f16", "matvec4", MATVEC4_MODULE),
@@ -172,6 +173,7 @@ pub(super) const TABLE: [KernelDef; 36] = [
     def!(KvStore, "kv_store", "kv", KV_MODULE),
     def!(KiviFlush, "kivi_flush", "kv", KV_MODULE),
     def!(Attention, "attention", "attention", ATTENTION_MODULE),
+    def!(AttnTile, "attention_tile", "attention", ATTENTION_MODULE),
     def!(AttnSplit, "attention_split", "attention", ATTENTION_MODULE),
     def!(
         AttnCombine,
@@ -409,6 +411,15 @@ impl Kernel {
             _ => 8,
         }
     }
+
+    /// Tokens one workgroup of a prompt-pass product covers (`MI_T` in matmul_int8.wgsl; 32 in
+    /// matvec.wgsl's `matmul`).
+    pub(super) fn matmul_tokens(self) -> usize {
+        match self {
+            Kernel::MatmulQ4I => 64,
+            _ => 32,
+        }
+    }
 }
 
 /// What one dispatch binds; bind groups are cached by it.
@@ -437,6 +448,8 @@ pub(super) enum BindKey {
     KvStore(usize),
     KiviFlush(usize),
     Attention(usize, Act),
+    /// Layer, output: the prompt pass's attention in tiles of rows (f16 caches, no window).
+    AttnTile(usize, Act),
     /// One layer's decode attention over a split of the context, and the combination of the splits.
     AttnSplit(usize),
     AttnCombine(Act),
@@ -503,6 +516,7 @@ impl BindKey {
             BindKey::KvStore(_) => Kernel::KvStore,
             BindKey::KiviFlush(_) => Kernel::KiviFlush,
             BindKey::Attention(..) => Kernel::Attention,
+            BindKey::AttnTile(..) => Kernel::AttnTile,
             BindKey::AttnSplit(_) => Kernel::AttnSplit,
             BindKey::AttnCombine(_) => Kernel::AttnCombine,
             BindKey::Argmax => Kernel::Argmax,
@@ -512,6 +526,9 @@ impl BindKey {
 
 /// Positions one decode attention workgroup covers (`SPLIT` in attention.wgsl).
 pub(super) const ATTN_SPLIT: usize = 64;
+
+/// Rows of a prompt pass one `attention_tile` workgroup covers (`TQ` in attention.wgsl).
+pub(super) const ATTN_TILE_ROWS: usize = 16;
 
 /// `groups` workgroups as (x, y), x at most 65535 (the shaders read group = x + y * 65535).
 pub(super) fn fold(groups: usize) -> (u32, u32) {

@@ -3,7 +3,7 @@
 
 use super::decoder::GpuDecoder;
 use super::device::Activations;
-use super::kernels::{fold, BindKey, Kernel, ATTN_SPLIT};
+use super::kernels::{fold, BindKey, Kernel, ATTN_SPLIT, ATTN_TILE_ROWS};
 use crate::forward::{Act, Kernels};
 use crate::kv::KvType;
 use crate::model::TensorId;
@@ -11,11 +11,12 @@ use crate::model::TensorId;
 impl GpuDecoder<'_> {
     fn matvec_into(&mut self, out: Act, w: TensorId, x: Act, accumulate: bool) {
         if self.rows > 1 {
-            // A batch: the tiled kernel covers 64 weight rows by 32 tokens per workgroup.
-            let tiles = self.rows.div_ceil(32) as u32;
+            // A batch: the tiled kernels cover 64 weight rows by 32 or 64 tokens per workgroup.
             for ci in 0..self.w.mats[&w].chunks.len() {
                 let rows = self.w.mats[&w].chunks[ci].rows;
                 let key = BindKey::Matmul(w, ci, out, x, accumulate);
+                let tokens = self.kernel_of(key).matmul_tokens();
+                let tiles = self.rows.div_ceil(tokens) as u32;
                 self.dispatch(key, (rows.div_ceil(64) as u32, tiles));
             }
             return;
@@ -43,6 +44,16 @@ impl GpuDecoder<'_> {
         }
         self.pending_norm = None;
         folded
+    }
+
+    /// Whether the prompt pass's attention runs in tiles of rows (`attention_tile`): f16 keys and
+    /// values, heads of 64 or 128, no window (each row attends every position before it at its own
+    /// slot).
+    fn tiles_attention(&self) -> bool {
+        let kv = &self.kv;
+        (kv.k, kv.v) == (KvType::F16, KvType::F16)
+            && kv.window.is_none()
+            && matches!(self.config.head_size(), 64 | 128)
     }
 
     /// Runs the held RMSNorm, if any.
@@ -152,6 +163,9 @@ impl Kernels for GpuDecoder<'_> {
             let splits = self.n_att.div_ceil(ATTN_SPLIT) as u32;
             self.dispatch(BindKey::AttnSplit(layer), (h, splits));
             self.dispatch(BindKey::AttnCombine(out), (h, 1));
+        } else if self.tiles_attention() {
+            let tiles = self.rows.div_ceil(ATTN_TILE_ROWS) as u32;
+            self.dispatch(BindKey::AttnTile(layer, out), (h, tiles));
         } else {
             self.dispatch(BindKey::Attention(layer, out), (h, self.rows as u32));
         }
