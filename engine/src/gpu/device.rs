@@ -340,6 +340,8 @@ pub struct Gpu {
     pub fold_norm: bool,
     /// Whether the Q/K/V kernel stores K and V in f16 caches ([`GpuOptions::kv_direct`]).
     pub kv_direct: bool,
+    /// Whether WGSL has `packed_4x8_integer_dot_product` here (`MatvecKernel::TiledInt8` can run).
+    pub packed_dot: bool,
     /// Every kernel's pipeline, compiled for the first decoder and shared by the next: a browser
     /// compiles each pipeline when it first runs (SwiftShader: seconds), and only once per object.
     pipelines: std::cell::RefCell<Option<std::rc::Rc<Pipelines>>>,
@@ -440,6 +442,7 @@ impl Gpu {
             fuse_qkv,
             fold_norm: opts.fold_norm.unwrap_or(true),
             kv_direct: opts.kv_direct.unwrap_or(true),
+            packed_dot: int8,
             pipelines: Default::default(),
             report,
             errors,
@@ -480,17 +483,24 @@ impl Gpu {
         *self.matvec_choice.borrow_mut() = format!("{k:?}, set by the caller");
     }
 
-    /// Times both matvec kernels on the built-in model at q4_0 and keeps the faster: in a browser the
-    /// adapter does not say whether it runs on a CPU. Answers what was measured.
+    /// Times the matvec kernels on the built-in model at q4_0 and keeps the fastest: in a browser the
+    /// adapter does not say whether it runs on a CPU. Tiled and Row, and TiledInt8 where WGSL has
+    /// packed integer dot products (accuracy is then judged as 8-bit activations,
+    /// [`Gpu::products_activations`]). Answers what was measured.
     pub async fn tune_matvec(&self) -> Result<String> {
         let wc = crate::precision::WeightConfig {
             default: Some(WType::Q4_0),
             ..Default::default()
         };
         let (m, _) = crate::Model::synthetic_with(crate::Preset::Tiny, 1, &wc)?;
-        let mut best: Option<(MatvecKernel, f64)> = None;
+        // The fastest so far: kernel, ms/token, its 36-token run's seconds.
+        let mut best: Option<(MatvecKernel, f64, f64)> = None;
         let mut notes = Vec::new();
-        for k in [MatvecKernel::Tiled, MatvecKernel::Row] {
+        let mut kernels = vec![MatvecKernel::Tiled, MatvecKernel::Row];
+        if self.packed_dot {
+            kernels.push(MatvecKernel::TiledInt8);
+        }
+        for k in kernels {
             self.matvec.set(k);
             let mut d = GpuDecoder::new(self, &m, KvConfig::default())?;
             // GPU-resident greedy runs, ids read back once each: the 36-token run less the 4-token
@@ -499,16 +509,26 @@ impl Gpu {
             let t0 = web_time::Instant::now();
             d.decode_greedy(1, 4, 4).await?;
             let short = t0.elapsed().as_secs_f64();
+            // A 4-token run longer than the fastest kernel's 36-token run settles it (SwiftShader's
+            // integer kernels: half a second a token, 18 s for the long run).
+            if let Some((b, _, b_long)) = best.filter(|&(.., l)| short > l) {
+                notes.push(format!(
+                    "{k:?} stopped (4 tokens took {:.1} ms against {b:?}'s 36 in {:.1})",
+                    short * 1e3,
+                    b_long * 1e3
+                ));
+                continue;
+            }
             let t0 = web_time::Instant::now();
             d.decode_greedy(1, 8, 36).await?;
             let long = t0.elapsed().as_secs_f64();
             let ms = ((long - short) * 1e3 / 32.0).max(0.0);
             notes.push(format!("{k:?} {ms:.2} ms/token"));
-            if best.is_none_or(|(_, b)| ms < b) {
-                best = Some((k, ms));
+            if best.is_none_or(|(_, b, _)| ms < b) {
+                best = Some((k, ms, long));
             }
         }
-        let (k, _) = best.expect("two kernels timed");
+        let (k, ..) = best.expect("the first kernel is always timed");
         self.matvec.set(k);
         let note = format!(
             "{k:?}, timed on the built-in model at q4_0 (32 greedy tokens on the GPU, readback latency cancelled): {}",
