@@ -136,7 +136,7 @@ fn the_tuned_kernel_is_the_one_timed_faster() {
     // A stopped kernel's 4 tokens took longer than the fastest one's 36.
     for e in entries.iter().filter(|e| e.contains(" stopped (")) {
         let ms: Vec<f64> = e
-            .split(|c: char| c == ' ' || c == '(' || c == ')')
+            .split([' ', '(', ')'])
             .filter_map(|w| w.parse().ok())
             .collect();
         assert!(ms.len() == 4 && ms[1] > ms[3], "{note}");
