@@ -10,11 +10,11 @@
 // Prompt passes over f16 caches without a window take attention_tile instead (at the end: tiles of
 // rows sharing each key and value read).
 //
-// Decode (one row) splits the context instead (flash-decoding): attention_split runs one workgroup per
-// head and SPLIT (64) positions, writing its maximum score m, its sum of exp(score - m) and its unnormalised
-// weighted values to `part` (7, read_write, per head and split: m, l, then head_size values, at
-// (h * pad0 + split) * (head_size + 2)); attention_combine (one workgroup per head) rescales the splits
-// to the global maximum and divides once. With one workgroup per head, depth 1024 cost a 7B token
+// Decode (one row) splits the context instead (flash-decoding): attention_split runs one workgroup
+// per head and SPLIT (64) positions, writing its maximum score m, its sum of exp(score - m) and its
+// unnormalised weighted values to `part` (7, read_write, per head and split: m, l, then head_size
+// values, at (h * pad0 + split) * (head_size + 2)); attention_combine (one workgroup per head)
+// rescales the splits to the global maximum and divides once. With one workgroup per head, depth 1024 cost a 7B token
 // 10.8 ms on an H200: each thread walked hundreds of positions one dependent load at a time.
 // Dispatch: attention_split (n_heads, ceil(n_att / SPLIT)), attention_combine (n_heads, 1).
 
@@ -247,7 +247,7 @@ fn attention(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id
 }
 
 const SPLIT: u32 = 64u;
-// The split's scaled scores, and their maximum.
+// The split's scaled scores (ws) and their maximum (split_max).
 var<workgroup> ws: array<f32, 64>;
 var<private> split_max: f32;
 var<workgroup> red3: array<vec3<f32>, 256>;
@@ -257,8 +257,9 @@ fn weight(k: u32) -> f32 {
 }
 
 // f16 keys and values with head_size 64, 128 or 256 take the paths below (`score_f16_quarter`,
-// `weighted_f16`): every thread loads eight words before any arithmetic. One thread a key walked its row one dependent load after another
-// and made depth 1024 cost a 7B token 0.57 ms more than depth 0 on an H200.
+// `weighted_f16`): every thread loads eight words before any arithmetic. One thread a key walked its
+// row one dependent load after another and made depth 1024 cost a 7B token 0.57 ms more than depth 0
+// on an H200.
 fn f16_paths(hs: u32) -> bool {
     return p.k_kind == KIND_F16 && p.v_kind == KIND_F16 && hs % 64u == 0u && 512u % hs == 0u;
 }

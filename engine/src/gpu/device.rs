@@ -282,8 +282,8 @@ fn matvec_choice(
         Some(k) => (k, format!("{k:?}, set by the caller")),
         None if report.device_type == "Cpu" => (MatvecKernel::Row, "Row for a Cpu adapter".into()),
         // Natively, where WGSL has packed integer dot products: 7B q4_0 decode on an H200 3.821
-        // ms/token against Tiled's 4.353 (benchmarks/2026-12-04-h200-fold.md). Browsers keep Tiled
-        // (and time it against Row) until timed there.
+        // ms/token against Tiled's 4.353 (benchmarks/2026-12-04-h200-fold.md). Browsers start on
+        // Tiled and time it against Row and TiledInt8 (`Gpu::tune_matvec`).
         None if int8 && !cfg!(target_arch = "wasm32") => (
             MatvecKernel::TiledInt8,
             format!(
@@ -531,7 +531,8 @@ impl Gpu {
         let (k, ..) = best.expect("the first kernel is always timed");
         self.matvec.set(k);
         let note = format!(
-            "{k:?}, timed on the built-in model at q4_0 (32 greedy tokens on the GPU, readback latency cancelled): {}",
+            "{k:?}, timed on the built-in model at q4_0 (32 greedy tokens on the GPU, readback \
+             latency cancelled): {}",
             notes.join(", ")
         );
         *self.matvec_choice.borrow_mut() = note.clone();
