@@ -7,12 +7,18 @@
 // Appended to matvec4.wgsl and matvec4_norm.wgsl (their bindings, row_of, finish, bsh, xq, the Q/K/V
 // kernels' parts, norm_w and norm_scale).
 //
-// Each workgroup first quantizes all of x into workgroup memory: word k of x (values 8k..8k+7, as a
-// q4 word of codes holds them) becomes two words of signed bytes, values 8k, 8k+2, 8k+4, 8k+6 and
-// 8k+1, 8k+3, 8k+5, 8k+7 (the low and the high nibbles of the codes' bytes), with one f32 scale per
-// 32 values (max |x| / 127, values rounded to nearest). Then the lanes run as matvec4_q4c's: a
-// code word's nibbles become signed bytes n - 8 without leaving the word, and two dot4I8Packed
-// take its eight products exactly in integers; the row sums d_w * d_x * that in f32.
+// Each workgroup first quantizes all of x into workgroup memory, a thread per block of 32 values
+// (its eight loads at once, one barrier in all): word j of block b (values 32b+8j..32b+8j+7, as a
+// q4 word of codes holds them) becomes two words of signed bytes, values 8j, 8j+2, 8j+4, 8j+6 and
+// 8j+1, 8j+3, 8j+5, 8j+7 of the block (the low and the high nibbles of the codes' bytes), at
+// xw[j * nb + b] (nb blocks a row), with one f32 scale per block (max |x| / 127, values rounded to
+// nearest). Then each lane of a row takes whole blocks, one vec4 of codes each, 32 blocks apart
+// (a warp's load is 512 contiguous bytes, its reads of xw consecutive words), four blocks' loads
+// issued before any arithmetic: a 4096-wide row is one round of loads per lane. A code word's
+// nibbles become signed bytes n - 8 without leaving the word, and two dot4I8Packed take its eight
+// products exactly in integers; the row sums d_w * d_x * that in f32.
+// (An earlier layout, four lanes on the four words of a block with 32-bit loads, took four to
+// sixteen dependent rounds of loads a row; benchmarks/2026-12-04-h200-int8-vec4.md.)
 // Rows of at most XW_WORDS * 8 values (`MatvecKernel::for_matrix`); the other rows keep
 // matvec4_q4c. The quantization of x is the only difference from the oracle's arithmetic: each value
 // moves by at most half a step (max |x| / 254 of its block).
@@ -21,87 +27,93 @@
 
 const XW_WORDS: u32 = 1536u;
 
-// x quantized: per word, the even and the odd values' bytes; per 32 values, the scale.
+// x quantized: per block and word, the even and the odd values' bytes; per block, the scale.
 var<workgroup> xw: array<vec2<u32>, 1536>;
 var<workgroup> xd: array<f32, 384>;
+
 // Quantizes x (`cols` values; times the norm's weights where `norm`) into xw and xd; every thread
-// calls it. rowsum (reduce_shared.wgsl or reduce_subgroup.wgsl) holds each thread's max |x| for a
-// moment: four threads' words are a block. Returns the norm's scale (1 without a norm).
+// calls it. Returns the norm's scale (1 without a norm).
 fn quantize_x(t: u32, cols: u32, norm: bool, eps: f32) -> f32 {
-    let words = cols / 8u;
+    let nb = cols / 32u;
     var ss = 0.0;
-    for (var c0 = 0u; c0 < words; c0 += 256u) {
-        let k = c0 + t;
-        var a = vec4<f32>(0.0);
-        var b = vec4<f32>(0.0);
-        if (k < words) {
-            a = xq(2u * k);
-            b = xq(2u * k + 1u);
-            if (norm) {
-                ss += dot(a, a) + dot(b, b);
-                a *= norm_w[2u * k];
-                b *= norm_w[2u * k + 1u];
-            }
+    for (var b = t; b < nb; b += 256u) {
+        var v: array<vec4<f32>, 8>;
+        for (var i = 0u; i < 8u; i++) {
+            v[i] = xq(8u * b + i);
         }
-        let m = max(abs(a), abs(b));
-        rowsum[t] = max(max(m.x, m.y), max(m.z, m.w));
-        workgroupBarrier();
-        let q0 = 4u * (t / 4u);
-        let amax = max(max(rowsum[q0], rowsum[q0 + 1u]), max(rowsum[q0 + 2u], rowsum[q0 + 3u]));
+        var m = vec4<f32>(0.0);
+        for (var i = 0u; i < 8u; i++) {
+            if (norm) {
+                ss += dot(v[i], v[i]);
+                v[i] *= norm_w[8u * b + i];
+            }
+            m = max(m, abs(v[i]));
+        }
+        let amax = max(max(m.x, m.y), max(m.z, m.w));
         let inv = select(0.0, 127.0 / amax, amax > 0.0);
-        if (k < words) {
-            let qa = vec4<i32>(round(a * inv));
-            let qb = vec4<i32>(round(b * inv));
-            xw[k] = vec2<u32>(
+        for (var j = 0u; j < 4u; j++) {
+            let qa = vec4<i32>(round(v[2u * j] * inv));
+            let qb = vec4<i32>(round(v[2u * j + 1u] * inv));
+            xw[j * nb + b] = vec2<u32>(
                 pack4xI8Clamp(vec4<i32>(qa.x, qa.z, qb.x, qb.z)),
                 pack4xI8Clamp(vec4<i32>(qa.y, qa.w, qb.y, qb.w)));
-            if (t % 4u == 0u) {
-                xd[k / 4u] = amax / 127.0;
-            }
         }
-        workgroupBarrier();
+        xd[b] = amax / 127.0;
     }
+    workgroupBarrier();
     if (!norm) {
         return 1.0;
     }
     return norm_scale(ss, t, cols, eps);
 }
 
-// The eight products of code word w with x word k, exactly: the nibbles of each byte as signed
+// The eight products of code word w with x words x, exactly: the nibbles of each byte as signed
 // bytes n - 8 ((n + 0x78) ^ 0x80 never carries out of a byte, as n <= 15).
-fn dot_q4i(w: u32, k: u32) -> i32 {
+fn dot_q4i(w: u32, x: vec2<u32>) -> i32 {
     let lo = ((w & 0x0F0F0F0Fu) + 0x78787878u) ^ 0x80808080u;
     let hi = (((w >> 4u) & 0x0F0F0F0Fu) + 0x78787878u) ^ 0x80808080u;
-    let x = xw[k];
     return dot4I8Packed(lo, x.x) + dot4I8Packed(hi, x.y);
 }
 
-// A lane's part of a q4_0 row of p.cols or qp.cols values (`nu` units of 32): codes from word `base`
-// (the row's first word plus the lane's quarter qd), the row's first element e0, its scales from word
-// sbase on, blocks of 1 << sh values. matvec4_q4i's rows start their scales at 0; each Q/K/V section
-// at its own.
-fn q4i_lane(base: u32, nu: u32, lane: u32, e0: u32, sbase: u32, sh: u32) -> f32 {
-    let qd = lane % 4u;
-    var acc = 0.0;
-    var u = lane / 4u;
-    for (; u + 24u < nu; u += 32u) {
-        let w0 = words1[base + 4u * u];
-        let w1 = words1[base + 4u * (u + 8u)];
-        let w2 = words1[base + 4u * (u + 16u)];
-        let w3 = words1[base + 4u * (u + 24u)];
-        acc += (unit_q4i(w0, u, qd, e0, sbase, sh) + unit_q4i(w1, u + 8u, qd, e0, sbase, sh))
-            + (unit_q4i(w2, u + 16u, qd, e0, sbase, sh) + unit_q4i(w3, u + 24u, qd, e0, sbase, sh));
-    }
-    for (; u < nu; u += 8u) {
-        acc += unit_q4i(words1[base + 4u * u], u, qd, e0, sbase, sh);
-    }
-    return acc;
+// Block b's 32 products (codes w) with x, times x's scale; `nb` blocks a row.
+fn block_q4i(w: vec4<u32>, b: u32, nb: u32) -> f32 {
+    let s = (dot_q4i(w.x, xw[b]) + dot_q4i(w.y, xw[nb + b]))
+        + (dot_q4i(w.z, xw[2u * nb + b]) + dot_q4i(w.w, xw[3u * nb + b]));
+    return xd[b] * f32(s);
 }
 
-// Word `w` of unit u (32 values), this lane's quarter qd, of a row starting at element e0.
-fn unit_q4i(w: u32, u: u32, qd: u32, e0: u32, sbase: u32, sh: u32) -> f32 {
-    let b = (e0 + 32u * u) >> sh;
-    return half_at(scales[sbase + (b >> 1u)], b) * xd[u] * f32(dot_q4i(w, 4u * u + qd));
+// Where a row's blocks run out within a round of four: block b + 32i clamped to the row's last
+// (its load stays in the row) and weighed 0.
+fn round_blocks(b: u32, nb: u32) -> vec4<u32> {
+    return min(vec4<u32>(b) + vec4<u32>(0u, LANES4, 2u * LANES4, 3u * LANES4), vec4<u32>(nb - 1u));
+}
+
+fn live(b: u32, i: u32, nb: u32) -> f32 {
+    return select(0.0, 1.0, b + i * LANES4 < nb);
+}
+
+// Block b's weight scale: a row starting at element e0, scales from word sbase on, blocks of 1 << sh
+// values.
+fn scale_q4i(b: u32, e0: u32, sbase: u32, sh: u32) -> f32 {
+    let g = (e0 + 32u * b) >> sh;
+    return half_at(scales[sbase + (g >> 1u)], g);
+}
+
+// A lane's part of a q4_0 row of `nb` blocks whose codes start at vec4 `vbase`.
+fn q4i_lane(vbase: u32, nb: u32, lane: u32, e0: u32, sbase: u32, sh: u32) -> f32 {
+    var acc = 0.0;
+    for (var b = lane; b < nb; b += 4u * LANES4) {
+        let k = round_blocks(b, nb);
+        let w0 = words4[vbase + k.x];
+        let w1 = words4[vbase + k.y];
+        let w2 = words4[vbase + k.z];
+        let w3 = words4[vbase + k.w];
+        let d = vec4<f32>(scale_q4i(k.x, e0, sbase, sh), scale_q4i(k.y, e0, sbase, sh) * live(b, 1u, nb),
+            scale_q4i(k.z, e0, sbase, sh) * live(b, 2u, nb), scale_q4i(k.w, e0, sbase, sh) * live(b, 3u, nb));
+        acc += (d.x * block_q4i(w0, k.x, nb) + d.y * block_q4i(w1, k.y, nb))
+            + (d.z * block_q4i(w2, k.z, nb) + d.w * block_q4i(w3, k.w, nb));
+    }
+    return acc;
 }
 
 // The single products (attn_output, ffn_down, the classifier) fold no norm.
@@ -111,14 +123,26 @@ fn matvec4_q4i(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_
     let rl = row_of(wid, lid);
     var acc = 0.0;
     if (rl.x < p.rows) {
-        let base = rl.x * p.cols / 8u + rl.y % 4u;
-        acc = q4i_lane(base, p.cols / 32u, rl.y, rl.x * p.cols, 0u, bsh());
+        let nb = p.cols / 32u;
+        acc = q4i_lane(rl.x * nb, nb, rl.y, rl.x * p.cols, 0u, bsh());
     }
     finish(acc, lid, rl.x);
 }
 
+// Block b's products with x for the gate's codes g and the up's u (one read of x for both), times
+// x's scale.
+fn pair_q4i(g: vec4<u32>, u: vec4<u32>, b: u32, nb: u32) -> vec2<f32> {
+    let x0 = xw[b];
+    let x1 = xw[nb + b];
+    let x2 = xw[2u * nb + b];
+    let x3 = xw[3u * nb + b];
+    let sg = (dot_q4i(g.x, x0) + dot_q4i(g.y, x1)) + (dot_q4i(g.z, x2) + dot_q4i(g.w, x3));
+    let su = (dot_q4i(u.x, x0) + dot_q4i(u.y, x1)) + (dot_q4i(u.z, x2) + dot_q4i(u.w, x3));
+    return xd[b] * vec2<f32>(f32(sg), f32(su));
+}
+
 // matvec4_glu_q4i: matvec4_glu_q4c's gate and up products with integer dot products, x quantized
-// once for both (bindings as matvec4_glu_q4c).
+// once for both (bindings as matvec4_glu_q4c): four blocks of each a round.
 @compute @workgroup_size(256)
 fn matvec4_glu_q4i(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
     let scale = quantize_x(lid.x, p.cols, p.norm == 1u, p.eps);
@@ -126,37 +150,37 @@ fn matvec4_glu_q4i(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocat
     var ag = 0.0;
     var au = 0.0;
     if (rl.x < p.rows) {
-        let nu = p.cols / 32u;
-        let qd = rl.y % 4u;
-        let base = rl.x * p.cols / 8u + qd;
+        let nb = p.cols / 32u;
+        let vbase = rl.x * nb;
         let e0 = rl.x * p.cols;
-        var u = rl.y / 4u;
-        for (; u + 8u < nu; u += 16u) {
-            let g0 = words1[base + 4u * u];
-            let g1 = words1[base + 4u * (u + 8u)];
-            let u0 = up_words[base + 4u * u];
-            let u1 = up_words[base + 4u * (u + 8u)];
-            let ba = (e0 + 32u * u) >> bsh();
-            let bb = (e0 + 32u * (u + 8u)) >> bsh();
-            let ka = 4u * u + qd;
-            let kb = 4u * (u + 8u) + qd;
-            ag += block_scale(ba) * xd[u] * f32(dot_q4i(g0, ka))
-                + block_scale(bb) * xd[u + 8u] * f32(dot_q4i(g1, kb));
-            au += up_scale(ba) * xd[u] * f32(dot_q4i(u0, ka))
-                + up_scale(bb) * xd[u + 8u] * f32(dot_q4i(u1, kb));
-        }
-        for (; u < nu; u += 8u) {
-            let b = (e0 + 32u * u) >> bsh();
-            let k = 4u * u + qd;
-            ag += block_scale(b) * xd[u] * f32(dot_q4i(words1[base + 4u * u], k));
-            au += up_scale(b) * xd[u] * f32(dot_q4i(up_words[base + 4u * u], k));
+        for (var b = rl.y; b < nb; b += 4u * LANES4) {
+            let k = round_blocks(b, nb);
+            let g0 = words4[vbase + k.x];
+            let g1 = words4[vbase + k.y];
+            let g2 = words4[vbase + k.z];
+            let g3 = words4[vbase + k.w];
+            let u0 = up_words4[vbase + k.x];
+            let u1 = up_words4[vbase + k.y];
+            let u2 = up_words4[vbase + k.z];
+            let u3 = up_words4[vbase + k.w];
+            let g = (vec4<u32>(e0) + 32u * k) >> vec4<u32>(bsh());
+            let on = vec4<f32>(1.0, live(b, 1u, nb), live(b, 2u, nb), live(b, 3u, nb));
+            let dg = vec4<f32>(block_scale(g.x), block_scale(g.y), block_scale(g.z), block_scale(g.w)) * on;
+            let du = vec4<f32>(up_scale(g.x), up_scale(g.y), up_scale(g.z), up_scale(g.w)) * on;
+            let p0 = pair_q4i(g0, u0, k.x, nb);
+            let p1 = pair_q4i(g1, u1, k.y, nb);
+            let p2 = pair_q4i(g2, u2, k.z, nb);
+            let p3 = pair_q4i(g3, u3, k.w, nb);
+            ag += dot(dg, vec4<f32>(p0.x, p1.x, p2.x, p3.x));
+            au += dot(du, vec4<f32>(p0.y, p1.y, p2.y, p3.y));
         }
     }
     glu_finish(ag * scale, au * scale, lid, rl);
 }
 
 // matvec4_qkv_q4i: matvec4_qkv_q4c's Q, K and V products (and RoPE) with integer dot products, x
-// quantized once for the three (bindings as matvec4_qkv_q4c, and 12).
+// quantized once for the three (bindings as matvec4_qkv_q4c, and 12). A section's codes start on
+// a whole vec4 (its rows are whole blocks).
 @compute @workgroup_size(256)
 fn matvec4_qkv_q4i(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
     let scale = quantize_x(lid.x, qp.cols, qp.norm == 1u, qp.eps);
@@ -165,9 +189,9 @@ fn matvec4_qkv_q4i(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocat
     let lane = lid.x % LANES4;
     var acc = 0.0;
     if (r < part.rows) {
-        let base = part.wbase + r * qp.cols / 8u + lane % 4u;
+        let nb = qp.cols / 32u;
         let sh = countTrailingZeros(qp.block);
-        acc = q4i_lane(base, qp.cols / 32u, lane, r * qp.cols, part.sbase, sh);
+        acc = q4i_lane(part.wbase / 4u + r * nb, nb, lane, r * qp.cols, part.sbase, sh);
     }
     qkv_finish(part, acc * scale, lid);
 }

@@ -51,6 +51,26 @@ fn run_kv(gpu: &Gpu, m: &Model, kv: KvConfig, tokens: &[u32], tol: f32, what: &s
     g.dispatches().expect("the GPU counts its dispatches")
 }
 
+/// A one-layer q4_0 model whose rows take the integer kernels' lanes past one round of four blocks
+/// (32 lanes a row, a block each, so 128 blocks a round): 4160 wide (130 blocks: a second round in
+/// two lanes, one live block each), hidden 4192 (131 blocks: three lanes); 65 heads of 64, 5 K/V heads.
+fn long_q4_0() -> Model {
+    let s = stories();
+    let long = Model::synthetic_config(
+        nibble_engine::model::Config {
+            dim: 4160,
+            hidden_dim: 4192,
+            n_layers: 1,
+            n_heads: 65,
+            n_kv_heads: 5,
+            ..s.config.clone()
+        },
+        5,
+    );
+    let cfg = RunConfig::parse("weights=q4_0").unwrap();
+    measure::prepare(&long, &cfg).unwrap().0
+}
+
 /// stories260K (64-wide rows: each kernel's tail loop only) and a one-layer model 1024 wide, whose rows
 /// reach the unrolled loops (four q4 words or vec4s of f16 per lane), as q4_0 and f16 weights.
 fn models() -> Vec<(String, Model)> {
@@ -226,7 +246,10 @@ fn int8_products_stay_near_the_oracle() {
     };
     let int8 = with(Activations::F32, false, true);
     let float = open(Activations::F32, true, MatvecKernel::Tiled);
-    for (name, m) in models().iter().filter(|(n, _)| n.ends_with("q4_0")) {
+    let mut q4 = models();
+    q4.retain(|(n, _)| n.ends_with("q4_0"));
+    q4.push(("long q4_0".into(), long_q4_0()));
+    for (name, m) in &q4 {
         let folded = run(&int8, m, &toks, 2e-2, &format!("{name} int8"));
         // Both row sums (the kernel borrows their workgroup memory while it quantizes x), f16
         // activations, and the norms apart.
