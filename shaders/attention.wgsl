@@ -16,6 +16,8 @@
 // values, at (h * pad0 + split) * (head_size + 2)); attention_combine (one workgroup per head)
 // rescales the splits to the global maximum and divides once. With one workgroup per head, depth 1024 cost a 7B token
 // 10.8 ms on an H200: each thread walked hundreds of positions one dependent load at a time.
+// Where one split holds the whole context (n_att <= SPLIT), attention_split divides and writes the
+// head's output itself (binding 5) and the host dispatches no combine: a dispatch fewer a layer.
 // Dispatch: attention_split (n_heads, ceil(n_att / SPLIT)), attention_combine (n_heads, 1).
 
 const WG: u32 = 256u;
@@ -377,6 +379,11 @@ fn attention_split(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocat
             for (var k = 0u; k < WG / words; k++) {
                 t += red3[k * words + w];
             }
+            if (n <= SPLIT) {
+                out[h * hs + 2u * w] = act(t.x / t.z);
+                out[h * hs + 2u * w + 1u] = act(t.y / t.z);
+                return;
+            }
             part[base + 2u + 2u * w] = t.x;
             part[base + 3u + 2u * w] = t.y;
             if (w == 0u) {
@@ -399,9 +406,17 @@ fn attention_split(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocat
             for (var k = 0u; k < parts; k++) {
                 t += red[k * hs + d];
             }
-            part[base + 2u + d] = t;
+            if (n <= SPLIT) {
+                var l = 0.0;
+                for (var k = 0u; k < n; k++) {
+                    l += weight(k);
+                }
+                out[h * hs + d] = act(t / l);
+            } else {
+                part[base + 2u + d] = t;
+            }
         }
-        if (lid.x == 0u) {
+        if (lid.x == 0u && n > SPLIT) {
             var l = 0.0;
             for (var k = 0u; k < i1 - i0; k++) {
                 l += weight(k);

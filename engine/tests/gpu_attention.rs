@@ -1,8 +1,8 @@
 //! Decode attention's f16 paths (`score_f16_quarter`, `weighted_f16` in attention.wgsl) against the
 //! CPU oracle: f16 keys and values with heads of 64 and 128 (stories260K's heads of 8 take the
 //! general path, which `tests/gpu.rs` covers), grouped-query heads, past two 64-position splits, and
-//! a window whose ring wraps across splits; and the prompt pass's tiled attention (`attention_tile`)
-//! over the same heads.
+//! a window whose ring wraps across splits; one split writing the output without the combine (up to
+//! 64 positions); and the prompt pass's tiled attention (`attention_tile`) over the same heads.
 //!
 //! Tolerances as `tests/gpu_fused.rs` derives them: f32 activations 2e-4 (both sides read the same f16
 //! cache rows, the order of sums differs), f16 activations 5e-3 (each activation rounded to f16).
@@ -63,12 +63,20 @@ fn f16_decode_attention_matches_cpu_across_splits() {
             for kv in [f16.clone(), ring.clone()] {
                 let what = format!("{act:?}, {heads} heads of {}, {}", 256 / heads, kv.label());
                 let mut cpu = CpuDecoder::with_kv(&m, kv.clone()).unwrap();
+                let window = kv.window;
                 let mut g = GpuDecoder::new(&gpu, &m, kv).unwrap();
+                let mut counts = Vec::new();
                 for (p, &t) in toks.iter().enumerate() {
                     let a = block_on(cpu.step(t, p)).unwrap().to_vec();
                     let b = block_on(g.step(t, p)).unwrap();
                     compare(&a, b, tol, &format!("{what} pos {p}"));
+                    counts.push(g.dispatches().unwrap());
                 }
+                // Up to 64 positions one split writes the output: the combine's dispatch (one a
+                // layer) comes only past them. The window (100 + 4 sinks) keeps two splits.
+                assert_eq!(counts[63], counts[0], "{what}");
+                assert_eq!(counts[64], counts[0] + 1, "{what}");
+                assert_eq!(counts[149], counts[64], "{what} (window {window:?})");
             }
         }
     }

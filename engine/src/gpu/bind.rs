@@ -155,7 +155,7 @@ impl GpuDecoder<'_> {
             ],
             BindKey::Attention(..)
             | BindKey::AttnTile(..)
-            | BindKey::AttnSplit(_)
+            | BindKey::AttnSplit(..)
             | BindKey::AttnCombine(_) => self.attention_entries(key),
             BindKey::Argmax => vec![
                 (0, self.uniform(&[c.vocab_size as u32, 0, 0, 0])),
@@ -187,9 +187,9 @@ impl GpuDecoder<'_> {
                 e.extend(layer(l));
                 e.push((5, act(out)));
             }
-            BindKey::AttnSplit(l) => {
+            BindKey::AttnSplit(l, out) => {
                 e.extend(layer(l));
-                e.push((7, self.parts.clone().into()));
+                e.extend([(5, act(out)), (7, self.parts.clone().into())]);
             }
             BindKey::AttnCombine(out) => e.extend([(5, act(out)), (7, self.parts.clone().into())]),
             _ => {}

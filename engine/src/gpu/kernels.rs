@@ -451,7 +451,7 @@ pub(super) enum BindKey {
     /// Layer, output: the prompt pass's attention in tiles of rows (f16 caches, no window).
     AttnTile(usize, Act),
     /// One layer's decode attention over a split of the context, and the combination of the splits.
-    AttnSplit(usize),
+    AttnSplit(usize, Act),
     AttnCombine(Act),
     Argmax,
 }
@@ -517,7 +517,7 @@ impl BindKey {
             BindKey::KiviFlush(_) => Kernel::KiviFlush,
             BindKey::Attention(..) => Kernel::Attention,
             BindKey::AttnTile(..) => Kernel::AttnTile,
-            BindKey::AttnSplit(_) => Kernel::AttnSplit,
+            BindKey::AttnSplit(..) => Kernel::AttnSplit,
             BindKey::AttnCombine(_) => Kernel::AttnCombine,
             BindKey::Argmax => Kernel::Argmax,
         }

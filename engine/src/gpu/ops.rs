@@ -159,10 +159,13 @@ impl Kernels for GpuDecoder<'_> {
     fn attention(&mut self, out: Act, layer: usize, _pos0: usize) {
         let h = self.config.n_heads as u32;
         if self.rows == 1 {
-            // Decode: the context split across workgroups, then combined (flash-decoding).
+            // Decode: the context split across workgroups, then combined (flash-decoding); one
+            // split writes the output itself.
             let splits = self.n_att.div_ceil(ATTN_SPLIT) as u32;
-            self.dispatch(BindKey::AttnSplit(layer), (h, splits));
-            self.dispatch(BindKey::AttnCombine(out), (h, 1));
+            self.dispatch(BindKey::AttnSplit(layer, out), (h, splits));
+            if splits > 1 {
+                self.dispatch(BindKey::AttnCombine(out), (h, 1));
+            }
         } else if self.tiles_attention() {
             let tiles = self.rows.div_ceil(ATTN_TILE_ROWS) as u32;
             self.dispatch(BindKey::AttnTile(layer, out), (h, tiles));
