@@ -14,7 +14,8 @@
 // xw[j * nb + b] (nb blocks a row), with one f32 scale per block (max |x| / 127, values rounded to
 // nearest). Then each lane of a row takes whole blocks, one vec4 of codes each, 32 blocks apart
 // (a warp's load is 512 contiguous bytes, its reads of xw consecutive words), four blocks' loads
-// issued before any arithmetic: a 4096-wide row is one round of loads per lane. A code word's
+// issued before any arithmetic: a 4096-wide row is one round of loads per lane, and the first
+// round's loads (codes and scales) go out before x is quantized, so their latency overlaps it. A code word's
 // nibbles become signed bytes n - 8 without leaving the word, and two dot4I8Packed take its eight
 // products exactly in integers; the row sums d_w * d_x * that in f32.
 // (An earlier layout, four lanes on the four words of a block with 32-bit loads, took four to
@@ -99,33 +100,50 @@ fn scale_q4i(b: u32, e0: u32, sbase: u32, sh: u32) -> f32 {
     return half_at(scales[sbase + (g >> 1u)], g);
 }
 
-// A lane's part of a q4_0 row of `nb` blocks whose codes start at vec4 `vbase`.
-fn q4i_lane(vbase: u32, nb: u32, lane: u32, e0: u32, sbase: u32, sh: u32) -> f32 {
-    var acc = 0.0;
-    for (var b = lane; b < nb; b += 4u * LANES4) {
-        let k = round_blocks(b, nb);
-        let w0 = words4[vbase + k.x];
-        let w1 = words4[vbase + k.y];
-        let w2 = words4[vbase + k.z];
-        let w3 = words4[vbase + k.w];
-        let d = vec4<f32>(scale_q4i(k.x, e0, sbase, sh), scale_q4i(k.y, e0, sbase, sh) * live(b, 1u, nb),
-            scale_q4i(k.z, e0, sbase, sh) * live(b, 2u, nb), scale_q4i(k.w, e0, sbase, sh) * live(b, 3u, nb));
-        acc += (d.x * block_q4i(w0, k.x, nb) + d.y * block_q4i(w1, k.y, nb))
-            + (d.z * block_q4i(w2, k.z, nb) + d.w * block_q4i(w3, k.w, nb));
+// A lane's round: the codes of blocks b, b + 32, b + 64, b + 96 of a row (clamped within it) and
+// their weight scales (0 past the row).
+struct Round {
+    w0: vec4<u32>,
+    w1: vec4<u32>,
+    w2: vec4<u32>,
+    w3: vec4<u32>,
+    d: vec4<f32>,
+}
+
+fn load_round(vbase: u32, b: u32, nb: u32, e0: u32, sbase: u32, sh: u32) -> Round {
+    let k = round_blocks(b, nb);
+    let on = vec4<f32>(live(b, 0u, nb), live(b, 1u, nb), live(b, 2u, nb), live(b, 3u, nb));
+    let d = vec4<f32>(scale_q4i(k.x, e0, sbase, sh), scale_q4i(k.y, e0, sbase, sh),
+        scale_q4i(k.z, e0, sbase, sh), scale_q4i(k.w, e0, sbase, sh));
+    return Round(words4[vbase + k.x], words4[vbase + k.y], words4[vbase + k.z], words4[vbase + k.w], d * on);
+}
+
+fn sum_round(r: Round, b: u32, nb: u32) -> f32 {
+    let k = round_blocks(b, nb);
+    return (r.d.x * block_q4i(r.w0, k.x, nb) + r.d.y * block_q4i(r.w1, k.y, nb))
+        + (r.d.z * block_q4i(r.w2, k.z, nb) + r.d.w * block_q4i(r.w3, k.w, nb));
+}
+
+// A lane's part of a q4_0 row of `nb` blocks whose codes start at vec4 `vbase`, given its first
+// round (loaded before x was quantized, so that those loads overlap it).
+fn q4i_lane(first: Round, vbase: u32, nb: u32, lane: u32, e0: u32, sbase: u32, sh: u32) -> f32 {
+    var acc = sum_round(first, lane, nb);
+    for (var b = lane + 4u * LANES4; b < nb; b += 4u * LANES4) {
+        acc += sum_round(load_round(vbase, b, nb, e0, sbase, sh), b, nb);
     }
     return acc;
 }
 
-// The single products (attn_output, ffn_down, the classifier) fold no norm.
+// The single products (attn_output, ffn_down, the classifier) fold no norm. Rows past the matrix
+// read its last row (their sums are dropped).
 @compute @workgroup_size(256)
 fn matvec4_q4i(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
-    quantize_x(lid.x, p.cols, false, 0.0);
     let rl = row_of(wid, lid);
-    var acc = 0.0;
-    if (rl.x < p.rows) {
-        let nb = p.cols / 32u;
-        acc = q4i_lane(rl.x * nb, nb, rl.y, rl.x * p.cols, 0u, bsh());
-    }
+    let nb = p.cols / 32u;
+    let r = min(rl.x, p.rows - 1u);
+    let first = load_round(r * nb, rl.y, nb, r * p.cols, 0u, bsh());
+    quantize_x(lid.x, p.cols, false, 0.0);
+    let acc = q4i_lane(first, r * nb, nb, rl.y, r * p.cols, 0u, bsh());
     finish(acc, lid, rl.x);
 }
 
@@ -141,41 +159,51 @@ fn pair_q4i(g: vec4<u32>, u: vec4<u32>, b: u32, nb: u32) -> vec2<f32> {
     return xd[b] * vec2<f32>(f32(sg), f32(su));
 }
 
+// A gate/up round: Round's for both matrices (the up's codes and scales at bindings 7 and 8).
+struct GluRound {
+    g: Round,
+    u0: vec4<u32>,
+    u1: vec4<u32>,
+    u2: vec4<u32>,
+    u3: vec4<u32>,
+    du: vec4<f32>,
+}
+
+fn load_glu(vbase: u32, b: u32, nb: u32, e0: u32) -> GluRound {
+    let k = round_blocks(b, nb);
+    let on = vec4<f32>(live(b, 0u, nb), live(b, 1u, nb), live(b, 2u, nb), live(b, 3u, nb));
+    let g = (vec4<u32>(e0) + 32u * k) >> vec4<u32>(bsh());
+    let du = vec4<f32>(up_scale(g.x), up_scale(g.y), up_scale(g.z), up_scale(g.w)) * on;
+    return GluRound(load_round(vbase, b, nb, e0, 0u, bsh()), up_words4[vbase + k.x],
+        up_words4[vbase + k.y], up_words4[vbase + k.z], up_words4[vbase + k.w], du);
+}
+
+fn sum_glu(r: GluRound, b: u32, nb: u32) -> vec2<f32> {
+    let k = round_blocks(b, nb);
+    let p0 = pair_q4i(r.g.w0, r.u0, k.x, nb);
+    let p1 = pair_q4i(r.g.w1, r.u1, k.y, nb);
+    let p2 = pair_q4i(r.g.w2, r.u2, k.z, nb);
+    let p3 = pair_q4i(r.g.w3, r.u3, k.w, nb);
+    return vec2<f32>(dot(r.g.d, vec4<f32>(p0.x, p1.x, p2.x, p3.x)), dot(r.du, vec4<f32>(p0.y, p1.y, p2.y, p3.y)));
+}
+
 // matvec4_glu_q4i: matvec4_glu_q4c's gate and up products with integer dot products, x quantized
-// once for both (bindings as matvec4_glu_q4c): four blocks of each a round.
+// once for both (bindings as matvec4_glu_q4c): four blocks of each a round, the first loaded
+// before x is quantized.
 @compute @workgroup_size(256)
 fn matvec4_glu_q4i(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
-    let scale = quantize_x(lid.x, p.cols, p.norm == 1u, p.eps);
     let rl = row_of(wid, lid);
-    var ag = 0.0;
-    var au = 0.0;
-    if (rl.x < p.rows) {
-        let nb = p.cols / 32u;
-        let vbase = rl.x * nb;
-        let e0 = rl.x * p.cols;
-        for (var b = rl.y; b < nb; b += 4u * LANES4) {
-            let k = round_blocks(b, nb);
-            let g0 = words4[vbase + k.x];
-            let g1 = words4[vbase + k.y];
-            let g2 = words4[vbase + k.z];
-            let g3 = words4[vbase + k.w];
-            let u0 = up_words4[vbase + k.x];
-            let u1 = up_words4[vbase + k.y];
-            let u2 = up_words4[vbase + k.z];
-            let u3 = up_words4[vbase + k.w];
-            let g = (vec4<u32>(e0) + 32u * k) >> vec4<u32>(bsh());
-            let on = vec4<f32>(1.0, live(b, 1u, nb), live(b, 2u, nb), live(b, 3u, nb));
-            let dg = vec4<f32>(block_scale(g.x), block_scale(g.y), block_scale(g.z), block_scale(g.w)) * on;
-            let du = vec4<f32>(up_scale(g.x), up_scale(g.y), up_scale(g.z), up_scale(g.w)) * on;
-            let p0 = pair_q4i(g0, u0, k.x, nb);
-            let p1 = pair_q4i(g1, u1, k.y, nb);
-            let p2 = pair_q4i(g2, u2, k.z, nb);
-            let p3 = pair_q4i(g3, u3, k.w, nb);
-            ag += dot(dg, vec4<f32>(p0.x, p1.x, p2.x, p3.x));
-            au += dot(du, vec4<f32>(p0.y, p1.y, p2.y, p3.y));
-        }
+    let nb = p.cols / 32u;
+    let r = min(rl.x, p.rows - 1u);
+    let vbase = r * nb;
+    let e0 = r * p.cols;
+    let first = load_glu(vbase, rl.y, nb, e0);
+    let scale = quantize_x(lid.x, p.cols, p.norm == 1u, p.eps);
+    var a = sum_glu(first, rl.y, nb);
+    for (var b = rl.y + 4u * LANES4; b < nb; b += 4u * LANES4) {
+        a += sum_glu(load_glu(vbase, b, nb, e0), b, nb);
     }
-    glu_finish(ag * scale, au * scale, lid, rl);
+    glu_finish(a.x * scale, a.y * scale, lid, rl);
 }
 
 // matvec4_qkv_q4i: matvec4_qkv_q4c's Q, K and V products (and RoPE) with integer dot products, x
@@ -183,15 +211,14 @@ fn matvec4_glu_q4i(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocat
 // a whole vec4 (its rows are whole blocks).
 @compute @workgroup_size(256)
 fn matvec4_qkv_q4i(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
-    let scale = quantize_x(lid.x, qp.cols, qp.norm == 1u, qp.eps);
     let part = qkv_part(wid);
-    let r = part.first + lid.x / LANES4;
+    let r = min(part.first + lid.x / LANES4, part.rows - 1u);
     let lane = lid.x % LANES4;
-    var acc = 0.0;
-    if (r < part.rows) {
-        let nb = qp.cols / 32u;
-        let sh = countTrailingZeros(qp.block);
-        acc = q4i_lane(part.wbase / 4u + r * nb, nb, lane, r * qp.cols, part.sbase, sh);
-    }
+    let nb = qp.cols / 32u;
+    let sh = countTrailingZeros(qp.block);
+    let vbase = part.wbase / 4u + r * nb;
+    let first = load_round(vbase, lane, nb, r * qp.cols, part.sbase, sh);
+    let scale = quantize_x(lid.x, qp.cols, qp.norm == 1u, qp.eps);
+    let acc = q4i_lane(first, vbase, nb, lane, r * qp.cols, part.sbase, sh);
     qkv_finish(part, acc * scale, lid);
 }
