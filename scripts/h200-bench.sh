@@ -9,7 +9,10 @@
 # llama-bench runs on all of them.
 # Knobs: SHAPES (default "1b 7b"), CONFIGS (default f16,q4_0; "none": only the llama-quantize files),
 # QUANTS (llama-quantize types, default q4_0), PEER_F16 (0: llama-bench skips the f16 files), VARIANT (a
-# NIBBLE_MATVEC kernel benched again at q4_0, depth 0, to attribute a kernel change).
+# NIBBLE_MATVEC kernel benched again at q4_0, depth 0, to attribute a kernel change), EXTRA (variants as
+# scripts/h200-ab.sh takes them: NIBBLE_X=y, several joined by "+", or bin:NAME for .device/ab/NAME; each
+# benched at q4_0 in memory on the f16 file of each shape in EXTRA_SHAPES (default 7b), decode only,
+# after llama.cpp; the device returns 8 files, so two variants at most beside two shapes).
 # Results go to $OUT (the device tool brings them back).
 set -uo pipefail
 . scripts/h200-env.sh
@@ -40,7 +43,7 @@ for m in $shapes; do
     LD_LIBRARY_PATH=/opt/vk/usr/lib/x86_64-linux-gnu $q $d/$m-f16.gguf $d/$m-$t.gguf $t > /dev/null 2>&1
     files+=("$d/$m-$t.gguf")
     $nb bench --model $d/$m-$t.gguf --configs as-loaded $bench_args --out "$out/nibble-$m-$t" 2>&1 \
-      | grep -v "^  \|^by class\|^the same" | tail -8
+      | grep -v "^  \|^by class\|^the same" | tail -14
     elapsed
   done
 done
@@ -53,3 +56,16 @@ if [ -n "${VARIANT:-}" ]; then
       2>&1 | tail -4
   done
 fi
+for v in ${EXTRA:-}; do
+  for m in ${EXTRA_SHAPES:-7b}; do
+    name=$m-$(echo "$v" | sed "s/^NIBBLE_//; s/+NIBBLE_/+/g; s/=/-/g" | tr "A-Z_:+" "a-z---")
+    exe=$nb
+    [ "${v#bin:}" != "$v" ] && exe=.device/ab/${v#bin:} && v=NIBBLE_BASE=1
+    echo "== $name ($v)"
+    env ${v//+/ } $exe bench --model $d/$m-f16.gguf --no-cache --configs q4_0 --prompts 16 --depths 0,1024 \
+      --decode-tokens 32 --reps 3 --warmup 1 --out "$out/extra-$name" 2>&1 | grep "^| q4_0"
+  done
+done
+elapsed
+# The device returns at most 8 files: the tables are in the output above, the records are the JSON.
+find "$out" -name bench.md -delete
