@@ -51,44 +51,43 @@ fn run_kv(gpu: &Gpu, m: &Model, kv: KvConfig, tokens: &[u32], tol: f32, what: &s
     g.dispatches().expect("the GPU counts its dispatches")
 }
 
+/// One layer of stories260K's configuration at the given widths and heads, seeded.
+fn one_layer(dim: usize, hidden_dim: usize, heads: (usize, usize), seed: u64) -> Model {
+    let base = stories().config;
+    let (n_heads, n_kv_heads) = heads;
+    let c = nibble_engine::model::Config {
+        dim,
+        hidden_dim,
+        n_layers: 1,
+        n_heads,
+        n_kv_heads,
+        ..base
+    };
+    Model::synthetic_config(c, seed)
+}
+
+fn with_weights(m: &Model, ty: &str) -> Model {
+    let cfg = RunConfig::parse(&format!("weights={ty}")).unwrap();
+    measure::prepare(m, &cfg).unwrap().0
+}
+
 /// A one-layer q4_0 model whose rows take the integer kernels' lanes past one round of four blocks
 /// (32 lanes a row, a block each, so 128 blocks a round): 4160 wide (130 blocks: a second round in
 /// two lanes, one live block each), hidden 4192 (131 blocks: three lanes); 65 heads of 64, 5 K/V heads.
 fn long_q4_0() -> Model {
-    let s = stories();
-    let long = Model::synthetic_config(
-        nibble_engine::model::Config {
-            dim: 4160,
-            hidden_dim: 4192,
-            n_layers: 1,
-            n_heads: 65,
-            n_kv_heads: 5,
-            ..s.config.clone()
-        },
-        5,
-    );
-    let cfg = RunConfig::parse("weights=q4_0").unwrap();
-    measure::prepare(&long, &cfg).unwrap().0
+    with_weights(&one_layer(4160, 4192, (65, 5), 5), "q4_0")
 }
 
 /// stories260K (64-wide rows: each kernel's tail loop only) and a one-layer model 1024 wide, whose rows
 /// reach the unrolled loops (four q4 words or vec4s of f16 per lane), as q4_0 and f16 weights.
 fn models() -> Vec<(String, Model)> {
     let s = stories();
-    let wide = Model::synthetic_config(
-        nibble_engine::model::Config {
-            dim: 1024,
-            hidden_dim: 1024,
-            n_layers: 1,
-            ..s.config.clone()
-        },
-        3,
-    );
+    let heads = (s.config.n_heads, s.config.n_kv_heads);
+    let wide = one_layer(1024, 1024, heads, 3);
     let mut out = Vec::new();
     for (m, name) in [(&s, "stories260K"), (&wide, "wide")] {
         for ty in ["q4_0", "f16"] {
-            let cfg = RunConfig::parse(&format!("weights={ty}")).unwrap();
-            out.push((format!("{name} {ty}"), measure::prepare(m, &cfg).unwrap().0));
+            out.push((format!("{name} {ty}"), with_weights(m, ty)));
         }
     }
     out
