@@ -70,6 +70,25 @@ fn a_profiled_pass_counts_every_dispatch_under_its_kernel() {
     );
 }
 
+/// A prompt pass whose logits are read for its last row only (or not at all) runs its classifier as
+/// the decode product over that row alone (llama.cpp computes a prompt's logits so); 16 rows in,
+/// the row starts on a 256-byte boundary in f16 and f32 activations (64-wide rows), meeting any
+/// adapter's storage alignment. Scoring reads every row and keeps the batched product
+/// (`tests/gpu_score.rs` checks those rows). The last row's logits against the oracle:
+/// `tests/gpu_attention.rs` and `tests/gpu_fused.rs` (prompt passes of 150 and 100 rows).
+#[test]
+fn a_prompt_pass_classifies_its_last_row_alone() {
+    let gpu = open(true);
+    let m = Model::builtin();
+    let mut d = GpuDecoder::new(&gpu, &m, KvConfig::default()).unwrap();
+    let prompt: Vec<u32> = (0..17).map(|i| 3 + i * 7).collect();
+    let k = block_on(d.profile(&prompt, 0)).unwrap().unwrap();
+    let output: Vec<_> = k.iter().filter(|k| k.kernel.ends_with(" output")).collect();
+    assert_eq!(output.len(), 1, "{k:?}");
+    assert!(!output[0].kernel.starts_with("matmul"), "{k:?}");
+    assert_eq!(count_of(&k, "matmul ffn_down"), m.config.n_layers, "{k:?}");
+}
+
 fn count_of(k: &[bench::KernelTime], name: &str) -> usize {
     k.iter()
         .find(|k| k.kernel == name)

@@ -96,6 +96,25 @@ impl GpuDecoder<'_> {
                 self.keep_read_bindings(key, &mut e);
                 e
             }
+            BindKey::LastRow(id, ci, out, x, rows) => {
+                // Output row rows - 1 (MatParams.row0 that many matrix heights in), from x's row
+                // rows - 1 bound alone (`GpuDecoder::classify_last_row` checked its alignment).
+                let m = &self.w.mats[&id];
+                let height: usize = m.chunks.iter().map(|c| c.rows).sum();
+                let mut e = self.matrix_entries(id, ci, false, None);
+                e[0].1 = self.mat_params(m, &m.chunks[ci], false, false, (rows - 1) * height);
+                let row = (m.cols * self.gpu.activations.bytes()) as u64;
+                let buffer = self.act(x).clone();
+                let offset = (rows as u64 - 1) * row;
+                let x = View {
+                    buffer,
+                    offset,
+                    size: row,
+                };
+                e.extend([(4, x), (5, act(out))]);
+                self.keep_read_bindings(key, &mut e);
+                e
+            }
             BindKey::Glu(gate, up, out, x, norm) => {
                 self.glu_entries(gate, up, act(out), act(x), norm)
             }
@@ -223,7 +242,7 @@ impl GpuDecoder<'_> {
     fn bind_norm(&self, key: BindKey, e: &mut Entries) {
         let (norm, x) = match key {
             BindKey::Glu(.., x, norm) | BindKey::Qkv(_, x, _, _, norm) => (norm, x),
-            BindKey::Matvec(_, _, _, x, _) => (None, x),
+            BindKey::Matvec(_, _, _, x, _) | BindKey::LastRow(_, _, _, x, _) => (None, x),
             _ => return,
         };
         let x = View::whole(self.act(x).clone());
@@ -323,7 +342,7 @@ impl GpuDecoder<'_> {
         let m = &self.w.mats[&id];
         let ch = &m.chunks[ci];
         vec![
-            (0, self.mat_params(m, ch, accumulate, norm.is_some())),
+            (0, self.mat_params(m, ch, accumulate, norm.is_some(), 0)),
             (1, ch.words.clone()),
             (2, ch.scales.clone()),
             (3, ch.mins.clone()),
@@ -342,14 +361,22 @@ impl GpuDecoder<'_> {
         View::whole(b)
     }
 
-    fn mat_params(&self, m: &GpuMatrix, ch: &Chunk, accumulate: bool, norm: bool) -> View {
+    /// A matrix kernel's MatParams; its output rows start `out0` rows into the output.
+    fn mat_params(
+        &self,
+        m: &GpuMatrix,
+        ch: &Chunk,
+        accumulate: bool,
+        norm: bool,
+        out0: usize,
+    ) -> View {
         self.uniform(&[
             ch.rows as u32,
             m.cols as u32,
             m.block as u32,
             m.ty.code(),
             accumulate as u32,
-            ch.row0 as u32,
+            (out0 + ch.row0) as u32,
             m.chunks.iter().map(|c| c.rows).sum::<usize>() as u32,
             norm as u32,
             self.config.norm_eps.to_bits(),

@@ -72,6 +72,9 @@ pub struct GpuDecoder<'g> {
     /// Whether the pass being recorded takes its token from the previous pass's argmax (every
     /// embedding chunk is then dispatched, each keeping the rows whose token it holds).
     pub(super) chained: bool,
+    /// Whether every row's logits are read (`Readback::Scores`); otherwise only the last row's are,
+    /// and a prompt pass's classifier covers that row alone (`GpuDecoder::classify_last_row`).
+    pub(super) all_logits: bool,
     pub(super) pipes: Rc<Pipelines>,
     pub(super) binds: HashMap<BindKey, wgpu::BindGroup>,
     pub(super) pass: Option<wgpu::ComputePass<'static>>,
@@ -126,11 +129,11 @@ impl<'g> GpuDecoder<'g> {
         let dev = &gpu.device;
         let oom_scope = dev.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
         let mut memory = GpuMemory {
+            weights: w.by_class.values().sum(),
             weights_by_class: w.by_class.clone(),
             ..GpuMemory::default()
         };
         let storage = wgpu::BufferUsages::STORAGE;
-        memory.weights = memory.weights_by_class.values().sum();
         let buf = |label: &str, size: u64, usage| buffer(dev, label, size, usage);
         let act_usage = storage | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST;
         let cap = kv.window.unwrap_or(c.seq_len);
@@ -178,9 +181,8 @@ impl<'g> GpuDecoder<'g> {
         gpu.check_errors()?;
         let t0 = web_time::Instant::now();
         let pipes = gpu.pipelines();
-        let compile_s = t0.elapsed().as_secs_f64();
         Ok(GpuDecoder {
-            compile_s,
+            compile_s: t0.elapsed().as_secs_f64(),
             gpu,
             rope_freqs: rope_freqs(&c, w.rope_divisors.as_deref()),
             kv,
@@ -204,6 +206,7 @@ impl<'g> GpuDecoder<'g> {
             staging_id,
             staging_scores,
             chained: false,
+            all_logits: false,
             dispatches: 0,
             pipes,
             binds: HashMap::new(),
@@ -319,6 +322,7 @@ impl<'g> GpuDecoder<'g> {
             p.begin(self.pass.as_mut().expect("pass begun"));
         }
         self.rows = n;
+        self.all_logits = matches!(out, Readback::Scores(_));
         self.dispatches = 0;
         let cfg = self.config.clone();
         forward(self, &cfg, tokens, pos0);

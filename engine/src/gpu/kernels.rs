@@ -429,6 +429,9 @@ pub(super) enum BindKey {
     Matvec(TensorId, usize, Act, Act, bool),
     /// The same for a batch of rows (the tiled matrix-matrix kernel).
     Matmul(TensorId, usize, Act, Act, bool),
+    /// A decode product over the last of a pass's `rows` rows alone (weight, chunk, output, input,
+    /// rows): a prompt pass's classifier where only that row's logits are read.
+    LastRow(TensorId, usize, Act, Act, usize),
     /// SwiGLU's gate and up products in one dispatch: gate, up, output, input, and the RMSNorm
     /// weights folded in where there are (the input is then the residual stream).
     Glu(TensorId, TensorId, Act, Act, Option<TensorId>),
@@ -462,7 +465,10 @@ impl BindKey {
     pub fn label(self, kernel: Kernel) -> String {
         let entry = TABLE[kernel as usize].entry;
         match self {
-            BindKey::Matvec(id, ..) | BindKey::Matmul(id, ..) | BindKey::Glu(id, ..) => {
+            BindKey::Matvec(id, ..)
+            | BindKey::LastRow(id, ..)
+            | BindKey::Matmul(id, ..)
+            | BindKey::Glu(id, ..) => {
                 let name = id.gguf_name();
                 let name = name.strip_suffix(".weight").unwrap_or(&name);
                 let role = match name.strip_prefix("blk.") {
@@ -489,7 +495,7 @@ impl BindKey {
         // An f16 matrix whose x the norm-folding kernels can stage.
         let staged = |id| alone(id) == Kernel::Matvec4F16 && mat(id).0 <= F16N_MAX_COLS;
         match self {
-            BindKey::Matvec(id, ..) => alone(id),
+            BindKey::Matvec(id, ..) | BindKey::LastRow(id, ..) => alone(id),
             BindKey::Matmul(id, ..) => {
                 let (cols, ty, block) = mat(id);
                 mv.for_matmul(cols, ty, block)

@@ -10,6 +10,9 @@ use crate::model::TensorId;
 
 impl GpuDecoder<'_> {
     fn matvec_into(&mut self, out: Act, w: TensorId, x: Act, accumulate: bool) {
+        if self.rows > 1 && !accumulate && self.classify_last_row(out, w, x) {
+            return;
+        }
         if self.rows > 1 {
             // A batch: the tiled kernels cover 64 weight rows by 32 or 64 tokens per workgroup.
             for ci in 0..self.w.mats[&w].chunks.len() {
@@ -27,6 +30,26 @@ impl GpuDecoder<'_> {
             let groups = fold(rows.div_ceil(self.kernel_of(key).rows_per_group()));
             self.dispatch(key, groups);
         }
+    }
+
+    /// A prompt pass's classifier over its last row alone where no other row's logits are read (as
+    /// llama.cpp computes a prompt's logits): the decode product on that row, its x bound at the
+    /// row's offset, where the offset meets the adapter's storage alignment (a 4096-wide f16 row
+    /// does; rows of 64 f16 values may not, and then every row is computed). False if not taken.
+    fn classify_last_row(&mut self, out: Act, w: TensorId, x: Act) -> bool {
+        let cols = self.w.mats[&w].cols;
+        let offset = (self.rows - 1) * cols * self.gpu.activations.bytes();
+        let align = self.gpu.device.limits().min_storage_buffer_offset_alignment as usize;
+        if w != TensorId::Output || self.all_logits || !offset.is_multiple_of(align) {
+            return false;
+        }
+        for ci in 0..self.w.mats[&w].chunks.len() {
+            let rows = self.w.mats[&w].chunks[ci].rows;
+            let key = BindKey::LastRow(w, ci, out, x, self.rows);
+            let groups = fold(rows.div_ceil(self.kernel_of(key).rows_per_group()));
+            self.dispatch(key, groups);
+        }
+        true
     }
 
     /// The key `make` gives, with the held RMSNorm folded in where it wrote `x` and the kernel takes
