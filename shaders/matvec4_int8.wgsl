@@ -15,11 +15,12 @@
 // nearest). Then each lane of a row takes whole blocks, one vec4 of codes each, 32 blocks apart
 // (a warp's load is 512 contiguous bytes, its reads of xw consecutive words), four blocks' loads
 // issued before any arithmetic: a 4096-wide row is one round of loads per lane, and the first
-// round's loads (codes and scales) go out before x is quantized, so their latency overlaps it. A code word's
-// nibbles become signed bytes n - 8 without leaving the word, and two dot4I8Packed take its eight
-// products exactly in integers; the row sums d_w * d_x * that in f32.
+// round's loads (codes and scales) go out before x is quantized, so their latency overlaps it. A
+// code word's nibbles become signed bytes n - 8 without leaving the word, and two dot4I8Packed take
+// its eight products exactly in integers; the row sums d_w * d_x * that in f32.
 // (An earlier layout, four lanes on the four words of a block with 32-bit loads, took four to
-// sixteen dependent rounds of loads a row; benchmarks/2026-12-04-h200-int8-vec4.md.)
+// sixteen dependent rounds of loads a row: 7B q4_0 decode 3.585 -> 3.151 ms/token on an H200,
+// benchmarks/2026-12-04-h200-int8-vec4.md.)
 // Rows of at most XW_WORDS * 8 values (`MatvecKernel::for_matrix`); the other rows keep
 // matvec4_q4c. The quantization of x is the only difference from the oracle's arithmetic: each value
 // moves by at most half a step (max |x| / 254 of its block).
@@ -115,7 +116,8 @@ fn load_round(vbase: u32, b: u32, nb: u32, e0: u32, sbase: u32, sh: u32) -> Roun
     let on = vec4<f32>(live(b, 0u, nb), live(b, 1u, nb), live(b, 2u, nb), live(b, 3u, nb));
     let d = vec4<f32>(scale_q4i(k.x, e0, sbase, sh), scale_q4i(k.y, e0, sbase, sh),
         scale_q4i(k.z, e0, sbase, sh), scale_q4i(k.w, e0, sbase, sh));
-    return Round(words4[vbase + k.x], words4[vbase + k.y], words4[vbase + k.z], words4[vbase + k.w], d * on);
+    return Round(words4[vbase + k.x], words4[vbase + k.y], words4[vbase + k.z], words4[vbase + k.w],
+        d * on);
 }
 
 fn sum_round(r: Round, b: u32, nb: u32) -> f32 {
@@ -184,7 +186,8 @@ fn sum_glu(r: GluRound, b: u32, nb: u32) -> vec2<f32> {
     let p1 = pair_q4i(r.g.w1, r.u1, k.y, nb);
     let p2 = pair_q4i(r.g.w2, r.u2, k.z, nb);
     let p3 = pair_q4i(r.g.w3, r.u3, k.w, nb);
-    return vec2<f32>(dot(r.g.d, vec4<f32>(p0.x, p1.x, p2.x, p3.x)), dot(r.du, vec4<f32>(p0.y, p1.y, p2.y, p3.y)));
+    return vec2<f32>(dot(r.g.d, vec4<f32>(p0.x, p1.x, p2.x, p3.x)),
+        dot(r.du, vec4<f32>(p0.y, p1.y, p2.y, p3.y)));
 }
 
 // matvec4_glu_q4i: matvec4_glu_q4c's gate and up products with integer dot products, x quantized
