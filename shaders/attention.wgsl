@@ -36,6 +36,15 @@ var<private> st: Step;
 
 var<workgroup> red: array<f32, 256>;
 
+// Dimension d's sum over the `parts` slices of positions that threads d, d + hs, .. left in red.
+fn red_sum(d: u32, hs: u32, parts: u32) -> f32 {
+    var t = 0.0;
+    for (var k = 0u; k < parts; k++) {
+        t += red[k * hs + d];
+    }
+    return t;
+}
+
 // Element i of the key at position t (kivi4 keys, k_kind 5): a sink row, a complete group of the ring,
 // or the f16 residual of the group being filled.
 fn kivi_key_at(t: u32, i: u32) -> f32 {
@@ -240,10 +249,7 @@ fn attention(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id
     red[lid.x] = acc;
     workgroupBarrier();
     if (part == 0u) {
-        var t = 0.0;
-        for (var j = 0u; j < parts; j++) {
-            t += red[j * hs + d];
-        }
+        let t = red_sum(d, hs, parts);
         out[qo + d] = act(t / total);
     }
 }
@@ -402,10 +408,7 @@ fn attention_split(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocat
         red[lid.x] = acc;
         workgroupBarrier();
         if (pt == 0u) {
-            var t = 0.0;
-            for (var k = 0u; k < parts; k++) {
-                t += red[k * hs + d];
-            }
+            let t = red_sum(d, hs, parts);
             if (n <= SPLIT) {
                 var l = 0.0;
                 for (var k = 0u; k < n; k++) {

@@ -90,8 +90,10 @@ fn round_blocks(b: u32, nb: u32) -> vec4<u32> {
     return min(vec4<u32>(b) + vec4<u32>(0u, LANES4, 2u * LANES4, 3u * LANES4), vec4<u32>(nb - 1u));
 }
 
-fn live(b: u32, i: u32, nb: u32) -> f32 {
-    return select(0.0, 1.0, b + i * LANES4 < nb);
+// 1 for the round's blocks within the row, 0 for those past it.
+fn live(b: u32, nb: u32) -> vec4<f32> {
+    let k = vec4<u32>(b) + vec4<u32>(0u, LANES4, 2u * LANES4, 3u * LANES4);
+    return select(vec4<f32>(0.0), vec4<f32>(1.0), k < vec4<u32>(nb));
 }
 
 // Block b's weight scale: a row starting at element e0, scales from word sbase on, blocks of 1 << sh
@@ -113,7 +115,7 @@ struct Round {
 
 fn load_round(vbase: u32, b: u32, nb: u32, e0: u32, sbase: u32, sh: u32) -> Round {
     let k = round_blocks(b, nb);
-    let on = vec4<f32>(live(b, 0u, nb), live(b, 1u, nb), live(b, 2u, nb), live(b, 3u, nb));
+    let on = live(b, nb);
     let d = vec4<f32>(scale_q4i(k.x, e0, sbase, sh), scale_q4i(k.y, e0, sbase, sh),
         scale_q4i(k.z, e0, sbase, sh), scale_q4i(k.w, e0, sbase, sh));
     return Round(words4[vbase + k.x], words4[vbase + k.y], words4[vbase + k.z], words4[vbase + k.w],
@@ -173,7 +175,7 @@ struct GluRound {
 
 fn load_glu(vbase: u32, b: u32, nb: u32, e0: u32) -> GluRound {
     let k = round_blocks(b, nb);
-    let on = vec4<f32>(live(b, 0u, nb), live(b, 1u, nb), live(b, 2u, nb), live(b, 3u, nb));
+    let on = live(b, nb);
     let g = (vec4<u32>(e0) + 32u * k) >> vec4<u32>(bsh());
     let du = vec4<f32>(up_scale(g.x), up_scale(g.y), up_scale(g.z), up_scale(g.w)) * on;
     return GluRound(load_round(vbase, b, nb, e0, 0u, bsh()), up_words4[vbase + k.x],

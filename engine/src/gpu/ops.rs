@@ -37,10 +37,13 @@ impl GpuDecoder<'_> {
     /// row's offset, where the offset meets the adapter's storage alignment (a 4096-wide f16 row
     /// does; rows of 64 f16 values may not, and then every row is computed). False if not taken.
     fn classify_last_row(&mut self, out: Act, w: TensorId, x: Act) -> bool {
+        if w != TensorId::Output || self.all_logits {
+            return false;
+        }
         let cols = self.w.mats[&w].cols;
         let offset = (self.rows - 1) * cols * self.gpu.activations.bytes();
         let align = self.gpu.device.limits().min_storage_buffer_offset_alignment as usize;
-        if w != TensorId::Output || self.all_logits || !offset.is_multiple_of(align) {
+        if !offset.is_multiple_of(align) {
             return false;
         }
         for ci in 0..self.w.mats[&w].chunks.len() {
