@@ -104,9 +104,18 @@ fn dot_q4(w: vec4<u32>, xi: u32, e: u32) -> f32 {
     return block_scale(g) * q;
 }
 
-// The row this thread's lanes share, and its lane.
+// The workgroup's index in a grid folded past 65535 (`kernels::fold`).
+fn group_of(wid: vec3<u32>) -> u32 {
+    return wid.x + wid.y * 65535u;
+}
+
+// The row this thread's lanes share in group g of ROWS4 rows, and its lane.
+fn row_in(g: u32, lid: vec3<u32>) -> vec2<u32> {
+    return vec2<u32>(g * ROWS4 + lid.x / LANES4, lid.x % LANES4);
+}
+
 fn row_of(wid: vec3<u32>, lid: vec3<u32>) -> vec2<u32> {
-    return vec2<u32>((wid.x + wid.y * 65535u) * ROWS4 + lid.x / LANES4, lid.x % LANES4);
+    return row_in(group_of(wid), lid);
 }
 
 // Adds up a row's 32 lanes and stores (or accumulates) the row.
@@ -588,7 +597,12 @@ struct QkvPart {
 }
 
 fn qkv_part(wid: vec3<u32>) -> QkvPart {
-    let g0 = (wid.x + wid.y * 65535u) * ROWS4;
+    return qkv_part_in(group_of(wid));
+}
+
+// The section and first row of row group g.
+fn qkv_part_in(g: u32) -> QkvPart {
+    let g0 = g * ROWS4;
     if (g0 >= qp.q_rows + qp.kv_rows) {
         return QkvPart(2u, g0 - qp.q_rows - qp.kv_rows, qp.kv_rows, qp.v_words, qp.v_scales);
     }

@@ -140,15 +140,30 @@ fn q4i_lane(first: Round, vbase: u32, nb: u32, lane: u32, e0: u32, sbase: u32, s
 
 // The single products (attn_output, ffn_down, the classifier) fold no norm. Rows past the matrix
 // read its last row (their sums are dropped).
+// Each workgroup serves row groups g, g + G, .. (G workgroups in the grid), x quantized once for
+// all of them: by default the host dispatches a workgroup per group (one pass of the loop), and
+// `GpuOptions::int8_groups` caps G so that fewer workgroups stage x (each reads all of it from L2:
+// at 4096 columns 32 KB of f32 x and norm weights, where a group's eight q4_0 rows are 18 KB).
 @compute @workgroup_size(256)
-fn matvec4_q4i(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
-    let rl = row_of(wid, lid);
+fn matvec4_q4i(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>) {
     let nb = p.cols / 32u;
-    let r = min(rl.x, p.rows - 1u);
-    let first = load_round(r * nb, rl.y, nb, r * p.cols, 0u, bsh());
+    let groups = (p.rows + ROWS4 - 1u) / ROWS4;
+    let g0 = group_of(wid);
+    var rl = row_in(g0, lid);
+    var r = min(rl.x, p.rows - 1u);
+    var first = load_round(r * nb, rl.y, nb, r * p.cols, 0u, bsh());
     quantize_x(lid.x, p.cols, false, 0.0);
-    let acc = q4i_lane(first, r * nb, nb, rl.y, r * p.cols, 0u, bsh());
-    finish(acc, lid, rl.x);
+    for (var g = g0; g < groups; g += nwg.x * nwg.y) {
+        if (g != g0) {
+            // The last group's row sums are read before the scratch is written again.
+            workgroupBarrier();
+            rl = row_in(g, lid);
+            r = min(rl.x, p.rows - 1u);
+            first = load_round(r * nb, rl.y, nb, r * p.cols, 0u, bsh());
+        }
+        finish(q4i_lane(first, r * nb, nb, rl.y, r * p.cols, 0u, bsh()), lid, rl.x);
+    }
 }
 
 // Block b's products with x for the gate's codes g and the up's u (one read of x for both), times
@@ -196,34 +211,54 @@ fn sum_glu(r: GluRound, b: u32, nb: u32) -> vec2<f32> {
 // once for both (bindings as matvec4_glu_q4c): four blocks of each a round, the first loaded
 // before x is quantized.
 @compute @workgroup_size(256)
-fn matvec4_glu_q4i(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
-    let rl = row_of(wid, lid);
+fn matvec4_glu_q4i(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>) {
     let nb = p.cols / 32u;
-    let r = min(rl.x, p.rows - 1u);
-    let vbase = r * nb;
-    let e0 = r * p.cols;
-    let first = load_glu(vbase, rl.y, nb, e0);
+    let groups = (p.rows + ROWS4 - 1u) / ROWS4;
+    let g0 = group_of(wid);
+    var rl = row_in(g0, lid);
+    var r = min(rl.x, p.rows - 1u);
+    var first = load_glu(r * nb, rl.y, nb, r * p.cols);
     let scale = quantize_x(lid.x, p.cols, p.norm == 1u, p.eps);
-    var a = sum_glu(first, rl.y, nb);
-    for (var b = rl.y + 4u * LANES4; b < nb; b += 4u * LANES4) {
-        a += sum_glu(load_glu(vbase, b, nb, e0), b, nb);
+    for (var g = g0; g < groups; g += nwg.x * nwg.y) {
+        if (g != g0) {
+            workgroupBarrier();
+            rl = row_in(g, lid);
+            r = min(rl.x, p.rows - 1u);
+            first = load_glu(r * nb, rl.y, nb, r * p.cols);
+        }
+        var a = sum_glu(first, rl.y, nb);
+        for (var b = rl.y + 4u * LANES4; b < nb; b += 4u * LANES4) {
+            a += sum_glu(load_glu(r * nb, b, nb, r * p.cols), b, nb);
+        }
+        glu_finish(a.x * scale, a.y * scale, lid, rl);
     }
-    glu_finish(a.x * scale, a.y * scale, lid, rl);
 }
 
 // matvec4_qkv_q4i: matvec4_qkv_q4c's Q, K and V products (and RoPE) with integer dot products, x
 // quantized once for the three (bindings as matvec4_qkv_q4c, and 12). A section's codes start on
 // a whole vec4 (its rows are whole blocks).
 @compute @workgroup_size(256)
-fn matvec4_qkv_q4i(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
-    let part = qkv_part(wid);
-    let r = min(part.first + lid.x / LANES4, part.rows - 1u);
+fn matvec4_qkv_q4i(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>) {
     let lane = lid.x % LANES4;
     let nb = qp.cols / 32u;
     let sh = countTrailingZeros(qp.block);
-    let vbase = part.wbase / 4u + r * nb;
-    let first = load_round(vbase, lane, nb, r * qp.cols, part.sbase, sh);
+    let groups = (qp.q_rows + 2u * qp.kv_rows) / ROWS4;
+    let g0 = group_of(wid);
+    var part = qkv_part_in(g0);
+    var r = min(part.first + lid.x / LANES4, part.rows - 1u);
+    var first = load_round(part.wbase / 4u + r * nb, lane, nb, r * qp.cols, part.sbase, sh);
     let scale = quantize_x(lid.x, qp.cols, qp.norm == 1u, qp.eps);
-    let acc = q4i_lane(first, vbase, nb, lane, r * qp.cols, part.sbase, sh);
-    qkv_finish(part, acc * scale, lid);
+    for (var g = g0; g < groups; g += nwg.x * nwg.y) {
+        if (g != g0) {
+            workgroupBarrier();
+            part = qkv_part_in(g);
+            r = min(part.first + lid.x / LANES4, part.rows - 1u);
+            first = load_round(part.wbase / 4u + r * nb, lane, nb, r * qp.cols, part.sbase, sh);
+        }
+        let vbase = part.wbase / 4u + r * nb;
+        let acc = q4i_lane(first, vbase, nb, lane, r * qp.cols, part.sbase, sh);
+        qkv_finish(part, acc * scale, lid);
+    }
 }

@@ -297,6 +297,64 @@ fn int8_products_stay_near_the_oracle() {
     );
 }
 
+/// The integer-dot decode kernels on fewer workgroups than row groups (`GpuOptions::int8_groups`):
+/// each workgroup quantizes x once and loops over groups a grid apart, which changes which
+/// workgroup sums a row, not how: the logits of every step equal the default's (a workgroup per
+/// group) to the last bit, and the dispatches are the same (their workgroups fewer), in both
+/// reduction paths, f32 and f16 activations, norms folded and apart. One workgroup takes every group; 3 and 7 leave the grid's
+/// last round of groups partial. Once against the oracle too (tolerance as above).
+#[test]
+fn int8_products_loop_over_row_groups() {
+    let toks: Vec<u32> = (0..5).map(|i| 3 + (i * 37 % 250) as u32).collect();
+    let with = |act, subgroups, fold_norm, groups| {
+        Gpu::open_blocking(GpuOptions {
+            act: Some(act),
+            matvec: Some(MatvecKernel::TiledInt8),
+            subgroups: Some(subgroups),
+            fold_norm: Some(fold_norm),
+            int8_groups: groups,
+            ..Default::default()
+        })
+        .expect("lavapipe has subgroups")
+    };
+    let steps = |gpu: &Gpu, m: &Model| {
+        let mut d = GpuDecoder::new(gpu, m, KvConfig::default()).unwrap();
+        let logits: Vec<Vec<f32>> = (toks.iter().enumerate())
+            .map(|(p, &t)| block_on(d.step(t, p)).unwrap().to_vec())
+            .collect();
+        (logits, d.dispatches().unwrap(), d.workgroups())
+    };
+    let mut q4 = models();
+    q4.retain(|(n, _)| n.ends_with("q4_0"));
+    q4.push(("long q4_0".into(), long_q4_0()));
+    let (f32, f16) = (Activations::F32, Activations::F16);
+    for (act, subgroups, fold) in [(f32, false, true), (f16, true, true), (f32, true, false)] {
+        let base = with(act, subgroups, fold, None);
+        let looped: Vec<_> = [1, 3, 7]
+            .map(|n| (n, with(act, subgroups, fold, Some(n))))
+            .into();
+        for (name, m) in &q4 {
+            let want = steps(&base, m);
+            for (n, gpu) in &looped {
+                let what =
+                    format!("{name}, {act:?}, subgroups {subgroups}, fold {fold}, {n} groups");
+                let got = steps(gpu, m);
+                assert!(got.0 == want.0, "{what}: the logits differ");
+                assert_eq!(got.1, want.1, "{what}: dispatches");
+                assert!(got.2 < want.2, "{what}: {} workgroups, not fewer", got.2);
+            }
+        }
+    }
+    let m = long_q4_0();
+    run(
+        &with(f32, false, true, Some(3)),
+        &m,
+        &toks,
+        2e-2,
+        "long q4_0 int8, 3 groups",
+    );
+}
+
 /// The prompt pass's q4_0 products in integers (`matmul_q4i`, `MatvecKernel::TiledInt8`): a
 /// 100-token prompt (a full tile of 64 tokens and a partial one; stories260K's 172-row gate and up a
 /// partial tile of rows, its 172-wide ffn_down left to the float matmul) against the oracle fed

@@ -34,7 +34,9 @@ pub struct ModelArgs {
 /// `NIBBLE_SUBGROUPS=on|off` whether the matrix kernels sum rows with subgroup operations,
 /// `NIBBLE_QKV=on|off` whether decode runs a layer's Q, K and V products as one kernel,
 /// `NIBBLE_FOLD_NORM=on|off` whether decode folds RMSNorm into the product after it where it can,
-/// `NIBBLE_KV_DIRECT=on|off` whether the Q/K/V kernel stores K and V in an f16 KV cache itself.
+/// `NIBBLE_KV_DIRECT=on|off` whether the Q/K/V kernel stores K and V in an f16 KV cache itself,
+/// `NIBBLE_INT8_GROUPS=N` at most N workgroups for the integer-dot decode kernels (each looping over
+/// row groups).
 pub fn gpu_env_options() -> Result<GpuOptions> {
     let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
     let on_off = |k: &str| {
@@ -64,6 +66,10 @@ pub fn gpu_env_options() -> Result<GpuOptions> {
         fuse_qkv: on_off("NIBBLE_QKV")?,
         fold_norm: on_off("NIBBLE_FOLD_NORM")?,
         kv_direct: on_off("NIBBLE_KV_DIRECT")?,
+        int8_groups: var("NIBBLE_INT8_GROUPS")
+            .map(|v| v.parse::<u32>())
+            .transpose()
+            .context("NIBBLE_INT8_GROUPS: expected a number of workgroups")?,
         ..GpuOptions::default()
     })
 }

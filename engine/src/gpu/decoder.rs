@@ -82,8 +82,9 @@ pub struct GpuDecoder<'g> {
     pub(super) memory: GpuMemory,
     /// Seconds the last `run` spent on the CPU recording and submitting.
     pub(super) encode_s: f64,
-    /// Dispatches recorded in the last pass.
+    /// Dispatches recorded in the last pass, and their workgroups.
     pub(super) dispatches: usize,
+    pub(super) workgroups: u64,
     /// Seconds spent creating the compute pipelines (shader compilation) in `new`.
     pub(super) compile_s: f64,
     /// cos/sin per RoPE frequency for each row's position, reused every pass, then the decode row's
@@ -146,12 +147,11 @@ impl<'g> GpuDecoder<'g> {
             })
             .collect();
         let (k_bytes, v_bytes) = kv_layer_bytes(&kv, &c);
-        let kcache: Vec<_> = (0..c.n_layers)
-            .map(|l| buf(&format!("k{l}"), k_bytes, storage))
-            .collect();
-        let vcache: Vec<_> = (0..c.n_layers)
-            .map(|l| buf(&format!("v{l}"), v_bytes, storage))
-            .collect();
+        let caches = |tag: &str, bytes| -> Vec<_> {
+            let layer = |l| buf(&format!("{tag}{l}"), bytes, storage);
+            (0..c.n_layers).map(layer).collect()
+        };
+        let (kcache, vcache) = (caches("k", k_bytes), caches("v", v_bytes));
         let att = buf("att", (max_rows * c.n_heads * cap * 4) as u64, storage);
         let parts_len = c.n_heads * max_splits(cap) * (c.head_size() + 2);
         let parts = buf("attention splits", (parts_len * 4) as u64, storage);
@@ -208,6 +208,7 @@ impl<'g> GpuDecoder<'g> {
             chained: false,
             all_logits: false,
             dispatches: 0,
+            workgroups: 0,
             pipes,
             binds: HashMap::new(),
             pass: None,
@@ -233,6 +234,11 @@ impl<'g> GpuDecoder<'g> {
         self.w.mats.get(&id).map_or(0, |m| m.chunks.len())
     }
 
+    /// Workgroups the last pass dispatched (what the grids add up to; tests check them).
+    pub fn workgroups(&self) -> u64 {
+        self.workgroups
+    }
+
     pub(super) fn act(&self, a: Act) -> &wgpu::Buffer {
         &self.acts[a as usize]
     }
@@ -241,6 +247,7 @@ impl<'g> GpuDecoder<'g> {
         self.flush_norm();
         self.ensure(key);
         self.dispatches += 1;
+        self.workgroups += groups.0 as u64 * groups.1 as u64;
         let kernel = self.kernel_of(key);
         let pipe = self.pipes.get(kernel);
         let pass = self.pass.as_mut().expect("dispatch outside a token's pass");
@@ -324,6 +331,7 @@ impl<'g> GpuDecoder<'g> {
         self.rows = n;
         self.all_logits = matches!(out, Readback::Scores(_));
         self.dispatches = 0;
+        self.workgroups = 0;
         let cfg = self.config.clone();
         forward(self, &cfg, tokens, pos0);
         self.flush_norm();

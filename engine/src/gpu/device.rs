@@ -231,6 +231,10 @@ pub struct GpuOptions {
     /// activations, RoPE in the kernel), saving `kv_store`'s dispatch; default true (7B q4_0 decode on
     /// an H200: 3.842 -> 3.740 ms/token, `benchmarks/2026-12-04-h200-attention.md`).
     pub kv_direct: Option<bool>,
+    /// Run the integer-dot decode kernels (`matvec4_q4i`, `_glu_q4i`, `_qkv_q4i`) on at most this
+    /// many workgroups, each quantizing x once and looping over row groups; default none (a
+    /// workgroup per 8 rows, each staging x).
+    pub int8_groups: Option<u32>,
 }
 
 /// Whether the matrix kernels sum rows with subgroups, and why (for results): only where asked for
@@ -308,7 +312,13 @@ fn matvec_choice(
         Some(false) => "; K and V stored by their own kernel, set by the caller",
         _ => "; K and V stored in f16 caches by the Q/K/V kernel where both are f16",
     };
-    (matvec, format!("{why}; {sums}; {qkv}{norm}{kv}"))
+    let groups = match opts.int8_groups {
+        Some(n) => {
+            format!("; integer-dot decode kernels on at most {n} workgroups, set by the caller")
+        }
+        None => String::new(),
+    };
+    (matvec, format!("{why}; {sums}; {qkv}{norm}{kv}{groups}"))
 }
 
 /// An open device with its adapter report and error hooks.
@@ -340,6 +350,8 @@ pub struct Gpu {
     pub fold_norm: bool,
     /// Whether the Q/K/V kernel stores K and V in f16 caches ([`GpuOptions::kv_direct`]).
     pub kv_direct: bool,
+    /// The integer-dot decode kernels' workgroups at most ([`GpuOptions::int8_groups`]).
+    pub int8_groups: Option<u32>,
     /// Whether WGSL has `packed_4x8_integer_dot_product` here (`MatvecKernel::TiledInt8` can run).
     pub packed_dot: bool,
     /// Every kernel's pipeline, compiled for the first decoder and shared by the next: a browser
@@ -442,6 +454,7 @@ impl Gpu {
             fuse_qkv,
             fold_norm: opts.fold_norm.unwrap_or(true),
             kv_direct: opts.kv_direct.unwrap_or(true),
+            int8_groups: opts.int8_groups.filter(|&n| n > 0),
             packed_dot: int8,
             pipelines: Default::default(),
             report,

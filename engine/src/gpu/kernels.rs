@@ -403,6 +403,17 @@ impl Kernel {
         self.folds_norm() || self == Kernel::Matvec4Q4I
     }
 
+    /// Whether this kernel's workgroups loop over row groups a grid apart (matvec4_int8.wgsl), so
+    /// that fewer workgroups than groups cover a matrix ([`GpuOptions::int8_groups`]).
+    ///
+    /// [`GpuOptions::int8_groups`]: super::GpuOptions::int8_groups
+    pub(super) fn loops_groups(self) -> bool {
+        matches!(
+            self,
+            Kernel::Matvec4Q4I | Kernel::Matvec4GluQ4I | Kernel::Matvec4QkvQ4I
+        )
+    }
+
     /// Rows of a matrix one workgroup of this kernel covers (the shaders' headers say how).
     pub(super) fn rows_per_group(self) -> usize {
         match self {

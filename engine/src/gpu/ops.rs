@@ -27,8 +27,19 @@ impl GpuDecoder<'_> {
         for ci in 0..self.w.mats[&w].chunks.len() {
             let rows = self.w.mats[&w].chunks[ci].rows;
             let key = BindKey::Matvec(w, ci, out, x, accumulate);
-            let groups = fold(rows.div_ceil(self.kernel_of(key).rows_per_group()));
+            let groups = self.row_grid(key, rows);
             self.dispatch(key, groups);
+        }
+    }
+
+    /// The grid covering `rows` rows of `key`'s kernel: a workgroup per group of rows, or at most
+    /// `Gpu::int8_groups` for the kernels that loop over groups.
+    fn row_grid(&self, key: BindKey, rows: usize) -> (u32, u32) {
+        let kernel = self.kernel_of(key);
+        let groups = rows.div_ceil(kernel.rows_per_group());
+        match self.gpu.int8_groups {
+            Some(cap) if kernel.loops_groups() => fold(groups.min(cap as usize)),
+            _ => fold(groups),
         }
     }
 
@@ -49,7 +60,7 @@ impl GpuDecoder<'_> {
         for ci in 0..self.w.mats[&w].chunks.len() {
             let rows = self.w.mats[&w].chunks[ci].rows;
             let key = BindKey::LastRow(w, ci, out, x, self.rows);
-            let groups = fold(rows.div_ceil(self.kernel_of(key).rows_per_group()));
+            let groups = self.row_grid(key, rows);
             self.dispatch(key, groups);
         }
         true
@@ -155,7 +166,7 @@ impl Kernels for GpuDecoder<'_> {
             && self.gpu.activations == Activations::F16
             && (kv.k, kv.v) == (KvType::F16, KvType::F16);
         let key = self.fold_norm(x, |x, norm| BindKey::Qkv(layer, x, rope, direct, norm));
-        self.dispatch(key, fold(rows / self.kernel_of(key).rows_per_group()));
+        self.dispatch(key, self.row_grid(key, rows));
         self.roped = rope;
         self.kv_stored = direct;
     }
@@ -209,7 +220,7 @@ impl Kernels for GpuDecoder<'_> {
         }
         let rows = self.w.mats[&gate].chunks[0].rows;
         let key = self.fold_norm(x, |x, norm| BindKey::Glu(gate, up, out, x, norm));
-        let groups = fold(rows.div_ceil(self.kernel_of(key).rows_per_group()));
+        let groups = self.row_grid(key, rows);
         self.dispatch(key, groups);
     }
 
