@@ -202,7 +202,7 @@ impl GpuDecoder<'_> {
                 e.extend(layer(l));
                 e.extend([(4, self.att.clone().into()), (5, act(out))]);
             }
-            BindKey::AttnTile(l, out, _) => {
+            BindKey::AttnTile(l, out) => {
                 e.extend(layer(l));
                 e.push((5, act(out)));
             }

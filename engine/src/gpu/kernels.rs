@@ -71,7 +71,6 @@ pub(super) enum Kernel {
     KiviFlush,
     Attention,
     AttnTile,
-    AttnTileDecoded,
     AttnSplit,
     AttnCombine,
     Argmax,
@@ -101,13 +100,7 @@ macro_rules! def {
     };
 }
 
-const ATTENTION_MODULE: &[&str] = &[STEP, KVFORMAT, TILE_F16, ATTENTION];
-/// The same with `attention_tile`'s decoding paths (f32, q8_0, q4_0 caches) compiled in: a module of
-/// its own, so that the f16 tile's code is what it was without them (lavapipe ran it 12% slower
-/// with the other kinds' branches beside it, untaken).
-const ATTENTION_DECODED_MODULE: &[&str] = &[STEP, KVFORMAT, TILE_DECODED, ATTENTION];
-const TILE_F16: &str = "const TILE_DECODED: bool = false;\n";
-const TILE_DECODED: &str = "const TILE_DECODED: bool = true;\n";
+const ATTENTION_MODULE: &[&str] = &[STEP, KVFORMAT, ATTENTION];
 
 const MATVEC4_MODULE: &[&str] = &[STEP, QUANT, MATRIX, REDUCE, MATVEC4];
 const MATVEC4_NORM_MODULE: &[&str] = &[STEP, QUANT, MATRIX, REDUCE, MATVEC4, MATVEC4_NORM];
@@ -121,7 +114,7 @@ const MATVEC4_INT8_MODULE: &[&str] = &[
     MATVEC4_INT8,
 ];
 
-pub(super) const TABLE: [KernelDef; 38] = [
+pub(super) const TABLE: [KernelDef; 37] = [
     def!(Matvec, "matvec", "matvec", MATVEC_MODULE),
     def!(Matvec4F32, "matvec4_f32", "matvec4", MATVEC4_MODULE),
     def!(Matvec4F16, "matvec4_f16", "matvec4", MATVEC4_MODULE),
@@ -181,12 +174,6 @@ pub(super) const TABLE: [KernelDef; 38] = [
     def!(KiviFlush, "kivi_flush", "kv", KV_MODULE),
     def!(Attention, "attention", "attention", ATTENTION_MODULE),
     def!(AttnTile, "attention_tile", "attention", ATTENTION_MODULE),
-    def!(
-        AttnTileDecoded,
-        "attention_tile",
-        "attention_decoded",
-        ATTENTION_DECODED_MODULE
-    ),
     def!(AttnSplit, "attention_split", "attention", ATTENTION_MODULE),
     def!(
         AttnCombine,
@@ -226,10 +213,8 @@ pub(super) fn module_source(act: Activations, parts: &[&str], subgroups: bool) -
 
 /// Kernels compiled on first use, not with the others: the integer-dot kernels' module needs WGSL's
 /// `packed_4x8_integer_dot_product`, which not every browser has, and only some choices run them;
-/// the f16 kernels with a norm folded in run only for f16 weights, the decoded attention tile only
-/// for caches that are not f16.
+/// the f16 kernels with a norm folded in run only for f16 weights.
 const ON_FIRST_USE: &[Kernel] = &[
-    Kernel::AttnTileDecoded,
     Kernel::Matvec4Q4I,
     Kernel::Matvec4GluQ4I,
     Kernel::Matvec4QkvQ4I,
@@ -477,8 +462,8 @@ pub(super) enum BindKey {
     KvStore(usize),
     KiviFlush(usize),
     Attention(usize, Act),
-    /// Layer, output, whether a cache is not f16: the prompt pass's attention in tiles of rows.
-    AttnTile(usize, Act, bool),
+    /// Layer, output: the prompt pass's attention in tiles of rows (f16 caches, no window).
+    AttnTile(usize, Act),
     /// One layer's decode attention over a split of the context, and the combination of the splits.
     AttnSplit(usize, Act),
     AttnCombine(Act),
@@ -548,8 +533,7 @@ impl BindKey {
             BindKey::KvStore(_) => Kernel::KvStore,
             BindKey::KiviFlush(_) => Kernel::KiviFlush,
             BindKey::Attention(..) => Kernel::Attention,
-            BindKey::AttnTile(.., false) => Kernel::AttnTile,
-            BindKey::AttnTile(.., true) => Kernel::AttnTileDecoded,
+            BindKey::AttnTile(..) => Kernel::AttnTile,
             BindKey::AttnSplit(..) => Kernel::AttnSplit,
             BindKey::AttnCombine(_) => Kernel::AttnCombine,
             BindKey::Argmax => Kernel::Argmax,

@@ -206,8 +206,7 @@ impl Kernels for GpuDecoder<'_> {
             }
         } else if self.tiles_attention(pos0) {
             let tiles = self.rows.div_ceil(ATTN_TILE_ROWS) as u32;
-            let decoded = (self.kv.k, self.kv.v) != (KvType::F16, KvType::F16);
-            self.dispatch(BindKey::AttnTile(layer, out, decoded), (h, tiles));
+            self.dispatch(BindKey::AttnTile(layer, out), (h, tiles));
         } else {
             self.dispatch(BindKey::Attention(layer, out), (h, self.rows as u32));
         }
