@@ -7,8 +7,8 @@
 // of 4, at most 256); head h reads KV head h / (n_heads / n_kv_heads). Row r attends what steps[r]
 // says, so a batched prompt is causal: every row of the pass has been stored before any row attends.
 // Softmax subtracts the maximum score first; the weighted sum is divided by the total at the end.
-// Prompt passes take attention_tile instead where keys are not kivi4 and heads 64 or 128 wide (at
-// the end: tiles of rows sharing each key and value read).
+// Prompt passes over f16 caches without a window take attention_tile instead (at the end: tiles of
+// rows sharing each key and value read).
 //
 // Decode (one row) splits the context instead (flash-decoding): attention_split runs one workgroup
 // per head and SPLIT (64) positions, writing its maximum score m, its sum of exp(score - m) and its
@@ -454,11 +454,9 @@ fn attention_combine(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invoc
     out[h * hs + d] = act(o / l);
 }
 
-// The prompt pass's attention in tiles (flash attention), where keys are not kivi4, heads are 64 or
-// 128 wide and the pass lies within any window (so row r attends positions 0..n_att-1 at their own
-// slots: a windowed prompt batches only until its ring would wrap, `GpuDecoder::batch_len`): f16
-// keys and values read as words, the other kinds decoded element by element (key_at, value_at).
-// One workgroup per head and TQ consecutive rows, walking the context TK positions at a time
+// The prompt pass's attention in tiles (flash attention), where keys and values are f16, heads are
+// 64 or 128 wide and no window limits the context (so row r attends positions 0..n_att-1 at their own
+// slots): one workgroup per head and TQ consecutive rows, walking the context TK positions at a time
 // with a running maximum and sum per row, so the rows share every key and value they read. The
 // per-row kernel above read the whole context once per row and spent 22% of a 7B 512-token prompt
 // pass on an H200 (48.5 of 222 ms).
@@ -472,48 +470,16 @@ const TK: u32 = 64u;
 var<workgroup> at_q: array<vec4<f32>, 512>;
 var<workgroup> at_s: array<f32, 1024>;
 
-// Pairs lane, lane + 16, lane + 32, lane + 48 of the head's value at position t (elements 2w, 2w + 1
-// of word w of an f16 row; the row's word vo is pair lane), those past the head zero.
-fn at_values(t: u32, words: u32, vo: u32) -> array<vec2<f32>, 4> {
-    var v = array<vec2<f32>, 4>();
-    if (p.v_kind == KIND_F16) {
-        let o = t * (p.kv_dim / 2u) + vo;
-        var u = vec4<u32>(vcache[o], vcache[o + 16u], 0u, 0u);
-        if (words > 32u) {
-            u.z = vcache[o + 32u];
-            u.w = vcache[o + 48u];
-        }
-        for (var k = 0u; k < 4u; k++) {
-            v[k] = unpack2x16float(u[k]);
-        }
-        return v;
-    }
-    for (var k = 0u; k < 4u; k++) {
-        if (16u * k < words) {
-            let e = 2u * (vo + 16u * k);
-            v[k] = vec2<f32>(value_at(t, e), value_at(t, e + 1u));
-        }
+// Words lane, lane + 16, lane + 32, lane + 48 of the head's value at position t (those past the head
+// zero, as f16 zeros).
+fn at_values(t: u32, words: u32, vo: u32) -> vec4<u32> {
+    let o = t * (p.kv_dim / 2u) + vo;
+    var v = vec4<u32>(vcache[o], vcache[o + 16u], 0u, 0u);
+    if (words > 32u) {
+        v.z = vcache[o + 32u];
+        v.w = vcache[o + 48u];
     }
     return v;
-}
-
-// Key elements e..e+15 at position t: an f16 row's eight words loaded before any arithmetic, other
-// kinds decoded one by one.
-fn at_keys(t: u32, e: u32) -> array<vec4<f32>, 4> {
-    var k = array<vec4<f32>, 4>();
-    if (p.k_kind == KIND_F16) {
-        let o = (t * p.kv_dim + e) / 2u;
-        let w = array<u32, 8>(kcache[o], kcache[o + 1u], kcache[o + 2u], kcache[o + 3u], kcache[o + 4u],
-            kcache[o + 5u], kcache[o + 6u], kcache[o + 7u]);
-        for (var i = 0u; i < 4u; i++) {
-            k[i] = vec4<f32>(unpack2x16float(w[2u * i]), unpack2x16float(w[2u * i + 1u]));
-        }
-        return k;
-    }
-    for (var i = 0u; i < 16u; i++) {
-        k[i / 4u][i % 4u] = key_at(t, e + i);
-    }
-    return k;
 }
 
 @compute @workgroup_size(256)
@@ -566,13 +532,18 @@ fn attention_tile(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocati
         let t = c0 + j;
         var s = vec4<f32>(-3.402823e38);
         if (t < span) {
+            let ko = (t * p.kv_dim + kvh) / 2u;
             var acc = vec4<f32>(0.0);
             for (var d = 0u; d < hs; d += 16u) {
-                let k = at_keys(t, kvh + d);
+                let o = ko + d / 2u;
+                let k0 = vec4<f32>(unpack2x16float(kcache[o]), unpack2x16float(kcache[o + 1u]));
+                let k1 = vec4<f32>(unpack2x16float(kcache[o + 2u]), unpack2x16float(kcache[o + 3u]));
+                let k2 = vec4<f32>(unpack2x16float(kcache[o + 4u]), unpack2x16float(kcache[o + 5u]));
+                let k3 = vec4<f32>(unpack2x16float(kcache[o + 6u]), unpack2x16float(kcache[o + 7u]));
                 for (var i = 0u; i < 4u; i++) {
                     let qo = ((4u * g + i) * hs + d) / 4u;
-                    acc[i] += dot(k[0], at_q[qo]) + dot(k[1], at_q[qo + 1u]) + dot(k[2], at_q[qo + 2u])
-                        + dot(k[3], at_q[qo + 3u]);
+                    acc[i] += dot(k0, at_q[qo]) + dot(k1, at_q[qo + 1u]) + dot(k2, at_q[qo + 2u])
+                        + dot(k3, at_q[qo + 3u]);
                 }
             }
             s = select(s, acc, vec4<u32>(t) < n_g);
@@ -606,19 +577,23 @@ fn attention_tile(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocati
             let e = exp(vec4<f32>(at_s[so + k], at_s[so + k + 1u], at_s[so + k + 2u], at_s[so + k + 3u])
                 - m);
             l += (e.x + e.y) + (e.z + e.w);
-            o0 += e.x * v0[0] + e.y * v1[0] + e.z * v2[0] + e.w * v3[0];
-            o1 += e.x * v0[1] + e.y * v1[1] + e.z * v2[1] + e.w * v3[1];
-            o2 += e.x * v0[2] + e.y * v1[2] + e.z * v2[2] + e.w * v3[2];
-            o3 += e.x * v0[3] + e.y * v1[3] + e.z * v2[3] + e.w * v3[3];
+            o0 += e.x * unpack2x16float(v0.x) + e.y * unpack2x16float(v1.x)
+                + e.z * unpack2x16float(v2.x) + e.w * unpack2x16float(v3.x);
+            o1 += e.x * unpack2x16float(v0.y) + e.y * unpack2x16float(v1.y)
+                + e.z * unpack2x16float(v2.y) + e.w * unpack2x16float(v3.y);
+            o2 += e.x * unpack2x16float(v0.z) + e.y * unpack2x16float(v1.z)
+                + e.z * unpack2x16float(v2.z) + e.w * unpack2x16float(v3.z);
+            o3 += e.x * unpack2x16float(v0.w) + e.y * unpack2x16float(v1.w)
+                + e.z * unpack2x16float(v2.w) + e.w * unpack2x16float(v3.w);
         }
         for (; k < n; k++) {
             let v = at_values(c0 + k, words, vo);
             let e = exp(at_s[so + k] - m);
             l += e;
-            o0 += e * v[0];
-            o1 += e * v[1];
-            o2 += e * v[2];
-            o3 += e * v[3];
+            o0 += e * unpack2x16float(v.x);
+            o1 += e * unpack2x16float(v.y);
+            o2 += e * unpack2x16float(v.z);
+            o3 += e * unpack2x16float(v.w);
         }
         workgroupBarrier();
     }

@@ -83,14 +83,13 @@ impl GpuDecoder<'_> {
         folded
     }
 
-    /// Whether the prompt pass's attention runs in tiles of rows (`attention_tile`): keys not kivi4
-    /// (per-channel groups), heads of 64 or 128, and the pass within any window, so that each row
-    /// attends every position before it at its own slot (`batch_len` ends a windowed batch where
-    /// its ring would wrap).
-    fn tiles_attention(&self, pos0: usize) -> bool {
+    /// Whether the prompt pass's attention runs in tiles of rows (`attention_tile`): f16 keys and
+    /// values, heads of 64 or 128, no window (each row attends every position before it at its own
+    /// slot).
+    fn tiles_attention(&self) -> bool {
         let kv = &self.kv;
-        kv.k != KvType::Kivi4
-            && kv.window.is_none_or(|w| pos0 + self.rows <= w)
+        (kv.k, kv.v) == (KvType::F16, KvType::F16)
+            && kv.window.is_none()
             && matches!(self.config.head_size(), 64 | 128)
     }
 
@@ -194,7 +193,7 @@ impl Kernels for GpuDecoder<'_> {
         }
     }
 
-    fn attention(&mut self, out: Act, layer: usize, pos0: usize) {
+    fn attention(&mut self, out: Act, layer: usize, _pos0: usize) {
         let h = self.config.n_heads as u32;
         if self.rows == 1 {
             // Decode: the context split across workgroups, then combined (flash-decoding); one
@@ -204,7 +203,7 @@ impl Kernels for GpuDecoder<'_> {
             if splits > 1 {
                 self.dispatch(BindKey::AttnCombine(out), (h, 1));
             }
-        } else if self.tiles_attention(pos0) {
+        } else if self.tiles_attention() {
             let tiles = self.rows.div_ceil(ATTN_TILE_ROWS) as u32;
             self.dispatch(BindKey::AttnTile(layer, out), (h, tiles));
         } else {
