@@ -143,7 +143,8 @@ fn q4i_lane(first: Round, vbase: u32, nb: u32, lane: u32, e0: u32, sbase: u32, s
 // Each workgroup serves row groups g, g + G, .. (G workgroups in the grid), x quantized once for
 // all of them: by default the host dispatches a workgroup per group (one pass of the loop), and
 // `GpuOptions::int8_groups` caps G so that fewer workgroups stage x (each reads all of it from L2:
-// at 4096 columns 32 KB of f32 x and norm weights, where a group's eight q4_0 rows are 18 KB).
+// at 4096 columns 8 KB of f16 x, and 16 KB of f32 norm weights where a norm is folded in, where a
+// group of eight q4_0 rows is 18 KB).
 @compute @workgroup_size(256)
 fn matvec4_q4i(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>,
     @builtin(num_workgroups) nwg: vec3<u32>) {
