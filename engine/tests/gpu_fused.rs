@@ -301,8 +301,9 @@ fn int8_products_stay_near_the_oracle() {
 /// each workgroup quantizes x once and loops over groups a grid apart, which changes which
 /// workgroup sums a row, not how: the logits of every step equal the default's (a workgroup per
 /// group) to the last bit, and the dispatches are the same (their workgroups fewer), in both
-/// reduction paths, f32 and f16 activations, norms folded and apart. One workgroup takes every group; 3 and 7 leave the grid's
-/// last round of groups partial. Once against the oracle too (tolerance as above).
+/// reduction paths, f32 and f16 activations, norms folded and apart. One workgroup takes every
+/// group; 3 and 7 leave the grid's last round of groups partial. Once against the oracle too
+/// (tolerance as above).
 #[test]
 fn int8_products_loop_over_row_groups() {
     let toks: Vec<u32> = (0..5).map(|i| 3 + (i * 37 % 250) as u32).collect();
