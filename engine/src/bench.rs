@@ -239,6 +239,10 @@ pub async fn measure(
         decode: Vec::new(),
         not_measured: Vec::new(),
     };
+    // Launch choices timed on this model first; decode records carry them (`decode_method`).
+    if let Some(note) = dec.tune().await? {
+        log(&format!("tuned: {note}"));
+    }
     for (pi, &n) in o.prompts.iter().enumerate() {
         if n + 1 > c.seq_len {
             t.not_measured

@@ -85,6 +85,12 @@ pub trait Decoder {
             Ok(out)
         })
     }
+    /// Times the backend's own launch choices on the loaded model and keeps the fastest (the GPU:
+    /// the integer-dot kernels' workgroups); what it chose, or none where it has nothing to choose.
+    /// Leaves the cache reset. Benchmarks call it before timing.
+    fn tune(&mut self) -> Fut<'_, Option<String>> {
+        Box::pin(std::future::ready(Ok(None)))
+    }
     /// How [`Decoder::decode_greedy`] runs, as recorded with decode timings.
     fn decode_method(&self) -> String {
         "token by token, each answer read back before the next step".into()

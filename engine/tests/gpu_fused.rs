@@ -452,3 +452,95 @@ fn k_and_v_go_straight_into_an_f16_cache() {
         assert_eq!(f32(true), f32(false), "{name} f32");
     }
 }
+
+/// The grid tuner (`GpuDecoder::tune_grid`) on the 1024-wide q4_0 model with the integer-dot
+/// kernels: it times every group first, then caps up a ladder from 8 while each lowers a pass's
+/// workgroups, keeps the fastest it timed, and the decoder then runs with it: a pass dispatches the
+/// workgroups timed with that cap, and the logits equal an untuned decoder's to the last bit (the
+/// grid changes which workgroup sums a row, not how). Nothing is tuned where the caller set the
+/// grid (a cap, or 0 for a workgroup per group), or where no kernel loops (the Tiled kernels).
+#[test]
+fn the_grid_tuner_keeps_the_fastest_grid_it_timed() {
+    let toks: Vec<u32> = (0..5).map(|i| 3 + (i * 37 % 250) as u32).collect();
+    let s = stories();
+    let m = with_weights(
+        &one_layer(1024, 1024, (s.config.n_heads, s.config.n_kv_heads), 3),
+        "q4_0",
+    );
+    let with = |matvec, groups| {
+        Gpu::open_blocking(GpuOptions {
+            act: Some(Activations::F16),
+            matvec: Some(matvec),
+            int8_groups: groups,
+            ..Default::default()
+        })
+        .unwrap()
+    };
+    let steps = |d: &mut GpuDecoder| -> Vec<Vec<f32>> {
+        d.reset();
+        (toks.iter().enumerate())
+            .map(|(p, &t)| block_on(d.step(t, p)).unwrap().to_vec())
+            .collect()
+    };
+    let gpu = with(MatvecKernel::TiledInt8, None);
+    let want = steps(&mut GpuDecoder::new(&gpu, &m, KvConfig::default()).unwrap());
+    let mut d = GpuDecoder::new(&gpu, &m, KvConfig::default()).unwrap();
+    let g = block_on(d.tune_grid())
+        .unwrap()
+        .expect("the q4_0 kernels loop")
+        .clone();
+    let (all_cap, _, all_wg) = g.timings[0];
+    assert_eq!(all_cap, None, "every group is timed first");
+    // The ladder: caps rising by x1.25 from 8, each pass's workgroups rising with them, then the
+    // refinement's caps between the fastest's neighbours.
+    let caps: Vec<u32> = g.timings[1..].iter().map(|t| t.0.unwrap()).collect();
+    let rising = caps.windows(2).take_while(|w| w[1] > w[0]).count() + 1;
+    let ladder = &g.timings[1..=rising];
+    assert_eq!(ladder[0].0, Some(8), "{:?}", g.timings);
+    assert!(
+        ladder.len() > 5,
+        "the ladder stopped early: {:?}",
+        g.timings
+    );
+    for w in ladder.windows(2) {
+        let next = (w[0].0.unwrap() as f64 * 1.25).ceil() as u32;
+        assert_eq!(w[1].0, Some(next), "{:?}", g.timings);
+        assert!(w[1].2 > w[0].2, "{:?}", g.timings);
+    }
+    assert!(
+        g.timings.iter().skip(1).all(|t| t.2 < all_wg),
+        "{:?}",
+        g.timings
+    );
+    let fastest = (g.timings.iter())
+        .filter_map(|t| t.1.map(|ms| (t.0, ms)))
+        .min_by(|a, b| a.1.total_cmp(&b.1))
+        .unwrap();
+    assert_eq!(g.cap, fastest.0, "not the fastest: {:?}", g.timings);
+    let chosen_wg = g.timings.iter().find(|t| t.0 == g.cap).unwrap().2;
+    assert!(
+        steps(&mut d) == want,
+        "the logits differ after tuning ({:?})",
+        g.cap
+    );
+    // Timed passes are greedy ones (their embedding covers every chunk): the same kind here.
+    d.reset();
+    block_on(d.decode_greedy(1, 0, 2)).unwrap();
+    assert_eq!(
+        d.workgroups(),
+        chosen_wg,
+        "the chosen grid is not the one running"
+    );
+    assert!(d.decode_method().contains(g.note.as_deref().unwrap()));
+    for (kernel, groups) in [
+        (MatvecKernel::TiledInt8, Some(5)),
+        (MatvecKernel::TiledInt8, Some(0)),
+        (MatvecKernel::Tiled, None),
+    ] {
+        let gpu = with(kernel, groups);
+        let mut d = GpuDecoder::new(&gpu, &m, KvConfig::default()).unwrap();
+        let tuned = block_on(d.tune_grid()).unwrap().map(|g| g.cap);
+        assert_eq!(tuned, None, "{kernel:?}, {groups:?}: tuned");
+        assert!(steps(&mut d) == want || kernel == MatvecKernel::Tiled);
+    }
+}

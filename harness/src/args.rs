@@ -36,7 +36,7 @@ pub struct ModelArgs {
 /// `NIBBLE_FOLD_NORM=on|off` whether decode folds RMSNorm into the product after it where it can,
 /// `NIBBLE_KV_DIRECT=on|off` whether the Q/K/V kernel stores K and V in an f16 KV cache itself,
 /// `NIBBLE_INT8_GROUPS=N` at most N workgroups for the integer-dot decode kernels (each looping over
-/// row groups).
+/// row groups; 0: a workgroup per row group; unset: `nibble bench` times the grid on each model).
 pub fn gpu_env_options() -> Result<GpuOptions> {
     let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
     let on_off = |k: &str| {

@@ -101,6 +101,8 @@ pub struct GpuDecoder<'g> {
     /// An RMSNorm not yet dispatched (output, input, weights), for the next kernel to fold in
     /// ([`GpuOptions::fold_norm`](super::GpuOptions::fold_norm)).
     pub(super) pending_norm: Option<(Act, Act, TensorId)>,
+    /// The integer-dot decode kernels' workgroups ([`GpuDecoder::tune_grid`]).
+    pub(super) grid: super::Grid,
 }
 
 impl<'g> GpuDecoder<'g> {
@@ -155,9 +157,7 @@ impl<'g> GpuDecoder<'g> {
         let att = buf("att", (max_rows * c.n_heads * cap * 4) as u64, storage);
         let parts_len = c.n_heads * max_splits(cap) * (c.head_size() + 2);
         let parts = buf("attention splits", (parts_len * 4) as u64, storage);
-        let written = |label: &str, size: usize| {
-            buf(label, size as u64, storage | wgpu::BufferUsages::COPY_DST)
-        };
+        let written = |l: &str, n: usize| buf(l, n as u64, storage | wgpu::BufferUsages::COPY_DST);
         let step_buf = written("steps", max_rows * 32);
         let rope_buf = written("rope", (max_rows * c.head_size() + 1) * 4);
         let argmax_buf = buf("argmax", 4, storage | wgpu::BufferUsages::COPY_SRC);
@@ -221,6 +221,7 @@ impl<'g> GpuDecoder<'g> {
             roped: false,
             kv_stored: false,
             pending_norm: None,
+            grid: super::Grid::of(gpu),
             config: c,
         })
     }
@@ -597,10 +598,19 @@ impl Decoder for GpuDecoder<'_> {
     }
 
     fn decode_method(&self) -> String {
+        let grid = self
+            .grid
+            .note
+            .as_deref()
+            .map_or(String::new(), |n| format!("; {n}"));
         format!(
             "GPU-resident greedy loop: each pass's argmax feeds the next pass's embedding on the GPU, \
-             ids read back every {GREEDY_BATCH} tokens"
+             ids read back every {GREEDY_BATCH} tokens{grid}"
         )
+    }
+
+    fn tune(&mut self) -> crate::Fut<'_, Option<String>> {
+        Box::pin(async move { Ok(self.tune_grid().await?.and_then(|g| g.note.clone())) })
     }
 
     fn feed(&mut self, token: u32, pos: usize) -> crate::Fut<'_, ()> {

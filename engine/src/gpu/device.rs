@@ -232,8 +232,9 @@ pub struct GpuOptions {
     /// an H200: 3.842 -> 3.740 ms/token, `benchmarks/2026-12-04-h200-attention.md`).
     pub kv_direct: Option<bool>,
     /// Run the integer-dot decode kernels (`matvec4_q4i`, `_glu_q4i`, `_qkv_q4i`) on at most this
-    /// many workgroups, each quantizing x once and looping over row groups; default none (a
-    /// workgroup per 8 rows, each staging x).
+    /// many workgroups, each quantizing x once and looping over row groups; 0: a workgroup per 8
+    /// rows, each staging x; default none: that until a benchmark times the grid on its model
+    /// (`GpuDecoder::tune_grid`).
     pub int8_groups: Option<u32>,
 }
 
@@ -313,6 +314,9 @@ fn matvec_choice(
         _ => "; K and V stored in f16 caches by the Q/K/V kernel where both are f16",
     };
     let groups = match opts.int8_groups {
+        Some(0) => {
+            "; integer-dot decode kernels on a workgroup per row group, set by the caller".into()
+        }
         Some(n) => {
             format!("; integer-dot decode kernels on at most {n} workgroups, set by the caller")
         }
@@ -454,7 +458,7 @@ impl Gpu {
             fuse_qkv,
             fold_norm: opts.fold_norm.unwrap_or(true),
             kv_direct: opts.kv_direct.unwrap_or(true),
-            int8_groups: opts.int8_groups.filter(|&n| n > 0),
+            int8_groups: opts.int8_groups,
             packed_dot: int8,
             pipelines: Default::default(),
             report,

@@ -6,6 +6,7 @@
 //! - `kernels`: the kernel table (entry points, shader files, pipelines) and the binding keys.
 //! - `bind`: what each binding key runs and binds on a decoder's weights (fused kernels chosen).
 //! - `decoder`: one sequence: activations, KV cache, recording a pass, reading back.
+//! - `grid`: the integer-dot decode kernels' workgroups, timed on the loaded model.
 //! - `ops`: the forward pass's operations as dispatches, fused kernels chosen where weights allow.
 //!
 //! Weights are uploaded once in the planar layout of `quant.rs`. Activations, the KV cache, the attention
@@ -17,6 +18,7 @@
 mod bind;
 mod decoder;
 mod device;
+mod grid;
 mod kernels;
 mod layout;
 mod ops;
@@ -25,6 +27,7 @@ mod upload;
 
 pub use decoder::{GpuDecoder, GREEDY_BATCH, PREFILL_ROWS, SCORE_BATCH};
 pub use device::{Activations, AdapterReport, Gpu, GpuOptions, LimitsReport, ShaderChecks};
+pub use grid::Grid;
 pub use kernels::MatvecKernel;
 pub use layout::GpuMemory;
 pub use profile::KernelTime;

@@ -33,11 +33,11 @@ impl GpuDecoder<'_> {
     }
 
     /// The grid covering `rows` rows of `key`'s kernel: a workgroup per group of rows, or at most
-    /// `Gpu::int8_groups` for the kernels that loop over groups.
+    /// the decoder's grid cap for the kernels that loop over groups (`GpuDecoder::tune_grid`).
     fn row_grid(&self, key: BindKey, rows: usize) -> (u32, u32) {
         let kernel = self.kernel_of(key);
         let groups = rows.div_ceil(kernel.rows_per_group());
-        match self.gpu.int8_groups {
+        match self.grid.cap {
             Some(cap) if kernel.loops_groups() => fold(groups.min(cap as usize)),
             _ => fold(groups),
         }

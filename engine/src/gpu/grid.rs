@@ -1,0 +1,135 @@
+//! How many workgroups the integer-dot decode kernels run on, timed on the loaded model.
+//!
+//! Each workgroup of `matvec4_q4i`, `_glu_q4i` and `_qkv_q4i` quantizes x into workgroup memory
+//! before its rows; on fewer workgroups than row groups each does that once and loops. The best
+//! count is what the GPU holds resident at once, which WebGPU does not tell (SMs, occupancy): on
+//! the H200 at 7B, 1536 groups for Q/K/V, 396 workgroups ran decode in 2.375 ms/token, every group
+//! in 3.08-3.13, 528 in 2.749 and 132 in 3.032 (`benchmarks/2026-12-04-h200-int8-grid.md`). So it is
+//! timed, as `Gpu::tune_matvec` times kernels.
+
+use super::decoder::GpuDecoder;
+use crate::{Decoder, Result};
+
+/// The grid chosen for a decoder and the timings it was chosen from.
+#[derive(Debug, Clone, Default)]
+pub struct Grid {
+    /// Workgroups at most (`None`: a workgroup per row group).
+    pub cap: Option<u32>,
+    /// Each cap tried, ms/token (`None` where its short run was already slower than the best's
+    /// long run and it was stopped), and the workgroups of one pass with it.
+    pub timings: Vec<(Option<u32>, Option<f64>, u64)>,
+    /// Why this cap (for results): set by the caller, or timed.
+    pub note: Option<String>,
+}
+
+impl Grid {
+    pub(super) fn of(gpu: &super::Gpu) -> Grid {
+        Grid {
+            cap: gpu.int8_groups.filter(|&n| n > 0),
+            ..Default::default()
+        }
+    }
+}
+
+/// Tokens of the short and the long timed run: the long less the short is the per-token time with
+/// the readback's latency and the first pass cancelled.
+const SHORT: usize = 4;
+const LONG: usize = 36;
+/// The ladder's first cap and its ratio (x1.25: the H200's optimum lies within 12% of a step).
+const FIRST: u32 = 8;
+
+impl GpuDecoder<'_> {
+    /// The grid in use ([`GpuDecoder::tune_grid`]).
+    pub fn grid(&self) -> &Grid {
+        &self.grid
+    }
+
+    /// Times greedy decoding on the loaded model with the integer-dot kernels on at most N
+    /// workgroups, N from 8 up a x1.25 ladder until the cap no longer lowers a pass's workgroups,
+    /// then every group, then eight steps between the fastest's neighbours, and keeps the fastest.
+    /// Nothing where the caller set the grid, no kernel loops (other kernels, or other weight
+    /// types), or the context is too short to time. Leaves the cache reset.
+    pub async fn tune_grid(&mut self) -> Result<Option<&Grid>> {
+        let int8 = self.gpu.matvec_kernel() == super::MatvecKernel::TiledInt8;
+        if !int8 || self.gpu.int8_groups.is_some() || self.context_limit() < SHORT + LONG {
+            return Ok(None);
+        }
+        let mut best: Option<(Option<u32>, f64, f64)> = None;
+        let mut timings = Vec::new();
+        let all = self.time_cap(None, &mut best).await?;
+        timings.push((None, all.0, all.1));
+        let mut ladder = Vec::new();
+        let mut cap = FIRST;
+        loop {
+            let (ms, wg) = self.time_cap(Some(cap), &mut best).await?;
+            if wg >= all.1 {
+                break;
+            }
+            timings.push((Some(cap), ms, wg));
+            ladder.push(cap);
+            cap = (cap as f64 * 1.25).ceil() as u32;
+        }
+        if ladder.is_empty() {
+            self.reset();
+            return Ok(None);
+        }
+        // Between the fastest's neighbours on the ladder (the top's upper one: the ladder's end).
+        if let Some(b) = best.and_then(|b| b.0) {
+            let i = ladder.iter().position(|&c| c == b).unwrap_or(0);
+            let lo = ladder[i.saturating_sub(1)];
+            let hi = ladder.get(i + 1).copied().unwrap_or(cap);
+            let step = ((hi - lo) / 8).max(1);
+            for c in (lo + step..hi).step_by(step as usize) {
+                if !ladder.contains(&c) {
+                    let (ms, wg) = self.time_cap(Some(c), &mut best).await?;
+                    timings.push((Some(c), ms, wg));
+                }
+            }
+        }
+        self.reset();
+        let (cap, ms, _) = best.expect("every group is always timed");
+        let every = all.0.unwrap_or(f64::NAN);
+        let what = cap.map_or("a workgroup per row group".into(), |n| {
+            format!("at most {n}")
+        });
+        self.grid = Grid {
+            cap,
+            note: Some(format!(
+                "integer-dot decode kernels on {what} workgroups, the fastest of {} grids timed \
+                 on this model ({ms:.3} ms/token; {every:.3} with a workgroup per row group, \
+                 {} workgroups a pass)",
+                timings.len(),
+                all.1
+            )),
+            timings,
+        };
+        Ok(Some(&self.grid))
+    }
+
+    /// Greedy decoding's ms/token with `cap`, or none where the short run was slower than the
+    /// fastest's long run (then it is not worth the long one); the workgroups of its last pass.
+    /// Keeps the fastest in `best` (cap, ms/token, long run's seconds).
+    async fn time_cap(
+        &mut self,
+        cap: Option<u32>,
+        best: &mut Option<(Option<u32>, f64, f64)>,
+    ) -> Result<(Option<f64>, u64)> {
+        self.grid.cap = cap;
+        self.reset();
+        let t0 = web_time::Instant::now();
+        self.decode_greedy(1, 0, SHORT).await?;
+        let short = t0.elapsed().as_secs_f64();
+        let wg = self.workgroups;
+        if best.is_some_and(|b| short > b.2) {
+            return Ok((None, wg));
+        }
+        let t0 = web_time::Instant::now();
+        self.decode_greedy(1, SHORT, LONG).await?;
+        let long = t0.elapsed().as_secs_f64();
+        let ms = ((long - short) * 1e3 / (LONG - SHORT) as f64).max(0.0);
+        if best.is_none_or(|b| ms < b.1) {
+            *best = Some((cap, ms, long));
+        }
+        Ok((Some(ms), wg))
+    }
+}
