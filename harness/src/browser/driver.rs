@@ -89,11 +89,8 @@ pub struct Xvfb {
 pub async fn start_xvfb(logs: &Path) -> Result<Xvfb> {
     let bin = which("Xvfb").context("Xvfb is not installed (apt-get install xvfb xauth)")?;
     let n = (90..200)
-        .find(|n| {
-            !Path::new(&format!("/tmp/.X11-unix/X{n}")).exists()
-                && !Path::new(&format!("/tmp/.X{n}-lock")).exists()
-        })
-        .context("no free X display number")?;
+        .find(|&n| display_free(Path::new("/tmp"), n))
+        .context("no free X display number (displays :90 to :199 are held by live X servers)")?;
     let display = format!(":{n}");
     let mut cmd = Command::new(bin);
     cmd.args([&display, "-screen", "0", "1280x1024x24", "-nolisten", "tcp"]);
@@ -112,6 +109,29 @@ pub async fn start_xvfb(logs: &Path) -> Result<Xvfb> {
         display,
         _proc: proc,
     })
+}
+
+/// Whether X display `n` is free under `tmp`: no lock and no socket, or a lock whose process is gone
+/// (left by a killed run), which is then removed with its socket, as an X server would itself; the
+/// socket must go first, since the harness waits for it to appear. Where processes cannot be looked
+/// up (no /proc), a lock holds.
+fn display_free(tmp: &Path, n: u32) -> bool {
+    let lock = tmp.join(format!(".X{n}-lock"));
+    let sock = tmp.join(format!(".X11-unix/X{n}"));
+    if !lock.exists() {
+        return !sock.exists();
+    }
+    let pid = std::fs::read_to_string(&lock).ok();
+    let pid = pid.and_then(|p| p.trim().parse::<u32>().ok());
+    let gone =
+        |pid| Path::new("/proc/self").exists() && !Path::new(&format!("/proc/{pid}")).exists();
+    match pid {
+        Some(pid) if gone(pid) => {
+            let _ = std::fs::remove_file(&sock);
+            std::fs::remove_file(&lock).is_ok() && !sock.exists()
+        }
+        _ => false,
+    }
 }
 
 /// Starts the local driver `bin` at a free port and waits until it listens; answers its URL.
@@ -145,4 +165,36 @@ pub async fn start_driver(
     let mut proc = Proc::spawn(cmd, &label, &logs.join(format!("{name}-driver.log")))?;
     wait_port(port, &mut proc, Duration::from_secs(30)).await?;
     Ok((proc, format!("http://127.0.0.1:{port}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A display is taken by a live server's lock or a socket; a dead server's lock and socket are
+    /// cleared and the display reused; an unreadable lock holds.
+    #[test]
+    fn stale_x_locks_are_reclaimed_live_ones_kept() {
+        let tmp = std::env::temp_dir().join(format!("nibble-xlocks-{}", std::process::id()));
+        std::fs::create_dir_all(tmp.join(".X11-unix")).unwrap();
+        let lock =
+            |n: u32, body: &str| std::fs::write(tmp.join(format!(".X{n}-lock")), body).unwrap();
+        let sock = |n: u32| std::fs::write(tmp.join(format!(".X11-unix/X{n}")), "").unwrap();
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let dead = child.id();
+        child.wait().unwrap();
+        assert!(display_free(&tmp, 1), "nothing there");
+        lock(2, &format!("{:>10}\n", std::process::id()));
+        sock(2);
+        assert!(!display_free(&tmp, 2), "a live server's display");
+        lock(3, &format!("{dead:>10}\n"));
+        sock(3);
+        assert!(display_free(&tmp, 3), "a dead server's display");
+        assert!(!tmp.join(".X3-lock").exists() && !tmp.join(".X11-unix/X3").exists());
+        sock(4);
+        assert!(!display_free(&tmp, 4), "a socket without a lock");
+        lock(5, "garbage");
+        assert!(!display_free(&tmp, 5), "an unreadable lock");
+        std::fs::remove_dir_all(&tmp).unwrap();
+    }
 }
