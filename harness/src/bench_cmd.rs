@@ -352,6 +352,12 @@ pub fn markdown(r: &BenchReport) -> String {
             s += &format!("| {} | not measured: {n} |\n", c.config);
         }
     }
+    // How each configuration decoded, with what was tuned on its model (`Decoder::tune`).
+    for c in &r.configs {
+        if let Some(d) = c.decode.first().filter(|d| !d.method.is_empty()) {
+            s += &format!("\n{} decode: {}\n", c.config, d.method);
+        }
+    }
     s += &profiles(r);
     // Ratios between configurations, from the medians above.
     let f16 = r.configs.iter().find(|c| c.config == "f16");

@@ -95,7 +95,7 @@ impl GpuDecoder<'_> {
         self.grid = Grid {
             cap,
             note: Some(format!(
-                "integer-dot decode kernels on {what} workgroups, the fastest of {} grids timed \
+                "integer-dot decode kernels on {what} workgroups, the fastest of {} grids tried \
                  on this model ({ms:.3} ms/token; {every:.3} with a workgroup per row group, \
                  {} workgroups a pass)",
                 timings.len(),
