@@ -44,9 +44,10 @@ impl GpuDecoder<'_> {
         &self.grid
     }
 
-    /// Times greedy decoding on the loaded model with the integer-dot kernels on at most N
-    /// workgroups, N from 8 up a x1.25 ladder until the cap no longer lowers a pass's workgroups,
-    /// then every group, then eight steps between the fastest's neighbours, and keeps the fastest.
+    /// Times greedy decoding on the loaded model with the integer-dot kernels on a workgroup per
+    /// row group, then on at most N workgroups, N from 8 up a x1.25 ladder until the cap no longer
+    /// lowers a pass's workgroups, then eight steps between the fastest's neighbours; keeps the
+    /// fastest.
     /// Nothing where the caller set the grid, no kernel loops (other kernels, or other weight
     /// types), or the context is too short to time. Leaves the cache reset.
     pub async fn tune_grid(&mut self) -> Result<Option<&Grid>> {
@@ -54,6 +55,11 @@ impl GpuDecoder<'_> {
         if !int8 || self.gpu.int8_groups.is_some() || self.context_limit() < SHORT + LONG {
             return Ok(None);
         }
+        // Untimed first: pipelines compiled and bind groups made on first use would count as the
+        // first grid's short run and make its per-token time look smaller.
+        self.grid.cap = None;
+        self.reset();
+        self.decode_greedy(1, 0, SHORT).await?;
         let mut best: Option<(Option<u32>, f64, f64)> = None;
         let mut timings = Vec::new();
         let all = self.time_cap(None, &mut best).await?;
