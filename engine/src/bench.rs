@@ -5,6 +5,7 @@ use crate::gpu::GpuMemory;
 pub use crate::gpu::KernelTime;
 use crate::model::{Class, Model, TensorId};
 use crate::precision::{Accounting, Fallback};
+pub use crate::tuning::{Trial, Tuning};
 use crate::{Decoder, Result};
 use serde::{Deserialize, Serialize};
 use web_time::Instant;
@@ -155,6 +156,10 @@ pub struct ConfigBench {
     pub ttft_ms: Option<Stat>,
     pub decode: Vec<Decode>,
     pub not_measured: Vec<String>,
+    /// A launch setting timed on this model before the benchmark ([`Decoder::tune`]). Absent where
+    /// the backend had nothing to choose, and in older results.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tuning: Option<Tuning>,
 }
 
 /// Bytes one decode step reads: every matrix except the embedding (one row of it), all norms, and the
@@ -211,6 +216,7 @@ impl ConfigBench {
             ttft_ms: t.ttft_ms,
             decode: t.decode,
             not_measured: t.not_measured,
+            tuning: t.tuning,
         }
     }
 }
@@ -221,6 +227,7 @@ pub struct Timings {
     pub ttft_ms: Option<Stat>,
     pub decode: Vec<Decode>,
     pub not_measured: Vec<String>,
+    pub tuning: Option<Tuning>,
 }
 
 /// Times prefill at each prompt length and decode at each depth on `dec`, which holds `m`.
@@ -238,10 +245,12 @@ pub async fn measure(
         ttft_ms: None,
         decode: Vec::new(),
         not_measured: Vec::new(),
+        tuning: None,
     };
     // Launch choices timed on this model first; decode records carry them (`decode_method`).
-    if let Some(note) = dec.tune().await? {
-        log(&format!("tuned: {note}"));
+    t.tuning = dec.tune().await?;
+    if let Some(tuned) = &t.tuning {
+        log(&format!("tuned: {}", tuned.note));
     }
     for (pi, &n) in o.prompts.iter().enumerate() {
         if n + 1 > c.seq_len {

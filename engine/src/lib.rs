@@ -30,6 +30,7 @@ pub mod quant;
 pub mod scenario;
 pub mod synth;
 pub mod tokenizer;
+pub mod tuning;
 #[cfg(target_arch = "wasm32")]
 pub mod web;
 
@@ -88,7 +89,7 @@ pub trait Decoder {
     /// Times the backend's own launch choices on the loaded model and keeps the fastest (the GPU:
     /// the integer-dot kernels' workgroups); what it chose, or none where it has nothing to choose.
     /// Leaves the cache reset. Benchmarks call it before timing.
-    fn tune(&mut self) -> Fut<'_, Option<String>> {
+    fn tune(&mut self) -> Fut<'_, Option<tuning::Tuning>> {
         Box::pin(std::future::ready(Ok(None)))
     }
     /// How [`Decoder::decode_greedy`] runs, as recorded with decode timings.

@@ -352,12 +352,7 @@ pub fn markdown(r: &BenchReport) -> String {
             s += &format!("| {} | not measured: {n} |\n", c.config);
         }
     }
-    // How each configuration decoded, with what was tuned on its model (`Decoder::tune`).
-    for c in &r.configs {
-        if let Some(d) = c.decode.first().filter(|d| !d.method.is_empty()) {
-            s += &format!("\n{} decode: {}\n", c.config, d.method);
-        }
-    }
+    s += &decode_notes(r);
     s += &profiles(r);
     // Ratios between configurations, from the medians above.
     let f16 = r.configs.iter().find(|c| c.config == "f16");
@@ -378,6 +373,32 @@ pub fn markdown(r: &BenchReport) -> String {
                 ratio,
                 (1.0 - ratio) * 100.0,
                 mratio
+            );
+        }
+    }
+    s
+}
+
+/// How each configuration decoded, with what was tuned on its model (`Decoder::tune`) and every
+/// setting tried.
+fn decode_notes(r: &BenchReport) -> String {
+    let mut s = String::new();
+    for c in &r.configs {
+        if let Some(d) = c.decode.first().filter(|d| !d.method.is_empty()) {
+            s += &format!("\n{} decode: {}\n", c.config, d.method);
+        }
+        if let Some(t) = &c.tuning {
+            let trials: Vec<String> = (t.trials.iter())
+                .map(|x| match x.ms_per_token {
+                    Some(ms) => format!("{} {ms:.3}", x.setting),
+                    None => format!("{} stopped", x.setting),
+                })
+                .collect();
+            s += &format!(
+                "\n{} tuned, {} chosen; ms/token per setting: {}\n",
+                c.config,
+                t.chosen,
+                trials.join(", ")
             );
         }
     }

@@ -670,3 +670,61 @@ fn bench_records_its_kv_type_and_why_a_cpu_run_has_no_profile() {
         String::from_utf8_lossy(&o.stderr)
     );
 }
+
+/// `nibble bench` on lavapipe with the integer-dot kernels: the q4_0 configuration's grid is timed
+/// first and recorded (every group first, the chosen setting among the trials, in bench.md too);
+/// f16 weights have no looping kernel, so nothing is tuned; `NIBBLE_INT8_GROUPS=0` turns it off.
+#[test]
+fn bench_records_the_grid_it_tuned() {
+    let bench = |groups: Option<&str>, d: &PathBuf| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_nibble"));
+        cmd.env("NIBBLE_MATVEC", "tiled-int8").args([
+            "bench",
+            "--preset",
+            "tiny",
+            "--backend",
+            "gpu",
+            "--configs",
+            "q4_0,f16",
+            "--reps",
+            "1",
+            "--warmup",
+            "0",
+            "--prompts",
+            "8",
+            "--depths",
+            "0",
+            "--decode-tokens",
+            "2",
+            "--out",
+        ]);
+        if let Some(g) = groups {
+            cmd.env("NIBBLE_INT8_GROUPS", g);
+        }
+        let o = cmd.arg(d).output().unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(d.join("bench.json")).unwrap()).unwrap();
+        (v, std::fs::read_to_string(d.join("bench.md")).unwrap())
+    };
+    let (v, md) = bench(None, &scratch("bench-grid"));
+    let t = &v["configs"][0]["tuning"];
+    let trials = t["trials"].as_array().unwrap();
+    assert_eq!(trials[0]["setting"], "every group", "{t}");
+    assert!(trials.len() > 3, "{t}");
+    assert!(trials.iter().any(|x| x["setting"] == t["chosen"]), "{t}");
+    assert!(
+        v["configs"][1].get("tuning").is_none(),
+        "f16 tuned: {}",
+        v["configs"][1]
+    );
+    let chosen = t["chosen"].as_str().unwrap();
+    assert!(md.contains(&format!("q4_0 tuned, {chosen} chosen")), "{md}");
+    let (v, md) = bench(Some("0"), &scratch("bench-grid-off"));
+    assert!(
+        v["configs"][0].get("tuning").is_none(),
+        "{}",
+        v["configs"][0]
+    );
+    assert!(!md.contains("tuned"), "{md}");
+}

@@ -609,8 +609,8 @@ impl Decoder for GpuDecoder<'_> {
         )
     }
 
-    fn tune(&mut self) -> crate::Fut<'_, Option<String>> {
-        Box::pin(async move { Ok(self.tune_grid().await?.and_then(|g| g.note.clone())) })
+    fn tune(&mut self) -> crate::Fut<'_, Option<crate::tuning::Tuning>> {
+        Box::pin(async move { Ok(self.tune_grid().await?.map(|g| g.tuning())) })
     }
 
     fn feed(&mut self, token: u32, pos: usize) -> crate::Fut<'_, ()> {

@@ -8,6 +8,7 @@
 //! timed, as `Gpu::tune_matvec` times kernels, by `bench::measure` before it times anything.
 
 use super::decoder::GpuDecoder;
+use crate::tuning::{Trial, Tuning};
 use crate::{Decoder, Result};
 
 /// The grid chosen for a decoder and the timings it was chosen from.
@@ -27,6 +28,23 @@ impl Grid {
         Grid {
             cap: gpu.int8_groups.filter(|&n| n > 0),
             ..Default::default()
+        }
+    }
+
+    /// As results record it.
+    pub fn tuning(&self) -> Tuning {
+        let setting =
+            |cap: Option<u32>| cap.map_or("every group".into(), |n| format!("at most {n}"));
+        Tuning {
+            note: self.note.clone().unwrap_or_default(),
+            chosen: setting(self.cap),
+            trials: (self.timings.iter())
+                .map(|&(cap, ms_per_token, workgroups)| Trial {
+                    setting: setting(cap),
+                    ms_per_token,
+                    workgroups,
+                })
+                .collect(),
         }
     }
 }
