@@ -454,8 +454,9 @@ fn k_and_v_go_straight_into_an_f16_cache() {
 }
 
 /// The grid tuner (`GpuDecoder::tune_grid`) on the 1024-wide q4_0 model with the integer-dot
-/// kernels: it times every group first, then caps up a ladder from 8 while each lowers a pass's
-/// workgroups, keeps the fastest it timed, and the decoder then runs with it: a pass dispatches the
+/// kernels: it times every group first, then caps down a ladder from the most row groups a dispatch
+/// covers (each lowering a pass's workgroups) until 8 or a cap 1.5x slower than the fastest, keeps
+/// the fastest it timed, and the decoder then runs with it: a pass dispatches the
 /// workgroups timed with that cap, and the logits equal an untuned decoder's to the last bit (the
 /// grid changes which workgroup sums a row, not how). Nothing is tuned where the caller set the
 /// grid (a cap, or 0 for a workgroup per group), or where no kernel loops (the Tiled kernels).
@@ -491,22 +492,36 @@ fn the_grid_tuner_keeps_the_fastest_grid_it_timed() {
         .clone();
     let (all_cap, _, all_wg) = g.timings[0];
     assert_eq!(all_cap, None, "every group is timed first");
-    // The ladder: caps rising by x1.25 from 8, each pass's workgroups rising with them, then the
+    // The ladder: caps falling by x1.25 from the most row groups a dispatch covers, each pass's
+    // workgroups falling with them, down to 8 or a cap 1.5x slower than the fastest; then the
     // refinement's caps between the fastest's neighbours.
     let caps: Vec<u32> = g.timings[1..].iter().map(|t| t.0.unwrap()).collect();
-    let rising = caps.windows(2).take_while(|w| w[1] > w[0]).count() + 1;
-    let ladder = &g.timings[1..=rising];
-    assert_eq!(ladder[0].0, Some(8), "{:?}", g.timings);
+    let falling = caps.windows(2).take_while(|w| w[1] < w[0]).count() + 1;
+    let ladder = &g.timings[1..=falling];
+    assert_eq!(
+        ladder[0].0,
+        Some((g.groups as f64 / 1.25) as u32),
+        "{:?}",
+        g.timings
+    );
     assert!(
         ladder.len() > 5,
         "the ladder stopped early: {:?}",
         g.timings
     );
     for w in ladder.windows(2) {
-        let next = (w[0].0.unwrap() as f64 * 1.25).ceil() as u32;
+        let next = (w[0].0.unwrap() as f64 / 1.25) as u32;
         assert_eq!(w[1].0, Some(next), "{:?}", g.timings);
-        assert!(w[1].2 > w[0].2, "{:?}", g.timings);
+        assert!(w[1].2 < w[0].2, "{:?}", g.timings);
     }
+    let last = ladder.last().unwrap();
+    let fastest = (g.timings.iter().filter_map(|t| t.1)).fold(f64::INFINITY, f64::min);
+    let floor = (last.0.unwrap() as f64 / 1.25) < 8.0;
+    assert!(
+        floor || last.1.is_none_or(|ms| ms > 1.5 * fastest),
+        "{:?}",
+        g.timings
+    );
     assert!(
         g.timings.iter().skip(1).all(|t| t.2 < all_wg),
         "{:?}",

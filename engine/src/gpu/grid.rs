@@ -21,6 +21,8 @@ pub struct Grid {
     pub timings: Vec<(Option<u32>, Option<f64>, u64)>,
     /// Why this cap (for results): set by the caller, or timed.
     pub note: Option<String>,
+    /// The most row groups one looping dispatch has covered (the ladder's top).
+    pub groups: usize,
 }
 
 impl Grid {
@@ -53,8 +55,13 @@ impl Grid {
 /// the readback's latency and the first pass cancelled.
 const SHORT: usize = 4;
 const LONG: usize = 36;
-/// The ladder's first cap and its ratio (x1.25: the H200's optimum lies within 12% of a step).
-const FIRST: u32 = 8;
+/// The ladder's ratio (the H200's optimum lies within 12% of a step), its floor, and how much slower
+/// than the fastest a cap ends the descent (H200, 7B: 1.28x at a third of the best cap, 1.97x at a
+/// sixth). Descending, since the smallest grids are the slowest by far (one workgroup per SM,
+/// looping over every row, would take seconds a token at 7B).
+const RATIO: f64 = 1.25;
+const FLOOR: usize = 8;
+const GIVE_UP: f64 = 1.5;
 
 impl GpuDecoder<'_> {
     /// The grid in use ([`GpuDecoder::tune_grid`]).
@@ -63,50 +70,54 @@ impl GpuDecoder<'_> {
     }
 
     /// Times greedy decoding on the loaded model with the integer-dot kernels on a workgroup per
-    /// row group, then on at most N workgroups, N from 8 up a x1.25 ladder until the cap no longer
-    /// lowers a pass's workgroups, then eight steps between the fastest's neighbours; keeps the
-    /// fastest.
-    /// Nothing where the caller set the grid, no kernel loops (other kernels, or other weight
-    /// types), or the context is too short to time. Leaves the cache reset.
+    /// row group, then on at most N workgroups, N down a x1.25 ladder from the most row groups one
+    /// dispatch covers, until 8 or a cap 1.5 times slower than the fastest, then eight steps between
+    /// the fastest's neighbours; keeps the fastest. Nothing where the caller set the grid, no kernel
+    /// loops (other kernels, or other weight types), or the context is too short to time. Leaves
+    /// the cache reset.
     pub async fn tune_grid(&mut self) -> Result<Option<&Grid>> {
         let int8 = self.gpu.matvec_kernel() == super::MatvecKernel::TiledInt8;
         if !int8 || self.gpu.int8_groups.is_some() || self.context_limit() < SHORT + LONG {
             return Ok(None);
         }
         // Untimed first: pipelines compiled and bind groups made on first use would count as the
-        // first grid's short run and make its per-token time look smaller.
+        // first grid's short run and make its per-token time look smaller. It also finds the top.
         self.grid.cap = None;
+        self.grid.groups = 0;
         self.reset();
         self.decode_greedy(1, 0, SHORT).await?;
-        let mut best: Option<(Option<u32>, f64, f64)> = None;
-        let mut timings = Vec::new();
-        let all = self.time_cap(None, &mut best).await?;
-        timings.push((None, all.0, all.1));
-        let mut ladder = Vec::new();
-        let mut cap = FIRST;
-        loop {
-            let (ms, wg) = self.time_cap(Some(cap), &mut best).await?;
-            if wg >= all.1 {
-                break;
-            }
-            timings.push((Some(cap), ms, wg));
-            ladder.push(cap);
-            cap = (cap as f64 * 1.25).ceil() as u32;
-        }
-        if ladder.is_empty() {
+        let top = self.grid.groups;
+        if top <= FLOOR {
             self.reset();
             return Ok(None);
         }
-        // Between the fastest's neighbours on the ladder (the top's upper one: the ladder's end).
+        let mut best: Option<(Option<u32>, f64, f64)> = None;
+        let all = self.time_cap(None, &mut best).await?;
+        let mut timings = vec![(None, all.0, all.1)];
+        let mut ladder = vec![top];
+        loop {
+            let cap = (*ladder.last().unwrap() as f64 / RATIO) as usize;
+            if cap < FLOOR {
+                break;
+            }
+            let (ms, wg) = self.time_cap(Some(cap as u32), &mut best).await?;
+            timings.push((Some(cap as u32), ms, wg));
+            ladder.push(cap);
+            let fastest = best.map_or(f64::INFINITY, |b| b.1);
+            if ms.is_none_or(|ms| ms > GIVE_UP * fastest) {
+                break;
+            }
+        }
+        // Between the fastest's neighbours on the ladder (the top stands for every group).
         if let Some(b) = best.and_then(|b| b.0) {
-            let i = ladder.iter().position(|&c| c == b).unwrap_or(0);
-            let lo = ladder[i.saturating_sub(1)];
-            let hi = ladder.get(i + 1).copied().unwrap_or(cap);
+            let i = ladder.iter().position(|&c| c == b as usize).unwrap_or(0);
+            let hi = ladder[i.saturating_sub(1)];
+            let lo = ladder.get(i + 1).copied().unwrap_or(FLOOR.min(b as usize));
             let step = ((hi - lo) / 8).max(1);
-            for c in (lo + step..hi).step_by(step as usize) {
+            for c in (lo + step..hi).step_by(step) {
                 if !ladder.contains(&c) {
-                    let (ms, wg) = self.time_cap(Some(c), &mut best).await?;
-                    timings.push((Some(c), ms, wg));
+                    let (ms, wg) = self.time_cap(Some(c as u32), &mut best).await?;
+                    timings.push((Some(c as u32), ms, wg));
                 }
             }
         }
@@ -116,17 +127,15 @@ impl GpuDecoder<'_> {
         let what = cap.map_or("a workgroup per row group".into(), |n| {
             format!("at most {n}")
         });
-        self.grid = Grid {
-            cap,
-            note: Some(format!(
-                "integer-dot decode kernels on {what} workgroups, the fastest of {} grids tried \
-                 on this model ({ms:.3} ms/token; {every:.3} with a workgroup per row group, \
-                 {} workgroups a pass)",
-                timings.len(),
-                all.1
-            )),
-            timings,
-        };
+        self.grid.cap = cap;
+        self.grid.note = Some(format!(
+            "integer-dot decode kernels on {what} workgroups, the fastest of {} grids tried on \
+             this model ({ms:.3} ms/token; {every:.3} with a workgroup per row group, {} \
+             workgroups a pass)",
+            timings.len(),
+            all.1
+        ));
+        self.grid.timings = timings;
         Ok(Some(&self.grid))
     }
 

@@ -34,13 +34,14 @@ impl GpuDecoder<'_> {
 
     /// The grid covering `rows` rows of `key`'s kernel: a workgroup per group of rows, or at most
     /// the decoder's grid cap for the kernels that loop over groups (`GpuDecoder::tune_grid`).
-    fn row_grid(&self, key: BindKey, rows: usize) -> (u32, u32) {
+    fn row_grid(&mut self, key: BindKey, rows: usize) -> (u32, u32) {
         let kernel = self.kernel_of(key);
         let groups = rows.div_ceil(kernel.rows_per_group());
-        match self.grid.cap {
-            Some(cap) if kernel.loops_groups() => fold(groups.min(cap as usize)),
-            _ => fold(groups),
+        if !kernel.loops_groups() {
+            return fold(groups);
         }
+        self.grid.groups = self.grid.groups.max(groups);
+        fold(self.grid.cap.map_or(groups, |cap| groups.min(cap as usize)))
     }
 
     /// A prompt pass's classifier over its last row alone where no other row's logits are read (as
@@ -166,7 +167,8 @@ impl Kernels for GpuDecoder<'_> {
             && self.gpu.activations == Activations::F16
             && (kv.k, kv.v) == (KvType::F16, KvType::F16);
         let key = self.fold_norm(x, |x, norm| BindKey::Qkv(layer, x, rope, direct, norm));
-        self.dispatch(key, self.row_grid(key, rows));
+        let groups = self.row_grid(key, rows);
+        self.dispatch(key, groups);
         self.roped = rope;
         self.kv_stored = direct;
     }
