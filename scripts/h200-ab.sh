@@ -28,7 +28,7 @@ for m in ${SHAPES:-1b 7b}; do
       [ "$v" = base ] && v=NIBBLE_BASE=1
       [ "${v#bin:}" != "$v" ] && exe=.device/ab/${v#bin:} && v=NIBBLE_BASE=1
       env ${v//+/ } $exe bench --model $d/$m-f16.gguf --cache-dir $d/cache --configs "${CONFIGS:-q4_0}" $args \
-        --out "$out/$name" 2>&1 | grep --line-buffered "^| \|^model" | grep --line-buffered -v "^| model\|^|---"
+        --out "$out/$name" 2>&1 | grep --line-buffered "^| \|^model\|tuned" | grep --line-buffered -v "^| model\|^|---"
     done
   done
 done

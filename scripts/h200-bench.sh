@@ -30,7 +30,7 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$out
 for m in $shapes; do
   [ -f $d/$m-f16.gguf ] || $nb synth --preset llama-$m --type f16 --out $d/$m-f16.gguf | tail -1
   [ "${CONFIGS:-}" = none ] || $nb bench --model $d/$m-f16.gguf --configs "${CONFIGS:-f16,q4_0}" $bench_args \
-    --out "$out/nibble-$m" 2>&1 | grep -v "^  \|^by class\|^the same" | tail -16
+    --out "$out/nibble-$m" 2>&1 | grep -v "^  \|^by class\|^the same" | grep -v "^$\|decode: GPU-resident" | tail -24
   elapsed
 done
 wait $build
@@ -43,7 +43,7 @@ for m in $shapes; do
     LD_LIBRARY_PATH=/opt/vk/usr/lib/x86_64-linux-gnu $q $d/$m-f16.gguf $d/$m-$t.gguf $t > /dev/null 2>&1
     files+=("$d/$m-$t.gguf")
     $nb bench --model $d/$m-$t.gguf --configs as-loaded $bench_args --out "$out/nibble-$m-$t" 2>&1 \
-      | grep -v "^  \|^by class\|^the same" | tail -14
+      | grep -v "^  \|^by class\|^the same" | grep -v "^$\|decode: GPU-resident" | tail -20
     elapsed
   done
 done

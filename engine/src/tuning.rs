@@ -3,8 +3,8 @@
 
 use serde::{Deserialize, Serialize};
 
-/// A launch setting timed on the loaded model ([`crate::Decoder::tune`]): what was chosen and why, and
-/// every setting tried.
+/// A launch setting timed on the loaded model ([`crate::Decoder::tune`]): what was chosen and why,
+/// and every setting tried.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Tuning {
     pub note: String,

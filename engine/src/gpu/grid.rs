@@ -2,10 +2,11 @@
 //!
 //! Each workgroup of `matvec4_q4i`, `_glu_q4i` and `_qkv_q4i` quantizes x into workgroup memory
 //! before its rows; on fewer workgroups than row groups each does that once and loops. The best
-//! count looks like what the GPU holds resident at once, which WebGPU does not tell (SMs, occupancy): on
-//! the H200 at 7B, 1536 groups for Q/K/V, 396 workgroups ran decode in 2.375 ms/token, every group
-//! in 3.08-3.13, 528 in 2.749 and 132 in 3.032 (`benchmarks/2026-12-04-h200-int8-grid.md`). So it is
-//! timed, as `Gpu::tune_matvec` times kernels, by `bench::measure` before it times anything.
+//! count looks like what the GPU holds resident at once, which WebGPU does not tell (SMs,
+//! occupancy): on the H200 at 7B, 1536 groups for Q/K/V, 396 workgroups ran decode in 2.375
+//! ms/token, every group in 3.08-3.13, 528 in 2.749 and 132 in 3.032
+//! (`benchmarks/2026-12-04-h200-int8-grid.md`). So it is timed, as `Gpu::tune_matvec` times
+//! kernels, by `bench::measure` before it times anything.
 
 use super::decoder::GpuDecoder;
 use crate::tuning::{Trial, Tuning};
@@ -55,10 +56,10 @@ impl Grid {
 /// the readback's latency and the first pass cancelled.
 const SHORT: usize = 4;
 const LONG: usize = 36;
-/// The ladder's ratio (the H200's optimum lies within 12% of a step), its floor, and how much slower
-/// than the fastest a cap ends the descent (H200, 7B: 1.28x at a third of the best cap, 1.97x at a
-/// sixth). Descending, since the smallest grids are the slowest by far (one workgroup per SM,
-/// looping over every row, would take seconds a token at 7B).
+/// The ladder's ratio (the H200's optimum lies within 12% of a step), its floor, and how much
+/// slower than the fastest a cap ends the descent (H200, 7B: 1.28x at a third of the best cap,
+/// 1.97x at a sixth). Descending, since the smallest grids are the slowest by far (one workgroup
+/// per SM, looping over every row, would take seconds a token at 7B).
 const RATIO: f64 = 1.25;
 const FLOOR: usize = 8;
 const GIVE_UP: f64 = 1.5;
@@ -71,10 +72,10 @@ impl GpuDecoder<'_> {
 
     /// Times greedy decoding on the loaded model with the integer-dot kernels on a workgroup per
     /// row group, then on at most N workgroups, N down a x1.25 ladder from the most row groups one
-    /// dispatch covers, until 8 or a cap 1.5 times slower than the fastest, then eight steps between
-    /// the fastest's neighbours; keeps the fastest. Nothing where the caller set the grid, no kernel
-    /// loops (other kernels, or other weight types), or the context is too short to time. Leaves
-    /// the cache reset.
+    /// dispatch covers, until 8 or a cap 1.5 times slower than the fastest, then eight steps
+    /// between the fastest's neighbours; keeps the fastest. Nothing where the caller set the grid,
+    /// no kernel loops (other kernels, or other weight types), or the context is too short to time.
+    /// Leaves the cache reset.
     pub async fn tune_grid(&mut self) -> Result<Option<&Grid>> {
         let int8 = self.gpu.matvec_kernel() == super::MatvecKernel::TiledInt8;
         if !int8 || self.gpu.int8_groups.is_some() || self.context_limit() < SHORT + LONG {

@@ -111,10 +111,10 @@ pub async fn start_xvfb(logs: &Path) -> Result<Xvfb> {
     })
 }
 
-/// Whether X display `n` is free under `tmp`: no lock and no socket, or a lock whose process is gone
-/// (left by a killed run), which is then removed with its socket, as an X server would itself; the
-/// socket must go first, since the harness waits for it to appear. Where processes cannot be looked
-/// up (no /proc), a lock holds.
+/// Whether X display `n` is free under `tmp`: no lock and no socket, or a lock whose process is
+/// gone (left by a killed run), which is then removed with its socket, as an X server would itself;
+/// the socket must go first, since the harness waits for it to appear. Where processes cannot be
+/// looked up (no /proc), a lock holds.
 fn display_free(tmp: &Path, n: u32) -> bool {
     let lock = tmp.join(format!(".X{n}-lock"));
     let sock = tmp.join(format!(".X11-unix/X{n}"));
