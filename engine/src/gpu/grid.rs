@@ -113,7 +113,7 @@ impl GpuDecoder<'_> {
         if let Some(b) = best.and_then(|b| b.0) {
             let i = ladder.iter().position(|&c| c == b as usize).unwrap_or(0);
             let hi = ladder[i.saturating_sub(1)];
-            let lo = ladder.get(i + 1).copied().unwrap_or(FLOOR.min(b as usize));
+            let lo = ladder.get(i + 1).copied().unwrap_or(FLOOR);
             let step = ((hi - lo) / 8).max(1);
             for c in (lo + step..hi).step_by(step) {
                 if !ladder.contains(&c) {
