@@ -20,6 +20,20 @@ fn ok(args: &[&str]) -> String {
     String::from_utf8(o.stdout).unwrap()
 }
 
+/// One short repetition (a prompt of 8, 2 tokens at depth 0): enough for every record field.
+const QUICK_BENCH: [&str; 10] = [
+    "--reps",
+    "1",
+    "--warmup",
+    "0",
+    "--prompts",
+    "8",
+    "--depths",
+    "0",
+    "--decode-tokens",
+    "2",
+];
+
 fn scratch(name: &str) -> PathBuf {
     let d = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(name);
     let _ = std::fs::remove_dir_all(&d);
@@ -610,7 +624,7 @@ fn generate_chat_uses_the_models_chat_format() {
 fn bench_records_its_kv_type_and_why_a_cpu_run_has_no_profile() {
     let bench = |kv: &str, d: &PathBuf| {
         let out = d.to_str().unwrap();
-        nibble(&[
+        let args = [
             "bench",
             "--preset",
             "tiny",
@@ -618,23 +632,9 @@ fn bench_records_its_kv_type_and_why_a_cpu_run_has_no_profile() {
             "cpu",
             "--configs",
             "q4_0",
-            "--reps",
-            "1",
-            "--warmup",
-            "0",
-            "--prompts",
-            "8",
-            "--depths",
-            "0",
-            "--decode-tokens",
-            "2",
-            "--kv",
-            kv,
-            "--profile",
-            "2",
-            "--out",
-            out,
-        ])
+        ];
+        let more = ["--kv", kv, "--profile", "2", "--out", out];
+        nibble(&[&args[..], &QUICK_BENCH, &more].concat())
     };
     let report = |d: &PathBuf| -> serde_json::Value {
         serde_json::from_str(&std::fs::read_to_string(d.join("bench.json")).unwrap()).unwrap()
@@ -678,26 +678,18 @@ fn bench_records_its_kv_type_and_why_a_cpu_run_has_no_profile() {
 fn bench_records_the_grid_it_tuned() {
     let bench = |groups: Option<&str>, d: &PathBuf| {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_nibble"));
-        cmd.env("NIBBLE_MATVEC", "tiled-int8").args([
-            "bench",
-            "--preset",
-            "tiny",
-            "--backend",
-            "gpu",
-            "--configs",
-            "q4_0,f16",
-            "--reps",
-            "1",
-            "--warmup",
-            "0",
-            "--prompts",
-            "8",
-            "--depths",
-            "0",
-            "--decode-tokens",
-            "2",
-            "--out",
-        ]);
+        cmd.env("NIBBLE_MATVEC", "tiled-int8")
+            .args([
+                "bench",
+                "--preset",
+                "tiny",
+                "--backend",
+                "gpu",
+                "--configs",
+                "q4_0,f16",
+            ])
+            .args(QUICK_BENCH)
+            .arg("--out");
         if let Some(g) = groups {
             cmd.env("NIBBLE_INT8_GROUPS", g);
         }
