@@ -25,6 +25,7 @@ pub mod llama2c;
 pub mod load;
 pub mod measure;
 pub mod model;
+pub mod par;
 pub mod precision;
 pub mod quant;
 pub mod scenario;

@@ -318,17 +318,6 @@ impl Model {
             .collect();
         gguf::write_to(out, &md, &tensors)
     }
-
-    /// Converts every matrix to `ty` (f32/f16 here; quantized types go through the precision policy).
-    pub fn cast_matrices(&mut self, ty: crate::quant::WType) {
-        let c = self.config.clone();
-        for id in TensorId::all(&c, self.tied()) {
-            if id.class() != Class::Norm {
-                let m = self.weights.matrix_mut(id);
-                *m = QMatrix::quantize(ty, 32, m.rows, m.cols, &m.to_f32());
-            }
-        }
-    }
 }
 
 /// What a GGUF header says about a Llama: everything but the tensor data, so a streamed load can

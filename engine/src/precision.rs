@@ -275,39 +275,11 @@ impl Model {
     /// largest first (one in wasm): each tensor is quantized alone, so the result is the same on
     /// any number of threads. A 7B model's q4_0 took ~100 s on one thread of a 16-core host.
     fn restore_all(&self, ids: &[TensorId], cfg: &WeightConfig) -> Vec<Restored> {
-        let one = |id: TensorId| restore(id, self.weights.matrix(id), cfg);
-        let threads = match cfg!(target_arch = "wasm32") {
-            true => 1,
-            false => std::thread::available_parallelism().map_or(1, |n| n.get()),
-        };
-        if threads <= 1 || ids.len() <= 1 {
-            return ids.iter().map(|&id| one(id)).collect();
-        }
         let mut order: Vec<usize> = (0..ids.len()).collect();
         order.sort_by_key(|&i| std::cmp::Reverse(self.weights.matrix(ids[i]).n_bytes()));
-        let next = std::sync::atomic::AtomicUsize::new(0);
-        let mut out: Vec<Option<Restored>> = (0..ids.len()).map(|_| None).collect();
-        std::thread::scope(|s| {
-            let work = || {
-                let mut done = Vec::new();
-                loop {
-                    let k = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    let Some(&i) = order.get(k) else {
-                        return done;
-                    };
-                    done.push((i, one(ids[i])));
-                }
-            };
-            let handles: Vec<_> = (0..threads.min(ids.len())).map(|_| s.spawn(work)).collect();
-            for h in handles {
-                for (i, r) in h.join().expect("a quantizing thread panicked") {
-                    out[i] = Some(r);
-                }
-            }
-        });
-        out.into_iter()
-            .map(|r| r.expect("every tensor taken"))
-            .collect()
+        crate::par::map_indexed(&order, |i| {
+            restore(ids[i], self.weights.matrix(ids[i]), cfg)
+        })
     }
 
     /// Exact bytes of the weights as stored, by class and by tensor.

@@ -47,51 +47,16 @@ impl Model {
         let config = preset.config();
         let c = &config;
         let ids = TensorId::all(c, false);
-        // wasm32 has no threads here: the work runs inline.
-        let threads = if cfg!(target_arch = "wasm32") {
-            1
-        } else {
-            std::thread::available_parallelism().map_or(1, |n| n.get())
-        };
-        let next = std::sync::atomic::AtomicUsize::new(0);
-        type Made = (TensorId, Tensor, Vec<Fallback>);
-        let results: std::sync::Mutex<Vec<Made>> = std::sync::Mutex::new(Vec::new());
-        let failed: std::sync::Mutex<Option<Error>> = std::sync::Mutex::new(None);
-        let work = || loop {
-            let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let Some(&id) = ids.get(i) else { break };
-            let t = synth_tensor(c, seed, id);
-            let made = match t {
-                Tensor::Matrix(m) => precision::restore(id, &m, weights)
-                    .map(|(q, fb)| (Tensor::Matrix(q.unwrap_or(m)), fb.into_iter().collect())),
-                norm => Ok((norm, vec![])),
-            };
-            match made {
-                Ok((t, fb)) => results.lock().unwrap().push((id, t, fb)),
-                Err(e) => {
-                    *failed.lock().unwrap() = Some(e);
-                    break;
-                }
-            }
-        };
-        if threads <= 1 {
-            work();
-        } else {
-            std::thread::scope(|s| {
-                for _ in 0..threads.min(ids.len()) {
-                    s.spawn(work);
-                }
-            });
-        }
-        if let Some(e) = failed.into_inner().unwrap() {
-            return Err(e);
-        }
-        let mut made: HashMap<TensorId, (Tensor, Vec<Fallback>)> = results
-            .into_inner()
-            .unwrap()
-            .into_iter()
-            .map(|(id, t, fb)| (id, (t, fb)))
-            .collect();
+        let order: Vec<usize> = (0..ids.len()).collect();
+        let made = crate::par::map_indexed(&order, |i| match synth_tensor(c, seed, ids[i]) {
+            Tensor::Matrix(m) => precision::restore(ids[i], &m, weights)
+                .map(|(q, fb)| (Tensor::Matrix(q.unwrap_or(m)), fb.into_iter().collect())),
+            norm => Ok((norm, vec![])),
+        });
+        let mut made: HashMap<TensorId, (Tensor, Vec<Fallback>)> = (ids.iter().copied())
+            .zip(made)
+            .map(|(id, r)| r.map(|t| (id, t)))
+            .collect::<Result<_>>()?;
         let mut fallbacks = Vec::new();
         let w = Weights::build(c, false, |id| {
             let (t, fb) = made.remove(&id).expect("every tensor was made");

@@ -4,7 +4,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use nibble_engine::gguf::{self, Gguf};
 use nibble_engine::model::{Class, Model, TensorId};
-use nibble_engine::precision::Accounting;
+use nibble_engine::precision::{Accounting, WeightConfig};
 use nibble_engine::quant::WType;
 use nibble_engine::Preset;
 use std::io::Write;
@@ -81,10 +81,12 @@ pub fn synth(a: SynthArgs) -> Result<()> {
     if ty.is_quantized() || ty.is_k() {
         bail!("--type takes f32 or f16; quantized types come from `nibble quantize`");
     }
-    let mut model = Model::synthetic(preset, a.seed);
-    if ty != WType::F32 {
-        model.cast_matrices(ty);
-    }
+    // Each tensor drawn and stored as `ty` on its own thread (a 7B f16 file: never in f32 whole).
+    let wc = WeightConfig {
+        default: Some(ty),
+        ..WeightConfig::default()
+    };
+    let (model, _) = Model::synthetic_with(preset, a.seed, &wc)?;
     write_atomic(&a.out, |w| Ok(model.write_gguf(w)?))?;
     eprintln!(
         "wrote {} ({} bytes, {} parameters, {})",
