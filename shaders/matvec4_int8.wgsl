@@ -141,8 +141,9 @@ fn q4i_lane(first: Round, vbase: u32, nb: u32, lane: u32, e0: u32, sbase: u32, s
 // The single products (attn_output, ffn_down, the classifier) fold no norm. Rows past the matrix
 // read its last row (their sums are dropped).
 // Each workgroup serves row groups g, g + G, .. (G workgroups in the grid), x quantized once for
-// all of them: by default the host dispatches a workgroup per group (one pass of the loop), and
-// `GpuOptions::int8_groups` caps G so that fewer workgroups stage x (each reads all of it from L2:
+// all of them: by default the host dispatches a workgroup per group (one pass of the loop), and a
+// grid timed on the model (`GpuDecoder::tune_grid`) or `GpuOptions::int8_groups` caps G so that
+// fewer workgroups stage x (each reads all of it from L2:
 // at 4096 columns 8 KB of f16 x, and 16 KB of f32 norm weights where a norm is folded in, where a
 // group of eight q4_0 rows is 18 KB).
 @compute @workgroup_size(256)

@@ -10,6 +10,11 @@ pub fn map_indexed<T: Send>(order: &[usize], f: impl Fn(usize) -> T + Sync) -> V
         true => 1,
         false => std::thread::available_parallelism().map_or(1, |n| n.get()),
     };
+    map_on(threads, order, f)
+}
+
+/// [`map_indexed`] on at most `threads` threads (1: inline).
+fn map_on<T: Send>(threads: usize, order: &[usize], f: impl Fn(usize) -> T + Sync) -> Vec<T> {
     let mut out: Vec<Option<T>> = (0..order.len()).map(|_| None).collect();
     if threads <= 1 || order.len() <= 1 {
         for &i in order {
@@ -43,11 +48,18 @@ pub fn map_indexed<T: Send>(order: &[usize], f: impl Fn(usize) -> T + Sync) -> V
 
 #[cfg(test)]
 mod tests {
-    /// Answers land at their index whatever order the work is taken in.
+    /// Answers land at their index whatever order the work is taken in, inline (wasm, one core)
+    /// and on threads.
     #[test]
     fn answers_land_by_index() {
         let order: Vec<usize> = (0..100).rev().collect();
-        let out = super::map_indexed(&order, |i| i * i);
-        assert_eq!(out, (0..100).map(|i| i * i).collect::<Vec<_>>());
+        for threads in [1, 4] {
+            let out = super::map_on(threads, &order, |i| i * i);
+            assert_eq!(
+                out,
+                (0..100).map(|i| i * i).collect::<Vec<_>>(),
+                "{threads}"
+            );
+        }
     }
 }

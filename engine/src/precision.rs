@@ -273,7 +273,8 @@ impl Model {
 
     /// [`restore`] for each of `ids`, in order, the tensors shared out over the machine's threads
     /// largest first (one in wasm): each tensor is quantized alone, so the result is the same on
-    /// any number of threads. A 7B model's q4_0 took ~100 s on one thread of a 16-core host.
+    /// any number of threads. On one thread, a 7B model's copy and q4_0 took 94-103 s of each
+    /// benchmark run on the 16-core H200 host.
     fn restore_all(&self, ids: &[TensorId], cfg: &WeightConfig) -> Vec<Restored> {
         let mut order: Vec<usize> = (0..ids.len()).collect();
         order.sort_by_key(|&i| std::cmp::Reverse(self.weights.matrix(ids[i]).n_bytes()));

@@ -354,7 +354,8 @@ pub struct Gpu {
     pub fold_norm: bool,
     /// Whether the Q/K/V kernel stores K and V in f16 caches ([`GpuOptions::kv_direct`]).
     pub kv_direct: bool,
-    /// The integer-dot decode kernels' workgroups at most ([`GpuOptions::int8_groups`]).
+    /// The integer-dot decode kernels' workgroups at most, as the caller set them (0: a workgroup
+    /// per row group); where set, decoders do not time their own (`GpuDecoder::tune_grid`).
     pub int8_groups: Option<u32>,
     /// Whether WGSL has `packed_4x8_integer_dot_product` here (`MatvecKernel::TiledInt8` can run).
     pub packed_dot: bool,
