@@ -14,7 +14,8 @@
 // per head and SPLIT (64) positions, writing its maximum score m, its sum of exp(score - m) and its
 // unnormalised weighted values to `part` (7, read_write, per head and split: m, l, then head_size
 // values, at (h * pad0 + split) * (head_size + 2)); attention_combine (one workgroup per head)
-// rescales the splits to the global maximum and divides once. With one workgroup per head, depth 1024 cost a 7B token
+// rescales the splits to the global maximum and divides once (64 splits a chunk, a running maximum
+// across chunks). With one workgroup per head, depth 1024 cost a 7B token
 // 10.8 ms on an H200: each thread walked hundreds of positions one dependent load at a time.
 // Where one split holds the whole context (n_att <= SPLIT), attention_split divides and writes the
 // head's output itself (binding 5) and the host dispatches no combine: a dispatch fewer a layer.
@@ -255,13 +256,14 @@ fn attention(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id
 }
 
 const SPLIT: u32 = 64u;
-// The split's scaled scores (ws) and their maximum (split_max).
-var<workgroup> ws: array<f32, 64>;
+// The split's scaled scores (ws, position k at ws[k / 4][k % 4], so that every thread takes their
+// maximum in 16 loads) and their maximum (split_max).
+var<workgroup> ws: array<vec4<f32>, 16>;
 var<private> split_max: f32;
 var<workgroup> red3: array<vec3<f32>, 256>;
 
 fn weight(k: u32) -> f32 {
-    return exp(ws[k] - split_max);
+    return exp(ws[k / 4u][k % 4u] - split_max);
 }
 
 // f16 keys and values with head_size 64, 128 or 256 take the paths below (`score_f16_quarter`,
@@ -272,53 +274,118 @@ fn f16_paths(hs: u32) -> bool {
     return p.k_kind == KIND_F16 && p.v_kind == KIND_F16 && hs % 64u == 0u && 512u % hs == 0u;
 }
 
-// Four threads a key: thread q of key k sums word pairs q, q + 4, .. of the key's head (dims
+// Eight 32-bit words, loaded before any of them is used.
+struct Words8 {
+    a: vec4<u32>,
+    b: vec4<u32>,
+}
+
+// Four threads a key: thread q of key k takes word pairs q, q + 4, .. of the key's head (dims
 // 4q..4q+3 of every 16), so a key's four threads read 32 contiguous bytes per load and the staged
-// query's banks differ between them. Returns this thread's part of the dot.
-fn score_f16_quarter(i: u32, q: u32, kvh: u32, hs: u32) -> f32 {
-    let ko = (slot_of(st, attended(st, i)) * p.kv_dim + kvh) / 2u + 2u * q;
-    var s = 0.0;
-    for (var d = 0u; d < hs; d += 64u) {
-        let o = ko + d / 2u;
-        let a0 = kcache[o]; let a1 = kcache[o + 1u];
-        let b0 = kcache[o + 8u]; let b1 = kcache[o + 9u];
-        let c0 = kcache[o + 16u]; let c1 = kcache[o + 17u];
-        let e0 = kcache[o + 24u]; let e1 = kcache[o + 25u];
-        let dq = d + 4u * q;
-        s += dot(vec4<f32>(unpack2x16float(a0), unpack2x16float(a1)), q4(dq))
-            + dot(vec4<f32>(unpack2x16float(b0), unpack2x16float(b1)), q4(dq + 16u))
-            + dot(vec4<f32>(unpack2x16float(c0), unpack2x16float(c1)), q4(dq + 32u))
-            + dot(vec4<f32>(unpack2x16float(e0), unpack2x16float(e1)), q4(dq + 48u));
+// query's banks differ between them. key_words: its eight words of dims d..d+63, from word ko.
+fn key_words(ko: u32, d: u32) -> Words8 {
+    let o = ko + d / 2u;
+    return Words8(vec4<u32>(kcache[o], kcache[o + 1u], kcache[o + 8u], kcache[o + 9u]),
+        vec4<u32>(kcache[o + 16u], kcache[o + 17u], kcache[o + 24u], kcache[o + 25u]));
+}
+
+// Those words' part of the query-key dot (the query staged in qs).
+fn key_dot(k: Words8, q: u32, d: u32) -> f32 {
+    let dq = d + 4u * q;
+    return dot(vec4<f32>(unpack2x16float(k.a.x), unpack2x16float(k.a.y)), q4(dq))
+        + dot(vec4<f32>(unpack2x16float(k.a.z), unpack2x16float(k.a.w)), q4(dq + 16u))
+        + dot(vec4<f32>(unpack2x16float(k.b.x), unpack2x16float(k.b.y)), q4(dq + 32u))
+        + dot(vec4<f32>(unpack2x16float(k.b.z), unpack2x16float(k.b.w)), q4(dq + 48u));
+}
+
+// Value word vo of positions j, j + step, .. (eight) of a split ending at i1, clamped to its last
+// position (value_sum weighs those past it 0).
+fn value_words(j: u32, step: u32, i1: u32, vo: u32) -> Words8 {
+    let row = p.kv_dim / 2u;
+    var v: array<u32, 8>;
+    for (var m = 0u; m < 8u; m++) {
+        v[m] = vcache[slot_of(st, attended(st, min(j + m * step, i1 - 1u))) * row + vo];
     }
-    return s;
+    return Words8(vec4<u32>(v[0], v[1], v[2], v[3]), vec4<u32>(v[4], v[5], v[6], v[7]));
+}
+
+// Those eight positions' weighted values (x, y) and weights (z): position j is the split's k-th;
+// positions from `n` on (past the split or its context) weigh 0.
+fn value_sum(v: Words8, k: u32, step: u32, n: u32) -> vec3<f32> {
+    let w = array<u32, 8>(v.a.x, v.a.y, v.a.z, v.a.w, v.b.x, v.b.y, v.b.z, v.b.w);
+    var acc = vec3<f32>(0.0);
+    for (var m = 0u; m < 8u; m++) {
+        let km = k + m * step;
+        if (km < n) {
+            acc += weighted_pair(km, w[m]);
+        }
+    }
+    return acc;
 }
 
 // Word w of the head (dims 2w, 2w + 1) summed over positions j0, j0 + step, .. < j1 of the split
 // (x, y), with the sum of their weights (z): eight positions' loads in flight per step.
 fn weighted_f16(j0: u32, j1: u32, step: u32, w: u32, i0: u32, kvh: u32) -> vec3<f32> {
     var acc = vec3<f32>(0.0);
-    var j = j0;
-    let vo = kvh / 2u + w;
-    let row = p.kv_dim / 2u;
-    for (; j + 7u * step < j1; j += 8u * step) {
-        let v0 = vcache[slot_of(st, attended(st, j)) * row + vo];
-        let v1 = vcache[slot_of(st, attended(st, j + step)) * row + vo];
-        let v2 = vcache[slot_of(st, attended(st, j + 2u * step)) * row + vo];
-        let v3 = vcache[slot_of(st, attended(st, j + 3u * step)) * row + vo];
-        let v4 = vcache[slot_of(st, attended(st, j + 4u * step)) * row + vo];
-        let v5 = vcache[slot_of(st, attended(st, j + 5u * step)) * row + vo];
-        let v6 = vcache[slot_of(st, attended(st, j + 6u * step)) * row + vo];
-        let v7 = vcache[slot_of(st, attended(st, j + 7u * step)) * row + vo];
-        let k = j - i0;
-        acc += weighted_pair(k, v0) + weighted_pair(k + step, v1) + weighted_pair(k + 2u * step, v2)
-            + weighted_pair(k + 3u * step, v3) + weighted_pair(k + 4u * step, v4)
-            + weighted_pair(k + 5u * step, v5) + weighted_pair(k + 6u * step, v6)
-            + weighted_pair(k + 7u * step, v7);
-    }
-    for (; j < j1; j += step) {
-        acc += weighted_pair(j - i0, vcache[slot_of(st, attended(st, j)) * row + vo]);
+    for (var j = j0; j < j1; j += 8u * step) {
+        acc += value_sum(value_words(j, step, j1, kvh / 2u + w), j - i0, step, j1 - i0);
     }
     return acc;
+}
+
+// attention_split's f16 path up to the split's weighted values: a thread's key words (dims up to
+// 128) and its first sixteen positions' value words are loaded before the query is staged, so the
+// three loads wait out one memory latency together (they went out one after another, each behind a
+// barrier). Leaves the scores in ws and their maximum in split_max; returns this thread's weighted
+// values (word lid % (hs / 2), positions lid / (hs / 2) + step * m).
+fn split_f16(h: u32, t: u32, kvh: u32, hs: u32, i0: u32, i1: u32) -> vec3<f32> {
+    let quarter = t % 4u;
+    let ko = (slot_of(st, attended(st, min(i0 + t / 4u, i1 - 1u))) * p.kv_dim + kvh) / 2u + 2u * quarter;
+    let k0 = key_words(ko, 0u);
+    let k1 = key_words(ko, min(64u, hs - 64u));
+    let words = hs / 2u;
+    let w = t % words;
+    let step = WG / words;
+    let j = i0 + t / words;
+    let v0 = value_words(j, step, i1, kvh / 2u + w);
+    let v1 = value_words(j + 8u * step, step, i1, kvh / 2u + w);
+    if (t < hs) {
+        qs[t] = f32(q[h * hs + t]);
+    }
+    workgroupBarrier();
+    var s = key_dot(k0, quarter, 0u);
+    if (hs >= 128u) {
+        s += key_dot(k1, quarter, 64u);
+    }
+    for (var d = 128u; d < hs; d += 64u) {
+        s += key_dot(key_words(ko, d), quarter, d);
+    }
+    red[t] = select(0.0, s, i0 + t / 4u < i1);
+    workgroupBarrier();
+    if (t < SPLIT) {
+        let b = 4u * t;
+        let sum = (red[b] + red[b + 1u]) + (red[b + 2u] + red[b + 3u]);
+        ws[t / 4u][t % 4u] = select(-3.402823e38, sum * (1.0 / sqrt(f32(hs))), i0 + t < i1);
+    }
+    workgroupBarrier();
+    split_max = split_maximum();
+    let n = i1 - i0;
+    var acc = value_sum(v0, j - i0, step, n) + value_sum(v1, j - i0 + 8u * step, step, n);
+    let rest = j + 16u * step;
+    if (rest < i1) {
+        acc += weighted_f16(rest, i1, step, w, i0, kvh);
+    }
+    return acc;
+}
+
+// The split's maximum score: every thread reads ws (no barriers for a tree over 64 values); positions
+// past the split hold the lowest float.
+fn split_maximum() -> f32 {
+    var m = ws[0];
+    for (var k = 1u; k < 16u; k++) {
+        m = max(m, ws[k]);
+    }
+    return max(max(m.x, m.y), max(m.z, m.w));
 }
 
 // Split position k's weight times the two f16 values in `v`, and the weight.
@@ -336,49 +403,13 @@ fn attention_split(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocat
     let n = st.n_att;
     let i0 = wid.y * SPLIT;
     let i1 = min(n, i0 + SPLIT);
-    let fast = f16_paths(hs);
-    if (lid.x < hs) {
-        qs[lid.x] = f32(q[h * hs + lid.x]);
-    }
-    workgroupBarrier();
-
-    // Scaled scores into ws (positions past the context: the lowest float, weight 0).
-    let scale = 1.0 / sqrt(f32(hs));
-    if (fast) {
-        let i = i0 + lid.x / 4u;
-        var s = 0.0;
-        if (i < i1) {
-            s = score_f16_quarter(i, lid.x % 4u, kvh, hs);
-        }
-        red[lid.x] = s;
-        workgroupBarrier();
-        if (lid.x < SPLIT) {
-            let b = 4u * lid.x;
-            let sum = (red[b] + red[b + 1u]) + (red[b + 2u] + red[b + 3u]);
-            ws[lid.x] = select(-3.402823e38, sum * scale, i0 + lid.x < i1);
-        }
-    } else if (lid.x < SPLIT) {
-        var s = -3.402823e38;
-        if (i0 + lid.x < i1) {
-            s = score(i0 + lid.x, kvh, hs) * scale;
-        }
-        ws[lid.x] = s;
-    }
-    workgroupBarrier();
-    // Every thread takes the split's maximum from ws (no barriers for a tree over 64 values).
-    var mx = -3.402823e38;
-    for (var k = 0u; k < i1 - i0; k++) {
-        mx = max(mx, ws[k]);
-    }
-    split_max = mx;
-
-    // Weighted values, summed over `parts` slices of the split's positions.
     let base = (h * p.pad0 + wid.y) * (hs + 2u);
-    if (fast) {
+    if (f16_paths(hs)) {
+        // Weighted values, summed over the WG / words slices of the split's positions.
         let words = hs / 2u;
         let w = lid.x % words;
         let pt = lid.x / words;
-        red3[lid.x] = weighted_f16(i0 + pt, i1, WG / words, w, i0, kvh);
+        red3[lid.x] = split_f16(h, lid.x, kvh, hs, i0, i1);
         workgroupBarrier();
         if (pt == 0u) {
             var t = vec3<f32>(0.0);
@@ -393,65 +424,149 @@ fn attention_split(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocat
             part[base + 2u + 2u * w] = t.x;
             part[base + 3u + 2u * w] = t.y;
             if (w == 0u) {
-                part[base] = mx;
+                part[base] = split_max;
                 part[base + 1u] = t.z;
             }
         }
-    } else {
-        let parts = WG / hs;
-        let d = lid.x % hs;
-        let pt = lid.x / hs;
-        var acc = 0.0;
-        if (pt < parts) {
-            acc = weighted_split(i0 + pt, i1, parts, kvh + d, i0);
+        return;
+    }
+    if (lid.x < hs) {
+        qs[lid.x] = f32(q[h * hs + lid.x]);
+    }
+    workgroupBarrier();
+
+    // Scaled scores into ws (positions past the context: the lowest float, weight 0).
+    if (lid.x < SPLIT) {
+        var s = -3.402823e38;
+        if (i0 + lid.x < i1) {
+            s = score(i0 + lid.x, kvh, hs) * (1.0 / sqrt(f32(hs)));
         }
-        red[lid.x] = acc;
-        workgroupBarrier();
-        if (pt == 0u) {
-            let t = red_sum(d, hs, parts);
-            if (n <= SPLIT) {
-                var l = 0.0;
-                for (var k = 0u; k < n; k++) {
-                    l += weight(k);
-                }
-                out[h * hs + d] = act(t / l);
-            } else {
-                part[base + 2u + d] = t;
-            }
-        }
-        if (lid.x == 0u && n > SPLIT) {
+        ws[lid.x / 4u][lid.x % 4u] = s;
+    }
+    workgroupBarrier();
+    split_max = split_maximum();
+
+    // Weighted values, summed over `parts` slices of the split's positions.
+    let parts = WG / hs;
+    let d = lid.x % hs;
+    let pt = lid.x / hs;
+    var acc = 0.0;
+    if (pt < parts) {
+        acc = weighted_split(i0 + pt, i1, parts, kvh + d, i0);
+    }
+    red[lid.x] = acc;
+    workgroupBarrier();
+    if (pt == 0u) {
+        let t = red_sum(d, hs, parts);
+        if (n <= SPLIT) {
             var l = 0.0;
-            for (var k = 0u; k < i1 - i0; k++) {
+            for (var k = 0u; k < n; k++) {
                 l += weight(k);
             }
-            part[base] = mx;
-            part[base + 1u] = l;
+            out[h * hs + d] = act(t / l);
+        } else {
+            part[base + 2u + d] = t;
         }
+    }
+    if (lid.x == 0u && n > SPLIT) {
+        var l = 0.0;
+        for (var k = 0u; k < i1 - i0; k++) {
+            l += weight(k);
+        }
+        part[base] = split_max;
+        part[base + 1u] = l;
     }
 }
 
+// attention_combine's splits, CHUNK at a time (one chunk up to depth 4096): split k's rescale
+// exp(m_k - m) (cf) and its rescaled sum of weights (cl), and the chunk's maxima (cm).
+const CHUNK: u32 = 64u;
+var<workgroup> cm: array<vec4<f32>, 16>;
+var<workgroup> cf: array<f32, 64>;
+var<workgroup> cl: array<f32, 64>;
+
+// The largest of the chunk's first n maxima (cm, n at least 1).
+fn chunk_max(n: u32) -> f32 {
+    var m = cm[0];
+    for (var k = 1u; k < (n + 3u) / 4u; k++) {
+        m = max(m, cm[k]);
+    }
+    return max(max(m.x, m.y), max(m.z, m.w));
+}
+
+// Thread (dimension d, slice pt of `parts`)'s sum over the chunk's splits pt, pt + parts, .. < n of
+// split values times their rescale, four splits' loads at a time: one at a time, each thread waited
+// out a memory latency per split (17 of them at depth 1024).
+fn chunk_values(h: u32, c: u32, n: u32, pt: u32, parts: u32, d: u32) -> f32 {
+    let hs = p.head_size;
+    var o = 0.0;
+    var i = pt;
+    for (; i + 3u * parts < n; i += 4u * parts) {
+        let b = (h * p.pad0 + c + i) * (hs + 2u) + 2u + d;
+        let bs = parts * (hs + 2u);
+        let v = vec4<f32>(part[b], part[b + bs], part[b + 2u * bs], part[b + 3u * bs]);
+        o += dot(v, vec4<f32>(cf[i], cf[i + parts], cf[i + 2u * parts], cf[i + 3u * parts]));
+    }
+    for (; i < n; i += parts) {
+        o += part[(h * p.pad0 + c + i) * (hs + 2u) + 2u + d] * cf[i];
+    }
+    return o;
+}
+
+// One workgroup per head: the splits' maxima, sums and values, rescaled to the largest maximum,
+// CHUNK splits at a time (a running maximum across chunks); each chunk's maxima and sums are loaded
+// by a thread a split, its values by every thread, WG / head_size slices of the splits apart.
 @compute @workgroup_size(256)
 fn attention_combine(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
     let h = wid.x;
     let hs = p.head_size;
     let ns = (steps[0].n_att + SPLIT - 1u) / SPLIT;
-    let d = lid.x;
-    if (d >= hs) {
-        return;
-    }
+    let t = lid.x;
+    let parts = WG / hs;
+    let d = t % hs;
+    let pt = t / hs;
     var m = -3.402823e38;
-    for (var k = 0u; k < ns; k++) {
-        m = max(m, part[(h * p.pad0 + k) * (hs + 2u)]);
-    }
     var l = 0.0;
     var o = 0.0;
-    for (var k = 0u; k < ns; k++) {
-        let b = (h * p.pad0 + k) * (hs + 2u);
-        let f = exp(part[b] - m);
-        l += part[b + 1u] * f;
-        o += part[b + 2u + d] * f;
+    // The last chunk first: the order is free, and this one has a short last chunk's sums rescaled by
+    // a later, larger maximum in a context of two chunks (the test's).
+    for (var ci = (ns + CHUNK - 1u) / CHUNK; ci > 0u; ci--) {
+        let c = (ci - 1u) * CHUNK;
+        let n = min(CHUNK, ns - c);
+        var mk = -3.402823e38;
+        var lk = 0.0;
+        if (t < n) {
+            let b = (h * p.pad0 + c + t) * (hs + 2u);
+            mk = part[b];
+            lk = part[b + 1u];
+        }
+        if (t < CHUNK) {
+            cm[t / 4u][t % 4u] = mk;
+        }
+        workgroupBarrier();
+        let m_new = max(m, chunk_max(n));
+        let r = exp(m - m_new);
+        m = m_new;
+        if (t < CHUNK) {
+            let f = select(0.0, exp(mk - m), t < n);
+            cf[t] = f;
+            cl[t] = lk * f;
+        }
+        workgroupBarrier();
+        o = o * r + chunk_values(h, c, n, pt, parts, d);
+        var lc = 0.0;
+        for (var k = 0u; k < n; k++) {
+            lc += cl[k];
+        }
+        l = l * r + lc;
+        // The chunk's cm, cf and cl are read before the next chunk writes them.
+        workgroupBarrier();
     }
-    out[h * hs + d] = act(o / l);
+    red[t] = o;
+    workgroupBarrier();
+    if (pt == 0u && d < hs) {
+        out[h * hs + d] = act(red_sum(d, hs, parts) / l);
+    }
 }
 
 // The prompt pass's attention in tiles (flash attention), where keys and values are f16, heads are

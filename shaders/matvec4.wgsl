@@ -470,9 +470,9 @@ fn matvec4_glu_q4c(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocat
 
 // Sums each row's gate and up lanes and stores silu(gate) * up. Every thread calls it.
 fn glu_finish(ag: f32, au: f32, lid: vec3<u32>, rl: vec2<u32>) {
-    let g = row_sum(ag, lid.x);
-    workgroupBarrier();
-    let up = row_sum(au, lid.x);
+    let s = row_sum2(vec2<f32>(ag, au), lid.x);
+    let g = s.x;
+    let up = s.y;
     if (rl.x < p.rows && rl.y == 0u) {
         out[p.row0 + rl.x] = act(g / (1.0 + exp(-g)) * up);
     }

@@ -1,5 +1,6 @@
-//! Decode attention's f16 paths (`score_f16_quarter`, `weighted_f16` in attention.wgsl) against the
-//! CPU oracle: f16 keys and values with heads of 64 and 128 (stories260K's heads of 8 take the
+//! Decode attention's f16 path (`split_f16` in attention.wgsl) against the CPU oracle: f16 keys and
+//! values with heads of 64, 128 and 256 (256: the positions past the first sixteen a thread loads up
+//! front go through `weighted_f16`; stories260K's heads of 8 take the
 //! general path, which `tests/gpu.rs` covers), grouped-query heads, past two 64-position splits, and
 //! a window whose ring wraps across splits; one split writing the output without the combine (up to
 //! 64 positions); and the prompt pass's tiled attention (`attention_tile`) over the same heads.
@@ -26,6 +27,10 @@ fn f16_kv() -> KvConfig {
 
 /// `layers` layers 256 wide with `heads` query heads over `kv_heads` key/value heads.
 fn model(heads: usize, kv_heads: usize, layers: usize) -> Model {
+    model_of(heads, kv_heads, layers, 512)
+}
+
+fn model_of(heads: usize, kv_heads: usize, layers: usize, seq_len: usize) -> Model {
     let base = stories().config;
     Model::synthetic_config(
         Config {
@@ -34,7 +39,7 @@ fn model(heads: usize, kv_heads: usize, layers: usize) -> Model {
             n_layers: layers,
             n_heads: heads,
             n_kv_heads: kv_heads,
-            seq_len: 256,
+            seq_len,
             ..base
         },
         5,
@@ -43,8 +48,10 @@ fn model(heads: usize, kv_heads: usize, layers: usize) -> Model {
 
 #[test]
 fn f16_decode_attention_matches_cpu_across_splits() {
-    // 150 positions: two whole splits and one of 22, so the eight-position loop and its tail both run.
-    let toks: Vec<u32> = (0..150).map(|i| 3 + (i * 53 % 400) as u32).collect();
+    // 450 positions: seven whole splits and one of 2, so a thread's sixteen positions loaded up front,
+    // the eight-position loop past them (heads of 256) and the combine's four splits a load (eight
+    // splits, two slices of them with heads of 128) all run.
+    let toks: Vec<u32> = (0..450).map(|i| 3 + (i * 53 % 400) as u32).collect();
     let f16 = f16_kv();
     let ring = KvConfig {
         window: Some(100),
@@ -57,7 +64,7 @@ fn f16_decode_attention_matches_cpu_across_splits() {
             ..Default::default()
         })
         .expect("a WebGPU adapter (lavapipe: apt-get install mesa-vulkan-drivers)");
-        for (heads, kv_heads) in [(2, 1), (4, 2)] {
+        for (heads, kv_heads) in [(1, 1), (2, 1), (4, 2)] {
             let m = model(heads, kv_heads, 1);
             assert!(m.config.head_size().is_multiple_of(64));
             for kv in [f16.clone(), ring.clone()] {
@@ -76,7 +83,7 @@ fn f16_decode_attention_matches_cpu_across_splits() {
                 // layer) comes only past them. The window (100 + 4 sinks) keeps two splits.
                 assert_eq!(counts[63], counts[0], "{what}");
                 assert_eq!(counts[64], counts[0] + 1, "{what}");
-                assert_eq!(counts[149], counts[64], "{what} (window {window:?})");
+                assert_eq!(counts[449], counts[64], "{what} (window {window:?})");
             }
         }
     }
@@ -121,4 +128,25 @@ fn tiled_prompt_attention_matches_cpu() {
             }
         }
     }
+}
+
+/// Past 64 splits (4096 positions) the combine takes its splits a chunk of 64 at a time with a running
+/// maximum: a decode step at position 4169 (66 splits) after a prompt pass, against the oracle.
+#[test]
+fn the_combine_rescales_across_chunks_of_splits() {
+    let n = 4169;
+    let prompt: Vec<u32> = (0..n).map(|i| 3 + (i * 53 % 400) as u32).collect();
+    let m = model_of(2, 1, 1, 4200);
+    let gpu = Gpu::open_blocking(GpuOptions {
+        act: Some(Activations::F32),
+        ..Default::default()
+    })
+    .unwrap();
+    let mut cpu = CpuDecoder::with_kv(&m, f16_kv()).unwrap();
+    block_on(cpu.prefill(&prompt, 0)).unwrap();
+    let mut g = GpuDecoder::new(&gpu, &m, f16_kv()).unwrap();
+    block_on(g.prefill(&prompt, 0)).unwrap();
+    let a = block_on(cpu.step(7, n as usize)).unwrap().to_vec();
+    let b = block_on(g.step(7, n as usize)).unwrap();
+    compare(&a, b, 2e-4, "decode at position 4169");
 }
