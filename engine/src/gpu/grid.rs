@@ -56,6 +56,8 @@ impl Grid {
 /// the readback's latency and the first pass cancelled.
 const SHORT: usize = 4;
 const LONG: usize = 36;
+/// Seconds of untimed decoding before the first grid is timed.
+const WARM: f64 = 0.5;
 /// The ladder's ratio (the H200's optimum lies within 12% of a step), its floor, and how much
 /// slower than the fastest a cap ends the descent (H200, 7B: 1.28x at a third of the best cap,
 /// 1.97x at a sixth). Descending, since the smallest grids are the slowest by far (one workgroup
@@ -81,12 +83,21 @@ impl GpuDecoder<'_> {
         if !int8 || self.gpu.int8_groups.is_some() || self.context_limit() < SHORT + LONG {
             return Ok(None);
         }
-        // Untimed first: pipelines compiled and bind groups made on first use would count as the
-        // first grid's short run and make its per-token time look smaller. It also finds the top.
+        // Untimed first, for WARM seconds of decoding: pipelines compiled and bind groups made on
+        // first use would count as the first grid's short run, and a GPU left idle while the model
+        // was prepared runs slower until its clocks rise (H200, 7B, after a 4-token warm run: a
+        // workgroup per row group timed at 6.9 ms/token, the next grid, the same but for the
+        // classifier, at 3.0). It also finds the top.
         self.grid.cap = None;
         self.grid.groups = 0;
-        self.reset();
-        self.decode_greedy(1, 0, SHORT).await?;
+        let t0 = web_time::Instant::now();
+        loop {
+            self.reset();
+            self.decode_greedy(1, 0, LONG).await?;
+            if t0.elapsed().as_secs_f64() >= WARM {
+                break;
+            }
+        }
         let top = self.grid.groups;
         if top <= FLOOR {
             self.reset();
