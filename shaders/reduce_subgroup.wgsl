@@ -1,6 +1,6 @@
 // row_sum, the subgroup path (adapters whose subgroups are at most 32 wide): each subgroup adds its
 // lanes with subgroupAdd, its first lane stores the sum in workgroup memory, and the row's lane 0
-// adds its row's 32 / n subgroup sums: one barrier where the workgroup-memory tree takes six. Lanes
+// adds its row's 32 / n subgroup sums: one barrier, as reduce_shared.wgsl takes. Lanes
 // of a one-dimensional workgroup fill its subgroups in order, n at a time (n a power of two, at most
 // 32), so a row's 32 lanes are whole subgroups and lane t is a subgroup's first where t % n == 0.
 // Every thread of the workgroup calls it (subgroupAdd(1u) counts the subgroup's lanes, all active);

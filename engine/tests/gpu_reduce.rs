@@ -1,6 +1,6 @@
 //! Both ways the matrix kernels sum a row's 32 lanes, forced in turn on lavapipe (whose subgroups are
 //! 8 lanes wide, so a row is four subgroups): `subgroupAdd` per subgroup (reduce_subgroup.wgsl) and the
-//! workgroup-memory tree (reduce_shared.wgsl), each against the CPU oracle for every kind of decode
+//! workgroup-memory sum (reduce_shared.wgsl), each against the CPU oracle for every kind of decode
 //! kernel that sums rows (matvec4's f32, f16, q8_0, q4_0/q4_1 and K-quant kernels and the fused
 //! gate/up kernel), with the tiled kernels forced (lavapipe would pick the row kernels, which sum
 //! nothing). Tolerance as tests/gpu.rs derives it (f32 activations; max |Δlogit| <= 2e-4 * (1 + max

@@ -240,8 +240,8 @@ pub struct GpuOptions {
 
 /// Whether the matrix kernels sum rows with subgroups, and why (for results): only where asked for
 /// (and the adapter has them at most 32 lanes wide, so a 32-lane row is whole subgroups). By default
-/// the workgroup-memory tree: on an H200 it decoded 7B q4_0 at 4.451 ms/token against subgroupAdd's
-/// 4.496 in one call (`benchmarks/2026-12-03-h200-qkv.md`).
+/// the sum in workgroup memory (then a tree): on an H200 it decoded 7B q4_0 at 4.451 ms/token
+/// against subgroupAdd's 4.496 in one call (`benchmarks/2026-12-03-h200-qkv.md`).
 fn subgroup_choice(
     asked: Option<bool>,
     info: &wgpu::AdapterInfo,
