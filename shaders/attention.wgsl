@@ -419,15 +419,16 @@ fn attention_split(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocat
             if (n <= SPLIT) {
                 out[h * hs + 2u * w] = act(t.x / t.z);
                 out[h * hs + 2u * w + 1u] = act(t.y / t.z);
-                return;
-            }
-            part[base + 2u + 2u * w] = t.x;
-            part[base + 3u + 2u * w] = t.y;
-            if (w == 0u) {
-                part[base] = split_max;
-                part[base + 1u] = t.z;
+            } else {
+                part[base + 2u + 2u * w] = t.x;
+                part[base + 3u + 2u * w] = t.y;
+                if (w == 0u) {
+                    part[base] = split_max;
+                    part[base + 1u] = t.z;
+                }
             }
         }
+        // No return inside the branches above: Tint then takes the barriers below as non-uniform.
         return;
     }
     if (lid.x < hs) {
