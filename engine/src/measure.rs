@@ -71,8 +71,7 @@ impl RunConfig {
 
 /// A copy of `base` with the candidate's weights applied.
 pub fn prepare(base: &Model, cfg: &RunConfig) -> Result<(Model, Vec<Fallback>)> {
-    let mut m = base.clone();
-    let fb = m.apply_weights(&cfg.weights)?;
+    let (m, fb) = base.with_weights(&cfg.weights)?;
     cfg.kv.validate(&m.config)?;
     Ok((m, fb))
 }

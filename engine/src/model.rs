@@ -110,7 +110,7 @@ impl Weights {
 }
 
 /// One weight tensor: a matrix (any storage type) or a norm's f32 gains.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Tensor {
     Matrix(QMatrix),
     Norm(Vec<f32>),

@@ -3,10 +3,10 @@
 //! accounting of the result.
 
 use crate::error::{Error, Result};
-use crate::model::{Class, Model, Plan, TensorId};
+use crate::model::{Class, Model, Plan, Tensor, TensorId, Weights};
 use crate::quant::{check_finite, QMatrix, WType};
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 /// Which tensors a rule matches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -252,23 +252,64 @@ impl Model {
     /// not divide a row falls back to f16 (recorded). A tied classifier is untied when the output and the
     /// embedding are asked for different types.
     pub fn apply_weights(&mut self, cfg: &WeightConfig) -> Result<Vec<Fallback>> {
-        cfg.validate()?;
-        let c = self.config.clone();
-        if self.tied() && cfg.unties() {
+        let unties = self.tied() && cfg.unties();
+        let (restored, fallbacks) = self.restored(cfg, self.tied() && !unties)?;
+        if unties {
             self.weights.untie();
         }
-        let mut fallbacks = Vec::new();
-        let ids: Vec<TensorId> = (TensorId::all(&c, self.tied()).into_iter())
-            .filter(|id| id.class() != Class::Norm)
-            .collect();
-        for (id, r) in ids.iter().zip(self.restore_all(&ids, cfg)) {
-            let (q, fb) = r?;
-            fallbacks.extend(fb);
+        for (id, q) in restored {
             if let Some(q) = q {
-                *self.weights.matrix_mut(*id) = q;
+                *self.weights.matrix_mut(id) = q;
             }
         }
         Ok(fallbacks)
+    }
+
+    /// This model with `cfg` applied, leaving it as it is: the tensors `cfg` changes are made from
+    /// it and only those it leaves are copied (a benchmark copied the whole model before applying
+    /// each configuration, at 7B 13 GB of f16 a configuration).
+    pub fn with_weights(&self, cfg: &WeightConfig) -> Result<(Model, Vec<Fallback>)> {
+        let tied = self.tied() && !cfg.unties();
+        let (restored, fallbacks) = self.restored(cfg, tied)?;
+        let mut made: HashMap<TensorId, QMatrix> = restored
+            .into_iter()
+            .filter_map(|(id, q)| Some((id, q?)))
+            .collect();
+        let weights = Weights::build(&self.config, tied, |id| {
+            Ok(match made.remove(&id) {
+                Some(q) => Tensor::Matrix(q),
+                None => self.weights.tensor(id),
+            })
+        })?;
+        let m = Model {
+            name: self.name.clone(),
+            config: self.config.clone(),
+            weights,
+            tokenizer: self.tokenizer.clone(),
+        };
+        Ok((m, fallbacks))
+    }
+
+    /// Each matrix of the model as `cfg` has it (`tied`: whether the classifier stays the
+    /// embedding): the new matrix, or none where it stays as it is; and the fallbacks taken.
+    #[allow(clippy::type_complexity)]
+    fn restored(
+        &self,
+        cfg: &WeightConfig,
+        tied: bool,
+    ) -> Result<(Vec<(TensorId, Option<QMatrix>)>, Vec<Fallback>)> {
+        cfg.validate()?;
+        let ids: Vec<TensorId> = (TensorId::all(&self.config, tied).into_iter())
+            .filter(|id| id.class() != Class::Norm)
+            .collect();
+        let mut fallbacks = Vec::new();
+        let mut out = Vec::with_capacity(ids.len());
+        for (id, r) in ids.iter().zip(self.restore_all(&ids, cfg)) {
+            let (q, fb) = r?;
+            fallbacks.extend(fb);
+            out.push((*id, q));
+        }
+        Ok((out, fallbacks))
     }
 
     /// [`restore`] for each of `ids`, in order, the tensors shared out over the machine's threads
@@ -486,5 +527,53 @@ mod tests {
         }
         assert_eq!(format!("{fallbacks:?}"), format!("{alone:?}"));
         assert!(!fallbacks.is_empty(), "no fallback exercised");
+    }
+
+    /// `with_weights` gives what copying the model and applying the configuration gives, tensor by
+    /// tensor (norms included), and leaves the model as it was: a tied classifier kept, untied (the
+    /// output asked for another type), and the fallbacks the same.
+    #[test]
+    fn with_weights_is_a_copy_with_the_configuration_applied() {
+        let c = crate::Config {
+            dim: 192,
+            hidden_dim: 384,
+            ..crate::Preset::Tiny.config()
+        };
+        let untied = Model::synthetic_config(c, 3);
+        // The same tensors with the classifier reading the embedding.
+        let weights = Weights::build(&untied.config, true, |id| Ok(untied.weights.tensor(id)));
+        let base = Model {
+            weights: weights.unwrap(),
+            ..untied
+        };
+        assert!(base.tied());
+        let before = base.clone();
+        for policy in ["attn=q8_0", "attn=q8_0,output=q6_k,embed=q4_k"] {
+            let cfg = WeightConfig {
+                default: Some(WType::Q4_0),
+                policy: Policy::parse(policy).unwrap(),
+                ..Default::default()
+            };
+            let mut want = base.clone();
+            let want_fb = want.apply_weights(&cfg).unwrap();
+            let (got, got_fb) = base.with_weights(&cfg).unwrap();
+            assert_eq!(format!("{got_fb:?}"), format!("{want_fb:?}"), "{policy}");
+            assert_eq!(got.tied(), want.tied(), "{policy}");
+            assert_eq!(got.tied(), !cfg.unties(), "{policy}");
+            for id in TensorId::all(&base.config, want.tied()) {
+                let t = format!("{policy} {id:?}");
+                assert!(
+                    got.weights.tensor(id) == want.weights.tensor(id),
+                    "{t} differs"
+                );
+            }
+            for id in TensorId::all(&base.config, true) {
+                assert!(
+                    base.weights.tensor(id) == before.weights.tensor(id),
+                    "{id:?} changed"
+                );
+            }
+            assert_eq!(got.name, base.name);
+        }
     }
 }

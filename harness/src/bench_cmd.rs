@@ -147,11 +147,7 @@ pub fn bench(a: BenchArgs) -> Result<()> {
         eprintln!("[{spec}] building weights");
         let t0 = Instant::now();
         let (m, fallbacks) = match (&base, preset) {
-            (Some(b), _) => {
-                let mut m = b.clone();
-                let fb = m.apply_weights(&wc)?;
-                (m, fb)
-            }
+            (Some(b), _) => b.with_weights(&wc)?,
             (None, Some(p)) => Model::synthetic_with(p, 0, &wc)?,
             (None, None) => bail!("give --model or --preset"),
         };
