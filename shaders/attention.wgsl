@@ -266,8 +266,8 @@ fn weight(k: u32) -> f32 {
     return exp(ws[k / 4u][k % 4u] - split_max);
 }
 
-// f16 keys and values with head_size 64, 128 or 256 take the paths below (`score_f16_quarter`,
-// `weighted_f16`): every thread loads eight words before any arithmetic. One thread a key walked its
+// f16 keys and values with head_size 64, 128 or 256 take the path below (`split_f16`): every
+// thread loads eight words at a time before any arithmetic. One thread a key walked its
 // row one dependent load after another and made depth 1024 cost a 7B token 0.57 ms more than depth 0
 // on an H200.
 fn f16_paths(hs: u32) -> bool {
@@ -340,7 +340,8 @@ fn weighted_f16(j0: u32, j1: u32, step: u32, w: u32, i0: u32, kvh: u32) -> vec3<
 // values (word lid % (hs / 2), positions lid / (hs / 2) + step * m).
 fn split_f16(h: u32, t: u32, kvh: u32, hs: u32, i0: u32, i1: u32) -> vec3<f32> {
     let quarter = t % 4u;
-    let ko = (slot_of(st, attended(st, min(i0 + t / 4u, i1 - 1u))) * p.kv_dim + kvh) / 2u + 2u * quarter;
+    let key = slot_of(st, attended(st, min(i0 + t / 4u, i1 - 1u)));
+    let ko = (key * p.kv_dim + kvh) / 2u + 2u * quarter;
     let k0 = key_words(ko, 0u);
     let k1 = key_words(ko, min(64u, hs - 64u));
     let words = hs / 2u;
