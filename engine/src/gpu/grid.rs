@@ -83,11 +83,12 @@ impl GpuDecoder<'_> {
         if !int8 || self.gpu.int8_groups.is_some() || self.context_limit() < SHORT + LONG {
             return Ok(None);
         }
-        // Untimed first, for WARM seconds of decoding: pipelines compiled and bind groups made on
-        // first use would count as the first grid's short run, and a GPU left idle while the model
-        // was prepared runs slower until its clocks rise (H200, 7B, after a 4-token warm run: a
-        // workgroup per row group timed at 6.9 ms/token, the next grid, the same but for the
-        // classifier, at 3.0). It also finds the top.
+        // Untimed first, the trials' own run for WARM seconds: pipelines compiled and bind groups
+        // made on first use would count as the first grid's short run. After 4 untimed tokens the
+        // H200's first grid read about 2x slow (7B: a workgroup per row group 5.0-7.4 ms/token,
+        // the next grid, the same but for the classifier, 3.0-3.1), the cause not isolated: the
+        // clocks of a GPU idle while the model was prepared, or work done on the first 32-token
+        // run. It also finds the top.
         self.grid.cap = None;
         self.grid.groups = 0;
         let t0 = web_time::Instant::now();
