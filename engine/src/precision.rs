@@ -496,23 +496,32 @@ mod tests {
         );
     }
 
-    /// Tensors quantized on many threads (`Model::apply_weights`) come out as each quantized alone
-    /// on one: the same words, scales and types, tensor by tensor, in a mixed policy (q8_0
-    /// attention, q4_0 elsewhere, a q6_K classifier, a q4_K embedding) with fallbacks.
-    #[test]
-    fn threads_quantize_as_one_thread_does() {
-        // 192 wide: rows that do not hold a 256-element K-quant block fall back to f16.
+    /// A synthetic model 192 wide: rows that do not hold a 256-element K-quant block fall back to f16.
+    fn narrow_model() -> Model {
         let c = crate::Config {
             dim: 192,
             hidden_dim: 384,
             ..crate::Preset::Tiny.config()
         };
-        let base = Model::synthetic_config(c, 3);
-        let cfg = WeightConfig {
+        Model::synthetic_config(c, 3)
+    }
+
+    /// q4_0 but where `policy` says otherwise.
+    fn q4_0_but(policy: &str) -> WeightConfig {
+        WeightConfig {
             default: Some(WType::Q4_0),
-            policy: Policy::parse("attn=q8_0,output=q6_k,embed=q4_k").unwrap(),
+            policy: Policy::parse(policy).unwrap(),
             ..Default::default()
-        };
+        }
+    }
+
+    /// Tensors quantized on many threads (`Model::apply_weights`) come out as each quantized alone
+    /// on one: the same words, scales and types, tensor by tensor, in a mixed policy (q8_0
+    /// attention, q4_0 elsewhere, a q6_K classifier, a q4_K embedding) with fallbacks.
+    #[test]
+    fn threads_quantize_as_one_thread_does() {
+        let base = narrow_model();
+        let cfg = q4_0_but("attn=q8_0,output=q6_k,embed=q4_k");
         let mut m = base.clone();
         let fallbacks = m.apply_weights(&cfg).unwrap();
         let mut alone = Vec::new();
@@ -534,12 +543,7 @@ mod tests {
     /// output asked for another type), and the fallbacks the same.
     #[test]
     fn with_weights_is_a_copy_with_the_configuration_applied() {
-        let c = crate::Config {
-            dim: 192,
-            hidden_dim: 384,
-            ..crate::Preset::Tiny.config()
-        };
-        let untied = Model::synthetic_config(c, 3);
+        let untied = narrow_model();
         // The same tensors with the classifier reading the embedding.
         let weights = Weights::build(&untied.config, true, |id| Ok(untied.weights.tensor(id)));
         let base = Model {
@@ -549,11 +553,7 @@ mod tests {
         assert!(base.tied());
         let before = base.clone();
         for policy in ["attn=q8_0", "attn=q8_0,output=q6_k,embed=q4_k"] {
-            let cfg = WeightConfig {
-                default: Some(WType::Q4_0),
-                policy: Policy::parse(policy).unwrap(),
-                ..Default::default()
-            };
+            let cfg = q4_0_but(policy);
             let mut want = base.clone();
             let want_fb = want.apply_weights(&cfg).unwrap();
             let (got, got_fb) = base.with_weights(&cfg).unwrap();
