@@ -267,9 +267,9 @@ fn weight(k: u32) -> f32 {
 }
 
 // f16 keys and values with head_size 64, 128 or 256 take the path below (`split_f16`): every
-// thread loads eight words at a time before any arithmetic. One thread a key walked its
-// row one dependent load after another and made depth 1024 cost a 7B token 0.57 ms more than depth 0
-// on an H200.
+// thread loads eight words at a time before any arithmetic. One thread a key walked its row one
+// dependent load after another and made depth 1024 cost a 7B token 0.57 ms more than depth 0 on
+// an H200.
 fn f16_paths(hs: u32) -> bool {
     return p.k_kind == KIND_F16 && p.v_kind == KIND_F16 && hs % 64u == 0u && 512u % hs == 0u;
 }
@@ -379,8 +379,8 @@ fn split_f16(h: u32, t: u32, kvh: u32, hs: u32, i0: u32, i1: u32) -> vec3<f32> {
     return acc;
 }
 
-// The split's maximum score: every thread reads ws (no barriers for a tree over 64 values); positions
-// past the split hold the lowest float.
+// The split's maximum score: every thread reads ws (no barriers for a tree over 64 values);
+// positions past the split hold the lowest float.
 fn split_maximum() -> f32 {
     var m = ws[0];
     for (var k = 1u; k < 16u; k++) {

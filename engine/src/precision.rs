@@ -250,7 +250,8 @@ pub fn restore(
 impl Model {
     /// Re-stores every matrix as `cfg` says, from its current values. A quantized type whose block does
     /// not divide a row falls back to f16 (recorded). A tied classifier is untied when the output and the
-    /// embedding are asked for different types.
+    /// embedding are asked for different types. In place; [`Model::with_weights`] leaves the model
+    /// as it is (what benchmarks and the sweep use, trying several configurations on one load).
     pub fn apply_weights(&mut self, cfg: &WeightConfig) -> Result<Vec<Fallback>> {
         let unties = self.tied() && cfg.unties();
         let (restored, fallbacks) = self.restored(cfg, self.tied() && !unties)?;
