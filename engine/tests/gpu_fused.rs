@@ -455,7 +455,8 @@ fn k_and_v_go_straight_into_an_f16_cache() {
 
 /// The grid tuner (`GpuDecoder::tune_grid`) on the 1024-wide q4_0 model with the integer-dot
 /// kernels: it times every group first, then caps down a ladder from the most row groups a dispatch
-/// covers (each lowering a pass's workgroups) until 8 or a cap 1.5x slower than the fastest, keeps
+/// covers (none raising a pass's workgroups: a grid is balanced, so two caps that give each
+/// workgroup as many turns run the same grid) until 8 or a cap 1.5x slower than the fastest, keeps
 /// the fastest it timed, and the decoder then runs with it: a pass dispatches the
 /// workgroups timed with that cap, and the logits equal an untuned decoder's to the last bit (the
 /// grid changes which workgroup sums a row, not how). Nothing is tuned where the caller set the
@@ -512,8 +513,9 @@ fn the_grid_tuner_keeps_the_fastest_grid_it_timed() {
     for w in ladder.windows(2) {
         let next = (w[0].0.unwrap() as f64 / 1.25) as u32;
         assert_eq!(w[1].0, Some(next), "{:?}", g.timings);
-        assert!(w[1].2 < w[0].2, "{:?}", g.timings);
+        assert!(w[1].2 <= w[0].2, "{:?}", g.timings);
     }
+    assert!(ladder.last().unwrap().2 < ladder[0].2, "{:?}", g.timings);
     let last = ladder.last().unwrap();
     let fastest = (g.timings.iter().filter_map(|t| t.1)).fold(f64::INFINITY, f64::min);
     let floor = (last.0.unwrap() as f64 / 1.25) < 8.0;

@@ -8,6 +8,16 @@ use crate::forward::{Act, Kernels};
 use crate::kv::KvType;
 use crate::model::TensorId;
 
+/// The fewest workgroups, at most `cap`, over which `groups` row groups take as many turns of the
+/// loop as on `cap` workgroups: a dispatch lasts as long as its longest workgroup, so on `cap` those
+/// a turn short shorten nothing, and stage x all the same (512 groups on a cap of 387: 256
+/// workgroups, two turns each). On an H200, 7B q4_0 decode 2.306-2.325 -> 2.276-2.277 ms/token,
+/// each grid tuned (`benchmarks/2026-12-04-h200-dispatch-costs.md`).
+pub(super) fn balanced(groups: usize, cap: usize) -> usize {
+    let turns = groups.div_ceil(cap.max(1));
+    groups.div_ceil(turns.max(1))
+}
+
 impl GpuDecoder<'_> {
     fn matvec_into(&mut self, out: Act, w: TensorId, x: Act, accumulate: bool) {
         if self.rows > 1 && !accumulate && self.classify_last_row(out, w, x) {
@@ -33,7 +43,8 @@ impl GpuDecoder<'_> {
     }
 
     /// The grid covering `rows` rows of `key`'s kernel: a workgroup per group of rows, or at most
-    /// the decoder's grid cap for the kernels that loop over groups (`GpuDecoder::tune_grid`).
+    /// the decoder's grid cap for the kernels that loop over groups (`GpuDecoder::tune_grid`),
+    /// balanced.
     fn row_grid(&mut self, key: BindKey, rows: usize) -> (u32, u32) {
         let kernel = self.kernel_of(key);
         let groups = rows.div_ceil(kernel.rows_per_group());
@@ -41,7 +52,11 @@ impl GpuDecoder<'_> {
             return fold(groups);
         }
         self.grid.groups = self.grid.groups.max(groups);
-        fold(self.grid.cap.map_or(groups, |cap| groups.min(cap as usize)))
+        fold(
+            self.grid
+                .cap
+                .map_or(groups, |cap| balanced(groups, cap as usize)),
+        )
     }
 
     /// A prompt pass's classifier over its last row alone where no other row's logits are read (as
@@ -239,5 +254,34 @@ impl Kernels for GpuDecoder<'_> {
     fn add(&mut self, x: Act, y: Act) {
         let n = x.len(&self.config);
         self.dispatch(BindKey::Add(x, y), (wg(n, 64).0, self.rows as u32));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::balanced;
+
+    /// As many turns as the cap gives, on the fewest workgroups: every workgroup takes that many
+    /// or one fewer, none more, and no grid exceeds the cap.
+    #[test]
+    fn balanced_grids_keep_the_turns_on_fewer_workgroups() {
+        assert_eq!(balanced(512, 387), 256);
+        assert_eq!(balanced(1536, 387), 384);
+        assert_eq!(balanced(1376, 438), 344);
+        assert_eq!(balanced(4000, 387), 364);
+        assert_eq!(balanced(10, 7), 5);
+        assert_eq!(balanced(5, 8), 5);
+        assert_eq!(balanced(0, 3), 0);
+        for groups in 1..300 {
+            for cap in 1..40 {
+                let n = balanced(groups, cap);
+                let turns = groups.div_ceil(cap);
+                assert!(n <= cap && n * turns >= groups, "{groups} on {cap}: {n}");
+                assert!(
+                    n == 1 || (n - 1) * turns < groups,
+                    "{groups} on {cap}: {n} not fewest"
+                );
+            }
+        }
     }
 }
