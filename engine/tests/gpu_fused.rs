@@ -493,32 +493,44 @@ fn the_grid_tuner_keeps_the_fastest_grid_it_timed() {
         .clone();
     let (all_cap, _, all_wg) = g.timings[0];
     assert_eq!(all_cap, None, "every group is timed first");
-    // The ladder: caps falling by x1.25 from the most row groups a dispatch covers, each pass's
-    // workgroups falling with them, down to 8 or a cap 1.5x slower than the fastest; then the
-    // refinement's caps between the fastest's neighbours.
+    // The ladder: caps falling by x1.25 from the most row groups a dispatch covers, down to 8 or
+    // a cap 1.5x slower than the fastest, each timed unless an earlier trial ran its grid (each
+    // pass's workgroups then fall with every trial); then the refinement's caps between the
+    // fastest's neighbours. No grid is timed twice.
     let caps: Vec<u32> = g.timings[1..].iter().map(|t| t.0.unwrap()).collect();
     let falling = caps.windows(2).take_while(|w| w[1] < w[0]).count() + 1;
     let ladder = &g.timings[1..=falling];
-    assert_eq!(
-        ladder[0].0,
-        Some((g.groups as f64 / 1.25) as u32),
-        "{:?}",
-        g.timings
-    );
+    let chain: Vec<u32> = std::iter::successors(Some(g.groups as u32), |&c| {
+        Some((c as f64 / 1.25) as u32).filter(|&n| n >= 8)
+    })
+    .collect();
+    assert_eq!(ladder[0].0, Some(chain[1]), "{:?}", g.timings);
     assert!(
-        ladder.len() > 5,
+        ladder.len() > 4,
         "the ladder stopped early: {:?}",
         g.timings
     );
     for w in ladder.windows(2) {
-        let next = (w[0].0.unwrap() as f64 / 1.25) as u32;
-        assert_eq!(w[1].0, Some(next), "{:?}", g.timings);
-        assert!(w[1].2 <= w[0].2, "{:?}", g.timings);
+        assert!(chain.contains(&w[1].0.unwrap()), "{:?}", g.timings);
+        assert!(w[1].2 < w[0].2, "{:?}", g.timings);
     }
-    assert!(ladder.last().unwrap().2 < ladder[0].2, "{:?}", g.timings);
+    let layouts: Vec<Vec<usize>> = g.timings.iter().map(|t| g.layout(t.0)).collect();
+    for (i, l) in layouts.iter().enumerate() {
+        assert!(!layouts[..i].contains(l), "timed twice: {:?}", g.timings);
+    }
+    let lowest = ladder.last().unwrap().0.unwrap();
+    for &c in chain[1..].iter().take_while(|&&c| c >= lowest) {
+        assert!(
+            layouts.contains(&g.layout(Some(c))),
+            "cap {c} passed over, its grid untimed: {:?}",
+            g.timings
+        );
+    }
     let last = ladder.last().unwrap();
     let fastest = (g.timings.iter().filter_map(|t| t.1)).fold(f64::INFINITY, f64::min);
-    let floor = (last.0.unwrap() as f64 / 1.25) < 8.0;
+    // The descent ended at the floor where every cap below the last it timed runs a timed grid.
+    let floor =
+        (chain.iter().filter(|&&c| c < lowest)).all(|&c| layouts.contains(&g.layout(Some(c))));
     assert!(
         floor || last.1.is_none_or(|ms| ms > 1.5 * fastest),
         "{:?}",

@@ -26,6 +26,8 @@ pub struct Grid {
     pub note: Option<String>,
     /// The most row groups one looping dispatch has covered (the ladder's top).
     pub groups: usize,
+    /// The row groups of each looping dispatch seen, without repeats: what a cap's grid is made of.
+    pub sizes: std::collections::BTreeSet<usize>,
 }
 
 impl Grid {
@@ -34,6 +36,13 @@ impl Grid {
             cap: gpu.int8_groups.filter(|&n| n > 0),
             ..Default::default()
         }
+    }
+
+    /// The workgroups each looping dispatch runs on with `cap`, in the order of `sizes`: two caps
+    /// with the same run the same grid (caps are balanced, `ops::balanced`).
+    pub fn layout(&self, cap: Option<u32>) -> Vec<usize> {
+        let on = |g: usize| cap.map_or(g, |c| super::ops::balanced(g, c as usize));
+        self.sizes.iter().map(|&g| on(g)).collect()
     }
 
     /// As results record it.
@@ -77,9 +86,10 @@ impl GpuDecoder<'_> {
     /// Times greedy decoding on the loaded model with the integer-dot kernels on a workgroup per
     /// row group, then on at most N workgroups, N down a x1.25 ladder from the most row groups one
     /// dispatch covers, until 8 or a cap 1.5 times slower than the fastest, then eight steps
-    /// between the fastest's neighbours; keeps the fastest. Nothing where the caller set the grid,
-    /// no kernel loops (other kernels, or other weight types), or the context is too short to time.
-    /// Leaves the cache reset.
+    /// between the fastest's neighbours, passing over caps that run a grid already timed (7B:
+    /// 2560 and 2048 run 3200's, 1048 runs 1310's); keeps the fastest. Nothing where the caller
+    /// set the grid, no kernel loops (other kernels, or other weight types), or the context is too
+    /// short to time. Leaves the cache reset.
     pub async fn tune_grid(&mut self) -> Result<Option<&Grid>> {
         let int8 = self.gpu.matvec_kernel() == super::MatvecKernel::TiledInt8;
         if !int8 || self.gpu.int8_groups.is_some() || self.context_limit() < SHORT + LONG {
@@ -93,6 +103,7 @@ impl GpuDecoder<'_> {
         // run. It also finds the top.
         self.grid.cap = None;
         self.grid.groups = 0;
+        self.grid.sizes.clear();
         let t0 = web_time::Instant::now();
         loop {
             self.reset();
@@ -109,15 +120,22 @@ impl GpuDecoder<'_> {
         let mut best: Option<(Option<u32>, f64, f64)> = None;
         let all = self.time_cap(None, &mut best).await?;
         let mut timings = vec![(None, all.0, all.1)];
+        // Caps whose grid was timed already (balanced, several caps run one grid) are passed over.
+        let mut timed = vec![self.grid.layout(None)];
         let mut ladder = vec![top];
         loop {
             let cap = (*ladder.last().unwrap() as f64 / RATIO) as usize;
             if cap < FLOOR {
                 break;
             }
+            ladder.push(cap);
+            let layout = self.grid.layout(Some(cap as u32));
+            if timed.contains(&layout) {
+                continue;
+            }
+            timed.push(layout);
             let (ms, wg) = self.time_cap(Some(cap as u32), &mut best).await?;
             timings.push((Some(cap as u32), ms, wg));
-            ladder.push(cap);
             let fastest = best.map_or(f64::INFINITY, |b| b.1);
             if ms.is_none_or(|ms| ms > GIVE_UP * fastest) {
                 break;
@@ -130,7 +148,9 @@ impl GpuDecoder<'_> {
             let lo = ladder.get(i + 1).copied().unwrap_or(FLOOR);
             let step = ((hi - lo) / 8).max(1);
             for c in (lo + step..hi).step_by(step) {
-                if !ladder.contains(&c) {
+                let layout = self.grid.layout(Some(c as u32));
+                if !timed.contains(&layout) {
+                    timed.push(layout);
                     let (ms, wg) = self.time_cap(Some(c as u32), &mut best).await?;
                     timings.push((Some(c as u32), ms, wg));
                 }

@@ -9,8 +9,8 @@ use crate::kv::KvType;
 use crate::model::TensorId;
 
 /// The fewest workgroups, at most `cap`, over which `groups` row groups take as many turns of the
-/// loop as on `cap` workgroups: a dispatch lasts as long as its longest workgroup, so on `cap` those
-/// a turn short shorten nothing, and stage x all the same (512 groups on a cap of 387: 256
+/// loop as on `cap` workgroups: a dispatch lasts as long as its longest workgroup, so on `cap`
+/// those a turn short shorten nothing, and stage x all the same (512 groups on a cap of 387: 256
 /// workgroups, two turns each). On an H200, 7B q4_0 decode 2.306-2.325 -> 2.276-2.277 ms/token,
 /// each grid tuned (`benchmarks/2026-12-04-h200-dispatch-costs.md`).
 pub(super) fn balanced(groups: usize, cap: usize) -> usize {
@@ -52,6 +52,7 @@ impl GpuDecoder<'_> {
             return fold(groups);
         }
         self.grid.groups = self.grid.groups.max(groups);
+        self.grid.sizes.insert(groups);
         fold(
             self.grid
                 .cap
