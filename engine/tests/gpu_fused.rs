@@ -455,9 +455,9 @@ fn k_and_v_go_straight_into_an_f16_cache() {
 
 /// The grid tuner (`GpuDecoder::tune_grid`) on the 1024-wide q4_0 model with the integer-dot
 /// kernels: it times every group first, then caps down a ladder from the most row groups a dispatch
-/// covers (none raising a pass's workgroups: a grid is balanced, so two caps that give each
-/// workgroup as many turns run the same grid) until 8 or a cap 1.5x slower than the fastest, keeps
-/// the fastest it timed, and the decoder then runs with it: a pass dispatches the
+/// covers (each timed lowering a pass's workgroups; grids are balanced, so caps that give each
+/// workgroup as many turns run one grid, timed once) until 8 or a cap 1.5x slower than the
+/// fastest, keeps the fastest it timed, and the decoder then runs with it: a pass dispatches the
 /// workgroups timed with that cap, and the logits equal an untuned decoder's to the last bit (the
 /// grid changes which workgroup sums a row, not how). Nothing is tuned where the caller set the
 /// grid (a cap, or 0 for a workgroup per group), or where no kernel loops (the Tiled kernels).

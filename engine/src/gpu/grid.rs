@@ -3,8 +3,8 @@
 //! Each workgroup of `matvec4_q4i`, `_glu_q4i` and `_qkv_q4i` quantizes x into workgroup memory
 //! before its rows; on fewer workgroups than row groups each does that once and loops. A cap is
 //! balanced per dispatch (`ops::balanced`: as many turns each, on the fewest workgroups), so caps
-//! that give as many turns run the same grid. The best
-//! count looks like what the GPU holds resident at once, which WebGPU does not tell (SMs,
+//! that give as many turns run the same grid. The best count looks like what the GPU holds
+//! resident at once, which WebGPU does not tell (SMs,
 //! occupancy): on the H200 at 7B, 1536 groups for Q/K/V, 396 workgroups ran decode in 2.375
 //! ms/token, every group in 3.08-3.13, 528 in 2.749 and 132 in 3.032
 //! (`benchmarks/2026-12-04-h200-int8-grid.md`). So it is timed, as `Gpu::tune_matvec` times
