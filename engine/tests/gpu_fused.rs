@@ -500,7 +500,7 @@ fn the_grid_tuner_keeps_the_fastest_grid_it_timed() {
     let caps: Vec<u32> = g.timings[1..].iter().map(|t| t.0.unwrap()).collect();
     let falling = caps.windows(2).take_while(|w| w[1] < w[0]).count() + 1;
     let ladder = &g.timings[1..=falling];
-    let chain: Vec<u32> = std::iter::successors(Some(g.groups as u32), |&c| {
+    let chain: Vec<u32> = std::iter::successors(Some(g.groups() as u32), |&c| {
         Some((c as f64 / 1.25) as u32).filter(|&n| n >= 8)
     })
     .collect();

@@ -4,11 +4,10 @@
 //! before its rows; on fewer workgroups than row groups each does that once and loops. A cap is
 //! balanced per dispatch (`ops::balanced`: as many turns each, on the fewest workgroups), so caps
 //! that give as many turns run the same grid. The best count looks like what the GPU holds
-//! resident at once, which WebGPU does not tell (SMs,
-//! occupancy): on the H200 at 7B, 1536 groups for Q/K/V, 396 workgroups ran decode in 2.375
-//! ms/token, every group in 3.08-3.13, 528 in 2.749 and 132 in 3.032
-//! (`benchmarks/2026-12-04-h200-int8-grid.md`). So it is timed, as `Gpu::tune_matvec` times
-//! kernels, by `bench::measure` before it times anything.
+//! resident at once, which WebGPU does not tell (SMs, occupancy): on the H200 at 7B, 1536 groups
+//! for Q/K/V, 396 workgroups ran decode in 2.375 ms/token, every group in 3.08-3.13, 528 in 2.749
+//! and 132 in 3.032 (`benchmarks/2026-12-04-h200-int8-grid.md`). So it is timed, as
+//! `Gpu::tune_matvec` times kernels, by `bench::measure` before it times anything.
 
 use super::decoder::GpuDecoder;
 use crate::tuning::{Trial, Tuning};
@@ -24,8 +23,6 @@ pub struct Grid {
     pub timings: Vec<(Option<u32>, Option<f64>, u64)>,
     /// Why this cap (for results): set by the caller, or timed.
     pub note: Option<String>,
-    /// The most row groups one looping dispatch has covered (the ladder's top).
-    pub groups: usize,
     /// The row groups of each looping dispatch seen, without repeats: what a cap's grid is made of.
     pub sizes: std::collections::BTreeSet<usize>,
 }
@@ -36,6 +33,11 @@ impl Grid {
             cap: gpu.int8_groups.filter(|&n| n > 0),
             ..Default::default()
         }
+    }
+
+    /// The most row groups one looping dispatch has covered (the ladder's top).
+    pub fn groups(&self) -> usize {
+        self.sizes.last().copied().unwrap_or(0)
     }
 
     /// The workgroups each looping dispatch runs on with `cap`, in the order of `sizes`: two caps
@@ -102,7 +104,6 @@ impl GpuDecoder<'_> {
         // clocks of a GPU idle while the model was prepared, or work done on the first 32-token
         // run. It also finds the top.
         self.grid.cap = None;
-        self.grid.groups = 0;
         self.grid.sizes.clear();
         let t0 = web_time::Instant::now();
         loop {
@@ -112,7 +113,7 @@ impl GpuDecoder<'_> {
                 break;
             }
         }
-        let top = self.grid.groups;
+        let top = self.grid.groups();
         if top <= FLOOR {
             self.reset();
             return Ok(None);

@@ -51,7 +51,6 @@ impl GpuDecoder<'_> {
         if !kernel.loops_groups() {
             return fold(groups);
         }
-        self.grid.groups = self.grid.groups.max(groups);
         self.grid.sizes.insert(groups);
         fold(
             self.grid
