@@ -5,6 +5,7 @@
 mod common;
 use common::*;
 use nibble_engine::gguf::Gguf;
+use nibble_engine::tokenizer::bpe::Pre;
 use nibble_engine::tokenizer::Tokenizer;
 use nibble_engine::Decoder;
 use serde_json::Value;
@@ -87,6 +88,80 @@ fn bos_follows_add_bos_token() {
         let want = ids(&logits["prompt"]["ids"]);
         let got = tok.encode(text, true, false).unwrap();
         assert_eq!(&got[..want.len()], &want[..], "{file}");
+    }
+}
+
+/// Every `tokenizer.ggml.pre` name nibble takes beyond the fixtures' own, on a fixture's vocabulary,
+/// encodes as llama.cpp's llama-tokenize does (`testdata/pre-tokenizers.json`, written by
+/// `scripts/pre-tokenizers.py`): llama.cpp names the pre-tokenizers in GGUF files, so it is the
+/// authority on what each name means. The name is kept when the vocabulary is written back.
+#[test]
+fn pre_tokenizer_names_encode_as_llama_cpp() {
+    let Some(fam) = families_dir("pre_tokenizer_names_encode_as_llama_cpp") else {
+        return;
+    };
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../testdata/pre-tokenizers.json");
+    let reference = json(&path);
+    let mut names = Vec::new();
+    let mut bad = Vec::new();
+    for run in reference["runs"].as_array().unwrap() {
+        let (fixture, file) = (
+            run["fixture"].as_str().unwrap(),
+            run["file"].as_str().unwrap(),
+        );
+        let pre = run["pre"].as_str().unwrap();
+        let bytes = std::fs::read(fam.join(fixture).join(file)).unwrap();
+        // Where the name means the fixture's own pre-tokenizer, nibble follows Hugging Face on the
+        // texts where llama.cpp does not (tokens.json lists them: Qwen2's NFC normalizer, which
+        // llama.cpp does not apply, on a decomposed accent).
+        let own = tokenizer(&fam.join(fixture), file).bpe().unwrap().pre;
+        let cases = json(&fam.join(fixture).join("tokens.json"));
+        let differ = cases["disagreements"].as_array().unwrap();
+        let follows_hf =
+            |text: &str| Pre::parse(pre) == Some(own) && differ.iter().any(|d| d == text);
+        let mut g = Gguf::parse(&bytes, file).unwrap();
+        let entry = g
+            .metadata
+            .iter_mut()
+            .find(|(k, _)| k == "tokenizer.ggml.pre");
+        entry.unwrap().1 = nibble_engine::gguf::Value::String(pre.into());
+        let tok = Tokenizer::from_gguf(&g, file).unwrap();
+        for c in run["cases"].as_array().unwrap() {
+            let text = c["text"].as_str().unwrap();
+            let got = tok.encode(text, false, false).unwrap();
+            if follows_hf(text) {
+                assert_ne!(
+                    got,
+                    ids(&c["ids"]),
+                    "{fixture} as {pre}: {text:?} now agrees"
+                );
+                continue;
+            }
+            if got != ids(&c["ids"]) {
+                bad.push(format!(
+                    "{fixture} as {pre}: {text:?}: {got:?} != {}",
+                    c["ids"]
+                ));
+            }
+        }
+        let mut b = Vec::new();
+        tok.to_bytes(&mut b);
+        let back = Tokenizer::from_bytes(&b, file).unwrap();
+        assert_eq!(back.bpe().unwrap().pre_name, pre);
+        names.push(pre.to_string());
+    }
+    assert!(
+        bad.is_empty(),
+        "{} texts differ:\n{}",
+        bad.len(),
+        bad.join("\n")
+    );
+    // Every name nibble takes is held to llama.cpp here or by the fixtures' own tokens.json.
+    for (name, _) in nibble_engine::tokenizer::bpe::PRE_NAMES {
+        assert!(
+            names.iter().any(|n| n == name) || ["llama-bpe", "qwen2"].contains(&name),
+            "{name} has no llama.cpp reference"
+        );
     }
 }
 

@@ -13,11 +13,12 @@ use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
 use tokenizers::models::bpe::{Vocab, BPE};
 use tokenizers::normalizers::unicode::NFC;
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+use tokenizers::pre_tokenizers::digits::Digits;
 use tokenizers::pre_tokenizers::sequence::Sequence;
 use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
 use tokenizers::{AddedToken, PreTokenizerWrapper, SplitDelimiterBehavior};
 
-/// The pre-tokenizers nibble knows, by their `tokenizer.ggml.pre` names.
+/// The pre-tokenizers nibble knows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Pre {
     /// Llama 3: digits in runs of up to three; whole words found in the vocabulary skip the merges.
@@ -26,7 +27,23 @@ pub enum Pre {
     Qwen2,
     /// GPT-2's own byte-level regex.
     Gpt2,
+    /// SmolLM and SmolLM2: every digit alone, then GPT-2's regex.
+    Smollm,
 }
+
+/// The `tokenizer.ggml.pre` names nibble takes and what each means. llama.cpp's converter names a
+/// pre-tokenizer by the model it first met it in, so several names mean one (llama.cpp's
+/// `llama-vocab.cpp` groups them); these are the groups of the families nibble runs.
+pub const PRE_NAMES: [(&str, Pre); 8] = [
+    ("llama-bpe", Pre::LlamaBpe),
+    ("llama3", Pre::LlamaBpe),
+    ("llama-v3", Pre::LlamaBpe),
+    ("falcon3", Pre::LlamaBpe),
+    ("qwen2", Pre::Qwen2),
+    ("deepseek-r1-qwen", Pre::Qwen2),
+    ("gpt-2", Pre::Gpt2),
+    ("smollm", Pre::Smollm),
+];
 
 /// Contractions, letters with one leading non-letter, digit runs of `{digits}`, punctuation runs, line
 /// breaks, and spaces that do not precede a word (as the original tokenizers' `Split` patterns).
@@ -37,18 +54,8 @@ fn split_pattern(digits: &str) -> String {
 }
 
 impl Pre {
-    pub const ALL: [Pre; 3] = [Pre::LlamaBpe, Pre::Qwen2, Pre::Gpt2];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Pre::LlamaBpe => "llama-bpe",
-            Pre::Qwen2 => "qwen2",
-            Pre::Gpt2 => "gpt-2",
-        }
-    }
-
     pub fn parse(name: &str) -> Option<Pre> {
-        Self::ALL.into_iter().find(|p| p.name() == name)
+        PRE_NAMES.iter().find(|(n, _)| *n == name).map(|&(_, p)| p)
     }
 
     fn pre_tokenizer(self) -> std::result::Result<PreTokenizerWrapper, String> {
@@ -61,10 +68,12 @@ impl Pre {
             .map_err(|e| e.to_string())
         };
         let bytes = ByteLevel::new(false, false, false);
+        let gpt2 = ByteLevel::new(false, false, true);
         Ok(match self {
             Pre::LlamaBpe => Sequence::new(vec![split("{1,3}")?.into(), bytes.into()]).into(),
             Pre::Qwen2 => Sequence::new(vec![split("")?.into(), bytes.into()]).into(),
-            Pre::Gpt2 => ByteLevel::new(false, false, true).into(),
+            Pre::Gpt2 => gpt2.into(),
+            Pre::Smollm => Sequence::new(vec![Digits::new(true).into(), gpt2.into()]).into(),
         })
     }
 }
@@ -73,6 +82,8 @@ impl Pre {
 #[derive(Debug, Clone)]
 pub struct Bpe {
     pub pre: Pre,
+    /// `tokenizer.ggml.pre` as the file names it (one of [`PRE_NAMES`]), written back as it was.
+    pub pre_name: String,
     /// `tokenizer.ggml.merges`: "left right" in rank order.
     pub merges: Arc<Vec<String>>,
     /// Each token's bytes: the byte-level alphabet undone (special tokens are their text).
@@ -90,7 +101,8 @@ impl Bpe {
         pre: &str,
         file: &str,
     ) -> Result<Bpe> {
-        let known: Vec<&str> = Pre::ALL.iter().map(|p| p.name()).collect();
+        let known: Vec<&str> = PRE_NAMES.iter().map(|(n, _)| *n).collect();
+        let pre_name = pre.to_string();
         let pre = Pre::parse(pre).ok_or_else(|| {
             Error::format(
                 file,
@@ -154,6 +166,7 @@ impl Bpe {
             .collect();
         Ok(Bpe {
             pre,
+            pre_name,
             merges: Arc::new(merges),
             raw,
             tk: Arc::new(tk),

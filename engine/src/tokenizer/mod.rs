@@ -289,7 +289,7 @@ impl Tokenizer {
         v.push(self.add_bos as u8);
         put(v, self.chat_template.as_deref().unwrap_or("").as_bytes());
         let (pre, merges) = match &self.bpe {
-            Some(b) => (b.pre.name(), b.merges.as_slice()),
+            Some(b) => (b.pre_name.as_str(), b.merges.as_slice()),
             None => ("", &[][..]),
         };
         put(v, pre.as_bytes());
@@ -380,7 +380,7 @@ impl Tokenizer {
             Some(b) => {
                 md.push((
                     "tokenizer.ggml.pre".into(),
-                    Value::String(b.pre.name().into()),
+                    Value::String(b.pre_name.clone()),
                 ));
                 let merges = b.merges.iter().map(|m| Value::String(m.clone())).collect();
                 md.push((
