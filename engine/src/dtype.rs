@@ -23,6 +23,11 @@ pub enum GgmlType {
     F16 = 1,
     Q4_0 = 2,
     Q4_1 = 3,
+    /// Read and re-stored without loss (see [`GgmlType::wtype`]): llama-quantize writes them where
+    /// a K-quant does not fit a row (Q4_K_M and Q5_K_M files of models whose width is not a
+    /// multiple of 256, such as Qwen2.5-0.5B and SmolLM2).
+    Q5_0 = 6,
+    Q5_1 = 7,
     Q8_0 = 8,
     Q4_K = 12,
     Q5_K = 13,
@@ -30,11 +35,13 @@ pub enum GgmlType {
 }
 
 impl GgmlType {
-    pub const ALL: [GgmlType; 8] = [
+    pub const ALL: [GgmlType; 10] = [
         GgmlType::F32,
         GgmlType::F16,
         GgmlType::Q4_0,
         GgmlType::Q4_1,
+        GgmlType::Q5_0,
+        GgmlType::Q5_1,
         GgmlType::Q8_0,
         GgmlType::Q4_K,
         GgmlType::Q5_K,
@@ -58,8 +65,8 @@ impl GgmlType {
     pub fn scale_fields(self) -> &'static [(usize, &'static str)] {
         match self {
             GgmlType::F32 | GgmlType::F16 => &[],
-            GgmlType::Q4_0 | GgmlType::Q8_0 => &[(0, "d")],
-            GgmlType::Q4_1 => &[(0, "d"), (2, "m")],
+            GgmlType::Q4_0 | GgmlType::Q5_0 | GgmlType::Q8_0 => &[(0, "d")],
+            GgmlType::Q4_1 | GgmlType::Q5_1 => &[(0, "d"), (2, "m")],
             GgmlType::Q4_K | GgmlType::Q5_K => &[(0, "d"), (2, "dmin")],
             GgmlType::Q6_K => &[(208, "d")],
         }
@@ -72,6 +79,9 @@ impl GgmlType {
             GgmlType::F16 => 2,
             GgmlType::Q4_0 => 2 + QK / 2,
             GgmlType::Q4_1 => 4 + QK / 2,
+            // d (and m), 32 fifth bits, the low nibbles.
+            GgmlType::Q5_0 => 2 + 4 + QK / 2,
+            GgmlType::Q5_1 => 4 + 4 + QK / 2,
             GgmlType::Q8_0 => 2 + QK,
             // d, dmin, 12 bytes of 6-bit scales and mins, then the codes (and Q5_K's high bits).
             GgmlType::Q4_K => 4 + 12 + QK_K / 2,
@@ -81,17 +91,26 @@ impl GgmlType {
         }
     }
 
+    /// The weight type a tensor of this type is stored as. Q5_0's values are its scale times
+    /// integers in -16..=15, which Q8_0 holds exactly with the same scale; Q5_1 adds a minimum, which
+    /// no 8-bit type here has, so its values are stored as F32 (each one as ggml computes it).
     pub fn wtype(self) -> WType {
         match self {
-            GgmlType::F32 => WType::F32,
+            GgmlType::F32 | GgmlType::Q5_1 => WType::F32,
             GgmlType::F16 => WType::F16,
             GgmlType::Q4_0 => WType::Q4_0,
             GgmlType::Q4_1 => WType::Q4_1,
-            GgmlType::Q8_0 => WType::Q8_0,
+            GgmlType::Q5_0 | GgmlType::Q8_0 => WType::Q8_0,
             GgmlType::Q4_K => WType::Q4_K,
             GgmlType::Q5_K => WType::Q5_K,
             GgmlType::Q6_K => WType::Q6_K,
         }
+    }
+
+    /// The type and block a tensor of this type is stored with ([`GgmlType::wtype`]).
+    pub fn stored(self) -> (WType, usize) {
+        let ty = self.wtype();
+        (ty, ty.block_for(self.block_len()))
     }
 }
 

@@ -375,9 +375,8 @@ impl QMatrix {
 
     /// Reads ggml-encoded bytes of a `[rows, cols]` tensor.
     pub fn from_ggml(gt: GgmlType, rows: usize, cols: usize, bytes: &[u8]) -> Self {
-        let ty = gt.wtype();
-        let block = gt.block_len();
-        assert_eq!(bytes.len(), rows * cols / block * gt.block_bytes());
+        let (ty, block) = gt.stored();
+        assert_eq!(bytes.len(), rows * cols / gt.block_len() * gt.block_bytes());
         let mut m = QMatrix {
             ty,
             block,
@@ -400,6 +399,37 @@ impl QMatrix {
                             .chunks_exact(4)
                             .map(|c| u32::from_le_bytes(c.try_into().unwrap())),
                     );
+                }
+            }
+            GgmlType::Q5_0 | GgmlType::Q5_1 => {
+                // Each value's five bits: the low nibbles (values j and j + 16 share byte j) and
+                // bit j of the 32-bit qh. Q5_0 keeps its scale and the codes less 16 as Q8_0's
+                // signed bytes; Q5_1 becomes d * code + m in f32, as ggml dequantizes it.
+                let q5 = gt == GgmlType::Q5_0;
+                let mut codes = [0u8; 32];
+                let mut packed = [0u32; 8];
+                for blk in bytes.chunks_exact(gt.block_bytes()) {
+                    let d = f16::from_le_bytes([blk[0], blk[1]]);
+                    let at = if q5 { 2 } else { 4 };
+                    let qh = u32::from_le_bytes(blk[at..at + 4].try_into().unwrap());
+                    let qs = &blk[at + 4..];
+                    for j in 0..16 {
+                        let hi = |k: usize| (((qh >> k) & 1) << 4) as u8;
+                        codes[j] = (qs[j] & 15) | hi(j);
+                        codes[j + 16] = (qs[j] >> 4) | hi(j + 16);
+                    }
+                    if q5 {
+                        m.scales.push(d);
+                        for c in codes.iter_mut() {
+                            *c = (*c as i8 - 16) as u8;
+                        }
+                        pack_codes(ty, &codes, &mut packed);
+                        m.words.extend_from_slice(&packed);
+                    } else {
+                        let (d, min) = (d.to_f32(), f16::from_le_bytes([blk[2], blk[3]]).to_f32());
+                        m.words
+                            .extend(codes.iter().map(|&c| (c as f32 * d + min).to_bits()));
+                    }
                 }
             }
             GgmlType::F32 | GgmlType::F16 => {

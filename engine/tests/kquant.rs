@@ -1,5 +1,7 @@
 //! K-quants (Q4_K, Q5_K, Q6_K): nibble's dequantization is bit-identical to the `gguf` Python package's
-//! reference `dequantize`, on random super-blocks and on every K tensor of the family fixtures.
+//! reference `dequantize`, on random super-blocks and on every K tensor of the family fixtures; and
+//! Q5_0 and Q5_1 (llama-quantize's fallbacks where a K-quant does not fit a row) are re-stored with
+//! the same values.
 
 mod common;
 use common::*;
@@ -96,6 +98,39 @@ fn k_quant_blocks_dequantize_bit_exactly_as_gguf_py() {
                 y[r]
             );
         }
+    }
+}
+
+/// Q5_0 and Q5_1 blocks, re-stored at load as Q8_0 (the same scale, codes less 16) and as F32
+/// (d * code + m, as ggml computes it), read back as gguf-py's `dequantize` gives them, bit for bit
+/// but for the sign of zero.
+#[test]
+fn q5_blocks_are_restored_with_gguf_py_values() {
+    use nibble_engine::quant::WType;
+    let dir = scratch("q5_random");
+    let (rows, blocks_per_row) = (5, 6);
+    for (i, (gt, stored)) in [(GgmlType::Q5_0, WType::Q8_0), (GgmlType::Q5_1, WType::F32)]
+        .into_iter()
+        .enumerate()
+    {
+        let bytes = random_blocks(gt, rows * blocks_per_row, 21 + i as u64);
+        let raw = dir.join(format!("{gt:?}.bin"));
+        let out = dir.join(format!("{gt:?}.f32"));
+        std::fs::write(&raw, &bytes).unwrap();
+        python(&[
+            "dequant",
+            &format!("{gt:?}"),
+            raw.to_str().unwrap(),
+            out.to_str().unwrap(),
+        ]);
+        let m = QMatrix::from_ggml(gt, rows, 32 * blocks_per_row, &bytes);
+        assert_eq!((m.ty, m.block), (stored, stored.block_for(32)), "{gt:?}");
+        let (ours, want) = (m.to_f32(), read_f32(&out));
+        // Q8_0 reads code * d + 0, so a zero code under a negative scale is +0 where gguf-py's
+        // d * 0 is -0: the same value. Every other bit agrees.
+        let zero_signs = |v: &[f32]| v.iter().map(|&x| if x == 0.0 { 0.0 } else { x }).collect();
+        let (ours, want): (Vec<f32>, Vec<f32>) = (zero_signs(&ours), zero_signs(&want));
+        assert_bits_equal(&format!("{gt:?}"), &ours, &want);
     }
 }
 

@@ -413,7 +413,7 @@ impl Loader<'_> {
         let c = head.config.clone();
         let plan = self.plan_of(&head.name, &c, head.tied, &|id| {
             let ty = head.info(&g, id).expect("checked in read").ty;
-            (ty.wtype(), ty.block_len())
+            ty.stored()
         });
         let own_output = plan.own_output;
         let untie = head.tied && own_output;

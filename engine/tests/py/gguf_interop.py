@@ -101,11 +101,12 @@ def write(path, out):
     for l in range(layers):
         add(f"blk.{l}.attn_norm.weight", (dim,), T.F32, 1.0)
         add(f"blk.{l}.attn_q.weight", (dim, dim), T.Q4_0, dim ** -0.5)
-        add(f"blk.{l}.attn_k.weight", (kv, dim), T.Q4_0, dim ** -0.5)
+        # Layer 1 also holds llama-quantize's fallbacks for rows no K-quant fits.
+        add(f"blk.{l}.attn_k.weight", (kv, dim), T.Q5_0 if l else T.Q4_0, dim ** -0.5)
         add(f"blk.{l}.attn_v.weight", (kv, dim), T.Q4_1, dim ** -0.5)
         add(f"blk.{l}.attn_output.weight", (dim, dim), T.Q8_0, dim ** -0.5)
         add(f"blk.{l}.ffn_norm.weight", (dim,), T.F32, 1.0)
-        add(f"blk.{l}.ffn_gate.weight", (hidden, dim), T.Q4_1, dim ** -0.5)
+        add(f"blk.{l}.ffn_gate.weight", (hidden, dim), T.Q5_1 if l else T.Q4_1, dim ** -0.5)
         add(f"blk.{l}.ffn_up.weight", (hidden, dim), T.F16, dim ** -0.5)
         add(f"blk.{l}.ffn_down.weight", (dim, hidden), T.Q4_0, hidden ** -0.5)
     add("output_norm.weight", (dim,), T.F32, 1.0)
