@@ -32,10 +32,12 @@ pub enum GgmlType {
     Q4_K = 12,
     Q5_K = 13,
     Q6_K = 14,
+    /// f32's upper 16 bits; widened to F32 exactly (see [`GgmlType::wtype`]).
+    BF16 = 30,
 }
 
 impl GgmlType {
-    pub const ALL: [GgmlType; 10] = [
+    pub const ALL: [GgmlType; 11] = [
         GgmlType::F32,
         GgmlType::F16,
         GgmlType::Q4_0,
@@ -46,6 +48,7 @@ impl GgmlType {
         GgmlType::Q4_K,
         GgmlType::Q5_K,
         GgmlType::Q6_K,
+        GgmlType::BF16,
     ];
 
     pub fn from_id(id: u32) -> Option<Self> {
@@ -55,7 +58,7 @@ impl GgmlType {
     /// Elements per block.
     pub fn block_len(self) -> usize {
         match self {
-            GgmlType::F32 | GgmlType::F16 => 1,
+            GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 => 1,
             GgmlType::Q4_K | GgmlType::Q5_K | GgmlType::Q6_K => QK_K,
             _ => QK,
         }
@@ -64,7 +67,7 @@ impl GgmlType {
     /// Byte offsets in a block of its f16 scales (and mins): `d` (and `dmin` or `m`).
     pub fn scale_fields(self) -> &'static [(usize, &'static str)] {
         match self {
-            GgmlType::F32 | GgmlType::F16 => &[],
+            GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 => &[],
             GgmlType::Q4_0 | GgmlType::Q5_0 | GgmlType::Q8_0 => &[(0, "d")],
             GgmlType::Q4_1 | GgmlType::Q5_1 => &[(0, "d"), (2, "m")],
             GgmlType::Q4_K | GgmlType::Q5_K => &[(0, "d"), (2, "dmin")],
@@ -76,7 +79,7 @@ impl GgmlType {
     pub fn block_bytes(self) -> usize {
         match self {
             GgmlType::F32 => 4,
-            GgmlType::F16 => 2,
+            GgmlType::F16 | GgmlType::BF16 => 2,
             GgmlType::Q4_0 => 2 + QK / 2,
             GgmlType::Q4_1 => 4 + QK / 2,
             // d (and m), 32 fifth bits, the low nibbles.
@@ -93,10 +96,11 @@ impl GgmlType {
 
     /// The weight type a tensor of this type is stored as. Q5_0's values are its scale times
     /// integers in -16..=15, which Q8_0 holds exactly with the same scale; Q5_1 adds a minimum, which
-    /// no 8-bit type here has, so its values are stored as F32 (each one as ggml computes it).
+    /// no 8-bit type here has, so its values are stored as F32 (each one as ggml computes it); so
+    /// are BF16's, f32's upper halves (F16 would round them).
     pub fn wtype(self) -> WType {
         match self {
-            GgmlType::F32 | GgmlType::Q5_1 => WType::F32,
+            GgmlType::F32 | GgmlType::Q5_1 | GgmlType::BF16 => WType::F32,
             GgmlType::F16 => WType::F16,
             GgmlType::Q4_0 => WType::Q4_0,
             GgmlType::Q4_1 => WType::Q4_1,

@@ -398,11 +398,13 @@ impl GgufModel {
                 ),
             ));
         }
-        if id.class() == Class::Norm && !matches!(t.ty, GgmlType::F32 | GgmlType::F16) {
+        if id.class() == Class::Norm
+            && !matches!(t.ty, GgmlType::F32 | GgmlType::F16 | GgmlType::BF16)
+        {
             return Err(Error::format(
                 file,
                 &field,
-                "norm weights must be F32 or F16",
+                "norm weights must be F32, F16 or BF16",
             ));
         }
         Ok(t)

@@ -432,6 +432,11 @@ impl QMatrix {
                     }
                 }
             }
+            GgmlType::BF16 => {
+                m.words = (bytes.chunks_exact(2))
+                    .map(|c| (u16::from_le_bytes([c[0], c[1]]) as u32) << 16)
+                    .collect();
+            }
             GgmlType::F32 | GgmlType::F16 => {
                 let mut padded = bytes.to_vec();
                 padded.resize(bytes.len().div_ceil(4) * 4, 0);

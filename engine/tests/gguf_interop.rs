@@ -85,7 +85,7 @@ fn nibble_written_gguf_reads_in_gguf_py() {
     assert_eq!(tensors["blk.3.attn_q.weight"]["type"], "F16");
 }
 
-/// gguf-py writes a llama with every tensor type nibble reads (Q5_0 and Q5_1 among them); nibble
+/// gguf-py writes a llama with every tensor type nibble reads (Q5_0, Q5_1 and BF16 among them); nibble
 /// loads it, values match, and it runs.
 #[test]
 fn gguf_py_written_gguf_loads_in_nibble() {
@@ -124,10 +124,10 @@ fn gguf_py_written_gguf_loads_in_nibble() {
             id.gguf_name()
         );
         if id.class() != Class::Norm {
-            // Q5_0 is kept as Q8_0 (the same values), Q5_1 as F32; every other type as it is.
+            // Q5_0 is kept as Q8_0 (the same values), Q5_1 and BF16 as F32; every other type as it is.
             let stored = match t["type"].as_str().unwrap() {
                 "Q5_0" => "q8_0".to_string(),
-                "Q5_1" => "f32".to_string(),
+                "Q5_1" | "BF16" => "f32".to_string(),
                 ty => ty.to_lowercase(),
             };
             assert_eq!(m.weights.matrix(id).ty.name(), stored, "{}", id.gguf_name());

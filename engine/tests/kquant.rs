@@ -1,7 +1,7 @@
 //! K-quants (Q4_K, Q5_K, Q6_K): nibble's dequantization is bit-identical to the `gguf` Python package's
 //! reference `dequantize`, on random super-blocks and on every K tensor of the family fixtures; and
-//! Q5_0 and Q5_1 (llama-quantize's fallbacks where a K-quant does not fit a row) are re-stored with
-//! the same values.
+//! Q5_0 and Q5_1 (llama-quantize's fallbacks where a K-quant does not fit a row) and BF16 are
+//! re-stored with the same values.
 
 mod common;
 use common::*;
@@ -28,6 +28,7 @@ fn random_blocks(gt: GgmlType, n: usize, seed: u64) -> Vec<u8> {
             b[at..at + 2].copy_from_slice(&f16::from_f32(v * 0.01).to_le_bytes());
         };
         match gt {
+            GgmlType::BF16 => {}
             GgmlType::Q6_K => f16_at(208, &mut b),
             _ => {
                 f16_at(0, &mut b);
@@ -102,18 +103,26 @@ fn k_quant_blocks_dequantize_bit_exactly_as_gguf_py() {
 }
 
 /// Q5_0 and Q5_1 blocks, re-stored at load as Q8_0 (the same scale, codes less 16) and as F32
-/// (d * code + m, as ggml computes it), read back as gguf-py's `dequantize` gives them, bit for bit
-/// but for the sign of zero.
+/// (d * code + m, as ggml computes it), and BF16 values, widened to F32, read back as gguf-py's
+/// `dequantize` gives them, bit for bit but for the sign of zero.
 #[test]
-fn q5_blocks_are_restored_with_gguf_py_values() {
+fn q5_and_bf16_are_restored_with_gguf_py_values() {
     use nibble_engine::quant::WType;
     let dir = scratch("q5_random");
     let (rows, blocks_per_row) = (5, 6);
-    for (i, (gt, stored)) in [(GgmlType::Q5_0, WType::Q8_0), (GgmlType::Q5_1, WType::F32)]
-        .into_iter()
-        .enumerate()
+    for (i, (gt, stored)) in [
+        (GgmlType::Q5_0, WType::Q8_0),
+        (GgmlType::Q5_1, WType::F32),
+        (GgmlType::BF16, WType::F32),
+    ]
+    .into_iter()
+    .enumerate()
     {
-        let bytes = random_blocks(gt, rows * blocks_per_row, 21 + i as u64);
+        let bytes = random_blocks(
+            gt,
+            rows * blocks_per_row * 32 / gt.block_len(),
+            21 + i as u64,
+        );
         let raw = dir.join(format!("{gt:?}.bin"));
         let out = dir.join(format!("{gt:?}.f32"));
         std::fs::write(&raw, &bytes).unwrap();

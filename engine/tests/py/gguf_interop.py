@@ -107,7 +107,7 @@ def write(path, out):
         add(f"blk.{l}.attn_output.weight", (dim, dim), T.Q8_0, dim ** -0.5)
         add(f"blk.{l}.ffn_norm.weight", (dim,), T.F32, 1.0)
         add(f"blk.{l}.ffn_gate.weight", (hidden, dim), T.Q5_1 if l else T.Q4_1, dim ** -0.5)
-        add(f"blk.{l}.ffn_up.weight", (hidden, dim), T.F16, dim ** -0.5)
+        add(f"blk.{l}.ffn_up.weight", (hidden, dim), T.BF16 if l else T.F16, dim ** -0.5)
         add(f"blk.{l}.ffn_down.weight", (dim, hidden), T.Q4_0, hidden ** -0.5)
     add("output_norm.weight", (dim,), T.F32, 1.0)
     add("output.weight", (vocab, dim), T.F16, dim ** -0.5)
