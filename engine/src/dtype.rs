@@ -32,12 +32,15 @@ pub enum GgmlType {
     Q4_K = 12,
     Q5_K = 13,
     Q6_K = 14,
+    /// Block-32 codes into a fixed table of 16 values in -127..=113: Q8_0 with the table's values
+    /// as codes and the same scale holds it exactly (see [`GgmlType::wtype`]).
+    IQ4_NL = 20,
     /// f32's upper 16 bits; widened to F32 exactly (see [`GgmlType::wtype`]).
     BF16 = 30,
 }
 
 impl GgmlType {
-    pub const ALL: [GgmlType; 11] = [
+    pub const ALL: [GgmlType; 12] = [
         GgmlType::F32,
         GgmlType::F16,
         GgmlType::Q4_0,
@@ -48,6 +51,7 @@ impl GgmlType {
         GgmlType::Q4_K,
         GgmlType::Q5_K,
         GgmlType::Q6_K,
+        GgmlType::IQ4_NL,
         GgmlType::BF16,
     ];
 
@@ -68,7 +72,7 @@ impl GgmlType {
     pub fn scale_fields(self) -> &'static [(usize, &'static str)] {
         match self {
             GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 => &[],
-            GgmlType::Q4_0 | GgmlType::Q5_0 | GgmlType::Q8_0 => &[(0, "d")],
+            GgmlType::Q4_0 | GgmlType::Q5_0 | GgmlType::Q8_0 | GgmlType::IQ4_NL => &[(0, "d")],
             GgmlType::Q4_1 | GgmlType::Q5_1 => &[(0, "d"), (2, "m")],
             GgmlType::Q4_K | GgmlType::Q5_K => &[(0, "d"), (2, "dmin")],
             GgmlType::Q6_K => &[(208, "d")],
@@ -80,7 +84,7 @@ impl GgmlType {
         match self {
             GgmlType::F32 => 4,
             GgmlType::F16 | GgmlType::BF16 => 2,
-            GgmlType::Q4_0 => 2 + QK / 2,
+            GgmlType::Q4_0 | GgmlType::IQ4_NL => 2 + QK / 2,
             GgmlType::Q4_1 => 4 + QK / 2,
             // d (and m), 32 fifth bits, the low nibbles.
             GgmlType::Q5_0 => 2 + 4 + QK / 2,
@@ -104,7 +108,7 @@ impl GgmlType {
             GgmlType::F16 => WType::F16,
             GgmlType::Q4_0 => WType::Q4_0,
             GgmlType::Q4_1 => WType::Q4_1,
-            GgmlType::Q5_0 | GgmlType::Q8_0 => WType::Q8_0,
+            GgmlType::Q5_0 | GgmlType::Q8_0 | GgmlType::IQ4_NL => WType::Q8_0,
             GgmlType::Q4_K => WType::Q4_K,
             GgmlType::Q5_K => WType::Q5_K,
             GgmlType::Q6_K => WType::Q6_K,

@@ -432,6 +432,23 @@ impl QMatrix {
                     }
                 }
             }
+            GgmlType::IQ4_NL => {
+                // ggml's kvalues_iq4nl: each nibble indexes it (values j and j + 16 share byte j).
+                const VALUES: [i8; 16] = [
+                    -127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113,
+                ];
+                let mut codes = [0u8; 32];
+                let mut packed = [0u32; 8];
+                for blk in bytes.chunks_exact(gt.block_bytes()) {
+                    m.scales.push(f16::from_le_bytes([blk[0], blk[1]]));
+                    for (j, &q) in blk[2..].iter().enumerate() {
+                        codes[j] = VALUES[(q & 15) as usize] as u8;
+                        codes[j + 16] = VALUES[(q >> 4) as usize] as u8;
+                    }
+                    pack_codes(ty, &codes, &mut packed);
+                    m.words.extend_from_slice(&packed);
+                }
+            }
             GgmlType::BF16 => {
                 m.words = (bytes.chunks_exact(2))
                     .map(|c| (u16::from_le_bytes([c[0], c[1]]) as u32) << 16)

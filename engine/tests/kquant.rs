@@ -1,7 +1,7 @@
 //! K-quants (Q4_K, Q5_K, Q6_K): nibble's dequantization is bit-identical to the `gguf` Python package's
 //! reference `dequantize`, on random super-blocks and on every K tensor of the family fixtures; and
-//! Q5_0 and Q5_1 (llama-quantize's fallbacks where a K-quant does not fit a row) and BF16 are
-//! re-stored with the same values.
+//! Q5_0 and Q5_1 (llama-quantize's fallbacks where a K-quant does not fit a row), IQ4_NL and BF16
+//! are re-stored with the same values.
 
 mod common;
 use common::*;
@@ -103,10 +103,11 @@ fn k_quant_blocks_dequantize_bit_exactly_as_gguf_py() {
 }
 
 /// Q5_0 and Q5_1 blocks, re-stored at load as Q8_0 (the same scale, codes less 16) and as F32
-/// (d * code + m, as ggml computes it), and BF16 values, widened to F32, read back as gguf-py's
-/// `dequantize` gives them, bit for bit but for the sign of zero.
+/// (d * code + m, as ggml computes it), BF16 values, widened to F32, and IQ4_NL blocks, as Q8_0
+/// with its table's values for codes, read back as gguf-py's `dequantize` gives them, bit for bit
+/// but for the sign of zero.
 #[test]
-fn q5_and_bf16_are_restored_with_gguf_py_values() {
+fn q5_iq4_nl_and_bf16_are_restored_with_gguf_py_values() {
     use nibble_engine::quant::WType;
     let dir = scratch("q5_random");
     let (rows, blocks_per_row) = (5, 6);
@@ -114,6 +115,7 @@ fn q5_and_bf16_are_restored_with_gguf_py_values() {
         (GgmlType::Q5_0, WType::Q8_0),
         (GgmlType::Q5_1, WType::F32),
         (GgmlType::BF16, WType::F32),
+        (GgmlType::IQ4_NL, WType::Q8_0),
     ]
     .into_iter()
     .enumerate()

@@ -443,7 +443,7 @@ impl Reader<'_> {
                 file,
                 format!("{field}.type"),
                 format!(
-                    "unsupported tensor type {} ({ty_id}); nibble reads F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K and Q6_K",
+                    "unsupported tensor type {} ({ty_id}); nibble reads F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K and IQ4_NL",
                     crate::quant::ggml_type_name(ty_id)
                 ),
             )
