@@ -47,6 +47,20 @@ fn read_f32(path: &std::path::Path) -> Vec<f32> {
         .collect()
 }
 
+/// gguf-py's `dequantize` of `bytes` (blocks of `gt`), through a file in `dir`.
+fn gguf_py_dequantize(dir: &std::path::Path, gt: GgmlType, bytes: &[u8]) -> Vec<f32> {
+    let raw = dir.join(format!("{gt:?}.bin"));
+    let out = dir.join(format!("{gt:?}.f32"));
+    std::fs::write(&raw, bytes).unwrap();
+    python(&[
+        "dequant",
+        &format!("{gt:?}"),
+        raw.to_str().unwrap(),
+        out.to_str().unwrap(),
+    ]);
+    read_f32(&out)
+}
+
 fn assert_bits_equal(name: &str, ours: &[f32], want: &[f32]) {
     assert_eq!(ours.len(), want.len(), "{name}: length");
     if let Some(i) = (0..ours.len()).find(|&i| ours[i].to_bits() != want[i].to_bits()) {
@@ -67,19 +81,11 @@ fn k_quant_blocks_dequantize_bit_exactly_as_gguf_py() {
     let (rows, blocks_per_row) = (6, 4);
     for (i, gt) in K_TYPES.into_iter().enumerate() {
         let bytes = random_blocks(gt, rows * blocks_per_row, 11 + i as u64);
-        let raw = dir.join(format!("{gt:?}.bin"));
-        let out = dir.join(format!("{gt:?}.f32"));
-        std::fs::write(&raw, &bytes).unwrap();
-        python(&[
-            "dequant",
-            &format!("{gt:?}"),
-            raw.to_str().unwrap(),
-            out.to_str().unwrap(),
-        ]);
+        let want = gguf_py_dequantize(&dir, gt, &bytes);
         let cols = 256 * blocks_per_row;
         let m = QMatrix::from_ggml(gt, rows, cols, &bytes);
         let ours = m.to_f32();
-        assert_bits_equal(&format!("{gt:?}"), &ours, &read_f32(&out));
+        assert_bits_equal(&format!("{gt:?}"), &ours, &want);
         // The file's bytes come back unchanged (the in-memory padding is not written).
         assert_eq!(m.to_ggml().unwrap(), bytes, "{gt:?} round trip");
         // The product reads the same values: each row against a ramp, in f64 from the dequantized rows.
@@ -125,18 +131,10 @@ fn q5_iq4_nl_and_bf16_are_restored_with_gguf_py_values() {
             rows * blocks_per_row * 32 / gt.block_len(),
             21 + i as u64,
         );
-        let raw = dir.join(format!("{gt:?}.bin"));
-        let out = dir.join(format!("{gt:?}.f32"));
-        std::fs::write(&raw, &bytes).unwrap();
-        python(&[
-            "dequant",
-            &format!("{gt:?}"),
-            raw.to_str().unwrap(),
-            out.to_str().unwrap(),
-        ]);
+        let want = gguf_py_dequantize(&dir, gt, &bytes);
         let m = QMatrix::from_ggml(gt, rows, 32 * blocks_per_row, &bytes);
         assert_eq!((m.ty, m.block), (stored, stored.block_for(32)), "{gt:?}");
-        let (ours, want) = (m.to_f32(), read_f32(&out));
+        let ours = m.to_f32();
         // Q8_0 reads code * d + 0, so a zero code under a negative scale is +0 where gguf-py's
         // d * 0 is -0: the same value. Every other bit agrees.
         let zero_signs = |v: &[f32]| v.iter().map(|&x| if x == 0.0 { 0.0 } else { x }).collect();
