@@ -185,9 +185,25 @@ pub fn inspect(a: InspectArgs) -> Result<()> {
         "\ntotal: {total_bytes} tensor bytes for {total_elems} weights = {:.4} bits per weight",
         total_bytes as f64 * 8.0 / total_elems.max(1) as f64
     );
+    // Types read into another with the same values (GgmlType::wtype), each named once.
+    let mut restored: Vec<String> = Vec::new();
+    for t in &g.tensors {
+        let (ty, block) = t.ty.stored();
+        let line = format!("{:?} as {}", t.ty, ty.name().to_uppercase());
+        if ty.ggml(block) != Some(t.ty) && !restored.contains(&line) {
+            restored.push(line);
+        }
+    }
     if nibble_engine::arch::from_gguf(&g, &file).is_ok() {
         drop(g);
         let acc = Model::from_gguf(&bytes, &file)?.accounting();
+        if !restored.is_empty() {
+            println!(
+                "
+(as nibble holds them: {}, every value unchanged)",
+                restored.join(", ")
+            );
+        }
         if acc.tensors.iter().any(|t| t.ty.is_k()) {
             println!(
                 "\n(as nibble holds them: K super-blocks padded to whole 32-bit words, so Q6_K's 210 \
