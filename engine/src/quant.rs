@@ -401,54 +401,8 @@ impl QMatrix {
                     );
                 }
             }
-            GgmlType::Q5_0 | GgmlType::Q5_1 => {
-                // Each value's five bits: the low nibbles (values j and j + 16 share byte j) and
-                // bit j of the 32-bit qh. Q5_0 keeps its scale and the codes less 16 as Q8_0's
-                // signed bytes; Q5_1 becomes d * code + m in f32, as ggml dequantizes it.
-                let q5 = gt == GgmlType::Q5_0;
-                let mut codes = [0u8; 32];
-                let mut packed = [0u32; 8];
-                for blk in bytes.chunks_exact(gt.block_bytes()) {
-                    let d = f16::from_le_bytes([blk[0], blk[1]]);
-                    let at = if q5 { 2 } else { 4 };
-                    let qh = u32::from_le_bytes(blk[at..at + 4].try_into().unwrap());
-                    let qs = &blk[at + 4..];
-                    for j in 0..16 {
-                        let hi = |k: usize| (((qh >> k) & 1) << 4) as u8;
-                        codes[j] = (qs[j] & 15) | hi(j);
-                        codes[j + 16] = (qs[j] >> 4) | hi(j + 16);
-                    }
-                    if q5 {
-                        m.scales.push(d);
-                        for c in codes.iter_mut() {
-                            *c = (*c as i8 - 16) as u8;
-                        }
-                        pack_codes(ty, &codes, &mut packed);
-                        m.words.extend_from_slice(&packed);
-                    } else {
-                        let (d, min) = (d.to_f32(), f16::from_le_bytes([blk[2], blk[3]]).to_f32());
-                        m.words
-                            .extend(codes.iter().map(|&c| (c as f32 * d + min).to_bits()));
-                    }
-                }
-            }
-            GgmlType::IQ4_NL => {
-                // ggml's kvalues_iq4nl: each nibble indexes it (values j and j + 16 share byte j).
-                const VALUES: [i8; 16] = [
-                    -127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113,
-                ];
-                let mut codes = [0u8; 32];
-                let mut packed = [0u32; 8];
-                for blk in bytes.chunks_exact(gt.block_bytes()) {
-                    m.scales.push(f16::from_le_bytes([blk[0], blk[1]]));
-                    for (j, &q) in blk[2..].iter().enumerate() {
-                        codes[j] = VALUES[(q & 15) as usize] as u8;
-                        codes[j + 16] = VALUES[(q >> 4) as usize] as u8;
-                    }
-                    pack_codes(ty, &codes, &mut packed);
-                    m.words.extend_from_slice(&packed);
-                }
-            }
+            GgmlType::Q5_0 | GgmlType::Q5_1 => m.read_q5(gt, bytes),
+            GgmlType::IQ4_NL => m.read_iq4_nl(bytes),
             GgmlType::BF16 => {
                 m.words = (bytes.chunks_exact(2))
                     .map(|c| (u16::from_le_bytes([c[0], c[1]]) as u32) << 16)
@@ -490,6 +444,57 @@ impl QMatrix {
             }
         }
         m
+    }
+
+    /// Q5_0 and Q5_1 blocks into this Q8_0 (or F32) matrix. Each value's five bits: the low
+    /// nibbles (values j and j + 16 share byte j) and bit j of the 32-bit qh. Q5_0 keeps its scale
+    /// and the codes less 16 as Q8_0's signed bytes; Q5_1 becomes d * code + m in f32, as ggml
+    /// dequantizes it.
+    fn read_q5(&mut self, gt: GgmlType, bytes: &[u8]) {
+        let q5 = gt == GgmlType::Q5_0;
+        let mut codes = [0u8; 32];
+        let mut packed = [0u32; 8];
+        for blk in bytes.chunks_exact(gt.block_bytes()) {
+            let d = f16::from_le_bytes([blk[0], blk[1]]);
+            let at = if q5 { 2 } else { 4 };
+            let qh = u32::from_le_bytes(blk[at..at + 4].try_into().unwrap());
+            let qs = &blk[at + 4..];
+            for j in 0..16 {
+                let hi = |k: usize| (((qh >> k) & 1) << 4) as u8;
+                codes[j] = (qs[j] & 15) | hi(j);
+                codes[j + 16] = (qs[j] >> 4) | hi(j + 16);
+            }
+            if q5 {
+                self.scales.push(d);
+                for c in codes.iter_mut() {
+                    *c = (*c as i8 - 16) as u8;
+                }
+                pack_codes(self.ty, &codes, &mut packed);
+                self.words.extend_from_slice(&packed);
+            } else {
+                let (d, min) = (d.to_f32(), f16::from_le_bytes([blk[2], blk[3]]).to_f32());
+                (self.words).extend(codes.iter().map(|&c| (c as f32 * d + min).to_bits()));
+            }
+        }
+    }
+
+    /// IQ4_NL blocks into this Q8_0 matrix: ggml's kvalues_iq4nl, which each nibble indexes
+    /// (values j and j + 16 share byte j), become the codes under the block's scale.
+    fn read_iq4_nl(&mut self, bytes: &[u8]) {
+        const VALUES: [i8; 16] = [
+            -127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113,
+        ];
+        let mut codes = [0u8; 32];
+        let mut packed = [0u32; 8];
+        for blk in bytes.chunks_exact(GgmlType::IQ4_NL.block_bytes()) {
+            self.scales.push(f16::from_le_bytes([blk[0], blk[1]]));
+            for (j, &q) in blk[2..].iter().enumerate() {
+                codes[j] = VALUES[(q & 15) as usize] as u8;
+                codes[j + 16] = VALUES[(q >> 4) as usize] as u8;
+            }
+            pack_codes(self.ty, &codes, &mut packed);
+            self.words.extend_from_slice(&packed);
+        }
     }
 }
 

@@ -102,39 +102,7 @@ pub fn inspect(a: InspectArgs) -> Result<()> {
     let file = a.file.display().to_string();
     let bytes = std::fs::read(&a.file).with_context(|| format!("reading {file}"))?;
     if !bytes.starts_with(gguf::MAGIC) {
-        let m = Model::from_llama2c(&bytes, &file)?;
-        println!("{file}: llama2.c checkpoint, {} bytes", bytes.len());
-        println!("config: {}", serde_json::to_string(&m.config)?);
-        println!(
-            "classifier: {}",
-            if m.tied() {
-                "shared with the embedding"
-            } else {
-                "separate"
-            }
-        );
-        println!(
-            "\n{:<32} {:>6} {:>16} {:>12}",
-            "tensor", "type", "shape", "bytes"
-        );
-        for id in TensorId::all(&m.config, m.tied()) {
-            let (r, c) = id.shape(&m.config);
-            let (ty, bytes) = if id.class() == Class::Norm {
-                ("f32", c * 4)
-            } else {
-                let q = m.weights.matrix(id);
-                (q.ty.name(), q.n_bytes())
-            };
-            println!(
-                "{:<32} {:>6} {:>16} {:>12}",
-                id.gguf_name(),
-                ty,
-                format!("{r}x{c}"),
-                bytes
-            );
-        }
-        print_accounting(&m.accounting());
-        return Ok(());
+        return inspect_llama2c(&bytes, &file);
     }
     let g = Gguf::parse(&bytes, &file)?;
     println!(
@@ -212,6 +180,43 @@ pub fn inspect(a: InspectArgs) -> Result<()> {
         }
         print_accounting(&acc);
     }
+    Ok(())
+}
+
+/// `inspect` of a llama2.c checkpoint: its config and tensors as nibble holds them.
+fn inspect_llama2c(bytes: &[u8], file: &str) -> Result<()> {
+    let m = Model::from_llama2c(bytes, file)?;
+    println!("{file}: llama2.c checkpoint, {} bytes", bytes.len());
+    println!("config: {}", serde_json::to_string(&m.config)?);
+    println!(
+        "classifier: {}",
+        if m.tied() {
+            "shared with the embedding"
+        } else {
+            "separate"
+        }
+    );
+    println!(
+        "\n{:<32} {:>6} {:>16} {:>12}",
+        "tensor", "type", "shape", "bytes"
+    );
+    for id in TensorId::all(&m.config, m.tied()) {
+        let (r, c) = id.shape(&m.config);
+        let (ty, bytes) = if id.class() == Class::Norm {
+            ("f32", c * 4)
+        } else {
+            let q = m.weights.matrix(id);
+            (q.ty.name(), q.n_bytes())
+        };
+        println!(
+            "{:<32} {:>6} {:>16} {:>12}",
+            id.gguf_name(),
+            ty,
+            format!("{r}x{c}"),
+            bytes
+        );
+    }
+    print_accounting(&m.accounting());
     Ok(())
 }
 
