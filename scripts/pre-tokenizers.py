@@ -20,8 +20,7 @@ import tempfile
 
 FIXTURES = {"llama3-tiny": "llama3-tiny-Q4_K_M.gguf", "qwen2-tiny": "qwen2-tiny-Q4_K_M.gguf"}
 # (fixture, pre name): every name in PRE_NAMES not a fixture's own, on a vocabulary of its
-# family,
-# and the other pre-tokenizers on one vocabulary each.
+# family, and the other pre-tokenizers on one vocabulary each.
 RUNS = [
     ("llama3-tiny", "llama3"),
     ("llama3-tiny", "llama-v3"),

@@ -91,8 +91,8 @@ fn bos_follows_add_bos_token() {
     }
 }
 
-/// Every `tokenizer.ggml.pre` name nibble takes beyond the fixtures' own, on a fixture's vocabulary,
-/// encodes as llama.cpp's llama-tokenize does (`testdata/pre-tokenizers.json`, written by
+/// Every `tokenizer.ggml.pre` name nibble takes beyond the fixtures' own, on a fixture's
+/// vocabulary, encodes as llama.cpp's llama-tokenize does (`testdata/pre-tokenizers.json`, written by
 /// `scripts/pre-tokenizers.py`): llama.cpp names the pre-tokenizers in GGUF files, so it is the
 /// authority on what each name means. The name is kept when the vocabulary is written back.
 #[test]
@@ -114,12 +114,12 @@ fn pre_tokenizer_names_encode_as_llama_cpp() {
         // Where the name means the fixture's own pre-tokenizer, nibble follows Hugging Face on the
         // texts where llama.cpp does not (tokens.json lists them: Qwen2's NFC normalizer, which
         // llama.cpp does not apply, on a decomposed accent).
-        let own = tokenizer(&fam.join(fixture), file).bpe().unwrap().pre;
+        let mut g = Gguf::parse(&bytes, file).unwrap();
+        let own = Tokenizer::from_gguf(&g, file).unwrap().bpe().unwrap().pre;
         let cases = json(&fam.join(fixture).join("tokens.json"));
         let differ = cases["disagreements"].as_array().unwrap();
         let follows_hf =
             |text: &str| Pre::parse(pre) == Some(own) && differ.iter().any(|d| d == text);
-        let mut g = Gguf::parse(&bytes, file).unwrap();
         let entry = g
             .metadata
             .iter_mut()

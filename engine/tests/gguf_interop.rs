@@ -85,8 +85,8 @@ fn nibble_written_gguf_reads_in_gguf_py() {
     assert_eq!(tensors["blk.3.attn_q.weight"]["type"], "F16");
 }
 
-/// gguf-py writes a llama with every tensor type nibble reads (Q5_0, Q5_1 and BF16 among them); nibble
-/// loads it, values match, and it runs.
+/// gguf-py writes a llama with every tensor type nibble reads (Q5_0, Q5_1 and BF16 among them);
+/// nibble loads it, values match, and it runs.
 #[test]
 fn gguf_py_written_gguf_loads_in_nibble() {
     let dir = scratch("interop_write");
@@ -124,7 +124,7 @@ fn gguf_py_written_gguf_loads_in_nibble() {
             id.gguf_name()
         );
         if id.class() != Class::Norm {
-            // Q5_0 is kept as Q8_0 (the same values), Q5_1 and BF16 as F32; every other type as it is.
+            // Q5_0 is kept as Q8_0 (the same values), Q5_1 and BF16 as F32; the others as they are.
             let stored = match t["type"].as_str().unwrap() {
                 "Q5_0" => "q8_0".to_string(),
                 "Q5_1" | "BF16" => "f32".to_string(),

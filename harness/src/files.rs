@@ -167,8 +167,7 @@ pub fn inspect(a: InspectArgs) -> Result<()> {
         let acc = Model::from_gguf(&bytes, &file)?.accounting();
         if !restored.is_empty() {
             println!(
-                "
-(as nibble holds them: {}, every value unchanged)",
+                "\n(as nibble holds them: {}, every value unchanged)",
                 restored.join(", ")
             );
         }
