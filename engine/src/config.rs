@@ -20,6 +20,7 @@ pub enum Arch {
     Llama,
     Qwen2,
     Qwen3,
+    Phi3,
 }
 
 /// Hyper-parameters of a model.
@@ -45,6 +46,18 @@ pub struct Config {
     /// 1024-wide residual and 16 heads), so Q and the attention output are `n_heads * head_size` wide.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub head_dim: Option<usize>,
+    /// RoPE's cos and sin are multiplied by this (so every score by its square): LongRoPE's
+    /// attention factor (Phi-3.5's `rope.scaling.attn_factor`, as llama.cpp applies it); 1 elsewhere.
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub rope_attn_factor: f32,
+}
+
+fn one() -> f32 {
+    1.0
+}
+
+fn is_one(v: &f32) -> bool {
+    *v == 1.0
 }
 
 impl Config {
@@ -64,7 +77,7 @@ impl Config {
     /// RoPE pairs element `i` of a head with `i + head_size / 2` (GPT-NeoX's layout, Qwen's), rather
     /// than adjacent elements (Llama's, whose converter permutes Q and K rows to it).
     pub fn rope_neox(&self) -> bool {
-        matches!(self.arch, Arch::Qwen2 | Arch::Qwen3)
+        matches!(self.arch, Arch::Qwen2 | Arch::Qwen3 | Arch::Phi3)
     }
 
     /// Whether each head of Q and K is RMS-normalised before RoPE (Qwen3's `attn_q_norm`, `attn_k_norm`).
@@ -128,6 +141,12 @@ impl Config {
                 format!("{} must be positive", self.rope_theta),
             );
         }
+        if !(self.rope_attn_factor.is_finite() && self.rope_attn_factor > 0.0) {
+            return bad(
+                "rope_attn_factor",
+                format!("{} must be positive", self.rope_attn_factor),
+            );
+        }
         if !(self.norm_eps.is_finite() && self.norm_eps >= 0.0) {
             return bad(
                 "norm_eps",
@@ -149,6 +168,19 @@ impl Config {
         let layer = 2 * d + d * q * 2 + d * kv * 2 + 3 * d * h + qk_norm + bias;
         self.vocab_size * d * if tied { 1 } else { 2 } + self.n_layers * layer + d
     }
+}
+
+/// A role's rows in a GGUF file ([`TensorId::in_file`]): rows `row0..` of the file's tensor `name`,
+/// which has `rows` rows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileRows {
+    pub name: String,
+    pub row0: usize,
+    pub rows: usize,
+}
+
+fn qkv_name(l: usize) -> String {
+    format!("blk.{l}.attn_qkv.weight")
 }
 
 /// Tensor classes, used for memory accounting and per-class precision.
@@ -211,6 +243,33 @@ impl TensorId {
             TensorId::BiasV(l) => format!("blk.{l}.attn_v.bias"),
             TensorId::QNorm(l) => format!("blk.{l}.attn_q_norm.weight"),
             TensorId::KNorm(l) => format!("blk.{l}.attn_k_norm.weight"),
+        }
+    }
+
+    /// Where this role's rows are in a GGUF file of model `c`. Most roles are a tensor of their own;
+    /// llama.cpp's converter writes Phi-3's Q, K and V as one `attn_qkv` (which llama.cpp takes in
+    /// any family, hence `fused_qkv`, the file's say), its gate and up as one `ffn_up` (gate first)
+    /// and its RoPE divisors (for contexts up to the original one) as `rope_factors_short`.
+    pub fn in_file(self, c: &Config, fused_qkv: bool) -> FileRows {
+        let (rows, _) = self.shape(c);
+        let (q, kv, h) = (c.q_dim(), c.kv_dim(), c.hidden_dim);
+        let part = |name: String, row0, all| FileRows {
+            name,
+            row0,
+            rows: all,
+        };
+        match self {
+            TensorId::Wq(l) if fused_qkv => part(qkv_name(l), 0, q + 2 * kv),
+            TensorId::Wk(l) if fused_qkv => part(qkv_name(l), q, q + 2 * kv),
+            TensorId::Wv(l) if fused_qkv => part(qkv_name(l), q + kv, q + 2 * kv),
+            TensorId::Gate(l) if c.arch == Arch::Phi3 => {
+                part(TensorId::Up(l).gguf_name(), 0, 2 * h)
+            }
+            TensorId::Up(_) if c.arch == Arch::Phi3 => part(self.gguf_name(), h, 2 * h),
+            TensorId::RopeFreqs if c.arch == Arch::Phi3 => {
+                part("rope_factors_short.weight".into(), 0, rows)
+            }
+            _ => part(self.gguf_name(), 0, rows),
         }
     }
 

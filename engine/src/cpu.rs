@@ -1,7 +1,7 @@
 //! The f32 CPU backend: the oracle every other backend and configuration is checked against.
 
 use crate::arch::forward;
-use crate::forward::{rope_freqs, Act, Kernels};
+use crate::forward::{rope_cos_sin, rope_freqs, Act, Kernels};
 use crate::kv::{KvCache, KvConfig};
 use crate::model::{Config, Model, TensorId};
 use crate::quant::dot;
@@ -133,7 +133,7 @@ impl Kernels for CpuDecoder<'_> {
                     } else {
                         (2 * f, 2 * f + 1)
                     };
-                    let (sin, cos) = (pos as f32 * freq).sin_cos();
+                    let (cos, sin) = rope_cos_sin(c, pos, *freq);
                     let (a, b) = (head[i], head[j]);
                     head[i] = a * cos - b * sin;
                     head[j] = a * sin + b * cos;

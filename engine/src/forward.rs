@@ -22,6 +22,18 @@ pub fn rope_freqs(c: &Config, divisors: Option<&[f32]>) -> Vec<f32> {
         .collect()
 }
 
+/// RoPE's (cos, sin) for a pair of frequency `freq` at position `pos`, times the model's attention
+/// factor ([`Config::rope_attn_factor`]). Every backend rotates by these.
+pub fn rope_cos_sin(c: &Config, pos: usize, freq: f32) -> (f32, f32) {
+    let (sin, cos) = (pos as f32 * freq).sin_cos();
+    let m = c.rope_attn_factor;
+    if m == 1.0 {
+        (cos, sin)
+    } else {
+        (cos * m, sin * m)
+    }
+}
+
 /// Activation buffers every backend keeps, named by role; each holds one row per token of the batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Act {

@@ -119,6 +119,7 @@ fn header(bytes: &[u8], file: &str) -> Result<(Config, bool)> {
         rope_freqs: false,
         norm_eps: 1e-5,
         head_dim: None,
+        rope_attn_factor: 1.0,
     };
     config.validate(file).map_err(hint)?;
     Ok((config, h[5] > 0))

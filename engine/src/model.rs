@@ -236,8 +236,9 @@ impl Model {
         let g = Gguf::parse(bytes, file)?;
         let head = GgufModel::read(&g, file)?;
         let weights = Weights::build(&head.config, head.tied, |id| {
-            let info = head.info(&g, id)?;
-            head.tensor(id, info, g.tensor_data(info))
+            let (info, rows) = head.locate(&g, id)?;
+            let data = g.tensor_data(info);
+            head.tensor(id, info, &data[rows.start as usize..rows.end as usize])
         })?;
         Ok(Model {
             name: head.name,
@@ -300,20 +301,51 @@ impl Model {
             };
             encoded.push((id, ty, bytes));
         }
-        let tensors: Vec<TensorOut> = encoded
-            .iter()
-            .map(|(id, ty, bytes)| {
-                let (rows, cols) = id.shape(c);
-                TensorOut {
-                    name: id.gguf_name(),
+        // Roles llama.cpp reads from one tensor (Phi-3's gate and up) are written as one, rows in
+        // order; Q, K and V stay apart, which llama.cpp takes in every family.
+        struct Merged {
+            first: TensorId,
+            name: String,
+            dims: Vec<u64>,
+            ty: GgmlType,
+            data: Vec<u8>,
+        }
+        let mut merged: Vec<Merged> = Vec::new();
+        for (id, ty, data) in encoded {
+            let (rows, cols) = id.shape(c);
+            let at = id.in_file(c, false);
+            match merged.last_mut() {
+                Some(m) if at.row0 > 0 && m.name == at.name => {
+                    if m.ty != ty {
+                        return Err(Error::Invalid(format!(
+                            "{}: {:?} is {:?} and {id:?} {ty:?}, but GGUF gives the tensor holding \
+                             both one type",
+                            m.name, m.first, m.ty
+                        )));
+                    }
+                    m.data.extend_from_slice(&data);
+                    m.dims[1] += rows as u64;
+                }
+                _ => merged.push(Merged {
+                    first: id,
+                    name: at.name,
                     dims: if rows == 1 {
                         vec![cols as u64]
                     } else {
                         vec![cols as u64, rows as u64]
                     },
-                    ty: *ty,
-                    data: bytes,
-                }
+                    ty,
+                    data,
+                }),
+            }
+        }
+        let tensors: Vec<TensorOut> = merged
+            .iter()
+            .map(|m| TensorOut {
+                name: m.name.clone(),
+                dims: m.dims.clone(),
+                ty: m.ty,
+                data: &m.data,
             })
             .collect();
         gguf::write_to(out, &md, &tensors)
@@ -328,6 +360,8 @@ pub struct GgufModel {
     pub tied: bool,
     pub tokenizer: Option<Tokenizer>,
     file: String,
+    /// Whether the file stores each layer's Q, K and V as one `attn_qkv` ([`TensorId::in_file`]).
+    fused_qkv: bool,
 }
 
 impl GgufModel {
@@ -335,6 +369,7 @@ impl GgufModel {
         let config = (crate::arch::from_gguf(g, file)?.read_config)(g, file)?;
         let tied = g.tensor("output.weight").is_none();
         let head = GgufModel {
+            fused_qkv: g.tensor("blk.0.attn_qkv.weight").is_some(),
             name: g
                 .get("general.name")
                 .and_then(Value::as_str)
@@ -369,15 +404,33 @@ impl GgufModel {
         Ok(GgufModel { tokenizer, ..head })
     }
 
-    /// The table entry of tensor `id`, checked against the shape the metadata implies.
+    /// The table entry of the file tensor holding `id`, checked against the shape the metadata
+    /// implies, and the byte range of `id`'s rows within that tensor's data.
+    pub fn locate<'g>(
+        &self,
+        g: &'g Gguf,
+        id: TensorId,
+    ) -> Result<(&'g gguf::TensorInfo, std::ops::Range<u64>)> {
+        let at = id.in_file(&self.config, self.fused_qkv);
+        let t = self.info(g, id)?;
+        let row_bytes = t.n_bytes() / at.rows as u64;
+        let (rows, _) = id.shape(&self.config);
+        let start = at.row0 as u64 * row_bytes;
+        Ok((t, start..start + rows as u64 * row_bytes))
+    }
+
+    /// The table entry of the file tensor holding `id` ([`TensorId::in_file`]), checked against
+    /// the shape the metadata implies.
     pub fn info<'g>(&self, g: &'g Gguf, id: TensorId) -> Result<&'g gguf::TensorInfo> {
         let file = self.file.as_str();
-        let name = id.gguf_name();
+        let at = id.in_file(&self.config, self.fused_qkv);
+        let name = at.name;
         let field = format!("tensor {name:?}");
         let t = g
             .tensor(&name)
             .ok_or_else(|| Error::format(file, &field, "missing"))?;
-        let (rows, cols) = id.shape(&self.config);
+        let (_, cols) = id.shape(&self.config);
+        let rows = at.rows;
         let want: Vec<u64> = if rows == 1 {
             vec![cols as u64]
         } else {
@@ -410,20 +463,24 @@ impl GgufModel {
         Ok(t)
     }
 
-    /// Tensor `id` from its bytes (`n_bytes` of its table entry).
+    /// Tensor `id` from the bytes of its rows ([`GgufModel::locate`]).
     pub fn tensor(&self, id: TensorId, info: &gguf::TensorInfo, data: &[u8]) -> Result<Tensor> {
         let (rows, cols) = id.shape(&self.config);
+        let at = id.in_file(&self.config, self.fused_qkv);
+        // Blocks are numbered as in the file's tensor, which may hold other roles' rows first.
+        let first = at.row0 * cols / info.ty.block_len();
         // A block whose scale is not a number makes every value of it garbage: refuse the file.
         let (bb, fields) = (info.ty.block_bytes(), info.ty.scale_fields());
         for (i, b) in data.chunks_exact(bb).enumerate() {
-            for &(at, what) in fields {
-                let v = half::f16::from_le_bytes([b[at], b[at + 1]]);
+            for &(off, what) in fields {
+                let v = half::f16::from_le_bytes([b[off], b[off + 1]]);
                 if !v.is_finite() {
                     return Err(Error::format(
                         &self.file,
-                        format!("tensor {:?}", id.gguf_name()),
+                        format!("tensor {:?}", at.name),
                         format!(
-                            "block {i} ({:?}): its scale {what} is {v} (a corrupt block)",
+                            "block {} ({:?}): its scale {what} is {v} (a corrupt block)",
+                            first + i,
                             info.ty
                         ),
                     ));

@@ -182,6 +182,7 @@ impl Preset {
             norm_eps: 1e-5,
             // 4 heads of 128 (the others: dim / n_heads), sharing 2 KV heads.
             head_dim: qwen3.then_some(128),
+            rope_attn_factor: 1.0,
         }
     }
 }

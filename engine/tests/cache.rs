@@ -345,3 +345,27 @@ fn a_stream_cut_short_is_a_clear_error() {
         );
     }
 }
+
+/// Phi-3's fused tensors stream too: each role's rows are cut from the file's `attn_qkv` and
+/// `ffn_up` as their bytes arrive, giving the model a whole parse gives, then a warm load.
+#[test]
+fn a_phi3_file_streams_its_fused_rows() {
+    let file = std::fs::read(models_dir().join("phi3-tiny.gguf")).unwrap();
+    let mut src = Bytes {
+        id: "phi3-tiny.gguf (test)".into(),
+        name: "phi3-tiny.gguf".into(),
+        model: file,
+        tokenizer: None,
+        chunk: 4096,
+        at: 0,
+    };
+    let store = MemStore::default();
+    let (cold, r) = load(&mut src, "weights=f16", &store);
+    assert!(r.streamed && r.path != "warm", "{r:?}");
+    let whole = Model::from_gguf(&src.model, "phi3-tiny.gguf").unwrap();
+    let (want, _) = measure::prepare(&whole, &RunConfig::parse("weights=f16").unwrap()).unwrap();
+    assert_eq!(logits(&cold), logits(&want));
+    let (warm, w) = load(&mut src, "weights=f16", &store);
+    assert_eq!(w.path, "warm");
+    assert_eq!(logits(&warm), logits(&want));
+}

@@ -119,6 +119,7 @@ pub fn read_prefixed(g: &Gguf, file: &str, arch: Arch, prefix: &str) -> Result<C
         norm_eps: m.float_or(&key("attention.layer_norm_rms_epsilon"), 1e-5)?,
         rope_freqs: g.tensor("rope_freqs.weight").is_some(),
         head_dim: None,
+        rope_attn_factor: 1.0,
     };
     let key_length = key("attention.key_length");
     if g.get(&key_length).is_some() {

@@ -4,6 +4,7 @@
 //! once in [`FAMILIES`].
 
 pub mod llama;
+pub mod phi3;
 pub mod qwen2;
 pub mod qwen3;
 
@@ -28,7 +29,12 @@ pub struct Family {
 }
 
 /// Every supported family.
-pub const FAMILIES: [&Family; 3] = [&llama::FAMILY, &qwen2::FAMILY, &qwen3::FAMILY];
+pub const FAMILIES: [&Family; 4] = [
+    &llama::FAMILY,
+    &qwen2::FAMILY,
+    &qwen3::FAMILY,
+    &phi3::FAMILY,
+];
 
 impl Arch {
     pub fn family(self) -> &'static Family {

@@ -434,9 +434,9 @@ impl Loader<'_> {
             }
         };
         let range = |id: TensorId| -> (u64, u64) {
-            let i = head.info(&g, from(id)).expect("checked in read");
+            let (i, rows) = head.locate(&g, from(id)).expect("checked in read");
             let start = g.data_offset + i.offset;
-            (start, start + i.n_bytes())
+            (start + rows.start, start + rows.end)
         };
         let mut pending = pending_components(comps, &c, own_output, &range);
         let mut base = 0u64;

@@ -15,7 +15,7 @@ mod x86;
 
 use crate::arch::forward;
 use crate::cpu::{inv_rms, softmax};
-use crate::forward::{rope_freqs, Act, Kernels};
+use crate::forward::{rope_cos_sin, rope_freqs, Act, Kernels};
 use crate::kv::{KvCache, KvConfig};
 use crate::model::{Config, Model, TensorId};
 use crate::quant::{QMatrix, WType};
@@ -405,7 +405,7 @@ impl Kernels for FastDecoder<'_> {
             let c = self.c();
             let (hs, len, neox) = (c.head_size(), x.len(c), c.rope_neox());
             for (t, row) in self.rows_of(x).chunks_exact_mut(len).enumerate() {
-                let pos = (pos0 + t) as f32;
+                let pos = pos0 + t;
                 for head in row.chunks_exact_mut(hs) {
                     for (f, freq) in freqs.iter().enumerate() {
                         let (i, j) = if neox {
@@ -413,7 +413,7 @@ impl Kernels for FastDecoder<'_> {
                         } else {
                             (2 * f, 2 * f + 1)
                         };
-                        let (sin, cos) = (pos * freq).sin_cos();
+                        let (cos, sin) = rope_cos_sin(c, pos, *freq);
                         let (a, b) = (head[i], head[j]);
                         head[i] = a * cos - b * sin;
                         head[j] = a * sin + b * cos;

@@ -7,7 +7,7 @@ use super::layout::{buffer, kv_layer_bytes, GpuMemory};
 use super::profile::{KernelTime, Profiler};
 use super::upload::GpuWeights;
 use crate::arch::forward;
-use crate::forward::{rope_freqs, Act};
+use crate::forward::{rope_cos_sin, rope_freqs, Act};
 use crate::kv::{KvConfig, KvType};
 use crate::model::{Config, Model, TensorId};
 use crate::{Decoder, Error, Result};
@@ -397,7 +397,7 @@ impl<'g> GpuDecoder<'g> {
             ]);
             // cos/sin per frequency, computed exactly as the CPU oracle computes them.
             for (f, freq) in self.rope_freqs.iter().enumerate() {
-                let (s, co) = (pos as f32 * freq).sin_cos();
+                let (co, s) = rope_cos_sin(c, pos, *freq);
                 self.rope_table[i * hs + 2 * f] = co;
                 self.rope_table[i * hs + 2 * f + 1] = s;
             }
