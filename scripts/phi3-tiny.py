@@ -12,7 +12,6 @@ Usage: scripts/phi3-tiny.py TOKENIZER_GGUF [OUT_DIR]
 Matrices are drawn in float32 and rounded to float16, stored as F16, so the file and the float32
 transformers model hold the same values; norms and factors are F32.
 """
-import json
 import math
 import os
 import sys
@@ -21,6 +20,8 @@ import numpy as np
 import torch
 from transformers import Phi3Config, Phi3ForCausalLM
 import gguf
+
+from tiny_fixture import copy_tokenizer, f16, finish, prompt, write_reference
 
 SEED = 20261205
 VOCAB, DIM, HIDDEN, LAYERS, HEADS, KV_HEADS = 512, 64, 128, 2, 4, 2
@@ -72,15 +73,7 @@ def write_gguf(path, tok_path, model, short, long):
     w.add_rope_scaling_attn_factors(math.sqrt(1 + math.log(CTX / ORIG_CTX) / math.log(ORIG_CTX)))
     w.add_rope_scaling_orig_ctx_len(ORIG_CTX)
     w.add_file_type(gguf.LlamaFileType.MOSTLY_F16)
-    r = gguf.GGUFReader(tok_path)
-    for f in r.fields.values():
-        if f.name.startswith("tokenizer."):
-            vt = f.types[0]
-            if vt == gguf.GGUFValueType.ARRAY:
-                w.add_key_value(f.name, f.contents(), vt, sub_type=f.types[-1])
-            else:
-                w.add_key_value(f.name, f.contents(), vt)
-    f16 = lambda a: a.astype(np.float16)
+    copy_tokenizer(w, tok_path)
     w.add_tensor("token_embd.weight", f16(sd["model.embed_tokens.weight"]))
     w.add_tensor("rope_factors_long.weight", np.array(long, dtype=np.float32))
     w.add_tensor("rope_factors_short.weight", np.array(short, dtype=np.float32))
@@ -94,10 +87,7 @@ def write_gguf(path, tok_path, model, short, long):
         w.add_tensor(f"blk.{l}.ffn_down.weight", f16(sd[p + "mlp.down_proj.weight"]))
     w.add_tensor("output_norm.weight", sd["model.norm.weight"])
     w.add_tensor("output.weight", f16(sd["lm_head.weight"]))
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
+    finish(w)
 
 
 def main():
@@ -106,24 +96,12 @@ def main():
     torch.manual_seed(SEED)
     cfg, model, short, long = build()
     write_gguf(os.path.join(out, "phi3-tiny.gguf"), tok_path, model, short, long)
-    g = torch.Generator().manual_seed(SEED + 1)
-    # BOS, then random ids past the byte-fallback tokens; ORIG_CTX positions, all on short factors.
-    prompt = [1] + (259 + torch.randint(0, VOCAB - 259, (ORIG_CTX - 1,), generator=g)).tolist()
-    with torch.no_grad():
-        logits = model(torch.tensor([prompt])).logits[0].double().numpy()
-    ref = {
-        "generator": "scripts/phi3-tiny.py",
-        "transformers": __import__("transformers").__version__,
-        "torch": torch.__version__,
-        "seed": SEED,
-        "attn_factor": math.sqrt(1 + math.log(CTX / ORIG_CTX) / math.log(ORIG_CTX)),
-        "prompt": prompt,
-        "logits": [[round(float(v), 6) for v in row] for row in logits],
-    }
-    with open(os.path.join(out, "phi3-tiny.json"), "w") as f:
-        json.dump(ref, f, separators=(",", ":"))
-        f.write("\n")
-
+    # ORIG_CTX positions, all on the short factors.
+    write_reference(
+        os.path.join(out, "phi3-tiny.json"), model, prompt(SEED + 1, VOCAB, ORIG_CTX), SEED,
+        generator="scripts/phi3-tiny.py",
+        attn_factor=math.sqrt(1 + math.log(CTX / ORIG_CTX) / math.log(ORIG_CTX)),
+    )
 
 if __name__ == "__main__":
     main()

@@ -15,7 +15,8 @@ struct Step {
     token: u32,
     // KV slot the current token is stored in.
     slot: u32,
-    // First non-sink position attended.
+    // First non-sink position attended (with no window ring: the first attended, 0 but on a
+    // sliding-window layer, whose steps are their own).
     lo: u32,
     // Rows in this pass (the same in every entry).
     rows: u32,
@@ -33,7 +34,7 @@ fn slot_of(s: Step, t: u32) -> u32 {
 fn attended(s: Step, i: u32) -> u32 {
     let n_sinks = min(s.sinks, s.pos + 1u);
     if (s.span == 0u) {
-        return i;
+        return s.lo + i;
     }
     if (i < n_sinks) {
         return i;

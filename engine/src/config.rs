@@ -21,6 +21,7 @@ pub enum Arch {
     Qwen2,
     Qwen3,
     Phi3,
+    Gemma3,
 }
 
 /// Hyper-parameters of a model.
@@ -50,6 +51,22 @@ pub struct Config {
     /// attention factor (Phi-3.5's `rope.scaling.attn_factor`, as llama.cpp applies it); 1 elsewhere.
     #[serde(default = "one", skip_serializing_if = "is_one")]
     pub rope_attn_factor: f32,
+    /// Linear RoPE scaling of the global (not sliding-window) layers: their frequencies divided by
+    /// it (Gemma 3 4B and up: 8); 1 elsewhere.
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub rope_scale: f32,
+    /// Layers that attend a sliding window of the last positions (Gemma 3's local layers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub swa: Option<Swa>,
+}
+
+/// Sliding-window layers: of every `period` layers the first `period - 1` attend only the last
+/// `window` positions (their own included) and rotate with base `rope_theta`, unscaled.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Swa {
+    pub window: usize,
+    pub period: usize,
+    pub rope_theta: f32,
 }
 
 fn one() -> f32 {
@@ -77,12 +94,35 @@ impl Config {
     /// RoPE pairs element `i` of a head with `i + head_size / 2` (GPT-NeoX's layout, Qwen's), rather
     /// than adjacent elements (Llama's, whose converter permutes Q and K rows to it).
     pub fn rope_neox(&self) -> bool {
-        matches!(self.arch, Arch::Qwen2 | Arch::Qwen3 | Arch::Phi3)
+        matches!(
+            self.arch,
+            Arch::Qwen2 | Arch::Qwen3 | Arch::Phi3 | Arch::Gemma3
+        )
     }
 
     /// Whether each head of Q and K is RMS-normalised before RoPE (Qwen3's `attn_q_norm`, `attn_k_norm`).
     pub fn qk_norm(&self) -> bool {
-        self.arch == Arch::Qwen3
+        matches!(self.arch, Arch::Qwen3 | Arch::Gemma3)
+    }
+
+    /// Whether `layer` attends a sliding window ([`Config::swa`]).
+    pub fn is_local(&self, layer: usize) -> bool {
+        self.swa
+            .is_some_and(|s| s.period == 0 || layer % s.period < s.period - 1)
+    }
+
+    /// The first position `layer` attends from `pos`: the window's start on a local layer.
+    pub fn first_attended(&self, layer: usize, pos: usize) -> usize {
+        match self.swa {
+            Some(s) if self.is_local(layer) => (pos + 1).saturating_sub(s.window),
+            _ => 0,
+        }
+    }
+
+    /// Gemma's block: the embedding scaled by sqrt(dim), an RMSNorm after attention and after the
+    /// feed-forward (`post_attention_norm`, `post_ffw_norm`), a GELU-gated feed-forward.
+    pub fn gemma(&self) -> bool {
+        self.arch == Arch::Gemma3
     }
 
     /// Whether Q, K and V have biases.
@@ -147,6 +187,23 @@ impl Config {
                 format!("{} must be positive", self.rope_attn_factor),
             );
         }
+        if !(self.rope_scale.is_finite() && self.rope_scale > 0.0) {
+            return bad(
+                "rope_scale",
+                format!("{} must be positive", self.rope_scale),
+            );
+        }
+        if let Some(s) = self.swa {
+            if s.window == 0 || !(s.rope_theta.is_finite() && s.rope_theta > 0.0) {
+                return bad(
+                    "swa",
+                    format!(
+                        "window {} and RoPE base {} must be positive",
+                        s.window, s.rope_theta
+                    ),
+                );
+            }
+        }
         if !(self.norm_eps.is_finite() && self.norm_eps >= 0.0) {
             return bad(
                 "norm_eps",
@@ -165,7 +222,8 @@ impl Config {
             0
         };
         let bias = if self.qkv_bias() { q + 2 * kv } else { 0 };
-        let layer = 2 * d + d * q * 2 + d * kv * 2 + 3 * d * h + qk_norm + bias;
+        let post_norms = if self.gemma() { 2 * d } else { 0 };
+        let layer = 2 * d + d * q * 2 + d * kv * 2 + 3 * d * h + qk_norm + bias + post_norms;
         self.vocab_size * d * if tied { 1 } else { 2 } + self.n_layers * layer + d
     }
 }
@@ -219,6 +277,9 @@ pub enum TensorId {
     /// Qwen3's per-head RMSNorm weights of Q and K, `head_size`.
     QNorm(usize),
     KNorm(usize),
+    /// Gemma's RMSNorm weights of the attention output and of the feed-forward output, `dim`.
+    AttnPostNorm(usize),
+    FfnPostNorm(usize),
 }
 
 impl TensorId {
@@ -243,6 +304,8 @@ impl TensorId {
             TensorId::BiasV(l) => format!("blk.{l}.attn_v.bias"),
             TensorId::QNorm(l) => format!("blk.{l}.attn_q_norm.weight"),
             TensorId::KNorm(l) => format!("blk.{l}.attn_k_norm.weight"),
+            TensorId::AttnPostNorm(l) => format!("blk.{l}.post_attention_norm.weight"),
+            TensorId::FfnPostNorm(l) => format!("blk.{l}.post_ffw_norm.weight"),
         }
     }
 
@@ -289,7 +352,9 @@ impl TensorId {
             | TensorId::BiasK(_)
             | TensorId::BiasV(_)
             | TensorId::QNorm(_)
-            | TensorId::KNorm(_) => Class::Norm,
+            | TensorId::KNorm(_)
+            | TensorId::AttnPostNorm(_)
+            | TensorId::FfnPostNorm(_) => Class::Norm,
             TensorId::Output => Class::Output,
         }
     }
@@ -303,8 +368,9 @@ impl TensorId {
             | TensorId::BiasK(_)
             | TensorId::BiasV(_)
             | TensorId::QNorm(_)
-            | TensorId::KNorm(_) => Class::Attention,
-            TensorId::FfnNorm(_) => Class::FeedForward,
+            | TensorId::KNorm(_)
+            | TensorId::AttnPostNorm(_) => Class::Attention,
+            TensorId::FfnNorm(_) | TensorId::FfnPostNorm(_) => Class::FeedForward,
             TensorId::OutNorm => Class::Output,
             t => t.class(),
         }
@@ -325,7 +391,9 @@ impl TensorId {
             | TensorId::BiasK(l)
             | TensorId::BiasV(l)
             | TensorId::QNorm(l)
-            | TensorId::KNorm(l) => Some(l),
+            | TensorId::KNorm(l)
+            | TensorId::AttnPostNorm(l)
+            | TensorId::FfnPostNorm(l) => Some(l),
             _ => None,
         }
     }
@@ -335,7 +403,11 @@ impl TensorId {
         let (d, h, kv, q) = (c.dim, c.hidden_dim, c.kv_dim(), c.q_dim());
         match self {
             TensorId::TokEmbd | TensorId::Output => (c.vocab_size, d),
-            TensorId::AttnNorm(_) | TensorId::FfnNorm(_) | TensorId::OutNorm => (1, d),
+            TensorId::AttnNorm(_)
+            | TensorId::FfnNorm(_)
+            | TensorId::OutNorm
+            | TensorId::AttnPostNorm(_)
+            | TensorId::FfnPostNorm(_) => (1, d),
             TensorId::Wq(_) => (q, d),
             TensorId::Wk(_) | TensorId::Wv(_) => (kv, d),
             TensorId::Wo(_) => (d, q),

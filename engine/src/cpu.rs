@@ -1,7 +1,7 @@
 //! The f32 CPU backend: the oracle every other backend and configuration is checked against.
 
 use crate::arch::forward;
-use crate::forward::{rope_cos_sin, rope_freqs, Act, Kernels};
+use crate::forward::{gelu_tanh, rope_cos_sin, rope_tables, Act, Kernels};
 use crate::kv::{KvCache, KvConfig};
 use crate::model::{Config, Model, TensorId};
 use crate::quant::dot;
@@ -19,8 +19,9 @@ pub struct CpuDecoder<'m> {
     keys: Vec<f32>,
     values: Vec<f32>,
     scores: Vec<f32>,
-    /// RoPE's frequency per pair of a head (`forward::rope_freqs`), computed once.
-    freqs: Vec<f32>,
+    /// RoPE's frequency per pair of a head, global layers' then local ones' (`forward::rope_tables`),
+    /// computed once.
+    freqs: [Vec<f32>; 2],
 }
 
 impl<'m> CpuDecoder<'m> {
@@ -39,7 +40,7 @@ impl<'m> CpuDecoder<'m> {
             keys: Vec::new(),
             values: Vec::new(),
             scores: Vec::new(),
-            freqs: rope_freqs(
+            freqs: rope_tables(
                 c,
                 c.rope_freqs
                     .then(|| model.weights.norm(TensorId::RopeFreqs)),
@@ -121,13 +122,14 @@ impl Kernels for CpuDecoder<'_> {
         }
     }
 
-    fn rope_qk(&mut self, pos: usize) {
+    fn rope_qk(&mut self, layer: usize, pos: usize) {
         let c = &self.model.config;
         let hs = c.head_size();
         let neox = c.rope_neox();
+        let freqs = &self.freqs[c.is_local(layer) as usize];
         for x in [Act::Q, Act::K] {
             for head in self.acts[x as usize].chunks_exact_mut(hs) {
-                for (f, freq) in self.freqs.iter().enumerate() {
+                for (f, freq) in freqs.iter().enumerate() {
                     let (i, j) = if neox {
                         (f, f + hs / 2)
                     } else {
@@ -154,6 +156,8 @@ impl Kernels for CpuDecoder<'_> {
         // Divide like llama2.c (a reciprocal multiply rounds differently).
         let sqrt_hs = (hs as f32).sqrt();
         self.kv.config.attended(pos, &mut self.positions);
+        let first = c.first_attended(layer, pos);
+        self.positions.retain(|&p| p >= first);
         self.kv.gather(
             layer,
             pos,
@@ -187,6 +191,19 @@ impl Kernels for CpuDecoder<'_> {
         let (g, u) = self.pair(gate, up);
         for (g, u) in g.iter_mut().zip(u) {
             *g = *g / (1.0 + (-*g).exp()) * u;
+        }
+    }
+
+    fn geglu(&mut self, gate: Act, up: Act) {
+        let (g, u) = self.pair(gate, up);
+        for (g, u) in g.iter_mut().zip(u) {
+            *g = gelu_tanh(*g) * u;
+        }
+    }
+
+    fn scale(&mut self, x: Act, s: f32) {
+        for v in self.acts[x as usize].iter_mut() {
+            *v *= s;
         }
     }
 

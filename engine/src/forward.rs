@@ -10,16 +10,44 @@
 
 use crate::config::{Config, TensorId};
 
+/// GELU's tanh form, as PyTorch's `gelu(approximate="tanh")` computes it: every backend's
+/// reference (the GPU's WGSL spells the same formula).
+pub fn gelu_tanh(x: f32) -> f32 {
+    const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+    0.5 * x * (1.0 + (SQRT_2_OVER_PI * (x + 0.044715 * x * x * x)).tanh())
+}
+
 /// RoPE's angular frequency of each pair of a head, `1 / theta^(2f / head_size)`, divided by the
-/// model's `rope_freqs.weight` entry where it has one. Every backend's angles come from here.
-pub fn rope_freqs(c: &Config, divisors: Option<&[f32]>) -> Vec<f32> {
+/// model's `rope_freqs.weight` entry where it has one. A local (sliding-window) layer takes its own
+/// base ([`crate::config::Swa`]); a global one is divided by [`Config::rope_scale`]. Every
+/// backend's angles come from here.
+pub fn rope_freqs(c: &Config, divisors: Option<&[f32]>, local: bool) -> Vec<f32> {
     let hs = c.head_size();
+    let (theta, scale) = match c.swa {
+        Some(s) if local => (s.rope_theta, 1.0),
+        _ => (c.rope_theta, c.rope_scale),
+    };
     (0..hs / 2)
         .map(|f| {
-            let freq = 1.0 / c.rope_theta.powf((2 * f) as f32 / hs as f32);
-            divisors.map_or(freq, |d| freq / d[f])
+            let freq = 1.0 / theta.powf((2 * f) as f32 / hs as f32);
+            let freq = divisors.map_or(freq, |d| freq / d[f]);
+            if scale == 1.0 {
+                freq
+            } else {
+                freq / scale
+            }
         })
         .collect()
+}
+
+/// [`rope_freqs`] of the global layers and, where the model has local ones, of those.
+pub fn rope_tables(c: &Config, divisors: Option<&[f32]>) -> [Vec<f32>; 2] {
+    let local = if c.swa.is_some() {
+        rope_freqs(c, divisors, true)
+    } else {
+        Vec::new()
+    };
+    [rope_freqs(c, divisors, false), local]
 }
 
 /// RoPE's (cos, sin) for a pair of frequency `freq` at position `pos`, times the model's attention
@@ -110,17 +138,22 @@ pub trait Kernels {
     /// RMSNorm of each head of `x` in place, `w` of `head_size` weights (Qwen3's Q and K norms).
     fn head_norm(&mut self, x: Act, w: TensorId);
     /// RoPE: rotates the pairs of every head of `Q` and of `K` (adjacent, or the two halves where
-    /// [`Config::rope_neox`]), row `i` by the angles for position `pos0 + i`; each frequency divided by
-    /// its `rope_freqs.weight` entry where the model has one. One operation for both, as a pass only
-    /// ever rotates the two together (the GPU in one kernel).
-    fn rope_qk(&mut self, pos0: usize);
+    /// [`Config::rope_neox`]), row `i` by the angles for position `pos0 + i` with `layer`'s
+    /// frequencies ([`rope_freqs`]). One operation for both, as a pass only ever rotates the two
+    /// together (the GPU in one kernel).
+    fn rope_qk(&mut self, layer: usize, pos0: usize);
     /// Stores row `i` of `K` and `V` as the cache entries of `layer` at `pos0 + i`.
     fn kv_store(&mut self, layer: usize, pos0: usize);
     /// Row `i` of `out` = softmax(Q K^T / sqrt(head_size)) V over the cached positions up to
-    /// `pos0 + i`, per head, query heads sharing KV heads in groups.
+    /// `pos0 + i` (from [`Config::first_attended`] on a sliding-window layer), per head, query
+    /// heads sharing KV heads in groups.
     fn attention(&mut self, out: Act, layer: usize, pos0: usize);
     /// `gate = silu(gate) * up`
     fn swiglu(&mut self, gate: Act, up: Act);
+    /// `gate = gelu(gate) * up`, GELU's tanh form (Gemma's `gelu_pytorch_tanh`, ggml's `gelu`).
+    fn geglu(&mut self, gate: Act, up: Act);
+    /// `x *= s` (Gemma's embedding scale).
+    fn scale(&mut self, x: Act, s: f32);
     /// The SwiGLU feed-forward's first half: `out = silu(Wg x) * (Wu x)`, `scratch` free for `Wu x`.
     /// Backends may compute both products in one kernel; the default is the three operations.
     fn gate_up(&mut self, out: Act, scratch: Act, gate: TensorId, up: TensorId, x: Act) {

@@ -64,6 +64,15 @@ impl KvConfig {
                 self.group
             )));
         }
+        if let (Some(w), Some(s)) = (self.window, c.swa) {
+            // A ring would reuse slots a local layer's window still attends, and the local
+            // layers' positions would need their own ring: not built.
+            return Err(Error::Invalid(format!(
+                "--window {w}: this model's layers already attend sliding windows of {} \
+                 positions; a KV window on such a model is not supported",
+                s.window
+            )));
+        }
         if let Some(w) = self.window {
             if w <= self.sinks {
                 return Err(Error::Invalid(format!(

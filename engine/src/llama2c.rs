@@ -120,6 +120,8 @@ fn header(bytes: &[u8], file: &str) -> Result<(Config, bool)> {
         norm_eps: 1e-5,
         head_dim: None,
         rope_attn_factor: 1.0,
+        rope_scale: 1.0,
+        swa: None,
     };
     config.validate(file).map_err(hint)?;
     Ok((config, h[5] > 0))

@@ -118,6 +118,8 @@ fn tensor_stream(id: TensorId) -> u64 {
         TensorId::BiasV(l) => (15, l),
         TensorId::QNorm(l) => (16, l),
         TensorId::KNorm(l) => (17, l),
+        TensorId::AttnPostNorm(l) => (18, l),
+        TensorId::FfnPostNorm(l) => (19, l),
     };
     (l as u64) << 8 | kind
 }
@@ -183,6 +185,8 @@ impl Preset {
             // 4 heads of 128 (the others: dim / n_heads), sharing 2 KV heads.
             head_dim: qwen3.then_some(128),
             rope_attn_factor: 1.0,
+            rope_scale: 1.0,
+            swa: None,
         }
     }
 }

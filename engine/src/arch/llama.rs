@@ -35,7 +35,7 @@ pub fn forward(k: &mut dyn Kernels, c: &Config, tokens: &[u32], pos: usize) {
             k.head_norm(Act::Q, TensorId::QNorm(l));
             k.head_norm(Act::K, TensorId::KNorm(l));
         }
-        k.rope_qk(pos);
+        k.rope_qk(l, pos);
         k.kv_store(l, pos);
         k.attention(Act::Att, l, pos);
         k.matvec_add(Act::X, TensorId::Wo(l), Act::Att);
@@ -120,6 +120,8 @@ pub fn read_prefixed(g: &Gguf, file: &str, arch: Arch, prefix: &str) -> Result<C
         rope_freqs: g.tensor("rope_freqs.weight").is_some(),
         head_dim: None,
         rope_attn_factor: 1.0,
+        rope_scale: 1.0,
+        swa: None,
     };
     let key_length = key("attention.key_length");
     if g.get(&key_length).is_some() {

@@ -3,6 +3,7 @@
 //! metadata, which tensors it has, and its forward pass over [`crate::forward::Kernels`]; it is listed
 //! once in [`FAMILIES`].
 
+pub mod gemma3;
 pub mod llama;
 pub mod phi3;
 pub mod qwen2;
@@ -29,11 +30,12 @@ pub struct Family {
 }
 
 /// Every supported family.
-pub const FAMILIES: [&Family; 4] = [
+pub const FAMILIES: [&Family; 5] = [
     &llama::FAMILY,
     &qwen2::FAMILY,
     &qwen3::FAMILY,
     &phi3::FAMILY,
+    &gemma3::FAMILY,
 ];
 
 impl Arch {

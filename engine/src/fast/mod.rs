@@ -15,7 +15,7 @@ mod x86;
 
 use crate::arch::forward;
 use crate::cpu::{inv_rms, softmax};
-use crate::forward::{rope_cos_sin, rope_freqs, Act, Kernels};
+use crate::forward::{gelu_tanh, rope_cos_sin, rope_tables, Act, Kernels};
 use crate::kv::{KvCache, KvConfig};
 use crate::model::{Config, Model, TensorId};
 use crate::quant::{QMatrix, WType};
@@ -72,7 +72,8 @@ pub struct FastDecoder<'m> {
     positions: Vec<usize>,
     keys: Vec<f32>,
     values: Vec<f32>,
-    freqs: Vec<f32>,
+    /// RoPE's frequencies of global and local layers (`forward::rope_tables`).
+    freqs: [Vec<f32>; 2],
     /// The quantized rows of one activation, reused while it is unchanged (Q, K and V read one input).
     xq: Vec<Q8>,
     xq_of: Option<(Act, Order)>,
@@ -116,7 +117,7 @@ impl<'m> FastDecoder<'m> {
             positions: Vec::new(),
             keys: Vec::new(),
             values: Vec::new(),
-            freqs: rope_freqs(
+            freqs: rope_tables(
                 c,
                 c.rope_freqs
                     .then(|| model.weights.norm(TensorId::RopeFreqs)),
@@ -229,23 +230,31 @@ impl<'m> FastDecoder<'m> {
     }
 
     /// Attention of row `t` (position `pos`) against keys and values `0..=pos` laid out by position.
-    fn attend(&self, t: usize, pos: usize, keys: &[f32], values: &[f32], o: &mut [f32]) {
+    /// Row `t`'s attention over key and value rows `first..=pos`.
+    fn attend(
+        &self,
+        t: usize,
+        (first, pos): (usize, usize),
+        kv_rows: (&[f32], &[f32]),
+        o: &mut [f32],
+    ) {
         let c = self.c();
+        let (keys, values) = kv_rows;
         let (hs, kv) = (c.head_size(), c.kv_dim());
         let group = c.n_heads / c.n_kv_heads;
         let sqrt_hs = (hs as f32).sqrt();
         let q_all = &self.acts[Act::Q as usize][t * c.q_dim()..(t + 1) * c.q_dim()];
         let isa = self.opts.isa;
-        let n = pos + 1;
+        let n = pos + 1 - first;
         self.pool.chunks(o, hs, 2 * n * c.q_dim(), |h, oh| {
             let q = &q_all[h * hs..(h + 1) * hs];
             let kvh = (h / group) * hs;
-            let mut scores: Vec<f32> = (0..n)
+            let mut scores: Vec<f32> = (first..=pos)
                 .map(|p| dot::f32_row(isa, q, &keys[p * kv + kvh..][..hs]) / sqrt_hs)
                 .collect();
             softmax(&mut scores);
             oh.fill(0.0);
-            for (p, &s) in scores.iter().enumerate() {
+            for (p, &s) in (first..=pos).zip(&scores) {
                 for (a, b) in oh.iter_mut().zip(&values[p * kv + kvh..][..hs]) {
                     *a += s * b;
                 }
@@ -398,9 +407,10 @@ impl Kernels for FastDecoder<'_> {
         }
     }
 
-    fn rope_qk(&mut self, pos0: usize) {
+    fn rope_qk(&mut self, layer: usize, pos0: usize) {
         self.changed();
-        let freqs = std::mem::take(&mut self.freqs);
+        let which = self.c().is_local(layer) as usize;
+        let freqs = std::mem::take(&mut self.freqs[which]);
         for x in [Act::Q, Act::K] {
             let c = self.c();
             let (hs, len, neox) = (c.head_size(), x.len(c), c.rope_neox());
@@ -421,7 +431,7 @@ impl Kernels for FastDecoder<'_> {
                 }
             }
         }
-        self.freqs = freqs;
+        self.freqs[which] = freqs;
     }
 
     fn kv_store(&mut self, layer: usize, pos0: usize) {
@@ -450,14 +460,16 @@ impl Kernels for FastDecoder<'_> {
         }
         for t in 0..self.rows {
             let oh = &mut o[t * qd..(t + 1) * qd];
+            // Rows are positions but with a window (models with local layers take none).
+            let rows = (self.c().first_attended(layer, pos0 + t), pos0 + t);
             match self.kv.f32_rows(layer) {
-                Some((k, v)) => self.attend(t, pos0 + t, k, v, oh),
+                Some(kv) => self.attend(t, rows, kv, oh),
                 // Gathered at the batch's last position: without a window a prefix per row; with one,
                 // batches are single rows and the gathered positions are exactly the row's.
                 None if self.kv.config.window.is_some() => {
-                    self.attend(t, self.positions.len() - 1, &keys, &values, oh)
+                    self.attend(t, (0, self.positions.len() - 1), (&keys, &values), oh)
                 }
-                None => self.attend(t, pos0 + t, &keys, &values, oh),
+                None => self.attend(t, rows, (&keys, &values), oh),
             }
         }
         self.keys = keys;
@@ -470,6 +482,21 @@ impl Kernels for FastDecoder<'_> {
         let (g, u) = self.pair(gate, up);
         for (g, u) in g.iter_mut().zip(u) {
             *g = *g / (1.0 + (-*g).exp()) * u;
+        }
+    }
+
+    fn geglu(&mut self, gate: Act, up: Act) {
+        self.changed();
+        let (g, u) = self.pair(gate, up);
+        for (g, u) in g.iter_mut().zip(u) {
+            *g = gelu_tanh(*g) * u;
+        }
+    }
+
+    fn scale(&mut self, x: Act, s: f32) {
+        self.changed();
+        for v in self.rows_of(x).iter_mut() {
+            *v *= s;
         }
     }
 

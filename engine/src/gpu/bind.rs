@@ -135,7 +135,7 @@ impl GpuDecoder<'_> {
                 (2, self.w.norms[&id].clone().into()),
                 (3, act(out)),
             ],
-            BindKey::RopeQk => vec![
+            BindKey::RopeQk(local) => vec![
                 (
                     0,
                     self.uniform(&[
@@ -146,19 +146,14 @@ impl GpuDecoder<'_> {
                     ]),
                 ),
                 (1, act(Act::Q)),
-                (2, self.rope_buf.clone().into()),
+                (2, self.rope_of(local).clone().into()),
                 (3, act(Act::K)),
             ],
-            BindKey::AddBias(a, b) => vec![
-                (0, self.uniform(&[a.len(c) as u32, 0, 0, 0])),
-                (1, act(a)),
-                (3, self.w.norms[&b].clone().into()),
-            ],
-            BindKey::Add(a, b) | BindKey::Swiglu(a, b) => vec![
-                (0, self.uniform(&[a.len(c) as u32, 0, 0, 0])),
-                (1, act(a)),
-                (2, act(b)),
-            ],
+            BindKey::AddBias(..)
+            | BindKey::Add(..)
+            | BindKey::Swiglu(..)
+            | BindKey::Geglu(..)
+            | BindKey::Scale(..) => self.elementwise_entries(key),
             BindKey::KvStore(l) => vec![
                 (0, self.attn_params()),
                 (1, act(Act::K)),
@@ -175,7 +170,7 @@ impl GpuDecoder<'_> {
             BindKey::Attention(..)
             | BindKey::AttnTile(..)
             | BindKey::AttnSplit(..)
-            | BindKey::AttnCombine(_) => self.attention_entries(key),
+            | BindKey::AttnCombine(..) => self.attention_entries(key),
             BindKey::Argmax => vec![
                 (0, self.uniform(&[c.vocab_size as u32, 0, 0, 0])),
                 (1, act(Act::Logits)),
@@ -185,11 +180,41 @@ impl GpuDecoder<'_> {
         }
     }
 
+    /// The element-wise kernels' bindings (elementwise.wgsl): the row length (and scale's factor),
+    /// the activation updated, and what it takes.
+    fn elementwise_entries(&self, key: BindKey) -> Entries {
+        let c = &self.config;
+        let act = |a: Act| View::whole(self.act(a).clone());
+        let params = |a: Act, s: u32| (0, self.uniform(&[a.len(c) as u32, s, 0, 0]));
+        match key {
+            BindKey::AddBias(a, b) => vec![
+                params(a, 0),
+                (1, act(a)),
+                (3, self.w.norms[&b].clone().into()),
+            ],
+            BindKey::Add(a, b) | BindKey::Swiglu(a, b) | BindKey::Geglu(a, b) => {
+                vec![params(a, 0), (1, act(a)), (2, act(b))]
+            }
+            BindKey::Scale(a, s) => vec![params(a, s), (1, act(a))],
+            _ => unreachable!("not an element-wise key: {key:?}"),
+        }
+    }
+
     /// The attention kernels' bindings: params and steps, the query and the layer's caches, and the
     /// scratch and output each one uses.
     fn attention_entries(&self, key: BindKey) -> Entries {
         let act = |a: Act| View::whole(self.act(a).clone());
-        let mut e: Entries = vec![(0, self.attn_params()), (6, self.step_buf.clone().into())];
+        let local = match key {
+            BindKey::Attention(l, _) | BindKey::AttnTile(l, _) | BindKey::AttnSplit(l, _) => {
+                self.config.is_local(l)
+            }
+            BindKey::AttnCombine(_, local) => local,
+            _ => false,
+        };
+        let mut e: Entries = vec![
+            (0, self.attn_params()),
+            (6, self.steps_of(local).clone().into()),
+        ];
         let layer = |l: usize| -> Entries {
             vec![
                 (1, act(Act::Q)),
@@ -210,7 +235,9 @@ impl GpuDecoder<'_> {
                 e.extend(layer(l));
                 e.extend([(5, act(out)), (7, self.parts.clone().into())]);
             }
-            BindKey::AttnCombine(out) => e.extend([(5, act(out)), (7, self.parts.clone().into())]),
+            BindKey::AttnCombine(out, _) => {
+                e.extend([(5, act(out)), (7, self.parts.clone().into())])
+            }
             _ => {}
         }
         e

@@ -7,7 +7,7 @@ use super::layout::{buffer, kv_layer_bytes, GpuMemory};
 use super::profile::{KernelTime, Profiler};
 use super::upload::GpuWeights;
 use crate::arch::forward;
-use crate::forward::{rope_cos_sin, rope_freqs, Act};
+use crate::forward::{rope_cos_sin, rope_tables, Act};
 use crate::kv::{KvConfig, KvType};
 use crate::model::{Config, Model, TensorId};
 use crate::{Decoder, Error, Result};
@@ -39,8 +39,10 @@ pub struct GpuDecoder<'g> {
     pub(super) gpu: &'g Gpu,
     pub(super) config: Config,
     pub(super) kv: KvConfig,
-    /// RoPE's frequency per pair of a head (`forward::rope_freqs`).
+    /// RoPE's frequency per pair of a head on the global layers (`forward::rope_freqs`).
     pub(super) rope_freqs: Vec<f32>,
+    /// The sliding-window layers' steps and RoPE table, where the model has such layers.
+    pub(super) local: Option<super::local::Local>,
     pub(super) w: Rc<GpuWeights>,
     pub(super) acts: Vec<wgpu::Buffer>,
     pub(super) kcache: Vec<wgpu::Buffer>,
@@ -138,16 +140,9 @@ impl<'g> GpuDecoder<'g> {
         };
         let storage = wgpu::BufferUsages::STORAGE;
         let buf = |label: &str, size: u64, usage| buffer(dev, label, size, usage);
-        let act_usage = storage | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST;
         let cap = kv.window.unwrap_or(c.seq_len);
         let max_rows = batch_rows(gpu, &c, cap);
-        let acts: Vec<wgpu::Buffer> = Act::ALL
-            .iter()
-            .map(|a| {
-                let bytes = (max_rows * a.len(&c) * gpu.activations.bytes()) as u64;
-                buf(&format!("{a:?}"), bytes, act_usage)
-            })
-            .collect();
+        let acts = act_buffers(gpu, &c, max_rows);
         let (k_bytes, v_bytes) = kv_layer_bytes(&kv, &c);
         let caches = |tag: &str, bytes| -> Vec<_> {
             let layer = |l| buf(&format!("{tag}{l}"), bytes, storage);
@@ -181,10 +176,14 @@ impl<'g> GpuDecoder<'g> {
         gpu.check_errors()?;
         let t0 = web_time::Instant::now();
         let pipes = gpu.pipelines();
+        let [rope_freqs, local_freqs] = rope_tables(&c, w.rope_divisors.as_deref());
+        let local = super::local::Local::new(&c, local_freqs, max_rows, |l, n| written(l, n));
+        memory.activations += local.as_ref().map_or(0, |l| l.bytes());
         Ok(GpuDecoder {
             compile_s: t0.elapsed().as_secs_f64(),
             gpu,
-            rope_freqs: rope_freqs(&c, w.rope_divisors.as_deref()),
+            rope_freqs,
+            local,
             kv,
             w,
             acts,
@@ -409,6 +408,9 @@ impl<'g> GpuDecoder<'g> {
             0,
             bytemuck::cast_slice(&self.rope_table[..n * hs]),
         );
+        if let Some(l) = &mut self.local {
+            l.write(c, &self.steps, q);
+        }
         if self.gpu.kv_direct {
             // The last row's slot, where a decode step's Q/K/V kernel stores K and V.
             let slot = (self.kv.slot(pos0 + n - 1) as u32).to_le_bytes();
@@ -716,4 +718,17 @@ fn batch_rows(gpu: &Gpu, c: &Config, cap: usize) -> usize {
         .max(c.vocab_size * gpu.activations.bytes())
         .max(1) as u64;
     (gpu.max_binding / per_row).clamp(1, gpu.prefill_rows as u64) as usize
+}
+
+/// One buffer per activation role, `max_rows` rows each.
+fn act_buffers(gpu: &Gpu, c: &Config, max_rows: usize) -> Vec<wgpu::Buffer> {
+    let usage =
+        wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST;
+    Act::ALL
+        .iter()
+        .map(|a| {
+            let bytes = (max_rows * a.len(c) * gpu.activations.bytes()) as u64;
+            buffer(&gpu.device, &format!("{a:?}"), bytes, usage)
+        })
+        .collect()
 }

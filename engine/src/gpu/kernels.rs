@@ -67,6 +67,8 @@ pub(super) enum Kernel {
     Add,
     AddBias,
     Swiglu,
+    Geglu,
+    Scale,
     KvStore,
     KiviFlush,
     Attention,
@@ -114,7 +116,7 @@ const MATVEC4_INT8_MODULE: &[&str] = &[
     MATVEC4_INT8,
 ];
 
-pub(super) const TABLE: [KernelDef; 37] = [
+pub(super) const TABLE: [KernelDef; 39] = [
     def!(Matvec, "matvec", "matvec", MATVEC_MODULE),
     def!(Matvec4F32, "matvec4_f32", "matvec4", MATVEC4_MODULE),
     def!(Matvec4F16, "matvec4_f16", "matvec4", MATVEC4_MODULE),
@@ -170,6 +172,8 @@ pub(super) const TABLE: [KernelDef; 37] = [
     def!(Add, "add", "elementwise", &[ELEMENTWISE]),
     def!(AddBias, "add_bias", "elementwise", &[ELEMENTWISE]),
     def!(Swiglu, "swiglu", "elementwise", &[ELEMENTWISE]),
+    def!(Geglu, "geglu", "elementwise", &[ELEMENTWISE]),
+    def!(Scale, "scale", "elementwise", &[ELEMENTWISE]),
     def!(KvStore, "kv_store", "kv", KV_MODULE),
     def!(KiviFlush, "kivi_flush", "kv", KV_MODULE),
     def!(Attention, "attention", "attention", ATTENTION_MODULE),
@@ -215,6 +219,8 @@ pub(super) fn module_source(act: Activations, parts: &[&str], subgroups: bool) -
 /// `packed_4x8_integer_dot_product`, which not every browser has, and only some choices run them;
 /// the f16 kernels with a norm folded in run only for f16 weights.
 const ON_FIRST_USE: &[Kernel] = &[
+    Kernel::Geglu,
+    Kernel::Scale,
     Kernel::Matvec4Q4I,
     Kernel::Matvec4GluQ4I,
     Kernel::Matvec4QkvQ4I,
@@ -455,10 +461,14 @@ pub(super) enum BindKey {
     Norm(TensorId, Act, Act),
     /// Per-head norm weights and the activation normalised in place.
     HeadNorm(TensorId, Act),
-    RopeQk,
+    /// RoPE with the local (sliding-window) layers' table where true.
+    RopeQk(bool),
     Add(Act, Act),
     AddBias(Act, TensorId),
     Swiglu(Act, Act),
+    Geglu(Act, Act),
+    /// The activation and the factor's f32 bits.
+    Scale(Act, u32),
     KvStore(usize),
     KiviFlush(usize),
     Attention(usize, Act),
@@ -466,7 +476,8 @@ pub(super) enum BindKey {
     AttnTile(usize, Act),
     /// One layer's decode attention over a split of the context, and the combination of the splits.
     AttnSplit(usize, Act),
-    AttnCombine(Act),
+    /// Output, and whether the splits are a local layer's (its steps bound).
+    AttnCombine(Act, bool),
     Argmax,
 }
 
@@ -526,16 +537,18 @@ impl BindKey {
             BindKey::Embed(..) => Kernel::Embed,
             BindKey::Norm(..) => Kernel::Rmsnorm,
             BindKey::HeadNorm(..) => Kernel::HeadNorm,
-            BindKey::RopeQk => Kernel::RopeQk,
+            BindKey::RopeQk(_) => Kernel::RopeQk,
             BindKey::Add(..) => Kernel::Add,
             BindKey::AddBias(..) => Kernel::AddBias,
             BindKey::Swiglu(..) => Kernel::Swiglu,
+            BindKey::Geglu(..) => Kernel::Geglu,
+            BindKey::Scale(..) => Kernel::Scale,
             BindKey::KvStore(_) => Kernel::KvStore,
             BindKey::KiviFlush(_) => Kernel::KiviFlush,
             BindKey::Attention(..) => Kernel::Attention,
             BindKey::AttnTile(..) => Kernel::AttnTile,
             BindKey::AttnSplit(..) => Kernel::AttnSplit,
-            BindKey::AttnCombine(_) => Kernel::AttnCombine,
+            BindKey::AttnCombine(..) => Kernel::AttnCombine,
             BindKey::Argmax => Kernel::Argmax,
         }
     }

@@ -7,6 +7,7 @@
 //! - `bind`: what each binding key runs and binds on a decoder's weights (fused kernels chosen).
 //! - `decoder`: one sequence: activations, KV cache, recording a pass, reading back.
 //! - `grid`: the integer-dot decode kernels' workgroups, timed on the loaded model.
+//! - `local`: the sliding-window layers' own steps and RoPE table.
 //! - `ops`: the forward pass's operations as dispatches, fused kernels chosen where weights allow.
 //!
 //! Weights are uploaded once in the planar layout of `quant.rs`. Activations, the KV cache, the attention
@@ -21,6 +22,7 @@ mod device;
 mod grid;
 mod kernels;
 mod layout;
+mod local;
 mod ops;
 mod profile;
 mod upload;

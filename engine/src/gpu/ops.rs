@@ -172,7 +172,7 @@ impl Kernels for GpuDecoder<'_> {
         }
         let c = &self.config;
         // Nothing between the products and RoPE, and pairs of adjacent rows.
-        let rope = !c.qkv_bias() && !c.qk_norm() && !c.rope_neox();
+        let rope = !c.qkv_bias() && !c.qk_norm() && !c.rope_neox() && c.swa.is_none();
         let rows = c.q_dim() + 2 * c.kv_dim();
         // K and V straight into f16 caches where they leave the kernel final: rotated there, and
         // stored as f16 activations are (an f16 cache row is an f16 activation row).
@@ -188,12 +188,13 @@ impl Kernels for GpuDecoder<'_> {
         self.kv_stored = direct;
     }
 
-    fn rope_qk(&mut self, _pos0: usize) {
+    fn rope_qk(&mut self, layer: usize, _pos0: usize) {
         if std::mem::take(&mut self.roped) {
             return;
         }
         let n = self.config.q_dim() + self.config.kv_dim();
-        self.dispatch(BindKey::RopeQk, (wg(n / 2, 64).0, self.rows as u32));
+        let key = BindKey::RopeQk(self.config.is_local(layer));
+        self.dispatch(key, (wg(n / 2, 64).0, self.rows as u32));
     }
 
     fn kv_store(&mut self, layer: usize, pos0: usize) {
@@ -212,15 +213,16 @@ impl Kernels for GpuDecoder<'_> {
 
     fn attention(&mut self, out: Act, layer: usize, _pos0: usize) {
         let h = self.config.n_heads as u32;
+        let local = self.config.is_local(layer);
         if self.rows == 1 {
             // Decode: the context split across workgroups, then combined (flash-decoding); one
             // split writes the output itself.
-            let splits = self.n_att.div_ceil(ATTN_SPLIT) as u32;
+            let splits = self.n_att_of(layer).div_ceil(ATTN_SPLIT) as u32;
             self.dispatch(BindKey::AttnSplit(layer, out), (h, splits));
             if splits > 1 {
-                self.dispatch(BindKey::AttnCombine(out), (h, 1));
+                self.dispatch(BindKey::AttnCombine(out, local), (h, 1));
             }
-        } else if self.tiles_attention() {
+        } else if self.tiles_attention() && !local {
             let tiles = self.rows.div_ceil(ATTN_TILE_ROWS) as u32;
             self.dispatch(BindKey::AttnTile(layer, out), (h, tiles));
         } else {
@@ -244,6 +246,17 @@ impl Kernels for GpuDecoder<'_> {
     fn swiglu(&mut self, gate: Act, up: Act) {
         let n = gate.len(&self.config);
         self.dispatch(BindKey::Swiglu(gate, up), (wg(n, 64).0, self.rows as u32));
+    }
+
+    fn geglu(&mut self, gate: Act, up: Act) {
+        let n = gate.len(&self.config);
+        self.dispatch(BindKey::Geglu(gate, up), (wg(n, 64).0, self.rows as u32));
+    }
+
+    fn scale(&mut self, x: Act, s: f32) {
+        let n = x.len(&self.config);
+        let key = BindKey::Scale(x, s.to_bits());
+        self.dispatch(key, (wg(n, 64).0, self.rows as u32));
     }
 
     fn add_bias(&mut self, x: Act, b: TensorId) {

@@ -2,6 +2,8 @@
 #![allow(dead_code)]
 
 use nibble_engine::block_on;
+
+pub mod tiny;
 use std::path::PathBuf;
 
 /// The real test models: `$NIBBLE_MODELS`, else the repository's `testdata/` (see its README). Both

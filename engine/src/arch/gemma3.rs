@@ -1,0 +1,187 @@
+//! Gemma 3 (text: Gemma-3-270M, 1B, and the 4B-27B language models): Llama's attention with
+//! per-head Q/K norms, NeoX RoPE and a head size apart from `dim / n_heads`, and Gemma's own
+//! block: the embedding scaled by sqrt(dim), RMSNorms after attention and after the feed-forward
+//! as well as before, a GELU-gated feed-forward, and sliding-window layers (of every `period`
+//! layers the first `period - 1` attend only the last `window` positions, with their own RoPE
+//! base). llama.cpp's converter stores each norm weight as 1 + w, the factor Gemma's RMSNorm
+//! multiplies by, so norms are plain RMSNorms here.
+//!
+//! What llama.cpp derives rather than reads is derived as it does (b10573): the local RoPE base
+//! 10000 where `rope.freq_base_swa` is absent, a period of 6 where the pattern is, and the 27B's
+//! attention scale 1 / sqrt(dim / n_heads) (62 layers) where the others take 1 / sqrt(head size);
+//! nibble applies that scale as a factor on RoPE's cos and sin (`Config::rope_attn_factor`).
+
+use super::llama::{read_prefixed, write_prefixed};
+use super::{Arch, Config, Family, Meta, TensorId};
+use crate::config::Swa;
+use crate::error::{Error, Result};
+use crate::forward::{Act, Kernels};
+use crate::gguf::{Gguf, Value};
+
+pub const FAMILY: Family = Family {
+    arch: Arch::Gemma3,
+    name: "gemma3",
+    read_config,
+    write_config,
+    tensors,
+    forward,
+};
+
+/// The forward pass of one batch, as llama.cpp's `gemma3` graph and transformers' Gemma3 run it.
+pub fn forward(k: &mut dyn Kernels, c: &Config, tokens: &[u32], pos: usize) {
+    k.embed(tokens, Act::X);
+    k.scale(Act::X, (c.dim as f32).sqrt());
+    for l in 0..c.n_layers {
+        // Attention block, normalised before and after.
+        k.rmsnorm(Act::Xb, Act::X, TensorId::AttnNorm(l));
+        k.qkv(l, Act::Xb);
+        k.head_norm(Act::Q, TensorId::QNorm(l));
+        k.head_norm(Act::K, TensorId::KNorm(l));
+        k.rope_qk(l, pos);
+        k.kv_store(l, pos);
+        k.attention(Act::Att, l, pos);
+        k.matvec(Act::Xb2, TensorId::Wo(l), Act::Att);
+        k.rmsnorm(Act::Xb, Act::Xb2, TensorId::AttnPostNorm(l));
+        k.add(Act::X, Act::Xb);
+
+        // Feed-forward block (GELU-gated), normalised before and after.
+        k.rmsnorm(Act::Xb, Act::X, TensorId::FfnNorm(l));
+        k.matvec(Act::Hb, TensorId::Gate(l), Act::Xb);
+        k.matvec(Act::Hb2, TensorId::Up(l), Act::Xb);
+        k.geglu(Act::Hb, Act::Hb2);
+        k.matvec(Act::Xb2, TensorId::Down(l), Act::Hb);
+        k.rmsnorm(Act::Xb, Act::Xb2, TensorId::FfnPostNorm(l));
+        k.add(Act::X, Act::Xb);
+    }
+    k.rmsnorm(Act::Xb, Act::X, TensorId::OutNorm);
+    k.matvec(Act::Logits, TensorId::Output, Act::Xb);
+}
+
+/// All tensors in GGUF order; `Output` only when the classifier is not tied.
+pub fn tensors(c: &Config, tied: bool) -> Vec<TensorId> {
+    let mut v = vec![TensorId::TokEmbd];
+    for l in 0..c.n_layers {
+        v.extend([
+            TensorId::AttnNorm(l),
+            TensorId::Wq(l),
+            TensorId::Wk(l),
+            TensorId::Wv(l),
+            TensorId::QNorm(l),
+            TensorId::KNorm(l),
+            TensorId::Wo(l),
+            TensorId::AttnPostNorm(l),
+            TensorId::FfnNorm(l),
+            TensorId::Gate(l),
+            TensorId::Up(l),
+            TensorId::Down(l),
+            TensorId::FfnPostNorm(l),
+        ]);
+    }
+    v.push(TensorId::OutNorm);
+    if !tied {
+        v.push(TensorId::Output);
+    }
+    v
+}
+
+const WINDOW: &str = "gemma3.attention.sliding_window";
+const PATTERN: &str = "gemma3.attention.sliding_window_pattern";
+const BASE_SWA: &str = "gemma3.rope.freq_base_swa";
+const SCALING: &str = "gemma3.rope.scaling.type";
+const FACTOR: &str = "gemma3.rope.scaling.factor";
+const REFUSED: [&str; 2] = [
+    "gemma3.final_logit_softcapping",
+    "gemma3.attn_logit_softcapping",
+];
+
+/// `gemma3.*` metadata as llama.cpp writes it.
+pub fn read_config(g: &Gguf, file: &str) -> Result<Config> {
+    let mut c = read_prefixed(g, file, Arch::Gemma3, "gemma3")?;
+    let m = Meta { g, file };
+    for key in REFUSED {
+        if g.get(key).is_some() {
+            return Err(Error::format(
+                file,
+                key,
+                "logit soft-capping is not supported",
+            ));
+        }
+    }
+    if g.get(WINDOW).is_some() {
+        c.swa = Some(Swa {
+            window: m.int(WINDOW)?,
+            period: period(g, file, c.n_layers)?,
+            rope_theta: m.float_or(BASE_SWA, 10000.0)?,
+        });
+    }
+    match g.get(SCALING).map(|v| v.as_str()) {
+        None | Some(Some("linear")) => c.rope_scale = m.float_or(FACTOR, 1.0)?,
+        Some(Some("none")) => {}
+        Some(v) => {
+            let v = v.map_or("not a string".to_string(), |s| format!("{s:?}"));
+            return Err(Error::format(
+                file,
+                SCALING,
+                format!("{v} is not supported (linear is)"),
+            ));
+        }
+    }
+    if c.n_layers == 62 {
+        // The 27B: scores scaled by 1 / sqrt(dim / n_heads), as the fourth root on cos and sin.
+        let per_head = (c.dim / c.n_heads) as f32;
+        c.rope_attn_factor = (c.head_size() as f32 / per_head).powf(0.25);
+    }
+    c.validate(file)?;
+    Ok(c)
+}
+
+/// The local layers' period: the pattern key's integer, 6 where it is absent, or a per-layer
+/// array of flags that follows one period.
+fn period(g: &Gguf, file: &str, n_layers: usize) -> Result<usize> {
+    let Some(v) = g.get(PATTERN) else {
+        return Ok(6);
+    };
+    if let Some(p) = v.as_int() {
+        return usize::try_from(p).map_err(|_| Error::format(file, PATTERN, "negative"));
+    }
+    let flags: Option<Vec<bool>> = match v {
+        Value::Array(_, items) => items
+            .iter()
+            .map(|i| match i {
+                Value::Bool(b) => Some(*b),
+                _ => i.as_int().map(|b| b != 0),
+            })
+            .collect(),
+        _ => None,
+    };
+    let bad = || {
+        Error::format(
+            file,
+            PATTERN,
+            format!("{} is not a period", v.display_short()),
+        )
+    };
+    let flags = flags.ok_or_else(bad)?;
+    let p = flags.iter().position(|&local| !local).map_or(0, |i| i + 1);
+    let follows = (0..n_layers).all(|l| flags.get(l) == Some(&(p == 0 || l % p < p - 1)));
+    if follows {
+        Ok(p)
+    } else {
+        Err(bad())
+    }
+}
+
+/// The metadata [`read_config`] reads.
+pub fn write_config(c: &Config) -> Vec<(String, Value)> {
+    let mut md = write_prefixed(c, "gemma3");
+    if let Some(s) = c.swa {
+        md.push((WINDOW.into(), Value::U32(s.window as u32)));
+        md.push((PATTERN.into(), Value::U32(s.period as u32)));
+        md.push((BASE_SWA.into(), Value::F32(s.rope_theta)));
+    }
+    if c.rope_scale != 1.0 {
+        md.push((SCALING.into(), Value::String("linear".into())));
+        md.push((FACTOR.into(), Value::F32(c.rope_scale)));
+    }
+    md
+}
