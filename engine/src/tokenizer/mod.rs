@@ -1,13 +1,14 @@
 //! Vocabularies and their tokenizers, the one authority on `tokenizer.ggml.*`.
 //!
-//! SentencePiece (`tokenizer.ggml.model = "llama"`) as llama2.c runs it: a dummy prefix space, UTF-8 code
-//! points looked up whole, bytes without a piece fall back to `<0xNN>` tokens, then pairs are merged
-//! greedily by best score. Pieces are kept with plain spaces (as llama2.c's `tokenizer.bin` stores them);
+//! SentencePiece (`tokenizer.ggml.model = "llama"`) as llama.cpp runs it ([`spm`]: special tokens
+//! split out first, then llama2.c's dummy prefix space, UTF-8 code points looked up whole, bytes
+//! without a piece as `<0xNN>` tokens, pairs merged greedily by best score). Pieces are kept with plain spaces (as llama2.c's `tokenizer.bin` stores them);
 //! GGUF stores SentencePiece's `▁` instead, and the GGUF loader/writer converts, so both sources give the
 //! same ids. Byte-level BPE (`"gpt2"`) is [`bpe`].
 
 pub mod bpe;
 pub mod chat;
+mod spm;
 
 use crate::error::{Error, Result};
 use crate::gguf::{Gguf, Value, ValueType};
@@ -39,6 +40,13 @@ pub struct Tokenizer {
     byte_ids: [Option<u32>; 256],
     /// A byte-level BPE vocabulary's tokenizer; `None` for SentencePiece.
     bpe: Option<Bpe>,
+    /// SentencePiece: whether a text fragment that starts the text or follows a special token gets
+    /// a leading space (`tokenizer.ggml.add_space_prefix`, true unless the file says false).
+    pub add_space_prefix: bool,
+    /// SentencePiece: special tokens that strip the whitespace after them (llama.cpp's rule for
+    /// Phi-3 vocabularies, [`Tokenizer::from_gguf`]).
+    pub rstrip: Vec<u32>,
+    specials: spm::Specials,
 }
 
 impl Tokenizer {
@@ -58,7 +66,9 @@ impl Tokenizer {
                 byte_ids[b as usize].get_or_insert(i as u32);
             }
         }
+        let specials = spm::Specials::of(&pieces, &types, &[]);
         Tokenizer {
+            specials,
             pieces,
             scores,
             types,
@@ -69,7 +79,15 @@ impl Tokenizer {
             lookup,
             byte_ids,
             bpe: None,
+            add_space_prefix: true,
+            rstrip: Vec::new(),
         }
+    }
+
+    /// Sets which special tokens strip the whitespace after them.
+    pub fn set_rstrip(&mut self, ids: Vec<u32>) {
+        self.specials = spm::Specials::of(&self.pieces, &self.types, &ids);
+        self.rstrip = ids;
     }
 
     /// The byte-level BPE tokenizer, if this is one.
@@ -268,7 +286,42 @@ impl Tokenizer {
             .and_then(Value::as_str)
             .map(str::to_string);
         t.bpe = bpe;
+        let key = "tokenizer.ggml.add_space_prefix";
+        t.add_space_prefix = match g.get(key) {
+            None => true,
+            Some(Value::Bool(b)) => *b,
+            Some(v) => {
+                let v = v.display_short();
+                return Err(Error::format(file, key, format!("{v} is not a boolean")));
+            }
+        };
+        let name = g.get("general.name").and_then(Value::as_str).unwrap_or("");
+        if !is_bpe
+            && ["phi-3", "phi3"]
+                .iter()
+                .any(|p| name.to_lowercase().contains(p))
+        {
+            t.set_rstrip(t.phi3_rstrip());
+        }
         Ok(t)
+    }
+
+    /// llama.cpp's rule for a vocabulary whose model is named Phi-3 (`llama-vocab.cpp`): every
+    /// special token and `</s>` strip the whitespace after them, but `<unk>`, `<s>` and
+    /// `<|endoftext|>`.
+    fn phi3_rstrip(&self) -> Vec<u32> {
+        let id = |s: &str| self.lookup.get(s.as_bytes()).copied();
+        let keep = ["<unk>", "<s>", "<|endoftext|>"].map(id);
+        let special = |i: usize| {
+            matches!(
+                self.types[i],
+                TYPE_CONTROL | TYPE_USER_DEFINED | TYPE_UNKNOWN
+            )
+        };
+        (0..self.pieces.len() as u32)
+            .filter(|&i| special(i as usize) || Some(i) == id("</s>"))
+            .filter(|i| !keep.contains(&Some(*i)))
+            .collect()
     }
 
     /// The whole vocabulary as bytes (the component cache's entry): any piece bytes, unlike GGUF's
@@ -297,6 +350,11 @@ impl Tokenizer {
         for m in merges {
             put(v, m.as_bytes());
         }
+        v.push(self.add_space_prefix as u8);
+        v.extend_from_slice(&(self.rstrip.len() as u32).to_le_bytes());
+        for id in &self.rstrip {
+            v.extend_from_slice(&id.to_le_bytes());
+        }
     }
 
     /// Reads [`Tokenizer::to_bytes`]; `file` names the source in errors.
@@ -324,6 +382,10 @@ impl Tokenizer {
         t.add_bos = add_bos;
         t.chat_template = (!template.is_empty()).then_some(template);
         t.bpe = bpe;
+        t.add_space_prefix = r.take(1, "add_space_prefix")?[0] != 0;
+        let n = r.u32("rstrip")?;
+        let rstrip = (0..n).map(|_| r.u32("rstrip id")).collect::<Result<_>>()?;
+        t.set_rstrip(rstrip);
         Ok(t)
     }
 
@@ -390,6 +452,9 @@ impl Tokenizer {
             }
             None => md.push(("tokenizer.ggml.unknown_token_id".into(), Value::U32(0))),
         }
+        if self.bpe.is_none() && !self.add_space_prefix {
+            md.push(("tokenizer.ggml.add_space_prefix".into(), Value::Bool(false)));
+        }
         if let Some(t) = &self.chat_template {
             md.push(("tokenizer.chat_template".into(), Value::String(t.clone())));
         }
@@ -397,8 +462,8 @@ impl Tokenizer {
     }
 
     /// Encodes `text`, after BOS where `bos` asks and the vocabulary starts sequences with it
-    /// ([`Tokenizer::add_bos`]). SentencePiece: a dummy prefix space, code points, byte fallback, then
-    /// best-score merges; byte-level BPE: [`Bpe::encode`].
+    /// ([`Tokenizer::add_bos`]). SentencePiece: [`spm`]; byte-level BPE: [`Bpe::encode`]. Special
+    /// tokens written in the text are matched whole in both.
     pub fn encode(&self, text: &str, bos: bool, eos: bool) -> Result<Vec<u32>> {
         let mut toks = Vec::with_capacity(text.len() + 3);
         if bos && self.add_bos {
@@ -407,40 +472,8 @@ impl Tokenizer {
         let mut ids: Vec<u32> = Vec::with_capacity(text.len() + 1);
         if let Some(b) = &self.bpe {
             ids = b.encode(text)?;
-        } else if !text.is_empty() {
-            let prefixed = format!(" {text}");
-            let mut buf = [0u8; 4];
-            for ch in prefixed.chars() {
-                let s = ch.encode_utf8(&mut buf).as_bytes();
-                if let Some(&id) = self.lookup.get(s) {
-                    ids.push(id);
-                } else {
-                    // A byte without a byte piece maps to <unk>, as SentencePiece does.
-                    ids.extend(s.iter().map(|&b| self.byte_ids[b as usize].unwrap_or(0)));
-                }
-            }
-            let mut merged = Vec::new();
-            loop {
-                let mut best: Option<(f32, usize, u32)> = None;
-                for i in 0..ids.len().saturating_sub(1) {
-                    merged.clear();
-                    merged.extend_from_slice(&self.pieces[ids[i] as usize]);
-                    merged.extend_from_slice(&self.pieces[ids[i + 1] as usize]);
-                    if let Some(&id) = self.lookup.get(&merged) {
-                        let score = self.scores[id as usize];
-                        if best.is_none_or(|(s, _, _)| score > s) {
-                            best = Some((score, i, id));
-                        }
-                    }
-                }
-                match best {
-                    Some((_, i, id)) => {
-                        ids[i] = id;
-                        ids.remove(i + 1);
-                    }
-                    None => break,
-                }
-            }
+        } else {
+            self.encode_spm(text, &mut ids);
         }
         toks.extend(ids);
         if eos {
@@ -461,7 +494,7 @@ impl Tokenizer {
         };
         if let Some(b) = parse_byte_piece(p) {
             // A byte-level dummy prefix is a lone space token right after BOS.
-            if prev == self.bos && b == b' ' {
+            if self.add_space_prefix && prev == self.bos && b == b' ' {
                 return b"";
             }
             return &BYTES[b as usize..b as usize + 1];
@@ -472,7 +505,7 @@ impl Tokenizer {
         ) {
             return b"";
         }
-        if prev == self.bos && p.first() == Some(&b' ') {
+        if self.add_space_prefix && prev == self.bos && p.first() == Some(&b' ') {
             return &p[1..];
         }
         p
