@@ -1,4 +1,4 @@
-"""What the tiny family fixtures' scripts share (scripts/phi3-tiny.py, scripts/gemma3-tiny.py):
+"""What the tiny family fixtures' scripts share (scripts/phi3-tiny.py, scripts/gemma-tiny.py):
 the tokenizer keys copied from a GGUF, matrices rounded to float16, and the reference written as
 transformers' logits for a prompt."""
 import json

@@ -7,7 +7,8 @@
 // of 4, at most 256); head h reads KV head h / (n_heads / n_kv_heads). Row r attends what steps[r]
 // says, so a batched prompt is causal: every row of the pass has been stored before any row attends.
 // Softmax subtracts the maximum score first; the weighted sum is divided by the total at the end.
-// Prompt passes over f16 caches without a window take attention_tile instead (at the end: tiles of
+// Scores are soft-capped where the model caps them (`capped`, kvformat.wgsl; Gemma 2).
+// Prompt passes over f16 caches without a window or soft-capping take attention_tile instead (at the end: tiles of
 // rows sharing each key and value read).
 //
 // Decode (one row) splits the context instead (flash-decoding): attention_split runs one workgroup
@@ -204,7 +205,7 @@ fn attention(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id
     var m = -3.402823e38;
     for (var i = lid.x; i < n; i += WG) {
         var s = score(i, kvh, hs);
-        s = s / denom;
+        s = capped(s / denom);
         att[ao + i] = s;
         m = max(m, s);
     }
@@ -366,7 +367,7 @@ fn split_f16(h: u32, t: u32, kvh: u32, hs: u32, i0: u32, i1: u32) -> vec3<f32> {
     if (t < SPLIT) {
         let b = 4u * t;
         let sum = (red[b] + red[b + 1u]) + (red[b + 2u] + red[b + 3u]);
-        ws[t / 4u][t % 4u] = select(-3.402823e38, sum * (1.0 / sqrt(f32(hs))), i0 + t < i1);
+        ws[t / 4u][t % 4u] = select(-3.402823e38, capped(sum * (1.0 / sqrt(f32(hs)))), i0 + t < i1);
     }
     workgroupBarrier();
     split_max = split_maximum();
@@ -441,7 +442,7 @@ fn attention_split(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocat
     if (lid.x < SPLIT) {
         var s = -3.402823e38;
         if (i0 + lid.x < i1) {
-            s = score(i0 + lid.x, kvh, hs) * (1.0 / sqrt(f32(hs)));
+            s = capped(score(i0 + lid.x, kvh, hs) * (1.0 / sqrt(f32(hs))));
         }
         ws[lid.x / 4u][lid.x % 4u] = s;
     }

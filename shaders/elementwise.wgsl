@@ -11,6 +11,7 @@
 //   geglu:    a = gelu(a) * b      (GELU's tanh form, as PyTorch's and forward::gelu_tanh)
 //   add_bias: a += bias            (a projection's bias)
 //   scale:    a *= s               (Gemma's embedding scale)
+//   softcap:  a = s tanh(a / s)    (Gemma 2's logits)
 
 struct EwParams {
     n: u32,
@@ -64,5 +65,13 @@ fn scale(@builtin(global_invocation_id) gid: vec3<u32>) {
     let i = gid.y * p.n + gid.x;
     if (gid.x < p.n) {
         a[i] = act(f32(a[i]) * p.s);
+    }
+}
+
+@compute @workgroup_size(64)
+fn softcap(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let i = gid.y * p.n + gid.x;
+    if (gid.x < p.n) {
+        a[i] = act(p.s * tanh(f32(a[i]) / p.s));
     }
 }

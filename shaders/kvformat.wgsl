@@ -14,7 +14,16 @@ struct AttnParams {
     ring: u32,
     sinks: u32,
     pad0: u32,
-    pad1: u32,
+    // Soft-capping of every scaled score, cap * tanh(s / cap) (Gemma 2); 0: none.
+    softcap: f32,
+}
+
+// A scaled score soft-capped where the model caps them.
+fn capped(s: f32) -> f32 {
+    if (p.softcap > 0.0) {
+        return p.softcap * tanh(s / p.softcap);
+    }
+    return s;
 }
 
 // kivi4 keys (k_kind KIND_KIVI_KEYS), per layer one buffer, in words:

@@ -21,6 +21,7 @@ pub enum Arch {
     Qwen2,
     Qwen3,
     Phi3,
+    Gemma2,
     Gemma3,
 }
 
@@ -55,9 +56,20 @@ pub struct Config {
     /// it (Gemma 3 4B and up: 8); 1 elsewhere.
     #[serde(default = "one", skip_serializing_if = "is_one")]
     pub rope_scale: f32,
-    /// Layers that attend a sliding window of the last positions (Gemma 3's local layers).
+    /// Layers that attend a sliding window of the last positions (Gemma's local layers).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub swa: Option<Swa>,
+    /// Soft-capping `cap * tanh(x / cap)` of every attention score (after scaling) and of every
+    /// logit (Gemma 2: 50 and 30).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attn_softcap: Option<f32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub final_softcap: Option<f32>,
+}
+
+/// `cap * tanh(x / cap)`, every backend's soft-capping (the GPU's WGSL spells the same formula).
+pub fn softcap(x: f32, cap: f32) -> f32 {
+    cap * (x / cap).tanh()
 }
 
 /// Sliding-window layers: of every `period` layers the first `period - 1` attend only the last
@@ -96,7 +108,7 @@ impl Config {
     pub fn rope_neox(&self) -> bool {
         matches!(
             self.arch,
-            Arch::Qwen2 | Arch::Qwen3 | Arch::Phi3 | Arch::Gemma3
+            Arch::Qwen2 | Arch::Qwen3 | Arch::Phi3 | Arch::Gemma2 | Arch::Gemma3
         )
     }
 
@@ -122,7 +134,7 @@ impl Config {
     /// Gemma's block: the embedding scaled by sqrt(dim), an RMSNorm after attention and after the
     /// feed-forward (`post_attention_norm`, `post_ffw_norm`), a GELU-gated feed-forward.
     pub fn gemma(&self) -> bool {
-        self.arch == Arch::Gemma3
+        matches!(self.arch, Arch::Gemma2 | Arch::Gemma3)
     }
 
     /// Whether Q, K and V have biases.
@@ -192,6 +204,14 @@ impl Config {
                 "rope_scale",
                 format!("{} must be positive", self.rope_scale),
             );
+        }
+        for (field, cap) in [
+            ("attn_softcap", self.attn_softcap),
+            ("final_softcap", self.final_softcap),
+        ] {
+            if cap.is_some_and(|c| !(c.is_finite() && c > 0.0)) {
+                return bad(field, format!("{cap:?} must be positive"));
+            }
         }
         if let Some(s) = self.swa {
             if s.window == 0 || !(s.rope_theta.is_finite() && s.rope_theta > 0.0) {

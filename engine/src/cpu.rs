@@ -1,6 +1,7 @@
 //! The f32 CPU backend: the oracle every other backend and configuration is checked against.
 
 use crate::arch::forward;
+use crate::config::softcap;
 use crate::forward::{gelu_tanh, rope_cos_sin, rope_tables, Act, Kernels};
 use crate::kv::{KvCache, KvConfig};
 use crate::model::{Config, Model, TensorId};
@@ -174,6 +175,9 @@ impl Kernels for CpuDecoder<'_> {
             let kvh = (h / group) * hs;
             for (t, s) in self.scores.iter_mut().enumerate() {
                 *s = dot(q, &self.keys[t * kv + kvh..][..hs]) / sqrt_hs;
+                if let Some(cap) = c.attn_softcap {
+                    *s = softcap(*s, cap);
+                }
             }
             softmax(&mut self.scores);
             let oh = &mut o[h * hs..(h + 1) * hs];
@@ -204,6 +208,12 @@ impl Kernels for CpuDecoder<'_> {
     fn scale(&mut self, x: Act, s: f32) {
         for v in self.acts[x as usize].iter_mut() {
             *v *= s;
+        }
+    }
+
+    fn softcap(&mut self, x: Act, cap: f32) {
+        for v in self.acts[x as usize].iter_mut() {
+            *v = softcap(*v, cap);
         }
     }
 

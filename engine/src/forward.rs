@@ -146,7 +146,7 @@ pub trait Kernels {
     fn kv_store(&mut self, layer: usize, pos0: usize);
     /// Row `i` of `out` = softmax(Q K^T / sqrt(head_size)) V over the cached positions up to
     /// `pos0 + i` (from [`Config::first_attended`] on a sliding-window layer), per head, query
-    /// heads sharing KV heads in groups.
+    /// heads sharing KV heads in groups; each score soft-capped where [`Config::attn_softcap`].
     fn attention(&mut self, out: Act, layer: usize, pos0: usize);
     /// `gate = silu(gate) * up`
     fn swiglu(&mut self, gate: Act, up: Act);
@@ -154,6 +154,8 @@ pub trait Kernels {
     fn geglu(&mut self, gate: Act, up: Act);
     /// `x *= s` (Gemma's embedding scale).
     fn scale(&mut self, x: Act, s: f32);
+    /// `x = cap * tanh(x / cap)` ([`crate::config::softcap`]; Gemma 2's logits).
+    fn softcap(&mut self, x: Act, cap: f32);
     /// The SwiGLU feed-forward's first half: `out = silu(Wg x) * (Wu x)`, `scratch` free for `Wu x`.
     /// Backends may compute both products in one kernel; the default is the three operations.
     fn gate_up(&mut self, out: Act, scratch: Act, gate: TensorId, up: TensorId, x: Act) {

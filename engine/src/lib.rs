@@ -31,6 +31,7 @@ pub mod quant;
 pub mod scenario;
 pub mod synth;
 pub mod tokenizer;
+pub mod tolerance;
 pub mod tuning;
 #[cfg(target_arch = "wasm32")]
 pub mod web;

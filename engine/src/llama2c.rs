@@ -122,6 +122,8 @@ fn header(bytes: &[u8], file: &str) -> Result<(Config, bool)> {
         rope_attn_factor: 1.0,
         rope_scale: 1.0,
         swa: None,
+        attn_softcap: None,
+        final_softcap: None,
     };
     config.validate(file).map_err(hint)?;
     Ok((config, h[5] > 0))

@@ -5,7 +5,7 @@ use crate::cpu::CpuDecoder;
 use crate::error::{Error, Result};
 use crate::eval;
 use crate::kv::{KvConfig, KvType};
-use crate::model::Model;
+use crate::model::{Config, Model};
 use crate::precision::{Fallback, Policy, WeightConfig};
 use crate::quant::WType;
 use crate::Decoder;
@@ -377,7 +377,7 @@ pub async fn sweep(
 
 /// The default grid: weight types × block sizes × policies with an f32 cache, then every KV type with
 /// f32 weights, a sliding window, and two combined configurations.
-pub fn default_grid(window: usize) -> Vec<RunConfig> {
+pub fn default_grid(window: usize, c: &Config) -> Vec<RunConfig> {
     let mut grid = Vec::new();
     let w = |ty: Option<WType>,
              block: usize,
@@ -409,7 +409,10 @@ pub fn default_grid(window: usize) -> Vec<RunConfig> {
     for kv in [KvType::F16, KvType::Q8_0, KvType::Q4_0, KvType::Kivi4] {
         grid.push(w(None, 32, "", kv, kv, None));
     }
-    grid.push(w(None, 32, "", KvType::F16, KvType::F16, Some(window)));
+    // A model whose layers attend windows of their own takes no KV window (`KvConfig::validate`).
+    if c.swa.is_none() {
+        grid.push(w(None, 32, "", KvType::F16, KvType::F16, Some(window)));
+    }
     grid.push(w(
         Some(WType::Q4_0),
         32,

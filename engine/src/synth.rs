@@ -187,6 +187,8 @@ impl Preset {
             rope_attn_factor: 1.0,
             rope_scale: 1.0,
             swa: None,
+            attn_softcap: None,
+            final_softcap: None,
         }
     }
 }

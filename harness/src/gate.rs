@@ -244,7 +244,7 @@ pub fn metric(h: &HostRun, name: &str) -> std::result::Result<Measured, String> 
                             .window
                             .as_ref()
                             .map(|w| exact(if w.flat { 1.0 } else { 0.0 }))
-                            .unwrap_or_else(|| Err("no sliding-window run".into())),
+                            .unwrap_or_else(|| Err(no_window(c))),
                     }
                 }
                 _ => Err("context scenario holds another outcome".into()),
@@ -418,4 +418,10 @@ pub fn gate(a: GateArgs) -> i32 {
             crate::args::EXIT_BAD_INPUT
         }
     }
+}
+
+/// Why a context scenario holds no sliding-window run.
+fn no_window(c: &nibble_engine::scenario::Context) -> String {
+    let why = c.window_not_run.as_deref();
+    why.unwrap_or("no sliding-window run").into()
 }

@@ -492,7 +492,7 @@ pub fn sweep(a: SweepArgs) -> Result<()> {
     let seqs = eval::story_tokens(tok, &read_text(&a.text)?, base.config.seq_len)?;
     let budget = parse_bytes(&a.kv_budget)?;
     let grid = if a.candidate.is_empty() {
-        measure::default_grid(a.window.unwrap_or(base.config.seq_len / 2))
+        measure::default_grid(a.window.unwrap_or(base.config.seq_len / 2), &base.config)
     } else {
         parse_candidates(&a.candidate)?
     };

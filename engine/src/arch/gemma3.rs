@@ -35,8 +35,10 @@ pub fn forward(k: &mut dyn Kernels, c: &Config, tokens: &[u32], pos: usize) {
         // Attention block, normalised before and after.
         k.rmsnorm(Act::Xb, Act::X, TensorId::AttnNorm(l));
         k.qkv(l, Act::Xb);
-        k.head_norm(Act::Q, TensorId::QNorm(l));
-        k.head_norm(Act::K, TensorId::KNorm(l));
+        if c.qk_norm() {
+            k.head_norm(Act::Q, TensorId::QNorm(l));
+            k.head_norm(Act::K, TensorId::KNorm(l));
+        }
         k.rope_qk(l, pos);
         k.kv_store(l, pos);
         k.attention(Act::Att, l, pos);
@@ -55,6 +57,9 @@ pub fn forward(k: &mut dyn Kernels, c: &Config, tokens: &[u32], pos: usize) {
     }
     k.rmsnorm(Act::Xb, Act::X, TensorId::OutNorm);
     k.matvec(Act::Logits, TensorId::Output, Act::Xb);
+    if let Some(cap) = c.final_softcap {
+        k.softcap(Act::Logits, cap);
+    }
 }
 
 /// All tensors in GGUF order; `Output` only when the classifier is not tied.
@@ -66,8 +71,11 @@ pub fn tensors(c: &Config, tied: bool) -> Vec<TensorId> {
             TensorId::Wq(l),
             TensorId::Wk(l),
             TensorId::Wv(l),
-            TensorId::QNorm(l),
-            TensorId::KNorm(l),
+        ]);
+        if c.qk_norm() {
+            v.extend([TensorId::QNorm(l), TensorId::KNorm(l)]);
+        }
+        v.extend([
             TensorId::Wo(l),
             TensorId::AttnPostNorm(l),
             TensorId::FfnNorm(l),
@@ -84,49 +92,91 @@ pub fn tensors(c: &Config, tied: bool) -> Vec<TensorId> {
     v
 }
 
-const WINDOW: &str = "gemma3.attention.sliding_window";
-const PATTERN: &str = "gemma3.attention.sliding_window_pattern";
-const BASE_SWA: &str = "gemma3.rope.freq_base_swa";
-const SCALING: &str = "gemma3.rope.scaling.type";
-const FACTOR: &str = "gemma3.rope.scaling.factor";
-const REFUSED: [&str; 2] = [
-    "gemma3.final_logit_softcapping",
-    "gemma3.attn_logit_softcapping",
-];
+/// What a Gemma generation's file may leave out, as llama.cpp fills it in.
+pub struct Defaults {
+    pub prefix: &'static str,
+    pub arch: Arch,
+    /// The window where the key is absent; `None`: no local layers then.
+    pub window: Option<usize>,
+    pub period: usize,
+    /// The local layers' RoPE base where `rope.freq_base_swa` is absent; `None`: the global one.
+    pub base_swa: Option<f32>,
+    /// The layer count of the generation's 27B, whose scores are scaled by 1 / sqrt(dim / n_heads).
+    pub layers_27b: usize,
+}
 
-/// `gemma3.*` metadata as llama.cpp writes it.
+const GEMMA3: Defaults = Defaults {
+    prefix: "gemma3",
+    arch: Arch::Gemma3,
+    window: None,
+    period: 6,
+    base_swa: Some(10000.0),
+    layers_27b: 62,
+};
+
+/// `gemma3.*` metadata as llama.cpp writes it. Gemma 3 caps no attention score (llama.cpp reads
+/// no such key for it), so a file that asks is refused rather than run otherwise.
 pub fn read_config(g: &Gguf, file: &str) -> Result<Config> {
-    let mut c = read_prefixed(g, file, Arch::Gemma3, "gemma3")?;
-    let m = Meta { g, file };
-    for key in REFUSED {
-        if g.get(key).is_some() {
-            return Err(Error::format(
-                file,
-                key,
-                "logit soft-capping is not supported",
-            ));
-        }
+    let key = "gemma3.attn_logit_softcapping";
+    if g.get(key).is_some() {
+        return Err(Error::format(
+            file,
+            key,
+            "soft-capping Gemma 3's attention is not supported",
+        ));
     }
-    if g.get(WINDOW).is_some() {
+    read_gemma(g, file, &GEMMA3)
+}
+
+/// A Gemma generation's metadata: Llama's keys, then the windows, RoPE scaling, soft-capping.
+pub fn read_gemma(g: &Gguf, file: &str, d: &Defaults) -> Result<Config> {
+    let mut c = read_prefixed(g, file, d.arch, d.prefix)?;
+    let m = Meta { g, file };
+    let key = |k: &str| format!("{}.{k}", d.prefix);
+    let window = match g.get(&key("attention.sliding_window")) {
+        Some(_) => Some(m.int(&key("attention.sliding_window"))?),
+        None => d.window,
+    };
+    if let Some(window) = window {
         c.swa = Some(Swa {
-            window: m.int(WINDOW)?,
-            period: period(g, file, c.n_layers)?,
-            rope_theta: m.float_or(BASE_SWA, 10000.0)?,
+            window,
+            period: period(
+                g,
+                file,
+                &key("attention.sliding_window_pattern"),
+                c.n_layers,
+                d.period,
+            )?,
+            rope_theta: m.float_or(
+                &key("rope.freq_base_swa"),
+                d.base_swa.unwrap_or(c.rope_theta),
+            )?,
         });
     }
-    match g.get(SCALING).map(|v| v.as_str()) {
-        None | Some(Some("linear")) => c.rope_scale = m.float_or(FACTOR, 1.0)?,
+    let scaling = key("rope.scaling.type");
+    match g.get(&scaling).map(|v| v.as_str()) {
+        None | Some(Some("linear")) => {
+            c.rope_scale = m.float_or(&key("rope.scaling.factor"), 1.0)?
+        }
         Some(Some("none")) => {}
         Some(v) => {
             let v = v.map_or("not a string".to_string(), |s| format!("{s:?}"));
             return Err(Error::format(
                 file,
-                SCALING,
+                scaling,
                 format!("{v} is not supported (linear is)"),
             ));
         }
     }
-    if c.n_layers == 62 {
+    for (k, cap) in [
+        ("attn_logit_softcapping", &mut c.attn_softcap),
+        ("final_logit_softcapping", &mut c.final_softcap),
+    ] {
+        if g.get(&key(k)).is_some() {
+            *cap = Some(m.float_or(&key(k), 0.0)?);
+        }
+    }
+    if c.n_layers == d.layers_27b {
         // The 27B: scores scaled by 1 / sqrt(dim / n_heads), as the fourth root on cos and sin.
         let per_head = (c.dim / c.n_heads) as f32;
         c.rope_attn_factor = (c.head_size() as f32 / per_head).powf(0.25);
@@ -137,12 +187,12 @@ pub fn read_config(g: &Gguf, file: &str) -> Result<Config> {
 
 /// The local layers' period: the pattern key's integer, 6 where it is absent, or a per-layer
 /// array of flags that follows one period.
-fn period(g: &Gguf, file: &str, n_layers: usize) -> Result<usize> {
-    let Some(v) = g.get(PATTERN) else {
-        return Ok(6);
+fn period(g: &Gguf, file: &str, key: &str, n_layers: usize, default: usize) -> Result<usize> {
+    let Some(v) = g.get(key) else {
+        return Ok(default);
     };
     if let Some(p) = v.as_int() {
-        return usize::try_from(p).map_err(|_| Error::format(file, PATTERN, "negative"));
+        return usize::try_from(p).map_err(|_| Error::format(file, key, "negative"));
     }
     let flags: Option<Vec<bool>> = match v {
         Value::Array(_, items) => items
@@ -154,13 +204,7 @@ fn period(g: &Gguf, file: &str, n_layers: usize) -> Result<usize> {
             .collect(),
         _ => None,
     };
-    let bad = || {
-        Error::format(
-            file,
-            PATTERN,
-            format!("{} is not a period", v.display_short()),
-        )
-    };
+    let bad = || Error::format(file, key, format!("{} is not a period", v.display_short()));
     let flags = flags.ok_or_else(bad)?;
     let p = flags.iter().position(|&local| !local).map_or(0, |i| i + 1);
     let follows = (0..n_layers).all(|l| flags.get(l) == Some(&(p == 0 || l % p < p - 1)));
@@ -173,15 +217,30 @@ fn period(g: &Gguf, file: &str, n_layers: usize) -> Result<usize> {
 
 /// The metadata [`read_config`] reads.
 pub fn write_config(c: &Config) -> Vec<(String, Value)> {
-    let mut md = write_prefixed(c, "gemma3");
+    write_gemma(c, "gemma3")
+}
+
+/// The metadata [`read_gemma`] reads.
+pub fn write_gemma(c: &Config, prefix: &str) -> Vec<(String, Value)> {
+    let mut md = write_prefixed(c, prefix);
+    let mut put = |k: &str, v: Value| md.push((format!("{prefix}.{k}"), v));
     if let Some(s) = c.swa {
-        md.push((WINDOW.into(), Value::U32(s.window as u32)));
-        md.push((PATTERN.into(), Value::U32(s.period as u32)));
-        md.push((BASE_SWA.into(), Value::F32(s.rope_theta)));
+        put("attention.sliding_window", Value::U32(s.window as u32));
+        put(
+            "attention.sliding_window_pattern",
+            Value::U32(s.period as u32),
+        );
+        put("rope.freq_base_swa", Value::F32(s.rope_theta));
     }
     if c.rope_scale != 1.0 {
-        md.push((SCALING.into(), Value::String("linear".into())));
-        md.push((FACTOR.into(), Value::F32(c.rope_scale)));
+        put("rope.scaling.type", Value::String("linear".into()));
+        put("rope.scaling.factor", Value::F32(c.rope_scale));
+    }
+    if let Some(cap) = c.attn_softcap {
+        put("attn_logit_softcapping", Value::F32(cap));
+    }
+    if let Some(cap) = c.final_softcap {
+        put("final_logit_softcapping", Value::F32(cap));
     }
     md
 }

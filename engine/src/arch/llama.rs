@@ -122,6 +122,8 @@ pub fn read_prefixed(g: &Gguf, file: &str, arch: Arch, prefix: &str) -> Result<C
         rope_attn_factor: 1.0,
         rope_scale: 1.0,
         swa: None,
+        attn_softcap: None,
+        final_softcap: None,
     };
     let key_length = key("attention.key_length");
     if g.get(&key_length).is_some() {

@@ -3,6 +3,7 @@
 //! metadata, which tensors it has, and its forward pass over [`crate::forward::Kernels`]; it is listed
 //! once in [`FAMILIES`].
 
+pub mod gemma2;
 pub mod gemma3;
 pub mod llama;
 pub mod phi3;
@@ -30,11 +31,12 @@ pub struct Family {
 }
 
 /// Every supported family.
-pub const FAMILIES: [&Family; 5] = [
+pub const FAMILIES: [&Family; 6] = [
     &llama::FAMILY,
     &qwen2::FAMILY,
     &qwen3::FAMILY,
     &phi3::FAMILY,
+    &gemma2::FAMILY,
     &gemma3::FAMILY,
 ];
 

@@ -14,6 +14,7 @@ mod wasm;
 mod x86;
 
 use crate::arch::forward;
+use crate::config::softcap;
 use crate::cpu::{inv_rms, softmax};
 use crate::forward::{gelu_tanh, rope_cos_sin, rope_tables, Act, Kernels};
 use crate::kv::{KvCache, KvConfig};
@@ -249,8 +250,12 @@ impl<'m> FastDecoder<'m> {
         self.pool.chunks(o, hs, 2 * n * c.q_dim(), |h, oh| {
             let q = &q_all[h * hs..(h + 1) * hs];
             let kvh = (h / group) * hs;
+            let cap = c.attn_softcap;
             let mut scores: Vec<f32> = (first..=pos)
-                .map(|p| dot::f32_row(isa, q, &keys[p * kv + kvh..][..hs]) / sqrt_hs)
+                .map(|p| {
+                    let s = dot::f32_row(isa, q, &keys[p * kv + kvh..][..hs]) / sqrt_hs;
+                    cap.map_or(s, |cap| softcap(s, cap))
+                })
                 .collect();
             softmax(&mut scores);
             oh.fill(0.0);
@@ -497,6 +502,13 @@ impl Kernels for FastDecoder<'_> {
         self.changed();
         for v in self.rows_of(x).iter_mut() {
             *v *= s;
+        }
+    }
+
+    fn softcap(&mut self, x: Act, cap: f32) {
+        self.changed();
+        for v in self.rows_of(x).iter_mut() {
+            *v = softcap(*v, cap);
         }
     }
 

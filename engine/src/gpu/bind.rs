@@ -153,7 +153,8 @@ impl GpuDecoder<'_> {
             | BindKey::Add(..)
             | BindKey::Swiglu(..)
             | BindKey::Geglu(..)
-            | BindKey::Scale(..) => self.elementwise_entries(key),
+            | BindKey::Scale(..)
+            | BindKey::Softcap(..) => self.elementwise_entries(key),
             BindKey::KvStore(l) => vec![
                 (0, self.attn_params()),
                 (1, act(Act::K)),
@@ -195,7 +196,7 @@ impl GpuDecoder<'_> {
             BindKey::Add(a, b) | BindKey::Swiglu(a, b) | BindKey::Geglu(a, b) => {
                 vec![params(a, 0), (1, act(a)), (2, act(b))]
             }
-            BindKey::Scale(a, s) => vec![params(a, s), (1, act(a))],
+            BindKey::Scale(a, s) | BindKey::Softcap(a, s) => vec![params(a, s), (1, act(a))],
             _ => unreachable!("not an element-wise key: {key:?}"),
         }
     }
@@ -427,7 +428,7 @@ impl GpuDecoder<'_> {
             kivi_ring(&self.kv, c) as u32,
             self.kv.sinks as u32,
             max_splits(self.cap) as u32,
-            0,
+            c.attn_softcap.unwrap_or(0.0).to_bits(),
         ])
     }
 }

@@ -69,6 +69,7 @@ pub(super) enum Kernel {
     Swiglu,
     Geglu,
     Scale,
+    Softcap,
     KvStore,
     KiviFlush,
     Attention,
@@ -116,7 +117,7 @@ const MATVEC4_INT8_MODULE: &[&str] = &[
     MATVEC4_INT8,
 ];
 
-pub(super) const TABLE: [KernelDef; 39] = [
+pub(super) const TABLE: [KernelDef; 40] = [
     def!(Matvec, "matvec", "matvec", MATVEC_MODULE),
     def!(Matvec4F32, "matvec4_f32", "matvec4", MATVEC4_MODULE),
     def!(Matvec4F16, "matvec4_f16", "matvec4", MATVEC4_MODULE),
@@ -174,6 +175,7 @@ pub(super) const TABLE: [KernelDef; 39] = [
     def!(Swiglu, "swiglu", "elementwise", &[ELEMENTWISE]),
     def!(Geglu, "geglu", "elementwise", &[ELEMENTWISE]),
     def!(Scale, "scale", "elementwise", &[ELEMENTWISE]),
+    def!(Softcap, "softcap", "elementwise", &[ELEMENTWISE]),
     def!(KvStore, "kv_store", "kv", KV_MODULE),
     def!(KiviFlush, "kivi_flush", "kv", KV_MODULE),
     def!(Attention, "attention", "attention", ATTENTION_MODULE),
@@ -221,6 +223,7 @@ pub(super) fn module_source(act: Activations, parts: &[&str], subgroups: bool) -
 const ON_FIRST_USE: &[Kernel] = &[
     Kernel::Geglu,
     Kernel::Scale,
+    Kernel::Softcap,
     Kernel::Matvec4Q4I,
     Kernel::Matvec4GluQ4I,
     Kernel::Matvec4QkvQ4I,
@@ -469,6 +472,8 @@ pub(super) enum BindKey {
     Geglu(Act, Act),
     /// The activation and the factor's f32 bits.
     Scale(Act, u32),
+    /// The activation and the cap's f32 bits.
+    Softcap(Act, u32),
     KvStore(usize),
     KiviFlush(usize),
     Attention(usize, Act),
@@ -543,6 +548,7 @@ impl BindKey {
             BindKey::Swiglu(..) => Kernel::Swiglu,
             BindKey::Geglu(..) => Kernel::Geglu,
             BindKey::Scale(..) => Kernel::Scale,
+            BindKey::Softcap(..) => Kernel::Softcap,
             BindKey::KvStore(_) => Kernel::KvStore,
             BindKey::KiviFlush(_) => Kernel::KiviFlush,
             BindKey::Attention(..) => Kernel::Attention,

@@ -106,6 +106,7 @@ impl GpuDecoder<'_> {
         let kv = &self.kv;
         (kv.k, kv.v) == (KvType::F16, KvType::F16)
             && kv.window.is_none()
+            && self.config.attn_softcap.is_none()
             && matches!(self.config.head_size(), 64 | 128)
     }
 
@@ -256,6 +257,12 @@ impl Kernels for GpuDecoder<'_> {
     fn scale(&mut self, x: Act, s: f32) {
         let n = x.len(&self.config);
         let key = BindKey::Scale(x, s.to_bits());
+        self.dispatch(key, (wg(n, 64).0, self.rows as u32));
+    }
+
+    fn softcap(&mut self, x: Act, cap: f32) {
+        let n = x.len(&self.config);
+        let key = BindKey::Softcap(x, cap.to_bits());
         self.dispatch(key, (wg(n, 64).0, self.rows as u32));
     }
 

@@ -286,42 +286,10 @@ impl Tokenizer {
             .and_then(Value::as_str)
             .map(str::to_string);
         t.bpe = bpe;
-        let key = "tokenizer.ggml.add_space_prefix";
-        t.add_space_prefix = match g.get(key) {
-            None => true,
-            Some(Value::Bool(b)) => *b,
-            Some(v) => {
-                let v = v.display_short();
-                return Err(Error::format(file, key, format!("{v} is not a boolean")));
-            }
-        };
-        let name = g.get("general.name").and_then(Value::as_str).unwrap_or("");
-        if !is_bpe
-            && ["phi-3", "phi3"]
-                .iter()
-                .any(|p| name.to_lowercase().contains(p))
-        {
-            t.set_rstrip(t.phi3_rstrip());
+        if !is_bpe {
+            t.read_spm_settings(g, file)?;
         }
         Ok(t)
-    }
-
-    /// llama.cpp's rule for a vocabulary whose model is named Phi-3 (`llama-vocab.cpp`): every
-    /// special token and `</s>` strip the whitespace after them, but `<unk>`, `<s>` and
-    /// `<|endoftext|>`.
-    fn phi3_rstrip(&self) -> Vec<u32> {
-        let id = |s: &str| self.lookup.get(s.as_bytes()).copied();
-        let keep = ["<unk>", "<s>", "<|endoftext|>"].map(id);
-        let special = |i: usize| {
-            matches!(
-                self.types[i],
-                TYPE_CONTROL | TYPE_USER_DEFINED | TYPE_UNKNOWN
-            )
-        };
-        (0..self.pieces.len() as u32)
-            .filter(|&i| special(i as usize) || Some(i) == id("</s>"))
-            .filter(|i| !keep.contains(&Some(*i)))
-            .collect()
     }
 
     /// The whole vocabulary as bytes (the component cache's entry): any piece bytes, unlike GGUF's

@@ -7,6 +7,8 @@
 //! equals). Held to `llama-tokenize` by `engine/tests/tokenizer_spm.rs`.
 
 use super::{Tokenizer, TYPE_CONTROL, TYPE_UNKNOWN, TYPE_USER_DEFINED};
+use crate::error::{Error, Result};
+use crate::gguf::{Gguf, Value};
 
 /// The special tokens matched whole in text: (text, id, whitespace after it stripped), longest
 /// first, as llama.cpp orders them.
@@ -74,6 +76,46 @@ fn partition<'a>(text: &'a str, specials: &Specials) -> Vec<Frag<'a>> {
 }
 
 impl Tokenizer {
+    /// `tokenizer.ggml.add_space_prefix`, and llama.cpp's whitespace rule where `general.name`
+    /// says Phi-3.
+    pub(super) fn read_spm_settings(&mut self, g: &Gguf, file: &str) -> Result<()> {
+        let key = "tokenizer.ggml.add_space_prefix";
+        self.add_space_prefix = match g.get(key) {
+            None => true,
+            Some(Value::Bool(b)) => *b,
+            Some(v) => {
+                let v = v.display_short();
+                return Err(Error::format(file, key, format!("{v} is not a boolean")));
+            }
+        };
+        let name = g.get("general.name").and_then(Value::as_str).unwrap_or("");
+        if ["phi-3", "phi3"]
+            .iter()
+            .any(|p| name.to_lowercase().contains(p))
+        {
+            self.set_rstrip(self.phi3_rstrip());
+        }
+        Ok(())
+    }
+
+    /// llama.cpp's rule for a vocabulary whose model is named Phi-3 (`llama-vocab.cpp`): every
+    /// special token and `</s>` strip the whitespace after them, but `<unk>`, `<s>` and
+    /// `<|endoftext|>`.
+    fn phi3_rstrip(&self) -> Vec<u32> {
+        let id = |s: &str| self.lookup.get(s.as_bytes()).copied();
+        let keep = ["<unk>", "<s>", "<|endoftext|>"].map(id);
+        let special = |i: usize| {
+            matches!(
+                self.types[i],
+                TYPE_CONTROL | TYPE_USER_DEFINED | TYPE_UNKNOWN
+            )
+        };
+        (0..self.pieces.len() as u32)
+            .filter(|&i| special(i as usize) || Some(i) == id("</s>"))
+            .filter(|i| !keep.contains(&Some(*i)))
+            .collect()
+    }
+
     /// The SentencePiece ids of `text` (no BOS or EOS: the caller adds them).
     pub(super) fn encode_spm(&self, text: &str, ids: &mut Vec<u32>) {
         let mut after_special = true;

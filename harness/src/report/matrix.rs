@@ -159,7 +159,12 @@ fn sliding_window(h: &HostRun) -> Cell {
                 w.kv_bytes_at_window, w.kv_bytes_at_end
             ),
         ),
-        None => cell("unavailable", "not measured".into()),
+        None => cell(
+            "unavailable",
+            context_of(h)
+                .and_then(|c| c.window_not_run.clone())
+                .unwrap_or_else(|| "not measured".into()),
+        ),
     }
 }
 

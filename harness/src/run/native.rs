@@ -19,7 +19,7 @@ pub fn sweep(p: &Prepared) -> nibble_engine::Result<Vec<measure::SweepRow>> {
     block_on(measure::sweep(
         &p.base,
         &p.params.seqs,
-        &measure::default_grid(p.params.window),
+        &measure::default_grid(p.params.window, &p.base.config),
         p.params.kv_budget,
         Backend::Cpu,
         |_, _| {},

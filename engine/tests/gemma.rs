@@ -1,0 +1,177 @@
+//! Gemma 3 and Gemma 2 as llama.cpp's converter writes them (norms stored as 1 + w, sliding-window
+//! layers; Gemma 3's own local RoPE base and linear scaling of the global layers, Gemma 2's
+//! soft-capped scores and logits) against Hugging Face transformers' logits on the same weights
+//! (`testdata/gemma3-tiny.*`, `testdata/gemma2-tiny.*`, written by `scripts/gemma-tiny.py`), then
+//! every backend against the oracle, and the files written back.
+
+mod common;
+
+use common::tiny::{self, fixture, prompt};
+use nibble_engine::config::{Arch, Swa};
+use nibble_engine::kv::KvConfig;
+
+/// The oracle runs the file as transformers runs the model in float32: the embedding scaled by
+/// sqrt(64) = 8, Q/K head norms, NeoX RoPE at base 1e6 / 8 on the global layers and 1e4 on the
+/// local ones, which attend the last 8 positions of the 32-token prompt, post-attention and
+/// post-feed-forward norms, GELU (tanh) gating, a tied classifier. Tolerance: the harness's f32
+/// rule (`tiny::oracle_matches_transformers`), L 4, n 128.
+#[test]
+fn the_oracle_matches_transformers_on_gemma3() {
+    let (m, r) = fixture("gemma3-tiny");
+    let c = &m.config;
+    assert_eq!(c.arch, Arch::Gemma3);
+    let swa = Swa {
+        window: 8,
+        period: 2,
+        rope_theta: 10000.0,
+    };
+    assert_eq!((c.swa, c.rope_scale, c.head_size()), (Some(swa), 8.0, 32));
+    assert!(m.tied());
+    tiny::oracle_matches_transformers("gemma3-tiny", &m, &r);
+}
+
+/// Gemma 3 adds kernels (the embedding's scale, GELU gating) and binds the attention and RoPE
+/// kernels to the local layers' own steps and table; the GPU runs them as the oracle does, step
+/// by step (split attention over a window) and in a prompt batch.
+#[test]
+fn every_backend_runs_gemma3_as_the_oracle_does() {
+    let (m, r) = fixture("gemma3-tiny");
+    tiny::every_backend_matches_the_oracle("gemma3-tiny", &m, prompt(&r));
+}
+
+/// nibble writes the keys llama.cpp reads for the windows, their period and base, and the
+/// scaling; read back, the model computes the same logits bit for bit.
+#[test]
+fn a_written_gemma3_reads_back_the_same() {
+    let (m, r) = fixture("gemma3-tiny");
+    let bytes = tiny::written_reads_back_the_same(&m, &prompt(&r));
+    let g = nibble_engine::gguf::Gguf::parse(&bytes, "written.gguf").unwrap();
+    for key in [
+        "gemma3.attention.sliding_window",
+        "gemma3.attention.sliding_window_pattern",
+        "gemma3.rope.freq_base_swa",
+        "gemma3.rope.scaling.factor",
+    ] {
+        assert!(g.get(key).is_some(), "{key} written");
+    }
+}
+
+/// A KV window ring on a model whose layers already attend windows is refused, by every backend's
+/// check, with the reason.
+#[test]
+fn a_kv_window_on_gemma3_is_refused_with_the_reason() {
+    let (m, _) = fixture("gemma3-tiny");
+    let kv = KvConfig {
+        window: Some(16),
+        ..Default::default()
+    };
+    let e = kv.validate(&m.config).unwrap_err().to_string();
+    assert!(
+        e.contains("--window 16") && e.contains("sliding windows of 8"),
+        "{e}"
+    );
+    assert!(nibble_engine::cpu::CpuDecoder::with_kv(&m, kv).is_err());
+}
+
+/// Gemma 2: no Q/K norms, every other layer local at the global base, scores soft-capped at 2
+/// and logits at 5 (the fixture's caps, so that tanh bends them). Tolerance as Gemma 3's.
+#[test]
+fn the_oracle_matches_transformers_on_gemma2() {
+    let (m, r) = fixture("gemma2-tiny");
+    let c = &m.config;
+    assert_eq!(c.arch, Arch::Gemma2);
+    let swa = Swa {
+        window: 8,
+        period: 2,
+        rope_theta: 10000.0,
+    };
+    assert_eq!(c.swa, Some(swa));
+    assert_eq!((c.attn_softcap, c.final_softcap), (Some(2.0), Some(5.0)));
+    assert!(!c.qk_norm());
+    tiny::oracle_matches_transformers("gemma2-tiny", &m, &r);
+}
+
+/// The GPU caps scores in every attention kernel it chooses (the prompt's tiled kernel, which
+/// does not, is left for the row kernel) and caps the logits.
+#[test]
+fn every_backend_runs_gemma2_as_the_oracle_does() {
+    let (m, r) = fixture("gemma2-tiny");
+    tiny::every_backend_matches_the_oracle("gemma2-tiny", &m, prompt(&r));
+}
+
+#[test]
+fn a_written_gemma2_reads_back_the_same() {
+    let (m, r) = fixture("gemma2-tiny");
+    let bytes = tiny::written_reads_back_the_same(&m, &prompt(&r));
+    let g = nibble_engine::gguf::Gguf::parse(&bytes, "written.gguf").unwrap();
+    for key in [
+        "gemma2.attn_logit_softcapping",
+        "gemma2.final_logit_softcapping",
+    ] {
+        assert!(g.get(key).is_some(), "{key} written");
+    }
+}
+
+/// Soft-capping in the decode kernel's path over quantized caches too (q8_0 keys and values): the
+/// GPU against the oracle with the same cache, by the harness's f32 rule.
+#[test]
+fn gemma2_caps_scores_over_quantized_caches_on_the_gpu() {
+    use nibble_engine::cpu::CpuDecoder;
+    use nibble_engine::gpu::{Activations, Gpu, GpuDecoder, GpuOptions};
+    use nibble_engine::kv::KvType;
+    use nibble_engine::measure::{self, Reference};
+    use nibble_engine::scenario::Tolerance;
+    let (m, r) = fixture("gemma2-tiny");
+    let seqs = vec![prompt(&r)];
+    let kv = KvConfig {
+        k: KvType::Q8_0,
+        v: KvType::Q8_0,
+        ..Default::default()
+    };
+    let mut cpu = CpuDecoder::with_kv(&m, kv.clone()).unwrap();
+    let reference = nibble_engine::block_on(Reference::run(&mut cpu, &seqs)).unwrap();
+    let gpu = Gpu::open_blocking(GpuOptions {
+        act: Some(Activations::F32),
+        ..Default::default()
+    })
+    .expect("a WebGPU adapter (lavapipe)");
+    let mut g = GpuDecoder::new(&gpu, &m, kv).unwrap();
+    let d = nibble_engine::block_on(measure::compare(&reference, &mut g, &seqs)).unwrap();
+    let tol = Tolerance::for_backend("gpu", None, &m.config, reference.max_abs_logit());
+    eprintln!(
+        "gemma2-tiny q8_0 KV gpu: max |dlogit| {:.2e} (bound {:.2e})",
+        d.max_abs_dlogit, tol.max_abs_dlogit
+    );
+    if let Err(e) = tol.check(&d) {
+        panic!("{e} ({})", tol.why);
+    }
+}
+
+/// What the harness runs on a model with local layers: the sweep's grid leaves its KV-window row
+/// out (every row one the model takes), and the context scenario measures its KV types and says
+/// why it made no window run instead of failing the run.
+#[test]
+fn the_harness_runs_gemma_without_kv_windows_and_says_why() {
+    use nibble_engine::measure::{self, Reference};
+    use nibble_engine::scenario;
+    let (m, r) = fixture("gemma3-tiny");
+    let grid = measure::default_grid(16, &m.config);
+    assert!(grid.iter().all(|g| g.kv.validate(&m.config).is_ok()));
+    let llama = nibble_engine::Model::builtin();
+    let full = measure::default_grid(16, &llama.config);
+    assert_eq!(full.len(), grid.len() + 1);
+    assert!(full.iter().any(|g| g.kv.window.is_some()));
+    let seqs = vec![prompt(&r)];
+    let reference = nibble_engine::block_on(Reference::run(
+        &mut nibble_engine::cpu::CpuDecoder::new(&m),
+        &seqs,
+    ))
+    .unwrap();
+    let p = scenario::default_params(&m, seqs, 1);
+    let ctx = scenario::context(&m, nibble_engine::Backend::Cpu, &p, &reference, |_| {});
+    let ctx = nibble_engine::block_on(ctx).unwrap();
+    assert_eq!(ctx.rows.len(), p.kv_types.len());
+    assert!(ctx.window.is_none());
+    let why = ctx.window_not_run.unwrap();
+    assert!(why.contains("sliding windows of 8 positions"), "{why}");
+}
