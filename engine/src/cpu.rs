@@ -283,13 +283,7 @@ pub(crate) fn check_input(c: &Config, kv: &KvConfig, token: u32, pos: usize) -> 
             c.vocab_size
         )));
     }
-    if pos >= kv.context_limit(c) {
-        return Err(crate::Error::Invalid(format!(
-            "position {pos} is past the model's context of {} (a --window lets decoding go on)",
-            c.seq_len
-        )));
-    }
-    Ok(())
+    kv.check_position(c, pos)
 }
 
 pub(crate) fn inv_rms(x: &[f32], eps: f32) -> f32 {

@@ -27,6 +27,10 @@ pub struct KvConfig {
     /// Sliding window in positions (sinks included); `None` keeps everything.
     pub window: Option<usize>,
     pub sinks: usize,
+    /// Positions the cache holds where there is no window: llama.cpp's `-c`, WebLLM's context
+    /// window. `None`: the model's whole context, which for a 128K-context model is gigabytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ctx: Option<usize>,
 }
 
 impl Default for KvConfig {
@@ -37,6 +41,7 @@ impl Default for KvConfig {
             group: 32,
             window: None,
             sinks: 0,
+            ctx: None,
         }
     }
 }
@@ -73,6 +78,17 @@ impl KvConfig {
                 s.window
             )));
         }
+        match (self.ctx, self.window) {
+            (Some(0), _) => {
+                return Err(Error::Invalid("--ctx 0: a context holds a position".into()))
+            }
+            (Some(n), Some(w)) => {
+                return Err(Error::Invalid(format!(
+                    "--ctx {n} with --window {w}: the window already bounds the cache"
+                )))
+            }
+            _ => {}
+        }
         if let Some(w) = self.window {
             if w <= self.sinks {
                 return Err(Error::Invalid(format!(
@@ -98,15 +114,43 @@ impl KvConfig {
         if let Some(w) = self.window {
             s.push_str(&format!(" window={w},sinks={}", self.sinks));
         }
+        if let Some(n) = self.ctx {
+            s.push_str(&format!(" ctx={n}"));
+        }
         s
     }
 
-    /// Positions a decoder can take: the model's context, or unbounded with a window.
+    /// Positions a decoder can take: the model's context (or `ctx`, where smaller), or unbounded
+    /// with a window.
     pub fn context_limit(&self, c: &Config) -> usize {
         match self.window {
             Some(_) => usize::MAX,
-            None => c.seq_len,
+            None => self.ctx.map_or(c.seq_len, |n| n.min(c.seq_len)),
         }
+    }
+
+    /// Slots a layer's cache holds: the window, or the context limit.
+    pub fn capacity(&self, c: &Config) -> usize {
+        self.window.unwrap_or_else(|| self.context_limit(c))
+    }
+
+    /// Refuses a position past [`KvConfig::context_limit`], saying which limit it is.
+    pub fn check_position(&self, c: &Config, pos: usize) -> Result<()> {
+        let limit = self.context_limit(c);
+        if pos < limit {
+            return Ok(());
+        }
+        Err(Error::Invalid(if limit < c.seq_len {
+            format!(
+                "position {pos} is past the context of {limit} that --ctx sets (the model's is {})",
+                c.seq_len
+            )
+        } else {
+            format!(
+                "position {pos} is past the model's context of {limit} (a --window lets decoding \
+                 go on)"
+            )
+        }))
     }
 
     /// The positions attended at step `pos` as two ranges: sinks `0..n_sinks`, then `lo..=pos`.

@@ -45,6 +45,7 @@ impl RunConfig {
                 "kv-v" => cfg.kv.v = KvType::parse(v)?,
                 "kv-group" => cfg.kv.group = num(v)?,
                 "window" => cfg.kv.window = Some(num(v)?),
+                "ctx" => cfg.kv.ctx = Some(num(v)?),
                 "sinks" => cfg.kv.sinks = num(v)?,
                 c if c == "all" || c == "attn" || c == "ffn" || c == "embed" || c == "output" || c.contains('[') => {
                     policy.push(item.to_string())
@@ -52,7 +53,7 @@ impl RunConfig {
                 _ => {
                     return Err(Error::Invalid(format!(
                         "unknown candidate key {k:?} (expected weights, block, precision, kv, kv-k, kv-v, \
-                         kv-group, window, sinks)"
+                         kv-group, window, sinks, ctx)"
                     )))
                 }
             }
@@ -396,6 +397,7 @@ pub fn default_grid(window: usize, c: &Config) -> Vec<RunConfig> {
             group: 32,
             window,
             sinks: if window.is_some() { 4 } else { 0 },
+            ctx: None,
         },
     };
     let f32 = KvType::F32;

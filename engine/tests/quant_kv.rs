@@ -262,6 +262,7 @@ fn sliding_window_memory_is_flat_and_decoding_passes_the_context() {
             group: 16,
             window: Some(w),
             sinks: s,
+            ctx: None,
         };
         let mut dec = CpuDecoder::with_kv(&m, cfg.clone()).unwrap();
         let total = c.seq_len + 100;

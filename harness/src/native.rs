@@ -50,6 +50,10 @@ pub struct QuantArgs {
     /// Attention sinks: the first positions, kept forever in a window.
     #[arg(long, default_value_t = 0)]
     sinks: usize,
+    /// Positions the KV cache holds (llama.cpp's -c): the model's whole context where absent,
+    /// which for a 128K-context model is gigabytes of cache.
+    #[arg(long)]
+    ctx: Option<usize>,
 }
 
 impl QuantArgs {
@@ -58,6 +62,7 @@ impl QuantArgs {
             group: self.kv_group,
             window: self.window,
             sinks: self.sinks,
+            ctx: self.ctx,
             ..KvConfig::default()
         };
         if let Some(t) = &self.kv {

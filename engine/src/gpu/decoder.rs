@@ -140,7 +140,7 @@ impl<'g> GpuDecoder<'g> {
         };
         let storage = wgpu::BufferUsages::STORAGE;
         let buf = |label: &str, size: u64, usage| buffer(dev, label, size, usage);
-        let cap = kv.window.unwrap_or(c.seq_len);
+        let cap = kv.capacity(&c);
         let max_rows = batch_rows(gpu, &c, cap);
         let acts = act_buffers(gpu, &c, max_rows);
         let (k_bytes, v_bytes) = kv_layer_bytes(&kv, &c);
@@ -302,12 +302,7 @@ impl<'g> GpuDecoder<'g> {
             )));
         }
         let last = pos0 + n - 1;
-        if last >= c.seq_len && self.kv.window.is_none() {
-            return Err(Error::Invalid(format!(
-                "position {last} is past the model's context of {} (a --window lets decoding go on)",
-                c.seq_len
-            )));
-        }
+        self.kv.check_position(c, last)?;
         // A sequence starts again at position 0, whatever it held before.
         self.held = if pos0 == 0 {
             n
@@ -697,10 +692,7 @@ impl Decoder for GpuDecoder<'_> {
     }
 
     fn context_limit(&self) -> usize {
-        match self.kv.window {
-            Some(_) => usize::MAX,
-            None => self.config.seq_len,
-        }
+        self.kv.context_limit(&self.config)
     }
 }
 

@@ -129,7 +129,7 @@ pub(super) fn rows_per_chunk(m: Shape, max_binding: u64) -> Option<usize> {
 pub(super) fn kivi_ring(kv: &KvConfig, c: &Config) -> usize {
     match kv.window {
         Some(w) => (w - kv.sinks).div_ceil(kv.group) + 1,
-        None => (c.seq_len - kv.sinks).div_ceil(kv.group) + 1,
+        None => (kv.capacity(c) - kv.sinks).div_ceil(kv.group) + 1,
     }
 }
 
@@ -142,7 +142,7 @@ fn kivi_key_words(kv: &KvConfig, c: &Config) -> usize {
 /// Bytes of one layer's key and of its value cache buffer (a slot row per position held, or kivi4's
 /// key layout).
 pub(super) fn kv_layer_bytes(kv: &KvConfig, c: &Config) -> (u64, u64) {
-    let cap = kv.window.unwrap_or(c.seq_len);
+    let cap = kv.capacity(c);
     let k = if kv.k == KvType::Kivi4 {
         kivi_key_words(kv, c)
     } else {

@@ -466,9 +466,21 @@ async fn generation(prompt: Prompt, n: usize, temperature: f32) -> Result<String
         .tokenizer
         .as_ref()
         .ok_or_else(|| err("the model has no tokenizer"))?;
+    let prompt_len = match &prompt {
+        Prompt::Text(p) => tok.encode(p, true, false),
+        Prompt::Chat(m) => tok.encode_chat(m),
+    }
+    .map_err(err)?
+    .len();
+    // The cache holds what this generation can reach, not the model's whole context (gigabytes
+    // for a 128K-context model, past what a page may allocate).
+    let kv = crate::kv::KvConfig {
+        ctx: Some(prompt_len + n + 1),
+        ..Default::default()
+    };
     let g = gpu();
     let backend = backend_of(&g);
-    let mut dec = backend.decoder(&l.model, Default::default()).map_err(err)?;
+    let mut dec = backend.decoder(&l.model, kv).map_err(err)?;
     let mut sampler = eval::Sampler::new(temperature, 0.9, 0);
     let gen = match &prompt {
         Prompt::Text(p) => eval::generate(dec.as_mut(), tok, p, n, &mut sampler).await,
