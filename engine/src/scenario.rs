@@ -353,6 +353,22 @@ pub struct Params {
     /// Weight configuration loaded cold and warm by the reload scenario.
     #[serde(default = "default_reload_config")]
     pub reload_config: String,
+    /// Positions every decoder's KV cache holds but the window run's (`--ctx`); `None`: the
+    /// model's whole context.
+    #[serde(default)]
+    pub ctx: Option<usize>,
+}
+
+/// The context a run's decoders hold by default: llama.cpp's default `-c` (4096), or the model's
+/// where shorter. A 128K-context model's whole cache is gigabytes, past what a page may allocate.
+pub const DEFAULT_CTX: usize = 4096;
+
+/// `kv` with the run's context where it sets none and has no window.
+fn kv_in(p: &Params, mut kv: KvConfig) -> KvConfig {
+    if kv.window.is_none() && kv.ctx.is_none() {
+        kv.ctx = p.ctx;
+    }
+    kv
 }
 
 fn default_reload_config() -> String {
@@ -429,7 +445,7 @@ pub async fn reload_run(
     let ready = backend
         .load(src, &cfg.weights, store, &mut |m| progress(m))
         .await?;
-    let mut dec = ready.decoder(cfg.kv.clone())?;
+    let mut dec = ready.decoder(kv_in(p, cfg.kv.clone()))?;
     let mut load = ready.report.clone();
     let sink_s = load.upload_s;
     load.host_after = HostMemory::now();
@@ -470,7 +486,7 @@ pub async fn accuracy(
         let cfg = RunConfig::parse(spec)?;
         let (m, _) = measure::prepare(base, &cfg)?;
         let t0 = Instant::now();
-        let mut dec = backend.decoder(&m, cfg.kv.clone())?;
+        let mut dec = backend.decoder(&m, kv_in(p, cfg.kv.clone()))?;
         let d = measure::compare(reference, dec.as_mut(), &p.seqs).await?;
         let (name, act) = backend_kind(&backend);
         let tol = Tolerance::for_backend(name, act, &m.config, reference.max_abs_logit());
@@ -503,7 +519,7 @@ pub async fn latency(
         let (m, fallbacks) = measure::prepare(base, &cfg)?;
         let build_s = t0.elapsed().as_secs_f64();
         let t0 = Instant::now();
-        let mut dec = backend.decoder(&m, cfg.kv.clone())?;
+        let mut dec = backend.decoder(&m, kv_in(p, cfg.kv.clone()))?;
         let upload_s = t0.elapsed().as_secs_f64();
         let l = label(spec);
         let t = bench::measure(dec.as_mut(), &m, &p.bench, |line| {
@@ -534,7 +550,7 @@ pub async fn memory(
         progress(format!("memory {}", label(spec)));
         let cfg = RunConfig::parse(spec)?;
         let (m, _) = measure::prepare(base, &cfg)?;
-        let mut dec = backend.decoder(&m, cfg.kv.clone())?;
+        let mut dec = backend.decoder(&m, kv_in(p, cfg.kv.clone()))?;
         // A few real steps, so lazily grown buffers (the CPU cache) count.
         let seq = p.seqs.first().map(Vec::as_slice).unwrap_or(&[1]);
         dec.reset();
@@ -570,6 +586,7 @@ pub async fn context(
             v: kv,
             ..KvConfig::default()
         };
+        let cfg = kv_in(p, cfg);
         cfg.validate(c)?;
         let mut dec = backend.decoder(base, cfg.clone())?;
         let d = measure::compare(f32_reference, dec.as_mut(), &p.seqs).await?;
@@ -701,5 +718,6 @@ pub fn default_params(base: &Model, seqs: Vec<Vec<u32>>, reps: usize) -> Params 
         sinks: 4,
         past_context: 64,
         reload_config: default_reload_config(),
+        ctx: Some(ctx.min(DEFAULT_CTX)),
     }
 }

@@ -77,3 +77,33 @@ fn the_gpu_allocates_ctx_positions_and_computes_the_same() {
     assert_eq!(forced(&mut small, 32), forced(&mut full, 32));
     assert!(block_on(small.step(1, 32)).is_err());
 }
+
+/// A run's decoders hold `Params::ctx` positions: 4096 by default (llama.cpp's default context)
+/// where the model declares more, so the memory scenario's GPU cache for a model of 8192 positions
+/// is half what the whole context takes; the model's own where it is shorter.
+#[test]
+fn a_run_holds_its_context_not_the_models_whole() {
+    use nibble_engine::scenario::{self, DEFAULT_CTX};
+    let mut m = Model::builtin();
+    assert_eq!(
+        scenario::default_params(&m, vec![vec![1, 2]], 1).ctx,
+        Some(m.config.seq_len)
+    );
+    m.config.seq_len = 2 * DEFAULT_CTX;
+    let mut p = scenario::default_params(&m, vec![vec![1, 5, 9, 12]], 1);
+    p.latency_configs = vec!["weights=q4_0".into()];
+    assert_eq!(p.ctx, Some(DEFAULT_CTX));
+    let gpu = Gpu::open_blocking(GpuOptions {
+        act: Some(Activations::F32),
+        ..Default::default()
+    })
+    .expect("a WebGPU adapter (lavapipe)");
+    let kv_cache = |p: &scenario::Params| {
+        let backend = nibble_engine::Backend::Gpu(&gpu);
+        let rows = block_on(scenario::memory(&m, backend, p, |_| {})).unwrap();
+        rows[0].gpu.as_ref().unwrap().kv_cache
+    };
+    let held = kv_cache(&p);
+    p.ctx = None;
+    assert_eq!(kv_cache(&p), 2 * held);
+}

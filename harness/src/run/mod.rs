@@ -76,6 +76,10 @@ pub struct RunArgs {
     /// Tokens the sliding-window run decodes past the model's context.
     #[arg(long)]
     pub past_context: Option<usize>,
+    /// Positions every decoder's KV cache holds but the window run's (default: 4096, llama.cpp's
+    /// default context, or the model's where shorter).
+    #[arg(long)]
+    pub ctx: Option<usize>,
     /// Targets the run is gated on at the end (default: targets.toml in the repository).
     #[arg(long)]
     pub targets: Option<PathBuf>,

@@ -125,6 +125,9 @@ fn params(a: &RunArgs, base: &Model, seqs: Vec<Vec<u32>>) -> Params {
     if let Some(n) = a.past_context {
         params.past_context = n;
     }
+    if let Some(n) = a.ctx {
+        params.ctx = Some(n);
+    }
     params
 }
 
