@@ -21,7 +21,7 @@ from transformers import Gemma2Config, Gemma2ForCausalLM, Gemma3ForCausalLM
 from transformers.models.gemma3 import Gemma3TextConfig
 import gguf
 
-from tiny_fixture import copy_tokenizer, f16, finish, prompt, write_reference
+from tiny_fixture import add_shape, copy_tokenizer, f16, finish, prompt, write_reference
 
 SEED = 20261206
 ATTN_CAP, FINAL_CAP = 2.0, 5.0
@@ -76,12 +76,7 @@ def write_gguf(path, tok_path, model, gen):
     names = gguf.get_tensor_name_map(arch, LAYERS)
     w = gguf.GGUFWriter(path, f"gemma{gen}")
     w.add_name(f"tiny-random-gemma{gen}")
-    w.add_context_length(CTX)
-    w.add_embedding_length(DIM)
-    w.add_block_count(LAYERS)
-    w.add_feed_forward_length(HIDDEN)
-    w.add_head_count(HEADS)
-    w.add_head_count_kv(KV_HEADS)
+    add_shape(w, CTX, DIM, LAYERS, HIDDEN, HEADS, KV_HEADS)
     w.add_key_length(HEAD)
     w.add_value_length(HEAD)
     w.add_rope_dimension_count(HEAD)

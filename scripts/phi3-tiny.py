@@ -21,7 +21,7 @@ import torch
 from transformers import Phi3Config, Phi3ForCausalLM
 import gguf
 
-from tiny_fixture import copy_tokenizer, f16, finish, prompt, write_reference
+from tiny_fixture import add_shape, copy_tokenizer, f16, finish, prompt, write_reference
 
 SEED = 20261205
 VOCAB, DIM, HIDDEN, LAYERS, HEADS, KV_HEADS = 512, 64, 128, 2, 4, 2
@@ -61,12 +61,7 @@ def write_gguf(path, tok_path, model, short, long):
     w = gguf.GGUFWriter(path, "phi3")
     # Not "phi3": llama.cpp sets token attributes by that name, on tokens this vocabulary lacks.
     w.add_name("tiny-random-longrope")
-    w.add_context_length(CTX)
-    w.add_embedding_length(DIM)
-    w.add_block_count(LAYERS)
-    w.add_feed_forward_length(HIDDEN)
-    w.add_head_count(HEADS)
-    w.add_head_count_kv(KV_HEADS)
+    add_shape(w, CTX, DIM, LAYERS, HIDDEN, HEADS, KV_HEADS)
     w.add_layer_norm_rms_eps(1e-5)
     w.add_rope_dimension_count(HS)
     w.add_rope_freq_base(10000.0)

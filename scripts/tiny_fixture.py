@@ -21,6 +21,16 @@ def copy_tokenizer(w, tok_path):
                 w.add_key_value(f.name, f.contents(), vt)
 
 
+def add_shape(w, ctx, dim, layers, hidden, heads, kv_heads):
+    """The hyper-parameter keys every family writes, in the converter's order."""
+    w.add_context_length(ctx)
+    w.add_embedding_length(dim)
+    w.add_block_count(layers)
+    w.add_feed_forward_length(hidden)
+    w.add_head_count(heads)
+    w.add_head_count_kv(kv_heads)
+
+
 def f16(a):
     return a.astype(np.float16)
 
