@@ -175,3 +175,74 @@ fn the_harness_runs_gemma_without_kv_windows_and_says_why() {
     let why = ctx.window_not_run.unwrap();
     assert!(why.contains("sliding windows of 8 positions"), "{why}");
 }
+
+/// What a file leaves out is filled in as llama.cpp does: Gemma 2's window 4096, period 2 and
+/// caps 50 and 30; Gemma 3's period 6 and local base 10000; and each generation's 27B (62 and 46
+/// layers) scales scores by 1 / sqrt(dim / n_heads), here 1/4 where the head size (32) would give
+/// 1 / sqrt(32), as the square of the factor on RoPE's cos and sin over sqrt(head size).
+#[test]
+fn missing_gemma_keys_take_llama_cpp_defaults() {
+    use nibble_engine::dtype::GgmlType;
+    use nibble_engine::gguf::{self, Gguf, TensorOut, Value};
+    let file = |arch: &str, layers: u32| {
+        let u = |k: &str, v: u32| (format!("{arch}.{k}"), Value::U32(v));
+        let md = vec![
+            (
+                "general.architecture".to_string(),
+                Value::String(arch.into()),
+            ),
+            u("context_length", 256),
+            u("embedding_length", 64),
+            u("block_count", layers),
+            u("feed_forward_length", 128),
+            u("attention.head_count", 4),
+            u("attention.head_count_kv", 2),
+            u("attention.key_length", 32),
+            u("attention.value_length", 32),
+            u("vocab_size", 8),
+        ];
+        let data = vec![0u8; 64 * 8 * 4];
+        let t = TensorOut {
+            name: "token_embd.weight".into(),
+            dims: vec![64, 8],
+            ty: GgmlType::F32,
+            data: &data,
+        };
+        gguf::write(&md, &[t]).unwrap()
+    };
+    let config = |arch: &str, layers: u32| {
+        let b = file(arch, layers);
+        let g = Gguf::parse(&b, "f.gguf").unwrap();
+        (nibble_engine::arch::from_gguf(&g, "f.gguf")
+            .unwrap()
+            .read_config)(&g, "f.gguf")
+        .unwrap()
+    };
+    let g2 = config("gemma2", 4);
+    let swa = |window, period, rope_theta| {
+        Some(Swa {
+            window,
+            period,
+            rope_theta,
+        })
+    };
+    assert_eq!(g2.swa, swa(4096, 2, 10000.0));
+    assert_eq!(
+        (g2.attn_softcap, g2.final_softcap),
+        (Some(50.0), Some(30.0))
+    );
+    assert_eq!(g2.rope_attn_factor, 1.0);
+    let g3 = config("gemma3", 4);
+    assert_eq!(
+        (g3.swa, g3.final_softcap, g3.rope_attn_factor),
+        (None, None, 1.0)
+    );
+    for (arch, layers) in [("gemma3", 62), ("gemma2", 46)] {
+        let c = config(arch, layers);
+        let scale = c.rope_attn_factor.powi(2) / (c.head_size() as f32).sqrt();
+        assert!(
+            (scale - 0.25).abs() < 1e-6,
+            "{arch} {layers} layers: {scale}"
+        );
+    }
+}

@@ -319,7 +319,8 @@ fn opfs_store_and_a_full_quota() {
 
 /// The new families in every browser: Qwen3's layout (the `qwen3-tiny` preset: per-head Q/K norms,
 /// heads of 128 over a 256-wide residual), Gemma 3's (`testdata/gemma3-tiny.gguf`: the embedding's
-/// scale, GELU gating, sliding-window layers bound to their own steps and RoPE table) and a model
+/// scale, GELU gating, sliding-window layers bound to their own steps and RoPE table), Gemma 2's
+/// (soft-capped scores and logits) and a model
 /// people download, the Qwen2 fixture (`$NIBBLE_FAMILIES`; Q4_K_M super-blocks, byte-level BPE,
 /// Q/K/V biases, NeoX RoPE), run the accuracy scenario in Chromium and Firefox (WebGPU, the K-quant
 /// kernels) and WebKitGTK (wasm on the CPU), and every accuracy row passes against the native
@@ -327,16 +328,20 @@ fn opfs_store_and_a_full_quota() {
 #[test]
 fn the_new_families_are_accurate_in_every_browser() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let gemma3 = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../testdata/gemma3-tiny.gguf");
+    let testdata = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../testdata");
+    let file = |name: &str| {
+        vec![
+            "--model".to_string(),
+            testdata.join(name).display().to_string(),
+        ]
+    };
     let mut models = vec![
         (
             "qwen3-tiny",
             vec!["--preset".to_string(), "qwen3-tiny".into()],
         ),
-        (
-            "gemma3-tiny",
-            vec!["--model".to_string(), gemma3.display().to_string()],
-        ),
+        ("gemma3-tiny", file("gemma3-tiny.gguf")),
+        ("gemma2-tiny", file("gemma2-tiny.gguf")),
     ];
     match std::env::var_os("NIBBLE_FAMILIES").map(PathBuf::from) {
         Some(fam) => {
