@@ -32,8 +32,9 @@ pub use entry::{seal, unseal};
 pub use store::{Bytes, InMemory, MemStore, ModelSink, Opened, Sink, Source, Store};
 
 /// Bumped whenever the packed layout, the key derivation or the quantizers' arithmetic changes, so
-/// old entries miss (keys name the target type, not the code that produced it).
-pub const FORMAT: u32 = 3;
+/// old entries miss (keys name the target type, not the code that produced it). 4: a vocabulary
+/// entry ends with `add_space_prefix` and the special tokens that strip whitespace.
+pub const FORMAT: u32 = 4;
 
 /// A unit of caching and of loading.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
