@@ -232,3 +232,45 @@ pub(super) fn decode_tokenizer(rd: &mut Reader) -> Result<Tokenizer> {
     rd.b = &[];
     Ok(t)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Model;
+
+    /// The packed layout is pinned to its FORMAT: payloads of the built-in model's vocabulary and
+    /// of a q4_0 attention component, hashed. A layout change that keeps FORMAT fails here (bump
+    /// FORMAT, so old entries miss instead of failing to parse, and pin the new hash).
+    #[test]
+    fn the_packed_layout_is_pinned_to_its_format() {
+        let m = Model::builtin();
+        let (q4, _) = m
+            .with_weights(
+                &crate::measure::RunConfig::parse("weights=q4_0")
+                    .unwrap()
+                    .weights,
+            )
+            .unwrap();
+        let comp = Component::Attention(0);
+        let tensors: Vec<(TensorId, Tensor)> = comp
+            .tensors(&q4.config, !q4.tied())
+            .into_iter()
+            .map(|id| (id, q4.weights.tensor(id)))
+            .collect();
+        let mut h = Sha256::new();
+        h.update(encode_component(
+            Component::Tokenizer,
+            &[],
+            m.tokenizer.as_ref(),
+        ));
+        h.update(encode_component(comp, &tensors, None));
+        let got: String = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(
+            (FORMAT, got.as_str()),
+            (
+                4,
+                "6e99952b4f617bd75f4ee333c9937a84881243826058405c8c298840a25041d9"
+            )
+        );
+    }
+}
