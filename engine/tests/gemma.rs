@@ -184,9 +184,9 @@ fn the_harness_runs_gemma_without_kv_windows_and_says_why() {
 fn missing_gemma_keys_take_llama_cpp_defaults() {
     use nibble_engine::dtype::GgmlType;
     use nibble_engine::gguf::{self, Gguf, TensorOut, Value};
-    let file = |arch: &str, layers: u32| {
+    let file = |arch: &str, layers: u32, extra: &[(String, Value)]| {
         let u = |k: &str, v: u32| (format!("{arch}.{k}"), Value::U32(v));
-        let md = vec![
+        let mut md = vec![
             (
                 "general.architecture".to_string(),
                 Value::String(arch.into()),
@@ -201,6 +201,7 @@ fn missing_gemma_keys_take_llama_cpp_defaults() {
             u("attention.value_length", 32),
             u("vocab_size", 8),
         ];
+        md.extend_from_slice(extra);
         let data = vec![0u8; 64 * 8 * 4];
         let t = TensorOut {
             name: "token_embd.weight".into(),
@@ -210,14 +211,15 @@ fn missing_gemma_keys_take_llama_cpp_defaults() {
         };
         gguf::write(&md, &[t]).unwrap()
     };
-    let config = |arch: &str, layers: u32| {
-        let b = file(arch, layers);
+    let config_with = |arch: &str, layers: u32, extra: &[(String, Value)]| {
+        let b = file(arch, layers, extra);
         let g = Gguf::parse(&b, "f.gguf").unwrap();
         (nibble_engine::arch::from_gguf(&g, "f.gguf")
             .unwrap()
             .read_config)(&g, "f.gguf")
         .unwrap()
     };
+    let config = |arch: &str, layers: u32| config_with(arch, layers, &[]);
     let g2 = config("gemma2", 4);
     let swa = |window, period, rope_theta| {
         Some(Swa {
@@ -237,6 +239,13 @@ fn missing_gemma_keys_take_llama_cpp_defaults() {
         (g3.swa, g3.final_softcap, g3.rope_attn_factor),
         (None, None, 1.0)
     );
+    // A window of 0 is none, a scaling factor of 0 is 1, as llama.cpp reads them.
+    let zeros = [
+        ("gemma3.attention.sliding_window".to_string(), Value::U32(0)),
+        ("gemma3.rope.scaling.factor".to_string(), Value::F32(0.0)),
+    ];
+    let z = config_with("gemma3", 4, &zeros);
+    assert_eq!((z.swa, z.rope_scale), (None, 1.0));
     for (arch, layers) in [("gemma3", 62), ("gemma2", 46)] {
         let c = config(arch, layers);
         let scale = c.rope_attn_factor.powi(2) / (c.head_size() as f32).sqrt();

@@ -133,7 +133,9 @@ pub fn read_gemma(g: &Gguf, file: &str, d: &Defaults) -> Result<Config> {
     let mut c = read_prefixed(g, file, d.arch, d.prefix)?;
     let m = Meta { g, file };
     let key = |k: &str| format!("{}.{k}", d.prefix);
+    // As llama.cpp: a window of 0 means no local layers.
     let window = match g.get(&key("attention.sliding_window")) {
+        Some(v) if v.as_int() == Some(0) => None,
         Some(_) => Some(m.int(&key("attention.sliding_window"))?),
         None => d.window,
     };
@@ -156,7 +158,9 @@ pub fn read_gemma(g: &Gguf, file: &str, d: &Defaults) -> Result<Config> {
     let scaling = key("rope.scaling.type");
     match g.get(&scaling).map(|v| v.as_str()) {
         None | Some(Some("linear")) => {
-            c.rope_scale = m.float_or(&key("rope.scaling.factor"), 1.0)?
+            // As llama.cpp: a factor of 0 means none.
+            let f = m.float_or(&key("rope.scaling.factor"), 1.0)?;
+            c.rope_scale = if f == 0.0 { 1.0 } else { f };
         }
         Some(Some("none")) => {}
         Some(v) => {
