@@ -246,6 +246,24 @@ fn missing_gemma_keys_take_llama_cpp_defaults() {
     ];
     let z = config_with("gemma3", 4, &zeros);
     assert_eq!((z.swa, z.rope_scale), (None, 1.0));
+    // A per-layer pattern array that follows a period is that period; one that does not is
+    // refused by its key.
+    let flags = |f: &[bool]| {
+        let v = f.iter().map(|&b| Value::Bool(b)).collect();
+        let key = "gemma3.attention.sliding_window_pattern".to_string();
+        let window = ("gemma3.attention.sliding_window".to_string(), Value::U32(8));
+        vec![window, (key, Value::Array(gguf::ValueType::Bool, v))]
+    };
+    let p = config_with("gemma3", 4, &flags(&[true, false, true, false]));
+    assert_eq!(p.swa.map(|s| s.period), Some(2));
+    let b = file("gemma3", 4, &flags(&[true, false, false, true]));
+    let g = Gguf::parse(&b, "f.gguf").unwrap();
+    let e = (nibble_engine::arch::gemma3::FAMILY.read_config)(&g, "f.gguf").unwrap_err();
+    let e = e.to_string();
+    assert!(
+        e.contains("f.gguf") && e.contains("sliding_window_pattern") && e.contains("not a period"),
+        "{e}"
+    );
     for (arch, layers) in [("gemma3", 62), ("gemma2", 46)] {
         let c = config(arch, layers);
         let scale = c.rope_attn_factor.powi(2) / (c.head_size() as f32).sqrt();
