@@ -17,7 +17,8 @@ struct MatParams {
     // 1: RMSNorm of x folded in, with this epsilon (matvec4_int8.wgsl); 0: x as it is.
     norm: u32,
     eps: f32,
-    pad0: u32,
+    // The GLU kernels' gate (glu_finish): 1 GELU's tanh form (Gemma), 0 SiLU.
+    gelu: u32,
     pad1: u32,
 }
 

@@ -468,13 +468,18 @@ fn matvec4_glu_q4c(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocat
     glu_finish(ag, au, lid, rl);
 }
 
-// Sums each row's gate and up lanes and stores silu(gate) * up. Every thread calls it.
+// Sums each row's gate and up lanes and stores act(gate) * up: SiLU, or GELU's tanh form where
+// p.gelu (elementwise.wgsl's geglu). Every thread calls it.
 fn glu_finish(ag: f32, au: f32, lid: vec3<u32>, rl: vec2<u32>) {
     let s = row_sum2(vec2<f32>(ag, au), lid.x);
     let g = s.x;
     let up = s.y;
+    var a = g / (1.0 + exp(-g));
+    if (p.gelu == 1u) {
+        a = 0.5 * g * (1.0 + tanh(0.7978846 * (g + 0.044715 * g * g * g)));
+    }
     if (rl.x < p.rows && rl.y == 0u) {
-        out[p.row0 + rl.x] = act(g / (1.0 + exp(-g)) * up);
+        out[p.row0 + rl.x] = act(a * up);
     }
 }
 

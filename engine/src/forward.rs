@@ -62,6 +62,15 @@ pub fn rope_cos_sin(c: &Config, pos: usize, freq: f32) -> (f32, f32) {
     }
 }
 
+/// The gate's activation of a gated feed-forward.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Glu {
+    /// `silu(g) = g / (1 + e^-g)` (SwiGLU: Llama, Qwen, Phi-3).
+    Silu,
+    /// GELU's tanh form ([`gelu_tanh`]; Gemma).
+    Gelu,
+}
+
 /// Activation buffers every backend keeps, named by role; each holds one row per token of the batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Act {
@@ -156,12 +165,16 @@ pub trait Kernels {
     fn scale(&mut self, x: Act, s: f32);
     /// `x = cap * tanh(x / cap)` ([`crate::config::softcap`]; Gemma 2's logits).
     fn softcap(&mut self, x: Act, cap: f32);
-    /// The SwiGLU feed-forward's first half: `out = silu(Wg x) * (Wu x)`, `scratch` free for `Wu x`.
-    /// Backends may compute both products in one kernel; the default is the three operations.
-    fn gate_up(&mut self, out: Act, scratch: Act, gate: TensorId, up: TensorId, x: Act) {
+    /// A gated feed-forward's first half: `out = act(Wg x) * (Wu x)` with `act` SiLU (SwiGLU) or
+    /// GELU (Gemma), `scratch` free for `Wu x`. Backends may compute both products in one kernel;
+    /// the default is the three operations.
+    fn gate_up(&mut self, out: Act, scratch: Act, gate: TensorId, up: TensorId, x: Act, act: Glu) {
         self.matvec(out, gate, x);
         self.matvec(scratch, up, x);
-        self.swiglu(out, scratch);
+        match act {
+            Glu::Silu => self.swiglu(out, scratch),
+            Glu::Gelu => self.geglu(out, scratch),
+        }
     }
     /// `x += y`
     fn add(&mut self, x: Act, y: Act);

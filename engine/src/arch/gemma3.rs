@@ -15,7 +15,7 @@ use super::llama::{read_prefixed, write_prefixed};
 use super::{Arch, Config, Family, Meta, TensorId};
 use crate::config::Swa;
 use crate::error::{Error, Result};
-use crate::forward::{Act, Kernels};
+use crate::forward::{Act, Glu, Kernels};
 use crate::gguf::{Gguf, Value};
 
 pub const FAMILY: Family = Family {
@@ -48,9 +48,14 @@ pub fn forward(k: &mut dyn Kernels, c: &Config, tokens: &[u32], pos: usize) {
 
         // Feed-forward block (GELU-gated), normalised before and after.
         k.rmsnorm(Act::Xb, Act::X, TensorId::FfnNorm(l));
-        k.matvec(Act::Hb, TensorId::Gate(l), Act::Xb);
-        k.matvec(Act::Hb2, TensorId::Up(l), Act::Xb);
-        k.geglu(Act::Hb, Act::Hb2);
+        k.gate_up(
+            Act::Hb,
+            Act::Hb2,
+            TensorId::Gate(l),
+            TensorId::Up(l),
+            Act::Xb,
+            Glu::Gelu,
+        );
         k.matvec(Act::Xb2, TensorId::Down(l), Act::Hb);
         k.rmsnorm(Act::Xb, Act::Xb2, TensorId::FfnPostNorm(l));
         k.add(Act::X, Act::Xb);

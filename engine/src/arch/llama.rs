@@ -6,7 +6,7 @@
 
 use super::{Arch, Config, Family, Meta, TensorId};
 use crate::error::{Error, Result};
-use crate::forward::{Act, Kernels};
+use crate::forward::{Act, Glu, Kernels};
 use crate::gguf::{Gguf, Value};
 
 pub const FAMILY: Family = Family {
@@ -48,6 +48,7 @@ pub fn forward(k: &mut dyn Kernels, c: &Config, tokens: &[u32], pos: usize) {
             TensorId::Gate(l),
             TensorId::Up(l),
             Act::Xb,
+            Glu::Silu,
         );
         k.matvec_add(Act::X, TensorId::Down(l), Act::Hb);
     }

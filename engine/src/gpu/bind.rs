@@ -102,7 +102,8 @@ impl GpuDecoder<'_> {
                 let m = &self.w.mats[&id];
                 let height: usize = m.chunks.iter().map(|c| c.rows).sum();
                 let mut e = self.matrix_entries(id, ci, false, None);
-                e[0].1 = self.mat_params(m, &m.chunks[ci], false, false, (rows - 1) * height);
+                e[0].1 =
+                    self.mat_params(m, &m.chunks[ci], (false, false), false, (rows - 1) * height);
                 let row = (m.cols * self.gpu.activations.bytes()) as u64;
                 let buffer = self.act(x).clone();
                 let offset = (rows as u64 - 1) * row;
@@ -115,8 +116,8 @@ impl GpuDecoder<'_> {
                 self.keep_read_bindings(key, &mut e);
                 e
             }
-            BindKey::Glu(gate, up, out, x, norm) => {
-                self.glu_entries(gate, up, act(out), act(x), norm)
+            BindKey::Glu(gate, up, out, x, gelu, norm) => {
+                self.glu_entries((gate, up, gelu), act(out), act(x), norm)
             }
             BindKey::Qkv(..) => self.qkv_entries(key),
             BindKey::Embed(out, ci) => {
@@ -269,7 +270,7 @@ impl GpuDecoder<'_> {
     /// RMSNorm weights, or where none is, x again (a read-only binding the kernel then never reads).
     fn bind_norm(&self, key: BindKey, e: &mut Entries) {
         let (norm, x) = match key {
-            BindKey::Glu(.., x, norm) | BindKey::Qkv(_, x, _, _, norm) => (norm, x),
+            BindKey::Glu(.., x, _, norm) | BindKey::Qkv(_, x, _, _, norm) => (norm, x),
             BindKey::Matvec(_, _, _, x, _) | BindKey::LastRow(_, _, _, x, _) => (None, x),
             _ => return,
         };
@@ -285,13 +286,14 @@ impl GpuDecoder<'_> {
     /// and scales.
     fn glu_entries(
         &self,
-        gate: TensorId,
-        up: TensorId,
+        (gate, up, gelu): (TensorId, TensorId, bool),
         out: View,
         x: View,
         norm: Option<TensorId>,
     ) -> Entries {
         let mut e = self.matrix_entries(gate, 0, false, norm);
+        let m = &self.w.mats[&gate];
+        e[0].1 = self.mat_params(m, &m.chunks[0], (false, gelu), norm.is_some(), 0);
         e.retain(|(i, _)| *i != 3);
         let upc = &self.w.mats[&up].chunks[0];
         e.extend([
@@ -370,7 +372,10 @@ impl GpuDecoder<'_> {
         let m = &self.w.mats[&id];
         let ch = &m.chunks[ci];
         vec![
-            (0, self.mat_params(m, ch, accumulate, norm.is_some(), 0)),
+            (
+                0,
+                self.mat_params(m, ch, (accumulate, false), norm.is_some(), 0),
+            ),
             (1, ch.words.clone()),
             (2, ch.scales.clone()),
             (3, ch.mins.clone()),
@@ -394,7 +399,7 @@ impl GpuDecoder<'_> {
         &self,
         m: &GpuMatrix,
         ch: &Chunk,
-        accumulate: bool,
+        (accumulate, gelu): (bool, bool),
         norm: bool,
         out0: usize,
     ) -> View {
@@ -408,7 +413,7 @@ impl GpuDecoder<'_> {
             m.chunks.iter().map(|c| c.rows).sum::<usize>() as u32,
             norm as u32,
             self.config.norm_eps.to_bits(),
-            0,
+            gelu as u32,
             0,
             0,
         ])

@@ -452,9 +452,10 @@ pub(super) enum BindKey {
     /// A decode product over the last of a pass's `rows` rows alone (weight, chunk, output, input,
     /// rows): a prompt pass's classifier where only that row's logits are read.
     LastRow(TensorId, usize, Act, Act, usize),
-    /// SwiGLU's gate and up products in one dispatch: gate, up, output, input, and the RMSNorm
-    /// weights folded in where there are (the input is then the residual stream).
-    Glu(TensorId, TensorId, Act, Act, Option<TensorId>),
+    /// A gated feed-forward's gate and up products in one dispatch: gate, up, output, input,
+    /// whether the gate is GELU (else SiLU), and the RMSNorm weights folded in where there are
+    /// (the input is then the residual stream).
+    Glu(TensorId, TensorId, Act, Act, bool, Option<TensorId>),
     /// A layer's Q, K and V products in one dispatch (their shared buffers), from the input; RoPE
     /// applied where the first bool says; K and V written into the f16 KV cache where the second
     /// does; RMSNorm folded in as for `Glu`.

@@ -4,7 +4,7 @@
 use super::decoder::GpuDecoder;
 use super::device::Activations;
 use super::kernels::{fold, BindKey, Kernel, ATTN_SPLIT, ATTN_TILE_ROWS};
-use crate::forward::{Act, Kernels};
+use crate::forward::{Act, Glu, Kernels};
 use crate::kv::KvType;
 use crate::model::TensorId;
 
@@ -231,15 +231,19 @@ impl Kernels for GpuDecoder<'_> {
         }
     }
 
-    fn gate_up(&mut self, out: Act, scratch: Act, gate: TensorId, up: TensorId, x: Act) {
+    fn gate_up(&mut self, out: Act, scratch: Act, gate: TensorId, up: TensorId, x: Act, act: Glu) {
         if !self.fuses_glu(gate, up) {
             self.matvec(out, gate, x);
             self.matvec(scratch, up, x);
-            self.swiglu(out, scratch);
+            match act {
+                Glu::Silu => self.swiglu(out, scratch),
+                Glu::Gelu => self.geglu(out, scratch),
+            }
             return;
         }
         let rows = self.w.mats[&gate].chunks[0].rows;
-        let key = self.fold_norm(x, |x, norm| BindKey::Glu(gate, up, out, x, norm));
+        let gelu = act == Glu::Gelu;
+        let key = self.fold_norm(x, |x, norm| BindKey::Glu(gate, up, out, x, gelu, norm));
         let groups = self.row_grid(key, rows);
         self.dispatch(key, groups);
     }
