@@ -44,8 +44,8 @@ pub struct Tokenizer {
     /// a leading space (`tokenizer.ggml.add_space_prefix`, true unless the file says false).
     pub add_space_prefix: bool,
     /// SentencePiece: special tokens that strip the whitespace after them (llama.cpp's rule for
-    /// Phi-3 vocabularies, [`Tokenizer::from_gguf`]).
-    pub rstrip: Vec<u32>,
+    /// Phi-3 vocabularies); set through `set_rstrip`, which keeps the matcher in step.
+    rstrip: Vec<u32>,
     specials: spm::Specials,
 }
 
