@@ -577,7 +577,7 @@ fn batched_prefill_matches_cpu() {
         let what = format!("builtin {spec}");
         check_prefill(&gpu, &m, KvConfig::default(), &bt, &what, 2e-4);
     }
-    // Passes of up to 160 rows: the matmul's 32-token tiles, the last one short (90 = 2 x 32 + 26).
+    // Passes of up to 160 rows: the tiled kernels' 64-token tiles, the last one short (90 = 64 + 26).
     let wide_passes = Gpu::open_blocking(GpuOptions {
         act: Some(Activations::F32),
         prefill_rows: Some(160),

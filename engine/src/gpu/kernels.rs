@@ -431,15 +431,6 @@ impl Kernel {
             _ => 8,
         }
     }
-
-    /// Tokens one workgroup of a prompt-pass product covers (`MI_T` in matmul_int8.wgsl; 32 in
-    /// matvec.wgsl's `matmul`).
-    pub(super) fn matmul_tokens(self) -> usize {
-        match self {
-            Kernel::MatmulQ4I => 64,
-            _ => 32,
-        }
-    }
 }
 
 /// What one dispatch binds; bind groups are cached by it.

@@ -24,12 +24,12 @@ impl GpuDecoder<'_> {
             return;
         }
         if self.rows > 1 {
-            // A batch: the tiled kernels cover 64 weight rows by 32 or 64 tokens per workgroup.
+            // A batch: the tiled kernels (matmul, matmul_q4i) cover 64 weight rows by 64 tokens a
+            // workgroup.
             for ci in 0..self.w.mats[&w].chunks.len() {
                 let rows = self.w.mats[&w].chunks[ci].rows;
                 let key = BindKey::Matmul(w, ci, out, x, accumulate);
-                let tokens = self.kernel_of(key).matmul_tokens();
-                let tiles = self.rows.div_ceil(tokens) as u32;
+                let tiles = self.rows.div_ceil(64) as u32;
                 self.dispatch(key, (rows.div_ceil(64) as u32, tiles));
             }
             return;
