@@ -17,7 +17,8 @@
 // scales and mins) is one vec4 and its codes 8 more (Q5_K: 2 vec4s of fifth bits between). Eight lanes
 // share a super-block, each taking one vec4 of codes (16 bytes: 32 values of two sub-blocks), so 32
 // lanes cover 4 super-blocks a pass; two passes are loaded before any arithmetic. Q6_K's 53-word
-// super-blocks are not vec4-aligned: it keeps the 32-bit kernel.
+// super-blocks are not vec4-aligned: it keeps the 32-bit kernel. matvec4_glu_q4k fuses a Q4_K gate and
+// up (the other GLU kernels below, bindings 7 for the up's super-blocks).
 // One entry point per kind (matvec4_f32, _f16, _q8, _q4 for q4_0 and q4_1): with one kernel switching on
 // the kind for each of its four unrolled loads, the compilers of CPU adapters (SwiftShader, lavapipe)
 // took seconds to build it, and Chromium's page timed out opening the engine.
@@ -265,13 +266,35 @@ fn k_scale_min(hdr: vec4<u32>, j: u32) -> vec2<f32> {
         f32((lo >> 4u) | ((((hdr.z >> sh) >> 6u) & 3u) << 4u)));
 }
 
-// Codes vec4 `i` (0..8) of a super-block whose x starts at vector xs: its low nibbles are elements
+// The x values that codes vec4 `i` (0..8) of a super-block whose x starts at vector xs multiply
+// (x vectors a: its low nibbles', b: its high ones'), and their sums.
+struct KX {
+    a0: vec4<f32>,
+    a1: vec4<f32>,
+    a2: vec4<f32>,
+    a3: vec4<f32>,
+    b0: vec4<f32>,
+    b1: vec4<f32>,
+    b2: vec4<f32>,
+    b3: vec4<f32>,
+    sums: vec2<f32>,
+}
+
+fn k_x(i: u32, xs: u32) -> KX {
+    let xl = xs + 16u * (i >> 1u) + 4u * (i & 1u);
+    let xh = xl + 8u;
+    let a0 = xq(xl); let a1 = xq(xl + 1u); let a2 = xq(xl + 2u); let a3 = xq(xl + 3u);
+    let b0 = xq(xh); let b1 = xq(xh + 1u); let b2 = xq(xh + 2u); let b3 = xq(xh + 3u);
+    let one = vec4<f32>(1.0);
+    let sums = vec2<f32>(dot((a0 + a1) + (a2 + a3), one), dot((b0 + b1) + (b2 + b3), one));
+    return KX(a0, a1, a2, a3, b0, b1, b2, b3, sums);
+}
+
+// Codes vec4 `i` (0..8) of a super-block (header hdr) against its x: its low nibbles are elements
 // 64c + 16h + 0..16 (sub-block 2c), its high ones 32 further (2c + 1), c = i / 2, h = i % 2. `qh` holds
 // Q5_K's fifth bits of the same bytes (zero for Q4_K, `five` false).
-fn dot_k(hdr: vec4<u32>, w: vec4<u32>, qh: vec4<u32>, five: bool, i: u32, xs: u32) -> f32 {
+fn k_dot(hdr: vec4<u32>, w: vec4<u32>, qh: vec4<u32>, five: bool, i: u32, x: KX) -> f32 {
     let c = i >> 1u;
-    let xl = xs + 16u * c + 4u * (i & 1u);
-    let xh = xl + 8u;
     var l0 = lo4(w.x); var l1 = lo4(w.y); var l2 = lo4(w.z); var l3 = lo4(w.w);
     var h0 = hi4(w.x); var h1 = hi4(w.y); var h2 = hi4(w.z); var h3 = hi4(w.w);
     if (five) {
@@ -280,17 +303,16 @@ fn dot_k(hdr: vec4<u32>, w: vec4<u32>, qh: vec4<u32>, five: bool, i: u32, xs: u3
         h0 += bit16(qh.x, 2u * c + 1u); h1 += bit16(qh.y, 2u * c + 1u);
         h2 += bit16(qh.z, 2u * c + 1u); h3 += bit16(qh.w, 2u * c + 1u);
     }
-    let a0 = xq(xl); let a1 = xq(xl + 1u); let a2 = xq(xl + 2u); let a3 = xq(xl + 3u);
-    let b0 = xq(xh); let b1 = xq(xh + 1u); let b2 = xq(xh + 2u); let b3 = xq(xh + 3u);
-    let ql = (dot(l0, a0) + dot(l1, a1)) + (dot(l2, a2) + dot(l3, a3));
-    let qhi = (dot(h0, b0) + dot(h1, b1)) + (dot(h2, b2) + dot(h3, b3));
-    let one = vec4<f32>(1.0);
-    let sl = dot((a0 + a1) + (a2 + a3), one);
-    let sh = dot((b0 + b1) + (b2 + b3), one);
+    let ql = (dot(l0, x.a0) + dot(l1, x.a1)) + (dot(l2, x.a2) + dot(l3, x.a3));
+    let qhi = (dot(h0, x.b0) + dot(h1, x.b1)) + (dot(h2, x.b2) + dot(h3, x.b3));
     let dm = unpack2x16float(hdr.x);
     let s0 = k_scale_min(hdr, 2u * c);
     let s1 = k_scale_min(hdr, 2u * c + 1u);
-    return dm.x * (s0.x * ql + s1.x * qhi) - dm.y * (s0.y * sl + s1.y * sh);
+    return dm.x * (s0.x * ql + s1.x * qhi) - dm.y * (s0.y * x.sums.x + s1.y * x.sums.y);
+}
+
+fn dot_k(hdr: vec4<u32>, w: vec4<u32>, qh: vec4<u32>, five: bool, i: u32, xs: u32) -> f32 {
+    return k_dot(hdr, w, qh, five, i, k_x(i, xs));
 }
 
 // A K-quant row: super-blocks of `per` vec4s (9 or 11), codes from vec4 `codes` of each; lane l takes
@@ -481,6 +503,30 @@ fn glu_finish(ag: f32, au: f32, lid: vec3<u32>, rl: vec2<u32>) {
     if (rl.x < p.rows && rl.y == 0u) {
         out[p.row0 + rl.x] = act(a * up);
     }
+}
+
+// matvec4_glu_q4k: the same for Q4_K gate and up matrices, rows read as matvec4_q4k reads them, a
+// super-block a lane at a time (each x load serving both; the two matrices' loads in flight together);
+// the up matrix's super-blocks at binding 7.
+@compute @workgroup_size(256)
+fn matvec4_glu_q4k(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let rl = row_of(wid, lid);
+    var a = vec2<f32>(0.0);
+    if (rl.x < p.rows) {
+        let nsb = p.cols / 256u;
+        let i = rl.y % 8u;
+        let none = vec4<u32>(0u);
+        for (var sb = rl.y / 8u; sb < nsb; sb += 4u) {
+            let o = (rl.x * nsb + sb) * 9u;
+            let hg = words4[o];
+            let wg = words4[o + 1u + i];
+            let hu = up_words4[o];
+            let wu = up_words4[o + 1u + i];
+            let x = k_x(i, sb * 64u);
+            a += vec2<f32>(k_dot(hg, wg, none, false, i, x), k_dot(hu, wu, none, false, i, x));
+        }
+    }
+    glu_finish(a.x, a.y, lid, rl);
 }
 
 // Eight f16 values of w (a vec4 of codes) against x vectors xa and xb.

@@ -148,6 +148,22 @@ fn qkv_in_one_kernel_matches_cpu_and_saves_three_dispatches_a_layer() {
             "{name}"
         );
     }
+    // Q4_K gate and up (`matvec4_glu_q4k`): rows of 4 super-blocks (one pass of a row's lanes) and
+    // of 8 (two), under the float and the integer kernel choices (K-quants read floats in both).
+    let q4k = [
+        with_weights(&one_layer(1024, 512, (16, 4), 11), "q4_k"),
+        with_weights(&one_layer(2048, 512, (32, 4), 12), "q4_k"),
+    ];
+    for m in &q4k {
+        let name = format!("q4_k {} wide", m.config.dim);
+        let layers = m.config.n_layers;
+        for (act, tol) in [(Activations::F32, 2e-4), (Activations::F16, 5e-3)] {
+            let glu = |k| run(&open(act, false, k), m, &toks, tol, &name);
+            let fused = glu(MatvecKernel::Tiled);
+            assert_eq!(fused, glu(MatvecKernel::TiledInt8), "{name}");
+            assert_eq!(fused + 2 * layers, glu(MatvecKernel::Tiled32), "{name}");
+        }
+    }
     let m = stories();
     let q4_0 = &models[0].1;
     // Where the fused kernel does not apply, the weights are laid out as before and nothing changes:

@@ -23,8 +23,9 @@ impl GpuDecoder<'_> {
     }
 
     /// Whether a decode step runs SwiGLU's gate and up products as one kernel (`matvec4_glu_q4c`,
-    /// `matvec4_glu_f16`): both q4_0 (or both f16) matrices of one shape and block in one binding
-    /// each, whose products the chosen kernel would run in `matvec4_q4c` (`matvec4_f16`).
+    /// `matvec4_glu_f16`, `matvec4_glu_q4k`): both q4_0 (or both f16, or both Q4_K) matrices of one
+    /// shape and block in one binding each, whose products the chosen kernel would run in
+    /// `matvec4_q4c` (`matvec4_f16`, `matvec4_q4k`).
     pub(super) fn fuses_glu(&self, gate: TensorId, up: TensorId) -> bool {
         let (g, u) = (&self.w.mats[&gate], &self.w.mats[&up]);
         let apart = self.kernel_of(BindKey::Matvec(gate, 0, Act::Hb, Act::Xb, false));
@@ -33,6 +34,7 @@ impl GpuDecoder<'_> {
                 (g.ty, apart),
                 (WType::Q4_0, Kernel::Matvec4Q4C | Kernel::Matvec4Q4I)
                     | (WType::F16, Kernel::Matvec4F16)
+                    | (WType::Q4_K, Kernel::Matvec4Q4K)
             )
             && (u.ty, u.block, u.cols) == (g.ty, g.block, g.cols)
             && g.chunks.len() == 1
@@ -302,7 +304,8 @@ impl GpuDecoder<'_> {
             (7, upc.words.clone()),
             (8, upc.scales.clone()),
         ]);
-        if self.w.mats[&gate].ty == WType::F16 {
+        // f16 and Q4_K rows carry their own scales (none, or in each super-block).
+        if matches!(self.w.mats[&gate].ty, WType::F16 | WType::Q4_K) {
             e.retain(|(i, _)| *i != 2 && *i != 8);
         }
         e

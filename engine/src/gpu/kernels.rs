@@ -53,6 +53,7 @@ pub(super) enum Kernel {
     Matvec4GluF16N,
     Matvec4QkvF16N,
     Matvec4Q4K,
+    Matvec4GluQ4K,
     Matvec4Q5K,
     Matmul,
     MatmulQ4I,
@@ -117,7 +118,7 @@ const MATVEC4_INT8_MODULE: &[&str] = &[
     MATVEC4_INT8,
 ];
 
-pub(super) const TABLE: [KernelDef; 40] = [
+pub(super) const TABLE: [KernelDef; 41] = [
     def!(Matvec, "matvec", "matvec", MATVEC_MODULE),
     def!(Matvec4F32, "matvec4_f32", "matvec4", MATVEC4_MODULE),
     def!(Matvec4F16, "matvec4_f16", "matvec4", MATVEC4_MODULE),
@@ -159,6 +160,7 @@ pub(super) const TABLE: [KernelDef; 40] = [
         MATVEC4_NORM_MODULE
     ),
     def!(Matvec4Q4K, "matvec4_q4k", "matvec4", MATVEC4_MODULE),
+    def!(Matvec4GluQ4K, "matvec4_glu_q4k", "matvec4", MATVEC4_MODULE),
     def!(Matvec4Q5K, "matvec4_q5k", "matvec4", MATVEC4_MODULE),
     def!(Matmul, "matmul", "matvec", MATVEC_MODULE),
     def!(MatmulQ4I, "matmul_q4i", "matmul_int8", MATMUL_INT8_MODULE),
@@ -219,7 +221,7 @@ pub(super) fn module_source(act: Activations, parts: &[&str], subgroups: bool) -
 
 /// Kernels compiled on first use, not with the others: the integer-dot kernels' module needs WGSL's
 /// `packed_4x8_integer_dot_product`, which not every browser has, and only some choices run them;
-/// the f16 kernels with a norm folded in run only for f16 weights.
+/// the f16 kernels with a norm folded in run only for f16 weights, the Q4_K gate/up only for Q4_K.
 const ON_FIRST_USE: &[Kernel] = &[
     Kernel::Geglu,
     Kernel::Scale,
@@ -229,6 +231,7 @@ const ON_FIRST_USE: &[Kernel] = &[
     Kernel::Matvec4QkvQ4I,
     Kernel::Matvec4GluF16N,
     Kernel::Matvec4QkvF16N,
+    Kernel::Matvec4GluQ4K,
     Kernel::MatmulQ4I,
 ];
 
@@ -524,6 +527,7 @@ impl BindKey {
             BindKey::Glu(gate, ..) => match alone(gate) {
                 Kernel::Matvec4F16 => Kernel::Matvec4GluF16,
                 Kernel::Matvec4Q4I => Kernel::Matvec4GluQ4I,
+                Kernel::Matvec4Q4K => Kernel::Matvec4GluQ4K,
                 _ => Kernel::Matvec4GluQ4C,
             },
             BindKey::Qkv(l, ..) => match alone(TensorId::Wq(l)) {
