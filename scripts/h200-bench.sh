@@ -8,7 +8,7 @@
 # file of each type in $QUANTS from the same f16 files, nibble benches those files as loaded, and
 # llama-bench runs on all of them.
 # Knobs: SHAPES (default "1b 7b"), CONFIGS (default f16,q4_0; "none": only the llama-quantize files),
-# QUANTS (llama-quantize types, default q4_0), PEER_F16 (0: llama-bench skips the f16 files), VARIANT (a
+# QUANTS (llama-quantize types, default "q4_0 Q4_K_M"), PEER_F16 (0: llama-bench skips the f16 files), VARIANT (a
 # NIBBLE_MATVEC kernel benched again at q4_0, depth 0, to attribute a kernel change), EXTRA (variants as
 # scripts/h200-ab.sh takes them: NIBBLE_X=y, several joined by "+", or bin:NAME for .device/ab/NAME; each
 # benched at q4_0 in memory on the f16 file of each shape in EXTRA_SHAPES (default 7b), decode only,
@@ -20,7 +20,7 @@ nb=.device/bin/nibble
 d=/tmp/nb && mkdir -p $d
 out=${OUT:-/tmp/out} && mkdir -p "$out"
 shapes=${SHAPES:-1b 7b}
-quants=${QUANTS:-q4_0}
+quants=${QUANTS:-q4_0 Q4_K_M}
 bench_args="--no-cache --prompts 512 --depths 0,1024 --decode-tokens 32 --reps 3 --warmup 1 --bandwidth 4800"
 start=$(date +%s)
 elapsed() { echo "elapsed $(( $(date +%s) - start )) s"; }
