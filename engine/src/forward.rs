@@ -171,9 +171,13 @@ pub trait Kernels {
     fn gate_up(&mut self, out: Act, scratch: Act, gate: TensorId, up: TensorId, x: Act, act: Glu) {
         self.matvec(out, gate, x);
         self.matvec(scratch, up, x);
+        self.glu(out, scratch, act);
+    }
+    /// `gate = act(gate) * up`: `swiglu` or `geglu`.
+    fn glu(&mut self, gate: Act, up: Act, act: Glu) {
         match act {
-            Glu::Silu => self.swiglu(out, scratch),
-            Glu::Gelu => self.geglu(out, scratch),
+            Glu::Silu => self.swiglu(gate, up),
+            Glu::Gelu => self.geglu(gate, up),
         }
     }
     /// `x += y`

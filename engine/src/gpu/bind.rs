@@ -93,7 +93,7 @@ impl GpuDecoder<'_> {
         let act = |a: Act| View::whole(self.act(a).clone());
         match key {
             BindKey::Matvec(id, ci, out, x, acc) | BindKey::Matmul(id, ci, out, x, acc) => {
-                let mut e = self.matrix_entries(id, ci, acc, None);
+                let mut e = self.matrix_entries(id, ci, (acc, false), None);
                 e.extend([(4, act(x)), (5, act(out))]);
                 self.keep_read_bindings(key, &mut e);
                 e
@@ -103,7 +103,7 @@ impl GpuDecoder<'_> {
                 // rows - 1 bound alone (`GpuDecoder::classify_last_row` checked its alignment).
                 let m = &self.w.mats[&id];
                 let height: usize = m.chunks.iter().map(|c| c.rows).sum();
-                let mut e = self.matrix_entries(id, ci, false, None);
+                let mut e = self.matrix_entries(id, ci, (false, false), None);
                 e[0].1 =
                     self.mat_params(m, &m.chunks[ci], (false, false), false, (rows - 1) * height);
                 let row = (m.cols * self.gpu.activations.bytes()) as u64;
@@ -123,7 +123,7 @@ impl GpuDecoder<'_> {
             }
             BindKey::Qkv(..) => self.qkv_entries(key),
             BindKey::Embed(out, ci) => {
-                let mut e = self.matrix_entries(TensorId::TokEmbd, ci, false, None);
+                let mut e = self.matrix_entries(TensorId::TokEmbd, ci, (false, false), None);
                 e.extend([(5, act(out)), (6, self.step_buf.clone().into())]);
                 e
             }
@@ -293,9 +293,7 @@ impl GpuDecoder<'_> {
         x: View,
         norm: Option<TensorId>,
     ) -> Entries {
-        let mut e = self.matrix_entries(gate, 0, false, norm);
-        let m = &self.w.mats[&gate];
-        e[0].1 = self.mat_params(m, &m.chunks[0], (false, gelu), norm.is_some(), 0);
+        let mut e = self.matrix_entries(gate, 0, (false, gelu), norm);
         e.retain(|(i, _)| *i != 3);
         let upc = &self.w.mats[&up].chunks[0];
         e.extend([
@@ -364,21 +362,19 @@ impl GpuDecoder<'_> {
         e
     }
 
-    /// Bindings 0-3 of a matrix kernel: parameters and one chunk's codes, scales and mins.
+    /// Bindings 0-3 of a matrix kernel: parameters (`flags`: accumulate, GELU gate) and one chunk's
+    /// codes, scales and mins.
     fn matrix_entries(
         &self,
         id: TensorId,
         ci: usize,
-        accumulate: bool,
+        flags: (bool, bool),
         norm: Option<TensorId>,
     ) -> Entries {
         let m = &self.w.mats[&id];
         let ch = &m.chunks[ci];
         vec![
-            (
-                0,
-                self.mat_params(m, ch, (accumulate, false), norm.is_some(), 0),
-            ),
+            (0, self.mat_params(m, ch, flags, norm.is_some(), 0)),
             (1, ch.words.clone()),
             (2, ch.scales.clone()),
             (3, ch.mins.clone()),

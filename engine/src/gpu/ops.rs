@@ -235,10 +235,7 @@ impl Kernels for GpuDecoder<'_> {
         if !self.fuses_glu(gate, up) {
             self.matvec(out, gate, x);
             self.matvec(scratch, up, x);
-            match act {
-                Glu::Silu => self.swiglu(out, scratch),
-                Glu::Gelu => self.geglu(out, scratch),
-            }
+            self.glu(out, scratch, act);
             return;
         }
         let rows = self.w.mats[&gate].chunks[0].rows;
