@@ -47,7 +47,7 @@ impl RunConfig {
                 "window" => cfg.kv.window = Some(num(v)?),
                 "ctx" => cfg.kv.ctx = Some(num(v)?),
                 "sinks" => cfg.kv.sinks = num(v)?,
-                c if c == "all" || c == "attn" || c == "ffn" || c == "embed" || c == "output" || c.contains('[') => {
+                c if crate::precision::Target::parse(c).is_some() || c.contains('[') => {
                     policy.push(item.to_string())
                 }
                 _ => {
@@ -486,6 +486,13 @@ mod tests {
         assert_eq!(
             (c.kv.k, c.kv.v, c.kv.window),
             (KvType::Kivi4, KvType::Q4_0, Some(64))
+        );
+        // A role's rule after the policy's first, as a Q4_K_M-like mix is written.
+        let c = RunConfig::parse("precision=all=q4_k,attn_v[0..1]=q6_k,ffn_down=q6_k").unwrap();
+        assert_eq!(c.weights.policy.rules.len(), 3);
+        assert_eq!(
+            c.weights.type_for(crate::model::TensorId::Wv(0)),
+            Some(WType::Q6_K)
         );
         assert!(RunConfig::parse("weights=q4_0,block=48").is_err());
         assert!(RunConfig::parse("colour=blue").is_err());

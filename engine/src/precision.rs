@@ -8,15 +8,23 @@ use crate::quant::{check_finite, QMatrix, WType};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 
-/// Which tensors a rule matches.
+/// Which tensors a rule matches: a class, or one matrix role of every layer by llama.cpp's name
+/// (`attn_v`, `ffn_down`: what llama-quantize's mixes such as Q4_K_M give more bits).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "snake_case")]
 pub enum Target {
     All,
     Attn,
     Ffn,
     Embed,
     Output,
+    AttnQ,
+    AttnK,
+    AttnV,
+    AttnOutput,
+    FfnGate,
+    FfnUp,
+    FfnDown,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -27,6 +35,27 @@ pub struct Rule {
     pub ty: WType,
 }
 
+impl Target {
+    /// The target a rule's left-hand side names (its layer range removed).
+    pub fn parse(name: &str) -> Option<Target> {
+        Some(match name {
+            "all" => Target::All,
+            "attn" => Target::Attn,
+            "ffn" => Target::Ffn,
+            "embed" => Target::Embed,
+            "output" => Target::Output,
+            "attn_q" => Target::AttnQ,
+            "attn_k" => Target::AttnK,
+            "attn_v" => Target::AttnV,
+            "attn_output" => Target::AttnOutput,
+            "ffn_gate" => Target::FfnGate,
+            "ffn_up" => Target::FfnUp,
+            "ffn_down" => Target::FfnDown,
+            _ => return None,
+        })
+    }
+}
+
 impl Rule {
     fn matches(&self, id: TensorId) -> bool {
         let class_ok = match self.target {
@@ -35,6 +64,13 @@ impl Rule {
             Target::Ffn => id.class() == Class::FeedForward,
             Target::Embed => id == TensorId::TokEmbd,
             Target::Output => id == TensorId::Output,
+            Target::AttnQ => matches!(id, TensorId::Wq(_)),
+            Target::AttnK => matches!(id, TensorId::Wk(_)),
+            Target::AttnV => matches!(id, TensorId::Wv(_)),
+            Target::AttnOutput => matches!(id, TensorId::Wo(_)),
+            Target::FfnGate => matches!(id, TensorId::Gate(_)),
+            Target::FfnUp => matches!(id, TensorId::Up(_)),
+            Target::FfnDown => matches!(id, TensorId::Down(_)),
         };
         let layer_ok = match (self.layers, id.layer()) {
             (None, _) => true,
@@ -55,7 +91,7 @@ pub struct Policy {
 
 impl Policy {
     /// Parses a preset (`all-q4`, `attn-q8`, `f16`, `as-loaded`: no rule) or rules such as
-    /// `attn=q8_0,ffn[0..2]=q4_0`.
+    /// `attn=q8_0,ffn[0..2]=q4_0` or `all=q4_k,attn_v[0..4]=q6_k`.
     pub fn parse(spec: &str) -> Result<Policy> {
         let expanded = match spec {
             "as-loaded" => "",
@@ -69,7 +105,8 @@ impl Policy {
             let bad = |msg: &str| {
                 Error::Invalid(format!(
                     "precision rule {part:?}: {msg} (expected CLASS[A..B]=TYPE with CLASS one of all, attn, \
-                     ffn, embed, output; or a preset: all-q4, attn-q8, f16, as-loaded)"
+                     ffn, embed, output or a matrix role: attn_q, attn_k, attn_v, attn_output, \
+                     ffn_gate, ffn_up, ffn_down; or a preset: all-q4, attn-q8, f16, as-loaded)"
                 ))
             };
             let (lhs, ty) = part.split_once('=').ok_or_else(|| bad("no '='"))?;
@@ -89,14 +126,7 @@ impl Policy {
                     (c.trim(), Some((a, b)))
                 }
             };
-            let target = match class {
-                "all" => Target::All,
-                "attn" => Target::Attn,
-                "ffn" => Target::Ffn,
-                "embed" => Target::Embed,
-                "output" => Target::Output,
-                _ => return Err(bad("unknown tensor class")),
-            };
+            let target = Target::parse(class).ok_or_else(|| bad("unknown tensor class"))?;
             if layers.is_some() && matches!(target, Target::Embed | Target::Output) {
                 return Err(bad("embed and output have no layers"));
             }
@@ -424,6 +454,28 @@ mod tests {
         assert_eq!(p.type_for(TensorId::Down(2)), Some(WType::Q4_0));
         assert_eq!(p.type_for(TensorId::Wq(0)), None);
         assert_eq!(p.type_for(TensorId::TokEmbd), Some(WType::F16));
+        // One role of some layers, as llama-quantize's mixes give attn_v and ffn_down more bits.
+        let p = Policy::parse("all=q4_k,attn_v[1..3]=q6_k,ffn_down=q6_k").unwrap();
+        assert_eq!(p.type_for(TensorId::Wv(1)), Some(WType::Q6_K));
+        assert_eq!(p.type_for(TensorId::Wv(3)), Some(WType::Q4_K));
+        assert_eq!(p.type_for(TensorId::Wk(1)), Some(WType::Q4_K));
+        assert_eq!(p.type_for(TensorId::Down(0)), Some(WType::Q6_K));
+        assert_eq!(p.type_for(TensorId::Up(0)), Some(WType::Q4_K));
+        let roles: [(&str, fn(usize) -> TensorId); 5] = [
+            ("attn_q", TensorId::Wq),
+            ("attn_k", TensorId::Wk),
+            ("attn_output", TensorId::Wo),
+            ("ffn_gate", TensorId::Gate),
+            ("ffn_up", TensorId::Up),
+        ];
+        for (role, id) in roles {
+            let p = Policy::parse(&format!("{role}=q8_0")).unwrap();
+            let hits: Vec<_> = TensorId::all(&crate::Model::builtin().config, false)
+                .into_iter()
+                .filter(|&t| p.type_for(t).is_some())
+                .collect();
+            assert_eq!(hits, vec![id(0), id(1)], "{role}");
+        }
         for bad in [
             "attn",
             "attn=q3",

@@ -29,7 +29,8 @@ pub struct QuantArgs {
     /// Elements per quantization block: 32 (ggml-compatible), 64, 128 or 256.
     #[arg(long, default_value_t = 32)]
     block: usize,
-    /// Per-class policy, e.g. `attn=q8_0,ffn=q4_0,ffn[0..2]=q8_0`, or a preset: all-q4, attn-q8, f16.
+    /// Per-class or per-role policy, e.g. `attn=q8_0,ffn=q4_0,ffn[0..2]=q8_0` or
+    /// `all=q4_k,attn_v[0..4]=q6_k`, or a preset: all-q4, attn-q8, f16.
     #[arg(long)]
     precision: Option<String>,
     /// KV cache type for keys and values: f32, f16, q8_0, q4_0 or kivi4.
