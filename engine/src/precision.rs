@@ -461,7 +461,8 @@ mod tests {
         assert_eq!(p.type_for(TensorId::Wk(1)), Some(WType::Q4_K));
         assert_eq!(p.type_for(TensorId::Down(0)), Some(WType::Q6_K));
         assert_eq!(p.type_for(TensorId::Up(0)), Some(WType::Q4_K));
-        let roles: [(&str, fn(usize) -> TensorId); 5] = [
+        type Role = fn(usize) -> TensorId;
+        let roles: [(&str, Role); 5] = [
             ("attn_q", TensorId::Wq),
             ("attn_k", TensorId::Wk),
             ("attn_output", TensorId::Wo),
