@@ -12,13 +12,7 @@
 // One row per 32 lanes, each lane issuing four 128-bit loads before any arithmetic. (Four rows per
 // lane sharing each x load, in workgroups of 64, decoded slower on an H200: 1B q4_0 2.96 against 2.34
 // ms/token, too few threads in flight; benchmarks/2026-12-02-h200-decode.md.)
-// K-quants (matvec4_q4k, matvec4_q5k): ggml's super-blocks as stored (kquant.wgsl has the byte layout)
-// are 9 (Q4_K) and 11 (Q5_K) vec4s, so a super-block's header (d, dmin, the 12 bytes of sub-block
-// scales and mins) is one vec4 and its codes 8 more (Q5_K: 2 vec4s of fifth bits between). Eight lanes
-// share a super-block, each taking one vec4 of codes (16 bytes: 32 values of two sub-blocks), so 32
-// lanes cover 4 super-blocks a pass; two passes are loaded before any arithmetic. Q6_K's 53-word
-// super-blocks are not vec4-aligned: it keeps the 32-bit kernel. matvec4_glu_q4k fuses a Q4_K gate and
-// up (the other GLU kernels below, bindings 7 for the up's super-blocks).
+// K-quants: matvec4_kquant.wgsl.
 // One entry point per kind (matvec4_f32, _f16, _q8, _q4 for q4_0 and q4_1): with one kernel switching on
 // the kind for each of its four unrolled loads, the compilers of CPU adapters (SwiftShader, lavapipe)
 // took seconds to build it, and Chromium's page timed out opening the engine.
@@ -240,135 +234,6 @@ fn matvec4_q4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_i
     finish(acc, lid, rl.x);
 }
 
-// The low and the high nibbles of the four bytes of `w`, as floats.
-fn lo4(w: u32) -> vec4<f32> {
-    return u2f4((vec4<u32>(w) >> vec4<u32>(0u, 8u, 16u, 24u)) & vec4<u32>(15u));
-}
-
-fn hi4(w: u32) -> vec4<f32> {
-    return u2f4((vec4<u32>(w) >> vec4<u32>(4u, 12u, 20u, 28u)) & vec4<u32>(15u));
-}
-
-// Bit `b` of each of the four bytes of `w`, as 0 or 16.
-fn bit16(w: u32, b: u32) -> vec4<f32> {
-    return u2f4(((vec4<u32>(w) >> (vec4<u32>(0u, 8u, 16u, 24u) + vec4<u32>(b))) & vec4<u32>(1u)) * vec4<u32>(16u));
-}
-
-// Scale and min of sub-block j from a K header vec4 (bytes 4..16 are hdr.y, hdr.z, hdr.w).
-fn k_scale_min(hdr: vec4<u32>, j: u32) -> vec2<f32> {
-    let sh = 8u * (j & 3u);
-    if (j < 4u) {
-        return vec2<f32>(f32((hdr.y >> sh) & 63u), f32((hdr.z >> sh) & 63u));
-    }
-    let lo = (hdr.w >> sh) & 255u;
-    return vec2<f32>(
-        f32((lo & 15u) | ((((hdr.y >> sh) >> 6u) & 3u) << 4u)),
-        f32((lo >> 4u) | ((((hdr.z >> sh) >> 6u) & 3u) << 4u)));
-}
-
-// The x values that codes vec4 `i` (0..8) of a super-block whose x starts at vector xs multiply
-// (x vectors a: its low nibbles', b: its high ones'), and their sums.
-struct KX {
-    a0: vec4<f32>,
-    a1: vec4<f32>,
-    a2: vec4<f32>,
-    a3: vec4<f32>,
-    b0: vec4<f32>,
-    b1: vec4<f32>,
-    b2: vec4<f32>,
-    b3: vec4<f32>,
-    sums: vec2<f32>,
-}
-
-fn k_x(i: u32, xs: u32) -> KX {
-    let xl = xs + 16u * (i >> 1u) + 4u * (i & 1u);
-    let xh = xl + 8u;
-    let a0 = xq(xl); let a1 = xq(xl + 1u); let a2 = xq(xl + 2u); let a3 = xq(xl + 3u);
-    let b0 = xq(xh); let b1 = xq(xh + 1u); let b2 = xq(xh + 2u); let b3 = xq(xh + 3u);
-    let one = vec4<f32>(1.0);
-    let sums = vec2<f32>(dot((a0 + a1) + (a2 + a3), one), dot((b0 + b1) + (b2 + b3), one));
-    return KX(a0, a1, a2, a3, b0, b1, b2, b3, sums);
-}
-
-// Codes vec4 `i` (0..8) of a super-block (header hdr) against its x: its low nibbles are elements
-// 64c + 16h + 0..16 (sub-block 2c), its high ones 32 further (2c + 1), c = i / 2, h = i % 2. `qh` holds
-// Q5_K's fifth bits of the same bytes (zero for Q4_K, `five` false).
-fn k_dot(hdr: vec4<u32>, w: vec4<u32>, qh: vec4<u32>, five: bool, i: u32, x: KX) -> f32 {
-    let c = i >> 1u;
-    var l0 = lo4(w.x); var l1 = lo4(w.y); var l2 = lo4(w.z); var l3 = lo4(w.w);
-    var h0 = hi4(w.x); var h1 = hi4(w.y); var h2 = hi4(w.z); var h3 = hi4(w.w);
-    if (five) {
-        l0 += bit16(qh.x, 2u * c); l1 += bit16(qh.y, 2u * c);
-        l2 += bit16(qh.z, 2u * c); l3 += bit16(qh.w, 2u * c);
-        h0 += bit16(qh.x, 2u * c + 1u); h1 += bit16(qh.y, 2u * c + 1u);
-        h2 += bit16(qh.z, 2u * c + 1u); h3 += bit16(qh.w, 2u * c + 1u);
-    }
-    let ql = (dot(l0, x.a0) + dot(l1, x.a1)) + (dot(l2, x.a2) + dot(l3, x.a3));
-    let qhi = (dot(h0, x.b0) + dot(h1, x.b1)) + (dot(h2, x.b2) + dot(h3, x.b3));
-    let dm = unpack2x16float(hdr.x);
-    let s0 = k_scale_min(hdr, 2u * c);
-    let s1 = k_scale_min(hdr, 2u * c + 1u);
-    return dm.x * (s0.x * ql + s1.x * qhi) - dm.y * (s0.y * x.sums.x + s1.y * x.sums.y);
-}
-
-fn dot_k(hdr: vec4<u32>, w: vec4<u32>, qh: vec4<u32>, five: bool, i: u32, xs: u32) -> f32 {
-    return k_dot(hdr, w, qh, five, i, k_x(i, xs));
-}
-
-// A K-quant row: super-blocks of `per` vec4s (9 or 11), codes from vec4 `codes` of each; lane l takes
-// codes vec4 l % 8 of super-blocks l / 8, l / 8 + 4, ...
-fn row_k(r: u32, lane: u32, per: u32, codes: u32, five: bool) -> f32 {
-    let nsb = p.cols / 256u;
-    let base = r * nsb * per;
-    let i = lane % 8u;
-    var sb = lane / 8u;
-    var acc = 0.0;
-    for (; sb + 4u < nsb; sb += 8u) {
-        let a = base + sb * per;
-        let b = a + 4u * per;
-        let ha = words4[a];
-        let wa = words4[a + codes + i];
-        let hb = words4[b];
-        let wb = words4[b + codes + i];
-        var qa = vec4<u32>(0u);
-        var qb = vec4<u32>(0u);
-        if (five) {
-            qa = words4[a + 1u + (i & 1u)];
-            qb = words4[b + 1u + (i & 1u)];
-        }
-        acc += dot_k(ha, wa, qa, five, i, sb * 64u) + dot_k(hb, wb, qb, five, i, (sb + 4u) * 64u);
-    }
-    for (; sb < nsb; sb += 4u) {
-        let a = base + sb * per;
-        var qa = vec4<u32>(0u);
-        if (five) {
-            qa = words4[a + 1u + (i & 1u)];
-        }
-        acc += dot_k(words4[a], words4[a + codes + i], qa, five, i, sb * 64u);
-    }
-    return acc;
-}
-
-@compute @workgroup_size(256)
-fn matvec4_q4k(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
-    let rl = row_of(wid, lid);
-    var acc = 0.0;
-    if (rl.x < p.rows) {
-        acc = row_k(rl.x, rl.y, 9u, 1u, false);
-    }
-    finish(acc, lid, rl.x);
-}
-
-@compute @workgroup_size(256)
-fn matvec4_q5k(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
-    let rl = row_of(wid, lid);
-    var acc = 0.0;
-    if (rl.x < p.rows) {
-        acc = row_k(rl.x, rl.y, 11u, 3u, true);
-    }
-    finish(acc, lid, rl.x);
-}
-
 // matvec4_q4c (q4_0 and q4_1, blocks of a multiple of 32; the Tiled kernel's choice): the row's 32
 // lanes take consecutive quarters of blocks, lane l the eight values 8 (l % 4).. of block l / 4 + 8k, so that one load
 // instruction of the row's lanes reads 512 consecutive bytes of x (f16) and 128 of codes. In
@@ -505,30 +370,6 @@ fn glu_finish(ag: f32, au: f32, lid: vec3<u32>, rl: vec2<u32>) {
     }
 }
 
-// matvec4_glu_q4k: the same for Q4_K gate and up matrices, rows read as matvec4_q4k reads them, a
-// super-block a lane at a time (each x load serving both; the two matrices' loads in flight together);
-// the up matrix's super-blocks at binding 7.
-@compute @workgroup_size(256)
-fn matvec4_glu_q4k(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
-    let rl = row_of(wid, lid);
-    var a = vec2<f32>(0.0);
-    if (rl.x < p.rows) {
-        let nsb = p.cols / 256u;
-        let i = rl.y % 8u;
-        let none = vec4<u32>(0u);
-        for (var sb = rl.y / 8u; sb < nsb; sb += 4u) {
-            let o = (rl.x * nsb + sb) * 9u;
-            let hg = words4[o];
-            let wg = words4[o + 1u + i];
-            let hu = up_words4[o];
-            let wu = up_words4[o + 1u + i];
-            let x = k_x(i, sb * 64u);
-            a += vec2<f32>(k_dot(hg, wg, none, false, i, x), k_dot(hu, wu, none, false, i, x));
-        }
-    }
-    glu_finish(a.x, a.y, lid, rl);
-}
-
 // Eight f16 values of w (a vec4 of codes) against x vectors xa and xb.
 fn dot8_f16(w: vec4<u32>, xa: vec4<f32>, xb: vec4<f32>) -> f32 {
     let a = vec4<f32>(unpack2x16float(w.x), unpack2x16float(w.y));
@@ -600,7 +441,8 @@ struct QkvParams {
     // activations), at the slot the RoPE table holds at entry slot_at; 0: into the K and V rows.
     kv_direct: u32,
     slot_at: u32,
-    pad0: u32,
+    // 1: V's rows are Q6_K (matvec4_qkv_q4k; Q4_K_M's attn_v in some layers).
+    v_q6k: u32,
     pad1: u32,
 }
 

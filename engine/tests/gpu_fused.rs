@@ -5,7 +5,8 @@
 //! activations, fused and apart (`GpuOptions::fuse_qkv`), and the dispatches it saves; into f16,
 //! q8_0 and kivi4 KV caches; greedy
 //! decoding with the loop on the GPU gives the tokens the step-by-step loop gives. SwiGLU's gate and
-//! up products in one kernel (q4_0 and f16), against the oracle and the dispatches they save.
+//! up products in one kernel (q4_0, f16 and Q4_K), against the oracle and the dispatches they save;
+//! the same for Q4_K's Q/K/V, V Q4_K or Q6_K as llama-quantize's Q4_K_M mixes them.
 //!
 //! Tolerances as tests/gpu.rs derives them: f32 activations 2e-4 * (1 + max |logit|) (the same values
 //! summed in another order; RoPE rotates the f32 sums where the separate kernel rotated stored values,
@@ -78,6 +79,26 @@ fn long_q4_0() -> Model {
     with_weights(&one_layer(4160, 4192, (65, 5), 5), "q4_0")
 }
 
+/// One-layer Q4_K models whose rows are 4 super-blocks (one pass of a Q4_K row's 32 lanes, two of a
+/// Q6_K row's) and 8 (two, four); the second with V as Q6_K, as llama-quantize's Q4_K_M stores
+/// attn_v in some layers.
+fn q4k_models() -> Vec<(String, Model)> {
+    [
+        (1024, 16, 11, "weights=q4_k"),
+        (2048, 32, 12, "weights=q4_k,attn_v=q6_k"),
+    ]
+    .into_iter()
+    .map(|(dim, heads, seed, spec)| {
+        let m = one_layer(dim, 512, (heads, 4), seed);
+        let cfg = RunConfig::parse(spec).unwrap();
+        (
+            format!("{dim} wide {spec}"),
+            measure::prepare(&m, &cfg).unwrap().0,
+        )
+    })
+    .collect()
+}
+
 /// stories260K (64-wide rows: each kernel's tail loop only) and a one-layer model 1024 wide, whose rows
 /// reach the unrolled loops (four q4 words or vec4s of f16 per lane), as q4_0 and f16 weights.
 fn models() -> Vec<(String, Model)> {
@@ -148,21 +169,30 @@ fn qkv_in_one_kernel_matches_cpu_and_saves_three_dispatches_a_layer() {
             "{name}"
         );
     }
-    // Q4_K gate and up (`matvec4_glu_q4k`): rows of 4 super-blocks (one pass of a row's lanes) and
-    // of 8 (two), under the float and the integer kernel choices (K-quants read floats in both).
-    let q4k = [
-        with_weights(&one_layer(1024, 512, (16, 4), 11), "q4_k"),
-        with_weights(&one_layer(2048, 512, (32, 4), 12), "q4_k"),
-    ];
-    for m in &q4k {
-        let name = format!("q4_k {} wide", m.config.dim);
+    // Q4_K: gate and up (`matvec4_glu_q4k`), Q/K/V (`matvec4_qkv_q4k`, V Q4_K or Q6_K), under the
+    // float and the integer kernel choices (K-quants read floats in both); apart, the 32-bit
+    // kernels' gate, up and SwiGLU are two dispatches more.
+    for (name, m) in &q4k_models() {
         let layers = m.config.n_layers;
         for (act, tol) in [(Activations::F32, 2e-4), (Activations::F16, 5e-3)] {
-            let glu = |k| run(&open(act, false, k), m, &toks, tol, &name);
-            let fused = glu(MatvecKernel::Tiled);
-            assert_eq!(fused, glu(MatvecKernel::TiledInt8), "{name}");
-            assert_eq!(fused + 2 * layers, glu(MatvecKernel::Tiled32), "{name}");
+            let n = |fuse, k| {
+                let what = format!("{name}, {act:?} activations, {k:?}, Q/K/V fused {fuse}");
+                run(&open(act, fuse, k), m, &toks, tol, &what)
+            };
+            let fused = n(true, MatvecKernel::Tiled);
+            assert_eq!(fused, n(true, MatvecKernel::TiledInt8), "{name}");
+            let apart = n(false, MatvecKernel::Tiled);
+            assert_eq!(fused + 3 * layers, apart, "{name}");
+            assert_eq!(
+                apart + 2 * layers,
+                n(false, MatvecKernel::Tiled32),
+                "{name}"
+            );
         }
+        // K and V from the fused kernel through a quantized cache.
+        let kv = RunConfig::parse("kv=q8_0").unwrap().kv;
+        let g = open(Activations::F32, true, MatvecKernel::Tiled);
+        run_kv(&g, m, kv, &toks, 1e-2, &format!("{name} kv=q8_0"));
     }
     let m = stories();
     let q4_0 = &models[0].1;
@@ -192,13 +222,13 @@ fn qkv_in_one_kernel_matches_cpu_and_saves_three_dispatches_a_layer() {
     }
 }
 
-/// RMSNorm folded into the f16 kernels (`matvec4_qkv_f16n`, `matvec4_glu_f16n`) with f16
-/// activations: w x is staged as f16, as the normalised x was stored apart, and the scale applied in
+/// RMSNorm folded into the f16 and Q4_K kernels (`matvec4_qkv_f16n`, `matvec4_glu_f16n`,
+/// `matvec4_qkv_q4kn`, `matvec4_glu_q4kn`, V Q4_K and Q6_K) with f16 activations: w x is staged as f16, as the normalised x was stored apart, and the scale applied in
 /// f32 to the sums, so the f16 tolerance (5e-3) holds; a lost weight or scale moves logits by ~1.
 /// Two dispatches fewer a layer, one where Q/K/V run apart (their first product runs the norm), in
 /// both row-sum paths; with f32 activations nothing folds (f16 staging would round what f32 keeps).
 #[test]
-fn norms_fold_into_the_f16_kernels_with_f16_activations() {
+fn norms_fold_into_the_f16_and_q4_k_kernels_with_f16_activations() {
     let toks: Vec<u32> = (0..12).map(|i| 3 + (i * 37 % 250) as u32).collect();
     let with = |act, fuse_qkv, fold_norm| {
         Gpu::open_blocking(GpuOptions {
@@ -211,7 +241,9 @@ fn norms_fold_into_the_f16_kernels_with_f16_activations() {
         .unwrap()
     };
     let f16 = Activations::F16;
-    for (name, m) in models().iter().filter(|(n, _)| n.ends_with("f16")) {
+    let staged = models().into_iter().filter(|(n, _)| n.ends_with("f16"));
+    for (name, m) in staged.chain(q4k_models()) {
+        let (name, m) = (&name, &m);
         let layers = m.config.n_layers;
         let n = |g: &Gpu, what: &str| run(g, m, &toks, 5e-3, &format!("{name} {what}"));
         let off = n(&with(f16, true, false), "norms apart");

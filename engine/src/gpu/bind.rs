@@ -43,15 +43,15 @@ impl GpuDecoder<'_> {
     }
 
     /// Whether a decode step runs `layer`'s Q, K and V products as one kernel (`matvec4_qkv_q4c`,
-    /// `matvec4_qkv_f16`): their weights share buffers (`QkvLayout`), and the chosen kernel would run
-    /// each in `matvec4_q4c` or `matvec4_f16`.
+    /// `matvec4_qkv_f16`, `matvec4_qkv_q4k`): their weights share buffers (`QkvLayout`), and the
+    /// chosen kernel would run Q in `matvec4_q4c`, `matvec4_f16` or `matvec4_q4k`.
     pub(super) fn fuses_qkv(&self, layer: usize) -> bool {
         let q = BindKey::Matvec(TensorId::Wq(layer), 0, Act::Q, Act::Xb, false);
         self.rows == 1
             && self.w.qkv.contains_key(&layer)
             && matches!(
                 self.kernel_of(q),
-                Kernel::Matvec4Q4C | Kernel::Matvec4Q4I | Kernel::Matvec4F16
+                Kernel::Matvec4Q4C | Kernel::Matvec4Q4I | Kernel::Matvec4F16 | Kernel::Matvec4Q4K
             )
     }
 
@@ -310,7 +310,7 @@ impl GpuDecoder<'_> {
     }
 
     /// A layer's shared Q, K and V codes and scales, the section offsets, x, the three outputs and the
-    /// RoPE table (matvec4_qkv_q4c).
+    /// RoPE table (matvec4_qkv_q4c; the K-quant kernel reads its codes at binding 2 too).
     fn qkv_entries(&self, key: BindKey) -> Entries {
         let BindKey::Qkv(l, x, rope, direct, norm) = key else {
             unreachable!("Q/K/V entries for {key:?}")
@@ -319,10 +319,12 @@ impl GpuDecoder<'_> {
         let q = &self.w.qkv[&l];
         let lay = &q.layout;
         let c = &self.config;
-        let f16 = self.w.mats[&TensorId::Wq(l)].ty == WType::F16;
-        // Offsets in the units the kernel reads codes in: vec4s for f16, words for q4_0.
+        let ty = self.w.mats[&TensorId::Wq(l)].ty;
+        let vec4s = matches!(ty, WType::F16 | WType::Q4_K);
+        // Offsets in the units the kernel reads codes in: vec4s for f16 and Q4_K, words for q4_0.
         let word = |b: u64| (b / 4) as u32;
-        let unit = |b: u64| (b / if f16 { 16 } else { 4 }) as u32;
+        let unit = |b: u64| (b / if vec4s { 16 } else { 4 }) as u32;
+        let v_q6k = self.w.mats[&TensorId::Wv(l)].ty == WType::Q6_K;
         let params = self.uniform(&[
             lay.rows[0] as u32,
             lay.rows[1] as u32,
@@ -338,7 +340,7 @@ impl GpuDecoder<'_> {
             c.norm_eps.to_bits(),
             direct as u32,
             self.slot_at() as u32,
-            0,
+            v_q6k as u32,
             0,
         ]);
         let act = |a: Act| View::whole(self.act(a).clone());
@@ -356,8 +358,11 @@ impl GpuDecoder<'_> {
             (10, v),
             (11, self.rope_buf.clone().into()),
         ];
-        if f16 {
-            e.retain(|(i, _)| *i != 2);
+        match ty {
+            WType::F16 => e.retain(|(i, _)| *i != 2),
+            // The codes again as 32-bit words, for a Q6_K V (matvec4_kquant.wgsl).
+            WType::Q4_K => e[2].1 = q.words.clone().into(),
+            _ => {}
         }
         e
     }

@@ -20,6 +20,7 @@ const MATVEC4: &str = include_str!("../../../shaders/matvec4.wgsl");
 const MATVEC4_INT8: &str = include_str!("../../../shaders/matvec4_int8.wgsl");
 const MATMUL_INT8: &str = include_str!("../../../shaders/matmul_int8.wgsl");
 const MATVEC4_NORM: &str = include_str!("../../../shaders/matvec4_norm.wgsl");
+const MATVEC4_KQUANT: &str = include_str!("../../../shaders/matvec4_kquant.wgsl");
 const KQUANT: &str = include_str!("../../../shaders/kquant.wgsl");
 const NORM: &str = include_str!("../../../shaders/norm.wgsl");
 const ROPE: &str = include_str!("../../../shaders/rope.wgsl");
@@ -55,6 +56,9 @@ pub(super) enum Kernel {
     Matvec4Q4K,
     Matvec4GluQ4K,
     Matvec4Q5K,
+    Matvec4QkvQ4K,
+    Matvec4GluQ4KN,
+    Matvec4QkvQ4KN,
     Matmul,
     MatmulQ4I,
     MatvecAny,
@@ -108,6 +112,15 @@ const ATTENTION_MODULE: &[&str] = &[STEP, KVFORMAT, ATTENTION];
 
 const MATVEC4_MODULE: &[&str] = &[STEP, QUANT, MATRIX, REDUCE, MATVEC4];
 const MATVEC4_NORM_MODULE: &[&str] = &[STEP, QUANT, MATRIX, REDUCE, MATVEC4, MATVEC4_NORM];
+const MATVEC4_KQUANT_MODULE: &[&str] = &[
+    STEP,
+    QUANT,
+    MATRIX,
+    REDUCE,
+    MATVEC4,
+    MATVEC4_NORM,
+    MATVEC4_KQUANT,
+];
 const MATVEC4_INT8_MODULE: &[&str] = &[
     STEP,
     QUANT,
@@ -118,7 +131,7 @@ const MATVEC4_INT8_MODULE: &[&str] = &[
     MATVEC4_INT8,
 ];
 
-pub(super) const TABLE: [KernelDef; 41] = [
+pub(super) const TABLE: [KernelDef; 44] = [
     def!(Matvec, "matvec", "matvec", MATVEC_MODULE),
     def!(Matvec4F32, "matvec4_f32", "matvec4", MATVEC4_MODULE),
     def!(Matvec4F16, "matvec4_f16", "matvec4", MATVEC4_MODULE),
@@ -159,9 +172,42 @@ pub(super) const TABLE: [KernelDef; 41] = [
         "matvec4_norm",
         MATVEC4_NORM_MODULE
     ),
-    def!(Matvec4Q4K, "matvec4_q4k", "matvec4", MATVEC4_MODULE),
-    def!(Matvec4GluQ4K, "matvec4_glu_q4k", "matvec4", MATVEC4_MODULE),
-    def!(Matvec4Q5K, "matvec4_q5k", "matvec4", MATVEC4_MODULE),
+    def!(
+        Matvec4Q4K,
+        "matvec4_q4k",
+        "matvec4_kquant",
+        MATVEC4_KQUANT_MODULE
+    ),
+    def!(
+        Matvec4GluQ4K,
+        "matvec4_glu_q4k",
+        "matvec4_kquant",
+        MATVEC4_KQUANT_MODULE
+    ),
+    def!(
+        Matvec4Q5K,
+        "matvec4_q5k",
+        "matvec4_kquant",
+        MATVEC4_KQUANT_MODULE
+    ),
+    def!(
+        Matvec4QkvQ4K,
+        "matvec4_qkv_q4k",
+        "matvec4_kquant",
+        MATVEC4_KQUANT_MODULE
+    ),
+    def!(
+        Matvec4GluQ4KN,
+        "matvec4_glu_q4kn",
+        "matvec4_kquant",
+        MATVEC4_KQUANT_MODULE
+    ),
+    def!(
+        Matvec4QkvQ4KN,
+        "matvec4_qkv_q4kn",
+        "matvec4_kquant",
+        MATVEC4_KQUANT_MODULE
+    ),
     def!(Matmul, "matmul", "matvec", MATVEC_MODULE),
     def!(MatmulQ4I, "matmul_q4i", "matmul_int8", MATMUL_INT8_MODULE),
     def!(MatvecAny, "matvec_any", "matvec", MATVEC_MODULE),
@@ -221,7 +267,8 @@ pub(super) fn module_source(act: Activations, parts: &[&str], subgroups: bool) -
 
 /// Kernels compiled on first use, not with the others: the integer-dot kernels' module needs WGSL's
 /// `packed_4x8_integer_dot_product`, which not every browser has, and only some choices run them;
-/// the f16 kernels with a norm folded in run only for f16 weights, the Q4_K gate/up only for Q4_K.
+/// the f16 kernels with a norm folded in run only for f16 weights, the K-quant kernels only for
+/// K-quants.
 const ON_FIRST_USE: &[Kernel] = &[
     Kernel::Geglu,
     Kernel::Scale,
@@ -231,7 +278,12 @@ const ON_FIRST_USE: &[Kernel] = &[
     Kernel::Matvec4QkvQ4I,
     Kernel::Matvec4GluF16N,
     Kernel::Matvec4QkvF16N,
+    Kernel::Matvec4Q4K,
     Kernel::Matvec4GluQ4K,
+    Kernel::Matvec4Q5K,
+    Kernel::Matvec4QkvQ4K,
+    Kernel::Matvec4GluQ4KN,
+    Kernel::Matvec4QkvQ4KN,
     Kernel::MatmulQ4I,
 ];
 
@@ -336,7 +388,7 @@ pub enum MatvecKernel {
 
 /// Columns `matvec4_q4i` holds in workgroup memory (`XW_WORDS` words of 8 in matvec4_int8.wgsl).
 const INT8_MAX_COLS: usize = 1536 * 8;
-/// Columns the f16 kernels with a norm folded in stage (`XH_VEC4S` in matvec4_norm.wgsl).
+/// Columns the kernels with a norm folded in stage as f16 (`XH_VEC4S` in matvec4_norm.wgsl).
 const F16N_MAX_COLS: usize = 768 * 8;
 
 impl MatvecKernel {
@@ -398,14 +450,21 @@ impl MatvecKernel {
 
 impl Kernel {
     /// Whether this kernel folds a held RMSNorm in (matvec4_norm.wgsl): the fused integer-dot
-    /// kernels, and the f16 ones staging x (with f16 activations only; `GpuDecoder::fold_norm`).
+    /// kernels, and the f16 and Q4_K ones staging x (with f16 activations only;
+    /// `GpuDecoder::fold_norm`).
     pub(super) fn folds_norm(self) -> bool {
+        self.stages_f16() || matches!(self, Kernel::Matvec4GluQ4I | Kernel::Matvec4QkvQ4I)
+    }
+
+    /// Whether this kernel stages the normalised x as f16 (`stage_x_f16`), which only f16
+    /// activations store it as.
+    pub(super) fn stages_f16(self) -> bool {
         matches!(
             self,
-            Kernel::Matvec4GluQ4I
-                | Kernel::Matvec4QkvQ4I
-                | Kernel::Matvec4GluF16N
+            Kernel::Matvec4GluF16N
                 | Kernel::Matvec4QkvF16N
+                | Kernel::Matvec4GluQ4KN
+                | Kernel::Matvec4QkvQ4KN
         )
     }
 
@@ -514,25 +573,48 @@ impl BindKey {
             let (cols, ty, block) = mat(id);
             mv.for_matrix(cols, ty, block)
         };
-        // An f16 matrix whose x the norm-folding kernels can stage.
-        let staged = |id| alone(id) == Kernel::Matvec4F16 && mat(id).0 <= F16N_MAX_COLS;
+        // The kernel a matrix's fused products take, with the norm folded in (x staged as f16)
+        // where asked and its rows fit the staging.
+        let fused = |id, norm: bool, plain, normed| match norm && mat(id).0 <= F16N_MAX_COLS {
+            true => normed,
+            false => plain,
+        };
         match self {
             BindKey::Matvec(id, ..) | BindKey::LastRow(id, ..) => alone(id),
             BindKey::Matmul(id, ..) => {
                 let (cols, ty, block) = mat(id);
                 mv.for_matmul(cols, ty, block)
             }
-            BindKey::Glu(gate, .., Some(_)) if staged(gate) => Kernel::Matvec4GluF16N,
-            BindKey::Qkv(l, .., Some(_)) if staged(TensorId::Wq(l)) => Kernel::Matvec4QkvF16N,
-            BindKey::Glu(gate, ..) => match alone(gate) {
-                Kernel::Matvec4F16 => Kernel::Matvec4GluF16,
+            BindKey::Glu(gate, .., norm) => match alone(gate) {
+                Kernel::Matvec4F16 => fused(
+                    gate,
+                    norm.is_some(),
+                    Kernel::Matvec4GluF16,
+                    Kernel::Matvec4GluF16N,
+                ),
                 Kernel::Matvec4Q4I => Kernel::Matvec4GluQ4I,
-                Kernel::Matvec4Q4K => Kernel::Matvec4GluQ4K,
+                Kernel::Matvec4Q4K => fused(
+                    gate,
+                    norm.is_some(),
+                    Kernel::Matvec4GluQ4K,
+                    Kernel::Matvec4GluQ4KN,
+                ),
                 _ => Kernel::Matvec4GluQ4C,
             },
-            BindKey::Qkv(l, ..) => match alone(TensorId::Wq(l)) {
-                Kernel::Matvec4F16 => Kernel::Matvec4QkvF16,
+            BindKey::Qkv(l, .., norm) => match alone(TensorId::Wq(l)) {
+                Kernel::Matvec4F16 => fused(
+                    TensorId::Wq(l),
+                    norm.is_some(),
+                    Kernel::Matvec4QkvF16,
+                    Kernel::Matvec4QkvF16N,
+                ),
                 Kernel::Matvec4Q4I => Kernel::Matvec4QkvQ4I,
+                Kernel::Matvec4Q4K => fused(
+                    TensorId::Wq(l),
+                    norm.is_some(),
+                    Kernel::Matvec4QkvQ4K,
+                    Kernel::Matvec4QkvQ4KN,
+                ),
                 _ => Kernel::Matvec4QkvQ4C,
             },
             BindKey::Embed(..) => Kernel::Embed,

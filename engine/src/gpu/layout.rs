@@ -167,10 +167,11 @@ pub(super) fn buffer(
     })
 }
 
-/// One layer's Q, K and V weights (q4_0 or f16, one width and block) in one buffer of codes and one
-/// of scales (none for f16), each matrix at an offset the adapter can bind on its own, so that decode
-/// runs the three products as one dispatch (`matvec4_qkv_q4c`, `matvec4_qkv_f16`) and everything else
-/// binds each as before.
+/// One layer's Q, K and V weights (q4_0 or f16, one width and block; or Q4_K, V Q4_K or Q6_K as
+/// llama-quantize's Q4_K_M mixes them) in one buffer of codes and one of scales (none for f16 and
+/// K-quants), each matrix at an offset the adapter can bind on its own, so that decode runs the three
+/// products as one dispatch (`matvec4_qkv_q4c`, `matvec4_qkv_f16`, `matvec4_qkv_q4k`) and everything
+/// else binds each as before.
 /// Offsets and lengths in bytes, by matrix: Q, K, V.
 #[derive(Clone, Debug, PartialEq)]
 pub(super) struct QkvLayout {
@@ -182,15 +183,21 @@ pub(super) struct QkvLayout {
 }
 
 impl QkvLayout {
-    /// The layout for these three shapes, or `None` where they cannot share a dispatch: not all q4_0
-    /// or all f16 of one width and block, rows not of whole vec4s (32 values), rows not in whole
-    /// workgroups of 8 (each workgroup then reads one matrix), or more than one binding holds.
+    /// The layout for these three shapes, or `None` where they cannot share a dispatch: not all q4_0,
+    /// all f16 or Q4_K (V Q4_K or Q6_K) of one width and block, rows not of whole vec4s (32 values),
+    /// rows not in whole workgroups of 8 (each workgroup then reads one matrix), or more than one
+    /// binding holds.
     pub fn plan(shapes: [Shape; 3], align: u64, max_binding: u64) -> Option<QkvLayout> {
         let s0 = shapes[0];
-        let kind = matches!(s0.ty, WType::Q4_0 | WType::F16);
+        let kind = match s0.ty {
+            WType::Q4_0 | WType::F16 => shapes[2].ty == s0.ty,
+            WType::Q4_K => matches!(shapes[2].ty, WType::Q4_K | WType::Q6_K),
+            _ => false,
+        };
         let same = shapes
             .iter()
-            .all(|s| (s.ty, s.cols, s.block) == (s0.ty, s0.cols, s0.block));
+            .all(|s| (s.cols, s.block) == (s0.cols, s0.block))
+            && shapes[1].ty == s0.ty;
         let whole = s0.cols.is_multiple_of(32) && s0.cols.is_multiple_of(s0.block);
         if !kind || !same || !whole || shapes.iter().any(|s| s.rows % 8 != 0) {
             return None;
@@ -201,8 +208,9 @@ impl QkvLayout {
         let mut scales = [(0, 0); 3];
         for (i, s) in shapes.iter().enumerate() {
             let w = (s.rows * s.row_bytes()) as u64;
-            // One f16 scale per block; rows come in eights, so whole words.
-            let sc = if s.ty.is_quantized() {
+            // One f16 scale per block; rows come in eights, so whole words. K-quants hold theirs
+            // in each super-block.
+            let sc = if s.ty.is_quantized() && !s.ty.is_k() {
                 (s.rows * (s.cols / s.block) * 2) as u64
             } else {
                 0

@@ -3,7 +3,7 @@
 
 use super::decoder::GpuDecoder;
 use super::device::Activations;
-use super::kernels::{fold, BindKey, Kernel, ATTN_SPLIT, ATTN_TILE_ROWS};
+use super::kernels::{fold, BindKey, ATTN_SPLIT, ATTN_TILE_ROWS};
 use crate::forward::{Act, Glu, Kernels};
 use crate::kv::KvType;
 use crate::model::TensorId;
@@ -83,16 +83,16 @@ impl GpuDecoder<'_> {
     }
 
     /// The key `make` gives, with the held RMSNorm folded in where it wrote `x` and the kernel takes
-    /// one (the integer-dot kernels; the f16 ones with f16 activations, which store the normalised
-    /// x as f16 anyway): `make(input, norm weights)`.
+    /// one (the integer-dot kernels; the f16 and Q4_K ones with f16 activations, which store the
+    /// normalised x as f16 anyway): `make(input, norm weights)`.
     fn fold_norm(&mut self, x: Act, make: impl Fn(Act, Option<TensorId>) -> BindKey) -> BindKey {
         let Some((_, input, w)) = self.pending_norm.filter(|&(out, ..)| out == x) else {
             return make(x, None);
         };
         let folded = make(input, Some(w));
         let kernel = self.kernel_of(folded);
-        let f16_staging = matches!(kernel, Kernel::Matvec4GluF16N | Kernel::Matvec4QkvF16N);
-        if !kernel.folds_norm() || (f16_staging && self.gpu.activations != Activations::F16) {
+        if !kernel.folds_norm() || (kernel.stages_f16() && self.gpu.activations != Activations::F16)
+        {
             return make(x, None);
         }
         self.pending_norm = None;

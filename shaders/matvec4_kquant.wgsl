@@ -1,0 +1,266 @@
+// matvec4_kquant: the decode products of K-quant weights (ggml's Q4_K, Q5_K, Q6_K as GGUF stores them;
+// kquant.wgsl has the byte layout). Appended to matvec4.wgsl and matvec4_norm.wgsl's module (their
+// bindings, row_of, finish, glu_finish, the Q/K/V kernels' parts, the staged x of a folded norm).
+//
+// Q4_K and Q5_K super-blocks are 9 and 11 vec4s, so a super-block's header (d, dmin, the 12 bytes of
+// sub-block scales and mins) is one vec4 and its codes 8 more (Q5_K: 2 vec4s of fifth bits between).
+// Eight lanes share a super-block, each taking one vec4 of codes (16 bytes: 32 values of two
+// sub-blocks), so 32 lanes cover 4 super-blocks a pass; two passes are loaded before any arithmetic.
+// Q6_K's 53-word super-blocks are not vec4-aligned: alone it keeps the 32-bit kernel (matvec_k); as
+// V beside Q4_K Q and K (llama-quantize's Q4_K_M gives some layers' attn_v more bits) it is read a
+// word at a time through binding 2, the same buffer as 32-bit words.
+//
+// Kernels: matvec4_q4k, matvec4_q5k (one matrix); matvec4_glu_q4k (a Q4_K gate and up, the up's
+// super-blocks at binding 7, as the other GLU kernels); matvec4_qkv_q4k (a layer's Q, K and V as
+// matvec4_qkv_q4c lays them out, QkvParams in vec4 units, V Q4_K or Q6_K: QkvParams.v_q6k); and
+// matvec4_glu_q4kn, matvec4_qkv_q4kn with the RMSNorm folded in (f16 activations: w x staged as f16
+// by stage_x_f16, the sums scaled by the norm's factor at the end, as matvec4_glu_f16n does).
+// A kernel's x comes from x4, or from the staged xh where `staged` (a uniform branch; the plain
+// kernels then declare xh too, 12 KB of workgroup memory they never touch).
+
+// The Q/K/V buffer as 32-bit words, for a Q6_K V (matvec4_qkv_q4k; the Q4_K kernels bind no scales).
+@group(0) @binding(2) var<storage, read> codes32: array<u32>;
+
+// The low and the high nibbles of the four bytes of `w`, as floats.
+fn lo4(w: u32) -> vec4<f32> {
+    return u2f4((vec4<u32>(w) >> vec4<u32>(0u, 8u, 16u, 24u)) & vec4<u32>(15u));
+}
+
+fn hi4(w: u32) -> vec4<f32> {
+    return u2f4((vec4<u32>(w) >> vec4<u32>(4u, 12u, 20u, 28u)) & vec4<u32>(15u));
+}
+
+// Bit `b` of each of the four bytes of `w`, as 0 or 16.
+fn bit16(w: u32, b: u32) -> vec4<f32> {
+    return u2f4(((vec4<u32>(w) >> (vec4<u32>(0u, 8u, 16u, 24u) + vec4<u32>(b))) & vec4<u32>(1u)) * vec4<u32>(16u));
+}
+
+// Scale and min of sub-block j from a K header vec4 (bytes 4..16 are hdr.y, hdr.z, hdr.w).
+fn k_scale_min(hdr: vec4<u32>, j: u32) -> vec2<f32> {
+    let sh = 8u * (j & 3u);
+    if (j < 4u) {
+        return vec2<f32>(f32((hdr.y >> sh) & 63u), f32((hdr.z >> sh) & 63u));
+    }
+    let lo = (hdr.w >> sh) & 255u;
+    return vec2<f32>(
+        f32((lo & 15u) | ((((hdr.y >> sh) >> 6u) & 3u) << 4u)),
+        f32((lo >> 4u) | ((((hdr.z >> sh) >> 6u) & 3u) << 4u)));
+}
+
+// x vectors j and j + 1 (values 4j..4j+8, j even): from x4, or from the staged w x.
+fn x8(j: u32, staged: bool) -> array<vec4<f32>, 2> {
+    if (staged) {
+        let h = xh[j >> 1u];
+        return array<vec4<f32>, 2>(vec4<f32>(unpack2x16float(h.x), unpack2x16float(h.y)),
+            vec4<f32>(unpack2x16float(h.z), unpack2x16float(h.w)));
+    }
+    return array<vec4<f32>, 2>(xq(j), xq(j + 1u));
+}
+
+// x vector j alone (Q6_K's parts read single vectors).
+fn x4v(j: u32, staged: bool) -> vec4<f32> {
+    let v = x8(j & ~1u, staged);
+    return select(v[0], v[1], (j & 1u) == 1u);
+}
+
+// The x values that codes vec4 `i` (0..8) of a super-block whose x starts at vector xs multiply
+// (x vectors a: its low nibbles', b: its high ones'), and their sums.
+struct KX {
+    a0: vec4<f32>,
+    a1: vec4<f32>,
+    a2: vec4<f32>,
+    a3: vec4<f32>,
+    b0: vec4<f32>,
+    b1: vec4<f32>,
+    b2: vec4<f32>,
+    b3: vec4<f32>,
+    sums: vec2<f32>,
+}
+
+fn k_x(i: u32, xs: u32, staged: bool) -> KX {
+    let xl = xs + 16u * (i >> 1u) + 4u * (i & 1u);
+    let a01 = x8(xl, staged);
+    let a23 = x8(xl + 2u, staged);
+    let b01 = x8(xl + 8u, staged);
+    let b23 = x8(xl + 10u, staged);
+    let one = vec4<f32>(1.0);
+    let sums = vec2<f32>(dot((a01[0] + a01[1]) + (a23[0] + a23[1]), one),
+        dot((b01[0] + b01[1]) + (b23[0] + b23[1]), one));
+    return KX(a01[0], a01[1], a23[0], a23[1], b01[0], b01[1], b23[0], b23[1], sums);
+}
+
+// Codes vec4 `i` (0..8) of a super-block (header hdr) against its x: its low nibbles are elements
+// 64c + 16h + 0..16 (sub-block 2c), its high ones 32 further (2c + 1), c = i / 2, h = i % 2. `qh` holds
+// Q5_K's fifth bits of the same bytes (zero for Q4_K, `five` false).
+fn k_dot(hdr: vec4<u32>, w: vec4<u32>, qh: vec4<u32>, five: bool, i: u32, x: KX) -> f32 {
+    let c = i >> 1u;
+    var l0 = lo4(w.x); var l1 = lo4(w.y); var l2 = lo4(w.z); var l3 = lo4(w.w);
+    var h0 = hi4(w.x); var h1 = hi4(w.y); var h2 = hi4(w.z); var h3 = hi4(w.w);
+    if (five) {
+        l0 += bit16(qh.x, 2u * c); l1 += bit16(qh.y, 2u * c);
+        l2 += bit16(qh.z, 2u * c); l3 += bit16(qh.w, 2u * c);
+        h0 += bit16(qh.x, 2u * c + 1u); h1 += bit16(qh.y, 2u * c + 1u);
+        h2 += bit16(qh.z, 2u * c + 1u); h3 += bit16(qh.w, 2u * c + 1u);
+    }
+    let ql = (dot(l0, x.a0) + dot(l1, x.a1)) + (dot(l2, x.a2) + dot(l3, x.a3));
+    let qhi = (dot(h0, x.b0) + dot(h1, x.b1)) + (dot(h2, x.b2) + dot(h3, x.b3));
+    let dm = unpack2x16float(hdr.x);
+    let s0 = k_scale_min(hdr, 2u * c);
+    let s1 = k_scale_min(hdr, 2u * c + 1u);
+    return dm.x * (s0.x * ql + s1.x * qhi) - dm.y * (s0.y * x.sums.x + s1.y * x.sums.y);
+}
+
+// Lane `lane`'s part of a K-quant row of nsb super-blocks from vec4 `base`, each `per` vec4s (9 or
+// 11) with its codes from vec4 `codes`: lane l takes codes vec4 l % 8 of super-blocks l / 8,
+// l / 8 + 4, ...
+fn row_k(base: u32, nsb: u32, lane: u32, per: u32, codes: u32, five: bool, staged: bool) -> f32 {
+    let i = lane % 8u;
+    var sb = lane / 8u;
+    var acc = 0.0;
+    for (; sb + 4u < nsb; sb += 8u) {
+        let a = base + sb * per;
+        let b = a + 4u * per;
+        let ha = words4[a];
+        let wa = words4[a + codes + i];
+        let hb = words4[b];
+        let wb = words4[b + codes + i];
+        var qa = vec4<u32>(0u);
+        var qb = vec4<u32>(0u);
+        if (five) {
+            qa = words4[a + 1u + (i & 1u)];
+            qb = words4[b + 1u + (i & 1u)];
+        }
+        acc += k_dot(ha, wa, qa, five, i, k_x(i, sb * 64u, staged))
+            + k_dot(hb, wb, qb, five, i, k_x(i, (sb + 4u) * 64u, staged));
+    }
+    for (; sb < nsb; sb += 4u) {
+        let a = base + sb * per;
+        var qa = vec4<u32>(0u);
+        if (five) {
+            qa = words4[a + 1u + (i & 1u)];
+        }
+        acc += k_dot(words4[a], words4[a + codes + i], qa, five, i, k_x(i, sb * 64u, staged));
+    }
+    return acc;
+}
+
+@compute @workgroup_size(256)
+fn matvec4_q4k(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let rl = row_of(wid, lid);
+    var acc = 0.0;
+    if (rl.x < p.rows) {
+        let nsb = p.cols / 256u;
+        acc = row_k(rl.x * nsb * 9u, nsb, rl.y, 9u, 1u, false, false);
+    }
+    finish(acc, lid, rl.x);
+}
+
+@compute @workgroup_size(256)
+fn matvec4_q5k(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let rl = row_of(wid, lid);
+    var acc = 0.0;
+    if (rl.x < p.rows) {
+        let nsb = p.cols / 256u;
+        acc = row_k(rl.x * nsb * 11u, nsb, rl.y, 11u, 3u, true, false);
+    }
+    finish(acc, lid, rl.x);
+}
+
+// A signed byte at bit `shift` of `v`.
+fn i8_at(v: u32, shift: u32) -> f32 {
+    return f32(i32(v << (24u - shift)) >> 24u);
+}
+
+// Part `part` (0..16) of the Q6_K super-block at word w, x from vector xs: part 8n + k holds bytes
+// 4k..4k+4 of half n, elements 128n + 32i + 4k + (0..4) for i < 4 (kquant.wgsl's kq_part_dot).
+fn q6_part(w: u32, xs: u32, part: u32, staged: bool) -> f32 {
+    let n = part >> 3u;
+    let k = part & 7u;
+    let sh = vec4<u32>(0u, 8u, 16u, 24u);
+    let a = vec4<u32>(codes32[w + 16u * n + k]) >> sh;
+    let b = vec4<u32>(codes32[w + 16u * n + 8u + k]) >> sh;
+    let h = vec4<u32>(codes32[w + 32u + 8u * n + k]) >> sh;
+    // Scales 8n + k/4 + 2i, for i < 4: two per word.
+    let s01 = codes32[w + 48u + 2u * n] >> (8u * (k >> 2u));
+    let s23 = codes32[w + 49u + 2u * n] >> (8u * (k >> 2u));
+    let m4 = vec4<u32>(15u);
+    let m2 = vec4<u32>(3u);
+    let q0 = u2f4((a & m4) | ((h & m2) << vec4<u32>(4u)));
+    let q1 = u2f4((b & m4) | (((h >> vec4<u32>(2u)) & m2) << vec4<u32>(4u)));
+    let q2 = u2f4(((a >> vec4<u32>(4u)) & m4) | (((h >> vec4<u32>(4u)) & m2) << vec4<u32>(4u)));
+    let q3 = u2f4(((b >> vec4<u32>(4u)) & m4) | (((h >> vec4<u32>(6u)) & m2) << vec4<u32>(4u)));
+    let c = xs + 32u * n + k;
+    let m = vec4<f32>(32.0);
+    let s = (i8_at(s01, 0u) * dot(q0 - m, x4v(c, staged))
+        + i8_at(s01, 16u) * dot(q1 - m, x4v(c + 8u, staged)))
+        + (i8_at(s23, 0u) * dot(q2 - m, x4v(c + 16u, staged))
+        + i8_at(s23, 16u) * dot(q3 - m, x4v(c + 24u, staged)));
+    return unpack2x16float(codes32[w + 52u]).x * s;
+}
+
+// matvec4_glu_q4k(n): SwiGLU's (or GELU's) gate and up as Q4_K in one dispatch, rows read as
+// matvec4_q4k reads them, a super-block a lane at a time (each x load serving both; the two
+// matrices' loads in flight together).
+fn glu_q4k(wid: vec3<u32>, lid: vec3<u32>, staged: bool, scale: f32) {
+    let rl = row_of(wid, lid);
+    var a = vec2<f32>(0.0);
+    if (rl.x < p.rows) {
+        let nsb = p.cols / 256u;
+        let i = rl.y % 8u;
+        let none = vec4<u32>(0u);
+        for (var sb = rl.y / 8u; sb < nsb; sb += 4u) {
+            let o = (rl.x * nsb + sb) * 9u;
+            let hg = words4[o];
+            let wg = words4[o + 1u + i];
+            let hu = up_words4[o];
+            let wu = up_words4[o + 1u + i];
+            let x = k_x(i, sb * 64u, staged);
+            a += vec2<f32>(k_dot(hg, wg, none, false, i, x), k_dot(hu, wu, none, false, i, x));
+        }
+    }
+    glu_finish(a.x * scale, a.y * scale, lid, rl);
+}
+
+@compute @workgroup_size(256)
+fn matvec4_glu_q4k(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    glu_q4k(wid, lid, false, 1.0);
+}
+
+@compute @workgroup_size(256)
+fn matvec4_glu_q4kn(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let scale = stage_x_f16(lid.x, p.cols, p.eps);
+    glu_q4k(wid, lid, true, scale);
+}
+
+// matvec4_qkv_q4k(n): a layer's Q, K and V (Q4_K, V Q4_K or Q6_K) in one dispatch, with
+// matvec4_qkv_q4c's sections, RoPE and direct KV stores. A Q6_K row's 16 lanes a super-block
+// (q6_part) cover two a pass.
+fn qkv_q4k(wid: vec3<u32>, lid: vec3<u32>, staged: bool, scale: f32) {
+    let part = qkv_part(wid);
+    let r = part.first + lid.x / LANES4;
+    let lane = lid.x % LANES4;
+    let nsb = qp.cols / 256u;
+    var acc = 0.0;
+    if (r < part.rows) {
+        if (part.m == 2u && qp.v_q6k == 1u) {
+            let base = 4u * part.wbase + r * nsb * 53u;
+            for (var sb = lane / 16u; sb < nsb; sb += 2u) {
+                acc += q6_part(base + sb * 53u, sb * 64u, lane % 16u, staged);
+            }
+        } else {
+            acc = row_k(part.wbase + r * nsb * 9u, nsb, lane, 9u, 1u, false, staged);
+        }
+    }
+    qkv_finish(part, acc * scale, lid);
+}
+
+@compute @workgroup_size(256)
+fn matvec4_qkv_q4k(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    qkv_q4k(wid, lid, false, 1.0);
+}
+
+@compute @workgroup_size(256)
+fn matvec4_qkv_q4kn(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let scale = stage_x_f16(lid.x, qp.cols, qp.eps);
+    qkv_q4k(wid, lid, true, scale);
+}
