@@ -11,7 +11,8 @@
 # QUANTS (llama-quantize types, default "q4_0 Q4_K_M"), PEER_F16 (0: llama-bench skips the f16 files), VARIANT (a
 # NIBBLE_MATVEC kernel benched again at q4_0, depth 0, to attribute a kernel change), EXTRA (variants as
 # scripts/h200-ab.sh takes them: NIBBLE_X=y, several joined by "+", or bin:NAME for .device/ab/NAME; each
-# benched at q4_0 in memory on the f16 file of each shape in EXTRA_SHAPES (default 7b), decode only,
+# benched at q4_0 in memory on the f16 file of each shape in EXTRA_SHAPES (default 7b), or with
+# EXTRA_MODEL=TYPE on that shape's llama-quantize file of TYPE (one of QUANTS) as loaded; decode only,
 # after llama.cpp; the device returns 8 files, so two variants at most beside two shapes).
 # Results go to $OUT (the device tool brings them back).
 set -uo pipefail
@@ -62,8 +63,10 @@ for v in ${EXTRA:-}; do
     exe=$nb
     [ "${v#bin:}" != "$v" ] && exe=.device/ab/${v#bin:} && v=NIBBLE_BASE=1
     echo "== $name ($v)"
-    env ${v//+/ } $exe bench --model $d/$m-f16.gguf --no-cache --configs q4_0 --prompts 16 --depths 0,1024 \
-      --decode-tokens 32 --reps 3 --warmup 1 --out "$out/extra-$name" 2>&1 | grep "^| q4_0"
+    file=$d/$m-f16.gguf cfg=q4_0
+    [ -n "${EXTRA_MODEL:-}" ] && file=$d/$m-$EXTRA_MODEL.gguf cfg=as-loaded
+    env ${v//+/ } $exe bench --model $file --no-cache --configs $cfg --prompts 16 --depths 0,1024 \
+      --decode-tokens 32 --reps 3 --warmup 1 --out "$out/extra-$name" 2>&1 | grep "^| $cfg"
   done
 done
 elapsed

@@ -48,6 +48,10 @@ pub struct Capabilities {
     /// wgpu's shader safety code kept (`gpu::ShaderChecks`): "on" in browsers, "off" natively.
     #[serde(default)]
     pub shader_checks: Option<String>,
+    /// Whether the adapter's shader compiler took every kernel module (`Gpu::check_modules`), before
+    /// any model needed them.
+    #[serde(default)]
+    pub shader_modules: Option<String>,
     /// Storage, memory and threading APIs by name (cache_api, opfs, performance_memory, ...).
     pub apis: BTreeMap<String, Availability>,
 }

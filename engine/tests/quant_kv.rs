@@ -506,6 +506,7 @@ fn the_harness_rejudges_a_hosts_accuracy() {
         activations: act.map(str::to_string),
         matvec_kernel: None,
         shader_checks: None,
+        shader_modules: None,
         cpu: None,
         apis: Default::default(),
     };

@@ -371,6 +371,12 @@ fn the_new_families_are_accurate_in_every_browser() {
             let h = host(&r, name);
             assert_eq!(h["status"], "ok", "{what} {name}: {}", h["error"]);
             assert_eq!(h["capabilities"]["backend"], backend, "{what} {name}");
+            // Every kernel module went through the browser's own shader compiler, those this model
+            // never runs included.
+            if backend == "webgpu" {
+                let modules = h["capabilities"]["shader_modules"].as_str().unwrap_or("");
+                assert!(modules.starts_with("all "), "{what} {name}: {modules:?}");
+            }
             let sc = scenario(h, "accuracy");
             assert_eq!(sc["status"], "ok", "{what} {name}: {}", sc["error"]);
             let rows = sc["outcome"]["data"].as_array().unwrap();

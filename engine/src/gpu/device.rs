@@ -557,6 +557,65 @@ impl Gpu {
         Ok(note)
     }
 
+    /// Compiles every shader module of the kernel table as this device would run it (its activation
+    /// type and row sums), making no pipeline: most kernels compile only when a model first needs
+    /// them (a K-quant file's, the integer-dot ones), so a browser's compiler (Tint in Chromium,
+    /// Naga in Firefox, WebKit's) would otherwise reject one only in front of that model. The
+    /// modules checked, or the first one rejected with the compiler's messages.
+    pub async fn check_modules(&self) -> Result<String> {
+        let modules = super::kernels::modules(self.packed_dot);
+        for &(name, parts) in &modules {
+            let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+            let m = self
+                .device
+                .create_shader_module(wgpu::ShaderModuleDescriptor {
+                    label: Some(name),
+                    source: wgpu::ShaderSource::Wgsl(
+                        super::kernels::module_source(self.activations, parts, self.subgroups)
+                            .into(),
+                    ),
+                });
+            let info = m.get_compilation_info().await;
+            let errors: Vec<String> = info
+                .messages
+                .iter()
+                .filter(|m| m.message_type == wgpu::CompilationMessageType::Error)
+                .map(|m| m.message.clone())
+                .collect();
+            let scoped = scope.pop().await;
+            if !errors.is_empty() || scoped.is_some() {
+                // The scope repeats the compiler's messages where it gave any.
+                let why = scoped.filter(|_| errors.is_empty()).map(|e| e.to_string());
+                return Err(Error::Gpu(format!(
+                    "shader module {name} does not compile on {} ({:?} activations): {}",
+                    self.report.name,
+                    self.activations,
+                    errors
+                        .into_iter()
+                        .chain(why)
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                        .trim()
+                )));
+            }
+        }
+        let sums = if self.subgroups {
+            "subgroup"
+        } else {
+            "workgroup-memory"
+        };
+        Ok(format!(
+            "all {} shader modules compile ({:?} activations, {sums} row sums{})",
+            modules.len(),
+            self.activations,
+            if self.packed_dot {
+                ", integer dot products"
+            } else {
+                "; no packed integer dot products, so not the integer-dot modules"
+            }
+        ))
+    }
+
     /// Blocking [`Gpu::open`] for native callers.
     #[cfg(not(target_arch = "wasm32"))]
     pub fn open_blocking(opts: GpuOptions) -> Result<Gpu> {

@@ -265,6 +265,19 @@ pub(super) fn module_source(act: Activations, parts: &[&str], subgroups: bool) -
     s
 }
 
+/// Each shader module once, in [`TABLE`] order, with its files; the integer-dot modules only where
+/// WGSL has `packed_4x8_integer_dot_product` (`packed_dot`).
+pub(super) fn modules(packed_dot: bool) -> Vec<(&'static str, &'static [&'static str])> {
+    let mut out: Vec<(&str, &[&str])> = Vec::new();
+    for d in &TABLE {
+        let int8 = d.parts.contains(&MATVEC4_INT8) || d.parts.contains(&MATMUL_INT8);
+        if (packed_dot || !int8) && !out.iter().any(|(m, _)| *m == d.module) {
+            out.push((d.module, d.parts));
+        }
+    }
+    out
+}
+
 /// Kernels compiled on first use, not with the others: the integer-dot kernels' module needs WGSL's
 /// `packed_4x8_integer_dot_product`, which not every browser has, and only some choices run them;
 /// the f16 kernels with a norm folded in run only for f16 weights, the K-quant kernels only for

@@ -154,6 +154,7 @@ pub async fn open(opts: String) -> Result<String, JsError> {
             caps.adapter = Some(g.report.clone());
             caps.activations = Some(g.products_activations().into());
             caps.shader_checks = Some(g.shader_checks.name().into());
+            caps.shader_modules = Some(g.check_modules().await.map_err(err)?);
         }
         None => {
             caps.backend = "wasm-cpu".into();

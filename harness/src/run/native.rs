@@ -53,9 +53,22 @@ pub fn run_hosts(
     let mut host = res.host_mut("native-gpu").clone();
     match crate::args::gpu_env_options().and_then(|o| Ok(Gpu::open_blocking(o)?)) {
         Ok(g) => {
-            host.capabilities = Some(caps(Some(&g), None));
-            tokio::task::block_in_place(|| run_scenarios(p, Backend::Gpu(&g), want, &mut host, ui));
-            finish_host(&mut host, t0);
+            let mut c = caps(Some(&g), None);
+            match nibble_engine::block_on(g.check_modules()) {
+                Ok(note) => {
+                    c.shader_modules = Some(note);
+                    host.capabilities = Some(c);
+                    tokio::task::block_in_place(|| {
+                        run_scenarios(p, Backend::Gpu(&g), want, &mut host, ui)
+                    });
+                    finish_host(&mut host, t0);
+                }
+                Err(e) => {
+                    host.status = HostStatus::Failed;
+                    host.error = Some(e.to_string());
+                    host.capabilities = Some(c);
+                }
+            }
         }
         Err(e) => {
             host.status = HostStatus::Failed;
@@ -144,6 +157,7 @@ fn caps(gpu: Option<&Gpu>, why: Option<String>) -> Capabilities {
         activations: gpu.map(|g| g.products_activations().to_string()),
         matvec_kernel: gpu.map(|g| g.matvec_choice.borrow().clone()),
         shader_checks: gpu.map(|g| g.shader_checks.name().to_string()),
+        shader_modules: None,
         cpu: None,
         apis: BTreeMap::new(),
     }
