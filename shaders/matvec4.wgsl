@@ -441,9 +441,10 @@ struct QkvParams {
     // activations), at the slot the RoPE table holds at entry slot_at; 0: into the K and V rows.
     kv_direct: u32,
     slot_at: u32,
-    // 1: V's rows are Q6_K (matvec4_qkv_q4k; Q4_K_M's attn_v in some layers).
+    // matvec4_qkv_k: Q's and K's type code (KIND_Q4_K or KIND_Q5_K), and 1 where V's rows are Q6_K
+    // (llama-quantize's _M mixes store some layers' attn_v so).
     v_q6k: u32,
-    pad1: u32,
+    qk_kind: u32,
 }
 
 @group(0) @binding(0) var<uniform> qp: QkvParams;

@@ -7,18 +7,19 @@
 // Eight lanes share a super-block, each taking one vec4 of codes (16 bytes: 32 values of two
 // sub-blocks), so 32 lanes cover 4 super-blocks a pass; two passes are loaded before any arithmetic.
 // Q6_K's 53-word super-blocks are not vec4-aligned: alone it keeps the 32-bit kernel (matvec_k); as
-// V beside Q4_K Q and K (llama-quantize's Q4_K_M gives some layers' attn_v more bits) it is read a
-// word at a time through binding 2, the same buffer as 32-bit words.
+// V beside Q4_K or Q5_K Q and K (llama-quantize's Q4_K_M and Q5_K_M give some layers' attn_v more
+// bits) it is read a word at a time through binding 2, the same buffer as 32-bit words.
 //
-// Kernels: matvec4_q4k, matvec4_q5k (one matrix); matvec4_glu_q4k (a Q4_K gate and up, the up's
-// super-blocks at binding 7, as the other GLU kernels); matvec4_qkv_q4k (a layer's Q, K and V as
-// matvec4_qkv_q4c lays them out, QkvParams in vec4 units, V Q4_K or Q6_K: QkvParams.v_q6k); and
-// matvec4_glu_q4kn, matvec4_qkv_q4kn with the RMSNorm folded in (f16 activations: w x staged as f16
-// by stage_x_f16, the sums scaled by the norm's factor at the end, as matvec4_glu_f16n does).
+// Kernels: matvec4_q4k, matvec4_q5k (one matrix); matvec4_glu_k (a Q4_K or Q5_K gate and up, the
+// up's super-blocks at binding 7, as the other GLU kernels); matvec4_qkv_k (a layer's Q, K and V as
+// matvec4_qkv_q4c lays them out, QkvParams in vec4 units, Q and K Q4_K or Q5_K, V the same or Q6_K as
+// llama-quantize's _M mixes give it more bits); and matvec4_glu_kn, matvec4_qkv_kn with the RMSNorm
+// folded in (f16 activations: w x staged as f16 by stage_x_f16, the sums scaled by the norm's factor
+// at the end, as matvec4_glu_f16n does).
 // A kernel's x comes from x4, or from the staged xh where `staged` (a uniform branch; the plain
 // kernels then declare xh too, 12 KB of workgroup memory they never touch).
 
-// The Q/K/V buffer as 32-bit words, for a Q6_K V (matvec4_qkv_q4k; the Q4_K kernels bind no scales).
+// The Q/K/V buffer as 32-bit words, for a Q6_K V (matvec4_qkv_k; the K-quant kernels bind no scales).
 @group(0) @binding(2) var<storage, read> codes32: array<u32>;
 
 // The low and the high nibbles of the four bytes of `w`, as floats.
@@ -198,44 +199,65 @@ fn q6_part(w: u32, xs: u32, part: u32, staged: bool) -> f32 {
     return unpack2x16float(codes32[w + 52u]).x * s;
 }
 
-// matvec4_glu_q4k(n): SwiGLU's (or GELU's) gate and up as Q4_K in one dispatch, rows read as
-// matvec4_q4k reads them, a super-block a lane at a time (each x load serving both; the two
-// matrices' loads in flight together).
-fn glu_q4k(wid: vec3<u32>, lid: vec3<u32>, staged: bool, scale: f32) {
+// The layout of a K-quant super-block of kind `kind` (Q4_K or Q5_K): vec4s a super-block, the first
+// vec4 of codes, whether there are fifth bits.
+struct KLayout {
+    per: u32,
+    codes: u32,
+    five: bool,
+}
+
+fn k_layout(kind: u32) -> KLayout {
+    if (kind == KIND_Q5_K) {
+        return KLayout(11u, 3u, true);
+    }
+    return KLayout(9u, 1u, false);
+}
+
+// matvec4_glu_k(n): SwiGLU's (or GELU's) gate and up, both Q4_K or both Q5_K (p.kind), in one
+// dispatch, rows read as matvec4_q4k reads them, a super-block a lane at a time (each x load serving
+// both; the two matrices' loads in flight together).
+fn glu_k(wid: vec3<u32>, lid: vec3<u32>, staged: bool, scale: f32) {
     let rl = row_of(wid, lid);
+    let kl = k_layout(p.kind);
     var a = vec2<f32>(0.0);
     if (rl.x < p.rows) {
         let nsb = p.cols / 256u;
         let i = rl.y % 8u;
-        let none = vec4<u32>(0u);
         for (var sb = rl.y / 8u; sb < nsb; sb += 4u) {
-            let o = (rl.x * nsb + sb) * 9u;
+            let o = (rl.x * nsb + sb) * kl.per;
             let hg = words4[o];
-            let wg = words4[o + 1u + i];
+            let wg = words4[o + kl.codes + i];
             let hu = up_words4[o];
-            let wu = up_words4[o + 1u + i];
+            let wu = up_words4[o + kl.codes + i];
+            var qg = vec4<u32>(0u);
+            var qu = vec4<u32>(0u);
+            if (kl.five) {
+                qg = words4[o + 1u + (i & 1u)];
+                qu = up_words4[o + 1u + (i & 1u)];
+            }
             let x = k_x(i, sb * 64u, staged);
-            a += vec2<f32>(k_dot(hg, wg, none, false, i, x), k_dot(hu, wu, none, false, i, x));
+            a += vec2<f32>(k_dot(hg, wg, qg, kl.five, i, x), k_dot(hu, wu, qu, kl.five, i, x));
         }
     }
     glu_finish(a.x * scale, a.y * scale, lid, rl);
 }
 
 @compute @workgroup_size(256)
-fn matvec4_glu_q4k(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
-    glu_q4k(wid, lid, false, 1.0);
+fn matvec4_glu_k(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    glu_k(wid, lid, false, 1.0);
 }
 
 @compute @workgroup_size(256)
-fn matvec4_glu_q4kn(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+fn matvec4_glu_kn(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
     let scale = stage_x_f16(lid.x, p.cols, p.eps);
-    glu_q4k(wid, lid, true, scale);
+    glu_k(wid, lid, true, scale);
 }
 
-// matvec4_qkv_q4k(n): a layer's Q, K and V (Q4_K, V Q4_K or Q6_K) in one dispatch, with
-// matvec4_qkv_q4c's sections, RoPE and direct KV stores. A Q6_K row's 16 lanes a super-block
-// (q6_part) cover two a pass.
-fn qkv_q4k(wid: vec3<u32>, lid: vec3<u32>, staged: bool, scale: f32) {
+// matvec4_qkv_k(n): a layer's Q, K and V in one dispatch (Q and K both Q4_K or both Q5_K,
+// QkvParams.qk_kind; V the same or Q6_K, QkvParams.v_q6k), with matvec4_qkv_q4c's sections, RoPE and
+// direct KV stores. A Q6_K row's 16 lanes a super-block (q6_part) cover two a pass.
+fn qkv_k(wid: vec3<u32>, lid: vec3<u32>, staged: bool, scale: f32) {
     let part = qkv_part(wid);
     let r = part.first + lid.x / LANES4;
     let lane = lid.x % LANES4;
@@ -248,19 +270,21 @@ fn qkv_q4k(wid: vec3<u32>, lid: vec3<u32>, staged: bool, scale: f32) {
                 acc += q6_part(base + sb * 53u, sb * 64u, lane % 16u, staged);
             }
         } else {
-            acc = row_k(part.wbase + r * nsb * 9u, nsb, lane, 9u, 1u, false, staged);
+            let kl = k_layout(qp.qk_kind);
+            let base = part.wbase + r * nsb * kl.per;
+            acc = row_k(base, nsb, lane, kl.per, kl.codes, kl.five, staged);
         }
     }
     qkv_finish(part, acc * scale, lid);
 }
 
 @compute @workgroup_size(256)
-fn matvec4_qkv_q4k(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
-    qkv_q4k(wid, lid, false, 1.0);
+fn matvec4_qkv_k(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    qkv_k(wid, lid, false, 1.0);
 }
 
 @compute @workgroup_size(256)
-fn matvec4_qkv_q4kn(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+fn matvec4_qkv_kn(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
     let scale = stage_x_f16(lid.x, qp.cols, qp.eps);
-    qkv_q4k(wid, lid, true, scale);
+    qkv_k(wid, lid, true, scale);
 }

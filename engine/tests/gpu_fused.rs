@@ -5,8 +5,8 @@
 //! activations, fused and apart (`GpuOptions::fuse_qkv`), and the dispatches it saves; into f16,
 //! q8_0 and kivi4 KV caches; greedy
 //! decoding with the loop on the GPU gives the tokens the step-by-step loop gives. SwiGLU's gate and
-//! up products in one kernel (q4_0, f16 and Q4_K), against the oracle and the dispatches they save;
-//! the same for Q4_K's Q/K/V, V Q4_K or Q6_K as llama-quantize's Q4_K_M mixes them.
+//! up products in one kernel (q4_0, f16, Q4_K and Q5_K), against the oracle and the dispatches they save;
+//! the same for Q4_K's and Q5_K's Q/K/V, V the same or Q6_K as llama-quantize's _M mixes them.
 //!
 //! Tolerances as tests/gpu.rs derives them: f32 activations 2e-4 * (1 + max |logit|) (the same values
 //! summed in another order; RoPE rotates the f32 sums where the separate kernel rotated stored values,
@@ -29,7 +29,7 @@ fn open(act: Activations, fuse: bool, matvec: MatvecKernel) -> Gpu {
         matvec: Some(matvec),
         fuse_qkv: Some(fuse),
         // The norms apart, so that each fusion's dispatches are counted alone
-        // (`norms_fold_into_the_f16_kernels_with_f16_activations` counts the norms').
+        // (`norms_fold_into_the_f16_and_k_quant_kernels_with_f16_activations` counts the norms').
         fold_norm: Some(false),
         ..Default::default()
     })
@@ -79,13 +79,15 @@ fn long_q4_0() -> Model {
     with_weights(&one_layer(4160, 4192, (65, 5), 5), "q4_0")
 }
 
-/// One-layer Q4_K models whose rows are 4 super-blocks (one pass of a Q4_K row's 32 lanes, two of a
-/// Q6_K row's) and 8 (two, four); the second with V as Q6_K, as llama-quantize's Q4_K_M stores
-/// attn_v in some layers.
-fn q4k_models() -> Vec<(String, Model)> {
+/// One-layer K-quant models whose rows are 4 super-blocks (one pass of a Q4_K row's 32 lanes, two of
+/// a Q6_K row's) and 8 (two, four); some with V as Q6_K, as llama-quantize's _M mixes store attn_v
+/// in some layers.
+fn k_models() -> Vec<(String, Model)> {
     [
         (1024, 16, 11, "weights=q4_k"),
         (2048, 32, 12, "weights=q4_k,attn_v=q6_k"),
+        (1024, 16, 13, "weights=q5_k,attn_v=q6_k"),
+        (2048, 32, 14, "weights=q5_k"),
     ]
     .into_iter()
     .map(|(dim, heads, seed, spec)| {
@@ -169,10 +171,10 @@ fn qkv_in_one_kernel_matches_cpu_and_saves_three_dispatches_a_layer() {
             "{name}"
         );
     }
-    // Q4_K: gate and up (`matvec4_glu_q4k`), Q/K/V (`matvec4_qkv_q4k`, V Q4_K or Q6_K), under the
+    // K-quants: gate and up (`matvec4_glu_k`), Q/K/V (`matvec4_qkv_k`, V the same or Q6_K), under the
     // float and the integer kernel choices (K-quants read floats in both); apart, the 32-bit
     // kernels' gate, up and SwiGLU are two dispatches more.
-    for (name, m) in &q4k_models() {
+    for (name, m) in &k_models() {
         let layers = m.config.n_layers;
         for (act, tol) in [(Activations::F32, 2e-4), (Activations::F16, 5e-3)] {
             let n = |fuse, k| {
@@ -222,13 +224,13 @@ fn qkv_in_one_kernel_matches_cpu_and_saves_three_dispatches_a_layer() {
     }
 }
 
-/// RMSNorm folded into the f16 and Q4_K kernels (`matvec4_qkv_f16n`, `matvec4_glu_f16n`,
-/// `matvec4_qkv_q4kn`, `matvec4_glu_q4kn`, V Q4_K and Q6_K) with f16 activations: w x is staged as f16, as the normalised x was stored apart, and the scale applied in
+/// RMSNorm folded into the f16 and K-quant kernels (`matvec4_qkv_f16n`, `matvec4_glu_f16n`,
+/// `matvec4_qkv_kn`, `matvec4_glu_kn`; Q4_K and Q5_K, V the same or Q6_K) with f16 activations: w x is staged as f16, as the normalised x was stored apart, and the scale applied in
 /// f32 to the sums, so the f16 tolerance (5e-3) holds; a lost weight or scale moves logits by ~1.
 /// Two dispatches fewer a layer, one where Q/K/V run apart (their first product runs the norm), in
 /// both row-sum paths; with f32 activations nothing folds (f16 staging would round what f32 keeps).
 #[test]
-fn norms_fold_into_the_f16_and_q4_k_kernels_with_f16_activations() {
+fn norms_fold_into_the_f16_and_k_quant_kernels_with_f16_activations() {
     let toks: Vec<u32> = (0..12).map(|i| 3 + (i * 37 % 250) as u32).collect();
     let with = |act, fuse_qkv, fold_norm| {
         Gpu::open_blocking(GpuOptions {
@@ -242,7 +244,7 @@ fn norms_fold_into_the_f16_and_q4_k_kernels_with_f16_activations() {
     };
     let f16 = Activations::F16;
     let staged = models().into_iter().filter(|(n, _)| n.ends_with("f16"));
-    for (name, m) in staged.chain(q4k_models()) {
+    for (name, m) in staged.chain(k_models()) {
         let (name, m) = (&name, &m);
         let layers = m.config.n_layers;
         let n = |g: &Gpu, what: &str| run(g, m, &toks, 5e-3, &format!("{name} {what}"));

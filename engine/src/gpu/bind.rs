@@ -23,9 +23,9 @@ impl GpuDecoder<'_> {
     }
 
     /// Whether a decode step runs SwiGLU's gate and up products as one kernel (`matvec4_glu_q4c`,
-    /// `matvec4_glu_f16`, `matvec4_glu_q4k`): both q4_0 (or both f16, or both Q4_K) matrices of one
-    /// shape and block in one binding each, whose products the chosen kernel would run in
-    /// `matvec4_q4c` (`matvec4_f16`, `matvec4_q4k`).
+    /// `matvec4_glu_f16`, `matvec4_glu_k`): both q4_0 (or both f16, both Q4_K, both Q5_K) matrices of
+    /// one shape and block in one binding each, whose products the chosen kernel would run in
+    /// `matvec4_q4c` (`matvec4_f16`, `matvec4_q4k`, `matvec4_q5k`).
     pub(super) fn fuses_glu(&self, gate: TensorId, up: TensorId) -> bool {
         let (g, u) = (&self.w.mats[&gate], &self.w.mats[&up]);
         let apart = self.kernel_of(BindKey::Matvec(gate, 0, Act::Hb, Act::Xb, false));
@@ -35,6 +35,7 @@ impl GpuDecoder<'_> {
                 (WType::Q4_0, Kernel::Matvec4Q4C | Kernel::Matvec4Q4I)
                     | (WType::F16, Kernel::Matvec4F16)
                     | (WType::Q4_K, Kernel::Matvec4Q4K)
+                    | (WType::Q5_K, Kernel::Matvec4Q5K)
             )
             && (u.ty, u.block, u.cols) == (g.ty, g.block, g.cols)
             && g.chunks.len() == 1
@@ -43,15 +44,19 @@ impl GpuDecoder<'_> {
     }
 
     /// Whether a decode step runs `layer`'s Q, K and V products as one kernel (`matvec4_qkv_q4c`,
-    /// `matvec4_qkv_f16`, `matvec4_qkv_q4k`): their weights share buffers (`QkvLayout`), and the
-    /// chosen kernel would run Q in `matvec4_q4c`, `matvec4_f16` or `matvec4_q4k`.
+    /// `matvec4_qkv_f16`, `matvec4_qkv_k`): their weights share buffers (`QkvLayout`), and the
+    /// chosen kernel would run Q in `matvec4_q4c`, `matvec4_f16`, `matvec4_q4k` or `matvec4_q5k`.
     pub(super) fn fuses_qkv(&self, layer: usize) -> bool {
         let q = BindKey::Matvec(TensorId::Wq(layer), 0, Act::Q, Act::Xb, false);
         self.rows == 1
             && self.w.qkv.contains_key(&layer)
             && matches!(
                 self.kernel_of(q),
-                Kernel::Matvec4Q4C | Kernel::Matvec4Q4I | Kernel::Matvec4F16 | Kernel::Matvec4Q4K
+                Kernel::Matvec4Q4C
+                    | Kernel::Matvec4Q4I
+                    | Kernel::Matvec4F16
+                    | Kernel::Matvec4Q4K
+                    | Kernel::Matvec4Q5K
             )
     }
 
@@ -302,8 +307,11 @@ impl GpuDecoder<'_> {
             (7, upc.words.clone()),
             (8, upc.scales.clone()),
         ]);
-        // f16 and Q4_K rows carry their own scales (none, or in each super-block).
-        if matches!(self.w.mats[&gate].ty, WType::F16 | WType::Q4_K) {
+        // f16 and K-quant rows carry their own scales (none, or in each super-block).
+        if matches!(
+            self.w.mats[&gate].ty,
+            WType::F16 | WType::Q4_K | WType::Q5_K
+        ) {
             e.retain(|(i, _)| *i != 2 && *i != 8);
         }
         e
@@ -320,8 +328,8 @@ impl GpuDecoder<'_> {
         let lay = &q.layout;
         let c = &self.config;
         let ty = self.w.mats[&TensorId::Wq(l)].ty;
-        let vec4s = matches!(ty, WType::F16 | WType::Q4_K);
-        // Offsets in the units the kernel reads codes in: vec4s for f16 and Q4_K, words for q4_0.
+        let vec4s = matches!(ty, WType::F16 | WType::Q4_K | WType::Q5_K);
+        // Offsets in the units the kernel reads codes in: vec4s for f16 and K-quants, words for q4_0.
         let word = |b: u64| (b / 4) as u32;
         let unit = |b: u64| (b / if vec4s { 16 } else { 4 }) as u32;
         let v_q6k = self.w.mats[&TensorId::Wv(l)].ty == WType::Q6_K;
@@ -341,7 +349,7 @@ impl GpuDecoder<'_> {
             direct as u32,
             self.slot_at() as u32,
             v_q6k as u32,
-            0,
+            ty.code(),
         ]);
         let act = |a: Act| View::whole(self.act(a).clone());
         let (k, v) = match direct {
@@ -361,7 +369,7 @@ impl GpuDecoder<'_> {
         match ty {
             WType::F16 => e.retain(|(i, _)| *i != 2),
             // The codes again as 32-bit words, for a Q6_K V (matvec4_kquant.wgsl).
-            WType::Q4_K => e[2].1 = q.words.clone().into(),
+            WType::Q4_K | WType::Q5_K => e[2].1 = q.words.clone().into(),
             _ => {}
         }
         e

@@ -54,11 +54,11 @@ pub(super) enum Kernel {
     Matvec4GluF16N,
     Matvec4QkvF16N,
     Matvec4Q4K,
-    Matvec4GluQ4K,
+    Matvec4GluK,
     Matvec4Q5K,
-    Matvec4QkvQ4K,
-    Matvec4GluQ4KN,
-    Matvec4QkvQ4KN,
+    Matvec4QkvK,
+    Matvec4GluKN,
+    Matvec4QkvKN,
     Matmul,
     MatmulQ4I,
     MatvecAny,
@@ -179,8 +179,8 @@ pub(super) const TABLE: [KernelDef; 44] = [
         MATVEC4_KQUANT_MODULE
     ),
     def!(
-        Matvec4GluQ4K,
-        "matvec4_glu_q4k",
+        Matvec4GluK,
+        "matvec4_glu_k",
         "matvec4_kquant",
         MATVEC4_KQUANT_MODULE
     ),
@@ -191,20 +191,20 @@ pub(super) const TABLE: [KernelDef; 44] = [
         MATVEC4_KQUANT_MODULE
     ),
     def!(
-        Matvec4QkvQ4K,
-        "matvec4_qkv_q4k",
+        Matvec4QkvK,
+        "matvec4_qkv_k",
         "matvec4_kquant",
         MATVEC4_KQUANT_MODULE
     ),
     def!(
-        Matvec4GluQ4KN,
-        "matvec4_glu_q4kn",
+        Matvec4GluKN,
+        "matvec4_glu_kn",
         "matvec4_kquant",
         MATVEC4_KQUANT_MODULE
     ),
     def!(
-        Matvec4QkvQ4KN,
-        "matvec4_qkv_q4kn",
+        Matvec4QkvKN,
+        "matvec4_qkv_kn",
         "matvec4_kquant",
         MATVEC4_KQUANT_MODULE
     ),
@@ -292,11 +292,11 @@ const ON_FIRST_USE: &[Kernel] = &[
     Kernel::Matvec4GluF16N,
     Kernel::Matvec4QkvF16N,
     Kernel::Matvec4Q4K,
-    Kernel::Matvec4GluQ4K,
+    Kernel::Matvec4GluK,
     Kernel::Matvec4Q5K,
-    Kernel::Matvec4QkvQ4K,
-    Kernel::Matvec4GluQ4KN,
-    Kernel::Matvec4QkvQ4KN,
+    Kernel::Matvec4QkvK,
+    Kernel::Matvec4GluKN,
+    Kernel::Matvec4QkvKN,
     Kernel::MatmulQ4I,
 ];
 
@@ -476,8 +476,8 @@ impl Kernel {
             self,
             Kernel::Matvec4GluF16N
                 | Kernel::Matvec4QkvF16N
-                | Kernel::Matvec4GluQ4KN
-                | Kernel::Matvec4QkvQ4KN
+                | Kernel::Matvec4GluKN
+                | Kernel::Matvec4QkvKN
         )
     }
 
@@ -606,11 +606,11 @@ impl BindKey {
                     Kernel::Matvec4GluF16N,
                 ),
                 Kernel::Matvec4Q4I => Kernel::Matvec4GluQ4I,
-                Kernel::Matvec4Q4K => fused(
+                Kernel::Matvec4Q4K | Kernel::Matvec4Q5K => fused(
                     gate,
                     norm.is_some(),
-                    Kernel::Matvec4GluQ4K,
-                    Kernel::Matvec4GluQ4KN,
+                    Kernel::Matvec4GluK,
+                    Kernel::Matvec4GluKN,
                 ),
                 _ => Kernel::Matvec4GluQ4C,
             },
@@ -622,11 +622,11 @@ impl BindKey {
                     Kernel::Matvec4QkvF16N,
                 ),
                 Kernel::Matvec4Q4I => Kernel::Matvec4QkvQ4I,
-                Kernel::Matvec4Q4K => fused(
+                Kernel::Matvec4Q4K | Kernel::Matvec4Q5K => fused(
                     TensorId::Wq(l),
                     norm.is_some(),
-                    Kernel::Matvec4QkvQ4K,
-                    Kernel::Matvec4QkvQ4KN,
+                    Kernel::Matvec4QkvK,
+                    Kernel::Matvec4QkvKN,
                 ),
                 _ => Kernel::Matvec4QkvQ4C,
             },
