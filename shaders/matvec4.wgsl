@@ -370,6 +370,55 @@ fn glu_finish(ag: f32, au: f32, lid: vec3<u32>, rl: vec2<u32>) {
     }
 }
 
+// Sixteen q8 codes (a vec4: elements 16v..16v+15, one block) against x vectors x0..x3.
+fn q8_dot4(w: vec4<u32>, x0: vec4<f32>, x1: vec4<f32>, x2: vec4<f32>, x3: vec4<f32>) -> f32 {
+    return (dot(bytes(w.x), x0) + dot(bytes(w.y), x1)) + (dot(bytes(w.z), x2) + dot(bytes(w.w), x3));
+}
+
+// Codes vec4s `a` and `b` of two matrices against the x vectors from xi, loaded once for both.
+fn q8_dots(a: vec4<u32>, b: vec4<u32>, xi: u32) -> vec2<f32> {
+    let x0 = xq(xi);
+    let x1 = xq(xi + 1u);
+    let x2 = xq(xi + 2u);
+    let x3 = xq(xi + 3u);
+    return vec2<f32>(q8_dot4(a, x0, x1, x2, x3), q8_dot4(b, x0, x1, x2, x3));
+}
+
+// matvec4_glu_q8: the same for q8_0 gate and up matrices (one block), rows read as matvec4_q8 reads
+// them (a vec4 of codes is 16 values of one block), each x load serving both; the up matrix's codes
+// at binding 7, its scales at 8.
+@compute @workgroup_size(256)
+fn matvec4_glu_q8(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let rl = row_of(wid, lid);
+    var ag = 0.0;
+    var au = 0.0;
+    if (rl.x < p.rows) {
+        let nv = p.cols / 16u;
+        let base = rl.x * nv;
+        let e0 = rl.x * p.cols;
+        var v = rl.y;
+        for (; v + LANES4 < nv; v += 2u * LANES4) {
+            let g0 = words4[base + v];
+            let g1 = words4[base + v + LANES4];
+            let u0 = up_words4[base + v];
+            let u1 = up_words4[base + v + LANES4];
+            let d0 = q8_dots(g0, u0, 4u * v);
+            let d1 = q8_dots(g1, u1, 4u * (v + LANES4));
+            let b0 = (e0 + 16u * v) >> bsh();
+            let b1 = (e0 + 16u * (v + LANES4)) >> bsh();
+            ag += block_scale(b0) * d0.x + block_scale(b1) * d1.x;
+            au += up_scale(b0) * d0.y + up_scale(b1) * d1.y;
+        }
+        for (; v < nv; v += LANES4) {
+            let d = q8_dots(words4[base + v], up_words4[base + v], 4u * v);
+            let b = (e0 + 16u * v) >> bsh();
+            ag += block_scale(b) * d.x;
+            au += up_scale(b) * d.y;
+        }
+    }
+    glu_finish(ag, au, lid, rl);
+}
+
 // Eight f16 values of w (a vec4 of codes) against x vectors xa and xb.
 fn dot8_f16(w: vec4<u32>, xa: vec4<f32>, xb: vec4<f32>) -> f32 {
     let a = vec4<f32>(unpack2x16float(w.x), unpack2x16float(w.y));
@@ -556,6 +605,42 @@ fn matvec4_qkv_q4c(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocat
         }
         for (; u < nu; u += 8u) {
             acc += qkv_unit(words1[base + 4u * u], u, qd, e0, sbase, sh);
+        }
+    }
+    qkv_finish(part, acc, lid);
+}
+
+// matvec4_qkv_q8: the same for q8_0 weights, rows read as matvec4_q8 reads them (codes in vec4s:
+// QkvParams.k_words and v_words count vec4s; scales in words).
+@compute @workgroup_size(256)
+fn matvec4_qkv_q8(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let part = qkv_part(wid);
+    let r = part.first + lid.x / LANES4;
+    let lane = lid.x % LANES4;
+    let sh = countTrailingZeros(qp.block);
+    var acc = 0.0;
+    if (r < part.rows) {
+        let nv = qp.cols / 16u;
+        let base = part.wbase + r * nv;
+        let e0 = r * qp.cols;
+        var v = lane;
+        for (; v + LANES4 < nv; v += 2u * LANES4) {
+            let w0 = words4[base + v];
+            let w1 = words4[base + v + LANES4];
+            let b0 = (e0 + 16u * v) >> sh;
+            let b1 = (e0 + 16u * (v + LANES4)) >> sh;
+            let x0 = 4u * v;
+            let x1 = 4u * (v + LANES4);
+            acc += half_at(scales[part.sbase + (b0 >> 1u)], b0)
+                * q8_dot4(w0, xq(x0), xq(x0 + 1u), xq(x0 + 2u), xq(x0 + 3u))
+                + half_at(scales[part.sbase + (b1 >> 1u)], b1)
+                * q8_dot4(w1, xq(x1), xq(x1 + 1u), xq(x1 + 2u), xq(x1 + 3u));
+        }
+        for (; v < nv; v += LANES4) {
+            let b = (e0 + 16u * v) >> sh;
+            let x = 4u * v;
+            acc += half_at(scales[part.sbase + (b >> 1u)], b)
+                * q8_dot4(words4[base + v], xq(x), xq(x + 1u), xq(x + 2u), xq(x + 3u));
         }
     }
     qkv_finish(part, acc, lid);

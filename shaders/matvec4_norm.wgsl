@@ -3,9 +3,10 @@
 // and the products are scaled by 1 / sqrt(mean(x^2) + eps) at the end: the same arithmetic as the
 // norm's, without the dispatch that writes the normalised x (on an H200 each RMSNorm dispatch cost
 // ~7 us of a 7B q4_0 token; folding 64 of them took 4.258 to 3.821 ms, benchmarks/2026-12-04-h200-fold.md).
-// The integer-dot kernels (matvec4_int8.wgsl) fold it into their quantization of x; for f16 weights,
-// matvec4_qkv_f16n and matvec4_glu_f16n (here) stage w * x in workgroup memory as f16, as the
-// normalised x was stored (f16 activations only), rows of at most XH_VEC4S * 8 values.
+// The integer-dot kernels (matvec4_int8.wgsl) fold it into their quantization of x; for f16 and q8_0
+// weights, matvec4_qkv_f16n, matvec4_glu_f16n, matvec4_qkv_q8n and matvec4_glu_q8n (here) stage
+// w * x in workgroup memory as f16, as the normalised x was stored (f16 activations only), rows of
+// at most XH_VEC4S * 8 values (matvec4_kquant.wgsl's K-quant kernels too).
 // Appended to matvec4.wgsl's module (its bindings, row_of, glu_finish, the Q/K/V kernels' parts).
 // Bindings beyond matvec4's: 12 norm_w: storage read array<vec4<f32>> (cols / 4), the norm's weights;
 // where a kernel here folds no norm, x again (never read).
@@ -108,4 +109,57 @@ fn matvec4_glu_f16n(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invoca
         }
     }
     glu_finish(ag * scale, au * scale, lid, rl);
+}
+
+// Sixteen q8 codes (a vec4) times staged values 16v..16v+15 (xh[2v], xh[2v + 1]).
+fn q8_xh(w: vec4<u32>, v: u32) -> f32 {
+    let a = xh[2u * v];
+    let b = xh[2u * v + 1u];
+    return q8_dot4(w, vec4<f32>(unpack2x16float(a.x), unpack2x16float(a.y)),
+        vec4<f32>(unpack2x16float(a.z), unpack2x16float(a.w)),
+        vec4<f32>(unpack2x16float(b.x), unpack2x16float(b.y)),
+        vec4<f32>(unpack2x16float(b.z), unpack2x16float(b.w)));
+}
+
+// matvec4_glu_q8n: matvec4_glu_q8 with the norm folded in (its bindings and 12).
+@compute @workgroup_size(256)
+fn matvec4_glu_q8n(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let scale = stage_x_f16(lid.x, p.cols, p.eps);
+    let rl = row_of(wid, lid);
+    var ag = 0.0;
+    var au = 0.0;
+    if (rl.x < p.rows) {
+        let nv = p.cols / 16u;
+        let base = rl.x * nv;
+        let e0 = rl.x * p.cols;
+        for (var v = rl.y; v < nv; v += LANES4) {
+            let g = words4[base + v];
+            let u = up_words4[base + v];
+            let b = (e0 + 16u * v) >> bsh();
+            ag += block_scale(b) * q8_xh(g, v);
+            au += up_scale(b) * q8_xh(u, v);
+        }
+    }
+    glu_finish(ag * scale, au * scale, lid, rl);
+}
+
+// matvec4_qkv_q8n: matvec4_qkv_q8 with the norm folded in (its bindings and 12).
+@compute @workgroup_size(256)
+fn matvec4_qkv_q8n(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let scale = stage_x_f16(lid.x, qp.cols, qp.eps);
+    let part = qkv_part(wid);
+    let r = part.first + lid.x / LANES4;
+    let lane = lid.x % LANES4;
+    let sh = countTrailingZeros(qp.block);
+    var acc = 0.0;
+    if (r < part.rows) {
+        let nv = qp.cols / 16u;
+        let base = part.wbase + r * nv;
+        let e0 = r * qp.cols;
+        for (var v = lane; v < nv; v += LANES4) {
+            let b = (e0 + 16u * v) >> sh;
+            acc += half_at(scales[part.sbase + (b >> 1u)], b) * q8_xh(words4[base + v], v);
+        }
+    }
+    qkv_finish(part, acc * scale, lid);
 }

@@ -1,12 +1,12 @@
 //! The decode kernels that run a layer's Q, K and V products as one dispatch over weights laid out
-//! together at upload, RoPE applied in them (`matvec4_qkv_q4c` for q4_0, `matvec4_qkv_f16`), against
-//! the CPU oracle on lavapipe with
-//! the Tiled kernels forced (lavapipe would pick the row kernels, which fuse nothing): with f32 and f16
-//! activations, fused and apart (`GpuOptions::fuse_qkv`), and the dispatches it saves; into f16,
-//! q8_0 and kivi4 KV caches; greedy
+//! together at upload, RoPE applied in them (`matvec4_qkv_q4c` for q4_0, `matvec4_qkv_f16`,
+//! `matvec4_qkv_q8`), against the CPU oracle on lavapipe with the Tiled kernels forced (lavapipe would
+//! pick the row kernels, which fuse nothing): with f32 and f16 activations, fused and apart
+//! (`GpuOptions::fuse_qkv`), and the dispatches it saves; into f16, q8_0 and kivi4 KV caches; greedy
 //! decoding with the loop on the GPU gives the tokens the step-by-step loop gives. SwiGLU's gate and
-//! up products in one kernel (q4_0, f16, Q4_K and Q5_K), against the oracle and the dispatches they save;
-//! the same for Q4_K's and Q5_K's Q/K/V, V the same or Q6_K as llama-quantize's _M mixes them.
+//! up products in one kernel (q4_0, f16, q8_0, Q4_K and Q5_K), against the oracle and the
+//! dispatches they save; the same for Q4_K's and Q5_K's Q/K/V, V the same or Q6_K as
+//! llama-quantize's _M mixes them.
 //!
 //! Tolerances as tests/gpu.rs derives them: f32 activations 2e-4 * (1 + max |logit|) (the same values
 //! summed in another order; RoPE rotates the f32 sums where the separate kernel rotated stored values,
@@ -29,7 +29,7 @@ fn open(act: Activations, fuse: bool, matvec: MatvecKernel) -> Gpu {
         matvec: Some(matvec),
         fuse_qkv: Some(fuse),
         // The norms apart, so that each fusion's dispatches are counted alone
-        // (`norms_fold_into_the_f16_and_k_quant_kernels_with_f16_activations` counts the norms').
+        // (`norms_fold_into_the_f16_q8_and_k_quant_kernels_with_f16_activations` counts the norms').
         fold_norm: Some(false),
         ..Default::default()
     })
@@ -102,14 +102,15 @@ fn k_models() -> Vec<(String, Model)> {
 }
 
 /// stories260K (64-wide rows: each kernel's tail loop only) and a one-layer model 1024 wide, whose rows
-/// reach the unrolled loops (four q4 words or vec4s of f16 per lane), as q4_0 and f16 weights.
+/// reach the unrolled loops (four q4 words or vec4s of f16 per lane, two vec4s of q8_0), as q4_0, f16
+/// and q8_0 weights.
 fn models() -> Vec<(String, Model)> {
     let s = stories();
     let heads = (s.config.n_heads, s.config.n_kv_heads);
     let wide = one_layer(1024, 1024, heads, 3);
     let mut out = Vec::new();
     for (m, name) in [(&s, "stories260K"), (&wide, "wide")] {
-        for ty in ["q4_0", "f16"] {
+        for ty in ["q4_0", "f16", "q8_0"] {
             out.push((format!("{name} {ty}"), with_weights(m, ty)));
         }
     }
@@ -224,13 +225,13 @@ fn qkv_in_one_kernel_matches_cpu_and_saves_three_dispatches_a_layer() {
     }
 }
 
-/// RMSNorm folded into the f16 and K-quant kernels (`matvec4_qkv_f16n`, `matvec4_glu_f16n`,
-/// `matvec4_qkv_kn`, `matvec4_glu_kn`; Q4_K and Q5_K, V the same or Q6_K) with f16 activations: w x is staged as f16, as the normalised x was stored apart, and the scale applied in
+/// RMSNorm folded into the f16, q8_0 and K-quant kernels (`matvec4_qkv_f16n`, `matvec4_glu_f16n`,
+/// `_q8n`, `matvec4_qkv_kn`, `matvec4_glu_kn`; Q4_K and Q5_K, V the same or Q6_K) with f16 activations: w x is staged as f16, as the normalised x was stored apart, and the scale applied in
 /// f32 to the sums, so the f16 tolerance (5e-3) holds; a lost weight or scale moves logits by ~1.
 /// Two dispatches fewer a layer, one where Q/K/V run apart (their first product runs the norm), in
 /// both row-sum paths; with f32 activations nothing folds (f16 staging would round what f32 keeps).
 #[test]
-fn norms_fold_into_the_f16_and_k_quant_kernels_with_f16_activations() {
+fn norms_fold_into_the_f16_q8_and_k_quant_kernels_with_f16_activations() {
     let toks: Vec<u32> = (0..12).map(|i| 3 + (i * 37 % 250) as u32).collect();
     let with = |act, fuse_qkv, fold_norm| {
         Gpu::open_blocking(GpuOptions {
@@ -243,7 +244,7 @@ fn norms_fold_into_the_f16_and_k_quant_kernels_with_f16_activations() {
         .unwrap()
     };
     let f16 = Activations::F16;
-    let staged = models().into_iter().filter(|(n, _)| n.ends_with("f16"));
+    let staged = (models().into_iter()).filter(|(n, _)| n.ends_with("f16") || n.ends_with("q8_0"));
     for (name, m) in staged.chain(k_models()) {
         let (name, m) = (&name, &m);
         let layers = m.config.n_layers;

@@ -23,9 +23,9 @@ impl GpuDecoder<'_> {
     }
 
     /// Whether a decode step runs SwiGLU's gate and up products as one kernel (`matvec4_glu_q4c`,
-    /// `matvec4_glu_f16`, `matvec4_glu_k`): both q4_0 (or both f16, both Q4_K, both Q5_K) matrices of
-    /// one shape and block in one binding each, whose products the chosen kernel would run in
-    /// `matvec4_q4c` (`matvec4_f16`, `matvec4_q4k`, `matvec4_q5k`).
+    /// `matvec4_glu_f16`, `matvec4_glu_q8`, `matvec4_glu_k`): both q4_0 (or both f16, q8_0, Q4_K,
+    /// Q5_K) matrices of one shape and block in one binding each, whose products the chosen kernel
+    /// would run in `matvec4_q4c` (`matvec4_f16`, `matvec4_q8`, `matvec4_q4k`, `matvec4_q5k`).
     pub(super) fn fuses_glu(&self, gate: TensorId, up: TensorId) -> bool {
         let (g, u) = (&self.w.mats[&gate], &self.w.mats[&up]);
         let apart = self.kernel_of(BindKey::Matvec(gate, 0, Act::Hb, Act::Xb, false));
@@ -34,6 +34,7 @@ impl GpuDecoder<'_> {
                 (g.ty, apart),
                 (WType::Q4_0, Kernel::Matvec4Q4C | Kernel::Matvec4Q4I)
                     | (WType::F16, Kernel::Matvec4F16)
+                    | (WType::Q8_0, Kernel::Matvec4Q8)
                     | (WType::Q4_K, Kernel::Matvec4Q4K)
                     | (WType::Q5_K, Kernel::Matvec4Q5K)
             )
@@ -44,8 +45,8 @@ impl GpuDecoder<'_> {
     }
 
     /// Whether a decode step runs `layer`'s Q, K and V products as one kernel (`matvec4_qkv_q4c`,
-    /// `matvec4_qkv_f16`, `matvec4_qkv_k`): their weights share buffers (`QkvLayout`), and the
-    /// chosen kernel would run Q in `matvec4_q4c`, `matvec4_f16`, `matvec4_q4k` or `matvec4_q5k`.
+    /// `matvec4_qkv_f16`, `matvec4_qkv_q8`, `matvec4_qkv_k`): their weights share buffers
+    /// (`QkvLayout`), and the chosen kernel would run Q in one of the vec4 kernels these extend.
     pub(super) fn fuses_qkv(&self, layer: usize) -> bool {
         let q = BindKey::Matvec(TensorId::Wq(layer), 0, Act::Q, Act::Xb, false);
         self.rows == 1
@@ -55,6 +56,7 @@ impl GpuDecoder<'_> {
                 Kernel::Matvec4Q4C
                     | Kernel::Matvec4Q4I
                     | Kernel::Matvec4F16
+                    | Kernel::Matvec4Q8
                     | Kernel::Matvec4Q4K
                     | Kernel::Matvec4Q5K
             )
@@ -328,8 +330,9 @@ impl GpuDecoder<'_> {
         let lay = &q.layout;
         let c = &self.config;
         let ty = self.w.mats[&TensorId::Wq(l)].ty;
-        let vec4s = matches!(ty, WType::F16 | WType::Q4_K | WType::Q5_K);
-        // Offsets in the units the kernel reads codes in: vec4s for f16 and K-quants, words for q4_0.
+        let vec4s = matches!(ty, WType::F16 | WType::Q8_0 | WType::Q4_K | WType::Q5_K);
+        // Offsets in the units the kernel reads codes in: vec4s for f16, q8_0 and K-quants, words for
+        // q4_0.
         let word = |b: u64| (b / 4) as u32;
         let unit = |b: u64| (b / if vec4s { 16 } else { 4 }) as u32;
         let v_q6k = self.w.mats[&TensorId::Wv(l)].ty == WType::Q6_K;

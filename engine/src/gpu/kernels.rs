@@ -59,6 +59,10 @@ pub(super) enum Kernel {
     Matvec4QkvK,
     Matvec4GluKN,
     Matvec4QkvKN,
+    Matvec4GluQ8,
+    Matvec4QkvQ8,
+    Matvec4GluQ8N,
+    Matvec4QkvQ8N,
     Matmul,
     MatmulQ4I,
     MatvecAny,
@@ -131,7 +135,7 @@ const MATVEC4_INT8_MODULE: &[&str] = &[
     MATVEC4_INT8,
 ];
 
-pub(super) const TABLE: [KernelDef; 44] = [
+pub(super) const TABLE: [KernelDef; 48] = [
     def!(Matvec, "matvec", "matvec", MATVEC_MODULE),
     def!(Matvec4F32, "matvec4_f32", "matvec4", MATVEC4_MODULE),
     def!(Matvec4F16, "matvec4_f16", "matvec4", MATVEC4_MODULE),
@@ -208,6 +212,20 @@ pub(super) const TABLE: [KernelDef; 44] = [
         "matvec4_kquant",
         MATVEC4_KQUANT_MODULE
     ),
+    def!(Matvec4GluQ8, "matvec4_glu_q8", "matvec4", MATVEC4_MODULE),
+    def!(Matvec4QkvQ8, "matvec4_qkv_q8", "matvec4", MATVEC4_MODULE),
+    def!(
+        Matvec4GluQ8N,
+        "matvec4_glu_q8n",
+        "matvec4_norm",
+        MATVEC4_NORM_MODULE
+    ),
+    def!(
+        Matvec4QkvQ8N,
+        "matvec4_qkv_q8n",
+        "matvec4_norm",
+        MATVEC4_NORM_MODULE
+    ),
     def!(Matmul, "matmul", "matvec", MATVEC_MODULE),
     def!(MatmulQ4I, "matmul_q4i", "matmul_int8", MATMUL_INT8_MODULE),
     def!(MatvecAny, "matvec_any", "matvec", MATVEC_MODULE),
@@ -280,8 +298,8 @@ pub(super) fn modules(packed_dot: bool) -> Vec<(&'static str, &'static [&'static
 
 /// Kernels compiled on first use, not with the others: the integer-dot kernels' module needs WGSL's
 /// `packed_4x8_integer_dot_product`, which not every browser has, and only some choices run them;
-/// the f16 kernels with a norm folded in run only for f16 weights, the K-quant kernels only for
-/// K-quants.
+/// the f16 kernels with a norm folded in run only for f16 weights, the K-quant and fused q8_0 kernels
+/// only for those weights.
 const ON_FIRST_USE: &[Kernel] = &[
     Kernel::Geglu,
     Kernel::Scale,
@@ -297,6 +315,10 @@ const ON_FIRST_USE: &[Kernel] = &[
     Kernel::Matvec4QkvK,
     Kernel::Matvec4GluKN,
     Kernel::Matvec4QkvKN,
+    Kernel::Matvec4GluQ8,
+    Kernel::Matvec4QkvQ8,
+    Kernel::Matvec4GluQ8N,
+    Kernel::Matvec4QkvQ8N,
     Kernel::MatmulQ4I,
 ];
 
@@ -478,6 +500,8 @@ impl Kernel {
                 | Kernel::Matvec4QkvF16N
                 | Kernel::Matvec4GluKN
                 | Kernel::Matvec4QkvKN
+                | Kernel::Matvec4GluQ8N
+                | Kernel::Matvec4QkvQ8N
         )
     }
 
@@ -605,6 +629,12 @@ impl BindKey {
                     Kernel::Matvec4GluF16,
                     Kernel::Matvec4GluF16N,
                 ),
+                Kernel::Matvec4Q8 => fused(
+                    gate,
+                    norm.is_some(),
+                    Kernel::Matvec4GluQ8,
+                    Kernel::Matvec4GluQ8N,
+                ),
                 Kernel::Matvec4Q4I => Kernel::Matvec4GluQ4I,
                 Kernel::Matvec4Q4K | Kernel::Matvec4Q5K => fused(
                     gate,
@@ -620,6 +650,12 @@ impl BindKey {
                     norm.is_some(),
                     Kernel::Matvec4QkvF16,
                     Kernel::Matvec4QkvF16N,
+                ),
+                Kernel::Matvec4Q8 => fused(
+                    TensorId::Wq(l),
+                    norm.is_some(),
+                    Kernel::Matvec4QkvQ8,
+                    Kernel::Matvec4QkvQ8N,
                 ),
                 Kernel::Matvec4Q4I => Kernel::Matvec4QkvQ4I,
                 Kernel::Matvec4Q4K | Kernel::Matvec4Q5K => fused(
