@@ -6,15 +6,16 @@
 // sub-block scales and mins) is one vec4 and its codes 8 more (Q5_K: 2 vec4s of fifth bits between).
 // Eight lanes share a super-block, each taking one vec4 of codes (16 bytes: 32 values of two
 // sub-blocks), so 32 lanes cover 4 super-blocks a pass; two passes are loaded before any arithmetic.
-// Q6_K's 53-word super-blocks are not vec4-aligned: alone it keeps the 32-bit kernel (matvec_k); as
-// V beside Q4_K or Q5_K Q and K (llama-quantize's Q4_K_M and Q5_K_M give some layers' attn_v more
-// bits) it is read a word at a time through binding 2, the same buffer as 32-bit words.
+// Q6_K's 53-word super-blocks are not vec4-aligned: alone it keeps the 32-bit kernel (matvec_k); in
+// the fused kernels (a Q6_K file's gate/up and Q/K/V, or V beside Q4_K or Q5_K Q and K, as
+// llama-quantize's Q4_K_M and Q5_K_M give some layers' attn_v more bits) it is read a word at a time
+// through binding 2 (the same buffer as 32-bit words), 16 lanes a super-block.
 //
 // Kernels: matvec4_q4k, matvec4_q5k (one matrix); matvec4_glu_k (a Q4_K or Q5_K gate and up, the
-// up's super-blocks at binding 7, as the other GLU kernels); matvec4_qkv_k (a layer's Q, K and V as
-// matvec4_qkv_q4c lays them out, QkvParams in vec4 units, Q and K Q4_K or Q5_K, V the same or Q6_K as
-// llama-quantize's _M mixes give it more bits); and matvec4_glu_kn, matvec4_qkv_kn with the RMSNorm
-// folded in (f16 activations: w x staged as f16 by stage_x_f16, the sums scaled by the norm's factor
+// up's super-blocks at binding 7, as the other GLU kernels) and matvec4_glu_q6k (Q6_K, a word at a
+// time); matvec4_qkv_k (a layer's Q, K and V as matvec4_qkv_q4c lays them out, QkvParams in vec4
+// units, Q and K Q4_K, Q5_K or Q6_K, V the same or Q6_K as llama-quantize's _M mixes give it more
+// bits); and matvec4_glu_kn, matvec4_glu_q6kn, matvec4_qkv_kn with the RMSNorm folded in (f16 activations: w x staged as f16 by stage_x_f16, the sums scaled by the norm's factor
 // at the end, as matvec4_glu_f16n does).
 // A kernel's x comes from x4, or from the staged xh where `staged` (a uniform branch; the plain
 // kernels then declare xh too, 12 KB of workgroup memory they never touch).
@@ -172,31 +173,101 @@ fn i8_at(v: u32, shift: u32) -> f32 {
     return f32(i32(v << (24u - shift)) >> 24u);
 }
 
-// Part `part` (0..16) of the Q6_K super-block at word w, x from vector xs: part 8n + k holds bytes
-// 4k..4k+4 of half n, elements 128n + 32i + 4k + (0..4) for i < 4 (kquant.wgsl's kq_part_dot).
-fn q6_part(w: u32, xs: u32, part: u32, staged: bool) -> f32 {
+// Part `part` (0..16) of a Q6_K super-block: part 8n + k holds bytes 4k..4k+4 of half n, elements
+// 128n + 32i + 4k + (0..4) for i < 4 (kquant.wgsl's kq_part_dot). The words it reads: low nibbles
+// a and b, high bit pairs h, the scales of its four sub-blocks (two per word) and the word of d.
+struct Q6W {
+    a: u32,
+    b: u32,
+    h: u32,
+    s01: u32,
+    s23: u32,
+    d: u32,
+}
+
+// Part `part`'s words of the super-block at word w of codes32 (binding 2).
+fn q6_at(w: u32, part: u32) -> Q6W {
     let n = part >> 3u;
     let k = part & 7u;
+    return Q6W(codes32[w + 16u * n + k], codes32[w + 16u * n + 8u + k], codes32[w + 32u + 8u * n + k],
+        codes32[w + 48u + 2u * n], codes32[w + 49u + 2u * n], codes32[w + 52u]);
+}
+
+// The same of the up matrix (binding 7, matvec4_glu_q6k).
+fn q6_up_at(w: u32, part: u32) -> Q6W {
+    let n = part >> 3u;
+    let k = part & 7u;
+    return Q6W(up_words[w + 16u * n + k], up_words[w + 16u * n + 8u + k],
+        up_words[w + 32u + 8u * n + k], up_words[w + 48u + 2u * n], up_words[w + 49u + 2u * n],
+        up_words[w + 52u]);
+}
+
+// The four x vectors part `part` of a super-block whose x starts at vector xs multiplies.
+fn q6_x(xs: u32, part: u32, staged: bool) -> array<vec4<f32>, 4> {
+    let c = xs + 32u * (part >> 3u) + (part & 7u);
+    return array<vec4<f32>, 4>(x4v(c, staged), x4v(c + 8u, staged), x4v(c + 16u, staged),
+        x4v(c + 24u, staged));
+}
+
+fn q6_dot(q: Q6W, part: u32, x: array<vec4<f32>, 4>) -> f32 {
     let sh = vec4<u32>(0u, 8u, 16u, 24u);
-    let a = vec4<u32>(codes32[w + 16u * n + k]) >> sh;
-    let b = vec4<u32>(codes32[w + 16u * n + 8u + k]) >> sh;
-    let h = vec4<u32>(codes32[w + 32u + 8u * n + k]) >> sh;
+    let a = vec4<u32>(q.a) >> sh;
+    let b = vec4<u32>(q.b) >> sh;
+    let h = vec4<u32>(q.h) >> sh;
     // Scales 8n + k/4 + 2i, for i < 4: two per word.
-    let s01 = codes32[w + 48u + 2u * n] >> (8u * (k >> 2u));
-    let s23 = codes32[w + 49u + 2u * n] >> (8u * (k >> 2u));
+    let s01 = q.s01 >> (8u * ((part & 7u) >> 2u));
+    let s23 = q.s23 >> (8u * ((part & 7u) >> 2u));
     let m4 = vec4<u32>(15u);
     let m2 = vec4<u32>(3u);
     let q0 = u2f4((a & m4) | ((h & m2) << vec4<u32>(4u)));
     let q1 = u2f4((b & m4) | (((h >> vec4<u32>(2u)) & m2) << vec4<u32>(4u)));
     let q2 = u2f4(((a >> vec4<u32>(4u)) & m4) | (((h >> vec4<u32>(4u)) & m2) << vec4<u32>(4u)));
     let q3 = u2f4(((b >> vec4<u32>(4u)) & m4) | (((h >> vec4<u32>(6u)) & m2) << vec4<u32>(4u)));
-    let c = xs + 32u * n + k;
     let m = vec4<f32>(32.0);
-    let s = (i8_at(s01, 0u) * dot(q0 - m, x4v(c, staged))
-        + i8_at(s01, 16u) * dot(q1 - m, x4v(c + 8u, staged)))
-        + (i8_at(s23, 0u) * dot(q2 - m, x4v(c + 16u, staged))
-        + i8_at(s23, 16u) * dot(q3 - m, x4v(c + 24u, staged)));
-    return unpack2x16float(codes32[w + 52u]).x * s;
+    let s = (i8_at(s01, 0u) * dot(q0 - m, x[0]) + i8_at(s01, 16u) * dot(q1 - m, x[1]))
+        + (i8_at(s23, 0u) * dot(q2 - m, x[2]) + i8_at(s23, 16u) * dot(q3 - m, x[3]));
+    return unpack2x16float(q.d).x * s;
+}
+
+// Lane `lane`'s part of a Q6_K row of nsb super-blocks from word `base` of codes32: 16 lanes a
+// super-block, two super-blocks a pass.
+fn row_q6(base: u32, nsb: u32, lane: u32, staged: bool) -> f32 {
+    let part = lane % 16u;
+    var acc = 0.0;
+    for (var sb = lane / 16u; sb < nsb; sb += 2u) {
+        acc += q6_dot(q6_at(base + sb * 53u, part), part, q6_x(sb * 64u, part, staged));
+    }
+    return acc;
+}
+
+// matvec4_glu_q6k(n): the same for Q6_K gate and up, the gate's words at binding 2 (codes32), the
+// up's at 7 as words, a row's lanes as row_q6 takes them.
+fn glu_q6k(wid: vec3<u32>, lid: vec3<u32>, staged: bool, scale: f32) {
+    let rl = row_of(wid, lid);
+    var a = vec2<f32>(0.0);
+    if (rl.x < p.rows) {
+        let nsb = p.cols / 256u;
+        let part = rl.y % 16u;
+        for (var sb = rl.y / 16u; sb < nsb; sb += 2u) {
+            let w = (rl.x * nsb + sb) * 53u;
+            let g = q6_at(w, part);
+            let u = q6_up_at(w, part);
+            let x = q6_x(sb * 64u, part, staged);
+            a += vec2<f32>(q6_dot(g, part, x), q6_dot(u, part, x));
+        }
+    }
+    glu_finish(a.x * scale, a.y * scale, lid, rl);
+}
+
+@compute @workgroup_size(256)
+fn matvec4_glu_q6k(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    glu_q6k(wid, lid, false, 1.0);
+}
+
+@compute @workgroup_size(256)
+fn matvec4_glu_q6kn(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let scale = stage_x_f16(lid.x, p.cols, p.eps);
+    glu_q6k(wid, lid, true, scale);
 }
 
 // The layout of a K-quant super-block of kind `kind` (Q4_K or Q5_K): vec4s a super-block, the first
@@ -254,9 +325,9 @@ fn matvec4_glu_kn(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocati
     glu_k(wid, lid, true, scale);
 }
 
-// matvec4_qkv_k(n): a layer's Q, K and V in one dispatch (Q and K both Q4_K or both Q5_K,
+// matvec4_qkv_k(n): a layer's Q, K and V in one dispatch (Q and K both Q4_K, Q5_K or Q6_K,
 // QkvParams.qk_kind; V the same or Q6_K, QkvParams.v_q6k), with matvec4_qkv_q4c's sections, RoPE and
-// direct KV stores. A Q6_K row's 16 lanes a super-block (q6_part) cover two a pass.
+// direct KV stores.
 fn qkv_k(wid: vec3<u32>, lid: vec3<u32>, staged: bool, scale: f32) {
     let part = qkv_part(wid);
     let r = part.first + lid.x / LANES4;
@@ -264,11 +335,8 @@ fn qkv_k(wid: vec3<u32>, lid: vec3<u32>, staged: bool, scale: f32) {
     let nsb = qp.cols / 256u;
     var acc = 0.0;
     if (r < part.rows) {
-        if (part.m == 2u && qp.v_q6k == 1u) {
-            let base = 4u * part.wbase + r * nsb * 53u;
-            for (var sb = lane / 16u; sb < nsb; sb += 2u) {
-                acc += q6_part(base + sb * 53u, sb * 64u, lane % 16u, staged);
-            }
+        if (qp.qk_kind == KIND_Q6_K || (part.m == 2u && qp.v_q6k == 1u)) {
+            acc = row_q6(4u * part.wbase + r * nsb * 53u, nsb, lane, staged);
         } else {
             let kl = k_layout(qp.qk_kind);
             let base = part.wbase + r * nsb * kl.per;

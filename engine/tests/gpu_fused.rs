@@ -4,9 +4,9 @@
 //! pick the row kernels, which fuse nothing): with f32 and f16 activations, fused and apart
 //! (`GpuOptions::fuse_qkv`), and the dispatches it saves; into f16, q8_0 and kivi4 KV caches; greedy
 //! decoding with the loop on the GPU gives the tokens the step-by-step loop gives. SwiGLU's gate and
-//! up products in one kernel (q4_0, f16, q8_0, Q4_K and Q5_K), against the oracle and the
-//! dispatches they save; the same for Q4_K's and Q5_K's Q/K/V, V the same or Q6_K as
-//! llama-quantize's _M mixes them.
+//! up products in one kernel (q4_0, f16, q8_0, Q4_K, Q5_K and Q6_K), against the oracle and the
+//! dispatches they save; the same for the K-quants' Q/K/V, V the same or Q6_K as llama-quantize's
+//! _M mixes them.
 //!
 //! Tolerances as tests/gpu.rs derives them: f32 activations 2e-4 * (1 + max |logit|) (the same values
 //! summed in another order; RoPE rotates the f32 sums where the separate kernel rotated stored values,
@@ -81,13 +81,14 @@ fn long_q4_0() -> Model {
 
 /// One-layer K-quant models whose rows are 4 super-blocks (one pass of a Q4_K row's 32 lanes, two of
 /// a Q6_K row's) and 8 (two, four); some with V as Q6_K, as llama-quantize's _M mixes store attn_v
-/// in some layers.
+/// in some layers, and a Q6_K model (its gate/up and Q/K/V read a word at a time).
 fn k_models() -> Vec<(String, Model)> {
     [
         (1024, 16, 11, "weights=q4_k"),
         (2048, 32, 12, "weights=q4_k,attn_v=q6_k"),
         (1024, 16, 13, "weights=q5_k,attn_v=q6_k"),
         (2048, 32, 14, "weights=q5_k"),
+        (1024, 16, 15, "weights=q6_k"),
     ]
     .into_iter()
     .map(|(dim, heads, seed, spec)| {

@@ -3,7 +3,7 @@
 //! bind groups on first use and cached.
 
 use super::decoder::GpuDecoder;
-use super::kernels::{max_splits, BindKey, Kernel};
+use super::kernels::{max_splits, BindKey, Kernel, MatvecKernel};
 use super::layout::kivi_ring;
 use super::layout::{Chunk, GpuMatrix, View};
 use crate::dtype::WType;
@@ -29,37 +29,50 @@ impl GpuDecoder<'_> {
     pub(super) fn fuses_glu(&self, gate: TensorId, up: TensorId) -> bool {
         let (g, u) = (&self.w.mats[&gate], &self.w.mats[&up]);
         let apart = self.kernel_of(BindKey::Matvec(gate, 0, Act::Hb, Act::Xb, false));
+        let fused = matches!(
+            (g.ty, apart),
+            (WType::Q4_0, Kernel::Matvec4Q4C | Kernel::Matvec4Q4I)
+                | (WType::F16, Kernel::Matvec4F16)
+                | (WType::Q8_0, Kernel::Matvec4Q8)
+                | (WType::Q4_K, Kernel::Matvec4Q4K)
+                | (WType::Q5_K, Kernel::Matvec4Q5K)
+        ) || (g.ty == WType::Q6_K && self.k_vec4());
         self.rows == 1
-            && matches!(
-                (g.ty, apart),
-                (WType::Q4_0, Kernel::Matvec4Q4C | Kernel::Matvec4Q4I)
-                    | (WType::F16, Kernel::Matvec4F16)
-                    | (WType::Q8_0, Kernel::Matvec4Q8)
-                    | (WType::Q4_K, Kernel::Matvec4Q4K)
-                    | (WType::Q5_K, Kernel::Matvec4Q5K)
-            )
+            && fused
             && (u.ty, u.block, u.cols) == (g.ty, g.block, g.cols)
             && g.chunks.len() == 1
             && u.chunks.len() == 1
             && g.chunks[0].rows == u.chunks[0].rows
     }
 
+    /// Whether the chosen kernels read K-quants 128 bits at a time (`matvec4_q4k`): then Q6_K, which
+    /// alone keeps the 32-bit kernel, is fused too.
+    fn k_vec4(&self) -> bool {
+        !matches!(
+            self.gpu.matvec_kernel(),
+            MatvecKernel::Tiled32 | MatvecKernel::Row
+        )
+    }
+
     /// Whether a decode step runs `layer`'s Q, K and V products as one kernel (`matvec4_qkv_q4c`,
     /// `matvec4_qkv_f16`, `matvec4_qkv_q8`, `matvec4_qkv_k`): their weights share buffers
-    /// (`QkvLayout`), and the chosen kernel would run Q in one of the vec4 kernels these extend.
+    /// (`QkvLayout`), and the chosen kernel would run Q in one of the vec4 kernels these extend (or
+    /// reads K-quants so, for Q6_K).
     pub(super) fn fuses_qkv(&self, layer: usize) -> bool {
         let q = BindKey::Matvec(TensorId::Wq(layer), 0, Act::Q, Act::Xb, false);
+        let q6k = self.w.mats[&TensorId::Wq(layer)].ty == WType::Q6_K && self.k_vec4();
         self.rows == 1
             && self.w.qkv.contains_key(&layer)
-            && matches!(
-                self.kernel_of(q),
-                Kernel::Matvec4Q4C
-                    | Kernel::Matvec4Q4I
-                    | Kernel::Matvec4F16
-                    | Kernel::Matvec4Q8
-                    | Kernel::Matvec4Q4K
-                    | Kernel::Matvec4Q5K
-            )
+            && (q6k
+                || matches!(
+                    self.kernel_of(q),
+                    Kernel::Matvec4Q4C
+                        | Kernel::Matvec4Q4I
+                        | Kernel::Matvec4F16
+                        | Kernel::Matvec4Q8
+                        | Kernel::Matvec4Q4K
+                        | Kernel::Matvec4Q5K
+                ))
     }
 
     /// Creates the bind group for `key` on first use.
@@ -309,12 +322,16 @@ impl GpuDecoder<'_> {
             (7, upc.words.clone()),
             (8, upc.scales.clone()),
         ]);
-        // f16 and K-quant rows carry their own scales (none, or in each super-block).
-        if matches!(
-            self.w.mats[&gate].ty,
-            WType::F16 | WType::Q4_K | WType::Q5_K
-        ) {
-            e.retain(|(i, _)| *i != 2 && *i != 8);
+        // f16 and K-quant rows carry their own scales (none, or in each super-block); Q6_K's
+        // gate is read a word at a time through binding 2 (matvec4_glu_q6k).
+        match self.w.mats[&gate].ty {
+            WType::F16 | WType::Q4_K | WType::Q5_K => e.retain(|(i, _)| *i != 2 && *i != 8),
+            WType::Q6_K => {
+                let words = e.iter().find(|(i, _)| *i == 1).map(|(_, w)| w.clone());
+                e.retain(|(i, _)| *i != 1 && *i != 2 && *i != 8);
+                e.extend(words.map(|w| (2, w)));
+            }
+            _ => {}
         }
         e
     }
@@ -330,7 +347,10 @@ impl GpuDecoder<'_> {
         let lay = &q.layout;
         let c = &self.config;
         let ty = self.w.mats[&TensorId::Wq(l)].ty;
-        let vec4s = matches!(ty, WType::F16 | WType::Q8_0 | WType::Q4_K | WType::Q5_K);
+        let vec4s = matches!(
+            ty,
+            WType::F16 | WType::Q8_0 | WType::Q4_K | WType::Q5_K | WType::Q6_K
+        );
         // Offsets in the units the kernel reads codes in: vec4s for f16, q8_0 and K-quants, words for
         // q4_0.
         let word = |b: u64| (b / 4) as u32;
@@ -372,7 +392,7 @@ impl GpuDecoder<'_> {
         match ty {
             WType::F16 => e.retain(|(i, _)| *i != 2),
             // The codes again as 32-bit words, for a Q6_K V (matvec4_kquant.wgsl).
-            WType::Q4_K | WType::Q5_K => e[2].1 = q.words.clone().into(),
+            WType::Q4_K | WType::Q5_K | WType::Q6_K => e[2].1 = q.words.clone().into(),
             _ => {}
         }
         e

@@ -303,11 +303,11 @@ fn matvec_choice(
     };
     let qkv = match opts.fuse_qkv {
         Some(false) => "Q/K/V apart, set by the caller",
-        _ => "Q/K/V in one kernel where q4_0, q8_0, f16, Q4_K or Q5_K (V the same or Q6_K)",
+        _ => "Q/K/V in one kernel where q4_0, q8_0, f16 or K-quants (Q4_K and Q5_K with V the same or Q6_K)",
     };
     let norm = match opts.fold_norm {
         Some(false) => "; RMSNorm apart, set by the caller",
-        _ => "; RMSNorm folded into the next product where its kernel can (integer-dot; f16, q8_0, Q4_K and Q5_K with f16 activations)",
+        _ => "; RMSNorm folded into the next product where its kernel can (integer-dot; f16, q8_0 and K-quants with f16 activations)",
     };
     let kv = match opts.kv_direct {
         Some(false) => "; K and V stored by their own kernel, set by the caller",

@@ -59,6 +59,8 @@ pub(super) enum Kernel {
     Matvec4QkvK,
     Matvec4GluKN,
     Matvec4QkvKN,
+    Matvec4GluQ6K,
+    Matvec4GluQ6KN,
     Matvec4GluQ8,
     Matvec4QkvQ8,
     Matvec4GluQ8N,
@@ -135,7 +137,7 @@ const MATVEC4_INT8_MODULE: &[&str] = &[
     MATVEC4_INT8,
 ];
 
-pub(super) const TABLE: [KernelDef; 48] = [
+pub(super) const TABLE: [KernelDef; 50] = [
     def!(Matvec, "matvec", "matvec", MATVEC_MODULE),
     def!(Matvec4F32, "matvec4_f32", "matvec4", MATVEC4_MODULE),
     def!(Matvec4F16, "matvec4_f16", "matvec4", MATVEC4_MODULE),
@@ -209,6 +211,18 @@ pub(super) const TABLE: [KernelDef; 48] = [
     def!(
         Matvec4QkvKN,
         "matvec4_qkv_kn",
+        "matvec4_kquant",
+        MATVEC4_KQUANT_MODULE
+    ),
+    def!(
+        Matvec4GluQ6K,
+        "matvec4_glu_q6k",
+        "matvec4_kquant",
+        MATVEC4_KQUANT_MODULE
+    ),
+    def!(
+        Matvec4GluQ6KN,
+        "matvec4_glu_q6kn",
         "matvec4_kquant",
         MATVEC4_KQUANT_MODULE
     ),
@@ -315,6 +329,8 @@ const ON_FIRST_USE: &[Kernel] = &[
     Kernel::Matvec4QkvK,
     Kernel::Matvec4GluKN,
     Kernel::Matvec4QkvKN,
+    Kernel::Matvec4GluQ6K,
+    Kernel::Matvec4GluQ6KN,
     Kernel::Matvec4GluQ8,
     Kernel::Matvec4QkvQ8,
     Kernel::Matvec4GluQ8N,
@@ -502,6 +518,7 @@ impl Kernel {
                 | Kernel::Matvec4QkvKN
                 | Kernel::Matvec4GluQ8N
                 | Kernel::Matvec4QkvQ8N
+                | Kernel::Matvec4GluQ6KN
         )
     }
 
@@ -622,6 +639,20 @@ impl BindKey {
                 let (cols, ty, block) = mat(id);
                 mv.for_matmul(cols, ty, block)
             }
+            // Q6_K rows take the 32-bit kernel alone; the fused ones read them a word at a time
+            // where the chosen kernels are the vec4 ones.
+            BindKey::Glu(gate, .., norm) if mat(gate).1 == WType::Q6_K => fused(
+                gate,
+                norm.is_some(),
+                Kernel::Matvec4GluQ6K,
+                Kernel::Matvec4GluQ6KN,
+            ),
+            BindKey::Qkv(l, .., norm) if mat(TensorId::Wq(l)).1 == WType::Q6_K => fused(
+                TensorId::Wq(l),
+                norm.is_some(),
+                Kernel::Matvec4QkvK,
+                Kernel::Matvec4QkvKN,
+            ),
             BindKey::Glu(gate, .., norm) => match alone(gate) {
                 Kernel::Matvec4F16 => fused(
                     gate,
