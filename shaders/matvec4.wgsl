@@ -490,9 +490,9 @@ struct QkvParams {
     // activations), at the slot the RoPE table holds at entry slot_at; 0: into the K and V rows.
     kv_direct: u32,
     slot_at: u32,
-    // matvec4_qkv_k: Q's and K's type code (KIND_Q4_K or KIND_Q5_K), and 1 where V's rows are Q6_K
-    // (llama-quantize's _M mixes store some layers' attn_v so).
-    v_q6k: u32,
+    // matvec4_qkv_k: V's type code and Q's and K's (KIND_Q4_K, KIND_Q5_K or KIND_Q6_K;
+    // llama-quantize's mixes give some layers' attn_v more bits).
+    v_kind: u32,
     qk_kind: u32,
 }
 

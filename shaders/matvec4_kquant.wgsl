@@ -14,8 +14,7 @@
 // Kernels: matvec4_q4k, matvec4_q5k (one matrix); matvec4_glu_k (a Q4_K or Q5_K gate and up, the
 // up's super-blocks at binding 7, as the other GLU kernels) and matvec4_glu_q6k (Q6_K, a word at a
 // time); matvec4_qkv_k (a layer's Q, K and V as matvec4_qkv_q4c lays them out, QkvParams in vec4
-// units, Q and K Q4_K, Q5_K or Q6_K, V the same or Q6_K as llama-quantize's _M mixes give it more
-// bits); and matvec4_glu_kn, matvec4_glu_q6kn, matvec4_qkv_kn with the RMSNorm folded in (f16 activations: w x staged as f16 by stage_x_f16, the sums scaled by the norm's factor
+// units, Q and K Q4_K, Q5_K or Q6_K, V any of them, as llama-quantize's mixes give it more bits); and matvec4_glu_kn, matvec4_glu_q6kn, matvec4_qkv_kn with the RMSNorm folded in (f16 activations: w x staged as f16 by stage_x_f16, the sums scaled by the norm's factor
 // at the end, as matvec4_glu_f16n does).
 // A kernel's x comes from x4, or from the staged xh where `staged` (a uniform branch; the plain
 // kernels then declare xh too, 12 KB of workgroup memory they never touch).
@@ -326,19 +325,21 @@ fn matvec4_glu_kn(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocati
 }
 
 // matvec4_qkv_k(n): a layer's Q, K and V in one dispatch (Q and K both Q4_K, Q5_K or Q6_K,
-// QkvParams.qk_kind; V the same or Q6_K, QkvParams.v_q6k), with matvec4_qkv_q4c's sections, RoPE and
-// direct KV stores.
+// QkvParams.qk_kind; V any of the three, QkvParams.v_kind), with matvec4_qkv_q4c's sections, RoPE
+// and direct KV stores.
 fn qkv_k(wid: vec3<u32>, lid: vec3<u32>, staged: bool, scale: f32) {
     let part = qkv_part(wid);
     let r = part.first + lid.x / LANES4;
     let lane = lid.x % LANES4;
     let nsb = qp.cols / 256u;
+    // Uniform across the workgroup: it reads one section.
+    let kind = select(qp.qk_kind, qp.v_kind, part.m == 2u);
     var acc = 0.0;
     if (r < part.rows) {
-        if (qp.qk_kind == KIND_Q6_K || (part.m == 2u && qp.v_q6k == 1u)) {
+        if (kind == KIND_Q6_K) {
             acc = row_q6(4u * part.wbase + r * nsb * 53u, nsb, lane, staged);
         } else {
-            let kl = k_layout(qp.qk_kind);
+            let kl = k_layout(kind);
             let base = part.wbase + r * nsb * kl.per;
             acc = row_k(base, nsb, lane, kl.per, kl.codes, kl.five, staged);
         }

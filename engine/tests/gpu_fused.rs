@@ -81,7 +81,8 @@ fn long_q4_0() -> Model {
 
 /// One-layer K-quant models whose rows are 4 super-blocks (one pass of a Q4_K row's 32 lanes, two of
 /// a Q6_K row's) and 8 (two, four); some with V as Q6_K, as llama-quantize's _M mixes store attn_v
-/// in some layers, and a Q6_K model (its gate/up and Q/K/V read a word at a time).
+/// in some layers (Q4_K_S some as Q5_K), and a Q6_K model (its gate/up and Q/K/V read a word at a
+/// time).
 fn k_models() -> Vec<(String, Model)> {
     [
         (1024, 16, 11, "weights=q4_k"),
@@ -89,6 +90,7 @@ fn k_models() -> Vec<(String, Model)> {
         (1024, 16, 13, "weights=q5_k,attn_v=q6_k"),
         (2048, 32, 14, "weights=q5_k"),
         (1024, 16, 15, "weights=q6_k"),
+        (1024, 16, 16, "weights=q4_k,attn_v=q5_k"),
     ]
     .into_iter()
     .map(|(dim, heads, seed, spec)| {

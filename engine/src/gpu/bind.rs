@@ -355,7 +355,7 @@ impl GpuDecoder<'_> {
         // q4_0.
         let word = |b: u64| (b / 4) as u32;
         let unit = |b: u64| (b / if vec4s { 16 } else { 4 }) as u32;
-        let v_q6k = self.w.mats[&TensorId::Wv(l)].ty == WType::Q6_K;
+        let v_ty = self.w.mats[&TensorId::Wv(l)].ty;
         let params = self.uniform(&[
             lay.rows[0] as u32,
             lay.rows[1] as u32,
@@ -371,7 +371,7 @@ impl GpuDecoder<'_> {
             c.norm_eps.to_bits(),
             direct as u32,
             self.slot_at() as u32,
-            v_q6k as u32,
+            v_ty.code(),
             ty.code(),
         ]);
         let act = |a: Act| View::whole(self.act(a).clone());

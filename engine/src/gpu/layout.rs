@@ -168,7 +168,7 @@ pub(super) fn buffer(
 }
 
 /// One layer's Q, K and V weights (q4_0, q8_0, f16 or Q6_K, one width and block; or Q4_K or Q5_K, V
-/// the same or Q6_K as llama-quantize's _M mixes them) in one buffer of codes and one of scales (none for f16 and
+/// any of Q4_K, Q5_K and Q6_K as llama-quantize's mixes give it) in one buffer of codes and one of scales (none for f16 and
 /// K-quants), each matrix at an offset the adapter can bind on its own, so that decode runs the three
 /// products as one dispatch (`matvec4_qkv_q4c`, `matvec4_qkv_f16`, `matvec4_qkv_k`) and everything
 /// else binds each as before.
@@ -184,14 +184,16 @@ pub(super) struct QkvLayout {
 
 impl QkvLayout {
     /// The layout for these three shapes, or `None` where they cannot share a dispatch: not all q4_0,
-    /// all q8_0, all f16, all Q6_K, or Q4_K or Q5_K (V the same or Q6_K) of one width and block, rows not of whole vec4s (32 values),
+    /// all q8_0, all f16, all Q6_K, or Q4_K or Q5_K (V Q4_K, Q5_K or Q6_K) of one width and block, rows not of whole vec4s (32 values),
     /// rows not in whole workgroups of 8 (each workgroup then reads one matrix), or more than one
     /// binding holds.
     pub fn plan(shapes: [Shape; 3], align: u64, max_binding: u64) -> Option<QkvLayout> {
         let s0 = shapes[0];
         let kind = match s0.ty {
             WType::Q4_0 | WType::F16 | WType::Q8_0 | WType::Q6_K => shapes[2].ty == s0.ty,
-            WType::Q4_K | WType::Q5_K => shapes[2].ty == s0.ty || shapes[2].ty == WType::Q6_K,
+            WType::Q4_K | WType::Q5_K => {
+                matches!(shapes[2].ty, WType::Q4_K | WType::Q5_K | WType::Q6_K)
+            }
             _ => false,
         };
         let same = shapes
