@@ -1,6 +1,7 @@
 // matvec4_kquant: the decode products of K-quant weights (ggml's Q4_K, Q5_K, Q6_K as GGUF stores them;
-// kquant.wgsl has the byte layout). Appended to matvec4.wgsl and matvec4_norm.wgsl's module (their
-// bindings, row_of, finish, glu_finish, the Q/K/V kernels' parts, the staged x of a folded norm).
+// kquant.wgsl has the byte layout). Appended to matvec4.wgsl's module (its bindings, row_of, finish,
+// glu_finish, the Q/K/V kernels' parts) after matvec4_kquant_x.wgsl, or after matvec4_norm.wgsl and
+// matvec4_kquant_norm.wgsl for the norm-folding kernels.
 //
 // Q4_K and Q5_K super-blocks are 9 and 11 vec4s, so a super-block's header (d, dmin, the 12 bytes of
 // sub-block scales and mins) is one vec4 and its codes 8 more (Q5_K: 2 vec4s of fifth bits between).
@@ -9,17 +10,22 @@
 // Q6_K's 53-word super-blocks are not vec4-aligned: alone it keeps the 32-bit kernel (matvec_k); in
 // the fused kernels (a Q6_K file's gate/up and Q/K/V, or V beside Q4_K or Q5_K Q and K, as
 // llama-quantize's Q4_K_M and Q5_K_M give some layers' attn_v more bits) it is read a word at a time
-// through binding 2 (the same buffer as 32-bit words), 16 lanes a super-block.
+// through binding 2 (codes32), 16 lanes a super-block.
 //
 // Kernels: matvec4_q4k, matvec4_q5k (one matrix); matvec4_glu_k (a Q4_K or Q5_K gate and up, the
 // up's super-blocks at binding 7, as the other GLU kernels) and matvec4_glu_q6k (Q6_K, a word at a
-// time); matvec4_qkv_k (a layer's Q, K and V as matvec4_qkv_q4c lays them out, QkvParams in vec4
-// units, Q and K Q4_K, Q5_K or Q6_K, V any of them, as llama-quantize's mixes give it more bits); and matvec4_glu_kn, matvec4_glu_q6kn, matvec4_qkv_kn with the RMSNorm folded in (f16 activations: w x staged as f16 by stage_x_f16, the sums scaled by the norm's factor
-// at the end, as matvec4_glu_f16n does).
-// A kernel's x comes from x4, or from the staged xh where `staged` (a uniform branch; the plain
-// kernels then declare xh too, 12 KB of workgroup memory they never touch).
+// time: the gate's words at binding 2, the up's at 7); matvec4_qkv_k (a layer's Q, K and V as
+// matvec4_qkv_q4c lays them out, QkvParams in vec4 units, Q and K Q4_K, Q5_K or Q6_K, V any of
+// them, as llama-quantize's mixes give it more bits); and matvec4_glu_kn, matvec4_glu_q6kn,
+// matvec4_qkv_kn (matvec4_kquant_norm.wgsl) with the RMSNorm folded in (f16 activations: w x staged
+// as f16 by stage_x_f16, the sums scaled by the norm's factor at the end, as matvec4_glu_f16n does).
+// A kernel's x comes from x8: x4 in this module (matvec4_kquant_x.wgsl's x8, `staged` false), or
+// the staged xh in the norm-folding one (matvec4_kquant_norm.wgsl's), so that the plain kernels
+// declare no staging memory (12 KB a workgroup, which would cost occupancy on small GPUs and
+// zeroing in browsers).
 
-// The Q/K/V buffer as 32-bit words, for a Q6_K V (matvec4_qkv_k; the K-quant kernels bind no scales).
+// Q6_K codes as 32-bit words: the Q/K/V buffer (matvec4_qkv_k), a Q6_K gate (matvec4_glu_q6k); the
+// K-quant kernels bind no scales.
 @group(0) @binding(2) var<storage, read> codes32: array<u32>;
 
 // The low and the high nibbles of the four bytes of `w`, as floats.
@@ -46,16 +52,6 @@ fn k_scale_min(hdr: vec4<u32>, j: u32) -> vec2<f32> {
     return vec2<f32>(
         f32((lo & 15u) | ((((hdr.y >> sh) >> 6u) & 3u) << 4u)),
         f32((lo >> 4u) | ((((hdr.z >> sh) >> 6u) & 3u) << 4u)));
-}
-
-// x vectors j and j + 1 (values 4j..4j+8, j even): from x4, or from the staged w x.
-fn x8(j: u32, staged: bool) -> array<vec4<f32>, 2> {
-    if (staged) {
-        let h = xh[j >> 1u];
-        return array<vec4<f32>, 2>(vec4<f32>(unpack2x16float(h.x), unpack2x16float(h.y)),
-            vec4<f32>(unpack2x16float(h.z), unpack2x16float(h.w)));
-    }
-    return array<vec4<f32>, 2>(xq(j), xq(j + 1u));
 }
 
 // x vector j alone (Q6_K's parts read single vectors).
@@ -263,12 +259,6 @@ fn matvec4_glu_q6k(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocat
     glu_q6k(wid, lid, false, 1.0);
 }
 
-@compute @workgroup_size(256)
-fn matvec4_glu_q6kn(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
-    let scale = stage_x_f16(lid.x, p.cols, p.eps);
-    glu_q6k(wid, lid, true, scale);
-}
-
 // The layout of a K-quant super-block of kind `kind` (Q4_K or Q5_K): vec4s a super-block, the first
 // vec4 of codes, whether there are fifth bits.
 struct KLayout {
@@ -318,12 +308,6 @@ fn matvec4_glu_k(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocatio
     glu_k(wid, lid, false, 1.0);
 }
 
-@compute @workgroup_size(256)
-fn matvec4_glu_kn(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
-    let scale = stage_x_f16(lid.x, p.cols, p.eps);
-    glu_k(wid, lid, true, scale);
-}
-
 // matvec4_qkv_k(n): a layer's Q, K and V in one dispatch (Q and K both Q4_K, Q5_K or Q6_K,
 // QkvParams.qk_kind; V any of the three, QkvParams.v_kind), with matvec4_qkv_q4c's sections, RoPE
 // and direct KV stores.
@@ -352,8 +336,3 @@ fn matvec4_qkv_k(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocatio
     qkv_k(wid, lid, false, 1.0);
 }
 
-@compute @workgroup_size(256)
-fn matvec4_qkv_kn(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
-    let scale = stage_x_f16(lid.x, qp.cols, qp.eps);
-    qkv_k(wid, lid, true, scale);
-}

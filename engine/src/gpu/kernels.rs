@@ -21,6 +21,8 @@ const MATVEC4_INT8: &str = include_str!("../../../shaders/matvec4_int8.wgsl");
 const MATMUL_INT8: &str = include_str!("../../../shaders/matmul_int8.wgsl");
 const MATVEC4_NORM: &str = include_str!("../../../shaders/matvec4_norm.wgsl");
 const MATVEC4_KQUANT: &str = include_str!("../../../shaders/matvec4_kquant.wgsl");
+const MATVEC4_KQUANT_X: &str = include_str!("../../../shaders/matvec4_kquant_x.wgsl");
+const MATVEC4_KQUANT_NORM: &str = include_str!("../../../shaders/matvec4_kquant_norm.wgsl");
 const KQUANT: &str = include_str!("../../../shaders/kquant.wgsl");
 const NORM: &str = include_str!("../../../shaders/norm.wgsl");
 const ROPE: &str = include_str!("../../../shaders/rope.wgsl");
@@ -118,13 +120,24 @@ const ATTENTION_MODULE: &[&str] = &[STEP, KVFORMAT, ATTENTION];
 
 const MATVEC4_MODULE: &[&str] = &[STEP, QUANT, MATRIX, REDUCE, MATVEC4];
 const MATVEC4_NORM_MODULE: &[&str] = &[STEP, QUANT, MATRIX, REDUCE, MATVEC4, MATVEC4_NORM];
+// The K-quant kernels without a folded norm declare no staging memory: their x8 reads x alone.
 const MATVEC4_KQUANT_MODULE: &[&str] = &[
     STEP,
     QUANT,
     MATRIX,
     REDUCE,
     MATVEC4,
+    MATVEC4_KQUANT_X,
+    MATVEC4_KQUANT,
+];
+const MATVEC4_KQUANT_NORM_MODULE: &[&str] = &[
+    STEP,
+    QUANT,
+    MATRIX,
+    REDUCE,
+    MATVEC4,
     MATVEC4_NORM,
+    MATVEC4_KQUANT_NORM,
     MATVEC4_KQUANT,
 ];
 const MATVEC4_INT8_MODULE: &[&str] = &[
@@ -205,14 +218,14 @@ pub(super) const TABLE: [KernelDef; 50] = [
     def!(
         Matvec4GluKN,
         "matvec4_glu_kn",
-        "matvec4_kquant",
-        MATVEC4_KQUANT_MODULE
+        "matvec4_kquant_norm",
+        MATVEC4_KQUANT_NORM_MODULE
     ),
     def!(
         Matvec4QkvKN,
         "matvec4_qkv_kn",
-        "matvec4_kquant",
-        MATVEC4_KQUANT_MODULE
+        "matvec4_kquant_norm",
+        MATVEC4_KQUANT_NORM_MODULE
     ),
     def!(
         Matvec4GluQ6K,
@@ -223,8 +236,8 @@ pub(super) const TABLE: [KernelDef; 50] = [
     def!(
         Matvec4GluQ6KN,
         "matvec4_glu_q6kn",
-        "matvec4_kquant",
-        MATVEC4_KQUANT_MODULE
+        "matvec4_kquant_norm",
+        MATVEC4_KQUANT_NORM_MODULE
     ),
     def!(Matvec4GluQ8, "matvec4_glu_q8", "matvec4", MATVEC4_MODULE),
     def!(Matvec4QkvQ8, "matvec4_qkv_q8", "matvec4", MATVEC4_MODULE),
@@ -769,6 +782,21 @@ mod tests {
         assert_eq!(k.for_matrix(4096, WType::Q4_1, 32), Kernel::Matvec4Q4C);
         assert_eq!(k.for_matrix(4096, WType::F16, 1), Kernel::Matvec4F16);
         assert_eq!(k.for_matrix(4096, WType::Q4_K, 256), Kernel::Matvec4Q4K);
+    }
+
+    /// The K-quant kernels most decode tokens run (and every one without a folded norm) are in a
+    /// module without the 12 KB staging array, which would cut how many workgroups a small GPU
+    /// keeps in flight; the norm-folding ones have it.
+    #[test]
+    fn only_the_norm_folding_k_quant_kernels_declare_staging_memory() {
+        let staging = "var<workgroup> xh";
+        let src = |parts| module_source(Activations::F16, parts, false);
+        assert!(!src(MATVEC4_KQUANT_MODULE).contains(staging));
+        assert!(src(MATVEC4_KQUANT_NORM_MODULE).contains(staging));
+        for d in TABLE.iter().filter(|d| d.parts.contains(&MATVEC4_KQUANT)) {
+            let norm = d.kernel.folds_norm();
+            assert_eq!(d.parts.contains(&MATVEC4_NORM), norm, "{}", d.entry);
+        }
     }
 
     #[test]
