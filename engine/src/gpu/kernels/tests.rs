@@ -1,0 +1,60 @@
+//! The kernel table's own checks: order, module contents, which kernels take which modules.
+
+use super::*;
+
+#[test]
+fn the_table_is_in_kernel_order() {
+    for (i, d) in TABLE.iter().enumerate() {
+        assert_eq!(d.kernel as usize, i, "{:?} is out of place", d.kernel);
+    }
+}
+
+/// matvec4.wgsl finds blocks by shifting, so a block that is not a power of two (no format makes
+/// one today) must take the 32-bit kernels, which divide.
+#[test]
+fn vec4_kernels_take_only_power_of_two_blocks() {
+    let k = MatvecKernel::Tiled;
+    assert_eq!(k.for_matrix(4096, WType::Q4_0, 64), Kernel::Matvec4Q4C);
+    assert_eq!(k.for_matrix(4096, WType::Q4_0, 96), Kernel::Matvec);
+    assert_eq!(k.for_matrix(4096, WType::Q8_0, 32), Kernel::Matvec4Q8);
+    assert_eq!(k.for_matrix(4096, WType::Q8_0, 48), Kernel::Matvec);
+}
+
+/// The integer-dot kernel takes q4_0 rows that fit its workgroup memory, nothing else.
+#[test]
+fn int8_takes_q4_0_rows_that_fit() {
+    let k = MatvecKernel::TiledInt8;
+    assert_eq!(k.for_matrix(11008, WType::Q4_0, 32), Kernel::Matvec4Q4I);
+    assert_eq!(k.for_matrix(14336, WType::Q4_0, 32), Kernel::Matvec4Q4C);
+    assert_eq!(k.for_matrix(4096, WType::Q4_1, 32), Kernel::Matvec4Q4C);
+    assert_eq!(k.for_matrix(4096, WType::F16, 1), Kernel::Matvec4F16);
+    assert_eq!(k.for_matrix(4096, WType::Q4_K, 256), Kernel::Matvec4Q4K);
+}
+
+/// The K-quant kernels most decode tokens run (and every one without a folded norm) are in a
+/// module without the 12 KB staging array, which would cut how many workgroups a small GPU
+/// keeps in flight; the norm-folding ones have it.
+#[test]
+fn only_the_norm_folding_k_quant_kernels_declare_staging_memory() {
+    let staging = "var<workgroup> xh";
+    let src = |parts| module_source(Activations::F16, parts, false);
+    assert!(!src(MATVEC4_KQUANT_MODULE).contains(staging));
+    assert!(src(MATVEC4_KQUANT_NORM_MODULE).contains(staging));
+    for d in TABLE.iter().filter(|d| d.parts.contains(&MATVEC4_KQUANT)) {
+        let norm = d.kernel.folds_norm();
+        assert_eq!(d.parts.contains(&MATVEC4_NORM), norm, "{}", d.entry);
+    }
+}
+
+#[test]
+fn every_entry_point_is_in_its_module() {
+    for d in &TABLE {
+        let src = module_source(Activations::F32, d.parts, false);
+        assert!(
+            src.contains(&format!("fn {}(", d.entry)),
+            "{} is not defined in module {}",
+            d.entry,
+            d.module
+        );
+    }
+}
