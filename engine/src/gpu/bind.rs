@@ -34,6 +34,7 @@ impl GpuDecoder<'_> {
             (WType::Q4_0, Kernel::Matvec4Q4C | Kernel::Matvec4Q4I)
                 | (WType::F16, Kernel::Matvec4F16)
                 | (WType::Q8_0, Kernel::Matvec4Q8)
+                | (WType::Q4_K | WType::Q5_K, Kernel::Matvec4KI)
                 | (WType::Q4_K, Kernel::Matvec4Q4K)
                 | (WType::Q5_K, Kernel::Matvec4Q5K)
         ) || (g.ty == WType::Q6_K && self.k_vec4());
@@ -72,6 +73,7 @@ impl GpuDecoder<'_> {
                         | Kernel::Matvec4Q8
                         | Kernel::Matvec4Q4K
                         | Kernel::Matvec4Q5K
+                        | Kernel::Matvec4KI
                 ))
     }
 
@@ -279,6 +281,7 @@ impl GpuDecoder<'_> {
             | Kernel::Matvec4F16
             | Kernel::Matvec4Q4K
             | Kernel::Matvec4Q5K
+            | Kernel::Matvec4KI
             | Kernel::MatvecK
             | Kernel::MatvecKRow => e.retain(|(i, _)| *i != 2 && *i != 3),
             Kernel::Matvec4Q8 | Kernel::Matvec4Q4I | Kernel::MatmulQ4I => {

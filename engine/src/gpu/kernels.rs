@@ -4,11 +4,11 @@
 //! with its table entry, and its bindings in `bind.rs` (`GpuDecoder::kernel_entries`).
 
 use super::device::{Activations, ShaderChecks};
-use crate::dtype::WType;
-use crate::forward::Act;
-use crate::model::TensorId;
-use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
+
+mod choice;
+pub(super) use choice::BindKey;
+pub use choice::MatvecKernel;
 
 const ACT_F32: &str = include_str!("../../../shaders/act_f32.wgsl");
 const ACT_F16: &str = include_str!("../../../shaders/act_f16.wgsl");
@@ -23,6 +23,7 @@ const MATVEC4_NORM: &str = include_str!("../../../shaders/matvec4_norm.wgsl");
 const MATVEC4_KQUANT: &str = include_str!("../../../shaders/matvec4_kquant.wgsl");
 const MATVEC4_KQUANT_X: &str = include_str!("../../../shaders/matvec4_kquant_x.wgsl");
 const MATVEC4_KQUANT_NORM: &str = include_str!("../../../shaders/matvec4_kquant_norm.wgsl");
+const MATVEC4_KINT8: &str = include_str!("../../../shaders/matvec4_kint8.wgsl");
 const KQUANT: &str = include_str!("../../../shaders/kquant.wgsl");
 const NORM: &str = include_str!("../../../shaders/norm.wgsl");
 const ROPE: &str = include_str!("../../../shaders/rope.wgsl");
@@ -67,6 +68,9 @@ pub(super) enum Kernel {
     Matvec4QkvQ8,
     Matvec4GluQ8N,
     Matvec4QkvQ8N,
+    Matvec4KI,
+    Matvec4GluKI,
+    Matvec4QkvKI,
     Matmul,
     MatmulQ4I,
     MatvecAny,
@@ -140,6 +144,18 @@ const MATVEC4_KQUANT_NORM_MODULE: &[&str] = &[
     MATVEC4_KQUANT_NORM,
     MATVEC4_KQUANT,
 ];
+// The K-quant integer-dot kernels: the float module's helpers, matvec4_norm.wgsl's norm.
+const MATVEC4_KINT8_MODULE: &[&str] = &[
+    STEP,
+    QUANT,
+    MATRIX,
+    REDUCE,
+    MATVEC4,
+    MATVEC4_NORM,
+    MATVEC4_KQUANT_X,
+    MATVEC4_KQUANT,
+    MATVEC4_KINT8,
+];
 const MATVEC4_INT8_MODULE: &[&str] = &[
     STEP,
     QUANT,
@@ -150,7 +166,7 @@ const MATVEC4_INT8_MODULE: &[&str] = &[
     MATVEC4_INT8,
 ];
 
-pub(super) const TABLE: [KernelDef; 50] = [
+pub(super) const TABLE: [KernelDef; 53] = [
     def!(Matvec, "matvec", "matvec", MATVEC_MODULE),
     def!(Matvec4F32, "matvec4_f32", "matvec4", MATVEC4_MODULE),
     def!(Matvec4F16, "matvec4_f16", "matvec4", MATVEC4_MODULE),
@@ -253,6 +269,24 @@ pub(super) const TABLE: [KernelDef; 50] = [
         "matvec4_norm",
         MATVEC4_NORM_MODULE
     ),
+    def!(
+        Matvec4KI,
+        "matvec4_ki",
+        "matvec4_kint8",
+        MATVEC4_KINT8_MODULE
+    ),
+    def!(
+        Matvec4GluKI,
+        "matvec4_glu_ki",
+        "matvec4_kint8",
+        MATVEC4_KINT8_MODULE
+    ),
+    def!(
+        Matvec4QkvKI,
+        "matvec4_qkv_ki",
+        "matvec4_kint8",
+        MATVEC4_KINT8_MODULE
+    ),
     def!(Matmul, "matmul", "matvec", MATVEC_MODULE),
     def!(MatmulQ4I, "matmul_q4i", "matmul_int8", MATMUL_INT8_MODULE),
     def!(MatvecAny, "matvec_any", "matvec", MATVEC_MODULE),
@@ -315,7 +349,9 @@ pub(super) fn module_source(act: Activations, parts: &[&str], subgroups: bool) -
 pub(super) fn modules(packed_dot: bool) -> Vec<(&'static str, &'static [&'static str])> {
     let mut out: Vec<(&str, &[&str])> = Vec::new();
     for d in &TABLE {
-        let int8 = d.parts.contains(&MATVEC4_INT8) || d.parts.contains(&MATMUL_INT8);
+        let int8 = [MATVEC4_INT8, MATMUL_INT8, MATVEC4_KINT8]
+            .iter()
+            .any(|f| d.parts.contains(f));
         if (packed_dot || !int8) && !out.iter().any(|(m, _)| *m == d.module) {
             out.push((d.module, d.parts));
         }
@@ -348,6 +384,9 @@ const ON_FIRST_USE: &[Kernel] = &[
     Kernel::Matvec4QkvQ8,
     Kernel::Matvec4GluQ8N,
     Kernel::Matvec4QkvQ8N,
+    Kernel::Matvec4KI,
+    Kernel::Matvec4GluKI,
+    Kernel::Matvec4QkvKI,
     Kernel::MatmulQ4I,
 ];
 
@@ -422,312 +461,6 @@ impl Pipelines {
             },
             cache: None,
         })
-    }
-}
-
-/// The decode matrix-vector kernels (matvec.wgsl, matvec4.wgsl).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum MatvecKernel {
-    /// 8 rows per 256-thread workgroup, 32 lanes per row reading x from storage, lanes reduced in
-    /// workgroup memory, codes read 128 bits at a time where the layout allows (`matvec4`) and 32 bits
-    /// otherwise, q4 rows with lanes on quarters of blocks (`matvec4_q4c`): for GPUs.
-    Tiled,
-    /// Tiled, but q4_0 and q4_1 rows in `matvec4_q4` (a whole block per lane), which `Tiled` took
-    /// before `matvec4_q4c`; kept to compare with (7B q4_0 on an H200: 6.18 against 5.65 ms/token).
-    TiledBlocks,
-    /// The same with 32-bit loads everywhere (the kernel before `matvec4`, kept as its fallback and to
-    /// compare with).
-    Tiled32,
-    /// One thread per row, no barriers: for adapters that run on the CPU (lavapipe, SwiftShader),
-    /// where each workgroup barrier costs more than the arithmetic.
-    Row,
-    /// Tiled, but q4_0 products in `matvec4_q4i`, `matvec4_glu_q4i`, `matvec4_qkv_q4i` and the
-    /// prompt pass's `matmul_q4i`: x quantized to 8 bits per block of 32 and integer dot products,
-    /// as llama.cpp's NVIDIA path, RMSNorm folded into the fused kernels
-    /// (`GpuOptions::fold_norm`). Not the oracle's arithmetic (x moves by up to half a step); the
-    /// native default where WGSL has packed integer dot products.
-    TiledInt8,
-}
-
-/// Columns `matvec4_q4i` holds in workgroup memory (`XW_WORDS` words of 8 in matvec4_int8.wgsl).
-const INT8_MAX_COLS: usize = 1536 * 8;
-/// Columns the kernels with a norm folded in stage as f16 (`XH_VEC4S` in matvec4_norm.wgsl).
-const F16N_MAX_COLS: usize = 768 * 8;
-
-impl MatvecKernel {
-    pub fn parse(s: &str) -> crate::Result<MatvecKernel> {
-        match s {
-            "tiled" => Ok(MatvecKernel::Tiled),
-            "tiled32" => Ok(MatvecKernel::Tiled32),
-            "tiled-blocks" => Ok(MatvecKernel::TiledBlocks),
-            "row" => Ok(MatvecKernel::Row),
-            "tiled-int8" => Ok(MatvecKernel::TiledInt8),
-            _ => Err(crate::Error::Invalid(format!(
-                "matvec kernel {s:?}: expected tiled, tiled-blocks, tiled32, row or tiled-int8"
-            ))),
-        }
-    }
-
-    /// The kernel for a matrix of `cols` columns of `ty` in blocks of `block`: the chosen one needs
-    /// whole 32-column units (anything else takes the element-wise kernel), and the 128-bit loads of
-    /// `matvec4` a row of whole vec4s where no vec4 straddles two blocks, in blocks of a power of two.
-    pub(super) fn for_matrix(self, cols: usize, ty: WType, block: usize) -> Kernel {
-        // matvec4.wgsl finds a block by shifting: a power of two.
-        let pow2 = block.is_power_of_two();
-        let vec4 = match ty {
-            WType::F32 => Some(Kernel::Matvec4F32),
-            WType::F16 => Some(Kernel::Matvec4F16),
-            WType::Q8_0 => (pow2 && block >= 16).then_some(Kernel::Matvec4Q8),
-            WType::Q4_0 | WType::Q4_1 => (pow2 && block >= 32).then_some(Kernel::Matvec4Q4),
-            // Super-blocks of 9 and 11 vec4s; Q6_K's 53 words take 32-bit loads (kquant.wgsl).
-            WType::Q4_K => Some(Kernel::Matvec4Q4K),
-            WType::Q5_K => Some(Kernel::Matvec4Q5K),
-            WType::Q6_K => None,
-        };
-        let int8 = ty == WType::Q4_0 && cols <= INT8_MAX_COLS;
-        let tiled = matches!(self, MatvecKernel::Tiled | MatvecKernel::TiledInt8);
-        match (self, vec4) {
-            (MatvecKernel::Row, _) if ty.is_k() => Kernel::MatvecKRow,
-            (_, Some(k)) if ty.is_k() && (tiled || self == MatvecKernel::TiledBlocks) => k,
-            _ if ty.is_k() => Kernel::MatvecK,
-            _ if !cols.is_multiple_of(32) => Kernel::MatvecAny,
-            (MatvecKernel::TiledInt8, Some(Kernel::Matvec4Q4)) if int8 => Kernel::Matvec4Q4I,
-            (_, Some(Kernel::Matvec4Q4)) if tiled => Kernel::Matvec4Q4C,
-            (_, Some(k)) if tiled || self == MatvecKernel::TiledBlocks => k,
-            (MatvecKernel::Row, _) => Kernel::MatvecRow,
-            _ => Kernel::Matvec,
-        }
-    }
-
-    /// The prompt pass's kernel for a matrix: `matmul_q4i` (integer dot products) for q4_0 rows of
-    /// whole blocks of 32 under `TiledInt8`, else the float `matmul`.
-    pub(super) fn for_matmul(self, cols: usize, ty: WType, block: usize) -> Kernel {
-        let blocks = cols.is_multiple_of(32) && block.is_multiple_of(32);
-        if self == MatvecKernel::TiledInt8 && ty == WType::Q4_0 && blocks {
-            Kernel::MatmulQ4I
-        } else {
-            Kernel::Matmul
-        }
-    }
-}
-
-impl Kernel {
-    /// Whether this kernel folds a held RMSNorm in (matvec4_norm.wgsl): the fused integer-dot
-    /// kernels, and the f16 and Q4_K ones staging x (with f16 activations only;
-    /// `GpuDecoder::fold_norm`).
-    pub(super) fn folds_norm(self) -> bool {
-        self.stages_f16() || matches!(self, Kernel::Matvec4GluQ4I | Kernel::Matvec4QkvQ4I)
-    }
-
-    /// Whether this kernel stages the normalised x as f16 (`stage_x_f16`), which only f16
-    /// activations store it as.
-    pub(super) fn stages_f16(self) -> bool {
-        matches!(
-            self,
-            Kernel::Matvec4GluF16N
-                | Kernel::Matvec4QkvF16N
-                | Kernel::Matvec4GluKN
-                | Kernel::Matvec4QkvKN
-                | Kernel::Matvec4GluQ8N
-                | Kernel::Matvec4QkvQ8N
-                | Kernel::Matvec4GluQ6KN
-        )
-    }
-
-    /// Whether this kernel declares the norm weights' binding 12 (`matvec4_q4i` shares the
-    /// quantization of x that reads it, though it folds no norm).
-    pub(super) fn binds_norm(self) -> bool {
-        self.folds_norm() || self == Kernel::Matvec4Q4I
-    }
-
-    /// Whether this kernel's workgroups loop over row groups a grid apart (matvec4_int8.wgsl), so
-    /// that fewer workgroups than groups cover a matrix ([`GpuOptions::int8_groups`]).
-    ///
-    /// [`GpuOptions::int8_groups`]: super::GpuOptions::int8_groups
-    pub(super) fn loops_groups(self) -> bool {
-        matches!(
-            self,
-            Kernel::Matvec4Q4I | Kernel::Matvec4GluQ4I | Kernel::Matvec4QkvQ4I
-        )
-    }
-
-    /// Rows of a matrix one workgroup of this kernel covers (the shaders' headers say how).
-    pub(super) fn rows_per_group(self) -> usize {
-        match self {
-            Kernel::MatvecAny => 1,
-            Kernel::MatvecRow | Kernel::MatvecKRow => 64,
-            _ => 8,
-        }
-    }
-}
-
-/// What one dispatch binds; bind groups are cached by it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub(super) enum BindKey {
-    /// Output, weight, chunk, input, accumulate.
-    Matvec(TensorId, usize, Act, Act, bool),
-    /// The same for a batch of rows (the tiled matrix-matrix kernel).
-    Matmul(TensorId, usize, Act, Act, bool),
-    /// A decode product over the last of a pass's `rows` rows alone (weight, chunk, output, input,
-    /// rows): a prompt pass's classifier where only that row's logits are read.
-    LastRow(TensorId, usize, Act, Act, usize),
-    /// A gated feed-forward's gate and up products in one dispatch: gate, up, output, input,
-    /// whether the gate is GELU (else SiLU), and the RMSNorm weights folded in where there are
-    /// (the input is then the residual stream).
-    Glu(TensorId, TensorId, Act, Act, bool, Option<TensorId>),
-    /// A layer's Q, K and V products in one dispatch (their shared buffers), from the input; RoPE
-    /// applied where the first bool says; K and V written into the f16 KV cache where the second
-    /// does; RMSNorm folded in as for `Glu`.
-    Qkv(usize, Act, bool, bool, Option<TensorId>),
-    /// Output and the embedding chunk holding the token.
-    Embed(Act, usize),
-    Norm(TensorId, Act, Act),
-    /// Per-head norm weights and the activation normalised in place.
-    HeadNorm(TensorId, Act),
-    /// RoPE with the local (sliding-window) layers' table where true.
-    RopeQk(bool),
-    Add(Act, Act),
-    AddBias(Act, TensorId),
-    Swiglu(Act, Act),
-    Geglu(Act, Act),
-    /// The activation and the factor's f32 bits.
-    Scale(Act, u32),
-    /// The activation and the cap's f32 bits.
-    Softcap(Act, u32),
-    KvStore(usize),
-    KiviFlush(usize),
-    Attention(usize, Act),
-    /// Layer, output: the prompt pass's attention in tiles of rows (f16 caches, no window).
-    AttnTile(usize, Act),
-    /// One layer's decode attention over a split of the context, and the combination of the splits.
-    AttnSplit(usize, Act),
-    /// Output, and whether the splits are a local layer's (its steps bound).
-    AttnCombine(Act, bool),
-    Argmax,
-}
-
-impl BindKey {
-    /// The profile's name for a dispatch: the kernel's entry point, and for a matrix product the
-    /// matrix's role (`matvec4_q4 ffn_down`).
-    pub fn label(self, kernel: Kernel) -> String {
-        let entry = TABLE[kernel as usize].entry;
-        match self {
-            BindKey::Matvec(id, ..)
-            | BindKey::LastRow(id, ..)
-            | BindKey::Matmul(id, ..)
-            | BindKey::Glu(id, ..) => {
-                let name = id.gguf_name();
-                let name = name.strip_suffix(".weight").unwrap_or(&name);
-                let role = match name.strip_prefix("blk.") {
-                    Some(rest) => rest.split_once('.').map_or(rest, |(_, r)| r),
-                    None => name,
-                };
-                format!("{entry} {role}")
-            }
-            _ => entry.to_string(),
-        }
-    }
-
-    /// The kernel this key runs; `mat` gives a matvec key's matrix (width, type and block).
-    pub fn kernel(
-        self,
-        mv: MatvecKernel,
-        mat: impl Fn(TensorId) -> (usize, WType, usize),
-    ) -> Kernel {
-        // The kernel a matrix takes alone; the fused kernels follow what theirs would run in.
-        let alone = |id| {
-            let (cols, ty, block) = mat(id);
-            mv.for_matrix(cols, ty, block)
-        };
-        // The kernel a matrix's fused products take, with the norm folded in (x staged as f16)
-        // where asked and its rows fit the staging.
-        let fused = |id, norm: bool, plain, normed| match norm && mat(id).0 <= F16N_MAX_COLS {
-            true => normed,
-            false => plain,
-        };
-        match self {
-            BindKey::Matvec(id, ..) | BindKey::LastRow(id, ..) => alone(id),
-            BindKey::Matmul(id, ..) => {
-                let (cols, ty, block) = mat(id);
-                mv.for_matmul(cols, ty, block)
-            }
-            // Q6_K rows take the 32-bit kernel alone; the fused ones read them a word at a time
-            // where the chosen kernels are the vec4 ones.
-            BindKey::Glu(gate, .., norm) if mat(gate).1 == WType::Q6_K => fused(
-                gate,
-                norm.is_some(),
-                Kernel::Matvec4GluQ6K,
-                Kernel::Matvec4GluQ6KN,
-            ),
-            BindKey::Qkv(l, .., norm) if mat(TensorId::Wq(l)).1 == WType::Q6_K => fused(
-                TensorId::Wq(l),
-                norm.is_some(),
-                Kernel::Matvec4QkvK,
-                Kernel::Matvec4QkvKN,
-            ),
-            BindKey::Glu(gate, .., norm) => match alone(gate) {
-                Kernel::Matvec4F16 => fused(
-                    gate,
-                    norm.is_some(),
-                    Kernel::Matvec4GluF16,
-                    Kernel::Matvec4GluF16N,
-                ),
-                Kernel::Matvec4Q8 => fused(
-                    gate,
-                    norm.is_some(),
-                    Kernel::Matvec4GluQ8,
-                    Kernel::Matvec4GluQ8N,
-                ),
-                Kernel::Matvec4Q4I => Kernel::Matvec4GluQ4I,
-                Kernel::Matvec4Q4K | Kernel::Matvec4Q5K => fused(
-                    gate,
-                    norm.is_some(),
-                    Kernel::Matvec4GluK,
-                    Kernel::Matvec4GluKN,
-                ),
-                _ => Kernel::Matvec4GluQ4C,
-            },
-            BindKey::Qkv(l, .., norm) => match alone(TensorId::Wq(l)) {
-                Kernel::Matvec4F16 => fused(
-                    TensorId::Wq(l),
-                    norm.is_some(),
-                    Kernel::Matvec4QkvF16,
-                    Kernel::Matvec4QkvF16N,
-                ),
-                Kernel::Matvec4Q8 => fused(
-                    TensorId::Wq(l),
-                    norm.is_some(),
-                    Kernel::Matvec4QkvQ8,
-                    Kernel::Matvec4QkvQ8N,
-                ),
-                Kernel::Matvec4Q4I => Kernel::Matvec4QkvQ4I,
-                Kernel::Matvec4Q4K | Kernel::Matvec4Q5K => fused(
-                    TensorId::Wq(l),
-                    norm.is_some(),
-                    Kernel::Matvec4QkvK,
-                    Kernel::Matvec4QkvKN,
-                ),
-                _ => Kernel::Matvec4QkvQ4C,
-            },
-            BindKey::Embed(..) => Kernel::Embed,
-            BindKey::Norm(..) => Kernel::Rmsnorm,
-            BindKey::HeadNorm(..) => Kernel::HeadNorm,
-            BindKey::RopeQk(_) => Kernel::RopeQk,
-            BindKey::Add(..) => Kernel::Add,
-            BindKey::AddBias(..) => Kernel::AddBias,
-            BindKey::Swiglu(..) => Kernel::Swiglu,
-            BindKey::Geglu(..) => Kernel::Geglu,
-            BindKey::Scale(..) => Kernel::Scale,
-            BindKey::Softcap(..) => Kernel::Softcap,
-            BindKey::KvStore(_) => Kernel::KvStore,
-            BindKey::KiviFlush(_) => Kernel::KiviFlush,
-            BindKey::Attention(..) => Kernel::Attention,
-            BindKey::AttnTile(..) => Kernel::AttnTile,
-            BindKey::AttnSplit(..) => Kernel::AttnSplit,
-            BindKey::AttnCombine(..) => Kernel::AttnCombine,
-            BindKey::Argmax => Kernel::Argmax,
-        }
     }
 }
 

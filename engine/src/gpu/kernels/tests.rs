@@ -1,6 +1,7 @@
 //! The kernel table's own checks: order, module contents, which kernels take which modules.
 
 use super::*;
+use crate::dtype::WType;
 
 #[test]
 fn the_table_is_in_kernel_order() {
@@ -20,15 +21,19 @@ fn vec4_kernels_take_only_power_of_two_blocks() {
     assert_eq!(k.for_matrix(4096, WType::Q8_0, 48), Kernel::Matvec);
 }
 
-/// The integer-dot kernel takes q4_0 rows that fit its workgroup memory, nothing else.
+/// The integer-dot kernels take q4_0, Q4_K and Q5_K rows that fit their workgroup memory, nothing
+/// else.
 #[test]
-fn int8_takes_q4_0_rows_that_fit() {
+fn int8_takes_q4_0_and_k_quant_rows_that_fit() {
     let k = MatvecKernel::TiledInt8;
     assert_eq!(k.for_matrix(11008, WType::Q4_0, 32), Kernel::Matvec4Q4I);
     assert_eq!(k.for_matrix(14336, WType::Q4_0, 32), Kernel::Matvec4Q4C);
     assert_eq!(k.for_matrix(4096, WType::Q4_1, 32), Kernel::Matvec4Q4C);
     assert_eq!(k.for_matrix(4096, WType::F16, 1), Kernel::Matvec4F16);
-    assert_eq!(k.for_matrix(4096, WType::Q4_K, 256), Kernel::Matvec4Q4K);
+    assert_eq!(k.for_matrix(4096, WType::Q4_K, 256), Kernel::Matvec4KI);
+    assert_eq!(k.for_matrix(11264, WType::Q5_K, 256), Kernel::Matvec4KI);
+    assert_eq!(k.for_matrix(11520, WType::Q4_K, 256), Kernel::Matvec4Q4K);
+    assert_eq!(k.for_matrix(4096, WType::Q6_K, 256), Kernel::MatvecK);
 }
 
 /// The K-quant kernels most decode tokens run (and every one without a folded norm) are in a
@@ -40,7 +45,10 @@ fn only_the_norm_folding_k_quant_kernels_declare_staging_memory() {
     let src = |parts| module_source(Activations::F16, parts, false);
     assert!(!src(MATVEC4_KQUANT_MODULE).contains(staging));
     assert!(src(MATVEC4_KQUANT_NORM_MODULE).contains(staging));
-    for d in TABLE.iter().filter(|d| d.parts.contains(&MATVEC4_KQUANT)) {
+    // The float K-quant kernels (the integer ones hold quantized x instead).
+    let float_k =
+        |d: &&KernelDef| d.parts.contains(&MATVEC4_KQUANT) && !d.parts.contains(&MATVEC4_KINT8);
+    for d in TABLE.iter().filter(float_k) {
         let norm = d.kernel.folds_norm();
         assert_eq!(d.parts.contains(&MATVEC4_NORM), norm, "{}", d.entry);
     }

@@ -1,0 +1,317 @@
+//! Which kernel runs what: the decode kernel choice ([`MatvecKernel`]), each kernel's properties,
+//! and the binding keys with the kernel each runs ([`BindKey::kernel`]).
+
+use super::{Kernel, TABLE};
+use crate::dtype::WType;
+use crate::forward::Act;
+use crate::model::TensorId;
+use serde::{Deserialize, Serialize};
+
+/// The decode matrix-vector kernels (matvec.wgsl, matvec4.wgsl).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MatvecKernel {
+    /// 8 rows per 256-thread workgroup, 32 lanes per row reading x from storage, lanes reduced in
+    /// workgroup memory, codes read 128 bits at a time where the layout allows (`matvec4`) and 32 bits
+    /// otherwise, q4 rows with lanes on quarters of blocks (`matvec4_q4c`): for GPUs.
+    Tiled,
+    /// Tiled, but q4_0 and q4_1 rows in `matvec4_q4` (a whole block per lane), which `Tiled` took
+    /// before `matvec4_q4c`; kept to compare with (7B q4_0 on an H200: 6.18 against 5.65 ms/token).
+    TiledBlocks,
+    /// The same with 32-bit loads everywhere (the kernel before `matvec4`, kept as its fallback and to
+    /// compare with).
+    Tiled32,
+    /// One thread per row, no barriers: for adapters that run on the CPU (lavapipe, SwiftShader),
+    /// where each workgroup barrier costs more than the arithmetic.
+    Row,
+    /// Tiled, but q4_0 products in `matvec4_q4i`, `matvec4_glu_q4i`, `matvec4_qkv_q4i` and the
+    /// prompt pass's `matmul_q4i`, Q4_K and Q5_K products (and a Q6_K V or a Q6_K file's Q/K/V)
+    /// in `matvec4_ki`, `matvec4_glu_ki`, `matvec4_qkv_ki`: x quantized to 8 bits per block of 32
+    /// and integer dot products, as llama.cpp's NVIDIA path, RMSNorm folded into the fused kernels
+    /// (`GpuOptions::fold_norm`). Not the oracle's arithmetic (x moves by up to half a step); the
+    /// native default where WGSL has packed integer dot products.
+    TiledInt8,
+}
+
+/// Columns `matvec4_q4i` holds in workgroup memory (`XW_WORDS` words of 8 in matvec4_int8.wgsl).
+const INT8_MAX_COLS: usize = 1536 * 8;
+/// Columns the K-quant integer-dot kernels hold in workgroup memory (`XK_BLOCKS` blocks of 32 in
+/// matvec4_kint8.wgsl).
+pub(in crate::gpu) const KINT8_MAX_COLS: usize = 352 * 32;
+/// Columns the kernels with a norm folded in stage as f16 (`XH_VEC4S` in matvec4_norm.wgsl).
+const F16N_MAX_COLS: usize = 768 * 8;
+
+impl MatvecKernel {
+    pub fn parse(s: &str) -> crate::Result<MatvecKernel> {
+        match s {
+            "tiled" => Ok(MatvecKernel::Tiled),
+            "tiled32" => Ok(MatvecKernel::Tiled32),
+            "tiled-blocks" => Ok(MatvecKernel::TiledBlocks),
+            "row" => Ok(MatvecKernel::Row),
+            "tiled-int8" => Ok(MatvecKernel::TiledInt8),
+            _ => Err(crate::Error::Invalid(format!(
+                "matvec kernel {s:?}: expected tiled, tiled-blocks, tiled32, row or tiled-int8"
+            ))),
+        }
+    }
+
+    /// The kernel for a matrix of `cols` columns of `ty` in blocks of `block`: the chosen one needs
+    /// whole 32-column units (anything else takes the element-wise kernel), and the 128-bit loads of
+    /// `matvec4` a row of whole vec4s where no vec4 straddles two blocks, in blocks of a power of two.
+    pub(in crate::gpu) fn for_matrix(self, cols: usize, ty: WType, block: usize) -> Kernel {
+        // matvec4.wgsl finds a block by shifting: a power of two.
+        let pow2 = block.is_power_of_two();
+        let vec4 = match ty {
+            WType::F32 => Some(Kernel::Matvec4F32),
+            WType::F16 => Some(Kernel::Matvec4F16),
+            WType::Q8_0 => (pow2 && block >= 16).then_some(Kernel::Matvec4Q8),
+            WType::Q4_0 | WType::Q4_1 => (pow2 && block >= 32).then_some(Kernel::Matvec4Q4),
+            // Super-blocks of 9 and 11 vec4s; Q6_K's 53 words take 32-bit loads (kquant.wgsl).
+            WType::Q4_K => Some(Kernel::Matvec4Q4K),
+            WType::Q5_K => Some(Kernel::Matvec4Q5K),
+            WType::Q6_K => None,
+        };
+        let int8 = ty == WType::Q4_0 && cols <= INT8_MAX_COLS;
+        let tiled = matches!(self, MatvecKernel::Tiled | MatvecKernel::TiledInt8);
+        let k_int8 = matches!(ty, WType::Q4_K | WType::Q5_K) && cols <= KINT8_MAX_COLS;
+        match (self, vec4) {
+            (MatvecKernel::Row, _) if ty.is_k() => Kernel::MatvecKRow,
+            (MatvecKernel::TiledInt8, _) if k_int8 => Kernel::Matvec4KI,
+            (_, Some(k)) if ty.is_k() && (tiled || self == MatvecKernel::TiledBlocks) => k,
+            _ if ty.is_k() => Kernel::MatvecK,
+            _ if !cols.is_multiple_of(32) => Kernel::MatvecAny,
+            (MatvecKernel::TiledInt8, Some(Kernel::Matvec4Q4)) if int8 => Kernel::Matvec4Q4I,
+            (_, Some(Kernel::Matvec4Q4)) if tiled => Kernel::Matvec4Q4C,
+            (_, Some(k)) if tiled || self == MatvecKernel::TiledBlocks => k,
+            (MatvecKernel::Row, _) => Kernel::MatvecRow,
+            _ => Kernel::Matvec,
+        }
+    }
+
+    /// The prompt pass's kernel for a matrix: `matmul_q4i` (integer dot products) for q4_0 rows of
+    /// whole blocks of 32 under `TiledInt8`, else the float `matmul`.
+    pub(in crate::gpu) fn for_matmul(self, cols: usize, ty: WType, block: usize) -> Kernel {
+        let blocks = cols.is_multiple_of(32) && block.is_multiple_of(32);
+        if self == MatvecKernel::TiledInt8 && ty == WType::Q4_0 && blocks {
+            Kernel::MatmulQ4I
+        } else {
+            Kernel::Matmul
+        }
+    }
+}
+
+impl Kernel {
+    /// Whether this kernel folds a held RMSNorm in (matvec4_norm.wgsl): the fused integer-dot
+    /// kernels, and the f16 and Q4_K ones staging x (with f16 activations only;
+    /// `GpuDecoder::fold_norm`).
+    pub(in crate::gpu) fn folds_norm(self) -> bool {
+        self.stages_f16()
+            || matches!(
+                self,
+                Kernel::Matvec4GluQ4I
+                    | Kernel::Matvec4QkvQ4I
+                    | Kernel::Matvec4GluKI
+                    | Kernel::Matvec4QkvKI
+            )
+    }
+
+    /// Whether this kernel stages the normalised x as f16 (`stage_x_f16`), which only f16
+    /// activations store it as.
+    pub(in crate::gpu) fn stages_f16(self) -> bool {
+        matches!(
+            self,
+            Kernel::Matvec4GluF16N
+                | Kernel::Matvec4QkvF16N
+                | Kernel::Matvec4GluKN
+                | Kernel::Matvec4QkvKN
+                | Kernel::Matvec4GluQ8N
+                | Kernel::Matvec4QkvQ8N
+                | Kernel::Matvec4GluQ6KN
+        )
+    }
+
+    /// Whether this kernel declares the norm weights' binding 12 (`matvec4_q4i` shares the
+    /// quantization of x that reads it, though it folds no norm).
+    pub(in crate::gpu) fn binds_norm(self) -> bool {
+        self.folds_norm() || matches!(self, Kernel::Matvec4Q4I | Kernel::Matvec4KI)
+    }
+
+    /// Whether this kernel's workgroups loop over row groups a grid apart (matvec4_int8.wgsl), so
+    /// that fewer workgroups than groups cover a matrix ([`GpuOptions::int8_groups`]).
+    ///
+    /// [`GpuOptions::int8_groups`]: super::GpuOptions::int8_groups
+    pub(in crate::gpu) fn loops_groups(self) -> bool {
+        matches!(
+            self,
+            Kernel::Matvec4Q4I
+                | Kernel::Matvec4GluQ4I
+                | Kernel::Matvec4QkvQ4I
+                | Kernel::Matvec4KI
+                | Kernel::Matvec4GluKI
+                | Kernel::Matvec4QkvKI
+        )
+    }
+
+    /// Rows of a matrix one workgroup of this kernel covers (the shaders' headers say how).
+    pub(in crate::gpu) fn rows_per_group(self) -> usize {
+        match self {
+            Kernel::MatvecAny => 1,
+            Kernel::MatvecRow | Kernel::MatvecKRow => 64,
+            _ => 8,
+        }
+    }
+}
+
+/// What one dispatch binds; bind groups are cached by it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(in crate::gpu) enum BindKey {
+    /// Output, weight, chunk, input, accumulate.
+    Matvec(TensorId, usize, Act, Act, bool),
+    /// The same for a batch of rows (the tiled matrix-matrix kernel).
+    Matmul(TensorId, usize, Act, Act, bool),
+    /// A decode product over the last of a pass's `rows` rows alone (weight, chunk, output, input,
+    /// rows): a prompt pass's classifier where only that row's logits are read.
+    LastRow(TensorId, usize, Act, Act, usize),
+    /// A gated feed-forward's gate and up products in one dispatch: gate, up, output, input,
+    /// whether the gate is GELU (else SiLU), and the RMSNorm weights folded in where there are
+    /// (the input is then the residual stream).
+    Glu(TensorId, TensorId, Act, Act, bool, Option<TensorId>),
+    /// A layer's Q, K and V products in one dispatch (their shared buffers), from the input; RoPE
+    /// applied where the first bool says; K and V written into the f16 KV cache where the second
+    /// does; RMSNorm folded in as for `Glu`.
+    Qkv(usize, Act, bool, bool, Option<TensorId>),
+    /// Output and the embedding chunk holding the token.
+    Embed(Act, usize),
+    Norm(TensorId, Act, Act),
+    /// Per-head norm weights and the activation normalised in place.
+    HeadNorm(TensorId, Act),
+    /// RoPE with the local (sliding-window) layers' table where true.
+    RopeQk(bool),
+    Add(Act, Act),
+    AddBias(Act, TensorId),
+    Swiglu(Act, Act),
+    Geglu(Act, Act),
+    /// The activation and the factor's f32 bits.
+    Scale(Act, u32),
+    /// The activation and the cap's f32 bits.
+    Softcap(Act, u32),
+    KvStore(usize),
+    KiviFlush(usize),
+    Attention(usize, Act),
+    /// Layer, output: the prompt pass's attention in tiles of rows (f16 caches, no window).
+    AttnTile(usize, Act),
+    /// One layer's decode attention over a split of the context, and the combination of the splits.
+    AttnSplit(usize, Act),
+    /// Output, and whether the splits are a local layer's (its steps bound).
+    AttnCombine(Act, bool),
+    Argmax,
+}
+
+impl BindKey {
+    /// The profile's name for a dispatch: the kernel's entry point, and for a matrix product the
+    /// matrix's role (`matvec4_q4 ffn_down`).
+    pub fn label(self, kernel: Kernel) -> String {
+        let entry = TABLE[kernel as usize].entry;
+        match self {
+            BindKey::Matvec(id, ..)
+            | BindKey::LastRow(id, ..)
+            | BindKey::Matmul(id, ..)
+            | BindKey::Glu(id, ..) => {
+                let name = id.gguf_name();
+                let name = name.strip_suffix(".weight").unwrap_or(&name);
+                let role = match name.strip_prefix("blk.") {
+                    Some(rest) => rest.split_once('.').map_or(rest, |(_, r)| r),
+                    None => name,
+                };
+                format!("{entry} {role}")
+            }
+            _ => entry.to_string(),
+        }
+    }
+
+    /// The kernel this key runs; `mat` gives a matvec key's matrix (width, type and block).
+    pub fn kernel(
+        self,
+        mv: MatvecKernel,
+        mat: impl Fn(TensorId) -> (usize, WType, usize),
+    ) -> Kernel {
+        // The kernel a matrix takes alone; the fused kernels follow what theirs would run in.
+        let alone = |id| {
+            let (cols, ty, block) = mat(id);
+            mv.for_matrix(cols, ty, block)
+        };
+        // The kernel a matrix's fused products take (0 gate/up, 1 Q/K/V), with the norm folded in
+        // where asked and its rows fit the f16 staging (the integer kernels fold it by a parameter).
+        let fused = |id, which: usize, norm: bool| {
+            let (cols, ty, _) = mat(id);
+            let pairs = match ty {
+                // Q6_K alone takes the 32-bit kernel; fused, it is read a word at a time (Q/K/V
+                // under the integer kernels where x fits them).
+                WType::Q6_K if mv == MatvecKernel::TiledInt8 && cols <= KINT8_MAX_COLS => [
+                    (Kernel::Matvec4GluQ6K, Kernel::Matvec4GluQ6KN),
+                    (Kernel::Matvec4QkvKI, Kernel::Matvec4QkvKI),
+                ],
+                WType::Q6_K => [
+                    (Kernel::Matvec4GluQ6K, Kernel::Matvec4GluQ6KN),
+                    (Kernel::Matvec4QkvK, Kernel::Matvec4QkvKN),
+                ],
+                _ => fused_of(alone(id)),
+            };
+            let (plain, normed) = pairs[which];
+            if norm && cols <= F16N_MAX_COLS {
+                normed
+            } else {
+                plain
+            }
+        };
+        match self {
+            BindKey::Matvec(id, ..) | BindKey::LastRow(id, ..) => alone(id),
+            BindKey::Matmul(id, ..) => {
+                let (cols, ty, block) = mat(id);
+                mv.for_matmul(cols, ty, block)
+            }
+            BindKey::Glu(gate, .., norm) => fused(gate, 0, norm.is_some()),
+            BindKey::Qkv(l, .., norm) => fused(TensorId::Wq(l), 1, norm.is_some()),
+            BindKey::Embed(..) => Kernel::Embed,
+            BindKey::Norm(..) => Kernel::Rmsnorm,
+            BindKey::HeadNorm(..) => Kernel::HeadNorm,
+            BindKey::RopeQk(_) => Kernel::RopeQk,
+            BindKey::Add(..) => Kernel::Add,
+            BindKey::AddBias(..) => Kernel::AddBias,
+            BindKey::Swiglu(..) => Kernel::Swiglu,
+            BindKey::Geglu(..) => Kernel::Geglu,
+            BindKey::Scale(..) => Kernel::Scale,
+            BindKey::Softcap(..) => Kernel::Softcap,
+            BindKey::KvStore(_) => Kernel::KvStore,
+            BindKey::KiviFlush(_) => Kernel::KiviFlush,
+            BindKey::Attention(..) => Kernel::Attention,
+            BindKey::AttnTile(..) => Kernel::AttnTile,
+            BindKey::AttnSplit(..) => Kernel::AttnSplit,
+            BindKey::AttnCombine(..) => Kernel::AttnCombine,
+            BindKey::Argmax => Kernel::Argmax,
+        }
+    }
+}
+
+/// The fused kernels extending a matrix's own kernel `alone`: gate/up, then Q/K/V, each as (without,
+/// with) a folded norm; the integer-dot kernels fold it by a parameter, so theirs are one kernel.
+fn fused_of(alone: Kernel) -> [(Kernel, Kernel); 2] {
+    use Kernel::*;
+    match alone {
+        Matvec4F16 => [
+            (Matvec4GluF16, Matvec4GluF16N),
+            (Matvec4QkvF16, Matvec4QkvF16N),
+        ],
+        Matvec4Q8 => [(Matvec4GluQ8, Matvec4GluQ8N), (Matvec4QkvQ8, Matvec4QkvQ8N)],
+        Matvec4Q4I => [
+            (Matvec4GluQ4I, Matvec4GluQ4I),
+            (Matvec4QkvQ4I, Matvec4QkvQ4I),
+        ],
+        Matvec4KI => [(Matvec4GluKI, Matvec4GluKI), (Matvec4QkvKI, Matvec4QkvKI)],
+        Matvec4Q4K | Matvec4Q5K => [(Matvec4GluK, Matvec4GluKN), (Matvec4QkvK, Matvec4QkvKN)],
+        _ => [
+            (Matvec4GluQ4C, Matvec4GluQ4C),
+            (Matvec4QkvQ4C, Matvec4QkvQ4C),
+        ],
+    }
+}
