@@ -21,7 +21,8 @@
 // signed byte, and dot4I8Packed takes four products at once; the min's part is the lane with h = 0's,
 // for both its sub-blocks. Q6_K (a V beside Q4_K or Q5_K Q and K, or a Q6_K file's Q/K/V) takes
 // its 6-bit codes less 32 as signed bytes the same way.
-// Kernels: matvec4_ki (one Q4_K or Q5_K matrix, p.kind), matvec4_glu_ki (gate and up),
+// Kernels: matvec4_ki (one Q4_K or Q5_K matrix, p.kind), matvec4_q6ki (one Q6_K matrix, read a word
+// at a time as matvec4_kquant.wgsl's row_q6 reads it), matvec4_glu_ki (gate and up),
 // matvec4_qkv_ki (Q/K/V as matvec4_qkv_k takes them), the RMSNorm folded in where p.norm (qp.norm)
 // as matvec4_int8.wgsl folds it. Each workgroup loops over row groups a grid apart (x quantized
 // once for all of them; the grid timed on the model as for q4_0). Rows of at most XK_BLOCKS * 32
@@ -208,6 +209,25 @@ fn matvec4_ki(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_i
         let rl = row_in(g, lid);
         let r = min(rl.x, p.rows - 1u);
         finish(row_ki(r * nsb * kl.per, nsb, rl.y, kl), lid, rl.x);
+    }
+}
+
+// matvec4_q6ki: one Q6_K matrix (the _M mixes' ffn_down and attn_v in some layers, the
+// classifier), its words at binding 2 (codes32) as the fused kernels read them.
+@compute @workgroup_size(256)
+fn matvec4_q6ki(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>) {
+    let nsb = p.cols / 256u;
+    let groups = (p.rows + ROWS4 - 1u) / ROWS4;
+    let g0 = group_of(wid);
+    quantize_xk(lid.x, p.cols, false, 0.0);
+    for (var g = g0; g < groups; g += nwg.x * nwg.y) {
+        if (g != g0) {
+            workgroupBarrier();
+        }
+        let rl = row_in(g, lid);
+        let r = min(rl.x, p.rows - 1u);
+        finish(row_q6i(r * nsb * 53u, nsb, rl.y), lid, rl.x);
     }
 }
 

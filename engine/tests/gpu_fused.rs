@@ -86,7 +86,7 @@ fn long_q4_0() -> Model {
 fn k_models() -> Vec<(String, Model)> {
     [
         (1024, 16, 11, "weights=q4_k"),
-        (2048, 32, 12, "weights=q4_k,attn_v=q6_k"),
+        (2048, 32, 12, "weights=q4_k,attn_v=q6_k,ffn_down=q6_k"),
         (1024, 16, 13, "weights=q5_k,attn_v=q6_k"),
         (2048, 32, 14, "weights=q5_k"),
         (1024, 16, 15, "weights=q6_k"),
@@ -357,8 +357,9 @@ fn int8_products_stay_near_the_oracle() {
     );
 }
 
-/// The K-quant integer-dot products (`MatvecKernel::TiledInt8`: `matvec4_ki` for attn_output and
-/// ffn_down, `matvec4_glu_ki`, `matvec4_qkv_ki` with V Q4_K, Q5_K or Q6_K, a Q6_K file's Q/K/V)
+/// The K-quant integer-dot products (`MatvecKernel::TiledInt8`: `matvec4_ki` and `matvec4_q6ki` for
+/// attn_output, ffn_down and the classifier, `matvec4_glu_ki`, `matvec4_qkv_ki` with V Q4_K, Q5_K
+/// or Q6_K, a Q6_K file's Q/K/V)
 /// against the oracle, the RMSNorm folded and apart, in both row-sum paths, f32 and f16
 /// activations. x is quantized per block of 32 (a K-quant sub-block) as for q4_0, and the mins
 /// multiply x's exact sums, so the q4_0 derivation holds (about 6e-3 of (1 + max |logit|)); allowed

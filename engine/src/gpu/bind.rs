@@ -287,6 +287,10 @@ impl GpuDecoder<'_> {
             Kernel::Matvec4Q8 | Kernel::Matvec4Q4I | Kernel::MatmulQ4I => {
                 e.retain(|(i, _)| *i != 3)
             }
+            Kernel::Matvec4Q6KI => {
+                e.retain(|(i, _)| *i != 3);
+                words_at_2(e);
+            }
             _ => {}
         }
     }
@@ -330,9 +334,8 @@ impl GpuDecoder<'_> {
         match self.w.mats[&gate].ty {
             WType::F16 | WType::Q4_K | WType::Q5_K => e.retain(|(i, _)| *i != 2 && *i != 8),
             WType::Q6_K => {
-                let words = e.iter().find(|(i, _)| *i == 1).map(|(_, w)| w.clone());
-                e.retain(|(i, _)| *i != 1 && *i != 2 && *i != 8);
-                e.extend(words.map(|w| (2, w)));
+                e.retain(|(i, _)| *i != 8);
+                words_at_2(&mut e);
             }
             _ => {}
         }
@@ -474,4 +477,12 @@ impl GpuDecoder<'_> {
             c.attn_softcap.unwrap_or(0.0).to_bits(),
         ])
     }
+}
+
+/// Moves a Q6_K matrix's words from binding 1 to binding 2 (`codes32`, read a word at a time by
+/// matvec4_kquant.wgsl's and matvec4_kint8.wgsl's Q6_K parts), in place of the scales it has none of.
+fn words_at_2(e: &mut Entries) {
+    let words = e.iter().find(|(i, _)| *i == 1).map(|(_, w)| w.clone());
+    e.retain(|(i, _)| *i != 1 && *i != 2);
+    e.extend(words.map(|w| (2, w)));
 }

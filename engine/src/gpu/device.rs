@@ -3,7 +3,7 @@
 //! environment.
 
 use super::decoder::{GpuDecoder, PREFILL_ROWS};
-use super::kernels::{MatvecKernel, Pipelines};
+use super::kernels::{MatvecKernel, Modules, Pipelines};
 use crate::kv::KvConfig;
 use crate::quant::WType;
 use crate::{Decoder, Error, Result};
@@ -303,7 +303,7 @@ fn matvec_choice(
     };
     let qkv = match opts.fuse_qkv {
         Some(false) => "Q/K/V apart, set by the caller",
-        _ => "Q/K/V in one kernel where q4_0, q8_0, f16 or K-quants (Q4_K and Q5_K with V the same or Q6_K)",
+        _ => "Q/K/V in one kernel where q4_0, q8_0, f16 or K-quants (Q and K Q4_K, Q5_K or Q6_K, V any of them)",
     };
     let norm = match opts.fold_norm {
         Some(false) => "; RMSNorm apart, set by the caller",
@@ -362,6 +362,8 @@ pub struct Gpu {
     /// Every kernel's pipeline, compiled for the first decoder and shared by the next: a browser
     /// compiles each pipeline when it first runs (SwiftShader: seconds), and only once per object.
     pipelines: std::cell::RefCell<Option<std::rc::Rc<Pipelines>>>,
+    /// Its shader modules, shared by the pipelines and `check_modules`.
+    modules: std::rc::Rc<Modules>,
     errors: Arc<Mutex<Vec<String>>>,
 }
 
@@ -423,17 +425,7 @@ impl Gpu {
             })
             .await
             .map_err(|e| Error::Gpu(format!("requesting a device from {}: {e}", info.name)))?;
-        let errors: Arc<Mutex<Vec<String>>> = Arc::default();
-        let sink = errors.clone();
-        device.on_uncaptured_error(Arc::new(move |e| {
-            sink.lock().unwrap().push(e.to_string());
-        }));
-        let lost = errors.clone();
-        device.set_device_lost_callback(move |reason, msg| {
-            lost.lock()
-                .unwrap()
-                .push(format!("device lost ({reason:?}): {msg}"));
-        });
+        let errors = error_sink(&device);
         let report = AdapterReport::of(&info, &limits, features);
         let adapter_max =
             (limits.max_storage_buffer_binding_size as u64).min(limits.max_buffer_size);
@@ -442,6 +434,8 @@ impl Gpu {
             .contains(wgpu::WgslLanguageFeatures::Packed4x8IntegerDotProduct);
         let (matvec, why) = matvec_choice(&opts, &report, &sums, int8);
         let fuse_qkv = opts.fuse_qkv.unwrap_or(true);
+        let shader_checks = ShaderChecks::effective(opts.shader_checks);
+        let modules = Modules::new(&device, activations, shader_checks, subgroups).into();
         Ok(Gpu {
             device,
             queue,
@@ -453,7 +447,7 @@ impl Gpu {
                 .prefill_rows
                 .unwrap_or(PREFILL_ROWS)
                 .clamp(1, PREFILL_ROWS),
-            shader_checks: ShaderChecks::effective(opts.shader_checks),
+            shader_checks,
             timestamps,
             subgroups,
             fuse_qkv,
@@ -462,6 +456,7 @@ impl Gpu {
             int8_groups: opts.int8_groups,
             packed_dot: int8,
             pipelines: Default::default(),
+            modules,
             report,
             errors,
         })
@@ -471,14 +466,7 @@ impl Gpu {
     pub(super) fn pipelines(&self) -> std::rc::Rc<Pipelines> {
         self.pipelines
             .borrow_mut()
-            .get_or_insert_with(|| {
-                std::rc::Rc::new(Pipelines::new(
-                    &self.device,
-                    self.activations,
-                    self.shader_checks,
-                    self.subgroups,
-                ))
-            })
+            .get_or_insert_with(|| std::rc::Rc::new(Pipelines::new(self.modules.clone())))
             .clone()
     }
 
@@ -566,15 +554,8 @@ impl Gpu {
         let modules = super::kernels::modules(self.packed_dot);
         for &(name, parts) in &modules {
             let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
-            let m = self
-                .device
-                .create_shader_module(wgpu::ShaderModuleDescriptor {
-                    label: Some(name),
-                    source: wgpu::ShaderSource::Wgsl(
-                        super::kernels::module_source(self.activations, parts, self.subgroups)
-                            .into(),
-                    ),
-                });
+            // The modules the pipelines will use (natively without runtime checks, where chosen).
+            let m = self.modules.get(name, parts);
             let info = m.get_compilation_info().await;
             let errors: Vec<String> = info
                 .messages
@@ -640,6 +621,23 @@ impl Gpu {
             .map_err(|e| Error::Gpu(format!("waiting for the GPU: {e}")))?;
         self.check_errors()
     }
+}
+
+/// Where a device's uncaught validation errors and its loss are collected (`Gpu::check_errors`
+/// reports them with the operation that found them).
+fn error_sink(device: &wgpu::Device) -> Arc<Mutex<Vec<String>>> {
+    let errors: Arc<Mutex<Vec<String>>> = Arc::default();
+    let sink = errors.clone();
+    device.on_uncaptured_error(Arc::new(move |e| {
+        sink.lock().unwrap().push(e.to_string());
+    }));
+    let lost = errors.clone();
+    device.set_device_lost_callback(move |reason, msg| {
+        lost.lock()
+            .unwrap()
+            .push(format!("device lost ({reason:?}): {msg}"));
+    });
+    errors
 }
 
 /// The errors a device reported, each message once with its count: one failing command repeats its

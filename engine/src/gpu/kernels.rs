@@ -5,6 +5,7 @@
 
 use super::device::{Activations, ShaderChecks};
 use std::collections::HashMap;
+use std::rc::Rc;
 
 mod choice;
 pub(super) use choice::BindKey;
@@ -71,6 +72,7 @@ pub(super) enum Kernel {
     Matvec4KI,
     Matvec4GluKI,
     Matvec4QkvKI,
+    Matvec4Q6KI,
     Matmul,
     MatmulQ4I,
     MatvecAny,
@@ -166,7 +168,7 @@ const MATVEC4_INT8_MODULE: &[&str] = &[
     MATVEC4_INT8,
 ];
 
-pub(super) const TABLE: [KernelDef; 53] = [
+pub(super) const TABLE: [KernelDef; 54] = [
     def!(Matvec, "matvec", "matvec", MATVEC_MODULE),
     def!(Matvec4F32, "matvec4_f32", "matvec4", MATVEC4_MODULE),
     def!(Matvec4F16, "matvec4_f16", "matvec4", MATVEC4_MODULE),
@@ -287,6 +289,12 @@ pub(super) const TABLE: [KernelDef; 53] = [
         "matvec4_kint8",
         MATVEC4_KINT8_MODULE
     ),
+    def!(
+        Matvec4Q6KI,
+        "matvec4_q6ki",
+        "matvec4_kint8",
+        MATVEC4_KINT8_MODULE
+    ),
     def!(Matmul, "matmul", "matvec", MATVEC_MODULE),
     def!(MatmulQ4I, "matmul_q4i", "matmul_int8", MATMUL_INT8_MODULE),
     def!(MatvecAny, "matvec_any", "matvec", MATVEC_MODULE),
@@ -387,33 +395,21 @@ const ON_FIRST_USE: &[Kernel] = &[
     Kernel::Matvec4KI,
     Kernel::Matvec4GluKI,
     Kernel::Matvec4QkvKI,
+    Kernel::Matvec4Q6KI,
     Kernel::MatmulQ4I,
 ];
 
 /// One compute pipeline per kernel, indexed by [`Kernel`]; each module compiled once.
 pub(super) struct Pipelines {
     made: Vec<std::cell::OnceCell<wgpu::ComputePipeline>>,
-    modules: std::cell::RefCell<HashMap<&'static str, wgpu::ShaderModule>>,
-    device: wgpu::Device,
-    act: Activations,
-    checks: ShaderChecks,
-    subgroups: bool,
+    modules: Rc<Modules>,
 }
 
 impl Pipelines {
-    pub fn new(
-        device: &wgpu::Device,
-        act: Activations,
-        checks: ShaderChecks,
-        subgroups: bool,
-    ) -> Pipelines {
+    pub fn new(modules: Rc<Modules>) -> Pipelines {
         let p = Pipelines {
             made: TABLE.iter().map(|_| std::cell::OnceCell::new()).collect(),
-            modules: Default::default(),
-            device: device.clone(),
-            act,
-            checks,
-            subgroups,
+            modules,
         };
         for (i, d) in TABLE.iter().enumerate() {
             debug_assert_eq!(d.kernel as usize, i, "TABLE is in Kernel order");
@@ -429,38 +425,72 @@ impl Pipelines {
     }
 
     fn make(&self, d: &KernelDef) -> wgpu::ComputePipeline {
-        let (device, checks) = (&self.device, self.checks);
-        let mut modules = self.modules.borrow_mut();
-        let m = modules.entry(d.module).or_insert_with(|| {
+        let m = self.modules.get(d.module, d.parts);
+        self.modules
+            .device
+            .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                label: Some(d.entry),
+                layout: None,
+                module: &m,
+                entry_point: Some(d.entry),
+                compilation_options: wgpu::PipelineCompilationOptions {
+                    zero_initialize_workgroup_memory: self.modules.checks.zero_init,
+                    ..Default::default()
+                },
+                cache: None,
+            })
+    }
+}
+
+/// A device's shader modules, each compiled once: shared by its pipelines and `Gpu::check_modules`
+/// (which compiles every module when the device opens, so a browser parses none twice).
+pub(super) struct Modules {
+    made: std::cell::RefCell<HashMap<&'static str, wgpu::ShaderModule>>,
+    device: wgpu::Device,
+    act: Activations,
+    checks: ShaderChecks,
+    subgroups: bool,
+}
+
+impl Modules {
+    pub fn new(
+        device: &wgpu::Device,
+        act: Activations,
+        checks: ShaderChecks,
+        subgroups: bool,
+    ) -> Modules {
+        Modules {
+            made: Default::default(),
+            device: device.clone(),
+            act,
+            checks,
+            subgroups,
+        }
+    }
+
+    /// Module `name` of the files `parts`, compiled on first use.
+    pub fn get(&self, name: &'static str, parts: &[&str]) -> wgpu::ShaderModule {
+        let mut made = self.made.borrow_mut();
+        let m = made.entry(name).or_insert_with(|| {
             let desc = wgpu::ShaderModuleDescriptor {
-                label: Some(d.module),
+                label: Some(name),
                 source: wgpu::ShaderSource::Wgsl(
-                    module_source(self.act, d.parts, self.subgroups).into(),
+                    module_source(self.act, parts, self.subgroups).into(),
                 ),
             };
-            if checks.runtime {
-                device.create_shader_module(desc)
+            if self.checks.runtime {
+                self.device.create_shader_module(desc)
             } else {
                 // SAFETY: see `ShaderChecks`: every index stays within bindings sized from
                 // the shapes the parameters carry, every loop ends at a parameter bound and
                 // every divisor is a validated block size; tests/gpu_checks.rs runs both ways.
                 unsafe {
-                    device
+                    self.device
                         .create_shader_module_trusted(desc, wgpu::ShaderRuntimeChecks::unchecked())
                 }
             }
         });
-        device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-            label: Some(d.entry),
-            layout: None,
-            module: m,
-            entry_point: Some(d.entry),
-            compilation_options: wgpu::PipelineCompilationOptions {
-                zero_initialize_workgroup_memory: checks.zero_init,
-                ..Default::default()
-            },
-            cache: None,
-        })
+        m.clone()
     }
 }
 

@@ -77,6 +77,9 @@ impl MatvecKernel {
         match (self, vec4) {
             (MatvecKernel::Row, _) if ty.is_k() => Kernel::MatvecKRow,
             (MatvecKernel::TiledInt8, _) if k_int8 => Kernel::Matvec4KI,
+            (MatvecKernel::TiledInt8, _) if ty == WType::Q6_K && cols <= KINT8_MAX_COLS => {
+                Kernel::Matvec4Q6KI
+            }
             (_, Some(k)) if ty.is_k() && (tiled || self == MatvecKernel::TiledBlocks) => k,
             _ if ty.is_k() => Kernel::MatvecK,
             _ if !cols.is_multiple_of(32) => Kernel::MatvecAny,
@@ -133,7 +136,11 @@ impl Kernel {
     /// Whether this kernel declares the norm weights' binding 12 (`matvec4_q4i` shares the
     /// quantization of x that reads it, though it folds no norm).
     pub(in crate::gpu) fn binds_norm(self) -> bool {
-        self.folds_norm() || matches!(self, Kernel::Matvec4Q4I | Kernel::Matvec4KI)
+        self.folds_norm()
+            || matches!(
+                self,
+                Kernel::Matvec4Q4I | Kernel::Matvec4KI | Kernel::Matvec4Q6KI
+            )
     }
 
     /// Whether this kernel's workgroups loop over row groups a grid apart (matvec4_int8.wgsl), so
@@ -149,6 +156,7 @@ impl Kernel {
                 | Kernel::Matvec4KI
                 | Kernel::Matvec4GluKI
                 | Kernel::Matvec4QkvKI
+                | Kernel::Matvec4Q6KI
         )
     }
 

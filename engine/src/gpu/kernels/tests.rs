@@ -21,7 +21,7 @@ fn vec4_kernels_take_only_power_of_two_blocks() {
     assert_eq!(k.for_matrix(4096, WType::Q8_0, 48), Kernel::Matvec);
 }
 
-/// The integer-dot kernels take q4_0, Q4_K and Q5_K rows that fit their workgroup memory, nothing
+/// The integer-dot kernels take q4_0 and K-quant rows that fit their workgroup memory, nothing
 /// else.
 #[test]
 fn int8_takes_q4_0_and_k_quant_rows_that_fit() {
@@ -33,7 +33,8 @@ fn int8_takes_q4_0_and_k_quant_rows_that_fit() {
     assert_eq!(k.for_matrix(4096, WType::Q4_K, 256), Kernel::Matvec4KI);
     assert_eq!(k.for_matrix(11264, WType::Q5_K, 256), Kernel::Matvec4KI);
     assert_eq!(k.for_matrix(11520, WType::Q4_K, 256), Kernel::Matvec4Q4K);
-    assert_eq!(k.for_matrix(4096, WType::Q6_K, 256), Kernel::MatvecK);
+    assert_eq!(k.for_matrix(11008, WType::Q6_K, 256), Kernel::Matvec4Q6KI);
+    assert_eq!(k.for_matrix(14336, WType::Q6_K, 256), Kernel::MatvecK);
 }
 
 /// The K-quant kernels most decode tokens run (and every one without a folded norm) are in a
