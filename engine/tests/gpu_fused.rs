@@ -483,9 +483,10 @@ fn int8_products_loop_over_row_groups() {
     );
 }
 
-/// The prompt pass's q4_0 products in integers (`matmul_q4i`, `MatvecKernel::TiledInt8`): a
-/// 100-token prompt (a full tile of 64 tokens and a partial one; stories260K's 172-row gate and up a
-/// partial tile of rows, its 172-wide ffn_down left to the float matmul) against the oracle fed
+/// The prompt pass's q4_0 and K-quant products in integers (`matmul_q4i`, `matmul_ki`: Q4_K,
+/// Q5_K, Q6_K; `MatvecKernel::TiledInt8`): a 100-token prompt (a full tile of 64 tokens and a
+/// partial one; stories260K's 172-row gate and up a partial tile of rows, its 172-wide ffn_down
+/// left to the float matmul; the K models' 512-row gate/up and 4-head K and V) against the oracle fed
 /// token by token, within the integer kernels' derived 2e-2 (x quantized per block of 32, as at
 /// decode); its logits must differ from the float matmul's by more than f32 rounding (2e-4), which
 /// shows it ran, and decoding goes on from the cache it filled.
@@ -501,7 +502,10 @@ fn int8_prompt_pass_stays_near_the_oracle() {
         .unwrap()
     };
     let (int8, float) = (with(MatvecKernel::TiledInt8), with(MatvecKernel::Tiled));
-    for (name, m) in models().iter().filter(|(n, _)| n.ends_with("q4_0")) {
+    let mut cases = models();
+    cases.retain(|(n, _)| n.ends_with("q4_0"));
+    cases.extend(k_models());
+    for (name, m) in &cases {
         let mut cpu = CpuDecoder::with_kv(m, KvConfig::default()).unwrap();
         let mut want = Vec::new();
         for (p, &t) in prompt.iter().enumerate() {

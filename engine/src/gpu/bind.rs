@@ -282,6 +282,7 @@ impl GpuDecoder<'_> {
             | Kernel::Matvec4Q4K
             | Kernel::Matvec4Q5K
             | Kernel::Matvec4KI
+            | Kernel::MatmulKI
             | Kernel::MatvecK
             | Kernel::MatvecKRow => e.retain(|(i, _)| *i != 2 && *i != 3),
             Kernel::Matvec4Q8 | Kernel::Matvec4Q4I | Kernel::MatmulQ4I => {

@@ -20,6 +20,7 @@ const MATVEC: &str = include_str!("../../../shaders/matvec.wgsl");
 const MATVEC4: &str = include_str!("../../../shaders/matvec4.wgsl");
 const MATVEC4_INT8: &str = include_str!("../../../shaders/matvec4_int8.wgsl");
 const MATMUL_INT8: &str = include_str!("../../../shaders/matmul_int8.wgsl");
+const MATMUL_KINT8: &str = include_str!("../../../shaders/matmul_kint8.wgsl");
 const MATVEC4_NORM: &str = include_str!("../../../shaders/matvec4_norm.wgsl");
 const MATVEC4_KQUANT: &str = include_str!("../../../shaders/matvec4_kquant.wgsl");
 const MATVEC4_KQUANT_X: &str = include_str!("../../../shaders/matvec4_kquant_x.wgsl");
@@ -75,6 +76,7 @@ pub(super) enum Kernel {
     Matvec4Q6KI,
     Matmul,
     MatmulQ4I,
+    MatmulKI,
     MatvecAny,
     MatvecRow,
     MatvecK,
@@ -108,7 +110,15 @@ pub(super) struct KernelDef {
 }
 
 const MATVEC_MODULE: &[&str] = &[STEP, QUANT, MATRIX, MATVEC, KQUANT];
-const MATMUL_INT8_MODULE: &[&str] = &[STEP, QUANT, MATRIX, MATVEC, KQUANT, MATMUL_INT8];
+const MATMUL_INT8_MODULE: &[&str] = &[
+    STEP,
+    QUANT,
+    MATRIX,
+    MATVEC,
+    KQUANT,
+    MATMUL_INT8,
+    MATMUL_KINT8,
+];
 const KV_MODULE: &[&str] = &[STEP, KVFORMAT, KV];
 
 macro_rules! def {
@@ -168,7 +178,7 @@ const MATVEC4_INT8_MODULE: &[&str] = &[
     MATVEC4_INT8,
 ];
 
-pub(super) const TABLE: [KernelDef; 54] = [
+pub(super) const TABLE: [KernelDef; 55] = [
     def!(Matvec, "matvec", "matvec", MATVEC_MODULE),
     def!(Matvec4F32, "matvec4_f32", "matvec4", MATVEC4_MODULE),
     def!(Matvec4F16, "matvec4_f16", "matvec4", MATVEC4_MODULE),
@@ -297,6 +307,7 @@ pub(super) const TABLE: [KernelDef; 54] = [
     ),
     def!(Matmul, "matmul", "matvec", MATVEC_MODULE),
     def!(MatmulQ4I, "matmul_q4i", "matmul_int8", MATMUL_INT8_MODULE),
+    def!(MatmulKI, "matmul_ki", "matmul_int8", MATMUL_INT8_MODULE),
     def!(MatvecAny, "matvec_any", "matvec", MATVEC_MODULE),
     def!(MatvecRow, "matvec_row", "matvec", MATVEC_MODULE),
     def!(MatvecK, "matvec_k", "matvec", MATVEC_MODULE),
@@ -397,6 +408,7 @@ const ON_FIRST_USE: &[Kernel] = &[
     Kernel::Matvec4QkvKI,
     Kernel::Matvec4Q6KI,
     Kernel::MatmulQ4I,
+    Kernel::MatmulKI,
 ];
 
 /// One compute pipeline per kernel, indexed by [`Kernel`]; each module compiled once.

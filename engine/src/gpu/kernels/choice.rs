@@ -91,14 +91,16 @@ impl MatvecKernel {
         }
     }
 
-    /// The prompt pass's kernel for a matrix: `matmul_q4i` (integer dot products) for q4_0 rows of
-    /// whole blocks of 32 under `TiledInt8`, else the float `matmul`.
+    /// The prompt pass's kernel for a matrix: under `TiledInt8`, integer dot products for q4_0
+    /// rows of whole blocks of 32 (`matmul_q4i`) and for the K-quants (`matmul_ki`), else the
+    /// float `matmul`.
     pub(in crate::gpu) fn for_matmul(self, cols: usize, ty: WType, block: usize) -> Kernel {
         let blocks = cols.is_multiple_of(32) && block.is_multiple_of(32);
-        if self == MatvecKernel::TiledInt8 && ty == WType::Q4_0 && blocks {
-            Kernel::MatmulQ4I
-        } else {
-            Kernel::Matmul
+        match ty {
+            _ if self != MatvecKernel::TiledInt8 => Kernel::Matmul,
+            WType::Q4_0 if blocks => Kernel::MatmulQ4I,
+            WType::Q4_K | WType::Q5_K | WType::Q6_K => Kernel::MatmulKI,
+            _ => Kernel::Matmul,
         }
     }
 }

@@ -35,6 +35,11 @@ fn int8_takes_q4_0_and_k_quant_rows_that_fit() {
     assert_eq!(k.for_matrix(11520, WType::Q4_K, 256), Kernel::Matvec4Q4K);
     assert_eq!(k.for_matrix(11008, WType::Q6_K, 256), Kernel::Matvec4Q6KI);
     assert_eq!(k.for_matrix(14336, WType::Q6_K, 256), Kernel::MatvecK);
+    // The prompt pass: any K-quant row (the GEMM stages a step of x at a time).
+    assert_eq!(k.for_matmul(14336, WType::Q6_K, 256), Kernel::MatmulKI);
+    assert_eq!(k.for_matmul(4096, WType::Q8_0, 32), Kernel::Matmul);
+    let float = MatvecKernel::Tiled;
+    assert_eq!(float.for_matmul(4096, WType::Q4_K, 256), Kernel::Matmul);
 }
 
 /// The K-quant kernels most decode tokens run (and every one without a folded norm) are in a
