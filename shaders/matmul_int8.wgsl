@@ -42,6 +42,30 @@ fn mi_row(w: vec2<u32>, x0: vec2<u32>, x1: vec2<u32>, x2: vec2<u32>, x3: vec2<u3
         dot4I8Packed(w.x, x3.x) + dot4I8Packed(w.y, x3.y));
 }
 
+// A staging thread's eight values of x (token t, columns c..c+8; zeros past the pass's n tokens)
+// and the largest |x| of the token's step, shared through mi_max: one barrier, so every thread
+// calls it.
+struct MiX {
+    a: vec4<f32>,
+    b: vec4<f32>,
+    amax: f32,
+}
+
+fn mi_stage_x(t: u32, n: u32, c: u32, tid: u32) -> MiX {
+    var a = vec4<f32>(0.0);
+    var b = vec4<f32>(0.0);
+    if (t < n) {
+        let o = t * p.cols + c;
+        a = vec4<f32>(f32(x[o]), f32(x[o + 1u]), f32(x[o + 2u]), f32(x[o + 3u]));
+        b = vec4<f32>(f32(x[o + 4u]), f32(x[o + 5u]), f32(x[o + 6u]), f32(x[o + 7u]));
+    }
+    let m = max(abs(a), abs(b));
+    mi_max[tid] = max(max(m.x, m.y), max(m.z, m.w));
+    workgroupBarrier();
+    let g = 4u * (tid / 4u);
+    return MiX(a, b, max(max(mi_max[g], mi_max[g + 1u]), max(mi_max[g + 2u], mi_max[g + 3u])));
+}
+
 @compute @workgroup_size(256)
 fn matmul_q4i(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
     let n = steps[0].rows;
@@ -72,22 +96,11 @@ fn matmul_q4i(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_i
         if (q == 0u) {
             mi_wd[lr] = d;
         }
-        var a = vec4<f32>(0.0);
-        var b = vec4<f32>(0.0);
-        if (t0 + lr < n) {
-            let o = (t0 + lr) * p.cols + k0 + 8u * q;
-            a = vec4<f32>(f32(x[o]), f32(x[o + 1u]), f32(x[o + 2u]), f32(x[o + 3u]));
-            b = vec4<f32>(f32(x[o + 4u]), f32(x[o + 5u]), f32(x[o + 6u]), f32(x[o + 7u]));
-        }
-        let m = max(abs(a), abs(b));
-        mi_max[lid.x] = max(max(m.x, m.y), max(m.z, m.w));
-        workgroupBarrier();
-        let g = 4u * lr;
-        let amax = max(max(mi_max[g], mi_max[g + 1u]), max(mi_max[g + 2u], mi_max[g + 3u]));
-        let inv = select(0.0, 127.0 / amax, amax > 0.0);
-        mi_x[q * 64u + lr] = mi_pack(vec4<i32>(round(a * inv)), vec4<i32>(round(b * inv)));
+        let sx = mi_stage_x(t0 + lr, n, k0 + 8u * q, lid.x);
+        let inv = select(0.0, 127.0 / sx.amax, sx.amax > 0.0);
+        mi_x[q * 64u + lr] = mi_pack(vec4<i32>(round(sx.a * inv)), vec4<i32>(round(sx.b * inv)));
         if (q == 0u) {
-            mi_xd[lr] = amax / 127.0;
+            mi_xd[lr] = sx.amax / 127.0;
         }
         workgroupBarrier();
         // Four tokens' words per code word, each row's against them: sixteen sums a thread.

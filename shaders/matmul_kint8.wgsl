@@ -84,26 +84,15 @@ fn matmul_ki(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id
         } else if (q == 2u) {
             mk_wd[lr].y = wq.d;
         }
-        var a = vec4<f32>(0.0);
-        var b = vec4<f32>(0.0);
-        if (t0 + lr < n) {
-            let o = (t0 + lr) * p.cols + k0 + 8u * q;
-            a = vec4<f32>(f32(x[o]), f32(x[o + 1u]), f32(x[o + 2u]), f32(x[o + 3u]));
-            b = vec4<f32>(f32(x[o + 4u]), f32(x[o + 5u]), f32(x[o + 6u]), f32(x[o + 7u]));
-        }
-        let m = max(abs(a), abs(b));
-        mi_max[lid.x] = max(max(m.x, m.y), max(m.z, m.w));
-        workgroupBarrier();
-        let g = 4u * lr;
-        let amax = max(max(mi_max[g], mi_max[g + 1u]), max(mi_max[g + 2u], mi_max[g + 3u]));
-        let inv = select(0.0, 127.0 / amax, amax > 0.0);
-        let qa = vec4<i32>(round(a * inv));
-        let qb = vec4<i32>(round(b * inv));
+        let sx = mi_stage_x(t0 + lr, n, k0 + 8u * q, lid.x);
+        let inv = select(0.0, 127.0 / sx.amax, sx.amax > 0.0);
+        let qa = vec4<i32>(round(sx.a * inv));
+        let qb = vec4<i32>(round(sx.b * inv));
         mi_x[q * 64u + lr] = vec2<u32>(pack4xI8Clamp(qa), pack4xI8Clamp(qb));
         let sq = qa + qb;
         mk_xs[lid.x] = (sq.x + sq.y) + (sq.z + sq.w);
         if (q == 0u) {
-            mi_xd[lr] = amax / 127.0;
+            mi_xd[lr] = sx.amax / 127.0;
         }
         workgroupBarrier();
         // Each half step's four tokens' words against each row's: sixteen sums a thread a half.

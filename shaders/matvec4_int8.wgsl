@@ -39,28 +39,16 @@ fn quantize_x(t: u32, cols: u32, norm: bool, eps: f32) -> f32 {
     let nb = cols / 32u;
     var ss = 0.0;
     for (var b = t; b < nb; b += 256u) {
-        var v: array<vec4<f32>, 8>;
-        for (var i = 0u; i < 8u; i++) {
-            v[i] = xq(8u * b + i);
-        }
-        var m = vec4<f32>(0.0);
-        for (var i = 0u; i < 8u; i++) {
-            if (norm) {
-                ss += dot(v[i], v[i]);
-                v[i] *= norm_w[8u * b + i];
-            }
-            m = max(m, abs(v[i]));
-        }
-        let amax = max(max(m.x, m.y), max(m.z, m.w));
-        let inv = select(0.0, 127.0 / amax, amax > 0.0);
+        var x = x_block(b, norm);
+        ss += x.ss;
         for (var j = 0u; j < 4u; j++) {
-            let qa = vec4<i32>(round(v[2u * j] * inv));
-            let qb = vec4<i32>(round(v[2u * j + 1u] * inv));
+            let qa = vec4<i32>(round(x.v[2u * j] * x.inv));
+            let qb = vec4<i32>(round(x.v[2u * j + 1u] * x.inv));
             xw[j * nb + b] = vec2<u32>(
                 pack4xI8Clamp(vec4<i32>(qa.x, qa.z, qb.x, qb.z)),
                 pack4xI8Clamp(vec4<i32>(qa.y, qa.w, qb.y, qb.w)));
         }
-        xd[b] = amax / 127.0;
+        xd[b] = x.d;
     }
     workgroupBarrier();
     if (!norm) {

@@ -44,24 +44,12 @@ fn quantize_xk(t: u32, cols: u32, norm: bool, eps: f32) -> f32 {
     let nb = cols / 32u;
     var ss = 0.0;
     for (var b = t; b < nb; b += 256u) {
-        var v: array<vec4<f32>, 8>;
-        for (var i = 0u; i < 8u; i++) {
-            v[i] = xq(8u * b + i);
-        }
-        var m = vec4<f32>(0.0);
-        for (var i = 0u; i < 8u; i++) {
-            if (norm) {
-                ss += dot(v[i], v[i]);
-                v[i] *= norm_w[8u * b + i];
-            }
-            m = max(m, abs(v[i]));
-        }
-        let amax = max(max(m.x, m.y), max(m.z, m.w));
-        let inv = select(0.0, 127.0 / amax, amax > 0.0);
+        var x = x_block(b, norm);
+        ss += x.ss;
         var w: array<u32, 8>;
         var s = vec4<i32>(0);
         for (var i = 0u; i < 8u; i++) {
-            let q = vec4<i32>(round(v[i] * inv));
+            let q = vec4<i32>(round(x.v[i] * x.inv));
             w[i] = pack4xI8Clamp(q);
             s += q;
         }
@@ -70,8 +58,7 @@ fn quantize_xk(t: u32, cols: u32, norm: bool, eps: f32) -> f32 {
         let slot = 16u * (b >> 3u) + 8u * (j & 1u) + (j & 6u);
         xk[slot] = vec4<u32>(w[0], w[1], w[2], w[3]);
         xk[slot + 1u] = vec4<u32>(w[4], w[5], w[6], w[7]);
-        let d = amax / 127.0;
-        xks[b] = vec2<f32>(d, d * f32((s.x + s.y) + (s.z + s.w)));
+        xks[b] = vec2<f32>(x.d, x.d * f32((s.x + s.y) + (s.z + s.w)));
     }
     workgroupBarrier();
     if (!norm) {

@@ -29,6 +29,34 @@ fn norm_scale(ss: f32, t: u32, cols: u32, eps: f32) -> f32 {
     return 1.0 / sqrt(total / f32(cols) + eps);
 }
 
+// Block b of x (32 values, times the norm's weights where `norm`) for the integer-dot kernels'
+// quantization (matvec4_int8.wgsl, matvec4_kint8.wgsl): the values, their part of the sum of x^2
+// (the norm's), and the step max |value| / 127 with its inverse (0 for a block of zeros).
+struct XBlock {
+    v: array<vec4<f32>, 8>,
+    ss: f32,
+    d: f32,
+    inv: f32,
+}
+
+fn x_block(b: u32, norm: bool) -> XBlock {
+    var v: array<vec4<f32>, 8>;
+    for (var i = 0u; i < 8u; i++) {
+        v[i] = xq(8u * b + i);
+    }
+    var ss = 0.0;
+    var m = vec4<f32>(0.0);
+    for (var i = 0u; i < 8u; i++) {
+        if (norm) {
+            ss += dot(v[i], v[i]);
+            v[i] *= norm_w[8u * b + i];
+        }
+        m = max(m, abs(v[i]));
+    }
+    let amax = max(max(m.x, m.y), max(m.z, m.w));
+    return XBlock(v, ss, amax / 127.0, select(0.0, 127.0 / amax, amax > 0.0));
+}
+
 const XH_VEC4S: u32 = 768u;
 
 // w * x as f16, eight values a vec4 (values 8k..8k+7 in xh[k], as a vec4 of f16 codes holds them).

@@ -474,8 +474,8 @@ impl Gpu {
         self.matvec.get()
     }
 
-    /// The activations accuracy is judged by (the scenarios' `Tolerance`): "q8" where the q4_0
-    /// products quantize x to 8 bits (`TiledInt8`), else the activation type.
+    /// The activations accuracy is judged by (the scenarios' `Tolerance`): "q8" where the q4_0 and
+    /// K-quant products quantize x to 8 bits (`TiledInt8`), else the activation type.
     pub fn products_activations(&self) -> &'static str {
         match self.matvec_kernel() {
             MatvecKernel::TiledInt8 => "q8",
