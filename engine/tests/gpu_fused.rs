@@ -393,7 +393,17 @@ fn k_quant_int8_products_stay_near_the_oracle() {
             .collect();
         (logits, d.workgroups())
     };
-    for (name, m) in &k_models() {
+    // And a classifier of 517 rows, whose last group of eight is partial (Q4_K and Q6_K).
+    let mut models = k_models();
+    for (spec, seed) in [("weights=q4_k", 17), ("weights=q4_k,output=q6_k", 18)] {
+        let mut m = one_layer(1024, 512, (16, 4), seed);
+        m.config.vocab_size = 517;
+        let m = Model::synthetic_config(m.config, seed);
+        let cfg = RunConfig::parse(spec).unwrap();
+        let name = format!("1024 wide, 517 tokens, {spec}");
+        models.push((name, measure::prepare(&m, &cfg).unwrap().0));
+    }
+    for (name, m) in &models {
         let layers = m.config.n_layers;
         let q6k = name.ends_with("weights=q6_k");
         for (act, subgroups) in [(f32, false), (f32, true), (f16, false), (f16, true)] {
