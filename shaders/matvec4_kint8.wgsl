@@ -35,8 +35,8 @@ const XK_BLOCKS: u32 = 352u;
 
 // x quantized: two vec4s of words a block of 32 (four values a word), placed as above; per block,
 // the scale and the sum of its values.
-var<workgroup> xk: array<vec4<u32>, 704>;
-var<workgroup> xks: array<vec2<f32>, 352>;
+var<workgroup> xk: array<vec4<u32>, 2u * XK_BLOCKS>;
+var<workgroup> xks: array<vec2<f32>, XK_BLOCKS>;
 
 // Quantizes x (`cols` values; times the norm's weights where `norm`) into xk and xks; every thread
 // calls it. Returns the norm's scale (1 without a norm).

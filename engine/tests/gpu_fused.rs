@@ -52,6 +52,16 @@ fn run_kv(gpu: &Gpu, m: &Model, kv: KvConfig, tokens: &[u32], tol: f32, what: &s
     g.dispatches().expect("the GPU counts its dispatches")
 }
 
+/// Each step's logits decoding `toks` from position 0, the last step's dispatches and the
+/// workgroups of every step.
+fn decode_work(gpu: &Gpu, m: &Model, toks: &[u32]) -> (Vec<Vec<f32>>, usize, u64) {
+    let mut d = GpuDecoder::new(gpu, m, KvConfig::default()).unwrap();
+    let logits: Vec<Vec<f32>> = (toks.iter().enumerate())
+        .map(|(p, &t)| block_on(d.step(t, p)).unwrap().to_vec())
+        .collect();
+    (logits, d.dispatches().unwrap(), d.workgroups())
+}
+
 /// One layer of stories260K's configuration at the given widths and heads, seeded.
 fn one_layer(dim: usize, hidden_dim: usize, heads: (usize, usize), seed: u64) -> Model {
     let base = stories().config;
@@ -386,13 +396,6 @@ fn k_quant_int8_products_stay_near_the_oracle() {
     };
     let (f32, f16) = (Activations::F32, Activations::F16);
     let float = open(f32, true, MatvecKernel::Tiled);
-    let steps = |gpu: &Gpu, m: &Model| {
-        let mut d = GpuDecoder::new(gpu, m, KvConfig::default()).unwrap();
-        let logits: Vec<Vec<f32>> = (toks.iter().enumerate())
-            .map(|(p, &t)| block_on(d.step(t, p)).unwrap().to_vec())
-            .collect();
-        (logits, d.workgroups())
-    };
     // And a classifier of 517 rows, whose last group of eight is partial (Q4_K and Q6_K).
     let mut models = k_models();
     for (spec, seed) in [("weights=q4_k", 17), ("weights=q4_k,output=q6_k", 18)] {
@@ -426,11 +429,11 @@ fn k_quant_int8_products_stay_near_the_oracle() {
             d > 2e-4 * (1.0 + scale),
             "{name}: the integer kernel did not run ({d})"
         );
-        let want = steps(&with(f16, true, true, None), m);
+        let want = decode_work(&with(f16, true, true, None), m, &toks);
         for n in [1, 3] {
-            let got = steps(&with(f16, true, true, Some(n)), m);
+            let got = decode_work(&with(f16, true, true, Some(n)), m, &toks);
             assert!(got.0 == want.0, "{name}, {n} groups: the logits differ");
-            assert!(got.1 < want.1, "{name}, {n} groups: not fewer workgroups");
+            assert!(got.2 < want.2, "{name}, {n} groups: not fewer workgroups");
         }
     }
 }
@@ -456,13 +459,7 @@ fn int8_products_loop_over_row_groups() {
         })
         .expect("lavapipe has subgroups")
     };
-    let steps = |gpu: &Gpu, m: &Model| {
-        let mut d = GpuDecoder::new(gpu, m, KvConfig::default()).unwrap();
-        let logits: Vec<Vec<f32>> = (toks.iter().enumerate())
-            .map(|(p, &t)| block_on(d.step(t, p)).unwrap().to_vec())
-            .collect();
-        (logits, d.dispatches().unwrap(), d.workgroups())
-    };
+    let steps = |gpu: &Gpu, m: &Model| decode_work(gpu, m, &toks);
     let mut q4 = models();
     q4.retain(|(n, _)| n.ends_with("q4_0"));
     q4.push(("long q4_0".into(), long_q4_0()));

@@ -1,5 +1,6 @@
 //! The kernel table: each kernel's WGSL entry point and the shader files its module is built from, the
-//! pipelines made from it, and the binding keys. Pipeline creation, bind groups and dispatch all go
+//! modules and pipelines made from it; `choice.rs` has the binding keys and which kernel each runs.
+//! Pipeline creation, bind groups and dispatch all go
 //! through [`BindKey::kernel`] and [`TABLE`], so a new kernel is its WGSL file, one [`Kernel`] variant
 //! with its table entry, and its bindings in `bind.rs` (`GpuDecoder::kernel_entries`).
 

@@ -25,8 +25,8 @@ pub enum MatvecKernel {
     /// where each workgroup barrier costs more than the arithmetic.
     Row,
     /// Tiled, but q4_0 products in `matvec4_q4i`, `matvec4_glu_q4i`, `matvec4_qkv_q4i` and the
-    /// prompt pass's `matmul_q4i`, Q4_K and Q5_K products (and a Q6_K V or a Q6_K file's Q/K/V)
-    /// in `matvec4_ki`, `matvec4_glu_ki`, `matvec4_qkv_ki`: x quantized to 8 bits per block of 32
+    /// prompt pass's `matmul_q4i`, K-quant products in `matvec4_ki`, `matvec4_q6ki`,
+    /// `matvec4_glu_ki` (Q4_K, Q5_K), `matvec4_qkv_ki` and `matmul_ki`: x quantized to 8 bits per block of 32
     /// and integer dot products, as llama.cpp's NVIDIA path, RMSNorm folded into the fused kernels
     /// (`GpuOptions::fold_norm`). Not the oracle's arithmetic (x moves by up to half a step); the
     /// native default where WGSL has packed integer dot products.
@@ -73,13 +73,11 @@ impl MatvecKernel {
         };
         let int8 = ty == WType::Q4_0 && cols <= INT8_MAX_COLS;
         let tiled = matches!(self, MatvecKernel::Tiled | MatvecKernel::TiledInt8);
-        let k_int8 = matches!(ty, WType::Q4_K | WType::Q5_K) && cols <= KINT8_MAX_COLS;
+        let k_int8 = ty.is_k() && cols <= KINT8_MAX_COLS;
         match (self, vec4) {
             (MatvecKernel::Row, _) if ty.is_k() => Kernel::MatvecKRow,
-            (MatvecKernel::TiledInt8, _) if k_int8 => Kernel::Matvec4KI,
-            (MatvecKernel::TiledInt8, _) if ty == WType::Q6_K && cols <= KINT8_MAX_COLS => {
-                Kernel::Matvec4Q6KI
-            }
+            (MatvecKernel::TiledInt8, Some(_)) if k_int8 => Kernel::Matvec4KI,
+            (MatvecKernel::TiledInt8, None) if k_int8 => Kernel::Matvec4Q6KI,
             (_, Some(k)) if ty.is_k() && (tiled || self == MatvecKernel::TiledBlocks) => k,
             _ if ty.is_k() => Kernel::MatvecK,
             _ if !cols.is_multiple_of(32) => Kernel::MatvecAny,
@@ -254,18 +252,14 @@ impl BindKey {
         // where asked and its rows fit the f16 staging (the integer kernels fold it by a parameter).
         let fused = |id, which: usize, norm: bool| {
             let (cols, ty, _) = mat(id);
-            let pairs = match ty {
-                // Q6_K alone takes the 32-bit kernel; fused, it is read a word at a time (Q/K/V
-                // under the integer kernels where x fits them).
-                WType::Q6_K if mv == MatvecKernel::TiledInt8 && cols <= KINT8_MAX_COLS => [
-                    (Kernel::Matvec4GluQ6K, Kernel::Matvec4GluQ6KN),
-                    (Kernel::Matvec4QkvKI, Kernel::Matvec4QkvKI),
-                ],
-                WType::Q6_K => [
+            let pairs = match (ty, alone(id)) {
+                // Q6_K alone takes the 32-bit kernel where not the integer one; fused, it is read
+                // a word at a time.
+                (WType::Q6_K, k) if k != Kernel::Matvec4Q6KI => [
                     (Kernel::Matvec4GluQ6K, Kernel::Matvec4GluQ6KN),
                     (Kernel::Matvec4QkvK, Kernel::Matvec4QkvKN),
                 ],
-                _ => fused_of(alone(id)),
+                (_, k) => fused_of(k),
             };
             let (plain, normed) = pairs[which];
             if norm && cols <= F16N_MAX_COLS {
@@ -318,6 +312,11 @@ fn fused_of(alone: Kernel) -> [(Kernel, Kernel); 2] {
             (Matvec4QkvQ4I, Matvec4QkvQ4I),
         ],
         Matvec4KI => [(Matvec4GluKI, Matvec4GluKI), (Matvec4QkvKI, Matvec4QkvKI)],
+        // A Q6_K gate/up stays in floats (read a word at a time); Q/K/V in integers.
+        Matvec4Q6KI => [
+            (Matvec4GluQ6K, Matvec4GluQ6KN),
+            (Matvec4QkvKI, Matvec4QkvKI),
+        ],
         Matvec4Q4K | Matvec4Q5K => [(Matvec4GluK, Matvec4GluKN), (Matvec4QkvK, Matvec4QkvKN)],
         _ => [
             (Matvec4GluQ4C, Matvec4GluQ4C),
