@@ -496,8 +496,7 @@ fn int8_products_loop_over_row_groups() {
 /// partial one; stories260K's 172-row gate and up a partial tile of rows, its 172-wide ffn_down
 /// left to the float matmul; the K models' 512-row gate/up and 4-head K and V) against the oracle fed
 /// token by token, within the integer kernels' derived 2e-2 (x quantized per block of 32, as at
-/// decode; a q4_0 ffn_down 3 blocks wide, half a step at its end); its logits must differ
-/// from the float matmul's by more than f32 rounding (2e-4), which
+/// decode); its logits must differ from the float matmul's by more than f32 rounding (2e-4), which
 /// shows it ran, and decoding goes on from the cache it filled.
 #[test]
 fn int8_prompt_pass_stays_near_the_oracle() {
@@ -513,17 +512,6 @@ fn int8_prompt_pass_stays_near_the_oracle() {
     let (int8, float) = (with(MatvecKernel::TiledInt8), with(MatvecKernel::Tiled));
     let mut cases = models();
     cases.retain(|(n, _)| n.ends_with("q4_0"));
-    // ffn_down's rows 3 blocks long: the second 64-column step's second half past the row's end (read,
-    // it moved the logits by 0.21 where the bound is 0.08); two layers, so that every token's
-    // first-layer output reaches the last token's logits.
-    let odd = Model::synthetic_config(
-        nibble_engine::model::Config {
-            n_layers: 2,
-            ..one_layer(1024, 96, (8, 8), 17).config
-        },
-        17,
-    );
-    cases.push(("96-wide ffn_down q4_0".into(), with_weights(&odd, "q4_0")));
     cases.extend(k_models());
     for (name, m) in &cases {
         let mut cpu = CpuDecoder::with_kv(m, KvConfig::default()).unwrap();
