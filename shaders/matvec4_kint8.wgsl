@@ -26,12 +26,11 @@
 // matvec4_qkv_ki (Q/K/V as matvec4_qkv_k takes them), the RMSNorm folded in where p.norm (qp.norm)
 // as matvec4_int8.wgsl folds it. Each workgroup loops over row groups a grid apart (x quantized
 // once for all of them; the grid timed on the model as for q4_0). Rows of at most XK_BLOCKS * 32
-// values (`MatvecKernel::for_matrix`): x and its scales fill 14 KB, the rest of WebGPU's 16 KB
-// default goes to the row sums.
+// values (`MatvecKernel::for_matrix`); XK_BLOCKS comes in the part before this file: 352 (x and
+// its scales fill 14 KB, the rest of WebGPU's 16 KB default goes to the row sums) or, in the long
+// module for adapters that allow 32 KB, 704 (28 KB).
 // The quantization of x is the only difference from the oracle's arithmetic: each value moves by
 // at most half a step (max |x| / 254 of its block).
-
-const XK_BLOCKS: u32 = 352u;
 
 // x quantized: two vec4s of words a block of 32 (four values a word), placed as above; per block,
 // the scale and the sum of its values.

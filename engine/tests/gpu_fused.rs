@@ -438,6 +438,51 @@ fn k_quant_int8_products_stay_near_the_oracle() {
     }
 }
 
+/// K-quant rows longer than the integer kernels' 16 KB module holds (11264 values) take the long
+/// module where the adapter allows 32 KB of workgroup memory (lavapipe, as Chrome and Firefox): a
+/// 14336-wide ffn_down (Llama 3's and Mistral's), Q4_K and Q6_K, against the oracle within the
+/// integer kernels' 2e-2 (derived above), in both row-sum paths. With the long module off
+/// (`Gpu::kint8_long`) those products run in floats, whose logits differ by more than float
+/// rounding, which shows the long module ran; 3 workgroups looping over the row groups give the
+/// same bits.
+#[test]
+fn long_k_quant_rows_take_the_long_integer_module() {
+    let toks: Vec<u32> = (0..4).map(|i| 3 + (i * 37 % 250) as u32).collect();
+    let with = |subgroups, long, groups| {
+        let mut g = Gpu::open_blocking(GpuOptions {
+            act: Some(Activations::F32),
+            matvec: Some(MatvecKernel::TiledInt8),
+            subgroups: Some(subgroups),
+            int8_groups: groups,
+            ..Default::default()
+        })
+        .expect("lavapipe has subgroups");
+        assert!(g.kint8_long, "lavapipe allows 32 KB of workgroup memory");
+        g.kint8_long = long;
+        g
+    };
+    for (spec, seed) in [("weights=q4_k", 21), ("weights=q4_k,ffn_down=q6_k", 22)] {
+        let cfg = RunConfig::parse(spec).unwrap();
+        let m = measure::prepare(&one_layer(1024, 14336, (16, 4), seed), &cfg)
+            .unwrap()
+            .0;
+        for subgroups in [false, true] {
+            let what = format!("14336-wide ffn_down {spec}, subgroups {subgroups}");
+            run(&with(subgroups, true, None), &m, &toks, 2e-2, &what);
+        }
+        let long = decode_work(&with(false, true, None), &m, &toks);
+        let float = decode_work(&with(false, false, None), &m, &toks);
+        let scale = float.0[0].iter().fold(0f32, |m, v| m.max(v.abs()));
+        let d = (float.0[0].iter().zip(&long.0[0])).fold(0f32, |m, (p, q)| m.max((p - q).abs()));
+        assert!(
+            d > 2e-4 * (1.0 + scale),
+            "{spec}: the long module did not run ({d})"
+        );
+        let three = decode_work(&with(false, true, Some(3)), &m, &toks);
+        assert!(three.0 == long.0, "{spec}, 3 groups: the logits differ");
+    }
+}
+
 /// The integer-dot decode kernels on fewer workgroups than row groups (`GpuOptions::int8_groups`):
 /// each workgroup quantizes x once and loops over groups a grid apart, which changes which
 /// workgroup sums a row, not how: the logits of every step equal the default's (a workgroup per

@@ -9,8 +9,8 @@ use std::collections::HashMap;
 use std::rc::Rc;
 
 mod choice;
-pub(super) use choice::BindKey;
 pub use choice::MatvecKernel;
+pub(super) use choice::{BindKey, KINT8_LONG_STORAGE};
 
 const ACT_F32: &str = include_str!("../../../shaders/act_f32.wgsl");
 const ACT_F16: &str = include_str!("../../../shaders/act_f16.wgsl");
@@ -75,6 +75,8 @@ pub(super) enum Kernel {
     Matvec4GluKI,
     Matvec4QkvKI,
     Matvec4Q6KI,
+    Matvec4KIL,
+    Matvec4Q6KIL,
     Matmul,
     MatmulQ4I,
     MatmulKI,
@@ -157,7 +159,11 @@ const MATVEC4_KQUANT_NORM_MODULE: &[&str] = &[
     MATVEC4_KQUANT_NORM,
     MATVEC4_KQUANT,
 ];
-// The K-quant integer-dot kernels: the float module's helpers, matvec4_norm.wgsl's norm.
+// The K-quant integer-dot kernels: the float module's helpers, matvec4_norm.wgsl's norm, and x's
+// blocks in workgroup memory (`XK_BLOCKS`, `choice::XK_BLOCKS`): 14 KB within WebGPU's 16 KB
+// default, or in the long module 28 KB, for rows up to 22528 values where the adapter allows 32 KB.
+const XK_SHORT: &str = "const XK_BLOCKS: u32 = 352u;\n";
+const XK_LONG: &str = "const XK_BLOCKS: u32 = 704u;\n";
 const MATVEC4_KINT8_MODULE: &[&str] = &[
     STEP,
     QUANT,
@@ -167,6 +173,19 @@ const MATVEC4_KINT8_MODULE: &[&str] = &[
     MATVEC4_NORM,
     MATVEC4_KQUANT_X,
     MATVEC4_KQUANT,
+    XK_SHORT,
+    MATVEC4_KINT8,
+];
+const MATVEC4_KINT8_LONG_MODULE: &[&str] = &[
+    STEP,
+    QUANT,
+    MATRIX,
+    REDUCE,
+    MATVEC4,
+    MATVEC4_NORM,
+    MATVEC4_KQUANT_X,
+    MATVEC4_KQUANT,
+    XK_LONG,
     MATVEC4_KINT8,
 ];
 const MATVEC4_INT8_MODULE: &[&str] = &[
@@ -179,7 +198,7 @@ const MATVEC4_INT8_MODULE: &[&str] = &[
     MATVEC4_INT8,
 ];
 
-pub(super) const TABLE: [KernelDef; 55] = [
+pub(super) const TABLE: [KernelDef; 57] = [
     def!(Matvec, "matvec", "matvec", MATVEC_MODULE),
     def!(Matvec4F32, "matvec4_f32", "matvec4", MATVEC4_MODULE),
     def!(Matvec4F16, "matvec4_f16", "matvec4", MATVEC4_MODULE),
@@ -306,6 +325,18 @@ pub(super) const TABLE: [KernelDef; 55] = [
         "matvec4_kint8",
         MATVEC4_KINT8_MODULE
     ),
+    def!(
+        Matvec4KIL,
+        "matvec4_ki",
+        "matvec4_kint8_long",
+        MATVEC4_KINT8_LONG_MODULE
+    ),
+    def!(
+        Matvec4Q6KIL,
+        "matvec4_q6ki",
+        "matvec4_kint8_long",
+        MATVEC4_KINT8_LONG_MODULE
+    ),
     def!(Matmul, "matmul", "matvec", MATVEC_MODULE),
     def!(MatmulQ4I, "matmul_q4i", "matmul_int8", MATMUL_INT8_MODULE),
     def!(MatmulKI, "matmul_ki", "matmul_int8", MATMUL_INT8_MODULE),
@@ -365,14 +396,19 @@ pub(super) fn module_source(act: Activations, parts: &[&str], subgroups: bool) -
 }
 
 /// Each shader module once, in [`TABLE`] order, with its files; the integer-dot modules only where
-/// WGSL has `packed_4x8_integer_dot_product` (`packed_dot`).
-pub(super) fn modules(packed_dot: bool) -> Vec<(&'static str, &'static [&'static str])> {
+/// WGSL has `packed_4x8_integer_dot_product` (`packed_dot`), the long K-quant one only where the
+/// adapter gives it its workgroup memory (`long`).
+pub(super) fn modules(
+    packed_dot: bool,
+    long: bool,
+) -> Vec<(&'static str, &'static [&'static str])> {
     let mut out: Vec<(&str, &[&str])> = Vec::new();
     for d in &TABLE {
         let int8 = [MATVEC4_INT8, MATMUL_INT8, MATVEC4_KINT8]
             .iter()
             .any(|f| d.parts.contains(f));
-        if (packed_dot || !int8) && !out.iter().any(|(m, _)| *m == d.module) {
+        let usable = (packed_dot || !int8) && (long || !d.parts.contains(&XK_LONG));
+        if usable && !out.iter().any(|(m, _)| *m == d.module) {
             out.push((d.module, d.parts));
         }
     }
@@ -408,6 +444,8 @@ const ON_FIRST_USE: &[Kernel] = &[
     Kernel::Matvec4GluKI,
     Kernel::Matvec4QkvKI,
     Kernel::Matvec4Q6KI,
+    Kernel::Matvec4KIL,
+    Kernel::Matvec4Q6KIL,
     Kernel::MatmulQ4I,
     Kernel::MatmulKI,
 ];

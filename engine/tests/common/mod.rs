@@ -122,8 +122,16 @@ pub fn forced_logits(model: &nibble_engine::Model, tokens: &[u32]) -> Vec<f32> {
 
 /// max |Δlogit| between the oracle's logits `a` and `b`, asserted within `tol * (1 + max |a|)`. Top-1
 /// must agree unless the oracle's own top-2 margin is inside the error the tolerance allows (2d): then
-/// rounding may legitimately pick either.
+/// rounding may legitimately pick either. Every logit must be there and finite (a NaN would pass
+/// the max, whose `f32::max` skips it).
 pub fn compare(a: &[f32], b: &[f32], tol: f32, what: &str) -> f32 {
+    let bad = b.iter().filter(|v| !v.is_finite()).count();
+    assert!(
+        a.len() == b.len() && bad == 0,
+        "{what}: {bad} of {} logits not finite ({} expected)",
+        b.len(),
+        a.len()
+    );
     let scale = a.iter().fold(0f32, |m, v| m.max(v.abs()));
     let d = a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
     assert!(

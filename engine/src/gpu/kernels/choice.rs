@@ -36,8 +36,12 @@ pub enum MatvecKernel {
 /// Columns `matvec4_q4i` holds in workgroup memory (`XW_WORDS` words of 8 in matvec4_int8.wgsl).
 const INT8_MAX_COLS: usize = 1536 * 8;
 /// Columns the K-quant integer-dot kernels hold in workgroup memory (`XK_BLOCKS` blocks of 32 in
-/// matvec4_kint8.wgsl).
+/// matvec4_kint8.wgsl, kernels.rs's `XK_SHORT`), and those of its long module (`XK_LONG`), which
+/// runs where the adapter allows `KINT8_LONG_STORAGE` bytes of it (Chrome, Firefox and lavapipe
+/// give 32 KB): Llama 3's and Mistral's 14336-wide ffn_down, Qwen2.5-7B's 18944.
 pub(in crate::gpu) const KINT8_MAX_COLS: usize = 352 * 32;
+pub(in crate::gpu) const KINT8_LONG_MAX_COLS: usize = 704 * 32;
+pub(in crate::gpu) const KINT8_LONG_STORAGE: u32 = 32768;
 /// Columns the kernels with a norm folded in stage as f16 (`XH_VEC4S` in matvec4_norm.wgsl).
 const F16N_MAX_COLS: usize = 768 * 8;
 
@@ -58,7 +62,14 @@ impl MatvecKernel {
     /// The kernel for a matrix of `cols` columns of `ty` in blocks of `block`: the chosen one needs
     /// whole 32-column units (anything else takes the element-wise kernel), and the 128-bit loads of
     /// `matvec4` a row of whole vec4s where no vec4 straddles two blocks, in blocks of a power of two.
-    pub(in crate::gpu) fn for_matrix(self, cols: usize, ty: WType, block: usize) -> Kernel {
+    /// `long`: the adapter runs the long K-quant integer module (`Gpu::kint8_long`).
+    pub(in crate::gpu) fn for_matrix(
+        self,
+        cols: usize,
+        ty: WType,
+        block: usize,
+        long: bool,
+    ) -> Kernel {
         // matvec4.wgsl finds a block by shifting: a power of two.
         let pow2 = block.is_power_of_two();
         let vec4 = match ty {
@@ -74,10 +85,13 @@ impl MatvecKernel {
         let int8 = ty == WType::Q4_0 && cols <= INT8_MAX_COLS;
         let tiled = matches!(self, MatvecKernel::Tiled | MatvecKernel::TiledInt8);
         let k_int8 = ty.is_k() && cols <= KINT8_MAX_COLS;
+        let k_long = ty.is_k() && long && cols <= KINT8_LONG_MAX_COLS;
         match (self, vec4) {
             (MatvecKernel::Row, _) if ty.is_k() => Kernel::MatvecKRow,
             (MatvecKernel::TiledInt8, Some(_)) if k_int8 => Kernel::Matvec4KI,
             (MatvecKernel::TiledInt8, None) if k_int8 => Kernel::Matvec4Q6KI,
+            (MatvecKernel::TiledInt8, Some(_)) if k_long => Kernel::Matvec4KIL,
+            (MatvecKernel::TiledInt8, None) if k_long => Kernel::Matvec4Q6KIL,
             (_, Some(k)) if ty.is_k() && (tiled || self == MatvecKernel::TiledBlocks) => k,
             _ if ty.is_k() => Kernel::MatvecK,
             _ if !cols.is_multiple_of(32) => Kernel::MatvecAny,
@@ -139,7 +153,11 @@ impl Kernel {
         self.folds_norm()
             || matches!(
                 self,
-                Kernel::Matvec4Q4I | Kernel::Matvec4KI | Kernel::Matvec4Q6KI
+                Kernel::Matvec4Q4I
+                    | Kernel::Matvec4KI
+                    | Kernel::Matvec4Q6KI
+                    | Kernel::Matvec4KIL
+                    | Kernel::Matvec4Q6KIL
             )
     }
 
@@ -157,6 +175,8 @@ impl Kernel {
                 | Kernel::Matvec4GluKI
                 | Kernel::Matvec4QkvKI
                 | Kernel::Matvec4Q6KI
+                | Kernel::Matvec4KIL
+                | Kernel::Matvec4Q6KIL
         )
     }
 
@@ -241,12 +261,13 @@ impl BindKey {
     pub fn kernel(
         self,
         mv: MatvecKernel,
+        long: bool,
         mat: impl Fn(TensorId) -> (usize, WType, usize),
     ) -> Kernel {
         // The kernel a matrix takes alone; the fused kernels follow what theirs would run in.
         let alone = |id| {
             let (cols, ty, block) = mat(id);
-            mv.for_matrix(cols, ty, block)
+            mv.for_matrix(cols, ty, block, long)
         };
         // The kernel a matrix's fused products take (0 gate/up, 1 Q/K/V), with the norm folded in
         // where asked and its rows fit the f16 staging (the integer kernels fold it by a parameter).
@@ -317,7 +338,11 @@ fn fused_of(alone: Kernel) -> [(Kernel, Kernel); 2] {
             (Matvec4GluQ6K, Matvec4GluQ6KN),
             (Matvec4QkvKI, Matvec4QkvKI),
         ],
-        Matvec4Q4K | Matvec4Q5K => [(Matvec4GluK, Matvec4GluKN), (Matvec4QkvK, Matvec4QkvKN)],
+        // Rows too long for the fused integer kernels: never fused (`fuses_glu`, `fuses_qkv`), and
+        // were they, the float kernels hold no x in workgroup memory.
+        Matvec4Q4K | Matvec4Q5K | Matvec4KIL | Matvec4Q6KIL => {
+            [(Matvec4GluK, Matvec4GluKN), (Matvec4QkvK, Matvec4QkvKN)]
+        }
         _ => [
             (Matvec4GluQ4C, Matvec4GluQ4C),
             (Matvec4QkvQ4C, Matvec4QkvQ4C),

@@ -15,10 +15,16 @@ fn the_table_is_in_kernel_order() {
 #[test]
 fn vec4_kernels_take_only_power_of_two_blocks() {
     let k = MatvecKernel::Tiled;
-    assert_eq!(k.for_matrix(4096, WType::Q4_0, 64), Kernel::Matvec4Q4C);
-    assert_eq!(k.for_matrix(4096, WType::Q4_0, 96), Kernel::Matvec);
-    assert_eq!(k.for_matrix(4096, WType::Q8_0, 32), Kernel::Matvec4Q8);
-    assert_eq!(k.for_matrix(4096, WType::Q8_0, 48), Kernel::Matvec);
+    assert_eq!(
+        k.for_matrix(4096, WType::Q4_0, 64, false),
+        Kernel::Matvec4Q4C
+    );
+    assert_eq!(k.for_matrix(4096, WType::Q4_0, 96, false), Kernel::Matvec);
+    assert_eq!(
+        k.for_matrix(4096, WType::Q8_0, 32, false),
+        Kernel::Matvec4Q8
+    );
+    assert_eq!(k.for_matrix(4096, WType::Q8_0, 48, false), Kernel::Matvec);
 }
 
 /// The integer-dot kernels take q4_0 and K-quant rows that fit their workgroup memory, nothing
@@ -26,15 +32,68 @@ fn vec4_kernels_take_only_power_of_two_blocks() {
 #[test]
 fn int8_takes_q4_0_and_k_quant_rows_that_fit() {
     let k = MatvecKernel::TiledInt8;
-    assert_eq!(k.for_matrix(11008, WType::Q4_0, 32), Kernel::Matvec4Q4I);
-    assert_eq!(k.for_matrix(14336, WType::Q4_0, 32), Kernel::Matvec4Q4C);
-    assert_eq!(k.for_matrix(4096, WType::Q4_1, 32), Kernel::Matvec4Q4C);
-    assert_eq!(k.for_matrix(4096, WType::F16, 1), Kernel::Matvec4F16);
-    assert_eq!(k.for_matrix(4096, WType::Q4_K, 256), Kernel::Matvec4KI);
-    assert_eq!(k.for_matrix(11264, WType::Q5_K, 256), Kernel::Matvec4KI);
-    assert_eq!(k.for_matrix(11520, WType::Q4_K, 256), Kernel::Matvec4Q4K);
-    assert_eq!(k.for_matrix(11008, WType::Q6_K, 256), Kernel::Matvec4Q6KI);
-    assert_eq!(k.for_matrix(14336, WType::Q6_K, 256), Kernel::MatvecK);
+    assert_eq!(
+        k.for_matrix(11008, WType::Q4_0, 32, false),
+        Kernel::Matvec4Q4I
+    );
+    assert_eq!(
+        k.for_matrix(14336, WType::Q4_0, 32, false),
+        Kernel::Matvec4Q4C
+    );
+    assert_eq!(
+        k.for_matrix(4096, WType::Q4_1, 32, false),
+        Kernel::Matvec4Q4C
+    );
+    assert_eq!(k.for_matrix(4096, WType::F16, 1, false), Kernel::Matvec4F16);
+    assert_eq!(
+        k.for_matrix(4096, WType::Q4_K, 256, false),
+        Kernel::Matvec4KI
+    );
+    assert_eq!(
+        k.for_matrix(11264, WType::Q5_K, 256, false),
+        Kernel::Matvec4KI
+    );
+    assert_eq!(
+        k.for_matrix(11520, WType::Q4_K, 256, false),
+        Kernel::Matvec4Q4K
+    );
+    assert_eq!(
+        k.for_matrix(11008, WType::Q6_K, 256, false),
+        Kernel::Matvec4Q6KI
+    );
+    assert_eq!(
+        k.for_matrix(14336, WType::Q6_K, 256, false),
+        Kernel::MatvecK
+    );
+    // Longer K-quant rows in the long module where the adapter has its memory, up to 22528.
+    assert_eq!(
+        k.for_matrix(11264, WType::Q4_K, 256, true),
+        Kernel::Matvec4KI
+    );
+    assert_eq!(
+        k.for_matrix(14336, WType::Q4_K, 256, true),
+        Kernel::Matvec4KIL
+    );
+    assert_eq!(
+        k.for_matrix(18944, WType::Q6_K, 256, true),
+        Kernel::Matvec4Q6KIL
+    );
+    assert_eq!(
+        k.for_matrix(22528, WType::Q5_K, 256, true),
+        Kernel::Matvec4KIL
+    );
+    assert_eq!(
+        k.for_matrix(22784, WType::Q4_K, 256, true),
+        Kernel::Matvec4Q4K
+    );
+    assert_eq!(
+        k.for_matrix(14336, WType::Q4_0, 32, true),
+        Kernel::Matvec4Q4C
+    );
+    assert_eq!(
+        MatvecKernel::Tiled.for_matrix(14336, WType::Q4_K, 256, true),
+        Kernel::Matvec4Q4K
+    );
     // The prompt pass: any K-quant row (the GEMM stages a step of x at a time).
     assert_eq!(k.for_matmul(14336, WType::Q6_K, 256), Kernel::MatmulKI);
     assert_eq!(k.for_matmul(4096, WType::Q8_0, 32), Kernel::Matmul);
@@ -71,4 +130,19 @@ fn every_entry_point_is_in_its_module() {
             d.module
         );
     }
+}
+
+/// The K-quant integer modules' `XK_BLOCKS` and the widths the kernel choice takes them for are
+/// one number each.
+#[test]
+fn the_k_quant_integer_modules_hold_the_rows_the_choice_gives_them() {
+    let blocks = |part: &str| -> usize {
+        let n = part.trim().strip_prefix("const XK_BLOCKS: u32 = ").unwrap();
+        n.strip_suffix("u;").unwrap().parse().unwrap()
+    };
+    assert_eq!(32 * blocks(XK_SHORT), choice::KINT8_MAX_COLS);
+    assert_eq!(32 * blocks(XK_LONG), choice::KINT8_LONG_MAX_COLS);
+    assert!(
+        MATVEC4_KINT8_MODULE.contains(&XK_SHORT) && MATVEC4_KINT8_LONG_MODULE.contains(&XK_LONG)
+    );
 }
