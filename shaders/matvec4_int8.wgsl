@@ -21,17 +21,16 @@
 // (An earlier layout, four lanes on the four words of a block with 32-bit loads, took four to
 // sixteen dependent rounds of loads a row: 7B q4_0 decode 3.585 -> 3.151 ms/token on an H200,
 // benchmarks/2026-12-04-h200-int8-vec4.md.)
-// Rows of at most XW_WORDS * 8 values (`MatvecKernel::for_matrix`); the other rows keep
-// matvec4_q4c. The quantization of x is the only difference from the oracle's arithmetic: each value
+// Rows of at most XW_WORDS * 8 values (`MatvecKernel::for_matrix`); XW_WORDS comes in the part
+// before this file: 1536 (13.5 KB of x, within WebGPU's 16 KB default) or, in the long module for
+// adapters that allow 32 KB, 2816 (25 KB); the other rows keep matvec4_q4c. The quantization of x is the only difference from the oracle's arithmetic: each value
 // moves by at most half a step (max |x| / 254 of its block).
 // RMSNorm folds in as matvec4_norm.wgsl says (quantizing per block is blind to a common scale, so
 // quantizing w * x and scaling the products is what quantizing the normalised x would give).
 
-const XW_WORDS: u32 = 1536u;
-
 // x quantized: per block and word, the even and the odd values' bytes; per block, the scale.
-var<workgroup> xw: array<vec2<u32>, 1536>;
-var<workgroup> xd: array<f32, 384>;
+var<workgroup> xw: array<vec2<u32>, XW_WORDS>;
+var<workgroup> xd: array<f32, XW_WORDS / 4u>;
 
 // Quantizes x (`cols` values; times the norm's weights where `norm`) into xw and xd; every thread
 // calls it. Returns the norm's scale (1 without a norm).

@@ -438,15 +438,15 @@ fn k_quant_int8_products_stay_near_the_oracle() {
     }
 }
 
-/// K-quant rows longer than the integer kernels' 16 KB module holds (11264 values) take the long
-/// module where the adapter allows 32 KB of workgroup memory (lavapipe, as Chrome and Firefox): a
-/// 14336-wide ffn_down (Llama 3's and Mistral's), Q4_K and Q6_K, against the oracle within the
-/// integer kernels' 2e-2 (derived above), in both row-sum paths. With the long module off
-/// (`Gpu::kint8_long`) those products run in floats, whose logits differ by more than float
-/// rounding, which shows the long module ran; 3 workgroups looping over the row groups give the
-/// same bits.
+/// Rows longer than the integer kernels' 16 KB modules hold (q4_0 12288 values, K-quants 11264)
+/// take the long modules where the adapter allows 32 KB of workgroup memory (lavapipe, as Chrome
+/// and Firefox): a 14336-wide ffn_down (Llama 3's and Mistral's), q4_0, Q4_K and Q6_K, against the
+/// oracle within the integer kernels' 2e-2 (derived above), in both row-sum paths. With the long
+/// modules off (`Gpu::int8_long`) those products run in floats, whose logits differ by more than
+/// float rounding, which shows the long module ran; 3 workgroups looping over the row groups give
+/// the same bits.
 #[test]
-fn long_k_quant_rows_take_the_long_integer_module() {
+fn long_rows_take_the_long_integer_modules() {
     let toks: Vec<u32> = (0..4).map(|i| 3 + (i * 37 % 250) as u32).collect();
     let with = |subgroups, long, groups| {
         let mut g = Gpu::open_blocking(GpuOptions {
@@ -457,11 +457,16 @@ fn long_k_quant_rows_take_the_long_integer_module() {
             ..Default::default()
         })
         .expect("lavapipe has subgroups");
-        assert!(g.kint8_long, "lavapipe allows 32 KB of workgroup memory");
-        g.kint8_long = long;
+        assert!(g.int8_long, "lavapipe allows 32 KB of workgroup memory");
+        g.int8_long = long;
         g
     };
-    for (spec, seed) in [("weights=q4_k", 21), ("weights=q4_k,ffn_down=q6_k", 22)] {
+    let specs = [
+        ("weights=q4_0", 20),
+        ("weights=q4_k", 21),
+        ("weights=q4_k,ffn_down=q6_k", 22),
+    ];
+    for (spec, seed) in specs {
         let cfg = RunConfig::parse(spec).unwrap();
         let m = measure::prepare(&one_layer(1024, 14336, (16, 4), seed), &cfg)
             .unwrap()

@@ -16,7 +16,7 @@ type Entries = Vec<(u32, View)>;
 impl GpuDecoder<'_> {
     /// The kernel `key` runs on this decoder's weights with the adapter's matvec choice.
     pub(super) fn kernel_of(&self, key: BindKey) -> Kernel {
-        key.kernel(self.gpu.matvec_kernel(), self.gpu.kint8_long, |id| {
+        key.kernel(self.gpu.matvec_kernel(), self.gpu.int8_long, |id| {
             let m = &self.w.mats[&id];
             (m.cols, m.ty, m.block)
         })
@@ -286,7 +286,7 @@ impl GpuDecoder<'_> {
             | Kernel::MatmulKI
             | Kernel::MatvecK
             | Kernel::MatvecKRow => e.retain(|(i, _)| *i != 2 && *i != 3),
-            Kernel::Matvec4Q8 | Kernel::Matvec4Q4I | Kernel::MatmulQ4I => {
+            Kernel::Matvec4Q8 | Kernel::Matvec4Q4I | Kernel::Matvec4Q4IL | Kernel::MatmulQ4I => {
                 e.retain(|(i, _)| *i != 3)
             }
             Kernel::Matvec4Q6KI | Kernel::Matvec4Q6KIL => {

@@ -3,7 +3,7 @@
 //! environment.
 
 use super::decoder::{GpuDecoder, PREFILL_ROWS};
-use super::kernels::{MatvecKernel, Modules, Pipelines, KINT8_LONG_STORAGE};
+use super::kernels::{MatvecKernel, Modules, Pipelines, INT8_LONG_STORAGE};
 use crate::kv::KvConfig;
 use crate::quant::WType;
 use crate::{Decoder, Error, Result};
@@ -359,9 +359,9 @@ pub struct Gpu {
     pub int8_groups: Option<u32>,
     /// Whether WGSL has `packed_4x8_integer_dot_product` here (`MatvecKernel::TiledInt8` can run).
     pub packed_dot: bool,
-    /// Whether the adapter gives the long K-quant integer module its workgroup memory, so that rows
+    /// Whether the adapter gives the long integer-dot modules their workgroup memory, so that rows
     /// up to 22528 values take the integer kernels (`MatvecKernel::for_matrix`).
-    pub kint8_long: bool,
+    pub int8_long: bool,
     /// Every kernel's pipeline, compiled for the first decoder and shared by the next: a browser
     /// compiles each pipeline when it first runs (SwiftShader: seconds), and only once per object.
     pipelines: std::cell::RefCell<Option<std::rc::Rc<Pipelines>>>,
@@ -458,7 +458,7 @@ impl Gpu {
             kv_direct: opts.kv_direct.unwrap_or(true),
             int8_groups: opts.int8_groups,
             packed_dot: int8,
-            kint8_long: int8 && limits.max_compute_workgroup_storage_size >= KINT8_LONG_STORAGE,
+            int8_long: int8 && limits.max_compute_workgroup_storage_size >= INT8_LONG_STORAGE,
             pipelines: Default::default(),
             modules,
             report,
@@ -555,7 +555,7 @@ impl Gpu {
     /// Naga in Firefox, WebKit's) would otherwise reject one only in front of that model. The
     /// modules checked, or the first one rejected with the compiler's messages.
     pub async fn check_modules(&self) -> Result<String> {
-        let modules = super::kernels::modules(self.packed_dot, self.kint8_long);
+        let modules = super::kernels::modules(self.packed_dot, self.int8_long);
         for &(name, parts) in &modules {
             let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
             // The modules the pipelines will use (natively without runtime checks, where chosen).

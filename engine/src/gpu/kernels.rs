@@ -10,7 +10,7 @@ use std::rc::Rc;
 
 mod choice;
 pub use choice::MatvecKernel;
-pub(super) use choice::{BindKey, KINT8_LONG_STORAGE};
+pub(super) use choice::{BindKey, INT8_LONG_STORAGE};
 
 const ACT_F32: &str = include_str!("../../../shaders/act_f32.wgsl");
 const ACT_F16: &str = include_str!("../../../shaders/act_f16.wgsl");
@@ -77,6 +77,7 @@ pub(super) enum Kernel {
     Matvec4Q6KI,
     Matvec4KIL,
     Matvec4Q6KIL,
+    Matvec4Q4IL,
     Matmul,
     MatmulQ4I,
     MatmulKI,
@@ -188,6 +189,9 @@ const MATVEC4_KINT8_LONG_MODULE: &[&str] = &[
     XK_LONG,
     MATVEC4_KINT8,
 ];
+// q4_0's integer-dot kernels, x in workgroup memory as for the K-quants (`XW_WORDS` words of 8).
+const XW_SHORT: &str = "const XW_WORDS: u32 = 1536u;\n";
+const XW_LONG: &str = "const XW_WORDS: u32 = 2816u;\n";
 const MATVEC4_INT8_MODULE: &[&str] = &[
     STEP,
     QUANT,
@@ -195,10 +199,21 @@ const MATVEC4_INT8_MODULE: &[&str] = &[
     REDUCE,
     MATVEC4,
     MATVEC4_NORM,
+    XW_SHORT,
+    MATVEC4_INT8,
+];
+const MATVEC4_INT8_LONG_MODULE: &[&str] = &[
+    STEP,
+    QUANT,
+    MATRIX,
+    REDUCE,
+    MATVEC4,
+    MATVEC4_NORM,
+    XW_LONG,
     MATVEC4_INT8,
 ];
 
-pub(super) const TABLE: [KernelDef; 57] = [
+pub(super) const TABLE: [KernelDef; 58] = [
     def!(Matvec, "matvec", "matvec", MATVEC_MODULE),
     def!(Matvec4F32, "matvec4_f32", "matvec4", MATVEC4_MODULE),
     def!(Matvec4F16, "matvec4_f16", "matvec4", MATVEC4_MODULE),
@@ -337,6 +352,12 @@ pub(super) const TABLE: [KernelDef; 57] = [
         "matvec4_kint8_long",
         MATVEC4_KINT8_LONG_MODULE
     ),
+    def!(
+        Matvec4Q4IL,
+        "matvec4_q4i",
+        "matvec4_int8_long",
+        MATVEC4_INT8_LONG_MODULE
+    ),
     def!(Matmul, "matmul", "matvec", MATVEC_MODULE),
     def!(MatmulQ4I, "matmul_q4i", "matmul_int8", MATMUL_INT8_MODULE),
     def!(MatmulKI, "matmul_ki", "matmul_int8", MATMUL_INT8_MODULE),
@@ -396,8 +417,8 @@ pub(super) fn module_source(act: Activations, parts: &[&str], subgroups: bool) -
 }
 
 /// Each shader module once, in [`TABLE`] order, with its files; the integer-dot modules only where
-/// WGSL has `packed_4x8_integer_dot_product` (`packed_dot`), the long K-quant one only where the
-/// adapter gives it its workgroup memory (`long`).
+/// WGSL has `packed_4x8_integer_dot_product` (`packed_dot`), the long ones only where the adapter
+/// gives them their workgroup memory (`long`).
 pub(super) fn modules(
     packed_dot: bool,
     long: bool,
@@ -407,7 +428,8 @@ pub(super) fn modules(
         let int8 = [MATVEC4_INT8, MATMUL_INT8, MATVEC4_KINT8]
             .iter()
             .any(|f| d.parts.contains(f));
-        let usable = (packed_dot || !int8) && (long || !d.parts.contains(&XK_LONG));
+        let is_long = d.parts.contains(&XK_LONG) || d.parts.contains(&XW_LONG);
+        let usable = (packed_dot || !int8) && (long || !is_long);
         if usable && !out.iter().any(|(m, _)| *m == d.module) {
             out.push((d.module, d.parts));
         }
@@ -446,6 +468,7 @@ const ON_FIRST_USE: &[Kernel] = &[
     Kernel::Matvec4Q6KI,
     Kernel::Matvec4KIL,
     Kernel::Matvec4Q6KIL,
+    Kernel::Matvec4Q4IL,
     Kernel::MatmulQ4I,
     Kernel::MatmulKI,
 ];

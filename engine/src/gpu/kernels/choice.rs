@@ -33,15 +33,17 @@ pub enum MatvecKernel {
     TiledInt8,
 }
 
-/// Columns `matvec4_q4i` holds in workgroup memory (`XW_WORDS` words of 8 in matvec4_int8.wgsl).
-const INT8_MAX_COLS: usize = 1536 * 8;
-/// Columns the K-quant integer-dot kernels hold in workgroup memory (`XK_BLOCKS` blocks of 32 in
-/// matvec4_kint8.wgsl, kernels.rs's `XK_SHORT`), and those of its long module (`XK_LONG`), which
-/// runs where the adapter allows `KINT8_LONG_STORAGE` bytes of it (Chrome, Firefox and lavapipe
-/// give 32 KB): Llama 3's and Mistral's 14336-wide ffn_down, Qwen2.5-7B's 18944.
+/// Columns the integer-dot decode kernels hold in workgroup memory: q4_0's `matvec4_q4i`
+/// (`XW_WORDS` words of 8 in matvec4_int8.wgsl, kernels.rs's `XW_SHORT`) and the K-quants'
+/// (`XK_BLOCKS` blocks of 32 in matvec4_kint8.wgsl, `XK_SHORT`), within WebGPU's 16 KB default;
+/// and those of their long modules (`XW_LONG`, `XK_LONG`), which run where the adapter allows
+/// `INT8_LONG_STORAGE` bytes of it (Chrome, Firefox and lavapipe give 32 KB): Llama 3's and
+/// Mistral's 14336-wide ffn_down, Qwen2.5-7B's 18944.
+pub(in crate::gpu) const INT8_MAX_COLS: usize = 1536 * 8;
+pub(in crate::gpu) const INT8_LONG_MAX_COLS: usize = 2816 * 8;
 pub(in crate::gpu) const KINT8_MAX_COLS: usize = 352 * 32;
 pub(in crate::gpu) const KINT8_LONG_MAX_COLS: usize = 704 * 32;
-pub(in crate::gpu) const KINT8_LONG_STORAGE: u32 = 32768;
+pub(in crate::gpu) const INT8_LONG_STORAGE: u32 = 32768;
 /// Columns the kernels with a norm folded in stage as f16 (`XH_VEC4S` in matvec4_norm.wgsl).
 const F16N_MAX_COLS: usize = 768 * 8;
 
@@ -62,7 +64,7 @@ impl MatvecKernel {
     /// The kernel for a matrix of `cols` columns of `ty` in blocks of `block`: the chosen one needs
     /// whole 32-column units (anything else takes the element-wise kernel), and the 128-bit loads of
     /// `matvec4` a row of whole vec4s where no vec4 straddles two blocks, in blocks of a power of two.
-    /// `long`: the adapter runs the long K-quant integer module (`Gpu::kint8_long`).
+    /// `long`: the adapter runs the long integer-dot modules (`Gpu::int8_long`).
     pub(in crate::gpu) fn for_matrix(
         self,
         cols: usize,
@@ -83,6 +85,7 @@ impl MatvecKernel {
             WType::Q6_K => None,
         };
         let int8 = ty == WType::Q4_0 && cols <= INT8_MAX_COLS;
+        let int8_long = ty == WType::Q4_0 && long && cols <= INT8_LONG_MAX_COLS;
         let tiled = matches!(self, MatvecKernel::Tiled | MatvecKernel::TiledInt8);
         let k_int8 = ty.is_k() && cols <= KINT8_MAX_COLS;
         let k_long = ty.is_k() && long && cols <= KINT8_LONG_MAX_COLS;
@@ -96,6 +99,7 @@ impl MatvecKernel {
             _ if ty.is_k() => Kernel::MatvecK,
             _ if !cols.is_multiple_of(32) => Kernel::MatvecAny,
             (MatvecKernel::TiledInt8, Some(Kernel::Matvec4Q4)) if int8 => Kernel::Matvec4Q4I,
+            (MatvecKernel::TiledInt8, Some(Kernel::Matvec4Q4)) if int8_long => Kernel::Matvec4Q4IL,
             (_, Some(Kernel::Matvec4Q4)) if tiled => Kernel::Matvec4Q4C,
             (_, Some(k)) if tiled || self == MatvecKernel::TiledBlocks => k,
             (MatvecKernel::Row, _) => Kernel::MatvecRow,
@@ -158,6 +162,7 @@ impl Kernel {
                     | Kernel::Matvec4Q6KI
                     | Kernel::Matvec4KIL
                     | Kernel::Matvec4Q6KIL
+                    | Kernel::Matvec4Q4IL
             )
     }
 
@@ -177,6 +182,7 @@ impl Kernel {
                 | Kernel::Matvec4Q6KI
                 | Kernel::Matvec4KIL
                 | Kernel::Matvec4Q6KIL
+                | Kernel::Matvec4Q4IL
         )
     }
 

@@ -88,6 +88,18 @@ fn int8_takes_q4_0_and_k_quant_rows_that_fit() {
     );
     assert_eq!(
         k.for_matrix(14336, WType::Q4_0, 32, true),
+        Kernel::Matvec4Q4IL
+    );
+    assert_eq!(
+        k.for_matrix(12288, WType::Q4_0, 32, true),
+        Kernel::Matvec4Q4I
+    );
+    assert_eq!(
+        k.for_matrix(22528, WType::Q4_0, 32, true),
+        Kernel::Matvec4Q4IL
+    );
+    assert_eq!(
+        k.for_matrix(22560, WType::Q4_0, 32, true),
         Kernel::Matvec4Q4C
     );
     assert_eq!(
@@ -132,16 +144,22 @@ fn every_entry_point_is_in_its_module() {
     }
 }
 
-/// The K-quant integer modules' `XK_BLOCKS` and the widths the kernel choice takes them for are
-/// one number each.
+/// The integer-dot modules' sizes of x (`XW_WORDS` words of 8, `XK_BLOCKS` blocks of 32) and the
+/// widths the kernel choice takes them for are one number each.
 #[test]
-fn the_k_quant_integer_modules_hold_the_rows_the_choice_gives_them() {
-    let blocks = |part: &str| -> usize {
-        let n = part.trim().strip_prefix("const XK_BLOCKS: u32 = ").unwrap();
+fn the_integer_modules_hold_the_rows_the_choice_gives_them() {
+    let size = |part: &str, name: &str| -> usize {
+        let n = part
+            .trim()
+            .strip_prefix(&format!("const {name}: u32 = "))
+            .unwrap();
         n.strip_suffix("u;").unwrap().parse().unwrap()
     };
-    assert_eq!(32 * blocks(XK_SHORT), choice::KINT8_MAX_COLS);
-    assert_eq!(32 * blocks(XK_LONG), choice::KINT8_LONG_MAX_COLS);
+    assert_eq!(8 * size(XW_SHORT, "XW_WORDS"), choice::INT8_MAX_COLS);
+    assert_eq!(8 * size(XW_LONG, "XW_WORDS"), choice::INT8_LONG_MAX_COLS);
+    assert_eq!(32 * size(XK_SHORT, "XK_BLOCKS"), choice::KINT8_MAX_COLS);
+    assert_eq!(32 * size(XK_LONG, "XK_BLOCKS"), choice::KINT8_LONG_MAX_COLS);
+    assert!(MATVEC4_INT8_MODULE.contains(&XW_SHORT) && MATVEC4_INT8_LONG_MODULE.contains(&XW_LONG));
     assert!(
         MATVEC4_KINT8_MODULE.contains(&XK_SHORT) && MATVEC4_KINT8_LONG_MODULE.contains(&XK_LONG)
     );
