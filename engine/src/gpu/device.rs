@@ -3,7 +3,10 @@
 //! environment.
 
 use super::decoder::{GpuDecoder, PREFILL_ROWS};
-use super::kernels::{MatvecKernel, Modules, Pipelines, INT8_LONG_STORAGE};
+use super::kernels::{
+    MatvecKernel, Modules, Pipelines, INT8_LONG_MAX_COLS, INT8_LONG_STORAGE, INT8_MAX_COLS,
+    KINT8_MAX_COLS,
+};
 use crate::kv::KvConfig;
 use crate::quant::WType;
 use crate::{Decoder, Error, Result};
@@ -322,7 +325,22 @@ fn matvec_choice(
         }
         None => String::new(),
     };
-    (matvec, format!("{why}; {sums}; {qkv}{norm}{kv}{groups}"))
+    let storage = report.limits.max_compute_workgroup_storage_size;
+    let rows = match (int8, int8_long(int8, report)) {
+        (false, _) => String::new(),
+        (true, true) => format!("; integer-dot decode rows up to {INT8_LONG_MAX_COLS} values"),
+        (true, false) => format!(
+            "; integer-dot decode rows up to {INT8_MAX_COLS} values (q4_0) and {KINT8_MAX_COLS} (K-quants), longer ones in floats"
+        ),
+    };
+    let why = format!("{why}; {sums}; {qkv}{norm}{kv}{groups}{rows}");
+    let note = format!("{why} ({storage} bytes of workgroup memory)");
+    (matvec, note)
+}
+
+/// Whether the adapter gives the long integer-dot modules (`MatvecKernel::for_matrix`) their memory.
+fn int8_long(int8: bool, report: &AdapterReport) -> bool {
+    int8 && report.limits.max_compute_workgroup_storage_size >= INT8_LONG_STORAGE
 }
 
 /// An open device with its adapter report and error hooks.
@@ -458,7 +476,7 @@ impl Gpu {
             kv_direct: opts.kv_direct.unwrap_or(true),
             int8_groups: opts.int8_groups,
             packed_dot: int8,
-            int8_long: int8 && limits.max_compute_workgroup_storage_size >= INT8_LONG_STORAGE,
+            int8_long: int8_long(int8, &report),
             pipelines: Default::default(),
             modules,
             report,
@@ -768,5 +786,13 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(choice(&tiled, &gpu, true), MatvecKernel::Tiled);
+        // The note says how long a row the integer kernels take on this adapter.
+        let note = |r: &AdapterReport, int8| matvec_choice(&none, r, "", int8).1;
+        assert!(note(&gpu, true).ends_with("rows up to 12288 values (q4_0) and 11264 (K-quants), longer ones in floats (16384 bytes of workgroup memory)"));
+        let mut roomy = gpu.clone();
+        roomy.limits.max_compute_workgroup_storage_size = 32768;
+        assert!(note(&roomy, true)
+            .ends_with("rows up to 22528 values (32768 bytes of workgroup memory)"));
+        assert!(!note(&roomy, false).contains("rows up to"));
     }
 }

@@ -10,7 +10,9 @@ use std::rc::Rc;
 
 mod choice;
 pub use choice::MatvecKernel;
-pub(super) use choice::{BindKey, INT8_LONG_STORAGE};
+pub(super) use choice::{
+    BindKey, INT8_LONG_MAX_COLS, INT8_LONG_STORAGE, INT8_MAX_COLS, KINT8_MAX_COLS,
+};
 
 const ACT_F32: &str = include_str!("../../../shaders/act_f32.wgsl");
 const ACT_F16: &str = include_str!("../../../shaders/act_f16.wgsl");
