@@ -441,16 +441,16 @@ fn k_quant_int8_products_stay_near_the_oracle() {
 /// Rows longer than the integer kernels' 16 KB modules hold (q4_0 12288 values, K-quants 11264)
 /// take the long modules where the adapter allows 32 KB of workgroup memory (lavapipe, as Chrome
 /// and Firefox): a 14336-wide ffn_down (Llama 3's and Mistral's), q4_0, Q4_K and Q6_K, against the
-/// oracle within the integer kernels' 2e-2 (derived above), in both row-sum paths. With the long
-/// modules off (`Gpu::int8_long`) those products run in floats, whose logits differ by more than
-/// float rounding, which shows the long module ran; 3 workgroups looping over the row groups give
-/// the same bits.
+/// oracle within the integer kernels' 2e-2 (derived above), in both row-sum paths and with f16
+/// activations. With the long modules off (`Gpu::int8_long`) those products run in floats, whose
+/// logits differ by more than float rounding, which shows the long module ran; 3 workgroups
+/// looping over the row groups give the same bits.
 #[test]
 fn long_rows_take_the_long_integer_modules() {
     let toks: Vec<u32> = (0..4).map(|i| 3 + (i * 37 % 250) as u32).collect();
-    let with = |subgroups, long, groups| {
+    let with = |act, subgroups, long, groups| {
         let mut g = Gpu::open_blocking(GpuOptions {
-            act: Some(Activations::F32),
+            act: Some(act),
             matvec: Some(MatvecKernel::TiledInt8),
             subgroups: Some(subgroups),
             int8_groups: groups,
@@ -461,6 +461,7 @@ fn long_rows_take_the_long_integer_modules() {
         g.int8_long = long;
         g
     };
+    let (f32, f16) = (Activations::F32, Activations::F16);
     let specs = [
         ("weights=q4_0", 20),
         ("weights=q4_k", 21),
@@ -471,19 +472,19 @@ fn long_rows_take_the_long_integer_modules() {
         let m = measure::prepare(&one_layer(1024, 14336, (16, 4), seed), &cfg)
             .unwrap()
             .0;
-        for subgroups in [false, true] {
-            let what = format!("14336-wide ffn_down {spec}, subgroups {subgroups}");
-            run(&with(subgroups, true, None), &m, &toks, 2e-2, &what);
+        for (act, subgroups) in [(f32, false), (f32, true), (f16, false)] {
+            let what = format!("14336-wide ffn_down {spec}, {act:?}, subgroups {subgroups}");
+            run(&with(act, subgroups, true, None), &m, &toks, 2e-2, &what);
         }
-        let long = decode_work(&with(false, true, None), &m, &toks);
-        let float = decode_work(&with(false, false, None), &m, &toks);
+        let long = decode_work(&with(f32, false, true, None), &m, &toks);
+        let float = decode_work(&with(f32, false, false, None), &m, &toks);
         let scale = float.0[0].iter().fold(0f32, |m, v| m.max(v.abs()));
         let d = (float.0[0].iter().zip(&long.0[0])).fold(0f32, |m, (p, q)| m.max((p - q).abs()));
         assert!(
             d > 2e-4 * (1.0 + scale),
             "{spec}: the long module did not run ({d})"
         );
-        let three = decode_work(&with(false, true, Some(3)), &m, &toks);
+        let three = decode_work(&with(f32, false, true, Some(3)), &m, &toks);
         assert!(three.0 == long.0, "{spec}, 3 groups: the logits differ");
     }
 }

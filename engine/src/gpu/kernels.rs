@@ -163,8 +163,9 @@ const MATVEC4_KQUANT_NORM_MODULE: &[&str] = &[
     MATVEC4_KQUANT,
 ];
 // The K-quant integer-dot kernels: the float module's helpers, matvec4_norm.wgsl's norm, and x's
-// blocks in workgroup memory (`XK_BLOCKS`, `choice::XK_BLOCKS`): 14 KB within WebGPU's 16 KB
-// default, or in the long module 28 KB, for rows up to 22528 values where the adapter allows 32 KB.
+// blocks in workgroup memory (`XK_BLOCKS`; the widths in `choice::KINT8_MAX_COLS` and
+// `KINT8_LONG_MAX_COLS`): 14 KB within WebGPU's 16 KB default, or in the long module 28 KB, for
+// rows up to 22528 values where the adapter allows 32 KB.
 const XK_SHORT: &str = "const XK_BLOCKS: u32 = 352u;\n";
 const XK_LONG: &str = "const XK_BLOCKS: u32 = 704u;\n";
 const MATVEC4_KINT8_MODULE: &[&str] = &[
