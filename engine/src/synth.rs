@@ -136,6 +136,9 @@ pub enum Preset {
     Llama1b,
     /// Llama-2-7B's shape.
     Llama7b,
+    /// Llama-3-8B's shape: 8 KV heads, a 14336-wide feed-forward, a 128256-token vocabulary,
+    /// RoPE base 500000.
+    Llama8b,
 }
 
 impl Preset {
@@ -145,11 +148,10 @@ impl Preset {
             "qwen3-tiny" => Preset::Qwen3Tiny,
             "llama-1b" => Preset::Llama1b,
             "llama-7b" => Preset::Llama7b,
-            _ => {
-                return Err(Error::Invalid(format!(
-                    "unknown preset {s:?} (expected tiny, qwen3-tiny, llama-1b or llama-7b)"
-                )))
-            }
+            "llama-8b" => Preset::Llama8b,
+            _ => return Err(Error::Invalid(format!(
+                "unknown preset {s:?} (expected tiny, qwen3-tiny, llama-1b, llama-7b or llama-8b)"
+            ))),
         })
     }
 
@@ -159,6 +161,7 @@ impl Preset {
             Preset::Qwen3Tiny => "qwen3-tiny",
             Preset::Llama1b => "llama-1b",
             Preset::Llama7b => "llama-7b",
+            Preset::Llama8b => "llama-8b",
         }
     }
 
@@ -168,6 +171,7 @@ impl Preset {
             Preset::Qwen3Tiny => (256, 512, 2, 4, 2, 259, 512),
             Preset::Llama1b => (2048, 5632, 22, 32, 4, 32000, 2048),
             Preset::Llama7b => (4096, 11008, 32, 32, 32, 32000, 4096),
+            Preset::Llama8b => (4096, 14336, 32, 32, 8, 128256, 8192),
         };
         let qwen3 = self == Preset::Qwen3Tiny;
         Config {
@@ -179,7 +183,11 @@ impl Preset {
             n_kv_heads,
             vocab_size,
             seq_len,
-            rope_theta: 10000.0,
+            rope_theta: if self == Preset::Llama8b {
+                500000.0
+            } else {
+                10000.0
+            },
             rope_freqs: false,
             norm_eps: 1e-5,
             // 4 heads of 128 (the others: dim / n_heads), sharing 2 KV heads.
@@ -190,5 +198,26 @@ impl Preset {
             attn_softcap: None,
             final_softcap: None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every preset parses back from its name, and Llama-3-8B's shape is its own.
+    #[test]
+    fn presets_parse_from_their_names() {
+        use Preset::*;
+        for p in [Tiny, Qwen3Tiny, Llama1b, Llama7b, Llama8b] {
+            assert_eq!(Preset::parse(p.name()).unwrap(), p);
+        }
+        let c = Llama8b.config();
+        assert_eq!(
+            (c.hidden_dim, c.n_kv_heads, c.vocab_size),
+            (14336, 8, 128256)
+        );
+        assert_eq!(c.rope_theta, 500000.0);
+        assert!(Preset::parse("llama-9b").is_err());
     }
 }

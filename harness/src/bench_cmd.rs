@@ -22,7 +22,7 @@ use std::time::Instant;
 pub struct BenchArgs {
     #[command(flatten)]
     model: ModelArgs,
-    /// A synthetic preset instead of --model: tiny, llama-1b, llama-7b.
+    /// A synthetic preset instead of --model: tiny, llama-1b, llama-7b, llama-8b.
     #[arg(long, conflicts_with = "model")]
     preset: Option<String>,
     #[command(flatten)]

@@ -22,7 +22,7 @@ pub struct ConvertArgs {
 
 #[derive(Args)]
 pub struct SynthArgs {
-    /// tiny, llama-1b or llama-7b.
+    /// tiny, llama-1b, llama-7b or llama-8b.
     #[arg(long)]
     preset: String,
     #[arg(long, default_value_t = 0)]

@@ -27,7 +27,7 @@ pub struct RunArgs {
     pub browsers: Vec<String>,
     #[command(flatten)]
     pub model: ModelArgs,
-    /// A synthetic preset instead of --model (tiny, llama-1b, llama-7b).
+    /// A synthetic preset instead of --model (tiny, llama-1b, llama-7b, llama-8b).
     #[arg(long, conflicts_with = "model")]
     pub preset: Option<String>,
     /// Text for forced decoding (default: the model's TinyStories sample beside it, or the built-in sample).
