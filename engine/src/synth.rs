@@ -149,9 +149,11 @@ impl Preset {
             "llama-1b" => Preset::Llama1b,
             "llama-7b" => Preset::Llama7b,
             "llama-8b" => Preset::Llama8b,
-            _ => return Err(Error::Invalid(format!(
-                "unknown preset {s:?} (expected tiny, qwen3-tiny, llama-1b, llama-7b or llama-8b)"
-            ))),
+            _ => {
+                let known = "tiny, qwen3-tiny, llama-1b, llama-7b or llama-8b";
+                let e = format!("unknown preset {s:?} (expected {known})");
+                return Err(Error::Invalid(e));
+            }
         })
     }
 
