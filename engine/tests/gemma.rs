@@ -147,6 +147,65 @@ fn gemma2_caps_scores_over_quantized_caches_on_the_gpu() {
     }
 }
 
+/// Local layers keep a ring of their window and a pass's rows less one (`layout::local_slots`), not
+/// every position: passes of 3 rows take 10 slots for the fixtures' windows of 8, 1 row 8, and the
+/// 32-token prompt goes round them three or four times, over f32 and q8_0 caches. Every position's
+/// logits stay within the f32 rule of the oracle's (with the same cache), the cache is the global
+/// layers' context and the local layers' slots, the bytes held count a full ring at most, and such
+/// a decoder does not claim to rewind.
+#[test]
+fn local_layers_keep_a_ring_of_their_window() {
+    use nibble_engine::cpu::CpuDecoder;
+    use nibble_engine::gpu::{Activations, Gpu, GpuDecoder, GpuOptions};
+    use nibble_engine::kv::KvType;
+    use nibble_engine::measure::{self, Reference};
+    use nibble_engine::scenario::Tolerance;
+    use nibble_engine::{block_on, Decoder};
+    for name in ["gemma3-tiny", "gemma2-tiny"] {
+        let (m, r) = fixture(name);
+        let c = &m.config;
+        let seqs = vec![prompt(&r)];
+        // f32 and q8_0 caches, whose values the oracle's match (an f16 cache's rounding of the
+        // GPU's K and V can fall the other way of the oracle's, ring or not).
+        for (rows, t) in [(3, KvType::F32), (1, KvType::Q8_0), (3, KvType::Q8_0)] {
+            let kv = KvConfig {
+                k: t,
+                v: t,
+                ..Default::default()
+            };
+            let gpu = Gpu::open_blocking(GpuOptions {
+                act: Some(Activations::F32),
+                prefill_rows: Some(rows),
+                ..Default::default()
+            })
+            .expect("a WebGPU adapter (lavapipe)");
+            let mut g = GpuDecoder::new(&gpu, &m, kv.clone()).unwrap();
+            let what = format!("{name}, passes of {rows}, {t:?} cache");
+            let slots = c.swa.unwrap().window + rows - 1;
+            let local = (0..c.n_layers).filter(|&l| c.is_local(l)).count();
+            let per_slot = kv.bytes_after(c, 1) / c.n_layers;
+            let cap = kv.capacity(c);
+            assert!(slots * 3 < seqs[0].len() && slots < cap, "{what}");
+            let want = per_slot * ((c.n_layers - local) * cap + local * slots);
+            assert_eq!(g.memory().kv_cache, want as u64, "{what}");
+            assert!(!g.rewinds(), "{what}");
+            let mut cpu = CpuDecoder::with_kv(&m, kv.clone()).unwrap();
+            let reference = block_on(Reference::run(&mut cpu, &seqs)).unwrap();
+            let d = block_on(measure::compare(&reference, &mut g, &seqs)).unwrap();
+            let tol = Tolerance::for_backend("gpu", None, c, reference.max_abs_logit());
+            eprintln!("{what}: max |dlogit| {:.2e}", d.max_abs_dlogit);
+            if let Err(e) = tol.check(&d) {
+                panic!("{what}: {e} ({})", tol.why);
+            }
+            // The whole prompt held again, from position 0.
+            let n = seqs[0].len();
+            block_on(g.prefill(&seqs[0], 0)).unwrap();
+            let held = per_slot * ((c.n_layers - local) * n + local * slots);
+            assert_eq!(g.kv_bytes(), held, "{what}");
+        }
+    }
+}
+
 /// What the harness runs on a model with local layers: the sweep's grid leaves its KV-window row
 /// out (every row one the model takes), and the context scenario measures its KV types and says
 /// why it made no window run instead of failing the run.

@@ -186,7 +186,8 @@ impl GpuDecoder<'_> {
                 (2, act(Act::V)),
                 (3, self.kcache[l].clone().into()),
                 (4, self.vcache[l].clone().into()),
-                (5, self.step_buf.clone().into()),
+                // A local layer's slots are its steps' (its ring).
+                (5, self.steps_of(c.is_local(l)).clone().into()),
             ],
             BindKey::KiviFlush(l) => vec![
                 (0, self.attn_params()),

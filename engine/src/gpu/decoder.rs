@@ -3,7 +3,7 @@
 
 use super::device::{pop_error_scope, Gpu};
 use super::kernels::{max_splits, BindKey, Pipelines};
-use super::layout::{buffer, kv_layer_bytes, GpuMemory};
+use super::layout::{buffer, kv_layer_bytes, local_slots, GpuMemory};
 use super::profile::{KernelTime, Profiler};
 use super::upload::GpuWeights;
 use crate::arch::forward;
@@ -143,12 +143,14 @@ impl<'g> GpuDecoder<'g> {
         let cap = kv.capacity(&c);
         let max_rows = batch_rows(gpu, &c, cap);
         let acts = act_buffers(gpu, &c, max_rows);
-        let (k_bytes, v_bytes) = kv_layer_bytes(&kv, &c);
-        let caches = |tag: &str, bytes| -> Vec<_> {
-            let layer = |l| buf(&format!("{tag}{l}"), bytes, storage);
+        // Local layers keep a ring of their window where that is fewer slots than the context.
+        let ring = local_slots(&kv, &c, max_rows);
+        let bytes = |l: usize| kv_layer_bytes(&kv, &c, ring.filter(|_| c.is_local(l)));
+        let caches = |tag: &str, which: fn((u64, u64)) -> u64| -> Vec<_> {
+            let layer = |l| buf(&format!("{tag}{l}"), which(bytes(l)), storage);
             (0..c.n_layers).map(layer).collect()
         };
-        let (kcache, vcache) = (caches("k", k_bytes), caches("v", v_bytes));
+        let (kcache, vcache) = (caches("k", |b| b.0), caches("v", |b| b.1));
         let att = buf("att", (max_rows * c.n_heads * cap * 4) as u64, storage);
         let parts_len = c.n_heads * max_splits(cap) * (c.head_size() + 2);
         let parts = buf("attention splits", (parts_len * 4) as u64, storage);
@@ -177,7 +179,7 @@ impl<'g> GpuDecoder<'g> {
         let t0 = web_time::Instant::now();
         let pipes = gpu.pipelines();
         let [rope_freqs, local_freqs] = rope_tables(&c, w.rope_divisors.as_deref());
-        let local = super::local::Local::new(&c, local_freqs, max_rows, |l, n| written(l, n));
+        let local = super::local::Local::new(&c, local_freqs, max_rows, ring, |l, n| written(l, n));
         memory.activations += local.as_ref().map_or(0, |l| l.bytes());
         Ok(GpuDecoder {
             compile_s: t0.elapsed().as_secs_f64(),
@@ -681,14 +683,23 @@ impl Decoder for GpuDecoder<'_> {
         self.held = 0;
     }
 
+    /// Not where local layers keep a ring: a position run again would find its window's slots
+    /// taken by later positions.
     fn rewinds(&self) -> bool {
-        self.kv.rewinds()
+        self.kv.rewinds() && self.local_ring().is_none()
     }
 
-    /// The bytes of the positions the cache holds now, in the KV format (as the CPU counts them):
-    /// the allocation is `gpu_memory().kv_cache`, made whole up front.
+    /// The bytes of the positions the cache holds now, in the KV format (as the CPU counts them; a
+    /// local layer's ring at most its slots): the allocation is `gpu_memory().kv_cache`, made
+    /// whole up front.
     fn kv_bytes(&self) -> usize {
-        self.kv.bytes_after(&self.config, self.held)
+        let c = &self.config;
+        let Some(slots) = self.local_ring() else {
+            return self.kv.bytes_after(c, self.held);
+        };
+        let layer = |n| self.kv.bytes_after(c, n) / c.n_layers;
+        let local = (0..c.n_layers).filter(|&l| c.is_local(l)).count();
+        (c.n_layers - local) * layer(self.held) + local * layer(self.held.min(slots))
     }
 
     fn context_limit(&self) -> usize {

@@ -139,10 +139,19 @@ fn kivi_key_words(kv: &KvConfig, c: &Config) -> usize {
     (kv.sinks + kv.group) * n / 2 + kivi_ring(kv, c) * n * (kv.group / 8 + 1)
 }
 
+/// Slots of a local layer's ring (`Config::swa`): its window and a pass's rows less one, since a
+/// pass stores every row before any attends, and its last row's slot must not be one its first
+/// row's window still reads. None where every position keeps its slot: fewer positions than that,
+/// no local layers, or kivi4 keys (whose groups a ring of its own would have to follow).
+pub(super) fn local_slots(kv: &KvConfig, c: &Config, max_rows: usize) -> Option<usize> {
+    let slots = c.swa?.window + max_rows - 1;
+    (kv.k != KvType::Kivi4 && kv.window.is_none() && slots < kv.capacity(c)).then_some(slots)
+}
+
 /// Bytes of one layer's key and of its value cache buffer (a slot row per position held, or kivi4's
-/// key layout).
-pub(super) fn kv_layer_bytes(kv: &KvConfig, c: &Config) -> (u64, u64) {
-    let cap = kv.capacity(c);
+/// key layout); `slots`: a local layer's ring ([`local_slots`]) instead of every position.
+pub(super) fn kv_layer_bytes(kv: &KvConfig, c: &Config, slots: Option<usize>) -> (u64, u64) {
+    let cap = slots.unwrap_or(kv.capacity(c));
     let k = if kv.k == KvType::Kivi4 {
         kivi_key_words(kv, c)
     } else {

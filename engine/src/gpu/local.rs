@@ -1,8 +1,9 @@
-//! The sliding-window layers' own per-row state (Gemma 3's local layers): steps whose attended
-//! range starts at the window (`Step.lo`), and RoPE's table at their base. The attention and RoPE
-//! kernels are the global layers'; only what they are bound to differs (`GpuDecoder::steps_of`,
-//! `GpuDecoder::rope_of`). A KV window ring is refused on such models (`KvConfig::validate`), so
-//! these steps never wrap.
+//! The sliding-window layers' own per-row state (Gemma 2's and 3's local layers): steps whose
+//! attended range starts at the window (`Step.lo`), whose slots go round the layers' ring of
+//! `layout::local_slots` where they keep one (`Step.span`), and RoPE's table at their base. The
+//! KV store, attention and RoPE kernels are the global layers'; only what they are bound to differs
+//! (`GpuDecoder::steps_of`, `GpuDecoder::rope_of`). A KV window ring on such models is refused
+//! (`KvConfig::validate`), so a main step's slot is its position.
 
 use super::decoder::GpuDecoder;
 use crate::config::Config;
@@ -17,6 +18,8 @@ pub(super) struct Local {
     pub rope_buf: wgpu::Buffer,
     /// Positions the last row attends on a local layer.
     pub n_att: usize,
+    /// The local layers' slots where they keep a ring (`layout::local_slots`).
+    pub ring: Option<usize>,
 }
 
 impl Local {
@@ -24,6 +27,7 @@ impl Local {
         c: &Config,
         freqs: Vec<f32>,
         max_rows: usize,
+        ring: Option<usize>,
         buf: impl Fn(&str, usize) -> wgpu::Buffer,
     ) -> Option<Local> {
         c.swa?;
@@ -34,6 +38,7 @@ impl Local {
             table: vec![0.0; max_rows * c.head_size()],
             rope_buf: buf("local rope", max_rows * c.head_size() * 4),
             n_att: 0,
+            ring,
         })
     }
 
@@ -42,7 +47,7 @@ impl Local {
     }
 
     /// Row by row as the main steps (`main`, 8 words a row), but attending from the window's start,
-    /// and the table at the local frequencies.
+    /// in slots round the ring where there is one, and the table at the local frequencies.
     pub fn write(&mut self, c: &Config, main: &[u32], queue: &wgpu::Queue) {
         let window = c.swa.expect("local layers").window;
         let hs = c.head_size();
@@ -51,8 +56,20 @@ impl Local {
             let pos = m[0] as usize;
             let lo = (pos + 1).saturating_sub(window);
             self.n_att = pos + 1 - lo;
-            self.steps
-                .extend([m[0], self.n_att as u32, 0, 0, m[4], m[5], lo as u32, m[7]]);
+            let (span, slot) = match self.ring {
+                Some(r) => (r as u32, (pos % r) as u32),
+                None => (0, m[5]),
+            };
+            self.steps.extend([
+                m[0],
+                self.n_att as u32,
+                0,
+                span,
+                m[4],
+                slot,
+                lo as u32,
+                m[7],
+            ]);
             for (f, freq) in self.freqs.iter().enumerate() {
                 let (co, s) = rope_cos_sin(c, pos, *freq);
                 self.table[i * hs + 2 * f] = co;
@@ -84,6 +101,11 @@ impl GpuDecoder<'_> {
             Some(l) if local => &l.rope_buf,
             _ => &self.rope_buf,
         }
+    }
+
+    /// The local layers' ring of slots, where they keep one.
+    pub(super) fn local_ring(&self) -> Option<usize> {
+        self.local.as_ref().and_then(|l| l.ring)
     }
 
     /// Positions the last row attends on `layer` (how many splits decode attention dispatches).
