@@ -152,7 +152,7 @@ fn gemma2_caps_scores_over_quantized_caches_on_the_gpu() {
 /// 32-token prompt goes round them three or four times, over f32 and q8_0 caches. Every position's
 /// logits stay within the f32 rule of the oracle's (with the same cache), the cache is the global
 /// layers' context and the local layers' slots, the bytes held count a full ring at most, and such
-/// a decoder does not claim to rewind.
+/// a decoder does not claim to rewind. kivi4 keys keep every position.
 #[test]
 fn local_layers_keep_a_ring_of_their_window() {
     use nibble_engine::cpu::CpuDecoder;
@@ -203,6 +203,23 @@ fn local_layers_keep_a_ring_of_their_window() {
             let held = per_slot * ((c.n_layers - local) * n + local * slots);
             assert_eq!(g.kv_bytes(), held, "{what}");
         }
+        // kivi4 keys keep every position (their groups have a ring of their own): the same
+        // allocation in passes of 3 rows as in whole-prompt passes, which no ring could take.
+        let kv = KvConfig {
+            k: KvType::Kivi4,
+            v: KvType::Q8_0,
+            ..Default::default()
+        };
+        let alloc = |rows| {
+            let gpu = Gpu::open_blocking(GpuOptions {
+                prefill_rows: Some(rows),
+                ..Default::default()
+            })
+            .unwrap();
+            let g = GpuDecoder::new(&gpu, &m, kv.clone()).unwrap();
+            g.memory().kv_cache
+        };
+        assert_eq!(alloc(3), alloc(512), "{name}, kivi4 keys");
     }
 }
 
