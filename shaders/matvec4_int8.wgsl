@@ -23,8 +23,9 @@
 // benchmarks/2026-12-04-h200-int8-vec4.md.)
 // Rows of at most XW_WORDS * 8 values (`MatvecKernel::for_matrix`); XW_WORDS comes in the part
 // before this file: 1536 (13.5 KB of x, within WebGPU's 16 KB default) or, in the long module for
-// adapters that allow 32 KB, 2816 (25 KB); the other rows keep matvec4_q4c. The quantization of x is the only difference from the oracle's arithmetic: each value
-// moves by at most half a step (max |x| / 254 of its block).
+// adapters that allow 32 KB, 2816 (25 KB); the other rows keep matvec4_q4c. The quantization of x
+// is the only difference from the oracle's arithmetic: each value moves by at most half a step
+// (max |x| / 254 of its block).
 // RMSNorm folds in as matvec4_norm.wgsl says (quantizing per block is blind to a common scale, so
 // quantizing w * x and scaling the products is what quantizing the normalised x would give).
 

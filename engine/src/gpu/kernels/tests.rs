@@ -14,103 +14,56 @@ fn the_table_is_in_kernel_order() {
 /// one today) must take the 32-bit kernels, which divide.
 #[test]
 fn vec4_kernels_take_only_power_of_two_blocks() {
+    use {Kernel::*, WType::*};
     let k = MatvecKernel::Tiled;
-    assert_eq!(
-        k.for_matrix(4096, WType::Q4_0, 64, false),
-        Kernel::Matvec4Q4C
-    );
-    assert_eq!(k.for_matrix(4096, WType::Q4_0, 96, false), Kernel::Matvec);
-    assert_eq!(
-        k.for_matrix(4096, WType::Q8_0, 32, false),
-        Kernel::Matvec4Q8
-    );
-    assert_eq!(k.for_matrix(4096, WType::Q8_0, 48, false), Kernel::Matvec);
+    for (cols, ty, block, long, want) in [
+        (4096, Q4_0, 64, false, Matvec4Q4C),
+        (4096, Q4_0, 96, false, Matvec),
+        (4096, Q8_0, 32, false, Matvec4Q8),
+        (4096, Q8_0, 48, false, Matvec),
+    ] {
+        let got = k.for_matrix(cols, ty, block, long);
+        assert_eq!(got, want, "{cols} {ty:?} in blocks of {block}");
+    }
 }
 
 /// The integer-dot kernels take q4_0 and K-quant rows that fit their workgroup memory, nothing
-/// else.
+/// else; longer rows take the long modules where the adapter has their memory (`long`), up to
+/// 22528 values, and only under `TiledInt8`.
 #[test]
 fn int8_takes_q4_0_and_k_quant_rows_that_fit() {
+    use {Kernel::*, WType::*};
     let k = MatvecKernel::TiledInt8;
-    assert_eq!(
-        k.for_matrix(11008, WType::Q4_0, 32, false),
-        Kernel::Matvec4Q4I
-    );
-    assert_eq!(
-        k.for_matrix(14336, WType::Q4_0, 32, false),
-        Kernel::Matvec4Q4C
-    );
-    assert_eq!(
-        k.for_matrix(4096, WType::Q4_1, 32, false),
-        Kernel::Matvec4Q4C
-    );
-    assert_eq!(k.for_matrix(4096, WType::F16, 1, false), Kernel::Matvec4F16);
-    assert_eq!(
-        k.for_matrix(4096, WType::Q4_K, 256, false),
-        Kernel::Matvec4KI
-    );
-    assert_eq!(
-        k.for_matrix(11264, WType::Q5_K, 256, false),
-        Kernel::Matvec4KI
-    );
-    assert_eq!(
-        k.for_matrix(11520, WType::Q4_K, 256, false),
-        Kernel::Matvec4Q4K
-    );
-    assert_eq!(
-        k.for_matrix(11008, WType::Q6_K, 256, false),
-        Kernel::Matvec4Q6KI
-    );
-    assert_eq!(
-        k.for_matrix(14336, WType::Q6_K, 256, false),
-        Kernel::MatvecK
-    );
-    // Longer K-quant rows in the long module where the adapter has its memory, up to 22528.
-    assert_eq!(
-        k.for_matrix(11264, WType::Q4_K, 256, true),
-        Kernel::Matvec4KI
-    );
-    assert_eq!(
-        k.for_matrix(14336, WType::Q4_K, 256, true),
-        Kernel::Matvec4KIL
-    );
-    assert_eq!(
-        k.for_matrix(18944, WType::Q6_K, 256, true),
-        Kernel::Matvec4Q6KIL
-    );
-    assert_eq!(
-        k.for_matrix(22528, WType::Q5_K, 256, true),
-        Kernel::Matvec4KIL
-    );
-    assert_eq!(
-        k.for_matrix(22784, WType::Q4_K, 256, true),
-        Kernel::Matvec4Q4K
-    );
-    assert_eq!(
-        k.for_matrix(14336, WType::Q4_0, 32, true),
-        Kernel::Matvec4Q4IL
-    );
-    assert_eq!(
-        k.for_matrix(12288, WType::Q4_0, 32, true),
-        Kernel::Matvec4Q4I
-    );
-    assert_eq!(
-        k.for_matrix(22528, WType::Q4_0, 32, true),
-        Kernel::Matvec4Q4IL
-    );
-    assert_eq!(
-        k.for_matrix(22560, WType::Q4_0, 32, true),
-        Kernel::Matvec4Q4C
-    );
-    assert_eq!(
-        MatvecKernel::Tiled.for_matrix(14336, WType::Q4_K, 256, true),
-        Kernel::Matvec4Q4K
-    );
+    for (cols, ty, block, long, want) in [
+        (11008, Q4_0, 32, false, Matvec4Q4I),
+        (14336, Q4_0, 32, false, Matvec4Q4C),
+        (4096, Q4_1, 32, false, Matvec4Q4C),
+        (4096, F16, 1, false, Matvec4F16),
+        (4096, Q4_K, 256, false, Matvec4KI),
+        (11264, Q5_K, 256, false, Matvec4KI),
+        (11520, Q4_K, 256, false, Matvec4Q4K),
+        (11008, Q6_K, 256, false, Matvec4Q6KI),
+        (14336, Q6_K, 256, false, MatvecK),
+        (11264, Q4_K, 256, true, Matvec4KI),
+        (14336, Q4_K, 256, true, Matvec4KIL),
+        (18944, Q6_K, 256, true, Matvec4Q6KIL),
+        (22528, Q5_K, 256, true, Matvec4KIL),
+        (22784, Q4_K, 256, true, Matvec4Q4K),
+        (14336, Q4_0, 32, true, Matvec4Q4IL),
+        (12288, Q4_0, 32, true, Matvec4Q4I),
+        (22528, Q4_0, 32, true, Matvec4Q4IL),
+        (22560, Q4_0, 32, true, Matvec4Q4C),
+    ] {
+        let got = k.for_matrix(cols, ty, block, long);
+        assert_eq!(got, want, "{cols} {ty:?}, long modules {long}");
+    }
+    let tiled = MatvecKernel::Tiled.for_matrix(14336, Q4_K, 256, true);
+    assert_eq!(tiled, Matvec4Q4K);
     // The prompt pass: any K-quant row (the GEMM stages a step of x at a time).
-    assert_eq!(k.for_matmul(14336, WType::Q6_K, 256), Kernel::MatmulKI);
-    assert_eq!(k.for_matmul(4096, WType::Q8_0, 32), Kernel::Matmul);
+    assert_eq!(k.for_matmul(14336, Q6_K, 256), MatmulKI);
+    assert_eq!(k.for_matmul(4096, Q8_0, 32), Matmul);
     let float = MatvecKernel::Tiled;
-    assert_eq!(float.for_matmul(4096, WType::Q4_K, 256), Kernel::Matmul);
+    assert_eq!(float.for_matmul(4096, Q4_K, 256), Matmul);
 }
 
 /// The K-quant kernels most decode tokens run (and every one without a folded norm) are in a
