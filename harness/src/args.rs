@@ -36,7 +36,8 @@ pub struct ModelArgs {
 /// `NIBBLE_FOLD_NORM=on|off` whether decode folds RMSNorm into the product after it where it can,
 /// `NIBBLE_KV_DIRECT=on|off` whether the Q/K/V kernel stores K and V in an f16 KV cache itself,
 /// `NIBBLE_INT8_GROUPS=N` at most N workgroups for the integer-dot decode kernels (each looping over
-/// row groups; 0: a workgroup per row group; unset: `nibble bench` times the grid on each model).
+/// row groups; 0: a workgroup per row group; unset: `nibble bench` times the grid on each model),
+/// `NIBBLE_F16_MATH=on|off` whether prompt products of f16 weights multiply in f16 (f16 activations).
 pub fn gpu_env_options() -> Result<GpuOptions> {
     let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
     let on_off = |k: &str| {
@@ -66,6 +67,7 @@ pub fn gpu_env_options() -> Result<GpuOptions> {
         fuse_qkv: on_off("NIBBLE_QKV")?,
         fold_norm: on_off("NIBBLE_FOLD_NORM")?,
         kv_direct: on_off("NIBBLE_KV_DIRECT")?,
+        half_math: on_off("NIBBLE_F16_MATH")?,
         int8_groups: var("NIBBLE_INT8_GROUPS")
             .map(|v| v.parse::<u32>())
             .transpose()

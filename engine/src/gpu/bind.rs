@@ -16,7 +16,8 @@ type Entries = Vec<(u32, View)>;
 impl GpuDecoder<'_> {
     /// The kernel `key` runs on this decoder's weights with the adapter's matvec choice.
     pub(super) fn kernel_of(&self, key: BindKey) -> Kernel {
-        key.kernel(self.gpu.matvec_kernel(), self.gpu.int8_long, |id| {
+        let half = self.gpu.half_math;
+        key.kernel(self.gpu.matvec_kernel(), self.gpu.int8_long, half, |id| {
             let m = &self.w.mats[&id];
             (m.cols, m.ty, m.block)
         })
@@ -285,6 +286,7 @@ impl GpuDecoder<'_> {
             | Kernel::Matvec4KI
             | Kernel::Matvec4KIL
             | Kernel::MatmulKI
+            | Kernel::MatmulH
             | Kernel::MatvecK
             | Kernel::MatvecKRow => e.retain(|(i, _)| *i != 2 && *i != 3),
             Kernel::Matvec4Q8 | Kernel::Matvec4Q4I | Kernel::Matvec4Q4IL | Kernel::MatmulQ4I => {

@@ -239,6 +239,9 @@ pub struct GpuOptions {
     /// rows, each staging x; default none: that until a benchmark times the grid on its model
     /// (`GpuDecoder::tune_grid`).
     pub int8_groups: Option<u32>,
+    /// Multiply prompt products of f16 weights in f16 (`matmul_h`, f16 activations only), as
+    /// llama.cpp's Vulkan GEMM does; default false.
+    pub half_math: Option<bool>,
 }
 
 /// Whether the matrix kernels sum rows with subgroups, and why (for results): only where asked for
@@ -325,6 +328,12 @@ fn matvec_choice(
         }
         None => String::new(),
     };
+    let half = match opts.half_math {
+        Some(true) => {
+            "; f16 prompt products of f16 weights in f16 math (matmul_h), set by the caller"
+        }
+        _ => "",
+    };
     let storage = report.limits.max_compute_workgroup_storage_size;
     let rows = match (int8, int8_long(int8, report)) {
         (false, _) => String::new(),
@@ -333,7 +342,7 @@ fn matvec_choice(
             "; integer-dot decode rows up to {INT8_MAX_COLS} values (q4_0) and {KINT8_MAX_COLS} (K-quants), longer ones in floats"
         ),
     };
-    let why = format!("{why}; {sums}; {qkv}{norm}{kv}{groups}{rows}");
+    let why = format!("{why}; {sums}; {qkv}{norm}{kv}{groups}{rows}{half}");
     let note = format!("{why} ({storage} bytes of workgroup memory)");
     (matvec, note)
 }
@@ -375,6 +384,8 @@ pub struct Gpu {
     /// The integer-dot decode kernels' workgroups at most, as the caller set them (0: a workgroup
     /// per row group); where set, decoders do not time their own (`GpuDecoder::tune_grid`).
     pub int8_groups: Option<u32>,
+    /// Whether prompt products of f16 weights multiply in f16 ([`GpuOptions::half_math`]).
+    pub half_math: bool,
     /// Whether WGSL has `packed_4x8_integer_dot_product` here (`MatvecKernel::TiledInt8` can run).
     pub packed_dot: bool,
     /// Whether the adapter gives the long integer-dot modules their workgroup memory, so that rows
@@ -454,6 +465,12 @@ impl Gpu {
             .wgsl_language_features()
             .contains(wgpu::WgslLanguageFeatures::Packed4x8IntegerDotProduct);
         let (matvec, why) = matvec_choice(&opts, &report, &sums, int8);
+        let half_math = match opts.half_math {
+            Some(true) if activations != Activations::F16 => {
+                return Err(Error::Gpu("f16 math needs f16 activations".into()))
+            }
+            h => activations == Activations::F16 && h.unwrap_or(false),
+        };
         let fuse_qkv = opts.fuse_qkv.unwrap_or(true);
         let shader_checks = ShaderChecks::effective(opts.shader_checks);
         let modules = Modules::new(&device, activations, shader_checks, subgroups).into();
@@ -475,6 +492,7 @@ impl Gpu {
             fold_norm: opts.fold_norm.unwrap_or(true),
             kv_direct: opts.kv_direct.unwrap_or(true),
             int8_groups: opts.int8_groups,
+            half_math,
             packed_dot: int8,
             int8_long: int8_long(int8, &report),
             pipelines: Default::default(),
@@ -573,7 +591,11 @@ impl Gpu {
     /// Naga in Firefox, WebKit's) would otherwise reject one only in front of that model. The
     /// modules checked, or the first one rejected with the compiler's messages.
     pub async fn check_modules(&self) -> Result<String> {
-        let modules = super::kernels::modules(self.packed_dot, self.int8_long);
+        let modules = super::kernels::modules(
+            self.packed_dot,
+            self.int8_long,
+            self.activations == Activations::F16,
+        );
         for &(name, parts) in &modules {
             let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
             // The modules the pipelines will use (natively without runtime checks, where chosen).
@@ -697,102 +719,4 @@ pub(super) fn pop_error_scope(scope: wgpu::ErrorScopeGuard) -> Option<wgpu::Erro
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn report(name: &str, device_type: &str, driver: &str) -> AdapterReport {
-        AdapterReport {
-            name: name.into(),
-            backend: "Vulkan".into(),
-            device_type: device_type.into(),
-            driver: driver.into(),
-            driver_info: String::new(),
-            features: vec![],
-            shader_f16: true,
-            limits: LimitsReport {
-                max_storage_buffer_binding_size: 1 << 30,
-                max_buffer_size: 1 << 30,
-                max_compute_workgroup_storage_size: 16384,
-                max_compute_invocations_per_workgroup: 256,
-                max_compute_workgroups_per_dimension: 65535,
-                max_storage_buffers_per_shader_stage: 8,
-            },
-        }
-    }
-
-    #[test]
-    fn shader_checks_are_named_as_parsed_and_natively_default_to_off() {
-        for name in ["on", "off", "runtime", "zero-init"] {
-            assert_eq!(ShaderChecks::parse(name).unwrap().name(), name);
-        }
-        assert!(ShaderChecks::parse("none").is_err());
-        assert_eq!(ShaderChecks::effective(None), ShaderChecks::OFF);
-        let on = Some(ShaderChecks::ON);
-        assert_eq!(ShaderChecks::effective(on), ShaderChecks::ON);
-    }
-
-    #[test]
-    fn repeated_device_errors_are_told_once_with_their_count() {
-        let e = [
-            "copy size 518\n",
-            "lost",
-            "copy size 518\n",
-            "copy size 518\n",
-        ];
-        assert_eq!(
-            summarize(e.iter().map(|s| s.to_string())),
-            "copy size 518 (3 times); lost"
-        );
-    }
-
-    #[test]
-    fn adapters_are_told_apart_as_hardware_or_software() {
-        let kind = |n, t, d| report(n, t, d).kind();
-        assert_eq!(
-            kind("NVIDIA H200", "DiscreteGpu", "NVIDIA"),
-            "hardware (NVIDIA H200)"
-        );
-        assert!(kind("SwiftShader Device (Subzero)", "Cpu", "").starts_with("software"));
-        assert!(
-            kind("llvmpipe (LLVM 15.0.6, 256 bits)", "Other", "llvmpipe").starts_with("software")
-        );
-        assert!(kind("Apple M2", "IntegratedGpu", "").starts_with("hardware"));
-        assert!(kind("", "Other", "").starts_with("unknown"));
-        // In a browser: a fallback adapter has the Cpu type; any other is hardware unless named
-        // as a software rasteriser.
-        let browser = |n: &str, t: &str| {
-            let mut r = report(n, t, "");
-            r.backend = "BrowserWebGpu".into();
-            r.kind()
-        };
-        assert!(browser("NVIDIA H200", "Other").starts_with("hardware (NVIDIA H200"));
-        assert!(browser("SwiftShader Device (Subzero)", "Other").starts_with("software"));
-        assert!(browser("", "Cpu").starts_with("software"));
-    }
-
-    /// Natively a GPU with packed integer dot products takes the integer-dot kernels; without them,
-    /// Tiled; a CPU adapter the row kernels; a caller's choice stands.
-    #[test]
-    fn native_gpus_take_the_integer_dot_kernels_where_wgsl_has_them() {
-        let none = GpuOptions::default();
-        let gpu = report("NVIDIA H200", "DiscreteGpu", "NVIDIA");
-        let choice = |o: &GpuOptions, r: &AdapterReport, int8| matvec_choice(o, r, "", int8).0;
-        assert_eq!(choice(&none, &gpu, true), MatvecKernel::TiledInt8);
-        assert_eq!(choice(&none, &gpu, false), MatvecKernel::Tiled);
-        let cpu = report("llvmpipe", "Cpu", "llvmpipe");
-        assert_eq!(choice(&none, &cpu, true), MatvecKernel::Row);
-        let tiled = GpuOptions {
-            matvec: Some(MatvecKernel::Tiled),
-            ..Default::default()
-        };
-        assert_eq!(choice(&tiled, &gpu, true), MatvecKernel::Tiled);
-        // The note says how long a row the integer kernels take on this adapter.
-        let note = |r: &AdapterReport, int8| matvec_choice(&none, r, "", int8).1;
-        assert!(note(&gpu, true).ends_with("rows up to 12288 values (q4_0) and 11264 (K-quants), longer ones in floats (16384 bytes of workgroup memory)"));
-        let mut roomy = gpu.clone();
-        roomy.limits.max_compute_workgroup_storage_size = 32768;
-        assert!(note(&roomy, true)
-            .ends_with("rows up to 22528 values (32768 bytes of workgroup memory)"));
-        assert!(!note(&roomy, false).contains("rows up to"));
-    }
-}
+mod tests;

@@ -24,6 +24,7 @@ const MATVEC4: &str = include_str!("../../../shaders/matvec4.wgsl");
 const MATVEC4_INT8: &str = include_str!("../../../shaders/matvec4_int8.wgsl");
 const MATMUL_INT8: &str = include_str!("../../../shaders/matmul_int8.wgsl");
 const MATMUL_KINT8: &str = include_str!("../../../shaders/matmul_kint8.wgsl");
+const MATMUL_F16: &str = include_str!("../../../shaders/matmul_f16.wgsl");
 const MATVEC4_NORM: &str = include_str!("../../../shaders/matvec4_norm.wgsl");
 const MATVEC4_KQUANT: &str = include_str!("../../../shaders/matvec4_kquant.wgsl");
 const MATVEC4_KQUANT_X: &str = include_str!("../../../shaders/matvec4_kquant_x.wgsl");
@@ -83,6 +84,7 @@ pub(super) enum Kernel {
     Matmul,
     MatmulQ4I,
     MatmulKI,
+    MatmulH,
     MatvecAny,
     MatvecRow,
     MatvecK,
@@ -125,6 +127,8 @@ const MATMUL_INT8_MODULE: &[&str] = &[
     MATMUL_INT8,
     MATMUL_KINT8,
 ];
+// The f16-math GEMM: f16 activations only (`enable f16`), so compiled on first use.
+const MATMUL_F16_MODULE: &[&str] = &[STEP, QUANT, MATRIX, MATVEC, KQUANT, MATMUL_F16];
 const KV_MODULE: &[&str] = &[STEP, KVFORMAT, KV];
 
 macro_rules! def {
@@ -216,7 +220,7 @@ const MATVEC4_INT8_LONG_MODULE: &[&str] = &[
     MATVEC4_INT8,
 ];
 
-pub(super) const TABLE: [KernelDef; 58] = [
+pub(super) const TABLE: [KernelDef; 59] = [
     def!(Matvec, "matvec", "matvec", MATVEC_MODULE),
     def!(Matvec4F32, "matvec4_f32", "matvec4", MATVEC4_MODULE),
     def!(Matvec4F16, "matvec4_f16", "matvec4", MATVEC4_MODULE),
@@ -364,6 +368,7 @@ pub(super) const TABLE: [KernelDef; 58] = [
     def!(Matmul, "matmul", "matvec", MATVEC_MODULE),
     def!(MatmulQ4I, "matmul_q4i", "matmul_int8", MATMUL_INT8_MODULE),
     def!(MatmulKI, "matmul_ki", "matmul_int8", MATMUL_INT8_MODULE),
+    def!(MatmulH, "matmul_h", "matmul_f16", MATMUL_F16_MODULE),
     def!(MatvecAny, "matvec_any", "matvec", MATVEC_MODULE),
     def!(MatvecRow, "matvec_row", "matvec", MATVEC_MODULE),
     def!(MatvecK, "matvec_k", "matvec", MATVEC_MODULE),
@@ -421,10 +426,11 @@ pub(super) fn module_source(act: Activations, parts: &[&str], subgroups: bool) -
 
 /// Each shader module once, in [`TABLE`] order, with its files; the integer-dot modules only where
 /// WGSL has `packed_4x8_integer_dot_product` (`packed_dot`), the long ones only where the adapter
-/// gives them their workgroup memory (`long`).
+/// gives them their workgroup memory (`long`), the f16-math one only with f16 activations (`f16`).
 pub(super) fn modules(
     packed_dot: bool,
     long: bool,
+    f16: bool,
 ) -> Vec<(&'static str, &'static [&'static str])> {
     let mut out: Vec<(&str, &[&str])> = Vec::new();
     for d in &TABLE {
@@ -432,7 +438,8 @@ pub(super) fn modules(
             .iter()
             .any(|f| d.parts.contains(f));
         let is_long = d.parts.contains(&XK_LONG) || d.parts.contains(&XW_LONG);
-        let usable = (packed_dot || !int8) && (long || !is_long);
+        let half = d.parts.contains(&MATMUL_F16);
+        let usable = (packed_dot || !int8) && (long || !is_long) && (f16 || !half);
         if usable && !out.iter().any(|(m, _)| *m == d.module) {
             out.push((d.module, d.parts));
         }
@@ -443,7 +450,7 @@ pub(super) fn modules(
 /// Kernels compiled on first use, not with the others: the integer-dot kernels' module needs WGSL's
 /// `packed_4x8_integer_dot_product`, which not every browser has, and only some choices run them;
 /// the f16 kernels with a norm folded in run only for f16 weights, the K-quant and fused q8_0 kernels
-/// only for those weights.
+/// only for those weights, the f16-math GEMM only with f16 activations.
 const ON_FIRST_USE: &[Kernel] = &[
     Kernel::Geglu,
     Kernel::Scale,
@@ -474,6 +481,7 @@ const ON_FIRST_USE: &[Kernel] = &[
     Kernel::Matvec4Q4IL,
     Kernel::MatmulQ4I,
     Kernel::MatmulKI,
+    Kernel::MatmulH,
 ];
 
 /// One compute pipeline per kernel, indexed by [`Kernel`]; each module compiled once.

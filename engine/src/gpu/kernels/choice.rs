@@ -107,12 +107,20 @@ impl MatvecKernel {
         }
     }
 
-    /// The prompt pass's kernel for a matrix: under `TiledInt8`, integer dot products for q4_0
-    /// rows of whole blocks of 32 (`matmul_q4i`) and for the K-quants (`matmul_ki`), else the
-    /// float `matmul`.
-    pub(in crate::gpu) fn for_matmul(self, cols: usize, ty: WType, block: usize) -> Kernel {
+    /// The prompt pass's kernel for a matrix: f16 rows of whole 32-column steps in f16 math
+    /// (`matmul_h`) where the decoder multiplies in f16 (`half`); under `TiledInt8`, integer dot
+    /// products for q4_0 rows of whole blocks of 32 (`matmul_q4i`) and for the K-quants
+    /// (`matmul_ki`); else the float `matmul`.
+    pub(in crate::gpu) fn for_matmul(
+        self,
+        cols: usize,
+        ty: WType,
+        block: usize,
+        half: bool,
+    ) -> Kernel {
         let blocks = cols.is_multiple_of(32) && block.is_multiple_of(32);
         match ty {
+            WType::F16 if half && cols.is_multiple_of(32) => Kernel::MatmulH,
             _ if self != MatvecKernel::TiledInt8 => Kernel::Matmul,
             WType::Q4_0 if blocks => Kernel::MatmulQ4I,
             WType::Q4_K | WType::Q5_K | WType::Q6_K => Kernel::MatmulKI,
@@ -263,11 +271,13 @@ impl BindKey {
         }
     }
 
-    /// The kernel this key runs; `mat` gives a matvec key's matrix (width, type and block).
+    /// The kernel this key runs; `mat` gives a matvec key's matrix (width, type and block), `half`
+    /// whether prompt products of f16 weights multiply in f16 (`Gpu::half_math`).
     pub fn kernel(
         self,
         mv: MatvecKernel,
         long: bool,
+        half: bool,
         mat: impl Fn(TensorId) -> (usize, WType, usize),
     ) -> Kernel {
         // The kernel a matrix takes alone; the fused kernels follow what theirs would run in.
@@ -299,7 +309,7 @@ impl BindKey {
             BindKey::Matvec(id, ..) | BindKey::LastRow(id, ..) => alone(id),
             BindKey::Matmul(id, ..) => {
                 let (cols, ty, block) = mat(id);
-                mv.for_matmul(cols, ty, block)
+                mv.for_matmul(cols, ty, block, half)
             }
             BindKey::Glu(gate, .., norm) => fused(gate, 0, norm.is_some()),
             BindKey::Qkv(l, .., norm) => fused(TensorId::Wq(l), 1, norm.is_some()),

@@ -59,11 +59,23 @@ fn int8_takes_q4_0_and_k_quant_rows_that_fit() {
     }
     let tiled = MatvecKernel::Tiled.for_matrix(14336, Q4_K, 256, true);
     assert_eq!(tiled, Matvec4Q4K);
-    // The prompt pass: any K-quant row (the GEMM stages a step of x at a time).
-    assert_eq!(k.for_matmul(14336, Q6_K, 256), MatmulKI);
-    assert_eq!(k.for_matmul(4096, Q8_0, 32), Matmul);
+    // The prompt pass: any K-quant row (the GEMM stages a step of x at a time); f16 rows of whole
+    // steps in f16 math where asked, under any kernel choice.
     let float = MatvecKernel::Tiled;
-    assert_eq!(float.for_matmul(4096, Q4_K, 256), Matmul);
+    for (kind, cols, ty, block, half, want) in [
+        (k, 14336, Q6_K, 256, false, MatmulKI),
+        (k, 14336, Q6_K, 256, true, MatmulKI),
+        (k, 4096, Q8_0, 32, true, Matmul),
+        (float, 4096, Q4_K, 256, false, Matmul),
+        (k, 4096, F16, 32, false, Matmul),
+        (k, 4096, F16, 32, true, MatmulH),
+        (float, 11008, F16, 32, true, MatmulH),
+        (MatvecKernel::Row, 4096, F16, 32, true, MatmulH),
+        (k, 172, F16, 32, true, Matmul),
+    ] {
+        let got = kind.for_matmul(cols, ty, block, half);
+        assert_eq!(got, want, "{kind:?} {cols} {ty:?}, f16 math {half}");
+    }
 }
 
 /// The K-quant kernels most decode tokens run (and every one without a folded norm) are in a

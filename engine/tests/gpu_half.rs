@@ -1,0 +1,114 @@
+//! Prompt products of f16 weights multiplied in f16 (`matmul_h`, `GpuOptions::half_math`, f16
+//! activations) against the oracle, and which products take it.
+//!
+//! The tolerance, derived: with f16 activations every stored value rounds to 11 bits (rms u/sqrt(3),
+//! u = 2^-11), ~15 stores a layer, and the f16-activation tests allow 5e-3 (1 + max |logit|).
+//! `matmul_h` adds, on each output of a product over n columns of terms of rms t (output ~sqrt(n) t),
+//! the rounding of every product (sqrt(n) u t / sqrt(3)) and of every partial sum within a
+//! 32-column step (partial j ~ sqrt(j) t: sqrt(n / 32) sqrt(32 * 33 / 2) u t / sqrt(3) over the
+//! row): about 4 u / sqrt(3) relative, whatever n, i.e. four stores' worth on each of a layer's 7
+//! products. (15 + 4 * 7) / 15 < 3 stores' worth: 1.5e-2 (1 + max |logit|).
+
+mod common;
+use common::*;
+use nibble_engine::block_on;
+use nibble_engine::cpu::CpuDecoder;
+use nibble_engine::gpu::{Activations, Gpu, GpuDecoder, GpuOptions};
+use nibble_engine::kv::KvConfig;
+use nibble_engine::measure::{self, RunConfig};
+use nibble_engine::{Decoder, Model};
+
+const TOL: f32 = 1.5e-2;
+
+fn open(half_math: bool) -> Gpu {
+    Gpu::open_blocking(GpuOptions {
+        act: Some(Activations::F16),
+        half_math: Some(half_math),
+        profile: true,
+        ..Default::default()
+    })
+    .expect("lavapipe has shader-f16")
+}
+
+/// Dispatches of `entry` in a prompt pass's profile, by the matrix's role.
+fn roles(k: &[nibble_engine::gpu::KernelTime], entry: &str) -> Vec<(String, usize)> {
+    let mut out: Vec<(String, usize)> = k
+        .iter()
+        .filter_map(|k| {
+            let role = k.kernel.strip_prefix(entry)?.strip_prefix(' ')?;
+            Some((role.to_string(), k.dispatches))
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// A 100-token prompt (a whole 64-token tile and a partial one) in f16 math against the oracle fed
+/// token by token, then decoding on from the cache it filled; the built-in model's rows are 256 and
+/// 512 values (8 and 16 steps), stories260K's 64 (2 steps) with 172-wide ffn_down rows left to the
+/// float `matmul` (not whole steps) and 172-row gate and up (a partial tile of rows).
+#[test]
+fn f16_math_prompt_products_stay_near_the_oracle() {
+    let (half, float) = (open(true), open(false));
+    assert!(half.half_math && !float.half_math);
+    let prompt: Vec<u32> = (0..100).map(|i| 3 + (i * 53 % 250) as u32).collect();
+    let f16 = RunConfig::parse("weights=f16").unwrap();
+    for (name, base) in [("builtin", Model::builtin()), ("stories260K", stories())] {
+        let (m, _) = measure::prepare(&base, &f16).unwrap();
+        let layers = m.config.n_layers;
+        let mut cpu = CpuDecoder::with_kv(&m, KvConfig::default()).unwrap();
+        let mut want = Vec::new();
+        for (p, &t) in prompt.iter().enumerate() {
+            want = block_on(cpu.step(t, p)).unwrap().to_vec();
+        }
+        let mut g = GpuDecoder::new(&half, &m, KvConfig::default()).unwrap();
+        assert!(g.prefill_method().starts_with("batched"), "{name}");
+        let got = block_on(g.prefill(&prompt, 0)).unwrap().to_vec();
+        let d = compare(&want, &got, TOL, &format!("{name} f16 math prompt pass"));
+        let a = block_on(cpu.step(7, prompt.len())).unwrap().to_vec();
+        let b = block_on(g.step(7, prompt.len())).unwrap();
+        compare(&a, b, TOL, &format!("{name} f16 math, decode after"));
+        let mut f = GpuDecoder::new(&float, &m, KvConfig::default()).unwrap();
+        let floats = block_on(f.prefill(&prompt, 0)).unwrap().to_vec();
+        let d0 = compare(&want, &floats, TOL, &format!("{name} f32 math prompt pass"));
+        println!("{name}: max |dlogit| f16 math {d:.3e}, f32 math {d0:.3e}");
+
+        // Which products took it: every layer's seven where rows are whole steps.
+        let mut p = GpuDecoder::new(&half, &m, KvConfig::default()).unwrap();
+        let k = block_on(p.profile(&prompt[..70], 0)).unwrap().unwrap();
+        let mut all = vec![
+            "attn_k",
+            "attn_output",
+            "attn_q",
+            "attn_v",
+            "ffn_down",
+            "ffn_gate",
+            "ffn_up",
+        ];
+        if m.config.hidden_dim % 32 != 0 {
+            all.retain(|r| *r != "ffn_down");
+            let floats = roles(&k, "matmul");
+            assert_eq!(floats, [("ffn_down".to_string(), layers)], "{name}");
+        }
+        let want: Vec<(String, usize)> = all.iter().map(|r| (r.to_string(), layers)).collect();
+        assert_eq!(roles(&k, "matmul_h"), want, "{name}");
+        let k = block_on(f.profile(&prompt[..70], 0)).unwrap().unwrap();
+        assert!(roles(&k, "matmul_h").is_empty(), "{name}");
+    }
+}
+
+/// f16 math needs f16 activations: asked for with f32 ones, the device does not open.
+#[test]
+fn f16_math_is_refused_with_f32_activations() {
+    let e = Gpu::open_blocking(GpuOptions {
+        act: Some(Activations::F32),
+        half_math: Some(true),
+        ..Default::default()
+    })
+    .err()
+    .expect("refused");
+    assert!(
+        e.to_string().contains("f16 math needs f16 activations"),
+        "{e}"
+    );
+}
