@@ -1,22 +1,22 @@
 // matmul_ki: the prompt pass's K-quant product (Q4_K, Q5_K, Q6_K; out[t] (+)= W x[t]) in integer dot
 // products, as matmul_q4i does for q4_0 (same tile, roles and dispatch: 64 rows by 64 tokens, a
-// 32-column step at a time, a thread's 4 x 4 block). Appended after matmul_int8.wgsl (its staging
-// arrays, mi_row) and kquant.wgsl (the super-block layouts, kq_words, kq_byte, kq_scale_min); binds
+// 32-column step at a time, a thread's 4 x 4 block, x from quant_x8). Appended after
+// matmul_int8.wgsl (its staging arrays, xq, mi_row) and kquant.wgsl (the super-block layouts, kq_words, kq_byte, kq_scale_min); binds
 // no scales or mins (2, 3). Taken under `MatvecKernel::TiledInt8` (`MatvecKernel::for_matmul`).
 //
 // A step is one Q4_K/Q5_K sub-block (one scale and min for the step's 32 values of a row) or two
 // Q6_K sub-blocks of 16 (a scale for each half). Each staging thread decodes 8 codes of its row in
 // place as bytes (a nibble, with Q5_K's fifth bit: 0..31; Q6_K's six bits less 32, signed), in
-// natural order, and x the same (values 8q..8q+7 as two words, quantized per token and step as
-// matmul_q4i does). The weight scales are per row and half step, the min per row; the min
-// multiplies the sum of the token's quantized x (so that the result is the weights' exact product
-// with the quantized x, as in matvec4_kint8.wgsl).
+// natural order, and stages x's words of the same values (quant_x8 wrote them in that order for a
+// K-quant). The weight scales are per row and half step, the min per row; the min multiplies the
+// sum of the token's quantized x in the step (xq's sum times its scale; so that the result is the
+// weights' exact product with the quantized x, as in matvec4_kint8.wgsl).
 
 // Per row of the step: the scales of its two halves; the min (d_min * m, 0 for Q6_K).
 var<workgroup> mk_wd: array<vec2<f32>, 64>;
 var<workgroup> mk_wm: array<f32, 64>;
-// Each staging thread's sum of its eight quantized x values.
-var<workgroup> mk_xs: array<i32, 256>;
+// Per token of the step: its scale times the sum of its quantized x.
+var<workgroup> mk_xs: array<f32, 64>;
 
 // Eight codes of row r from column c (a multiple of 8: one sub-block's) as signed bytes, natural
 // order, with their scale and the sub-block's min.
@@ -84,15 +84,9 @@ fn matmul_ki(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id
         } else if (q == 2u) {
             mk_wd[lr].y = wq.d;
         }
-        let sx = mi_stage_x(t0 + lr, n, k0 + 8u * q, lid.x);
-        let inv = select(0.0, 127.0 / sx.amax, sx.amax > 0.0);
-        let qa = vec4<i32>(round(sx.a * inv));
-        let qb = vec4<i32>(round(sx.b * inv));
-        mi_x[q * 64u + lr] = vec2<u32>(pack4xI8Clamp(qa), pack4xI8Clamp(qb));
-        let sq = qa + qb;
-        mk_xs[lid.x] = (sq.x + sq.y) + (sq.z + sq.w);
+        let xsum = mi_stage_xq(t0 + lr, n, k0, q, lr);
         if (q == 0u) {
-            mi_xd[lr] = sx.amax / 127.0;
+            mk_xs[lr] = mi_xd[lr] * f32(xsum);
         }
         workgroupBarrier();
         // Each half step's four tokens' words against each row's: sixteen sums a thread a half.
@@ -118,8 +112,7 @@ fn matmul_ki(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id
         for (var j = 0u; j < 4u; j++) {
             let t = ct + 16u * j;
             xd[j] = mi_xd[t];
-            let s = (mk_xs[4u * t] + mk_xs[4u * t + 1u]) + (mk_xs[4u * t + 2u] + mk_xs[4u * t + 3u]);
-            xs[j] = xd[j] * f32(s);
+            xs[j] = mk_xs[t];
         }
         let wd0 = mk_wd[cr];
         let wd1 = mk_wd[cr + 16u];

@@ -548,7 +548,8 @@ fn int8_products_loop_over_row_groups() {
 /// left to the float matmul; the K models' 512-row gate/up and 4-head K and V) against the oracle fed
 /// token by token, within the integer kernels' derived 2e-2 (x quantized per block of 32, as at
 /// decode); its logits must differ from the float matmul's by more than f32 rounding (2e-4), which
-/// shows it ran, and decoding goes on from the cache it filled.
+/// shows it ran, and decoding goes on from the cache it filled. x is quantized once per input
+/// (`quant_x8`): the pass dispatches that many more than the float matmul's.
 #[test]
 fn int8_prompt_pass_stays_near_the_oracle() {
     let prompt: Vec<u32> = (0..100).map(|i| 3 + (i * 53 % 250) as u32).collect();
@@ -574,6 +575,7 @@ fn int8_prompt_pass_stays_near_the_oracle() {
         assert!(g.prefill_method().starts_with("batched"), "{name}");
         let got = block_on(g.prefill(&prompt, 0)).unwrap().to_vec();
         compare(&want, &got, 2e-2, &format!("{name} int8 prompt pass"));
+        let int8_dispatches = g.dispatches().unwrap();
         let next = prompt.len();
         let a = block_on(cpu.step(7, next)).unwrap().to_vec();
         let b = block_on(g.step(7, next)).unwrap();
@@ -593,6 +595,14 @@ fn int8_prompt_pass_stays_near_the_oracle() {
         assert!(
             d > 2e-4 * (1.0 + scale),
             "{name}: matmul_q4i did not run ({d})"
+        );
+        // x quantized once per input of the integer GEMMs (`quant_x8`): Q/K/V's, attn_output's,
+        // gate/up's, ffn_down's, but for stories260K's 172-wide ffn_down (the float matmul).
+        let inputs = if name.starts_with("stories") { 3 } else { 4 };
+        assert_eq!(
+            int8_dispatches,
+            f.dispatches().unwrap() + inputs * m.config.n_layers,
+            "{name}: one quant_x8 per input"
         );
     }
 }

@@ -145,6 +145,7 @@ impl GpuDecoder<'_> {
                 self.glu_entries((gate, up, gelu), act(out), act(x), norm)
             }
             BindKey::Qkv(..) => self.qkv_entries(key),
+            BindKey::QuantX(x, cols, split) => self.quant_x_entries(act(x), cols, split),
             BindKey::Embed(out, ci) => {
                 let mut e = self.matrix_entries(TensorId::TokEmbd, ci, (false, false), None);
                 e.extend([(5, act(out)), (6, self.step_buf.clone().into())]);
@@ -206,6 +207,19 @@ impl GpuDecoder<'_> {
                 (3, self.step_buf.clone().into()),
             ],
         }
+    }
+
+    /// quant_x8's bindings: MatParams with the row length and a kind whose order of bytes the GEMMs
+    /// take, x, the steps (the pass's rows) and xq.
+    fn quant_x_entries(&self, x: View, cols: usize, split: bool) -> Entries {
+        let kind = if split { WType::Q4_0 } else { WType::Q4_K };
+        let params = [0, cols as u32, 32, kind.code(), 0, 0, 0, 0, 0, 0, 0, 0];
+        vec![
+            (0, self.uniform(&params)),
+            (4, x),
+            (6, self.step_buf.clone().into()),
+            (7, self.xq.clone().into()),
+        ]
     }
 
     /// The element-wise kernels' bindings (elementwise.wgsl): the row length (and scale's factor),
@@ -297,6 +311,11 @@ impl GpuDecoder<'_> {
                 words_at_2(e);
             }
             _ => {}
+        }
+        // The integer GEMMs read x as quant_x8 left it.
+        if matches!(self.kernel_of(key), Kernel::MatmulQ4I | Kernel::MatmulKI) {
+            e.retain(|(i, _)| *i != 4);
+            e.push((7, self.xq.clone().into()));
         }
     }
 

@@ -2,8 +2,8 @@
 //! kernel table and reads back what the caller asks for.
 
 use super::device::{pop_error_scope, Gpu};
-use super::kernels::{max_splits, BindKey, Pipelines};
-use super::layout::{buffer, kv_layer_bytes, local_slots, GpuMemory};
+use super::kernels::{max_splits, BindKey, Kernel, Pipelines};
+use super::layout::{buffer, kv_layer_bytes, local_slots, GpuMatrix, GpuMemory};
 use super::profile::{KernelTime, Profiler};
 use super::upload::GpuWeights;
 use crate::arch::forward;
@@ -50,6 +50,10 @@ pub struct GpuDecoder<'g> {
     pub(super) att: wgpu::Buffer,
     /// Per head and context split: the decode attention's partial maximum, sum and values.
     pub(super) parts: wgpu::Buffer,
+    /// A prompt pass's x quantized for the integer GEMMs (`quant_x8` in matmul_int8.wgsl), and
+    /// what it holds now: (input, row length, q4_0's order), until a dispatch may change the input.
+    pub(super) xq: wgpu::Buffer,
+    pub(super) xq_of: Option<(Act, usize, bool)>,
     /// Positions the last row of the pass attends (how many splits decode attention dispatches).
     pub(super) n_att: usize,
     pub(super) cap: usize,
@@ -154,6 +158,7 @@ impl<'g> GpuDecoder<'g> {
         let att = buf("att", (max_rows * c.n_heads * cap * 4) as u64, storage);
         let parts_len = c.n_heads * max_splits(cap) * (c.head_size() + 2);
         let parts = buf("attention splits", (parts_len * 4) as u64, storage);
+        let xq = buf("x quantized", xq_bytes(gpu, &w, max_rows), storage);
         let written = |l: &str, n: usize| buf(l, n as u64, storage | wgpu::BufferUsages::COPY_DST);
         let step_buf = written("steps", max_rows * 32);
         let rope_buf = written("rope", (max_rows * c.head_size() + 1) * 4);
@@ -165,7 +170,7 @@ impl<'g> GpuDecoder<'g> {
         let staging_id = staging("staging ids", 4 * GREEDY_BATCH);
         let staging_scores = staging("staging scores", score_capacity(&c, gpu, max_rows));
         memory.kv_cache = kcache.iter().chain(&vcache).map(|b| b.size()).sum();
-        let scratch = [&att, &parts, &step_buf, &rope_buf, &argmax_buf];
+        let scratch = [&att, &parts, &xq, &step_buf, &rope_buf, &argmax_buf];
         memory.activations = acts.iter().chain(scratch).map(|b| b.size()).sum::<u64>();
         memory.staging = staging_logits.size() + staging_id.size() + staging_scores.size();
         memory.total = memory.weights + memory.kv_cache + memory.activations + memory.staging;
@@ -193,6 +198,8 @@ impl<'g> GpuDecoder<'g> {
             vcache,
             att,
             parts,
+            xq,
+            xq_of: None,
             n_att: 0,
             cap,
             max_rows,
@@ -247,6 +254,12 @@ impl<'g> GpuDecoder<'g> {
 
     pub(super) fn dispatch(&mut self, key: BindKey, groups: (u32, u32)) {
         self.flush_norm();
+        // Only the GEMMs of other outputs leave xq's input as it was quantized.
+        match key {
+            BindKey::QuantX(..) => {}
+            BindKey::Matmul(_, _, out, ..) if self.xq_of.is_some_and(|(x, ..)| x != out) => {}
+            _ => self.xq_of = None,
+        }
         self.ensure(key);
         self.dispatches += 1;
         self.workgroups += groups.0 as u64 * groups.1 as u64;
@@ -329,6 +342,7 @@ impl<'g> GpuDecoder<'g> {
         self.all_logits = matches!(out, Readback::Scores(_));
         self.dispatches = 0;
         self.workgroups = 0;
+        self.xq_of = None;
         let cfg = self.config.clone();
         forward(self, &cfg, tokens, pos0);
         self.flush_norm();
@@ -721,6 +735,21 @@ fn batch_rows(gpu: &Gpu, c: &Config, cap: usize) -> usize {
         .max(c.vocab_size * gpu.activations.bytes())
         .max(1) as u64;
     (gpu.max_binding / per_row).clamp(1, gpu.prefill_rows as u64) as usize
+}
+
+/// Bytes of `xq` (matmul_int8.wgsl's layout): a byte per value and 8 bytes a block of 32, for
+/// passes of `max_rows` rows of the widest matrix a prompt multiplies in integers; a word where none.
+fn xq_bytes(gpu: &Gpu, w: &GpuWeights, max_rows: usize) -> u64 {
+    let kernel = gpu.matvec_kernel();
+    let int8 = |m: &&GpuMatrix| {
+        let k = kernel.for_matmul(m.cols, m.ty, m.block, gpu.half_math);
+        matches!(k, Kernel::MatmulQ4I | Kernel::MatmulKI)
+    };
+    let cols = w.mats.values().filter(int8).map(|m| m.cols).max();
+    match cols {
+        Some(cols) if max_rows > 1 => (max_rows * cols * 5 / 4) as u64,
+        _ => 4,
+    }
 }
 
 /// One buffer per activation role, `max_rows` rows each.

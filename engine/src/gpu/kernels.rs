@@ -85,6 +85,7 @@ pub(super) enum Kernel {
     MatmulQ4I,
     MatmulKI,
     MatmulH,
+    QuantX8,
     MatvecAny,
     MatvecRow,
     MatvecK,
@@ -220,7 +221,7 @@ const MATVEC4_INT8_LONG_MODULE: &[&str] = &[
     MATVEC4_INT8,
 ];
 
-pub(super) const TABLE: [KernelDef; 59] = [
+pub(super) const TABLE: [KernelDef; 60] = [
     def!(Matvec, "matvec", "matvec", MATVEC_MODULE),
     def!(Matvec4F32, "matvec4_f32", "matvec4", MATVEC4_MODULE),
     def!(Matvec4F16, "matvec4_f16", "matvec4", MATVEC4_MODULE),
@@ -369,6 +370,7 @@ pub(super) const TABLE: [KernelDef; 59] = [
     def!(MatmulQ4I, "matmul_q4i", "matmul_int8", MATMUL_INT8_MODULE),
     def!(MatmulKI, "matmul_ki", "matmul_int8", MATMUL_INT8_MODULE),
     def!(MatmulH, "matmul_h", "matmul_f16", MATMUL_F16_MODULE),
+    def!(QuantX8, "quant_x8", "matmul_int8", MATMUL_INT8_MODULE),
     def!(MatvecAny, "matvec_any", "matvec", MATVEC_MODULE),
     def!(MatvecRow, "matvec_row", "matvec", MATVEC_MODULE),
     def!(MatvecK, "matvec_k", "matvec", MATVEC_MODULE),
@@ -482,6 +484,7 @@ const ON_FIRST_USE: &[Kernel] = &[
     Kernel::MatmulQ4I,
     Kernel::MatmulKI,
     Kernel::MatmulH,
+    Kernel::QuantX8,
 ];
 
 /// One compute pipeline per kernel, indexed by [`Kernel`]; each module compiled once.

@@ -3,7 +3,8 @@
 
 use super::decoder::GpuDecoder;
 use super::device::Activations;
-use super::kernels::{fold, BindKey, ATTN_SPLIT, ATTN_TILE_ROWS};
+use super::kernels::{fold, BindKey, Kernel, ATTN_SPLIT, ATTN_TILE_ROWS};
+use crate::dtype::WType;
 use crate::forward::{Act, Glu, Kernels};
 use crate::kv::KvType;
 use crate::model::TensorId;
@@ -26,6 +27,7 @@ impl GpuDecoder<'_> {
         if self.rows > 1 {
             // A batch: the tiled kernels (matmul, matmul_q4i) cover 64 weight rows by 64 tokens a
             // workgroup.
+            self.quantize_x(w, x);
             for ci in 0..self.w.mats[&w].chunks.len() {
                 let rows = self.w.mats[&w].chunks[ci].rows;
                 let key = BindKey::Matmul(w, ci, out, x, accumulate);
@@ -40,6 +42,25 @@ impl GpuDecoder<'_> {
             let groups = self.row_grid(key, rows);
             self.dispatch(key, groups);
         }
+    }
+
+    /// Quantizes a prompt pass's x for the integer GEMMs (`quant_x8`) unless xq holds it so already
+    /// (Q, K and V, or gate and up, share one).
+    fn quantize_x(&mut self, w: TensorId, x: Act) {
+        let kernel = self.kernel_of(BindKey::Matmul(w, 0, x, x, false));
+        if !matches!(kernel, Kernel::MatmulQ4I | Kernel::MatmulKI) {
+            return;
+        }
+        let (cols, ty) = (self.w.mats[&w].cols, self.w.mats[&w].ty);
+        let want = (x, cols, ty == WType::Q4_0);
+        // A held RMSNorm writes x.
+        self.flush_norm();
+        if self.xq_of == Some(want) {
+            return;
+        }
+        let blocks = self.rows * cols / 32;
+        self.dispatch(BindKey::QuantX(x, cols, want.2), fold(blocks.div_ceil(64)));
+        self.xq_of = Some(want);
     }
 
     /// The grid covering `rows` rows of `key`'s kernel: a workgroup per group of rows, or at most

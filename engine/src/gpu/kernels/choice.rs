@@ -222,6 +222,9 @@ pub(in crate::gpu) enum BindKey {
     /// applied where the first bool says; K and V written into the f16 KV cache where the second
     /// does; RMSNorm folded in as for `Glu`.
     Qkv(usize, Act, bool, bool, Option<TensorId>),
+    /// A prompt pass's x quantized for the integer GEMMs (`quant_x8`): the input, its row length,
+    /// and whether in q4_0's order of bytes (else the K-quants').
+    QuantX(Act, usize, bool),
     /// Output and the embedding chunk holding the token.
     Embed(Act, usize),
     Norm(TensorId, Act, Act),
@@ -313,6 +316,7 @@ impl BindKey {
             }
             BindKey::Glu(gate, .., norm) => fused(gate, 0, norm.is_some()),
             BindKey::Qkv(l, .., norm) => fused(TensorId::Wq(l), 1, norm.is_some()),
+            BindKey::QuantX(..) => Kernel::QuantX8,
             BindKey::Embed(..) => Kernel::Embed,
             BindKey::Norm(..) => Kernel::Rmsnorm,
             BindKey::HeadNorm(..) => Kernel::HeadNorm,
