@@ -222,16 +222,8 @@ fn embed(@builtin(global_invocation_id) gid: vec3<u32>) {
 // Tiles are column-major in vec4s of four rows (tokens): column k's at [16k, 16k + 16), the vec4 index
 // xored with 2 (k / 8) so that the staging threads' scalar stores (four columns apart, eight rows
 // each a warp) fall in distinct banks; a thread's reads are whole vec4s.
-const MM_R: u32 = 64u;
-const MM_T: u32 = 64u;
-const MM_K: u32 = 32u;
 var<workgroup> wtile: array<vec4<f32>, 512>;
 var<workgroup> xtile: array<vec4<f32>, 512>;
-
-// Where value (column k, row or token r) of a tile lies: vec4 index, component.
-fn tile_at(k: u32, r: u32) -> vec2<u32> {
-    return vec2<u32>(16u * k + ((r / 4u) ^ (2u * (k / 8u))), r % 4u);
-}
 
 // Eight consecutive weights of row r from column c (c a multiple of 8). Rows of a whole number of MM_K
 // columns read packed words (a quantized block is at least 32 wide, so the 8 share one scale); other
@@ -331,19 +323,6 @@ fn matmul(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) l
     for (var i = 0u; i < 4u; i++) {
         for (var j = 0u; j < 4u; j++) {
             store_out(acc[i][j], r0 + 4u * cr + i, t0 + 4u * ct + j, n);
-        }
-    }
-}
-
-// Stores (or adds) one value of a matmul's output: weight row `row` of token `tok` (matmul,
-// matmul_q4i), where both are in range.
-fn store_out(v: f32, row: u32, tok: u32, n: u32) {
-    if (row < p.rows && tok < n) {
-        let o = tok * p.out_len + p.row0 + row;
-        if (p.accumulate != 0u) {
-            out[o] = act(f32(out[o]) + v);
-        } else {
-            out[o] = act(v);
         }
     }
 }

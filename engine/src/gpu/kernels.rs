@@ -128,8 +128,9 @@ const MATMUL_INT8_MODULE: &[&str] = &[
     MATMUL_INT8,
     MATMUL_KINT8,
 ];
-// The f16-math GEMM: f16 activations only (`enable f16`), so compiled on first use.
-const MATMUL_F16_MODULE: &[&str] = &[STEP, QUANT, MATRIX, MATVEC, KQUANT, MATMUL_F16];
+// The f16-math GEMM: f16 activations only (`enable f16`), so compiled on first use; its own
+// bindings of the codes and x (128-bit elements), so not matvec.wgsl's.
+const MATMUL_F16_MODULE: &[&str] = &[STEP, QUANT, MATRIX, MATMUL_F16];
 const KV_MODULE: &[&str] = &[STEP, KVFORMAT, KV];
 
 macro_rules! def {
