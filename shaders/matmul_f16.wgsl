@@ -4,20 +4,26 @@
 // over one 32-column step in f16 (vec4<f16> FMAs: NVIDIA issues two lanes an instruction), then adds
 // the step's sums into f32 accumulators: a step rounds each product and each partial sum to 11 bits,
 // so the error grows with 32 terms, not a row's thousands (llama.cpp's Vulkan GEMM keeps the whole
-// row's sum in f16). A thread stages its 8 weights and 8 values of x with one 128-bit load each
-// (H100, 8B f16 pp512: 1748 -> 1915 tokens/s against 32-bit and 16-bit loads).
-// Prepended with step.wgsl, quant.wgsl, matrix.wgsl (tiles, `store_out`) and act_f16.wgsl only.
+// row's sum in f16).
+// Staging: a thread reads two columns of four consecutive rows (tokens), a word each, and stores each
+// column's four as one vec4<f16>: 4 stores a step where a row's 8 columns took 16 scalar ones. Tiles
+// are column-major in vec4s of four rows, column k's at [16k, 16k + 16), the vec4 index xored with
+// k / 2 so that a warp's stores (16 column pairs) and reads (16 vec4s of one column) fall in distinct
+// banks. (H100, 7B f16 pp512 in f16 math: 1911 tokens/s with `matmul`'s staging, 2045 with it in
+// 128-bit loads, 2069 this way; `benchmarks/2026-12-05-h100-xq.md`.)
+// Prepended with step.wgsl, quant.wgsl, matrix.wgsl (MM_R, MM_T, MM_K, `store_out`) and act_f16.wgsl
+// only.
 //
 // Bindings (group 0), as `matmul`'s but for the element types:
 //   0 params: uniform MatParams
-//   1 w8:    storage read array<vec4<u32>>  (the f16 weights, row-major, 8 a vec4)
-//   4 x8:    storage read array<vec4<f16>>  (cols values per row of the pass, 4 a vec4)
+//   1 w2:    storage read array<u32>   (the f16 weights, row-major, two a word)
+//   4 x2:    storage read array<u32>   (cols f16 values per row of the pass, two a word)
 //   5 out:   storage read_write array<act>  (out_len values per row)
-//   6 steps: storage read array<Step>       (the row count)
+//   6 steps: storage read array<Step>  (the row count)
 // Dispatch: (ceil(rows / 64), ceil(pass rows / 64)), rows of whole 32-column steps
-// (`MatvecKernel::for_matmul`), so every 128-bit load is whole and aligned.
-@group(0) @binding(1) var<storage, read> w8: array<vec4<u32>>;
-@group(0) @binding(4) var<storage, read> x8: array<vec4<f16>>;
+// (`MatvecKernel::for_matmul`), so a step's words are whole.
+@group(0) @binding(1) var<storage, read> w2: array<u32>;
+@group(0) @binding(4) var<storage, read> x2: array<u32>;
 var<workgroup> hw: array<vec4<f16>, 512>;
 var<workgroup> hx: array<vec4<f16>, 512>;
 
@@ -26,38 +32,35 @@ fn matmul_h(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id)
     let n = steps[0].rows;
     let r0 = wid.x * MM_R;
     let t0 = wid.y * MM_T;
-    // Staging and computing roles as `matmul`'s; the same tile layout (`tile_at`).
-    let lr = lid.x / 4u;
-    let lc = (lid.x % 4u) * 8u;
+    // Computing role: rows 4cr..4cr+3, tokens 4ct..4ct+3.
     let cr = lid.x % 16u;
     let ct = lid.x / 16u;
+    // Staging role: row (token) quad sq, columns 2 sk and 2 sk + 1.
+    let sq = lid.x / 16u;
+    let sk = lid.x % 16u;
     var acc: array<vec4<f32>, 4>;
     for (var k0 = 0u; k0 < p.cols; k0 += MM_K) {
-        var wv: array<f16, 8>;
-        if (r0 + lr < p.rows) {
-            let q = w8[((r0 + lr) * p.cols + k0 + lc) / 8u];
-            for (var j = 0u; j < 4u; j++) {
-                let h = vec2<f16>(unpack2x16float(q[j]));
-                wv[2u * j] = h.x;
-                wv[2u * j + 1u] = h.y;
+        var wq: array<vec2<f16>, 4>;
+        var xq: array<vec2<f16>, 4>;
+        for (var i = 0u; i < 4u; i++) {
+            let r = r0 + 4u * sq + i;
+            if (r < p.rows) {
+                wq[i] = vec2<f16>(unpack2x16float(w2[(r * p.cols + k0) / 2u + sk]));
+            }
+            let t = t0 + 4u * sq + i;
+            if (t < n) {
+                xq[i] = vec2<f16>(unpack2x16float(x2[(t * p.cols + k0) / 2u + sk]));
             }
         }
-        var xv: array<f16, 8>;
-        if (t0 + lr < n) {
-            let o = ((t0 + lr) * p.cols + k0 + lc) / 4u;
-            let a = x8[o];
-            let b = x8[o + 1u];
-            xv = array<f16, 8>(a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w);
-        }
-        for (var j = 0u; j < 8u; j++) {
-            let at = tile_at(lc + j, lr);
-            hw[at.x][at.y] = wv[j];
-            hx[at.x][at.y] = xv[j];
-        }
+        let a = 32u * sk + (sq ^ sk);
+        hw[a] = vec4<f16>(wq[0].x, wq[1].x, wq[2].x, wq[3].x);
+        hw[a + 16u] = vec4<f16>(wq[0].y, wq[1].y, wq[2].y, wq[3].y);
+        hx[a] = vec4<f16>(xq[0].x, xq[1].x, xq[2].x, xq[3].x);
+        hx[a + 16u] = vec4<f16>(xq[0].y, xq[1].y, xq[2].y, xq[3].y);
         workgroupBarrier();
         var h: array<vec4<f16>, 4>;
         for (var k = 0u; k < MM_K; k++) {
-            let s = 2u * (k / 8u);
+            let s = k / 2u;
             let w = hw[16u * k + (cr ^ s)];
             let xk = hx[16u * k + (ct ^ s)];
             h[0] = fma(vec4<f16>(w.x), xk, h[0]);

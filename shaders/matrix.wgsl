@@ -1,6 +1,7 @@
 // What every matrix kernel shares (matvec.wgsl, matvec4.wgsl, the GEMMs): the parameters, the
 // bindings other than the codes (1) and x (4), whose element types differ between the files, the
-// per-block scale and min, and the GEMMs' tiles and output. Prepended after step.wgsl and quant.wgsl; the binding table is in matvec.wgsl.
+// per-block scale and min, and the GEMMs' tile sizes and output. Prepended after step.wgsl and
+// quant.wgsl; the binding table is in matvec.wgsl.
 
 struct MatParams {
     rows: u32,
@@ -39,16 +40,11 @@ fn block_min(g: u32) -> f32 {
     return -8.0 * block_scale(g);
 }
 
-// The float GEMMs' tiles (`matmul` in matvec.wgsl, `matmul_h` in matmul_f16.wgsl): MM_R weight rows by
-// MM_T tokens, MM_K columns a step.
+// The float GEMMs' tiles (`matmul` in matvec.wgsl, `matmul_h` in matmul_f16.wgsl): MM_R weight rows
+// by MM_T tokens, MM_K columns a step.
 const MM_R: u32 = 64u;
 const MM_T: u32 = 64u;
 const MM_K: u32 = 32u;
-
-// Where value (column k, row or token r) of a float GEMM tile lies: vec4 index, component.
-fn tile_at(k: u32, r: u32) -> vec2<u32> {
-    return vec2<u32>(16u * k + ((r / 4u) ^ (2u * (k / 8u))), r % 4u);
-}
 
 // Stores (or adds) one value of a matmul's output: weight row `row` of token `tok` (every
 // GEMM), where both are in range.

@@ -225,6 +225,11 @@ fn embed(@builtin(global_invocation_id) gid: vec3<u32>) {
 var<workgroup> wtile: array<vec4<f32>, 512>;
 var<workgroup> xtile: array<vec4<f32>, 512>;
 
+// Where value (column k, row or token r) of a tile lies: vec4 index, component.
+fn tile_at(k: u32, r: u32) -> vec2<u32> {
+    return vec2<u32>(16u * k + ((r / 4u) ^ (2u * (k / 8u))), r % 4u);
+}
+
 // Eight consecutive weights of row r from column c (c a multiple of 8). Rows of a whole number of MM_K
 // columns read packed words (a quantized block is at least 32 wide, so the 8 share one scale); other
 // rows (f16 fallbacks such as 172-wide ffn_down) go element by element with bounds.
