@@ -112,3 +112,39 @@ fn f16_math_is_refused_with_f32_activations() {
         "{e}"
     );
 }
+
+/// What an accuracy run judges (`scenario::accuracy`): f16 weights scored in f16 math against the
+/// oracle on the same weights stay within the f16-activation verdict's tolerance
+/// (`Tolerance::for_backend`, 2 L 2^-11 (1 + max |logit|)), as do the same in f32 math; both
+/// figures printed with the bound.
+#[test]
+fn f16_math_passes_the_f16_accuracy_verdict() {
+    use nibble_engine::measure::Reference;
+    use nibble_engine::tolerance::Tolerance;
+    let f16 = RunConfig::parse("weights=f16").unwrap();
+    let base = stories();
+    let tok = base.tokenizer.as_ref().unwrap();
+    let seqs = nibble_engine::eval::story_tokens(tok, &text("tinystories_sample.txt"), 96).unwrap();
+    for (name, base) in [("builtin", Model::builtin()), ("stories260K", stories())] {
+        let (m, _) = measure::prepare(&base, &f16).unwrap();
+        let seqs: Vec<Vec<u32>> = seqs[..2]
+            .iter()
+            .map(|s| s.iter().map(|&t| t % m.config.vocab_size as u32).collect())
+            .collect();
+        let reference = block_on(Reference::run(&mut CpuDecoder::new(&m), &seqs)).unwrap();
+        for half_math in [true, false] {
+            let g = open(half_math);
+            let mut d = GpuDecoder::new(&g, &m, KvConfig::default()).unwrap();
+            let div = block_on(measure::compare(&reference, &mut d, &seqs)).unwrap();
+            let act = g.products_activations();
+            let tol =
+                Tolerance::for_backend("gpu", Some(act), &m.config, reference.max_abs_logit());
+            println!(
+                "{name} f16 math {half_math}: max |dlogit| {:.3e} of {:.3e}, top-1 {:.3}",
+                div.max_abs_dlogit, tol.max_abs_dlogit, div.top1_agreement
+            );
+            let verdict = tol.check(&div);
+            assert!(verdict.is_ok(), "{name} f16 math {half_math}: {verdict:?}");
+        }
+    }
+}

@@ -240,7 +240,8 @@ pub struct GpuOptions {
     /// (`GpuDecoder::tune_grid`).
     pub int8_groups: Option<u32>,
     /// Multiply prompt products of f16 weights in f16 (`matmul_h`, f16 activations only), as
-    /// llama.cpp's Vulkan GEMM does; default false.
+    /// llama.cpp's Vulkan GEMM does; default false (its drift nears the f16 verdict's bound:
+    /// ARCHITECTURE.md, "Batched prefill").
     pub half_math: Option<bool>,
 }
 
