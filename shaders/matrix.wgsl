@@ -40,8 +40,8 @@ fn block_min(g: u32) -> f32 {
     return -8.0 * block_scale(g);
 }
 
-// The float GEMMs' tiles (`matmul` in matvec.wgsl, `matmul_h` in matmul_f16.wgsl): MM_R weight rows
-// by MM_T tokens, MM_K columns a step.
+// The float GEMMs' tiles: MM_R weight rows (`matmul` in matvec.wgsl; `matmul_h` in matmul_f16.wgsl
+// twice that) by MM_T tokens, MM_K columns a step.
 const MM_R: u32 = 64u;
 const MM_T: u32 = 64u;
 const MM_K: u32 = 32u;

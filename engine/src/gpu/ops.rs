@@ -25,14 +25,15 @@ impl GpuDecoder<'_> {
             return;
         }
         if self.rows > 1 {
-            // A batch: the tiled kernels (matmul, matmul_q4i) cover 64 weight rows by 64 tokens a
-            // workgroup.
+            // A batch: the tiled kernels cover 64 tokens by 64 weight rows a workgroup (`matmul_h`
+            // 128 rows).
             self.quantize_x(w, x);
             for ci in 0..self.w.mats[&w].chunks.len() {
                 let rows = self.w.mats[&w].chunks[ci].rows;
                 let key = BindKey::Matmul(w, ci, out, x, accumulate);
                 let tiles = self.rows.div_ceil(64) as u32;
-                self.dispatch(key, (rows.div_ceil(64) as u32, tiles));
+                let tile_rows = self.kernel_of(key).rows_per_group();
+                self.dispatch(key, (rows.div_ceil(tile_rows) as u32, tiles));
             }
             return;
         }

@@ -194,11 +194,14 @@ impl Kernel {
         )
     }
 
-    /// Rows of a matrix one workgroup of this kernel covers (the shaders' headers say how).
+    /// Rows of a matrix one workgroup of this kernel covers (the shaders' headers say how); the
+    /// GEMMs' tiles cover 64 tokens as well.
     pub(in crate::gpu) fn rows_per_group(self) -> usize {
         match self {
             Kernel::MatvecAny => 1,
+            Kernel::MatmulH => 128,
             Kernel::MatvecRow | Kernel::MatvecKRow => 64,
+            Kernel::Matmul | Kernel::MatmulQ4I | Kernel::MatmulKI => 64,
             _ => 8,
         }
     }

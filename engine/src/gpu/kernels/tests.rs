@@ -129,3 +129,20 @@ fn the_integer_modules_hold_the_rows_the_choice_gives_them() {
         MATVEC4_KINT8_MODULE.contains(&XK_SHORT) && MATVEC4_KINT8_LONG_MODULE.contains(&XK_LONG)
     );
 }
+
+/// The GEMMs' tiles cover the rows the dispatch assumes (`Kernel::rows_per_group`): the shaders'
+/// constants (a grid too small leaves rows out; too large, workgroups idle).
+#[test]
+fn the_gemm_grids_match_their_tiles() {
+    let size = |src: &str, name: &str| -> usize {
+        let at = src.find(&format!("const {name}: u32 = ")).unwrap();
+        let rest = &src[at..];
+        let n = rest[rest.find('=').unwrap() + 1..rest.find("u;").unwrap()].trim();
+        n.parse().unwrap()
+    };
+    assert_eq!(Kernel::Matmul.rows_per_group(), size(MATRIX, "MM_R"));
+    assert_eq!(Kernel::MatmulH.rows_per_group(), size(MATMUL_F16, "MH_R"));
+    for k in [Kernel::MatmulQ4I, Kernel::MatmulKI] {
+        assert_eq!(k.rows_per_group(), size(MATMUL_INT8, "MI_R"), "{k:?}");
+    }
+}
