@@ -174,12 +174,7 @@ impl<'g> GpuDecoder<'g> {
         memory.activations = acts.iter().chain(scratch).map(|b| b.size()).sum::<u64>();
         memory.staging = staging_logits.size() + staging_id.size() + staging_scores.size();
         memory.total = memory.weights + memory.kv_cache + memory.activations + memory.staging;
-        if let Some(e) = pop_error_scope(oom_scope) {
-            return Err(Error::Gpu(format!(
-                "out of GPU memory preparing a decoder for {} ({} bytes planned): {e}",
-                w.name, memory.total
-            )));
-        }
+        out_of_memory(oom_scope, &w.name, memory.total)?;
         gpu.check_errors()?;
         let t0 = web_time::Instant::now();
         let pipes = gpu.pipelines();
@@ -735,6 +730,16 @@ fn batch_rows(gpu: &Gpu, c: &Config, cap: usize) -> usize {
         .max(c.vocab_size * gpu.activations.bytes())
         .max(1) as u64;
     (gpu.max_binding / per_row).clamp(1, gpu.prefill_rows as u64) as usize
+}
+
+/// The out-of-memory error a decoder's allocations raised under `scope`, naming the model.
+fn out_of_memory(scope: wgpu::ErrorScopeGuard, model: &str, planned: u64) -> Result<()> {
+    match pop_error_scope(scope) {
+        Some(e) => Err(Error::Gpu(format!(
+            "out of GPU memory preparing a decoder for {model} ({planned} bytes planned): {e}"
+        ))),
+        None => Ok(()),
+    }
 }
 
 /// Bytes of `xq` (matmul_int8.wgsl's layout): a byte per value and 8 bytes a block of 32, for
