@@ -19,7 +19,7 @@
 // loads for 64, and the 64 x 32 tile ran a 7B prompt at 1744 tokens/s on an H200, 2307 now). x's
 // quantization is the only departure from the oracle's arithmetic, as in matvec4_q4i (half a step
 // at most).
-// Dispatch: (ceil(rows / 64), ceil(pass rows / 64)) (`Kernel::matmul_tokens`), after quant_x8's.
+// Dispatch: (ceil(rows / 64), ceil(pass rows / 64)) (`Kernel::rows_per_group`), after quant_x8's.
 //
 // xq (binding 7), for a pass of n rows of `cols` (p.cols) values: token t's block b's eight code
 // words at 8 (t * cols / 32 + b), then from word n * cols / 4 its (scale bits, sum of the 32 codes)

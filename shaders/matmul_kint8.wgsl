@@ -1,8 +1,9 @@
 // matmul_ki: the prompt pass's K-quant product (Q4_K, Q5_K, Q6_K; out[t] (+)= W x[t]) in integer dot
 // products, as matmul_q4i does for q4_0 (same tile, roles and dispatch: 64 rows by 64 tokens, a
 // 32-column step at a time, a thread's 4 x 4 block, x from quant_x8). Appended after
-// matmul_int8.wgsl (its staging arrays, xq, mi_row) and kquant.wgsl (the super-block layouts, kq_words, kq_byte, kq_scale_min); binds
-// no scales or mins (2, 3). Taken under `MatvecKernel::TiledInt8` (`MatvecKernel::for_matmul`).
+// matmul_int8.wgsl (its staging arrays, xq, mi_row) and kquant.wgsl (the super-block layouts,
+// kq_words, kq_byte, kq_scale_min); binds no scales or mins (2, 3). Taken under
+// `MatvecKernel::TiledInt8` (`MatvecKernel::for_matmul`).
 //
 // A step is one Q4_K/Q5_K sub-block (one scale and min for the step's 32 values of a row) or two
 // Q6_K sub-blocks of 16 (a scale for each half). Each staging thread decodes 8 codes of its row in

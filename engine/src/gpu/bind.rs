@@ -292,7 +292,8 @@ impl GpuDecoder<'_> {
         if matches!(key, BindKey::Matmul(..)) {
             e.push((6, self.step_buf.clone().into()));
         }
-        match self.kernel_of(key) {
+        let kernel = self.kernel_of(key);
+        match kernel {
             Kernel::Matvec4F32
             | Kernel::Matvec4F16
             | Kernel::Matvec4Q4K
@@ -313,7 +314,7 @@ impl GpuDecoder<'_> {
             _ => {}
         }
         // The integer GEMMs read x as quant_x8 left it.
-        if matches!(self.kernel_of(key), Kernel::MatmulQ4I | Kernel::MatmulKI) {
+        if matches!(kernel, Kernel::MatmulQ4I | Kernel::MatmulKI) {
             e.retain(|(i, _)| *i != 4);
             e.push((7, self.xq.clone().into()));
         }

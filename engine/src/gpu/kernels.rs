@@ -128,8 +128,8 @@ const MATMUL_INT8_MODULE: &[&str] = &[
     MATMUL_INT8,
     MATMUL_KINT8,
 ];
-// The f16-math GEMM: f16 activations only (`enable f16`), so compiled on first use; its own
-// bindings of the codes and x (128-bit elements), so not matvec.wgsl's.
+// The f16-math GEMM: f16 activations only (`enable f16`), so compiled on first use; it binds the
+// codes and x as words, so not matvec.wgsl's declarations.
 const MATMUL_F16_MODULE: &[&str] = &[STEP, QUANT, MATRIX, MATMUL_F16];
 const KV_MODULE: &[&str] = &[STEP, KVFORMAT, KV];
 

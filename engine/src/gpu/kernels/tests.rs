@@ -10,21 +10,32 @@ fn the_table_is_in_kernel_order() {
     }
 }
 
+/// Each case's kernel under `k`: (cols, type, block, long modules, the kernel wanted).
+fn expect_matrices(k: MatvecKernel, cases: &[(usize, WType, usize, bool, Kernel)]) {
+    for &(cols, ty, block, long, want) in cases {
+        let got = k.for_matrix(cols, ty, block, long);
+        assert_eq!(
+            got, want,
+            "{k:?}: {cols} {ty:?} in blocks of {block}, long modules {long}"
+        );
+    }
+}
+
 /// matvec4.wgsl finds blocks by shifting, so a block that is not a power of two (no format makes
 /// one today) must take the 32-bit kernels, which divide.
 #[test]
 fn vec4_kernels_take_only_power_of_two_blocks() {
     use {Kernel::*, WType::*};
     let k = MatvecKernel::Tiled;
-    for (cols, ty, block, long, want) in [
-        (4096, Q4_0, 64, false, Matvec4Q4C),
-        (4096, Q4_0, 96, false, Matvec),
-        (4096, Q8_0, 32, false, Matvec4Q8),
-        (4096, Q8_0, 48, false, Matvec),
-    ] {
-        let got = k.for_matrix(cols, ty, block, long);
-        assert_eq!(got, want, "{cols} {ty:?} in blocks of {block}");
-    }
+    expect_matrices(
+        k,
+        &[
+            (4096, Q4_0, 64, false, Matvec4Q4C),
+            (4096, Q4_0, 96, false, Matvec),
+            (4096, Q8_0, 32, false, Matvec4Q8),
+            (4096, Q8_0, 48, false, Matvec),
+        ],
+    );
 }
 
 /// The integer-dot kernels take q4_0 and K-quant rows that fit their workgroup memory, nothing
@@ -34,29 +45,29 @@ fn vec4_kernels_take_only_power_of_two_blocks() {
 fn int8_takes_q4_0_and_k_quant_rows_that_fit() {
     use {Kernel::*, WType::*};
     let k = MatvecKernel::TiledInt8;
-    for (cols, ty, block, long, want) in [
-        (11008, Q4_0, 32, false, Matvec4Q4I),
-        (14336, Q4_0, 32, false, Matvec4Q4C),
-        (4096, Q4_1, 32, false, Matvec4Q4C),
-        (4096, F16, 1, false, Matvec4F16),
-        (4096, Q4_K, 256, false, Matvec4KI),
-        (11264, Q5_K, 256, false, Matvec4KI),
-        (11520, Q4_K, 256, false, Matvec4Q4K),
-        (11008, Q6_K, 256, false, Matvec4Q6KI),
-        (14336, Q6_K, 256, false, MatvecK),
-        (11264, Q4_K, 256, true, Matvec4KI),
-        (14336, Q4_K, 256, true, Matvec4KIL),
-        (18944, Q6_K, 256, true, Matvec4Q6KIL),
-        (22528, Q5_K, 256, true, Matvec4KIL),
-        (22784, Q4_K, 256, true, Matvec4Q4K),
-        (14336, Q4_0, 32, true, Matvec4Q4IL),
-        (12288, Q4_0, 32, true, Matvec4Q4I),
-        (22528, Q4_0, 32, true, Matvec4Q4IL),
-        (22560, Q4_0, 32, true, Matvec4Q4C),
-    ] {
-        let got = k.for_matrix(cols, ty, block, long);
-        assert_eq!(got, want, "{cols} {ty:?}, long modules {long}");
-    }
+    expect_matrices(
+        k,
+        &[
+            (11008, Q4_0, 32, false, Matvec4Q4I),
+            (14336, Q4_0, 32, false, Matvec4Q4C),
+            (4096, Q4_1, 32, false, Matvec4Q4C),
+            (4096, F16, 1, false, Matvec4F16),
+            (4096, Q4_K, 256, false, Matvec4KI),
+            (11264, Q5_K, 256, false, Matvec4KI),
+            (11520, Q4_K, 256, false, Matvec4Q4K),
+            (11008, Q6_K, 256, false, Matvec4Q6KI),
+            (14336, Q6_K, 256, false, MatvecK),
+            (11264, Q4_K, 256, true, Matvec4KI),
+            (14336, Q4_K, 256, true, Matvec4KIL),
+            (18944, Q6_K, 256, true, Matvec4Q6KIL),
+            (22528, Q5_K, 256, true, Matvec4KIL),
+            (22784, Q4_K, 256, true, Matvec4Q4K),
+            (14336, Q4_0, 32, true, Matvec4Q4IL),
+            (12288, Q4_0, 32, true, Matvec4Q4I),
+            (22528, Q4_0, 32, true, Matvec4Q4IL),
+            (22560, Q4_0, 32, true, Matvec4Q4C),
+        ],
+    );
     let tiled = MatvecKernel::Tiled.for_matrix(14336, Q4_K, 256, true);
     assert_eq!(tiled, Matvec4Q4K);
     // The prompt pass: any K-quant row (the GEMM stages a step of x at a time); f16 rows of whole
