@@ -5,12 +5,18 @@
 # or bin:NAME for the build .device/ab/NAME, to compare two commits),
 # the variants alternating, ROUNDS times over.
 # Carry .device/bin (a release build from here; or .device/ab with NB=.device/ab/NAME) and .device/gl
-# (the Vulkan loader debs).
+# (the Vulkan loader debs). Builds in .device/ab may come xz-compressed (NAME.xz: three stripped builds
+# and the tracked tree pass the 64 MiB carry) and are unpacked here first; without .device/bin,
+# .device/ab/main writes the files.
 # Knobs: SHAPES (default "1b 7b"), VARIANTS (default "NIBBLE_SHADER_CHECKS=on NIBBLE_SHADER_CHECKS=off"),
 # ROUNDS (default 2), CONFIGS (default q4_0), ARGS (bench arguments). Results go to $OUT.
 set -uo pipefail
 . scripts/h200-env.sh
+for f in .device/ab/*.xz; do
+  [ -e "$f" ] && [ ! -e "${f%.xz}" ] && xz -dc "$f" > "${f%.xz}" && chmod +x "${f%.xz}"
+done
 nb=${NB:-.device/bin/nibble}
+[ -x "$nb" ] || nb=.device/ab/main
 d=/tmp/nb && mkdir -p $d
 out=${OUT:-/tmp/out} && mkdir -p "$out"
 variants=${VARIANTS:-NIBBLE_SHADER_CHECKS=on NIBBLE_SHADER_CHECKS=off}
