@@ -314,7 +314,7 @@ impl GpuDecoder<'_> {
             _ => {}
         }
         // The integer GEMMs read x as quant_x8 left it.
-        if matches!(kernel, Kernel::MatmulQ4I | Kernel::MatmulKI) {
+        if kernel.reads_xq() {
             e.retain(|(i, _)| *i != 4);
             e.push((7, self.xq.clone().into()));
         }

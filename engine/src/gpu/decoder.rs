@@ -2,7 +2,7 @@
 //! kernel table and reads back what the caller asks for.
 
 use super::device::{pop_error_scope, Gpu};
-use super::kernels::{max_splits, BindKey, Kernel, Pipelines};
+use super::kernels::{max_splits, BindKey, Pipelines};
 use super::layout::{buffer, kv_layer_bytes, local_slots, GpuMatrix, GpuMemory};
 use super::profile::{KernelTime, Profiler};
 use super::upload::GpuWeights;
@@ -748,7 +748,7 @@ fn xq_bytes(gpu: &Gpu, w: &GpuWeights, max_rows: usize) -> u64 {
     let kernel = gpu.matvec_kernel();
     let int8 = |m: &&GpuMatrix| {
         let k = kernel.for_matmul(m.cols, m.ty, m.block, gpu.half_math);
-        matches!(k, Kernel::MatmulQ4I | Kernel::MatmulKI)
+        k.reads_xq()
     };
     let cols = w.mats.values().filter(int8).map(|m| m.cols).max();
     match cols {

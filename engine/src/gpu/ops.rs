@@ -3,7 +3,7 @@
 
 use super::decoder::GpuDecoder;
 use super::device::Activations;
-use super::kernels::{fold, BindKey, Kernel, ATTN_SPLIT, ATTN_TILE_ROWS};
+use super::kernels::{fold, BindKey, ATTN_SPLIT, ATTN_TILE_ROWS};
 use crate::dtype::WType;
 use crate::forward::{Act, Glu, Kernels};
 use crate::kv::KvType;
@@ -49,7 +49,7 @@ impl GpuDecoder<'_> {
     /// (Q, K and V, or gate and up, share one).
     fn quantize_x(&mut self, w: TensorId, x: Act) {
         let kernel = self.kernel_of(BindKey::Matmul(w, 0, x, x, false));
-        if !matches!(kernel, Kernel::MatmulQ4I | Kernel::MatmulKI) {
+        if !kernel.reads_xq() {
             return;
         }
         let (cols, ty) = (self.w.mats[&w].cols, self.w.mats[&w].ty);

@@ -130,6 +130,11 @@ impl MatvecKernel {
 }
 
 impl Kernel {
+    /// Whether this kernel is an integer prompt GEMM, reading x as `quant_x8` left it in xq.
+    pub(in crate::gpu) fn reads_xq(self) -> bool {
+        matches!(self, Kernel::MatmulQ4I | Kernel::MatmulKI)
+    }
+
     /// Whether this kernel folds a held RMSNorm in (matvec4_norm.wgsl): the fused integer-dot
     /// kernels, and the f16 and Q4_K ones staging x (with f16 activations only;
     /// `GpuDecoder::fold_norm`).
