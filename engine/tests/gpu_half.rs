@@ -4,10 +4,10 @@
 //! The tolerance, derived: with f16 activations every stored value rounds to 11 bits (rms u/sqrt(3),
 //! u = 2^-11), ~15 stores a layer, and the f16-activation tests allow 5e-3 (1 + max |logit|).
 //! `matmul_h` adds, on each output of a product over n columns of terms of rms t (output ~sqrt(n) t),
-//! the rounding of every product (sqrt(n) u t / sqrt(3)) and of every partial sum within a
-//! 32-column step (partial j ~ sqrt(j) t: sqrt(n / 32) sqrt(32 * 33 / 2) u t / sqrt(3) over the
-//! row): about 4 u / sqrt(3) relative, whatever n, i.e. four stores' worth on each of a layer's 7
-//! products. (15 + 4 * 7) / 15 < 3 stores' worth: 1.5e-2 (1 + max |logit|).
+//! the rounding of every product (sqrt(n) u t / sqrt(3)) and of every partial sum within a run of
+//! 16 columns summed in f16 (partial j ~ sqrt(j) t: sqrt(n / 16) sqrt(16 * 17 / 2) u t / sqrt(3)
+//! over the row): about 3 u / sqrt(3) relative, whatever n, i.e. three stores' worth on each of a
+//! layer's 7 products. (15 + 3 * 7) / 15 < 3 stores' worth: 1.5e-2 (1 + max |logit|).
 
 mod common;
 use common::*;
@@ -94,6 +94,26 @@ fn f16_math_prompt_products_stay_near_the_oracle() {
         assert_eq!(roles(&k, "matmul_h"), want, "{name}");
         let k = block_on(f.profile(&prompt[..70], 0)).unwrap().unwrap();
         assert!(roles(&k, "matmul_h").is_empty(), "{name}");
+    }
+}
+
+/// Unasked, f16 math follows the activations: on with f16 ones (lavapipe has shader-f16), off
+/// with f32 ones, and the adapter note says which.
+#[test]
+fn f16_math_is_the_default_with_f16_activations() {
+    for (act, want) in [(Activations::F16, true), (Activations::F32, false)] {
+        let g = Gpu::open_blocking(GpuOptions {
+            act: Some(act),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(g.half_math, want, "{act:?}");
+        let note = g.kernel_note();
+        assert_eq!(
+            note.contains("in f16 math (matmul_h)"),
+            want,
+            "{act:?}: {note}"
+        );
     }
 }
 

@@ -181,7 +181,7 @@ impl OpenBackend {
 
     /// The decode kernels and row sums chosen, on a GPU, and why.
     pub fn kernels(&self) -> Option<String> {
-        self.gpu.as_ref().map(|g| g.matvec_choice.borrow().clone())
+        self.gpu.as_ref().map(|g| g.kernel_note())
     }
 
     /// wgpu's shader safety code kept, on a GPU.

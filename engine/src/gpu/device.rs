@@ -239,9 +239,9 @@ pub struct GpuOptions {
     /// rows, each staging x; default none: that until a benchmark times the grid on its model
     /// (`GpuDecoder::tune_grid`).
     pub int8_groups: Option<u32>,
-    /// Multiply prompt products of f16 weights in f16 (`matmul_h`, f16 activations only), as
-    /// llama.cpp's Vulkan GEMM does; default false (its drift nears the f16 verdict's bound:
-    /// ARCHITECTURE.md, "Batched prefill").
+    /// Multiply prompt products of f16 weights in f16 (`matmul_h`), as llama.cpp's Vulkan GEMM
+    /// does; default: wherever activations are f16 (ARCHITECTURE.md, "Batched prefill"). Asked for
+    /// with f32 activations, the device does not open.
     pub half_math: Option<bool>,
 }
 
@@ -329,12 +329,6 @@ fn matvec_choice(
         }
         None => String::new(),
     };
-    let half = match opts.half_math {
-        Some(true) => {
-            "; f16 prompt products of f16 weights in f16 math (matmul_h), set by the caller"
-        }
-        _ => "",
-    };
     let storage = report.limits.max_compute_workgroup_storage_size;
     let rows = match (int8, int8_long(int8, report)) {
         (false, _) => String::new(),
@@ -343,7 +337,7 @@ fn matvec_choice(
             "; integer-dot decode rows up to {INT8_MAX_COLS} values (q4_0) and {KINT8_MAX_COLS} (K-quants), longer ones in floats"
         ),
     };
-    let why = format!("{why}; {sums}; {qkv}{norm}{kv}{groups}{rows}{half}");
+    let why = format!("{why}; {sums}; {qkv}{norm}{kv}{groups}{rows}");
     let note = format!("{why} ({storage} bytes of workgroup memory)");
     (matvec, note)
 }
@@ -470,7 +464,7 @@ impl Gpu {
             Some(true) if activations != Activations::F16 => {
                 return Err(Error::Gpu("f16 math needs f16 activations".into()))
             }
-            h => activations == Activations::F16 && h.unwrap_or(false),
+            h => activations == Activations::F16 && h.unwrap_or(true),
         };
         let fuse_qkv = opts.fuse_qkv.unwrap_or(true);
         let shader_checks = ShaderChecks::effective(opts.shader_checks);
@@ -509,6 +503,17 @@ impl Gpu {
             .borrow_mut()
             .get_or_insert_with(|| std::rc::Rc::new(Pipelines::new(self.modules.clone())))
             .clone()
+    }
+
+    /// What results record of the kernel choices: the matvec choice and why (which tuning and
+    /// callers replace), then the prompt products' arithmetic for f16 weights.
+    pub fn kernel_note(&self) -> String {
+        let half = if self.half_math {
+            "prompt products of f16 weights in f16 math (matmul_h)"
+        } else {
+            "prompt products of f16 weights in f32 math"
+        };
+        format!("{}; {half}", self.matvec_choice.borrow())
     }
 
     pub fn matvec_kernel(&self) -> MatvecKernel {

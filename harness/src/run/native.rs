@@ -155,7 +155,7 @@ fn caps(gpu: Option<&Gpu>, why: Option<String>) -> Capabilities {
         gpu_unavailable: why,
         adapter: gpu.map(|g| g.report.clone()),
         activations: gpu.map(|g| g.products_activations().to_string()),
-        matvec_kernel: gpu.map(|g| g.matvec_choice.borrow().clone()),
+        matvec_kernel: gpu.map(|g| g.kernel_note()),
         shader_checks: gpu.map(|g| g.shader_checks.name().to_string()),
         shader_modules: None,
         cpu: None,
