@@ -15,6 +15,8 @@
 // and reads (16 vec4s of one column) fall in distinct banks. (H100, 7B f16 pp512 in f16 math: 1911
 // tokens/s with `matmul`'s staging, 2045 with it in 128-bit loads, 2069 by quads; H200, 2057 with
 // 64 x 64 tiles and 4 x 4 blocks, 2132 this way: `benchmarks/2026-12-05-h100-xq.md`.)
+// Loop-local arrays have initializers: Firefox 153's naga does not zero a bare `var` each iteration
+// (gfx-rs/wgpu#9489), and h then carried the previous columns' sums.
 // Prepended with step.wgsl, quant.wgsl, matrix.wgsl (MM_T, MM_K, `store_out`) and act_f16.wgsl only.
 //
 // Bindings (group 0), as `matmul`'s but for the element types:
@@ -46,8 +48,8 @@ fn matmul_h(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id)
     let sk = lid.x % 16u;
     var acc: array<vec4<f32>, 8>;
     for (var k0 = 0u; k0 < p.cols; k0 += MM_K) {
-        var wq: array<vec2<f16>, 8>;
-        var xq: array<vec2<f16>, 4>;
+        var wq = array<vec2<f16>, 8>();
+        var xq = array<vec2<f16>, 4>();
         for (var i = 0u; i < 4u; i++) {
             let r = r0 + 4u * sq + i;
             if (r < p.rows) {
@@ -71,7 +73,7 @@ fn matmul_h(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id)
         hx[b + 16u] = vec4<f16>(xq[0].y, xq[1].y, xq[2].y, xq[3].y);
         workgroupBarrier();
         for (var k1 = 0u; k1 < MM_K; k1 += MH_SUB) {
-            var h: array<vec4<f16>, 8>;
+            var h = array<vec4<f16>, 8>();
             for (var k = k1; k < k1 + MH_SUB; k++) {
                 let s = k / 2u;
                 let w = hw[32u * k + (cr ^ s)];

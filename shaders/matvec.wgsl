@@ -295,11 +295,11 @@ fn matmul(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) l
     let ct = lid.x / 16u;
     var acc: array<vec4<f32>, 4>;
     for (var k0 = 0u; k0 < p.cols; k0 += MM_K) {
-        var wv: array<f32, 8>;
+        var wv = array<f32, 8>();
         if (r0 + lr < p.rows) {
             wv = load8(r0 + lr, k0 + lc);
         }
-        var xv: array<f32, 8>;
+        var xv = array<f32, 8>();
         if (t0 + lr < n) {
             let o = (t0 + lr) * p.cols + k0 + lc;
             for (var j = 0u; j < 8u; j++) {

@@ -45,7 +45,7 @@ fn quantize_xk(t: u32, cols: u32, norm: bool, eps: f32) -> f32 {
     for (var b = t; b < nb; b += 256u) {
         var x = x_block(b, norm);
         ss += x.ss;
-        var w: array<u32, 8>;
+        var w = array<u32, 8>();
         var s = vec4<i32>(0);
         for (var i = 0u; i < 8u; i++) {
             let q = vec4<i32>(round(x.v[i] * x.inv));

@@ -97,14 +97,14 @@ fn f16_math_prompt_products_stay_near_the_oracle() {
     }
 }
 
-/// Unasked, f16 math is off whatever the activations (lavapipe has shader-f16); asked for with f16
-/// ones, on; the adapter note says which.
+/// Unasked, f16 math follows the activations: on with f16 ones (lavapipe has shader-f16), off with
+/// f32 ones; asked off, off; the adapter note says which.
 #[test]
-fn f16_math_runs_only_where_asked_for() {
+fn f16_math_is_the_default_with_f16_activations() {
     for (act, half, want) in [
-        (Activations::F16, None, false),
+        (Activations::F16, None, true),
         (Activations::F32, None, false),
-        (Activations::F16, Some(true), true),
+        (Activations::F16, Some(false), false),
     ] {
         let g = Gpu::open_blocking(GpuOptions {
             act: Some(act),

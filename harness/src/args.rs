@@ -38,7 +38,7 @@ pub struct ModelArgs {
 /// `NIBBLE_INT8_GROUPS=N` at most N workgroups for the integer-dot decode kernels (each looping over
 /// row groups; 0: a workgroup per row group; unset: `nibble bench` times the grid on each model),
 /// `NIBBLE_F16_MATH=on|off` whether prompt products of f16 weights multiply in f16 (f16 activations;
-/// off by default).
+/// on by default with them).
 pub fn gpu_env_options() -> Result<GpuOptions> {
     let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
     let on_off = |k: &str| {

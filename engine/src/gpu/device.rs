@@ -240,8 +240,8 @@ pub struct GpuOptions {
     /// (`GpuDecoder::tune_grid`).
     pub int8_groups: Option<u32>,
     /// Multiply prompt products of f16 weights in f16 (`matmul_h`), as llama.cpp's Vulkan GEMM
-    /// does; default false: Gemma 3's fixture scored wrong logits with it in Firefox (ARCHITECTURE.md,
-    /// "Batched prefill"). Asked for with f32 activations, the device does not open.
+    /// does; default: wherever activations are f16 (ARCHITECTURE.md, "Batched prefill"). Asked for
+    /// with f32 activations, the device does not open.
     pub half_math: Option<bool>,
 }
 
@@ -464,7 +464,7 @@ impl Gpu {
             Some(true) if activations != Activations::F16 => {
                 return Err(Error::Gpu("f16 math needs f16 activations".into()))
             }
-            h => activations == Activations::F16 && h.unwrap_or(false),
+            h => activations == Activations::F16 && h.unwrap_or(true),
         };
         let fuse_qkv = opts.fuse_qkv.unwrap_or(true);
         let shader_checks = ShaderChecks::effective(opts.shader_checks);

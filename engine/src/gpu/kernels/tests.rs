@@ -166,3 +166,73 @@ fn the_gemm_grids_match_their_tiles() {
     }
     assert!(seen >= 4, "only {seen} GEMMs in the table");
 }
+
+/// `var name: T;` lines inside a loop body of WGSL `text` (1-based line, text): WGSL zeroes such a
+/// variable on every iteration, but the naga in Firefox 153 ESR allocates it once, zeroed at
+/// function entry, so it keeps the last iteration's value (gfx-rs/wgpu#9489, fixed in later naga):
+/// `matmul_h`'s f16 sums then carried over and Gemma's fixtures scored max |dlogit| 46 in Firefox.
+/// A loop body is a `{` opened on a line starting `for`, `while` or `loop`.
+fn loop_locals_without_initializer(text: &str) -> Vec<(usize, String)> {
+    let mut open = Vec::new();
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let code = line.split("//").next().unwrap_or("");
+        let t = code.trim();
+        let bare = t.starts_with("var ") && !t.contains('=') && t.ends_with(';');
+        if bare && open.contains(&true) {
+            out.push((i + 1, t.to_string()));
+        }
+        let mut header = ["for ", "for(", "while ", "loop "]
+            .iter()
+            .any(|k| t.starts_with(k));
+        for c in code.chars() {
+            match c {
+                '{' => open.push(std::mem::take(&mut header)),
+                '}' => {
+                    open.pop();
+                }
+                _ => {}
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn the_loop_local_check_sees_a_bare_var() {
+    let text = "fn f() {\n    var a: f32;\n    for (var i = 0u; i < 4u; i++) {\n        \
+                var b = 0.0;\n        if (i > 0u) {\n            var c: array<f32, 4>;\n        \
+                }\n    }\n    loop {\n        var d: u32; // counted\n    }\n    var e: u32;\n}\n";
+    let found = loop_locals_without_initializer(text);
+    let lines: Vec<usize> = found.iter().map(|f| f.0).collect();
+    assert_eq!(lines, [6, 10], "{found:?}");
+}
+
+/// Every variable declared in a loop body of the shaders has an initializer, so browsers whose
+/// naga does not zero it each iteration run what WGSL means (`loop_locals_without_initializer`).
+#[test]
+fn loop_locals_have_initializers() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shaders");
+    let mut found = Vec::new();
+    let mut files = 0;
+    for e in std::fs::read_dir(&dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.extension().is_some_and(|x| x == "wgsl") {
+            let text = std::fs::read_to_string(&p).unwrap();
+            for (n, t) in loop_locals_without_initializer(&text) {
+                found.push(format!("{}:{n}: {t}", p.display()));
+            }
+            files += 1;
+        }
+    }
+    assert!(
+        files >= 20,
+        "only {files} shader files in {}",
+        dir.display()
+    );
+    assert!(
+        found.is_empty(),
+        "give these an initializer:\n{}",
+        found.join("\n")
+    );
+}
