@@ -542,9 +542,9 @@ fn int8_products_loop_over_row_groups() {
     );
 }
 
-/// The prompt pass's q4_0 and K-quant products in integers (`matmul_q4i`, `matmul_ki`: Q4_K,
-/// Q5_K, Q6_K; `MatvecKernel::TiledInt8`): a 100-token prompt (a full tile of 64 tokens and a
-/// partial one; stories260K's 172-row gate and up a partial tile of rows, its 172-wide ffn_down
+/// The prompt pass's q4_0, q8_0 and K-quant products in integers (`matmul_q4i`, `matmul_q8i`,
+/// `matmul_ki`: Q4_K, Q5_K, Q6_K; `MatvecKernel::TiledInt8`): a 100-token prompt (a full tile of
+/// 64 tokens and a partial one; stories260K's 172-row gate and up a partial tile of rows, its 172-wide ffn_down
 /// left to the float matmul; the K models' 512-row gate/up and 4-head K and V) against the oracle fed
 /// token by token, within the integer kernels' derived 2e-2 (x quantized per block of 32, as at
 /// decode); its logits must differ from the float matmul's by more than f32 rounding (2e-4), which
@@ -563,7 +563,7 @@ fn int8_prompt_pass_stays_near_the_oracle() {
     };
     let (int8, float) = (with(MatvecKernel::TiledInt8), with(MatvecKernel::Tiled));
     let mut cases = models();
-    cases.retain(|(n, _)| n.ends_with("q4_0"));
+    cases.retain(|(n, _)| n.ends_with("q4_0") || n.ends_with("q8_0"));
     cases.extend(k_models());
     for (name, m) in &cases {
         let mut cpu = CpuDecoder::with_kv(m, KvConfig::default()).unwrap();
@@ -594,7 +594,7 @@ fn int8_prompt_pass_stays_near_the_oracle() {
             .fold(0f32, |m, (p, q)| m.max((p - q).abs()));
         assert!(
             d > 2e-4 * (1.0 + scale),
-            "{name}: matmul_q4i did not run ({d})"
+            "{name}: the integer GEMM did not run ({d})"
         );
         // x quantized once per input of the integer GEMMs (`quant_x8`): Q/K/V's, attn_output's,
         // gate/up's, ffn_down's, but for stories260K's 172-wide ffn_down (the float matmul).

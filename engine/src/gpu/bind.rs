@@ -304,9 +304,11 @@ impl GpuDecoder<'_> {
             | Kernel::MatmulH
             | Kernel::MatvecK
             | Kernel::MatvecKRow => e.retain(|(i, _)| *i != 2 && *i != 3),
-            Kernel::Matvec4Q8 | Kernel::Matvec4Q4I | Kernel::Matvec4Q4IL | Kernel::MatmulQ4I => {
-                e.retain(|(i, _)| *i != 3)
-            }
+            Kernel::Matvec4Q8
+            | Kernel::Matvec4Q4I
+            | Kernel::Matvec4Q4IL
+            | Kernel::MatmulQ4I
+            | Kernel::MatmulQ8I => e.retain(|(i, _)| *i != 3),
             Kernel::Matvec4Q6KI | Kernel::Matvec4Q6KIL => {
                 e.retain(|(i, _)| *i != 3);
                 words_at_2(e);

@@ -83,6 +83,7 @@ pub(super) enum Kernel {
     Matvec4Q4IL,
     Matmul,
     MatmulQ4I,
+    MatmulQ8I,
     MatmulKI,
     MatmulH,
     QuantX8,
@@ -222,7 +223,7 @@ const MATVEC4_INT8_LONG_MODULE: &[&str] = &[
     MATVEC4_INT8,
 ];
 
-pub(super) const TABLE: [KernelDef; 60] = [
+pub(super) const TABLE: [KernelDef; 61] = [
     def!(Matvec, "matvec", "matvec", MATVEC_MODULE),
     def!(Matvec4F32, "matvec4_f32", "matvec4", MATVEC4_MODULE),
     def!(Matvec4F16, "matvec4_f16", "matvec4", MATVEC4_MODULE),
@@ -369,6 +370,7 @@ pub(super) const TABLE: [KernelDef; 60] = [
     ),
     def!(Matmul, "matmul", "matvec", MATVEC_MODULE),
     def!(MatmulQ4I, "matmul_q4i", "matmul_int8", MATMUL_INT8_MODULE),
+    def!(MatmulQ8I, "matmul_q8i", "matmul_int8", MATMUL_INT8_MODULE),
     def!(MatmulKI, "matmul_ki", "matmul_int8", MATMUL_INT8_MODULE),
     def!(MatmulH, "matmul_h", "matmul_f16", MATMUL_F16_MODULE),
     def!(QuantX8, "quant_x8", "matmul_int8", MATMUL_INT8_MODULE),
@@ -483,6 +485,7 @@ const ON_FIRST_USE: &[Kernel] = &[
     Kernel::Matvec4Q6KIL,
     Kernel::Matvec4Q4IL,
     Kernel::MatmulQ4I,
+    Kernel::MatmulQ8I,
     Kernel::MatmulKI,
     Kernel::MatmulH,
     Kernel::QuantX8,

@@ -109,8 +109,8 @@ impl MatvecKernel {
 
     /// The prompt pass's kernel for a matrix: f16 rows of whole 32-column steps in f16 math
     /// (`matmul_h`) where the decoder multiplies in f16 (`half`); under `TiledInt8`, integer dot
-    /// products for q4_0 rows of whole blocks of 32 (`matmul_q4i`) and for the K-quants
-    /// (`matmul_ki`); else the float `matmul`.
+    /// products for q4_0 and q8_0 rows of whole blocks of 32 (`matmul_q4i`, `matmul_q8i`) and for
+    /// the K-quants (`matmul_ki`); else the float `matmul`.
     pub(in crate::gpu) fn for_matmul(
         self,
         cols: usize,
@@ -123,6 +123,7 @@ impl MatvecKernel {
             WType::F16 if half && cols.is_multiple_of(32) => Kernel::MatmulH,
             _ if self != MatvecKernel::TiledInt8 => Kernel::Matmul,
             WType::Q4_0 if blocks => Kernel::MatmulQ4I,
+            WType::Q8_0 if blocks => Kernel::MatmulQ8I,
             WType::Q4_K | WType::Q5_K | WType::Q6_K => Kernel::MatmulKI,
             _ => Kernel::Matmul,
         }
@@ -130,11 +131,6 @@ impl MatvecKernel {
 }
 
 impl Kernel {
-    /// Whether this kernel is an integer prompt GEMM, reading x as `quant_x8` left it in xq.
-    pub(in crate::gpu) fn reads_xq(self) -> bool {
-        matches!(self, Kernel::MatmulQ4I | Kernel::MatmulKI)
-    }
-
     /// Whether this kernel folds a held RMSNorm in (matvec4_norm.wgsl): the fused integer-dot
     /// kernels, and the f16 and Q4_K ones staging x (with f16 activations only;
     /// `GpuDecoder::fold_norm`).
@@ -147,6 +143,14 @@ impl Kernel {
                     | Kernel::Matvec4GluKI
                     | Kernel::Matvec4QkvKI
             )
+    }
+
+    /// Whether this kernel is an integer prompt GEMM, reading x as `quant_x8` left it in xq.
+    pub(in crate::gpu) fn reads_xq(self) -> bool {
+        matches!(
+            self,
+            Kernel::MatmulQ4I | Kernel::MatmulQ8I | Kernel::MatmulKI
+        )
     }
 
     /// Whether this kernel stages the normalised x as f16 (`stage_x_f16`), which only f16

@@ -76,7 +76,10 @@ fn int8_takes_q4_0_and_k_quant_rows_that_fit() {
     for (kind, cols, ty, block, half, want) in [
         (k, 14336, Q6_K, 256, false, MatmulKI),
         (k, 14336, Q6_K, 256, true, MatmulKI),
-        (k, 4096, Q8_0, 32, true, Matmul),
+        (k, 4096, Q8_0, 32, false, MatmulQ8I),
+        (k, 4096, Q8_0, 32, true, MatmulQ8I),
+        (k, 4096, Q8_0, 16, false, Matmul),
+        (float, 4096, Q8_0, 32, false, Matmul),
         (float, 4096, Q4_K, 256, false, Matmul),
         (k, 4096, F16, 32, false, Matmul),
         (k, 4096, F16, 32, true, MatmulH),
