@@ -210,7 +210,7 @@ impl Kernel {
             Kernel::MatvecAny => 1,
             Kernel::MatmulH => 128,
             Kernel::MatvecRow | Kernel::MatvecKRow => 64,
-            Kernel::Matmul | Kernel::MatmulQ4I | Kernel::MatmulKI => 64,
+            Kernel::Matmul | Kernel::MatmulQ4I | Kernel::MatmulQ8I | Kernel::MatmulKI => 64,
             _ => 8,
         }
     }
