@@ -3,7 +3,9 @@
 // weight and token, where `dot4I8Packed` takes four products in one instruction from one load.
 // Appended to matvec.wgsl's module (its bindings, `words`, `x`, MatParams, `steps`); bindings as
 // matmul's less the mins and x, plus xq (7). Taken for q4_0 rows of whole blocks of 32 under
-// `MatvecKernel::TiledInt8` (`MatvecKernel::for_matmul`).
+// `MatvecKernel::TiledInt8` (`MatvecKernel::for_matmul`); `matmul_q8i`, the same body, for q8_0's
+// (H100, 7B q8_0 pp512: 3293-3327 tokens/s against the float matmul's 1724-1728,
+// `benchmarks/2026-12-06-h100-q8i.md`).
 //
 // x comes quantized, once per product input (`quant_x8`, below; Q, K and V share one, gate and up
 // one): each token's 32 values of a block as bytes (max |x| / 127 per block, rounded to nearest)
@@ -43,15 +45,6 @@ var<workgroup> mi_sum: array<i32, 256>;
 fn mi_pack(a: vec4<i32>, b: vec4<i32>) -> vec2<u32> {
     return vec2<u32>(pack4xI8Clamp(vec4<i32>(a.x, a.z, b.x, b.z)),
         pack4xI8Clamp(vec4<i32>(a.y, a.w, b.y, b.w)));
-}
-
-// Integer sums to floats, exactly for |s| < 2^22 (a step's sums are under 32 * 128 * 127, q8_0's
-// codes by x's; the K-quants' half steps under 16 * 63 * 127): adding
-// s to the bits of 1.5 * 2^23 makes that float plus s, since its last mantissa bit is worth 1.
-// An integer add and a float add, both at full rate, where a conversion runs at a quarter of it on
-// NVIDIA's GPUs, and a step converts 16 sums for its 128 dot4I8Packed.
-fn mi_f32(s: vec4<i32>) -> vec4<f32> {
-    return bitcast<vec4<f32>>(bitcast<vec4<u32>>(s) + vec4<u32>(0x4B400000u)) - vec4<f32>(12582912.0);
 }
 
 // One row's code word against four tokens': (even, odd) bytes each.
@@ -148,17 +141,18 @@ fn mi_stage_xq(t: u32, n: u32, k0: u32, q: u32, lr: u32) -> i32 {
 
 @compute @workgroup_size(256)
 fn matmul_q4i(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
-    mi_matmul(wid, lid);
+    mi_matmul(wid, lid, false);
 }
 
 // matmul_q8i: the same for q8_0 rows of whole blocks of 32, whose codes are signed bytes already, in
 // natural order (quant_x8 stages x so for any kind but q4_0); a block's two words a staging thread.
 @compute @workgroup_size(256)
 fn matmul_q8i(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
-    mi_matmul(wid, lid);
+    mi_matmul(wid, lid, true);
 }
 
-fn mi_matmul(wid: vec3<u32>, lid: vec3<u32>) {
+// The body of both; `q8` is a literal at each call, so the compiler keeps one staging path in each.
+fn mi_matmul(wid: vec3<u32>, lid: vec3<u32>, q8: bool) {
     let n = steps[0].rows;
     let r0 = wid.x * MI_R;
     let t0 = wid.y * MI_T;
@@ -178,7 +172,7 @@ fn mi_matmul(wid: vec3<u32>, lid: vec3<u32>) {
         var wv = vec2<u32>(0u);
         if (r0 + lr < p.rows) {
             let i = (r0 + lr) * p.cols + k0;
-            if (p.kind == KIND_Q8_0) {
+            if (q8) {
                 wv = vec2<u32>(words[i / 4u + 2u * q], words[i / 4u + 2u * q + 1u]);
             } else {
                 let w = words[i / 8u + q];
@@ -210,10 +204,10 @@ fn mi_matmul(wid: vec3<u32>, lid: vec3<u32>) {
             s3 += mi_row(mi_w[o + cr + 48u], x0, x1, x2, x3);
         }
         let xd = vec4<f32>(mi_xd[ct], mi_xd[ct + 16u], mi_xd[ct + 32u], mi_xd[ct + 48u]);
-        acc0 += mi_f32(s0) * (mi_wd[cr] * xd);
-        acc1 += mi_f32(s1) * (mi_wd[cr + 16u] * xd);
-        acc2 += mi_f32(s2) * (mi_wd[cr + 32u] * xd);
-        acc3 += mi_f32(s3) * (mi_wd[cr + 48u] * xd);
+        acc0 += vec4<f32>(s0) * (mi_wd[cr] * xd);
+        acc1 += vec4<f32>(s1) * (mi_wd[cr + 16u] * xd);
+        acc2 += vec4<f32>(s2) * (mi_wd[cr + 32u] * xd);
+        acc3 += vec4<f32>(s3) * (mi_wd[cr + 48u] * xd);
         workgroupBarrier();
     }
     let acc = array<vec4<f32>, 4>(acc0, acc1, acc2, acc3);

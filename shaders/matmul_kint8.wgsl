@@ -119,10 +119,10 @@ fn matmul_ki(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id
         let wd1 = mk_wd[cr + 16u];
         let wd2 = mk_wd[cr + 32u];
         let wd3 = mk_wd[cr + 48u];
-        acc0 += (mi_f32(lo[0]) * wd0.x + mi_f32(hi[0]) * wd0.y) * xd - mk_wm[cr] * xs;
-        acc1 += (mi_f32(lo[1]) * wd1.x + mi_f32(hi[1]) * wd1.y) * xd - mk_wm[cr + 16u] * xs;
-        acc2 += (mi_f32(lo[2]) * wd2.x + mi_f32(hi[2]) * wd2.y) * xd - mk_wm[cr + 32u] * xs;
-        acc3 += (mi_f32(lo[3]) * wd3.x + mi_f32(hi[3]) * wd3.y) * xd - mk_wm[cr + 48u] * xs;
+        acc0 += (vec4<f32>(lo[0]) * wd0.x + vec4<f32>(hi[0]) * wd0.y) * xd - mk_wm[cr] * xs;
+        acc1 += (vec4<f32>(lo[1]) * wd1.x + vec4<f32>(hi[1]) * wd1.y) * xd - mk_wm[cr + 16u] * xs;
+        acc2 += (vec4<f32>(lo[2]) * wd2.x + vec4<f32>(hi[2]) * wd2.y) * xd - mk_wm[cr + 32u] * xs;
+        acc3 += (vec4<f32>(lo[3]) * wd3.x + vec4<f32>(hi[3]) * wd3.y) * xd - mk_wm[cr + 48u] * xs;
         workgroupBarrier();
     }
     let acc = array<vec4<f32>, 4>(acc0, acc1, acc2, acc3);
