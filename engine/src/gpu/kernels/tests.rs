@@ -40,9 +40,10 @@ fn vec4_kernels_take_only_power_of_two_blocks() {
 
 /// The integer-dot kernels take q4_0 and K-quant rows that fit their workgroup memory, nothing
 /// else; longer rows take the long modules where the adapter has their memory (`long`), up to
-/// 22528 values, and only under `TiledInt8`.
+/// 22528 values, and only under `TiledInt8`; the integer prompt GEMMs take q4_0, q8_0 (rows of
+/// whole blocks of 32) and the K-quants.
 #[test]
-fn int8_takes_q4_0_and_k_quant_rows_that_fit() {
+fn int8_takes_the_rows_that_fit() {
     use {Kernel::*, WType::*};
     let k = MatvecKernel::TiledInt8;
     expect_matrices(
