@@ -4,7 +4,7 @@
 // Appended to matvec.wgsl's module (its bindings, `words`, `x`, MatParams, `steps`); bindings as
 // matmul's less the mins and x, plus xq (7). Taken for q4_0 rows of whole blocks of 32 under
 // `MatvecKernel::TiledInt8` (`MatvecKernel::for_matmul`); `matmul_q8i`, the same body, for q8_0's
-// (H100, 7B q8_0 pp512: 3293-3327 tokens/s against the float matmul's 1724-1728,
+// (H100, 7B q8_0 pp512: 3395 tokens/s against the float matmul's 1732-1736,
 // `benchmarks/2026-12-06-h100-q8i.md`).
 //
 // x comes quantized, once per product input (`quant_x8`, below; Q, K and V share one, gate and up

@@ -544,12 +544,13 @@ fn int8_products_loop_over_row_groups() {
 
 /// The prompt pass's q4_0, q8_0 and K-quant products in integers (`matmul_q4i`, `matmul_q8i`,
 /// `matmul_ki`: Q4_K, Q5_K, Q6_K; `MatvecKernel::TiledInt8`): a 100-token prompt (a full tile of
-/// 64 tokens and a partial one; stories260K's 172-row gate and up a partial tile of rows, its 172-wide ffn_down
-/// left to the float matmul; the K models' 512-row gate/up and 4-head K and V) against the oracle fed
-/// token by token, within the integer kernels' derived 2e-2 (x quantized per block of 32, as at
-/// decode); its logits must differ from the float matmul's by more than f32 rounding (2e-4), which
-/// shows it ran, and decoding goes on from the cache it filled. x is quantized once per input
-/// (`quant_x8`): the pass dispatches that many more than the float matmul's.
+/// 64 tokens and a partial one; stories260K's 172-row gate and up a partial tile of rows, its
+/// 172-wide ffn_down left to the float matmul; the K models' 512-row gate/up and 4-head K and V)
+/// against the oracle fed token by token, within the integer kernels' derived 2e-2 (x quantized
+/// per block of 32, as at decode); its logits must differ from the float matmul's by more than f32
+/// rounding (2e-4), which shows it ran, and decoding goes on from the cache it filled. x is
+/// quantized once per input (`quant_x8`): the pass dispatches that many more than the float
+/// matmul's.
 #[test]
 fn int8_prompt_pass_stays_near_the_oracle() {
     let prompt: Vec<u32> = (0..100).map(|i| 3 + (i * 53 % 250) as u32).collect();
