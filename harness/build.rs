@@ -25,9 +25,12 @@ fn main() {
         "../shaders",
         "../templates",
     ];
-    for p in ["../.git/logs/HEAD", "../.git/index"]
+    // Where git keeps them: in a worktree `.git` is a file and these live under the main
+    // checkout's `.git/worktrees/NAME`, so `../.git/...` would name nothing and never change.
+    let git_path = |p: &str| git(&["rev-parse", "--git-path", p]).unwrap_or(format!("../.git/{p}"));
+    for p in [git_path("logs/HEAD"), git_path("index")]
         .into_iter()
-        .chain(sources)
+        .chain(sources.map(String::from))
     {
         println!("cargo:rerun-if-changed={p}");
     }
