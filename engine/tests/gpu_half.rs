@@ -8,6 +8,8 @@
 //! 16 columns summed in f16 (partial j ~ sqrt(j) t: sqrt(n / 16) sqrt(16 * 17 / 2) u t / sqrt(3)
 //! over the row): about 3 u / sqrt(3) relative, whatever n, i.e. three stores' worth on each of a
 //! layer's 7 products. (15 + 3 * 7) / 15 < 3 stores' worth: 1.5e-2 (1 + max |logit|).
+//! `matmul_h128` sums runs of 32: sqrt(33 / 2) ~ 4.1 u / sqrt(3), and (15 + 4.1 * 7) / 15 < 3
+//! still, so it is held to the same bound.
 
 mod common;
 use common::*;
@@ -21,9 +23,14 @@ use nibble_engine::{Decoder, Model};
 const TOL: f32 = 1.5e-2;
 
 fn open(half_math: bool) -> Gpu {
+    open_tiles(half_math, None)
+}
+
+fn open_tiles(half_math: bool, tall_tiles: Option<bool>) -> Gpu {
     Gpu::open_blocking(GpuOptions {
         act: Some(Activations::F16),
         half_math: Some(half_math),
+        tall_tiles,
         profile: true,
         ..Default::default()
     })
@@ -97,6 +104,48 @@ fn f16_math_prompt_products_stay_near_the_oracle() {
     }
 }
 
+/// `matmul_h128` (128 x 128 tiles), which only grids of 256 workgroups take unasked (none of these
+/// models'), forced on: a 150-token prompt (a whole 128-token tile and a partial one) against the
+/// oracle with `matmul_h`'s tolerance (the header derives it for 32-column runs too), and
+/// every product that `matmul_h` takes in a 100-token pass taking it; a 64-token pass keeps
+/// `matmul_h` (one 64-token tile covers it).
+#[test]
+fn tall_tiles_stay_near_the_oracle() {
+    let (tall, short) = (open_tiles(true, Some(true)), open_tiles(true, Some(false)));
+    let prompt: Vec<u32> = (0..150).map(|i| 3 + (i * 53 % 250) as u32).collect();
+    let f16 = RunConfig::parse("weights=f16").unwrap();
+    for (name, base) in [("builtin", Model::builtin()), ("stories260K", stories())] {
+        let (m, _) = measure::prepare(&base, &f16).unwrap();
+        let mut cpu = CpuDecoder::with_kv(&m, KvConfig::default()).unwrap();
+        let mut want = Vec::new();
+        for (p, &t) in prompt.iter().enumerate() {
+            want = block_on(cpu.step(t, p)).unwrap().to_vec();
+        }
+        let mut g = GpuDecoder::new(&tall, &m, KvConfig::default()).unwrap();
+        let got = block_on(g.prefill(&prompt, 0)).unwrap().to_vec();
+        let d = compare(&want, &got, TOL, &format!("{name} 128 x 128 tiles"));
+        let mut s = GpuDecoder::new(&short, &m, KvConfig::default()).unwrap();
+        let got = block_on(s.prefill(&prompt, 0)).unwrap().to_vec();
+        let d0 = compare(&want, &got, TOL, &format!("{name} 128 x 64 tiles"));
+        println!("{name}: max |dlogit| 128 x 128 tiles {d:.3e}, 128 x 64 {d0:.3e}");
+
+        let mut p = GpuDecoder::new(&tall, &m, KvConfig::default()).unwrap();
+        let k = block_on(p.profile(&prompt[..100], 0)).unwrap().unwrap();
+        let mut q = GpuDecoder::new(&short, &m, KvConfig::default()).unwrap();
+        let k0 = block_on(q.profile(&prompt[..100], 0)).unwrap().unwrap();
+        let h = roles(&k0, "matmul_h");
+        assert!(
+            !h.is_empty() && roles(&k0, "matmul_h128").is_empty(),
+            "{name}"
+        );
+        assert_eq!(roles(&k, "matmul_h128"), h, "{name}");
+        assert!(roles(&k, "matmul_h").is_empty(), "{name}");
+        let mut p = GpuDecoder::new(&tall, &m, KvConfig::default()).unwrap();
+        let k = block_on(p.profile(&prompt[..64], 0)).unwrap().unwrap();
+        assert_eq!(roles(&k, "matmul_h"), h, "{name}: 64 rows");
+    }
+}
+
 /// Unasked, f16 math follows the activations: on with f16 ones (lavapipe has shader-f16), off with
 /// f32 ones; asked off, off; the adapter note says which.
 #[test]
@@ -115,7 +164,7 @@ fn f16_math_is_the_default_with_f16_activations() {
         assert_eq!(g.half_math, want, "{act:?} {half:?}");
         let note = g.kernel_note();
         assert_eq!(
-            note.contains("in f16 math (matmul_h)"),
+            note.contains("in f16 math (matmul_h"),
             want,
             "{act:?}: {note}"
         );
@@ -157,19 +206,23 @@ fn f16_math_passes_the_f16_accuracy_verdict() {
             .map(|s| s.iter().map(|&t| t % m.config.vocab_size as u32).collect())
             .collect();
         let reference = block_on(Reference::run(&mut CpuDecoder::new(&m), &seqs)).unwrap();
-        for half_math in [true, false] {
-            let g = open(half_math);
+        // 96-token sequences: matmul_h128 where forced (over 64 rows).
+        for (half_math, tall) in [(true, None), (true, Some(true)), (false, None)] {
+            let g = open_tiles(half_math, tall);
             let mut d = GpuDecoder::new(&g, &m, KvConfig::default()).unwrap();
             let div = block_on(measure::compare(&reference, &mut d, &seqs)).unwrap();
             let act = g.products_activations();
             let tol =
                 Tolerance::for_backend("gpu", Some(act), &m.config, reference.max_abs_logit());
             println!(
-                "{name} f16 math {half_math}: max |dlogit| {:.3e} of {:.3e}, top-1 {:.3}",
+                "{name} f16 math {half_math} tall {tall:?}: max |dlogit| {:.3e} of {:.3e}, top-1 {:.3}",
                 div.max_abs_dlogit, tol.max_abs_dlogit, div.top1_agreement
             );
             let verdict = tol.check(&div);
-            assert!(verdict.is_ok(), "{name} f16 math {half_math}: {verdict:?}");
+            assert!(
+                verdict.is_ok(),
+                "{name} f16 math {half_math} {tall:?}: {verdict:?}"
+            );
         }
     }
 }

@@ -38,7 +38,9 @@ pub struct ModelArgs {
 /// `NIBBLE_INT8_GROUPS=N` at most N workgroups for the integer-dot decode kernels (each looping over
 /// row groups; 0: a workgroup per row group; unset: `nibble bench` times the grid on each model),
 /// `NIBBLE_F16_MATH=on|off` whether prompt products of f16 weights multiply in f16 (f16 activations;
-/// on by default with them).
+/// on by default with them),
+/// `NIBBLE_TALL_TILES=on|off` whether those take 128 x 128 tiles (`matmul_h128`) in every pass of
+/// over 64 tokens, or never (unset: where the grid has 256 workgroups).
 pub fn gpu_env_options() -> Result<GpuOptions> {
     let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
     let on_off = |k: &str| {
@@ -69,6 +71,7 @@ pub fn gpu_env_options() -> Result<GpuOptions> {
         fold_norm: on_off("NIBBLE_FOLD_NORM")?,
         kv_direct: on_off("NIBBLE_KV_DIRECT")?,
         half_math: on_off("NIBBLE_F16_MATH")?,
+        tall_tiles: on_off("NIBBLE_TALL_TILES")?,
         int8_groups: var("NIBBLE_INT8_GROUPS")
             .map(|v| v.parse::<u32>())
             .transpose()

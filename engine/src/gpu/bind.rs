@@ -115,7 +115,7 @@ impl GpuDecoder<'_> {
         let norm_params = |n: usize| self.uniform(&[n as u32, c.norm_eps.to_bits(), 0, 0]);
         let act = |a: Act| View::whole(self.act(a).clone());
         match key {
-            BindKey::Matvec(id, ci, out, x, acc) | BindKey::Matmul(id, ci, out, x, acc) => {
+            BindKey::Matvec(id, ci, out, x, acc) | BindKey::Matmul(id, ci, out, x, acc, _) => {
                 let mut e = self.matrix_entries(id, ci, (acc, false), None);
                 e.extend([(4, act(x)), (5, act(out))]);
                 self.keep_read_bindings(key, &mut e);
@@ -302,6 +302,7 @@ impl GpuDecoder<'_> {
             | Kernel::Matvec4KIL
             | Kernel::MatmulKI
             | Kernel::MatmulH
+            | Kernel::MatmulH128
             | Kernel::MatvecK
             | Kernel::MatvecKRow => e.retain(|(i, _)| *i != 2 && *i != 3),
             Kernel::Matvec4Q8

@@ -243,6 +243,10 @@ pub struct GpuOptions {
     /// does; default: wherever activations are f16 (ARCHITECTURE.md, "Batched prefill"). Asked for
     /// with f32 activations, the device does not open.
     pub half_math: Option<bool>,
+    /// Run f16-math prompt products in 128 x 128 tiles (`matmul_h128`): default where the grid
+    /// has enough workgroups (`TALL_MIN_GROUPS`); true: every pass of more than 64 tokens; false:
+    /// never.
+    pub tall_tiles: Option<bool>,
 }
 
 /// Whether the matrix kernels sum rows with subgroups, and why (for results): only where asked for
@@ -381,6 +385,8 @@ pub struct Gpu {
     pub int8_groups: Option<u32>,
     /// Whether prompt products of f16 weights multiply in f16 ([`GpuOptions::half_math`]).
     pub half_math: bool,
+    /// [`GpuOptions::tall_tiles`] as asked.
+    pub tall_tiles: Option<bool>,
     /// Whether WGSL has `packed_4x8_integer_dot_product` here (`MatvecKernel::TiledInt8` can run).
     pub packed_dot: bool,
     /// Whether the adapter gives the long integer-dot modules their workgroup memory, so that rows
@@ -466,7 +472,6 @@ impl Gpu {
             }
             h => activations == Activations::F16 && h.unwrap_or(true),
         };
-        let fuse_qkv = opts.fuse_qkv.unwrap_or(true);
         let shader_checks = ShaderChecks::effective(opts.shader_checks);
         let modules = Modules::new(&device, activations, shader_checks, subgroups).into();
         Ok(Gpu {
@@ -483,11 +488,12 @@ impl Gpu {
             shader_checks,
             timestamps,
             subgroups,
-            fuse_qkv,
+            fuse_qkv: opts.fuse_qkv.unwrap_or(true),
             fold_norm: opts.fold_norm.unwrap_or(true),
             kv_direct: opts.kv_direct.unwrap_or(true),
             int8_groups: opts.int8_groups,
             half_math,
+            tall_tiles: opts.tall_tiles,
             packed_dot: int8,
             int8_long: int8_long(int8, &report),
             pipelines: Default::default(),
@@ -509,7 +515,11 @@ impl Gpu {
     /// callers replace), then the prompt products' arithmetic for f16 weights.
     pub fn kernel_note(&self) -> String {
         let half = if self.half_math {
-            "prompt products of f16 weights in f16 math (matmul_h)"
+            match self.tall_tiles {
+                None => "prompt products of f16 weights in f16 math (matmul_h, matmul_h128 where its grid has 256 workgroups)",
+                Some(true) => "prompt products of f16 weights in f16 math (matmul_h, matmul_h128 in passes of over 64 rows)",
+                Some(false) => "prompt products of f16 weights in f16 math (matmul_h)",
+            }
         } else {
             "prompt products of f16 weights in f32 math"
         };

@@ -86,6 +86,7 @@ pub(super) enum Kernel {
     MatmulQ8I,
     MatmulKI,
     MatmulH,
+    MatmulH128,
     QuantX8,
     MatvecAny,
     MatvecRow,
@@ -223,7 +224,7 @@ const MATVEC4_INT8_LONG_MODULE: &[&str] = &[
     MATVEC4_INT8,
 ];
 
-pub(super) const TABLE: [KernelDef; 61] = [
+pub(super) const TABLE: [KernelDef; 62] = [
     def!(Matvec, "matvec", "matvec", MATVEC_MODULE),
     def!(Matvec4F32, "matvec4_f32", "matvec4", MATVEC4_MODULE),
     def!(Matvec4F16, "matvec4_f16", "matvec4", MATVEC4_MODULE),
@@ -373,6 +374,7 @@ pub(super) const TABLE: [KernelDef; 61] = [
     def!(MatmulQ8I, "matmul_q8i", "matmul_int8", MATMUL_INT8_MODULE),
     def!(MatmulKI, "matmul_ki", "matmul_int8", MATMUL_INT8_MODULE),
     def!(MatmulH, "matmul_h", "matmul_f16", MATMUL_F16_MODULE),
+    def!(MatmulH128, "matmul_h128", "matmul_f16", MATMUL_F16_MODULE),
     def!(QuantX8, "quant_x8", "matmul_int8", MATMUL_INT8_MODULE),
     def!(MatvecAny, "matvec_any", "matvec", MATVEC_MODULE),
     def!(MatvecRow, "matvec_row", "matvec", MATVEC_MODULE),
@@ -488,6 +490,7 @@ const ON_FIRST_USE: &[Kernel] = &[
     Kernel::MatmulQ8I,
     Kernel::MatmulKI,
     Kernel::MatmulH,
+    Kernel::MatmulH128,
     Kernel::QuantX8,
 ];
 

@@ -3,7 +3,7 @@
 
 use super::decoder::GpuDecoder;
 use super::device::Activations;
-use super::kernels::{fold, BindKey, ATTN_SPLIT, ATTN_TILE_ROWS};
+use super::kernels::{fold, BindKey, Kernel, ATTN_SPLIT, ATTN_TILE_ROWS};
 use crate::dtype::WType;
 use crate::forward::{Act, Glu, Kernels};
 use crate::kv::KvType;
@@ -19,21 +19,48 @@ pub(super) fn balanced(groups: usize, cap: usize) -> usize {
     groups.div_ceil(turns.max(1))
 }
 
+/// Workgroups a prompt product's grid of 128 x 128 tiles must have for `matmul_h128` to take it
+/// from `matmul_h` (128 x 64): about two a multiprocessor on an H100 or H200 (132). 7B f16 pp512:
+/// 344 workgroups (ffn_gate, ffn_up) 1541 -> 1404 us a dispatch on an H200; 128 (the 4096-row
+/// matrices) 7% slower on an H100 (`benchmarks/2026-12-06-h200-tall.md`); between those, not
+/// measured.
+const TALL_MIN_GROUPS: usize = 256;
+
+/// Whether `rows` weight rows by `tokens` make a grid of 128 x 128 tiles big enough for
+/// `matmul_h128` ([`TALL_MIN_GROUPS`]).
+fn tall_grid(rows: usize, tokens: usize) -> bool {
+    tokens > 64 && rows.div_ceil(128) * tokens.div_ceil(128) >= TALL_MIN_GROUPS
+}
+
 impl GpuDecoder<'_> {
+    /// Whether a prompt product of `rows` weight rows takes 128-token tiles where its kernel is
+    /// `matmul_h`: passes of more than 64 tokens, by the grid's size ([`TALL_MIN_GROUPS`]) unless
+    /// `GpuOptions::tall_tiles` says.
+    pub(super) fn tall_tiles(&self, rows: usize) -> bool {
+        self.rows > 64
+            && self
+                .gpu
+                .tall_tiles
+                .unwrap_or_else(|| tall_grid(rows, self.rows))
+    }
+
     fn matvec_into(&mut self, out: Act, w: TensorId, x: Act, accumulate: bool) {
         if self.rows > 1 && !accumulate && self.classify_last_row(out, w, x) {
             return;
         }
         if self.rows > 1 {
             // A batch: the tiled kernels cover 64 tokens by 64 weight rows a workgroup (`matmul_h`
-            // 128 rows).
+            // 128 rows; `matmul_h128` 128 by 128).
             self.quantize_x(w, x);
             for ci in 0..self.w.mats[&w].chunks.len() {
                 let rows = self.w.mats[&w].chunks[ci].rows;
-                let key = BindKey::Matmul(w, ci, out, x, accumulate);
-                let tiles = self.rows.div_ceil(64) as u32;
-                let tile_rows = self.kernel_of(key).rows_per_group();
-                self.dispatch(key, (rows.div_ceil(tile_rows) as u32, tiles));
+                let tall = self.tall_tiles(rows);
+                let kernel = self.kernel_of(BindKey::Matmul(w, ci, out, x, accumulate, tall));
+                // Only matmul_h has a tall form: other kernels keep one key.
+                let tall = tall && kernel == Kernel::MatmulH128;
+                let key = BindKey::Matmul(w, ci, out, x, accumulate, tall);
+                let tiles = self.rows.div_ceil(kernel.tokens_per_group()) as u32;
+                self.dispatch(key, (rows.div_ceil(kernel.rows_per_group()) as u32, tiles));
             }
             return;
         }
@@ -48,7 +75,7 @@ impl GpuDecoder<'_> {
     /// Quantizes a prompt pass's x for the integer GEMMs (`quant_x8`) unless xq holds it so already
     /// (Q, K and V, or gate and up, share one).
     fn quantize_x(&mut self, w: TensorId, x: Act) {
-        let kernel = self.kernel_of(BindKey::Matmul(w, 0, x, x, false));
+        let kernel = self.kernel_of(BindKey::Matmul(w, 0, x, x, false, false));
         if !kernel.reads_xq() {
             return;
         }
@@ -302,7 +329,20 @@ impl Kernels for GpuDecoder<'_> {
 
 #[cfg(test)]
 mod tests {
-    use super::balanced;
+    use super::{balanced, tall_grid};
+
+    /// 7B's shapes over a 512-token prompt: gate and up (11008 rows, 344 tiles) take 128 x 128
+    /// tiles, the 4096-row matrices (128) do not; 1024 tokens make 4096 rows 256 tiles (896: 224); a
+    /// 64-token pass never does.
+    #[test]
+    fn tall_tiles_need_a_full_grid() {
+        assert!(tall_grid(11008, 512));
+        assert!(!tall_grid(4096, 512));
+        assert!(tall_grid(4096, 1024));
+        assert!(!tall_grid(4096, 896));
+        assert!(!tall_grid(11008, 128));
+        assert!(!tall_grid(1 << 20, 64));
+    }
 
     /// As many turns as the cap gives, on the fewest workgroups: every workgroup takes that many
     /// or one fewer, none more, and no grid exceeds the cap.

@@ -204,14 +204,22 @@ impl Kernel {
     }
 
     /// Rows of a matrix one workgroup of this kernel covers (the shaders' headers say how); the
-    /// GEMMs' tiles cover 64 tokens as well.
+    /// GEMMs' tiles cover [`Kernel::tokens_per_group`] tokens as well.
     pub(in crate::gpu) fn rows_per_group(self) -> usize {
         match self {
             Kernel::MatvecAny => 1,
-            Kernel::MatmulH => 128,
+            Kernel::MatmulH | Kernel::MatmulH128 => 128,
             Kernel::MatvecRow | Kernel::MatvecKRow => 64,
             Kernel::Matmul | Kernel::MatmulQ4I | Kernel::MatmulQ8I | Kernel::MatmulKI => 64,
             _ => 8,
+        }
+    }
+
+    /// Tokens of a prompt pass one workgroup of this GEMM covers.
+    pub(in crate::gpu) fn tokens_per_group(self) -> usize {
+        match self {
+            Kernel::MatmulH128 => 128,
+            _ => 64,
         }
     }
 }
@@ -221,8 +229,9 @@ impl Kernel {
 pub(in crate::gpu) enum BindKey {
     /// Output, weight, chunk, input, accumulate.
     Matvec(TensorId, usize, Act, Act, bool),
-    /// The same for a batch of rows (the tiled matrix-matrix kernel).
-    Matmul(TensorId, usize, Act, Act, bool),
+    /// The same for a batch of rows (the tiled matrix-matrix kernel), then whether in 128-token
+    /// tiles where the kernel is `matmul_h` (`matmul_h128`, `GpuDecoder::tall_tiles`).
+    Matmul(TensorId, usize, Act, Act, bool, bool),
     /// A decode product over the last of a pass's `rows` rows alone (weight, chunk, output, input,
     /// rows): a prompt pass's classifier where only that row's logits are read.
     LastRow(TensorId, usize, Act, Act, usize),
@@ -322,9 +331,12 @@ impl BindKey {
         };
         match self {
             BindKey::Matvec(id, ..) | BindKey::LastRow(id, ..) => alone(id),
-            BindKey::Matmul(id, ..) => {
+            BindKey::Matmul(id, .., tall) => {
                 let (cols, ty, block) = mat(id);
-                mv.for_matmul(cols, ty, block, half)
+                match mv.for_matmul(cols, ty, block, half) {
+                    Kernel::MatmulH if tall => Kernel::MatmulH128,
+                    k => k,
+                }
             }
             BindKey::Glu(gate, .., norm) => fused(gate, 0, norm.is_some()),
             BindKey::Qkv(l, .., norm) => fused(TensorId::Wq(l), 1, norm.is_some()),

@@ -166,6 +166,11 @@ fn the_gemm_grids_match_their_tiles() {
             m => panic!("{:?}: a GEMM module this test does not know: {m}", d.kernel),
         };
         assert_eq!(d.kernel.rows_per_group(), tile, "{:?}", d.kernel);
+        let tokens = match d.entry {
+            "matmul_h128" => size(MATMUL_F16, "MH_TALL"),
+            _ => size(MATRIX, "MM_T"),
+        };
+        assert_eq!(d.kernel.tokens_per_group(), tokens, "{:?}", d.kernel);
         seen += 1;
     }
     assert!(seen >= 4, "only {seen} GEMMs in the table");
