@@ -198,6 +198,7 @@ impl GpuDecoder<'_> {
             ],
             BindKey::Attention(..)
             | BindKey::AttnTile(..)
+            | BindKey::AttnStaged(..)
             | BindKey::AttnSplit(..)
             | BindKey::AttnCombine(..) => self.attention_entries(key),
             BindKey::Argmax => vec![
@@ -247,9 +248,10 @@ impl GpuDecoder<'_> {
     fn attention_entries(&self, key: BindKey) -> Entries {
         let act = |a: Act| View::whole(self.act(a).clone());
         let local = match key {
-            BindKey::Attention(l, _) | BindKey::AttnTile(l, _) | BindKey::AttnSplit(l, _) => {
-                self.config.is_local(l)
-            }
+            BindKey::Attention(l, _)
+            | BindKey::AttnTile(l, _)
+            | BindKey::AttnStaged(l, _)
+            | BindKey::AttnSplit(l, _) => self.config.is_local(l),
             BindKey::AttnCombine(_, local) => local,
             _ => false,
         };
@@ -273,6 +275,13 @@ impl GpuDecoder<'_> {
                 e.extend(layer(l));
                 e.push((5, act(out)));
             }
+            // The same caches as vec4<u32> (8, 9), for 128-bit loads.
+            BindKey::AttnStaged(l, out) => e.extend([
+                (1, act(Act::Q)),
+                (5, act(out)),
+                (8, self.kcache[l].clone().into()),
+                (9, self.vcache[l].clone().into()),
+            ]),
             BindKey::AttnSplit(l, out) => {
                 e.extend(layer(l));
                 e.extend([(5, act(out)), (7, self.parts.clone().into())]);

@@ -247,6 +247,21 @@ pub struct GpuOptions {
     /// has enough workgroups (`TALL_MIN_GROUPS`); true: every pass of more than 64 tokens; false:
     /// never.
     pub tall_tiles: Option<bool>,
+    /// Run the prompt pass's tiled attention as `attention_staged` (keys and values staged in
+    /// workgroup memory, 8 rows a workgroup) in place of `attention_tile`: off unless asked for,
+    /// until timed beside it on a real GPU.
+    pub staged_attention: Option<bool>,
+}
+
+/// Whether prompt products of f16 weights multiply in f16: as asked, else wherever activations are
+/// f16; asked for with f32 activations, an error.
+fn half_math_choice(asked: Option<bool>, activations: Activations) -> Result<bool> {
+    match asked {
+        Some(true) if activations != Activations::F16 => {
+            Err(Error::Gpu("f16 math needs f16 activations".into()))
+        }
+        h => Ok(activations == Activations::F16 && h.unwrap_or(true)),
+    }
 }
 
 /// Whether the matrix kernels sum rows with subgroups, and why (for results): only where asked for
@@ -387,6 +402,8 @@ pub struct Gpu {
     pub half_math: bool,
     /// [`GpuOptions::tall_tiles`] as asked.
     pub tall_tiles: Option<bool>,
+    /// Whether prompt attention takes `attention_staged` ([`GpuOptions::staged_attention`]).
+    pub staged_attention: bool,
     /// Whether WGSL has `packed_4x8_integer_dot_product` here (`MatvecKernel::TiledInt8` can run).
     pub packed_dot: bool,
     /// Whether the adapter gives the long integer-dot modules their workgroup memory, so that rows
@@ -466,12 +483,7 @@ impl Gpu {
             .wgsl_language_features()
             .contains(wgpu::WgslLanguageFeatures::Packed4x8IntegerDotProduct);
         let (matvec, why) = matvec_choice(&opts, &report, &sums, int8);
-        let half_math = match opts.half_math {
-            Some(true) if activations != Activations::F16 => {
-                return Err(Error::Gpu("f16 math needs f16 activations".into()))
-            }
-            h => activations == Activations::F16 && h.unwrap_or(true),
-        };
+        let half_math = half_math_choice(opts.half_math, activations)?;
         let shader_checks = ShaderChecks::effective(opts.shader_checks);
         let modules = Modules::new(&device, activations, shader_checks, subgroups).into();
         Ok(Gpu {
@@ -494,6 +506,7 @@ impl Gpu {
             int8_groups: opts.int8_groups,
             half_math,
             tall_tiles: opts.tall_tiles,
+            staged_attention: opts.staged_attention.unwrap_or(false),
             packed_dot: int8,
             int8_long: int8_long(int8, &report),
             pipelines: Default::default(),
@@ -512,7 +525,8 @@ impl Gpu {
     }
 
     /// What results record of the kernel choices: the matvec choice and why (which tuning and
-    /// callers replace), then the prompt products' arithmetic for f16 weights.
+    /// callers replace), then the prompt products' arithmetic for f16 weights, then the prompt
+    /// attention kernel where it is not the default.
     pub fn kernel_note(&self) -> String {
         let half = if self.half_math {
             match self.tall_tiles {
@@ -523,7 +537,12 @@ impl Gpu {
         } else {
             "prompt products of f16 weights in f32 math"
         };
-        format!("{}; {half}", self.matvec_choice.borrow())
+        let attn = if self.staged_attention {
+            "; prompt attention staged in workgroup memory (attention_staged)"
+        } else {
+            ""
+        };
+        format!("{}; {half}{attn}", self.matvec_choice.borrow())
     }
 
     pub fn matvec_kernel(&self) -> MatvecKernel {

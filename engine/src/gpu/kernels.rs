@@ -37,6 +37,7 @@ const ELEMENTWISE: &str = include_str!("../../../shaders/elementwise.wgsl");
 const KV: &str = include_str!("../../../shaders/kv.wgsl");
 const KVFORMAT: &str = include_str!("../../../shaders/kvformat.wgsl");
 const ATTENTION: &str = include_str!("../../../shaders/attention.wgsl");
+const ATTENTION_TILE: &str = include_str!("../../../shaders/attention_tile.wgsl");
 const ARGMAX: &str = include_str!("../../../shaders/argmax.wgsl");
 const REDUCE_SHARED: &str = include_str!("../../../shaders/reduce_shared.wgsl");
 const REDUCE_SUBGROUP: &str = include_str!("../../../shaders/reduce_subgroup.wgsl");
@@ -106,6 +107,7 @@ pub(super) enum Kernel {
     KiviFlush,
     Attention,
     AttnTile,
+    AttnStaged,
     AttnSplit,
     AttnCombine,
     Argmax,
@@ -146,7 +148,7 @@ macro_rules! def {
     };
 }
 
-const ATTENTION_MODULE: &[&str] = &[STEP, KVFORMAT, ATTENTION];
+const ATTENTION_MODULE: &[&str] = &[STEP, KVFORMAT, ATTENTION, ATTENTION_TILE];
 
 const MATVEC4_MODULE: &[&str] = &[STEP, QUANT, MATRIX, REDUCE, MATVEC4];
 const MATVEC4_NORM_MODULE: &[&str] = &[STEP, QUANT, MATRIX, REDUCE, MATVEC4, MATVEC4_NORM];
@@ -224,7 +226,7 @@ const MATVEC4_INT8_LONG_MODULE: &[&str] = &[
     MATVEC4_INT8,
 ];
 
-pub(super) const TABLE: [KernelDef; 62] = [
+pub(super) const TABLE: [KernelDef; 63] = [
     def!(Matvec, "matvec", "matvec", MATVEC_MODULE),
     def!(Matvec4F32, "matvec4_f32", "matvec4", MATVEC4_MODULE),
     def!(Matvec4F16, "matvec4_f16", "matvec4", MATVEC4_MODULE),
@@ -394,6 +396,12 @@ pub(super) const TABLE: [KernelDef; 62] = [
     def!(KiviFlush, "kivi_flush", "kv", KV_MODULE),
     def!(Attention, "attention", "attention", ATTENTION_MODULE),
     def!(AttnTile, "attention_tile", "attention", ATTENTION_MODULE),
+    def!(
+        AttnStaged,
+        "attention_staged",
+        "attention",
+        ATTENTION_MODULE
+    ),
     def!(AttnSplit, "attention_split", "attention", ATTENTION_MODULE),
     def!(
         AttnCombine,
@@ -592,8 +600,11 @@ impl Modules {
 /// Positions one decode attention workgroup covers (`SPLIT` in attention.wgsl).
 pub(super) const ATTN_SPLIT: usize = 64;
 
-/// Rows of a prompt pass one `attention_tile` workgroup covers (`TQ` in attention.wgsl).
+/// Rows of a prompt pass one `attention_tile` workgroup covers (`TQ` in attention_tile.wgsl).
 pub(super) const ATTN_TILE_ROWS: usize = 16;
+
+/// Rows one `attention_staged` workgroup covers (`SQ` in attention_tile.wgsl).
+pub(super) const ATTN_STAGED_ROWS: usize = 8;
 
 /// `groups` workgroups as (x, y), x at most 65535 (the shaders read group = x + y * 65535).
 pub(super) fn fold(groups: usize) -> (u32, u32) {

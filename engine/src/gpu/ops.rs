@@ -3,7 +3,7 @@
 
 use super::decoder::GpuDecoder;
 use super::device::Activations;
-use super::kernels::{fold, BindKey, Kernel, ATTN_SPLIT, ATTN_TILE_ROWS};
+use super::kernels::{fold, BindKey, Kernel, ATTN_SPLIT, ATTN_STAGED_ROWS, ATTN_TILE_ROWS};
 use crate::dtype::WType;
 use crate::forward::{Act, Glu, Kernels};
 use crate::kv::KvType;
@@ -272,6 +272,9 @@ impl Kernels for GpuDecoder<'_> {
             if splits > 1 {
                 self.dispatch(BindKey::AttnCombine(out, local), (h, 1));
             }
+        } else if self.tiles_attention() && !local && self.gpu.staged_attention {
+            let tiles = self.rows.div_ceil(ATTN_STAGED_ROWS) as u32;
+            self.dispatch(BindKey::AttnStaged(layer, out), (h, tiles));
         } else if self.tiles_attention() && !local {
             let tiles = self.rows.div_ceil(ATTN_TILE_ROWS) as u32;
             self.dispatch(BindKey::AttnTile(layer, out), (h, tiles));

@@ -266,6 +266,8 @@ pub(in crate::gpu) enum BindKey {
     Attention(usize, Act),
     /// Layer, output: the prompt pass's attention in tiles of rows (f16 caches, no window).
     AttnTile(usize, Act),
+    /// The same in `attention_staged` (keys and values staged in workgroup memory).
+    AttnStaged(usize, Act),
     /// One layer's decode attention over a split of the context, and the combination of the splits.
     AttnSplit(usize, Act),
     /// Output, and whether the splits are a local layer's (its steps bound).
@@ -355,6 +357,7 @@ impl BindKey {
             BindKey::KiviFlush(_) => Kernel::KiviFlush,
             BindKey::Attention(..) => Kernel::Attention,
             BindKey::AttnTile(..) => Kernel::AttnTile,
+            BindKey::AttnStaged(..) => Kernel::AttnStaged,
             BindKey::AttnSplit(..) => Kernel::AttnSplit,
             BindKey::AttnCombine(..) => Kernel::AttnCombine,
             BindKey::Argmax => Kernel::Argmax,

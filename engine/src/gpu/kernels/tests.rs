@@ -151,12 +151,7 @@ fn the_integer_modules_hold_the_rows_the_choice_gives_them() {
 /// `matmul_q8i` on the default 8 ran 3x slow on an H100).
 #[test]
 fn the_gemm_grids_match_their_tiles() {
-    let size = |src: &str, name: &str| -> usize {
-        let at = src.find(&format!("const {name}: u32 = ")).unwrap();
-        let rest = &src[at..];
-        let n = rest[rest.find('=').unwrap() + 1..rest.find("u;").unwrap()].trim();
-        n.parse().unwrap()
-    };
+    let size = wgsl_const;
     let mut seen = 0;
     for d in TABLE.iter().filter(|d| d.entry.starts_with("matmul")) {
         let tile = match d.module {
@@ -174,6 +169,22 @@ fn the_gemm_grids_match_their_tiles() {
         seen += 1;
     }
     assert!(seen >= 4, "only {seen} GEMMs in the table");
+}
+
+/// The value of WGSL's `const NAME: u32 = Nu;` in `src`.
+fn wgsl_const(src: &str, name: &str) -> usize {
+    let at = src.find(&format!("const {name}: u32 = ")).unwrap();
+    let rest = &src[at..];
+    let n = rest[rest.find('=').unwrap() + 1..rest.find("u;").unwrap()].trim();
+    n.parse().unwrap()
+}
+
+/// The prompt attention kernels' tiles cover the rows the dispatch divides the pass by (too few
+/// rows leave rows unattended; too many, rows attended twice by racing workgroups).
+#[test]
+fn the_attention_grids_match_their_tiles() {
+    assert_eq!(wgsl_const(ATTENTION_TILE, "TQ"), ATTN_TILE_ROWS);
+    assert_eq!(wgsl_const(ATTENTION_TILE, "SQ"), ATTN_STAGED_ROWS);
 }
 
 /// `var name: T;` lines inside a loop body of WGSL `text` (1-based line, text): WGSL zeroes such a
