@@ -162,10 +162,11 @@ fn attention_tile(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocati
 }
 
 // attention_staged: one workgroup of 128 threads per head and SQ consecutive rows, walking the
-// context SK positions at a time as attention_tile does. Each chunk's keys, then its values, are staged in workgroup memory by 128-bit loads of
-// the whole workgroup (kcache4, vcache4: bindings 8 and 9, the caches seen as vec4<u32>), issued
-// together before any arithmetic. attention_tile, reading them a thread at a time from the caches,
-// ran 14.5 ms of a 7B 512-token pass on an H100, where llama.cpp's staged kernel ran 5.3.
+// context SK positions at a time as attention_tile does. Each chunk's keys, then its values, are
+// staged in workgroup memory by 128-bit loads of the whole workgroup (kcache4, vcache4: bindings 8
+// and 9, the caches seen as vec4<u32>), both issued before any arithmetic. attention_tile, reading
+// them a thread at a time from the caches, ran 14.5 ms of a 7B 512-token pass on an H100, where
+// llama.cpp's staged kernel ran 5.3.
 // Per chunk: thread (key j, rows 2w and 2w + 1, w = lid / 32) scores its key against two staged
 // query rows (pre-scaled) into sg_s; then thread (row i, lane) takes the chunk's maximum for its row,
 // rescales its accumulators, and adds exp(score - max) times values 8 lane .. 8 lane + 7 of the head
@@ -210,7 +211,7 @@ fn sg_stage(w: array<vec4<u32>, 4>, w4: u32, lid: u32) {
     }
 }
 
-// Row ri's query (staged at ri * hs / 4) dotted with staged key j, two query rows at a time.
+// Staged query rows ra and ra + 1 (row r's at r * hs / 4) dotted with staged key j.
 fn sg_scores(j: u32, ra: u32, hs: u32) -> vec2<f32> {
     var acc = vec2<f32>(0.0);
     let qa = ra * hs / 4u;
