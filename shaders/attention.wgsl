@@ -8,7 +8,7 @@
 // says, so a batched prompt is causal: every row of the pass has been stored before any row attends.
 // Softmax subtracts the maximum score first; the weighted sum is divided by the total at the end.
 // Scores are soft-capped where the model caps them (`capped`, kvformat.wgsl; Gemma 2).
-// Prompt passes over f16 caches without a window or soft-capping take attention_tile.wgsl's kernels
+// Prompt passes over f16 caches without a window or soft-capping take attention_tile.wgsl's kernel
 // instead (tiles of rows sharing each key and value read).
 //
 // Decode (one row) splits the context instead (flash-decoding): attention_split runs one workgroup

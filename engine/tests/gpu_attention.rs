@@ -3,8 +3,8 @@
 //! front go through `weighted_f16`; stories260K's heads of 8 take the
 //! general path, which `tests/gpu.rs` covers), grouped-query heads, past two 64-position splits, and
 //! a window whose ring wraps across splits; one split writing the output without the combine (up to
-//! 64 positions); and the prompt pass's tiled attention (`attention_tile`, and `attention_staged`
-//! forced on) over the same heads.
+//! 64 positions); and the prompt pass's tiled attention (`attention_staged`) over the
+//! same heads.
 //!
 //! Tolerances as `tests/gpu_fused.rs` derives them: f32 activations 2e-4 (both sides read the same f16
 //! cache rows, the order of sums differs), f16 activations 5e-3 (each activation rounded to f16).
@@ -91,8 +91,8 @@ fn f16_decode_attention_matches_cpu_across_splits() {
 }
 
 /// The prompt pass in passes of 64 rows (so later passes start past position 0 and the last is a
-/// partial tile: 150 = 64 + 64 + 22 rows, tiles of 16 rows, or of 8 staged) against the oracle fed
-/// token by token; staged, the first pass's 64 positions are two chunks of 32.
+/// partial tile: 150 = 64 + 64 + 22 rows, in tiles of 8) against the oracle fed token by token; the
+/// first pass's 64 positions are two chunks of 32.
 /// Two layers, so every row's attention reaches the last row's logits through the second layer's
 /// keys and values; decoding then goes on from the cache. A window takes the per-row kernel (also
 /// checked here).
@@ -105,11 +105,10 @@ fn tiled_prompt_attention_matches_cpu() {
         ..f16_kv()
     };
     let runs = [(Activations::F32, 2e-4), (Activations::F16, 5e-3)];
-    for ((act, tol), staged) in runs.into_iter().flat_map(|r| [(r, false), (r, true)]) {
+    for (act, tol) in runs {
         let gpu = Gpu::open_blocking(GpuOptions {
             act: Some(act),
             prefill_rows: Some(64),
-            staged_attention: Some(staged),
             ..Default::default()
         })
         .unwrap();
@@ -117,10 +116,7 @@ fn tiled_prompt_attention_matches_cpu() {
             let m = model(heads, kv_heads, 2);
             for kv in [f16_kv(), ring.clone()] {
                 let hs = 256 / heads;
-                let what = format!(
-                    "{act:?}, staged {staged}, {heads} heads of {hs}, {}",
-                    kv.label()
-                );
+                let what = format!("{act:?}, {heads} heads of {hs}, {}", kv.label());
                 let mut cpu = CpuDecoder::with_kv(&m, kv.clone()).unwrap();
                 let mut want = Vec::new();
                 for (p, &t) in prompt.iter().enumerate() {

@@ -40,9 +40,7 @@ pub struct ModelArgs {
 /// `NIBBLE_F16_MATH=on|off` whether prompt products of f16 weights multiply in f16 (f16 activations;
 /// on by default with them),
 /// `NIBBLE_TALL_TILES=on|off` whether those take 128 x 128 tiles (`matmul_h128`) in every pass of
-/// over 64 tokens, or never (unset: where the grid has 256 workgroups),
-/// `NIBBLE_STAGED_ATTN=on|off` whether prompt attention stages keys and values in workgroup memory
-/// (`attention_staged`; off unless asked for).
+/// over 64 tokens, or never (unset: where the grid has 256 workgroups).
 pub fn gpu_env_options() -> Result<GpuOptions> {
     let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
     let on_off = |k: &str| {
@@ -74,7 +72,6 @@ pub fn gpu_env_options() -> Result<GpuOptions> {
         kv_direct: on_off("NIBBLE_KV_DIRECT")?,
         half_math: on_off("NIBBLE_F16_MATH")?,
         tall_tiles: on_off("NIBBLE_TALL_TILES")?,
-        staged_attention: on_off("NIBBLE_STAGED_ATTN")?,
         int8_groups: var("NIBBLE_INT8_GROUPS")
             .map(|v| v.parse::<u32>())
             .transpose()

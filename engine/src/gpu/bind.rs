@@ -197,7 +197,6 @@ impl GpuDecoder<'_> {
                 (5, self.step_buf.clone().into()),
             ],
             BindKey::Attention(..)
-            | BindKey::AttnTile(..)
             | BindKey::AttnStaged(..)
             | BindKey::AttnSplit(..)
             | BindKey::AttnCombine(..) => self.attention_entries(key),
@@ -248,10 +247,9 @@ impl GpuDecoder<'_> {
     fn attention_entries(&self, key: BindKey) -> Entries {
         let act = |a: Act| View::whole(self.act(a).clone());
         let local = match key {
-            BindKey::Attention(l, _)
-            | BindKey::AttnTile(l, _)
-            | BindKey::AttnStaged(l, _)
-            | BindKey::AttnSplit(l, _) => self.config.is_local(l),
+            BindKey::Attention(l, _) | BindKey::AttnStaged(l, _) | BindKey::AttnSplit(l, _) => {
+                self.config.is_local(l)
+            }
             BindKey::AttnCombine(_, local) => local,
             _ => false,
         };
@@ -270,10 +268,6 @@ impl GpuDecoder<'_> {
             BindKey::Attention(l, out) => {
                 e.extend(layer(l));
                 e.extend([(4, self.att.clone().into()), (5, act(out))]);
-            }
-            BindKey::AttnTile(l, out) => {
-                e.extend(layer(l));
-                e.push((5, act(out)));
             }
             // The same caches as vec4<u32> (8, 9), for 128-bit loads.
             BindKey::AttnStaged(l, out) => e.extend([

@@ -247,10 +247,6 @@ pub struct GpuOptions {
     /// has enough workgroups (`TALL_MIN_GROUPS`); true: every pass of more than 64 tokens; false:
     /// never.
     pub tall_tiles: Option<bool>,
-    /// Run the prompt pass's tiled attention as `attention_staged` (keys and values staged in
-    /// workgroup memory, 8 rows a workgroup) in place of `attention_tile`: off unless asked for,
-    /// until timed beside it on a real GPU.
-    pub staged_attention: Option<bool>,
 }
 
 /// Whether prompt products of f16 weights multiply in f16: as asked, else wherever activations are
@@ -402,8 +398,6 @@ pub struct Gpu {
     pub half_math: bool,
     /// [`GpuOptions::tall_tiles`] as asked.
     pub tall_tiles: Option<bool>,
-    /// Whether prompt attention takes `attention_staged` ([`GpuOptions::staged_attention`]).
-    pub staged_attention: bool,
     /// Whether WGSL has `packed_4x8_integer_dot_product` here (`MatvecKernel::TiledInt8` can run).
     pub packed_dot: bool,
     /// Whether the adapter gives the long integer-dot modules their workgroup memory, so that rows
@@ -506,7 +500,6 @@ impl Gpu {
             int8_groups: opts.int8_groups,
             half_math,
             tall_tiles: opts.tall_tiles,
-            staged_attention: opts.staged_attention.unwrap_or(false),
             packed_dot: int8,
             int8_long: int8_long(int8, &report),
             pipelines: Default::default(),
@@ -525,8 +518,7 @@ impl Gpu {
     }
 
     /// What results record of the kernel choices: the matvec choice and why (which tuning and
-    /// callers replace), then the prompt products' arithmetic for f16 weights, then the prompt
-    /// attention kernel where it is not the default.
+    /// callers replace), then the prompt products' arithmetic for f16 weights.
     pub fn kernel_note(&self) -> String {
         let half = if self.half_math {
             match self.tall_tiles {
@@ -537,12 +529,7 @@ impl Gpu {
         } else {
             "prompt products of f16 weights in f32 math"
         };
-        let attn = if self.staged_attention {
-            "; prompt attention staged in workgroup memory (attention_staged)"
-        } else {
-            ""
-        };
-        format!("{}; {half}{attn}", self.matvec_choice.borrow())
+        format!("{}; {half}", self.matvec_choice.borrow())
     }
 
     pub fn matvec_kernel(&self) -> MatvecKernel {

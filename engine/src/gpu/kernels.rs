@@ -106,7 +106,6 @@ pub(super) enum Kernel {
     KvStore,
     KiviFlush,
     Attention,
-    AttnTile,
     AttnStaged,
     AttnSplit,
     AttnCombine,
@@ -226,7 +225,7 @@ const MATVEC4_INT8_LONG_MODULE: &[&str] = &[
     MATVEC4_INT8,
 ];
 
-pub(super) const TABLE: [KernelDef; 63] = [
+pub(super) const TABLE: [KernelDef; 62] = [
     def!(Matvec, "matvec", "matvec", MATVEC_MODULE),
     def!(Matvec4F32, "matvec4_f32", "matvec4", MATVEC4_MODULE),
     def!(Matvec4F16, "matvec4_f16", "matvec4", MATVEC4_MODULE),
@@ -395,7 +394,6 @@ pub(super) const TABLE: [KernelDef; 63] = [
     def!(KvStore, "kv_store", "kv", KV_MODULE),
     def!(KiviFlush, "kivi_flush", "kv", KV_MODULE),
     def!(Attention, "attention", "attention", ATTENTION_MODULE),
-    def!(AttnTile, "attention_tile", "attention", ATTENTION_MODULE),
     def!(
         AttnStaged,
         "attention_staged",
@@ -599,9 +597,6 @@ impl Modules {
 
 /// Positions one decode attention workgroup covers (`SPLIT` in attention.wgsl).
 pub(super) const ATTN_SPLIT: usize = 64;
-
-/// Rows of a prompt pass one `attention_tile` workgroup covers (`TQ` in attention_tile.wgsl).
-pub(super) const ATTN_TILE_ROWS: usize = 16;
 
 /// Rows one `attention_staged` workgroup covers (`SQ` in attention_tile.wgsl).
 pub(super) const ATTN_STAGED_ROWS: usize = 8;

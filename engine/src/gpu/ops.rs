@@ -3,7 +3,7 @@
 
 use super::decoder::GpuDecoder;
 use super::device::Activations;
-use super::kernels::{fold, BindKey, Kernel, ATTN_SPLIT, ATTN_STAGED_ROWS, ATTN_TILE_ROWS};
+use super::kernels::{fold, BindKey, Kernel, ATTN_SPLIT, ATTN_STAGED_ROWS};
 use crate::dtype::WType;
 use crate::forward::{Act, Glu, Kernels};
 use crate::kv::KvType;
@@ -148,7 +148,7 @@ impl GpuDecoder<'_> {
         folded
     }
 
-    /// Whether the prompt pass's attention runs in tiles of rows (`attention_tile`): f16 keys and
+    /// Whether the prompt pass's attention runs in tiles of rows (`attention_staged`): f16 keys and
     /// values, heads of 64 or 128, no window (each row attends every position before it at its own
     /// slot).
     fn tiles_attention(&self) -> bool {
@@ -272,12 +272,9 @@ impl Kernels for GpuDecoder<'_> {
             if splits > 1 {
                 self.dispatch(BindKey::AttnCombine(out, local), (h, 1));
             }
-        } else if self.tiles_attention() && !local && self.gpu.staged_attention {
+        } else if self.tiles_attention() && !local {
             let tiles = self.rows.div_ceil(ATTN_STAGED_ROWS) as u32;
             self.dispatch(BindKey::AttnStaged(layer, out), (h, tiles));
-        } else if self.tiles_attention() && !local {
-            let tiles = self.rows.div_ceil(ATTN_TILE_ROWS) as u32;
-            self.dispatch(BindKey::AttnTile(layer, out), (h, tiles));
         } else {
             self.dispatch(BindKey::Attention(layer, out), (h, self.rows as u32));
         }

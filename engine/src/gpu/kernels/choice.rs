@@ -264,9 +264,8 @@ pub(in crate::gpu) enum BindKey {
     KvStore(usize),
     KiviFlush(usize),
     Attention(usize, Act),
-    /// Layer, output: the prompt pass's attention in tiles of rows (f16 caches, no window).
-    AttnTile(usize, Act),
-    /// The same in `attention_staged` (keys and values staged in workgroup memory).
+    /// Layer, output: the prompt pass's attention in tiles of rows (f16 caches, no window), keys
+    /// and values staged in workgroup memory (`attention_staged`).
     AttnStaged(usize, Act),
     /// One layer's decode attention over a split of the context, and the combination of the splits.
     AttnSplit(usize, Act),
@@ -356,7 +355,6 @@ impl BindKey {
             BindKey::KvStore(_) => Kernel::KvStore,
             BindKey::KiviFlush(_) => Kernel::KiviFlush,
             BindKey::Attention(..) => Kernel::Attention,
-            BindKey::AttnTile(..) => Kernel::AttnTile,
             BindKey::AttnStaged(..) => Kernel::AttnStaged,
             BindKey::AttnSplit(..) => Kernel::AttnSplit,
             BindKey::AttnCombine(..) => Kernel::AttnCombine,
