@@ -9,7 +9,8 @@
 # and the tracked tree pass the 64 MiB carry) and are unpacked here first; without .device/bin,
 # .device/ab/main writes the files.
 # Knobs: SHAPES (default "1b 7b"), VARIANTS (default "NIBBLE_SHADER_CHECKS=on NIBBLE_SHADER_CHECKS=off"),
-# ROUNDS (default 2), CONFIGS (default q4_0), ARGS (bench arguments). Results go to $OUT.
+# ROUNDS (default 2), CONFIGS (default q4_0), ARGS (bench arguments), TAG (a prefix for the result names,
+# so that a second A/B in the same call does not overwrite the first's). Results go to $OUT.
 set -uo pipefail
 . scripts/h200-env.sh
 for f in .device/ab/*.xz; do
@@ -28,7 +29,7 @@ for m in ${SHAPES:-1b 7b}; do
   [ -f $d/$m-f16.gguf ] || $nb synth --preset $preset --type f16 --out $d/$m-f16.gguf | tail -1
   for r in $(seq "${ROUNDS:-2}"); do
     for v in $variants; do
-      name=$m-$(echo "$v" | sed "s/^NIBBLE_//; s/+NIBBLE_/+/g; s/=/-/g" | tr "A-Z_:+" "a-z---")-r$r
+      name=${TAG:+$TAG-}$m-$(echo "$v" | sed "s/^NIBBLE_//; s/+NIBBLE_/+/g; s/=/-/g" | tr "A-Z_:+" "a-z---")-r$r
       echo "== $name ($v) at $(( $(date +%s) - start )) s"
       exe=$nb
       [ "$v" = base ] && v=NIBBLE_BASE=1

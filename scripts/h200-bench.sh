@@ -7,7 +7,8 @@
 # `nibble synth` and benches it in $CONFIGS (quantized by nibble in memory); then llama-quantize makes a
 # file of each type in $QUANTS from the same f16 files, nibble benches those files as loaded, and
 # llama-bench runs on all of them.
-# Knobs: SHAPES (default "1b 7b"), CONFIGS (default f16,q4_0; "none": only the llama-quantize files),
+# Knobs: SHAPES (default "1b 7b"), BANDWIDTH (GB/s for the roofline column; by default the card's by its
+# name), CONFIGS (default f16,q4_0; "none": only the llama-quantize files),
 # QUANTS (llama-quantize types, default "q4_0 Q4_K_M"), PEER_F16 (0: llama-bench skips the f16 files), VARIANT (a
 # NIBBLE_MATVEC kernel benched again at q4_0, depth 0, to attribute a kernel change), EXTRA (variants as
 # scripts/h200-ab.sh takes them: NIBBLE_X=y, several joined by "+", or bin:NAME for .device/ab/NAME; each
@@ -22,7 +23,11 @@ d=/tmp/nb && mkdir -p $d
 out=${OUT:-/tmp/out} && mkdir -p "$out"
 shapes=${SHAPES:-1b 7b}
 quants=${QUANTS:-q4_0 Q4_K_M}
-bench_args="--no-cache --prompts 512 --depths 0,1024 --decode-tokens 32 --reps 3 --warmup 1 --bandwidth 4800"
+# The roofline column's peak: the lent card's memory bandwidth in GB/s (H100 SXM 3350, H200 4800).
+gpu=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1)
+bw=${BANDWIDTH:-4800}
+case "$gpu" in *H100*) bw=${BANDWIDTH:-3350} ;; esac
+bench_args="--no-cache --prompts 512 --depths 0,1024 --decode-tokens 32 --reps 3 --warmup 1 --bandwidth $bw"
 start=$(date +%s)
 elapsed() { echo "elapsed $(( $(date +%s) - start )) s"; }
 nice -n 19 bash .device/peers/on-device.sh > $d/peer-build.log 2>&1 &
@@ -53,7 +58,7 @@ elapsed
 if [ -n "${VARIANT:-}" ]; then
   for m in $shapes; do
     NIBBLE_MATVEC=$VARIANT $nb bench --model $d/$m-f16.gguf --no-cache --configs q4_0 --prompts 512 \
-      --depths 0 --decode-tokens 32 --reps 3 --warmup 1 --bandwidth 4800 --out "$out/nibble-$m-$VARIANT" \
+      --depths 0 --decode-tokens 32 --reps 3 --warmup 1 --bandwidth $bw --out "$out/nibble-$m-$VARIANT" \
       2>&1 | tail -4
   done
 fi
