@@ -23,16 +23,15 @@ d=/tmp/nb && mkdir -p $d
 out=${OUT:-/tmp/out} && mkdir -p "$out"
 shapes=${SHAPES:-1b 7b}
 quants=${QUANTS:-q4_0 Q4_K_M}
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$out/gpu.txt"
 # The roofline column's peak: the lent card's memory bandwidth in GB/s (H100 SXM 3350, H200 4800).
-gpu=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1)
 bw=${BANDWIDTH:-4800}
-case "$gpu" in *H100*) bw=${BANDWIDTH:-3350} ;; esac
+grep -q H100 "$out/gpu.txt" && bw=${BANDWIDTH:-3350}
 bench_args="--no-cache --prompts 512 --depths 0,1024 --decode-tokens 32 --reps 3 --warmup 1 --bandwidth $bw"
 start=$(date +%s)
 elapsed() { echo "elapsed $(( $(date +%s) - start )) s"; }
 nice -n 19 bash .device/peers/on-device.sh > $d/peer-build.log 2>&1 &
 build=$!
-nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$out/gpu.txt"
 for m in $shapes; do
   [ -f $d/$m-f16.gguf ] || $nb synth --preset llama-$m --type f16 --out $d/$m-f16.gguf | tail -1
   [ "${CONFIGS:-}" = none ] || $nb bench --model $d/$m-f16.gguf --configs "${CONFIGS:-f16,q4_0}" $bench_args \
